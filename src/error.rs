@@ -1,0 +1,220 @@
+//! The crate's one error type.
+//!
+//! Every public function validates its arguments before touching the caller's buffers and
+//! returns one of these variants, naming what was wrong. Nothing in the public API panics on
+//! user input.
+
+use std::fmt;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = MixError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `mixup-kernels`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum MixError {
+    /// A [`MixConfig`](crate::MixConfig) field is out of its domain.
+    InvalidConfig {
+        /// The field, by its timm name.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A buffer's length disagrees with the shape it is used with.
+    LengthMismatch {
+        /// Which buffer.
+        what: &'static str,
+        /// The length the shape implies.
+        expected: usize,
+        /// The length given.
+        got: usize,
+    },
+    /// The plan was made for another batch size.
+    BatchMismatch {
+        /// Batch size of the plan.
+        plan: usize,
+        /// Batch size of the data.
+        data: usize,
+    },
+    /// The plan's boxes were drawn for another image size.
+    ImageSizeMismatch {
+        /// `(height, width)` the plan's boxes were drawn for.
+        plan: (usize, usize),
+        /// `(height, width)` of the data.
+        data: (usize, usize),
+    },
+    /// A class label is not below the number of classes.
+    LabelOutOfRange {
+        /// Sample index.
+        index: usize,
+        /// The label.
+        label: u32,
+        /// Number of classes.
+        num_classes: usize,
+    },
+    /// A plan entry names a partner outside the batch.
+    PartnerOutOfRange {
+        /// Sample index.
+        index: usize,
+        /// The partner it names.
+        partner: usize,
+        /// Batch size.
+        batch: usize,
+    },
+    /// λ is NaN, infinite or outside `[0, 1]`.
+    InvalidLambda {
+        /// Sample index.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
+    /// A CutMix box is empty-ordered or extends past the image.
+    InvalidBox {
+        /// Sample index.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// In-place mixing needs `partner[partner[i]] == i` for every `i`.
+    NotInvolution {
+        /// First sample where the rule fails.
+        index: usize,
+        /// Its partner.
+        partner: usize,
+    },
+    /// A shape has a zero (or otherwise unusable) extent where the operation needs one.
+    EmptyShape {
+        /// Which extent.
+        what: &'static str,
+    },
+    /// The product of the extents does not fit in `usize` (or in the device's index type).
+    SizeOverflow {
+        /// Which size.
+        what: &'static str,
+    },
+    /// An argument is outside what the operation accepts (named, with the reason).
+    InvalidArgument {
+        /// The argument.
+        what: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A CUDA library (libcuda or libnvrtc) could not be found or loaded.
+    CudaUnavailable(String),
+    /// A CUDA driver call failed.
+    Driver {
+        /// What the crate was doing.
+        context: &'static str,
+        /// The driver's own message.
+        message: String,
+    },
+    /// NVRTC rejected a kernel source.
+    Compile {
+        /// The kernel module.
+        module: String,
+        /// NVRTC's log.
+        log: String,
+    },
+    /// A device kernel flagged labels outside `0..num_classes`; the outputs of that launch are
+    /// not meaningful.
+    DeviceLabelOutOfRange {
+        /// How many labels were out of range.
+        count: u32,
+    },
+    /// The operation is not available in this build (a feature is off).
+    Unsupported(String),
+}
+
+impl fmt::Display for MixError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use MixError::*;
+        match self {
+            InvalidConfig { field, reason } => write!(f, "invalid mix config: `{field}` {reason}"),
+            LengthMismatch {
+                what,
+                expected,
+                got,
+            } => {
+                write!(f, "`{what}` has {got} elements, the shape needs {expected}")
+            }
+            BatchMismatch { plan, data } => write!(
+                f,
+                "the plan is for a batch of {plan} samples, the data has {data}"
+            ),
+            ImageSizeMismatch { plan, data } => write!(
+                f,
+                "the plan's CutMix boxes were drawn for {}x{} images, the data is {}x{}",
+                plan.0, plan.1, data.0, data.1
+            ),
+            LabelOutOfRange {
+                index,
+                label,
+                num_classes,
+            } => write!(
+                f,
+                "label {label} of sample {index} is out of range for {num_classes} classes"
+            ),
+            PartnerOutOfRange {
+                index,
+                partner,
+                batch,
+            } => write!(
+                f,
+                "partner {partner} of sample {index} is outside the batch of {batch}"
+            ),
+            InvalidLambda { index, value } => {
+                write!(
+                    f,
+                    "lambda {value} of sample {index} is not a finite value in [0, 1]"
+                )
+            }
+            InvalidBox { index, reason } => write!(f, "CutMix box of sample {index}: {reason}"),
+            NotInvolution { index, partner } => write!(
+                f,
+                "in-place mixing needs partner[partner[i]] == i, but sample {index} pairs with \
+                 {partner} whose partner is another sample; use the out-of-place call"
+            ),
+            EmptyShape { what } => write!(f, "`{what}` must not be zero"),
+            SizeOverflow { what } => write!(f, "`{what}` overflows the index type"),
+            InvalidArgument { what, reason } => write!(f, "`{what}`: {reason}"),
+            CudaUnavailable(msg) => write!(f, "CUDA is unavailable: {msg}"),
+            Driver { context, message } => {
+                write!(f, "CUDA driver error while {context}: {message}")
+            }
+            Compile { module, log } => {
+                write!(
+                    f,
+                    "NVRTC failed to compile kernel module `{module}`:\n{log}"
+                )
+            }
+            DeviceLabelOutOfRange { count } => write!(
+                f,
+                "{count} device label(s) were outside 0..num_classes; the outputs of that launch \
+                 are not meaningful"
+            ),
+            Unsupported(msg) => write!(f, "unsupported: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for MixError {}
+
+/// Multiplies extents, failing with [`MixError::SizeOverflow`] instead of wrapping.
+pub(crate) fn checked_product(what: &'static str, dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or(MixError::SizeOverflow { what })
+}
+
+/// Checks a buffer length against the shape's.
+pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(MixError::LengthMismatch {
+            what,
+            expected,
+            got,
+        })
+    }
+}

@@ -1,0 +1,168 @@
+//! Plain f64 implementations of every operation, written to be obviously right rather than
+//! fast. They are the oracle of the crate's tests and are public so users can check their own
+//! pipelines against them.
+//!
+//! Inputs of any element type are widened exactly to f64; outputs are f64 and never rounded.
+//! Arguments are checked exactly as the fast paths check them.
+
+use crate::config::TargetSpec;
+use crate::dtype::Element;
+use crate::error::Result;
+use crate::plan::MixPlan;
+use crate::spec::{check_ce, check_labels, check_mix, CeSpec, Layout, Reduction, Upstream};
+
+/// The mixed batch: `out_i = λ_i x_i + (1-λ_i) x_partner(i)` for MixUp samples (and for every
+/// sample under [`Layout::Rows`]); for CutMix samples of an image layout, the partner's pixels
+/// inside the box and the sample's own outside.
+pub fn mix<T: Element>(plan: &MixPlan, layout: &Layout, x: &[T]) -> Result<Vec<f64>> {
+    let row = check_mix(plan, layout, x.len(), "x")?;
+    let mut out = vec![0.0; x.len()];
+    for (i, s) in plan.samples().enumerate() {
+        let own = &x[i * row..(i + 1) * row];
+        let other = &x[s.partner * row..(s.partner + 1) * row];
+        let lam = f64::from(s.lam);
+        for k in 0..row {
+            let (a, b) = (own[k].to_f32() as f64, other[k].to_f32() as f64);
+            let inside = match (s.cut, *layout) {
+                (None, _) | (_, Layout::Rows(_)) => None,
+                (Some(bx), Layout::Nchw { width, height, .. }) => {
+                    let pix = k % (height * width);
+                    Some(bx.contains(pix / width, pix % width))
+                }
+                (
+                    Some(bx),
+                    Layout::Nhwc {
+                        width, channels, ..
+                    },
+                ) => {
+                    let pix = k / channels;
+                    Some(bx.contains(pix / width, pix % width))
+                }
+            };
+            out[i * row + k] = match inside {
+                None => lam * a + (1.0 - lam) * b,
+                Some(true) => b,
+                Some(false) => a,
+            };
+        }
+    }
+    Ok(out)
+}
+
+/// Soft targets `[B, C]`: `t_ic = (1-ε)(λ_i [c = y_i] + (1-λ_i) [c = y_partner(i)]) + ε/C`.
+/// When a sample and its partner share a class, the two weights add up.
+pub fn soft_targets(plan: &MixPlan, labels: &[u32], spec: &TargetSpec) -> Result<Vec<f64>> {
+    check_labels(plan, labels, spec)?;
+    let c = spec.num_classes;
+    let eps = f64::from(spec.smoothing);
+    let mut out = vec![eps / c as f64; plan.len() * c];
+    for (i, s) in plan.samples().enumerate() {
+        let lam = f64::from(s.lam);
+        out[i * c + labels[i] as usize] += (1.0 - eps) * lam;
+        out[i * c + labels[s.partner] as usize] += (1.0 - eps) * (1.0 - lam);
+    }
+    Ok(out)
+}
+
+/// The mixup cross-entropy and its gradient, in f64.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CeReference {
+    /// Per-sample losses `L_i = lse_i - Σ_c t_ic z_ic`.
+    pub losses: Vec<f64>,
+    /// The reduced loss (the mean of `losses` for [`Reduction::None`]).
+    pub loss: f64,
+    /// `∂/∂z_ic = (softmax(z_i)_c - t_ic) · scale_i`, `[B, C]`, where `scale_i` is the upstream
+    /// gradient, divided by B for [`Reduction::Mean`].
+    pub grad: Vec<f64>,
+}
+
+/// Cross-entropy of `logits` (`[B, C]`) against the plan's soft targets, with its gradient
+/// scaled for the reduction and the upstream gradient.
+pub fn mixup_ce<T: Element>(
+    plan: &MixPlan,
+    spec: &CeSpec,
+    logits: &[T],
+    labels: &[u32],
+    upstream: Upstream<'_>,
+) -> Result<CeReference> {
+    check_ce(plan, spec, logits.len(), &upstream)?;
+    let targets = soft_targets(plan, labels, &spec.targets)?;
+    let (b, c) = (plan.len(), spec.targets.num_classes);
+    let mut losses = vec![0.0; b];
+    let mut grad = vec![0.0; b * c];
+    for i in 0..b {
+        let z: Vec<f64> = logits[i * c..(i + 1) * c]
+            .iter()
+            .map(|v| v.to_f32() as f64)
+            .collect();
+        let t = &targets[i * c..(i + 1) * c];
+        let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        losses[i] = lse - z.iter().zip(t).map(|(zc, tc)| zc * tc).sum::<f64>();
+        let up = match upstream {
+            Upstream::Scalar(g) => f64::from(g),
+            Upstream::PerSample(g) => f64::from(g[i]),
+        };
+        let scale = match spec.reduction {
+            Reduction::Mean => up / b as f64,
+            Reduction::Sum | Reduction::None => up,
+        };
+        for k in 0..c {
+            grad[i * c + k] = ((z[k] - lse).exp() - t[k]) * scale;
+        }
+    }
+    let sum: f64 = losses.iter().sum();
+    let loss = match spec.reduction {
+        Reduction::Sum => sum,
+        Reduction::Mean | Reduction::None => sum / b.max(1) as f64,
+    };
+    Ok(CeReference { losses, loss, grad })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::CutBox;
+
+    #[test]
+    fn mix_lerps_and_pastes() {
+        let b = CutBox {
+            y0: 0,
+            y1: 1,
+            x0: 1,
+            x1: 2,
+        };
+        let plan = MixPlan::with_boxes(&[1, 0], &[0.75, 0.5], &[None, Some(b)], 2, 2).unwrap();
+        let x: Vec<f32> = vec![0., 4., 8., 12., 100., 104., 108., 112.];
+        let out = mix(
+            &plan,
+            &Layout::Nchw {
+                channels: 1,
+                height: 2,
+                width: 2,
+            },
+            &x,
+        )
+        .unwrap();
+        assert_eq!(&out[..4], &[25., 28., 33., 37.]);
+        assert_eq!(&out[4..], &[100., 4., 108., 112.]);
+        let rows = mix(&plan, &Layout::Rows(4), &x).unwrap();
+        assert_eq!(&rows[4..], &[50., 54., 58., 62.]);
+    }
+
+    #[test]
+    fn same_class_partners_add() {
+        let plan = MixPlan::from_parts(&[1, 0], &[0.7, 0.3]).unwrap();
+        let t = soft_targets(&plan, &[2, 2], &TargetSpec::new(4, 0.0).unwrap()).unwrap();
+        assert_eq!(&t[..4], &[0., 0., 1., 0.]);
+    }
+
+    #[test]
+    fn ce_matches_hand_computation() {
+        let plan = MixPlan::from_parts(&[0], &[1.0]).unwrap();
+        let spec = CeSpec::new(2, 0.0, Reduction::Mean);
+        let r = mixup_ce(&plan, &spec, &[0.0f32, 0.0], &[1], Upstream::default()).unwrap();
+        assert!((r.loss - std::f64::consts::LN_2).abs() < 1e-15);
+        assert_eq!(r.grad, vec![0.5, -0.5]);
+    }
+}
