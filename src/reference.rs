@@ -144,7 +144,7 @@ mod tests {
             &x,
         )
         .unwrap();
-        assert_eq!(&out[..4], &[25., 28., 33., 37.]);
+        assert_eq!(&out[..4], &[25., 29., 33., 37.]);
         assert_eq!(&out[4..], &[100., 4., 108., 112.]);
         let rows = mix(&plan, &Layout::Rows(4), &x).unwrap();
         assert_eq!(&rows[4..], &[50., 54., 58., 62.]);
