@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use super::lanes::{narrow, widen, with_simd};
+use super::lanes::{narrow, simd_fn, widen};
 use crate::dtype::Element;
 use crate::error::{check_len, Result};
 use crate::plan::{MixPlan, PlanEntry};
@@ -252,6 +252,18 @@ fn mix_pair_segment<T: Element>(ri: Rule, rj: Rule, start: usize, a: &mut [T], b
     }
 }
 
+simd_fn! {
+    /// [`mix_segment`], with AVX2 when the CPU has it.
+    fn mix_segment_simd<T: Element>(rule: Rule, own: &[T], other: &[T], start: usize, out: &mut [T])
+        => mix_segment
+}
+
+simd_fn! {
+    /// [`mix_pair_segment`], with AVX2 when the CPU has it.
+    fn mix_pair_segment_simd<T: Element>(ri: Rule, rj: Rule, start: usize, a: &mut [T], b: &mut [T])
+        => mix_pair_segment
+}
+
 /// Smallest piece of work handed to a thread, in elements: below this, scheduling costs more
 /// than the copy.
 const MIN_TASK: usize = 1 << 14;
@@ -294,7 +306,7 @@ pub(crate) fn mix<T: Element>(
             let p = e.partner as usize;
             let rule = Rule::new(i, e, layout);
             let (own, other) = (&x[i * row..(i + 1) * row], &x[p * row..(p + 1) * row]);
-            with_simd(|| mix_segment(rule, own, other, start, piece));
+            mix_segment_simd(rule, own, other, start, piece);
         });
     Ok(())
 }
@@ -332,7 +344,7 @@ pub(crate) fn mix_in_place<T: Element>(plan: &MixPlan, layout: &Layout, x: &mut 
         .for_each(|(i, j, start, sa, sb)| {
             let ri = Rule::new(i, &entries[i], layout);
             let rj = Rule::new(j, &entries[j], layout);
-            with_simd(|| mix_pair_segment(ri, rj, start, sa, sb));
+            mix_pair_segment_simd(ri, rj, start, sa, sb);
         });
     Ok(())
 }
