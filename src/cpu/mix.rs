@@ -352,6 +352,52 @@ pub(crate) fn mix_in_place<T: Element>(plan: &MixPlan, layout: &Layout, x: &mut 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::{bf16, f16};
+
+    /// The AVX2 build and the baseline build of the kernels give the same bits.
+    fn paths_agree<T: Element>() {
+        let n = 3 * 7 * 11;
+        let mut s = 7u32;
+        let mut next = || {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            T::from_f32((s >> 8) as f32 / (1u32 << 24) as f32 * 255.0)
+        };
+        let own: Vec<T> = (0..n).map(|_| next()).collect();
+        let other: Vec<T> = (0..n).map(|_| next()).collect();
+        let boxed = Rule::Boxed(BoxRuns {
+            line: 11,
+            height: 7,
+            y0: 2,
+            y1: 6,
+            c0: 3,
+            c1: 9,
+        });
+        for rule in [Rule::Plain(Kind::Lerp(0.3)), Rule::Plain(Kind::Own), boxed] {
+            let (mut a, mut b) = (vec![T::default(); n], vec![T::default(); n]);
+            mix_segment(rule, &own, &other, 0, &mut a);
+            mix_segment_simd(rule, &own, &other, 0, &mut b);
+            assert!(a
+                .iter()
+                .zip(&b)
+                .all(|(x, y)| x.to_f32().to_bits() == y.to_f32().to_bits()));
+            let (mut x1, mut y1) = (own.clone(), other.clone());
+            let (mut x2, mut y2) = (own.clone(), other.clone());
+            let rj = Rule::Plain(Kind::Lerp(0.8));
+            mix_pair_segment(rule, rj, 0, &mut x1, &mut y1);
+            mix_pair_segment_simd(rule, rj, 0, &mut x2, &mut y2);
+            for (p, q) in x1.iter().chain(&y1).zip(x2.iter().chain(&y2)) {
+                assert_eq!(p.to_f32().to_bits(), q.to_f32().to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn avx2_and_baseline_paths_agree() {
+        paths_agree::<f32>();
+        paths_agree::<f16>();
+        paths_agree::<bf16>();
+        paths_agree::<u8>();
+    }
 
     fn collect(rule: Rule, start: usize, end: usize) -> Vec<(Kind, usize, usize)> {
         rule.runs(start, end).collect()
