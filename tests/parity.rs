@@ -643,7 +643,8 @@ mod cpu_mix {
     use mixup_kernels::cpu;
 
     /// f32: bit for bit where timm's weights equal ours (two rounded products and one rounded
-    /// sum, as torch and numpy compute them, no FMA); otherwise 1e-6 as for the reference.
+    /// sum, as torch and numpy compute them, no FMA); otherwise, and for samples that are their
+    /// own partner (timm's odd batch), 1e-6 as for the reference.
     /// u8: the pixel timm's collate produced (f32 lerp, round half to even), exactly.
     #[test]
     fn cpu_mix_matches_timm_and_torch() {
@@ -669,8 +670,19 @@ mod cpu_mix {
                     let mut out = vec![0f32; x.len()];
                     cpu::mix(&case.plan, &layout, &x, &mut out).unwrap();
                     if case.bit_exact {
+                        let row = x.len() / case.plan.len();
                         for (i, (g, e)) in out.iter().zip(&want).enumerate() {
-                            assert_eq!(g.to_bits(), e.to_bits(), "{what}[{i}]: {g} vs torch {e}");
+                            // A sample that is its own partner is copied: the crate gives the
+                            // exact λx + (1-λ)x = x where torch rounds the lerp.
+                            if case.plan.sample(i / row).partner == i / row {
+                                assert!((g - e).abs() <= 1e-6 + 1e-6 * e.abs(), "{what}[{i}]");
+                            } else {
+                                assert_eq!(
+                                    g.to_bits(),
+                                    e.to_bits(),
+                                    "{what}[{i}]: {g} vs torch {e}"
+                                );
+                            }
                         }
                     } else {
                         assert_close(&what, &widen(&out), &widen(&want), |_, e| {
@@ -865,8 +877,8 @@ impl LossCase {
     /// Per-sample loss tolerance. torch (and our f32 path) compute `lse - Σ t·z` with f32
     /// roundings at the magnitude of the logits (the cancellation between lse and the target
     /// logit leaves an absolute, not relative, error) and a sum over C terms:
-    /// 4·EPS32·(1 + max|z| + ln C), plus 1e-6 relative. torch's values are within 15% of this
-    /// of the exact f64 loss over the whole fixture (logits up to ±1e4).
+    /// 4·EPS32·(1 + max|z| + ln C), plus 1e-6 relative. Measured over the whole fixture (logits
+    /// up to ±1e4): torch vs the f64 reference uses at most 15% of it, the CPU path vs torch 11%.
     fn loss_tol_row(&self, i: usize, want: f64) -> f64 {
         4.0 * EPS32 * (1.0 + self.row_max(i) + (self.classes() as f64).ln()) + 1e-6 * want.abs()
     }
@@ -886,7 +898,8 @@ impl LossCase {
     /// p and t are <= 1 and Σt = 1 up to log2 C roundings, so the error is a few EPS32 times
     /// |s|·(1 + ln C); softmax itself is relatively accurate to EPS32·(|z - max| + ln C), which
     /// the absolute term covers because p·|z - max| <= 1/e: 4·EPS32·|s|·(1 + ln C) plus 8 EPS32
-    /// relative (torch's f32 gradients use at most 15% of it). Half types add one unit of the
+    /// relative (torch's f32 gradients vs the reference, and the CPU path's vs torch, use at
+    /// most 15% of it). Half types add one unit of the
     /// storage type: torch and we each round an f32 value once (torch's bf16/f16 gradients use
     /// up to half of that unit, as a correctly rounded value would).
     fn grad_tol(&self, i: usize, want: f64) -> f64 {
