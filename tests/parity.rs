@@ -899,9 +899,9 @@ impl LossCase {
     /// |s|·(1 + ln C); softmax itself is relatively accurate to EPS32·(|z - max| + ln C), which
     /// the absolute term covers because p·|z - max| <= 1/e: 4·EPS32·|s|·(1 + ln C) plus 8 EPS32
     /// relative (torch's f32 gradients vs the reference, and the CPU path's vs torch, use at
-    /// most 15% of it). Half types add one unit of the
-    /// storage type: torch and we each round an f32 value once (torch's bf16/f16 gradients use
-    /// up to half of that unit, as a correctly rounded value would).
+    /// most 15% of it). Half types add one unit of the storage type: torch and we each round an
+    /// f32 value once (torch's bf16/f16 gradients use up to half of that unit, as a correctly
+    /// rounded value would).
     fn grad_tol(&self, i: usize, want: f64) -> f64 {
         let c = self.classes() as f64;
         let mut t = 4.0 * EPS32 * self.scale(i).abs() * (1.0 + c.ln()) + 8.0 * EPS32 * want.abs();
