@@ -443,10 +443,9 @@ fn sampler_minmax_sides_cover_timms_range() {
 }
 
 /// timm 1.0.29+ draws the minmax box offset with `randint(0, H - cut_h + 1)`: the box may touch
-/// the bottom/right edge. timm <= 1.0.28 used `randint(0, H - cut_h)`, which the crate follows
-/// today (src/bbox.rs `draw_minmax_box`). Un-ignore once the crate follows the current timm.
+/// the bottom/right edge (timm <= 1.0.28 used `randint(0, H - cut_h)`). The crate follows the
+/// current timm.
 #[test]
-#[ignore = "src/bbox.rs draws the minmax offset as timm <= 1.0.28 did (never touching the far edge); the fixtures are timm 1.0.31"]
 fn sampler_minmax_offsets_cover_timms_range() {
     let doc = fixture("bbox");
     for r in cases(&doc, "rand_bbox_minmax") {
