@@ -168,11 +168,6 @@ DEV v16 lerp_slot(const Rule& r, const v16& a, const v16& b) {
     return o;
 }
 
-template <class E>
-DEV v16 mix_slot(const MixArgs& g, const Rule& r, u64 e0, const v16& a, const v16& b) {
-    return r.cut ? blend_bits<E>(a, b, slot_box_mask<E>(g, r, e0)) : lerp_slot<E>(r, a, b);
-}
-
 // One element (head/tail elements, and rows that cannot use slots).
 template <class E>
 DEV typename E::B mix_scalar(const MixArgs& g, const Rule& r, u64 e, typename E::B a,
@@ -209,14 +204,19 @@ DEV void mix_gather(const MixArgs& g) {
         if (same_offset(a, b) && same_offset(a, o)) {
             const Geom ge = geom_of<E>(a, D);
             const u64 first = chunk * CS + threadIdx.x;
-            v16 va[MIX_UNROLL], vb[MIX_UNROLL];
+            // Box masks first (see mix_pairs), then the loads.
             u32 mask[MIX_UNROLL];
+#pragma unroll
+            for (int k = 0; k < MIX_UNROLL; ++k) {
+                const u64 v = first + (u64)k * MIX_NT;
+                mask[k] = v < ge.nfull && r.cut ? slot_box_mask<E>(g, r, slot_elem<E>(ge, v)) : 0u;
+            }
+            v16 va[MIX_UNROLL], vb[MIX_UNROLL];
 #pragma unroll
             for (int k = 0; k < MIX_UNROLL; ++k) {
                 const u64 v = first + (u64)k * MIX_NT;
                 if (v < ge.nfull) {
                     const u64 e0 = slot_elem<E>(ge, v);
-                    mask[k] = r.cut ? slot_box_mask<E>(g, r, e0) : 0u;
                     // A CutMix slot reads only the rows its box needs.
                     const u32 full = (1u << E::VE) - 1u;
                     va[k] = (!r.cut || mask[k] != full) ? ld_v16_nc(a + e0) : zero_v16();
@@ -279,6 +279,16 @@ DEV void mix_pairs(const MixArgs& g) {
         if (same_offset(a, b) && same_offset(a, oa) && same_offset(a, ob)) {
             const Geom ge = geom_of<E>(a, D);
             const u64 first = chunk * CS + threadIdx.x;
+            // Box masks first: the (non-inlined) mask routine then runs while no loaded data is
+            // live, so the call needs no spills.
+            u32 mi[MIX_UNROLL], mp[MIX_UNROLL];
+#pragma unroll
+            for (int k = 0; k < MIX_UNROLL; ++k) {
+                const u64 v = first + (u64)k * MIX_NT;
+                const bool ok = v < ge.nfull;
+                mi[k] = ok && ri.cut ? slot_box_mask<E>(g, ri, slot_elem<E>(ge, v)) : 0u;
+                mp[k] = ok && two && rp.cut ? slot_box_mask<E>(g, rp, slot_elem<E>(ge, v)) : 0u;
+            }
             v16 va[MIX_UNROLL], vb[MIX_UNROLL];
 #pragma unroll
             for (int k = 0; k < MIX_UNROLL; ++k) {
@@ -294,8 +304,10 @@ DEV void mix_pairs(const MixArgs& g) {
                 const u64 v = first + (u64)k * MIX_NT;
                 if (v < ge.nfull) {
                     const u64 e0 = slot_elem<E>(ge, v);
-                    if (two) st_v16(ob + e0, mix_slot<E>(g, rp, e0, vb[k], va[k]));
-                    st_v16(oa + e0, mix_slot<E>(g, ri, e0, va[k], vb[k]));
+                    if (two) {
+                        st_v16(ob + e0, rp.cut ? blend_bits<E>(vb[k], va[k], mp[k]) : lerp_slot<E>(rp, vb[k], va[k]));
+                    }
+                    st_v16(oa + e0, ri.cut ? blend_bits<E>(va[k], vb[k], mi[k]) : lerp_slot<E>(ri, va[k], vb[k]));
                 }
             }
             if (chunk == 0) {
