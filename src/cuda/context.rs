@@ -43,7 +43,13 @@ pub(crate) fn guard<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
 
 #[cfg(mixup_cuda_dynload)]
 fn candidates(lib: &str) -> String {
-    cudarc::get_lib_name_candidates(lib).join(", ")
+    let mut seen = Vec::new();
+    for c in cudarc::get_lib_name_candidates(lib) {
+        if !seen.contains(&c) {
+            seen.push(c);
+        }
+    }
+    seen.join(", ")
 }
 
 /// The driver library, or a clear error naming it and how to point to it.
@@ -549,6 +555,60 @@ pub(crate) fn unit_name(op: &str, dtype: DType) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_driver_is_a_clear_error_not_a_panic() {
+        // On a machine without libcuda (CI) the mixer explains what is missing; with a GPU it
+        // simply works.
+        match CudaMixer::new(0) {
+            Ok(_) => {}
+            Err(MixError::CudaUnavailable(m)) => {
+                assert!(m.contains("libcuda") || m.contains("NVRTC"), "{m}")
+            }
+            Err(MixError::Driver { .. }) => {} // a driver without a device
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+
+    /// Re-runs this test binary with LD_LIBRARY_PATH emptied, so libnvrtc cannot be found,
+    /// and checks the child's error (the presence check is cached per process).
+    #[test]
+    #[cfg(mixup_cuda_dynload)]
+    fn missing_nvrtc_is_a_clear_error() {
+        if std::env::var_os("MIXUP_NVRTC_CHILD").is_some() {
+            // SAFETY: only probes library names.
+            if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+                println!("libnvrtc is installed system-wide; nothing to check");
+                return;
+            }
+            match require_nvrtc() {
+                Err(MixError::CudaUnavailable(m)) => {
+                    assert!(m.contains("pip install nvidia-cuda-nvrtc==13.0.*"), "{m}");
+                    assert!(m.contains("LD_LIBRARY_PATH"), "{m}");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(matches!(
+                nvrtc::version(),
+                Err(MixError::CudaUnavailable(_))
+            ));
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "cuda::context::tests::missing_nvrtc_is_a_clear_error",
+                "--nocapture",
+            ])
+            .env("MIXUP_NVRTC_CHILD", "1")
+            .env("LD_LIBRARY_PATH", "")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "{text}");
+    }
 
     #[test]
     fn every_unit_has_a_module_and_entries() {

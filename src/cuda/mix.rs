@@ -111,6 +111,7 @@ pub(crate) fn mix_args(
 /// # Safety
 /// `x` and `out` address `len` elements of `dtype` on the mixer's device; `out == x` only when
 /// `in_place`; otherwise they do not overlap.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn launch(
     m: &CudaMixer,
     plan: &DevicePlan,
