@@ -269,3 +269,16 @@ DEV void lse_merge(float& m, float& s, float m2, float s2) {
     }
     m = mm;
 }
+
+// The soft target of classes a and b of one sample (src/cpu/soft_targets.rs `Targets::pair`):
+// keep * lam + off and keep * (1 - lam) + off, or keep * (lam + (1 - lam)) + off for both when
+// a == b; each product and sum rounded once in f32 (no FMA), as the CPU path does.
+DEV void soft_pair(float keep, float off, float lam, bool same, float& ta, float& tb) {
+    const float mu = __fsub_rn(1.0f, lam);
+    if (same) {
+        ta = tb = __fadd_rn(__fmul_rn(keep, __fadd_rn(lam, mu)), off);
+    } else {
+        ta = __fadd_rn(__fmul_rn(keep, lam), off);
+        tb = __fadd_rn(__fmul_rn(keep, mu), off);
+    }
+}

@@ -3,7 +3,8 @@
 // Row i of the logits z (C classes), a = labels[i], b = labels[partner(i)], lam = plan[i].lam,
 // all in f32:
 //   off = eps / C,  wa = (1 - eps) * lam,  wb = (1 - eps) * (1 - lam)
-//   t_c = (off + [c == a] wa) + [c == b] wb                    (the soft target, never stored)
+//   t_c = t_a, t_b or off, rounded as the CPU path and soft_targets.cu do (`soft_pair`; the
+//         soft target is never stored)
 //   lse = m + log(sum_c exp(z_c - m)),  m = max_c z_c
 //   L_i = lse - (wa z_a + wb z_b + off sum_c z_c)             (= lse - sum_c t_c z_c)
 //   grad_ic = (exp(z_c - lse) - t_c) * scale_i,  scale_i = upstream_i * (1/B for Mean, else 1)
@@ -110,7 +111,8 @@ DEV Stats stats_reduce_block(Stats st, Stats* red) {
 // What every thread of a row needs.
 struct Row {
     u32 a, b;
-    float wa, wb;
+    float wa, wb;  // loss weights of z_a and z_b
+    float ta, tb;  // targets of classes a and b (equal when a == b)
     float scale;
     bool bad;
 };
@@ -125,6 +127,7 @@ DEV Row row_of(const CeArgs& g, u64 row) {
     const float om = __fsub_rn(1.0f, g.eps);
     r.wa = __fmul_rn(om, pe.lam);
     r.wb = __fmul_rn(om, __fsub_rn(1.0f, pe.lam));
+    soft_pair(om, g.off, pe.lam, r.a == r.b, r.ta, r.tb);
     const float* up = (const float*)g.upstream;
     const float u = g.up_kind == 0 ? g.up : (g.up_kind == 1 ? up[0] : up[row]);
     r.scale = __fmul_rn(u, g.factor);
@@ -180,9 +183,7 @@ DEV void slot_sum(const v16& s, u64 e0, float msub, const Row& r, Stats& st) {
     if (ib < E::VE) st.zb = get_dyn<E>(s, (u32)ib);
 }
 
-DEV float target(u64 e, const Row& r, float off) {
-    return __fadd_rn(__fadd_rn(off, e == r.a ? r.wa : 0.0f), e == r.b ? r.wb : 0.0f);
-}
+DEV float target(u64 e, const Row& r, float off) { return e == r.a ? r.ta : (e == r.b ? r.tb : off); }
 
 DEV float elem_grad(float z, u64 e, const Row& r, float lse2, float off) {
     const float p = ex2(fmaf(z, LOG2E_F, -lse2));
@@ -197,8 +198,8 @@ DEV v16 slot_grad(const v16& s, u64 e0, const Row& r, float lse2, float off) {
     for (int j = 0; j < E::VE; j += 2) {
         const float p0 = ex2(fmaf(E::get(s, j), LOG2E_F, -lse2));
         const float p1 = ex2(fmaf(E::get(s, j + 1), LOG2E_F, -lse2));
-        const float t0 = __fadd_rn(__fadd_rn(off, ia == (u64)j ? r.wa : 0.0f), ib == (u64)j ? r.wb : 0.0f);
-        const float t1 = __fadd_rn(__fadd_rn(off, ia == (u64)(j + 1) ? r.wa : 0.0f), ib == (u64)(j + 1) ? r.wb : 0.0f);
+        const float t0 = ia == (u64)j ? r.ta : (ib == (u64)j ? r.tb : off);
+        const float t1 = ia == (u64)(j + 1) ? r.ta : (ib == (u64)(j + 1) ? r.tb : off);
         E::set2(o, j, __fmul_rn(__fsub_rn(p0, t0), r.scale), __fmul_rn(__fsub_rn(p1, t1), r.scale));
     }
     return o;

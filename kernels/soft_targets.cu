@@ -1,10 +1,12 @@
 // soft_targets.cu: labels -> mixed, smoothed one-hot targets [B, C].
 //
-// For sample i with a = labels[i], b = labels[partner(i)], lam = plan[i].lam, in f32:
-//   off = eps / C,  wa = (1 - eps) * lam,  wb = (1 - eps) * (1 - lam)
-//   t[i][c] = (off + (c == a ? wa : 0)) + (c == b ? wb : 0)
-// so when a == b the two weights add (timm's formula; ffcv's assignment bug is not repeated),
-// then one rounding to the output type.
+// For sample i with a = labels[i], b = labels[partner(i)], lam = plan[i].lam, in f32, exactly
+// as the CPU path (src/cpu/soft_targets.rs `Targets::pair`) rounds it:
+//   keep = 1 - eps,  off = eps / C,  mu = 1 - lam
+//   a != b:  t[a] = keep * lam + off,  t[b] = keep * mu + off
+//   a == b:  t[a] = keep * (lam + mu) + off      (the weights add: ffcv's bug is not repeated)
+//   other classes: off
+// then one rounding to the output type, so the result is bit-identical to the CPU path.
 //
 // Work item = (row, chunk of the row); a chunk is SOFT_NT * SOFT_UNROLL 16-byte slots written
 // with vector stores (the row's head and tail elements one by one, in chunk 0). A label >= C matches no
@@ -45,8 +47,8 @@ DEV void soft_targets(const SoftArgs& g) {
         if (chunk == 0 && threadIdx.x == 0 && ((u64)a >= C || (u64)b >= C)) {
             atomicAdd((u32*)g.flags, 1u);
         }
-        const float wa = __fmul_rn(om, pe.lam);
-        const float wb = __fmul_rn(om, __fsub_rn(1.0f, pe.lam));
+        float ta, tb;
+        soft_pair(om, g.off, pe.lam, a == b, ta, tb);
         B* o = out + row * C;
         const Geom ge = geom_of<E>(o, C);
 #pragma unroll
@@ -59,8 +61,8 @@ DEV void soft_targets(const SoftArgs& g) {
             v16 s;
 #pragma unroll
             for (int j = 0; j < E::VE; j += 2) {
-                const float t0 = __fadd_rn(__fadd_rn(g.off, ia == j ? wa : 0.0f), ib == j ? wb : 0.0f);
-                const float t1 = __fadd_rn(__fadd_rn(g.off, ia == j + 1 ? wa : 0.0f), ib == j + 1 ? wb : 0.0f);
+                const float t0 = ia == j ? ta : (ib == j ? tb : g.off);
+                const float t1 = ia == j + 1 ? ta : (ib == j + 1 ? tb : g.off);
                 E::set2(s, j, t0, t1);
             }
             st_v16(o + e0, s);
@@ -68,7 +70,7 @@ DEV void soft_targets(const SoftArgs& g) {
         if (chunk == 0) {
             for (u32 xi = threadIdx.x; xi < extras_of(ge); xi += SOFT_NT) {
                 const u64 e = extra_elem<E>(ge, xi);
-                o[e] = E::to_bits(__fadd_rn(__fadd_rn(g.off, e == a ? wa : 0.0f), e == b ? wb : 0.0f));
+                o[e] = E::to_bits(e == a ? ta : (e == b ? tb : g.off));
             }
         }
     }

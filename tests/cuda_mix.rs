@@ -1,4 +1,4 @@
-//! GPU mixing against the CPU formula (bit for bit) and the f64 reference, every dtype, awkward
+//! GPU mixing against the CPU path and its formula (bit for bit) and the f64 reference, every dtype, awkward
 //! shapes, views at odd element offsets, in place and out of place, and the naive baseline.
 //! Prints SKIPPED without a GPU (see tests/cuda_common).
 #![cfg(feature = "cuda")]
@@ -109,6 +109,19 @@ fn check_dtype<T: Element + cudarc_repr::Repr>(m: &CudaMixer, seed: u64) {
                 dplan.upload(&plan).unwrap();
                 let want = expected(&plan, &layout, &x);
                 let reference = reference::mix(&plan, &layout, &x).unwrap();
+                #[cfg(feature = "cpu")]
+                {
+                    // The CPU path is the semantics the GPU must match bit for bit.
+                    let mut cpu = vec![T::default(); x.len()];
+                    mixup_kernels::cpu::mix(&plan, &layout, &x, &mut cpu).unwrap();
+                    for (i, (c, w)) in cpu.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            bits(*c),
+                            bits(*w),
+                            "{name} {layout:?}: the CPU path differs at {i}"
+                        );
+                    }
+                }
                 for (xo, oo) in [(0usize, 0usize), (1, 1), (3, 1), (0, 5)] {
                     let what = format!(
                         "{} {name} {layout:?} B={batch} offsets ({xo},{oo})",

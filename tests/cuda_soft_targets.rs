@@ -1,4 +1,4 @@
-//! GPU soft targets against the f64 reference, every float dtype, C from 1 to 50 000, odd
+//! GPU soft targets against the f64 reference and the CPU path (bit for bit), every float dtype, C from 1 to 50 000, odd
 //! output offsets, same-class partners, device labels out of range, and the naive baseline.
 //! Prints SKIPPED without a GPU (see tests/cuda_common).
 #![cfg(feature = "cuda")]
@@ -59,6 +59,19 @@ fn check_dtype<T: FloatElement + cudarc_repr::Repr>(m: &CudaMixer, seed: u64) {
                     assert_eq!(got[off + n].to_f32(), 5.0, "{what}: wrote after");
                     let (a, rl) = tol::<T>();
                     assert_close(&what, &widen(&got[off..off + n]), &want, a, rl);
+                    // The same f32 formula as the CPU path: the same bits.
+                    #[cfg(feature = "cpu")]
+                    {
+                        let mut cpu = vec![T::default(); n];
+                        mixup_kernels::cpu::soft_targets(&plan, &labels, &spec, &mut cpu).unwrap();
+                        for (i, (g, w)) in got[off..off + n].iter().zip(&cpu).enumerate() {
+                            assert_eq!(
+                                bits(*g),
+                                bits(*w),
+                                "{what}: differs from the CPU path at {i}"
+                            );
+                        }
+                    }
                 }
                 m.check_labels().unwrap();
             }
