@@ -39,6 +39,21 @@ struct alignas(16) v16 {
 // ---------------------------------------------------------------------------------------------
 // Conversions.
 
+#ifdef MIXUP_HOST_EMU
+// Host emulation (kernels/emu, scripts/emulate.sh): the compiler's _Float16 rounds to nearest
+// even like cvt.rn.f16.f32.
+DEV float f16_to_f32(u16 h) {
+    _Float16 v;
+    memcpy(&v, &h, 2);
+    return (float)v;
+}
+DEV u16 f32_to_f16(float f) {
+    _Float16 v = (_Float16)f;
+    u16 h;
+    memcpy(&h, &v, 2);
+    return h;
+}
+#else
 DEV float f16_to_f32(u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -50,6 +65,7 @@ DEV u16 f32_to_f16(float f) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
+#endif
 
 // bf16 -> f32 is exact: the bf16 bits are the high half of the f32 bits.
 DEV float bf16_to_f32(u16 b) { return __uint_as_float(((u32)b) << 16); }
@@ -157,6 +173,20 @@ struct U8 {
 // as in-place kernels do); `ld_v16_nc` goes through the read-only path for buffers the kernel
 // never writes.
 
+#ifdef MIXUP_HOST_EMU
+DEV v16 ld_v16(const void* p) {
+    emu_check_aligned(p);
+    v16 v;
+    memcpy(&v, p, 16);
+    return v;
+}
+DEV v16 ld_v16_nc(const void* p) { return ld_v16(p); }
+DEV void st_v16(void* p, const v16& v) {
+    emu_check_aligned(p);
+    memcpy(p, &v, 16);
+}
+DEV float ld_cg_f32(const float* p) { return *p; }
+#else
 DEV v16 ld_v16(const void* p) {
     v16 v;
     asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];"
@@ -185,6 +215,7 @@ DEV float ld_cg_f32(const float* p) {
     asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
     return v;
 }
+#endif
 
 DEV v16 zero_v16() {
     v16 v;
@@ -251,11 +282,15 @@ DEV float get_dyn(const v16& s, u32 j) {
 #define LOG2E_F 1.4426950408889634f
 #define LN2_F 0.6931471805599453f
 
+#ifdef MIXUP_HOST_EMU
+DEV float ex2(float x) { return exp2f(x); }
+#else
 DEV float ex2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
 }
+#endif
 
 DEV float neg_inf() { return __int_as_float(0xff800000); }
 
