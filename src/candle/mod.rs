@@ -46,8 +46,8 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, DType, Device, Error, Layout as CLayout, Result, Shape,
-    Tensor,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Error, Layout as CLayout, Result,
+    Shape, Tensor,
 };
 
 use crate::config::TargetSpec;
@@ -240,7 +240,7 @@ pub fn soft_targets(
         spec: *spec,
         dtype,
     };
-    labels.contiguous()?.apply_op1_no_bwd(&op)
+    device_labels(labels)?.apply_op1_no_bwd(&op)
 }
 
 /// Mixup cross-entropy of `logits` (`[B, C]`) against the plan's soft targets, as a candle op:
@@ -315,18 +315,21 @@ pub fn mixup_cross_entropy(
     crate::spec::check_ce(plan, spec, logits.elem_count(), &Upstream::Scalar(1.0))?;
 
     let logits = logits.contiguous()?;
-    let labels = labels.contiguous()?;
+    let labels = device_labels(labels)?;
     let op = MixupCeOp {
         plan: plan.clone(),
         spec: *spec,
         want_grad: logits.track_op(),
         grad: Mutex::new(None),
     };
-    if op.want_grad {
-        logits.apply_op2_arc(&labels, Arc::new(Box::new(op)))
+    let loss = if op.want_grad {
+        logits.apply_op2_arc(&labels, Arc::new(Box::new(op)))?
     } else {
-        logits.apply_op2_no_bwd(&labels, &op)
-    }
+        logits.apply_op2_no_bwd(&labels, &op)?
+    };
+    // f32 inside (the loss is accumulated in f32); the caller gets the logits' dtype, and
+    // candle's `to_dtype` hands the upstream gradient back to the op as f32.
+    loss.to_dtype(logits.dtype())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -366,6 +369,17 @@ fn check_labels_tensor(labels: &Tensor, plan: &MixPlan, op: &'static str) -> Res
     check_dtype(labels.dtype(), &[DType::U32, DType::I64, DType::U8], op)?;
     plan.check_batch(labels.dims()[0])?;
     Ok(())
+}
+
+/// Labels ready for an op: contiguous, and u32 on a GPU (the kernels read u32; a negative i64
+/// wraps to a huge value there, which the kernel counts as out of range). On the host, i64 and
+/// u8 are converted and checked inside the op.
+fn device_labels(labels: &Tensor) -> Result<Tensor> {
+    if labels.device().is_cpu() || labels.dtype() == DType::U32 {
+        labels.contiguous()
+    } else {
+        labels.to_dtype(DType::U32)
+    }
 }
 
 /// The contiguous part of a storage vector that a layout covers.
@@ -412,9 +426,9 @@ fn labels_from_i64(v: &[i64]) -> Result<Vec<u32>> {
 // ---------------------------------------------------------------------------------------------
 
 /// Out-of-place mixing of a contiguous batch.
-struct MixOp {
-    plan: MixPlan,
-    layout: Layout,
+pub(crate) struct MixOp {
+    pub(crate) plan: MixPlan,
+    pub(crate) layout: Layout,
 }
 
 impl MixOp {
@@ -459,10 +473,10 @@ impl CustomOp1 for MixOp {
 }
 
 /// Soft targets from labels.
-struct SoftTargetsOp {
-    plan: MixPlan,
-    spec: TargetSpec,
-    dtype: DType,
+pub(crate) struct SoftTargetsOp {
+    pub(crate) plan: MixPlan,
+    pub(crate) spec: TargetSpec,
+    pub(crate) dtype: DType,
 }
 
 fn targets_vec<T: FloatElement>(op: &SoftTargetsOp, labels: &[u32]) -> Result<Vec<T>> {
@@ -503,26 +517,27 @@ impl CustomOp1 for SoftTargetsOp {
     }
 }
 
-/// The fused mixup cross-entropy. The forward pass computes the loss and, when the logits track
-/// gradients, the gradient for an upstream of 1 in the same pass, kept in `grad` until the
-/// backward pass asks for it.
-struct MixupCeOp {
-    plan: MixPlan,
-    spec: CeSpec,
-    want_grad: bool,
+/// The fused mixup cross-entropy. Its output is f32 (the public function converts it to the
+/// logits' dtype, so candle's own `to_dtype` carries the upstream gradient back as f32). The
+/// forward pass computes the loss and, when the logits track gradients, the gradient for an
+/// upstream of 1 in the same pass, kept in `grad` until the backward pass asks for it.
+pub(crate) struct MixupCeOp {
+    pub(crate) plan: MixPlan,
+    pub(crate) spec: CeSpec,
+    pub(crate) want_grad: bool,
     grad: Mutex<Option<Tensor>>,
 }
 
 impl MixupCeOp {
     /// The output shape: a scalar, or `[B]` per-sample losses for `Reduction::None`.
-    fn out_shape(&self) -> Shape {
+    pub(crate) fn out_shape(&self) -> Shape {
         match self.spec.reduction {
             Reduction::None => Shape::from(self.plan.len()),
             Reduction::Mean | Reduction::Sum => Shape::from(()),
         }
     }
 
-    fn keep_grad(&self, grad: Tensor) {
+    pub(crate) fn keep_grad(&self, grad: Tensor) {
         // A poisoned lock only means another thread panicked mid-store; the value is still a
         // whole tensor or None, so take the guard either way.
         *self.grad.lock().unwrap_or_else(|p| p.into_inner()) = Some(grad);
@@ -533,21 +548,22 @@ impl MixupCeOp {
     }
 }
 
-/// Forward (and gradient for an upstream of 1 if `grad` is given) on host slices; returns the
-/// output values in f32 (the reduced loss, or per-sample losses).
+/// Loss (and the gradient for `upstream` when `grad` is given) on host slices; returns the
+/// output values: the reduced loss, or per-sample losses.
 fn ce_host<T: FloatElement>(
-    op: &MixupCeOp,
+    plan: &MixPlan,
+    spec: &CeSpec,
     logits: &[T],
     labels: &[u32],
     upstream: Upstream<'_>,
     grad: Option<&mut [T]>,
 ) -> Result<Vec<f32>> {
-    let mut losses = vec![0f32; op.plan.len()];
-    let per_sample = op.spec.reduction == Reduction::None;
+    let mut losses = vec![0f32; plan.len()];
+    let per_sample = spec.reduction == Reduction::None;
     let loss_out = per_sample.then_some(losses.as_mut_slice());
     let loss = match grad {
-        Some(g) => crate::cpu::mixup_ce(&op.plan, &op.spec, logits, labels, upstream, loss_out, g)?,
-        None => crate::cpu::mixup_ce_forward(&op.plan, &op.spec, logits, labels, loss_out)?,
+        Some(g) => crate::cpu::mixup_ce(plan, spec, logits, labels, upstream, loss_out, g)?,
+        None => crate::cpu::mixup_ce_forward(plan, spec, logits, labels, loss_out)?,
     };
     Ok(if per_sample { losses } else { vec![loss] })
 }
@@ -557,17 +573,24 @@ fn ce_fwd_cpu<T: FloatElement + candle_core::WithDType>(
     logits: &[T],
     labels: &[u32],
 ) -> Result<CpuStorage> {
+    let (plan, spec) = (&op.plan, &op.spec);
     let values = if op.want_grad {
         let mut grad = vec![T::default(); logits.len()];
-        let v = ce_host(op, logits, labels, Upstream::Scalar(1.0), Some(&mut grad))?;
-        let shape = (op.plan.len(), op.spec.targets.num_classes);
+        let v = ce_host(
+            plan,
+            spec,
+            logits,
+            labels,
+            Upstream::Scalar(1.0),
+            Some(&mut grad),
+        )?;
+        let shape = (plan.len(), spec.targets.num_classes);
         op.keep_grad(Tensor::from_vec(grad, shape, &Device::Cpu)?);
         v
     } else {
-        ce_host(op, logits, labels, Upstream::Scalar(1.0), None)?
+        ce_host(plan, spec, logits, labels, Upstream::Scalar(1.0), None)?
     };
-    let out: Vec<T> = values.into_iter().map(T::from_f32).collect();
-    Ok(T::to_cpu_storage_owned(out))
+    Ok(CpuStorage::F32(values))
 }
 
 impl CustomOp2 for MixupCeOp {
@@ -611,15 +634,19 @@ impl CustomOp2 for MixupCeOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // The upstream gradient has the output's shape: one value, or one per sample. It is
-        // tiny, so reading it to the host costs nothing next to the B×C gradient.
-        let up: Vec<f32> = grad_res.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        // The upstream gradient has the output's shape (one value, or one per sample) and is
+        // f32. Reading it to the host costs nothing next to the B×C gradient on the CPU; on a
+        // GPU it waits for the stream once per step (as the loss is usually read for logging
+        // anyway), like Liger-Kernel's `grad_output == 1` test.
+        let up: Vec<f32> = grad_res.flatten_all()?.to_vec1()?;
+        #[cfg(feature = "candle-cuda")]
+        cuda::check_labels(logits.device())?;
         let kept = self.take_grad();
         if let Some(g) = kept.filter(|_| up.iter().all(|&u| u == 1.0)) {
             return Ok((Some(g), None));
         }
-        // Any other upstream (a loss scaled by a weight, a sum of losses...): one more fused
-        // pass with the real upstream, so the result is rounded once, as the reference defines.
+        // Any other upstream (a weighted loss, a sum of losses...): one more fused pass with the
+        // real upstream, so each element is still rounded once, as the reference defines.
         let upstream = match self.spec.reduction {
             Reduction::None => Upstream::PerSample(&up),
             Reduction::Mean | Reduction::Sum => {
@@ -627,46 +654,39 @@ impl CustomOp2 for MixupCeOp {
             }
         };
         crate::spec::check_ce(&self.plan, &self.spec, logits.elem_count(), &upstream)?;
-        let grad_op = CeGradOp {
-            ce: self,
-            upstream: up.clone(),
-        };
-        let g = logits
-            .detach()
-            .contiguous()?
-            .apply_op2_no_bwd(&labels.contiguous()?, &grad_op)?;
+        let grad_op = CeGradOp { ce: self };
+        let g = logits.detach().contiguous()?.apply_op3_no_bwd(
+            &labels.contiguous()?,
+            &grad_res.detach().flatten_all()?.contiguous()?,
+            &grad_op,
+        )?;
         Ok((Some(g), None))
     }
 }
 
-/// The gradient alone for a given upstream (the backward pass when the upstream is not 1).
-struct CeGradOp<'a> {
-    ce: &'a MixupCeOp,
-    upstream: Vec<f32>,
-}
-
-impl CeGradOp<'_> {
-    fn upstream(&self) -> Upstream<'_> {
-        match self.ce.spec.reduction {
-            Reduction::None => Upstream::PerSample(&self.upstream),
-            Reduction::Mean | Reduction::Sum => {
-                Upstream::Scalar(self.upstream.first().copied().unwrap_or(1.0))
-            }
-        }
-    }
+/// The gradient alone for the upstream gradient given as the third argument (f32, one value or
+/// one per sample): the backward pass when that upstream is not 1.
+pub(crate) struct CeGradOp<'a> {
+    pub(crate) ce: &'a MixupCeOp,
 }
 
 fn ce_grad_cpu<T: FloatElement + candle_core::WithDType>(
     op: &CeGradOp<'_>,
     logits: &[T],
     labels: &[u32],
+    up: &[f32],
 ) -> Result<CpuStorage> {
+    let (plan, spec) = (&op.ce.plan, &op.ce.spec);
+    let upstream = match spec.reduction {
+        Reduction::None => Upstream::PerSample(up),
+        Reduction::Mean | Reduction::Sum => Upstream::Scalar(up.first().copied().unwrap_or(1.0)),
+    };
     let mut grad = vec![T::default(); logits.len()];
-    ce_host(op.ce, logits, labels, op.upstream(), Some(&mut grad))?;
+    ce_host(plan, spec, logits, labels, upstream, Some(&mut grad))?;
     Ok(T::to_cpu_storage_owned(grad))
 }
 
-impl CustomOp2 for CeGradOp<'_> {
+impl CustomOp3 for CeGradOp<'_> {
     fn name(&self) -> &'static str {
         "mixup-kernels-mixup-ce-grad"
     }
@@ -677,13 +697,19 @@ impl CustomOp2 for CeGradOp<'_> {
         l1: &CLayout,
         s2: &CpuStorage,
         l2: &CLayout,
+        s3: &CpuStorage,
+        l3: &CLayout,
     ) -> Result<(CpuStorage, Shape)> {
         let name = self.name();
         let labels = host_labels(s2, l2, name)?;
+        let up = match s3 {
+            CpuStorage::F32(v) => contiguous(v, l3, name)?,
+            other => return Err(Error::UnsupportedDTypeForOp(other.dtype(), name).bt()),
+        };
         let out = match s1 {
-            CpuStorage::F32(v) => ce_grad_cpu(self, contiguous(v, l1, name)?, &labels)?,
-            CpuStorage::F16(v) => ce_grad_cpu(self, contiguous(v, l1, name)?, &labels)?,
-            CpuStorage::BF16(v) => ce_grad_cpu(self, contiguous(v, l1, name)?, &labels)?,
+            CpuStorage::F32(v) => ce_grad_cpu(self, contiguous(v, l1, name)?, &labels, up)?,
+            CpuStorage::F16(v) => ce_grad_cpu(self, contiguous(v, l1, name)?, &labels, up)?,
+            CpuStorage::BF16(v) => ce_grad_cpu(self, contiguous(v, l1, name)?, &labels, up)?,
             other => return Err(Error::UnsupportedDTypeForOp(other.dtype(), name).bt()),
         };
         Ok((out, l1.shape().clone()))
@@ -696,7 +722,9 @@ impl CustomOp2 for CeGradOp<'_> {
         l1: &CLayout,
         s2: &candle_core::CudaStorage,
         l2: &CLayout,
+        s3: &candle_core::CudaStorage,
+        l3: &CLayout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda::mixup_ce_grad(self.ce, self.upstream(), s1, l1, s2, l2)
+        cuda::mixup_ce_grad(self.ce, s1, l1, s2, l2, s3, l3)
     }
 }
