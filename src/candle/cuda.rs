@@ -21,9 +21,12 @@ use crate::cuda::{CudaMixer, DevicePlan, DeviceUpstream};
 use crate::spec::Reduction;
 use crate::{bf16, f16};
 
-/// The mixer of each candle device seen so far.
+/// The mixers made so far, one per candle device.
+type Mixers = Mutex<Vec<(DeviceId, Arc<CudaMixer>)>>;
+
+/// The mixer of `dev`, made on first use.
 fn mixer(dev: &CudaDevice) -> Result<Arc<CudaMixer>> {
-    static MIXERS: OnceLock<Mutex<Vec<(DeviceId, Arc<CudaMixer>)>>> = OnceLock::new();
+    static MIXERS: OnceLock<Mixers> = OnceLock::new();
     let mut all = MIXERS
         .get_or_init(Default::default)
         .lock()
