@@ -1,1 +1,683 @@
-fn main() {}
+//! GPU benchmark: fused kernels vs the naive unfused kernels vs a device-to-device copy of the
+//! same bytes, in one run, on the grid of issue 3. Without a GPU it says so and exits 0.
+//!
+//!     cargo bench --bench gpu                  # everything
+//!     cargo bench --bench gpu -- mix           # rows whose op name contains "mix"
+//!     cargo bench --bench gpu -- --quick       # fewer repetitions, smaller mix batches
+//!
+//! (Or run the bench binary built by scripts/gpu-bundle.sh: `.gpu/bench-gpu [filter] [--quick]`.)
+//!
+//! Method: CUDA events around each call, warm-up first, the median of many repetitions (each
+//! synchronized, so launch latency counts as it does in a training step); inputs larger than
+//! L2 are rotated between repetitions (several input sets when one set fits in L2); random
+//! data, never zeros. GB/s is computed at the op's byte floor (shared/REFERENCE.md): the bytes
+//! the op must move at least, whatever it actually moves, so a kernel that moves more shows a
+//! lower figure. "vs copy" divides by the bandwidth of `cuMemcpyDtoD` moving the same number of
+//! bytes (read + write) in the same run.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use mixup_kernels::cuda::cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
+use mixup_kernels::cuda::cudarc::driver::{
+    CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use mixup_kernels::cuda::cudarc::nvrtc::Ptx;
+use mixup_kernels::cuda::kernels::{compile, options, ModuleSource, Target};
+use mixup_kernels::cuda::{naive, CudaMixer, CudaMixerOptions, DevicePlan, DeviceUpstream};
+use mixup_kernels::{bf16, f16, CeSpec, CutBox, Element, Layout, MixPlan, Reduction, TargetSpec};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+struct Bench {
+    mixer: CudaMixer,
+    stream: Arc<CudaStream>,
+    l2: usize,
+    reps: usize,
+    warmup: usize,
+    filter: Vec<String>,
+    quick: bool,
+}
+
+/// Median, min and max of per-call times in milliseconds.
+#[derive(Clone, Copy)]
+struct Timing {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Bench {
+    fn wanted(&self, op: &str) -> bool {
+        self.filter.is_empty() || self.filter.iter().any(|f| op.contains(f.as_str()))
+    }
+
+    /// Times `f(rep)` with events; `f` must only enqueue work on the mixer's stream.
+    fn time(&self, mut f: impl FnMut(usize) -> Res<()>) -> Res<Timing> {
+        let ctx = self.stream.context();
+        for i in 0..self.warmup {
+            f(i)?;
+        }
+        self.stream.synchronize()?;
+        let mut ms = Vec::with_capacity(self.reps);
+        for i in 0..self.reps {
+            let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+            let end = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+            start.record(&self.stream)?;
+            f(self.warmup + i)?;
+            end.record(&self.stream)?;
+            end.synchronize()?;
+            ms.push(start.elapsed_ms(&end)? as f64);
+        }
+        ms.sort_by(|a, b| a.total_cmp(b));
+        Ok(Timing {
+            median: ms[ms.len() / 2],
+            min: ms[0],
+            max: ms[ms.len() - 1],
+        })
+    }
+
+    /// How many input sets of `bytes` to rotate so that they do not all fit in L2.
+    fn sets(&self, bytes: usize) -> usize {
+        if bytes >= 2 * self.l2 {
+            1
+        } else {
+            (2 * self.l2).div_ceil(bytes.max(1)).clamp(2, 16)
+        }
+    }
+
+    /// Device-to-device copy moving `floor_bytes` in total (half read, half written).
+    fn copy(&self, floor_bytes: usize) -> Res<Timing> {
+        let half = (floor_bytes / 2).max(4);
+        let n = self.sets(half);
+        let src: Vec<CudaSlice<u8>> = (0..n)
+            .map(|_| self.stream.clone_htod(&random_bytes(half)))
+            .collect::<Result<_, _>>()?;
+        let mut dst: Vec<CudaSlice<u8>> = (0..n)
+            .map(|_| self.stream.alloc_zeros::<u8>(half))
+            .collect::<Result<_, _>>()?;
+        self.time(|i| {
+            let k = i % n;
+            self.stream.memcpy_dtod(&src[k], &mut dst[k])?;
+            Ok(())
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        &self,
+        op: &str,
+        dtype: &str,
+        shape: &str,
+        variant: &str,
+        floor: usize,
+        t: Timing,
+        copy: Timing,
+    ) {
+        let gbs = floor as f64 / (t.median * 1e-3) / 1e9;
+        let copy_gbs = floor as f64 / (copy.median * 1e-3) / 1e9;
+        println!(
+            "| {op} | {dtype} | {shape} | {variant} | {:.1} | {:.1}–{:.1} | {gbs:.0} | {:.2} |",
+            t.median * 1e3,
+            t.min * 1e3,
+            t.max * 1e3,
+            gbs / copy_gbs
+        );
+    }
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8 | 1
+        })
+        .collect()
+}
+
+/// Random values in [-4, 4) (pixels: 1..=255), never zero.
+fn random<T: Element>(n: usize, seed: u64) -> Vec<T> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+            if T::DTYPE == mixup_kernels::DType::U8 {
+                T::from_f32(1.0 + (u * 254.0).floor())
+            } else {
+                let v = u * 8.0 - 4.0;
+                T::from_f32(if v == 0.0 { 0.5 } else { v })
+            }
+        })
+        .collect()
+}
+
+fn xorshift(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+fn random_pairs(n: usize, seed: u64) -> Vec<usize> {
+    let mut s = seed | 1;
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, (xorshift(&mut s) % (i as u64 + 1)) as usize);
+    }
+    let mut p: Vec<usize> = (0..n).collect();
+    for c in order.chunks(2) {
+        if let [a, b] = *c {
+            p[a] = b;
+            p[b] = a;
+        }
+    }
+    p
+}
+
+fn random_permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut s = seed | 1;
+    let mut p: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        p.swap(i, (xorshift(&mut s) % (i as u64 + 1)) as usize);
+    }
+    p
+}
+
+fn lams(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| 0.5 + 0.45 * ((i * 7919) % 101) as f32 / 101.0)
+        .collect()
+}
+
+/// Mixing: random pairs in place (floor 2·N·s), any permutation (3·N·s), CutMix NCHW and NHWC
+/// (timm's flip in place, 2·N·s).
+fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<()> {
+    let (c, h, w) = (3usize, 224usize, 224usize);
+    let n = batch * c * h * w;
+    let s = std::mem::size_of::<T>();
+    let dt = T::DTYPE.name();
+    let shape = format!("{batch}x3x224x224");
+    let x = b.stream.clone_htod(&random::<T>(n, 1))?;
+    let mut out = b.stream.clone_htod(&random::<T>(n, 2))?;
+    let mut tmp = b.stream.clone_htod(&random::<T>(n, 3))?;
+    let mut xi = b.stream.clone_dtod(&x)?;
+    let mut plan = DevicePlan::new(&b.mixer);
+    let nchw = Layout::Nchw {
+        channels: c,
+        height: h,
+        width: w,
+    };
+    let nhwc = Layout::Nhwc {
+        height: h,
+        width: w,
+        channels: c,
+    };
+    let flip: Vec<usize> = (0..batch).rev().collect();
+    let boxes: Vec<Option<CutBox>> = (0..batch)
+        .map(|i| {
+            Some(CutBox {
+                y0: (i % 50) as u32,
+                y1: (i % 50 + 112) as u32,
+                x0: 30,
+                x1: 142,
+            })
+        })
+        .collect();
+    let cases: Vec<(&str, MixPlan, Layout, bool, usize)> = vec![
+        (
+            "random pairs, in place",
+            MixPlan::from_parts(&random_pairs(batch, 7), &lams(batch))?,
+            nchw,
+            true,
+            2,
+        ),
+        (
+            "permutation",
+            MixPlan::from_parts(&random_permutation(batch, 8), &lams(batch))?,
+            nchw,
+            false,
+            3,
+        ),
+        (
+            "cutmix NCHW, flip in place",
+            MixPlan::with_boxes(&flip, &lams(batch), &boxes, h, w)?,
+            nchw,
+            true,
+            2,
+        ),
+        (
+            "cutmix NHWC, flip in place",
+            MixPlan::with_boxes(&flip, &lams(batch), &boxes, h, w)?,
+            nhwc,
+            true,
+            2,
+        ),
+    ];
+    for (name, p, layout, in_place, passes) in cases {
+        plan.upload(&p)?;
+        let floor = passes * n * s;
+        let copy = b.copy(floor)?;
+        let fused = if in_place {
+            b.time(|_| {
+                Ok(b.mixer
+                    .mix_in_place(&plan, &layout, &mut xi.as_view_mut())?)
+            })?
+        } else {
+            b.time(|_| {
+                Ok(b.mixer
+                    .mix(&plan, &layout, &x.as_view(), &mut out.as_view_mut())?)
+            })?
+        };
+        let unfused = b.time(|_| {
+            Ok(naive::mix(
+                &b.mixer,
+                &plan,
+                &layout,
+                &x.as_view(),
+                &mut tmp.as_view_mut(),
+                &mut out.as_view_mut(),
+            )?)
+        })?;
+        b.row(
+            "mix",
+            dt,
+            &shape,
+            &format!("{name}: fused"),
+            floor,
+            fused,
+            copy,
+        );
+        b.row(
+            "mix",
+            dt,
+            &shape,
+            &format!("{name}: naive"),
+            floor,
+            unfused,
+            copy,
+        );
+        b.row(
+            "mix",
+            dt,
+            &shape,
+            &format!("{name}: copy"),
+            floor,
+            copy,
+            copy,
+        );
+    }
+    Ok(())
+}
+
+fn labels(batch: usize, classes: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed | 1;
+    (0..batch)
+        .map(|_| (xorshift(&mut s) % classes as u64) as u32)
+        .collect()
+}
+
+/// Soft targets [B, C]: floor B·C·s writes.
+fn bench_soft<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
+    b: &Bench,
+    batch: usize,
+    classes: usize,
+) -> Res<()> {
+    let s = std::mem::size_of::<T>();
+    let floor = batch * classes * s;
+    let sets = b.sets(floor);
+    let mut outs: Vec<CudaSlice<T>> = (0..sets)
+        .map(|i| b.stream.clone_htod(&random::<T>(batch * classes, i as u64)))
+        .collect::<Result<_, _>>()?;
+    let ls = b.stream.clone_htod(&labels(batch, classes, 3))?;
+    let mut plan = DevicePlan::new(&b.mixer);
+    plan.upload(&MixPlan::from_parts(&random_pairs(batch, 5), &lams(batch))?)?;
+    let spec = TargetSpec::new(classes, 0.1)?;
+    let copy = b.copy(floor * 2)?; // copy moves read + write; compare with the write bandwidth
+    let fused = b.time(|i| {
+        Ok(b.mixer.soft_targets(
+            &plan,
+            &ls.as_view(),
+            &spec,
+            &mut outs[i % sets].as_view_mut(),
+        )?)
+    })?;
+    let mut bufs = naive::NaiveBuffers::new(&b.mixer, batch, classes)?;
+    let unfused = b.time(|i| {
+        Ok(naive::soft_targets(
+            &b.mixer,
+            &plan,
+            &ls.as_view(),
+            &spec,
+            &mut bufs,
+            &mut outs[i % sets].as_view_mut(),
+        )?)
+    })?;
+    let shape = format!("{batch}x{classes}");
+    let dt = T::DTYPE.name();
+    // Against the copy's bandwidth (read + write bytes): a pure write stream is compared with
+    // the same total byte rate.
+    b.row(
+        "soft targets",
+        dt,
+        &shape,
+        "fused",
+        floor,
+        fused,
+        Timing {
+            median: copy.median / 2.0,
+            ..copy
+        },
+    );
+    b.row(
+        "soft targets",
+        dt,
+        &shape,
+        "naive",
+        floor,
+        unfused,
+        Timing {
+            median: copy.median / 2.0,
+            ..copy
+        },
+    );
+    b.row(
+        "soft targets",
+        dt,
+        &shape,
+        "copy (write half)",
+        floor,
+        Timing {
+            median: copy.median / 2.0,
+            ..copy
+        },
+        Timing {
+            median: copy.median / 2.0,
+            ..copy
+        },
+    );
+    Ok(())
+}
+
+/// Mixup CE forward + backward: floor B·C·(s_in + s_out).
+fn bench_ce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
+    b: &Bench,
+    batch: usize,
+    classes: usize,
+) -> Res<()> {
+    let s = std::mem::size_of::<T>();
+    let n = batch * classes;
+    let floor = 2 * n * s;
+    let sets = b.sets(n * s);
+    let logits: Vec<CudaSlice<T>> = (0..sets)
+        .map(|i| b.stream.clone_htod(&random::<T>(n, 10 + i as u64)))
+        .collect::<Result<_, _>>()?;
+    let mut grad = b.stream.clone_htod(&random::<T>(n, 9))?;
+    let ls = b.stream.clone_htod(&labels(batch, classes, 4))?;
+    let mut loss = b.stream.alloc_zeros::<f32>(1)?;
+    let mut plan = DevicePlan::new(&b.mixer);
+    plan.upload(&MixPlan::from_parts(&random_pairs(batch, 6), &lams(batch))?)?;
+    let spec = CeSpec::new(classes, 0.1, Reduction::Mean);
+    let copy = b.copy(floor)?;
+    let fused = b.time(|i| {
+        Ok(b.mixer.mixup_ce(
+            &plan,
+            &spec,
+            &logits[i % sets].as_view(),
+            &ls.as_view(),
+            DeviceUpstream::Scalar(1.0),
+            &mut loss.as_view_mut(),
+            None,
+            &mut grad.as_view_mut(),
+        )?)
+    })?;
+    let fwd = b.time(|i| {
+        Ok(b.mixer.mixup_ce_forward(
+            &plan,
+            &spec,
+            &logits[i % sets].as_view(),
+            &ls.as_view(),
+            &mut loss.as_view_mut(),
+            None,
+        )?)
+    })?;
+    let mut bufs = naive::NaiveBuffers::new(&b.mixer, batch, classes)?;
+    let unfused = b.time(|i| {
+        Ok(naive::mixup_ce(
+            &b.mixer,
+            &plan,
+            &spec,
+            &logits[i % sets].as_view(),
+            &ls.as_view(),
+            &mut bufs,
+            &mut loss.as_view_mut(),
+            &mut grad.as_view_mut(),
+        )?)
+    })?;
+    let shape = format!("{batch}x{classes}");
+    let dt = T::DTYPE.name();
+    b.row("mixup CE fwd+bwd", dt, &shape, "fused", floor, fused, copy);
+    b.row(
+        "mixup CE fwd+bwd",
+        dt,
+        &shape,
+        "naive (7 launches)",
+        floor,
+        unfused,
+        copy,
+    );
+    b.row("mixup CE fwd+bwd", dt, &shape, "copy", floor, copy, copy);
+    // Forward only reads the logits once: floor B·C·s_in.
+    b.row("mixup CE fwd", dt, &shape, "fused", n * s, fwd, copy);
+    Ok(())
+}
+
+/// An empty kernel's launch-to-completion time, the floor of a launch-bound op (256x1000).
+fn bench_empty(b: &Bench) -> Res<()> {
+    static EMPTY: ModuleSource = ModuleSource {
+        name: "empty",
+        source: "extern \"C\" __global__ void empty_kernel(int x) { if (x == 12345) asm volatile(\"trap;\"); }",
+        hash: 0,
+    };
+    let cc = b.mixer.compute_capability();
+    let target = Target::Sm(cc);
+    let compiled = compile(&EMPTY, "empty", target, &options(target, "MIXUP_ALL", &[]))?;
+    let module = b
+        .stream
+        .context()
+        .load_module(Ptx::from_binary(compiled.image))?;
+    let f = module.load_function("empty_kernel")?;
+    let arg = 0i32;
+    let t = b.time(|_| {
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the kernel takes one int and touches no memory.
+        unsafe { b.stream.launch_builder(&f).arg(&arg).launch(cfg)? };
+        Ok(())
+    })?;
+    println!(
+        "| empty kernel | - | 1x32 threads | launch + completion | {:.1} | {:.1}–{:.1} | - | - |",
+        t.median * 1e3,
+        t.min * 1e3,
+        t.max * 1e3
+    );
+    Ok(())
+}
+
+/// NVRTC first-call cost: a fresh mixer with an empty cache folder (cold), then another fresh
+/// mixer reading that folder (disk cache). Wall time of the first call, synchronized.
+fn bench_first_call() -> Res<()> {
+    let dir =
+        std::env::temp_dir().join(format!("mixup-kernels-bench-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    println!();
+    println!("| first call | kernel unit | cold (NVRTC) ms | from disk cache ms |");
+    println!("|---|---|---|---|");
+    let mut rows: Vec<(String, String, f64, f64)> = Vec::new();
+    for pass in 0..2 {
+        let m = CudaMixer::with_options(
+            0,
+            CudaMixerOptions {
+                cache_dir: Some(dir.clone()),
+                ..Default::default()
+            },
+        )?;
+        let s = m.stream().clone();
+        let (batch, classes) = (256usize, 1000usize);
+        let z = s.clone_htod(&random::<bf16>(batch * classes, 1))?;
+        let ls = s.clone_htod(&labels(batch, classes, 2))?;
+        let mut g = s.clone_htod(&random::<bf16>(batch * classes, 3))?;
+        let mut loss = s.alloc_zeros::<f32>(1)?;
+        let x = s.clone_htod(&random::<bf16>(8 * 3 * 32 * 32, 4))?;
+        let mut out = s.clone_htod(&random::<bf16>(8 * 3 * 32 * 32, 5))?;
+        let mut plan = DevicePlan::new(&m);
+        plan.upload(&MixPlan::from_parts(&random_pairs(batch, 1), &lams(batch))?)?;
+        s.synchronize()?;
+        let t0 = Instant::now();
+        m.mixup_ce(
+            &plan,
+            &CeSpec::new(classes, 0.1, Reduction::Mean),
+            &z.as_view(),
+            &ls.as_view(),
+            DeviceUpstream::Scalar(1.0),
+            &mut loss.as_view_mut(),
+            None,
+            &mut g.as_view_mut(),
+        )?;
+        s.synchronize()?;
+        let ce = t0.elapsed().as_secs_f64() * 1e3;
+        let mut p8 = DevicePlan::new(&m);
+        p8.upload(&MixPlan::from_parts(&random_permutation(8, 3), &lams(8))?)?;
+        let t0 = Instant::now();
+        m.mix(
+            &p8,
+            &Layout::Nchw {
+                channels: 3,
+                height: 32,
+                width: 32,
+            },
+            &x.as_view(),
+            &mut out.as_view_mut(),
+        )?;
+        s.synchronize()?;
+        let mix = t0.elapsed().as_secs_f64() * 1e3;
+        for (i, (op, t)) in [
+            ("mixup_ce bf16 256x1000 (whole call)", ce),
+            ("mix bf16 (whole call)", mix),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let unit = m
+                .load_report()
+                .get(i)
+                .map(|l| format!("{} ({:.1} ms to load)", l.unit, l.time.as_secs_f64() * 1e3))
+                .unwrap_or_default();
+            if pass == 0 {
+                rows.push((op.to_string(), unit, t, 0.0));
+            } else {
+                rows[i].3 = t;
+                rows[i].1 = format!("{} / {}", rows[i].1, unit);
+            }
+        }
+    }
+    for (op, unit, cold, warm) in rows {
+        println!("| {op} | {unit} | {cold:.1} | {warm:.1} |");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let filter: Vec<String> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .cloned()
+        .collect();
+    let mixer = match CudaMixer::new(0) {
+        Ok(m) => m,
+        Err(e) => {
+            println!("GPU benchmark skipped: no CUDA device ({e})");
+            return;
+        }
+    };
+    let ctx = mixer.stream().context().clone();
+    let l2 = ctx
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+        .unwrap_or(50 << 20)
+        .max(1) as usize;
+    let name = ctx.name().unwrap_or_default();
+    let (dmaj, dmin) = {
+        let mut v = 0i32;
+        // SAFETY: valid out-pointer.
+        unsafe { mixup_kernels::cuda::cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+        (v / 1000, (v % 1000) / 10)
+    };
+    let nv = mixer.nvrtc_version();
+    println!(
+        "# mixup-kernels GPU benchmark\n\ndevice: {name} ({}, {} SMs, L2 {} MB), CUDA driver {dmaj}.{dmin}, NVRTC {}.{}, kernels for {}\n",
+        mixer.compute_capability(),
+        mixer.multiprocessors(),
+        l2 >> 20,
+        nv.0,
+        nv.1,
+        mixer.target_arch()
+    );
+    let b = Bench {
+        stream: mixer.stream().clone(),
+        mixer,
+        l2,
+        reps: if quick { 10 } else { 50 },
+        warmup: if quick { 2 } else { 5 },
+        filter,
+        quick,
+    };
+    println!("| op | dtype | shape | variant | median µs | min–max µs | GB/s at floor | vs copy |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let report = |what: &str, r: Res<()>| {
+        if let Err(e) = r {
+            println!("| {what} | error: {e} | | | | | | |");
+        }
+    };
+    if b.wanted("empty") {
+        report("empty kernel", bench_empty(&b));
+    }
+    if b.wanted("mix") {
+        let batches: &[usize] = if b.quick { &[256] } else { &[256, 1024] };
+        for &batch in batches {
+            report("mix f32", bench_mix::<f32>(&b, batch));
+            report("mix bf16", bench_mix::<bf16>(&b, batch));
+            report("mix f16", bench_mix::<f16>(&b, batch));
+        }
+    }
+    if b.wanted("soft") {
+        report("soft targets f32", bench_soft::<f32>(&b, 1024, 1000));
+        report("soft targets bf16", bench_soft::<bf16>(&b, 1024, 1000));
+    }
+    if b.wanted("ce") || b.wanted("CE") {
+        for (batch, classes) in [
+            (256usize, 1000usize),
+            (4096, 32_000),
+            (4096, 128_256),
+            (16_384, 50_257),
+        ] {
+            report("mixup CE f32", bench_ce::<f32>(&b, batch, classes));
+            report("mixup CE bf16", bench_ce::<bf16>(&b, batch, classes));
+        }
+    }
+    if b.wanted("first") {
+        if let Err(e) = bench_first_call() {
+            println!("first-call benchmark failed: {e}");
+        }
+    }
+}

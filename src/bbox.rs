@@ -12,6 +12,10 @@ use crate::plan::CutBox;
 ///
 /// λ outside `[0, 1]` is clamped into it (timm would produce NaN for λ > 1).
 ///
+/// This is timm ≥ 1.0.29 (timm ≤ 1.0.28 used `cy + cut_h//2` for the far edge), computed in f64
+/// as timm's batch mode does; timm's elem and pair modes hold λ as an `np.float32`, which can
+/// give a box one pixel different for the same λ (checked against timm 1.0.31 fixtures).
+///
 /// ```
 /// use mixup_kernels::{timm_rand_bbox, CutBox};
 /// // λ = 0.75 on a 224×224 image: cut = int(224·0.5) = 112, centred at (100, 50).
@@ -88,9 +92,9 @@ pub(crate) fn minmax_range(
     }
 }
 
-/// timm's `rand_bbox_minmax`: `cut_h ~ U{int(H·min) .. int(H·max)-1}`, likewise `cut_w`, then
-/// `y0 ~ U{0 .. H-cut_h-1}`, `x0 ~ U{0 .. W-cut_w-1}` (numpy's `randint` excludes its upper end,
-/// so, as in timm, a box never touches the bottom or right edge). Ranges come from
+/// timm's `rand_bbox_minmax` (timm ≥ 1.0.29): `cut_h ~ U{int(H·min) .. int(H·max)-1}`, likewise
+/// `cut_w`, then `y0 ~ U{0 .. H-cut_h}`, `x0 ~ U{0 .. W-cut_w}` (`randint(0, H - cut_h + 1)`, so
+/// the box may touch the far edge; timm ≤ 1.0.28 stopped one pixel short). Ranges come from
 /// [`minmax_range`].
 pub(crate) fn draw_minmax_box<R: Rng>(
     rng: &mut R,
@@ -101,8 +105,8 @@ pub(crate) fn draw_minmax_box<R: Rng>(
 ) -> CutBox {
     let cut_h = rng.random_range(h_range.0..h_range.1);
     let cut_w = rng.random_range(w_range.0..w_range.1);
-    let y0 = rng.random_range(0..height - cut_h);
-    let x0 = rng.random_range(0..width - cut_w);
+    let y0 = rng.random_range(0..=height - cut_h);
+    let x0 = rng.random_range(0..=width - cut_w);
     CutBox {
         y0: y0 as u32,
         y1: (y0 + cut_h) as u32,

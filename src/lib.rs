@@ -39,6 +39,14 @@ pub mod cpu;
 #[cfg(feature = "candle")]
 pub mod candle;
 
+// The real CUDA module when the `cuda` (or `candle-cuda`) feature is on (cfg set by build.rs),
+// else a stub with the same names whose calls return `MixError::Unsupported`.
+#[cfg(mixup_cuda)]
+pub mod cuda;
+#[cfg(not(mixup_cuda))]
+#[path = "cuda/stub.rs"]
+pub mod cuda;
+
 pub use bbox::timm_rand_bbox;
 pub use config::{BoxRule, MixConfig, Mode, PartnerRule, TargetSpec};
 pub use dtype::{DType, Element, FloatElement};

@@ -156,7 +156,19 @@ pub(crate) fn check_ce(
             what: "upstream",
             reason: "a per-sample upstream gradient needs Reduction::None".into(),
         }),
-        Upstream::PerSample(g) => check_len("upstream", plan.len(), g.len()),
+        Upstream::PerSample(g) => {
+            check_len("upstream", plan.len(), g.len())?;
+            match g.iter().position(|v| !v.is_finite()) {
+                Some(i) => Err(MixError::InvalidArgument {
+                    what: "upstream",
+                    reason: format!(
+                        "the upstream gradient must be finite, got {} for sample {i}",
+                        g[i]
+                    ),
+                }),
+                None => Ok(()),
+            }
+        }
         Upstream::Scalar(_) => Ok(()),
     }?;
     Ok(total)

@@ -1,0 +1,319 @@
+// common.cuh: prepended to every kernel module before NVRTC sees it (build.rs does the
+// concatenation), so the kernels need no header from a CUDA toolkit. NVRTC 13.0 ships no
+// cuda_fp16.h / cuda_bf16.h: f16 and bf16 travel as raw 16-bit values and are converted here
+// with inline PTX.
+//
+// Conventions shared by every module:
+// - All arithmetic is f32; a value is widened exactly, combined, and rounded once to its storage
+//   type (round to nearest even; u8 also clamps to 0..255 and maps NaN to 0), as
+//   `Element::from_f32` does on the host.
+// - Indices into tensors are 64-bit (`u64`): B*C and B*D may exceed 2^32.
+// - Rows move in aligned 16-byte slots with one vector access each; the few elements before the
+//   first and after the last 16-byte boundary of a row go element by element (see `Geom`), so
+//   nothing outside the row is ever read or written.
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef int i32;
+typedef unsigned long long u64;
+typedef long long i64;
+
+#define DEV __device__ __forceinline__
+
+// The plan as the host lays it out (src/plan.rs `PlanEntry`, 32 bytes).
+struct PlanEntry {
+    u32 partner;
+    float lam;
+    u32 cut;  // 0 MixUp, 1 CutMix
+    u32 y0, y1, x0, x1;
+    u32 pad;
+};
+static_assert(sizeof(PlanEntry) == 32, "PlanEntry must match the host layout");
+
+// 16 bytes, the unit of every vector access.
+struct alignas(16) v16 {
+    u32 w[4];
+};
+
+// ---------------------------------------------------------------------------------------------
+// Conversions.
+
+#ifdef MIXUP_HOST_EMU
+// Host emulation (kernels/emu, scripts/emulate.sh): the compiler's _Float16 rounds to nearest
+// even like cvt.rn.f16.f32.
+DEV float f16_to_f32(u16 h) {
+    _Float16 v;
+    memcpy(&v, &h, 2);
+    return (float)v;
+}
+DEV u16 f32_to_f16(float f) {
+    _Float16 v = (_Float16)f;
+    u16 h;
+    memcpy(&h, &v, 2);
+    return h;
+}
+#else
+DEV float f16_to_f32(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+DEV u16 f32_to_f16(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+#endif
+
+// bf16 -> f32 is exact: the bf16 bits are the high half of the f32 bits.
+DEV float bf16_to_f32(u16 b) { return __uint_as_float(((u32)b) << 16); }
+
+DEV u16 f32_to_bf16(float f) {
+#if __CUDA_ARCH__ >= 800
+    u16 r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
+    return r;
+#else
+    // sm_75 has no bf16 conversion instruction: round to nearest even in integer arithmetic,
+    // exactly as the `half` crate does (NaN stays NaN: keep the high bits, set the quiet bit).
+    u32 x = __float_as_uint(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (u16)((x >> 16) | 0x40u);
+    return (u16)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+#endif
+}
+
+// Two f32 to a packed pair (lo in bits 0..15, hi in bits 16..31).
+DEV u32 pack_f16x2(float lo, float hi) {
+#if __CUDA_ARCH__ >= 800
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
+    return (u32)f32_to_f16(lo) | ((u32)f32_to_f16(hi) << 16);
+#endif
+}
+
+DEV u32 pack_bf16x2(float lo, float hi) {
+#if __CUDA_ARCH__ >= 800
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
+    return (u32)f32_to_bf16(lo) | ((u32)f32_to_bf16(hi) << 16);
+#endif
+}
+
+// u8 -> f32 without an I2F: 2^23 + b has b in its low mantissa bits.
+DEV float u8_to_f32(u32 b) { return __uint_as_float(0x4b000000u | (b & 0xffu)) - 8388608.0f; }
+
+// f32 -> u8 as `u8::from_f32`: NaN -> 0, clamp to [0, 255], round half to even. fmaxf(NaN, 0)
+// is 0; adding 2^23 to a value in [0, 255] rounds it to an integer, ties to even.
+DEV u32 f32_to_u8(float f) {
+    f = fminf(fmaxf(f, 0.0f), 255.0f);
+    return __float_as_uint(f + 8388608.0f) & 0xffu;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Element types: storage, width, and access to element j of a 16-byte slot (j is a
+// compile-time constant after unrolling, so the register array is never indexed at run time).
+
+// `B` is the unsigned integer the value is stored as (its bits); kernels take `const E::B*`.
+struct F32 {
+    typedef u32 B;
+    static constexpr int VE = 4;
+    DEV static float from_bits(B b) { return __uint_as_float(b); }
+    DEV static B to_bits(float v) { return __float_as_uint(v); }
+    DEV static float get(const v16& s, int j) { return __uint_as_float(s.w[j]); }
+    // Sets elements j and j+1 (j even).
+    DEV static void set2(v16& s, int j, float lo, float hi) {
+        s.w[j] = __float_as_uint(lo);
+        s.w[j + 1] = __float_as_uint(hi);
+    }
+};
+
+struct F16 {
+    typedef u16 B;
+    static constexpr int VE = 8;
+    DEV static float from_bits(B b) { return f16_to_f32(b); }
+    DEV static B to_bits(float v) { return f32_to_f16(v); }
+    DEV static float get(const v16& s, int j) {
+        return f16_to_f32((u16)((j & 1) ? (s.w[j >> 1] >> 16) : (s.w[j >> 1] & 0xffffu)));
+    }
+    DEV static void set2(v16& s, int j, float lo, float hi) { s.w[j >> 1] = pack_f16x2(lo, hi); }
+};
+
+struct BF16 {
+    typedef u16 B;
+    static constexpr int VE = 8;
+    DEV static float from_bits(B b) { return bf16_to_f32(b); }
+    DEV static B to_bits(float v) { return f32_to_bf16(v); }
+    DEV static float get(const v16& s, int j) {
+        return __uint_as_float((j & 1) ? (s.w[j >> 1] & 0xffff0000u) : (s.w[j >> 1] << 16));
+    }
+    DEV static void set2(v16& s, int j, float lo, float hi) { s.w[j >> 1] = pack_bf16x2(lo, hi); }
+};
+
+struct U8 {
+    typedef u8 B;
+    static constexpr int VE = 16;
+    DEV static float from_bits(B b) { return u8_to_f32(b); }
+    DEV static B to_bits(float v) { return (u8)f32_to_u8(v); }
+    DEV static float get(const v16& s, int j) { return u8_to_f32(s.w[j >> 2] >> (8 * (j & 3))); }
+    DEV static void set2(v16& s, int j, float lo, float hi) {
+        const u32 pair = f32_to_u8(lo) | (f32_to_u8(hi) << 8);
+        const u32 shift = 8 * (j & 3);  // j even: 0 or 16
+        s.w[j >> 2] = (s.w[j >> 2] & ~(0xffffu << shift)) | (pair << shift);
+    }
+};
+
+// ---------------------------------------------------------------------------------------------
+// 16-byte global accesses. `ld_v16` is coherent (safe when the same kernel writes the buffer,
+// as in-place kernels do); `ld_v16_nc` goes through the read-only path for buffers the kernel
+// never writes.
+
+#ifdef MIXUP_HOST_EMU
+DEV v16 ld_v16(const void* p) {
+    emu_check_aligned(p);
+    v16 v;
+    memcpy(&v, p, 16);
+    return v;
+}
+DEV v16 ld_v16_nc(const void* p) { return ld_v16(p); }
+DEV void st_v16(void* p, const v16& v) {
+    emu_check_aligned(p);
+    memcpy(p, &v, 16);
+}
+DEV float ld_cg_f32(const float* p) { return *p; }
+#else
+DEV v16 ld_v16(const void* p) {
+    v16 v;
+    asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3])
+                 : "l"(p));
+    return v;
+}
+
+DEV v16 ld_v16_nc(const void* p) {
+    v16 v;
+    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3])
+                 : "l"(p));
+    return v;
+}
+
+DEV void st_v16(void* p, const v16& v) {
+    asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.w[0]), "r"(v.w[1]),
+                 "r"(v.w[2]), "r"(v.w[3])
+                 : "memory");
+}
+
+// A load that bypasses L1 (for values other blocks wrote in this launch, after a fence).
+DEV float ld_cg_f32(const float* p) {
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
+    return v;
+}
+#endif
+
+DEV v16 zero_v16() {
+    v16 v;
+    v.w[0] = v.w[1] = v.w[2] = v.w[3] = 0u;
+    return v;
+}
+
+// Geometry of one row of `len` elements: `head` elements up to the first 16-byte boundary, then
+// `nfull` full 16-byte slots, then `tail` elements. Slot v covers elements
+// [head + v*VE, head + (v+1)*VE). The head and tail (at most VE-1 each) go element by element;
+// extra element x (0 <= x < head + tail) is element `extra_elem(x)` of the row.
+struct Geom {
+    u32 head, tail;
+    u64 nfull;
+};
+
+template <class E>
+DEV Geom geom_of(const typename E::B* row, u64 len) {
+    Geom g;
+    const u32 lead = (u32)(((u64)row & 15u) / sizeof(typename E::B));
+    const u64 h = (u64)((E::VE - lead) % E::VE);
+    g.head = (u32)(h < len ? h : len);
+    g.nfull = (len - g.head) / E::VE;
+    g.tail = (u32)(len - g.head - g.nfull * E::VE);
+    return g;
+}
+
+DEV u32 extras_of(const Geom& g) { return g.head + g.tail; }
+
+template <class E>
+DEV u64 extra_elem(const Geom& g, u32 x) {
+    return x < g.head ? (u64)x : (u64)g.head + g.nfull * E::VE + (x - g.head);
+}
+
+// Element index of the first element of slot v.
+template <class E>
+DEV u64 slot_elem(const Geom& g, u64 v) {
+    return (u64)g.head + v * E::VE;
+}
+
+// Whether two pointers sit at the same offset from a 16-byte boundary (then rows of the same
+// length have the same geometry and their slots line up).
+DEV bool same_offset(const void* p, const void* q) { return (((u64)p ^ (u64)q) & 15u) == 0; }
+
+// Element j of a slot with j known only at run time (selects, no local memory).
+DEV u32 word_dyn(const v16& s, u32 w) {
+    const u32 a = (w & 1u) ? s.w[1] : s.w[0];
+    const u32 b = (w & 1u) ? s.w[3] : s.w[2];
+    return (w & 2u) ? b : a;
+}
+
+template <class E>
+DEV float get_dyn(const v16& s, u32 j) {
+    constexpr u32 BITS = 128 / E::VE;
+    const u32 bitpos = j * BITS;
+    const u32 bits = word_dyn(s, bitpos >> 5) >> (bitpos & 31u);
+    return E::from_bits((typename E::B)(BITS == 32 ? bits : bits & ((1u << (BITS & 31u)) - 1u)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Math in f32. exp2 and log2 by the special-function unit; the relative error of ex2.approx is
+// about 2^-22, far below what a loss or a bf16 gradient can show.
+
+#define LOG2E_F 1.4426950408889634f
+#define LN2_F 0.6931471805599453f
+
+#ifdef MIXUP_HOST_EMU
+DEV float ex2(float x) { return exp2f(x); }
+#else
+DEV float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+#endif
+
+DEV float neg_inf() { return __int_as_float(0xff800000); }
+
+// Merges two (max, sum of exp2(z - max)) pairs; an empty pair is (-inf, 0).
+DEV void lse_merge(float& m, float& s, float m2, float s2) {
+    const float mm = fmaxf(m, m2);
+    if (mm == neg_inf()) {
+        s = 0.0f;
+    } else {
+        s = s * ex2(m - mm) + s2 * ex2(m2 - mm);
+    }
+    m = mm;
+}
+
+// The soft target of classes a and b of one sample (src/cpu/soft_targets.rs `Targets::pair`):
+// keep * lam + off and keep * (1 - lam) + off, or keep * (lam + (1 - lam)) + off for both when
+// a == b; each product and sum rounded once in f32 (no FMA), as the CPU path does.
+DEV void soft_pair(float keep, float off, float lam, bool same, float& ta, float& tb) {
+    const float mu = __fsub_rn(1.0f, lam);
+    if (same) {
+        ta = tb = __fadd_rn(__fmul_rn(keep, __fadd_rn(lam, mu)), off);
+    } else {
+        ta = __fadd_rn(__fmul_rn(keep, lam), off);
+        tb = __fadd_rn(__fmul_rn(keep, mu), off);
+    }
+}

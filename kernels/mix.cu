@@ -1,0 +1,367 @@
+// mix.cu: MixUp lerp and CutMix paste of a batch, one fused pass.
+//
+// For sample i with partner p = plan[i].partner and weight lam = plan[i].lam, element k:
+//   MixUp (and every sample under Layout::Rows):
+//       out[i][k] = round(lam * x[i][k] + (1 - lam) * x[p][k])
+//     as two rounded f32 products and one rounded f32 sum (__fmul_rn/__fadd_rn: no FMA, so the
+//     bits equal the CPU path's), then one rounding to the storage type.
+//   CutMix (image layouts), element k at pixel (y, x):
+//       out[i][k] = (y0 <= y < y1 && x0 <= x < x1) ? x[p][k] : x[i][k]   (bits copied)
+//
+// Two kernels per dtype:
+//   mix_gather_<dt>: any permutation, out of place. Work item = (sample, chunk of its row):
+//     reads the sample's row and its partner's row, writes the output row (2 reads + 1 write;
+//     a CutMix sample reads only what its box needs).
+//   mix_pairs_<dt>: involutions (partner[partner[i]] == i), in place or out of place. Work item =
+//     (pair, chunk): reads both rows of the pair once and writes both outputs, so the whole batch
+//     moves 1 read + 1 write, the same bytes as a copy. The pair leaders (i <= partner[i]) follow
+//     the plan entries in the plan buffer.
+//
+// Rows whose pointers (own, partner, output) share their offset from a 16-byte boundary move in
+// 16-byte slots; other rows (odd row lengths with unequal offsets) go element by element.
+
+#define MIX_NT 256
+#define MIX_UNROLL 4
+
+#define LAYOUT_ROWS 0u
+#define LAYOUT_NCHW 1u
+#define LAYOUT_NHWC 2u
+
+// Kernel arguments, passed by value (mirrored by `MixArgs` in src/cuda/mix.rs).
+struct MixArgs {
+    u64 x;         // const E::B*, [B, D]
+    u64 out;       // E::B*, [B, D]; may equal x for mix_pairs
+    u64 plan;      // const PlanEntry*, [B], then the pair leaders as u32
+    u64 items;     // work items: rows (or pairs) times chunks
+    u64 row_len;   // D, elements per sample
+    u64 chunks;    // chunks per row
+    u64 plane;     // H * W
+    u32 layout;    // LAYOUT_*
+    u32 channels;  // C of the image layout
+    u32 height;
+    u32 width;
+    u32 batch;
+    u32 pad;
+};
+static_assert(sizeof(MixArgs) == 80, "MixArgs must match the host layout");
+
+// 64-bit division where both operands usually fit in 32 bits.
+DEV u64 div_u64(u64 a, u64 b) {
+    if (((a | b) >> 32) == 0) return (u64)((u32)a / (u32)b);
+    return a / b;
+}
+
+struct Pos {
+    u32 y, x, c;
+};
+
+// Pixel of element e of a sample. Image samples have fewer than 2^32 elements (the host checks),
+// so pixel arithmetic is 32-bit.
+DEV Pos pos_of(const MixArgs& g, u32 e) {
+    Pos p;
+    u32 pix;
+    if (g.layout == LAYOUT_NCHW) {
+        pix = e % (u32)g.plane;
+        p.c = 0;
+    } else {
+        pix = e / g.channels;
+        p.c = e - pix * g.channels;
+    }
+    p.y = pix / g.width;
+    p.x = pix - p.y * g.width;
+    return p;
+}
+
+// Advances to the next element of the sample.
+DEV void pos_next(const MixArgs& g, Pos& p) {
+    if (g.layout == LAYOUT_NHWC) {
+        if (++p.c < g.channels) return;
+        p.c = 0;
+    }
+    if (++p.x == g.width) {
+        p.x = 0;
+        if (++p.y == g.height) p.y = 0;
+    }
+}
+
+// What one output sample does: lerp with (lam, 1 - lam), or paste a box.
+struct Rule {
+    float lam, oml;
+    bool cut;
+    u32 y0, h, x0, w;  // box origin and extent
+};
+
+DEV Rule rule_of(const PlanEntry& e, u32 layout) {
+    Rule r;
+    r.lam = e.lam;
+    r.oml = __fsub_rn(1.0f, e.lam);
+    r.cut = e.cut != 0 && layout != LAYOUT_ROWS;
+    r.y0 = e.y0;
+    r.h = e.y1 - e.y0;
+    r.x0 = e.x0;
+    r.w = e.x1 - e.x0;
+    return r;
+}
+
+DEV bool inside(const Rule& r, const Pos& p) { return (p.y - r.y0 < r.h) && (p.x - r.x0 < r.w); }
+
+DEV float lerp_rn(float lam, float oml, float a, float b) {
+    return __fadd_rn(__fmul_rn(lam, a), __fmul_rn(oml, b));
+}
+
+// Bit j set when element e0 + j (a full slot) is inside the box. Not inlined: CutMix slots are
+// a minority and one copy keeps the kernels small (NVRTC compile time).
+__device__ __noinline__ u32 box_mask(u32 layout, u32 plane, u32 channels, u32 height, u32 width, u32 y0,
+                                     u32 h, u32 x0, u32 w, u32 e0, u32 n) {
+    MixArgs g;
+    g.layout = layout;
+    g.plane = plane;
+    g.channels = channels;
+    g.height = height;
+    g.width = width;
+    Rule r;
+    r.y0 = y0;
+    r.h = h;
+    r.x0 = x0;
+    r.w = w;
+    Pos p = pos_of(g, e0);
+    u32 m = 0;
+    for (u32 j = 0; j < n; ++j) {
+        if (inside(r, p)) m |= 1u << j;
+        pos_next(g, p);
+    }
+    return m;
+}
+
+template <class E>
+DEV u32 slot_box_mask(const MixArgs& g, const Rule& r, u64 e0) {
+    return box_mask(g.layout, (u32)g.plane, g.channels, g.height, g.width, r.y0, r.h, r.x0, r.w, (u32)e0, E::VE);
+}
+
+// Bitwise select: element j from b where bit j of m is set, else from a.
+template <class E>
+DEV v16 blend_bits(const v16& a, const v16& b, u32 m) {
+    constexpr int BITS = 128 / E::VE;  // bits per element: 32, 16, 8
+    v16 o;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+        u32 sel = 0;
+#pragma unroll
+        for (int k = 0; k < 32 / BITS; ++k) {
+            const int j = w * (32 / BITS) + k;
+            if ((m >> j) & 1u) sel |= (0xffffffffu >> (32 - BITS)) << (k * BITS);
+        }
+        o.w[w] = (a.w[w] & ~sel) | (b.w[w] & sel);
+    }
+    return o;
+}
+
+template <class E>
+DEV v16 lerp_slot(const Rule& r, const v16& a, const v16& b) {
+    v16 o;
+#pragma unroll
+    for (int j = 0; j < E::VE; j += 2) {
+        const float lo = lerp_rn(r.lam, r.oml, E::get(a, j), E::get(b, j));
+        const float hi = lerp_rn(r.lam, r.oml, E::get(a, j + 1), E::get(b, j + 1));
+        E::set2(o, j, lo, hi);
+    }
+    return o;
+}
+
+// One element (head/tail elements, and rows that cannot use slots).
+template <class E>
+DEV typename E::B mix_scalar(const MixArgs& g, const Rule& r, u64 e, typename E::B a,
+                             typename E::B b) {
+    if (r.cut) {
+        return box_mask(g.layout, (u32)g.plane, g.channels, g.height, g.width, r.y0, r.h, r.x0, r.w, (u32)e, 1)
+                   ? b
+                   : a;
+    }
+    return E::to_bits(lerp_rn(r.lam, r.oml, E::from_bits(a), E::from_bits(b)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Any permutation, out of place.
+
+template <class E>
+DEV void mix_gather(const MixArgs& g) {
+    typedef typename E::B B;
+    const B* x = (const B*)g.x;
+    B* out = (B*)g.out;
+    const PlanEntry* plan = (const PlanEntry*)g.plan;
+    const u64 D = g.row_len;
+    constexpr u64 CS = MIX_NT * MIX_UNROLL;  // slots per chunk
+
+    for (u64 item = blockIdx.x; item < g.items; item += gridDim.x) {
+        const u64 row = div_u64(item, g.chunks);
+        const u64 chunk = item - row * g.chunks;
+        const PlanEntry pe = plan[row];
+        const Rule r = rule_of(pe, g.layout);
+        const B* a = x + row * D;
+        const B* b = x + (u64)pe.partner * D;
+        B* o = out + row * D;
+
+        if (same_offset(a, b) && same_offset(a, o)) {
+            const Geom ge = geom_of<E>(a, D);
+            const u64 first = chunk * CS + threadIdx.x;
+            // Box masks first (see mix_pairs), then the loads.
+            u32 mask[MIX_UNROLL];
+#pragma unroll
+            for (int k = 0; k < MIX_UNROLL; ++k) {
+                const u64 v = first + (u64)k * MIX_NT;
+                mask[k] = v < ge.nfull && r.cut ? slot_box_mask<E>(g, r, slot_elem<E>(ge, v)) : 0u;
+            }
+            v16 va[MIX_UNROLL], vb[MIX_UNROLL];
+#pragma unroll
+            for (int k = 0; k < MIX_UNROLL; ++k) {
+                const u64 v = first + (u64)k * MIX_NT;
+                if (v < ge.nfull) {
+                    const u64 e0 = slot_elem<E>(ge, v);
+                    // A CutMix slot reads only the rows its box needs.
+                    const u32 full = (1u << E::VE) - 1u;
+                    va[k] = (!r.cut || mask[k] != full) ? ld_v16_nc(a + e0) : zero_v16();
+                    vb[k] = (!r.cut || mask[k] != 0u) ? ld_v16_nc(b + e0) : zero_v16();
+                }
+            }
+#pragma unroll
+            for (int k = 0; k < MIX_UNROLL; ++k) {
+                const u64 v = first + (u64)k * MIX_NT;
+                if (v < ge.nfull) {
+                    const u64 e0 = slot_elem<E>(ge, v);
+                    st_v16(o + e0, r.cut ? blend_bits<E>(va[k], vb[k], mask[k]) : lerp_slot<E>(r, va[k], vb[k]));
+                }
+            }
+            if (chunk == 0) {
+                for (u32 xi = threadIdx.x; xi < extras_of(ge); xi += MIX_NT) {
+                    const u64 e = extra_elem<E>(ge, xi);
+                    o[e] = mix_scalar<E>(g, r, e, a[e], b[e]);
+                }
+            }
+        } else {
+            // Element by element, coalesced across the block.
+            const u64 base = chunk * CS * E::VE;
+#pragma unroll 2
+            for (u32 k = 0; k < CS * E::VE / MIX_NT; ++k) {
+                const u64 e = base + (u64)k * MIX_NT + threadIdx.x;
+                if (e < D) o[e] = mix_scalar<E>(g, r, e, a[e], b[e]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Involutions: one work item mixes both rows of a pair; in place when out == x.
+
+template <class E>
+DEV void mix_pairs(const MixArgs& g) {
+    typedef typename E::B B;
+    const B* x = (const B*)g.x;
+    B* out = (B*)g.out;
+    const PlanEntry* plan = (const PlanEntry*)g.plan;
+    const u32* leaders = (const u32*)(plan + g.batch);
+    const u64 D = g.row_len;
+    constexpr u64 CS = MIX_NT * MIX_UNROLL;
+
+    for (u64 item = blockIdx.x; item < g.items; item += gridDim.x) {
+        const u64 pair = div_u64(item, g.chunks);
+        const u64 chunk = item - pair * g.chunks;
+        const u32 i = leaders[pair];
+        const PlanEntry pi = plan[i];
+        const u32 p = pi.partner;
+        const bool two = p != i;
+        const Rule ri = rule_of(pi, g.layout);
+        const Rule rp = rule_of(plan[p], g.layout);
+        const B* a = x + (u64)i * D;
+        const B* b = x + (u64)p * D;
+        B* oa = out + (u64)i * D;
+        B* ob = out + (u64)p * D;
+
+        if (same_offset(a, b) && same_offset(a, oa) && same_offset(a, ob)) {
+            const Geom ge = geom_of<E>(a, D);
+            const u64 first = chunk * CS + threadIdx.x;
+            // Box masks first: the (non-inlined) mask routine then runs while no loaded data is
+            // live, so the call needs no spills.
+            u32 mi[MIX_UNROLL], mp[MIX_UNROLL];
+#pragma unroll
+            for (int k = 0; k < MIX_UNROLL; ++k) {
+                const u64 v = first + (u64)k * MIX_NT;
+                const bool ok = v < ge.nfull;
+                mi[k] = ok && ri.cut ? slot_box_mask<E>(g, ri, slot_elem<E>(ge, v)) : 0u;
+                mp[k] = ok && two && rp.cut ? slot_box_mask<E>(g, rp, slot_elem<E>(ge, v)) : 0u;
+            }
+            v16 va[MIX_UNROLL], vb[MIX_UNROLL];
+#pragma unroll
+            for (int k = 0; k < MIX_UNROLL; ++k) {
+                const u64 v = first + (u64)k * MIX_NT;
+                if (v < ge.nfull) {
+                    const u64 e0 = slot_elem<E>(ge, v);
+                    va[k] = ld_v16(a + e0);
+                    vb[k] = two ? ld_v16(b + e0) : va[k];
+                }
+            }
+#pragma unroll
+            for (int k = 0; k < MIX_UNROLL; ++k) {
+                const u64 v = first + (u64)k * MIX_NT;
+                if (v < ge.nfull) {
+                    const u64 e0 = slot_elem<E>(ge, v);
+                    if (two) {
+                        st_v16(ob + e0, rp.cut ? blend_bits<E>(vb[k], va[k], mp[k]) : lerp_slot<E>(rp, vb[k], va[k]));
+                    }
+                    st_v16(oa + e0, ri.cut ? blend_bits<E>(va[k], vb[k], mi[k]) : lerp_slot<E>(ri, va[k], vb[k]));
+                }
+            }
+            if (chunk == 0) {
+                for (u32 xi = threadIdx.x; xi < extras_of(ge); xi += MIX_NT) {
+                    const u64 e = extra_elem<E>(ge, xi);
+                    const B ea = a[e], eb = b[e];
+                    oa[e] = mix_scalar<E>(g, ri, e, ea, eb);
+                    if (two) ob[e] = mix_scalar<E>(g, rp, e, eb, ea);
+                }
+            }
+        } else {
+            const u64 base = chunk * CS * E::VE;
+#pragma unroll 2
+            for (u32 k = 0; k < CS * E::VE / MIX_NT; ++k) {
+                const u64 e = base + (u64)k * MIX_NT + threadIdx.x;
+                if (e < D) {
+                    const B ea = a[e], eb = b[e];
+                    oa[e] = mix_scalar<E>(g, ri, e, ea, eb);
+                    if (two) ob[e] = mix_scalar<E>(g, rp, e, eb, ea);
+                }
+            }
+        }
+    }
+}
+
+#define MIX_GATHER(E, dt)                                                                         \
+    extern "C" __global__ void __launch_bounds__(MIX_NT) mix_gather_##dt(const MixArgs g) { mix_gather<E>(g); }
+#define MIX_PAIRS(E, dt)                                                                          \
+    extern "C" __global__ void __launch_bounds__(MIX_NT) mix_pairs_##dt(const MixArgs g) { mix_pairs<E>(g); }
+
+// Entries, one per kernel and dtype. The host compiles one at a time (-DMIXUP_ONLY_<entry>=1,
+// src/cuda/context.rs) so that a first call compiles only the kernel it runs; -DMIXUP_ALL=1
+// compiles them all (tests/kernels_compile.rs).
+#if MIXUP_ALL || MIXUP_ONLY_mix_gather_f32
+MIX_GATHER(F32, f32)
+#endif
+#if MIXUP_ALL || MIXUP_ONLY_mix_pairs_f32
+MIX_PAIRS(F32, f32)
+#endif
+#if MIXUP_ALL || MIXUP_ONLY_mix_gather_f16
+MIX_GATHER(F16, f16)
+#endif
+#if MIXUP_ALL || MIXUP_ONLY_mix_pairs_f16
+MIX_PAIRS(F16, f16)
+#endif
+#if MIXUP_ALL || MIXUP_ONLY_mix_gather_bf16
+MIX_GATHER(BF16, bf16)
+#endif
+#if MIXUP_ALL || MIXUP_ONLY_mix_pairs_bf16
+MIX_PAIRS(BF16, bf16)
+#endif
+#if MIXUP_ALL || MIXUP_ONLY_mix_gather_u8
+MIX_GATHER(U8, u8)
+#endif
+#if MIXUP_ALL || MIXUP_ONLY_mix_pairs_u8
+MIX_PAIRS(U8, u8)
+#endif

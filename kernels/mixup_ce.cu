@@ -1,0 +1,523 @@
+// mixup_ce.cu: mixup cross-entropy, forward and backward in one launch.
+//
+// Row i of the logits z (C classes), a = labels[i], b = labels[partner(i)], lam = plan[i].lam,
+// all in f32:
+//   off = eps / C,  wa = (1 - eps) * lam,  wb = (1 - eps) * (1 - lam)
+//   t_c = t_a, t_b or off, rounded as the CPU path and soft_targets.cu do (`soft_pair`; the
+//         soft target is never stored)
+//   lse = m + log(sum_c exp(z_c - m)),  m = max_c z_c
+//   L_i = lse - (wa z_a + wb z_b + off sum_c z_c)             (= lse - sum_c t_c z_c)
+//   grad_ic = (exp(z_c - lse) - t_c) * scale_i,  scale_i = upstream_i * (1/B for Mean, else 1)
+// The target-class gradient is computed in f32 and rounded once to the storage type.
+// The reduced loss (sum, or mean for Mean and None) is summed on the device in a fixed order by
+// the last block to finish (per-row losses -> one block, strided then a fixed tree), so the same
+// inputs give the same bits on every run.
+//
+// Row strategies (the host picks one from C and the dtype, see src/cuda/mixup_ce.rs; a "slot"
+// is 16 bytes: 4 f32 or 8 f16/bf16):
+//   ce_warp_<dt>:   G lanes per row (G = 1..32), rows packed into 256-thread blocks, K = 4 slots
+//                   per lane in registers: C*s <= 2 KB.
+//   ce_block_<dt>:  one block of T threads (64..1024) per row, K = 4 slots per thread in
+//                   registers (64 KB at T = 1024) plus S slots per thread in dynamic shared
+//                   memory (16 KB each at T = 1024, filled by cp.async on sm_80+; S <= 13 on
+//                   H100, 9 on A100, 5 on L40/RTX 4090, 3 on T4): C*s <= 64 KB + S * 16 KB.
+//   ce_online_<dt>: one block per row, online (max, sum) over the row, then a second read for
+//                   the gradient (2 reads + 1 write; the second read mostly hits L2). Any C;
+//                   also the forward-only kernel for C beyond the warp kernel.
+// ce_warp and ce_block read the logits once and write the gradient once.
+//
+// Labels: a label >= C matches no class (no memory is indexed by a label) and is counted in
+// flags[0]; the host reports it at the next `check_labels`.
+
+#define CE_WARP_NT 256
+#define CE_K 4
+#define CE_ONLINE_U 4
+
+struct CeArgs {
+    u64 logits;    // const E::B*, [B, C]
+    u64 grad;      // E::B*, [B, C]; 0 for forward only; may equal logits
+    u64 labels;    // const u32*, [B]
+    u64 plan;      // const PlanEntry*, [B]
+    u64 losses;    // float*, [B]: per-sample losses, always written
+    u64 loss;      // float*, [1]: the reduced loss
+    u64 upstream;  // const float*: [1] device scalar or [B] per sample; 0: use `up`
+    u64 flags;     // u32*: [0] out-of-range labels, [1] blocks done (reset by the last block)
+    u64 batch;     // B
+    u64 classes;   // C
+    float eps;
+    float off;     // eps / C
+    float up;      // upstream gradient when `upstream` is 0
+    float factor;  // 1/B for Mean, 1 otherwise
+    u32 up_kind;   // 0: `up`, 1: upstream[0], 2: upstream[row]
+    u32 reduction; // 0 Mean, 1 Sum, 2 None (the reduced value is then the mean, for logging)
+    u32 group;     // ce_warp: lanes per row
+    u32 smem_slots;// ce_block_smem: shared-memory slots per thread
+};
+static_assert(sizeof(CeArgs) == 112, "CeArgs must match the host layout");
+
+// Per-row partial statistics: max and sum of exp2 in the log2 domain (m = max z * log2 e,
+// s = sum exp2(z log2 e - m)), sum of z, and z_a, z_b (0 where the class is not held).
+struct Stats {
+    float m, s, sz, za, zb;
+};
+
+DEV Stats stats_empty() {
+    Stats st;
+    st.m = neg_inf();
+    st.s = 0.0f;
+    st.sz = 0.0f;
+    st.za = 0.0f;
+    st.zb = 0.0f;
+    return st;
+}
+
+// Symmetric in its arguments, bit for bit (max and + commute), so every lane of a butterfly
+// ends with the same value.
+DEV void stats_merge(Stats& x, const Stats& y) {
+    lse_merge(x.m, x.s, y.m, y.s);
+    x.sz = x.sz + y.sz;
+    x.za = x.za + y.za;
+    x.zb = x.zb + y.zb;
+}
+
+DEV Stats stats_shfl(u32 mask, const Stats& x, int off, int width) {
+    Stats y;
+    y.m = __shfl_xor_sync(mask, x.m, off, width);
+    y.s = __shfl_xor_sync(mask, x.s, off, width);
+    y.sz = __shfl_xor_sync(mask, x.sz, off, width);
+    y.za = __shfl_xor_sync(mask, x.za, off, width);
+    y.zb = __shfl_xor_sync(mask, x.zb, off, width);
+    return y;
+}
+
+// Butterfly over `width` lanes (a power of two <= 32): every lane gets the merged value.
+DEV void stats_reduce_lanes(Stats& st, u32 mask, int width) {
+    for (int off = width >> 1; off > 0; off >>= 1) stats_merge(st, stats_shfl(mask, st, off, width));
+}
+
+// Block-wide merge; every thread gets the same value. `red` holds 32 entries; the caller
+// alternates between two such buffers from row to row, so one barrier per row suffices.
+DEV Stats stats_reduce_block(Stats st, Stats* red) {
+    stats_reduce_lanes(st, 0xffffffffu, 32);
+    const u32 warp = threadIdx.x >> 5;
+    if ((threadIdx.x & 31) == 0) red[warp] = st;
+    __syncthreads();
+    const u32 nw = blockDim.x >> 5;
+    Stats r = red[0];
+    for (u32 w = 1; w < nw; ++w) stats_merge(r, red[w]);
+    return r;
+}
+
+// What every thread of a row needs.
+struct Row {
+    u32 a, b;
+    float wa, wb;  // loss weights of z_a and z_b
+    float ta, tb;  // targets of classes a and b (equal when a == b)
+    float scale;
+    bool bad;
+};
+
+DEV Row row_of(const CeArgs& g, u64 row) {
+    const PlanEntry pe = ((const PlanEntry*)g.plan)[row];
+    const u32* labels = (const u32*)g.labels;
+    Row r;
+    r.a = labels[row];
+    r.b = labels[pe.partner];
+    r.bad = (u64)r.a >= g.classes || (u64)r.b >= g.classes;
+    const float om = __fsub_rn(1.0f, g.eps);
+    r.wa = __fmul_rn(om, pe.lam);
+    r.wb = __fmul_rn(om, __fsub_rn(1.0f, pe.lam));
+    soft_pair(om, g.off, pe.lam, r.a == r.b, r.ta, r.tb);
+    const float* up = (const float*)g.upstream;
+    const float u = g.up_kind == 0 ? g.up : (g.up_kind == 1 ? up[0] : up[row]);
+    r.scale = __fmul_rn(u, g.factor);
+    return r;
+}
+
+// Writes the row's loss; flags a bad label once per row.
+DEV void row_finish(const CeArgs& g, u64 row, const Row& r, const Stats& st) {
+    const float lse = (st.m + log2f(st.s)) * LN2_F;
+    const float tz = __fadd_rn(__fadd_rn(__fmul_rn(r.wa, st.za), __fmul_rn(r.wb, st.zb)), __fmul_rn(g.off, st.sz));
+    ((float*)g.losses)[row] = __fsub_rn(lse, tz);
+    if (r.bad) atomicAdd((u32*)g.flags, 1u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-slot and per-element work. Slots are full 16-byte slots (see `Geom`); the row's head and
+// tail elements ("extras") are read one by one, before the reduction and again for the gradient
+// (only the thread that writes an extra ever reads it, so the re-read is safe in place).
+
+template <class E>
+DEV void slot_max(const v16& s, float& mz) {
+#pragma unroll
+    for (int j = 0; j < E::VE; ++j) mz = fmaxf(mz, E::get(s, j));
+}
+
+// The max to subtract inside exp2: a thread whose elements are all -inf (or that holds none)
+// subtracts 0 instead, so its terms are exp2(-inf) = 0 rather than NaN, and its (m, s) stays
+// the empty pair (-inf, 0).
+DEV float exp_base(float m2) { return m2 == neg_inf() ? 0.0f : m2; }
+
+// Adds one element at class e to the sums (and picks it as z_a / z_b).
+DEV void elem_sum(float z, u64 e, float msub, const Row& r, Stats& st) {
+    st.s += ex2(fmaf(z, LOG2E_F, -msub));
+    st.sz += z;
+    if (e == r.a) st.za = z;
+    if (e == r.b) st.zb = z;
+}
+
+// Sum of exp2(z log2e - msub) and of z over a slot starting at class e0; picks z_a, z_b.
+template <class E>
+DEV void slot_sum(const v16& s, u64 e0, float msub, const Row& r, Stats& st) {
+    float acc = 0.0f, sz = 0.0f;
+#pragma unroll
+    for (int j = 0; j < E::VE; ++j) {
+        const float z = E::get(s, j);
+        acc += ex2(fmaf(z, LOG2E_F, -msub));
+        sz += z;
+    }
+    st.s += acc;
+    st.sz += sz;
+    const u64 ia = (u64)r.a - e0, ib = (u64)r.b - e0;  // huge when the class is before e0
+    if (ia < E::VE) st.za = get_dyn<E>(s, (u32)ia);
+    if (ib < E::VE) st.zb = get_dyn<E>(s, (u32)ib);
+}
+
+DEV float target(u64 e, const Row& r, float off) { return e == r.a ? r.ta : (e == r.b ? r.tb : off); }
+
+DEV float elem_grad(float z, u64 e, const Row& r, float lse2, float off) {
+    const float p = ex2(fmaf(z, LOG2E_F, -lse2));
+    return __fmul_rn(__fsub_rn(p, target(e, r, off)), r.scale);
+}
+
+template <class E>
+DEV v16 slot_grad(const v16& s, u64 e0, const Row& r, float lse2, float off) {
+    const u64 ia = (u64)r.a - e0, ib = (u64)r.b - e0;
+    v16 o;
+#pragma unroll
+    for (int j = 0; j < E::VE; j += 2) {
+        const float p0 = ex2(fmaf(E::get(s, j), LOG2E_F, -lse2));
+        const float p1 = ex2(fmaf(E::get(s, j + 1), LOG2E_F, -lse2));
+        const float t0 = ia == (u64)j ? r.ta : (ib == (u64)j ? r.tb : off);
+        const float t1 = ia == (u64)(j + 1) ? r.ta : (ib == (u64)(j + 1) ? r.tb : off);
+        E::set2(o, j, __fmul_rn(__fsub_rn(p0, t0), r.scale), __fmul_rn(__fsub_rn(p1, t1), r.scale));
+    }
+    return o;
+}
+
+// Stores a gradient slot into a row at the same 16-byte offset as the logits (one vector
+// store) or at another one (element by element).
+template <class E>
+DEV void store_grad(typename E::B* grow, bool congruent, u64 e0, const v16& o) {
+    if (congruent) {
+        st_v16(grow + e0, o);
+        return;
+    }
+#pragma unroll
+    for (int j = 0; j < E::VE; ++j) {
+        const int bitpos = j * 8 * (int)sizeof(typename E::B);
+        grow[e0 + j] = (typename E::B)(o.w[bitpos >> 5] >> (bitpos & 31));
+    }
+}
+
+// Local statistics of a thread: its K register slots (slot v = k*T + t), then its extras.
+template <class E, int K>
+DEV Stats regs_stats(const v16 (&va)[K], const typename E::B* zrow, const Geom& ge, u32 t, u32 T,
+                     const Row& r) {
+    float mz = neg_inf();
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+        if ((u64)k * T + t < ge.nfull) slot_max<E>(va[k], mz);
+    for (u32 x = t; x < extras_of(ge); x += T) mz = fmaxf(mz, E::from_bits(zrow[extra_elem<E>(ge, x)]));
+    Stats st = stats_empty();
+    st.m = mz * LOG2E_F;
+    const float msub = exp_base(st.m);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        const u64 v = (u64)k * T + t;
+        if (v < ge.nfull) slot_sum<E>(va[k], slot_elem<E>(ge, v), msub, r, st);
+    }
+    for (u32 x = t; x < extras_of(ge); x += T) {
+        const u64 e = extra_elem<E>(ge, x);
+        elem_sum(E::from_bits(zrow[e]), e, msub, r, st);
+    }
+    return st;
+}
+
+template <class E, int K>
+DEV void regs_grad(const CeArgs& g, const v16 (&va)[K], const typename E::B* zrow, u64 row, const Geom& ge,
+                   u32 t, u32 T, const Row& r, float lse2) {
+    typedef typename E::B B;
+    B* grow = (B*)g.grad + row * g.classes;
+    const bool congruent = same_offset(grow, zrow);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        const u64 v = (u64)k * T + t;
+        if (v < ge.nfull) {
+            const u64 e0 = slot_elem<E>(ge, v);
+            store_grad<E>(grow, congruent, e0, slot_grad<E>(va[k], e0, r, lse2, g.off));
+        }
+    }
+    for (u32 x = t; x < extras_of(ge); x += T) {
+        const u64 e = extra_elem<E>(ge, x);
+        grow[e] = E::to_bits(elem_grad(E::from_bits(zrow[e]), e, r, lse2, g.off));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reduced loss: the last block to finish sums the per-row losses in a fixed order.
+
+DEV void ce_finish(const CeArgs& g) {
+    __shared__ u32 last;
+    __shared__ float part[32];
+    __threadfence();
+    __syncthreads();
+    u32* flags = (u32*)g.flags;
+    if (threadIdx.x == 0) last = atomicAdd(flags + 1, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const float* losses = (const float*)g.losses;
+    float acc = 0.0f;
+    for (u64 i = threadIdx.x; i < g.batch; i += blockDim.x) acc += ld_cg_f32(losses + i);
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float total = part[0];
+        for (u32 w = 1; w < (blockDim.x >> 5); ++w) total += part[w];
+        ((float*)g.loss)[0] = g.reduction == 1 ? total : __fdiv_rn(total, (float)g.batch);
+        flags[1] = 0;  // ready for the next launch (and the next replay of a captured graph)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ce_warp: G lanes per row, CE_WARP_NT / G rows per block.
+
+template <class E>
+DEV void ce_warp(const CeArgs& g) {
+    typedef typename E::B B;
+    const u32 G = g.group;
+    const u32 t = threadIdx.x & (G - 1);
+    const u32 lane = threadIdx.x & 31;
+    const u32 mask = G == 32 ? 0xffffffffu : (((1u << G) - 1u) << (lane & ~(G - 1)));
+    const u32 rows_per_block = CE_WARP_NT / G;
+    const u64 C = g.classes;
+
+    for (u64 row0 = (u64)blockIdx.x * rows_per_block; row0 < g.batch;
+         row0 += (u64)gridDim.x * rows_per_block) {
+        const u64 row = row0 + threadIdx.x / G;
+        if (row >= g.batch) continue;  // whole groups only: shuffles stay within a group
+        const B* zrow = (const B*)g.logits + row * C;
+        const Geom ge = geom_of<E>(zrow, C);
+        const Row r = row_of(g, row);
+        v16 va[CE_K];
+#pragma unroll
+        for (int k = 0; k < CE_K; ++k) {
+            const u64 v = (u64)k * G + t;
+            va[k] = v < ge.nfull ? ld_v16(zrow + slot_elem<E>(ge, v)) : zero_v16();
+        }
+        Stats st = regs_stats<E, CE_K>(va, zrow, ge, t, G, r);
+        stats_reduce_lanes(st, mask, (int)G);
+        if (t == 0) row_finish(g, row, r, st);
+        if (g.grad != 0) regs_grad<E, CE_K>(g, va, zrow, row, ge, t, G, r, st.m + log2f(st.s));
+    }
+    ce_finish(g);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ce_block: one row per block of T threads; slots [0, K*T) in registers, and with S > 0 the next
+// S*T slots in dynamic shared memory (slot K*T + j*T + t at index j*T + t: consecutive threads
+// touch consecutive 16 bytes, so no bank conflicts). Each thread reads back only what it
+// stored, so the shared slots need no barrier, only the thread's own cp.async completion.
+
+extern __shared__ v16 ce_smem[];
+
+DEV u32 smem_u32(const void* p) {
+    u64 a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (u32)a;
+}
+
+DEV void smem_fill(const void* src, v16* dst) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_u32(dst)), "l"(src) : "memory");
+#else
+    *dst = ld_v16(src);
+#endif
+}
+
+DEV void smem_wait() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
+template <class E>
+DEV void ce_block(const CeArgs& g) {
+    typedef typename E::B B;
+    __shared__ Stats red[2][32];
+    const u32 t = threadIdx.x, T = blockDim.x;
+    const u32 S = g.smem_slots;
+    const u64 C = g.classes;
+    const u64 reg_slots = (u64)CE_K * T;
+    u32 parity = 0;
+    for (u64 row = blockIdx.x; row < g.batch; row += gridDim.x, parity ^= 1u) {
+        const B* zrow = (const B*)g.logits + row * C;
+        const Geom ge = geom_of<E>(zrow, C);
+        const Row r = row_of(g, row);
+        v16 va[CE_K];
+#pragma unroll
+        for (int k = 0; k < CE_K; ++k) {
+            const u64 v = (u64)k * T + t;
+            va[k] = v < ge.nfull ? ld_v16(zrow + slot_elem<E>(ge, v)) : zero_v16();
+        }
+        for (u32 j = 0; j < S; ++j) {
+            const u64 v = reg_slots + (u64)j * T + t;
+            if (v < ge.nfull) smem_fill(zrow + slot_elem<E>(ge, v), &ce_smem[j * T + t]);
+        }
+        // Register slots and extras first (the shared-memory copies land meanwhile).
+        Stats st = regs_stats<E, CE_K>(va, zrow, ge, t, T, r);
+        smem_wait();
+        float mz2 = neg_inf();
+        for (u32 j = 0; j < S; ++j)
+            if (reg_slots + (u64)j * T + t < ge.nfull) slot_max<E>(ce_smem[j * T + t], mz2);
+        Stats sm = stats_empty();
+        sm.m = mz2 * LOG2E_F;
+        const float msub = exp_base(sm.m);
+        for (u32 j = 0; j < S; ++j) {
+            const u64 v = reg_slots + (u64)j * T + t;
+            if (v < ge.nfull) slot_sum<E>(ce_smem[j * T + t], slot_elem<E>(ge, v), msub, r, sm);
+        }
+        stats_merge(st, sm);
+        st = stats_reduce_block(st, red[parity]);
+        if (t == 0) row_finish(g, row, r, st);
+        if (g.grad != 0) {
+            const float lse2 = st.m + log2f(st.s);
+            regs_grad<E, CE_K>(g, va, zrow, row, ge, t, T, r, lse2);
+            B* grow = (B*)g.grad + row * C;
+            const bool congruent = same_offset(grow, zrow);
+            for (u32 j = 0; j < S; ++j) {
+                const u64 v = reg_slots + (u64)j * T + t;
+                if (v < ge.nfull) {
+                    const u64 e0 = slot_elem<E>(ge, v);
+                    store_grad<E>(grow, congruent, e0, slot_grad<E>(ce_smem[j * T + t], e0, r, lse2, g.off));
+                }
+            }
+        }
+    }
+    ce_finish(g);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ce_online: one row per block, any C. Pass 1 folds each slot into a running (max, sum);
+// pass 2 (only with a gradient) reads the row again.
+
+template <class E>
+DEV void ce_online(const CeArgs& g) {
+    typedef typename E::B B;
+    __shared__ Stats red[2][32];
+    const u32 t = threadIdx.x, T = blockDim.x;
+    const u64 C = g.classes;
+    u32 parity = 0;
+    for (u64 row = blockIdx.x; row < g.batch; row += gridDim.x, parity ^= 1u) {
+        const B* zrow = (const B*)g.logits + row * C;
+        const Geom ge = geom_of<E>(zrow, C);
+        const Row r = row_of(g, row);
+        Stats st = stats_empty();
+        for (u64 base = t; base < ge.nfull; base += (u64)T * CE_ONLINE_U) {
+            v16 va[CE_ONLINE_U];
+#pragma unroll
+            for (int k = 0; k < CE_ONLINE_U; ++k) {
+                const u64 v = base + (u64)k * T;
+                va[k] = v < ge.nfull ? ld_v16(zrow + slot_elem<E>(ge, v)) : zero_v16();
+            }
+#pragma unroll
+            for (int k = 0; k < CE_ONLINE_U; ++k) {
+                const u64 v = base + (u64)k * T;
+                if (v < ge.nfull) {
+                    float mz = neg_inf();
+                    slot_max<E>(va[k], mz);
+                    Stats sl = stats_empty();
+                    sl.m = mz * LOG2E_F;
+                    slot_sum<E>(va[k], slot_elem<E>(ge, v), exp_base(sl.m), r, sl);
+                    stats_merge(st, sl);
+                }
+            }
+        }
+        for (u32 x = t; x < extras_of(ge); x += T) {
+            const u64 e = extra_elem<E>(ge, x);
+            const float z = E::from_bits(zrow[e]);
+            Stats sl = stats_empty();
+            sl.m = z * LOG2E_F;
+            elem_sum(z, e, exp_base(sl.m), r, sl);
+            stats_merge(st, sl);
+        }
+        st = stats_reduce_block(st, red[parity]);
+        if (t == 0) row_finish(g, row, r, st);
+        if (g.grad != 0) {
+            const float lse2 = st.m + log2f(st.s);
+            B* grow = (B*)g.grad + row * C;
+            const bool congruent = same_offset(grow, zrow);
+            for (u64 base = t; base < ge.nfull; base += (u64)T * CE_ONLINE_U) {
+                v16 va[CE_ONLINE_U];
+#pragma unroll
+                for (int k = 0; k < CE_ONLINE_U; ++k) {
+                    const u64 v = base + (u64)k * T;
+                    va[k] = v < ge.nfull ? ld_v16(zrow + slot_elem<E>(ge, v)) : zero_v16();
+                }
+#pragma unroll
+                for (int k = 0; k < CE_ONLINE_U; ++k) {
+                    const u64 v = base + (u64)k * T;
+                    if (v < ge.nfull) {
+                        const u64 e0 = slot_elem<E>(ge, v);
+                        store_grad<E>(grow, congruent, e0, slot_grad<E>(va[k], e0, r, lse2, g.off));
+                    }
+                }
+            }
+            for (u32 x = t; x < extras_of(ge); x += T) {
+                const u64 e = extra_elem<E>(ge, x);
+                grow[e] = E::to_bits(elem_grad(E::from_bits(zrow[e]), e, r, lse2, g.off));
+            }
+        }
+    }
+    ce_finish(g);
+}
+
+#define CE_WARP(E, dt)                                                                            \
+    extern "C" __global__ void __launch_bounds__(CE_WARP_NT) ce_warp_##dt(const CeArgs g) { ce_warp<E>(g); }
+#define CE_BLOCK(E, dt)                                                                           \
+    extern "C" __global__ void __launch_bounds__(1024) ce_block_##dt(const CeArgs g) { ce_block<E>(g); }
+#define CE_ONLINE(E, dt)                                                                          \
+    extern "C" __global__ void __launch_bounds__(1024) ce_online_##dt(const CeArgs g) { ce_online<E>(g); }
+
+// Entries, one per kernel and dtype. The host compiles one at a time (-DMIXUP_ONLY_<entry>=1,
+// src/cuda/context.rs) so that a first call compiles only the kernel it runs; -DMIXUP_ALL=1
+// compiles them all (tests/kernels_compile.rs).
+#if MIXUP_ALL || MIXUP_ONLY_ce_warp_f32
+CE_WARP(F32, f32)
+#endif
+#if MIXUP_ALL || MIXUP_ONLY_ce_block_f32
+CE_BLOCK(F32, f32)
+#endif
+#if MIXUP_ALL || MIXUP_ONLY_ce_online_f32
+CE_ONLINE(F32, f32)
+#endif
+#if MIXUP_ALL || MIXUP_ONLY_ce_warp_f16
+CE_WARP(F16, f16)
+#endif
+#if MIXUP_ALL || MIXUP_ONLY_ce_block_f16
+CE_BLOCK(F16, f16)
+#endif
+#if MIXUP_ALL || MIXUP_ONLY_ce_online_f16
+CE_ONLINE(F16, f16)
+#endif
+#if MIXUP_ALL || MIXUP_ONLY_ce_warp_bf16
+CE_WARP(BF16, bf16)
+#endif
+#if MIXUP_ALL || MIXUP_ONLY_ce_block_bf16
+CE_BLOCK(BF16, bf16)
+#endif
+#if MIXUP_ALL || MIXUP_ONLY_ce_online_bf16
+CE_ONLINE(BF16, bf16)
+#endif

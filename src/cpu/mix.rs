@@ -1,0 +1,383 @@
+//! Mixing a batch: MixUp lerp and CutMix paste, out of place for any plan, in place for pairs.
+//!
+//! Per element, in f32 and rounded once to the storage type:
+//! `out_i = lam_i * x_i + (1 - lam_i) * x_partner(i)` (two rounded products, one rounded sum, no
+//! FMA: Rust never contracts), or for a CutMix sample of an image layout, `x_partner(i)` inside
+//! its box and `x_i` outside. A sample that is its own partner is copied unchanged (the formula's
+//! value, `λx + (1-λ)x = x`, without its rounding), so in place and out of place agree.
+//!
+//! A row is walked as *runs*: maximal ranges where a sample keeps its own values, takes its
+//! partner's, or lerps. Keep/take runs are slice copies (memcpy); only lerp runs do arithmetic.
+
+use rayon::prelude::*;
+
+use super::lanes::{narrow, widen, with_simd};
+use crate::dtype::Element;
+use crate::error::{check_len, Result};
+use crate::plan::{MixPlan, PlanEntry};
+use crate::spec::{check_mix, Layout};
+
+/// What a run of a sample's output holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    /// The sample's own values.
+    Own,
+    /// The partner's values (inside a CutMix box).
+    Other,
+    /// `lam * own + (1 - lam) * partner`.
+    Lerp(f32),
+}
+
+/// A CutMix box in row coordinates. Image rows are a sequence of *lines* of `line` elements:
+/// NCHW has `C·H` lines of `W` pixels, NHWC has `H` lines of `W·C` values. Line `l` is image row
+/// `l % height`; the box covers elements `c0..c1` of lines whose image row is in `y0..y1`.
+#[derive(Debug, Clone, Copy)]
+struct BoxRuns {
+    line: usize,
+    height: usize,
+    y0: usize,
+    y1: usize,
+    c0: usize,
+    c1: usize,
+}
+
+/// How one sample's row is produced.
+#[derive(Debug, Clone, Copy)]
+enum Rule {
+    /// The whole row is one kind.
+    Plain(Kind),
+    /// Own outside the box, partner inside.
+    Boxed(BoxRuns),
+}
+
+impl Rule {
+    fn new(index: usize, e: &PlanEntry, layout: &Layout) -> Self {
+        if e.partner as usize == index {
+            return Rule::Plain(Kind::Own);
+        }
+        if e.cut == 0 {
+            return Rule::Plain(Kind::Lerp(e.lam));
+        }
+        let (y0, y1, x0, x1) = (e.y0 as usize, e.y1 as usize, e.x0 as usize, e.x1 as usize);
+        let (line, height, group) = match *layout {
+            // Rows lerp every sample, CutMix ones included: that is how targets mix.
+            Layout::Rows(_) => return Rule::Plain(Kind::Lerp(e.lam)),
+            Layout::Nchw { height, width, .. } => (width, height, 1),
+            Layout::Nhwc {
+                height,
+                width,
+                channels,
+            } => (width * channels, height, channels),
+        };
+        if y0 >= y1 || x0 >= x1 {
+            return Rule::Plain(Kind::Own);
+        }
+        Rule::Boxed(BoxRuns {
+            line,
+            height,
+            y0,
+            y1,
+            c0: x0 * group,
+            c1: x1 * group,
+        })
+    }
+
+    fn runs(self, start: usize, end: usize) -> Runs {
+        Runs {
+            rule: self,
+            pos: start,
+            end,
+        }
+    }
+}
+
+/// The runs of one rule over `start..end` of a row, as `(kind, from, to)` in row coordinates.
+struct Runs {
+    rule: Rule,
+    pos: usize,
+    end: usize,
+}
+
+impl Iterator for Runs {
+    type Item = (Kind, usize, usize);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos >= self.end {
+            return None;
+        }
+        let (kind, stop) = match self.rule {
+            Rule::Plain(k) => (k, self.end),
+            Rule::Boxed(b) => {
+                let l = self.pos / b.line;
+                let c = self.pos % b.line;
+                let line_start = self.pos - c;
+                let in_rows = (b.y0..b.y1).contains(&(l % b.height));
+                if in_rows && c < b.c0 {
+                    (Kind::Own, line_start + b.c0)
+                } else if in_rows && c < b.c1 {
+                    (Kind::Other, line_start + b.c1)
+                } else {
+                    // Own values run on to the box segment of the next line inside the box.
+                    let l2 = if in_rows { l + 1 } else { l };
+                    let y2 = l2 % b.height;
+                    let next = if y2 < b.y0 {
+                        l2 - y2 + b.y0
+                    } else if y2 < b.y1 {
+                        l2
+                    } else {
+                        l2 - y2 + b.height + b.y0
+                    };
+                    (Kind::Own, next.saturating_mul(b.line).saturating_add(b.c0))
+                }
+            }
+        };
+        let stop = stop.min(self.end);
+        let run = (kind, self.pos, stop);
+        self.pos = stop;
+        Some(run)
+    }
+}
+
+/// `out = lam * a + (1 - lam) * b`, element-wise.
+#[inline(always)]
+fn lerp_into<T: Element>(lam: f32, a: &[T], b: &[T], out: &mut [T]) {
+    let mu = 1.0 - lam;
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        *o = narrow(lam * widen(x) + mu * widen(y));
+    }
+}
+
+/// `a = lam * a + (1 - lam) * b`, element-wise.
+#[inline(always)]
+fn lerp_over<T: Element>(lam: f32, a: &mut [T], b: &[T]) {
+    let mu = 1.0 - lam;
+    for (x, &y) in a.iter_mut().zip(b) {
+        *x = narrow(lam * widen(*x) + mu * widen(y));
+    }
+}
+
+/// Both members of a pair from their original values: `a' = fa(a, b)`, `b' = fb(a, b)`.
+#[inline(always)]
+fn pair_map<T: Element>(
+    a: &mut [T],
+    b: &mut [T],
+    fa: impl Fn(f32, f32, T) -> T,
+    fb: impl Fn(f32, f32, T) -> T,
+) {
+    for (x, y) in a.iter_mut().zip(b.iter_mut()) {
+        let (va, vb) = (widen(*x), widen(*y));
+        let (ox, oy) = (*x, *y);
+        *x = fa(va, vb, oy);
+        *y = fb(va, vb, ox);
+    }
+}
+
+/// Writes `out` = elements `start..start + out.len()` of sample `rule`'s mixed row.
+#[inline(always)]
+fn mix_segment<T: Element>(rule: Rule, own: &[T], other: &[T], start: usize, out: &mut [T]) {
+    for (kind, s, e) in rule.runs(start, start + out.len()) {
+        let dst = &mut out[s - start..e - start];
+        match kind {
+            Kind::Own => dst.copy_from_slice(&own[s..e]),
+            Kind::Other => dst.copy_from_slice(&other[s..e]),
+            Kind::Lerp(lam) => lerp_into(lam, &own[s..e], &other[s..e], dst),
+        }
+    }
+}
+
+/// Mixes elements `start..start + a.len()` of a pair of rows in place (`a` is row i, `b` its
+/// partner's), walking both samples' runs together.
+#[inline(always)]
+fn mix_pair_segment<T: Element>(ri: Rule, rj: Rule, start: usize, a: &mut [T], b: &mut [T]) {
+    let end = start + a.len();
+    let (mut runs_i, mut runs_j) = (ri.runs(start, end), rj.runs(start, end));
+    let (mut cur_i, mut cur_j) = (runs_i.next(), runs_j.next());
+    while let (Some((ki, si, ei)), Some((kj, sj, ej))) = (cur_i, cur_j) {
+        let (s, e) = (si.max(sj), ei.min(ej));
+        let (x, y) = (&mut a[s - start..e - start], &mut b[s - start..e - start]);
+        match (ki, kj) {
+            (Kind::Own, Kind::Own) => {}
+            (Kind::Other, Kind::Other) => x.swap_with_slice(y),
+            (Kind::Other, Kind::Own) => x.copy_from_slice(y),
+            (Kind::Own, Kind::Other) => y.copy_from_slice(x),
+            (Kind::Lerp(li), Kind::Own) => lerp_over(li, x, y),
+            (Kind::Own, Kind::Lerp(lj)) => lerp_over(lj, y, x),
+            (Kind::Lerp(li), Kind::Lerp(lj)) => {
+                let (mi, mj) = (1.0 - li, 1.0 - lj);
+                pair_map(
+                    x,
+                    y,
+                    |va, vb, _| narrow(li * va + mi * vb),
+                    |va, vb, _| narrow(lj * vb + mj * va),
+                );
+            }
+            (Kind::Lerp(li), Kind::Other) => {
+                let mi = 1.0 - li;
+                pair_map(x, y, |va, vb, _| narrow(li * va + mi * vb), |_, _, ox| ox);
+            }
+            (Kind::Other, Kind::Lerp(lj)) => {
+                let mj = 1.0 - lj;
+                pair_map(x, y, |_, _, oy| oy, |va, vb, _| narrow(lj * vb + mj * va));
+            }
+        }
+        cur_i = if ei == e {
+            runs_i.next()
+        } else {
+            Some((ki, e, ei))
+        };
+        cur_j = if ej == e {
+            runs_j.next()
+        } else {
+            Some((kj, e, ej))
+        };
+    }
+}
+
+/// Smallest piece of work handed to a thread, in elements: below this, scheduling costs more
+/// than the copy.
+const MIN_TASK: usize = 1 << 14;
+
+/// How rows are cut into tasks: `(segment length, rows per task at least)`. Rows are split
+/// only when there are too few of them to keep every thread busy (a batch of 1 or 2 large
+/// images on 2 cores), and never into segments under [`MIN_TASK`].
+fn tasking(units: usize, row: usize) -> (usize, usize) {
+    let want = 4 * rayon::current_num_threads();
+    let parts = want.div_ceil(units.max(1)).min(row / MIN_TASK).max(1);
+    let seg = row.div_ceil(parts).max(1);
+    let rows_per_task = (MIN_TASK / row.max(1)).max(1);
+    (seg, rows_per_task)
+}
+
+pub(crate) fn mix<T: Element>(
+    plan: &MixPlan,
+    layout: &Layout,
+    x: &[T],
+    out: &mut [T],
+) -> Result<()> {
+    let row = check_mix(plan, layout, x.len(), "x")?;
+    check_len("out", x.len(), out.len())?;
+    if x.is_empty() {
+        return Ok(());
+    }
+    let entries = plan.entries();
+    let (seg, min_rows) = tasking(entries.len(), row);
+    out.par_chunks_mut(row)
+        .with_min_len(min_rows)
+        .enumerate()
+        .flat_map(|(i, out_row)| {
+            out_row
+                .par_chunks_mut(seg)
+                .enumerate()
+                .map(move |(k, piece)| (i, k * seg, piece))
+        })
+        .for_each(|(i, start, piece)| {
+            let e = &entries[i];
+            let p = e.partner as usize;
+            let rule = Rule::new(i, e, layout);
+            let (own, other) = (&x[i * row..(i + 1) * row], &x[p * row..(p + 1) * row]);
+            with_simd(|| mix_segment(rule, own, other, start, piece));
+        });
+    Ok(())
+}
+
+pub(crate) fn mix_in_place<T: Element>(plan: &MixPlan, layout: &Layout, x: &mut [T]) -> Result<()> {
+    let row = check_mix(plan, layout, x.len(), "x")?;
+    plan.check_involution()?;
+    if x.is_empty() {
+        return Ok(());
+    }
+    let entries = plan.entries();
+    // Each pair i < partner(i) once; the involution makes the pairs disjoint, so every row is
+    // borrowed by at most one task. Self-partnered rows are left as they are.
+    let mut rows: Vec<Option<&mut [T]>> = x.chunks_mut(row).map(Some).collect();
+    let mut pairs = Vec::with_capacity(entries.len() / 2);
+    for (i, e) in entries.iter().enumerate() {
+        let j = e.partner as usize;
+        if i < j {
+            let (head, tail) = rows.split_at_mut(j);
+            if let (Some(a), Some(b)) = (head[i].take(), tail[0].take()) {
+                pairs.push((i, j, a, b));
+            }
+        }
+    }
+    let (seg, min_rows) = tasking(pairs.len(), row);
+    pairs
+        .into_par_iter()
+        .with_min_len(min_rows)
+        .flat_map(|(i, j, a, b)| {
+            a.par_chunks_mut(seg)
+                .zip(b.par_chunks_mut(seg))
+                .enumerate()
+                .map(move |(k, (sa, sb))| (i, j, k * seg, sa, sb))
+        })
+        .for_each(|(i, j, start, sa, sb)| {
+            let ri = Rule::new(i, &entries[i], layout);
+            let rj = Rule::new(j, &entries[j], layout);
+            with_simd(|| mix_pair_segment(ri, rj, start, sa, sb));
+        });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(rule: Rule, start: usize, end: usize) -> Vec<(Kind, usize, usize)> {
+        rule.runs(start, end).collect()
+    }
+
+    #[test]
+    fn runs_cover_the_range_and_merge_own_lines() {
+        // 2 planes of a 4x5 image (NCHW), box rows 1..3, cols 2..4.
+        let b = Rule::Boxed(BoxRuns {
+            line: 5,
+            height: 4,
+            y0: 1,
+            y1: 3,
+            c0: 2,
+            c1: 4,
+        });
+        let runs = collect(b, 0, 40);
+        assert_eq!(
+            runs,
+            vec![
+                (Kind::Own, 0, 7),
+                (Kind::Other, 7, 9),
+                (Kind::Own, 9, 12),
+                (Kind::Other, 12, 14),
+                (Kind::Own, 14, 27),
+                (Kind::Other, 27, 29),
+                (Kind::Own, 29, 32),
+                (Kind::Other, 32, 34),
+                (Kind::Own, 34, 40),
+            ]
+        );
+        // Any sub-range gives the same kinds, clipped.
+        for s in 0..40 {
+            for e in s..=40 {
+                let mut pos = s;
+                for (k, a, z) in collect(b, s, e) {
+                    assert_eq!(a, pos);
+                    assert!(z > a);
+                    for q in a..z {
+                        let full = runs.iter().find(|r| r.1 <= q && q < r.2).unwrap();
+                        assert_eq!(full.0, k, "element {q} of range {s}..{e}");
+                    }
+                    pos = z;
+                }
+                assert_eq!(pos, e);
+            }
+        }
+    }
+
+    #[test]
+    fn tasking_splits_long_rows_of_small_batches_only() {
+        let (seg, rows) = tasking(1, 3 * 224 * 224);
+        assert!(seg < 3 * 224 * 224);
+        assert_eq!(rows, 1);
+        let (seg, _) = tasking(256, 3 * 224 * 224);
+        assert_eq!(seg, 3 * 224 * 224);
+        let (seg, rows) = tasking(1000, 3);
+        assert_eq!((seg, rows), (3, MIN_TASK / 3));
+    }
+}

@@ -1,0 +1,635 @@
+//! [`CudaMixer`]: the device, its stream, the compiled kernels and the small device buffers the
+//! operations share.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use cudarc::driver::sys::CUdevice_attribute as Attr;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError,
+};
+use cudarc::nvrtc::Ptx;
+
+use crate::dtype::DType;
+use crate::error::{MixError, Result};
+
+use super::cache::DiskCache;
+use super::nvrtc::{self, ModuleSource, Target, MODULES};
+
+/// Maps a cudarc driver error to [`MixError::Driver`].
+pub(crate) fn driver_err(context: &'static str) -> impl Fn(DriverError) -> MixError {
+    move |e| MixError::Driver {
+        context,
+        message: e.to_string(),
+    }
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Runs `f`, turning a panic inside cudarc (a library or one of its symbols missing) into
+/// [`MixError::CudaUnavailable`].
+pub(crate) fn guard<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f))
+        .map_err(|p| MixError::CudaUnavailable(format!("{what}: {}", panic_message(p))))
+}
+
+#[cfg(mixup_cuda_dynload)]
+fn candidates(lib: &str) -> String {
+    let mut seen = Vec::new();
+    for c in cudarc::get_lib_name_candidates(lib) {
+        if !seen.contains(&c) {
+            seen.push(c);
+        }
+    }
+    seen.join(", ")
+}
+
+/// The driver library, or a clear error naming it and how to point to it.
+pub(crate) fn require_driver() -> Result<()> {
+    #[cfg(mixup_cuda_dynload)]
+    {
+        static PRESENT: OnceLock<bool> = OnceLock::new();
+        // SAFETY: only tries to dlopen the library names cudarc would use.
+        if !*PRESENT.get_or_init(|| unsafe { cudarc::driver::sys::is_culib_present() }) {
+            return Err(MixError::CudaUnavailable(format!(
+                "the CUDA driver library (libcuda) was not found; searched: {}. It comes with \
+                 the NVIDIA driver: install the driver, or add the folder holding libcuda.so.1 \
+                 to LD_LIBRARY_PATH (in containers, run with the NVIDIA container toolkit)",
+                candidates("cuda")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// NVRTC, or a clear error naming it and how to install it.
+pub(crate) fn require_nvrtc() -> Result<()> {
+    #[cfg(mixup_cuda_dynload)]
+    {
+        static PRESENT: OnceLock<bool> = OnceLock::new();
+        // SAFETY: only tries to dlopen the library names cudarc would use.
+        if !*PRESENT.get_or_init(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }) {
+            return Err(MixError::CudaUnavailable(format!(
+                "NVRTC (libnvrtc, which compiles the kernels at run time) was not found; \
+                 searched: {}. Install it with `pip install nvidia-cuda-nvrtc==13.0.*` (or the \
+                 CUDA toolkit) and add the folder holding libnvrtc.so.13 (for pip: \
+                 <site-packages>/nvidia/cu13/lib) to LD_LIBRARY_PATH",
+                candidates("nvrtc")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Options for [`CudaMixer::with_options`] / [`CudaMixer::from_stream_with`].
+#[derive(Debug, Clone)]
+pub struct CudaMixerOptions {
+    /// Whether compiled kernels are kept on disk (see [`cache_dir`](Self::cache_dir)).
+    pub disk_cache: bool,
+    /// Folder of the on-disk cache; `None`: `$MIXUP_KERNELS_CACHE`, else
+    /// `$XDG_CACHE_HOME/mixup-kernels`, else `~/.cache/mixup-kernels`.
+    pub cache_dir: Option<PathBuf>,
+    /// Extra NVRTC options (e.g. `-lineinfo` for compute-sanitizer); part of the cache key.
+    pub nvrtc_options: Vec<String>,
+}
+
+impl Default for CudaMixerOptions {
+    fn default() -> Self {
+        Self {
+            disk_cache: true,
+            cache_dir: None,
+            nvrtc_options: Vec::new(),
+        }
+    }
+}
+
+/// How a kernel unit was obtained the first time this mixer needed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnitSource {
+    /// Compiled by NVRTC (and stored in the disk cache, if on).
+    Compiled,
+    /// Loaded from the on-disk cache.
+    DiskCache,
+}
+
+/// One kernel unit's first load: what, how, how long (compile or read, plus module load).
+#[derive(Debug, Clone)]
+pub struct UnitLoad {
+    /// The unit (an entry name such as `ce_block_bf16`, or `naive_f32`).
+    pub unit: &'static str,
+    /// Compiled or read from disk.
+    pub source: UnitSource,
+    /// Wall time from the request to the loaded functions.
+    pub time: Duration,
+}
+
+pub(crate) struct Unit {
+    _module: Arc<CudaModule>,
+    funcs: Vec<(&'static str, CudaFunction)>,
+}
+
+/// The CUDA side of the crate: one device, one stream, the kernels compiled for the device's
+/// architecture, and the device buffers the operations share.
+///
+/// Every operation is enqueued on [`stream`](CudaMixer::stream) and returns without waiting
+/// for the device. Kernels are compiled on first use (one NVRTC compilation per kernel and
+/// dtype, for `sm_XY` of the device), cached in memory for this mixer and on disk for the next
+/// process. [`preload`](CudaMixer::preload) compiles ahead of time (before capturing a graph).
+///
+/// Labels read on the device are not range-checked before the launch (that would need a
+/// synchronization): a kernel counts labels `>= num_classes` in a device flag and never reads
+/// memory through them; [`check_labels`](CudaMixer::check_labels) reports the count.
+pub struct CudaMixer {
+    stream: Arc<CudaStream>,
+    cc: u32,
+    target: Target,
+    nvrtc: (i32, i32),
+    sms: u32,
+    smem_optin: u32,
+    cache: DiskCache,
+    extra: Vec<String>,
+    units: Mutex<HashMap<&'static str, Arc<Unit>>>,
+    loads: Mutex<Vec<UnitLoad>>,
+    /// `[0]`: labels found out of range; `[1]`: blocks done (cross-entropy's last-block sum).
+    flags: CudaSlice<u32>,
+    scratch: Mutex<Option<CudaSlice<f32>>>,
+}
+
+impl std::fmt::Debug for CudaMixer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaMixer")
+            .field("ordinal", &self.stream.context().ordinal())
+            .field("arch", &self.target.arch())
+            .field("nvrtc", &self.nvrtc)
+            .field("sms", &self.sms)
+            .finish()
+    }
+}
+
+impl CudaMixer {
+    /// A mixer on device `ordinal`'s primary context and its default stream.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        Self::with_options(ordinal, CudaMixerOptions::default())
+    }
+
+    /// Like [`new`](CudaMixer::new), with options.
+    pub fn with_options(ordinal: usize, options: CudaMixerOptions) -> Result<Self> {
+        require_driver()?;
+        require_nvrtc()?;
+        let ctx = guard("creating the CUDA context", || CudaContext::new(ordinal))?
+            .map_err(driver_err("creating the CUDA context"))?;
+        Self::from_stream_with(ctx.default_stream(), options)
+    }
+
+    /// A mixer enqueuing on `stream` (its device and context).
+    pub fn from_stream(stream: Arc<CudaStream>) -> Result<Self> {
+        Self::from_stream_with(stream, CudaMixerOptions::default())
+    }
+
+    /// A mixer on a stream owned by another library (PyTorch through tch-rs, burn, ...): the
+    /// primary context of device `ordinal` and the raw `CUstream`.
+    ///
+    /// # Safety
+    /// `stream` must be a valid stream of device `ordinal`'s primary context (or null for the
+    /// legacy default stream) and must outlive the mixer and everything enqueued through it.
+    pub unsafe fn from_raw_stream(
+        ordinal: usize,
+        stream: cudarc::driver::sys::CUstream,
+    ) -> Result<Self> {
+        require_driver()?;
+        require_nvrtc()?;
+        let ctx = guard("creating the CUDA context", || CudaContext::new(ordinal))?
+            .map_err(driver_err("creating the CUDA context"))?;
+        // SAFETY: forwarded to the caller.
+        let stream = unsafe { ctx.wrap_borrowed_stream(stream) };
+        Self::from_stream_with(stream, CudaMixerOptions::default())
+    }
+
+    /// [`from_stream`](CudaMixer::from_stream) with options.
+    pub fn from_stream_with(stream: Arc<CudaStream>, options: CudaMixerOptions) -> Result<Self> {
+        require_nvrtc()?;
+        let ctx = stream.context().clone();
+        let (major, minor) = guard("reading the device", || ctx.compute_capability())?
+            .map_err(driver_err("reading the compute capability"))?;
+        let cc = (major * 10 + minor) as u32;
+        let attr = |a| -> Result<u32> {
+            Ok(guard("reading the device", || ctx.attribute(a))?
+                .map_err(driver_err("reading a device attribute"))?
+                .max(0) as u32)
+        };
+        let sms = attr(Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let smem_optin = attr(Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+        let nvrtc_version = guard("asking NVRTC its version", nvrtc::version)??;
+        let archs = guard("asking NVRTC its architectures", nvrtc::supported_archs)??;
+        let target = nvrtc::target_for(cc, &archs)?;
+        let cache = if options.disk_cache {
+            match options.cache_dir {
+                Some(d) => DiskCache::at(Some(d)),
+                None => DiskCache::from_env(),
+            }
+        } else {
+            DiskCache::at(None)
+        };
+        let flags = stream
+            .alloc_zeros::<u32>(2)
+            .map_err(driver_err("allocating the label flags"))?;
+        Ok(Self {
+            stream,
+            cc,
+            target,
+            nvrtc: nvrtc_version,
+            sms,
+            smem_optin,
+            cache,
+            extra: options.nvrtc_options,
+            units: Mutex::new(HashMap::new()),
+            loads: Mutex::new(Vec::new()),
+            flags,
+            scratch: Mutex::new(None),
+        })
+    }
+
+    /// The stream every operation is enqueued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Compute capability as `major * 10 + minor` (90 for H100).
+    pub fn compute_capability(&self) -> u32 {
+        self.cc
+    }
+
+    /// What the kernels are compiled for: `sm_XY` (CUBIN), or `compute_XY` (PTX, JIT-compiled
+    /// by the driver) when the device is newer than this NVRTC.
+    pub fn target_arch(&self) -> String {
+        self.target.arch()
+    }
+
+    /// NVRTC's version, `(major, minor)`.
+    pub fn nvrtc_version(&self) -> (i32, i32) {
+        self.nvrtc
+    }
+
+    /// Number of streaming multiprocessors.
+    pub fn multiprocessors(&self) -> u32 {
+        self.sms
+    }
+
+    /// Where compiled kernels are cached on disk, if anywhere.
+    pub fn cache_dir(&self) -> Option<&std::path::Path> {
+        self.cache.dir()
+    }
+
+    /// Compiles (or loads from the disk cache) every kernel the operations use for `dtype`,
+    /// so the first training step does not pay for it (and before capturing a CUDA graph).
+    pub fn preload(&self, dtype: DType) -> Result<()> {
+        for unit in units_for(dtype) {
+            self.unit(unit)?;
+        }
+        Ok(())
+    }
+
+    /// Every kernel unit this mixer loaded so far: how (compiled or from disk) and how long.
+    pub fn load_report(&self) -> Vec<UnitLoad> {
+        lock(&self.loads).clone()
+    }
+
+    /// Waits for the stream, then reports labels that device kernels found out of range since
+    /// the last check (and clears the count): [`MixError::DeviceLabelOutOfRange`]. The outputs
+    /// of the launches that saw them are not meaningful.
+    pub fn check_labels(&self) -> Result<()> {
+        let flags = self
+            .stream
+            .clone_dtoh(&self.flags)
+            .map_err(driver_err("reading the label flags"))?;
+        if flags[0] == 0 {
+            return Ok(());
+        }
+        let (ptr, _record) = self.flags.device_ptr(&self.stream);
+        // SAFETY: `ptr` addresses flags[0] (4 bytes) of a live allocation; the memset is ordered
+        // on our stream after every kernel that counted into it.
+        unsafe { cudarc::driver::result::memset_d8_async(ptr, 0, 4, self.stream.cu_stream()) }
+            .map_err(driver_err("clearing the label flags"))?;
+        Err(MixError::DeviceLabelOutOfRange { count: flags[0] })
+    }
+
+    /// Device address of the flags (`[0]` label count, `[1]` block counter).
+    pub(crate) fn flags_ptr(&self) -> u64 {
+        let (ptr, _record) = self.flags.device_ptr(&self.stream);
+        ptr
+    }
+
+    /// A device buffer of at least `n` f32 for per-row losses the caller did not ask for.
+    /// Allocates only when a larger batch than any before arrives.
+    pub(crate) fn scratch_f32(&self, n: usize) -> Result<u64> {
+        let mut s = lock(&self.scratch);
+        if s.as_ref().is_none_or(|b| b.len() < n) {
+            // SAFETY: kernels write every element they later read.
+            let buf = unsafe { self.stream.alloc::<f32>(n.next_power_of_two().max(256)) }
+                .map_err(driver_err("allocating the per-sample loss buffer"))?;
+            *s = Some(buf);
+        }
+        let buf = s.as_ref().expect("allocated above");
+        let (ptr, _record) = buf.device_ptr(&self.stream);
+        Ok(ptr)
+    }
+
+    /// Largest dynamic shared memory a block of the CE block kernel may use.
+    pub(crate) fn smem_optin(&self) -> u32 {
+        self.smem_optin
+    }
+
+    /// The function `entry` of kernel unit `unit`, compiling or loading the unit on first use.
+    pub(crate) fn function(&self, unit: &'static str, entry: &str) -> Result<CudaFunction> {
+        let u = self.unit(unit)?;
+        u.funcs
+            .iter()
+            .find(|(n, _)| *n == entry)
+            .map(|(_, f)| f.clone())
+            .ok_or_else(|| MixError::Compile {
+                module: unit.to_string(),
+                log: format!("the compiled unit has no kernel named `{entry}`"),
+            })
+    }
+
+    fn unit(&self, unit: &'static str) -> Result<Arc<Unit>> {
+        // Held while compiling: two threads asking for the same unit compile it once.
+        let mut units = lock(&self.units);
+        if let Some(u) = units.get(unit) {
+            return Ok(u.clone());
+        }
+        let t0 = Instant::now();
+        let module = module_of(unit).ok_or_else(|| MixError::InvalidArgument {
+            what: "kernel unit",
+            reason: format!("no kernel module defines `{unit}`"),
+        })?;
+        let options = nvrtc::options(self.target, &format!("MIXUP_ONLY_{unit}"), &self.extra);
+        let path = self
+            .cache
+            .path(unit, module.hash, self.target, self.nvrtc, &options);
+        let cached = path.as_deref().and_then(DiskCache::load);
+        let (loaded, source) = match cached.map(|img| self.load_image(unit, img)) {
+            Some(Ok(m)) => (m, UnitSource::DiskCache),
+            // Absent, or present but rejected by the driver (corrupt in a way the checksum
+            // cannot see, e.g. written by another driver): compile and overwrite.
+            _ => {
+                let compiled = guard("compiling with NVRTC", || {
+                    nvrtc::compile(module, unit, self.target, &options)
+                })??;
+                if let Some(p) = &path {
+                    DiskCache::store(p, &compiled.image);
+                }
+                (self.load_image(unit, compiled.image)?, UnitSource::Compiled)
+            }
+        };
+        let u = Arc::new(loaded);
+        units.insert(unit, u.clone());
+        lock(&self.loads).push(UnitLoad {
+            unit,
+            source,
+            time: t0.elapsed(),
+        });
+        Ok(u)
+    }
+
+    fn load_image(&self, unit: &'static str, image: Vec<u8>) -> Result<Unit> {
+        let ptx = match self.target {
+            Target::Sm(_) => Ptx::from_binary(image),
+            Target::Compute(_) => {
+                let end = image.iter().position(|&b| b == 0).unwrap_or(image.len());
+                Ptx::from_src(String::from_utf8_lossy(&image[..end]).into_owned())
+            }
+        };
+        let ctx = self.stream.context();
+        let module = guard("loading a kernel module", || ctx.load_module(ptx))?.map_err(|e| {
+            MixError::Driver {
+                context: "loading a kernel module",
+                message: format!(
+                    "{e} (unit `{unit}` for {}; a driver older than NVRTC {}.{} may reject its \
+                     output: update the driver or use an NVRTC no newer than it)",
+                    self.target.arch(),
+                    self.nvrtc.0,
+                    self.nvrtc.1
+                ),
+            }
+        })?;
+        let mut funcs = Vec::new();
+        for &entry in entries_of(unit) {
+            let f = module
+                .load_function(entry)
+                .map_err(driver_err("finding a kernel in its module"))?;
+            if entry.starts_with("ce_block_") {
+                // The block kernel keeps part of a row in dynamic shared memory: allow up to the
+                // device's opt-in limit (minus the kernel's static shared memory).
+                let static_smem = f.shared_size_bytes().unwrap_or(0).max(0) as u32;
+                let dynamic = self.smem_optin.saturating_sub(static_smem);
+                f.set_attribute(
+                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    dynamic as i32,
+                )
+                .map_err(driver_err("raising the shared-memory limit"))?;
+            }
+            funcs.push((entry, f));
+        }
+        Ok(Unit {
+            _module: module,
+            funcs,
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves consistent data (maps and buffers are
+    // replaced whole), so poisoning is ignored.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The module a unit's source is in.
+pub fn module_of(unit: &str) -> Option<&'static ModuleSource> {
+    let name = if unit.starts_with("mix_") {
+        "mix"
+    } else if unit.starts_with("soft_targets_") {
+        "soft_targets"
+    } else if unit.starts_with("ce_") {
+        "mixup_ce"
+    } else if unit.starts_with("naive_") {
+        "naive"
+    } else {
+        return None;
+    };
+    MODULES.iter().find(|m| m.name == name)
+}
+
+/// The kernel entries a unit defines (a unit is one entry, except the naive kernels of one
+/// dtype, compiled together).
+pub fn entries_of(unit: &str) -> &'static [&'static str] {
+    macro_rules! naive {
+        ($dt:literal) => {
+            &[
+                concat!("naive_gather_", $dt),
+                concat!("naive_lerp_", $dt),
+                concat!("naive_paste_", $dt),
+                concat!("naive_blend_", $dt),
+                concat!("naive_log_softmax_", $dt),
+                concat!("naive_grad_", $dt),
+                "naive_one_hot",
+                "naive_row_loss",
+                "naive_reduce",
+            ]
+        };
+    }
+    match unit {
+        "naive_f32" => naive!("f32"),
+        "naive_f16" => naive!("f16"),
+        "naive_bf16" => naive!("bf16"),
+        "naive_u8" => &[
+            "naive_gather_u8",
+            "naive_lerp_u8",
+            "naive_paste_u8",
+            "naive_one_hot",
+            "naive_row_loss",
+            "naive_reduce",
+        ],
+        _ => ALL_UNITS
+            .iter()
+            .find(|u| **u == unit)
+            .map(std::slice::from_ref)
+            .unwrap_or(&[]),
+    }
+}
+
+/// Every compilation unit, by module.
+pub const ALL_UNITS: &[&str] = &[
+    "mix_gather_f32",
+    "mix_pairs_f32",
+    "mix_gather_f16",
+    "mix_pairs_f16",
+    "mix_gather_bf16",
+    "mix_pairs_bf16",
+    "mix_gather_u8",
+    "mix_pairs_u8",
+    "soft_targets_f32",
+    "soft_targets_f16",
+    "soft_targets_bf16",
+    "ce_warp_f32",
+    "ce_block_f32",
+    "ce_online_f32",
+    "ce_warp_f16",
+    "ce_block_f16",
+    "ce_online_f16",
+    "ce_warp_bf16",
+    "ce_block_bf16",
+    "ce_online_bf16",
+    "naive_f32",
+    "naive_f16",
+    "naive_bf16",
+    "naive_u8",
+];
+
+/// The fused-kernel units an operation on `dtype` may need (not the naive ones).
+pub(crate) fn units_for(dtype: DType) -> impl Iterator<Item = &'static str> {
+    ALL_UNITS
+        .iter()
+        .copied()
+        .filter(move |u| !u.starts_with("naive_") && u.ends_with(&format!("_{}", dtype.name())))
+}
+
+/// The unit name `<op>_<dtype>` as a static string.
+pub(crate) fn unit_name(op: &str, dtype: DType) -> &'static str {
+    let want = format!("{op}_{}", dtype.name());
+    ALL_UNITS
+        .iter()
+        .copied()
+        .find(|u| *u == want)
+        .unwrap_or("unknown_unit")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_driver_is_a_clear_error_not_a_panic() {
+        // On a machine without libcuda (CI) the mixer explains what is missing; with a GPU it
+        // simply works.
+        match CudaMixer::new(0) {
+            Ok(_) => {}
+            Err(MixError::CudaUnavailable(m)) => {
+                assert!(m.contains("libcuda") || m.contains("NVRTC"), "{m}")
+            }
+            Err(MixError::Driver { .. }) => {} // a driver without a device
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+
+    /// Re-runs this test binary with LD_LIBRARY_PATH emptied, so libnvrtc cannot be found,
+    /// and checks the child's error (the presence check is cached per process).
+    #[test]
+    #[cfg(mixup_cuda_dynload)]
+    fn missing_nvrtc_is_a_clear_error() {
+        if std::env::var_os("MIXUP_NVRTC_CHILD").is_some() {
+            // SAFETY: only probes library names.
+            if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+                println!("libnvrtc is installed system-wide; nothing to check");
+                return;
+            }
+            match require_nvrtc() {
+                Err(MixError::CudaUnavailable(m)) => {
+                    assert!(m.contains("pip install nvidia-cuda-nvrtc==13.0.*"), "{m}");
+                    assert!(m.contains("LD_LIBRARY_PATH"), "{m}");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(matches!(
+                nvrtc::version(),
+                Err(MixError::CudaUnavailable(_))
+            ));
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "cuda::context::tests::missing_nvrtc_is_a_clear_error",
+                "--nocapture",
+            ])
+            .env("MIXUP_NVRTC_CHILD", "1")
+            .env("LD_LIBRARY_PATH", "")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "{text}");
+    }
+
+    #[test]
+    fn every_unit_has_a_module_and_entries() {
+        for u in ALL_UNITS {
+            let m = module_of(u).unwrap_or_else(|| panic!("{u}"));
+            assert!(
+                m.source.contains(&format!("MIXUP_ONLY_{u}")),
+                "{u} is not guarded in {}.cu",
+                m.name
+            );
+            assert!(!entries_of(u).is_empty(), "{u}");
+            for e in entries_of(u) {
+                assert!(
+                    m.source.contains(e.trim_end_matches(|c: char| c != '_')),
+                    "{e}"
+                );
+            }
+        }
+        assert_eq!(units_for(DType::BF16).count(), 6);
+        assert_eq!(units_for(DType::U8).count(), 2);
+        assert_eq!(unit_name("ce_block", DType::F16), "ce_block_f16");
+        assert!(module_of("nothing").is_none());
+    }
+}

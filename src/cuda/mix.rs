@@ -1,0 +1,274 @@
+//! Mixing a batch on the device: `kernels/mix.cu` (`mix_gather_<dt>`, `mix_pairs_<dt>`).
+
+use cudarc::driver::{
+    CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+
+use crate::dtype::{DType, Element};
+use crate::error::{check_len, checked_product, MixError, Result};
+use crate::spec::{check_mix, Layout};
+
+use super::context::{driver_err, unit_name, CudaMixer};
+use super::plan::DevicePlan;
+
+/// Threads per block of the mix kernels (`MIX_NT`).
+pub(crate) const MIX_THREADS: u32 = 256;
+/// 16-byte slots one work item covers (`MIX_NT * MIX_UNROLL`).
+pub(crate) const MIX_CHUNK_SLOTS: u64 = 256 * 4;
+/// Largest grid the kernels are launched with; they loop over the remaining work items.
+pub(crate) const MAX_GRID: u64 = (1 << 31) - 1;
+
+/// Kernel arguments (`struct MixArgs` in kernels/mix.cu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct MixArgs {
+    pub x: u64,
+    pub out: u64,
+    pub plan: u64,
+    pub items: u64,
+    pub row_len: u64,
+    pub chunks: u64,
+    pub plane: u64,
+    pub layout: u32,
+    pub channels: u32,
+    pub height: u32,
+    pub width: u32,
+    pub batch: u32,
+    pub pad: u32,
+}
+
+// SAFETY: repr(C) of u64/u32 fields without padding (80 bytes), mirrored by the kernel's struct.
+unsafe impl DeviceRepr for MixArgs {}
+
+/// Chunks a row of `row` elements is cut into (at least 1, so chunk 0 carries the row's head
+/// and tail elements).
+pub(crate) fn chunks_per_row(row: u64, dtype: DType) -> u64 {
+    let ve = 16 / dtype.size() as u64;
+    row.div_ceil(MIX_CHUNK_SLOTS * ve).max(1)
+}
+
+/// Grid size for `items` work items.
+pub(crate) fn grid_for(items: u64) -> u32 {
+    items.clamp(1, MAX_GRID) as u32
+}
+
+/// The kernel arguments for a mixing call (without pointers), or why it cannot run.
+pub(crate) fn mix_args(
+    layout: &Layout,
+    dtype: DType,
+    batch: usize,
+    rows: usize,
+) -> Result<MixArgs> {
+    let row = layout.sample_len()? as u64;
+    let chunks = chunks_per_row(row, dtype);
+    let items = (rows as u64)
+        .checked_mul(chunks)
+        .ok_or(MixError::SizeOverflow {
+            what: "mix work items",
+        })?;
+    let mut a = MixArgs {
+        items,
+        row_len: row,
+        chunks,
+        batch: u32::try_from(batch).map_err(|_| MixError::SizeOverflow { what: "batch" })?,
+        ..MixArgs::default()
+    };
+    let image = |c: usize, h: usize, w: usize| -> Result<(u32, u32, u32, u64)> {
+        // Pixel positions are computed in 32 bits on the device.
+        let too_big = MixError::SizeOverflow {
+            what: "image sample size (the GPU kernels index an image sample in 32 bits)",
+        };
+        let d = checked_product("sample size", &[c, h, w])?;
+        if d >= 1 << 32 {
+            return Err(too_big);
+        }
+        Ok((c as u32, h as u32, w as u32, (h * w) as u64))
+    };
+    match *layout {
+        Layout::Rows(_) => {}
+        Layout::Nchw {
+            channels,
+            height,
+            width,
+        } => {
+            (a.channels, a.height, a.width, a.plane) = image(channels, height, width)?;
+            a.layout = 1;
+        }
+        Layout::Nhwc {
+            height,
+            width,
+            channels,
+        } => {
+            (a.channels, a.height, a.width, a.plane) = image(channels, height, width)?;
+            a.layout = 2;
+        }
+    }
+    Ok(a)
+}
+
+/// Validates and launches a mixing kernel on raw device addresses (see [`super::raw::mix`]).
+///
+/// # Safety
+/// `x` and `out` address `len` elements of `dtype` on the mixer's device; `out == x` only when
+/// `in_place`; otherwise they do not overlap.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn launch(
+    m: &CudaMixer,
+    plan: &DevicePlan,
+    layout: &Layout,
+    dtype: DType,
+    x: u64,
+    out: u64,
+    len: usize,
+    in_place: bool,
+) -> Result<()> {
+    let host = plan.plan();
+    let row = check_mix(host, layout, len, "x")?;
+    if in_place {
+        host.check_involution()?;
+    }
+    if host.is_empty() || row == 0 {
+        return Ok(());
+    }
+    // Involutions (random pairs, timm's flip) move each row once, in place or not.
+    let pairs = host.is_involution();
+    let rows = if pairs { plan.pairs() } else { host.len() };
+    let mut args = mix_args(layout, dtype, host.len(), rows)?;
+    args.x = x;
+    args.out = out;
+    args.plan = plan.device_ptr_for(m)?;
+    let unit = unit_name(if pairs { "mix_pairs" } else { "mix_gather" }, dtype);
+    let f = m.function(unit, unit)?;
+    let cfg = LaunchConfig {
+        grid_dim: (grid_for(args.items), 1, 1),
+        block_dim: (MIX_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: `args` matches the kernel's `MixArgs`; the addresses are valid per the contract
+    // and the plan buffer holds the plan and its pair leaders.
+    unsafe { m.stream().launch_builder(&f).arg(&args).launch(cfg) }
+        .map_err(driver_err("launching the mix kernel"))?;
+    Ok(())
+}
+
+impl CudaMixer {
+    /// Mixes `x` into `out` (both `[B, sample]` in `layout`): MixUp lerp or CutMix paste per the
+    /// plan, in one pass. Bit-identical to the CPU path. Views may start at any element offset
+    /// (unaligned rows go element by element).
+    pub fn mix<T: Element>(
+        &self,
+        plan: &DevicePlan,
+        layout: &Layout,
+        x: &CudaView<'_, T>,
+        out: &mut CudaViewMut<'_, T>,
+    ) -> Result<()> {
+        check_mix(plan.plan(), layout, x.len(), "x")?;
+        check_len("out", x.len(), out.len())?;
+        let (xp, _rx) = x.device_ptr(self.stream());
+        let (op, _wo) = out.device_ptr_mut(self.stream());
+        // SAFETY: both views hold `x.len()` elements of T on this mixer's stream and cannot
+        // overlap (one is borrowed mutably).
+        unsafe { super::raw::mix(self, plan, layout, T::DTYPE, xp, op, x.len()) }
+    }
+
+    /// Mixes `x` in place. The plan must be an involution (`partner(partner(i)) == i`, as timm's
+    /// flip and random pairs are): each pair is read once and both rows written, the same bytes
+    /// as a copy.
+    pub fn mix_in_place<T: Element>(
+        &self,
+        plan: &DevicePlan,
+        layout: &Layout,
+        x: &mut CudaViewMut<'_, T>,
+    ) -> Result<()> {
+        let len = x.len();
+        let (xp, _wx) = x.device_ptr_mut(self.stream());
+        // SAFETY: the view holds `len` elements of T on this mixer's stream.
+        unsafe { super::raw::mix_in_place(self, plan, layout, T::DTYPE, xp, len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_are_80_bytes() {
+        assert_eq!(std::mem::size_of::<MixArgs>(), 80);
+    }
+
+    #[test]
+    fn chunking_covers_every_row() {
+        // 3x224x224 f32: 150528 elements, 4096 per chunk -> 37 chunks.
+        assert_eq!(chunks_per_row(150_528, DType::F32), 37);
+        assert_eq!(chunks_per_row(150_528, DType::BF16), 19);
+        assert_eq!(chunks_per_row(150_528, DType::U8), 10);
+        // Tiny rows still get one chunk (it handles the head and tail elements).
+        assert_eq!(chunks_per_row(1, DType::F32), 1);
+        assert_eq!(chunks_per_row(4096, DType::F32), 1);
+        assert_eq!(chunks_per_row(4097, DType::F32), 2);
+        for row in [1u64, 3, 63, 4097, 1 << 20, (1 << 32) + 5] {
+            for dt in [DType::F32, DType::F16, DType::U8] {
+                let ve = 16 / dt.size() as u64;
+                let c = chunks_per_row(row, dt);
+                // Enough for the element-by-element path and for the slot path.
+                assert!(c * MIX_CHUNK_SLOTS * ve >= row);
+                assert!(c * MIX_CHUNK_SLOTS >= row / ve);
+            }
+        }
+    }
+
+    #[test]
+    fn grids_are_capped() {
+        assert_eq!(grid_for(0), 1);
+        assert_eq!(grid_for(37 * 1024), 37 * 1024);
+        assert_eq!(grid_for(u64::MAX), (1u32 << 31) - 1);
+        let a = mix_args(&Layout::Rows(1 << 40), DType::F32, 1 << 20, 1 << 20).unwrap();
+        assert!(a.items > MAX_GRID);
+        assert_eq!(grid_for(a.items), (1u32 << 31) - 1);
+    }
+
+    #[test]
+    fn layouts_map_to_kernel_codes() {
+        let a = mix_args(
+            &Layout::Nhwc {
+                height: 5,
+                width: 7,
+                channels: 3,
+            },
+            DType::U8,
+            4,
+            4,
+        )
+        .unwrap();
+        assert_eq!(
+            (a.layout, a.channels, a.height, a.width, a.plane),
+            (2, 3, 5, 7, 35)
+        );
+        assert_eq!(a.row_len, 105);
+        let b = mix_args(
+            &Layout::Nchw {
+                channels: 3,
+                height: 224,
+                width: 224,
+            },
+            DType::BF16,
+            256,
+            128,
+        )
+        .unwrap();
+        assert_eq!((b.layout, b.plane, b.items), (1, 224 * 224, 128 * 19));
+        assert!(matches!(
+            mix_args(
+                &Layout::Nchw {
+                    channels: 1 << 12,
+                    height: 1 << 10,
+                    width: 1 << 10
+                },
+                DType::F32,
+                1,
+                1
+            ),
+            Err(MixError::SizeOverflow { .. })
+        ));
+    }
+}

@@ -1,0 +1,566 @@
+//! The fused mixup cross-entropy on the device: `kernels/mixup_ce.cu`.
+//!
+//! Which kernel runs for which C (s = bytes per element, a slot = 16 bytes = 16/s elements;
+//! limits for H100, whose blocks may use 227 KB of shared memory):
+//!
+//! | path | C·s | why |
+//! |---|---|---|
+//! | `ce_warp`, G lanes per row | ≤ 2 KB (C ≤ 512 f32, 1024 bf16) | a row fits in 4 slots × 32 lanes of registers; small rows share a warp (G = 1..32 lanes each), so 256×1000 is one launch of a few blocks |
+//! | `ce_block`, registers | ≤ 64 KB (C ≤ 16 384 f32, 32 768 bf16) | one block of 64..1024 threads per row, 4 slots per thread in registers: the row is read once and the gradient written once |
+//! | `ce_block`, + shared memory | ≤ 64 KB + S·16 KB, S ≤ 14 (≤ 288 KB: C ≤ 73 728 f32, 147 456 bf16) | 1024 threads, the rest of the row in dynamic shared memory (cp.async): still one read, one write. 256 000 f32 = 1 MB fits in neither |
+//! | `ce_online` | any | online (max, sum) pass, then a second read for the gradient (2R + 1W, the re-read mostly from L2); also every forward-only call beyond the warp path |
+//!
+//! Smaller GPUs have less shared memory (A100 163 KB: S ≤ 9; L40 / RTX 4090 99 KB: S ≤ 5; T4
+//! 64 KB: S ≤ 3), so the online path starts earlier there.
+
+use cudarc::driver::{
+    CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+
+use crate::dtype::{DType, FloatElement};
+use crate::error::{check_len, MixError, Result};
+use crate::spec::{check_ce, CeSpec, Reduction, Upstream};
+
+use super::context::{driver_err, unit_name, CudaMixer};
+use super::mix::MAX_GRID;
+use super::plan::DevicePlan;
+use super::soft_targets::require_float;
+
+/// Register slots per thread (`CE_K`).
+pub(crate) const CE_K: u64 = 4;
+/// Slots per thread per step of the online kernel (`CE_ONLINE_U`).
+pub(crate) const CE_ONLINE_U: u64 = 4;
+/// Threads per block of the warp kernel (`CE_WARP_NT`).
+pub(crate) const CE_WARP_THREADS: u32 = 256;
+/// Shared memory kept back from the opt-in limit for the kernel's static shared memory
+/// (1.4 KB reported by ptxas) and the driver.
+pub(crate) const CE_SMEM_RESERVE: u32 = 2048;
+
+/// The gradient arriving from above the loss, on the device side.
+#[derive(Debug)]
+pub enum DeviceUpstream<'a> {
+    /// One host value (1.0 for a plain `loss.backward()`), baked into the launch.
+    Scalar(f32),
+    /// One device value `[1]` (an autograd upstream that lives on the GPU).
+    Device(CudaView<'a, f32>),
+    /// One device value per sample `[B]`; only with [`Reduction::None`].
+    PerSample(CudaView<'a, f32>),
+}
+
+/// Kernel arguments (`struct CeArgs` in kernels/mixup_ce.cu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct CeArgs {
+    pub logits: u64,
+    pub grad: u64,
+    pub labels: u64,
+    pub plan: u64,
+    pub losses: u64,
+    pub loss: u64,
+    pub upstream: u64,
+    pub flags: u64,
+    pub batch: u64,
+    pub classes: u64,
+    pub eps: f32,
+    pub off: f32,
+    pub up: f32,
+    pub factor: f32,
+    pub up_kind: u32,
+    pub reduction: u32,
+    pub group: u32,
+    pub smem_slots: u32,
+}
+
+// SAFETY: repr(C), 112 bytes without padding, mirrored by the kernel's struct.
+unsafe impl DeviceRepr for CeArgs {}
+
+/// The row strategy for C classes (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CeStrategy {
+    /// `group` lanes per row (power of two, 1..=32).
+    Warp { group: u32 },
+    /// One block of `threads` per row, `smem_slots` shared-memory slots per thread.
+    Block { threads: u32, smem_slots: u32 },
+    /// One block of `threads` per row, two reads.
+    Online { threads: u32 },
+}
+
+impl CeStrategy {
+    /// Kernel family (`ce_warp`, `ce_block`, `ce_online`).
+    pub(crate) fn kernel(&self) -> &'static str {
+        match self {
+            CeStrategy::Warp { .. } => "ce_warp",
+            CeStrategy::Block { .. } => "ce_block",
+            CeStrategy::Online { .. } => "ce_online",
+        }
+    }
+
+    /// Grid, block and dynamic shared memory for `batch` rows.
+    pub(crate) fn launch_config(&self, batch: u64) -> LaunchConfig {
+        let (rows_per_block, threads, smem) = match *self {
+            CeStrategy::Warp { group } => ((CE_WARP_THREADS / group) as u64, CE_WARP_THREADS, 0),
+            CeStrategy::Block {
+                threads,
+                smem_slots,
+            } => (1, threads, smem_slots * threads * 16),
+            CeStrategy::Online { threads } => (1, threads, 0),
+        };
+        LaunchConfig {
+            grid_dim: (
+                batch.div_ceil(rows_per_block).clamp(1, MAX_GRID) as u32,
+                1,
+                1,
+            ),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: smem,
+        }
+    }
+}
+
+fn threads_for(slots: u64, per_thread: u64) -> u32 {
+    (slots.div_ceil(per_thread).next_multiple_of(32)).clamp(64, 1024) as u32
+}
+
+/// Picks the row strategy for `classes` elements of `elem_size` bytes, on a device whose
+/// blocks may opt in to `smem_optin` bytes of shared memory.
+pub(crate) fn ce_strategy(
+    classes: u64,
+    elem_size: usize,
+    smem_optin: u32,
+    forward_only: bool,
+) -> CeStrategy {
+    let ve = 16 / elem_size as u64;
+    // Full slots of a row: at most C / VE, whatever the row's alignment.
+    let slots = classes / ve;
+    if slots <= 32 * CE_K {
+        let group = slots.div_ceil(CE_K).max(1).next_power_of_two() as u32;
+        return CeStrategy::Warp { group };
+    }
+    if forward_only {
+        return CeStrategy::Online {
+            threads: threads_for(slots, CE_ONLINE_U),
+        };
+    }
+    let threads = threads_for(slots, CE_K);
+    if threads as u64 * CE_K >= slots {
+        return CeStrategy::Block {
+            threads,
+            smem_slots: 0,
+        };
+    }
+    let in_smem = slots - 1024 * CE_K;
+    let s = in_smem.div_ceil(1024);
+    if s * 1024 * 16 <= smem_optin.saturating_sub(CE_SMEM_RESERVE) as u64 {
+        return CeStrategy::Block {
+            threads: 1024,
+            smem_slots: s as u32,
+        };
+    }
+    CeStrategy::Online { threads: 1024 }
+}
+
+/// Upstream gradient in raw form (see [`super::raw::RawUpstream`]).
+pub(crate) fn upstream_fields(up: &super::raw::RawUpstream) -> (u32, u64, f32) {
+    use super::raw::RawUpstream::*;
+    match *up {
+        Scalar(g) => (0, 0, g),
+        Device(p) => (1, p, 1.0),
+        PerSample(p) => (2, p, 1.0),
+    }
+}
+
+/// The shared checks of [`check_ce`], with a device upstream standing in for its host form.
+pub(crate) fn check_ce_device(
+    plan: &DevicePlan,
+    spec: &CeSpec,
+    logits_len: usize,
+    up: &super::raw::RawUpstream,
+) -> Result<usize> {
+    use super::raw::RawUpstream::*;
+    let host = match *up {
+        Scalar(g) => Upstream::Scalar(g),
+        Device(_) | PerSample(_) => Upstream::Scalar(1.0),
+    };
+    let total = check_ce(plan.plan(), spec, logits_len, &host)?;
+    if matches!(up, PerSample(_)) && spec.reduction != Reduction::None {
+        // The same error `check_ce` gives for a host per-sample upstream.
+        return Err(MixError::InvalidArgument {
+            what: "upstream",
+            reason: "a per-sample upstream gradient needs Reduction::None".into(),
+        });
+    }
+    Ok(total)
+}
+
+/// # Safety
+/// See [`super::raw::mixup_ce`].
+pub(crate) unsafe fn launch(
+    m: &CudaMixer,
+    plan: &DevicePlan,
+    spec: &CeSpec,
+    dtype: DType,
+    logits_len: usize,
+    bufs: &super::raw::CeBuffers,
+    upstream: super::raw::RawUpstream,
+) -> Result<()> {
+    require_float(dtype, "logits")?;
+    check_ce_device(plan, spec, logits_len, &upstream)?;
+    let b = plan.len();
+    let c = spec.targets.num_classes;
+    if b == 0 {
+        // Sum or None over no sample: the loss is 0 (Mean was rejected above).
+        // SAFETY: `loss` addresses one f32 per the contract.
+        unsafe { cudarc::driver::result::memset_d8_async(bufs.loss, 0, 4, m.stream().cu_stream()) }
+            .map_err(driver_err("writing the loss"))?;
+        return Ok(());
+    }
+    let losses = match bufs.losses {
+        Some(p) => p,
+        None => m.scratch_f32(b)?,
+    };
+    let strategy = ce_strategy(c as u64, dtype.size(), m.smem_optin(), bufs.grad.is_none());
+    let (up_kind, up_ptr, up) = upstream_fields(&upstream);
+    let args = CeArgs {
+        logits: bufs.logits,
+        grad: bufs.grad.unwrap_or(0),
+        labels: bufs.labels,
+        plan: plan.device_ptr_for(m)?,
+        losses,
+        loss: bufs.loss,
+        upstream: up_ptr,
+        flags: m.flags_ptr(),
+        batch: b as u64,
+        classes: c as u64,
+        eps: spec.targets.smoothing,
+        off: spec.targets.off_value(),
+        up,
+        factor: spec.reduction.grad_factor(b),
+        up_kind,
+        reduction: match spec.reduction {
+            Reduction::Mean => 0,
+            Reduction::Sum => 1,
+            Reduction::None => 2,
+        },
+        group: match strategy {
+            CeStrategy::Warp { group } => group,
+            _ => 32,
+        },
+        smem_slots: match strategy {
+            CeStrategy::Block { smem_slots, .. } => smem_slots,
+            _ => 0,
+        },
+    };
+    let unit = unit_name(strategy.kernel(), dtype);
+    let f = m.function(unit, unit)?;
+    // SAFETY: `args` matches `CeArgs`; addresses valid per the contract; the block kernel's
+    // shared-memory limit was raised when it was loaded.
+    unsafe {
+        m.stream()
+            .launch_builder(&f)
+            .arg(&args)
+            .launch(strategy.launch_config(b as u64))
+    }
+    .map_err(driver_err("launching the cross-entropy kernel"))?;
+    Ok(())
+}
+
+/// Pointers of the optional upstream view (kept alive with its event guard by the caller).
+fn raw_upstream<'a>(
+    m: &'a CudaMixer,
+    plan: &DevicePlan,
+    up: &'a DeviceUpstream<'_>,
+) -> Result<(
+    super::raw::RawUpstream,
+    Option<cudarc::driver::SyncOnDrop<'a>>,
+)> {
+    use super::raw::RawUpstream;
+    Ok(match up {
+        DeviceUpstream::Scalar(g) => (RawUpstream::Scalar(*g), None),
+        DeviceUpstream::Device(v) => {
+            check_len("upstream", 1, v.len())?;
+            let (p, rec) = v.device_ptr(m.stream());
+            (RawUpstream::Device(p), Some(rec))
+        }
+        DeviceUpstream::PerSample(v) => {
+            check_len("upstream", plan.len(), v.len())?;
+            let (p, rec) = v.device_ptr(m.stream());
+            (RawUpstream::PerSample(p), Some(rec))
+        }
+    })
+}
+
+impl CudaMixer {
+    /// Loss only (evaluation): writes the reduced loss to `loss` (`[1]`; for
+    /// [`Reduction::None`] the mean, for logging) and the per-sample losses to `losses`
+    /// (`[B]`) if given. Reads the logits once.
+    pub fn mixup_ce_forward<T: FloatElement>(
+        &self,
+        plan: &DevicePlan,
+        spec: &CeSpec,
+        logits: &CudaView<'_, T>,
+        labels: &CudaView<'_, u32>,
+        loss: &mut CudaViewMut<'_, f32>,
+        losses: Option<&mut CudaViewMut<'_, f32>>,
+    ) -> Result<()> {
+        let (lp, _r) = logits.device_ptr(self.stream());
+        self.ce_common(
+            plan,
+            spec,
+            lp,
+            logits.len(),
+            labels,
+            DeviceUpstream::Scalar(1.0),
+            loss,
+            losses,
+            None,
+            T::DTYPE,
+        )
+    }
+
+    /// Loss and gradient in one launch: the gradient `(softmax - t) · scale` goes to `grad`
+    /// (`[B, C]`), the reduced loss to `loss` (`[1]`), per-sample losses to `losses` if given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mixup_ce<T: FloatElement>(
+        &self,
+        plan: &DevicePlan,
+        spec: &CeSpec,
+        logits: &CudaView<'_, T>,
+        labels: &CudaView<'_, u32>,
+        upstream: DeviceUpstream<'_>,
+        loss: &mut CudaViewMut<'_, f32>,
+        losses: Option<&mut CudaViewMut<'_, f32>>,
+        grad: &mut CudaViewMut<'_, T>,
+    ) -> Result<()> {
+        check_len("grad", logits.len(), grad.len())?;
+        let (lp, _r) = logits.device_ptr(self.stream());
+        let (gp, _w) = grad.device_ptr_mut(self.stream());
+        self.ce_common(
+            plan,
+            spec,
+            lp,
+            logits.len(),
+            labels,
+            upstream,
+            loss,
+            losses,
+            Some(gp),
+            T::DTYPE,
+        )
+    }
+
+    /// Loss and gradient, the gradient written over the logits.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mixup_ce_in_place<T: FloatElement>(
+        &self,
+        plan: &DevicePlan,
+        spec: &CeSpec,
+        logits: &mut CudaViewMut<'_, T>,
+        labels: &CudaView<'_, u32>,
+        upstream: DeviceUpstream<'_>,
+        loss: &mut CudaViewMut<'_, f32>,
+        losses: Option<&mut CudaViewMut<'_, f32>>,
+    ) -> Result<()> {
+        let n = logits.len();
+        let (lp, _w) = logits.device_ptr_mut(self.stream());
+        self.ce_common(
+            plan,
+            spec,
+            lp,
+            n,
+            labels,
+            upstream,
+            loss,
+            losses,
+            Some(lp),
+            T::DTYPE,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ce_common(
+        &self,
+        plan: &DevicePlan,
+        spec: &CeSpec,
+        logits: u64,
+        logits_len: usize,
+        labels: &CudaView<'_, u32>,
+        upstream: DeviceUpstream<'_>,
+        loss: &mut CudaViewMut<'_, f32>,
+        losses: Option<&mut CudaViewMut<'_, f32>>,
+        grad: Option<u64>,
+        dtype: DType,
+    ) -> Result<()> {
+        // Every check before anything is enqueued.
+        let (up, _ru) = raw_upstream(self, plan, &upstream)?;
+        check_ce_device(plan, spec, logits_len, &up)?;
+        plan.plan().check_batch(labels.len())?;
+        check_len("loss", 1, loss.len())?;
+        if let Some(l) = &losses {
+            check_len("losses", plan.len(), l.len())?;
+        }
+        let (lab, _rl) = labels.device_ptr(self.stream());
+        let (lossp, _wl) = loss.device_ptr_mut(self.stream());
+        let mut losses = losses;
+        let lp = losses.as_mut().map(|l| l.device_ptr_mut(self.stream()));
+        let bufs = super::raw::CeBuffers {
+            logits,
+            labels: lab,
+            grad,
+            loss: lossp,
+            losses: lp.as_ref().map(|(p, _)| *p),
+        };
+        // SAFETY: every buffer was checked to hold what the kernel reads and writes.
+        unsafe { super::raw::mixup_ce(self, plan, spec, dtype, logits_len, &bufs, up) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H100: u32 = 232_448;
+
+    #[test]
+    fn args_are_112_bytes() {
+        assert_eq!(std::mem::size_of::<CeArgs>(), 112);
+    }
+
+    #[test]
+    fn strategy_by_classes() {
+        use CeStrategy::*;
+        // Tiny rows: one lane per row.
+        assert_eq!(ce_strategy(1, 4, H100, false), Warp { group: 1 });
+        assert_eq!(ce_strategy(10, 4, H100, false), Warp { group: 1 });
+        assert_eq!(ce_strategy(100, 4, H100, false), Warp { group: 8 });
+        assert_eq!(ce_strategy(512, 4, H100, false), Warp { group: 32 });
+        assert_eq!(ce_strategy(1024, 2, H100, false), Warp { group: 32 });
+        // 256x1000 f32: 250 slots -> a block of 64 threads per row.
+        assert_eq!(
+            ce_strategy(1000, 4, H100, false),
+            Block {
+                threads: 64,
+                smem_slots: 0
+            }
+        );
+        assert_eq!(ce_strategy(1000, 2, H100, false), Warp { group: 32 });
+        // 4096x32000 bf16: 4000 slots -> 1000 -> 1024 threads, registers only.
+        assert_eq!(
+            ce_strategy(32_000, 2, H100, false),
+            Block {
+                threads: 1024,
+                smem_slots: 0
+            }
+        );
+        assert_eq!(
+            ce_strategy(32_000, 4, H100, false),
+            Block {
+                threads: 1024,
+                smem_slots: 4
+            }
+        );
+        assert_eq!(
+            ce_strategy(50_257, 4, H100, false),
+            Block {
+                threads: 1024,
+                smem_slots: 9
+            }
+        );
+        assert_eq!(
+            ce_strategy(64_000, 4, H100, false),
+            Block {
+                threads: 1024,
+                smem_slots: 12
+            }
+        );
+        assert_eq!(
+            ce_strategy(128_256, 2, H100, false),
+            Block {
+                threads: 1024,
+                smem_slots: 12
+            }
+        );
+        assert_eq!(
+            ce_strategy(128_256, 4, H100, false),
+            Online { threads: 1024 }
+        );
+        assert_eq!(
+            ce_strategy(256_000, 2, H100, false),
+            Online { threads: 1024 }
+        );
+        // Less shared memory (A100, T4): the online path starts earlier.
+        assert_eq!(
+            ce_strategy(128_256, 2, 166_912, false),
+            Online { threads: 1024 }
+        );
+        assert_eq!(
+            ce_strategy(20_000, 4, 65_536, false),
+            Block {
+                threads: 1024,
+                smem_slots: 1
+            }
+        );
+        assert_eq!(
+            ce_strategy(32_000, 4, 65_536, false),
+            Online { threads: 1024 }
+        );
+        assert_eq!(
+            ce_strategy(50_257, 4, 65_536, false),
+            Online { threads: 1024 }
+        );
+        // Forward only reads once whatever the path: online beyond the warp kernel.
+        assert_eq!(ce_strategy(10, 2, H100, true), Warp { group: 1 });
+        assert_eq!(ce_strategy(32_000, 2, H100, true), Online { threads: 1024 });
+        assert_eq!(ce_strategy(2_000, 4, H100, true), Online { threads: 128 });
+    }
+
+    #[test]
+    fn every_strategy_holds_its_row() {
+        for c in [
+            1u64, 7, 129, 1000, 4097, 32_000, 50_257, 64_000, 100_000, 128_256, 256_000,
+        ] {
+            for s in [2usize, 4] {
+                let slots = c / (16 / s as u64);
+                match ce_strategy(c, s, H100, false) {
+                    CeStrategy::Warp { group } => {
+                        assert!(group.is_power_of_two() && group <= 32);
+                        assert!(group as u64 * CE_K >= slots, "{c} {s}");
+                    }
+                    CeStrategy::Block {
+                        threads,
+                        smem_slots,
+                    } => {
+                        assert!(threads % 32 == 0 && (64..=1024).contains(&threads));
+                        assert!(
+                            (threads as u64) * (CE_K + smem_slots as u64) >= slots,
+                            "{c} {s}"
+                        );
+                        assert!(smem_slots * threads * 16 + CE_SMEM_RESERVE <= H100);
+                    }
+                    CeStrategy::Online { threads } => assert!(threads % 32 == 0),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grids_for_huge_batches() {
+        let w = CeStrategy::Warp { group: 1 };
+        let cfg = w.launch_config(1 << 40);
+        assert_eq!(cfg.grid_dim.0, (1u32 << 31) - 1);
+        assert_eq!(w.launch_config(256).grid_dim.0, 1);
+        assert_eq!(
+            CeStrategy::Warp { group: 32 }.launch_config(256).grid_dim.0,
+            32
+        );
+        let b = CeStrategy::Block {
+            threads: 1024,
+            smem_slots: 12,
+        };
+        let cfg = b.launch_config(4096);
+        assert_eq!(
+            (cfg.grid_dim.0, cfg.block_dim.0, cfg.shared_mem_bytes),
+            (4096, 1024, 196_608)
+        );
+        assert_eq!(b.launch_config(u64::MAX).grid_dim.0, (1u32 << 31) - 1);
+    }
+}

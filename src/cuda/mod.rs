@@ -1,0 +1,75 @@
+//! The CUDA path: fused kernels compiled at run time through NVRTC, enqueued on your stream.
+//!
+//! ```no_run
+//! use mixup_kernels::cuda::{CudaMixer, DevicePlan, DeviceUpstream};
+//! use mixup_kernels::{CeSpec, Layout, MixConfig, Reduction, Sampler};
+//!
+//! # fn main() -> mixup_kernels::Result<()> {
+//! let mixer = CudaMixer::new(0)?; // clear error without a driver or NVRTC
+//! let stream = mixer.stream().clone();
+//! let sampler = Sampler::new(MixConfig::timm(1000), 42)?;
+//! let mut plan = DevicePlan::new(&mixer);
+//! # let (images, labels, logits): (Vec<f32>, Vec<u32>, Vec<f32>) = (vec![0.0; 8 * 3 * 4 * 4], vec![0; 8], vec![0.0; 8 * 1000]);
+//! let mut x = stream.clone_htod(&images).unwrap();
+//! let y = stream.clone_htod(&labels).unwrap();
+//! let mut z = stream.clone_htod(&logits).unwrap();
+//! let mut loss = stream.alloc_zeros::<f32>(1).unwrap();
+//!
+//! // One training step: upload the plan (one async copy), mix in place, then the loss.
+//! plan.upload(&sampler.plan(0, 0, 8, (4, 4))?)?;
+//! let layout = Layout::Nchw { channels: 3, height: 4, width: 4 };
+//! mixer.mix_in_place(&plan, &layout, &mut x.as_view_mut())?;
+//! // ... forward pass producing `z` ...
+//! let spec = CeSpec::new(1000, 0.1, Reduction::Mean);
+//! mixer.mixup_ce_in_place(&plan, &spec, &mut z.as_view_mut(), &y.as_view(),
+//!     DeviceUpstream::Scalar(1.0), &mut loss.as_view_mut(), None)?;
+//! mixer.check_labels()?; // the one synchronizing call, when you want it
+//! # Ok(()) }
+//! ```
+//!
+//! - [`CudaMixer`]: device, stream, compiled kernels; the operations are its methods
+//!   (`mix`, `mix_in_place`, `soft_targets`, `mixup_ce`, `mixup_ce_in_place`,
+//!   `mixup_ce_forward`, `check_labels`).
+//! - [`DevicePlan`]: the plan on the device, one asynchronous copy per step.
+//! - [`raw`]: the same operations on raw device addresses (tch-rs, burn, custom code).
+//! - [`naive`]: unfused baselines for the benchmark.
+//!
+//! Nothing in a step synchronizes with the host or allocates once warmed up (the first call of
+//! each kernel compiles it, the first batch of a new maximum size grows a buffer), so a step can
+//! be captured in a CUDA graph; see [`DevicePlan`] for the plan upload around a graph.
+//!
+//! Building without the `cuda` feature gives a module with the same names whose calls return
+//! [`MixError::Unsupported`](crate::MixError::Unsupported).
+
+mod cache;
+pub(crate) mod context;
+mod mix;
+mod mixup_ce;
+pub mod naive;
+mod nvrtc;
+mod plan;
+pub mod raw;
+mod soft_targets;
+
+pub use context::{CudaMixer, CudaMixerOptions, UnitLoad, UnitSource};
+pub use mixup_ce::DeviceUpstream;
+pub use plan::DevicePlan;
+
+/// The cudarc version the API is written against (0.19), for building slices and streams.
+pub use cudarc;
+pub use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut};
+
+/// Kernel sources and the NVRTC compiler, for tests and tools (not a stable API).
+#[doc(hidden)]
+pub mod kernels {
+    pub use super::context::{entries_of, ALL_UNITS};
+    pub use super::nvrtc::{
+        compile, defines_entry, options, supported_archs, version, Compiled, ModuleSource, Target,
+        MODULES,
+    };
+
+    /// The module whose source defines `unit`.
+    pub fn module_of(unit: &str) -> Option<&'static ModuleSource> {
+        super::context::module_of(unit)
+    }
+}

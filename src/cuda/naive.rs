@@ -1,0 +1,322 @@
+//! Unfused baselines (`kernels/naive.cu`), for the benchmark: the same operations written the
+//! way a first port (or PyTorch eager) computes them, one launch per step and every
+//! intermediate in device memory. Not for training: use [`CudaMixer`]'s methods.
+//!
+//! - mix: gather `tmp[i] = x[partner(i)]`, lerp (CutMix samples copy `x`), paste the boxes.
+//! - soft targets: two f32 one-hot tensors, then a blend.
+//! - mixup CE: soft targets as above (f32), log-softmax, per-row loss, reduction, gradient.
+
+use cudarc::driver::{
+    CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
+
+use crate::config::TargetSpec;
+use crate::dtype::{Element, FloatElement};
+use crate::error::{check_len, checked_product, MixError, Result};
+use crate::spec::{check_ce, check_mix, CeSpec, Layout, Reduction, Upstream};
+
+use super::context::{driver_err, CudaMixer};
+use super::mix::MAX_GRID;
+use super::plan::DevicePlan;
+
+fn elementwise(n: u64) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256).clamp(1, MAX_GRID) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn per_row(rows: u64) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows.clamp(1, MAX_GRID) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn unit<T: Element>() -> &'static str {
+    super::context::unit_name("naive", T::DTYPE)
+}
+
+/// Scratch tensors of the naive soft targets and cross-entropy (all f32, `[B, C]` or `[B]`).
+pub struct NaiveBuffers {
+    y1: CudaSlice<f32>,
+    y2: CudaSlice<f32>,
+    t: CudaSlice<f32>,
+    logp: CudaSlice<f32>,
+    losses: CudaSlice<f32>,
+}
+
+impl NaiveBuffers {
+    /// Allocates the scratch for `batch` rows of `classes`.
+    pub fn new(mixer: &CudaMixer, batch: usize, classes: usize) -> Result<Self> {
+        let n = checked_product("batch × classes", &[batch, classes])?.max(1);
+        let s = mixer.stream();
+        let alloc = |len: usize| {
+            s.alloc_zeros::<f32>(len)
+                .map_err(driver_err("allocating naive scratch"))
+        };
+        Ok(Self {
+            y1: alloc(n)?,
+            y2: alloc(n)?,
+            t: alloc(n)?,
+            logp: alloc(n)?,
+            losses: alloc(batch.max(1))?,
+        })
+    }
+}
+
+/// Gather, lerp and paste: three launches (two for [`Layout::Rows`]). `tmp` is scratch of the
+/// size of `x`.
+pub fn mix<T: Element>(
+    mixer: &CudaMixer,
+    plan: &DevicePlan,
+    layout: &Layout,
+    x: &CudaView<'_, T>,
+    tmp: &mut CudaViewMut<'_, T>,
+    out: &mut CudaViewMut<'_, T>,
+) -> Result<()> {
+    let d = check_mix(plan.plan(), layout, x.len(), "x")? as u64;
+    check_len("out", x.len(), out.len())?;
+    check_len("tmp", x.len(), tmp.len())?;
+    let n = x.len() as u64;
+    if n == 0 {
+        return Ok(());
+    }
+    let u = unit::<T>();
+    let s = mixer.stream();
+    let pp = plan.device_ptr_for(mixer)?;
+    let (xp, _a) = x.device_ptr(s);
+    let (tp, _b) = tmp.device_ptr_mut(s);
+    let (op, _c) = out.device_ptr_mut(s);
+    let (layout_code, c, h, w) = match *layout {
+        Layout::Rows(_) => (0u32, 0u32, 0u32, 0u32),
+        Layout::Nchw {
+            channels,
+            height,
+            width,
+        } => (1, channels as u32, height as u32, width as u32),
+        Layout::Nhwc {
+            height,
+            width,
+            channels,
+        } => (2, channels as u32, height as u32, width as u32),
+    };
+    let image = u32::from(layout_code != 0);
+    let name = |op: &str| format!("naive_{op}_{}", T::DTYPE.name());
+    let gather = mixer.function(u, &name("gather"))?;
+    let lerp = mixer.function(u, &name("lerp"))?;
+    // SAFETY: argument lists match kernels/naive.cu; buffers hold n elements each.
+    unsafe {
+        s.launch_builder(&gather)
+            .arg(&xp)
+            .arg(&tp)
+            .arg(&pp)
+            .arg(&d)
+            .arg(&n)
+            .launch(elementwise(n))
+            .map_err(driver_err("launching naive gather"))?;
+        s.launch_builder(&lerp)
+            .arg(&xp)
+            .arg(&tp)
+            .arg(&op)
+            .arg(&pp)
+            .arg(&d)
+            .arg(&n)
+            .arg(&image)
+            .launch(elementwise(n))
+            .map_err(driver_err("launching naive lerp"))?;
+        if image != 0 && plan.plan().has_cutmix() {
+            let paste = mixer.function(u, &name("paste"))?;
+            s.launch_builder(&paste)
+                .arg(&tp)
+                .arg(&op)
+                .arg(&pp)
+                .arg(&d)
+                .arg(&n)
+                .arg(&layout_code)
+                .arg(&c)
+                .arg(&h)
+                .arg(&w)
+                .launch(elementwise(n))
+                .map_err(driver_err("launching naive paste"))?;
+        }
+    }
+    Ok(())
+}
+
+/// One-hot of the labels and of the partners' labels (f32, in `bufs`), then `out = λ y1 + (1-λ) y2`.
+pub fn soft_targets<T: FloatElement>(
+    mixer: &CudaMixer,
+    plan: &DevicePlan,
+    labels: &CudaView<'_, u32>,
+    spec: &TargetSpec,
+    bufs: &mut NaiveBuffers,
+    out: &mut CudaViewMut<'_, T>,
+) -> Result<()> {
+    spec.validate()?;
+    plan.plan().check_batch(labels.len())?;
+    let n = checked_product("batch × classes", &[plan.len(), spec.num_classes])?;
+    check_len("out", n, out.len())?;
+    if bufs.y1.len() < n || bufs.losses.len() < plan.len() {
+        return Err(MixError::InvalidArgument {
+            what: "bufs",
+            reason: "the naive buffers were made for a smaller batch".into(),
+        });
+    }
+    let s = mixer.stream();
+    let u = unit::<T>();
+    let (op, _o) = out.device_ptr_mut(s);
+    one_hots(mixer, plan, labels, spec, bufs)?;
+    let blend = mixer.function(u, &format!("naive_blend_{}", T::DTYPE.name()))?;
+    let (y1, _a) = bufs.y1.device_ptr(s);
+    let (y2, _b) = bufs.y2.device_ptr(s);
+    let pp = plan.device_ptr_for(mixer)?;
+    let (c, n) = (spec.num_classes as u64, n as u64);
+    // SAFETY: as above.
+    unsafe {
+        s.launch_builder(&blend)
+            .arg(&y1)
+            .arg(&y2)
+            .arg(&op)
+            .arg(&pp)
+            .arg(&c)
+            .arg(&n)
+            .launch(elementwise(n))
+            .map_err(driver_err("launching naive blend"))?;
+    }
+    Ok(())
+}
+
+fn one_hots(
+    mixer: &CudaMixer,
+    plan: &DevicePlan,
+    labels: &CudaView<'_, u32>,
+    spec: &TargetSpec,
+    bufs: &mut NaiveBuffers,
+) -> Result<()> {
+    let s = mixer.stream();
+    let f = mixer.function("naive_f32", "naive_one_hot")?;
+    let (lp, _l) = labels.device_ptr(s);
+    let pp = plan.device_ptr_for(mixer)?;
+    let c = spec.num_classes as u64;
+    let n = plan.len() as u64 * c;
+    let off = spec.off_value();
+    let on = 1.0 - spec.smoothing + off;
+    for (buf, partner) in [(&mut bufs.y1, 0u32), (&mut bufs.y2, 1u32)] {
+        let (yp, _y) = buf.device_ptr_mut(s);
+        // SAFETY: as above.
+        unsafe {
+            s.launch_builder(&f)
+                .arg(&yp)
+                .arg(&lp)
+                .arg(&pp)
+                .arg(&c)
+                .arg(&n)
+                .arg(&off)
+                .arg(&on)
+                .arg(&partner)
+                .launch(elementwise(n))
+                .map_err(driver_err("launching naive one-hot"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Soft targets, log-softmax, per-row loss, reduction, gradient: seven launches. Mean or Sum
+/// reduction, upstream 1.
+#[allow(clippy::too_many_arguments)]
+pub fn mixup_ce<T: FloatElement>(
+    mixer: &CudaMixer,
+    plan: &DevicePlan,
+    spec: &CeSpec,
+    logits: &CudaView<'_, T>,
+    labels: &CudaView<'_, u32>,
+    bufs: &mut NaiveBuffers,
+    loss: &mut CudaViewMut<'_, f32>,
+    grad: &mut CudaViewMut<'_, T>,
+) -> Result<()> {
+    check_ce(plan.plan(), spec, logits.len(), &Upstream::Scalar(1.0))?;
+    plan.plan().check_batch(labels.len())?;
+    check_len("grad", logits.len(), grad.len())?;
+    check_len("loss", 1, loss.len())?;
+    if spec.reduction == Reduction::None {
+        return Err(MixError::Unsupported(
+            "the naive baseline implements Mean and Sum only".into(),
+        ));
+    }
+    if plan.is_empty() {
+        return Ok(());
+    }
+    let s = mixer.stream();
+    let u = unit::<T>();
+    let dt = T::DTYPE.name();
+    let (b, c) = (plan.len() as u64, spec.targets.num_classes as u64);
+    let n = b * c;
+    // Soft targets in f32: one-hot twice, blend into `t`.
+    one_hots(mixer, plan, labels, &spec.targets, bufs)?;
+    let blend = mixer.function("naive_f32", "naive_blend_f32")?;
+    let (lp, _l) = logits.device_ptr(s);
+    let (gp, _g) = grad.device_ptr_mut(s);
+    let (lossp, _ls) = loss.device_ptr_mut(s);
+    let (y1, _a) = bufs.y1.device_ptr(s);
+    let (y2, _b) = bufs.y2.device_ptr(s);
+    let (tp, _t) = bufs.t.device_ptr_mut(s);
+    let (logp, _p) = bufs.logp.device_ptr_mut(s);
+    let (losses, _r) = bufs.losses.device_ptr_mut(s);
+    let pp = plan.device_ptr_for(mixer)?;
+    let log_softmax = mixer.function(u, &format!("naive_log_softmax_{dt}"))?;
+    let row_loss = mixer.function(u, "naive_row_loss")?;
+    let reduce = mixer.function(u, "naive_reduce")?;
+    let gradk = mixer.function(u, &format!("naive_grad_{dt}"))?;
+    let mean = u32::from(spec.reduction == Reduction::Mean);
+    let scale = spec.reduction.grad_factor(plan.len());
+    // SAFETY: argument lists match kernels/naive.cu; buffers hold B·C (or B) elements.
+    unsafe {
+        s.launch_builder(&blend)
+            .arg(&y1)
+            .arg(&y2)
+            .arg(&tp)
+            .arg(&pp)
+            .arg(&c)
+            .arg(&n)
+            .launch(elementwise(n))
+            .map_err(driver_err("launching naive blend"))?;
+        s.launch_builder(&log_softmax)
+            .arg(&lp)
+            .arg(&logp)
+            .arg(&c)
+            .arg(&b)
+            .launch(per_row(b))
+            .map_err(driver_err("launching naive log-softmax"))?;
+        s.launch_builder(&row_loss)
+            .arg(&logp)
+            .arg(&tp)
+            .arg(&losses)
+            .arg(&c)
+            .arg(&b)
+            .launch(per_row(b))
+            .map_err(driver_err("launching naive row loss"))?;
+        s.launch_builder(&reduce)
+            .arg(&losses)
+            .arg(&lossp)
+            .arg(&b)
+            .arg(&mean)
+            .launch(LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: (1024, 1, 1),
+                shared_mem_bytes: 0,
+            })
+            .map_err(driver_err("launching naive reduce"))?;
+        s.launch_builder(&gradk)
+            .arg(&logp)
+            .arg(&tp)
+            .arg(&gp)
+            .arg(&scale)
+            .arg(&n)
+            .launch(elementwise(n))
+            .map_err(driver_err("launching naive gradient"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! NVRTC through cudarc's raw bindings: compiles a kernel unit to CUBIN (or PTX when the device
+//! is newer than this NVRTC knows), returning errors instead of panicking (cudarc's safe
+//! `compile_ptx` unwraps the log and the destroy call, and cannot produce a CUBIN).
+
+use std::ffi::{c_char, c_int, CStr, CString};
+
+use cudarc::nvrtc::sys;
+
+use crate::error::{MixError, Result};
+
+/// The kernel modules embedded by build.rs: `{ name, source, hash }`.
+#[derive(Debug, Clone, Copy)]
+pub struct ModuleSource {
+    /// Module name (`kernels/<name>.cu`).
+    pub name: &'static str,
+    /// `kernels/common.cuh` + the module, as NVRTC compiles it.
+    pub source: &'static str,
+    /// FNV-1a 64 of `source` (part of the on-disk cache key).
+    pub hash: u64,
+}
+
+include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+
+/// What to compile for: a real architecture (CUBIN, assembled by NVRTC's ptxas, so inline PTX
+/// is checked now and the driver does not JIT), or a virtual one (PTX, JIT-compiled by the
+/// driver) for devices newer than this NVRTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// `sm_XY`: CUBIN.
+    Sm(u32),
+    /// `compute_XY`: PTX.
+    Compute(u32),
+}
+
+impl Target {
+    /// The `--gpu-architecture` value.
+    pub fn arch(&self) -> String {
+        match self {
+            Target::Sm(a) => format!("sm_{a}"),
+            Target::Compute(a) => format!("compute_{a}"),
+        }
+    }
+}
+
+/// A compiled unit: the image to load (`cubin` or NUL-terminated PTX) and NVRTC's log (with
+/// ptxas's resource report when `--ptxas-options=-v` was given).
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// CUBIN, or PTX text with a trailing NUL.
+    pub image: Vec<u8>,
+    /// NVRTC's log (warnings, `-v` output).
+    pub log: String,
+}
+
+fn check(r: sys::nvrtcResult, what: &str) -> Result<()> {
+    if r == sys::nvrtcResult::NVRTC_SUCCESS {
+        return Ok(());
+    }
+    // SAFETY: nvrtcGetErrorString returns a static NUL-terminated string for any code.
+    let msg = unsafe { CStr::from_ptr(sys::nvrtcGetErrorString(r)) };
+    Err(MixError::Driver {
+        context: "calling NVRTC",
+        message: format!("{what}: {}", msg.to_string_lossy()),
+    })
+}
+
+/// NVRTC's version, `(major, minor)`.
+pub fn version() -> Result<(i32, i32)> {
+    crate::cuda::context::require_nvrtc()?;
+    let (mut major, mut minor): (c_int, c_int) = (0, 0);
+    // SAFETY: two valid out-pointers.
+    check(
+        unsafe { sys::nvrtcVersion(&mut major, &mut minor) },
+        "nvrtcVersion",
+    )?;
+    Ok((major, minor))
+}
+
+/// The real architectures this NVRTC can target, ascending (e.g. 75, 80, ..., 120).
+pub fn supported_archs() -> Result<Vec<u32>> {
+    crate::cuda::context::require_nvrtc()?;
+    let mut n: c_int = 0;
+    // SAFETY: valid out-pointer; the second call writes exactly `n` ints.
+    check(
+        unsafe { sys::nvrtcGetNumSupportedArchs(&mut n) },
+        "nvrtcGetNumSupportedArchs",
+    )?;
+    let mut archs = vec![0 as c_int; n.max(0) as usize];
+    check(
+        unsafe { sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) },
+        "nvrtcGetSupportedArchs",
+    )?;
+    let mut archs: Vec<u32> = archs.into_iter().map(|a| a as u32).collect();
+    archs.sort_unstable();
+    Ok(archs)
+}
+
+/// Picks the target for a device of compute capability `cc` (e.g. 90): its own `sm_XY` when
+/// NVRTC supports it, else PTX for the newest architecture below it.
+pub fn target_for(cc: u32, supported: &[u32]) -> Result<Target> {
+    if supported.contains(&cc) {
+        return Ok(Target::Sm(cc));
+    }
+    match supported.iter().copied().filter(|&a| a <= cc).max() {
+        Some(a) => Ok(Target::Compute(a)),
+        None => Err(MixError::CudaUnavailable(format!(
+            "the device is sm_{cc}, older than every architecture this NVRTC supports ({supported:?}); \
+             NVRTC 13 needs sm_75 or newer"
+        ))),
+    }
+}
+
+/// The options every unit is compiled with (also part of the cache key).
+pub fn options(target: Target, define: &str, extra: &[String]) -> Vec<String> {
+    let mut o = vec![
+        format!("--gpu-architecture={}", target.arch()),
+        "--std=c++17".to_string(),
+        // No built-in headers: ours need none, and it saves ~20 ms per compilation.
+        "--minimal".to_string(),
+        format!("-D{define}=1"),
+    ];
+    o.extend(extra.iter().cloned());
+    o
+}
+
+/// RAII guard destroying an NVRTC program.
+struct Program(sys::nvrtcProgram);
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        // SAFETY: the program was created by nvrtcCreateProgram and is destroyed once. A failure
+        // here leaks the program and is not actionable.
+        let _ = unsafe { sys::nvrtcDestroyProgram(&mut self.0) };
+    }
+}
+
+fn program_log(prog: &Program) -> String {
+    let mut size = 0usize;
+    // SAFETY: valid program and out-pointers; the buffer has the size NVRTC reported.
+    unsafe {
+        if sys::nvrtcGetProgramLogSize(prog.0, &mut size) != sys::nvrtcResult::NVRTC_SUCCESS {
+            return String::new();
+        }
+        let mut buf = vec![0u8; size.max(1)];
+        if sys::nvrtcGetProgramLog(prog.0, buf.as_mut_ptr() as *mut c_char)
+            != sys::nvrtcResult::NVRTC_SUCCESS
+        {
+            return String::new();
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    }
+}
+
+/// Compiles `module` with `options`. A source NVRTC rejects gives [`MixError::Compile`] with
+/// the log and `unit` as the kernel name.
+pub fn compile(
+    module: &ModuleSource,
+    unit: &str,
+    target: Target,
+    options: &[String],
+) -> Result<Compiled> {
+    crate::cuda::context::require_nvrtc()?;
+    let src = CString::new(module.source).map_err(|_| MixError::Compile {
+        module: unit.to_string(),
+        log: "the kernel source contains a NUL byte".into(),
+    })?;
+    let name = CString::new(format!("{}.cu", module.name)).expect("module names have no NUL");
+    let opts: Vec<CString> = options
+        .iter()
+        .map(|o| CString::new(o.as_str()).expect("options have no NUL"))
+        .collect();
+    let opt_ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
+
+    let mut raw: sys::nvrtcProgram = std::ptr::null_mut();
+    // SAFETY: src and name outlive the program (dropped at the end of this function, after
+    // `prog`); no headers are passed.
+    check(
+        unsafe {
+            sys::nvrtcCreateProgram(
+                &mut raw,
+                src.as_ptr(),
+                name.as_ptr(),
+                0,
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        },
+        "nvrtcCreateProgram",
+    )?;
+    let prog = Program(raw);
+    // SAFETY: opt_ptrs holds opts.len() valid C strings alive for the call.
+    let r = unsafe { sys::nvrtcCompileProgram(prog.0, opt_ptrs.len() as c_int, opt_ptrs.as_ptr()) };
+    let log = program_log(&prog);
+    if r != sys::nvrtcResult::NVRTC_SUCCESS {
+        // SAFETY: as in `check`.
+        let what = unsafe { CStr::from_ptr(sys::nvrtcGetErrorString(r)) }.to_string_lossy();
+        return Err(MixError::Compile {
+            module: unit.to_string(),
+            log: format!("{what} (options: {})\n{log}", options.join(" ")),
+        });
+    }
+    let image = match target {
+        Target::Sm(_) => {
+            let mut size = 0usize;
+            // SAFETY: compiled program; the buffer has the reported size.
+            check(
+                unsafe { sys::nvrtcGetCUBINSize(prog.0, &mut size) },
+                "nvrtcGetCUBINSize",
+            )?;
+            let mut buf = vec![0u8; size];
+            check(
+                unsafe { sys::nvrtcGetCUBIN(prog.0, buf.as_mut_ptr() as *mut c_char) },
+                "nvrtcGetCUBIN",
+            )?;
+            buf
+        }
+        Target::Compute(_) => {
+            let mut size = 0usize;
+            // SAFETY: as above; the PTX size includes its NUL terminator.
+            check(
+                unsafe { sys::nvrtcGetPTXSize(prog.0, &mut size) },
+                "nvrtcGetPTXSize",
+            )?;
+            let mut buf = vec![0u8; size];
+            check(
+                unsafe { sys::nvrtcGetPTX(prog.0, buf.as_mut_ptr() as *mut c_char) },
+                "nvrtcGetPTX",
+            )?;
+            buf
+        }
+    };
+    Ok(Compiled { image, log })
+}
+
+/// Whether a compiled image defines kernel `entry` (a CUBIN names each kernel's code section
+/// `.text.<entry>`; PTX has `.entry <entry>(`).
+pub fn defines_entry(image: &[u8], entry: &str) -> bool {
+    let needles = [format!(".text.{entry}\0"), format!(".entry {entry}(")];
+    needles
+        .iter()
+        .any(|n| image.windows(n.len()).any(|w| w == n.as_bytes()))
+}
+
+/// FNV-1a 64, for cache keys and checksums (the same function build.rs hashes sources with).
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_prefers_the_devices_own_arch() {
+        let s = [75, 80, 86, 89, 90, 100, 120];
+        assert_eq!(target_for(90, &s).unwrap(), Target::Sm(90));
+        assert_eq!(target_for(89, &s).unwrap().arch(), "sm_89");
+        // A device newer than NVRTC: PTX for the newest known arch below it.
+        assert_eq!(target_for(130, &s).unwrap(), Target::Compute(120));
+        assert_eq!(target_for(87, &s).unwrap().arch(), "compute_86");
+        assert!(matches!(
+            target_for(70, &s),
+            Err(MixError::CudaUnavailable(_))
+        ));
+    }
+
+    #[test]
+    fn options_carry_arch_and_unit() {
+        let o = options(Target::Sm(90), "MIXUP_ONLY_mix_gather_f32", &[]);
+        assert!(o.contains(&"--gpu-architecture=sm_90".to_string()));
+        assert!(o.contains(&"-DMIXUP_ONLY_mix_gather_f32=1".to_string()));
+    }
+
+    #[test]
+    fn entries_are_found_in_images() {
+        let cubin = b"\x7fELF....\0.text.mix_gather_f32\0.nv.info\0";
+        assert!(defines_entry(cubin, "mix_gather_f32"));
+        assert!(!defines_entry(cubin, "mix_gather_f3"));
+        let ptx = b".visible .entry ce_warp_bf16(\n";
+        assert!(defines_entry(ptx, "ce_warp_bf16"));
+    }
+
+    #[test]
+    fn embedded_sources_match_their_hashes() {
+        assert_eq!(MODULES.len(), 4);
+        for m in MODULES {
+            assert_eq!(fnv1a64(m.source.as_bytes()), m.hash, "{}", m.name);
+            assert!(
+                m.source.contains("struct PlanEntry"),
+                "common.cuh is prepended"
+            );
+        }
+    }
+}

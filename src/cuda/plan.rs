@@ -1,0 +1,264 @@
+//! The plan on the device: one asynchronous copy per step into a buffer that is reused.
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaSlice, CudaStream, DevicePtr, DeviceRepr, PinnedHostSlice, ValidAsZeroBits,
+};
+
+use crate::error::{MixError, Result};
+use crate::plan::{MixPlan, PlanEntry};
+
+use super::context::{driver_err, CudaMixer};
+
+// SAFETY: PlanEntry is `repr(C)`, 32 bytes of u32/f32 fields with no padding, mirrored by
+// `struct PlanEntry` in kernels/common.cuh; all-zero bits are a valid entry.
+unsafe impl DeviceRepr for PlanEntry {}
+unsafe impl ValidAsZeroBits for PlanEntry {}
+
+/// Entries per 32-byte slot of pair leaders appended after the plan (8 `u32` per entry).
+const LEADERS_PER_ENTRY: usize = 8;
+
+/// A [`MixPlan`] uploaded to the device, for [`CudaMixer`]'s operations.
+///
+/// [`upload`](DevicePlan::upload) sends the plan with **one** asynchronous host-to-device copy
+/// on the mixer's stream, into a device buffer that is kept and reused; it grows (one
+/// allocation) only when a larger batch arrives. A host copy of the plan stays here, so every
+/// argument check of the operations runs on the host, with no synchronization.
+///
+/// Layout of the device buffer: the `B` entries, then the pair leaders (samples `i` with
+/// `i <= partner(i)`, as `u32`, 8 per entry slot) that in-place mixing of involutions uses.
+///
+/// ## Host memory and CUDA graphs
+/// By default the copy reads from a pageable `Vec`: the driver copies it into its own staging
+/// memory before `upload` returns (no device synchronization; the plan is a few KB), so the
+/// host plan can change right after. With [`DevicePlan::with_pinned_staging`] the copy reads
+/// from page-locked memory and is truly asynchronous; two staging buffers alternate, and
+/// writing one waits (on an event, not on the device) for the copy made from it two uploads
+/// ago, which has long finished in a training loop.
+///
+/// To capture a training step in a CUDA graph, keep the upload **outside** the graph: upload
+/// each step's plan on the mixer's stream, then launch the graph. The captured kernels read the
+/// device buffer, whose address does not change while the batch size does not grow. (A
+/// pageable copy cannot be captured at all.) Call every operation once before capturing, so
+/// kernels are compiled and scratch buffers exist.
+pub struct DevicePlan {
+    stream: Arc<CudaStream>,
+    buf: Option<CudaSlice<PlanEntry>>,
+    host: MixPlan,
+    staging: Vec<PlanEntry>,
+    pinned: Option<[Option<PinnedHostSlice<PlanEntry>>; 2]>,
+    next_pinned: usize,
+    pairs: usize,
+    uploads: u64,
+}
+
+impl std::fmt::Debug for DevicePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevicePlan")
+            .field("len", &self.host.len())
+            .field("capacity", &self.capacity())
+            .field("involution", &self.host.is_involution())
+            .field("image_size", &self.host.image_size())
+            .field("pinned", &self.pinned.is_some())
+            .finish()
+    }
+}
+
+/// Pair leaders of an involution: `i` with `i <= partner(i)`, ascending. Empty for other plans.
+pub(crate) fn pair_leaders(entries: &[PlanEntry], involution: bool) -> Vec<u32> {
+    if !involution {
+        return Vec::new();
+    }
+    (0..entries.len() as u32)
+        .filter(|&i| i <= entries[i as usize].partner)
+        .collect()
+}
+
+/// Entries plus leader slots, as uploaded.
+#[cfg(test)]
+pub(crate) fn staged_len(batch: usize, pairs: usize) -> usize {
+    batch + pairs.div_ceil(LEADERS_PER_ENTRY)
+}
+
+/// Writes the plan and its leaders into `out` (cleared first).
+pub(crate) fn stage(plan: &MixPlan, out: &mut Vec<PlanEntry>) -> usize {
+    out.clear();
+    out.extend_from_slice(plan.entries());
+    let leaders = pair_leaders(plan.entries(), plan.is_involution());
+    for chunk in leaders.chunks(LEADERS_PER_ENTRY) {
+        let mut w = [0u32; LEADERS_PER_ENTRY];
+        w[..chunk.len()].copy_from_slice(chunk);
+        out.push(PlanEntry {
+            partner: w[0],
+            lam: f32::from_bits(w[1]),
+            cut: w[2],
+            y0: w[3],
+            y1: w[4],
+            x0: w[5],
+            x1: w[6],
+            pad: w[7],
+        });
+    }
+    leaders.len()
+}
+
+impl DevicePlan {
+    /// An empty plan for `mixer`'s stream (nothing is allocated until the first upload).
+    pub fn new(mixer: &CudaMixer) -> Self {
+        Self {
+            stream: mixer.stream().clone(),
+            buf: None,
+            host: MixPlan::default(),
+            staging: Vec::new(),
+            pinned: None,
+            next_pinned: 0,
+            pairs: 0,
+            uploads: 0,
+        }
+    }
+
+    /// Like [`new`](DevicePlan::new), uploading from page-locked staging memory (see the type
+    /// docs).
+    pub fn with_pinned_staging(mixer: &CudaMixer) -> Self {
+        let mut p = Self::new(mixer);
+        p.pinned = Some([None, None]);
+        p
+    }
+
+    /// Sends `plan` to the device with one asynchronous copy on the mixer's stream. Kernels
+    /// launched on that stream afterwards see it; kernels launched before still see the
+    /// previous plan (stream order).
+    pub fn upload(&mut self, plan: &MixPlan) -> Result<()> {
+        // Host copy first (reusing its allocation), then the staged bytes.
+        self.host.entries.clone_from(&plan.entries);
+        self.host.image = plan.image;
+        self.host.involution = plan.involution;
+        self.pairs = stage(plan, &mut self.staging);
+        let n = self.staging.len();
+        if n == 0 {
+            self.uploads += 1;
+            return Ok(());
+        }
+        if self.buf.as_ref().is_none_or(|b| b.len() < n) {
+            // Grow with headroom so a slowly growing batch does not reallocate every step.
+            let cap = n.next_power_of_two().max(64);
+            // SAFETY: every element read by a kernel is written by the copy below first.
+            let buf = unsafe { self.stream.alloc::<PlanEntry>(cap) }
+                .map_err(driver_err("allocating the device plan"))?;
+            self.buf = Some(buf);
+        }
+        let buf = self.buf.as_mut().expect("allocated above");
+        let mut dst = buf
+            .try_slice_mut(0..n)
+            .expect("the buffer holds at least n entries");
+        match self.pinned.as_mut() {
+            None => self
+                .stream
+                .memcpy_htod(&self.staging[..], &mut dst)
+                .map_err(driver_err("copying the plan to the device"))?,
+            Some(bufs) => {
+                let slot = &mut bufs[self.next_pinned];
+                self.next_pinned ^= 1;
+                if slot.as_ref().is_none_or(|p| p.len() < n) {
+                    let cap = n.next_power_of_two().max(64);
+                    // SAFETY: the staging memory is fully written before each copy reads it.
+                    *slot = Some(
+                        unsafe { self.stream.context().alloc_pinned::<PlanEntry>(cap) }
+                            .map_err(driver_err("allocating pinned staging memory"))?,
+                    );
+                }
+                let pinned = slot.as_mut().expect("allocated above");
+                // Waits (on an event) for the copy that last read this buffer.
+                let host = pinned
+                    .as_mut_slice()
+                    .map_err(driver_err("waiting for the previous plan copy"))?;
+                host[..n].copy_from_slice(&self.staging);
+                self.stream
+                    .memcpy_htod(&*pinned, &mut dst)
+                    .map_err(driver_err("copying the plan to the device"))?
+            }
+        }
+        self.uploads += 1;
+        Ok(())
+    }
+
+    /// Batch size of the uploaded plan.
+    pub fn len(&self) -> usize {
+        self.host.len()
+    }
+
+    /// Whether the uploaded plan has no samples.
+    pub fn is_empty(&self) -> bool {
+        self.host.is_empty()
+    }
+
+    /// The host copy of the uploaded plan.
+    pub fn plan(&self) -> &MixPlan {
+        &self.host
+    }
+
+    /// Plan entries the device buffer can hold without growing.
+    pub fn capacity(&self) -> usize {
+        self.buf.as_ref().map_or(0, |b| b.len())
+    }
+
+    /// Number of pairs (`i <= partner(i)`) of an involution, 0 otherwise.
+    pub(crate) fn pairs(&self) -> usize {
+        self.pairs
+    }
+
+    /// Device address of the entries, checked to belong to `mixer`'s stream and to hold a plan.
+    pub(crate) fn device_ptr_for(&self, mixer: &CudaMixer) -> Result<u64> {
+        if *self.stream != **mixer.stream() {
+            return Err(MixError::InvalidArgument {
+                what: "plan",
+                reason: "the DevicePlan was made for another CudaMixer's stream".into(),
+            });
+        }
+        if self.uploads == 0 {
+            return Err(MixError::InvalidArgument {
+                what: "plan",
+                reason: "nothing was uploaded to this DevicePlan yet".into(),
+            });
+        }
+        match &self.buf {
+            // Kernels only run for a non-empty batch, which has a buffer.
+            None => Ok(0),
+            Some(b) => {
+                let (ptr, _record) = b.device_ptr(&self.stream);
+                Ok(ptr)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaders_follow_the_entries() {
+        // Pairs (0,3), (1,1) self, (2,4); 5 samples.
+        let plan = MixPlan::from_parts(&[3, 1, 4, 0, 2], &[0.5, 1.0, 0.25, 0.5, 0.75]).unwrap();
+        assert!(plan.is_involution());
+        let mut staged = Vec::new();
+        let pairs = stage(&plan, &mut staged);
+        assert_eq!(pairs, 3);
+        assert_eq!(staged.len(), staged_len(5, 3));
+        assert_eq!(staged.len(), 6);
+        assert_eq!(&staged[..5], plan.entries());
+        let l = staged[5];
+        assert_eq!((l.partner, l.lam.to_bits(), l.cut), (0, 1, 2));
+    }
+
+    #[test]
+    fn permutations_have_no_leaders() {
+        let plan = MixPlan::from_parts(&[1, 2, 0], &[0.5; 3]).unwrap();
+        let mut staged = Vec::new();
+        assert_eq!(stage(&plan, &mut staged), 0);
+        assert_eq!(staged.len(), 3);
+        // 17 pairs need 3 leader slots.
+        assert_eq!(staged_len(34, 17), 37);
+    }
+}

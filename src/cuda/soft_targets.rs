@@ -1,0 +1,136 @@
+//! Soft targets on the device: `kernels/soft_targets.cu` (`soft_targets_<dt>`).
+
+use cudarc::driver::{
+    CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+
+use crate::config::TargetSpec;
+use crate::dtype::{DType, FloatElement};
+use crate::error::{check_len, checked_product, MixError, Result};
+
+use super::context::{driver_err, unit_name, CudaMixer};
+use super::mix::{grid_for, MIX_CHUNK_SLOTS};
+use super::plan::DevicePlan;
+
+/// Kernel arguments (`struct SoftArgs` in kernels/soft_targets.cu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct SoftArgs {
+    pub out: u64,
+    pub labels: u64,
+    pub plan: u64,
+    pub flags: u64,
+    pub items: u64,
+    pub classes: u64,
+    pub chunks: u64,
+    pub eps: f32,
+    pub off: f32,
+}
+
+// SAFETY: repr(C), 64 bytes without padding, mirrored by the kernel's struct.
+unsafe impl DeviceRepr for SoftArgs {}
+
+pub(crate) fn require_float(dtype: DType, what: &'static str) -> Result<()> {
+    if dtype == DType::U8 {
+        return Err(MixError::InvalidArgument {
+            what,
+            reason: "must be f32, f16 or bf16".into(),
+        });
+    }
+    Ok(())
+}
+
+/// # Safety
+/// `labels` addresses `plan.len()` u32 and `out` addresses `out_len` elements of `dtype`, on
+/// the mixer's device.
+pub(crate) unsafe fn launch(
+    m: &CudaMixer,
+    plan: &DevicePlan,
+    spec: &TargetSpec,
+    dtype: DType,
+    labels: u64,
+    out: u64,
+    out_len: usize,
+) -> Result<()> {
+    require_float(dtype, "out")?;
+    spec.validate()?;
+    let b = plan.len();
+    let c = spec.num_classes;
+    check_len(
+        "out",
+        checked_product("batch × num_classes", &[b, c])?,
+        out_len,
+    )?;
+    if b == 0 {
+        return Ok(());
+    }
+    let ve = 16 / dtype.size() as u64;
+    let chunks = (c as u64).div_ceil(MIX_CHUNK_SLOTS * ve).max(1);
+    let args = SoftArgs {
+        out,
+        labels,
+        plan: plan.device_ptr_for(m)?,
+        flags: m.flags_ptr(),
+        items: (b as u64)
+            .checked_mul(chunks)
+            .ok_or(MixError::SizeOverflow {
+                what: "soft-target work items",
+            })?,
+        classes: c as u64,
+        chunks,
+        eps: spec.smoothing,
+        off: spec.off_value(),
+    };
+    let unit = unit_name("soft_targets", dtype);
+    let f = m.function(unit, unit)?;
+    let cfg = LaunchConfig {
+        grid_dim: (grid_for(args.items), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: `args` matches `SoftArgs`; addresses valid per the contract.
+    unsafe { m.stream().launch_builder(&f).arg(&args).launch(cfg) }
+        .map_err(driver_err("launching the soft-target kernel"))?;
+    Ok(())
+}
+
+impl CudaMixer {
+    /// Writes the soft targets `[B, C]` of the plan and the device labels `[B]`:
+    /// `t = (1-ε)(λ [c = y_i] + (1-λ) [c = y_partner]) + ε/C`, weights adding when the two
+    /// labels agree. A label `>= C` is counted, not read through: see
+    /// [`check_labels`](CudaMixer::check_labels).
+    pub fn soft_targets<T: FloatElement>(
+        &self,
+        plan: &DevicePlan,
+        labels: &CudaView<'_, u32>,
+        spec: &TargetSpec,
+        out: &mut CudaViewMut<'_, T>,
+    ) -> Result<()> {
+        spec.validate()?;
+        plan.plan().check_batch(labels.len())?;
+        let n = out.len();
+        let (lp, _rl) = labels.device_ptr(self.stream());
+        let (op, _wo) = out.device_ptr_mut(self.stream());
+        // SAFETY: `labels` holds B u32 (checked) and `out` holds `n` elements of T.
+        unsafe { super::raw::soft_targets(self, plan, spec, T::DTYPE, lp, op, n) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_are_64_bytes() {
+        assert_eq!(std::mem::size_of::<SoftArgs>(), 64);
+    }
+
+    #[test]
+    fn u8_targets_are_rejected() {
+        assert!(matches!(
+            require_float(DType::U8, "out"),
+            Err(MixError::InvalidArgument { what: "out", .. })
+        ));
+        assert!(require_float(DType::BF16, "out").is_ok());
+    }
+}

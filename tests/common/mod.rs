@@ -1,0 +1,320 @@
+//! Shared test helpers: tolerance checks, deterministic data, awkward shapes and plans.
+//!
+//! Each test binary uses a different subset, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+use mixup_kernels::{CutBox, DType, Element, MixConfig, MixPlan, Mode, PartnerRule, Sampler};
+
+/// Batch sizes every op is tried with (0 only where the op allows it).
+pub const BATCHES: [usize; 5] = [0, 1, 2, 5, 7];
+/// Row lengths: a single element, shorter than a vector, just under a multiple of the 16 lanes,
+/// and longer than a task boundary is not (4097 = 2^12 + 1).
+pub const ROWS: [usize; 4] = [1, 3, 63, 4097];
+/// Class counts for the targets and the loss.
+pub const CLASSES: [usize; 5] = [1, 2, 3, 1000, 50_000];
+
+/// A small deterministic generator (SplitMix64): tests do not depend on `rand`'s algorithms.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed ^ 0x005E_ED0F_7E57)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in `[lo, hi)`, as f32.
+    pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * self.unit() as f32
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.unit() * n as f64) as usize % n.max(1)
+    }
+}
+
+/// `n` values uniform in `[lo, hi)`, rounded to `T` (for `u8`: integers 0..=255).
+pub fn random_vec<T: Element>(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<T> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            if T::DTYPE == DType::U8 {
+                T::from_f32(rng.below(256) as f32)
+            } else {
+                T::from_f32(rng.range(lo, hi))
+            }
+        })
+        .collect()
+}
+
+/// `n` labels in `0..classes`.
+pub fn random_labels(n: usize, classes: usize, seed: u64) -> Vec<u32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.below(classes) as u32).collect()
+}
+
+/// Widens a slice to f64 (exact for every element type).
+pub fn to_f64<T: Element>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|x| f64::from(x.to_f32())).collect()
+}
+
+/// A tolerance `|got - want| <= abs + rel·|want|`.
+#[derive(Debug, Clone, Copy)]
+pub struct Tol {
+    pub abs: f64,
+    pub rel: f64,
+}
+
+impl Tol {
+    pub const fn new(abs: f64, rel: f64) -> Self {
+        Self { abs, rel }
+    }
+
+    /// This tolerance widened by the rounding of an f32 result to `T` (half an ulp of `T`).
+    pub fn stored_as<T: Element>(self) -> Self {
+        let s = storage_tol::<T>();
+        Self::new(self.abs + s.abs, self.rel + s.rel)
+    }
+
+    pub fn scaled(self, k: f64) -> Self {
+        Self::new(self.abs * k, self.rel * k)
+    }
+}
+
+/// Half an ulp of `T`, relative (for normals) and absolute (for subnormals): the error of
+/// rounding an exact value to `T`. f16 keeps 11 significant bits (half ulp ≤ 2^-11 of the
+/// value) and its subnormals are spaced 2^-24; bf16 keeps 8 bits (≤ 2^-8) with f32's range.
+pub fn storage_tol<T: Element>() -> Tol {
+    match T::DTYPE {
+        DType::F32 => Tol::new(0.0, 0.0),
+        DType::F16 => Tol::new(2f64.powi(-25), 2f64.powi(-11)),
+        DType::BF16 => Tol::new(1e-38, 2f64.powi(-8)),
+        DType::U8 => Tol::new(0.5, 0.0),
+    }
+}
+
+/// Asserts `got ≈ want` element-wise; the message names the first failing index, both values
+/// and how many elements fail.
+#[track_caller]
+pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: Tol) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let mut first = None;
+    let mut count = 0;
+    let mut worst = 0.0f64;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let bound = tol.abs + tol.rel * w.abs();
+        let err = (g - w).abs();
+        // NaN never passes: an op returning NaN where the reference is finite is a failure.
+        let ok = err <= bound || (g == w);
+        if !ok {
+            count += 1;
+            if first.is_none() {
+                first = Some((i, g, w, err, bound));
+            }
+        }
+        if err.is_finite() && bound > 0.0 {
+            worst = worst.max(err / bound);
+        }
+    }
+    if let Some((i, g, w, err, bound)) = first {
+        panic!(
+            "{what}: {count} of {} elements out of tolerance; first at index {i}: got {g:e}, \
+             expected {w:e}, error {err:e} > {bound:e} (abs {:e} + rel {:e})",
+            got.len(),
+            tol.abs,
+            tol.rel
+        );
+    }
+}
+
+/// Asserts two slices have identical bits.
+#[track_caller]
+pub fn assert_same_bits<T: Element>(what: &str, got: &[T], want: &[T]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let (gb, wb) = (g.to_f32().to_bits(), w.to_f32().to_bits());
+        assert!(
+            gb == wb,
+            "{what}: index {i} differs: got {g:?} ({gb:#x}), expected {w:?} ({wb:#x})"
+        );
+    }
+}
+
+/// The sampler configuration behind [`sampler_plans`]: MixUp and CutMix both on, chosen per
+/// batch/pair/sample by the mode, and `prob` < 1 so some samples stay unmixed.
+pub fn config(partner: PartnerRule, mode: Mode) -> MixConfig {
+    MixConfig {
+        mixup_alpha: 0.8,
+        cutmix_alpha: 1.0,
+        prob: 0.9,
+        switch_prob: 0.5,
+        mode,
+        partner,
+        ..MixConfig::timm(10)
+    }
+}
+
+/// Plans from the sampler for every partner rule and mode (Pair needs an involution), two
+/// steps each, for `batch` samples of `image` pixels.
+pub fn sampler_plans(batch: usize, image: (usize, usize)) -> Vec<(String, MixPlan)> {
+    let mut out = Vec::new();
+    for partner in [
+        PartnerRule::Flip,
+        PartnerRule::Permutation,
+        PartnerRule::RandomPairs,
+    ] {
+        for mode in [Mode::Batch, Mode::Pair, Mode::Elem] {
+            if mode == Mode::Pair && !partner.is_involution() {
+                continue;
+            }
+            let sampler = Sampler::new(config(partner, mode), 7).expect("valid config");
+            for step in 0..2 {
+                let plan = sampler.plan(0, step, batch, image).expect("plan");
+                out.push((format!("{partner:?}/{mode:?}/step {step}"), plan));
+            }
+        }
+    }
+    out
+}
+
+/// Only the plans whose partner is an involution (usable in place).
+pub fn involution_plans(batch: usize, image: (usize, usize)) -> Vec<(String, MixPlan)> {
+    sampler_plans(batch, image)
+        .into_iter()
+        .chain(hand_plans(batch, image.0, image.1))
+        .filter(|(_, p)| p.is_involution())
+        .collect()
+}
+
+/// A random involution on `0..n` (pairs neighbours of a shuffle; odd n leaves one fixed).
+pub fn random_pairs(n: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    let mut partner: Vec<usize> = (0..n).collect();
+    for k in 0..n / 2 {
+        let (a, b) = (order[2 * k], order[2 * k + 1]);
+        partner[a] = b;
+        partner[b] = a;
+    }
+    partner
+}
+
+/// A random cycle `i → i+1 mod n` after a shuffle: a permutation that is not an involution for
+/// n ≥ 3.
+pub fn random_cycle(n: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    let mut partner = vec![0; n];
+    for k in 0..n {
+        partner[order[k]] = order[(k + 1) % n];
+    }
+    partner
+}
+
+/// Hand-built plans with the boxes samplers rarely draw: touching each edge, empty (zero rows
+/// or zero columns), the full image, a single pixel, next to MixUp samples and self-partnered
+/// ones, with pair and cycle partners and λ from 0 to 1.
+pub fn hand_plans(batch: usize, height: usize, width: usize) -> Vec<(String, MixPlan)> {
+    let (h, w) = (height as u32, width as u32);
+    let boxes = [
+        Some(CutBox {
+            y0: 0,
+            y1: h,
+            x0: 0,
+            x1: w,
+        }), // full image
+        Some(CutBox {
+            y0: 0,
+            y1: h.div_ceil(2),
+            x0: 0,
+            x1: w.div_ceil(2),
+        }), // top-left corner
+        Some(CutBox {
+            y0: h / 2,
+            y1: h,
+            x0: w / 2,
+            x1: w,
+        }), // bottom-right corner
+        Some(CutBox {
+            y0: 0,
+            y1: 0,
+            x0: 0,
+            x1: w,
+        }), // no rows
+        Some(CutBox {
+            y0: 0,
+            y1: h,
+            x0: w / 2,
+            x1: w / 2,
+        }), // no columns
+        None, // MixUp
+        Some(CutBox {
+            y0: h / 2,
+            y1: h / 2 + 1,
+            x0: 0,
+            x1: w,
+        }), // one full line
+        Some(CutBox {
+            y0: h - 1,
+            y1: h,
+            x0: w - 1,
+            x1: w,
+        }), // last pixel
+        Some(CutBox {
+            y0: 0,
+            y1: h,
+            x0: 0,
+            x1: 1,
+        }), // left column
+    ];
+    let mut rng = Rng::new(batch as u64 * 31 + u64::from(h) * 7 + u64::from(w));
+    let lam: Vec<f32> = (0..batch)
+        .map(|i| match i % 4 {
+            0 => 0.0,
+            1 => 1.0,
+            _ => rng.range(0.0, 1.0),
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (name, partner) in [
+        ("pairs", random_pairs(batch, &mut rng)),
+        ("cycle", random_cycle(batch, &mut rng)),
+        ("identity", (0..batch).collect()),
+    ] {
+        for shift in 0..2 {
+            let b: Vec<Option<CutBox>> = (0..batch)
+                .map(|i| boxes[(i + shift * 3) % boxes.len()])
+                .collect();
+            let plan = MixPlan::with_boxes(&partner, &lam, &b, height, width).expect("valid plan");
+            out.push((format!("hand {name} boxes+{shift}"), plan));
+        }
+        // Every sample with the full-image box, and a MixUp-only plan.
+        let full = vec![boxes[0]; batch];
+        out.push((
+            format!("hand {name} all full"),
+            MixPlan::with_boxes(&partner, &lam, &full, height, width).expect("valid plan"),
+        ));
+        out.push((
+            format!("hand {name} mixup"),
+            MixPlan::from_parts(&partner, &lam).expect("valid plan"),
+        ));
+    }
+    out
+}

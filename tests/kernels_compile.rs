@@ -1,0 +1,194 @@
+//! Every kernel, every dtype, compiled through NVRTC to CUBIN for sm_75, sm_80, sm_89 and sm_90
+//! (NVRTC's ptxas assembles the inline PTX too, so an instruction an architecture lacks fails
+//! here). No GPU needed: NVRTC runs on the CPU.
+//!
+//! NVRTC comes from PyPI: `export LD_LIBRARY_PATH=$(bash scripts/nvrtc.sh)`. Without it the
+//! tests print SKIPPED and pass, unless `MIXUP_REQUIRE_NVRTC=1` (CI), where they fail.
+#![cfg(feature = "cuda")]
+
+use mixup_kernels::cuda::kernels::{
+    compile, defines_entry, entries_of, module_of, options, version, ModuleSource, Target,
+    ALL_UNITS, MODULES,
+};
+use mixup_kernels::MixError;
+
+const ARCHS: [u32; 4] = [75, 80, 89, 90];
+
+fn nvrtc_present() -> bool {
+    match version() {
+        Ok(_) => true,
+        Err(e) => {
+            if std::env::var("MIXUP_REQUIRE_NVRTC").as_deref() == Ok("1") {
+                panic!(
+                    "MIXUP_REQUIRE_NVRTC=1 but NVRTC is not usable: {e}\n\
+                     install it with `export LD_LIBRARY_PATH=$(bash scripts/nvrtc.sh)`"
+                );
+            }
+            eprintln!(
+                "SKIPPED: NVRTC not found ({e}); set LD_LIBRARY_PATH=$(bash scripts/nvrtc.sh)"
+            );
+            false
+        }
+    }
+}
+
+/// `(entry, spill-store bytes)` from ptxas's `-v` report.
+fn spills(log: &str) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in log.lines() {
+        if let Some(i) = line.find("Compiling entry function '") {
+            let rest = &line[i + "Compiling entry function '".len()..];
+            cur = rest.split('\'').next().map(str::to_string);
+        }
+        if let (Some(e), Some(i)) = (&cur, line.find("bytes spill stores")) {
+            let n: u64 = line[..i]
+                .rsplit(',')
+                .next()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            out.push((e.clone(), n));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_module_compiles_for_every_arch() {
+    if !nvrtc_present() {
+        return;
+    }
+    let (major, minor) = version().unwrap();
+    println!("NVRTC {major}.{minor}");
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ARCHS
+            .iter()
+            .map(|&arch| {
+                s.spawn(move || {
+                    let mut failures = Vec::new();
+                    for m in MODULES {
+                        let opts = options(
+                            Target::Sm(arch),
+                            "MIXUP_ALL",
+                            &["--ptxas-options=-v".to_string()],
+                        );
+                        let t0 = std::time::Instant::now();
+                        let c = match compile(m, m.name, Target::Sm(arch), &opts) {
+                            Ok(c) => c,
+                            Err(e) => {
+                                failures.push(format!("{} for sm_{arch}: {e}", m.name));
+                                continue;
+                            }
+                        };
+                        println!(
+                            "{} sm_{arch}: {} bytes of CUBIN in {:?}",
+                            m.name,
+                            c.image.len(),
+                            t0.elapsed()
+                        );
+                        for unit in ALL_UNITS
+                            .iter()
+                            .filter(|u| module_of(u).unwrap().name == m.name)
+                        {
+                            for e in entries_of(unit) {
+                                if !defines_entry(&c.image, e) {
+                                    failures
+                                        .push(format!("sm_{arch}: {} lacks kernel `{e}`", m.name));
+                                }
+                            }
+                        }
+                        // The kernels are designed to run without local-memory spills
+                        // (docs/perf-notes.md); catch a change that breaks that.
+                        if arch == 90 {
+                            for (entry, bytes) in spills(&c.log) {
+                                if bytes > 0 {
+                                    failures.push(format!("sm_90: `{entry}` spills {bytes} bytes"));
+                                }
+                            }
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        let failures: Vec<String> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    });
+}
+
+#[test]
+fn each_unit_compiles_alone_with_only_its_kernels() {
+    if !nvrtc_present() {
+        return;
+    }
+    // The crate compiles one unit per first call (-DMIXUP_ONLY_<unit>); check the guards give
+    // exactly the unit's entries, on the architecture of the GPUs the benchmarks target.
+    let mut failures = Vec::new();
+    for unit in ALL_UNITS {
+        let m = module_of(unit).unwrap();
+        let opts = options(Target::Sm(90), &format!("MIXUP_ONLY_{unit}"), &[]);
+        match compile(m, unit, Target::Sm(90), &opts) {
+            Err(e) => failures.push(format!("{unit}: {e}")),
+            Ok(c) => {
+                for e in entries_of(unit) {
+                    if !defines_entry(&c.image, e) {
+                        failures.push(format!("{unit} lacks `{e}`"));
+                    }
+                }
+                for other in ALL_UNITS
+                    .iter()
+                    .filter(|o| *o != unit && !o.starts_with("naive_"))
+                {
+                    if !unit.starts_with("naive_") && defines_entry(&c.image, other) {
+                        failures.push(format!("{unit} also compiled `{other}`"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn ptx_target_compiles_for_newer_devices() {
+    if !nvrtc_present() {
+        return;
+    }
+    // A device newer than NVRTC gets PTX for the newest architecture NVRTC knows.
+    let m = module_of("soft_targets_bf16").unwrap();
+    let opts = options(Target::Compute(90), "MIXUP_ONLY_soft_targets_bf16", &[]);
+    let c = compile(m, "soft_targets_bf16", Target::Compute(90), &opts).unwrap();
+    assert!(defines_entry(&c.image, "soft_targets_bf16"));
+    assert_eq!(
+        c.image.last(),
+        Some(&0),
+        "PTX is NUL-terminated for the driver"
+    );
+}
+
+#[test]
+fn a_syntax_error_names_the_kernel_and_carries_the_log() {
+    if !nvrtc_present() {
+        return;
+    }
+    static BROKEN: ModuleSource = ModuleSource {
+        name: "broken",
+        source: "extern \"C\" __global__ void k(float* x) { x[0] = undefined_name; }",
+        hash: 0,
+    };
+    let opts = options(Target::Sm(90), "MIXUP_ALL", &[]);
+    match compile(&BROKEN, "broken_f32", Target::Sm(90), &opts) {
+        Err(MixError::Compile { module, log }) => {
+            assert_eq!(module, "broken_f32");
+            assert!(log.contains("undefined_name"), "{log}");
+        }
+        other => panic!("expected a compile error, got {other:?}"),
+    }
+    // And bf16 conversion on sm_75 must not use the sm_80 instruction (it would fail here).
+    let m = module_of("soft_targets_bf16").unwrap();
+    let opts = options(Target::Sm(75), "MIXUP_ONLY_soft_targets_bf16", &[]);
+    assert!(compile(m, "soft_targets_bf16", Target::Sm(75), &opts).is_ok());
+}
