@@ -501,7 +501,7 @@ fn main() -> Result<()> {
 fn seed_list(seeds: &[u64]) -> String {
     match seeds {
         [one] => one.to_string(),
-        [first, .., last] => format!("{first}..={last}"),
+        [first, .., last] => format!("{first}-{last}"),
         [] => String::new(),
     }
 }

@@ -332,6 +332,23 @@ pub fn mixup_cross_entropy(
     loss.to_dtype(logits.dtype())
 }
 
+/// Reports labels that the CUDA kernels found outside `0..num_classes` on `device` since the last
+/// check, as an error ([`MixError::DeviceLabelOutOfRange`], wrapped); waits for the device's
+/// stream. The backward pass of [`mixup_cross_entropy`] checks on its own; call this after
+/// forward-only use (evaluation) on a GPU. A no-op on the CPU, where labels are checked before
+/// any work, and in builds without `candle-cuda`.
+///
+/// ```
+/// use candle_core::Device;
+/// mixup_kernels::candle::check_device_labels(&Device::Cpu).unwrap();
+/// ```
+pub fn check_device_labels(device: &Device) -> Result<()> {
+    #[cfg(feature = "candle-cuda")]
+    cuda::check_labels(device)?;
+    let _ = device;
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Checks
 // ---------------------------------------------------------------------------------------------
