@@ -253,8 +253,13 @@ pub fn soft_targets(
 /// `b` its partner's, `λ` its weight and `ε` the smoothing of `spec`; f32 arithmetic whatever the
 /// storage type.
 ///
-/// - `labels`: `[B]` on the logits' device, u32, i64 or u8. i64 (candle-nn's habit) is accepted
-///   and checked: a negative label is an error, not a wrap-around. Labels `≥ C` are an error.
+/// - `labels`: `[B]` on the logits' device, u32, i64 or u8. On the CPU, i64 (candle-nn's habit)
+///   is checked: a negative label is an error, not a wrap-around, and labels `≥ C` are an error
+///   before any work. On a GPU, labels are converted to u32 and a label out of range is counted
+///   by the kernel (never read through) and reported by the backward pass or by
+///   [`check_device_labels`].
+/// - The loss is computed in f32 and returned in the logits' dtype (candle's `to_dtype`, so the
+///   upstream gradient reaches the op in f32).
 /// - The gradient is computed during the forward pass for an upstream gradient of 1 and kept
 ///   with the op; `backward()` returns it as it is when the upstream is 1 (a plain
 ///   `loss.backward()`), and otherwise recomputes it in one fused pass with the real upstream,
