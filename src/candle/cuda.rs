@@ -21,11 +21,20 @@ use crate::cuda::{CudaMixer, DevicePlan, DeviceUpstream};
 use crate::spec::Reduction;
 use crate::{bf16, f16};
 
-/// The mixers made so far, one per candle device.
-type Mixers = Mutex<Vec<(DeviceId, Arc<CudaMixer>)>>;
+/// What the crate keeps per candle device: the mixer (compiled kernels) and one device plan
+/// buffer, reused by every op. Every op runs on the device's one stream, so an upload is
+/// ordered after the kernels that read the previous plan: reusing the buffer is safe, and the
+/// per-step path allocates nothing once the largest batch has been seen.
+struct PerDevice {
+    mixer: CudaMixer,
+    plan: Mutex<DevicePlan>,
+}
 
-/// The mixer of `dev`, made on first use.
-fn mixer(dev: &CudaDevice) -> Result<Arc<CudaMixer>> {
+/// The per-device state made so far.
+type Mixers = Mutex<Vec<(DeviceId, Arc<PerDevice>)>>;
+
+/// The state of `dev`, made on first use.
+fn per_device(dev: &CudaDevice) -> Result<Arc<PerDevice>> {
     static MIXERS: OnceLock<Mixers> = OnceLock::new();
     let mut all = MIXERS
         .get_or_init(Default::default)
@@ -34,16 +43,31 @@ fn mixer(dev: &CudaDevice) -> Result<Arc<CudaMixer>> {
     if let Some((_, m)) = all.iter().find(|(id, _)| *id == dev.id()) {
         return Ok(m.clone());
     }
-    let m = Arc::new(CudaMixer::from_stream(dev.cuda_stream())?);
+    let mixer = CudaMixer::from_stream(dev.cuda_stream())?;
+    let plan = Mutex::new(DevicePlan::new(&mixer));
+    let m = Arc::new(PerDevice { mixer, plan });
     all.push((dev.id(), m.clone()));
     Ok(m)
+}
+
+/// Runs `f` with the device's mixer and `plan` uploaded into its reused plan buffer.
+fn with_plan<R>(
+    dev: &CudaDevice,
+    plan: &crate::MixPlan,
+    f: impl FnOnce(&CudaMixer, &DevicePlan) -> Result<R>,
+) -> Result<R> {
+    let d = per_device(dev)?;
+    // A poisoned lock only means another thread panicked between uploads; the buffer is whole.
+    let mut dp = d.plan.lock().unwrap_or_else(|p| p.into_inner());
+    dp.upload(plan)?;
+    f(&d.mixer, &dp)
 }
 
 /// Reports labels that the kernels found out of range on `device` since the last check (waits
 /// for the stream). A no-op on the CPU.
 pub(super) fn check_labels(device: &Device) -> Result<()> {
     match device {
-        Device::Cuda(d) => Ok(mixer(d)?.check_labels()?),
+        Device::Cuda(d) => Ok(per_device(d)?.mixer.check_labels()?),
         _ => Ok(()),
     }
 }
@@ -54,12 +78,6 @@ fn range(l: &CLayout, op: &'static str) -> Result<std::ops::Range<usize>> {
         .ok_or_else(|| Error::RequiresContiguous { op }.bt())
 }
 
-fn upload(m: &CudaMixer, plan: &crate::MixPlan) -> Result<DevicePlan> {
-    let mut dp = DevicePlan::new(m);
-    dp.upload(plan)?;
-    Ok(dp)
-}
-
 fn wrap<T: CudaDType>(s: CudaSlice<T>, dev: &CudaDevice) -> CudaStorage {
     CudaStorage::wrap_cuda_slice(s, dev.clone())
 }
@@ -67,26 +85,26 @@ fn wrap<T: CudaDType>(s: CudaSlice<T>, dev: &CudaDevice) -> CudaStorage {
 pub(super) fn mix(op: &MixOp, s: &CudaStorage, l: &CLayout) -> Result<(CudaStorage, Shape)> {
     const NAME: &str = "mixup-kernels-mix";
     let dev = s.device().clone();
-    let m = mixer(&dev)?;
-    let plan = upload(&m, &op.plan)?;
-    let r = range(l, NAME)?;
-    macro_rules! run {
-        ($t:ty) => {{
-            let x = s.as_cuda_slice::<$t>()?.slice(r.clone());
-            // SAFETY: the kernel writes every element of `out` before anyone reads it.
-            let mut out = unsafe { dev.alloc::<$t>(r.len())? };
-            m.mix(&plan, &op.layout, &x, &mut out.as_view_mut())?;
-            wrap(out, &dev)
-        }};
-    }
-    let out = match s.dtype() {
-        DType::F32 => run!(f32),
-        DType::F16 => run!(f16),
-        DType::BF16 => run!(bf16),
-        DType::U8 => run!(u8),
-        other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
-    };
-    Ok((out, l.shape().clone()))
+    with_plan(&dev, &op.plan, |m, plan| {
+        let r = range(l, NAME)?;
+        macro_rules! run {
+            ($t:ty) => {{
+                let x = s.as_cuda_slice::<$t>()?.slice(r.clone());
+                // SAFETY: the kernel writes every element of `out` before anyone reads it.
+                let mut out = unsafe { dev.alloc::<$t>(r.len())? };
+                m.mix(&plan, &op.layout, &x, &mut out.as_view_mut())?;
+                wrap(out, &dev)
+            }};
+        }
+        let out = match s.dtype() {
+            DType::F32 => run!(f32),
+            DType::F16 => run!(f16),
+            DType::BF16 => run!(bf16),
+            DType::U8 => run!(u8),
+            other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
+        };
+        Ok((out, l.shape().clone()))
+    })
 }
 
 pub(super) fn soft_targets(
@@ -96,25 +114,25 @@ pub(super) fn soft_targets(
 ) -> Result<(CudaStorage, Shape)> {
     const NAME: &str = "mixup-kernels-soft-targets";
     let dev = s.device().clone();
-    let m = mixer(&dev)?;
-    let plan = upload(&m, &op.plan)?;
-    let labels = s.as_cuda_slice::<u32>()?.slice(range(l, NAME)?);
-    let n = labels.len() * op.spec.num_classes;
-    macro_rules! run {
-        ($t:ty) => {{
-            // SAFETY: the kernel writes all `n` elements.
-            let mut out = unsafe { dev.alloc::<$t>(n)? };
-            m.soft_targets(&plan, &labels, &op.spec, &mut out.as_view_mut())?;
-            wrap(out, &dev)
-        }};
-    }
-    let out = match op.dtype {
-        DType::F32 => run!(f32),
-        DType::F16 => run!(f16),
-        DType::BF16 => run!(bf16),
-        other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
-    };
-    Ok((out, Shape::from((labels.len(), op.spec.num_classes))))
+    with_plan(&dev, &op.plan, |m, plan| {
+        let labels = s.as_cuda_slice::<u32>()?.slice(range(l, NAME)?);
+        let n = labels.len() * op.spec.num_classes;
+        macro_rules! run {
+            ($t:ty) => {{
+                // SAFETY: the kernel writes all `n` elements.
+                let mut out = unsafe { dev.alloc::<$t>(n)? };
+                m.soft_targets(&plan, &labels, &op.spec, &mut out.as_view_mut())?;
+                wrap(out, &dev)
+            }};
+        }
+        let out = match op.dtype {
+            DType::F32 => run!(f32),
+            DType::F16 => run!(f16),
+            DType::BF16 => run!(bf16),
+            other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
+        };
+        Ok((out, Shape::from((labels.len(), op.spec.num_classes))))
+    })
 }
 
 pub(super) fn mixup_ce_fwd(
@@ -126,56 +144,56 @@ pub(super) fn mixup_ce_fwd(
 ) -> Result<(CudaStorage, Shape)> {
     const NAME: &str = "mixup-kernels-mixup-ce";
     let dev = s1.device().clone();
-    let m = mixer(&dev)?;
-    let plan = upload(&m, &op.plan)?;
-    let labels = s2.as_cuda_slice::<u32>()?.slice(range(l2, NAME)?);
-    let r = range(l1, NAME)?;
-    let b = op.plan.len();
-    let mut loss = dev.alloc_zeros::<f32>(1)?;
-    let mut losses = match op.spec.reduction {
-        Reduction::None => Some(dev.alloc_zeros::<f32>(b)?),
-        Reduction::Mean | Reduction::Sum => None,
-    };
-    macro_rules! run {
-        ($t:ty) => {{
-            let z = s1.as_cuda_slice::<$t>()?.slice(r.clone());
-            let mut per = losses.as_mut().map(|l| l.as_view_mut());
-            if op.want_grad {
-                // SAFETY: the kernel writes every gradient element.
-                let mut g = unsafe { dev.alloc::<$t>(r.len())? };
-                m.mixup_ce(
-                    &plan,
-                    &op.spec,
-                    &z,
-                    &labels,
-                    DeviceUpstream::Scalar(1.0),
-                    &mut loss.as_view_mut(),
-                    per.as_mut(),
-                    &mut g.as_view_mut(),
-                )?;
-                let shape = (b, op.spec.targets.num_classes);
-                let g = Storage::Cuda(wrap(g, &dev));
-                op.keep_grad(Tensor::from_storage(g, shape, BackpropOp::none(), false));
-            } else {
-                m.mixup_ce_forward(
-                    &plan,
-                    &op.spec,
-                    &z,
-                    &labels,
-                    &mut loss.as_view_mut(),
-                    per.as_mut(),
-                )?;
-            }
-        }};
-    }
-    match s1.dtype() {
-        DType::F32 => run!(f32),
-        DType::F16 => run!(f16),
-        DType::BF16 => run!(bf16),
-        other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
-    }
-    let out = losses.unwrap_or(loss);
-    Ok((wrap(out, &dev), op.out_shape()))
+    with_plan(&dev, &op.plan, |m, plan| {
+        let labels = s2.as_cuda_slice::<u32>()?.slice(range(l2, NAME)?);
+        let r = range(l1, NAME)?;
+        let b = op.plan.len();
+        let mut loss = dev.alloc_zeros::<f32>(1)?;
+        let mut losses = match op.spec.reduction {
+            Reduction::None => Some(dev.alloc_zeros::<f32>(b)?),
+            Reduction::Mean | Reduction::Sum => None,
+        };
+        macro_rules! run {
+            ($t:ty) => {{
+                let z = s1.as_cuda_slice::<$t>()?.slice(r.clone());
+                let mut per = losses.as_mut().map(|l| l.as_view_mut());
+                if op.want_grad {
+                    // SAFETY: the kernel writes every gradient element.
+                    let mut g = unsafe { dev.alloc::<$t>(r.len())? };
+                    m.mixup_ce(
+                        &plan,
+                        &op.spec,
+                        &z,
+                        &labels,
+                        DeviceUpstream::Scalar(1.0),
+                        &mut loss.as_view_mut(),
+                        per.as_mut(),
+                        &mut g.as_view_mut(),
+                    )?;
+                    let shape = (b, op.spec.targets.num_classes);
+                    let g = Storage::Cuda(wrap(g, &dev));
+                    op.keep_grad(Tensor::from_storage(g, shape, BackpropOp::none(), false));
+                } else {
+                    m.mixup_ce_forward(
+                        &plan,
+                        &op.spec,
+                        &z,
+                        &labels,
+                        &mut loss.as_view_mut(),
+                        per.as_mut(),
+                    )?;
+                }
+            }};
+        }
+        match s1.dtype() {
+            DType::F32 => run!(f32),
+            DType::F16 => run!(f16),
+            DType::BF16 => run!(bf16),
+            other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
+        }
+        let out = losses.unwrap_or(loss);
+        Ok((wrap(out, &dev), op.out_shape()))
+    })
 }
 
 pub(super) fn mixup_ce_grad(
@@ -189,39 +207,39 @@ pub(super) fn mixup_ce_grad(
 ) -> Result<(CudaStorage, Shape)> {
     const NAME: &str = "mixup-kernels-mixup-ce-grad";
     let dev = s1.device().clone();
-    let m = mixer(&dev)?;
-    let plan = upload(&m, &ce.plan)?;
-    let labels = s2.as_cuda_slice::<u32>()?.slice(range(l2, NAME)?);
-    let up = s3.as_cuda_slice::<f32>()?.slice(range(l3, NAME)?);
-    let upstream = match ce.spec.reduction {
-        Reduction::None => DeviceUpstream::PerSample(up),
-        Reduction::Mean | Reduction::Sum => DeviceUpstream::Device(up),
-    };
-    let r = range(l1, NAME)?;
-    let mut loss = dev.alloc_zeros::<f32>(1)?;
-    macro_rules! run {
-        ($t:ty) => {{
-            let z = s1.as_cuda_slice::<$t>()?.slice(r.clone());
-            // SAFETY: the kernel writes every gradient element.
-            let mut g = unsafe { dev.alloc::<$t>(r.len())? };
-            m.mixup_ce(
-                &plan,
-                &ce.spec,
-                &z,
-                &labels,
-                upstream,
-                &mut loss.as_view_mut(),
-                None,
-                &mut g.as_view_mut(),
-            )?;
-            wrap(g, &dev)
-        }};
-    }
-    let out = match s1.dtype() {
-        DType::F32 => run!(f32),
-        DType::F16 => run!(f16),
-        DType::BF16 => run!(bf16),
-        other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
-    };
-    Ok((out, l1.shape().clone()))
+    with_plan(&dev, &ce.plan, |m, plan| {
+        let labels = s2.as_cuda_slice::<u32>()?.slice(range(l2, NAME)?);
+        let up = s3.as_cuda_slice::<f32>()?.slice(range(l3, NAME)?);
+        let upstream = match ce.spec.reduction {
+            Reduction::None => DeviceUpstream::PerSample(up),
+            Reduction::Mean | Reduction::Sum => DeviceUpstream::Device(up),
+        };
+        let r = range(l1, NAME)?;
+        let mut loss = dev.alloc_zeros::<f32>(1)?;
+        macro_rules! run {
+            ($t:ty) => {{
+                let z = s1.as_cuda_slice::<$t>()?.slice(r.clone());
+                // SAFETY: the kernel writes every gradient element.
+                let mut g = unsafe { dev.alloc::<$t>(r.len())? };
+                m.mixup_ce(
+                    &plan,
+                    &ce.spec,
+                    &z,
+                    &labels,
+                    upstream,
+                    &mut loss.as_view_mut(),
+                    None,
+                    &mut g.as_view_mut(),
+                )?;
+                wrap(g, &dev)
+            }};
+        }
+        let out = match s1.dtype() {
+            DType::F32 => run!(f32),
+            DType::F16 => run!(f16),
+            DType::BF16 => run!(bf16),
+            other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
+        };
+        Ok((out, l1.shape().clone()))
+    })
 }

@@ -256,15 +256,18 @@ pub fn soft_targets(
 /// - `labels`: `[B]` on the logits' device, u32, i64 or u8. On the CPU, i64 (candle-nn's habit)
 ///   is checked: a negative label is an error, not a wrap-around, and labels `≥ C` are an error
 ///   before any work. On a GPU, labels are converted to u32 and a label out of range is counted
-///   by the kernel (never read through) and reported by the backward pass or by
-///   [`check_device_labels`].
+///   by the kernel (never read through) and reported by [`check_device_labels`] when the caller
+///   asks (it waits for the stream, so call it where you already synchronize, e.g. when the loss
+///   is logged).
 /// - The loss is computed in f32 and returned in the logits' dtype (candle's `to_dtype`, so the
 ///   upstream gradient reaches the op in f32).
-/// - The gradient is computed during the forward pass for an upstream gradient of 1 and kept
-///   with the op; `backward()` returns it as it is when the upstream is 1 (a plain
+/// - On the CPU the gradient is computed during the forward pass for an upstream gradient of 1
+///   and kept with the op; `backward()` returns it as it is when the upstream is 1 (a plain
 ///   `loss.backward()`), and otherwise recomputes it in one fused pass with the real upstream,
-///   so every element is rounded once. When `logits` does not track gradients (evaluation), no
-///   gradient is computed at all.
+///   so every element is rounded once. On a GPU the forward pass computes the loss only and
+///   `backward()` runs the fused kernel once, reading the upstream gradient from device memory
+///   (the logits are read twice, the gradient written once, and the host never waits). When
+///   `logits` does not track gradients (evaluation), no gradient is computed at all.
 /// - Gradients flow to `logits` only (labels are integers; the plan is data).
 ///
 /// ```
@@ -321,13 +324,18 @@ pub fn mixup_cross_entropy(
 
     let logits = logits.contiguous()?;
     let labels = device_labels(labels)?;
+    let track = logits.track_op();
     let op = MixupCeOp {
         plan: plan.clone(),
         spec: *spec,
-        want_grad: logits.track_op(),
+        // On the CPU the forward pass also computes the gradient for an upstream of 1 and keeps
+        // it, and backward reads the upstream on the host for free. On a GPU, reading the
+        // upstream would wait for the stream every step: there the forward pass computes the
+        // loss only, and backward runs the fused kernel with the upstream read on the device.
+        want_grad: track && logits.device().is_cpu(),
         grad: Mutex::new(None),
     };
-    let loss = if op.want_grad {
+    let loss = if track {
         logits.apply_op2_arc(&labels, Arc::new(Box::new(op)))?
     } else {
         logits.apply_op2_no_bwd(&labels, &op)?
@@ -339,9 +347,9 @@ pub fn mixup_cross_entropy(
 
 /// Reports labels that the CUDA kernels found outside `0..num_classes` on `device` since the last
 /// check, as an error ([`MixError::DeviceLabelOutOfRange`], wrapped); waits for the device's
-/// stream. The backward pass of [`mixup_cross_entropy`] checks on its own; call this after
-/// forward-only use (evaluation) on a GPU. A no-op on the CPU, where labels are checked before
-/// any work, and in builds without `candle-cuda`.
+/// stream, so call it where the loop already synchronizes (when the loss is logged, say): the
+/// training step itself never waits for the GPU. A no-op on the CPU, where labels are checked
+/// before any work, and in builds without `candle-cuda`.
 ///
 /// ```
 /// use candle_core::Device;
@@ -657,12 +665,22 @@ impl CustomOp2 for MixupCeOp {
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // The upstream gradient has the output's shape (one value, or one per sample) and is
-        // f32. Reading it to the host costs nothing next to the B×C gradient on the CPU; on a
-        // GPU it waits for the stream once per step (as the loss is usually read for logging
-        // anyway), like Liger-Kernel's `grad_output == 1` test.
+        // f32 (`to_dtype` hands it back as f32).
+        let grad_op = CeGradOp { ce: self };
+        let upstream_tensor = || grad_res.detach().flatten_all()?.contiguous();
+        if !logits.device().is_cpu() {
+            // GPU: one fused pass that reads the upstream from device memory. No host read, no
+            // stream synchronization: out-of-range device labels are reported by
+            // `check_device_labels`, whenever the caller asks.
+            let g = logits.detach().contiguous()?.apply_op3_no_bwd(
+                &labels.contiguous()?,
+                &upstream_tensor()?,
+                &grad_op,
+            )?;
+            return Ok((Some(g), None));
+        }
+        // CPU: reading the upstream costs nothing next to the B×C gradient.
         let up: Vec<f32> = grad_res.flatten_all()?.to_vec1()?;
-        #[cfg(feature = "candle-cuda")]
-        cuda::check_labels(logits.device())?;
         let kept = self.take_grad();
         if let Some(g) = kept.filter(|_| up.iter().all(|&u| u == 1.0)) {
             return Ok((Some(g), None));
@@ -676,10 +694,9 @@ impl CustomOp2 for MixupCeOp {
             }
         };
         crate::spec::check_ce(&self.plan, &self.spec, logits.elem_count(), &upstream)?;
-        let grad_op = CeGradOp { ce: self };
         let g = logits.detach().contiguous()?.apply_op3_no_bwd(
             &labels.contiguous()?,
-            &grad_res.detach().flatten_all()?.contiguous()?,
+            &upstream_tensor()?,
             &grad_op,
         )?;
         Ok((Some(g), None))
