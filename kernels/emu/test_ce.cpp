@@ -488,7 +488,7 @@ void cases_for(const Device* devices, size_t ndev) {
         c.C = C;
         c.B = 64;
         c.mode = IN_PLACE;
-        c.orders = C >= 1000;
+        c.orders = C == 1000 || C == 2049;
         c.seed = ++seed;
         run_case<H, K>(c);
         // Fewer blocks than the host launches: the grid-stride loops of every kernel (and the
@@ -501,6 +501,26 @@ void cases_for(const Device* devices, size_t ndev) {
         c.orders = true;
         c.seed = ++seed;
         run_case<H, K>(c);
+        // The same for ce_warp (8 rows per block at 32 lanes a row), with a device upstream.
+        c = Case{};
+        c.C = C;
+        c.B = 64;
+        c.mode = GRAD;
+        c.up_kind = 1;
+        c.up = 3.0f;
+        c.force_grid = 3;
+        c.seed = ++seed;
+        run_case<H, K>(c);
+        // More rows than the last block has threads: each thread of ce_finish sums several.
+        if (C <= 600) {
+            c = Case{};
+            c.C = C;
+            c.B = C <= 40 ? 600 : 300;
+            c.mode = C % 2 ? FWD : IN_PLACE;
+            c.reduction = (int)(C % 3);
+            c.seed = ++seed;
+            run_case<H, K>(c);
+        }
     }
     // Other devices: the shared-memory limit moves the ce_block -> ce_online boundary
     // (S <= 9 on A100, 6 on L40, 3 on T4).
@@ -519,13 +539,13 @@ void cases_for(const Device* devices, size_t ndev) {
         }
     }
     // Large rows: 100 000 classes (ce_online in f32, ce_block with 9 shared slots in 16 bits),
-    // forward only (ce_online) and in place.
-    for (Mode m : {GRAD, FWD, IN_PLACE}) {
+    // forward only (ce_online), in place, and the gradient at another 16-byte offset.
+    for (Mode m : {GRAD, FWD, IN_PLACE, GRAD_SHIFTED}) {
         Case c;
         c.C = 100000;
         c.B = 2;
         c.mode = m;
-        c.zoff = m == IN_PLACE ? 1 : 0;
+        c.zoff = m == IN_PLACE || m == GRAD_SHIFTED ? 1 : 0;
         c.seed = ++seed;
         run_case<H, K>(c);
     }
