@@ -1,1 +1,212 @@
-fn main() {}
+//! CPU benchmarks: every op beside a plain parallel copy moving the same number of bytes.
+//!
+//! `Throughput::Bytes` is the op's byte floor (`/work/shared/REFERENCE.md`): the bytes it must
+//! read plus the bytes it must write. The copy of each group moves the same total (it reads and
+//! writes `floor / 2` bytes, with `copy_from_slice` over rayon's threads), so the ratio of the
+//! two throughputs is how close the op gets to the machine's copy bandwidth.
+//!
+//! `cargo bench --bench cpu` (about four minutes on 2 cores). Filter with a group name, e.g.
+//! `cargo bench --bench cpu -- ce_fwd_bwd`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput,
+};
+use mixup_kernels::{
+    bf16, cpu, CeSpec, Element, FloatElement, Layout, MixConfig, MixPlan, Mode, PartnerRule,
+    Reduction, Sampler, Upstream,
+};
+use rayon::prelude::*;
+
+const B: usize = 256;
+const C_IMG: usize = 3;
+const H: usize = 224;
+const W: usize = 224;
+
+/// Values in [-1, 1) rounded to T, from a cheap deterministic hash (setup time matters at
+/// 4096×32000).
+fn data<T: Element>(n: usize, seed: u64) -> Vec<T> {
+    (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let mut z = (i as u64 ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            z ^= z >> 29;
+            z = z.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z ^= z >> 32;
+            T::from_f32((z >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+        })
+        .collect()
+}
+
+/// The comparison: a parallel copy of `bytes / 2` bytes (so `bytes` move in total).
+fn bench_copy(g: &mut BenchmarkGroup<'_, WallTime>, bytes: usize) {
+    let n = bytes / 2 / 4;
+    let src: Vec<f32> = data(n, 1);
+    let mut dst = vec![0.0f32; n];
+    // Pieces of 1 MiB at most and at least 4 per thread, as the ops' own tasks.
+    let piece = n
+        .div_ceil(4 * rayon::current_num_threads())
+        .clamp(1, 1 << 18);
+    g.bench_function("copy", |b| {
+        b.iter(|| {
+            dst.par_chunks_mut(piece)
+                .zip(src.par_chunks(piece))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+            black_box(&mut dst);
+        })
+    });
+}
+
+fn big_group<'a>(c: &'a mut Criterion, name: &str, floor: usize) -> BenchmarkGroup<'a, WallTime> {
+    let mut g = c.benchmark_group(name);
+    // Flat sampling: every sample runs the same number of iterations, so 10 samples of a
+    // 100 ms op take about a second instead of the 55 iterations of linear sampling.
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Bytes(floor as u64));
+    g
+}
+
+fn plan(partner: PartnerRule, mixup: f64, cutmix: f64, batch: usize) -> MixPlan {
+    let cfg = MixConfig {
+        mixup_alpha: mixup,
+        cutmix_alpha: cutmix,
+        mode: Mode::Elem,
+        partner,
+        ..MixConfig::timm(1000)
+    };
+    Sampler::new(cfg, 0)
+        .unwrap()
+        .plan(0, 0, batch, (H, W))
+        .unwrap()
+}
+
+fn mix_inputs<T: Element>(c: &mut Criterion) {
+    let name = T::DTYPE.name();
+    let layout = Layout::Nchw {
+        channels: C_IMG,
+        height: H,
+        width: W,
+    };
+    let n = B * C_IMG * H * W;
+    let bytes = n * std::mem::size_of::<T>();
+    let x: Vec<T> = data(n, 7);
+
+    // Random pairs (an involution), MixUp, in place: read each row once, write it once.
+    let pairs = plan(PartnerRule::RandomPairs, 1.0, 0.0, B);
+    let mut g = big_group(c, &format!("mix_pairs_in_place_{name}"), 2 * bytes);
+    let mut y = x.clone();
+    g.bench_function("op", |b| {
+        b.iter(|| cpu::mix_in_place(&pairs, &layout, black_box(&mut y)).unwrap())
+    });
+    bench_copy(&mut g, 2 * bytes);
+    g.finish();
+    drop(y);
+
+    // A random permutation, MixUp, out of place: two reads and one write per element.
+    let perm = plan(PartnerRule::Permutation, 1.0, 0.0, B);
+    let mut out = vec![T::default(); n];
+    let mut g = big_group(c, &format!("mix_perm_{name}"), 3 * bytes);
+    g.bench_function("op", |b| {
+        b.iter(|| cpu::mix(&perm, &layout, black_box(&x), &mut out).unwrap())
+    });
+    bench_copy(&mut g, 3 * bytes);
+    g.finish();
+
+    // CutMix per sample (elem mode), permutation, NCHW, out of place: every output element
+    // comes from exactly one input element, so one read and one write.
+    let cut = plan(PartnerRule::Permutation, 0.0, 1.0, B);
+    let mut g = big_group(c, &format!("mix_cutmix_nchw_{name}"), 2 * bytes);
+    g.bench_function("op", |b| {
+        b.iter(|| cpu::mix(&cut, &layout, black_box(&x), &mut out).unwrap())
+    });
+    bench_copy(&mut g, 2 * bytes);
+    g.finish();
+}
+
+fn mix_inputs_f32(c: &mut Criterion) {
+    mix_inputs::<f32>(c);
+}
+
+fn mix_inputs_bf16(c: &mut Criterion) {
+    mix_inputs::<bf16>(c);
+}
+
+fn soft_targets(c: &mut Criterion) {
+    let classes = 1000;
+    let p = plan(PartnerRule::Permutation, 1.0, 0.0, B);
+    let labels: Vec<u32> = (0..B as u32).map(|i| i * 7 % classes as u32).collect();
+    let spec = MixConfig::timm(classes).target_spec();
+    let mut out = vec![0.0f32; B * classes];
+    let floor = B * classes * 4;
+    let mut g = c.benchmark_group("soft_targets_256x1000_f32");
+    g.sample_size(50)
+        .throughput(Throughput::Bytes(floor as u64));
+    g.bench_function("op", |b| {
+        b.iter(|| cpu::soft_targets(&p, &labels, &spec, black_box(&mut out)).unwrap())
+    });
+    bench_copy(&mut g, floor);
+    g.finish();
+}
+
+fn ce<T: FloatElement>(c: &mut Criterion, batch: usize, classes: usize) {
+    let p = plan(PartnerRule::Permutation, 1.0, 0.0, batch);
+    let labels: Vec<u32> = (0..batch as u32)
+        .map(|i| (i * 7919) % classes as u32)
+        .collect();
+    let spec = CeSpec::new(classes, 0.1, Reduction::Mean);
+    // Logits of a trained-looking scale: [-8, 8).
+    let logits: Vec<T> = data::<f32>(batch * classes, 3)
+        .into_par_iter()
+        .map(|v| T::from_f32(8.0 * v))
+        .collect();
+    let mut grad = vec![T::default(); logits.len()];
+    let s = std::mem::size_of::<T>();
+    let floor = batch * classes * 2 * s;
+    let name = format!("ce_fwd_bwd_{batch}x{classes}_{}", T::DTYPE.name());
+    let mut g = if batch * classes > 1 << 24 {
+        big_group(c, &name, floor)
+    } else {
+        let mut g = c.benchmark_group(&name);
+        g.sample_size(50)
+            .throughput(Throughput::Bytes(floor as u64));
+        g
+    };
+    g.bench_function("op", |b| {
+        b.iter(|| {
+            cpu::mixup_ce(
+                &p,
+                &spec,
+                black_box(&logits),
+                &labels,
+                Upstream::default(),
+                None,
+                &mut grad,
+            )
+            .unwrap()
+        })
+    });
+    bench_copy(&mut g, floor);
+    g.finish();
+}
+
+fn cross_entropy(c: &mut Criterion) {
+    ce::<f32>(c, 256, 1000);
+    ce::<bf16>(c, 256, 1000);
+    ce::<f32>(c, 4096, 32000);
+    ce::<bf16>(c, 4096, 32000);
+}
+
+criterion_group!(
+    benches,
+    mix_inputs_f32,
+    mix_inputs_bf16,
+    soft_targets,
+    cross_entropy
+);
+criterion_main!(benches);

@@ -5,7 +5,9 @@
 //!
 //! - [`reference`]: plain f64 code written to be obviously right (the oracle of the tests);
 //! - `cpu` (feature `cpu`): the multi-threaded fallback, f32/f16/bf16 (and u8 pixels);
-//! - `cuda` (feature `cuda`): fused kernels compiled at run time through NVRTC.
+//! - `cuda` (feature `cuda`): fused kernels compiled at run time through NVRTC;
+//! - [`candle`] (feature `candle`): the same operations on `candle_core::Tensor`s, the loss as a
+//!   candle op with a backward pass.
 //!
 //! The operations: mix a batch of inputs (MixUp lerp and CutMix paste, NCHW or NHWC), build
 //! soft targets with label smoothing, and the fused mixup cross-entropy (loss and gradient in
@@ -33,6 +35,9 @@ pub mod reference;
 
 #[cfg(feature = "cpu")]
 pub mod cpu;
+
+#[cfg(feature = "candle")]
+pub mod candle;
 
 // The real CUDA module when the `cuda` (or `candle-cuda`) feature is on (cfg set by build.rs),
 // else a stub with the same names whose calls return `MixError::Unsupported`.

@@ -340,6 +340,7 @@ fn minmax_boxes_follow_timm_ranges() {
             assert_eq!(m.lam, b.kept_fraction(h, w) as f32);
         }
     }
+    assert!(touches_edge, "no box reached the bottom or right edge in 800 draws");
     assert!(matches!(
         s.plan(0, 0, 4, (1, 30)),
         Err(MixError::InvalidArgument { .. })

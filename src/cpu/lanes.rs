@@ -9,27 +9,43 @@
 
 use crate::dtype::{DType, Element};
 
-/// Runs `f` inside a function compiled for AVX2 when the CPU has it (detected at run time, the
-/// answer is cached), so the loops inlined into `f` vectorize 8 f32 wide with cheap 16-bit
-/// packs; otherwise runs `f` as is (baseline SSE2 on x86-64, NEON on aarch64).
+/// Defines `fn $name<T>(args) -> R` that runs `$kernel::<T>(args)` compiled for AVX2 when the
+/// CPU has it (detected at run time, the answer is cached), so the loops of the kernel
+/// vectorize 8 f32 wide with cheap 16-bit packs; otherwise the baseline build runs (SSE2 on
+/// x86-64, NEON on aarch64).
+///
+/// `$kernel` must be `#[inline(always)]`: the AVX2 function calls it directly, so LLVM inlines
+/// it there and compiles its loops with AVX2. (A closure handed to a generic AVX2 function does
+/// not work reliably: LLVM inlines bottom-up, the closure grows by the kernel inlined into it,
+/// is then left out of line and compiled for SSE2; that made bf16 mixing 2.5× slower once.)
 ///
 /// The bits of every result are the same either way: FMA is not enabled (and Rust never
 /// contracts `a * b + c`), and every operation used is an exactly rounded IEEE one.
-#[inline(always)]
-pub(crate) fn with_simd<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
+macro_rules! simd_fn {
+    (
+        $(#[$meta:meta])*
+        fn $name:ident<$t:ident: $bound:path>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?
+        => $kernel:ident
+    ) => {
+        $(#[$meta])*
+        #[inline(always)]
+        fn $name<$t: $bound>($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                fn avx2<$t: $bound>($($arg: $ty),*) $(-> $ret)? {
+                    $kernel::<$t>($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2, checked just above.
+                    return unsafe { avx2::<$t>($($arg),*) };
+                }
+            }
+            $kernel::<$t>($($arg),*)
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(f) };
-        }
-    }
-    f()
+    };
 }
+pub(crate) use simd_fn;
 
 /// Widens one element to f32, exactly (`Element::to_f32`, bit for bit).
 #[inline(always)]

@@ -88,10 +88,6 @@ impl Tol {
         let s = storage_tol::<T>();
         Self::new(self.abs + s.abs, self.rel + s.rel)
     }
-
-    pub fn scaled(self, k: f64) -> Self {
-        Self::new(self.abs * k, self.rel * k)
-    }
 }
 
 /// Half an ulp of `T`, relative (for normals) and absolute (for subnormals): the error of

@@ -1,0 +1,227 @@
+//! CUDA storage for the candle ops (feature `candle-cuda`): the crate's NVRTC kernels run on
+//! the candle device's own stream, reading and writing candle's `CudaSlice`s in place (candle
+//! 0.11 and this crate share cudarc 0.19, so the buffers are used without a copy).
+//!
+//! One [`CudaMixer`] per candle device, created on first use and kept for the process (it holds
+//! the compiled kernels). Each op uploads its plan with one asynchronous copy.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda::cudarc::driver::CudaSlice;
+use candle_core::cuda::{CudaDType, DeviceId};
+use candle_core::op::BackpropOp;
+use candle_core::{
+    CudaDevice, CudaStorage, DType, Device, Error, Layout as CLayout, Result, Shape, Storage,
+    Tensor,
+};
+
+use super::{MixOp, MixupCeOp, SoftTargetsOp};
+use crate::cuda::{CudaMixer, DevicePlan, DeviceUpstream};
+use crate::spec::Reduction;
+use crate::{bf16, f16};
+
+/// The mixers made so far, one per candle device.
+type Mixers = Mutex<Vec<(DeviceId, Arc<CudaMixer>)>>;
+
+/// The mixer of `dev`, made on first use.
+fn mixer(dev: &CudaDevice) -> Result<Arc<CudaMixer>> {
+    static MIXERS: OnceLock<Mixers> = OnceLock::new();
+    let mut all = MIXERS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some((_, m)) = all.iter().find(|(id, _)| *id == dev.id()) {
+        return Ok(m.clone());
+    }
+    let m = Arc::new(CudaMixer::from_stream(dev.cuda_stream())?);
+    all.push((dev.id(), m.clone()));
+    Ok(m)
+}
+
+/// Reports labels that the kernels found out of range on `device` since the last check (waits
+/// for the stream). A no-op on the CPU.
+pub(super) fn check_labels(device: &Device) -> Result<()> {
+    match device {
+        Device::Cuda(d) => Ok(mixer(d)?.check_labels()?),
+        _ => Ok(()),
+    }
+}
+
+fn range(l: &CLayout, op: &'static str) -> Result<std::ops::Range<usize>> {
+    l.contiguous_offsets()
+        .map(|(a, b)| a..b)
+        .ok_or_else(|| Error::RequiresContiguous { op }.bt())
+}
+
+fn upload(m: &CudaMixer, plan: &crate::MixPlan) -> Result<DevicePlan> {
+    let mut dp = DevicePlan::new(m);
+    dp.upload(plan)?;
+    Ok(dp)
+}
+
+fn wrap<T: CudaDType>(s: CudaSlice<T>, dev: &CudaDevice) -> CudaStorage {
+    CudaStorage::wrap_cuda_slice(s, dev.clone())
+}
+
+pub(super) fn mix(op: &MixOp, s: &CudaStorage, l: &CLayout) -> Result<(CudaStorage, Shape)> {
+    const NAME: &str = "mixup-kernels-mix";
+    let dev = s.device().clone();
+    let m = mixer(&dev)?;
+    let plan = upload(&m, &op.plan)?;
+    let r = range(l, NAME)?;
+    macro_rules! run {
+        ($t:ty) => {{
+            let x = s.as_cuda_slice::<$t>()?.slice(r.clone());
+            // SAFETY: the kernel writes every element of `out` before anyone reads it.
+            let mut out = unsafe { dev.alloc::<$t>(r.len())? };
+            m.mix(&plan, &op.layout, &x, &mut out.as_view_mut())?;
+            wrap(out, &dev)
+        }};
+    }
+    let out = match s.dtype() {
+        DType::F32 => run!(f32),
+        DType::F16 => run!(f16),
+        DType::BF16 => run!(bf16),
+        DType::U8 => run!(u8),
+        other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
+    };
+    Ok((out, l.shape().clone()))
+}
+
+pub(super) fn soft_targets(
+    op: &SoftTargetsOp,
+    s: &CudaStorage,
+    l: &CLayout,
+) -> Result<(CudaStorage, Shape)> {
+    const NAME: &str = "mixup-kernels-soft-targets";
+    let dev = s.device().clone();
+    let m = mixer(&dev)?;
+    let plan = upload(&m, &op.plan)?;
+    let labels = s.as_cuda_slice::<u32>()?.slice(range(l, NAME)?);
+    let n = labels.len() * op.spec.num_classes;
+    macro_rules! run {
+        ($t:ty) => {{
+            // SAFETY: the kernel writes all `n` elements.
+            let mut out = unsafe { dev.alloc::<$t>(n)? };
+            m.soft_targets(&plan, &labels, &op.spec, &mut out.as_view_mut())?;
+            wrap(out, &dev)
+        }};
+    }
+    let out = match op.dtype {
+        DType::F32 => run!(f32),
+        DType::F16 => run!(f16),
+        DType::BF16 => run!(bf16),
+        other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
+    };
+    Ok((out, Shape::from((labels.len(), op.spec.num_classes))))
+}
+
+pub(super) fn mixup_ce_fwd(
+    op: &MixupCeOp,
+    s1: &CudaStorage,
+    l1: &CLayout,
+    s2: &CudaStorage,
+    l2: &CLayout,
+) -> Result<(CudaStorage, Shape)> {
+    const NAME: &str = "mixup-kernels-mixup-ce";
+    let dev = s1.device().clone();
+    let m = mixer(&dev)?;
+    let plan = upload(&m, &op.plan)?;
+    let labels = s2.as_cuda_slice::<u32>()?.slice(range(l2, NAME)?);
+    let r = range(l1, NAME)?;
+    let b = op.plan.len();
+    let mut loss = dev.alloc_zeros::<f32>(1)?;
+    let mut losses = match op.spec.reduction {
+        Reduction::None => Some(dev.alloc_zeros::<f32>(b)?),
+        Reduction::Mean | Reduction::Sum => None,
+    };
+    macro_rules! run {
+        ($t:ty) => {{
+            let z = s1.as_cuda_slice::<$t>()?.slice(r.clone());
+            let mut per = losses.as_mut().map(|l| l.as_view_mut());
+            if op.want_grad {
+                // SAFETY: the kernel writes every gradient element.
+                let mut g = unsafe { dev.alloc::<$t>(r.len())? };
+                m.mixup_ce(
+                    &plan,
+                    &op.spec,
+                    &z,
+                    &labels,
+                    DeviceUpstream::Scalar(1.0),
+                    &mut loss.as_view_mut(),
+                    per.as_mut(),
+                    &mut g.as_view_mut(),
+                )?;
+                let shape = (b, op.spec.targets.num_classes);
+                let g = Storage::Cuda(wrap(g, &dev));
+                op.keep_grad(Tensor::from_storage(g, shape, BackpropOp::none(), false));
+            } else {
+                m.mixup_ce_forward(
+                    &plan,
+                    &op.spec,
+                    &z,
+                    &labels,
+                    &mut loss.as_view_mut(),
+                    per.as_mut(),
+                )?;
+            }
+        }};
+    }
+    match s1.dtype() {
+        DType::F32 => run!(f32),
+        DType::F16 => run!(f16),
+        DType::BF16 => run!(bf16),
+        other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
+    }
+    let out = losses.unwrap_or(loss);
+    Ok((wrap(out, &dev), op.out_shape()))
+}
+
+pub(super) fn mixup_ce_grad(
+    ce: &MixupCeOp,
+    s1: &CudaStorage,
+    l1: &CLayout,
+    s2: &CudaStorage,
+    l2: &CLayout,
+    s3: &CudaStorage,
+    l3: &CLayout,
+) -> Result<(CudaStorage, Shape)> {
+    const NAME: &str = "mixup-kernels-mixup-ce-grad";
+    let dev = s1.device().clone();
+    let m = mixer(&dev)?;
+    let plan = upload(&m, &ce.plan)?;
+    let labels = s2.as_cuda_slice::<u32>()?.slice(range(l2, NAME)?);
+    let up = s3.as_cuda_slice::<f32>()?.slice(range(l3, NAME)?);
+    let upstream = match ce.spec.reduction {
+        Reduction::None => DeviceUpstream::PerSample(up),
+        Reduction::Mean | Reduction::Sum => DeviceUpstream::Device(up),
+    };
+    let r = range(l1, NAME)?;
+    let mut loss = dev.alloc_zeros::<f32>(1)?;
+    macro_rules! run {
+        ($t:ty) => {{
+            let z = s1.as_cuda_slice::<$t>()?.slice(r.clone());
+            // SAFETY: the kernel writes every gradient element.
+            let mut g = unsafe { dev.alloc::<$t>(r.len())? };
+            m.mixup_ce(
+                &plan,
+                &ce.spec,
+                &z,
+                &labels,
+                upstream,
+                &mut loss.as_view_mut(),
+                None,
+                &mut g.as_view_mut(),
+            )?;
+            wrap(g, &dev)
+        }};
+    }
+    let out = match s1.dtype() {
+        DType::F32 => run!(f32),
+        DType::F16 => run!(f16),
+        DType::BF16 => run!(bf16),
+        other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
+    };
+    Ok((out, l1.shape().clone()))
+}

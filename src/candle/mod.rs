@@ -1,0 +1,752 @@
+//! candle integration (feature `candle`): mix `candle_core::Tensor` batches with a
+//! [`MixPlan`], build soft targets, and train with the fused mixup cross-entropy as a candle op
+//! whose backward pass hands `loss.backward()` the logits' gradient computed in the same pass as
+//! the loss.
+//!
+//! Tensors on the CPU run the crate's `cpu` path. With the `candle-cuda` feature, tensors on a
+//! CUDA device run the crate's CUDA kernels on the device's own stream, without a copy (candle
+//! 0.11 and this crate share `cudarc` 0.19 and `half` 2).
+//!
+//! A training step, in a few lines:
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor, Var};
+//! use mixup_kernels::candle::{mix_images, mixup_cross_entropy, ImageLayout};
+//! use mixup_kernels::{CeSpec, MixConfig, Reduction, Sampler};
+//!
+//! # fn main() -> candle_core::Result<()> {
+//! let dev = Device::Cpu;
+//! let (batch, classes) = (4, 10);
+//! let images = Tensor::rand(0f32, 1., (batch, 1, 8, 8), &dev)?;   // NCHW
+//! let labels = Tensor::new(&[3u32, 8, 1, 3], &dev)?;
+//! let weights = Var::zeros((64, classes), DType::F32, &dev)?;     // a linear "model"
+//!
+//! let sampler = Sampler::new(MixConfig::fastai_v2_mixup(classes), 0)?;
+//! let step = 0;
+//! let plan = sampler.plan(0, step, batch, (8, 8))?;               // who mixes with whom, λ
+//! let x = mix_images(&plan, &images, ImageLayout::Nchw)?;          // mixed inputs
+//! let logits = x.flatten_from(1)?.matmul(weights.as_tensor())?;
+//! let spec = CeSpec::new(classes, 0.0, Reduction::Mean);
+//! let loss = mixup_cross_entropy(&logits, &labels, &plan, &spec)?; // vs. the mixed targets
+//! let grads = loss.backward()?;                                    // fused gradient
+//! assert!(grads.get(&weights).is_some());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Errors are candle's own: shapes, ranks, dtypes and devices that do not fit give the matching
+//! [`candle_core::Error`] variant; problems the crate detects (a plan for another batch, labels
+//! out of range, bad λ...) are a [`MixError`] wrapped with [`candle_core::Error::wrap`], so the
+//! message names the problem. `?` converts a [`MixError`] into a candle error (there is a
+//! `From` impl), so `sampler.plan(...)?` works inside a function that returns
+//! `candle_core::Result`. No function here panics on user input.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Error, Layout as CLayout, Result,
+    Shape, Tensor,
+};
+
+use crate::config::TargetSpec;
+use crate::dtype::{Element, FloatElement};
+use crate::error::MixError;
+use crate::plan::MixPlan;
+use crate::spec::{CeSpec, Layout, Reduction, Upstream};
+
+#[cfg(feature = "candle-cuda")]
+mod cuda;
+
+impl From<MixError> for Error {
+    /// Wraps the crate's error (its message is kept) and captures a backtrace when
+    /// `RUST_BACKTRACE` asks for one, as [`Error::wrap`] does.
+    fn from(e: MixError) -> Self {
+        Error::wrap(e)
+    }
+}
+
+/// How an image batch tensor is laid out: `[B, C, H, W]` or `[B, H, W, C]`.
+///
+/// ```
+/// use mixup_kernels::candle::ImageLayout;
+/// assert_eq!(ImageLayout::Nchw.hw(&[2, 3, 32, 24]), (32, 24));
+/// assert_eq!(ImageLayout::Nhwc.hw(&[2, 32, 24, 3]), (32, 24));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ImageLayout {
+    /// `[batch, channels, height, width]` (PyTorch's and candle-nn's convolutions).
+    Nchw,
+    /// `[batch, height, width, channels]` (channels-last).
+    Nhwc,
+}
+
+impl ImageLayout {
+    /// `(height, width)` of a rank-4 shape in this layout (`(0, 0)` for any other rank).
+    pub fn hw(self, dims: &[usize]) -> (usize, usize) {
+        match (self, dims) {
+            (ImageLayout::Nchw, &[_, _, h, w]) | (ImageLayout::Nhwc, &[_, h, w, _]) => (h, w),
+            _ => (0, 0),
+        }
+    }
+
+    /// The crate's per-sample [`Layout`] of a rank-4 shape.
+    fn layout(self, dims: &[usize]) -> Layout {
+        match (self, dims) {
+            (ImageLayout::Nchw, &[_, c, h, w]) => Layout::Nchw {
+                channels: c,
+                height: h,
+                width: w,
+            },
+            (ImageLayout::Nhwc, &[_, h, w, c]) => Layout::Nhwc {
+                height: h,
+                width: w,
+                channels: c,
+            },
+            _ => Layout::Rows(0),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public functions
+// ---------------------------------------------------------------------------------------------
+
+/// Mixes a batch of images: MixUp samples become `λ x_i + (1-λ) x_partner(i)`, CutMix samples
+/// take the partner's pixels inside their box (see [`MixPlan`]). Returns a new tensor of the
+/// same shape, dtype and device; `images` is left as it is.
+///
+/// `images` is rank 4 in `layout`, of dtype f32, f16, bf16 or u8 (u8 rounds half to even, as
+/// timm's collate path does). A non-contiguous tensor is made contiguous first (a copy). The
+/// result does not track gradients: mixing is a data-side operation.
+///
+/// Errors: rank other than 4 ([`Error::UnexpectedNumberOfDims`]), another dtype
+/// ([`Error::UnsupportedDTypeForOp`]), a plan for another batch or another image size
+/// ([`MixError`], wrapped).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use mixup_kernels::candle::{mix_images, ImageLayout};
+/// use mixup_kernels::MixPlan;
+/// # fn main() -> candle_core::Result<()> {
+/// // Two 1x1x2 "images"; sample 0 keeps 70% of itself and takes 30% of sample 1, and back.
+/// let x = Tensor::new(&[[[[0f32, 10.]]], [[[20., 30.]]]], &Device::Cpu)?;
+/// let plan = MixPlan::from_parts(&[1, 0], &[0.7, 0.7])?;
+/// let y = mix_images(&plan, &x, ImageLayout::Nchw)?;
+/// assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, [6., 16., 14., 24.]);
+/// # Ok(())
+/// # }
+/// ```
+pub fn mix_images(plan: &MixPlan, images: &Tensor, layout: ImageLayout) -> Result<Tensor> {
+    const OP: &str = "mixup_kernels::mix_images";
+    let dims = images.dims();
+    if dims.len() != 4 {
+        return Err(Error::UnexpectedNumberOfDims {
+            expected: 4,
+            got: dims.len(),
+            shape: images.shape().clone(),
+        }
+        .bt());
+    }
+    check_dtype(
+        images.dtype(),
+        &[DType::F32, DType::F16, DType::BF16, DType::U8],
+        OP,
+    )?;
+    plan.check_batch(dims[0])?;
+    let op = MixOp {
+        plan: plan.clone(),
+        layout: layout.layout(dims),
+    };
+    op.check(images.elem_count())?;
+    images.contiguous()?.apply_op1_no_bwd(&op)
+}
+
+/// Mixes rows: `[B, ...]` (any rank ≥ 1) becomes `λ_i x_i + (1-λ_i) x_partner(i)` for every
+/// sample, CutMix samples included (their λ is the kept area). Use it for already-soft targets,
+/// features or embeddings; images take [`mix_images`].
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use mixup_kernels::candle::mix_rows;
+/// use mixup_kernels::MixPlan;
+/// # fn main() -> candle_core::Result<()> {
+/// let soft = Tensor::new(&[[1f32, 0.], [0., 1.]], &Device::Cpu)?;
+/// let plan = MixPlan::from_parts(&[1, 0], &[0.75, 0.5])?;
+/// let mixed = mix_rows(&plan, &soft)?;
+/// assert_eq!(mixed.to_vec2::<f32>()?, [[0.75, 0.25], [0.5, 0.5]]);
+/// # Ok(())
+/// # }
+/// ```
+pub fn mix_rows(plan: &MixPlan, x: &Tensor) -> Result<Tensor> {
+    const OP: &str = "mixup_kernels::mix_rows";
+    let dims = x.dims();
+    if dims.is_empty() {
+        return Err(Error::UnexpectedNumberOfDims {
+            expected: 1,
+            got: 0,
+            shape: x.shape().clone(),
+        }
+        .bt());
+    }
+    check_dtype(
+        x.dtype(),
+        &[DType::F32, DType::F16, DType::BF16, DType::U8],
+        OP,
+    )?;
+    let op = MixOp {
+        plan: plan.clone(),
+        layout: Layout::Rows(dims[1..].iter().product()),
+    };
+    plan.check_batch(dims[0])?;
+    op.check(x.elem_count())?;
+    x.contiguous()?.apply_op1_no_bwd(&op)
+}
+
+/// Soft targets `[B, C]` of `dtype` (f32, f16 or bf16) on the labels' device:
+/// `t_ic = (1-ε)(λ_i [c = y_i] + (1-λ_i) [c = y_partner(i)]) + ε/C`, the weights adding up when
+/// a sample and its partner share a class.
+///
+/// The loss never needs them ([`mixup_cross_entropy`] works from the labels); they are here for
+/// users who combine targets with their own loss. `labels` is `[B]`, u32, i64 or u8 (see
+/// [`mixup_cross_entropy`] for the label rules).
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use mixup_kernels::candle::soft_targets;
+/// use mixup_kernels::{MixPlan, TargetSpec};
+/// # fn main() -> candle_core::Result<()> {
+/// let labels = Tensor::new(&[0u32, 2], &Device::Cpu)?;
+/// let plan = MixPlan::from_parts(&[1, 0], &[0.7, 0.7])?;
+/// let t = soft_targets(&plan, &labels, &TargetSpec::new(3, 0.0)?, DType::F32)?;
+/// let t = t.to_vec2::<f32>()?;
+/// assert!((t[0][0] - 0.7).abs() < 1e-6 && (t[0][2] - 0.3).abs() < 1e-6); // "70% 0, 30% 2"
+/// # Ok(())
+/// # }
+/// ```
+pub fn soft_targets(
+    plan: &MixPlan,
+    labels: &Tensor,
+    spec: &TargetSpec,
+    dtype: DType,
+) -> Result<Tensor> {
+    const OP: &str = "mixup_kernels::soft_targets";
+    check_dtype(dtype, &[DType::F32, DType::F16, DType::BF16], OP)?;
+    spec.validate()?;
+    check_labels_tensor(labels, plan, OP)?;
+    let op = SoftTargetsOp {
+        plan: plan.clone(),
+        spec: *spec,
+        dtype,
+    };
+    device_labels(labels)?.apply_op1_no_bwd(&op)
+}
+
+/// Mixup cross-entropy of `logits` (`[B, C]`) against the plan's soft targets, as a candle op:
+/// the loss in the logits' dtype (a scalar for [`Reduction::Mean`] and [`Reduction::Sum`], the
+/// `[B]` per-sample losses for [`Reduction::None`]), and a backward pass that hands
+/// `loss.backward()` the gradient `(softmax(z) - t) · scale` computed in the same pass as the
+/// loss. The soft target never exists in memory.
+///
+/// Per row: `L = lse(z) - (1-ε)(λ z_a + (1-λ) z_b) - (ε/C) Σ_c z_c` with `a` the sample's label,
+/// `b` its partner's, `λ` its weight and `ε` the smoothing of `spec`; f32 arithmetic whatever the
+/// storage type.
+///
+/// - `labels`: `[B]` on the logits' device, u32, i64 or u8. On the CPU, i64 (candle-nn's habit)
+///   is checked: a negative label is an error, not a wrap-around, and labels `≥ C` are an error
+///   before any work. On a GPU, labels are converted to u32 and a label out of range is counted
+///   by the kernel (never read through) and reported by the backward pass or by
+///   [`check_device_labels`].
+/// - The loss is computed in f32 and returned in the logits' dtype (candle's `to_dtype`, so the
+///   upstream gradient reaches the op in f32).
+/// - The gradient is computed during the forward pass for an upstream gradient of 1 and kept
+///   with the op; `backward()` returns it as it is when the upstream is 1 (a plain
+///   `loss.backward()`), and otherwise recomputes it in one fused pass with the real upstream,
+///   so every element is rounded once. When `logits` does not track gradients (evaluation), no
+///   gradient is computed at all.
+/// - Gradients flow to `logits` only (labels are integers; the plan is data).
+///
+/// ```
+/// use candle_core::{Device, Tensor, Var};
+/// use mixup_kernels::candle::mixup_cross_entropy;
+/// use mixup_kernels::{CeSpec, MixPlan, Reduction};
+/// # fn main() -> candle_core::Result<()> {
+/// let logits = Var::new(&[[2f32, 0., 0.], [0., 1., 0.]], &Device::Cpu)?;
+/// let labels = Tensor::new(&[0u32, 1], &Device::Cpu)?;
+/// let plan = MixPlan::identity(2)?; // no mixing: plain cross-entropy
+/// let spec = CeSpec::new(3, 0.0, Reduction::Mean);
+/// let loss = mixup_cross_entropy(logits.as_tensor(), &labels, &plan, &spec)?;
+/// let expected = candle_nn::loss::cross_entropy(logits.as_tensor(), &labels)?;
+/// assert!((loss.to_scalar::<f32>()? - expected.to_scalar::<f32>()?).abs() < 1e-6);
+/// let grad = loss.backward()?.remove(logits.as_tensor()).unwrap();
+/// assert_eq!(grad.dims(), [2, 3]);
+/// # Ok(())
+/// # }
+/// ```
+pub fn mixup_cross_entropy(
+    logits: &Tensor,
+    labels: &Tensor,
+    plan: &MixPlan,
+    spec: &CeSpec,
+) -> Result<Tensor> {
+    const OP: &str = "mixup_kernels::mixup_cross_entropy";
+    let dims = logits.dims();
+    if dims.len() != 2 {
+        return Err(Error::UnexpectedNumberOfDims {
+            expected: 2,
+            got: dims.len(),
+            shape: logits.shape().clone(),
+        }
+        .bt());
+    }
+    check_dtype(logits.dtype(), &[DType::F32, DType::F16, DType::BF16], OP)?;
+    spec.targets.validate()?;
+    let (b, c) = (dims[0], dims[1]);
+    if c != spec.targets.num_classes {
+        return Err(Error::UnexpectedShape {
+            msg: format!(
+                "{OP}: logits must be [batch, num_classes] with num_classes = {}",
+                spec.targets.num_classes
+            ),
+            expected: Shape::from((b, spec.targets.num_classes)),
+            got: logits.shape().clone(),
+        }
+        .bt());
+    }
+    plan.check_batch(b)?;
+    check_labels_tensor(labels, plan, OP)?;
+    same_device(logits, labels, OP)?;
+    crate::spec::check_ce(plan, spec, logits.elem_count(), &Upstream::Scalar(1.0))?;
+
+    let logits = logits.contiguous()?;
+    let labels = device_labels(labels)?;
+    let op = MixupCeOp {
+        plan: plan.clone(),
+        spec: *spec,
+        want_grad: logits.track_op(),
+        grad: Mutex::new(None),
+    };
+    let loss = if op.want_grad {
+        logits.apply_op2_arc(&labels, Arc::new(Box::new(op)))?
+    } else {
+        logits.apply_op2_no_bwd(&labels, &op)?
+    };
+    // f32 inside (the loss is accumulated in f32); the caller gets the logits' dtype, and
+    // candle's `to_dtype` hands the upstream gradient back to the op as f32.
+    loss.to_dtype(logits.dtype())
+}
+
+/// Reports labels that the CUDA kernels found outside `0..num_classes` on `device` since the last
+/// check, as an error ([`MixError::DeviceLabelOutOfRange`], wrapped); waits for the device's
+/// stream. The backward pass of [`mixup_cross_entropy`] checks on its own; call this after
+/// forward-only use (evaluation) on a GPU. A no-op on the CPU, where labels are checked before
+/// any work, and in builds without `candle-cuda`.
+///
+/// ```
+/// use candle_core::Device;
+/// mixup_kernels::candle::check_device_labels(&Device::Cpu).unwrap();
+/// ```
+pub fn check_device_labels(device: &Device) -> Result<()> {
+    #[cfg(feature = "candle-cuda")]
+    cuda::check_labels(device)?;
+    let _ = device;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks
+// ---------------------------------------------------------------------------------------------
+
+fn check_dtype(got: DType, allowed: &[DType], op: &'static str) -> Result<()> {
+    if allowed.contains(&got) {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedDTypeForOp(got, op).bt())
+    }
+}
+
+fn same_device(a: &Tensor, b: &Tensor, op: &'static str) -> Result<()> {
+    if a.device().same_device(b.device()) {
+        Ok(())
+    } else {
+        Err(Error::DeviceMismatchBinaryOp {
+            lhs: a.device().location(),
+            rhs: b.device().location(),
+            op,
+        }
+        .bt())
+    }
+}
+
+fn check_labels_tensor(labels: &Tensor, plan: &MixPlan, op: &'static str) -> Result<()> {
+    if labels.rank() != 1 {
+        return Err(Error::UnexpectedNumberOfDims {
+            expected: 1,
+            got: labels.rank(),
+            shape: labels.shape().clone(),
+        }
+        .bt());
+    }
+    check_dtype(labels.dtype(), &[DType::U32, DType::I64, DType::U8], op)?;
+    plan.check_batch(labels.dims()[0])?;
+    Ok(())
+}
+
+/// Labels ready for an op: contiguous, and u32 on a GPU (the kernels read u32; a negative i64
+/// wraps to a huge value there, which the kernel counts as out of range). On the host, i64 and
+/// u8 are converted and checked inside the op.
+fn device_labels(labels: &Tensor) -> Result<Tensor> {
+    if labels.device().is_cpu() || labels.dtype() == DType::U32 {
+        labels.contiguous()
+    } else {
+        labels.to_dtype(DType::U32)
+    }
+}
+
+/// The contiguous part of a storage vector that a layout covers.
+fn contiguous<'a, T>(v: &'a [T], l: &CLayout, op: &'static str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((start, end)) if end <= v.len() => Ok(&v[start..end]),
+        _ => Err(Error::RequiresContiguous { op }.bt()),
+    }
+}
+
+/// Host labels as u32: borrowed when they already are, converted (and checked) otherwise.
+fn host_labels<'a>(s: &'a CpuStorage, l: &CLayout, op: &'static str) -> Result<Cow<'a, [u32]>> {
+    Ok(match s {
+        CpuStorage::U32(v) => Cow::Borrowed(contiguous(v, l, op)?),
+        CpuStorage::U8(v) => Cow::Owned(
+            contiguous(v, l, op)?
+                .iter()
+                .map(|&x| u32::from(x))
+                .collect(),
+        ),
+        CpuStorage::I64(v) => Cow::Owned(labels_from_i64(contiguous(v, l, op)?)?),
+        other => return Err(Error::UnsupportedDTypeForOp(other.dtype(), op).bt()),
+    })
+}
+
+/// Converts i64 labels, rejecting negatives (and values past u32, which no class count reaches)
+/// instead of wrapping them.
+fn labels_from_i64(v: &[i64]) -> Result<Vec<u32>> {
+    v.iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            u32::try_from(x).map_err(|_| {
+                Error::from(MixError::InvalidArgument {
+                    what: "labels",
+                    reason: format!("label {x} of sample {i} is not a class index"),
+                })
+            })
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ops
+// ---------------------------------------------------------------------------------------------
+
+/// Out-of-place mixing of a contiguous batch.
+pub(crate) struct MixOp {
+    pub(crate) plan: MixPlan,
+    pub(crate) layout: Layout,
+}
+
+impl MixOp {
+    /// The crate's shared checks, before any work is launched.
+    fn check(&self, len: usize) -> Result<()> {
+        crate::spec::check_mix(&self.plan, &self.layout, len, "images")?;
+        Ok(())
+    }
+}
+
+fn mix_vec<T: Element>(op: &MixOp, x: &[T]) -> Result<Vec<T>> {
+    let mut out = vec![T::default(); x.len()];
+    crate::cpu::mix(&op.plan, &op.layout, x, &mut out)?;
+    Ok(out)
+}
+
+impl CustomOp1 for MixOp {
+    fn name(&self) -> &'static str {
+        "mixup-kernels-mix"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &CLayout) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(mix_vec(self, contiguous(v, l, name)?)?),
+            CpuStorage::F16(v) => CpuStorage::F16(mix_vec(self, contiguous(v, l, name)?)?),
+            CpuStorage::BF16(v) => CpuStorage::BF16(mix_vec(self, contiguous(v, l, name)?)?),
+            CpuStorage::U8(v) => CpuStorage::U8(mix_vec(self, contiguous(v, l, name)?)?),
+            other => return Err(Error::UnsupportedDTypeForOp(other.dtype(), name).bt()),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &CLayout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::mix(self, s, l)
+    }
+}
+
+/// Soft targets from labels.
+pub(crate) struct SoftTargetsOp {
+    pub(crate) plan: MixPlan,
+    pub(crate) spec: TargetSpec,
+    pub(crate) dtype: DType,
+}
+
+fn targets_vec<T: FloatElement>(op: &SoftTargetsOp, labels: &[u32]) -> Result<Vec<T>> {
+    let n = labels
+        .len()
+        .checked_mul(op.spec.num_classes)
+        .ok_or(MixError::SizeOverflow {
+            what: "batch × num_classes",
+        })?;
+    let mut out = vec![T::default(); n];
+    crate::cpu::soft_targets(&op.plan, labels, &op.spec, &mut out)?;
+    Ok(out)
+}
+
+impl CustomOp1 for SoftTargetsOp {
+    fn name(&self) -> &'static str {
+        "mixup-kernels-soft-targets"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &CLayout) -> Result<(CpuStorage, Shape)> {
+        let labels = host_labels(s, l, self.name())?;
+        let out = match self.dtype {
+            DType::F32 => CpuStorage::F32(targets_vec(self, &labels)?),
+            DType::F16 => CpuStorage::F16(targets_vec(self, &labels)?),
+            DType::BF16 => CpuStorage::BF16(targets_vec(self, &labels)?),
+            other => return Err(Error::UnsupportedDTypeForOp(other, self.name()).bt()),
+        };
+        Ok((out, Shape::from((labels.len(), self.spec.num_classes))))
+    }
+
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &CLayout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::soft_targets(self, s, l)
+    }
+}
+
+/// The fused mixup cross-entropy. Its output is f32 (the public function converts it to the
+/// logits' dtype, so candle's own `to_dtype` carries the upstream gradient back as f32). The
+/// forward pass computes the loss and, when the logits track gradients, the gradient for an
+/// upstream of 1 in the same pass, kept in `grad` until the backward pass asks for it.
+pub(crate) struct MixupCeOp {
+    pub(crate) plan: MixPlan,
+    pub(crate) spec: CeSpec,
+    pub(crate) want_grad: bool,
+    grad: Mutex<Option<Tensor>>,
+}
+
+impl MixupCeOp {
+    /// The output shape: a scalar, or `[B]` per-sample losses for `Reduction::None`.
+    pub(crate) fn out_shape(&self) -> Shape {
+        match self.spec.reduction {
+            Reduction::None => Shape::from(self.plan.len()),
+            Reduction::Mean | Reduction::Sum => Shape::from(()),
+        }
+    }
+
+    pub(crate) fn keep_grad(&self, grad: Tensor) {
+        // A poisoned lock only means another thread panicked mid-store; the value is still a
+        // whole tensor or None, so take the guard either way.
+        *self.grad.lock().unwrap_or_else(|p| p.into_inner()) = Some(grad);
+    }
+
+    fn take_grad(&self) -> Option<Tensor> {
+        self.grad.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Loss (and the gradient for `upstream` when `grad` is given) on host slices; returns the
+/// output values: the reduced loss, or per-sample losses.
+fn ce_host<T: FloatElement>(
+    plan: &MixPlan,
+    spec: &CeSpec,
+    logits: &[T],
+    labels: &[u32],
+    upstream: Upstream<'_>,
+    grad: Option<&mut [T]>,
+) -> Result<Vec<f32>> {
+    let mut losses = vec![0f32; plan.len()];
+    let per_sample = spec.reduction == Reduction::None;
+    let loss_out = per_sample.then_some(losses.as_mut_slice());
+    let loss = match grad {
+        Some(g) => crate::cpu::mixup_ce(plan, spec, logits, labels, upstream, loss_out, g)?,
+        None => crate::cpu::mixup_ce_forward(plan, spec, logits, labels, loss_out)?,
+    };
+    Ok(if per_sample { losses } else { vec![loss] })
+}
+
+fn ce_fwd_cpu<T: FloatElement + candle_core::WithDType>(
+    op: &MixupCeOp,
+    logits: &[T],
+    labels: &[u32],
+) -> Result<CpuStorage> {
+    let (plan, spec) = (&op.plan, &op.spec);
+    let values = if op.want_grad {
+        let mut grad = vec![T::default(); logits.len()];
+        let v = ce_host(
+            plan,
+            spec,
+            logits,
+            labels,
+            Upstream::Scalar(1.0),
+            Some(&mut grad),
+        )?;
+        let shape = (plan.len(), spec.targets.num_classes);
+        op.keep_grad(Tensor::from_vec(grad, shape, &Device::Cpu)?);
+        v
+    } else {
+        ce_host(plan, spec, logits, labels, Upstream::Scalar(1.0), None)?
+    };
+    Ok(CpuStorage::F32(values))
+}
+
+impl CustomOp2 for MixupCeOp {
+    fn name(&self) -> &'static str {
+        "mixup-kernels-mixup-ce"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &CLayout,
+        s2: &CpuStorage,
+        l2: &CLayout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let labels = host_labels(s2, l2, name)?;
+        let out = match s1 {
+            CpuStorage::F32(v) => ce_fwd_cpu(self, contiguous(v, l1, name)?, &labels)?,
+            CpuStorage::F16(v) => ce_fwd_cpu(self, contiguous(v, l1, name)?, &labels)?,
+            CpuStorage::BF16(v) => ce_fwd_cpu(self, contiguous(v, l1, name)?, &labels)?,
+            other => return Err(Error::UnsupportedDTypeForOp(other.dtype(), name).bt()),
+        };
+        Ok((out, self.out_shape()))
+    }
+
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &CLayout,
+        s2: &candle_core::CudaStorage,
+        l2: &CLayout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::mixup_ce_fwd(self, s1, l1, s2, l2)
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // The upstream gradient has the output's shape (one value, or one per sample) and is
+        // f32. Reading it to the host costs nothing next to the B×C gradient on the CPU; on a
+        // GPU it waits for the stream once per step (as the loss is usually read for logging
+        // anyway), like Liger-Kernel's `grad_output == 1` test.
+        let up: Vec<f32> = grad_res.flatten_all()?.to_vec1()?;
+        #[cfg(feature = "candle-cuda")]
+        cuda::check_labels(logits.device())?;
+        let kept = self.take_grad();
+        if let Some(g) = kept.filter(|_| up.iter().all(|&u| u == 1.0)) {
+            return Ok((Some(g), None));
+        }
+        // Any other upstream (a weighted loss, a sum of losses...): one more fused pass with the
+        // real upstream, so each element is still rounded once, as the reference defines.
+        let upstream = match self.spec.reduction {
+            Reduction::None => Upstream::PerSample(&up),
+            Reduction::Mean | Reduction::Sum => {
+                Upstream::Scalar(up.first().copied().unwrap_or(1.0))
+            }
+        };
+        crate::spec::check_ce(&self.plan, &self.spec, logits.elem_count(), &upstream)?;
+        let grad_op = CeGradOp { ce: self };
+        let g = logits.detach().contiguous()?.apply_op3_no_bwd(
+            &labels.contiguous()?,
+            &grad_res.detach().flatten_all()?.contiguous()?,
+            &grad_op,
+        )?;
+        Ok((Some(g), None))
+    }
+}
+
+/// The gradient alone for the upstream gradient given as the third argument (f32, one value or
+/// one per sample): the backward pass when that upstream is not 1.
+pub(crate) struct CeGradOp<'a> {
+    pub(crate) ce: &'a MixupCeOp,
+}
+
+fn ce_grad_cpu<T: FloatElement + candle_core::WithDType>(
+    op: &CeGradOp<'_>,
+    logits: &[T],
+    labels: &[u32],
+    up: &[f32],
+) -> Result<CpuStorage> {
+    let (plan, spec) = (&op.ce.plan, &op.ce.spec);
+    let upstream = match spec.reduction {
+        Reduction::None => Upstream::PerSample(up),
+        Reduction::Mean | Reduction::Sum => Upstream::Scalar(up.first().copied().unwrap_or(1.0)),
+    };
+    let mut grad = vec![T::default(); logits.len()];
+    ce_host(plan, spec, logits, labels, upstream, Some(&mut grad))?;
+    Ok(T::to_cpu_storage_owned(grad))
+}
+
+impl CustomOp3 for CeGradOp<'_> {
+    fn name(&self) -> &'static str {
+        "mixup-kernels-mixup-ce-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &CLayout,
+        s2: &CpuStorage,
+        l2: &CLayout,
+        s3: &CpuStorage,
+        l3: &CLayout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let labels = host_labels(s2, l2, name)?;
+        let up = match s3 {
+            CpuStorage::F32(v) => contiguous(v, l3, name)?,
+            other => return Err(Error::UnsupportedDTypeForOp(other.dtype(), name).bt()),
+        };
+        let out = match s1 {
+            CpuStorage::F32(v) => ce_grad_cpu(self, contiguous(v, l1, name)?, &labels, up)?,
+            CpuStorage::F16(v) => ce_grad_cpu(self, contiguous(v, l1, name)?, &labels, up)?,
+            CpuStorage::BF16(v) => ce_grad_cpu(self, contiguous(v, l1, name)?, &labels, up)?,
+            other => return Err(Error::UnsupportedDTypeForOp(other.dtype(), name).bt()),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &CLayout,
+        s2: &candle_core::CudaStorage,
+        l2: &CLayout,
+        s3: &candle_core::CudaStorage,
+        l3: &CLayout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::mixup_ce_grad(self.ce, s1, l1, s2, l2, s3, l3)
+    }
+}

@@ -1,0 +1,571 @@
+//! The candle integration against the f64 reference: the loss op's gradient through
+//! `loss.backward()` over a few training steps, mixing in both image layouts, soft targets, and
+//! the errors for inputs that do not fit (which must never panic).
+#![cfg(feature = "candle")]
+
+use candle_core::{DType, Device, Error, Tensor, Var};
+use mixup_kernels::candle::{mix_images, mix_rows, mixup_cross_entropy, soft_targets, ImageLayout};
+use mixup_kernels::{
+    reference, CeSpec, MixConfig, MixError, MixPlan, Mode, Reduction, Sampler, TargetSpec, Upstream,
+};
+
+/// `|a - e| <= abs + rel·|e|`, naming the first index that fails.
+fn assert_close(what: &str, got: &[f64], expected: &[f64], abs: f64, rel: f64) {
+    assert_eq!(got.len(), expected.len(), "{what}: lengths differ");
+    for (i, (&a, &e)) in got.iter().zip(expected).enumerate() {
+        assert!(
+            (a - e).abs() <= abs + rel * e.abs(),
+            "{what}[{i}]: got {a}, expected {e} (|diff| {:.3e} > {abs:e} + {rel:e}·|e|)",
+            (a - e).abs()
+        );
+    }
+}
+
+fn host_f64(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// The logits as the reference must see them: the stored (rounded) values, widened exactly.
+fn host_f32(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// Tolerances for a value computed in f32 and rounded once to `dtype`.
+fn tol(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F32 => (1e-6, 1e-5),
+        DType::F16 => (1e-6, 1.5e-3), // 2^-11 relative, plus one ulp of f32 slack
+        DType::BF16 => (1e-6, 1.2e-2), // 2^-8 relative, plus slack
+        _ => unreachable!(),
+    }
+}
+
+/// A deterministic pseudo-random tensor (no dependence on candle's generator).
+fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+        })
+        .collect()
+}
+
+/// Root of a candle error, past the backtrace and context wrappers.
+fn root(e: &Error) -> &Error {
+    match e {
+        Error::WithBacktrace { inner, .. } | Error::Context { inner, .. } => root(inner),
+        other => other,
+    }
+}
+
+/// Trains `logits` directly (as if they were the model) for a few SGD steps; at each step the
+/// gradient that `backward()` returns must equal the reference gradient for the stored logits.
+fn train_steps(dtype: DType, reduction: Reduction, smoothing: f32, upstream_scale: Option<f64>) {
+    let dev = Device::Cpu;
+    let (b, c) = (7, 11);
+    let labels: Vec<u32> = (0..b as u32).map(|i| (i * 5 + 3) % c as u32).collect();
+    let labels_t = Tensor::new(labels.as_slice(), &dev).unwrap();
+    let init = Tensor::from_vec(pseudo_random(b * c, 1, 4.0), (b, c), &dev)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap();
+    let logits = Var::from_tensor(&init).unwrap();
+    let sampler = Sampler::new(
+        MixConfig {
+            label_smoothing: f64::from(smoothing),
+            ..MixConfig::fastai_v2_mixup(c)
+        },
+        9,
+    )
+    .unwrap();
+    let spec = CeSpec::new(c, smoothing, reduction);
+    let (abs, rel) = tol(dtype);
+    for step in 0..4 {
+        let plan = sampler.plan(0, step, b, (1, 1)).unwrap();
+        let loss = mixup_cross_entropy(logits.as_tensor(), &labels_t, &plan, &spec).unwrap();
+        assert_eq!(loss.dtype(), dtype);
+        let z = host_f32(logits.as_tensor());
+        // What backward() starts from: the loss itself (upstream 1), or a scaled / summed loss.
+        let (root_t, upstream): (Tensor, Vec<f32>) = match (reduction, upstream_scale) {
+            (Reduction::None, None) => (loss.sum_all().unwrap(), vec![1.0; b]),
+            (Reduction::None, Some(_)) => {
+                let w: Vec<f32> = (0..b).map(|i| 0.25 + i as f32 * 0.5).collect();
+                let wt = Tensor::new(w.as_slice(), &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let w_stored = host_f32(&wt);
+                ((&loss * &wt).unwrap().sum_all().unwrap(), w_stored)
+            }
+            (_, None) => (loss.clone(), vec![1.0]),
+            (_, Some(s)) => ((&loss * s).unwrap(), vec![s as f32]),
+        };
+        let up = if reduction == Reduction::None {
+            Upstream::PerSample(&upstream)
+        } else {
+            Upstream::Scalar(upstream[0])
+        };
+        let r = reference::mixup_ce(&plan, &spec, &z, &labels, up).unwrap();
+        let grads = root_t.backward().unwrap();
+        let g = grads
+            .get(logits.as_tensor())
+            .expect("logits have a gradient");
+        assert_eq!(g.dtype(), dtype);
+        assert_eq!(g.dims(), [b, c]);
+        let what = format!(
+            "{dtype:?} {reduction:?} eps={smoothing} up={upstream_scale:?} step {step} grad"
+        );
+        assert_close(&what, &host_f64(g), &r.grad, abs, rel);
+        match reduction {
+            Reduction::None => assert_close("losses", &host_f64(&loss), &r.losses, abs * 10.0, rel),
+            _ => assert_close("loss", &host_f64(&loss), &[r.loss], abs * 10.0, rel),
+        }
+        // One SGD step so the next step sees other logits.
+        let next = (logits.as_tensor() - (g * 0.5).unwrap()).unwrap();
+        logits.set(&next).unwrap();
+    }
+}
+
+#[test]
+fn backward_matches_reference_all_dtypes_and_reductions() {
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+            for smoothing in [0.0, 0.1] {
+                train_steps(dtype, reduction, smoothing, None);
+            }
+        }
+    }
+}
+
+#[test]
+fn backward_with_an_upstream_other_than_one_recomputes_exactly() {
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+            train_steps(dtype, reduction, 0.1, Some(2.5));
+        }
+    }
+}
+
+#[test]
+fn gradient_flows_through_a_model_like_candle_nn_cross_entropy() {
+    // With no mixing and no smoothing the op is plain cross-entropy: compare the weights'
+    // gradient with candle-nn's own cross_entropy differentiated by candle.
+    let dev = Device::Cpu;
+    let (b, d, c) = (5, 6, 4);
+    let x = Tensor::from_vec(pseudo_random(b * d, 2, 1.0), (b, d), &dev).unwrap();
+    let w =
+        Var::from_tensor(&Tensor::from_vec(pseudo_random(d * c, 3, 1.0), (d, c), &dev).unwrap())
+            .unwrap();
+    let labels = Tensor::new(&[0u32, 3, 1, 1, 2], &dev).unwrap();
+    let logits = x.matmul(w.as_tensor()).unwrap();
+    let plan = MixPlan::identity(b).unwrap();
+    let ours = mixup_cross_entropy(
+        &logits,
+        &labels,
+        &plan,
+        &CeSpec::new(c, 0.0, Reduction::Mean),
+    )
+    .unwrap();
+    let theirs = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
+    assert_close("loss", &host_f64(&ours), &host_f64(&theirs), 1e-6, 1e-5);
+    let g_ours = ours.backward().unwrap().remove(w.as_tensor()).unwrap();
+    let g_theirs = theirs.backward().unwrap().remove(w.as_tensor()).unwrap();
+    assert_close("dW", &host_f64(&g_ours), &host_f64(&g_theirs), 1e-6, 1e-5);
+}
+
+#[test]
+fn i64_and_u8_labels_equal_u32_labels() {
+    let dev = Device::Cpu;
+    let logits = Tensor::from_vec(pseudo_random(4 * 3, 4, 2.0), (4, 3), &dev).unwrap();
+    let plan = MixPlan::from_parts(&[1, 0, 3, 2], &[0.7, 0.7, 0.6, 0.6]).unwrap();
+    let spec = CeSpec::new(3, 0.1, Reduction::None);
+    let u32s = Tensor::new(&[0u32, 2, 1, 1], &dev).unwrap();
+    let want = host_f64(&mixup_cross_entropy(&logits, &u32s, &plan, &spec).unwrap());
+    for labels in [
+        u32s.to_dtype(DType::I64).unwrap(),
+        u32s.to_dtype(DType::U8).unwrap(),
+    ] {
+        let got = host_f64(&mixup_cross_entropy(&logits, &labels, &plan, &spec).unwrap());
+        assert_eq!(got, want, "{:?} labels", labels.dtype());
+    }
+}
+
+#[test]
+fn evaluation_without_gradient_tracking_gives_the_same_loss() {
+    let dev = Device::Cpu;
+    let z = Tensor::from_vec(pseudo_random(6 * 5, 5, 3.0), (6, 5), &dev).unwrap();
+    let var = Var::from_tensor(&z).unwrap();
+    let labels = Tensor::new(&[0u32, 1, 2, 3, 4, 0], &dev).unwrap();
+    let plan = Sampler::new(MixConfig::timm(5), 1)
+        .unwrap()
+        .plan(0, 0, 6, (1, 1))
+        .unwrap();
+    let spec = CeSpec::new(5, 0.1, Reduction::Mean);
+    let tracked = mixup_cross_entropy(var.as_tensor(), &labels, &plan, &spec).unwrap();
+    let plain = mixup_cross_entropy(&z, &labels, &plan, &spec).unwrap();
+    assert_eq!(
+        tracked.to_scalar::<f32>().unwrap(),
+        plain.to_scalar::<f32>().unwrap()
+    );
+    let r = reference::mixup_ce(
+        &plan,
+        &spec,
+        &host_f32(&z),
+        &[0, 1, 2, 3, 4, 0],
+        Upstream::Scalar(1.0),
+    )
+    .unwrap();
+    assert_close("loss", &host_f64(&plain), &[r.loss], 1e-6, 1e-5);
+}
+
+/// An elem-mode plan with both MixUp and CutMix samples, so both code paths run in one call.
+fn mixed_plan(b: usize, h: usize, w: usize, seed: u64) -> MixPlan {
+    let cfg = MixConfig {
+        mixup_alpha: 1.0,
+        cutmix_alpha: 1.0,
+        switch_prob: 0.5,
+        mode: Mode::Elem,
+        ..MixConfig::timm(10)
+    };
+    let sampler = Sampler::new(cfg, seed).unwrap();
+    // Draw until the plan holds both kinds (the draw is deterministic, so this is too).
+    (0..64)
+        .map(|step| sampler.plan(0, step, b, (h, w)).unwrap())
+        .find(|p| p.has_cutmix() && p.samples().any(|s| s.cut.is_none() && s.lam < 1.0))
+        .expect("a plan with both MixUp and CutMix samples")
+}
+
+#[test]
+fn mix_images_matches_reference_both_layouts_all_dtypes() {
+    let dev = Device::Cpu;
+    let (b, ch, h, w) = (5, 3, 7, 6);
+    let plan = mixed_plan(b, h, w, 3);
+    for layout in [ImageLayout::Nchw, ImageLayout::Nhwc] {
+        let (shape, lay) = match layout {
+            ImageLayout::Nchw => (
+                (b, ch, h, w),
+                mixup_kernels::Layout::Nchw {
+                    channels: ch,
+                    height: h,
+                    width: w,
+                },
+            ),
+            ImageLayout::Nhwc => (
+                (b, h, w, ch),
+                mixup_kernels::Layout::Nhwc {
+                    height: h,
+                    width: w,
+                    channels: ch,
+                },
+            ),
+        };
+        for dtype in [DType::F32, DType::F16, DType::BF16, DType::U8] {
+            let raw: Vec<f32> = pseudo_random(b * ch * h * w, 6, 1.0)
+                .into_iter()
+                .map(|v| {
+                    if dtype == DType::U8 {
+                        ((v + 1.0) * 127.0).round()
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            let x = Tensor::from_vec(raw, shape, &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let y = mix_images(&plan, &x, layout).unwrap();
+            assert_eq!((y.dims(), y.dtype()), (x.dims(), dtype));
+            let stored = host_f32(&x);
+            let want = reference::mix(&plan, &lay, &stored).unwrap();
+            let (abs, rel) = match dtype {
+                DType::U8 => (0.5 + 1e-4, 0.0), // rounds to the nearest integer
+                d => tol(d),
+            };
+            assert_close(
+                &format!("{layout:?} {dtype:?}"),
+                &host_f64(&y),
+                &want,
+                abs,
+                rel,
+            );
+            // The input is left alone.
+            assert_eq!(host_f32(&x), stored);
+        }
+    }
+}
+
+#[test]
+fn mix_images_accepts_a_non_contiguous_view() {
+    let dev = Device::Cpu;
+    let plan = MixPlan::from_parts(&[1, 0], &[0.75, 0.75]).unwrap();
+    // NCHW data viewed through a transpose of the last two axes: not contiguous.
+    let x = Tensor::arange(0f32, 2. * 2. * 3., &dev)
+        .unwrap()
+        .reshape((2, 1, 2, 3))
+        .unwrap()
+        .transpose(2, 3)
+        .unwrap();
+    assert!(!x.is_contiguous());
+    let y = mix_images(&plan, &x, ImageLayout::Nchw).unwrap();
+    let want = reference::mix(
+        &plan,
+        &mixup_kernels::Layout::Nchw {
+            channels: 1,
+            height: 3,
+            width: 2,
+        },
+        &host_f32(&x),
+    )
+    .unwrap();
+    assert_close("transposed", &host_f64(&y), &want, 1e-6, 1e-6);
+}
+
+#[test]
+fn mix_rows_and_soft_targets_match_reference() {
+    let dev = Device::Cpu;
+    let plan = mixed_plan(6, 4, 4, 8);
+    let spec = TargetSpec::new(10, 0.1).unwrap();
+    let labels: Vec<u32> = vec![1, 9, 3, 3, 0, 7];
+    let lt = Tensor::new(labels.as_slice(), &dev).unwrap();
+    let want = reference::soft_targets(&plan, &labels, &spec).unwrap();
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let t = soft_targets(&plan, &lt, &spec, dtype).unwrap();
+        assert_eq!((t.dims(), t.dtype()), (&[6usize, 10][..], dtype));
+        let (abs, rel) = tol(dtype);
+        assert_close(
+            &format!("targets {dtype:?}"),
+            &host_f64(&t),
+            &want,
+            abs,
+            rel,
+        );
+    }
+    // Rows of any rank ≥ 1: [6, 2, 5] is six rows of 10.
+    let x = Tensor::from_vec(pseudo_random(60, 9, 1.0), (6, 2, 5), &dev).unwrap();
+    let y = mix_rows(&plan, &x).unwrap();
+    let want = reference::mix(&plan, &mixup_kernels::Layout::Rows(10), &host_f32(&x)).unwrap();
+    assert_close("rows", &host_f64(&y), &want, 1e-6, 1e-5);
+}
+
+/// The error of a call that must fail, checked to be the candle variant wanted.
+fn expect_err<T: std::fmt::Debug>(r: candle_core::Result<T>, what: &str) -> Error {
+    match r {
+        Ok(v) => panic!("{what}: expected an error, got {v:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn bad_inputs_give_candle_errors() {
+    let dev = Device::Cpu;
+    let plan = MixPlan::from_parts(&[1, 0], &[0.6, 0.6]).unwrap();
+    let logits = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
+    let labels = Tensor::new(&[0u32, 2], &dev).unwrap();
+    let spec = CeSpec::new(3, 0.0, Reduction::Mean);
+
+    // Rank.
+    let e = expect_err(
+        mixup_cross_entropy(&logits.flatten_all().unwrap(), &labels, &plan, &spec),
+        "rank-1 logits",
+    );
+    assert!(matches!(
+        root(&e),
+        Error::UnexpectedNumberOfDims {
+            expected: 2,
+            got: 1,
+            ..
+        }
+    ));
+    let e = expect_err(
+        mixup_cross_entropy(&logits, &labels.reshape((2, 1)).unwrap(), &plan, &spec),
+        "rank-2 labels",
+    );
+    assert!(matches!(
+        root(&e),
+        Error::UnexpectedNumberOfDims {
+            expected: 1,
+            got: 2,
+            ..
+        }
+    ));
+    let e = expect_err(
+        mix_images(&plan, &logits, ImageLayout::Nchw),
+        "rank-2 images",
+    );
+    assert!(matches!(
+        root(&e),
+        Error::UnexpectedNumberOfDims { expected: 4, .. }
+    ));
+
+    // Dtypes.
+    let e = expect_err(
+        mixup_cross_entropy(&logits.to_dtype(DType::F64).unwrap(), &labels, &plan, &spec),
+        "f64 logits",
+    );
+    assert!(matches!(
+        root(&e),
+        Error::UnsupportedDTypeForOp(DType::F64, _)
+    ));
+    let e = expect_err(
+        mixup_cross_entropy(&logits, &labels.to_dtype(DType::F32).unwrap(), &plan, &spec),
+        "f32 labels",
+    );
+    assert!(matches!(
+        root(&e),
+        Error::UnsupportedDTypeForOp(DType::F32, _)
+    ));
+    let e = expect_err(
+        soft_targets(&plan, &labels, &spec.targets, DType::U8),
+        "u8 soft targets",
+    );
+    assert!(matches!(
+        root(&e),
+        Error::UnsupportedDTypeForOp(DType::U8, _)
+    ));
+    let img64 = Tensor::zeros((2, 1, 2, 2), DType::F64, &dev).unwrap();
+    let e = expect_err(mix_images(&plan, &img64, ImageLayout::Nchw), "f64 images");
+    assert!(matches!(
+        root(&e),
+        Error::UnsupportedDTypeForOp(DType::F64, _)
+    ));
+
+    // Class count.
+    let e = expect_err(
+        mixup_cross_entropy(
+            &logits,
+            &labels,
+            &plan,
+            &CeSpec::new(4, 0.0, Reduction::Mean),
+        ),
+        "C = 4 for 3 logits",
+    );
+    assert!(matches!(root(&e), Error::UnexpectedShape { .. }), "{e}");
+
+    // Plan for another batch (logits, labels, images).
+    let plan3 = MixPlan::identity(3).unwrap();
+    for (what, r) in [
+        (
+            "logits",
+            mixup_cross_entropy(&logits, &labels, &plan3, &spec).map(|_| ()),
+        ),
+        (
+            "images",
+            mix_images(
+                &plan3,
+                &Tensor::zeros((2, 1, 2, 2), DType::F32, &dev).unwrap(),
+                ImageLayout::Nhwc,
+            )
+            .map(|_| ()),
+        ),
+        (
+            "targets",
+            soft_targets(&plan3, &labels, &spec.targets, DType::F32).map(|_| ()),
+        ),
+        ("rows", mix_rows(&plan3, &logits).map(|_| ())),
+    ] {
+        let e = expect_err(r, what);
+        let msg = e.to_string();
+        assert!(msg.contains("batch of 3"), "{what}: {msg}");
+    }
+    // Labels and logits of different batch sizes.
+    let e = expect_err(
+        mixup_cross_entropy(
+            &logits,
+            &Tensor::new(&[0u32, 1, 2], &dev).unwrap(),
+            &plan,
+            &spec,
+        ),
+        "3 labels for 2 logits",
+    );
+    assert!(e.to_string().contains("batch of 2"), "{e}");
+
+    // Labels out of range: u32 too large, i64 negative.
+    let e = expect_err(
+        mixup_cross_entropy(
+            &logits,
+            &Tensor::new(&[0u32, 3], &dev).unwrap(),
+            &plan,
+            &spec,
+        ),
+        "label 3 of 3 classes",
+    );
+    assert!(
+        e.to_string().contains(
+            &MixError::LabelOutOfRange {
+                index: 1,
+                label: 3,
+                num_classes: 3
+            }
+            .to_string()
+        ),
+        "{e}"
+    );
+    let e = expect_err(
+        mixup_cross_entropy(
+            &logits,
+            &Tensor::new(&[-1i64, 0], &dev).unwrap(),
+            &plan,
+            &spec,
+        ),
+        "label -1",
+    );
+    assert!(e.to_string().contains("label -1 of sample 0"), "{e}");
+
+    // CutMix boxes drawn for another image size.
+    let boxed = mixed_plan(2, 4, 4, 11);
+    let e = expect_err(
+        mix_images(
+            &boxed,
+            &Tensor::zeros((2, 1, 5, 4), DType::F32, &dev).unwrap(),
+            ImageLayout::Nchw,
+        ),
+        "5x4 images for 4x4 boxes",
+    );
+    assert!(e.to_string().contains("4x4"), "{e}");
+
+    // Bad smoothing in the spec.
+    let e = expect_err(
+        mixup_cross_entropy(
+            &logits,
+            &labels,
+            &plan,
+            &CeSpec::new(3, 1.0, Reduction::Mean),
+        ),
+        "smoothing 1",
+    );
+    assert!(e.to_string().contains("smoothing"), "{e}");
+
+    // The empty batch: a mean over nothing is refused, a sum is 0.
+    let empty = MixPlan::identity(0).unwrap();
+    let z0 = Tensor::zeros((0, 3), DType::F32, &dev).unwrap();
+    let l0 = Tensor::zeros(0, DType::U32, &dev).unwrap();
+    expect_err(
+        mixup_cross_entropy(&z0, &l0, &empty, &spec),
+        "mean of empty batch",
+    );
+    let s = mixup_cross_entropy(&z0, &l0, &empty, &CeSpec::new(3, 0.0, Reduction::Sum)).unwrap();
+    assert_eq!(s.to_scalar::<f32>().unwrap(), 0.0);
+
+    // `?` turns a MixError into a candle error.
+    fn via_question_mark() -> candle_core::Result<MixPlan> {
+        Ok(MixPlan::from_parts(&[0, 5], &[1.0, 1.0])?)
+    }
+    assert!(via_question_mark()
+        .unwrap_err()
+        .to_string()
+        .contains("partner 5"));
+}
