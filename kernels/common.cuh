@@ -294,13 +294,15 @@ DEV float ex2(float x) {
 
 DEV float neg_inf() { return __int_as_float(0xff800000); }
 
-// Merges two (max, sum of exp2(z - max)) pairs; an empty pair is (-inf, 0).
+// Merges two (max, sum of exp2(z - max)) pairs; an empty pair is (-inf, 0). Symmetric bit for
+// bit: two rounded products and a rounded sum (a contracted `s * e + s2 * e2` would be
+// fma(s, e, s2 * e2) on one lane of a butterfly and fma(s2, e2, s * e) on its partner).
 DEV void lse_merge(float& m, float& s, float m2, float s2) {
     const float mm = fmaxf(m, m2);
     if (mm == neg_inf()) {
         s = 0.0f;
     } else {
-        s = s * ex2(m - mm) + s2 * ex2(m2 - mm);
+        s = __fadd_rn(__fmul_rn(s, ex2(m - mm)), __fmul_rn(s2, ex2(m2 - mm)));
     }
     m = mm;
 }

@@ -331,6 +331,10 @@ DEV void ce_warp(const CeArgs& g) {
 // touch consecutive 16 bytes, so no bank conflicts). Each thread reads back only what it
 // stored, so the shared slots need no barrier, only the thread's own cp.async completion.
 
+#ifdef MIXUP_HOST_EMU
+// Host emulation (kernels/emu): the launch's dynamic shared memory, a buffer of exactly its size.
+#define ce_smem ((v16*)emu_dynamic_smem())
+#else
 extern __shared__ v16 ce_smem[];
 
 DEV u32 smem_u32(const void* p) {
@@ -338,9 +342,12 @@ DEV u32 smem_u32(const void* p) {
     asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
     return (u32)a;
 }
+#endif
 
 DEV void smem_fill(const void* src, v16* dst) {
-#if __CUDA_ARCH__ >= 800
+#if defined(MIXUP_HOST_EMU)
+    emu::cp_async_16(dst, src);  // the cp.async path: the destination is valid after smem_wait
+#elif __CUDA_ARCH__ >= 800
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_u32(dst)), "l"(src) : "memory");
 #else
     *dst = ld_v16(src);
@@ -348,7 +355,9 @@ DEV void smem_fill(const void* src, v16* dst) {
 }
 
 DEV void smem_wait() {
-#if __CUDA_ARCH__ >= 800
+#if defined(MIXUP_HOST_EMU)
+    emu::cp_async_wait_all();
+#elif __CUDA_ARCH__ >= 800
     asm volatile("cp.async.wait_all;" ::: "memory");
 #endif
 }

@@ -1,23 +1,86 @@
-//! Runs the mix and soft-target kernels on the CPU (scripts/emulate.sh: every CUDA thread in
-//! turn, under AddressSanitizer, 16-byte accesses checked for alignment) against independently
-//! written expected results. Needs a C++17 compiler with `_Float16` (g++ >= 12); without one it
-//! prints SKIPPED and passes.
+//! Runs every kernel of `kernels/*.cu` on the CPU (scripts/emulate.sh, kernels/emu): the threads
+//! of a block as fibers, so barriers, warp shuffles, shared memory, `cp.async` and the
+//! last-block-done loss reduction behave as on a GPU; under AddressSanitizer and UBSan, 16-byte
+//! accesses checked for alignment; against independently computed expected values. The fused
+//! cross-entropy kernels run with the launch configurations this crate chooses
+//! (`ce_launch`, the function the CUDA path launches with), passed to the emulator in a file.
+//!
+//! Needs a C++17 compiler with `_Float16` (g++ >= 12, clang >= 15; `CXX` picks it); without one
+//! it prints SKIPPED and passes. About a minute on 2 cores, most of it compiling.
+use std::path::Path;
 use std::process::Command;
 
+fn emulate(root: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("bash")
+        .arg(format!("{root}/scripts/emulate.sh"))
+        .args(args)
+        .output()
+        .expect("bash runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// The crate's launch for each query line `ce <classes> <elem_size> <smem_optin> <fwd> <batch>`,
+/// as the line the emulator reads back (see kernels/emu/main.cpp).
+#[cfg(feature = "cuda")]
+fn launches(queries: &str) -> String {
+    use mixup_kernels::cuda::kernels::ce_launch;
+    let mut out = String::new();
+    for line in queries.lines().filter(|l| l.starts_with("ce ")) {
+        let f: Vec<u64> = line[3..]
+            .split_whitespace()
+            .map(|v| v.parse().expect("a number"))
+            .collect();
+        assert_eq!(f.len(), 5, "query `{line}`");
+        let (kernel, group, smem_slots, cfg) =
+            ce_launch(f[0], f[1] as usize, f[2] as u32, f[3] != 0, f[4]);
+        assert_eq!((cfg.grid_dim.1, cfg.grid_dim.2), (1, 1));
+        assert_eq!((cfg.block_dim.1, cfg.block_dim.2), (1, 1));
+        out += &format!(
+            "{line} {kernel} {group} {smem_slots} {} {} {}\n",
+            cfg.grid_dim.0, cfg.block_dim.0, cfg.shared_mem_bytes
+        );
+    }
+    out
+}
+
 #[test]
-fn mix_and_soft_target_kernels_run_correctly_on_the_host() {
+fn every_kernel_runs_correctly_on_the_host() {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     if Command::new(&cxx).arg("--version").output().is_err() {
         println!("SKIPPED: no C++ compiler ({cxx}) for the kernel emulation");
         return;
     }
     let root = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new("bash")
-        .arg(format!("{root}/scripts/emulate.sh"))
-        .output()
-        .expect("bash runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "kernel emulation failed:\n{text}");
+    let (ok, text) = emulate(root, &["--queries"]);
+    assert!(ok, "building the kernel emulation failed:\n{text}");
+
+    #[cfg(feature = "cuda")]
+    let table = Some(launches(&text));
+    #[cfg(not(feature = "cuda"))]
+    let table: Option<String> = {
+        println!("note: built without `cuda`: the emulator uses its own copy of the launch rules");
+        None
+    };
+    let path = std::env::temp_dir().join(format!(
+        "mixup-kernels-ce-launches-{}.txt",
+        std::process::id()
+    ));
+    let mut args = Vec::new();
+    if let Some(t) = &table {
+        assert!(t.lines().count() > 100, "too few launches:\n{t}");
+        std::fs::write(&path, t).expect("writing the launch table");
+        args = vec!["--launches", path.to_str().expect("a UTF-8 temp path")];
+    }
+    let (ok, text) = emulate(root, &args);
+    if Path::new(&path).exists() {
+        let _ = std::fs::remove_file(&path);
+    }
+    println!("{text}");
+    assert!(ok, "kernel emulation failed:\n{text}");
     assert!(text.contains(" passed, 0 failed"), "{text}");
+    if table.is_some() {
+        assert!(text.contains(" from the crate"), "{text}");
+    }
 }

@@ -1,17 +1,39 @@
-// Host emulation of the CUDA built-ins the mix and soft-target kernels use, so their indexing
-// (slot geometry, head/tail elements, chunks, pair leaders, CutMix boxes) can be checked on a
-// machine without a GPU: every thread of every block runs one after the other (these kernels
-// never communicate inside a block), under AddressSanitizer, and every 16-byte access is
-// checked for 16-byte alignment. See kernels/emu/emulate.cpp and scripts/emulate.sh.
+// Host emulation of the CUDA built-ins the kernels use, so every kernel in kernels/*.cu can run
+// on a machine without a GPU (kernels/emu/*.cpp, scripts/emulate.sh), under AddressSanitizer
+// and UBSan, with every 16-byte access checked for 16-byte alignment.
 //
-// Not emulated: warp shuffles, barriers and shared memory (the cross-entropy kernels), and the
-// hardware's exp2/log2 approximations.
+// Execution model (engine.cpp):
+// - Blocks run one after another, in natural, reversed or shuffled order (the last-block-done
+//   reduction must give the same bits in every order).
+// - The threads of a block are cooperative fibers on their own stacks: a thread runs until it
+//   reaches a barrier or a warp shuffle, then the next ready thread runs: round robin, always
+//   the lowest or the highest ready thread (one warp runs as far ahead of the others as the
+//   barriers allow, which exposes a missing barrier or a reused buffer), or at random. `__syncthreads()` is a block barrier; a shuffle is a rendezvous of the
+//   lanes named in its mask, which exchange values through the engine. Misuse the hardware
+//   leaves undefined is reported as a failure and the launch abandoned: a thread missing from a
+//   barrier or a shuffle (deadlock), a barrier reached after a thread of the block exited, lanes
+//   of one shuffle with different masks, a lane reading from a lane outside the mask.
+// - Static `__shared__` variables are function-local statics: blocks run one at a time, so one
+//   copy is one block's. They are not cleared between blocks (GCC ignores `section` attributes
+//   on statics of function templates, so they cannot be found to be poisoned); the order
+//   permutations give stale data a chance to show. Dynamic shared memory (`extern __shared__`,
+//   hooked in the kernels under MIXUP_HOST_EMU) is a heap buffer of exactly the launch's size,
+//   filled with 0x7b bytes (a huge finite value in f32, f16 and bf16) before each block, so ASan
+//   catches any access past it and a read of a slot never filled shows in the results.
+// - `cp.async` (hooked under MIXUP_HOST_EMU) reads its 16-byte source when issued, fills the
+//   destination with 0x7b bytes and copies at the thread's `cp.async.wait_all`, so a read
+//   before the wait sees garbage; a copy never waited for is a failure.
+// - Atomics are plain read-modify-writes (one thread runs at a time).
+// - exp2 / log2 / exp / log are libm's (the device uses approximations with relative error
+//   about 2^-22: the tests' tolerances allow for that, so the same bounds hold on the device).
 #pragma once
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <string>
 
 #define MIXUP_HOST_EMU 1
 #define __device__
@@ -19,10 +41,12 @@
 #define __forceinline__ inline
 #define __noinline__
 #define __launch_bounds__(...)
+#define __shared__ static
 
 struct EmuDim {
     unsigned x, y, z;
 };
+// Set by the engine before it resumes a thread (only one runs at a time).
 inline EmuDim threadIdx, blockIdx, blockDim, gridDim;
 
 inline void emu_check_aligned(const void* p) {
@@ -52,9 +76,86 @@ inline float __int_as_float(int i) {
     std::memcpy(&f, &i, 4);
     return f;
 }
+inline int __float_as_int(float f) {
+    int i;
+    std::memcpy(&i, &f, 4);
+    return i;
+}
 inline unsigned atomicAdd(unsigned* p, unsigned v) {
     unsigned old = *p;
     *p += v;
     return old;
 }
 inline void __threadfence() {}
+
+namespace emu {
+
+// What one launch looks like (the host's grid, block and dynamic shared memory) and how the
+// engine orders it.
+struct Launch {
+    unsigned grid = 1, block = 1;
+    size_t smem = 0;      // dynamic shared memory, bytes
+    int block_order = 0;  // 0 natural, 1 reversed, 2 shuffled
+    // Which ready thread runs next: 0 round robin, 1 always the lowest (a warp runs as far
+    // ahead of the others as the barriers allow), 2 always the highest, 3 at random.
+    int thread_order = 0;
+    uint64_t seed = 1;
+};
+
+// Runs `kernel` for every thread of every block. Returns false (and prints why) if the launch
+// misused a barrier or a shuffle; the launch is then abandoned.
+bool launch(const Launch& l, const std::function<void()>& kernel);
+
+// The engine's primitives behind the built-ins below.
+void syncthreads();
+uint32_t shfl(uint32_t mask, uint32_t v, int mode, int arg, int width);
+void* dynamic_smem();
+void cp_async_16(void* dst, const void* src);
+void cp_async_wait_all();
+// Failures reported by the engine since the start (each also printed unless quiet: the
+// engine's own tests misuse barriers on purpose).
+int failures();
+void set_quiet(bool quiet);
+
+enum { SHFL_IDX = 0, SHFL_UP = 1, SHFL_DOWN = 2, SHFL_XOR = 3 };
+
+}  // namespace emu
+
+inline void __syncthreads() { emu::syncthreads(); }
+
+template <class T>
+inline T emu_shfl(unsigned mask, T v, int mode, int arg, int width) {
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "32- or 64-bit shuffles");
+    if constexpr (sizeof(T) == 4) {
+        uint32_t b;
+        std::memcpy(&b, &v, 4);
+        b = emu::shfl(mask, b, mode, arg, width);
+        std::memcpy(&v, &b, 4);
+    } else {
+        // As the CUDA headers do: two 32-bit shuffles.
+        uint32_t b[2];
+        std::memcpy(b, &v, 8);
+        b[0] = emu::shfl(mask, b[0], mode, arg, width);
+        b[1] = emu::shfl(mask, b[1], mode, arg, width);
+        std::memcpy(&v, b, 8);
+    }
+    return v;
+}
+template <class T>
+inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
+    return emu_shfl(mask, v, emu::SHFL_IDX, src, width);
+}
+template <class T>
+inline T __shfl_up_sync(unsigned mask, T v, unsigned d, int width = 32) {
+    return emu_shfl(mask, v, emu::SHFL_UP, (int)d, width);
+}
+template <class T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned d, int width = 32) {
+    return emu_shfl(mask, v, emu::SHFL_DOWN, (int)d, width);
+}
+template <class T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+    return emu_shfl(mask, v, emu::SHFL_XOR, lane_mask, width);
+}
+
+inline void* emu_dynamic_smem() { return emu::dynamic_smem(); }

@@ -95,6 +95,22 @@ impl CeStrategy {
         }
     }
 
+    /// `CeArgs::group`: lanes per row of the warp kernel (32, unused, otherwise).
+    pub(crate) fn group(&self) -> u32 {
+        match *self {
+            CeStrategy::Warp { group } => group,
+            _ => 32,
+        }
+    }
+
+    /// `CeArgs::smem_slots`: shared-memory slots per thread of the block kernel.
+    pub(crate) fn smem_slots(&self) -> u32 {
+        match *self {
+            CeStrategy::Block { smem_slots, .. } => smem_slots,
+            _ => 0,
+        }
+    }
+
     /// Grid, block and dynamic shared memory for `batch` rows.
     pub(crate) fn launch_config(&self, batch: u64) -> LaunchConfig {
         let (rows_per_block, threads, smem) = match *self {
@@ -157,6 +173,28 @@ pub(crate) fn ce_strategy(
         };
     }
     CeStrategy::Online { threads: 1024 }
+}
+
+/// The launch [`launch`] makes for `batch` rows of `classes` elements of `elem_size` bytes on a
+/// device with `smem_optin` bytes of opt-in shared memory per block: the kernel family
+/// (`ce_warp`, `ce_block`, `ce_online`), `CeArgs::group`, `CeArgs::smem_slots`, and the grid,
+/// block and dynamic shared memory. For the host emulation of the kernels
+/// (tests/kernels_emulated.rs), so that it runs exactly what the host launches.
+#[doc(hidden)]
+pub fn ce_launch(
+    classes: u64,
+    elem_size: usize,
+    smem_optin: u32,
+    forward_only: bool,
+    batch: u64,
+) -> (&'static str, u32, u32, LaunchConfig) {
+    let s = ce_strategy(classes, elem_size, smem_optin, forward_only);
+    (
+        s.kernel(),
+        s.group(),
+        s.smem_slots(),
+        s.launch_config(batch),
+    )
 }
 
 /// Upstream gradient in raw form (see [`super::raw::RawUpstream`]).
@@ -241,14 +279,8 @@ pub(crate) unsafe fn launch(
             Reduction::Sum => 1,
             Reduction::None => 2,
         },
-        group: match strategy {
-            CeStrategy::Warp { group } => group,
-            _ => 32,
-        },
-        smem_slots: match strategy {
-            CeStrategy::Block { smem_slots, .. } => smem_slots,
-            _ => 0,
-        },
+        group: strategy.group(),
+        smem_slots: strategy.smem_slots(),
     };
     let unit = unit_name(strategy.kernel(), dtype);
     let f = m.function(unit, unit)?;

@@ -63,6 +63,7 @@ pub use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewM
 #[doc(hidden)]
 pub mod kernels {
     pub use super::context::{entries_of, ALL_UNITS};
+    pub use super::mixup_ce::ce_launch;
     pub use super::nvrtc::{
         compile, defines_entry, options, supported_archs, version, Compiled, ModuleSource, Target,
         MODULES,

@@ -1,0 +1,568 @@
+// The fused mixup cross-entropy kernels (kernels/mixup_ce.cu: ce_warp, ce_block with and without
+// shared memory, ce_online) on the host, with the launch configurations the host chooses, against
+// losses and gradients computed here in f64 from /work/shared/REFERENCE.md:
+//   t_c = (1-eps)(lam [c=a] + (1-lam) [c=b]) + eps/C
+//   L   = lse - sum_c t_c z_c,  grad_c = (softmax_c - t_c) * upstream * (1/B for Mean)
+// Every dtype, forward only and forward + backward (gradient to another buffer at the same or a
+// different 16-byte offset, or in place), Mean / Sum / None, host scalar / device scalar /
+// per-sample upstream, logits views at odd offsets, huge logits, out-of-range labels, every
+// strategy boundary, and the same launch in natural, reversed and shuffled block (and thread)
+// orders, whose outputs must agree bit for bit (the reduced loss is meant to be deterministic).
+#include "check.h"
+
+#include <chrono>
+
+#include "../common.cuh"
+#define MIXUP_ALL 1
+#include "../mixup_ce.cu"
+
+namespace {
+
+constexpr double U = 0x1p-24;    // f32 unit roundoff
+constexpr double EX2 = 0x1p-22;  // relative error of one ex2.approx.ftz.f32 on the device
+
+enum Mode { FWD, GRAD, GRAD_SHIFTED, IN_PLACE };
+const char* mode_name(Mode m) {
+    switch (m) {
+        case FWD: return "forward";
+        case GRAD: return "grad";
+        case GRAD_SHIFTED: return "grad-at-other-offset";
+        default: return "in-place";
+    }
+}
+enum Data { NORMAL, HUGE, MASKED };
+
+struct Device {
+    const char* name;
+    uint32_t optin;  // CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+};
+const Device H100{"H100", 232448}, A100{"A100", 166912}, L40{"L40", 101376}, T4{"T4", 65536};
+
+struct Case {
+    uint64_t C = 1;
+    uint32_t B = 1;
+    Device dev = H100;
+    Mode mode = GRAD;
+    int reduction = 0;  // 0 Mean, 1 Sum, 2 None
+    int up_kind = 0;    // 0 host scalar, 1 device scalar, 2 per sample
+    float up = 1.0f, eps = 0.1f;
+    size_t zoff = 0, goff = 0;  // element offsets of the logits and gradient views
+    Data data = NORMAL;
+    bool bad_labels = false;
+    bool orders = false;      // also reversed and shuffled orders, compared bit for bit
+    uint32_t force_grid = 0;  // 0: the host's grid; else fewer blocks (grid-stride loops)
+    uint64_t seed = 1;
+};
+
+template <class K>
+struct Entry;
+template <>
+struct Entry<F32> {
+    static void warp(const CeArgs& g) { ce_warp_f32(g); }
+    static void block(const CeArgs& g) { ce_block_f32(g); }
+    static void online(const CeArgs& g) { ce_online_f32(g); }
+};
+template <>
+struct Entry<F16> {
+    static void warp(const CeArgs& g) { ce_warp_f16(g); }
+    static void block(const CeArgs& g) { ce_block_f16(g); }
+    static void online(const CeArgs& g) { ce_online_f16(g); }
+};
+template <>
+struct Entry<BF16> {
+    static void warp(const CeArgs& g) { ce_warp_bf16(g); }
+    static void block(const CeArgs& g) { ce_block_bf16(g); }
+    static void online(const CeArgs& g) { ce_online_bf16(g); }
+};
+
+// The inputs of one case, as stored bits.
+template <class H>
+struct Inputs {
+    std::vector<typename H::B> z;  // [B, C]
+    std::vector<uint32_t> labels;
+    std::vector<PlanEntry> plan;
+    std::vector<float> up;  // [1] or [B] for a device upstream
+};
+
+// What one launch produced.
+template <class H>
+struct Outputs {
+    bool ok = true;
+    float loss = 0;
+    std::vector<float> losses;
+    std::vector<typename H::B> grad;     // [B, C] (the logits buffer when in place)
+    std::vector<typename H::B> before;   // elements of the gradient buffer before its view
+    std::vector<typename H::B> logits;   // the logits buffer afterwards, whole (offset included)
+    uint32_t flags[2] = {0, 0};
+};
+
+template <class H>
+typename H::B sentinel() {
+    // A NaN in f32 and f16, a huge value in bf16: never a correct gradient.
+    return sizeof(typename H::B) == 4 ? (typename H::B)0x7fc0dead : (typename H::B)0x7e55;
+}
+
+template <class H>
+Inputs<H> make_inputs(const Case& c) {
+    std::mt19937_64 rng(c.seed);
+    std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+    std::normal_distribution<float> normal(0.0f, 1.5f);
+    Inputs<H> in;
+    const uint64_t n = c.C * c.B;
+    in.z.resize(n);
+    for (auto& v : in.z) {
+        float x;
+        // About 2% of the classes stand out, so a class the kernel skips moves the loss.
+        if (c.data == HUGE) x = unit(rng) < 0.02f ? 1e4f - 5.0f * unit(rng) : 2e4f * unit(rng) - 1e4f;
+        else x = unit(rng) < 0.02f ? 6.0f + unit(rng) : normal(rng);
+        v = H::r(x);
+    }
+    if (c.data == MASKED && c.C >= 4) {
+        // Masked classes (-inf): half of each row in one run, so whole threads hold only -inf,
+        // and 5% elsewhere; class 0 stays finite.
+        for (uint64_t i = 0; i < c.B; ++i)
+            for (uint64_t k = 1; k < c.C; ++k)
+                if ((k >= c.C / 4 && k < 3 * c.C / 4) || unit(rng) < 0.05f) in.z[i * c.C + k] = H::r(-INFINITY);
+    }
+    in.labels.resize(c.B);
+    for (auto& l : in.labels) l = (uint32_t)(rng() % c.C);
+    // Labels at the edges of a row and of its 16-byte slots.
+    const uint64_t edges[] = {0, c.C - 1, std::min<uint64_t>(c.C - 1, H::VE - 1), std::min<uint64_t>(c.C - 1, H::VE),
+                              c.C / 2};
+    for (uint32_t i = 0; i < c.B; i += 3) in.labels[i] = (uint32_t)edges[(i / 3) % 5];
+    std::vector<uint32_t> partner(c.B);
+    std::iota(partner.begin(), partner.end(), 0u);
+    std::shuffle(partner.begin(), partner.end(), rng);
+    if (c.B >= 3) in.labels[partner[2]] = in.labels[2];  // a == b: the target weights add
+    if (c.bad_labels) {
+        in.labels[1 % c.B] = (uint32_t)c.C;  // just out of range
+        if (c.B > 3) in.labels[3] = 0xffffffffu;
+    }
+    in.plan.resize(c.B);
+    for (uint32_t i = 0; i < c.B; ++i) {
+        PlanEntry e{};
+        e.partner = partner[i];
+        e.lam = i == 0 ? 1.0f : (i == 1 ? 0.5f : unit(rng));
+        in.plan[i] = e;
+    }
+    if (c.up_kind == 1) in.up = {c.up};
+    if (c.up_kind == 2) {
+        in.up.resize(c.B);
+        for (auto& u : in.up) u = 4.0f * unit(rng) - 2.0f;
+    }
+    return in;
+}
+
+// One launch of the case's kernel on fresh buffers, in the given block / thread order.
+template <class H, class K>
+Outputs<H> execute(const Case& c, const CeLaunch& L, const Inputs<H>& in, int block_order, int thread_order,
+                   uint64_t seed, const std::string& what) {
+    typedef typename H::B B;
+    const uint64_t n = c.C * c.B;
+    Buf<B> z(c.zoff, n, (B)0);
+    std::memcpy(z.v(), in.z.data(), n * sizeof(B));
+    const bool grad_buf = c.mode == GRAD || c.mode == GRAD_SHIFTED;
+    Buf<B> gr(grad_buf ? c.goff : 0, grad_buf ? n : 0, sentinel<H>());
+    Buf<uint32_t> labels(0, c.B, 0);
+    std::memcpy(labels.v(), in.labels.data(), c.B * 4);
+    Buf<PlanEntry> plan(0, c.B, PlanEntry{});
+    std::memcpy(plan.v(), in.plan.data(), c.B * sizeof(PlanEntry));
+    Buf<float> losses(0, c.B, NAN), loss(0, 1, NAN), up(0, in.up.size(), 0.0f);
+    if (!in.up.empty()) std::memcpy(up.v(), in.up.data(), in.up.size() * 4);
+    Buf<uint32_t> flags(0, 2, 0);
+
+    // CeArgs as src/cuda/mixup_ce.rs `launch` fills them.
+    CeArgs g{};
+    g.logits = (u64)z.v();
+    g.grad = c.mode == FWD ? 0 : (c.mode == IN_PLACE ? (u64)z.v() : (u64)gr.v());
+    g.labels = (u64)labels.v();
+    g.plan = (u64)plan.v();
+    g.losses = (u64)losses.v();
+    g.loss = (u64)loss.v();
+    g.upstream = c.up_kind == 0 ? 0 : (u64)up.v();
+    g.flags = (u64)flags.v();
+    g.batch = c.B;
+    g.classes = c.C;
+    g.eps = c.eps;
+    g.off = c.eps / (float)c.C;                                   // TargetSpec::off_value
+    g.up = c.up_kind == 0 ? c.up : 1.0f;                          // upstream_fields
+    g.factor = c.reduction == 0 ? 1.0f / (float)c.B : 1.0f;       // Reduction::grad_factor
+    g.up_kind = (u32)c.up_kind;
+    g.reduction = (u32)c.reduction;
+    g.group = L.group;
+    g.smem_slots = L.smem_slots;
+
+    emu::Launch l;
+    l.grid = c.force_grid ? c.force_grid : L.grid;
+    l.block = L.block;
+    l.smem = L.smem;
+    l.block_order = block_order;
+    l.thread_order = thread_order;
+    l.seed = seed;
+    std::function<void()> k;
+    if (L.kernel == "ce_warp") k = [&] { Entry<K>::warp(g); };
+    else if (L.kernel == "ce_block") k = [&] { Entry<K>::block(g); };
+    else k = [&] { Entry<K>::online(g); };
+    Outputs<H> o;
+    o.ok = emu::launch(l, k);
+    check(o.ok, what + ": the launch broke a barrier or shuffle rule (see EMU FAIL above)");
+    o.loss = *loss.v();
+    o.losses.assign(losses.v(), losses.v() + c.B);
+    if (c.mode == IN_PLACE) o.grad.assign(z.v(), z.v() + n);
+    if (grad_buf) {
+        o.grad.assign(gr.v(), gr.v() + n);
+        o.before.assign(gr.base, gr.base + c.goff);
+    }
+    o.logits.assign(z.base, z.base + c.zoff + n);
+    o.flags[0] = flags.v()[0];
+    o.flags[1] = flags.v()[1];
+    return o;
+}
+
+template <class H>
+std::string case_name(const Case& c, const CeLaunch& L) {
+    static const char* red[] = {"Mean", "Sum", "None"};
+    static const char* ups[] = {"host", "device", "per-sample"};
+    std::string s = fmt("ce %s C %llu B %u %s %s %s up %s %g eps %g zoff %zu", H::name(), (unsigned long long)c.C,
+                        c.B, c.dev.name, mode_name(c.mode), red[c.reduction], ups[c.up_kind], c.up, c.eps, c.zoff);
+    if (c.mode == GRAD_SHIFTED) s += fmt(" goff %zu", c.goff);
+    if (c.data == HUGE) s += " huge";
+    if (c.data == MASKED) s += " masked";
+    if (c.bad_labels) s += " bad-labels";
+    if (c.force_grid) s += fmt(" grid %u (forced)", c.force_grid);
+    s += fmt(" [%s G %u S %u grid %u block %u smem %u]", L.kernel.c_str(), L.group, L.smem_slots, L.grid, L.block,
+             L.smem);
+    return s;
+}
+
+template <class H, class K>
+void run_case(const Case& c) {
+    typedef typename H::B B;
+    const CeKey key{c.C, (int)sizeof(B), c.dev.optin, c.mode == FWD ? 1 : 0, c.B};
+    const CeLaunch L = ce_launch(key);
+    if (g_list_queries) return;
+    const std::string what = case_name<H>(c, L);
+    struct Timer {  // EMU_TIMING=1: the time of each case
+        std::string what;
+        std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+        ~Timer() {
+            static const bool on = std::getenv("EMU_TIMING") != nullptr;
+            if (on)
+                std::fprintf(stderr, "%.3f s  %s\n",
+                             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), what.c_str());
+        }
+    } timer{what};
+    const Inputs<H> in = make_inputs<H>(c);
+    const Outputs<H> o = execute<H, K>(c, L, in, 0, 0, c.seed, what);
+    if (!o.ok) return;
+    const uint64_t C = c.C;
+    const uint64_t n = C * c.B;
+
+    // The lanes that share a row, and the longest chain of dependent operations in its sums:
+    // a lane's own slots and extras, the butterfly, and the sequential merge of the warps.
+    const uint64_t lanes = L.kernel == "ce_warp" ? L.group : L.block;
+    double lg = 0;
+    while ((1ull << (uint64_t)lg) < lanes) lg += 1;
+    const double n_ops = (double)((C + lanes - 1) / lanes) + H::VE + 2 + lg + (double)lanes / 32 + 2;
+    // Relative error of sum_c exp(z_c - m): per operation one rounding and, on the device, one
+    // ex2.approx (the merges rescale by exp2 too).
+    const double eps_s = n_ops * (EX2 + 2 * U);
+
+    uint32_t bad_rows = 0;
+    double ref_sum = 0, ref_tol = 0;
+    int shown = 0;
+    for (uint32_t i = 0; i < c.B; ++i) {
+        const PlanEntry& pe = in.plan[i];
+        const uint32_t a = in.labels[i], b = in.labels[pe.partner];
+        if (a >= C || b >= C) {
+            ++bad_rows;
+            continue;
+        }
+        const typename H::B* zr = in.z.data() + (uint64_t)i * C;
+        double m = -INFINITY, zmax = 0, sabs = 0;
+        bool masked = false;
+        for (uint64_t k = 0; k < C; ++k) {
+            const double z = H::f(zr[k]);
+            m = std::max(m, z);
+            if (std::isinf(z)) {
+                masked = true;
+                continue;
+            }
+            zmax = std::max(zmax, std::fabs(z));
+            sabs += std::fabs(z);
+        }
+        double s = 0;
+        for (uint64_t k = 0; k < C; ++k) s += std::exp(H::f(zr[k]) - m);
+        const double lse = m + std::log(s);
+        const double eps = c.eps, lam = pe.lam, off = eps / (double)C;
+        const double wa = (1 - eps) * lam, wb = (1 - eps) * (1 - lam);
+        const double za = H::f(zr[a]), zb = H::f(zr[b]);
+        double sz = 0;
+        for (uint64_t k = 0; k < C; ++k) sz += H::f(zr[k]);
+        const double tz = wa * za + wb * zb + off * sz;
+        const double loss = lse - tz;
+        const double tol_lse = eps_s + 4 * U * (std::fabs(lse) + zmax + std::log2((double)C) + 1);
+        const double tol = tol_lse + 4 * U * (wa * std::fabs(za) + wb * std::fabs(zb) + off * sabs) +
+                           off * n_ops * U * sabs + 2 * U * (std::fabs(lse) + std::fabs(tz));
+        ref_sum += loss;
+        ref_tol += tol;
+        if (masked) {
+            // A -inf logit with eps > 0 (or a -inf label logit) gives an infinite loss; with a
+            // zero weight times -inf, NaN (as on the CPU path and in the f64 reference).
+            if (std::isfinite(o.losses[i]) && shown++ < 3)
+                check(false, what + fmt(": loss of row %u with -inf logits is %.9g", i, o.losses[i]));
+        } else if (!close(o.losses[i], loss, tol) && shown++ < 3) {
+            check(false, what + fmt(": loss of row %u is %.9g, expected %.9g (tol %.3g)", i, o.losses[i], loss, tol));
+        }
+        if (c.mode == FWD) continue;
+        const double up = c.up_kind == 2 ? (double)in.up[i] : (double)c.up;
+        const double scale = up * (c.reduction == 0 ? 1.0 / c.B : 1.0);
+        int gshown = 0;
+        for (uint64_t k = 0; k < C; ++k) {
+            const double z = H::f(zr[k]);
+            const double t = (1 - eps) * (lam * (k == a) + (1 - lam) * (k == b)) + off;
+            const double d = z - lse, p = std::exp(d);
+            const double darg = tol_lse + 2 * U * (std::fabs(z) + std::fabs(lse)) + U * std::fabs(d);
+            // exp(-inf) is exactly 0 on both sides; ex2.approx.ftz flushes results below 2^-126.
+            const double dp = std::isinf(z) ? 0.0 : p * (std::expm1(darg) + EX2) + 0x1p-126;
+            const double gx = (p - t) * scale;
+            const double d32 = std::fabs(scale) * (dp + 3 * U * t) + 4 * U * std::fabs(gx);
+            const double gtol = d32 + H::rnd_rel * (std::fabs(gx) + d32) + H::rnd_abs;
+            const double got = H::f(o.grad[(uint64_t)i * C + k]);
+            if (!close(got, gx, gtol) && gshown++ < 2)
+                check(false, what + fmt(": grad[%u, %llu] is %.9g, expected %.9g (tol %.3g, z %.9g, class a %u b %u)",
+                                        i, (unsigned long long)k, got, gx, gtol, z, a, b));
+        }
+        check(gshown == 0, what + fmt(": gradient of row %u", i));
+    }
+    check(shown == 0, what + ": per-sample losses");
+
+    // Out-of-range labels: counted once per row, the block counter back at 0.
+    check(o.flags[0] == bad_rows, what + fmt(": %u rows flagged, %u have an out-of-range label", o.flags[0], bad_rows));
+    check(o.flags[1] == 0, what + fmt(": the block counter was left at %u", o.flags[1]));
+
+    // The reduced loss: the kernel's own per-sample losses summed in f64, and the reference.
+    const uint64_t T = L.block;
+    const double n_red = (double)((c.B + T - 1) / T) + 5 + (double)T / 32 + 1;
+    double ksum = 0, kabs = 0;
+    for (float v : o.losses) ksum += v, kabs += std::fabs(v);
+    const double div = c.reduction == 1 ? 1.0 : (double)c.B;
+    const double want = ksum / div;
+    const double tol_red = n_red * U * kabs / div + 2 * U * std::fabs(want);
+    if (!std::isfinite(want))
+        check(!std::isfinite(o.loss), what + fmt(": reduced loss %.9g of non-finite losses", o.loss));
+    else
+        check(close(o.loss, want, tol_red), what + fmt(": reduced loss %.9g, the kernel's per-sample losses give %.9g (tol %.3g)",
+                                                      o.loss, want, tol_red));
+    if (bad_rows == 0 && std::isfinite(want))
+        check(close(o.loss, ref_sum / div, tol_red + ref_tol / div),
+              what + fmt(": reduced loss %.9g, reference %.9g", o.loss, ref_sum / div));
+
+    // Nothing written outside the outputs.
+    const bool grad_buf = c.mode == GRAD || c.mode == GRAD_SHIFTED;
+    if (c.mode != IN_PLACE)
+        check(std::memcmp(o.logits.data() + c.zoff, in.z.data(), n * sizeof(B)) == 0, what + ": the logits changed");
+    bool untouched = true;
+    for (size_t k = 0; k < c.zoff; ++k) untouched &= o.logits[k] == (B)0;
+    if (grad_buf)
+        for (const B v : o.before) untouched &= v == sentinel<H>();
+    check(untouched, what + ": wrote before its view");
+    if (bad_rows > 0 && c.mode != FWD) {
+        // Rows with a bad label have no defined target, but their gradient is still written.
+        bool finite = true;
+        for (uint64_t k = 0; k < n; ++k) finite &= std::isfinite(H::f(o.grad[k]));
+        check(finite, what + ": gradient of rows with a bad label not finite");
+    }
+
+    // Determinism: the same launch in other block and thread orders gives the same bits.
+    if (c.orders) {
+        // Blocks reversed with the lowest ready thread first, shuffled with threads at random,
+        // in order with the highest ready thread first.
+        const int blocks[] = {1, 2, 0}, threads[] = {1, 3, 2};
+        const char* hows[] = {"reversed blocks, lowest thread first", "shuffled blocks and threads",
+                              "highest thread first"};
+        for (int v = 0; v < 3; ++v) {
+            const Outputs<H> p = execute<H, K>(c, L, in, blocks[v], threads[v], c.seed * 7919 + v, what);
+            if (!p.ok) return;
+            const char* how = hows[v];
+            check(std::memcmp(&p.loss, &o.loss, 4) == 0,
+                  what + fmt(": reduced loss %.9g in %s, %.9g in order", p.loss, how, o.loss));
+            check(std::memcmp(p.losses.data(), o.losses.data(), c.B * 4) == 0, what + ": losses differ in " + how);
+            check(p.grad == o.grad, what + ": gradient differs in " + how);
+            check(p.flags[0] == o.flags[0] && p.flags[1] == 0, what + ": flags differ in " + how);
+        }
+    }
+}
+
+template <class H, class K>
+void cases_for(const Device* devices, size_t ndev) {
+    constexpr uint64_t VE = H::VE;
+    // The largest C whose rows hold `slots` full slots at most (C / VE == slots).
+    auto last_c = [](uint64_t slots) { return (slots + 1) * VE - 1; };
+    std::vector<uint64_t> cs = {1, 2, 3, 31, 32, 33, 1000, 2049};
+    // Strategy boundaries (src/cuda/mixup_ce.rs): ce_warp lanes per row double after 4, 8, 16,
+    // 32, 64 slots; ce_warp -> ce_block (ce_online forward only) after 128; 64 -> 96 threads
+    // after 256; registers -> shared memory after 4096; one more shared slot after 5120; shared
+    // memory -> ce_online after 4096 + 1024 S slots (S = 14 on H100).
+    for (uint64_t s : {4, 8, 16, 32, 64, 128, 256, 4096, 5120, 18432})
+        for (int d : {-1, 0, 1}) cs.push_back(last_c(s) + (uint64_t)(int64_t)d);
+    std::sort(cs.begin(), cs.end());
+    cs.erase(std::unique(cs.begin(), cs.end()), cs.end());
+    uint64_t seed = 1000 * sizeof(typename H::B);
+    for (const uint64_t C : cs) {
+        const bool small = C <= 2100, medium = C <= 40000;
+        const size_t odd = VE == 4 ? 1 : 3;  // a logits view off its 16-byte boundary
+        Case c;
+        c.C = C;
+        // Mean, gradient to another buffer, every order.
+        c.B = small ? 5 : 2;
+        c.mode = GRAD;
+        c.orders = true;
+        c.seed = ++seed;
+        run_case<H, K>(c);
+        // One row, Sum, in place, device upstream, view at offset 1, no smoothing.
+        c = Case{};
+        c.C = C;
+        c.B = 1;
+        c.mode = IN_PLACE;
+        c.reduction = 1;
+        c.up_kind = 1;
+        c.up = 0.75f;
+        c.eps = 0.0f;
+        c.zoff = 1;
+        c.seed = ++seed;
+        run_case<H, K>(c);
+        // Forward only, None.
+        c = Case{};
+        c.C = C;
+        c.B = small ? 5 : 2;
+        c.mode = FWD;
+        c.reduction = 2;
+        c.zoff = odd;
+        c.orders = !medium;
+        c.seed = ++seed;
+        run_case<H, K>(c);
+        if (!medium) continue;
+        // None with a per-sample upstream, gradient at another 16-byte offset than the logits.
+        c = Case{};
+        c.C = C;
+        c.B = small ? 3 : 2;
+        c.mode = GRAD_SHIFTED;
+        c.reduction = 2;
+        c.up_kind = 2;
+        c.zoff = odd;
+        c.goff = 0;
+        c.seed = ++seed;
+        run_case<H, K>(c);
+        // Huge logits.
+        c = Case{};
+        c.C = C;
+        c.B = 2;
+        c.mode = GRAD;
+        c.data = HUGE;
+        c.up = -2.5f;
+        c.reduction = 1;
+        c.seed = ++seed;
+        run_case<H, K>(c);
+        // Masked (-inf) logits: the gradient stays exact, the loss infinite.
+        c = Case{};
+        c.C = C;
+        c.B = 3;
+        c.mode = GRAD;
+        c.data = MASKED;
+        c.seed = ++seed;
+        run_case<H, K>(c);
+        // Out-of-range labels, forward + backward and forward only.
+        for (Mode m : {GRAD, FWD}) {
+            c = Case{};
+            c.C = C;
+            c.B = 5;
+            c.mode = m;
+            c.bad_labels = true;
+            c.seed = ++seed;
+            run_case<H, K>(c);
+        }
+        if (!small) continue;
+        // A large batch, in place, every order.
+        c = Case{};
+        c.C = C;
+        c.B = 64;
+        c.mode = IN_PLACE;
+        c.orders = C == 1000 || C == 2049;
+        c.seed = ++seed;
+        run_case<H, K>(c);
+        // Fewer blocks than the host launches: the grid-stride loops of every kernel (and the
+        // alternating reduction buffers of ce_block / ce_online), reached for B >= 2^31.
+        c = Case{};
+        c.C = C;
+        c.B = 9;
+        c.mode = GRAD;
+        c.force_grid = 2;
+        c.orders = true;
+        c.seed = ++seed;
+        run_case<H, K>(c);
+        // The same for ce_warp (8 rows per block at 32 lanes a row), with a device upstream.
+        c = Case{};
+        c.C = C;
+        c.B = 64;
+        c.mode = GRAD;
+        c.up_kind = 1;
+        c.up = 3.0f;
+        c.force_grid = 3;
+        c.seed = ++seed;
+        run_case<H, K>(c);
+        // More rows than the last block has threads: each thread of ce_finish sums several.
+        if (C <= 600) {
+            c = Case{};
+            c.C = C;
+            c.B = C <= 40 ? 600 : 300;
+            c.mode = C % 2 ? FWD : IN_PLACE;
+            c.reduction = (int)(C % 3);
+            c.seed = ++seed;
+            run_case<H, K>(c);
+        }
+    }
+    // Other devices: the shared-memory limit moves the ce_block -> ce_online boundary
+    // (S <= 9 on A100, 6 on L40, 3 on T4).
+    for (size_t d = 0; d < ndev; ++d) {
+        const Device dev = devices[d];
+        const uint64_t s_max = (dev.optin - 2048) / (1024 * 16);
+        for (uint64_t dc : {0, 1}) {
+            Case c;
+            c.C = last_c(4096 + 1024 * s_max) + dc;
+            c.dev = dev;
+            c.B = 2;
+            c.mode = dc ? IN_PLACE : GRAD;
+            c.zoff = dc;
+            c.seed = ++seed;
+            run_case<H, K>(c);
+        }
+    }
+    // Large rows: 100 000 classes (ce_online in f32, ce_block with 9 shared slots in 16 bits),
+    // forward only (ce_online), in place, and the gradient at another 16-byte offset.
+    for (Mode m : {GRAD, FWD, IN_PLACE, GRAD_SHIFTED}) {
+        Case c;
+        c.C = 100000;
+        c.B = 2;
+        c.mode = m;
+        c.zoff = m == IN_PLACE || m == GRAD_SHIFTED ? 1 : 0;
+        c.seed = ++seed;
+        run_case<H, K>(c);
+    }
+}
+
+}  // namespace
+
+void test_mixup_ce() {
+    const Device others[] = {A100, L40, T4};
+    cases_for<HF32, F32>(others, 3);
+    cases_for<HF16, F16>(others, 3);
+    cases_for<HBF16, BF16>(others, 3);
+    // The largest row the issue names: 256 000 bf16 classes, ce_online.
+    Case c;
+    c.C = 256000;
+    c.B = 1;
+    c.mode = GRAD;
+    c.seed = 77;
+    run_case<HBF16, BF16>(c);
+}
