@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cudarc::driver::sys::CUdevice_attribute as Attr;
@@ -56,7 +56,7 @@ fn candidates(lib: &str) -> String {
 pub(crate) fn require_driver() -> Result<()> {
     #[cfg(mixup_cuda_dynload)]
     {
-        static PRESENT: OnceLock<bool> = OnceLock::new();
+        static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         // SAFETY: only tries to dlopen the library names cudarc would use.
         if !*PRESENT.get_or_init(|| unsafe { cudarc::driver::sys::is_culib_present() }) {
             return Err(MixError::CudaUnavailable(format!(
@@ -74,7 +74,7 @@ pub(crate) fn require_driver() -> Result<()> {
 pub(crate) fn require_nvrtc() -> Result<()> {
     #[cfg(mixup_cuda_dynload)]
     {
-        static PRESENT: OnceLock<bool> = OnceLock::new();
+        static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         // SAFETY: only tries to dlopen the library names cudarc would use.
         if !*PRESENT.get_or_init(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }) {
             return Err(MixError::CudaUnavailable(format!(
