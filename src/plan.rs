@@ -237,6 +237,8 @@ impl MixPlan {
     }
 
     /// The packed entries, as kernels read them.
+    // Used by the CPU and CUDA paths; the bare crate (no features) has neither.
+    #[cfg_attr(not(any(feature = "cpu", mixup_cuda)), allow(dead_code))]
     pub(crate) fn entries(&self) -> &[PlanEntry] {
         &self.entries
     }
@@ -265,6 +267,8 @@ impl MixPlan {
     }
 
     /// Fails unless the plan is an involution (for in-place mixing).
+    // Used by the CPU and CUDA paths; the bare crate (no features) has neither.
+    #[cfg_attr(not(any(feature = "cpu", mixup_cuda)), allow(dead_code))]
     pub(crate) fn check_involution(&self) -> Result<()> {
         if self.involution {
             return Ok(());

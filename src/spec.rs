@@ -92,6 +92,7 @@ impl Default for Upstream<'_> {
 impl Reduction {
     /// The factor applied to every sample's gradient before the upstream gradient: `1/B` for
     /// the mean, 1 otherwise.
+    #[cfg_attr(not(any(feature = "cpu", mixup_cuda)), allow(dead_code))]
     pub(crate) fn grad_factor(self, batch: usize) -> f32 {
         match self {
             Reduction::Mean => 1.0 / batch as f32,
