@@ -1,5 +1,6 @@
 //! Properties of the seeded sampler: determinism, partner structure, λ distribution, boxes.
 
+use approx::{assert_abs_diff_eq, assert_relative_eq};
 use mixup_kernels::{BoxRule, MixConfig, MixError, MixPlan, Mode, PartnerRule, Sampler};
 
 fn sampler(cfg: MixConfig) -> Sampler {
@@ -179,8 +180,8 @@ fn lambda_moments_match_the_beta() {
         let var = 1.0 / (4.0 * (2.0 * alpha + 1.0));
         let (m, v) = moments(&lam);
         let se = (var / lam.len() as f64).sqrt();
-        assert!((m - 0.5).abs() < 5.0 * se, "α={alpha}: mean {m}");
-        assert!((v - var).abs() < 0.1 * var, "α={alpha}: var {v} vs {var}");
+        assert_abs_diff_eq!(m, 0.5, epsilon = 5.0 * se);
+        assert_relative_eq!(v, var, max_relative = 0.1);
     }
 }
 
@@ -199,8 +200,8 @@ fn max_rule_keeps_lambda_in_upper_half() {
         ..MixConfig::fastai_v2_mixup(10)
     });
     let (m, v) = moments(&lambdas(&s, 400, 64));
-    assert!((m - 0.75).abs() < 0.005, "{m}");
-    assert!((v - 1.0 / 48.0).abs() < 0.002, "{v}");
+    assert_abs_diff_eq!(m, 0.75, epsilon = 0.005);
+    assert_abs_diff_eq!(v, 1.0 / 48.0, epsilon = 0.002);
 }
 
 #[test]
@@ -227,8 +228,8 @@ fn prob_and_switch_prob_are_respected() {
     }
     let (fu, fc) = (unmixed as f64 / n as f64, cut as f64 / n as f64);
     // Binomial standard errors at n = 12 800 are below 0.005.
-    assert!((fu - 0.3).abs() < 0.02, "unmixed fraction {fu}");
-    assert!((fc - 0.7 * 0.25).abs() < 0.02, "cutmix fraction {fc}");
+    assert_abs_diff_eq!(fu, 0.3, epsilon = 0.02); // unmixed fraction
+    assert_abs_diff_eq!(fc, 0.7 * 0.25, epsilon = 0.02); // CutMix fraction
 }
 
 #[test]
