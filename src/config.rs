@@ -3,6 +3,18 @@
 use crate::error::{MixError, Result};
 
 /// How λ (and the MixUp/CutMix choice) is shared across the batch (timm's `mode`).
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{MixConfig, Mode, Sampler};
+/// // One λ per sample: with fastai's max rule every λ is at least 0.5, and they differ.
+/// let cfg = MixConfig { mode: Mode::Elem, lam_max: true, ..MixConfig::timm(10) };
+/// let plan = Sampler::new(cfg, 3).unwrap().plan(0, 0, 8, (1, 1)).unwrap();
+/// let lams: Vec<f32> = plan.samples().map(|s| s.lam).collect();
+/// assert!(lams.iter().all(|&l| l >= 0.5));
+/// assert!(lams.iter().any(|&l| l != lams[0]));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
     /// One λ and one MixUp/CutMix choice (and one box) for the whole batch.
@@ -15,6 +27,17 @@ pub enum Mode {
 }
 
 /// Who mixes with whom.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{MixConfig, PartnerRule, Sampler};
+/// // timm's flip: sample i mixes with sample B-1-i.
+/// let plan = Sampler::new(MixConfig::timm(10), 0).unwrap().plan(0, 0, 4, (1, 1)).unwrap();
+/// let partners: Vec<usize> = plan.samples().map(|s| s.partner).collect();
+/// assert_eq!(partners, [3, 2, 1, 0]);
+/// assert!(PartnerRule::Flip.is_involution() && !PartnerRule::Permutation.is_involution());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PartnerRule {
     /// timm: `partner(i) = B-1-i`. With an odd batch the middle sample is its own partner and is
@@ -30,12 +53,33 @@ pub enum PartnerRule {
 
 impl PartnerRule {
     /// Whether every plan drawn with this rule satisfies `partner(partner(i)) == i`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::PartnerRule;
+    /// assert!(PartnerRule::RandomPairs.is_involution());
+    /// assert!(!PartnerRule::Permutation.is_involution()); // fastai's randperm
+    /// ```
     pub const fn is_involution(self) -> bool {
         matches!(self, PartnerRule::Flip | PartnerRule::RandomPairs)
     }
 }
 
 /// Which formula turns λ and a center into a CutMix box.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{BoxRule, MixConfig, Sampler};
+/// let cfg = MixConfig { box_rule: BoxRule::Fastai, ..MixConfig::fastai_v2_cutmix(10) };
+/// let plan = Sampler::new(cfg, 0).unwrap().plan(0, 0, 4, (32, 32)).unwrap();
+/// // Every sample is CutMix; with `correct_lam` its λ is the share of pixels it keeps.
+/// for s in plan.samples().filter(|s| s.cut.is_some()) {
+///     let kept = s.cut.unwrap().kept_fraction(32, 32) as f32;
+///     assert!((s.lam - kept).abs() < 1e-6);
+/// }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BoxRule {
     /// timm's `rand_bbox`: `cut = int(side·sqrt(1-λ))`, box `[c - cut//2, c + (cut+1)//2)`
@@ -49,10 +93,14 @@ pub enum BoxRule {
 /// Mixing configuration. Field names and meanings follow timm's `Mixup`; `lam_max`, `partner`
 /// and `box_rule` cover fastai. [`Default`] is timm's defaults with 1000 classes.
 ///
+/// # Examples
+///
 /// ```
 /// use mixup_kernels::{MixConfig, Mode};
 /// let cfg = MixConfig { mixup_alpha: 0.8, cutmix_alpha: 1.0, mode: Mode::Elem, ..MixConfig::timm(100) };
 /// cfg.validate().unwrap();
+/// assert!(cfg.cutmix_enabled());
+/// assert_eq!(MixConfig::default(), MixConfig::timm(1000));
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct MixConfig {
@@ -92,6 +140,18 @@ impl Default for MixConfig {
 
 /// Soft-target definition shared by the target and loss operations:
 /// `t = (1-ε)(λ e_a + (1-λ) e_b) + ε/C`.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{reference, MixPlan, TargetSpec};
+/// let spec = TargetSpec::new(4, 0.2).unwrap();
+/// let plan = MixPlan::from_parts(&[1, 0], &[0.75, 0.75]).unwrap();
+/// let t = reference::soft_targets(&plan, &[0, 3], &spec).unwrap();
+/// // Row 0: 0.8·0.75 + 0.05 at class 0, 0.8·0.25 + 0.05 at class 3, 0.05 elsewhere.
+/// let want = [0.65, 0.05, 0.05, 0.25];
+/// assert!(t[..4].iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TargetSpec {
     /// Number of classes C (at least 1).
@@ -102,6 +162,14 @@ pub struct TargetSpec {
 
 impl TargetSpec {
     /// A validated spec.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{MixError, TargetSpec};
+    /// assert_eq!(TargetSpec::new(10, 0.1).unwrap().num_classes, 10);
+    /// assert!(matches!(TargetSpec::new(0, 0.1), Err(MixError::EmptyShape { .. })));
+    /// ```
     pub fn new(num_classes: usize, smoothing: f32) -> Result<Self> {
         let spec = Self {
             num_classes,
@@ -112,6 +180,14 @@ impl TargetSpec {
     }
 
     /// Checks `num_classes ≥ 1` (and fits in `u32`) and `0 ≤ ε < 1`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{MixError, TargetSpec};
+    /// let spec = TargetSpec { num_classes: 10, smoothing: 1.0 };
+    /// assert!(matches!(spec.validate(), Err(MixError::InvalidArgument { what: "smoothing", .. })));
+    /// ```
     pub fn validate(&self) -> Result<()> {
         if self.num_classes == 0 {
             return Err(MixError::EmptyShape {
@@ -133,6 +209,13 @@ impl TargetSpec {
     }
 
     /// `ε / C`, the weight every class receives.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::TargetSpec;
+    /// assert_eq!(TargetSpec::new(4, 0.2).unwrap().off_value(), 0.05);
+    /// ```
     pub fn off_value(&self) -> f32 {
         self.smoothing / self.num_classes as f32
     }
@@ -167,6 +250,16 @@ fn check_alpha(field: &'static str, a: f64) -> Result<()> {
 impl MixConfig {
     /// timm's `Mixup` defaults: MixUp α = 1, no CutMix, batch mode, flip partner, λ corrected,
     /// smoothing 0.1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{MixConfig, Mode, PartnerRule};
+    /// let cfg = MixConfig::timm(100);
+    /// assert_eq!((cfg.mixup_alpha, cfg.cutmix_alpha, cfg.label_smoothing), (1.0, 0.0, 0.1));
+    /// assert_eq!((cfg.mode, cfg.partner), (Mode::Batch, PartnerRule::Flip));
+    /// cfg.validate().unwrap();
+    /// ```
     pub fn timm(num_classes: usize) -> Self {
         Self {
             mixup_alpha: 1.0,
@@ -187,6 +280,15 @@ impl MixConfig {
     /// fastai v1 `MixUpCallback(alpha=0.4, stack_x=False, stack_y=True)`: per-sample
     /// `λ ~ Beta(0.4, 0.4)`, `λ = max(λ, 1-λ)`, random permutation, no smoothing (the stacked
     /// loss equals cross-entropy against the unsmoothed soft target).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{MixConfig, Mode, PartnerRule};
+    /// let cfg = MixConfig::fastai_v1_mixup(10);
+    /// assert_eq!((cfg.mixup_alpha, cfg.mode, cfg.partner), (0.4, Mode::Elem, PartnerRule::Permutation));
+    /// assert!(cfg.lam_max && !cfg.cutmix_enabled());
+    /// ```
     pub fn fastai_v1_mixup(num_classes: usize) -> Self {
         Self {
             mixup_alpha: 0.4,
@@ -206,12 +308,29 @@ impl MixConfig {
 
     /// fastai v2 `MixUp(alpha=0.4)`: the same draw as v1 (per-sample λ with the max rule,
     /// random permutation).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::MixConfig;
+    /// assert_eq!(MixConfig::fastai_v2_mixup(10), MixConfig::fastai_v1_mixup(10));
+    /// ```
     pub fn fastai_v2_mixup(num_classes: usize) -> Self {
         Self::fastai_v1_mixup(num_classes)
     }
 
     /// fastai v2 `CutMix(alpha=1.0)`: one λ per batch, one fastai box, λ corrected to the box
     /// area, random permutation.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{BoxRule, MixConfig, Mode};
+    /// let cfg = MixConfig::fastai_v2_cutmix(10);
+    /// assert_eq!((cfg.mixup_alpha, cfg.cutmix_alpha), (0.0, 1.0));
+    /// assert_eq!((cfg.mode, cfg.box_rule), (Mode::Batch, BoxRule::Fastai));
+    /// assert!(cfg.correct_lam && cfg.cutmix_enabled());
+    /// ```
     pub fn fastai_v2_cutmix(num_classes: usize) -> Self {
         Self {
             mixup_alpha: 0.0,
@@ -225,6 +344,15 @@ impl MixConfig {
 
     /// The CutMix α actually used: 1 when `cutmix_minmax` is set (as timm forces), else
     /// `cutmix_alpha`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::MixConfig;
+    /// let cfg = MixConfig { cutmix_alpha: 0.0, cutmix_minmax: Some((0.2, 0.8)), ..MixConfig::timm(10) };
+    /// assert_eq!(cfg.effective_cutmix_alpha(), 1.0);
+    /// assert_eq!(MixConfig::timm(10).effective_cutmix_alpha(), 0.0);
+    /// ```
     pub fn effective_cutmix_alpha(&self) -> f64 {
         if self.cutmix_minmax.is_some() {
             1.0
@@ -234,11 +362,26 @@ impl MixConfig {
     }
 
     /// Whether any sample can be drawn as CutMix (so plans need the image size).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::MixConfig;
+    /// assert!(!MixConfig::timm(10).cutmix_enabled());
+    /// assert!(MixConfig::fastai_v2_cutmix(10).cutmix_enabled());
+    /// ```
     pub fn cutmix_enabled(&self) -> bool {
         self.effective_cutmix_alpha() > 0.0
     }
 
     /// The soft-target spec (`num_classes`, `label_smoothing`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{MixConfig, TargetSpec};
+    /// assert_eq!(MixConfig::timm(10).target_spec(), TargetSpec { num_classes: 10, smoothing: 0.1 });
+    /// ```
     pub fn target_spec(&self) -> TargetSpec {
         TargetSpec {
             num_classes: self.num_classes,
@@ -247,6 +390,14 @@ impl MixConfig {
     }
 
     /// Checks every field; the error names the first bad one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{MixConfig, MixError};
+    /// let cfg = MixConfig { prob: 1.5, ..MixConfig::timm(10) };
+    /// assert!(matches!(cfg.validate(), Err(MixError::InvalidConfig { field: "prob", .. })));
+    /// ```
     pub fn validate(&self) -> Result<()> {
         check_alpha("mixup_alpha", self.mixup_alpha)?;
         check_alpha("cutmix_alpha", self.cutmix_alpha)?;

@@ -3,10 +3,11 @@
 //! Mixup and CutMix for Rust trainers: a seeded [`Sampler`] that draws who mixes with whom and
 //! how much exactly as timm and fastai define it, and every mixing operation on three backends:
 //!
-//! - [`reference`]: plain f64 code written to be obviously right (the oracle of the tests);
+//! - [`reference`](mod@reference): plain f64 code written to be obviously right (the oracle of the tests);
 //! - `cpu` (feature `cpu`): the multi-threaded fallback, f32/f16/bf16 (and u8 pixels);
-//! - `cuda` (feature `cuda`): fused kernels compiled at run time through NVRTC;
-//! - [`candle`] (feature `candle`): the same operations on `candle_core::Tensor`s, the loss as a
+//! - [`cuda`] (feature `cuda`): fused kernels compiled at run time through NVRTC (without the
+//!   feature, a module with the same names whose calls return [`MixError::Unsupported`]);
+//! - `candle` (feature `candle`): the same operations on `candle_core::Tensor`s, the loss as a
 //!   candle op with a backward pass.
 //!
 //! The operations: mix a batch of inputs (MixUp lerp and CutMix paste, NCHW or NHWC), build
@@ -55,5 +56,12 @@ pub use plan::{CutBox, MixPlan, SampleMix};
 pub use sampler::Sampler;
 pub use spec::{CeSpec, Layout, Reduction, Upstream};
 
-/// Re-exports of the element types the crate stores.
+/// Re-exports of the element types the crate stores (from the `half` crate), so callers need
+/// no direct dependency on `half`.
+///
+/// ```
+/// use mixup_kernels::{bf16, f16, Element};
+/// assert_eq!(f16::from_f32(0.5).to_f32(), 0.5);
+/// assert_eq!(<bf16 as Element>::DTYPE.name(), "bf16");
+/// ```
 pub use half::{bf16, f16};
