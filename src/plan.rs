@@ -6,6 +6,16 @@ use crate::error::{MixError, Result};
 
 /// A CutMix box, half-open: rows `y0..y1`, columns `x0..x1`. Inside it a sample takes its
 /// partner's pixels; outside it keeps its own.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::CutBox;
+/// let b = CutBox { y0: 1, y1: 3, x0: 0, x1: 2 }; // rows 1..3, columns 0..2
+/// assert_eq!(b.area(), 4);
+/// assert!(b.contains(2, 1) && !b.contains(3, 1));
+/// assert_eq!(b.kept_fraction(4, 4), 0.75);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct CutBox {
     /// First row.
@@ -20,11 +30,28 @@ pub struct CutBox {
 
 impl CutBox {
     /// Number of pixels inside the box (0 for an empty box).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::CutBox;
+    /// assert_eq!(CutBox { y0: 0, y1: 2, x0: 1, x1: 4 }.area(), 6);
+    /// assert_eq!(CutBox::default().area(), 0);
+    /// ```
     pub fn area(&self) -> u64 {
         u64::from(self.y1.saturating_sub(self.y0)) * u64::from(self.x1.saturating_sub(self.x0))
     }
 
     /// Whether pixel `(y, x)` lies inside the box.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::CutBox;
+    /// let b = CutBox { y0: 0, y1: 2, x0: 1, x1: 4 };
+    /// assert!(b.contains(0, 1) && b.contains(1, 3));
+    /// assert!(!b.contains(2, 1) && !b.contains(0, 4)); // the ends are excluded
+    /// ```
     #[inline]
     pub fn contains(&self, y: usize, x: usize) -> bool {
         (self.y0 as usize..self.y1 as usize).contains(&y)
@@ -32,6 +59,14 @@ impl CutBox {
     }
 
     /// `1 - area/(H·W)`: the weight the sample keeps, as timm's `correct_lam` computes it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::CutBox;
+    /// let b = CutBox { y0: 0, y1: 16, x0: 0, x1: 16 };
+    /// assert_eq!(b.kept_fraction(32, 32), 0.75);
+    /// ```
     pub fn kept_fraction(&self, height: usize, width: usize) -> f64 {
         1.0 - self.area() as f64 / (height as f64 * width as f64)
     }
@@ -52,6 +87,16 @@ impl CutBox {
 }
 
 /// One sample's entry of a plan, as the caller sees it.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{CutBox, MixPlan, SampleMix};
+/// let b = CutBox { y0: 0, y1: 1, x0: 0, x1: 2 };
+/// let plan = MixPlan::with_boxes(&[1, 0], &[0.5, 0.8], &[Some(b), None], 2, 2).unwrap();
+/// assert_eq!(plan.sample(0), SampleMix { partner: 1, lam: 0.5, cut: Some(b) });
+/// assert_eq!(plan.sample(1).cut, None); // MixUp
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SampleMix {
     /// Index of the partner sample.
@@ -110,11 +155,17 @@ impl PlanEntry {
 /// How a batch is mixed: drawn by a [`Sampler`](crate::Sampler) or brought by the caller with
 /// [`MixPlan::from_parts`] / [`MixPlan::with_boxes`].
 ///
+/// Its [`Display`](std::fmt::Display) prints one line per sample (partner, λ, kind), handy for
+/// logging.
+///
+/// # Examples
+///
 /// ```
 /// use mixup_kernels::MixPlan;
 /// let plan = MixPlan::from_parts(&[1, 0, 2], &[0.7, 0.6, 1.0]).unwrap();
 /// assert!(plan.is_involution());
 /// assert_eq!(plan.sample(0).partner, 1);
+/// assert!(plan.to_string().contains("mixup"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct MixPlan {
@@ -126,6 +177,16 @@ pub struct MixPlan {
 
 impl MixPlan {
     /// A plan that leaves each of `batch` samples unmixed (partner itself, λ = 1).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{reference, Layout, MixPlan};
+    /// let plan = MixPlan::identity(2).unwrap();
+    /// assert!(plan.samples().all(|s| s.lam == 1.0));
+    /// let x = [1.0f32, 2.0, 3.0, 4.0];
+    /// assert_eq!(reference::mix(&plan, &Layout::Rows(2), &x).unwrap(), [1.0, 2.0, 3.0, 4.0]);
+    /// ```
     pub fn identity(batch: usize) -> Result<Self> {
         let partner: Vec<usize> = (0..batch).collect();
         Self::from_parts(&partner, &vec![1.0; batch])
@@ -133,6 +194,18 @@ impl MixPlan {
 
     /// A MixUp-only plan from partner indices and per-sample λ (the weight of the sample itself).
     /// Checked: equal lengths, partners inside the batch, λ finite in `[0, 1]`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{MixError, MixPlan};
+    /// let plan = MixPlan::from_parts(&[2, 0, 1], &[0.6, 0.7, 0.8]).unwrap();
+    /// assert!(!plan.is_involution()); // a 3-cycle: mix out of place
+    /// assert!(matches!(
+    ///     MixPlan::from_parts(&[1, 0], &[0.5, 1.5]),
+    ///     Err(MixError::InvalidLambda { index: 1, .. })
+    /// ));
+    /// ```
     pub fn from_parts(partner: &[usize], lam: &[f32]) -> Result<Self> {
         Self::build(partner, lam, None, None)
     }
@@ -140,6 +213,21 @@ impl MixPlan {
     /// A plan with CutMix boxes: `boxes[i] = Some(b)` pastes `b` from the partner into sample `i`
     /// (λ then weighs only the labels: it is not recomputed from the box), `None` lerps with λ.
     /// Boxes are checked against `height × width`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{CutBox, MixError, MixPlan};
+    /// let b = CutBox { y0: 0, y1: 2, x0: 0, x1: 2 };
+    /// // Sample 0 pastes a 2×2 box of sample 1 into a 4×4 image; λ = 0.75 weighs the labels.
+    /// let plan = MixPlan::with_boxes(&[1, 0], &[0.75, 1.0], &[Some(b), None], 4, 4).unwrap();
+    /// assert_eq!(plan.image_size(), Some((4, 4)));
+    /// let too_big = CutBox { y0: 0, y1: 5, x0: 0, x1: 2 };
+    /// assert!(matches!(
+    ///     MixPlan::with_boxes(&[1, 0], &[0.75, 1.0], &[Some(too_big), None], 4, 4),
+    ///     Err(MixError::InvalidBox { index: 0, .. })
+    /// ));
+    /// ```
     pub fn with_boxes(
         partner: &[usize],
         lam: &[f32],
@@ -202,36 +290,97 @@ impl MixPlan {
     }
 
     /// Batch size.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::MixPlan;
+    /// assert_eq!(MixPlan::identity(5).unwrap().len(), 5);
+    /// ```
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Whether the plan covers no samples.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::MixPlan;
+    /// assert!(MixPlan::identity(0).unwrap().is_empty());
+    /// assert!(!MixPlan::identity(1).unwrap().is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// Sample `i`'s partner, λ and box. Panics if `i >= len()`, like slice indexing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::MixPlan;
+    /// let plan = MixPlan::from_parts(&[1, 0], &[0.6, 0.9]).unwrap();
+    /// let s = plan.sample(1);
+    /// assert_eq!((s.partner, s.lam, s.cut), (0, 0.9, None));
+    /// ```
     pub fn sample(&self, i: usize) -> SampleMix {
         self.entries[i].sample()
     }
 
     /// Every sample's entry, in batch order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::MixPlan;
+    /// let plan = MixPlan::from_parts(&[1, 0, 2], &[0.6, 0.9, 1.0]).unwrap();
+    /// let lams: Vec<f32> = plan.samples().map(|s| s.lam).collect();
+    /// assert_eq!(lams, [0.6, 0.9, 1.0]);
+    /// ```
     pub fn samples(&self) -> impl ExactSizeIterator<Item = SampleMix> + '_ {
         self.entries.iter().map(PlanEntry::sample)
     }
 
     /// `(height, width)` the CutMix boxes were drawn for, if the plan has any box.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{MixConfig, Sampler};
+    /// let cutmix = Sampler::new(MixConfig::fastai_v2_cutmix(10), 0).unwrap();
+    /// assert_eq!(cutmix.plan(0, 0, 8, (32, 24)).unwrap().image_size(), Some((32, 24)));
+    /// let mixup = Sampler::new(MixConfig::timm(10), 0).unwrap();
+    /// assert_eq!(mixup.plan(0, 0, 8, (32, 24)).unwrap().image_size(), None);
+    /// ```
     pub fn image_size(&self) -> Option<(usize, usize)> {
         self.image
     }
 
     /// Whether `partner(partner(i)) == i` for every sample, which in-place mixing needs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::MixPlan;
+    /// assert!(MixPlan::from_parts(&[1, 0], &[0.5, 0.5]).unwrap().is_involution());
+    /// assert!(!MixPlan::from_parts(&[1, 2, 0], &[0.5; 3]).unwrap().is_involution());
+    /// ```
     pub fn is_involution(&self) -> bool {
         self.involution
     }
 
     /// Whether any sample is CutMix.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{CutBox, MixPlan};
+    /// assert!(!MixPlan::from_parts(&[1, 0], &[0.5, 0.5]).unwrap().has_cutmix());
+    /// let b = CutBox { y0: 0, y1: 1, x0: 0, x1: 1 };
+    /// let plan = MixPlan::with_boxes(&[1, 0], &[0.75, 0.75], &[Some(b), Some(b)], 2, 2).unwrap();
+    /// assert!(plan.has_cutmix());
+    /// ```
     pub fn has_cutmix(&self) -> bool {
         self.image.is_some()
     }

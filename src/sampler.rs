@@ -15,6 +15,8 @@ use crate::plan::{CutBox, MixPlan, PlanEntry};
 
 /// Draws [`MixPlan`]s from a validated [`MixConfig`] and a seed.
 ///
+/// # Examples
+///
 /// ```
 /// use mixup_kernels::{MixConfig, Sampler};
 /// let sampler = Sampler::new(MixConfig::fastai_v2_mixup(10), 42).unwrap();
@@ -77,6 +79,15 @@ fn stream(seed: u64, rank: u32, step: u64) -> ChaCha8Rng {
 
 impl Sampler {
     /// Validates `config` and builds a sampler.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{MixConfig, MixError, Sampler};
+    /// assert!(Sampler::new(MixConfig::timm(10), 0).is_ok());
+    /// let bad = MixConfig { num_classes: 0, ..MixConfig::timm(10) };
+    /// assert!(matches!(Sampler::new(bad, 0), Err(MixError::InvalidConfig { field: "num_classes", .. })));
+    /// ```
     pub fn new(config: MixConfig, seed: u64) -> Result<Self> {
         config.validate()?;
         let mixup = beta(config.mixup_alpha, "mixup_alpha")?;
@@ -90,11 +101,26 @@ impl Sampler {
     }
 
     /// The configuration.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{MixConfig, Sampler};
+    /// let sampler = Sampler::new(MixConfig::timm(10), 0).unwrap();
+    /// assert_eq!(sampler.config().num_classes, 10);
+    /// ```
     pub fn config(&self) -> &MixConfig {
         &self.config
     }
 
     /// The seed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{MixConfig, Sampler};
+    /// assert_eq!(Sampler::new(MixConfig::timm(10), 42).unwrap().seed(), 42);
+    /// ```
     pub fn seed(&self) -> u64 {
         self.seed
     }
@@ -102,6 +128,21 @@ impl Sampler {
     /// Draws the plan of data-parallel `rank` at training `step` for a batch of `batch` samples
     /// of `image = (height, width)` pixels. The image size is only used for CutMix boxes; pass
     /// `(1, 1)` for data that is not an image when CutMix is off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{MixConfig, MixError, Sampler};
+    /// let sampler = Sampler::new(MixConfig::timm(10), 7).unwrap();
+    /// let plan = sampler.plan(0, 100, 16, (224, 224)).unwrap();
+    /// assert_eq!(plan.len(), 16);
+    /// // Another rank or step draws another plan; the same arguments the same one.
+    /// assert_ne!(plan, sampler.plan(1, 100, 16, (224, 224)).unwrap());
+    /// assert_eq!(plan, sampler.plan(0, 100, 16, (224, 224)).unwrap());
+    /// // CutMix needs a real image size.
+    /// let cutmix = Sampler::new(MixConfig::fastai_v2_cutmix(10), 7).unwrap();
+    /// assert!(matches!(cutmix.plan(0, 0, 16, (0, 0)), Err(MixError::EmptyShape { .. })));
+    /// ```
     pub fn plan(
         &self,
         rank: u32,
@@ -116,6 +157,18 @@ impl Sampler {
 
     /// As [`Sampler::plan`], reusing `plan`'s storage (no allocation once it is large enough).
     /// On error `plan` is left unchanged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{MixConfig, MixPlan, Sampler};
+    /// let sampler = Sampler::new(MixConfig::timm(10), 7).unwrap();
+    /// let mut plan = MixPlan::default();
+    /// for step in 0..3 {
+    ///     sampler.plan_into(0, step, 32, (1, 1), &mut plan).unwrap();
+    ///     assert_eq!(plan, sampler.plan(0, step, 32, (1, 1)).unwrap());
+    /// }
+    /// ```
     pub fn plan_into(
         &self,
         rank: u32,
