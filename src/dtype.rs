@@ -6,6 +6,14 @@
 use half::{bf16, f16};
 
 /// The element types the crate stores.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{bf16, DType, Element};
+/// assert_eq!(<bf16 as Element>::DTYPE, DType::BF16);
+/// assert_eq!((DType::BF16.size(), DType::BF16.name()), (2, "bf16"));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
     /// IEEE binary32.
@@ -20,6 +28,13 @@ pub enum DType {
 
 impl DType {
     /// Bytes per element.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::DType;
+    /// assert_eq!([DType::F32, DType::F16, DType::U8].map(DType::size), [4, 2, 1]);
+    /// ```
     pub const fn size(self) -> usize {
         match self {
             DType::F32 => 4,
@@ -29,6 +44,13 @@ impl DType {
     }
 
     /// Short name used in kernel entry points and benchmark labels (`f32`, `f16`, `bf16`, `u8`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::DType;
+    /// assert_eq!(DType::F16.name(), "f16");
+    /// ```
     pub const fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
@@ -48,19 +70,63 @@ mod sealed {
 }
 
 /// A storable element. Sealed: implemented for `f32`, `f16`, `bf16` and `u8`.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{f16, Element};
+/// // The arithmetic every backend does: widen, combine in f32, round once.
+/// fn lerp<T: Element>(lam: f32, a: T, b: T) -> T {
+///     T::from_f32(lam * a.to_f32() + (1.0 - lam) * b.to_f32())
+/// }
+/// assert_eq!(lerp(0.5, 1u8, 2u8), 2); // 1.5 rounds half to even
+/// assert_eq!(lerp(0.25, f16::from_f32(4.0), f16::from_f32(0.0)).to_f32(), 1.0);
+/// ```
 pub trait Element:
     sealed::Sealed + Copy + Send + Sync + Default + std::fmt::Debug + 'static
 {
     /// The runtime tag of this type.
+    ///
+    /// ```
+    /// use mixup_kernels::{DType, Element};
+    /// assert_eq!(<u8 as Element>::DTYPE, DType::U8);
+    /// ```
     const DTYPE: DType;
     /// Widens to f32 (exact for every implementor).
+    ///
+    /// ```
+    /// use mixup_kernels::{bf16, Element};
+    /// assert_eq!(Element::to_f32(200u8), 200.0);
+    /// assert_eq!(Element::to_f32(bf16::from_f32(0.5)), 0.5);
+    /// ```
     fn to_f32(self) -> f32;
     /// Rounds an f32 to this type, to nearest, ties to even. `u8` also clamps to `0..=255`
     /// (NaN becomes 0).
+    ///
+    /// ```
+    /// use mixup_kernels::Element;
+    /// assert_eq!(<u8 as Element>::from_f32(2.5), 2);
+    /// assert_eq!(<u8 as Element>::from_f32(300.0), 255);
+    /// assert_eq!(<u8 as Element>::from_f32(f32::NAN), 0);
+    /// ```
     fn from_f32(v: f32) -> Self;
 }
 
 /// The floating-point elements: logits, gradients and soft targets (`f32`, `f16`, `bf16`).
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{reference, bf16, FloatElement, MixPlan, TargetSpec};
+/// // Soft targets rounded to a float storage type.
+/// fn targets<T: FloatElement>(plan: &MixPlan, labels: &[u32], spec: &TargetSpec) -> Vec<T> {
+///     let t = reference::soft_targets(plan, labels, spec).unwrap();
+///     t.iter().map(|&v| T::from_f32(v as f32)).collect()
+/// }
+/// let plan = MixPlan::from_parts(&[1, 0], &[0.75, 0.75]).unwrap();
+/// let t: Vec<bf16> = targets(&plan, &[0, 1], &TargetSpec::new(2, 0.0).unwrap());
+/// assert_eq!(t[0].to_f32(), 0.75);
+/// ```
 pub trait FloatElement: Element {}
 
 impl Element for f32 {

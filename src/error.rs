@@ -7,9 +7,32 @@
 use std::fmt;
 
 /// Result alias used throughout the crate.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{MixConfig, MixPlan, Result, Sampler};
+/// fn first_plan(classes: usize) -> Result<MixPlan> {
+///     Sampler::new(MixConfig::timm(classes), 0)?.plan(0, 0, 4, (1, 1))
+/// }
+/// assert!(first_plan(10).is_ok());
+/// assert!(first_plan(0).is_err());
+/// ```
 pub type Result<T, E = MixError> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in `mixup-kernels`.
+///
+/// Each variant names what was wrong; [`Display`](std::fmt::Display) gives a readable message.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{reference, Layout, MixError, MixPlan};
+/// let plan = MixPlan::identity(2).unwrap();
+/// let err = reference::mix(&plan, &Layout::Rows(3), &[0.0f32; 5]).unwrap_err();
+/// assert_eq!(err, MixError::LengthMismatch { what: "x", expected: 6, got: 5 });
+/// assert_eq!(err.to_string(), "`x` has 5 elements, the shape needs 6");
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum MixError {

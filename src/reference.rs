@@ -4,6 +4,15 @@
 //!
 //! Inputs of any element type are widened exactly to f64; outputs are f64 and never rounded.
 //! Arguments are checked exactly as the fast paths check them.
+//!
+//! # Examples
+//!
+//! ```
+//! use mixup_kernels::{reference, Layout, MixPlan};
+//! let plan = MixPlan::from_parts(&[1, 0], &[0.25, 0.5]).unwrap();
+//! let mixed = reference::mix(&plan, &Layout::Rows(1), &[0u8, 100]).unwrap();
+//! assert_eq!(mixed, [75.0, 50.0]); // f64, never rounded
+//! ```
 
 use crate::config::TargetSpec;
 use crate::dtype::Element;
@@ -14,6 +23,15 @@ use crate::spec::{check_ce, check_labels, check_mix, CeSpec, Layout, Reduction, 
 /// The mixed batch: `out_i = λ_i x_i + (1-λ_i) x_partner(i)` for MixUp samples (and for every
 /// sample under [`Layout::Rows`]); for CutMix samples of an image layout, the partner's pixels
 /// inside the box and the sample's own outside.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{reference, Layout, MixPlan};
+/// let plan = MixPlan::from_parts(&[1, 0], &[0.75, 0.75]).unwrap();
+/// let x = [4.0f32, 8.0, 0.0, 0.0]; // two rows of 2
+/// assert_eq!(reference::mix(&plan, &Layout::Rows(2), &x).unwrap(), [3.0, 6.0, 1.0, 2.0]);
+/// ```
 pub fn mix<T: Element>(plan: &MixPlan, layout: &Layout, x: &[T]) -> Result<Vec<f64>> {
     let row = check_mix(plan, layout, x.len(), "x")?;
     let mut out = vec![0.0; x.len()];
@@ -51,6 +69,18 @@ pub fn mix<T: Element>(plan: &MixPlan, layout: &Layout, x: &[T]) -> Result<Vec<f
 
 /// Soft targets `[B, C]`: `t_ic = (1-ε)(λ_i [c = y_i] + (1-λ_i) [c = y_partner(i)]) + ε/C`.
 /// When a sample and its partner share a class, the two weights add up.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{reference, MixError, MixPlan, TargetSpec};
+/// let plan = MixPlan::from_parts(&[1, 0], &[0.75, 0.75]).unwrap();
+/// let spec = TargetSpec::new(3, 0.0).unwrap();
+/// let t = reference::soft_targets(&plan, &[0, 2], &spec).unwrap();
+/// assert_eq!(t, [0.75, 0.0, 0.25, 0.25, 0.0, 0.75]);
+/// let bad = reference::soft_targets(&plan, &[0, 3], &spec);
+/// assert!(matches!(bad, Err(MixError::LabelOutOfRange { index: 1, label: 3, .. })));
+/// ```
 pub fn soft_targets(plan: &MixPlan, labels: &[u32], spec: &TargetSpec) -> Result<Vec<f64>> {
     check_labels(plan, labels, spec)?;
     let c = spec.num_classes;
@@ -65,6 +95,17 @@ pub fn soft_targets(plan: &MixPlan, labels: &[u32], spec: &TargetSpec) -> Result
 }
 
 /// The mixup cross-entropy and its gradient, in f64.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{reference, CeSpec, MixPlan, Reduction, Upstream};
+/// let plan = MixPlan::identity(3).unwrap();
+/// let spec = CeSpec::new(4, 0.1, Reduction::Sum);
+/// let r = reference::mixup_ce(&plan, &spec, &[0.5f32; 12], &[0, 1, 2], Upstream::Scalar(1.0)).unwrap();
+/// assert_eq!((r.losses.len(), r.grad.len()), (3, 12));
+/// assert!((r.loss - r.losses.iter().sum::<f64>()).abs() < 1e-12);
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct CeReference {
     /// Per-sample losses `L_i = lse_i - Σ_c t_ic z_ic`.
@@ -78,6 +119,18 @@ pub struct CeReference {
 
 /// Cross-entropy of `logits` (`[B, C]`) against the plan's soft targets, with its gradient
 /// scaled for the reduction and the upstream gradient.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{reference, CeSpec, MixPlan, Reduction, Upstream};
+/// // Uniform logits over 2 classes, no mixing: loss ln 2, gradient (softmax - onehot) / B.
+/// let plan = MixPlan::identity(2).unwrap();
+/// let spec = CeSpec::new(2, 0.0, Reduction::Mean);
+/// let r = reference::mixup_ce(&plan, &spec, &[0.0f32; 4], &[0, 1], Upstream::Scalar(1.0)).unwrap();
+/// assert!((r.loss - std::f64::consts::LN_2).abs() < 1e-12);
+/// assert_eq!(r.grad, [-0.25, 0.25, 0.25, -0.25]);
+/// ```
 pub fn mixup_ce<T: Element>(
     plan: &MixPlan,
     spec: &CeSpec,
