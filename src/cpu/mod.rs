@@ -5,6 +5,26 @@
 //! long rows of small batches are split so every core works). Results do not depend on the
 //! number of threads: every output element and every per-sample loss is computed by one
 //! thread in a fixed order, and the reduced loss sums per-sample losses in index order.
+//!
+//! # Examples
+//!
+//! One training step's worth of work on host buffers:
+//!
+//! ```
+//! use mixup_kernels::{cpu, CeSpec, Layout, MixConfig, Reduction, Sampler, Upstream};
+//! let (batch, classes) = (4, 10);
+//! let sampler = Sampler::new(MixConfig::timm(classes), 0).unwrap();
+//! let plan = sampler.plan(0, 0, batch, (8, 8)).unwrap();
+//! let mut images = vec![0.5f32; batch * 3 * 8 * 8];
+//! cpu::mix_in_place(&plan, &Layout::Nchw { channels: 3, height: 8, width: 8 }, &mut images).unwrap();
+//! // ... the model turns `images` into logits ...
+//! let mut logits = vec![0.0f32; batch * classes];
+//! let spec = CeSpec::new(classes, 0.1, Reduction::Mean);
+//! let labels = [3, 1, 4, 1];
+//! let loss = cpu::mixup_ce_in_place(&plan, &spec, &mut logits, &labels, Upstream::Scalar(1.0), None).unwrap();
+//! assert!((loss - (classes as f32).ln()).abs() < 1e-5); // uniform logits: ln C
+//! // `logits` now holds the gradient of the mean loss.
+//! ```
 
 mod lanes;
 mod math;
@@ -24,6 +44,19 @@ use crate::spec::{CeSpec, Layout, Upstream};
 /// `out_i = lam_i * x_i + (1 - lam_i) * x_partner(i)` (no fused multiply-add); under an image
 /// layout a CutMix sample takes `x_partner(i)` inside its box and `x_i` outside. A sample that
 /// is its own partner is copied unchanged. Any plan; `out` must not be `x`.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{bf16, cpu, Layout, MixError, MixPlan};
+/// let plan = MixPlan::from_parts(&[1, 2, 0], &[0.5, 0.75, 1.0]).unwrap(); // a 3-cycle is fine
+/// let x = [2.0f32, 4.0, 8.0].map(bf16::from_f32);
+/// let mut out = [bf16::ZERO; 3];
+/// cpu::mix(&plan, &Layout::Rows(1), &x, &mut out).unwrap();
+/// assert_eq!(out.map(bf16::to_f32), [3.0, 5.0, 8.0]);
+/// let err = cpu::mix(&plan, &Layout::Rows(2), &x, &mut out).unwrap_err();
+/// assert!(matches!(err, MixError::LengthMismatch { what: "x", .. }));
+/// ```
 pub fn mix<T: Element>(plan: &MixPlan, layout: &Layout, x: &[T], out: &mut [T]) -> Result<()> {
     mix::mix(plan, layout, x, out)
 }
@@ -32,6 +65,21 @@ pub fn mix<T: Element>(plan: &MixPlan, layout: &Layout, x: &[T], out: &mut [T]) 
 ///
 /// Gives the same bits as [`mix`]. Fails with [`MixError::NotInvolution`](crate::MixError)
 /// (and leaves `x` untouched) for other plans, such as random permutations.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{cpu, Layout, MixError, MixPlan};
+/// let pairs = MixPlan::from_parts(&[1, 0], &[0.75, 0.75]).unwrap();
+/// let mut x = [0u8, 200];
+/// cpu::mix_in_place(&pairs, &Layout::Rows(1), &mut x).unwrap();
+/// assert_eq!(x, [50, 150]);
+/// let cycle = MixPlan::from_parts(&[1, 2, 0], &[0.5; 3]).unwrap();
+/// let mut y = [1.0f32, 2.0, 3.0];
+/// let err = cpu::mix_in_place(&cycle, &Layout::Rows(1), &mut y).unwrap_err();
+/// assert!(matches!(err, MixError::NotInvolution { .. }));
+/// assert_eq!(y, [1.0, 2.0, 3.0]); // untouched
+/// ```
 pub fn mix_in_place<T: Element>(plan: &MixPlan, layout: &Layout, x: &mut [T]) -> Result<()> {
     mix::mix_in_place(plan, layout, x)
 }
@@ -40,6 +88,19 @@ pub fn mix_in_place<T: Element>(plan: &MixPlan, layout: &Layout, x: &mut [T]) ->
 ///
 /// `t_ic = (1-ε)·w_ic + ε/C` in f32, `w` = λ_i at `y_i`, `1-λ_i` at `y_partner(i)` (summed when
 /// the classes are equal), 0 elsewhere; rounded once to `T`.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{cpu, MixPlan, TargetSpec};
+/// let plan = MixPlan::from_parts(&[1, 0], &[0.75, 0.75]).unwrap();
+/// let spec = TargetSpec::new(4, 0.2).unwrap();
+/// let mut t = [0.0f32; 8];
+/// cpu::soft_targets(&plan, &[0, 3], &spec, &mut t).unwrap();
+/// // "75% class 0, 25% class 3", smoothed: 0.8·w + 0.05.
+/// let want = [0.65, 0.05, 0.05, 0.25, 0.25, 0.05, 0.05, 0.65];
+/// assert!(t.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6));
+/// ```
 pub fn soft_targets<T: FloatElement>(
     plan: &MixPlan,
     labels: &[u32],
@@ -54,6 +115,19 @@ pub fn soft_targets<T: FloatElement>(
 /// `losses`, if given, must hold B values. The returned value is the mean for
 /// [`Reduction::Mean`](crate::Reduction) and [`Reduction::None`](crate::Reduction) (for
 /// logging), the sum for `Sum`.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{cpu, CeSpec, MixPlan, Reduction};
+/// let plan = MixPlan::identity(2).unwrap();
+/// let spec = CeSpec::new(2, 0.0, Reduction::Sum);
+/// let mut losses = [0.0f32; 2];
+/// let total = cpu::mixup_ce_forward(&plan, &spec, &[0.0f32; 4], &[0, 1], Some(&mut losses)).unwrap();
+/// let ln2 = std::f32::consts::LN_2;
+/// assert!(losses.iter().all(|l| (l - ln2).abs() < 1e-6));
+/// assert!((total - 2.0 * ln2).abs() < 1e-6);
+/// ```
 pub fn mixup_ce_forward<T: FloatElement>(
     plan: &MixPlan,
     spec: &CeSpec,
@@ -68,6 +142,20 @@ pub fn mixup_ce_forward<T: FloatElement>(
 ///
 /// `grad_ic = (softmax(z_i)_c - t_ic) · upstream_i` (÷ B for the mean), computed in f32 and
 /// rounded once; the loss is as in [`mixup_ce_forward`].
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{cpu, reference, CeSpec, MixPlan, Reduction, Upstream};
+/// let plan = MixPlan::from_parts(&[1, 0], &[0.7, 0.7]).unwrap();
+/// let spec = CeSpec::new(3, 0.1, Reduction::Mean);
+/// let (logits, labels) = ([1.0f32, -1.0, 0.5, 0.0, 2.0, -0.5], [0, 2]);
+/// let mut grad = [0.0f32; 6];
+/// let loss = cpu::mixup_ce(&plan, &spec, &logits, &labels, Upstream::Scalar(1.0), None, &mut grad).unwrap();
+/// let want = reference::mixup_ce(&plan, &spec, &logits, &labels, Upstream::Scalar(1.0)).unwrap();
+/// assert!((f64::from(loss) - want.loss).abs() < 1e-6);
+/// assert!(grad.iter().zip(&want.grad).all(|(g, w)| (f64::from(*g) - w).abs() < 1e-6));
+/// ```
 pub fn mixup_ce<T: FloatElement>(
     plan: &MixPlan,
     spec: &CeSpec,
@@ -81,6 +169,21 @@ pub fn mixup_ce<T: FloatElement>(
 }
 
 /// Loss and gradient, the gradient written over the logits (same bits as [`mixup_ce`]).
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{cpu, f16, CeSpec, MixPlan, Reduction, Upstream};
+/// let plan = MixPlan::from_parts(&[1, 0], &[0.7, 0.7]).unwrap();
+/// let spec = CeSpec::new(3, 0.0, Reduction::Sum);
+/// let logits = [1.0f32, -1.0, 0.5, 0.0, 2.0, -0.5].map(f16::from_f32);
+/// let mut grad = [f16::ZERO; 6];
+/// let up = Upstream::Scalar(2.0);
+/// let a = cpu::mixup_ce(&plan, &spec, &logits, &[0, 2], up, None, &mut grad).unwrap();
+/// let mut z = logits;
+/// let b = cpu::mixup_ce_in_place(&plan, &spec, &mut z, &[0, 2], up, None).unwrap();
+/// assert_eq!((a, z), (b, grad)); // same loss, same gradient bits
+/// ```
 pub fn mixup_ce_in_place<T: FloatElement>(
     plan: &MixPlan,
     spec: &CeSpec,
