@@ -90,6 +90,22 @@ pub(crate) fn require_nvrtc() -> Result<()> {
 }
 
 /// Options for [`CudaMixer::with_options`] / [`CudaMixer::from_stream_with`].
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::{CudaMixer, CudaMixerOptions};
+/// // No disk cache, line info for compute-sanitizer.
+/// let options = CudaMixerOptions {
+///     disk_cache: false,
+///     nvrtc_options: vec!["-lineinfo".into()],
+///     ..Default::default()
+/// };
+/// match CudaMixer::with_options(0, options) {
+///     Ok(mixer) => assert_eq!(mixer.cache_dir(), None),
+///     Err(e) => eprintln!("no GPU here: {e}"),
+/// }
+/// ```
 #[derive(Debug, Clone)]
 pub struct CudaMixerOptions {
     /// Whether compiled kernels are kept on disk (see [`cache_dir`](Self::cache_dir)).
@@ -112,6 +128,19 @@ impl Default for CudaMixerOptions {
 }
 
 /// How a kernel unit was obtained the first time this mixer needed it.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::{CudaMixer, UnitSource};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+/// mixer.preload(mixup_kernels::DType::F32)?;
+/// let compiled = mixer.load_report().iter().filter(|l| l.source == UnitSource::Compiled).count();
+/// println!("{compiled} unit(s) compiled by NVRTC, the others read from the disk cache");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnitSource {
     /// Compiled by NVRTC (and stored in the disk cache, if on).
@@ -121,6 +150,20 @@ pub enum UnitSource {
 }
 
 /// One kernel unit's first load: what, how, how long (compile or read, plus module load).
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::CudaMixer;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+/// mixer.preload(mixup_kernels::DType::F16)?;
+/// for load in mixer.load_report() {
+///     println!("{:<24} {:?} in {:?}", load.unit, load.source, load.time);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct UnitLoad {
     /// The unit (an entry name such as `ce_block_bf16`, or `naive_f32`).
@@ -147,6 +190,18 @@ pub(crate) struct Unit {
 /// Labels read on the device are not range-checked before the launch (that would need a
 /// synchronization): a kernel counts labels `>= num_classes` in a device flag and never reads
 /// memory through them; [`check_labels`](CudaMixer::check_labels) reports the count.
+///
+/// # Examples
+///
+/// Without a GPU (or without NVRTC) the constructors return an error, never panic:
+///
+/// ```
+/// use mixup_kernels::cuda::CudaMixer;
+/// match CudaMixer::new(0) {
+///     Ok(mixer) => println!("kernels for {} on {} SMs", mixer.target_arch(), mixer.multiprocessors()),
+///     Err(e) => eprintln!("falling back to the CPU: {e}"),
+/// }
+/// ```
 pub struct CudaMixer {
     stream: Arc<CudaStream>,
     cc: u32,
@@ -176,11 +231,36 @@ impl std::fmt::Debug for CudaMixer {
 
 impl CudaMixer {
     /// A mixer on device `ordinal`'s primary context and its default stream.
+    ///
+    /// Fails with [`MixError::CudaUnavailable`] when libcuda or libnvrtc cannot be loaded (the
+    /// message says where they were looked for) and with [`MixError::Driver`] when the device
+    /// cannot be opened.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{cuda::CudaMixer, MixError};
+    /// match CudaMixer::new(0) {
+    ///     Ok(mixer) => println!("{mixer:?}"),
+    ///     Err(e) => assert!(matches!(e, MixError::CudaUnavailable(_) | MixError::Driver { .. })),
+    /// }
+    /// ```
     pub fn new(ordinal: usize) -> Result<Self> {
         Self::with_options(ordinal, CudaMixerOptions::default())
     }
 
     /// Like [`new`](CudaMixer::new), with options.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, CudaMixerOptions};
+    /// let dir = std::env::temp_dir().join("mixup-kernels-doc-cache");
+    /// let options = CudaMixerOptions { cache_dir: Some(dir.clone()), ..Default::default() };
+    /// if let Ok(mixer) = CudaMixer::with_options(0, options) {
+    ///     assert_eq!(mixer.cache_dir(), Some(dir.as_path()));
+    /// }
+    /// ```
     pub fn with_options(ordinal: usize, options: CudaMixerOptions) -> Result<Self> {
         require_driver()?;
         require_nvrtc()?;
@@ -190,6 +270,21 @@ impl CudaMixer {
     }
 
     /// A mixer enqueuing on `stream` (its device and context).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use mixup_kernels::cuda::CudaMixer;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(first) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// // A second mixer on a stream of its own (same device), e.g. to overlap with other work.
+    /// let stream = first.stream().context().new_stream()?;
+    /// let second = CudaMixer::from_stream(stream.clone())?;
+    /// assert!(Arc::ptr_eq(second.stream(), &stream));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn from_stream(stream: Arc<CudaStream>) -> Result<Self> {
         Self::from_stream_with(stream, CudaMixerOptions::default())
     }
@@ -200,6 +295,22 @@ impl CudaMixer {
     /// # Safety
     /// `stream` must be a valid stream of device `ordinal`'s primary context (or null for the
     /// legacy default stream) and must outlive the mixer and everything enqueued through it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use mixup_kernels::cuda::{CudaContext, CudaMixer};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Stands for a stream another library owns (`torch.cuda.current_stream().cuda_stream`).
+    /// let ctx = CudaContext::new(0)?;
+    /// let theirs = ctx.new_stream()?;
+    /// // SAFETY: `theirs` is a stream of device 0's primary context (cudarc retains the primary
+    /// // context) and it outlives the mixer: it is dropped after it, at the end of the scope.
+    /// let mixer = unsafe { CudaMixer::from_raw_stream(0, theirs.cu_stream()) }?;
+    /// assert_eq!(mixer.stream().cu_stream(), theirs.cu_stream());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub unsafe fn from_raw_stream(
         ordinal: usize,
         stream: cudarc::driver::sys::CUstream,
@@ -214,6 +325,20 @@ impl CudaMixer {
     }
 
     /// [`from_stream`](CudaMixer::from_stream) with options.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, CudaMixerOptions};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(first) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let stream = first.stream().context().new_stream()?;
+    /// let options = CudaMixerOptions { disk_cache: false, ..Default::default() };
+    /// let mixer = CudaMixer::from_stream_with(stream, options)?;
+    /// assert_eq!(mixer.cache_dir(), None);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn from_stream_with(stream: Arc<CudaStream>, options: CudaMixerOptions) -> Result<Self> {
         require_nvrtc()?;
         let ctx = stream.context().clone();
@@ -258,38 +383,114 @@ impl CudaMixer {
     }
 
     /// The stream every operation is enqueued on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::CudaMixer;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let s = mixer.stream();
+    /// let x = s.clone_htod(&vec![1.0f32, 2.0])?; // device buffers for the operations
+    /// assert_eq!(s.clone_dtoh(&x)?, [1.0, 2.0]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
 
     /// Compute capability as `major * 10 + minor` (90 for H100).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::CudaMixer;
+    /// if let Ok(mixer) = CudaMixer::new(0) {
+    ///     assert!(mixer.compute_capability() >= 75); // NVRTC 13 needs sm_75 or newer
+    /// }
+    /// ```
     pub fn compute_capability(&self) -> u32 {
         self.cc
     }
 
     /// What the kernels are compiled for: `sm_XY` (CUBIN), or `compute_XY` (PTX, JIT-compiled
     /// by the driver) when the device is newer than this NVRTC.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::CudaMixer;
+    /// if let Ok(mixer) = CudaMixer::new(0) {
+    ///     let arch = mixer.target_arch(); // "sm_90" on an H100
+    ///     assert!(arch.starts_with("sm_") || arch.starts_with("compute_"));
+    /// }
+    /// ```
     pub fn target_arch(&self) -> String {
         self.target.arch()
     }
 
     /// NVRTC's version, `(major, minor)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::CudaMixer;
+    /// if let Ok(mixer) = CudaMixer::new(0) {
+    ///     let (major, minor) = mixer.nvrtc_version();
+    ///     assert!(major >= 11, "NVRTC {major}.{minor}");
+    /// }
+    /// ```
     pub fn nvrtc_version(&self) -> (i32, i32) {
         self.nvrtc
     }
 
     /// Number of streaming multiprocessors.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::CudaMixer;
+    /// if let Ok(mixer) = CudaMixer::new(0) {
+    ///     assert!(mixer.multiprocessors() > 0); // 132 on an H100 SXM
+    /// }
+    /// ```
     pub fn multiprocessors(&self) -> u32 {
         self.sms
     }
 
     /// Where compiled kernels are cached on disk, if anywhere.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::CudaMixer;
+    /// if let Ok(mixer) = CudaMixer::new(0) {
+    ///     // $MIXUP_KERNELS_CACHE, else $XDG_CACHE_HOME/mixup-kernels, else ~/.cache/mixup-kernels
+    ///     println!("kernel cache: {:?}", mixer.cache_dir());
+    /// }
+    /// ```
     pub fn cache_dir(&self) -> Option<&std::path::Path> {
         self.cache.dir()
     }
 
     /// Compiles (or loads from the disk cache) every kernel the operations use for `dtype`,
     /// so the first training step does not pay for it (and before capturing a CUDA graph).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{cuda::CudaMixer, DType};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// mixer.preload(DType::BF16)?;
+    /// let loaded = mixer.load_report().len();
+    /// assert!(loaded > 0);
+    /// mixer.preload(DType::BF16)?; // a second call finds everything loaded
+    /// assert_eq!(mixer.load_report().len(), loaded);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn preload(&self, dtype: DType) -> Result<()> {
         for unit in units_for(dtype) {
             self.unit(unit)?;
@@ -298,6 +499,20 @@ impl CudaMixer {
     }
 
     /// Every kernel unit this mixer loaded so far: how (compiled or from disk) and how long.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{cuda::CudaMixer, DType};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// assert!(mixer.load_report().is_empty()); // kernels load on first use
+    /// mixer.preload(DType::F32)?;
+    /// let total: std::time::Duration = mixer.load_report().iter().map(|l| l.time).sum();
+    /// println!("f32 kernels ready in {total:?}");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn load_report(&self) -> Vec<UnitLoad> {
         lock(&self.loads).clone()
     }
@@ -305,7 +520,27 @@ impl CudaMixer {
     /// Waits for the stream, then reports labels that device kernels found out of range since
     /// the last check (and clears the count): [`MixError::DeviceLabelOutOfRange`]. The outputs
     /// of the launches that saw them are not meaningful.
-    pub fn check_labels(&self) -> Result<()> {
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// use mixup_kernels::{MixError, MixPlan, TargetSpec};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let s = mixer.stream();
+    /// let mut plan = DevicePlan::new(&mixer);
+    /// plan.upload(&MixPlan::identity(2)?)?;
+    /// let labels = s.clone_htod(&vec![0u32, 7])?; // 7 is out of range for 3 classes
+    /// let mut t = s.alloc_zeros::<f32>(2 * 3)?;
+    /// let spec = TargetSpec::new(3, 0.0)?;
+    /// mixer.soft_targets(&plan, &labels.as_view(), &spec, &mut t.as_view_mut())?; // enqueued
+    /// assert!(matches!(mixer.check_labels(), Err(MixError::DeviceLabelOutOfRange { .. })));
+    /// mixer.check_labels()?; // the count was cleared
+    /// # Ok(())
+    /// # }
+    /// ```
+(&self) -> Result<()> {
         let flags = self
             .stream
             .clone_dtoh(&self.flags)
