@@ -155,6 +155,24 @@ impl CudaMixer {
     /// Mixes `x` into `out` (both `[B, sample]` in `layout`): MixUp lerp or CutMix paste per the
     /// plan, in one pass. Bit-identical to the CPU path. Views may start at any element offset
     /// (unaligned rows go element by element).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// use mixup_kernels::{Layout, MixPlan};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let s = mixer.stream();
+    /// let mut plan = DevicePlan::new(&mixer);
+    /// plan.upload(&MixPlan::from_parts(&[1, 2, 0], &[0.5, 0.75, 1.0])?)?; // any plan
+    /// let x = s.clone_htod(&vec![2.0f32, 4.0, 8.0])?;
+    /// let mut out = s.alloc_zeros::<f32>(3)?;
+    /// mixer.mix(&plan, &Layout::Rows(1), &x.as_view(), &mut out.as_view_mut())?;
+    /// assert_eq!(s.clone_dtoh(&out)?, [3.0, 5.0, 8.0]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn mix<T: Element>(
         &self,
         plan: &DevicePlan,
@@ -174,6 +192,31 @@ impl CudaMixer {
     /// Mixes `x` in place. The plan must be an involution (`partner(partner(i)) == i`, as timm's
     /// flip and random pairs are): each pair is read once and both rows written, the same bytes
     /// as a copy.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// use mixup_kernels::{CutBox, Layout, MixError, MixPlan};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let s = mixer.stream();
+    /// // Two 1×2 images: sample 0 pastes column 1 of sample 1, sample 1 lerps with λ = 0.75.
+    /// let b = CutBox { y0: 0, y1: 1, x0: 1, x1: 2 };
+    /// let mut plan = DevicePlan::new(&mixer);
+    /// plan.upload(&MixPlan::with_boxes(&[1, 0], &[0.5, 0.75], &[Some(b), None], 1, 2)?)?;
+    /// let mut x = s.clone_htod(&vec![0u8, 100, 200, 40])?;
+    /// let layout = Layout::Nhwc { height: 1, width: 2, channels: 1 };
+    /// mixer.mix_in_place(&plan, &layout, &mut x.as_view_mut())?;
+    /// assert_eq!(s.clone_dtoh(&x)?, [0, 40, 150, 55]);
+    /// // A 3-cycle is not an involution: mix it out of place.
+    /// plan.upload(&MixPlan::from_parts(&[1, 2, 0], &[0.5; 3])?)?;
+    /// let mut y = s.alloc_zeros::<f32>(3)?;
+    /// let err = mixer.mix_in_place(&plan, &Layout::Rows(1), &mut y.as_view_mut());
+    /// assert!(matches!(err, Err(MixError::NotInvolution { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn mix_in_place<T: Element>(
         &self,
         plan: &DevicePlan,

@@ -37,6 +37,28 @@ pub(crate) const CE_WARP_THREADS: u32 = 256;
 pub(crate) const CE_SMEM_RESERVE: u32 = 2048;
 
 /// The gradient arriving from above the loss, on the device side.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::{CudaMixer, DevicePlan, DeviceUpstream};
+/// use mixup_kernels::{CeSpec, MixPlan, Reduction};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+/// let s = mixer.stream();
+/// let mut plan = DevicePlan::new(&mixer);
+/// plan.upload(&MixPlan::identity(2)?)?;
+/// let spec = CeSpec::new(2, 0.0, Reduction::Mean);
+/// let (z, y) = (s.clone_htod(&vec![0.0f32; 4])?, s.clone_htod(&vec![0u32, 1])?);
+/// let (mut loss, mut grad) = (s.alloc_zeros::<f32>(1)?, s.alloc_zeros::<f32>(4)?);
+/// // dL_total/dL = 2, read from device memory (an autograd upstream that lives on the GPU).
+/// let up = s.clone_htod(&vec![2.0f32])?;
+/// mixer.mixup_ce(&plan, &spec, &z.as_view(), &y.as_view(), DeviceUpstream::Device(up.as_view()),
+///     &mut loss.as_view_mut(), None, &mut grad.as_view_mut())?;
+/// assert_eq!(s.clone_dtoh(&grad)?, [-0.5, 0.5, 0.5, -0.5]); // (softmax - t) · 2 / B
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub enum DeviceUpstream<'a> {
     /// One host value (1.0 for a plain `loss.backward()`), baked into the launch.
@@ -325,6 +347,28 @@ impl CudaMixer {
     /// Loss only (evaluation): writes the reduced loss to `loss` (`[1]`; for
     /// [`Reduction::None`] the mean, for logging) and the per-sample losses to `losses`
     /// (`[B]`) if given. Reads the logits once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// use mixup_kernels::{CeSpec, MixPlan, Reduction};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let s = mixer.stream();
+    /// let mut plan = DevicePlan::new(&mixer);
+    /// plan.upload(&MixPlan::identity(2)?)?;
+    /// let spec = CeSpec::new(2, 0.0, Reduction::None);
+    /// let (z, y) = (s.clone_htod(&vec![0.0f32; 4])?, s.clone_htod(&vec![0u32, 1])?);
+    /// let (mut loss, mut losses) = (s.alloc_zeros::<f32>(1)?, s.alloc_zeros::<f32>(2)?);
+    /// mixer.mixup_ce_forward(&plan, &spec, &z.as_view(), &y.as_view(), &mut loss.as_view_mut(),
+    ///     Some(&mut losses.as_view_mut()))?;
+    /// let ln2 = std::f32::consts::LN_2;
+    /// assert!(s.clone_dtoh(&losses)?.iter().all(|l| (l - ln2).abs() < 1e-6));
+    /// assert!((s.clone_dtoh(&loss)?[0] - ln2).abs() < 1e-6); // the mean, for logging
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn mixup_ce_forward<T: FloatElement>(
         &self,
         plan: &DevicePlan,
@@ -351,6 +395,31 @@ impl CudaMixer {
 
     /// Loss and gradient in one launch: the gradient `(softmax - t) · scale` goes to `grad`
     /// (`[B, C]`), the reduced loss to `loss` (`[1]`), per-sample losses to `losses` if given.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan, DeviceUpstream};
+    /// use mixup_kernels::{reference, CeSpec, MixPlan, Reduction, Upstream};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let s = mixer.stream();
+    /// let host_plan = MixPlan::from_parts(&[1, 0], &[0.7, 0.7])?;
+    /// let mut plan = DevicePlan::new(&mixer);
+    /// plan.upload(&host_plan)?;
+    /// let spec = CeSpec::new(3, 0.1, Reduction::Mean);
+    /// let (logits, labels) = (vec![1.0f32, -1.0, 0.5, 0.0, 2.0, -0.5], vec![0u32, 2]);
+    /// let (z, y) = (s.clone_htod(&logits)?, s.clone_htod(&labels)?);
+    /// let (mut loss, mut grad) = (s.alloc_zeros::<f32>(1)?, s.alloc_zeros::<f32>(6)?);
+    /// mixer.mixup_ce(&plan, &spec, &z.as_view(), &y.as_view(), DeviceUpstream::Scalar(1.0),
+    ///     &mut loss.as_view_mut(), None, &mut grad.as_view_mut())?;
+    /// let want = reference::mixup_ce(&host_plan, &spec, &logits, &labels, Upstream::Scalar(1.0))?;
+    /// assert!((f64::from(s.clone_dtoh(&loss)?[0]) - want.loss).abs() < 1e-5);
+    /// let grad = s.clone_dtoh(&grad)?;
+    /// assert!(grad.iter().zip(&want.grad).all(|(g, w)| (f64::from(*g) - w).abs() < 1e-6));
+    /// # Ok(())
+    /// # }
+    /// ```
     #[allow(clippy::too_many_arguments)]
     pub fn mixup_ce<T: FloatElement>(
         &self,
@@ -381,6 +450,28 @@ impl CudaMixer {
     }
 
     /// Loss and gradient, the gradient written over the logits.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan, DeviceUpstream};
+    /// use mixup_kernels::{f16, CeSpec, MixPlan, Reduction};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let s = mixer.stream();
+    /// let mut plan = DevicePlan::new(&mixer);
+    /// plan.upload(&MixPlan::identity(2)?)?;
+    /// let spec = CeSpec::new(2, 0.0, Reduction::Sum);
+    /// let mut z = s.clone_htod(&vec![f16::ZERO; 4])?;
+    /// let y = s.clone_htod(&vec![0u32, 1])?;
+    /// let mut loss = s.alloc_zeros::<f32>(1)?;
+    /// mixer.mixup_ce_in_place(&plan, &spec, &mut z.as_view_mut(), &y.as_view(),
+    ///     DeviceUpstream::Scalar(1.0), &mut loss.as_view_mut(), None)?;
+    /// let grad: Vec<f32> = s.clone_dtoh(&z)?.into_iter().map(f32::from).collect();
+    /// assert_eq!(grad, [-0.5, 0.5, 0.5, -0.5]); // softmax - t, no 1/B for a sum
+    /// # Ok(())
+    /// # }
+    /// ```
     #[allow(clippy::too_many_arguments)]
     pub fn mixup_ce_in_place<T: FloatElement>(
         &self,

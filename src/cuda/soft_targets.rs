@@ -99,6 +99,26 @@ impl CudaMixer {
     /// `t = (1-ε)(λ [c = y_i] + (1-λ) [c = y_partner]) + ε/C`, weights adding when the two
     /// labels agree. A label `>= C` is counted, not read through: see
     /// [`check_labels`](CudaMixer::check_labels).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// use mixup_kernels::{bf16, MixPlan, TargetSpec};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let s = mixer.stream();
+    /// let mut plan = DevicePlan::new(&mixer);
+    /// plan.upload(&MixPlan::from_parts(&[1, 0], &[0.75, 0.75])?)?;
+    /// let labels = s.clone_htod(&vec![0u32, 2])?;
+    /// let mut t = s.alloc_zeros::<bf16>(2 * 3)?;
+    /// mixer.soft_targets(&plan, &labels.as_view(), &TargetSpec::new(3, 0.0)?, &mut t.as_view_mut())?;
+    /// let t: Vec<f32> = s.clone_dtoh(&t)?.into_iter().map(f32::from).collect();
+    /// assert_eq!(t, [0.75, 0.0, 0.25, 0.25, 0.0, 0.75]);
+    /// mixer.check_labels()?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn soft_targets<T: FloatElement>(
         &self,
         plan: &DevicePlan,
