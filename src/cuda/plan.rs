@@ -42,6 +42,26 @@ const LEADERS_PER_ENTRY: usize = 8;
 /// device buffer, whose address does not change while the batch size does not grow. (A
 /// pageable copy cannot be captured at all.) Call every operation once before capturing, so
 /// kernels are compiled and scratch buffers exist.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+/// use mixup_kernels::{Layout, MixConfig, Sampler};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+/// let sampler = Sampler::new(MixConfig::timm(10), 0)?;
+/// let mut x = mixer.stream().alloc_zeros::<f32>(8 * 3 * 4 * 4)?;
+/// let mut plan = DevicePlan::new(&mixer); // one per training loop, reused every step
+/// for step in 0..3 {
+///     plan.upload(&sampler.plan(0, step, 8, (4, 4))?)?; // one async copy, no sync
+///     let layout = Layout::Nchw { channels: 3, height: 4, width: 4 };
+///     mixer.mix_in_place(&plan, &layout, &mut x.as_view_mut())?;
+/// }
+/// assert_eq!(plan.len(), 8);
+/// # Ok(())
+/// # }
+/// ```
 pub struct DevicePlan {
     stream: Arc<CudaStream>,
     buf: Option<CudaSlice<PlanEntry>>,
@@ -105,6 +125,16 @@ pub(crate) fn stage(plan: &MixPlan, out: &mut Vec<PlanEntry>) -> usize {
 
 impl DevicePlan {
     /// An empty plan for `mixer`'s stream (nothing is allocated until the first upload).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// if let Ok(mixer) = CudaMixer::new(0) {
+    ///     let plan = DevicePlan::new(&mixer);
+    ///     assert!(plan.is_empty() && plan.capacity() == 0);
+    /// }
+    /// ```
     pub fn new(mixer: &CudaMixer) -> Self {
         Self {
             stream: mixer.stream().clone(),
@@ -120,6 +150,22 @@ impl DevicePlan {
 
     /// Like [`new`](DevicePlan::new), uploading from page-locked staging memory (see the type
     /// docs).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// use mixup_kernels::MixPlan;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let mut plan = DevicePlan::with_pinned_staging(&mixer);
+    /// for _ in 0..3 {
+    ///     plan.upload(&MixPlan::from_parts(&[1, 0], &[0.6, 0.6])?)?; // truly asynchronous
+    /// }
+    /// assert_eq!(plan.len(), 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_pinned_staging(mixer: &CudaMixer) -> Self {
         let mut p = Self::new(mixer);
         p.pinned = Some([None, None]);
@@ -129,6 +175,21 @@ impl DevicePlan {
     /// Sends `plan` to the device with one asynchronous copy on the mixer's stream. Kernels
     /// launched on that stream afterwards see it; kernels launched before still see the
     /// previous plan (stream order).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// use mixup_kernels::MixPlan;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let mut plan = DevicePlan::new(&mixer);
+    /// let host = MixPlan::from_parts(&[1, 0, 2], &[0.6, 0.6, 1.0])?;
+    /// plan.upload(&host)?;
+    /// assert_eq!(plan.plan(), &host);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn upload(&mut self, plan: &MixPlan) -> Result<()> {
         // Host copy first (reusing its allocation), then the staged bytes.
         self.host.entries.clone_from(&plan.entries);
@@ -184,21 +245,80 @@ impl DevicePlan {
     }
 
     /// Batch size of the uploaded plan.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// use mixup_kernels::MixPlan;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let mut plan = DevicePlan::new(&mixer);
+    /// plan.upload(&MixPlan::identity(5)?)?;
+    /// assert_eq!(plan.len(), 5);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn len(&self) -> usize {
         self.host.len()
     }
 
     /// Whether the uploaded plan has no samples.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// use mixup_kernels::MixPlan;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let mut plan = DevicePlan::new(&mixer);
+    /// plan.upload(&MixPlan::identity(0)?)?; // an empty batch is a valid upload
+    /// assert!(plan.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.host.is_empty()
     }
 
     /// The host copy of the uploaded plan.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// use mixup_kernels::MixPlan;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let mut plan = DevicePlan::new(&mixer);
+    /// plan.upload(&MixPlan::from_parts(&[1, 0], &[0.6, 0.8])?)?;
+    /// assert_eq!(plan.plan().sample(1).lam, 0.8); // no device read needed
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn plan(&self) -> &MixPlan {
         &self.host
     }
 
     /// Plan entries the device buffer can hold without growing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// use mixup_kernels::MixPlan;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let mut plan = DevicePlan::new(&mixer);
+    /// plan.upload(&MixPlan::identity(100)?)?;
+    /// let cap = plan.capacity();
+    /// assert!(cap >= 100);
+    /// plan.upload(&MixPlan::identity(50)?)?; // a smaller batch reuses the buffer
+    /// assert_eq!(plan.capacity(), cap);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn capacity(&self) -> usize {
         self.buf.as_ref().map_or(0, |b| b.len())
     }
