@@ -5,6 +5,25 @@
 //! - mix: gather `tmp[i] = x[partner(i)]`, lerp (CutMix samples copy `x`), paste the boxes.
 //! - soft targets: two f32 one-hot tensors, then a blend.
 //! - mixup CE: soft targets as above (f32), log-softmax, per-row loss, reduction, gradient.
+//!
+//! # Examples
+//!
+//! ```
+//! use mixup_kernels::cuda::{naive, CudaMixer, DevicePlan};
+//! use mixup_kernels::{Layout, MixPlan};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+//! let s = mixer.stream();
+//! let mut plan = DevicePlan::new(&mixer);
+//! plan.upload(&MixPlan::from_parts(&[1, 0], &[0.75, 0.75])?)?;
+//! let x = s.clone_htod(&vec![4.0f32, 0.0])?;
+//! let (mut tmp, mut out, mut fused) = (s.alloc_zeros::<f32>(2)?, s.alloc_zeros::<f32>(2)?, s.alloc_zeros::<f32>(2)?);
+//! naive::mix(&mixer, &plan, &Layout::Rows(1), &x.as_view(), &mut tmp.as_view_mut(), &mut out.as_view_mut())?;
+//! mixer.mix(&plan, &Layout::Rows(1), &x.as_view(), &mut fused.as_view_mut())?;
+//! assert_eq!(s.clone_dtoh(&out)?, s.clone_dtoh(&fused)?); // same result, more launches
+//! # Ok(())
+//! # }
+//! ```
 
 use cudarc::driver::{
     CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
@@ -40,6 +59,15 @@ fn unit<T: Element>() -> &'static str {
 }
 
 /// Scratch tensors of the naive soft targets and cross-entropy (all f32, `[B, C]` or `[B]`).
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::{naive::NaiveBuffers, CudaMixer};
+/// if let Ok(mixer) = CudaMixer::new(0) {
+///     let _scratch = NaiveBuffers::new(&mixer, 256, 1000).unwrap(); // five f32 buffers
+/// }
+/// ```
 pub struct NaiveBuffers {
     y1: CudaSlice<f32>,
     y2: CudaSlice<f32>,
@@ -50,6 +78,17 @@ pub struct NaiveBuffers {
 
 impl NaiveBuffers {
     /// Allocates the scratch for `batch` rows of `classes`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{naive::NaiveBuffers, CudaMixer};
+    /// use mixup_kernels::MixError;
+    /// if let Ok(mixer) = CudaMixer::new(0) {
+    ///     let too_big = NaiveBuffers::new(&mixer, usize::MAX, 2);
+    ///     assert!(matches!(too_big, Err(MixError::SizeOverflow { .. })));
+    /// }
+    /// ```
     pub fn new(mixer: &CudaMixer, batch: usize, classes: usize) -> Result<Self> {
         let n = checked_product("batch × classes", &[batch, classes])?.max(1);
         let s = mixer.stream();
@@ -69,6 +108,24 @@ impl NaiveBuffers {
 
 /// Gather, lerp and paste: three launches (two for [`Layout::Rows`]). `tmp` is scratch of the
 /// size of `x`.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::{naive, CudaMixer, DevicePlan};
+/// use mixup_kernels::{Layout, MixPlan};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+/// let s = mixer.stream();
+/// let mut plan = DevicePlan::new(&mixer);
+/// plan.upload(&MixPlan::from_parts(&[1, 0], &[0.75, 0.75])?)?;
+/// let x = s.clone_htod(&vec![4.0f32, 0.0])?;
+/// let (mut tmp, mut out) = (s.alloc_zeros::<f32>(2)?, s.alloc_zeros::<f32>(2)?);
+/// naive::mix(&mixer, &plan, &Layout::Rows(1), &x.as_view(), &mut tmp.as_view_mut(), &mut out.as_view_mut())?;
+/// assert_eq!(s.clone_dtoh(&out)?, [3.0, 1.0]);
+/// # Ok(())
+/// # }
+/// ```
 pub fn mix<T: Element>(
     mixer: &CudaMixer,
     plan: &DevicePlan,
@@ -147,6 +204,25 @@ pub fn mix<T: Element>(
 }
 
 /// One-hot of the labels and of the partners' labels (f32, in `bufs`), then `out = λ y1 + (1-λ) y2`.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::{naive, CudaMixer, DevicePlan};
+/// use mixup_kernels::{MixPlan, TargetSpec};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+/// let s = mixer.stream();
+/// let mut plan = DevicePlan::new(&mixer);
+/// plan.upload(&MixPlan::from_parts(&[1, 0], &[0.75, 0.75])?)?;
+/// let labels = s.clone_htod(&vec![0u32, 2])?;
+/// let mut bufs = naive::NaiveBuffers::new(&mixer, 2, 3)?;
+/// let mut t = s.alloc_zeros::<f32>(6)?;
+/// naive::soft_targets(&mixer, &plan, &labels.as_view(), &TargetSpec::new(3, 0.0)?, &mut bufs, &mut t.as_view_mut())?;
+/// assert_eq!(s.clone_dtoh(&t)?, [0.75, 0.0, 0.25, 0.25, 0.0, 0.75]);
+/// # Ok(())
+/// # }
+/// ```
 pub fn soft_targets<T: FloatElement>(
     mixer: &CudaMixer,
     plan: &DevicePlan,
@@ -226,6 +302,27 @@ fn one_hots(
 
 /// Soft targets, log-softmax, per-row loss, reduction, gradient: seven launches. Mean or Sum
 /// reduction, upstream 1.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::{naive, CudaMixer, DevicePlan};
+/// use mixup_kernels::{CeSpec, MixPlan, Reduction};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+/// let s = mixer.stream();
+/// let mut plan = DevicePlan::new(&mixer);
+/// plan.upload(&MixPlan::identity(2)?)?;
+/// let (z, y) = (s.clone_htod(&vec![0.0f32; 4])?, s.clone_htod(&vec![0u32, 1])?);
+/// let mut bufs = naive::NaiveBuffers::new(&mixer, 2, 2)?;
+/// let (mut loss, mut grad) = (s.alloc_zeros::<f32>(1)?, s.alloc_zeros::<f32>(4)?);
+/// let spec = CeSpec::new(2, 0.0, Reduction::Mean);
+/// naive::mixup_ce(&mixer, &plan, &spec, &z.as_view(), &y.as_view(), &mut bufs,
+///     &mut loss.as_view_mut(), &mut grad.as_view_mut())?;
+/// assert!((s.clone_dtoh(&loss)?[0] - std::f32::consts::LN_2).abs() < 1e-5);
+/// # Ok(())
+/// # }
+/// ```
 #[allow(clippy::too_many_arguments)]
 pub fn mixup_ce<T: FloatElement>(
     mixer: &CudaMixer,

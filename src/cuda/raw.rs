@@ -19,6 +19,47 @@
 //! and reported by [`CudaMixer::check_labels`].
 //!
 //! The safe API is built on these functions, so the GPU tests exercise them.
+//!
+//! # Examples
+//!
+//! A training step over addresses that another framework owns (here cudarc buffers stand in
+//! for them):
+//!
+//! ```no_run
+//! use mixup_kernels::cuda::cudarc::driver::{DevicePtr, DevicePtrMut};
+//! use mixup_kernels::cuda::raw::{self, CeBuffers, RawUpstream};
+//! use mixup_kernels::cuda::{CudaContext, CudaMixer, DevicePlan};
+//! use mixup_kernels::{CeSpec, DType, Layout, MixConfig, Reduction, Sampler};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (batch, classes) = (8, 1000);
+//! let ctx = CudaContext::new(0)?;
+//! let theirs = ctx.new_stream()?; // the framework's stream
+//! // SAFETY: `theirs` belongs to device 0's primary context and outlives the mixer.
+//! let mixer = unsafe { CudaMixer::from_raw_stream(0, theirs.cu_stream()) }?;
+//! let mut x = theirs.alloc_zeros::<f32>(batch * 3 * 32 * 32)?;
+//! let mut logits = theirs.alloc_zeros::<f32>(batch * classes)?;
+//! let labels = theirs.alloc_zeros::<u32>(batch)?;
+//! let mut loss = theirs.alloc_zeros::<f32>(1)?;
+//!
+//! let sampler = Sampler::new(MixConfig::timm(classes), 0)?;
+//! let mut plan = DevicePlan::new(&mixer);
+//! plan.upload(&sampler.plan(0, 0, batch, (32, 32))?)?;
+//! let layout = Layout::Nchw { channels: 3, height: 32, width: 32 };
+//! let (xp, _x) = x.device_ptr_mut(&theirs);
+//! // SAFETY: `xp` holds batch·3·32·32 f32 on the mixer's device and stays alive until the
+//! // stream has run the kernel; nothing else writes it meanwhile.
+//! unsafe { raw::mix_in_place(&mixer, &plan, &layout, DType::F32, xp, batch * 3 * 32 * 32) }?;
+//! // ... the forward pass writes `logits` ...
+//! let (zp, _z) = logits.device_ptr_mut(&theirs);
+//! let (yp, _y) = labels.device_ptr(&theirs);
+//! let (lp, _l) = loss.device_ptr_mut(&theirs);
+//! let bufs = CeBuffers { logits: zp, labels: yp, grad: Some(zp), loss: lp, losses: None };
+//! let spec = CeSpec::new(classes, 0.1, Reduction::Mean);
+//! // SAFETY: as above; `grad` = `logits` is the in-place case this function allows.
+//! unsafe { raw::mixup_ce(&mixer, &plan, &spec, DType::F32, batch * classes, &bufs, RawUpstream::Scalar(1.0)) }?;
+//! # Ok(())
+//! # }
+//! ```
 
 use crate::config::TargetSpec;
 use crate::dtype::DType;
@@ -28,9 +69,33 @@ use crate::spec::{CeSpec, Layout};
 use super::{CudaMixer, DevicePlan};
 
 /// A device address (`CUdeviceptr`).
+///
+/// # Examples
+///
+/// ```no_run
+/// use mixup_kernels::cuda::cudarc::driver::DevicePtr;
+/// use mixup_kernels::cuda::raw::CUdeviceptr;
+/// use mixup_kernels::cuda::CudaContext;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let stream = CudaContext::new(0)?.default_stream();
+/// let buf = stream.alloc_zeros::<f32>(16)?;
+/// let (ptr, _sync): (CUdeviceptr, _) = buf.device_ptr(&stream); // PyTorch: `tensor.data_ptr()`
+/// assert_ne!(ptr, 0);
+/// # Ok(())
+/// # }
+/// ```
 pub type CUdeviceptr = u64;
 
 /// The gradient arriving from above the loss, as device addresses.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::raw::RawUpstream;
+/// let plain = RawUpstream::Scalar(1.0); // `loss.backward()`
+/// let on_device = RawUpstream::Device(0x7f00_0000_0000); // one f32 the autograd engine wrote
+/// assert_ne!(plain, on_device);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RawUpstream {
     /// One host value.
@@ -42,6 +107,18 @@ pub enum RawUpstream {
 }
 
 /// The buffers of a cross-entropy call.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::raw::CeBuffers;
+/// # let (logits, labels, loss) = (0x1000u64, 0x2000u64, 0x3000u64);
+/// // Loss and gradient, the gradient written over the logits; no per-sample losses.
+/// let bufs = CeBuffers { logits, labels, grad: Some(logits), loss, losses: None };
+/// // Loss only (evaluation).
+/// let eval = CeBuffers { grad: None, ..bufs };
+/// assert_eq!(eval.grad, None);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CeBuffers {
     /// Logits `[B, C]` of the call's dtype.
@@ -61,6 +138,28 @@ pub struct CeBuffers {
 ///
 /// # Safety
 /// See the module's contract; `out` does not overlap `x`.
+///
+/// # Examples
+///
+/// ```no_run
+/// use mixup_kernels::cuda::cudarc::driver::{DevicePtr, DevicePtrMut};
+/// use mixup_kernels::cuda::{raw, CudaMixer, DevicePlan};
+/// use mixup_kernels::{DType, Layout, MixPlan};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mixer = CudaMixer::new(0)?;
+/// let s = mixer.stream();
+/// let mut plan = DevicePlan::new(&mixer);
+/// plan.upload(&MixPlan::from_parts(&[1, 2, 0], &[0.5; 3])?)?;
+/// let x = s.clone_htod(&vec![1.0f32; 3 * 64])?;
+/// let mut out = s.alloc_zeros::<f32>(3 * 64)?;
+/// let (xp, _r) = x.device_ptr(s);
+/// let (op, _w) = out.device_ptr_mut(s);
+/// // SAFETY: both hold 3·64 f32 on the mixer's device, do not overlap, and live until the
+/// // kernel has run (`_r` and `_w` order their release after it).
+/// unsafe { raw::mix(&mixer, &plan, &Layout::Rows(64), DType::F32, xp, op, 3 * 64) }?;
+/// # Ok(())
+/// # }
+/// ```
 pub unsafe fn mix(
     mixer: &CudaMixer,
     plan: &DevicePlan,
@@ -78,6 +177,26 @@ pub unsafe fn mix(
 ///
 /// # Safety
 /// See the module's contract.
+///
+/// # Examples
+///
+/// ```no_run
+/// use mixup_kernels::cuda::cudarc::driver::DevicePtrMut;
+/// use mixup_kernels::cuda::{raw, CudaMixer, DevicePlan};
+/// use mixup_kernels::{bf16, DType, Layout, MixPlan};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mixer = CudaMixer::new(0)?;
+/// let s = mixer.stream();
+/// let mut plan = DevicePlan::new(&mixer);
+/// plan.upload(&MixPlan::from_parts(&[1, 0], &[0.7, 0.7])?)?; // an involution
+/// let layout = Layout::Nhwc { height: 8, width: 8, channels: 3 };
+/// let mut x = s.alloc_zeros::<bf16>(2 * 8 * 8 * 3)?;
+/// let (xp, _w) = x.device_ptr_mut(s);
+/// // SAFETY: `xp` holds 2·8·8·3 bf16 on the mixer's device, alive until the kernel has run.
+/// unsafe { raw::mix_in_place(&mixer, &plan, &layout, DType::BF16, xp, 2 * 8 * 8 * 3) }?;
+/// # Ok(())
+/// # }
+/// ```
 pub unsafe fn mix_in_place(
     mixer: &CudaMixer,
     plan: &DevicePlan,
@@ -94,6 +213,30 @@ pub unsafe fn mix_in_place(
 ///
 /// # Safety
 /// See the module's contract.
+///
+/// # Examples
+///
+/// ```no_run
+/// use mixup_kernels::cuda::cudarc::driver::{DevicePtr, DevicePtrMut};
+/// use mixup_kernels::cuda::{raw, CudaMixer, DevicePlan};
+/// use mixup_kernels::{DType, MixPlan, TargetSpec};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mixer = CudaMixer::new(0)?;
+/// let s = mixer.stream();
+/// let mut plan = DevicePlan::new(&mixer);
+/// plan.upload(&MixPlan::from_parts(&[1, 0], &[0.7, 0.7])?)?;
+/// let labels = s.clone_htod(&vec![3u32, 5])?;
+/// let mut t = s.alloc_zeros::<f32>(2 * 10)?;
+/// let (yp, _r) = labels.device_ptr(s);
+/// let (tp, _w) = t.device_ptr_mut(s);
+/// let spec = TargetSpec::new(10, 0.1)?;
+/// // SAFETY: `yp` holds 2 u32 and `tp` 2·10 f32 on the mixer's device, alive until the kernel
+/// // has run, not overlapping.
+/// unsafe { raw::soft_targets(&mixer, &plan, &spec, DType::F32, yp, tp, 2 * 10) }?;
+/// mixer.check_labels()?; // out-of-range labels are counted on the device
+/// # Ok(())
+/// # }
+/// ```
 pub unsafe fn soft_targets(
     mixer: &CudaMixer,
     plan: &DevicePlan,
@@ -112,6 +255,37 @@ pub unsafe fn soft_targets(
 ///
 /// # Safety
 /// See the module's contract.
+///
+/// # Examples
+///
+/// ```no_run
+/// use mixup_kernels::cuda::cudarc::driver::{DevicePtr, DevicePtrMut};
+/// use mixup_kernels::cuda::raw::{self, CeBuffers, RawUpstream};
+/// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+/// use mixup_kernels::{CeSpec, DType, MixPlan, Reduction};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mixer = CudaMixer::new(0)?;
+/// let s = mixer.stream();
+/// let mut plan = DevicePlan::new(&mixer);
+/// plan.upload(&MixPlan::from_parts(&[1, 0], &[0.7, 0.7])?)?;
+/// let z = s.alloc_zeros::<f32>(2 * 10)?;
+/// let y = s.clone_htod(&vec![3u32, 5])?;
+/// let (mut g, mut loss, mut losses) = (s.alloc_zeros::<f32>(20)?, s.alloc_zeros::<f32>(1)?, s.alloc_zeros::<f32>(2)?);
+/// let up = s.clone_htod(&vec![1.0f32, 0.5])?; // per-sample weights from above
+/// let (zp, _a) = z.device_ptr(s);
+/// let (yp, _b) = y.device_ptr(s);
+/// let (gp, _c) = g.device_ptr_mut(s);
+/// let (lp, _d) = loss.device_ptr_mut(s);
+/// let (sp, _e) = losses.device_ptr_mut(s);
+/// let (up, _f) = up.device_ptr(s);
+/// let bufs = CeBuffers { logits: zp, labels: yp, grad: Some(gp), loss: lp, losses: Some(sp) };
+/// let spec = CeSpec::new(10, 0.0, Reduction::None);
+/// // SAFETY: every address holds what `CeBuffers` states for B = 2, C = 10, on the mixer's
+/// // device, alive until the kernel has run; the gradient does not overlap the other buffers.
+/// unsafe { raw::mixup_ce(&mixer, &plan, &spec, DType::F32, 20, &bufs, RawUpstream::PerSample(up)) }?;
+/// # Ok(())
+/// # }
+/// ```
 pub unsafe fn mixup_ce(
     mixer: &CudaMixer,
     plan: &DevicePlan,
