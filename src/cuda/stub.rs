@@ -4,6 +4,19 @@
 //!
 //! The cudarc types the real API takes (`CudaView`, `CudaStream`, ...) are uninhabited
 //! placeholders here.
+//!
+//! # Examples
+//!
+//! ```
+//! use mixup_kernels::cuda::CudaMixer;
+//! use mixup_kernels::MixError;
+//! // The usual pattern: try the GPU, fall back to the CPU path.
+//! match CudaMixer::new(0) {
+//!     Ok(_mixer) => unreachable!("no CUDA in this build"),
+//!     Err(MixError::Unsupported(msg)) => assert!(msg.contains("--features cuda")),
+//!     Err(e) => panic!("unexpected error: {e}"),
+//! }
+//! ```
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
@@ -26,22 +39,83 @@ fn unsupported<T>() -> Result<T> {
 }
 
 /// Placeholder for cudarc's `CudaContext` (no value exists in this build).
+///
+/// # Examples
+///
+/// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+///
+/// ```
+/// use mixup_kernels::cuda::{CudaContext, CudaMixer};
+/// // The name exists, so signatures mentioning it compile; no value can be made.
+/// fn _takes(_: &CudaContext) {}
+/// assert!(CudaMixer::new(0).is_err());
+/// ```
 #[derive(Debug)]
 pub struct CudaContext(Infallible);
 /// Placeholder for cudarc's `CudaStream`.
+///
+/// # Examples
+///
+/// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+///
+/// ```
+/// use std::sync::Arc;
+/// use mixup_kernels::cuda::{CudaMixer, CudaStream};
+/// fn _wrap(s: Arc<CudaStream>) -> mixup_kernels::Result<CudaMixer> { CudaMixer::from_stream(s) }
+/// assert!(CudaMixer::new(0).is_err());
+/// ```
 #[derive(Debug)]
 pub struct CudaStream(Infallible);
 /// Placeholder for cudarc's `CudaSlice`.
+///
+/// # Examples
+///
+/// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+///
+/// ```
+/// use mixup_kernels::cuda::{CudaMixer, CudaSlice};
+/// fn _takes(_: &CudaSlice<f32>) {}
+/// assert!(CudaMixer::new(0).is_err());
+/// ```
 #[derive(Debug)]
 pub struct CudaSlice<T>(Infallible, PhantomData<T>);
 /// Placeholder for cudarc's `CudaView`.
+///
+/// # Examples
+///
+/// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+///
+/// ```
+/// use mixup_kernels::cuda::{CudaMixer, CudaView};
+/// fn _takes(_: &CudaView<'_, u32>) {}
+/// assert!(CudaMixer::new(0).is_err());
+/// ```
 #[derive(Debug)]
 pub struct CudaView<'a, T>(Infallible, PhantomData<&'a T>);
 /// Placeholder for cudarc's `CudaViewMut`.
+///
+/// # Examples
+///
+/// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+///
+/// ```
+/// use mixup_kernels::cuda::{CudaMixer, CudaViewMut};
+/// fn _takes(_: &mut CudaViewMut<'_, f32>) {}
+/// assert!(CudaMixer::new(0).is_err());
+/// ```
 #[derive(Debug)]
 pub struct CudaViewMut<'a, T>(Infallible, PhantomData<&'a mut T>);
 
 /// Options for [`CudaMixer::with_options`] (unused in this build).
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::{CudaMixer, CudaMixerOptions};
+/// use mixup_kernels::MixError;
+/// let options = CudaMixerOptions { disk_cache: false, ..Default::default() };
+/// assert!(matches!(CudaMixer::with_options(0, options), Err(MixError::Unsupported(_))));
+/// ```
 #[derive(Debug, Clone)]
 pub struct CudaMixerOptions {
     /// Whether compiled kernels are kept on disk.
@@ -63,6 +137,18 @@ impl Default for CudaMixerOptions {
 }
 
 /// How a kernel unit was obtained.
+///
+/// # Examples
+///
+/// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+///
+/// ```
+/// use mixup_kernels::cuda::{CudaMixer, UnitSource};
+/// fn compiled(m: &CudaMixer) -> usize {
+///     m.load_report().iter().filter(|l| l.source == UnitSource::Compiled).count()
+/// }
+/// assert!(CudaMixer::new(0).is_err());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnitSource {
     /// Compiled by NVRTC.
@@ -72,6 +158,16 @@ pub enum UnitSource {
 }
 
 /// One kernel unit's first load.
+///
+/// # Examples
+///
+/// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+///
+/// ```
+/// use mixup_kernels::cuda::{CudaMixer, UnitLoad};
+/// fn slowest(m: &CudaMixer) -> Option<UnitLoad> { m.load_report().into_iter().max_by_key(|l| l.time) }
+/// assert!(CudaMixer::new(0).is_err());
+/// ```
 #[derive(Debug, Clone)]
 pub struct UnitLoad {
     /// The unit.
@@ -83,12 +179,33 @@ pub struct UnitLoad {
 }
 
 /// The CUDA mixer; cannot be created in this build.
+///
+/// # Examples
+///
+/// Every constructor fails with [`MixError::Unsupported`], so a program can fall back to the CPU:
+///
+/// ```
+/// use mixup_kernels::{cuda::CudaMixer, MixError};
+/// match CudaMixer::new(0) {
+///     Ok(_) => unreachable!(),
+///     Err(e) => assert!(matches!(e, MixError::Unsupported(_))), // "rebuild with --features cuda"
+/// }
+/// ```
 #[derive(Debug)]
 pub struct CudaMixer {
     never: Infallible,
 }
 
 /// The gradient arriving from above the loss, on the device side.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::{CudaMixer, DeviceUpstream};
+/// let up = DeviceUpstream::Scalar(1.0); // the host variant can be made; the others need a device
+/// assert!(matches!(up, DeviceUpstream::Scalar(g) if g == 1.0));
+/// assert!(CudaMixer::new(0).is_err());
+/// ```
 #[derive(Debug)]
 pub enum DeviceUpstream<'a> {
     /// One host value.
@@ -101,18 +218,45 @@ pub enum DeviceUpstream<'a> {
 
 impl CudaMixer {
     /// Fails: built without the `cuda` feature.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{cuda::CudaMixer, MixError};
+    /// assert!(matches!(CudaMixer::new(0), Err(MixError::Unsupported(_))));
+    /// ```
     pub fn new(ordinal: usize) -> Result<Self> {
         let _ = ordinal;
         unsupported()
     }
 
     /// Fails: built without the `cuda` feature.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, CudaMixerOptions};
+    /// use mixup_kernels::MixError;
+    /// let r = CudaMixer::with_options(0, CudaMixerOptions::default());
+    /// assert!(matches!(r, Err(MixError::Unsupported(_))));
+    /// ```
     pub fn with_options(ordinal: usize, options: CudaMixerOptions) -> Result<Self> {
         let _ = (ordinal, options);
         unsupported()
     }
 
     /// Fails: built without the `cuda` feature.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use mixup_kernels::cuda::{CudaMixer, CudaStream};
+    /// fn wrap(stream: Arc<CudaStream>) -> mixup_kernels::Result<CudaMixer> { CudaMixer::from_stream(stream) }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn from_stream(stream: Arc<CudaStream>) -> Result<Self> {
         let _ = stream;
         unsupported()
@@ -122,64 +266,189 @@ impl CudaMixer {
     ///
     /// # Safety
     /// None needed in this build; the real one documents its contract.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{cuda::CudaMixer, MixError};
+    /// // SAFETY: nothing is dereferenced in this build (a real stream is needed with `cuda`).
+    /// let r = unsafe { CudaMixer::from_raw_stream(0, std::ptr::null_mut()) };
+    /// assert!(matches!(r, Err(MixError::Unsupported(_))));
+    /// ```
     pub unsafe fn from_raw_stream(ordinal: usize, stream: raw::CUstream) -> Result<Self> {
         let _ = (ordinal, stream);
         unsupported()
     }
 
     /// Fails: built without the `cuda` feature.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use mixup_kernels::cuda::{CudaMixer, CudaMixerOptions, CudaStream};
+    /// fn wrap(stream: Arc<CudaStream>) -> mixup_kernels::Result<CudaMixer> {
+    ///     CudaMixer::from_stream_with(stream, CudaMixerOptions::default())
+    /// }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn from_stream_with(stream: Arc<CudaStream>, options: CudaMixerOptions) -> Result<Self> {
         let _ = (stream, options);
         unsupported()
     }
 
     /// The stream (unreachable: no mixer exists in this build).
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::CudaMixer;
+    /// fn same(a: &CudaMixer, b: &CudaMixer) -> bool { std::sync::Arc::ptr_eq(a.stream(), b.stream()) }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn stream(&self) -> &Arc<CudaStream> {
         match self.never {}
     }
 
     /// Compute capability (unreachable).
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::CudaMixer;
+    /// fn cc(m: &CudaMixer) -> u32 { m.compute_capability() }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn compute_capability(&self) -> u32 {
         match self.never {}
     }
 
     /// Target architecture (unreachable).
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::CudaMixer;
+    /// fn arch(m: &CudaMixer) -> String { m.target_arch() }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn target_arch(&self) -> String {
         match self.never {}
     }
 
     /// NVRTC version (unreachable).
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::CudaMixer;
+    /// fn nvrtc(m: &CudaMixer) -> (i32, i32) { m.nvrtc_version() }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn nvrtc_version(&self) -> (i32, i32) {
         match self.never {}
     }
 
     /// Multiprocessors (unreachable).
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::CudaMixer;
+    /// fn sms(m: &CudaMixer) -> u32 { m.multiprocessors() }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn multiprocessors(&self) -> u32 {
         match self.never {}
     }
 
     /// Cache folder (unreachable).
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::CudaMixer;
+    /// fn cached(m: &CudaMixer) -> bool { m.cache_dir().is_some() }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn cache_dir(&self) -> Option<&std::path::Path> {
         match self.never {}
     }
 
     /// Unreachable.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::{cuda::CudaMixer, DType, Result};
+    /// fn warm_up(m: &CudaMixer) -> Result<()> { m.preload(DType::BF16) }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn preload(&self, dtype: DType) -> Result<()> {
         let _ = dtype;
         match self.never {}
     }
 
     /// Unreachable.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::CudaMixer;
+    /// fn units(m: &CudaMixer) -> usize { m.load_report().len() }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn load_report(&self) -> Vec<UnitLoad> {
         match self.never {}
     }
 
     /// Unreachable.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::{cuda::CudaMixer, Result};
+    /// fn log_step(m: &CudaMixer) -> Result<()> { m.check_labels() }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn check_labels(&self) -> Result<()> {
         match self.never {}
     }
 
     /// Unreachable.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, CudaView, CudaViewMut, DevicePlan};
+    /// use mixup_kernels::{Layout, Result};
+    /// fn step(m: &CudaMixer, p: &DevicePlan, x: &CudaView<'_, f32>, out: &mut CudaViewMut<'_, f32>) -> Result<()> {
+    ///     m.mix(p, &Layout::Rows(16), x, out)
+    /// }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn mix<T: Element>(
         &self,
         plan: &DevicePlan,
@@ -192,6 +461,19 @@ impl CudaMixer {
     }
 
     /// Unreachable.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, CudaViewMut, DevicePlan};
+    /// use mixup_kernels::{Layout, Result};
+    /// fn step(m: &CudaMixer, p: &DevicePlan, x: &mut CudaViewMut<'_, u8>) -> Result<()> {
+    ///     m.mix_in_place(p, &Layout::Nhwc { height: 32, width: 32, channels: 3 }, x)
+    /// }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn mix_in_place<T: Element>(
         &self,
         plan: &DevicePlan,
@@ -203,6 +485,19 @@ impl CudaMixer {
     }
 
     /// Unreachable.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, CudaView, CudaViewMut, DevicePlan};
+    /// use mixup_kernels::{bf16, Result, TargetSpec};
+    /// fn targets(m: &CudaMixer, p: &DevicePlan, y: &CudaView<'_, u32>, t: &mut CudaViewMut<'_, bf16>) -> Result<()> {
+    ///     m.soft_targets(p, y, &TargetSpec::new(1000, 0.1)?, t)
+    /// }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn soft_targets<T: FloatElement>(
         &self,
         plan: &DevicePlan,
@@ -215,6 +510,20 @@ impl CudaMixer {
     }
 
     /// Unreachable.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, CudaView, CudaViewMut, DevicePlan};
+    /// use mixup_kernels::{CeSpec, Reduction, Result};
+    /// fn eval(m: &CudaMixer, p: &DevicePlan, z: &CudaView<'_, f32>, y: &CudaView<'_, u32>,
+    ///         loss: &mut CudaViewMut<'_, f32>) -> Result<()> {
+    ///     m.mixup_ce_forward(p, &CeSpec::new(10, 0.0, Reduction::Mean), z, y, loss, None)
+    /// }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn mixup_ce_forward<T: FloatElement>(
         &self,
         plan: &DevicePlan,
@@ -229,6 +538,21 @@ impl CudaMixer {
     }
 
     /// Unreachable.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, CudaView, CudaViewMut, DevicePlan, DeviceUpstream};
+    /// use mixup_kernels::{CeSpec, Reduction, Result};
+    /// fn train(m: &CudaMixer, p: &DevicePlan, z: &CudaView<'_, f32>, y: &CudaView<'_, u32>,
+    ///          loss: &mut CudaViewMut<'_, f32>, grad: &mut CudaViewMut<'_, f32>) -> Result<()> {
+    ///     let spec = CeSpec::new(10, 0.1, Reduction::Mean);
+    ///     m.mixup_ce(p, &spec, z, y, DeviceUpstream::Scalar(1.0), loss, None, grad)
+    /// }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     #[allow(clippy::too_many_arguments)]
     pub fn mixup_ce<T: FloatElement>(
         &self,
@@ -246,6 +570,21 @@ impl CudaMixer {
     }
 
     /// Unreachable.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, CudaView, CudaViewMut, DevicePlan, DeviceUpstream};
+    /// use mixup_kernels::{CeSpec, Reduction, Result};
+    /// fn train(m: &CudaMixer, p: &DevicePlan, z: &mut CudaViewMut<'_, f32>, y: &CudaView<'_, u32>,
+    ///          loss: &mut CudaViewMut<'_, f32>) -> Result<()> {
+    ///     let spec = CeSpec::new(10, 0.1, Reduction::Mean);
+    ///     m.mixup_ce_in_place(p, &spec, z, y, DeviceUpstream::Scalar(1.0), loss, None)
+    /// }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     #[allow(clippy::too_many_arguments)]
     pub fn mixup_ce_in_place<T: FloatElement>(
         &self,
@@ -263,6 +602,21 @@ impl CudaMixer {
 }
 
 /// The plan on the device; cannot be created in this build.
+///
+/// # Examples
+///
+/// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+///
+/// ```
+/// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+/// use mixup_kernels::{MixPlan, Result};
+/// fn upload(m: &CudaMixer, plan: &MixPlan) -> Result<DevicePlan> {
+///     let mut d = DevicePlan::new(m);
+///     d.upload(plan)?;
+///     Ok(d)
+/// }
+/// assert!(CudaMixer::new(0).is_err());
+/// ```
 #[derive(Debug)]
 pub struct DevicePlan {
     never: Infallible,
@@ -270,52 +624,157 @@ pub struct DevicePlan {
 
 impl DevicePlan {
     /// Unreachable (needs a mixer).
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// fn make(m: &CudaMixer) -> DevicePlan { DevicePlan::new(m) }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn new(mixer: &CudaMixer) -> Self {
         match mixer.never {}
     }
 
     /// Unreachable (needs a mixer).
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// fn make(m: &CudaMixer) -> DevicePlan { DevicePlan::with_pinned_staging(m) }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn with_pinned_staging(mixer: &CudaMixer) -> Self {
         match mixer.never {}
     }
 
     /// Unreachable.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// use mixup_kernels::{MixPlan, Result};
+    /// fn step(d: &mut DevicePlan, p: &MixPlan) -> Result<()> { d.upload(p) }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn upload(&mut self, plan: &MixPlan) -> Result<()> {
         let _ = plan;
         match self.never {}
     }
 
     /// Unreachable.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// fn batch(d: &DevicePlan) -> usize { d.len() }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn len(&self) -> usize {
         match self.never {}
     }
 
     /// Unreachable.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// fn empty(d: &DevicePlan) -> bool { d.is_empty() }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn is_empty(&self) -> bool {
         match self.never {}
     }
 
     /// Unreachable.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// fn first_lam(d: &DevicePlan) -> Option<f32> { d.plan().samples().next().map(|s| s.lam) }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn plan(&self) -> &MixPlan {
         match self.never {}
     }
 
     /// Unreachable.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// fn cap(d: &DevicePlan) -> usize { d.capacity() }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn capacity(&self) -> usize {
         match self.never {}
     }
 }
 
 /// The raw-pointer API (every call fails in this build).
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::raw::{CeBuffers, RawUpstream};
+/// // The argument types exist, so code written for the GPU compiles.
+/// let bufs = CeBuffers { logits: 0x1000, labels: 0x2000, grad: None, loss: 0x3000, losses: None };
+/// assert_eq!(bufs.grad, None);
+/// assert_eq!(RawUpstream::Scalar(1.0), RawUpstream::Scalar(1.0));
+/// ```
 pub mod raw {
     use super::*;
 
     /// A device address.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::raw::CUdeviceptr;
+    /// let ptr: CUdeviceptr = 0x7f00_0000_0000; // PyTorch: `tensor.data_ptr()`
+    /// assert_eq!(ptr % 256, 0);
+    /// ```
     pub type CUdeviceptr = u64;
     /// A raw CUDA stream handle.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{raw::CUstream, CudaMixer};
+    /// let legacy_default: CUstream = std::ptr::null_mut();
+    /// // SAFETY: nothing is dereferenced in this build.
+    /// assert!(unsafe { CudaMixer::from_raw_stream(0, legacy_default) }.is_err());
+    /// ```
     pub type CUstream = *mut std::ffi::c_void;
 
     /// Upstream gradient as device addresses.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::raw::RawUpstream;
+    /// assert_ne!(RawUpstream::Scalar(1.0), RawUpstream::Device(0x7f00_0000_0000));
+    /// ```
     #[derive(Debug, Clone, Copy, PartialEq)]
     pub enum RawUpstream {
         /// One host value.
@@ -327,6 +786,15 @@ pub mod raw {
     }
 
     /// The buffers of a cross-entropy call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::raw::CeBuffers;
+    /// # let (logits, labels, loss) = (0x1000u64, 0x2000u64, 0x3000u64);
+    /// let bufs = CeBuffers { logits, labels, grad: Some(logits), loss, losses: None };
+    /// assert_eq!(CeBuffers { grad: None, ..bufs }.grad, None);
+    /// ```
     #[derive(Debug, Clone, Copy, PartialEq)]
     pub struct CeBuffers {
         /// Logits.
@@ -345,6 +813,23 @@ pub mod raw {
     ///
     /// # Safety
     /// None in this build.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::raw::{self, CUdeviceptr};
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// use mixup_kernels::{DType, Layout, Result};
+    /// /// # Safety
+    /// /// `x` and `out` hold `n` f32 each on the mixer's device and do not overlap.
+    /// unsafe fn step(m: &CudaMixer, p: &DevicePlan, x: CUdeviceptr, out: CUdeviceptr, n: usize) -> Result<()> {
+    ///     // SAFETY: forwarded to the caller.
+    ///     unsafe { raw::mix(m, p, &Layout::Rows(n / p.len()), DType::F32, x, out, n) }
+    /// }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub unsafe fn mix(
         mixer: &CudaMixer,
         plan: &DevicePlan,
@@ -362,6 +847,23 @@ pub mod raw {
     ///
     /// # Safety
     /// None in this build.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::raw::{self, CUdeviceptr};
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// use mixup_kernels::{DType, Layout, Result};
+    /// /// # Safety
+    /// /// `x` holds `n` bf16 on the mixer's device.
+    /// unsafe fn step(m: &CudaMixer, p: &DevicePlan, x: CUdeviceptr, n: usize) -> Result<()> {
+    ///     // SAFETY: forwarded to the caller.
+    ///     unsafe { raw::mix_in_place(m, p, &Layout::Rows(n / p.len()), DType::BF16, x, n) }
+    /// }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub unsafe fn mix_in_place(
         mixer: &CudaMixer,
         plan: &DevicePlan,
@@ -378,6 +880,23 @@ pub mod raw {
     ///
     /// # Safety
     /// None in this build.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::raw::{self, CUdeviceptr};
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// use mixup_kernels::{DType, Result, TargetSpec};
+    /// /// # Safety
+    /// /// `y` holds B u32 and `t` B·10 f32 on the mixer's device.
+    /// unsafe fn targets(m: &CudaMixer, p: &DevicePlan, y: CUdeviceptr, t: CUdeviceptr) -> Result<()> {
+    ///     // SAFETY: forwarded to the caller.
+    ///     unsafe { raw::soft_targets(m, p, &TargetSpec::new(10, 0.0)?, DType::F32, y, t, p.len() * 10) }
+    /// }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub unsafe fn soft_targets(
         mixer: &CudaMixer,
         plan: &DevicePlan,
@@ -395,6 +914,24 @@ pub mod raw {
     ///
     /// # Safety
     /// None in this build.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::raw::{self, CeBuffers, RawUpstream};
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+    /// use mixup_kernels::{CeSpec, DType, Reduction, Result};
+    /// /// # Safety
+    /// /// `b` holds buffers for B rows of 10 f32 logits on the mixer's device.
+    /// unsafe fn loss(m: &CudaMixer, p: &DevicePlan, b: &CeBuffers) -> Result<()> {
+    ///     let spec = CeSpec::new(10, 0.0, Reduction::Mean);
+    ///     // SAFETY: forwarded to the caller.
+    ///     unsafe { raw::mixup_ce(m, p, &spec, DType::F32, p.len() * 10, b, RawUpstream::Scalar(1.0)) }
+    /// }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub unsafe fn mixup_ce(
         mixer: &CudaMixer,
         plan: &DevicePlan,
@@ -410,10 +947,30 @@ pub mod raw {
 }
 
 /// Unfused baselines (every call fails in this build).
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::{naive::NaiveBuffers, CudaMixer};
+/// // Benchmarks written for the GPU compile; without a mixer they report the error instead.
+/// if let Err(e) = CudaMixer::new(0).and_then(|m| NaiveBuffers::new(&m, 256, 1000)) {
+///     eprintln!("skipping the naive baselines: {e}");
+/// }
+/// ```
 pub mod naive {
     use super::*;
 
     /// Scratch of the naive kernels.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{naive::NaiveBuffers, CudaMixer};
+    /// fn scratch(m: &CudaMixer) -> mixup_kernels::Result<NaiveBuffers> { NaiveBuffers::new(m, 256, 1000) }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     #[derive(Debug)]
     pub struct NaiveBuffers {
         never: Infallible,
@@ -421,6 +978,16 @@ pub mod naive {
 
     impl NaiveBuffers {
         /// Unreachable (needs a mixer).
+        ///
+        /// # Examples
+        ///
+        /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+        ///
+        /// ```
+        /// use mixup_kernels::cuda::{naive::NaiveBuffers, CudaMixer};
+        /// fn scratch(m: &CudaMixer) -> mixup_kernels::Result<NaiveBuffers> { NaiveBuffers::new(m, 256, 1000) }
+        /// assert!(CudaMixer::new(0).is_err());
+        /// ```
         pub fn new(mixer: &CudaMixer, batch: usize, classes: usize) -> Result<Self> {
             let _ = (batch, classes);
             match mixer.never {}
@@ -428,6 +995,20 @@ pub mod naive {
     }
 
     /// Unreachable (needs a mixer).
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, CudaView, CudaViewMut, DevicePlan};
+    /// use mixup_kernels::{Layout, Result};
+    /// fn step(m: &CudaMixer, p: &DevicePlan, x: &CudaView<'_, f32>, tmp: &mut CudaViewMut<'_, f32>,
+    ///         out: &mut CudaViewMut<'_, f32>) -> Result<()> {
+    ///     mixup_kernels::cuda::naive::mix(m, p, &Layout::Rows(16), x, tmp, out)
+    /// }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn mix<T: Element>(
         mixer: &CudaMixer,
         plan: &DevicePlan,
@@ -441,6 +1022,20 @@ pub mod naive {
     }
 
     /// Unreachable (needs a mixer).
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{naive, CudaMixer, CudaView, CudaViewMut, DevicePlan};
+    /// use mixup_kernels::{Result, TargetSpec};
+    /// fn targets(m: &CudaMixer, p: &DevicePlan, y: &CudaView<'_, u32>, b: &mut naive::NaiveBuffers,
+    ///            t: &mut CudaViewMut<'_, f32>) -> Result<()> {
+    ///     naive::soft_targets(m, p, y, &TargetSpec::new(10, 0.1)?, b, t)
+    /// }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     pub fn soft_targets<T: FloatElement>(
         mixer: &CudaMixer,
         plan: &DevicePlan,
@@ -454,6 +1049,20 @@ pub mod naive {
     }
 
     /// Unreachable (needs a mixer).
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{naive, CudaMixer, CudaView, CudaViewMut, DevicePlan};
+    /// use mixup_kernels::{CeSpec, Reduction, Result};
+    /// fn train(m: &CudaMixer, p: &DevicePlan, z: &CudaView<'_, f32>, y: &CudaView<'_, u32>,
+    ///          b: &mut naive::NaiveBuffers, loss: &mut CudaViewMut<'_, f32>, g: &mut CudaViewMut<'_, f32>) -> Result<()> {
+    ///     naive::mixup_ce(m, p, &CeSpec::new(10, 0.0, Reduction::Mean), z, y, b, loss, g)
+    /// }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
     #[allow(clippy::too_many_arguments)]
     pub fn mixup_ce<T: FloatElement>(
         mixer: &CudaMixer,
