@@ -540,7 +540,7 @@ impl CudaMixer {
     /// # Ok(())
     /// # }
     /// ```
-(&self) -> Result<()> {
+    pub fn check_labels(&self) -> Result<()> {
         let flags = self
             .stream
             .clone_dtoh(&self.flags)
