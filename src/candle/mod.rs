@@ -84,6 +84,19 @@ pub enum ImageLayout {
 
 impl ImageLayout {
     /// `(height, width)` of a rank-4 shape in this layout (`(0, 0)` for any other rank).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use mixup_kernels::candle::ImageLayout;
+    /// # fn main() -> candle_core::Result<()> {
+    /// let images = Tensor::zeros((8, 28, 28, 1), candle_core::DType::F32, &Device::Cpu)?;
+    /// assert_eq!(ImageLayout::Nhwc.hw(images.dims()), (28, 28)); // the size to draw boxes for
+    /// assert_eq!(ImageLayout::Nchw.hw(&[8, 784]), (0, 0));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn hw(self, dims: &[usize]) -> (usize, usize) {
         match (self, dims) {
             (ImageLayout::Nchw, &[_, _, h, w]) | (ImageLayout::Nhwc, &[_, h, w, _]) => (h, w),

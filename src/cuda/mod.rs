@@ -56,7 +56,38 @@ pub use mixup_ce::DeviceUpstream;
 pub use plan::DevicePlan;
 
 /// The cudarc version the API is written against (0.19), for building slices and streams.
+///
+/// # Examples
+///
+/// ```no_run
+/// // Raw device addresses of cudarc buffers, for the `raw` API.
+/// use mixup_kernels::cuda::cudarc::driver::DevicePtr;
+/// use mixup_kernels::cuda::CudaContext;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let stream = CudaContext::new(0)?.default_stream();
+/// let buf = stream.alloc_zeros::<f32>(8)?;
+/// let (ptr, _sync) = buf.device_ptr(&stream);
+/// assert_ne!(ptr, 0);
+/// # Ok(())
+/// # }
+/// ```
 pub use cudarc;
+/// The cudarc types the operations take: a context per device, streams, and device buffers
+/// with their borrowed views.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::{CudaMixer, CudaSlice, CudaView};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // `CudaContext::new` panics without libcuda: ask through the mixer first.
+/// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+/// let buf: CudaSlice<f32> = mixer.stream().alloc_zeros(16)?;
+/// let view: CudaView<'_, f32> = buf.as_view();
+/// assert_eq!(view.len(), 16);
+/// # Ok(())
+/// # }
+/// ```
 pub use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut};
 
 /// Kernel sources and the NVRTC compiler, for tests and tools (not a stable API).
