@@ -177,7 +177,8 @@ pub fn mix_images(plan: &MixPlan, images: &Tensor, layout: ImageLayout) -> Resul
 }
 
 /// Mixes rows: `[B, ...]` (any rank ≥ 1) becomes `λ_i x_i + (1-λ_i) x_partner(i)` for every
-/// sample, CutMix samples included (their λ is the kept area). Use it for already-soft targets,
+/// sample, CutMix samples included (with their plan λ: the box's kept area when the plan was drawn
+/// with `correct_lam` or `cutmix_minmax`, as timm mixes targets). Use it for already-soft targets,
 /// features or embeddings; images take [`mix_images`].
 ///
 /// ```

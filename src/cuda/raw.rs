@@ -86,6 +86,22 @@ use super::{CudaMixer, DevicePlan};
 /// ```
 pub type CUdeviceptr = u64;
 
+/// A raw CUDA stream handle (cudarc's `CUstream`), as [`CudaMixer::from_raw_stream`] takes it.
+///
+/// The same name exists in builds without the `cuda` feature, so code naming it compiles
+/// either way.
+///
+/// # Examples
+///
+/// ```no_run
+/// use mixup_kernels::cuda::{raw::CUstream, CudaMixer};
+/// let legacy_default: CUstream = std::ptr::null_mut(); // PyTorch: `stream.cuda_stream`
+/// // SAFETY: the null stream (the legacy default stream) is valid on every context.
+/// let mixer = unsafe { CudaMixer::from_raw_stream(0, legacy_default) };
+/// # let _ = mixer;
+/// ```
+pub type CUstream = cudarc::driver::sys::CUstream;
+
 /// The gradient arriving from above the loss, as device addresses.
 ///
 /// # Examples
