@@ -2,8 +2,9 @@
 //! the candle device's own stream, reading and writing candle's `CudaSlice`s in place (candle
 //! 0.11 and this crate share cudarc 0.19, so the buffers are used without a copy).
 //!
-//! One [`CudaMixer`] per candle device, created on first use and kept for the process (it holds
-//! the compiled kernels). Each op uploads its plan with one asynchronous copy.
+//! One [`CudaMixer`] per candle device (per device and host thread on candle's default
+//! per-thread stream), created on first use and kept for the process (it holds the compiled
+//! kernels). A plan is uploaded with one asynchronous copy when it differs from the last one.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -21,36 +22,51 @@ use crate::cuda::{CudaMixer, DevicePlan, DeviceUpstream};
 use crate::spec::Reduction;
 use crate::{bf16, f16};
 
-/// What the crate keeps per candle device: the mixer (compiled kernels) and one device plan
-/// buffer, reused by every op. Every op runs on the device's one stream, so an upload is
-/// ordered after the kernels that read the previous plan: reusing the buffer is safe, and the
-/// per-step path allocates nothing once the largest batch has been seen.
+/// What the crate keeps per candle stream: the mixer (compiled kernels) and one device plan
+/// buffer, reused by every op. All ops of one state run on one stream, so an upload is ordered
+/// after the kernels that read the previous plan: reusing the buffer is safe, and the per-step
+/// path allocates nothing once the largest batch has been seen.
 struct PerDevice {
     mixer: CudaMixer,
     plan: Mutex<DevicePlan>,
 }
 
-/// The per-device state made so far.
-type Mixers = Mutex<Vec<(DeviceId, Arc<PerDevice>)>>;
+/// A candle device, and the host thread when the device's stream is per thread.
+type Key = (DeviceId, Option<std::thread::ThreadId>);
 
-/// The state of `dev`, made on first use.
+/// The states made so far (kept for the process: they hold the compiled kernels).
+type Mixers = Mutex<Vec<(Key, Arc<PerDevice>)>>;
+
+/// `CU_STREAM_PER_THREAD`, the stream handle of candle's `Device::new_cuda`.
+const PER_THREAD_STREAM: usize = 0x2;
+
+/// The state of `dev` for this thread, made on first use.
+///
+/// `Device::new_cuda` enqueues on `CU_STREAM_PER_THREAD`: each host thread has its own stream
+/// there, so the plan buffer, the label flags and the loss scratch of one mixer must not be
+/// shared between threads (two threads' kernels could run at once and read a plan being
+/// replaced). Such a device gets one state per thread; a device with one real stream
+/// (`CudaDevice::new_with_stream`) gets one state for all threads.
 fn per_device(dev: &CudaDevice) -> Result<Arc<PerDevice>> {
     static MIXERS: OnceLock<Mixers> = OnceLock::new();
+    let per_thread = dev.cuda_stream().cu_stream() as usize == PER_THREAD_STREAM;
+    let key: Key = (dev.id(), per_thread.then(|| std::thread::current().id()));
     let mut all = MIXERS
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    if let Some((_, m)) = all.iter().find(|(id, _)| *id == dev.id()) {
+    if let Some((_, m)) = all.iter().find(|(k, _)| *k == key) {
         return Ok(m.clone());
     }
     let mixer = CudaMixer::from_stream(dev.cuda_stream())?;
     let plan = Mutex::new(DevicePlan::new(&mixer));
     let m = Arc::new(PerDevice { mixer, plan });
-    all.push((dev.id(), m.clone()));
+    all.push((key, m.clone()));
     Ok(m)
 }
 
-/// Runs `f` with the device's mixer and `plan` uploaded into its reused plan buffer.
+/// Runs `f` with the device's mixer and `plan` in its reused plan buffer. The ops of a step
+/// (mix, loss forward, loss backward) share one plan: it is uploaded once, when it changes.
 fn with_plan<R>(
     dev: &CudaDevice,
     plan: &crate::MixPlan,
@@ -59,7 +75,9 @@ fn with_plan<R>(
     let d = per_device(dev)?;
     // A poisoned lock only means another thread panicked between uploads; the buffer is whole.
     let mut dp = d.plan.lock().unwrap_or_else(|p| p.into_inner());
-    dp.upload(plan)?;
+    if !dp.holds(plan) {
+        dp.upload(plan)?;
+    }
     f(&d.mixer, &dp)
 }
 

@@ -272,7 +272,9 @@ pub fn soft_targets(
 ///   before any work. On a GPU, labels are converted to u32 and a label out of range is counted
 ///   by the kernel (never read through) and reported by [`check_device_labels`] when the caller
 ///   asks (it waits for the stream, so call it where you already synchronize, e.g. when the loss
-///   is logged).
+///   is logged). The conversion is candle's `to_dtype`, which keeps the low 32 bits of an i64:
+///   a negative label becomes `≥ 2³¹` and is reported, but a label `≥ 2³²` wraps and is not
+///   (pass u32 labels on a GPU when labels come from untrusted data).
 /// - The loss is computed in f32 and returned in the logits' dtype (candle's `to_dtype`, so the
 ///   upstream gradient reaches the op in f32).
 /// - On the CPU the gradient is computed during the forward pass for an upstream gradient of 1
@@ -363,7 +365,8 @@ pub fn mixup_cross_entropy(
 /// check, as an error ([`MixError::DeviceLabelOutOfRange`], wrapped); waits for the device's
 /// stream, so call it where the loop already synchronizes (when the loss is logged, say): the
 /// training step itself never waits for the GPU. A no-op on the CPU, where labels are checked
-/// before any work, and in builds without `candle-cuda`.
+/// before any work, and in builds without `candle-cuda`. On `Device::new_cuda` (a stream per
+/// host thread) the count is per thread: call it from the thread that ran the ops.
 ///
 /// ```
 /// use candle_core::Device;

@@ -564,17 +564,27 @@ impl CudaMixer {
 
     /// A device buffer of at least `n` f32 for per-row losses the caller did not ask for.
     /// Allocates only when a larger batch than any before arrives.
-    pub(crate) fn scratch_f32(&self, n: usize) -> Result<u64> {
+    ///
+    /// Keep the returned guard until the kernel using the address is enqueued: another thread
+    /// growing the buffer meanwhile would free it (in stream order, so after any kernel already
+    /// enqueued, but before one enqueued later).
+    pub(crate) fn scratch_f32(
+        &self,
+        n: usize,
+    ) -> Result<(u64, MutexGuard<'_, Option<CudaSlice<f32>>>)> {
         let mut s = lock(&self.scratch);
-        if s.as_ref().is_none_or(|b| b.len() < n) {
-            // SAFETY: kernels write every element they later read.
-            let buf = unsafe { self.stream.alloc::<f32>(n.next_power_of_two().max(256)) }
-                .map_err(driver_err("allocating the per-sample loss buffer"))?;
-            *s = Some(buf);
-        }
-        let buf = s.as_ref().expect("allocated above");
-        let (ptr, _record) = buf.device_ptr(&self.stream);
-        Ok(ptr)
+        let ptr = match s.as_ref() {
+            Some(b) if b.len() >= n => b.device_ptr(&self.stream).0,
+            _ => {
+                // SAFETY: kernels write every element they later read.
+                let buf = unsafe { self.stream.alloc::<f32>(n.next_power_of_two().max(256)) }
+                    .map_err(driver_err("allocating the per-sample loss buffer"))?;
+                let ptr = buf.device_ptr(&self.stream).0;
+                *s = Some(buf);
+                ptr
+            }
+        };
+        Ok((ptr, s))
     }
 
     /// Largest dynamic shared memory a block of the CE block kernel may use.

@@ -275,9 +275,13 @@ pub(crate) unsafe fn launch(
             .map_err(driver_err("writing the loss"))?;
         return Ok(());
     }
-    let losses = match bufs.losses {
-        Some(p) => p,
-        None => m.scratch_f32(b)?,
+    // The scratch guard lives until the launch below is enqueued (see `scratch_f32`).
+    let (losses, _scratch) = match bufs.losses {
+        Some(p) => (p, None),
+        None => {
+            let (p, guard) = m.scratch_f32(b)?;
+            (p, Some(guard))
+        }
     };
     let strategy = ce_strategy(c as u64, dtype.size(), m.smem_optin(), bufs.grad.is_none());
     let (up_kind, up_ptr, up) = upstream_fields(&upstream);

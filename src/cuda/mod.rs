@@ -36,7 +36,13 @@
 //!
 //! Nothing in a step synchronizes with the host or allocates once warmed up (the first call of
 //! each kernel compiles it, the first batch of a new maximum size grows a buffer), so a step can
-//! be captured in a CUDA graph; see [`DevicePlan`] for the plan upload around a graph.
+//! be captured in a CUDA graph; see [`DevicePlan`] for the plan upload around a graph (and
+//! [`DevicePlan::with_pinned_staging`] for an upload that is asynchronous by guarantee, not
+//! just in practice).
+//!
+//! A mixer belongs to one stream. On `CU_STREAM_PER_THREAD` (candle's default stream) each host
+//! thread has its own stream: give each thread its own mixer and plan, since the loss
+//! reduction's block counter and the scratch buffers of one mixer assume one stream order.
 //!
 //! Building without the `cuda` feature gives a module with the same names whose calls return
 //! [`MixError::Unsupported`](crate::MixError::Unsupported).

@@ -147,19 +147,10 @@ pub fn mix<T: Element>(
     let (xp, _a) = x.device_ptr(s);
     let (tp, _b) = tmp.device_ptr_mut(s);
     let (op, _c) = out.device_ptr_mut(s);
-    let (layout_code, c, h, w) = match *layout {
-        Layout::Rows(_) => (0u32, 0u32, 0u32, 0u32),
-        Layout::Nchw {
-            channels,
-            height,
-            width,
-        } => (1, channels as u32, height as u32, width as u32),
-        Layout::Nhwc {
-            height,
-            width,
-            channels,
-        } => (2, channels as u32, height as u32, width as u32),
-    };
+    // The fused kernels' argument checks (an image sample is indexed in 32 bits on the
+    // device), so the dimensions below fit their u32 kernel parameters.
+    let a = super::mix::mix_args(layout, T::DTYPE, plan.len(), plan.len())?;
+    let (layout_code, c, h, w) = (a.layout, a.channels, a.height, a.width);
     let image = u32::from(layout_code != 0);
     let name = |op: &str| format!("naive_{op}_{}", T::DTYPE.name());
     let gather = mixer.function(u, &name("gather"))?;
@@ -343,10 +334,22 @@ pub fn mixup_ce<T: FloatElement>(
             "the naive baseline implements Mean and Sum only".into(),
         ));
     }
-    if plan.is_empty() {
-        return Ok(());
+    let n = plan.len() * spec.targets.num_classes; // no overflow: checked by `check_ce`
+    if bufs.y1.len() < n || bufs.losses.len() < plan.len() {
+        return Err(MixError::InvalidArgument {
+            what: "bufs",
+            reason: "the naive buffers were made for a smaller batch".into(),
+        });
     }
     let s = mixer.stream();
+    if plan.is_empty() {
+        // Sum over no sample (Mean was rejected by `check_ce`): 0, as the fused kernel writes.
+        let (lossp, _ls) = loss.device_ptr_mut(s);
+        // SAFETY: `lossp` addresses the one f32 of `loss`.
+        unsafe { cudarc::driver::result::memset_d8_async(lossp, 0, 4, s.cu_stream()) }
+            .map_err(driver_err("writing the loss"))?;
+        return Ok(());
+    }
     let u = unit::<T>();
     let dt = T::DTYPE.name();
     let (b, c) = (plan.len() as u64, spec.targets.num_classes as u64);

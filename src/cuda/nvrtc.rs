@@ -166,10 +166,16 @@ pub fn compile(
         log: "the kernel source contains a NUL byte".into(),
     })?;
     let name = CString::new(format!("{}.cu", module.name)).expect("module names have no NUL");
+    // User options (`CudaMixerOptions::nvrtc_options`) may hold anything.
     let opts: Vec<CString> = options
         .iter()
-        .map(|o| CString::new(o.as_str()).expect("options have no NUL"))
-        .collect();
+        .map(|o| {
+            CString::new(o.as_str()).map_err(|_| MixError::InvalidArgument {
+                what: "nvrtc_options",
+                reason: format!("an NVRTC option contains a NUL byte: {o:?}"),
+            })
+        })
+        .collect::<Result<_>>()?;
     let opt_ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
 
     let mut raw: sys::nvrtcProgram = std::ptr::null_mut();

@@ -31,11 +31,16 @@ const LEADERS_PER_ENTRY: usize = 8;
 ///
 /// ## Host memory and CUDA graphs
 /// By default the copy reads from a pageable `Vec`: the driver copies it into its own staging
-/// memory before `upload` returns (no device synchronization; the plan is a few KB), so the
-/// host plan can change right after. With [`DevicePlan::with_pinned_staging`] the copy reads
-/// from page-locked memory and is truly asynchronous; two staging buffers alternate, and
-/// writing one waits (on an event, not on the device) for the copy made from it two uploads
-/// ago, which has long finished in a training loop.
+/// memory before `upload` returns, so the host plan can change right after. For a few KB this
+/// is normally immediate, but CUDA only promises that such a copy *may* return before the
+/// device has run it: the driver is allowed to wait for the stream. For a guarantee, use
+/// [`DevicePlan::with_pinned_staging`]: the copy reads from page-locked memory and is truly
+/// asynchronous; two staging buffers alternate, and writing one waits (on an event, not on
+/// the device) for the copy made from it two uploads ago, which has long finished in a
+/// training loop.
+///
+/// A failed `upload` (out of memory, say) leaves the plan unusable: operations refuse it until
+/// an upload succeeds.
 ///
 /// To capture a training step in a CUDA graph, keep the upload **outside** the graph: upload
 /// each step's plan on the mixer's stream, then launch the graph. The captured kernels read the
@@ -70,7 +75,8 @@ pub struct DevicePlan {
     pinned: Option<[Option<PinnedHostSlice<PlanEntry>>; 2]>,
     next_pinned: usize,
     pairs: usize,
-    uploads: u64,
+    /// Whether the last upload succeeded (operations refuse the plan otherwise).
+    valid: bool,
 }
 
 impl std::fmt::Debug for DevicePlan {
@@ -144,7 +150,7 @@ impl DevicePlan {
             pinned: None,
             next_pinned: 0,
             pairs: 0,
-            uploads: 0,
+            valid: false,
         }
     }
 
@@ -191,45 +197,71 @@ impl DevicePlan {
     /// # }
     /// ```
     pub fn upload(&mut self, plan: &MixPlan) -> Result<()> {
-        // Host copy first (reusing its allocation), then the staged bytes.
+        // Until this upload has succeeded no operation may use the plan: the host copy (which
+        // the operations validate against) would no longer match the device buffer.
+        self.valid = false;
+        self.pairs = stage(plan, &mut self.staging);
+        let n = self.staging.len();
+        if n > 0 {
+            self.copy_staged(n)?;
+        }
+        // Host copy last (reusing its allocation), once the device has the same plan queued.
         self.host.entries.clone_from(&plan.entries);
         self.host.image = plan.image;
         self.host.involution = plan.involution;
-        self.pairs = stage(plan, &mut self.staging);
-        let n = self.staging.len();
-        if n == 0 {
-            self.uploads += 1;
-            return Ok(());
-        }
-        if self.buf.as_ref().is_none_or(|b| b.len() < n) {
-            // Grow with headroom so a slowly growing batch does not reallocate every step.
-            let cap = n.next_power_of_two().max(64);
-            // SAFETY: every element read by a kernel is written by the copy below first.
-            let buf = unsafe { self.stream.alloc::<PlanEntry>(cap) }
-                .map_err(driver_err("allocating the device plan"))?;
-            self.buf = Some(buf);
-        }
-        let buf = self.buf.as_mut().expect("allocated above");
-        let mut dst = buf
-            .try_slice_mut(0..n)
-            .expect("the buffer holds at least n entries");
-        match self.pinned.as_mut() {
-            None => self
-                .stream
-                .memcpy_htod(&self.staging[..], &mut dst)
-                .map_err(driver_err("copying the plan to the device"))?,
+        self.valid = true;
+        Ok(())
+    }
+
+    /// Enqueues the copy of the `n` staged entries into the device buffer, growing it first if
+    /// needed.
+    fn copy_staged(&mut self, n: usize) -> Result<()> {
+        // Both buffers grow to `n.next_power_of_two().max(64)` entries, the smallest such size
+        // holding `n`.
+        let grown = |n: usize| n.next_power_of_two().max(64);
+        let pinned = match self.pinned.as_mut() {
+            None => None,
             Some(bufs) => {
                 let slot = &mut bufs[self.next_pinned];
                 self.next_pinned ^= 1;
                 if slot.as_ref().is_none_or(|p| p.len() < n) {
-                    let cap = n.next_power_of_two().max(64);
-                    // SAFETY: the staging memory is fully written before each copy reads it.
-                    *slot = Some(
-                        unsafe { self.stream.context().alloc_pinned::<PlanEntry>(cap) }
-                            .map_err(driver_err("allocating pinned staging memory"))?,
-                    );
+                    let cap = grown(n);
+                    // SAFETY: zero-filled below before anything reads it.
+                    let mut p = unsafe { self.stream.context().alloc_pinned::<PlanEntry>(cap) }
+                        .map_err(driver_err("allocating pinned staging memory"))?;
+                    let ptr = p
+                        .as_mut_ptr()
+                        .map_err(driver_err("allocating pinned staging memory"))?;
+                    // SAFETY: `ptr` addresses `cap` entries of a fresh allocation; all-zero bits
+                    // are a valid PlanEntry.
+                    unsafe { std::ptr::write_bytes(ptr, 0, cap) };
+                    *slot = Some(p);
                 }
-                let pinned = slot.as_mut().expect("allocated above");
+                slot.as_mut()
+            }
+        };
+        // cudarc copies a pinned buffer whole: the device range must be as long as it.
+        let len = pinned.as_ref().map_or(n, |p| p.len());
+        if self.buf.as_ref().is_none_or(|b| b.len() < len) {
+            // Grow with headroom so a slowly growing batch does not reallocate every step. The
+            // old buffer is freed in stream order, after the kernels that read it.
+            // SAFETY: every element a kernel reads is written by the copy below first.
+            let buf = unsafe { self.stream.alloc::<PlanEntry>(grown(len)) }
+                .map_err(driver_err("allocating the device plan"))?;
+            self.buf = Some(buf);
+        }
+        let Some(buf) = self.buf.as_mut() else {
+            unreachable!("allocated above")
+        };
+        let Some(mut dst) = buf.try_slice_mut(0..len) else {
+            unreachable!("the buffer holds at least `len` entries")
+        };
+        match pinned {
+            None => self
+                .stream
+                .memcpy_htod(&self.staging[..], &mut dst)
+                .map_err(driver_err("copying the plan to the device")),
+            Some(pinned) => {
                 // Waits (on an event) for the copy that last read this buffer.
                 let host = pinned
                     .as_mut_slice()
@@ -237,11 +269,9 @@ impl DevicePlan {
                 host[..n].copy_from_slice(&self.staging);
                 self.stream
                     .memcpy_htod(&*pinned, &mut dst)
-                    .map_err(driver_err("copying the plan to the device"))?
+                    .map_err(driver_err("copying the plan to the device"))
             }
         }
-        self.uploads += 1;
-        Ok(())
     }
 
     /// Batch size of the uploaded plan.
@@ -323,6 +353,12 @@ impl DevicePlan {
         self.buf.as_ref().map_or(0, |b| b.len())
     }
 
+    /// Whether the device buffer holds `plan` (the last upload succeeded and was this plan).
+    #[cfg_attr(not(feature = "candle-cuda"), allow(dead_code))]
+    pub(crate) fn holds(&self, plan: &MixPlan) -> bool {
+        self.valid && self.host == *plan
+    }
+
     /// Number of pairs (`i <= partner(i)`) of an involution, 0 otherwise.
     pub(crate) fn pairs(&self) -> usize {
         self.pairs
@@ -336,10 +372,11 @@ impl DevicePlan {
                 reason: "the DevicePlan was made for another CudaMixer's stream".into(),
             });
         }
-        if self.uploads == 0 {
+        if !self.valid {
             return Err(MixError::InvalidArgument {
                 what: "plan",
-                reason: "nothing was uploaded to this DevicePlan yet".into(),
+                reason: "nothing was uploaded to this DevicePlan yet, or the last upload failed"
+                    .into(),
             });
         }
         match &self.buf {
