@@ -152,6 +152,21 @@ pub(crate) fn max_lanes(w: &[f32]) -> f32 {
             acc[k] = max(acc[k], c[k]);
         }
     }
+    max_fold(tail, acc)
+}
+
+/// The end of [`max_lanes`]: the tail (`< LANES` elements) folded, then the lane maxima in
+/// lane order (shared with the AVX2 pass (1) of the CE so both give the same bits).
+#[inline(always)]
+pub(crate) fn max_fold(tail: &[f32], acc: [f32; LANES]) -> f32 {
+    #[inline(always)]
+    fn max(m: f32, v: f32) -> f32 {
+        if v > m {
+            v
+        } else {
+            m
+        }
+    }
     let mut m = tail.iter().fold(f32::NEG_INFINITY, |m, &v| max(m, v));
     for a in acc {
         m = max(m, a);
