@@ -1,8 +1,8 @@
 //! A vectorizable `exp` and lane-parallel reductions for the softmax rows.
 //!
-//! `f32::exp` calls libm once per element, which LLVM cannot vectorize. [`exp`] is the Cephes
-//! `expf` algorithm written with fused multiply-adds (`f32::mul_add`), adds, selects and integer
-//! bit operations (no calls into libm where the CPU has FMA, no branches); [`exp8`] is the same
+//! `f32::exp` calls libm once per element, which LLVM cannot vectorize. [`exp`] is a table-driven
+//! `expf` (`2^(j/8)` times a short polynomial) written with fused multiply-adds (`f32::mul_add`),
+//! adds, selects, a table lookup and integer bit operations (no calls into libm where the CPU has FMA, no branches); [`exp8`] is the same
 //! computation on 8 lanes with AVX2 and FMA intrinsics. Every step is one correctly rounded IEEE
 //! operation (a fused multiply-add rounds once), so both give the same bits, and the same bits
 //! on every CPU: x86-64 with FMA, aarch64 (where `mul_add` is one instruction), and x86-64
@@ -20,54 +20,74 @@ const EXP_LO: f32 = -87.336_55;
 /// `1.5 · 2^23`: adding it to a float of magnitude under 2^22 rounds it to an integer, which
 /// then sits in the low mantissa bits.
 const SHIFTER: f32 = 12_582_912.0;
-const LOG2E: f32 = std::f32::consts::LOG2_E;
-/// ln 2 = `LN2_HI + LN2_LO` to about 2^-50: with a fused `x - n·LN2_HI` the product is not
-/// rounded, so the high part need not have spare zero bits (as Cephes' 9-bit one has).
-const LN2_HI: f32 = std::f32::consts::LN_2;
-const LN2_LO: f32 = -1.904_654_3e-9;
-/// Cephes' `expf` coefficients: `e^r ≈ 1 + r + r²·(P0 + P1 r + … + P5 r^5)` on `|r| ≤ ln2/2`.
-const P: [f32; 6] = [
-    0.5, // Cephes' 5.0000001e-1 rounds to 0.5 in f32
-    1.666_666_5e-1,
-    4.166_579_6e-2,
-    8.333_452e-3,
-    1.398_199_9e-3,
-    1.987_569_1e-4,
+/// `8 / ln 2` (exact scaling of f32's `log2 e` by 2^3).
+const LOG2E_8: f32 = std::f32::consts::LOG2_E * 8.0;
+/// ln2 / 8 = `LN2_HI_8 + LN2_LO_8` to about 2^-53: with a fused `x - n·LN2_HI_8` the product
+/// is not rounded, so the high part need not have spare zero bits (as Cephes' 9-bit one has).
+/// Both are the f32 split of ln 2 scaled by 2^-3, which is exact.
+const LN2_HI_8: f32 = std::f32::consts::LN_2 / 8.0;
+const LN2_LO_8: f32 = -1.904_654_3e-9 / 8.0;
+/// `2^(j/8)` for `j = 0..8`, each rounded to nearest f32 (bit patterns from f64 `2^(j/8)`):
+/// relative error at most 2^-24 / 2^(j/8), and exact for `j = 0`.
+const EXP2_J8: [f32; 8] = [
+    f32::from_bits(0x3F80_0000),
+    f32::from_bits(0x3F8B_95C2),
+    f32::from_bits(0x3F98_37F0),
+    f32::from_bits(0x3FA5_FED7),
+    f32::from_bits(0x3FB5_04F3),
+    f32::from_bits(0x3FC5_672A),
+    f32::from_bits(0x3FD7_44FD),
+    f32::from_bits(0x3FEA_C0C7),
 ];
+/// Taylor coefficients of `e^r = 1 + r + r²·(C2 + C3 r + C4 r²) + O(r^5)`: on `|r| ≤ ln2/16`
+/// the truncation is below `r^5/120 · 1.05 < 1.4e-9` relative, about 0.02 ulp.
+const C2: f32 = 0.5;
+const C3: f32 = f32::from_bits(0x3E2A_AAAB); // 1/6
+const C4: f32 = f32::from_bits(0x3D2A_AAAB); // 1/24
+/// `SHIFTER`'s bits minus `127 · 8`: `bits(t) - EXP_BIAS_8 = n + 1016 = 8·(k + 127) + j`, so
+/// shifting it left by 20 and keeping the exponent field gives the bits of `2^k`.
+const EXP_BIAS_8: u32 = 0x4B40_0000 - 127 * 8;
 
-/// `e^x` in f32 for `x ≤ 88` (above, `2^n` overflows the exponent field: the softmax only
+/// `e^x` in f32 for `x ≤ 88` (above, `2^k` overflows the exponent field: the softmax only
 /// calls it with `x = z - max z ≤ 0`), returning 0 below `ln(2^-126) ≈ -87.34` (the exact value
 /// there is under 1.2e-38) and NaN for NaN.
 ///
-/// `x = n·ln2 + r` with `n = round(x·log2 e)` (by the 1.5·2^23 shifter), `r` reduced with
-/// Cody–Waite's two-part ln2 in two fused multiply-adds, `e^r` by Cephes' degree-7 polynomial
-/// on `|r| ≤ ln2/2` (`1 + r + r²·p(r)`, `p` by Estrin's scheme), and `2^n` assembled in the
-/// exponent field. Maximum error, measured against f64 `exp` over `[-87.3, 0]` (every f32 in
-/// `[-1, -0.5]` and 4·10^6 evenly spaced points) in the unit test: 1.26 ulp (relative error
-/// under 1.6e-7); the test asserts < 1.5 ulp. See `exp_error_is_below_1_5_ulp`.
+/// Table-driven: `x = (8k + j)·ln2/8 + r` with `n = 8k + j = round(x · 8/ln2)` (by the
+/// 1.5·2^23 shifter, `0 ≤ j < 8`), `r` reduced with Cody–Waite's two-part `ln2/8` in two fused
+/// multiply-adds (`|r| ≤ ln2/16 ≈ 0.0433`; the first one is exact, as in Cephes), then
+/// `e^x = 2^k · T_j · (1 + q)` with `T_j = 2^(j/8)` from an 8-entry table (one register in
+/// the vector build: `vpermps` indexes it by the low 3 bits of `n`), `q = e^r - 1` by the
+/// degree-4 Taylor polynomial, `T_j·(1 + q)` as one fused `T_j + T_j·q`, and `2^k` assembled in
+/// the exponent field.
 ///
-/// FMA was adopted for speed (the vector loop went from 12 multiplies and 13 adds per 8 lanes
-/// to 12 fused or plain multiplies and 4 adds); before it, the function used separate rounded
-/// multiplies and adds, with a worst error of 0.97 ulp.
+/// Error bound, in ulps of the result `y ≈ T_j e^r`: the table entry's rounding, at most
+/// `0.5 · ulp(T_j)`, which is `≤ 0.5 · e^r ≤ 0.53` ulp of `y` (`y` lies in `T_j`'s binade except
+/// for `j = 0, r < 0`, where `T_0 = 1` is exact); the truncation (`< 1.4e-9` relative), the
+/// rounding of `r` (`≤ 2^-29` absolute), of `r²` and of the polynomial's steps (together under
+/// `2.5e-9` absolute in `q`), under `4e-9` relative, which is `< 0.07` ulp; the final rounding
+/// of the fused `T_j + T_j·q`, 0.5 ulp; scaling by `2^k` is exact. Total `< 1.1` ulp. Measured
+/// against f64 `exp` (every f32 in `[-2, -0.5]`, which covers every `j` and the whole range of
+/// `r`, and 4·10^6 evenly spaced points over `[-87.3, 0]`): see `exp_error_is_below_1_5_ulp`,
+/// which asserts < 1.5 ulp.
+///
+/// History: the Cephes `expf` polynomial (degree 7 on `|r| ≤ ln2/2`) took 12 multiply-class
+/// operations per 8 lanes (worst error 1.26 ulp with FMA, 0.97 ulp without); this takes 9 and
+/// one `vpermps`.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
-    // No clamp: below EXP_LO the garbage `2^n` is discarded by the final select; NaN and
+    // No clamp: below EXP_LO the garbage `2^k` is discarded by the final select; NaN and
     // -inf fail every comparison or land below it, and flow through (NaN) or give 0 (-inf).
-    let t = x.mul_add(LOG2E, SHIFTER);
+    let t = x.mul_add(LOG2E_8, SHIFTER);
     let n = t - SHIFTER;
-    let r = (-n).mul_add(LN2_HI, x);
-    let r = (-n).mul_add(LN2_LO, r);
-    // Estrin's scheme: three independent pairs, then r² and r⁴, which halves the dependent
-    // chain of Horner's rule.
+    let r = (-n).mul_add(LN2_HI_8, x);
+    let r = (-n).mul_add(LN2_LO_8, r);
+    let tj = EXP2_J8[(t.to_bits() & 7) as usize];
     let r2 = r * r;
-    let q0 = P[1].mul_add(r, P[0]);
-    let q1 = P[3].mul_add(r, P[2]);
-    let q2 = P[5].mul_add(r, P[4]);
-    let p = (r2 * r2).mul_add(q2, r2.mul_add(q1, q0));
-    let er = p.mul_add(r2, r + 1.0);
-    // n = bits(t) - bits(SHIFTER), in [-126, 127]: the biased exponent is n + 127 in [1, 254].
-    let n_int = t.to_bits().wrapping_sub(SHIFTER.to_bits()) as i32;
-    let scale = f32::from_bits((n_int.wrapping_add(127) as u32) << 23);
+    let p = C4.mul_add(r2, C3.mul_add(r, C2));
+    let q = p.mul_add(r2, r);
+    let er = tj.mul_add(q, tj);
+    // bits(t) - EXP_BIAS_8 = n + 1016 ≥ 0 for x ≥ EXP_LO (n ≥ -1008), < 2048 for x ≤ 88.
+    let scale = f32::from_bits((t.to_bits().wrapping_sub(EXP_BIAS_8) << 20) & 0x7F80_0000);
     let y = er * scale;
     // `!(x < EXP_LO)` rather than `x >= EXP_LO`, so NaN keeps `y` (NaN), as in `exp8`.
     if x < EXP_LO {
@@ -88,19 +108,21 @@ pub(crate) unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__
     use std::arch::x86_64::*;
     let c = _mm256_set1_ps;
     let shifter = c(SHIFTER);
-    let t = _mm256_fmadd_ps(x, c(LOG2E), shifter);
+    let t = _mm256_fmadd_ps(x, c(LOG2E_8), shifter);
     let n = _mm256_sub_ps(t, shifter);
     // fnmadd(a, b, c) = -(a·b) + c, rounded once: the same value as mul_add(-n, LN2, x).
-    let r = _mm256_fnmadd_ps(n, c(LN2_HI), x);
-    let r = _mm256_fnmadd_ps(n, c(LN2_LO), r);
+    let r = _mm256_fnmadd_ps(n, c(LN2_HI_8), x);
+    let r = _mm256_fnmadd_ps(n, c(LN2_LO_8), r);
+    let tb = _mm256_castps_si256(t);
+    // SAFETY: EXP2_J8 holds 8 f32s; `vpermps` uses the low 3 bits of each index lane.
+    let table = unsafe { _mm256_loadu_ps(EXP2_J8.as_ptr()) };
+    let tj = _mm256_permutevar8x32_ps(table, tb);
     let r2 = _mm256_mul_ps(r, r);
-    let q0 = _mm256_fmadd_ps(c(P[1]), r, c(P[0]));
-    let q1 = _mm256_fmadd_ps(c(P[3]), r, c(P[2]));
-    let q2 = _mm256_fmadd_ps(c(P[5]), r, c(P[4]));
-    let p = _mm256_fmadd_ps(_mm256_mul_ps(r2, r2), q2, _mm256_fmadd_ps(r2, q1, q0));
-    let er = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, c(1.0)));
-    let n_int = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(shifter));
-    let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(n_int, _mm256_set1_epi32(127)));
+    let p = _mm256_fmadd_ps(c(C4), r2, _mm256_fmadd_ps(c(C3), r, c(C2)));
+    let q = _mm256_fmadd_ps(p, r2, r);
+    let er = _mm256_fmadd_ps(tj, q, tj);
+    let sb = _mm256_slli_epi32::<20>(_mm256_sub_epi32(tb, _mm256_set1_epi32(EXP_BIAS_8 as i32)));
+    let scale = _mm256_and_si256(sb, _mm256_set1_epi32(0x7F80_0000));
     let y = _mm256_mul_ps(er, _mm256_castsi256_ps(scale));
     // Not-less-than, unordered: true for NaN, which keeps `y` as the scalar select does.
     let keep = _mm256_cmp_ps::<_CMP_NLT_UQ>(x, c(EXP_LO));
@@ -128,6 +150,21 @@ pub(crate) fn max_lanes(w: &[f32]) -> f32 {
     for c in chunks {
         for k in 0..LANES {
             acc[k] = max(acc[k], c[k]);
+        }
+    }
+    max_fold(tail, acc)
+}
+
+/// The end of [`max_lanes`]: the tail (`< LANES` elements) folded, then the lane maxima in
+/// lane order (shared with the AVX2 pass (1) of the CE so both give the same bits).
+#[inline(always)]
+pub(crate) fn max_fold(tail: &[f32], acc: [f32; LANES]) -> f32 {
+    #[inline(always)]
+    fn max(m: f32, v: f32) -> f32 {
+        if v > m {
+            v
+        } else {
+            m
         }
     }
     let mut m = tail.iter().fold(f32::NEG_INFINITY, |m, &v| max(m, v));
@@ -172,8 +209,9 @@ mod tests {
                 worst = (e, x);
             }
         };
-        // Every f32 in [-1, -0.5] (one binade: the reduced argument sweeps its whole range) ...
-        for b in (-0.5f32).to_bits()..=(-1.0f32).to_bits() {
+        // Every f32 in [-2, -0.5] (two binades: `n` runs over -23..=-6, so every table entry
+        // is used with its whole range of the reduced argument) ...
+        for b in (-0.5f32).to_bits()..=(-2.0f32).to_bits() {
             check(f32::from_bits(b));
         }
         // ... and evenly spaced points over the rest of the range, plus the positive side the

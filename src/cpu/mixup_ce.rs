@@ -22,8 +22,10 @@ use rayon::prelude::*;
 use super::lanes::{narrow, simd_fn, widen};
 #[cfg(target_arch = "x86_64")]
 use super::math::exp8;
-use super::math::{exp, flush, max_lanes, BLOCK, LANES};
+use super::math::{exp, flush, max_fold, max_lanes, BLOCK, LANES};
 use super::soft_targets::{rows_per_task, Targets};
+#[cfg(target_arch = "x86_64")]
+use crate::dtype::DType;
 use crate::dtype::{Element, FloatElement};
 use crate::error::{check_len, Result};
 use crate::plan::MixPlan;
@@ -263,12 +265,87 @@ impl RowAddresses {
 }
 
 /// Pass (1): `w ← z` widened; returns the max.
+///
+/// For f32 and bf16 with AVX2 ([`widen_max_avx2`]) in one pass with the max; the same values
+/// and the same max lanes in the same order as the plain loop, so the same bits.
 #[inline(always)]
 fn widen_max<T: Element>(z: &[T], w: &mut [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(T::DTYPE, DType::F32 | DType::BF16)
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
+        // SAFETY: AVX2 and FMA checked just above; T is f32 or bf16 (a transparent u16).
+        return unsafe { widen_max_avx2(z, w) };
+    }
+    widen_max_plain(z, w)
+}
+
+/// [`widen_max`] in plain Rust (the fallback, and the oracle of the intrinsics).
+#[inline(always)]
+fn widen_max_plain<T: Element>(z: &[T], w: &mut [f32]) -> f32 {
     for (o, &v) in w.iter_mut().zip(z) {
         *o = widen(v);
     }
     max_lanes(w)
+}
+
+/// [`widen_max`] for f32 and bf16 with AVX2: 16 elements per step (two 8-lane loads, or two
+/// `vpmovzxwd` and a shift for bf16), both maxed into one accumulator in order (`maxps(v, m)`
+/// is `if v > m { v } else { m }`, [`max_lanes`]' select), the tail as [`max_lanes`] does it.
+///
+/// A bf16 NaN is widened by the shift alone, without [`widen`]'s quiet bit: the scratch row
+/// only feeds arithmetic (`z - m`, the max skips NaN), and x86 quiets a signalling NaN operand
+/// by setting that same bit, so every value computed from it has the same bits either way.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `T` must be f32 or bf16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn widen_max_avx2<T: Element>(z: &[T], w: &mut [f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = z.len().min(w.len());
+    let (zp, wp) = (z.as_ptr(), w.as_mut_ptr());
+    let bf16 = T::DTYPE == DType::BF16;
+    // SAFETY (the loads and stores): `i + 16 <= n`, within both slices; unaligned accesses.
+    let load = |i: usize| unsafe {
+        if bf16 {
+            let p = zp.cast::<u16>().add(i).cast::<__m128i>();
+            let a = _mm256_cvtepu16_epi32(_mm_loadu_si128(p));
+            let b = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(1)));
+            (
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(a)),
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(b)),
+            )
+        } else {
+            let p = zp.cast::<f32>().add(i);
+            (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(LANES)))
+        }
+    };
+    let mut acc = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i + 2 * LANES <= n {
+        let (a, b) = load(i);
+        unsafe {
+            _mm256_storeu_ps(wp.add(i), a);
+            _mm256_storeu_ps(wp.add(i + LANES), b);
+        }
+        acc = _mm256_max_ps(b, _mm256_max_ps(a, acc));
+        i += 2 * LANES;
+    }
+    for (o, &v) in w[i..n].iter_mut().zip(&z[i..n]) {
+        *o = widen(v);
+    }
+    // One more full 8-lane chunk may remain before the tail of `max_lanes`.
+    if i + LANES <= n {
+        // SAFETY: `i + 8 <= n`.
+        acc = _mm256_max_ps(unsafe { _mm256_loadu_ps(wp.add(i)) }, acc);
+        i += LANES;
+    }
+    let mut lanes = [0.0f32; LANES];
+    // SAFETY: 8 f32s.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    max_fold(&w[i..n], lanes)
 }
 
 /// Pass (3): `g_c = (e_c · (1/s) - ε/C) · scale` for every class, then the two target classes
@@ -285,12 +362,82 @@ fn write_grad<T: Element>(
 ) {
     let inv = (1.0 / st.s) as f32;
     let off = k.targets.off;
-    for (o, &e) in g.iter_mut().zip(w) {
-        *o = narrow((e * inv - off) * scale);
+    #[cfg(target_arch = "x86_64")]
+    if T::DTYPE == DType::BF16
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
+        // SAFETY: AVX2 and FMA checked just above; T is bf16, a transparent u16.
+        unsafe { grad_bf16_avx2(w, inv, off, scale, g) };
+    } else {
+        grad_plain(w, inv, off, scale, g);
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    grad_plain(w, inv, off, scale, g);
     let (ta, tb) = k.targets.pair(lam, a == b);
     g[b] = narrow((e_ab.1 * inv - tb) * scale);
     g[a] = narrow((e_ab.0 * inv - ta) * scale);
+}
+
+/// Pass (3)'s loop in plain Rust (the fallback, and the oracle of [`grad_bf16_avx2`]).
+#[inline(always)]
+fn grad_plain<T: Element>(w: &[f32], inv: f32, off: f32, scale: f32, g: &mut [T]) {
+    for (o, &e) in g.iter_mut().zip(w) {
+        *o = narrow((e * inv - off) * scale);
+    }
+}
+
+/// Pass (3)'s loop for bf16 with AVX2: the same three rounded operations, then
+/// [`narrow`]'s round to nearest even (`(x + 0x7FFF + lsb) >> 16`), 16 lanes packed per step
+/// with `vpackusdw`. NaN lanes (only from NaN logits) take [`narrow`] itself, so the bits are
+/// the same as the plain loop's in every case.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `T` must be bf16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn grad_bf16_avx2<T: Element>(w: &[f32], inv: f32, off: f32, scale: f32, g: &mut [T]) {
+    use std::arch::x86_64::*;
+    let n = w.len().min(g.len());
+    let (vi, vo, vs) = (
+        _mm256_set1_ps(inv),
+        _mm256_set1_ps(off),
+        _mm256_set1_ps(scale),
+    );
+    let (one, half) = (_mm256_set1_epi32(1), _mm256_set1_epi32(0x7FFF));
+    let (wp, gp) = (w.as_ptr(), g.as_mut_ptr().cast::<u16>());
+    let round = |v: __m256| {
+        let x = _mm256_castps_si256(v);
+        let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(x), one);
+        _mm256_srli_epi32::<16>(_mm256_add_epi32(_mm256_add_epi32(x, half), lsb))
+    };
+    let mut i = 0;
+    while i + 2 * LANES <= n {
+        // SAFETY: `i + 16 <= n`, within both slices; unaligned accesses.
+        let (e0, e1) = unsafe {
+            (
+                _mm256_loadu_ps(wp.add(i)),
+                _mm256_loadu_ps(wp.add(i + LANES)),
+            )
+        };
+        let v0 = _mm256_mul_ps(_mm256_sub_ps(_mm256_mul_ps(e0, vi), vo), vs);
+        let v1 = _mm256_mul_ps(_mm256_sub_ps(_mm256_mul_ps(e1, vi), vo), vs);
+        let nan = _mm256_or_ps(
+            _mm256_cmp_ps::<_CMP_UNORD_Q>(v0, v0),
+            _mm256_cmp_ps::<_CMP_UNORD_Q>(v1, v1),
+        );
+        if _mm256_testz_ps(nan, nan) == 0 {
+            break;
+        }
+        // Packing works within 128-bit halves: (0..4, 8..12, 4..8, 12..16), reordered by
+        // the 64-bit permutation.
+        let packed =
+            _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(round(v0), round(v1)));
+        // SAFETY: 16 u16s at `i`.
+        unsafe { _mm256_storeu_si256(gp.add(i).cast::<__m256i>(), packed) };
+        i += 2 * LANES;
+    }
+    grad_plain(&w[i..n], inv, off, scale, &mut g[i..n]);
 }
 
 /// Passes (1) and (2) of a forward-only row.
@@ -594,6 +741,122 @@ mod tests {
     fn avx2_and_baseline_paths_agree() {
         paths_agree::<f32>();
         paths_agree::<bf16>();
+    }
+
+    /// Random rows of `len` f32 values for the pass tests: ordinary values, ±0, ±inf, NaNs
+    /// (quiet and signalling), subnormals, and (in round 1) arbitrary bit patterns.
+    #[cfg(target_arch = "x86_64")]
+    fn odd_rows() -> Vec<Vec<f32>> {
+        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let mut rows = Vec::new();
+        for len in [0, 1, 7, 8, 9, 15, 16, 17, 23, 24, 31, 33, 1000, 1007] {
+            for round in 0..12 {
+                rows.push(
+                    (0..len)
+                        .map(|_| {
+                            let r = next();
+                            match (round, r % 61) {
+                                (0, 0) => f32::NAN,
+                                (0, 1) => f32::from_bits(0x7F80_0001), // signalling
+                                (0, 2) => f32::NEG_INFINITY,
+                                (0, 3) => f32::INFINITY,
+                                (0, 4) => -0.0,
+                                (0, 5) => 0.0,
+                                (0, 6) => f32::from_bits(r as u32 & 0x807F_FFFF), // subnormal
+                                (1, _) => f32::from_bits(r as u32),
+                                (2, _) => -0.0,
+                                (3, _) if r % 3 == 0 => f32::NAN,
+                                (4, _) => [0.0, -0.0][(r % 2) as usize],
+                                _ => (r >> 40) as f32 / (1u64 << 24) as f32 * 40.0 - 20.0,
+                            }
+                        })
+                        .collect(),
+                );
+            }
+        }
+        rows
+    }
+
+    fn same(x: f32, y: f32) -> bool {
+        x.to_bits() == y.to_bits()
+    }
+
+    /// Pass (1) with intrinsics gives the plain loop's max and scratch row, bit for bit
+    /// (for bf16 NaNs: the scratch values are NaN in both, and `z - m` has the same bits).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn widen_max_intrinsics_match_plain() {
+        if !(std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma"))
+        {
+            return;
+        }
+        for row in odd_rows() {
+            let n = row.len();
+            let (mut w1, mut w2) = (vec![0.0; n], vec![0.0; n]);
+            let m1 = widen_max_plain(&row, &mut w1);
+            // SAFETY: AVX2 and FMA checked above.
+            let m2 = unsafe { widen_max_avx2(&row, &mut w2) };
+            assert!(same(m1, m2), "f32 max {m1} vs {m2}, len {n}");
+            assert!(
+                w1.iter().zip(&w2).all(|(&x, &y)| same(x, y)),
+                "f32 row, len {n}"
+            );
+            let z: Vec<bf16> = row
+                .iter()
+                .map(|&v| bf16::from_bits((v.to_bits() >> 16) as u16))
+                .collect();
+            let m1 = widen_max_plain(&z, &mut w1);
+            // SAFETY: AVX2 and FMA checked above.
+            let m2 = unsafe { widen_max_avx2(&z, &mut w2) };
+            assert!(same(m1, m2), "bf16 max {m1} vs {m2}, len {n}");
+            for (k, (&x, &y)) in w1.iter().zip(&w2).enumerate() {
+                let ok = same(x, y) || x.is_nan() && y.is_nan() && same(x - m1, y - m2);
+                assert!(ok, "bf16 w[{k}]: {x:?} vs {y:?}");
+            }
+        }
+    }
+
+    /// Pass (3)'s bf16 intrinsics give the plain loop's bits, NaN lanes, rounding ties and
+    /// overflow to infinity included.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn grad_bf16_intrinsics_match_plain() {
+        if !(std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma"))
+        {
+            return;
+        }
+        let mut rows = odd_rows();
+        // Exact bf16 rounding ties (odd and even kept parts) and values next to them.
+        rows.push(
+            (0..4096u32)
+                .map(|k| f32::from_bits(0x3F80_0000 + (k << 14) + (k % 3) * 0x3FFF))
+                .collect(),
+        );
+        for row in rows {
+            for (inv, off, scale) in [(1.0, 0.0, 1.0), (0.37, 1e-4, -0.25), (3e38, 0.0, 10.0)] {
+                let n = row.len();
+                let (mut g1, mut g2) = (vec![bf16::ZERO; n], vec![bf16::ZERO; n]);
+                grad_plain(&row, inv, off, scale, &mut g1);
+                // SAFETY: AVX2 and FMA checked above.
+                unsafe { grad_bf16_avx2(&row, inv, off, scale, &mut g2) };
+                for (k, (x, y)) in g1.iter().zip(&g2).enumerate() {
+                    assert_eq!(
+                        x.to_bits(),
+                        y.to_bits(),
+                        "g[{k}] of {:e} (inv {inv})",
+                        row[k]
+                    );
+                }
+            }
+        }
     }
 
     /// The intrinsics and the plain build of pass (2) give the same values and sums, bit for
