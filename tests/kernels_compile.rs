@@ -11,6 +11,7 @@ use mixup_kernels::cuda::kernels::{
     ALL_UNITS, MODULES,
 };
 use mixup_kernels::MixError;
+use std::io::Write;
 
 const ARCHS: [u32; 4] = [75, 80, 89, 90];
 
@@ -24,7 +25,9 @@ fn nvrtc_present() -> bool {
                      install it with `export LD_LIBRARY_PATH=$(bash scripts/nvrtc.sh)`"
                 );
             }
-            eprintln!(
+            // Straight to stderr: libtest captures `eprintln!` of a passing test.
+            let _ = writeln!(
+                std::io::stderr(),
                 "SKIPPED: NVRTC not found ({e}); set LD_LIBRARY_PATH=$(bash scripts/nvrtc.sh)"
             );
             false

@@ -27,10 +27,27 @@ pub fn mixer(test: &str) -> Option<CudaMixer> {
             if std::env::var("MIXUP_REQUIRE_GPU").as_deref() == Ok("1") {
                 panic!("MIXUP_REQUIRE_GPU=1 but no usable GPU: {e}");
             }
-            println!("SKIPPED: no CUDA device ({e}) [{test}]");
+            skipped(&format!("no CUDA device ({e})"), test);
             None
         }
     }
+}
+
+/// Says on the terminal that `test` was skipped, and why (the reason once per test binary).
+///
+/// Written to the process's stderr directly: libtest captures `println!`/`eprintln!` of a
+/// passing test, and a skip must be visible in the CI log without `--nocapture`.
+pub fn skipped(reason: &str, test: &str) {
+    use std::io::Write;
+    static REASON: std::sync::Once = std::sync::Once::new();
+    let mut err = std::io::stderr().lock();
+    REASON.call_once(|| {
+        let _ = writeln!(
+            err,
+            "SKIPPED: {reason}; the GPU tests below pass without running"
+        );
+    });
+    let _ = writeln!(err, "SKIPPED: {test}");
 }
 
 pub fn rng(seed: u64) -> ChaCha8Rng {
