@@ -28,7 +28,7 @@ use super::soft_targets::{rows_per_task, Targets};
 use crate::dtype::DType;
 use crate::dtype::{Element, FloatElement};
 use crate::error::{check_len, Result};
-use crate::plan::MixPlan;
+use crate::plan::{MixPlan, PlanEntry};
 use crate::spec::{check_ce, check_labels, CeSpec, Reduction, Upstream};
 
 thread_local! {
@@ -473,6 +473,20 @@ struct Row {
     scale: f32,
 }
 
+impl Row {
+    /// Sample `i`'s row: its label, its partner's label and its λ from the plan.
+    #[inline(always)]
+    fn of(entries: &[PlanEntry], labels: &[u32], i: usize, scale: f32) -> Row {
+        let e = &entries[i];
+        Row {
+            a: labels[i] as usize,
+            b: labels[e.partner as usize] as usize,
+            lam: e.lam,
+            scale,
+        }
+    }
+}
+
 /// A forward-only row: its loss.
 #[inline(always)]
 fn forward_kernel<T: Element>(z: &[T], w: &mut [f32], row: Row, k: &Consts) -> f32 {
@@ -608,13 +622,7 @@ pub(crate) fn mixup_ce_forward<T: FloatElement>(
         .with_min_len(rows_per_task(c))
         .enumerate()
         .for_each(|(i, (z, loss))| {
-            let e = &entries[i];
-            let row = Row {
-                a: labels[i] as usize,
-                b: labels[e.partner as usize] as usize,
-                lam: e.lam,
-                scale: 0.0,
-            };
+            let row = Row::of(entries, labels, i, 0.0);
             *loss = with_scratch(c, |w| forward_simd(z, w, row, &k));
         });
     Ok(reduce(losses, spec.reduction))
@@ -651,13 +659,7 @@ pub(crate) fn mixup_ce<T: FloatElement>(
         .with_min_len(rows_per_task(c))
         .enumerate()
         .for_each(|(i, ((z, g), loss))| {
-            let e = &entries[i];
-            let row = Row {
-                a: labels[i] as usize,
-                b: labels[e.partner as usize] as usize,
-                lam: e.lam,
-                scale: scale_of(&upstream, factor, i),
-            };
+            let row = Row::of(entries, labels, i, scale_of(&upstream, factor, i));
             let ahead = Ahead::new::<T, T>(rows.next(i), rows.when(g.as_ptr() as usize));
             *loss = with_scratch(c, |w| row_simd(z, g, w, row, ahead, &k));
         });
@@ -692,13 +694,7 @@ pub(crate) fn mixup_ce_in_place<T: FloatElement>(
         .with_min_len(rows_per_task(c))
         .enumerate()
         .for_each(|(i, (zg, loss))| {
-            let e = &entries[i];
-            let row = Row {
-                a: labels[i] as usize,
-                b: labels[e.partner as usize] as usize,
-                lam: e.lam,
-                scale: scale_of(&upstream, factor, i),
-            };
+            let row = Row::of(entries, labels, i, scale_of(&upstream, factor, i));
             // The gradient goes over the row pass (1) just read: only the next row to fetch.
             let ahead = Ahead::new::<T, T>(rows.next(i), 0);
             *loss = with_scratch(c, |w| row_in_place_simd(zg, w, row, ahead, &k));
