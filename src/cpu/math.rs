@@ -28,26 +28,24 @@ const LOG2E_8: f32 = std::f32::consts::LOG2_E * 8.0;
 const LN2_HI_8: f32 = std::f32::consts::LN_2 / 8.0;
 const LN2_LO_8: f32 = -1.904_654_3e-9 / 8.0;
 /// `2^(j/8)` for `j = 0..8`, each rounded to nearest f32 (bit patterns from f64 `2^(j/8)`):
-/// relative error at most 2^-24 / 2^(j/8), and exact for `j = 0`.
-const EXP2_J8: [f32; 8] = [
-    f32::from_bits(0x3F80_0000),
-    f32::from_bits(0x3F8B_95C2),
-    f32::from_bits(0x3F98_37F0),
-    f32::from_bits(0x3FA5_FED7),
-    f32::from_bits(0x3FB5_04F3),
-    f32::from_bits(0x3FC5_672A),
-    f32::from_bits(0x3FD7_44FD),
-    f32::from_bits(0x3FEA_C0C7),
+/// relative error at most 2^-24 / 2^(j/8), and exact for `j = 0`. Stored as those bits minus
+/// `j << 20`: adding the shifter's bits shifted left by 20, `(8k + j) << 20`, then gives the bits
+/// of `2^k · 2^(j/8)` in one integer add (see [`exp`]).
+const EXP2_J8: [u32; 8] = [
+    0x3F80_0000 - (0 << 20),
+    0x3F8B_95C2 - (1 << 20),
+    0x3F98_37F0 - (2 << 20),
+    0x3FA5_FED7 - (3 << 20),
+    0x3FB5_04F3 - (4 << 20),
+    0x3FC5_672A - (5 << 20),
+    0x3FD7_44FD - (6 << 20),
+    0x3FEA_C0C7 - (7 << 20),
 ];
 /// Taylor coefficients of `e^r = 1 + r + r²·(C2 + C3 r + C4 r²) + O(r^5)`: on `|r| ≤ ln2/16`
 /// the truncation is below `r^5/120 · 1.05 < 1.4e-9` relative, about 0.02 ulp.
 const C2: f32 = 0.5;
 const C3: f32 = f32::from_bits(0x3E2A_AAAB); // 1/6
 const C4: f32 = f32::from_bits(0x3D2A_AAAB); // 1/24
-/// `SHIFTER`'s bits minus `127 · 8`: `bits(t) - EXP_BIAS_8 = n + 1016 = 8·(k + 127) + j`, so
-/// shifting it left by 20 and keeping the exponent field gives the bits of `2^k`.
-const EXP_BIAS_8: u32 = 0x4B40_0000 - 127 * 8;
-
 /// `e^x` in f32 for `x ≤ 88` (above, `2^k` overflows the exponent field: the softmax only
 /// calls it with `x = z - max z ≤ 0`), returning 0 below `ln(2^-126) ≈ -87.34` (the exact value
 /// there is under 1.2e-38) and NaN for NaN.
@@ -55,40 +53,45 @@ const EXP_BIAS_8: u32 = 0x4B40_0000 - 127 * 8;
 /// Table-driven: `x = (8k + j)·ln2/8 + r` with `n = 8k + j = round(x · 8/ln2)` (by the
 /// 1.5·2^23 shifter, `0 ≤ j < 8`), `r` reduced with Cody–Waite's two-part `ln2/8` in two fused
 /// multiply-adds (`|r| ≤ ln2/16 ≈ 0.0433`; the first one is exact, as in Cephes), then
-/// `e^x = 2^k · T_j · (1 + q)` with `T_j = 2^(j/8)` from an 8-entry table (one register in
-/// the vector build: `vpermps` indexes it by the low 3 bits of `n`), `q = e^r - 1` by the
-/// degree-4 Taylor polynomial, `T_j·(1 + q)` as one fused `T_j + T_j·q`, and `2^k` assembled in
-/// the exponent field.
+/// `e^x = s · (1 + q)` with `s = 2^k · T_j`, `T_j = 2^(j/8)` from an 8-entry table, and
+/// `q = e^r - 1` by the degree-4 Taylor polynomial, `s + s·q` as one fused multiply-add.
+///
+/// `s` costs one integer add: the shifter leaves `n` in the low bits of `t`'s bits, so
+/// `bits(t) << 20` is `(8k + j) << 20 = (k << 23) + (j << 20)` modulo 2^32 (the shifter's own
+/// bits, `0x4B4 · 2^20`, shift out), and the table holds `bits(T_j) - (j << 20)`: the sum is
+/// `bits(T_j) + (k << 23)`, `T_j` with `k` added to its exponent. For `x ≥ EXP_LO`,
+/// `-1008 ≤ n ≤ 1016` gives `-126 ≤ k ≤ 127`, so `s` is a normal number (below, the garbage is
+/// discarded by the final select). In the vector build the table is one register, indexed by
+/// `vpermd` with the low 3 bits of `n`.
 ///
 /// Error bound, in ulps of the result `y ≈ T_j e^r`: the table entry's rounding, at most
 /// `0.5 · ulp(T_j)`, which is `≤ 0.5 · e^r ≤ 0.53` ulp of `y` (`y` lies in `T_j`'s binade except
 /// for `j = 0, r < 0`, where `T_0 = 1` is exact); the truncation (`< 1.4e-9` relative), the
 /// rounding of `r` (`≤ 2^-29` absolute), of `r²` and of the polynomial's steps (together under
 /// `2.5e-9` absolute in `q`), under `4e-9` relative, which is `< 0.07` ulp; the final rounding
-/// of the fused `T_j + T_j·q`, 0.5 ulp; scaling by `2^k` is exact. Total `< 1.1` ulp. Measured
-/// against f64 `exp` (every f32 in `[-2, -0.5]`, which covers every `j` and the whole range of
-/// `r`, and 4·10^6 evenly spaced points over `[-87.3, 0]`): see `exp_error_is_below_1_5_ulp`,
-/// which asserts < 1.5 ulp.
+/// of the fused `s + s·q`, 0.5 ulp (one rounding even where the result is subnormal, just above
+/// the cut-off). Total `< 1.1` ulp. Measured against f64 `exp` (every f32 in `[-2, -0.5]`, which
+/// covers every `j` and the whole range of `r`, and 4·10^6 evenly spaced points over
+/// `[-87.3, 0]`): see `exp_error_is_below_1_5_ulp`, which asserts < 1.5 ulp.
 ///
 /// History: the Cephes `expf` polynomial (degree 7 on `|r| ≤ ln2/2`) took 12 multiply-class
-/// operations per 8 lanes (worst error 1.26 ulp with FMA, 0.97 ulp without); this takes 9 and
-/// one `vpermps`.
+/// operations per 8 lanes (worst error 1.26 ulp with FMA, 0.97 ulp without); the table with
+/// `2^k` assembled after the polynomial took 9 multiply-class operations and 4 integer ones; this
+/// takes 8 and 3.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
-    // No clamp: below EXP_LO the garbage `2^k` is discarded by the final select; NaN and
-    // -inf fail every comparison or land below it, and flow through (NaN) or give 0 (-inf).
+    // No clamp: below EXP_LO the garbage `s` is discarded by the final select; NaN and -inf
+    // fail every comparison or land below it, and flow through (NaN) or give 0 (-inf).
     let t = x.mul_add(LOG2E_8, SHIFTER);
     let n = t - SHIFTER;
     let r = (-n).mul_add(LN2_HI_8, x);
     let r = (-n).mul_add(LN2_LO_8, r);
-    let tj = EXP2_J8[(t.to_bits() & 7) as usize];
+    let tb = t.to_bits();
+    let s = f32::from_bits(EXP2_J8[(tb & 7) as usize].wrapping_add(tb << 20));
     let r2 = r * r;
     let p = C4.mul_add(r2, C3.mul_add(r, C2));
     let q = p.mul_add(r2, r);
-    let er = tj.mul_add(q, tj);
-    // bits(t) - EXP_BIAS_8 = n + 1016 ≥ 0 for x ≥ EXP_LO (n ≥ -1008), < 2048 for x ≤ 88.
-    let scale = f32::from_bits((t.to_bits().wrapping_sub(EXP_BIAS_8) << 20) & 0x7F80_0000);
-    let y = er * scale;
+    let y = s.mul_add(q, s);
     // `!(x < EXP_LO)` rather than `x >= EXP_LO`, so NaN keeps `y` (NaN), as in `exp8`.
     if x < EXP_LO {
         0.0
@@ -114,16 +117,17 @@ pub(crate) unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__
     let r = _mm256_fnmadd_ps(n, c(LN2_HI_8), x);
     let r = _mm256_fnmadd_ps(n, c(LN2_LO_8), r);
     let tb = _mm256_castps_si256(t);
-    // SAFETY: EXP2_J8 holds 8 f32s; `vpermps` uses the low 3 bits of each index lane.
-    let table = unsafe { _mm256_loadu_ps(EXP2_J8.as_ptr()) };
-    let tj = _mm256_permutevar8x32_ps(table, tb);
+    // SAFETY: EXP2_J8 holds 8 u32s; `vpermd` uses the low 3 bits of each index lane.
+    let table = unsafe { _mm256_loadu_si256(EXP2_J8.as_ptr().cast::<__m256i>()) };
+    let s = _mm256_add_epi32(
+        _mm256_permutevar8x32_epi32(table, tb),
+        _mm256_slli_epi32::<20>(tb),
+    );
+    let s = _mm256_castsi256_ps(s);
     let r2 = _mm256_mul_ps(r, r);
     let p = _mm256_fmadd_ps(c(C4), r2, _mm256_fmadd_ps(c(C3), r, c(C2)));
     let q = _mm256_fmadd_ps(p, r2, r);
-    let er = _mm256_fmadd_ps(tj, q, tj);
-    let sb = _mm256_slli_epi32::<20>(_mm256_sub_epi32(tb, _mm256_set1_epi32(EXP_BIAS_8 as i32)));
-    let scale = _mm256_and_si256(sb, _mm256_set1_epi32(0x7F80_0000));
-    let y = _mm256_mul_ps(er, _mm256_castsi256_ps(scale));
+    let y = _mm256_fmadd_ps(s, q, s);
     // Not-less-than, unordered: true for NaN, which keeps `y` as the scalar select does.
     let keep = _mm256_cmp_ps::<_CMP_NLT_UQ>(x, c(EXP_LO));
     _mm256_and_ps(y, keep)
