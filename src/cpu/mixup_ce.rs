@@ -348,8 +348,9 @@ unsafe fn widen_max_avx2<T: Element>(z: &[T], w: &mut [f32]) -> f32 {
     max_fold(&w[i..n], lanes)
 }
 
-/// Pass (3): `g_c = (e_c · (1/s) - ε/C) · scale` for every class, then the two target classes
-/// from their saved `e` with their own targets.
+/// Pass (3): `g_c = e_c · (scale/s) - scale·ε/C` for every class (one fused multiply-add with
+/// two constants each rounded once from f64), then the two target classes from their saved `e`,
+/// `(e · (1/s) - t) · scale` with their own targets, formed in f32 before the one rounding.
 #[inline(always)]
 fn write_grad<T: Element>(
     w: &[f32],
@@ -360,50 +361,94 @@ fn write_grad<T: Element>(
     k: &Consts,
     g: &mut [T],
 ) {
-    let inv = (1.0 / st.s) as f32;
-    let off = k.targets.off;
+    let mul = (f64::from(scale) / st.s) as f32;
+    let sub = (f64::from(k.targets.off) * f64::from(scale)) as f32;
     #[cfg(target_arch = "x86_64")]
-    if T::DTYPE == DType::BF16
+    if T::DTYPE == DType::BF16 && avx512_bf16() {
+        // SAFETY: the CPU's AVX-512 features checked just above; T is bf16, a transparent u16.
+        unsafe { grad_bf16_avx512(w, mul, sub, g) };
+    } else if T::DTYPE == DType::BF16
         && std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
     {
         // SAFETY: AVX2 and FMA checked just above; T is bf16, a transparent u16.
-        unsafe { grad_bf16_avx2(w, inv, off, scale, g) };
+        unsafe { grad_bf16_avx2(w, mul, sub, g) };
     } else {
-        grad_plain(w, inv, off, scale, g);
+        grad_plain(w, mul, sub, g);
     }
     #[cfg(not(target_arch = "x86_64"))]
-    grad_plain(w, inv, off, scale, g);
+    grad_plain(w, mul, sub, g);
+    let inv = (1.0 / st.s) as f32;
     let (ta, tb) = k.targets.pair(lam, a == b);
     g[b] = narrow((e_ab.1 * inv - tb) * scale);
     g[a] = narrow((e_ab.0 * inv - ta) * scale);
 }
 
-/// Pass (3)'s loop in plain Rust (the fallback, and the oracle of [`grad_bf16_avx2`]).
+/// Whether the CPU has what [`grad_bf16_avx512`] uses (Zen 4 and later, Intel since Cooper
+/// Lake / Sapphire Rapids). Each check is a cached atomic load.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn grad_plain<T: Element>(w: &[f32], inv: f32, off: f32, scale: f32, g: &mut [T]) {
+fn avx512_bf16() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
+/// Pass (3)'s loop in plain Rust (the fallback, and the oracle of the intrinsics).
+#[inline(always)]
+fn grad_plain<T: Element>(w: &[f32], mul: f32, sub: f32, g: &mut [T]) {
     for (o, &e) in g.iter_mut().zip(w) {
-        *o = narrow((e * inv - off) * scale);
+        *o = narrow(e.mul_add(mul, -sub));
     }
 }
 
-/// Pass (3)'s loop for bf16 with AVX2: the same three rounded operations, then
-/// [`narrow`]'s round to nearest even (`(x + 0x7FFF + lsb) >> 16`), 16 lanes packed per step
-/// with `vpackusdw`. NaN lanes (only from NaN logits) take [`narrow`] itself, so the bits are
-/// the same as the plain loop's in every case.
+/// Pass (3)'s loop for bf16 with AVX-512: the same fused multiply-add, then `vcvtneps2bf16`,
+/// which rounds to nearest even and quiets NaNs exactly as [`narrow`] does (`(x >> 16) | 0x40`),
+/// except that it flushes subnormal inputs to zero: a block of 16 holding one (`vfpclassps`
+/// class 0x20) takes [`grad_plain`] instead, so the bits are the plain loop's in every case.
+/// One conversion replaces [`grad_bf16_avx2`]'s seven integer operations per 8 lanes.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, VL, DQ and BF16; `T` must be bf16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bf16,avx2,fma")]
+unsafe fn grad_bf16_avx512<T: Element>(w: &[f32], mul: f32, sub: f32, g: &mut [T]) {
+    use std::arch::x86_64::*;
+    const N: usize = 16;
+    let n = w.len().min(g.len());
+    let (vm, vs) = (_mm512_set1_ps(mul), _mm512_set1_ps(-sub));
+    let (wp, gp) = (w.as_ptr(), g.as_mut_ptr().cast::<u16>());
+    let mut i = 0;
+    while i + N <= n {
+        // SAFETY: `i + 16 <= n`, within `w`; unaligned load.
+        let v = _mm512_fmadd_ps(unsafe { _mm512_loadu_ps(wp.add(i)) }, vm, vs);
+        if _mm512_fpclass_ps_mask::<0x20>(v) == 0 {
+            let h: __m256i = unsafe { std::mem::transmute(_mm512_cvtneps_pbh(v)) };
+            // SAFETY: 16 u16s at `i`, within `g`; unaligned store.
+            unsafe { _mm256_storeu_si256(gp.add(i).cast::<__m256i>(), h) };
+        } else {
+            grad_plain(&w[i..i + N], mul, sub, &mut g[i..i + N]);
+        }
+        i += N;
+    }
+    grad_plain(&w[i..n], mul, sub, &mut g[i..n]);
+}
+
+/// Pass (3)'s loop for bf16 with AVX2: the same fused multiply-add, then [`narrow`]'s round to
+/// nearest even (`(x + 0x7FFF + lsb) >> 16`), 16 lanes packed per step with `vpackusdw`. A
+/// block with a NaN lane (only from NaN logits) takes [`grad_plain`], so the bits are the plain
+/// loop's in every case.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; `T` must be bf16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn grad_bf16_avx2<T: Element>(w: &[f32], inv: f32, off: f32, scale: f32, g: &mut [T]) {
+unsafe fn grad_bf16_avx2<T: Element>(w: &[f32], mul: f32, sub: f32, g: &mut [T]) {
     use std::arch::x86_64::*;
+    const N: usize = 2 * LANES;
     let n = w.len().min(g.len());
-    let (vi, vo, vs) = (
-        _mm256_set1_ps(inv),
-        _mm256_set1_ps(off),
-        _mm256_set1_ps(scale),
-    );
+    let (vm, vs) = (_mm256_set1_ps(mul), _mm256_set1_ps(-sub));
     let (one, half) = (_mm256_set1_epi32(1), _mm256_set1_epi32(0x7FFF));
     let (wp, gp) = (w.as_ptr(), g.as_mut_ptr().cast::<u16>());
     let round = |v: __m256| {
@@ -412,32 +457,35 @@ unsafe fn grad_bf16_avx2<T: Element>(w: &[f32], inv: f32, off: f32, scale: f32, 
         _mm256_srli_epi32::<16>(_mm256_add_epi32(_mm256_add_epi32(x, half), lsb))
     };
     let mut i = 0;
-    while i + 2 * LANES <= n {
-        // SAFETY: `i + 16 <= n`, within both slices; unaligned accesses.
+    while i + N <= n {
+        // SAFETY: `i + 16 <= n`, within `w`; unaligned loads.
         let (e0, e1) = unsafe {
             (
                 _mm256_loadu_ps(wp.add(i)),
                 _mm256_loadu_ps(wp.add(i + LANES)),
             )
         };
-        let v0 = _mm256_mul_ps(_mm256_sub_ps(_mm256_mul_ps(e0, vi), vo), vs);
-        let v1 = _mm256_mul_ps(_mm256_sub_ps(_mm256_mul_ps(e1, vi), vo), vs);
+        let v0 = _mm256_fmadd_ps(e0, vm, vs);
+        let v1 = _mm256_fmadd_ps(e1, vm, vs);
         let nan = _mm256_or_ps(
             _mm256_cmp_ps::<_CMP_UNORD_Q>(v0, v0),
             _mm256_cmp_ps::<_CMP_UNORD_Q>(v1, v1),
         );
-        if _mm256_testz_ps(nan, nan) == 0 {
-            break;
+        if _mm256_testz_ps(nan, nan) != 0 {
+            // Packing works within 128-bit halves: (0..4, 8..12, 4..8, 12..16), reordered by
+            // the 64-bit permutation.
+            let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(
+                round(v0),
+                round(v1),
+            ));
+            // SAFETY: 16 u16s at `i`, within `g`.
+            unsafe { _mm256_storeu_si256(gp.add(i).cast::<__m256i>(), packed) };
+        } else {
+            grad_plain(&w[i..i + N], mul, sub, &mut g[i..i + N]);
         }
-        // Packing works within 128-bit halves: (0..4, 8..12, 4..8, 12..16), reordered by
-        // the 64-bit permutation.
-        let packed =
-            _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(round(v0), round(v1)));
-        // SAFETY: 16 u16s at `i`.
-        unsafe { _mm256_storeu_si256(gp.add(i).cast::<__m256i>(), packed) };
-        i += 2 * LANES;
+        i += N;
     }
-    grad_plain(&w[i..n], inv, off, scale, &mut g[i..n]);
+    grad_plain(&w[i..n], mul, sub, &mut g[i..n]);
 }
 
 /// Passes (1) and (2) of a forward-only row.
@@ -819,8 +867,9 @@ mod tests {
         }
     }
 
-    /// Pass (3)'s bf16 intrinsics give the plain loop's bits, NaN lanes, rounding ties and
-    /// overflow to infinity included.
+    /// Pass (3)'s bf16 intrinsics (AVX2, and AVX-512 where the CPU has it) give the plain
+    /// loop's bits: NaN lanes, subnormal results, rounding ties and overflow to infinity
+    /// included.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn grad_bf16_intrinsics_match_plain() {
@@ -836,19 +885,38 @@ mod tests {
                 .map(|k| f32::from_bits(0x3F80_0000 + (k << 14) + (k % 3) * 0x3FFF))
                 .collect(),
         );
+        // (mul, sub): identity, a typical row, overflow, and results in the subnormal range.
+        let consts = [
+            (1.0, 0.0),
+            (0.37, 1e-4),
+            (3e38, 0.0),
+            (1e-38, 0.0),
+            (-3e-39, 1e-39),
+        ];
+        let avx512 = avx512_bf16();
         for row in rows {
-            for (inv, off, scale) in [(1.0, 0.0, 1.0), (0.37, 1e-4, -0.25), (3e38, 0.0, 10.0)] {
+            for (mul, sub) in consts {
                 let n = row.len();
-                let (mut g1, mut g2) = (vec![bf16::ZERO; n], vec![bf16::ZERO; n]);
-                grad_plain(&row, inv, off, scale, &mut g1);
+                let mut want = vec![bf16::ZERO; n];
+                grad_plain(&row, mul, sub, &mut want);
+                let mut got = vec![(bf16::ZERO, "avx2"); 0];
+                let mut g = vec![bf16::ZERO; n];
                 // SAFETY: AVX2 and FMA checked above.
-                unsafe { grad_bf16_avx2(&row, inv, off, scale, &mut g2) };
-                for (k, (x, y)) in g1.iter().zip(&g2).enumerate() {
+                unsafe { grad_bf16_avx2(&row, mul, sub, &mut g) };
+                got.extend(g.iter().map(|&v| (v, "avx2")));
+                if avx512 {
+                    // SAFETY: the AVX-512 features checked by `avx512_bf16`.
+                    unsafe { grad_bf16_avx512(&row, mul, sub, &mut g) };
+                    got.extend(g.iter().map(|&v| (v, "avx512")));
+                }
+                for (k, &(y, path)) in got.iter().enumerate() {
+                    let x = want[k % n.max(1)];
                     assert_eq!(
                         x.to_bits(),
                         y.to_bits(),
-                        "g[{k}] of {:e} (inv {inv})",
-                        row[k]
+                        "{path} g[{}] of {:e} (mul {mul}, sub {sub})",
+                        k % n.max(1),
+                        row[k % n.max(1)]
                     );
                 }
             }
