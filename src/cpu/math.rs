@@ -31,6 +31,7 @@ const LN2_LO_8: f32 = -1.904_654_3e-9 / 8.0;
 /// relative error at most 2^-24 / 2^(j/8), and exact for `j = 0`. Stored as those bits minus
 /// `j << 20`: adding the shifter's bits shifted left by 20, `(8k + j) << 20`, then gives the bits
 /// of `2^k · 2^(j/8)` in one integer add (see [`exp`]).
+#[allow(clippy::identity_op)] // the j = 0 entry is written like the others
 const EXP2_J8: [u32; 8] = [
     0x3F80_0000 - (0 << 20),
     0x3F8B_95C2 - (1 << 20),
