@@ -20,9 +20,9 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::lanes::{narrow, simd_fn, widen};
-#[cfg(target_arch = "x86_64")]
-use super::math::exp8;
 use super::math::{exp, flush, max_fold, max_lanes, BLOCK, LANES};
+#[cfg(target_arch = "x86_64")]
+use super::math::{exp16, exp8};
 use super::soft_targets::{rows_per_task, Targets};
 #[cfg(target_arch = "x86_64")]
 use crate::dtype::DType;
@@ -100,6 +100,10 @@ impl RowStats {
 fn exp_sums(w: &mut [f32], m: f32, ahead: &Ahead) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512 F, AVX2 and FMA, checked just above.
+            return unsafe { exp_sums_avx512(w, m, ahead) };
+        }
         // SAFETY: the CPU supports AVX2 and FMA, checked just above.
         return unsafe { exp_sums_avx2(w, m, ahead) };
     }
@@ -176,6 +180,57 @@ unsafe fn exp_sums_avx2(w: &mut [f32], m: f32, ahead: &Ahead) -> (f64, f64) {
             _mm256_storeu_ps(acc_d.as_mut_ptr(), vd);
         }
         exp_tail(chunks.into_remainder(), m, &mut acc_e, &mut acc_d);
+        s += flush(&mut acc_e);
+        sum_d += flush(&mut acc_d);
+    }
+    (s, sum_d)
+}
+
+/// [`exp_sums_avx2`] 16 lanes at a time with AVX-512 ([`exp16`]): the sums still go through
+/// 8-lane accumulators, the low half then the high half of each 16, so every lane adds the
+/// same values in the same order as the 8-lane loops (same bits). A block's last 8 to 15
+/// elements take one [`exp8`] step, the last `< 8` [`exp_tail`].
+///
+/// # Safety
+/// The CPU must support AVX-512 F, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn exp_sums_avx512(w: &mut [f32], m: f32, ahead: &Ahead) -> (f64, f64) {
+    use std::arch::x86_64::*;
+    const N: usize = 2 * LANES;
+    let hi = |v: __m512| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+    let (mv, mv16) = (_mm256_set1_ps(m), _mm512_set1_ps(m));
+    let (mut s, mut sum_d) = (0.0f64, 0.0f64);
+    for (nb, block) in w.chunks_mut(BLOCK).enumerate() {
+        let (mut ve, mut vd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut chunks = block.chunks_exact_mut(N);
+        for (nc, c) in chunks.by_ref().enumerate() {
+            ahead.fetch(nb * BLOCK + nc * N);
+            // SAFETY: `c` is 16 f32s; unaligned loads and stores.
+            let d = _mm512_sub_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) }, mv16);
+            let e = exp16(d);
+            unsafe { _mm512_storeu_ps(c.as_mut_ptr(), e) };
+            vd = _mm256_add_ps(_mm256_add_ps(vd, _mm512_castps512_ps256(d)), hi(d));
+            ve = _mm256_add_ps(_mm256_add_ps(ve, _mm512_castps512_ps256(e)), hi(e));
+        }
+        let mut rest = chunks.into_remainder();
+        if rest.len() >= LANES {
+            let (c, tail) = rest.split_at_mut(LANES);
+            // SAFETY: `c` is 8 f32s.
+            let d = _mm256_sub_ps(unsafe { _mm256_loadu_ps(c.as_ptr()) }, mv);
+            let e = exp8(d);
+            unsafe { _mm256_storeu_ps(c.as_mut_ptr(), e) };
+            vd = _mm256_add_ps(vd, d);
+            ve = _mm256_add_ps(ve, e);
+            rest = tail;
+        }
+        let (mut acc_e, mut acc_d) = ([0.0f32; LANES], [0.0f32; LANES]);
+        // SAFETY: the arrays hold 8 f32s.
+        unsafe {
+            _mm256_storeu_ps(acc_e.as_mut_ptr(), ve);
+            _mm256_storeu_ps(acc_d.as_mut_ptr(), vd);
+        }
+        exp_tail(rest, m, &mut acc_e, &mut acc_d);
         s += flush(&mut acc_e);
         sum_d += flush(&mut acc_d);
     }
@@ -958,6 +1013,19 @@ mod tests {
                 let (sa, da) = exp_sums_scalar(&mut a, 0.5, &Ahead::NONE);
                 // SAFETY: AVX2 and FMA checked above.
                 let (sb, db) = unsafe { exp_sums_avx2(&mut b, 0.5, &Ahead::NONE) };
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    let mut c = row.clone();
+                    // SAFETY: AVX-512 F checked just above, AVX2 and FMA at the top.
+                    let (sc, dc) = unsafe { exp_sums_avx512(&mut c, 0.5, &Ahead::NONE) };
+                    assert!(sc.to_bits() == sb.to_bits() || sc.is_nan() && sb.is_nan());
+                    assert!(dc.to_bits() == db.to_bits() || dc.is_nan() && db.is_nan());
+                    let same =
+                        |x: &f32, y: &f32| x.to_bits() == y.to_bits() || x.is_nan() && y.is_nan();
+                    assert!(
+                        c.iter().zip(&b).all(|(x, y)| same(x, y)),
+                        "avx512 e, len {len}"
+                    );
+                }
                 // Which NaN an operation on two NaNs returns depends on operand order, which
                 // the compiler may swap: NaNs only need to be NaNs.
                 let same64 =
