@@ -23,6 +23,7 @@ use super::lanes::{narrow, simd_fn, widen};
 use super::math::{exp, flush, max_fold, max_lanes, BLOCK, LANES};
 #[cfg(target_arch = "x86_64")]
 use super::math::{exp16, exp8};
+use super::pool;
 use super::soft_targets::{rows_per_task, Targets};
 #[cfg(target_arch = "x86_64")]
 use crate::dtype::DType;
@@ -655,6 +656,12 @@ simd_fn! {
     ) -> f32 => row_kernel_in_place
 }
 
+/// Jobs of up to this many logits (16 MiB of f32) run through [`pool::for_each_task`], where
+/// the caller works too and rayon's fixed cost per call (about 10 µs on 2 cores) is not paid;
+/// larger ones through rayon's iterator, whose contiguous ranges keep [`Ahead`]'s next row on
+/// the thread that will read it.
+const SMALL_JOB: usize = 1 << 22;
+
 /// The per-sample loss buffer: the caller's, or a temporary one.
 fn losses_buffer<'a>(
     losses: Option<&'a mut [f32]>,
@@ -719,15 +726,30 @@ pub(crate) fn mixup_ce_forward<T: FloatElement>(
     let losses = losses_buffer(losses, batch, &mut temp);
     let k = Consts::new(spec);
     let entries = plan.entries();
-    logits
-        .par_chunks(c)
-        .zip(losses.par_iter_mut())
-        .with_min_len(rows_per_task(c))
-        .enumerate()
-        .for_each(|(i, (z, loss))| {
-            let row = Row::of(entries, labels, i, 0.0);
-            *loss = with_scratch(c, |w| forward_simd(z, w, row, &k));
+    let per = rows_per_task(c);
+    let row = |i: usize, z: &[T], loss: &mut f32| {
+        let row = Row::of(entries, labels, i, 0.0);
+        *loss = with_scratch(c, |w| forward_simd(z, w, row, &k));
+    };
+    if logits.len() <= SMALL_JOB {
+        let tasks: Vec<_> = logits
+            .chunks(per * c)
+            .zip(losses.chunks_mut(per))
+            .enumerate()
+            .collect();
+        pool::for_each_task(tasks, |(t, (zs, ls))| {
+            for (j, (z, loss)) in zs.chunks(c).zip(ls.iter_mut()).enumerate() {
+                row(t * per + j, z, loss);
+            }
         });
+    } else {
+        logits
+            .par_chunks(c)
+            .zip(losses.par_iter_mut())
+            .with_min_len(per)
+            .enumerate()
+            .for_each(|(i, (z, loss))| row(i, z, loss));
+    }
     Ok(reduce(losses, spec.reduction))
 }
 
@@ -755,17 +777,34 @@ pub(crate) fn mixup_ce<T: FloatElement>(
     let factor = spec.reduction.grad_factor(batch);
     let entries = plan.entries();
     let rows = RowAddresses::new(logits, c);
-    logits
-        .par_chunks(c)
-        .zip(grad.par_chunks_mut(c))
-        .zip(losses.par_iter_mut())
-        .with_min_len(rows_per_task(c))
-        .enumerate()
-        .for_each(|(i, ((z, g), loss))| {
-            let row = Row::of(entries, labels, i, scale_of(&upstream, factor, i));
-            let ahead = Ahead::new::<T, T>(rows.next(i), rows.when(g.as_ptr() as usize));
-            *loss = with_scratch(c, |w| row_simd(z, g, w, row, ahead, &k));
+    let per = rows_per_task(c);
+    let row = |i: usize, z: &[T], g: &mut [T], loss: &mut f32| {
+        let row = Row::of(entries, labels, i, scale_of(&upstream, factor, i));
+        let ahead = Ahead::new::<T, T>(rows.next(i), rows.when(g.as_ptr() as usize));
+        *loss = with_scratch(c, |w| row_simd(z, g, w, row, ahead, &k));
+    };
+    if logits.len() <= SMALL_JOB {
+        let tasks: Vec<_> = logits
+            .chunks(per * c)
+            .zip(grad.chunks_mut(per * c))
+            .zip(losses.chunks_mut(per))
+            .enumerate()
+            .collect();
+        pool::for_each_task(tasks, |(t, ((zs, gs), ls))| {
+            let rows = zs.chunks(c).zip(gs.chunks_mut(c)).zip(ls.iter_mut());
+            for (j, ((z, g), loss)) in rows.enumerate() {
+                row(t * per + j, z, g, loss);
+            }
         });
+    } else {
+        logits
+            .par_chunks(c)
+            .zip(grad.par_chunks_mut(c))
+            .zip(losses.par_iter_mut())
+            .with_min_len(per)
+            .enumerate()
+            .for_each(|(i, ((z, g), loss))| row(i, z, g, loss));
+    }
     Ok(reduce(losses, spec.reduction))
 }
 
@@ -791,17 +830,32 @@ pub(crate) fn mixup_ce_in_place<T: FloatElement>(
     let factor = spec.reduction.grad_factor(batch);
     let entries = plan.entries();
     let rows = RowAddresses::new(logits, c);
-    logits
-        .par_chunks_mut(c)
-        .zip(losses.par_iter_mut())
-        .with_min_len(rows_per_task(c))
-        .enumerate()
-        .for_each(|(i, (zg, loss))| {
-            let row = Row::of(entries, labels, i, scale_of(&upstream, factor, i));
-            // The gradient goes over the row pass (1) just read: only the next row to fetch.
-            let ahead = Ahead::new::<T, T>(rows.next(i), 0);
-            *loss = with_scratch(c, |w| row_in_place_simd(zg, w, row, ahead, &k));
+    let per = rows_per_task(c);
+    let row = |i: usize, zg: &mut [T], loss: &mut f32| {
+        let row = Row::of(entries, labels, i, scale_of(&upstream, factor, i));
+        // The gradient goes over the row pass (1) just read: only the next row to fetch.
+        let ahead = Ahead::new::<T, T>(rows.next(i), 0);
+        *loss = with_scratch(c, |w| row_in_place_simd(zg, w, row, ahead, &k));
+    };
+    if logits.len() <= SMALL_JOB {
+        let tasks: Vec<_> = logits
+            .chunks_mut(per * c)
+            .zip(losses.chunks_mut(per))
+            .enumerate()
+            .collect();
+        pool::for_each_task(tasks, |(t, (zgs, ls))| {
+            for (j, (zg, loss)) in zgs.chunks_mut(c).zip(ls.iter_mut()).enumerate() {
+                row(t * per + j, zg, loss);
+            }
         });
+    } else {
+        logits
+            .par_chunks_mut(c)
+            .zip(losses.par_iter_mut())
+            .with_min_len(per)
+            .enumerate()
+            .for_each(|(i, (zg, loss))| row(i, zg, loss));
+    }
     Ok(reduce(losses, spec.reduction))
 }
 
@@ -840,6 +894,47 @@ mod tests {
     fn avx2_and_baseline_paths_agree() {
         paths_agree::<f32>();
         paths_agree::<bf16>();
+    }
+
+    /// The three entry points give, row for row, the bits of the row kernel called directly:
+    /// rows, partners, labels and upstream gradients reach the right row in both the small-job
+    /// loop (several tasks) and rayon's iterator for jobs over [`SMALL_JOB`].
+    #[test]
+    fn jobs_small_and_large_route_rows_right() {
+        let c_big = SMALL_JOB / 8 + 3;
+        for (batch, c) in [(100, 1000), (8, c_big - 3), (9, c_big)] {
+            assert_eq!(batch * c > SMALL_JOB, batch == 9);
+            let z: Vec<bf16> = (0..batch * c)
+                .map(|i| bf16::from_f32(((i * 7919) % 1013) as f32 / 40.0 - 12.0))
+                .collect();
+            let labels: Vec<u32> = (0..batch as u32).map(|i| i * 1001 % c as u32).collect();
+            let partner: Vec<usize> = (0..batch).map(|i| (i + 4) % batch).collect();
+            let lam: Vec<f32> = (0..batch).map(|i| i as f32 / batch as f32).collect();
+            let plan = MixPlan::from_parts(&partner, &lam).unwrap();
+            let spec = CeSpec::new(c, 0.1, Reduction::None);
+            let ups: Vec<f32> = (0..batch).map(|i| 1.0 + i as f32).collect();
+            let up = Upstream::PerSample(&ups);
+            let (mut loss, mut grad) = (vec![0.0; batch], vec![bf16::ZERO; z.len()]);
+            mixup_ce(&plan, &spec, &z, &labels, up, Some(&mut loss), &mut grad).unwrap();
+            let mut fwd = vec![0.0; batch];
+            mixup_ce_forward(&plan, &spec, &z, &labels, Some(&mut fwd)).unwrap();
+            let mut in_place = z.clone();
+            mixup_ce_in_place(&plan, &spec, &mut in_place, &labels, up, None).unwrap();
+            let k = Consts::new(&spec);
+            let (mut w, mut g) = (vec![0.0; c], vec![bf16::ZERO; c]);
+            for i in 0..batch {
+                let row = Row::of(plan.entries(), &labels, i, ups[i]);
+                let l = row_simd(&z[i * c..(i + 1) * c], &mut g, &mut w, row, Ahead::NONE, &k);
+                assert_eq!(l.to_bits(), loss[i].to_bits(), "loss {i} of {batch}x{c}");
+                assert_eq!(l.to_bits(), fwd[i].to_bits(), "forward {i} of {batch}x{c}");
+                let same = |o: &[bf16]| o.iter().zip(&g).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same(&grad[i * c..(i + 1) * c]), "grad {i} of {batch}x{c}");
+                assert!(
+                    same(&in_place[i * c..(i + 1) * c]),
+                    "in place {i} of {batch}x{c}"
+                );
+            }
+        }
     }
 
     /// Random rows of `len` f32 values for the pass tests: ordinary values, ±0, ±inf, NaNs

@@ -30,6 +30,7 @@ mod lanes;
 mod math;
 mod mix;
 mod mixup_ce;
+mod pool;
 mod soft_targets;
 
 use crate::config::TargetSpec;
