@@ -12,7 +12,7 @@
 //! `s` and `Σ d`, (3) write the gradient. Only pass (1) reads the logits from memory and only
 //! pass (3) writes; the forward-only variant stops after (2). Every pass is a loop over f32
 //! lanes that ends in a store, the shape LLVM vectorizes reliably (see [`exp_sums`]).
-//! Sums run in 8 f32 lanes per block of 512 elements and in f64 across blocks; per-sample
+//! Sums run in 16 f32 lanes per block of 512 elements and in f64 across blocks; per-sample
 //! losses are reduced in f64 in index order, so the result does not depend on the threads.
 
 use std::cell::RefCell;
@@ -111,20 +111,25 @@ fn exp_sums(w: &mut [f32], m: f32, ahead: &Ahead) -> (f64, f64) {
     exp_sums_scalar(w, m, ahead)
 }
 
-/// [`exp_sums`] in plain Rust, 8 lanes unrolled for LLVM's vectorizer.
+/// Lanes of pass (2)'s sums: lane `k` adds the elements `≡ k (mod 16)` of a block in order. 16
+/// lanes are one AVX-512 register (two AVX2 ones): one add per 16 elements per sum and no
+/// shuffles, where 8 lanes cost the 16-lane build an extract and two adds.
+const SUM_LANES: usize = 2 * LANES;
+
+/// [`exp_sums`] in plain Rust, 16 lanes unrolled for LLVM's vectorizer.
 ///
 /// The forward-only loss stores `e` too although it does not need it: the store is what lets
-/// LLVM's SLP vectorizer vectorize the 8 unrolled lanes (without it the loop stayed scalar,
+/// LLVM's SLP vectorizer vectorize the unrolled lanes (without it the loop stayed scalar,
 /// 6× slower), and it costs one L1 store per element.
 #[inline(always)]
 fn exp_sums_scalar(w: &mut [f32], m: f32, ahead: &Ahead) -> (f64, f64) {
     let (mut s, mut sum_d) = (0.0f64, 0.0f64);
     for (nb, block) in w.chunks_mut(BLOCK).enumerate() {
-        let (mut acc_e, mut acc_d) = ([0.0f32; LANES], [0.0f32; LANES]);
-        let mut chunks = block.chunks_exact_mut(LANES);
+        let (mut acc_e, mut acc_d) = ([0.0f32; SUM_LANES], [0.0f32; SUM_LANES]);
+        let mut chunks = block.chunks_exact_mut(SUM_LANES);
         for (nc, c) in chunks.by_ref().enumerate() {
-            ahead.fetch(nb * BLOCK + nc * LANES);
-            for k in 0..LANES {
+            ahead.fetch(nb * BLOCK + nc * SUM_LANES);
+            for k in 0..SUM_LANES {
                 let d = c[k] - m;
                 let e = exp(d);
                 c[k] = e;
@@ -139,20 +144,56 @@ fn exp_sums_scalar(w: &mut [f32], m: f32, ahead: &Ahead) -> (f64, f64) {
     (s, sum_d)
 }
 
-/// The last `< LANES` elements of a block, into lanes `0..`.
+/// The last elements of a block (fewer than the lanes), into lanes `0..`.
 #[inline(always)]
-fn exp_tail(tail: &mut [f32], m: f32, acc_e: &mut [f32; LANES], acc_d: &mut [f32; LANES]) {
-    for (k, v) in tail.iter_mut().enumerate() {
+fn exp_tail(tail: &mut [f32], m: f32, acc_e: &mut [f32], acc_d: &mut [f32]) {
+    for ((v, ae), ad) in tail.iter_mut().zip(acc_e).zip(acc_d) {
         let d = *v - m;
         let e = exp(d);
         *v = e;
-        acc_d[k] += d;
-        acc_e[k] += e;
+        *ad += d;
+        *ae += e;
     }
 }
 
-/// [`exp_sums_scalar`] with AVX2 and FMA intrinsics: LLVM's vectorizer split the fused loop
-/// into 4-lane halves (slower than the unfused code), so the vector body is written out.
+/// A block's last `< 16` elements with AVX2 and FMA: the first 8 (if there are 8) with one
+/// [`exp8`] into lanes `0..8` of the accumulators, the rest with [`exp_tail`] into the lanes
+/// that follow, as [`exp_sums_scalar`]'s tail puts them.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_rest_avx2(
+    mut rest: &mut [f32],
+    m: f32,
+    acc_e: &mut [f32; SUM_LANES],
+    acc_d: &mut [f32; SUM_LANES],
+) {
+    use std::arch::x86_64::*;
+    let mut lane = 0;
+    if rest.len() >= LANES {
+        let (c, tail) = rest.split_at_mut(LANES);
+        // SAFETY: `c` is 8 f32s and the accumulators hold 16; unaligned accesses.
+        unsafe {
+            let d = _mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), _mm256_set1_ps(m));
+            let e = exp8(d);
+            _mm256_storeu_ps(c.as_mut_ptr(), e);
+            let ad = _mm256_add_ps(_mm256_loadu_ps(acc_d.as_ptr()), d);
+            let ae = _mm256_add_ps(_mm256_loadu_ps(acc_e.as_ptr()), e);
+            _mm256_storeu_ps(acc_d.as_mut_ptr(), ad);
+            _mm256_storeu_ps(acc_e.as_mut_ptr(), ae);
+        }
+        rest = tail;
+        lane = LANES;
+    }
+    exp_tail(rest, m, &mut acc_e[lane..], &mut acc_d[lane..]);
+}
+
+/// [`exp_sums_scalar`] with AVX2 and FMA intrinsics (LLVM's vectorizer split the fused loop
+/// into 4-lane halves, slower than the unfused code, so the vector body is written out): each
+/// 16 elements are two [`exp8`]s into two accumulators per sum, lanes `0..8` and `8..16`.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
@@ -163,34 +204,41 @@ unsafe fn exp_sums_avx2(w: &mut [f32], m: f32, ahead: &Ahead) -> (f64, f64) {
     let mv = _mm256_set1_ps(m);
     let (mut s, mut sum_d) = (0.0f64, 0.0f64);
     for (nb, block) in w.chunks_mut(BLOCK).enumerate() {
-        let (mut ve, mut vd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut chunks = block.chunks_exact_mut(LANES);
+        let zero = _mm256_setzero_ps();
+        let (mut ve0, mut ve1, mut vd0, mut vd1) = (zero, zero, zero, zero);
+        let mut chunks = block.chunks_exact_mut(SUM_LANES);
         for (nc, c) in chunks.by_ref().enumerate() {
-            ahead.fetch(nb * BLOCK + nc * LANES);
-            // SAFETY: `c` is 8 f32s; unaligned loads and stores.
-            let d = _mm256_sub_ps(unsafe { _mm256_loadu_ps(c.as_ptr()) }, mv);
-            let e = exp8(d);
-            unsafe { _mm256_storeu_ps(c.as_mut_ptr(), e) };
-            vd = _mm256_add_ps(vd, d);
-            ve = _mm256_add_ps(ve, e);
+            ahead.fetch(nb * BLOCK + nc * SUM_LANES);
+            // SAFETY: `c` is 16 f32s; unaligned loads and stores.
+            unsafe {
+                let p = c.as_mut_ptr();
+                let d0 = _mm256_sub_ps(_mm256_loadu_ps(p), mv);
+                let d1 = _mm256_sub_ps(_mm256_loadu_ps(p.add(LANES)), mv);
+                let (e0, e1) = (exp8(d0), exp8(d1));
+                _mm256_storeu_ps(p, e0);
+                _mm256_storeu_ps(p.add(LANES), e1);
+                vd0 = _mm256_add_ps(vd0, d0);
+                vd1 = _mm256_add_ps(vd1, d1);
+                ve0 = _mm256_add_ps(ve0, e0);
+                ve1 = _mm256_add_ps(ve1, e1);
+            }
         }
-        let (mut acc_e, mut acc_d) = ([0.0f32; LANES], [0.0f32; LANES]);
-        // SAFETY: the arrays hold 8 f32s.
+        let (mut acc_e, mut acc_d) = ([0.0f32; SUM_LANES], [0.0f32; SUM_LANES]);
+        // SAFETY: the arrays hold 16 f32s.
         unsafe {
-            _mm256_storeu_ps(acc_e.as_mut_ptr(), ve);
-            _mm256_storeu_ps(acc_d.as_mut_ptr(), vd);
+            _mm256_storeu_ps(acc_e.as_mut_ptr(), ve0);
+            _mm256_storeu_ps(acc_e.as_mut_ptr().add(LANES), ve1);
+            _mm256_storeu_ps(acc_d.as_mut_ptr(), vd0);
+            _mm256_storeu_ps(acc_d.as_mut_ptr().add(LANES), vd1);
+            exp_rest_avx2(chunks.into_remainder(), m, &mut acc_e, &mut acc_d);
         }
-        exp_tail(chunks.into_remainder(), m, &mut acc_e, &mut acc_d);
         s += flush(&mut acc_e);
         sum_d += flush(&mut acc_d);
     }
     (s, sum_d)
 }
 
-/// [`exp_sums_avx2`] 16 lanes at a time with AVX-512 ([`exp16`]): the sums still go through
-/// 8-lane accumulators, the low half then the high half of each 16, so every lane adds the
-/// same values in the same order as the 8-lane loops (same bits). A block's last 8 to 15
-/// elements take one [`exp8`] step, the last `< 8` [`exp_tail`].
+/// [`exp_sums_avx2`] with AVX-512 ([`exp16`]): the 16 lanes of each sum are one register.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, AVX2 and FMA.
@@ -198,40 +246,27 @@ unsafe fn exp_sums_avx2(w: &mut [f32], m: f32, ahead: &Ahead) -> (f64, f64) {
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn exp_sums_avx512(w: &mut [f32], m: f32, ahead: &Ahead) -> (f64, f64) {
     use std::arch::x86_64::*;
-    const N: usize = 2 * LANES;
-    let hi = |v: __m512| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-    let (mv, mv16) = (_mm256_set1_ps(m), _mm512_set1_ps(m));
+    let mv = _mm512_set1_ps(m);
     let (mut s, mut sum_d) = (0.0f64, 0.0f64);
     for (nb, block) in w.chunks_mut(BLOCK).enumerate() {
-        let (mut ve, mut vd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut chunks = block.chunks_exact_mut(N);
+        let (mut ve, mut vd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut chunks = block.chunks_exact_mut(SUM_LANES);
         for (nc, c) in chunks.by_ref().enumerate() {
-            ahead.fetch(nb * BLOCK + nc * N);
+            ahead.fetch(nb * BLOCK + nc * SUM_LANES);
             // SAFETY: `c` is 16 f32s; unaligned loads and stores.
-            let d = _mm512_sub_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) }, mv16);
+            let d = _mm512_sub_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) }, mv);
             let e = exp16(d);
             unsafe { _mm512_storeu_ps(c.as_mut_ptr(), e) };
-            vd = _mm256_add_ps(_mm256_add_ps(vd, _mm512_castps512_ps256(d)), hi(d));
-            ve = _mm256_add_ps(_mm256_add_ps(ve, _mm512_castps512_ps256(e)), hi(e));
+            vd = _mm512_add_ps(vd, d);
+            ve = _mm512_add_ps(ve, e);
         }
-        let mut rest = chunks.into_remainder();
-        if rest.len() >= LANES {
-            let (c, tail) = rest.split_at_mut(LANES);
-            // SAFETY: `c` is 8 f32s.
-            let d = _mm256_sub_ps(unsafe { _mm256_loadu_ps(c.as_ptr()) }, mv);
-            let e = exp8(d);
-            unsafe { _mm256_storeu_ps(c.as_mut_ptr(), e) };
-            vd = _mm256_add_ps(vd, d);
-            ve = _mm256_add_ps(ve, e);
-            rest = tail;
-        }
-        let (mut acc_e, mut acc_d) = ([0.0f32; LANES], [0.0f32; LANES]);
-        // SAFETY: the arrays hold 8 f32s.
+        let (mut acc_e, mut acc_d) = ([0.0f32; SUM_LANES], [0.0f32; SUM_LANES]);
+        // SAFETY: the arrays hold 16 f32s; AVX2 and FMA are enabled with AVX-512 here.
         unsafe {
-            _mm256_storeu_ps(acc_e.as_mut_ptr(), ve);
-            _mm256_storeu_ps(acc_d.as_mut_ptr(), vd);
+            _mm512_storeu_ps(acc_e.as_mut_ptr(), ve);
+            _mm512_storeu_ps(acc_d.as_mut_ptr(), vd);
+            exp_rest_avx2(chunks.into_remainder(), m, &mut acc_e, &mut acc_d);
         }
-        exp_tail(rest, m, &mut acc_e, &mut acc_d);
         s += flush(&mut acc_e);
         sum_d += flush(&mut acc_d);
     }
@@ -1091,7 +1126,7 @@ mod tests {
             s ^= s << 17;
             s
         };
-        for len in [1, 7, 8, 9, 511, 512, 513, 1031, 4097] {
+        for len in [1, 7, 8, 9, 24, 511, 512, 513, 1000, 1031, 4097] {
             for round in 0..20 {
                 let row: Vec<f32> = (0..len)
                     .map(|_| {
