@@ -81,7 +81,7 @@ impl Canvas {
         let mut err = dx + dy;
         let r = thick / 2;
         for n in 0usize.. {
-            if dash == 0 || (n / dash) % 2 == 0 {
+            if dash == 0 || (n / dash).is_multiple_of(2) {
                 self.fill(x0 - r, y0 - r, thick, thick, c);
             }
             if x0 == x1 && y0 == y1 {
