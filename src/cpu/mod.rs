@@ -2,7 +2,8 @@
 //!
 //! Each function validates all its arguments before writing anything: on error the caller's
 //! buffers are untouched. Work is spread over rayon's global pool (samples, pairs, or rows;
-//! long rows of small batches are split so every core works). Results do not depend on the
+//! long rows of small batches are split so every core works); the loss's jobs of up to 4 Mi
+//! logits also run on the calling thread, which works beside the pool instead of waiting. Results do not depend on the
 //! number of threads: every output element and every per-sample loss is computed by one
 //! thread in a fixed order, and the reduced loss sums per-sample losses in index order.
 //!
