@@ -17,13 +17,11 @@
 
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
 use super::lanes::{narrow, simd_fn, widen};
 use super::math::{exp, flush, max_fold, max_lanes, BLOCK, LANES};
 #[cfg(target_arch = "x86_64")]
 use super::math::{exp16, exp8};
-use super::pool;
+use super::pool::{self, Slab};
 use super::soft_targets::{rows_per_task, Targets};
 #[cfg(target_arch = "x86_64")]
 use crate::dtype::DType;
@@ -691,10 +689,10 @@ simd_fn! {
     ) -> f32 => row_kernel_in_place
 }
 
-/// Jobs of up to this many logits (16 MiB of f32) run through [`pool::for_each_task`], where
-/// the caller works too and rayon's fixed cost per call (about 10 µs on 2 cores) is not paid;
-/// larger ones through rayon's iterator, whose contiguous ranges keep [`Ahead`]'s next row on
-/// the thread that will read it.
+/// Jobs of up to this many logits (16 MiB of f32) run as small jobs of [`pool::for_each_row`],
+/// where the caller works too and rayon's fixed cost per call (about 10 µs on 2 cores) is not
+/// paid; larger ones through rayon's splitting, whose contiguous ranges keep [`Ahead`]'s next
+/// row on the thread that will read it.
 const SMALL_JOB: usize = 1 << 22;
 
 /// The per-sample loss buffer: the caller's, or a temporary one.
@@ -761,30 +759,18 @@ pub(crate) fn mixup_ce_forward<T: FloatElement>(
     let losses = losses_buffer(losses, batch, &mut temp);
     let k = Consts::new(spec);
     let entries = plan.entries();
-    let per = rows_per_task(c);
-    let row = |i: usize, z: &[T], loss: &mut f32| {
+    let rows = (
+        Slab {
+            data: logits,
+            width: c,
+        },
+        &mut *losses,
+    );
+    let small = logits.len() <= SMALL_JOB;
+    pool::for_each_row(rows, rows_per_task(c), small, |i, (z, loss)| {
         let row = Row::of(entries, labels, i, 0.0);
-        *loss = with_scratch(c, |w| forward_simd(z, w, row, &k));
-    };
-    if logits.len() <= SMALL_JOB {
-        let tasks: Vec<_> = logits
-            .chunks(per * c)
-            .zip(losses.chunks_mut(per))
-            .enumerate()
-            .collect();
-        pool::for_each_task(tasks, |(t, (zs, ls))| {
-            for (j, (z, loss)) in zs.chunks(c).zip(ls.iter_mut()).enumerate() {
-                row(t * per + j, z, loss);
-            }
-        });
-    } else {
-        logits
-            .par_chunks(c)
-            .zip(losses.par_iter_mut())
-            .with_min_len(per)
-            .enumerate()
-            .for_each(|(i, (z, loss))| row(i, z, loss));
-    }
+        loss[0] = with_scratch(c, |w| forward_simd(z.data, w, row, &k));
+    });
     Ok(reduce(losses, spec.reduction))
 }
 
@@ -811,35 +797,26 @@ pub(crate) fn mixup_ce<T: FloatElement>(
     let k = Consts::new(spec);
     let factor = spec.reduction.grad_factor(batch);
     let entries = plan.entries();
-    let rows = RowAddresses::new(logits, c);
-    let per = rows_per_task(c);
-    let row = |i: usize, z: &[T], g: &mut [T], loss: &mut f32| {
+    let addresses = RowAddresses::new(logits, c);
+    let small = logits.len() <= SMALL_JOB;
+    let rows = (
+        Slab {
+            data: logits,
+            width: c,
+        },
+        (
+            Slab {
+                data: grad,
+                width: c,
+            },
+            &mut *losses,
+        ),
+    );
+    pool::for_each_row(rows, rows_per_task(c), small, |i, (z, (g, loss))| {
         let row = Row::of(entries, labels, i, scale_of(&upstream, factor, i));
-        let ahead = Ahead::new::<T, T>(rows.next(i), rows.when(g.as_ptr() as usize));
-        *loss = with_scratch(c, |w| row_simd(z, g, w, row, ahead, &k));
-    };
-    if logits.len() <= SMALL_JOB {
-        let tasks: Vec<_> = logits
-            .chunks(per * c)
-            .zip(grad.chunks_mut(per * c))
-            .zip(losses.chunks_mut(per))
-            .enumerate()
-            .collect();
-        pool::for_each_task(tasks, |(t, ((zs, gs), ls))| {
-            let rows = zs.chunks(c).zip(gs.chunks_mut(c)).zip(ls.iter_mut());
-            for (j, ((z, g), loss)) in rows.enumerate() {
-                row(t * per + j, z, g, loss);
-            }
-        });
-    } else {
-        logits
-            .par_chunks(c)
-            .zip(grad.par_chunks_mut(c))
-            .zip(losses.par_iter_mut())
-            .with_min_len(per)
-            .enumerate()
-            .for_each(|(i, ((z, g), loss))| row(i, z, g, loss));
-    }
+        let ahead = Ahead::new::<T, T>(addresses.next(i), addresses.when(g.data.as_ptr() as usize));
+        loss[0] = with_scratch(c, |w| row_simd(z.data, g.data, w, row, ahead, &k));
+    });
     Ok(reduce(losses, spec.reduction))
 }
 
@@ -864,33 +841,21 @@ pub(crate) fn mixup_ce_in_place<T: FloatElement>(
     let k = Consts::new(spec);
     let factor = spec.reduction.grad_factor(batch);
     let entries = plan.entries();
-    let rows = RowAddresses::new(logits, c);
-    let per = rows_per_task(c);
-    let row = |i: usize, zg: &mut [T], loss: &mut f32| {
+    let addresses = RowAddresses::new(logits, c);
+    let small = logits.len() <= SMALL_JOB;
+    let rows = (
+        Slab {
+            data: logits,
+            width: c,
+        },
+        &mut *losses,
+    );
+    pool::for_each_row(rows, rows_per_task(c), small, |i, (zg, loss)| {
         let row = Row::of(entries, labels, i, scale_of(&upstream, factor, i));
         // The gradient goes over the row pass (1) just read: only the next row to fetch.
-        let ahead = Ahead::new::<T, T>(rows.next(i), 0);
-        *loss = with_scratch(c, |w| row_in_place_simd(zg, w, row, ahead, &k));
-    };
-    if logits.len() <= SMALL_JOB {
-        let tasks: Vec<_> = logits
-            .chunks_mut(per * c)
-            .zip(losses.chunks_mut(per))
-            .enumerate()
-            .collect();
-        pool::for_each_task(tasks, |(t, (zgs, ls))| {
-            for (j, (zg, loss)) in zgs.chunks_mut(c).zip(ls.iter_mut()).enumerate() {
-                row(t * per + j, zg, loss);
-            }
-        });
-    } else {
-        logits
-            .par_chunks_mut(c)
-            .zip(losses.par_iter_mut())
-            .with_min_len(per)
-            .enumerate()
-            .for_each(|(i, (zg, loss))| row(i, zg, loss));
-    }
+        let ahead = Ahead::new::<T, T>(addresses.next(i), 0);
+        loss[0] = with_scratch(c, |w| row_in_place_simd(zg.data, w, row, ahead, &k));
+    });
     Ok(reduce(losses, spec.reduction))
 }
 

@@ -10,7 +10,8 @@
 //! the end for tasks still running rather than sleeping.
 //!
 //! Each task writes only its own outputs, so the result does not depend on which thread ran
-//! which task.
+//! which task. [`for_each_row`] cuts buffers of rows (logits, gradients, losses) into such
+//! tasks, or hands large jobs to rayon's splitting.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -23,7 +24,7 @@ const SPIN: Duration = Duration::from_micros(200);
 
 /// Runs `f` on every task, on the calling thread and up to `threads - 1` rayon workers, and
 /// returns when all are done. A panic in `f` reaches the caller (rayon's scope rethrows it).
-pub(crate) fn for_each_task<I: Send, F: Fn(I) + Sync>(tasks: Vec<I>, f: F) {
+fn for_each_task<I: Send, F: Fn(I) + Sync>(tasks: Vec<I>, f: F) {
     let n = tasks.len();
     let helpers = rayon::current_num_threads().min(n).saturating_sub(1);
     if helpers == 0 {
@@ -55,6 +56,107 @@ pub(crate) fn for_each_task<I: Send, F: Fn(I) + Sync>(tasks: Vec<I>, f: F) {
     });
 }
 
+/// Rows of one or more buffers, split between rows: a row is `width` elements of a [`Slab`],
+/// one element of a loss buffer, and a pair splits both of its sides at the same row.
+pub(crate) trait Rows: Send + Sized {
+    /// How many rows.
+    fn rows(&self) -> usize;
+    /// The first `at` rows and the rest (`at <= rows()`).
+    fn split(self, at: usize) -> (Self, Self);
+}
+
+/// A buffer of rows of `width` elements (`width > 0`).
+#[derive(Debug)]
+pub(crate) struct Slab<S> {
+    pub(crate) data: S,
+    pub(crate) width: usize,
+}
+
+impl<T: Sync> Rows for Slab<&[T]> {
+    fn rows(&self) -> usize {
+        self.data.len() / self.width
+    }
+    fn split(self, at: usize) -> (Self, Self) {
+        let (a, b) = self.data.split_at(at * self.width);
+        let width = self.width;
+        (Slab { data: a, width }, Slab { data: b, width })
+    }
+}
+
+impl<T: Send> Rows for Slab<&mut [T]> {
+    fn rows(&self) -> usize {
+        self.data.len() / self.width
+    }
+    fn split(self, at: usize) -> (Self, Self) {
+        let (a, b) = self.data.split_at_mut(at * self.width);
+        let width = self.width;
+        (Slab { data: a, width }, Slab { data: b, width })
+    }
+}
+
+/// Per-sample losses: one element per row.
+impl Rows for &mut [f32] {
+    fn rows(&self) -> usize {
+        self.len()
+    }
+    fn split(self, at: usize) -> (Self, Self) {
+        self.split_at_mut(at)
+    }
+}
+
+impl<A: Rows, B: Rows> Rows for (A, B) {
+    fn rows(&self) -> usize {
+        self.0.rows().min(self.1.rows())
+    }
+    fn split(self, at: usize) -> (Self, Self) {
+        let ((a0, a1), (b0, b1)) = (self.0.split(at), self.1.split(at));
+        ((a0, b0), (a1, b1))
+    }
+}
+
+/// Runs `row(i, rows_i)` for every row `i` (given as a one-row split of `rows`), in tasks of
+/// `per` rows: small jobs through [`for_each_task`], where the caller works too; large ones
+/// through rayon's adaptive splitting (halves of at least `per` rows), whose contiguous ranges
+/// keep a prefetch of the next row on the thread that will read it.
+pub(crate) fn for_each_row<R: Rows>(
+    rows: R,
+    per: usize,
+    small: bool,
+    row: impl Fn(usize, R) + Sync,
+) {
+    let per = per.max(1);
+    let run = |mut i: usize, mut r: R| {
+        while r.rows() > 0 {
+            let (one, rest) = r.split(1);
+            row(i, one);
+            (i, r) = (i + 1, rest);
+        }
+    };
+    if small {
+        let mut tasks = Vec::with_capacity(rows.rows().div_ceil(per));
+        let (mut i, mut r) = (0, rows);
+        while r.rows() > 0 {
+            let take = per.min(r.rows());
+            let (task, rest) = r.split(take);
+            tasks.push((i, task));
+            (i, r) = (i + per, rest);
+        }
+        for_each_task(tasks, |(i, task)| run(i, task));
+    } else {
+        use rayon::iter::ParallelIterator;
+        rayon::iter::split((0, rows), |(i, r)| {
+            let n = r.rows();
+            if n < 2 * per {
+                ((i, r), None)
+            } else {
+                let (a, b) = r.split(n / 2);
+                ((i, a), Some((i + n / 2, b)))
+            }
+        })
+        .for_each(|(i, r)| run(i, r));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +186,41 @@ mod tests {
             }
         });
         assert!(out.iter().enumerate().all(|(i, &v)| i == v));
+    }
+
+    /// Every row reaches `row` once with its index, its slab row and its loss, small or large.
+    #[test]
+    fn rows_reach_their_index() {
+        for (n, width, per) in [(0, 3, 4), (1, 3, 4), (37, 3, 4), (1000, 2, 7), (1000, 5, 1)] {
+            for small in [true, false] {
+                let z: Vec<usize> = (0..n * width).collect();
+                let mut out = vec![0usize; n * width];
+                let mut loss = vec![0.0f32; n];
+                let rows = (
+                    Slab {
+                        data: &z[..],
+                        width,
+                    },
+                    (
+                        Slab {
+                            data: &mut out[..],
+                            width,
+                        },
+                        &mut loss[..],
+                    ),
+                );
+                for_each_row(rows, per, small, |i, (z, (o, l))| {
+                    assert_eq!((z.data.len(), o.data.len(), l.len()), (width, width, 1));
+                    o.data.copy_from_slice(z.data);
+                    l[0] = i as f32;
+                });
+                assert!(
+                    out.iter().enumerate().all(|(k, &v)| k == v),
+                    "{n}x{width} {small}"
+                );
+                assert!(loss.iter().enumerate().all(|(i, &l)| l == i as f32));
+            }
+        }
     }
 
     #[test]
