@@ -120,6 +120,11 @@ pub struct CeReference {
 /// Cross-entropy of `logits` (`[B, C]`) against the plan's soft targets, with its gradient
 /// scaled for the reduction and the upstream gradient.
 ///
+/// A class with zero target weight adds nothing to the loss, even when its logit is −inf
+/// (`0 · (−inf)` is taken as 0, as PyTorch's index-target `cross_entropy` does); with
+/// smoothing every class has weight and a −inf logit makes the loss +inf. NaN logits, +inf
+/// logits and all-(−inf) rows give NaN (the rules every path follows; see `cpu::mixup_ce_forward`).
+///
 /// # Examples
 ///
 /// ```
@@ -151,7 +156,15 @@ pub fn mixup_ce<T: Element>(
         let t = &targets[i * c..(i + 1) * c];
         let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-        losses[i] = lse - z.iter().zip(t).map(|(zc, tc)| zc * tc).sum::<f64>();
+        // A class with zero target weight adds nothing, even when its logit is −inf (masked):
+        // `0 · (−inf)` would be NaN. PyTorch's index-target `cross_entropy` behaves the same.
+        let dot: f64 = z
+            .iter()
+            .zip(t)
+            .filter(|(_, &tc)| tc != 0.0)
+            .map(|(zc, tc)| zc * tc)
+            .sum();
+        losses[i] = lse - dot;
         let up = match upstream {
             Upstream::Scalar(g) => f64::from(g),
             Upstream::PerSample(g) => f64::from(g[i]),

@@ -75,20 +75,45 @@ impl Consts {
 struct RowStats {
     /// `Σ e^(d_c)` (at least 1 for finite logits).
     s: f64,
-    /// `Σ d_c`.
+    /// `Σ d_c` (−inf when a logit is −inf; see [`exact_sum_d`] for sums that overflow f32).
     sum_d: f64,
-    /// `d_a`, `d_b`.
-    da: f32,
-    db: f32,
+    /// `d_a`, `d_b` in f64 (`z - m` of a masked class may not fit in f32).
+    da: f64,
+    db: f64,
+}
+
+/// `w · d`, but 0 when the weight is 0: a class with no target weight adds nothing, even when
+/// its logit is −inf (masked), where the product would be `0 · (−inf) = NaN`. This is what
+/// PyTorch's index-target `cross_entropy` does for masked classes.
+#[inline(always)]
+fn weighted(w: f64, d: f64) -> f64 {
+    if w == 0.0 {
+        0.0
+    } else {
+        w * d
+    }
 }
 
 impl RowStats {
-    /// `L = ln s - (1-ε)(λ d_a + (1-λ) d_b) - (ε/C) Σ d`, in f64 then rounded once.
+    /// `L = ln s - (1-ε)(λ d_a + (1-λ) d_b) - (ε/C) Σ d`, in f64 then rounded once; a term
+    /// whose weight is 0 is left out (see [`weighted`]).
     fn loss(&self, lam: f32, k: &Consts) -> f32 {
         let lam = f64::from(lam);
-        let mix = lam * f64::from(self.da) + (1.0 - lam) * f64::from(self.db);
-        (self.s.ln() - k.keep * mix - k.off * self.sum_d) as f32
+        let mix = weighted(k.keep * lam, self.da) + weighted(k.keep * (1.0 - lam), self.db);
+        (self.s.ln() - mix - weighted(k.off, self.sum_d)) as f32
     }
+}
+
+/// `Σ_c (z_c - m)` in f64, straight from the logits: the slow path for rows whose f32 lane
+/// sums in pass (2) overflowed (several logits near the dtype's minimum, as
+/// `masked_fill(mask, finfo.min)` writes), taken only when pass (2)'s sum is not finite.
+/// The terms are all ≤ 0 (`m` is the max), so an overflow shows as −inf, never as a wrong
+/// finite value; a true −inf (a −inf logit) or NaN stays what it is.
+#[cold]
+#[inline(never)]
+fn exact_sum_d<T: Element>(z: &[T], m: f32) -> f64 {
+    let m = f64::from(m);
+    z.iter().map(|&v| f64::from(widen(v)) - m).sum()
 }
 
 /// Pass (2) over the scratch row: `w_c ← e^(w_c - m)`; returns `(Σ e, Σ (w-m))`.
@@ -577,12 +602,21 @@ unsafe fn grad_bf16_avx2<T: Element>(w: &[f32], mul: f32, sub: f32, g: &mut [T])
     grad_plain(&w[i..n], mul, sub, &mut g[i..n]);
 }
 
+/// `z - m` in f64.
+#[inline(always)]
+fn d64(z: f32, m: f32) -> f64 {
+    f64::from(z) - f64::from(m)
+}
+
 /// Passes (1) and (2) of a forward-only row.
 #[inline(always)]
 fn forward_row<T: Element>(z: &[T], w: &mut [f32], a: usize, b: usize) -> RowStats {
     let m = widen_max(z, w);
-    let (da, db) = (w[a] - m, w[b] - m);
-    let (s, sum_d) = exp_sums(w, m, &Ahead::NONE);
+    let (da, db) = (d64(w[a], m), d64(w[b], m));
+    let (s, mut sum_d) = exp_sums(w, m, &Ahead::NONE);
+    if !sum_d.is_finite() {
+        sum_d = exact_sum_d(z, m);
+    }
     RowStats { s, sum_d, da, db }
 }
 
@@ -596,8 +630,11 @@ fn scratch_row<T: Element>(
     ahead: &Ahead,
 ) -> (RowStats, (f32, f32)) {
     let m = widen_max(z, w);
-    let (da, db) = (w[a] - m, w[b] - m);
-    let (s, sum_d) = exp_sums(w, m, ahead);
+    let (da, db) = (d64(w[a], m), d64(w[b], m));
+    let (s, mut sum_d) = exp_sums(w, m, ahead);
+    if !sum_d.is_finite() {
+        sum_d = exact_sum_d(z, m);
+    }
     (RowStats { s, sum_d, da, db }, (w[a], w[b]))
 }
 

@@ -118,6 +118,20 @@ pub fn soft_targets<T: FloatElement>(
 /// [`Reduction::Mean`](crate::Reduction) and [`Reduction::None`](crate::Reduction) (for
 /// logging), the sum for `Sum`.
 ///
+/// # Masked classes and non-finite logits
+///
+/// Class masks and vocabulary padding write the dtype's minimum (`masked_fill(mask,
+/// finfo.min)`) or −inf into logits. Whenever the f64 [`reference`](crate::reference) gives a
+/// finite loss, so does this function (and [`mixup_ce`], [`mixup_ce_in_place`], the CUDA
+/// kernels and the candle op), with a finite gradient:
+/// - a −inf logit whose class has zero target weight (no smoothing, neither the sample's nor
+///   its partner's label) adds nothing: finite loss, gradient 0 there, as PyTorch's
+///   index-target `cross_entropy`;
+/// - with label smoothing ε > 0 every class has weight ε/C, so a −inf logit gives a loss of
+///   +inf (PyTorch does the same); its gradient stays finite (`-ε/C · scale`);
+/// - a NaN logit gives a NaN loss for its sample; a +inf logit gives NaN (`inf - inf`), and so
+///   does a row whose logits are all −inf.
+///
 /// # Examples
 ///
 /// ```
@@ -143,7 +157,7 @@ pub fn mixup_ce_forward<T: FloatElement>(
 /// Loss and gradient in one pass per row; the gradient goes to `grad` (`[B, C]`).
 ///
 /// `grad_ic = (softmax(z_i)_c - t_ic) · upstream_i` (÷ B for the mean), computed in f32 and
-/// rounded once; the loss is as in [`mixup_ce_forward`].
+/// rounded once; the loss is as in [`mixup_ce_forward`], masked and non-finite logits too.
 ///
 /// # Examples
 ///
