@@ -16,12 +16,48 @@ use crate::plan::CutBox;
 /// as timm's batch mode does; timm's elem and pair modes hold λ as an `np.float32`, which can
 /// give a box one pixel different for the same λ (checked against timm 1.0.31 fixtures).
 ///
+/// # Errors
+/// - [`MixError::SizeOverflow`] if `height` or `width` exceeds `u32::MAX` (a box holds `u32`
+///   coordinates; the sampler refuses such images the same way);
+/// - [`MixError::InvalidArgument`] if the center lies outside the image (`cy >= height` or
+///   `cx >= width`: timm never draws one there, and clipping it would give a box that is not
+///   timm's) or λ is NaN.
+///
 /// ```
 /// use mixup_kernels::{timm_rand_bbox, CutBox};
 /// // λ = 0.75 on a 224×224 image: cut = int(224·0.5) = 112, centred at (100, 50).
-/// assert_eq!(timm_rand_bbox(224, 224, 0.75, 100, 50), CutBox { y0: 44, y1: 156, x0: 0, x1: 106 });
+/// let b = timm_rand_bbox(224, 224, 0.75, 100, 50)?;
+/// assert_eq!(b, CutBox { y0: 44, y1: 156, x0: 0, x1: 106 });
+/// assert!(timm_rand_bbox(224, 224, 0.75, 224, 50).is_err()); // center outside the image
+/// # Ok::<(), mixup_kernels::MixError>(())
 /// ```
-pub fn timm_rand_bbox(height: usize, width: usize, lam: f64, cy: usize, cx: usize) -> CutBox {
+pub fn timm_rand_bbox(
+    height: usize,
+    width: usize,
+    lam: f64,
+    cy: usize,
+    cx: usize,
+) -> Result<CutBox> {
+    if height > u32::MAX as usize || width > u32::MAX as usize {
+        return Err(MixError::SizeOverflow { what: "image size" });
+    }
+    if cy >= height || cx >= width {
+        return Err(MixError::InvalidArgument {
+            what: "center",
+            reason: format!("({cy}, {cx}) lies outside the {height}x{width} image"),
+        });
+    }
+    if lam.is_nan() {
+        return Err(MixError::InvalidArgument {
+            what: "lam",
+            reason: "NaN".into(),
+        });
+    }
+    Ok(timm_box(height, width, lam, cy, cx))
+}
+
+/// [`timm_rand_bbox`] for arguments known to be valid (sides ≤ `u32::MAX`, center inside).
+fn timm_box(height: usize, width: usize, lam: f64, cy: usize, cx: usize) -> CutBox {
     let ratio = (1.0 - lam.clamp(0.0, 1.0)).sqrt();
     // numpy's `int()` truncates toward zero; both products are non-negative.
     let cut_h = (height as f64 * ratio) as i64;
@@ -55,6 +91,8 @@ fn span(center: i64, below: i64, above: i64, side: i64) -> (u32, u32) {
 }
 
 /// Draws a box from λ with the given rule: the center uniform over the image, then the rule.
+/// The sampler has checked the sides (non-zero, at most `u32::MAX`), so the arithmetic of
+/// [`span`] cannot overflow.
 pub(crate) fn draw_box<R: Rng>(
     rng: &mut R,
     rule: BoxRule,
@@ -65,7 +103,7 @@ pub(crate) fn draw_box<R: Rng>(
     let cy = rng.random_range(0..height);
     let cx = rng.random_range(0..width);
     match rule {
-        BoxRule::Timm => timm_rand_bbox(height, width, lam, cy, cx),
+        BoxRule::Timm => timm_box(height, width, lam, cy, cx),
         BoxRule::Fastai => fastai_rand_bbox(height, width, lam, cy, cx),
     }
 }
@@ -123,7 +161,7 @@ mod tests {
     fn timm_box_clips_at_edges() {
         // cut = int(10·sqrt(0.5)) = 7: below 3, above 4.
         assert_eq!(
-            timm_rand_bbox(10, 10, 0.5, 0, 9),
+            timm_rand_bbox(10, 10, 0.5, 0, 9).unwrap(),
             CutBox {
                 y0: 0,
                 y1: 4,
@@ -131,9 +169,9 @@ mod tests {
                 x1: 10
             }
         );
-        assert_eq!(timm_rand_bbox(10, 10, 1.0, 5, 5).area(), 0);
+        assert_eq!(timm_rand_bbox(10, 10, 1.0, 5, 5).unwrap().area(), 0);
         assert_eq!(
-            timm_rand_bbox(10, 10, 0.0, 5, 5),
+            timm_rand_bbox(10, 10, 0.0, 5, 5).unwrap(),
             CutBox {
                 y0: 0,
                 y1: 10,
@@ -141,6 +179,35 @@ mod tests {
                 x1: 10
             }
         );
+    }
+
+    /// Hostile arguments give typed errors, never a reversed or truncated box or an overflow
+    /// panic (debug builds panicked on `cy as i64 + half` near `usize::MAX`; release builds
+    /// truncated sides ≥ 2^32 to `u32`).
+    #[test]
+    fn timm_box_rejects_hostile_arguments() {
+        let big = u32::MAX as usize + 1;
+        assert!(matches!(
+            timm_rand_bbox(big, 10, 0.5, 0, 0),
+            Err(MixError::SizeOverflow { .. })
+        ));
+        assert!(matches!(
+            timm_rand_bbox(10, big, 0.5, 0, 0),
+            Err(MixError::SizeOverflow { .. })
+        ));
+        for (cy, cx) in [(10, 0), (0, 10), (usize::MAX, 0), (0, usize::MAX)] {
+            assert!(matches!(
+                timm_rand_bbox(10, 10, 0.5, cy, cx),
+                Err(MixError::InvalidArgument { what: "center", .. })
+            ));
+        }
+        assert!(timm_rand_bbox(0, 0, 0.5, 0, 0).is_err());
+        assert!(timm_rand_bbox(10, 10, f64::NAN, 5, 5).is_err());
+        // The largest image: the box stays inside and ordered.
+        let side = u32::MAX as usize;
+        let b = timm_rand_bbox(side, side, 0.0, side - 1, side - 1).unwrap();
+        assert!(b.y0 <= b.y1 && b.y1 as usize == side && b.x0 <= b.x1 && b.x1 as usize == side);
+        assert_eq!(b.y0 as usize, side - 1 - side / 2);
     }
 
     #[test]

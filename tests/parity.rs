@@ -303,7 +303,7 @@ fn rand_bbox_matches_timm_exactly() {
         let (h, w) = (r.get("h").usize(), r.get("w").usize());
         let (lam, cy, cx) = (r.get("lam").f64(), r.get("cy").usize(), r.get("cx").usize());
         let want = box_of(r.get("box"));
-        let got = timm_rand_bbox(h, w, lam, cy, cx);
+        let got = timm_rand_bbox(h, w, lam, cy, cx).unwrap();
         assert_eq!(
             got, want,
             "rand_bbox(H={h}, W={w}, λ={lam}, cy={cy}, cx={cx})"
@@ -332,7 +332,7 @@ fn rand_bbox_follows_timms_f64_path_for_f32_lambdas() {
         let (h, w) = (r.get("h").usize(), r.get("w").usize());
         let lam = r.get("lam").f32();
         let (cy, cx) = (r.get("cy").usize(), r.get("cx").usize());
-        let got = timm_rand_bbox(h, w, f64::from(lam), cy, cx);
+        let got = timm_rand_bbox(h, w, f64::from(lam), cy, cx).unwrap();
         assert_eq!(got, box_of(r.get("box_f64")), "H={h} λ={lam}");
         assert_ne!(
             got,
