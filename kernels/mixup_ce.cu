@@ -9,6 +9,17 @@
 //   L_i = lse - (wa z_a + wb z_b + off sum_c z_c)             (= lse - sum_c t_c z_c)
 //   grad_ic = (exp(z_c - lse) - t_c) * scale_i,  scale_i = upstream_i * (1/B for Mean, else 1)
 // The target-class gradient is computed in f32 and rounded once to the storage type.
+//
+// Masked classes (../shared/REFERENCE.md, "Masked classes"; trainers write -inf or the dtype's
+// minimum into the logits of classes they mask): a term of L whose weight is exactly 0 is left
+// out (eps = 0: no sum_c z_c term; lam = 1: no z_b term; eps = 1: no z_a, z_b terms), so a -inf
+// logit of a class with no target weight adds nothing (0 * -inf would be NaN) and its gradient
+// is p - t = 0 - 0. With eps > 0 every class has weight eps/C and a -inf logit gives +inf, as
+// PyTorch does. sum_c z_c is accumulated as sum_c z_c 2^-40 (`CE_SZ_SCALE`): every partial sum
+// is then bounded by max|z| (2^40 >= any C that fits in device memory), so dtype-min logits
+// cannot overflow it to -inf; scaling by a power of two is exact outside the subnormal range,
+// and one FMA per element adds it (same cost as the plain add). off * 2^40 undoes the scale.
+// A row whose max is -inf (every class -inf) gives NaN or inf, as in PyTorch; NaN logits give NaN.
 // The reduced loss (sum, or mean for Mean and None) is summed on the device in a fixed order by
 // the last block to finish (per-row losses -> one block, strided then a fixed tree), so the same
 // inputs give the same bits on every run.
@@ -32,6 +43,8 @@
 #define CE_WARP_NT 256
 #define CE_K 4
 #define CE_ONLINE_U 4
+#define CE_SZ_SCALE 0x1p-40f  // sum_c z_c is accumulated times this (see above)
+#define CE_SZ_UNSCALE 0x1p40f
 
 struct CeArgs {
     u64 logits;    // const E::B*, [B, C]
@@ -56,7 +69,8 @@ struct CeArgs {
 static_assert(sizeof(CeArgs) == 112, "CeArgs must match the host layout");
 
 // Per-row partial statistics: max and sum of exp2 in the log2 domain (m = max z * log2 e,
-// s = sum exp2(z log2 e - m)), sum of z, and z_a, z_b (0 where the class is not held).
+// s = sum exp2(z log2 e - m)), sum of z * CE_SZ_SCALE, and z_a, z_b (0 where the class is not
+// held).
 struct Stats {
     float m, s, sz, za, zb;
 };
@@ -134,10 +148,14 @@ DEV Row row_of(const CeArgs& g, u64 row) {
     return r;
 }
 
-// Writes the row's loss; flags a bad label once per row.
+// Writes the row's loss; flags a bad label once per row. tz = wa z_a + wb z_b + off sum z with
+// each zero-weight term left out (a masked class with no weight adds nothing; see the top).
 DEV void row_finish(const CeArgs& g, u64 row, const Row& r, const Stats& st) {
     const float lse = (st.m + log2f(st.s)) * LN2_F;
-    const float tz = __fadd_rn(__fadd_rn(__fmul_rn(r.wa, st.za), __fmul_rn(r.wb, st.zb)), __fmul_rn(g.off, st.sz));
+    float tz = 0.0f;
+    if (r.wa != 0.0f) tz = __fmul_rn(r.wa, st.za);
+    if (r.wb != 0.0f) tz = __fadd_rn(tz, __fmul_rn(r.wb, st.zb));
+    if (g.off != 0.0f) tz = __fadd_rn(tz, __fmul_rn(__fmul_rn(g.off, CE_SZ_UNSCALE), st.sz));
     ((float*)g.losses)[row] = __fsub_rn(lse, tz);
     if (r.bad) atomicAdd((u32*)g.flags, 1u);
 }
@@ -161,7 +179,7 @@ DEV float exp_base(float m2) { return m2 == neg_inf() ? 0.0f : m2; }
 // Adds one element at class e to the sums (and picks it as z_a / z_b).
 DEV void elem_sum(float z, u64 e, float msub, const Row& r, Stats& st) {
     st.s += ex2(fmaf(z, LOG2E_F, -msub));
-    st.sz += z;
+    st.sz = fmaf(z, CE_SZ_SCALE, st.sz);
     if (e == r.a) st.za = z;
     if (e == r.b) st.zb = z;
 }
@@ -174,7 +192,7 @@ DEV void slot_sum(const v16& s, u64 e0, float msub, const Row& r, Stats& st) {
     for (int j = 0; j < E::VE; ++j) {
         const float z = E::get(s, j);
         acc += ex2(fmaf(z, LOG2E_F, -msub));
-        sz += z;
+        sz = fmaf(z, CE_SZ_SCALE, sz);
     }
     st.s += acc;
     st.sz += sz;

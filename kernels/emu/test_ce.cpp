@@ -8,6 +8,10 @@
 // per-sample upstream, logits views at odd offsets, huge logits, out-of-range labels, every
 // strategy boundary, and the same launch in natural, reversed and shuffled block (and thread)
 // orders, whose outputs must agree bit for bit (the reduced loss is meant to be deterministic).
+// Masked classes (-inf or the dtype's minimum, as trainers write them) follow REFERENCE.md's
+// rules, here as in the kernels: a term whose weight is exactly 0 is left out (0 * -inf is not
+// NaN but nothing), so the expected loss is finite unless a class with weight is -inf (+inf) or
+// the row has no finite maximum / a NaN (NaN); where it is finite the kernel's must be too.
 #include "check.h"
 
 #include <chrono>
@@ -32,6 +36,16 @@ const char* mode_name(Mode m) {
 }
 enum Data { NORMAL, HUGE, MASKED };
 
+// One row of a masked-class case (`mask_rows`): its label, partner and lam, and the classes
+// whose logits are replaced by -inf (kind 0), the dtype's minimum (kind 1), both alternately
+// (kind 2), or NaN (kind 3).
+struct MaskRow {
+    uint32_t label = 0, partner = 0;
+    float lam = 1.0f;
+    int kind = 0;
+    std::vector<uint64_t> masked;
+};
+
 struct Device {
     const char* name;
     uint32_t optin;  // CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
@@ -52,6 +66,7 @@ struct Case {
     bool orders = false;      // also reversed and shuffled orders, compared bit for bit
     uint32_t force_grid = 0;  // 0: the host's grid; else fewer blocks (grid-stride loops)
     uint64_t seed = 1;
+    std::vector<MaskRow> rows;  // when not empty: B rows with these labels, plan and masks
 };
 
 template <class K>
@@ -95,6 +110,13 @@ struct Outputs {
     std::vector<typename H::B> logits;   // the logits buffer afterwards, whole (offset included)
     uint32_t flags[2] = {0, 0};
 };
+
+// The most negative finite value of the storage type (`finfo(dtype).min`).
+template <class H>
+typename H::B dtype_min() {
+    return sizeof(typename H::B) == 4 ? (typename H::B)0xff7fffffu
+                                      : (typename H::B)(std::string(H::name()) == "f16" ? 0xfbffu : 0xff7fu);
+}
 
 template <class H>
 typename H::B sentinel() {
@@ -144,6 +166,19 @@ Inputs<H> make_inputs(const Case& c) {
         e.partner = partner[i];
         e.lam = i == 0 ? 1.0f : (i == 1 ? 0.5f : unit(rng));
         in.plan[i] = e;
+    }
+    if (!c.rows.empty()) {
+        for (uint32_t i = 0; i < c.B; ++i) {
+            const MaskRow& mr = c.rows[i];
+            in.labels[i] = mr.label;
+            in.plan[i].partner = mr.partner;
+            in.plan[i].lam = mr.lam;
+            for (size_t j = 0; j < mr.masked.size(); ++j) {
+                const int kind = mr.kind == 2 ? (int)(j % 2) : mr.kind;
+                in.z[i * c.C + mr.masked[j]] =
+                    kind == 0 ? H::r(-INFINITY) : (kind == 1 ? dtype_min<H>() : H::r(NAN));
+            }
+        }
     }
     if (c.up_kind == 1) in.up = {c.up};
     if (c.up_kind == 2) {
@@ -228,6 +263,7 @@ std::string case_name(const Case& c, const CeLaunch& L) {
     if (c.mode == GRAD_SHIFTED) s += fmt(" goff %zu", c.goff);
     if (c.data == HUGE) s += " huge";
     if (c.data == MASKED) s += " masked";
+    if (!c.rows.empty()) s += " masked-rows";
     if (c.bad_labels) s += " bad-labels";
     if (c.force_grid) s += fmt(" grid %u (forced)", c.force_grid);
     s += fmt(" [%s G %u S %u grid %u block %u smem %u]", L.kernel.c_str(), L.group, L.smem_slots, L.grid, L.block,
@@ -279,40 +315,51 @@ void run_case(const Case& c) {
             continue;
         }
         const typename H::B* zr = in.z.data() + (uint64_t)i * C;
-        double m = -INFINITY, zmax = 0, sabs = 0;
-        bool masked = false;
+        double m = -INFINITY;
+        bool has_nan = false;
         for (uint64_t k = 0; k < C; ++k) {
             const double z = H::f(zr[k]);
-            m = std::max(m, z);
-            if (std::isinf(z)) {
-                masked = true;
-                continue;
-            }
-            zmax = std::max(zmax, std::fabs(z));
+            has_nan |= std::isnan(z);
+            if (z > m) m = z;
+        }
+        // zlive: the largest |z| among the classes whose exp(z - m) can show in the sum (the
+        // others, masked ones among them, add exactly 0 on both sides); sabs: sum of |z| over
+        // the finite classes (the error of the smoothing term's sum).
+        double zlive = 0, sabs = 0, s = 0, sz = 0;
+        for (uint64_t k = 0; k < C; ++k) {
+            const double z = H::f(zr[k]);
+            s += std::exp(z - m);
+            sz += z;
+            if (!std::isfinite(z)) continue;
+            if (z >= m - 200) zlive = std::max(zlive, std::fabs(z));
             sabs += std::fabs(z);
         }
-        double s = 0;
-        for (uint64_t k = 0; k < C; ++k) s += std::exp(H::f(zr[k]) - m);
         const double lse = m + std::log(s);
         const double eps = c.eps, lam = pe.lam, off = eps / (double)C;
         const double wa = (1 - eps) * lam, wb = (1 - eps) * (1 - lam);
         const double za = H::f(zr[a]), zb = H::f(zr[b]);
-        double sz = 0;
-        for (uint64_t k = 0; k < C; ++k) sz += H::f(zr[k]);
-        const double tz = wa * za + wb * zb + off * sz;
+        // sum_c t_c z_c with each zero-weight term left out (REFERENCE.md, "Masked classes").
+        const double tz = (wa != 0 ? wa * za : 0.0) + (wb != 0 ? wb * zb : 0.0) + (off != 0 ? off * sz : 0.0);
         const double loss = lse - tz;
-        const double tol_lse = eps_s + 4 * U * (std::fabs(lse) + zmax + std::log2((double)C) + 1);
-        const double tol = tol_lse + 4 * U * (wa * std::fabs(za) + wb * std::fabs(zb) + off * sabs) +
-                           off * n_ops * U * sabs + 2 * U * (std::fabs(lse) + std::fabs(tz));
+        const double wz = (wa != 0 ? wa * std::fabs(za) : 0.0) + (wb != 0 ? wb * std::fabs(zb) : 0.0) + off * sabs;
+        const double tol_lse = eps_s + 4 * U * (std::fabs(lse) + zlive + std::log2((double)C) + 1);
+        const double tol = tol_lse + 4 * U * wz + off * n_ops * U * sabs + 2 * U * (std::fabs(lse) + std::fabs(tz));
         ref_sum += loss;
-        ref_tol += tol;
-        if (masked) {
-            // A -inf logit with eps > 0 (or a -inf label logit) gives an infinite loss; with a
-            // zero weight times -inf, NaN (as on the CPU path and in the f64 reference).
-            if (std::isfinite(o.losses[i]) && shown++ < 3)
-                check(false, what + fmt(": loss of row %u with -inf logits is %.9g", i, o.losses[i]));
-        } else if (!close(o.losses[i], loss, tol) && shown++ < 3) {
-            check(false, what + fmt(": loss of row %u is %.9g, expected %.9g (tol %.3g)", i, o.losses[i], loss, tol));
+        if (std::isfinite(loss)) ref_tol += tol;
+        const float got = o.losses[i];
+        if (std::isnan(loss)) {
+            // No finite maximum (every class -inf) or a NaN logit: NaN (any non-finite value
+            // for a row with no finite class).
+            if ((has_nan ? !std::isnan(got) : std::isfinite(got)) && shown++ < 3)
+                check(false, what + fmt(": loss of row %u is %.9g, expected NaN%s", i, got,
+                                        has_nan ? "" : " or another non-finite value"));
+            continue;  // no gradient to compare with
+        } else if (std::isinf(loss)) {
+            // A class with weight is -inf: +inf, as PyTorch gives.
+            if (got != loss && shown++ < 3)
+                check(false, what + fmt(": loss of row %u is %.9g, expected %g", i, got, loss));
+        } else if (!close(got, loss, tol) && shown++ < 3) {
+            check(false, what + fmt(": loss of row %u is %.9g, expected %.9g (tol %.3g)", i, got, loss, tol));
         }
         if (c.mode == FWD) continue;
         const double up = c.up_kind == 2 ? (double)in.up[i] : (double)c.up;
@@ -322,16 +369,23 @@ void run_case(const Case& c) {
             const double z = H::f(zr[k]);
             const double t = (1 - eps) * (lam * (k == a) + (1 - lam) * (k == b)) + off;
             const double d = z - lse, p = std::exp(d);
+            const double got_g = H::f(o.grad[(uint64_t)i * C + k]);
+            if (p == 0 && t == 0) {
+                // A masked class with no weight: exactly 0.
+                if (got_g != 0 && gshown++ < 2)
+                    check(false, what + fmt(": grad[%u, %llu] is %.9g, expected exactly 0 (z %.9g, class a %u b %u)",
+                                            i, (unsigned long long)k, got_g, z, a, b));
+                continue;
+            }
             const double darg = tol_lse + 2 * U * (std::fabs(z) + std::fabs(lse)) + U * std::fabs(d);
             // exp(-inf) is exactly 0 on both sides; ex2.approx.ftz flushes results below 2^-126.
-            const double dp = std::isinf(z) ? 0.0 : p * (std::expm1(darg) + EX2) + 0x1p-126;
+            const double dp = std::isinf(z) ? 0.0 : (p == 0 ? 0x1p-126 : p * (std::expm1(darg) + EX2) + 0x1p-126);
             const double gx = (p - t) * scale;
             const double d32 = std::fabs(scale) * (dp + 3 * U * t) + 4 * U * std::fabs(gx);
             const double gtol = d32 + H::rnd_rel * (std::fabs(gx) + d32) + H::rnd_abs;
-            const double got = H::f(o.grad[(uint64_t)i * C + k]);
-            if (!close(got, gx, gtol) && gshown++ < 2)
+            if (!close(got_g, gx, gtol) && gshown++ < 2)
                 check(false, what + fmt(": grad[%u, %llu] is %.9g, expected %.9g (tol %.3g, z %.9g, class a %u b %u)",
-                                        i, (unsigned long long)k, got, gx, gtol, z, a, b));
+                                        i, (unsigned long long)k, got_g, gx, gtol, z, a, b));
         }
         check(gshown == 0, what + fmt(": gradient of row %u", i));
     }
@@ -551,9 +605,126 @@ void cases_for(const Device* devices, size_t ndev) {
     }
 }
 
+// B rows of C classes with masked classes (REFERENCE.md, "Masked classes"). Rows pair up with
+// their neighbours (2q <-> 2q+1) so a row's partner label b is another row's label; row i takes
+// pattern i % 7, lam from {1, 0.5, 0, 0.3} and the mask value from its index:
+//   0 one class masked, at every position of the first two 16-byte slots (lane positions and
+//     the row's head), at both ends and in the middle, in turn;  1 two: both ends, or a pair;
+//   2 most: all but about C/8 classes and the label;  3 all but one: the label;
+//   4 all but one: another class (the label is masked);  5 the partner's label b;
+//   6 every third class except the label, -inf and the dtype's minimum alternately.
+// Label a is kept unmasked except in pattern 4; b is masked where the pattern reaches it (and
+// always in pattern 5), so some rows mix with a masked partner label and some do not.
+std::vector<MaskRow> mask_rows(uint64_t C, int VE, uint32_t B, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::vector<MaskRow> rows(B);
+    for (uint32_t i = 0; i < B; ++i) {
+        rows[i].label = (uint32_t)(rng() % C);
+        rows[i].partner = (i ^ 1u) < B ? (i ^ 1u) : i;
+        static const float lams[] = {1.0f, 0.5f, 0.0f, 0.3f};
+        rows[i].lam = lams[(i + i / 7) % 4];
+        rows[i].kind = (int)((i + i / 7) / 4 % 2);
+    }
+    std::vector<uint64_t> positions;
+    for (uint64_t k = 0; k < std::min<uint64_t>(C, 2 * (uint64_t)VE + 1); ++k) positions.push_back(k);
+    for (uint64_t k : {C - 1, C - 2, C / 2})
+        if (k < C) positions.push_back(k);
+    for (uint32_t i = 0; i < B; ++i) {
+        MaskRow& r = rows[i];
+        const uint64_t a = r.label, b = rows[r.partner].label;
+        const uint64_t turn = i / 7, pos = positions[turn % positions.size()];
+        std::vector<bool> m(C, false);
+        switch (i % 7) {
+            case 0: m[pos] = true; break;
+            case 1:
+                if (turn % 2 == 0) m[0] = m[C - 1] = true;
+                else m[pos] = m[(pos + 1) % C] = true;
+                break;
+            case 2:
+                for (uint64_t k = 0; k < C; ++k) m[k] = rng() % 8 != 0;
+                break;
+            case 3:
+            case 4: m.assign(C, true); break;
+            case 5: m[b == a ? pos : b] = true; break;
+            default:
+                for (uint64_t k = 0; k < C; k += 3) m[k] = true;
+                r.kind = 2;
+        }
+        if (i % 7 == 4 && C > 1) {
+            m[(a + 1 + rng() % (C - 1)) % C] = false;  // the one class left; a stays masked
+        } else {
+            m[a] = false;
+        }
+        for (uint64_t k = 0; k < C; ++k)
+            if (m[k]) r.masked.push_back(k);
+    }
+    return rows;
+}
+
+// Masked classes over the widths trainers use, for each strategy the host picks (ce_warp, ce_block
+// from registers and from shared memory, ce_online forward and, on a T4's shared memory, with
+// the gradient), with and without smoothing; then rows with a NaN logit and an all -inf row.
+template <class H, class K>
+void masked_cases() {
+    uint64_t seed = 5000 * sizeof(typename H::B);
+    const size_t odd = H::VE == 4 ? 1 : 3;
+    for (const uint64_t C : {1, 15, 16, 17, 31, 1000, 32771, 100000}) {
+        const bool big = C > 1000;
+        // Rows per launch: every pattern with several positions where rows are cheap.
+        const uint32_t B = C <= 31 ? 42 : (C == 1000 ? 14 : 7);
+        for (const float eps : {0.0f, 0.1f}) {
+            for (const Mode mode : {GRAD, FWD}) {
+                if (C == 100000 && mode == FWD && eps == 0.0f) continue;  // time: one forward row set
+                Case c;
+                c.C = C;
+                c.B = C == 100000 ? 4 : B;
+                c.mode = mode;
+                c.eps = eps;
+                c.reduction = eps == 0.0f ? 1 : 0;
+                c.zoff = (eps == 0.0f) == (mode == GRAD) ? 0 : odd;  // shifts the lane positions
+                c.seed = ++seed;
+                c.rows = mask_rows(C, H::VE, c.B, c.seed);
+                run_case<H, K>(c);
+            }
+            if (big) {
+                // The gradient through ce_online: a T4's shared memory holds too few slots.
+                Case c;
+                c.C = C;
+                c.B = C == 100000 ? 2 : 4;
+                c.dev = T4;
+                c.mode = IN_PLACE;
+                c.eps = eps;
+                c.seed = ++seed;
+                c.rows = mask_rows(C, H::VE, c.B, c.seed + (eps == 0.0f ? 2 : 0));
+                run_case<H, K>(c);
+            }
+        }
+    }
+    // NaN logits give NaN; a row of -inf only gives a non-finite loss (PyTorch: NaN).
+    for (const uint64_t C : {17, 1000}) {
+        Case c;
+        c.C = C;
+        c.B = 4;
+        c.eps = 0.0f;
+        c.seed = ++seed;
+        c.rows = mask_rows(C, H::VE, c.B, c.seed);
+        c.rows[0].kind = 3;
+        c.rows[0].masked = {C / 3};
+        c.rows[1].kind = 3;
+        c.rows[1].masked = {c.rows[1].label};
+        c.rows[2].kind = 0;
+        c.rows[2].masked.clear();
+        for (uint64_t k = 0; k < C; ++k) c.rows[2].masked.push_back(k);
+        run_case<H, K>(c);
+    }
+}
+
 }  // namespace
 
 void test_mixup_ce() {
+    masked_cases<HF32, F32>();
+    masked_cases<HF16, F16>();
+    masked_cases<HBF16, BF16>();
     const Device others[] = {A100, L40, T4};
     cases_for<HF32, F32>(others, 3);
     cases_for<HF16, F16>(others, 3);
