@@ -569,3 +569,63 @@ fn bad_inputs_give_candle_errors() {
         .to_string()
         .contains("partner 5"));
 }
+
+/// Masked logits through the candle op (f32, f16, bf16): the dtype's minimum and −inf in classes
+/// with zero target weight give the reference's finite loss and gradient through
+/// `loss.backward()` (the CPU path's NaN of issue 11 reached candle users too).
+#[test]
+fn masked_logits_give_the_reference_loss_and_gradient() {
+    let (b, c) = (4usize, 17usize);
+    let plan = MixPlan::from_parts(&[1, 0, 3, 2], &[1.0, 1.0, 0.7, 0.3]).unwrap();
+    let labels_u32 = [1u32, 2, 3, 5];
+    let spec = CeSpec::new(c, 0.0, Reduction::Mean);
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for masked in [f32::MIN, f32::NEG_INFINITY] {
+            let mut z = pseudo_random(b * c, 7, 3.0);
+            for row in z.chunks_mut(c) {
+                // Lanes 0 and 16 (one f32 lane sum), 4 and 9: never a label with weight.
+                for k in [0, 4, 9, 16] {
+                    row[k] = masked;
+                }
+            }
+            let logits = Var::from_tensor(
+                &Tensor::from_vec(z, (b, c), &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap(),
+            )
+            .unwrap();
+            let labels = Tensor::new(&labels_u32, &Device::Cpu).unwrap();
+            let loss = mixup_cross_entropy(logits.as_tensor(), &labels, &plan, &spec).unwrap();
+            let stored = host_f32(logits.as_tensor());
+            let want =
+                reference::mixup_ce(&plan, &spec, &stored, &labels_u32, Upstream::Scalar(1.0))
+                    .unwrap();
+            let got = loss
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(
+                want.loss.is_finite() && got.is_finite(),
+                "{dtype:?} {masked}: {got}"
+            );
+            let (abs, rel) = tol(dtype);
+            assert_close(
+                &format!("{dtype:?} {masked} loss"),
+                &[got],
+                &[want.loss],
+                abs,
+                rel,
+            );
+            let grad = loss.backward().unwrap().remove(logits.as_tensor()).unwrap();
+            assert_close(
+                &format!("{dtype:?} {masked} grad"),
+                &host_f64(&grad),
+                &want.grad,
+                abs,
+                rel,
+            );
+        }
+    }
+}
