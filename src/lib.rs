@@ -54,7 +54,7 @@ pub use dtype::{DType, Element, FloatElement};
 pub use error::{MixError, Result};
 pub use plan::{CutBox, MixPlan, SampleMix};
 pub use sampler::Sampler;
-pub use spec::{CeSpec, Layout, Reduction, Upstream};
+pub use spec::{BceSpec, CeSpec, Layout, Reduction, Upstream};
 
 /// Re-exports of the element types the crate stores (from the `half` crate), so callers need
 /// no direct dependency on `half`.

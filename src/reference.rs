@@ -18,7 +18,9 @@ use crate::config::TargetSpec;
 use crate::dtype::Element;
 use crate::error::Result;
 use crate::plan::MixPlan;
-use crate::spec::{check_ce, check_labels, check_mix, CeSpec, Layout, Reduction, Upstream};
+use crate::spec::{
+    check_bce, check_ce, check_labels, check_mix, BceSpec, CeSpec, Layout, Reduction, Upstream,
+};
 
 /// The mixed batch: `out_i = λ_i x_i + (1-λ_i) x_partner(i)` for MixUp samples (and for every
 /// sample under [`Layout::Rows`]); for CutMix samples of an image layout, the partner's pixels
@@ -183,6 +185,111 @@ pub fn mixup_ce<T: Element>(
         Reduction::Mean | Reduction::None => sum / b.max(1) as f64,
     };
     Ok(CeReference { losses, loss, grad })
+}
+
+/// The mixup binary cross-entropy, its per-sample and per-element losses and its gradient, in
+/// f64 (see [`mixup_bce`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BceReference {
+    /// Per-element losses `ℓ_ic` (with the class weight), `[B, C]`: timm's `reduction='none'`.
+    pub elements: Vec<f64>,
+    /// Per-sample losses `L_i = Σ_c ℓ_ic`, `[B]`.
+    pub losses: Vec<f64>,
+    /// The reduced loss (for [`Reduction::None`], the value `Mean` would give).
+    pub loss: f64,
+    /// `∂/∂z_ic`, `[B, C]`, scaled for the reduction and the upstream gradient.
+    pub grad: Vec<f64>,
+}
+
+/// One element of the binary cross-entropy with logits, `(ℓ, ∂ℓ/∂z)` before the class weight:
+/// `ℓ = (1 − t)·z + c·softplus(−z)` with `c = 1 + (w − 1)·t`, `∂ℓ/∂z = c·σ(z) − w·t` (PyTorch's
+/// `binary_cross_entropy_with_logits` with `pos_weight = w`).
+///
+/// Written in the form that never meets `inf − inf`: for `z ≥ 0`, `(1 − t)·z + c·ln(1 + e^−z)`;
+/// for `z < 0`, `softplus(−z) = softplus(z) − z` gives `c·ln(1 + e^z) − w·t·z`. A product with a
+/// zero weight is 0, so a −inf logit with `t = 0` adds nothing (and +inf with `t = 1`).
+pub(crate) fn bce_element(z: f64, t: f64, w: f64) -> (f64, f64) {
+    let c = 1.0 + (w - 1.0) * t;
+    let e = (-z.abs()).exp();
+    let sp = e.ln_1p();
+    let times = |a: f64, b: f64| if a == 0.0 { 0.0 } else { a * b };
+    let (l, sig) = if z >= 0.0 {
+        (times(1.0 - t, z) + c * sp, 1.0 / (1.0 + e))
+    } else {
+        // NaN lands here: every result is NaN.
+        (c * sp - times(w * t, z), e / (1.0 + e))
+    };
+    (l, c * sig - w * t)
+}
+
+/// Binary cross-entropy of `logits` (`[B, C]`) against the plan's soft targets, timm's
+/// `BinaryCrossEntropy` as [`BceSpec`] describes it, with its gradient scaled for the reduction
+/// and the upstream gradient.
+///
+/// A −inf logit of a class whose target is 0 adds nothing (gradient 0); with smoothing every
+/// target is positive and a −inf logit gives +inf. NaN logits give NaN.
+///
+/// # Errors
+/// As the CPU op: [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) for logits that
+/// are not `[B, C]`, [`MixError::LabelOutOfRange`](crate::MixError::LabelOutOfRange),
+/// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) for a bad upstream gradient,
+/// [`MixError::EmptyShape`](crate::MixError::EmptyShape) for the mean of an empty batch.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{reference, BceSpec, MixPlan, Reduction, Upstream};
+/// // z = 0 everywhere: every element is ln 2, its gradient σ(0) − t = 0.5 − t.
+/// let plan = MixPlan::identity(1).unwrap();
+/// let spec = BceSpec::new(2, 0.0, Reduction::Sum).unwrap();
+/// let r = reference::mixup_bce(&plan, &spec, &[0.0f32; 2], &[1], Upstream::Scalar(1.0)).unwrap();
+/// assert!((r.loss - 2.0 * std::f64::consts::LN_2).abs() < 1e-12);
+/// assert_eq!(r.grad, [0.5, -0.5]);
+/// ```
+pub fn mixup_bce<T: Element>(
+    plan: &MixPlan,
+    spec: &BceSpec,
+    logits: &[T],
+    labels: &[u32],
+    upstream: Upstream<'_>,
+) -> Result<BceReference> {
+    check_bce(plan, spec, logits.len(), &upstream)?;
+    let mut t = soft_targets(plan, labels, spec.targets())?;
+    let (b, c) = (plan.len(), spec.targets().num_classes);
+    if let Some(thr) = spec.target_threshold() {
+        let thr = f64::from(thr);
+        t.iter_mut()
+            .for_each(|v| *v = if *v > thr { 1.0 } else { 0.0 });
+    }
+    let factor = match spec.reduction() {
+        Reduction::Mean => 1.0 / spec.mean_count(b),
+        Reduction::Sum | Reduction::None => 1.0,
+    };
+    let mut elements = vec![0.0; b * c];
+    let mut losses = vec![0.0; b];
+    let mut grad = vec![0.0; b * c];
+    for i in 0..b {
+        let up = match upstream {
+            Upstream::Scalar(g) => f64::from(g),
+            Upstream::PerSample(g) => f64::from(g[i]),
+        };
+        for k in 0..c {
+            let j = i * c + k;
+            let w = spec.pos_weight().map_or(1.0, |p| f64::from(p[k]));
+            let v = spec.weight().map_or(1.0, |p| f64::from(p[k]));
+            let (l, g) = bce_element(f64::from(logits[j].to_f32()), t[j], w);
+            elements[j] = if v == 0.0 { 0.0 } else { v * l };
+            grad[j] = v * g * factor * up;
+        }
+        losses[i] = elements[i * c..(i + 1) * c].iter().sum();
+    }
+    let loss = spec.reduce(losses.iter().sum(), b);
+    Ok(BceReference {
+        elements,
+        losses,
+        loss,
+        grad,
+    })
 }
 
 #[cfg(test)]

@@ -282,3 +282,182 @@ impl CeSpec {
         }
     }
 }
+
+/// What the mixup binary cross-entropy computes: timm's `BinaryCrossEntropy` on the mixed soft
+/// target, with its `target_threshold`, per-class `weight` and `pos_weight`, `sum_classes` and
+/// reduction (timm `timm/loss/binary_cross_entropy.py`, used by the DeiT III and "ResNet strikes
+/// back" recipes).
+///
+/// Per element, with the soft target `t` of [`TargetSpec`] (smoothing applied as timm's
+/// `Mixup` applies it), `t ← [t > threshold]` when a threshold is set, `w` the class's
+/// `pos_weight` (1 without) and `v` its `weight` (1 without):
+/// `ℓ = v·((1 − t)·z + (1 + (w − 1)·t)·softplus(−z))`, `∂ℓ/∂z = v·((1 + (w − 1)·t)·σ(z) − w·t)`
+/// (PyTorch's `binary_cross_entropy_with_logits`). The per-sample loss is `L_i = Σ_c ℓ_ic`.
+/// [`Reduction::Mean`] averages over all `B·C` elements, or over the `B` samples with
+/// `sum_classes`; `Sum` adds the `L_i`; `None` keeps the `L_i` (timm's `'none'` keeps the
+/// `[B, C]` elements, which [`reference::mixup_bce`](crate::reference::mixup_bce) returns) and
+/// reports the `Mean` value for logging.
+///
+/// Built validated: every setter checks its argument, so a spec that exists is usable with
+/// logits of its class count.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{BceSpec, Reduction};
+/// let spec = BceSpec::new(3, 0.1, Reduction::Mean)?
+///     .with_target_threshold(0.2)?
+///     .with_pos_weight(vec![1.0, 2.0, 0.5])?
+///     .with_sum_classes(true);
+/// assert_eq!(spec.targets().num_classes, 3);
+/// assert!(BceSpec::new(3, 0.0, Reduction::Sum)?.with_weight(vec![1.0]).is_err()); // not 3 values
+/// # Ok::<(), mixup_kernels::MixError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct BceSpec {
+    targets: TargetSpec,
+    reduction: Reduction,
+    threshold: Option<f32>,
+    weight: Option<Vec<f32>>,
+    pos_weight: Option<Vec<f32>>,
+    sum_classes: bool,
+}
+
+impl BceSpec {
+    /// A spec for `num_classes` classes with label smoothing `smoothing` and a reduction; no
+    /// threshold, no class weights, classes averaged (timm's defaults but for its smoothing,
+    /// which is given here).
+    ///
+    /// # Errors
+    /// As [`TargetSpec::validate`]: [`MixError::EmptyShape`] for 0 classes,
+    /// [`MixError::SizeOverflow`] past `u32::MAX`, [`MixError::InvalidArgument`] for a
+    /// smoothing outside `[0, 1)`.
+    pub fn new(num_classes: usize, smoothing: f32, reduction: Reduction) -> Result<Self> {
+        let targets = TargetSpec::new(num_classes, smoothing)?;
+        Ok(Self {
+            targets,
+            reduction,
+            threshold: None,
+            weight: None,
+            pos_weight: None,
+            sum_classes: false,
+        })
+    }
+
+    /// timm's `target_threshold`: targets above it become 1, the others 0.
+    ///
+    /// # Errors
+    /// [`MixError::InvalidArgument`] (`target_threshold`) if it is not finite.
+    pub fn with_target_threshold(mut self, threshold: f32) -> Result<Self> {
+        if !threshold.is_finite() {
+            return Err(MixError::InvalidArgument {
+                what: "target_threshold",
+                reason: format!("must be finite, got {threshold}"),
+            });
+        }
+        self.threshold = Some(threshold);
+        Ok(self)
+    }
+
+    /// PyTorch's `weight`: one factor per class, `[C]`, applied to loss and gradient.
+    ///
+    /// # Errors
+    /// [`MixError::LengthMismatch`] unless it holds `C` values; [`MixError::InvalidArgument`]
+    /// (`weight`) if one is not finite.
+    pub fn with_weight(mut self, weight: Vec<f32>) -> Result<Self> {
+        self.check_per_class("weight", &weight)?;
+        self.weight = Some(weight);
+        Ok(self)
+    }
+
+    /// PyTorch's `pos_weight`: the weight of the positive term per class, `[C]`.
+    ///
+    /// # Errors
+    /// As [`with_weight`](Self::with_weight), naming `pos_weight`.
+    pub fn with_pos_weight(mut self, pos_weight: Vec<f32>) -> Result<Self> {
+        self.check_per_class("pos_weight", &pos_weight)?;
+        self.pos_weight = Some(pos_weight);
+        Ok(self)
+    }
+
+    /// timm's `sum_classes`: sum the classes of each sample before the batch mean.
+    pub fn with_sum_classes(mut self, sum_classes: bool) -> Self {
+        self.sum_classes = sum_classes;
+        self
+    }
+
+    fn check_per_class(&self, what: &'static str, v: &[f32]) -> Result<()> {
+        check_len(what, self.targets.num_classes, v.len())?;
+        match v.iter().position(|x| !x.is_finite()) {
+            Some(i) => Err(MixError::InvalidArgument {
+                what,
+                reason: format!("must be finite, got {} for class {i}", v[i]),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Classes and label smoothing.
+    pub fn targets(&self) -> &TargetSpec {
+        &self.targets
+    }
+    /// The reduction.
+    pub fn reduction(&self) -> Reduction {
+        self.reduction
+    }
+    /// The target threshold, if any.
+    pub fn target_threshold(&self) -> Option<f32> {
+        self.threshold
+    }
+    /// The per-class weights, if any (`[C]`).
+    pub fn weight(&self) -> Option<&[f32]> {
+        self.weight.as_deref()
+    }
+    /// The per-class positive weights, if any (`[C]`).
+    pub fn pos_weight(&self) -> Option<&[f32]> {
+        self.pos_weight.as_deref()
+    }
+    /// Whether classes are summed before the batch mean.
+    pub fn sum_classes(&self) -> bool {
+        self.sum_classes
+    }
+
+    /// The number of elements the mean divides by: `B·C`, or `B` with `sum_classes`.
+    pub(crate) fn mean_count(&self, batch: usize) -> f64 {
+        if self.sum_classes {
+            batch as f64
+        } else {
+            batch as f64 * self.targets.num_classes as f64
+        }
+    }
+
+    /// The reduced loss from the per-sample sums `Σ L_i`.
+    pub(crate) fn reduce(&self, sum: f64, batch: usize) -> f64 {
+        match self.reduction {
+            Reduction::Sum => sum,
+            Reduction::Mean | Reduction::None => sum / self.mean_count(batch).max(1.0),
+        }
+    }
+
+    /// The factor of every element's gradient before the upstream gradient.
+    pub(crate) fn grad_factor(&self, batch: usize) -> f32 {
+        match self.reduction {
+            Reduction::Mean => (1.0 / self.mean_count(batch)) as f32,
+            Reduction::Sum | Reduction::None => 1.0,
+        }
+    }
+}
+
+/// Checks a BCE call like [`check_ce`] does a CE call; returns B·C.
+pub(crate) fn check_bce(
+    plan: &MixPlan,
+    spec: &BceSpec,
+    logits_len: usize,
+    upstream: &Upstream<'_>,
+) -> Result<usize> {
+    let ce = CeSpec {
+        targets: spec.targets,
+        reduction: spec.reduction,
+    };
+    check_ce(plan, &ce, logits_len, upstream)
+}
