@@ -56,8 +56,11 @@ use crate::error::MixError;
 use crate::plan::MixPlan;
 use crate::spec::{CeSpec, Layout, Reduction, Upstream};
 
+mod bce;
 #[cfg(feature = "candle-cuda")]
 mod cuda;
+
+pub use bce::mixup_binary_cross_entropy;
 
 impl From<MixError> for Error {
     /// Wraps the crate's error (its message is kept) and captures a backtrace when

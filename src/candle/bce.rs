@@ -1,0 +1,218 @@
+//! The fused mixup binary cross-entropy as a candle op (CPU tensors).
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CustomOp2, DType, Device, Error, Layout as CLayout, Result, Shape, Tensor,
+};
+
+use super::{check_dtype, check_labels_tensor, contiguous, host_labels, same_device};
+use crate::dtype::FloatElement;
+use crate::error::MixError;
+use crate::plan::MixPlan;
+use crate::spec::{BceSpec, Reduction, Upstream};
+
+/// The mixup binary cross-entropy of `logits` (`[B, C]`, f32, f16 or bf16) against the soft
+/// targets of `labels` (`[B]`, u32, i64 or u8) mixed by `plan`: timm's `BinaryCrossEntropy` on
+/// timm's `Mixup` target, as [`BceSpec`] describes it, fused (no target tensor is built).
+///
+/// Returns a scalar for [`Reduction::Mean`] and [`Reduction::Sum`], the per-sample losses
+/// `[B]` (each the sum over classes) for [`Reduction::None`], in the logits' dtype.
+/// `loss.backward()` gives the logits' gradient; the forward pass computes it in the same pass
+/// as the loss for an upstream gradient of 1 and keeps it, and any other upstream gradient
+/// recomputes it in one pass, so every element is rounded once.
+///
+/// # Errors
+/// candle's shape, rank, dtype and device errors for tensors that do not fit; the crate's
+/// [`MixError`] (wrapped) for a plan of another batch and labels out of range;
+/// [`MixError::Unsupported`] for tensors on a GPU (the CUDA kernel of this loss is not part of
+/// this version: move the logits to the CPU, or use `mixup_cross_entropy`).
+///
+/// ```
+/// use candle_core::{Device, Tensor, Var};
+/// use mixup_kernels::candle::mixup_binary_cross_entropy;
+/// use mixup_kernels::{BceSpec, MixPlan, Reduction};
+/// # fn main() -> candle_core::Result<()> {
+/// let logits = Var::new(&[[2f32, 0., -1.], [0., 1., 0.]], &Device::Cpu)?;
+/// let labels = Tensor::new(&[0u32, 1], &Device::Cpu)?;
+/// let plan = MixPlan::from_parts(&[1, 0], &[0.7, 0.7])?;
+/// let spec = BceSpec::new(3, 0.1, Reduction::Mean)?;
+/// let loss = mixup_binary_cross_entropy(logits.as_tensor(), &labels, &plan, &spec)?;
+/// let grad = loss.backward()?.remove(logits.as_tensor()).unwrap();
+/// assert_eq!(grad.dims(), [2, 3]);
+/// # Ok(())
+/// # }
+/// ```
+pub fn mixup_binary_cross_entropy(
+    logits: &Tensor,
+    labels: &Tensor,
+    plan: &MixPlan,
+    spec: &BceSpec,
+) -> Result<Tensor> {
+    const OP: &str = "mixup_kernels::mixup_binary_cross_entropy";
+    let dims = logits.dims();
+    if dims.len() != 2 {
+        return Err(Error::UnexpectedNumberOfDims {
+            expected: 2,
+            got: dims.len(),
+            shape: logits.shape().clone(),
+        }
+        .bt());
+    }
+    check_dtype(logits.dtype(), &[DType::F32, DType::F16, DType::BF16], OP)?;
+    let c = spec.targets().num_classes;
+    if dims[1] != c {
+        return Err(Error::ShapeMismatchBinaryOp {
+            lhs: logits.shape().clone(),
+            rhs: Shape::from((dims[0], c)),
+            op: OP,
+        }
+        .bt());
+    }
+    plan.check_batch(dims[0])?;
+    check_labels_tensor(labels, plan, OP)?;
+    same_device(logits, labels, OP)?;
+    if !logits.device().is_cpu() {
+        return Err(MixError::Unsupported(format!(
+            "{OP} runs on CPU tensors in this version (logits are on {:?})",
+            logits.device().location()
+        ))
+        .into());
+    }
+    crate::spec::check_bce(plan, spec, logits.elem_count(), &Upstream::Scalar(1.0))?;
+    let logits = logits.contiguous()?;
+    let labels = labels.contiguous()?;
+    let track = logits.track_op();
+    let op = MixupBceOp {
+        plan: plan.clone(),
+        spec: spec.clone(),
+        want_grad: track,
+        grad: Mutex::new(None),
+    };
+    let loss = if track {
+        logits.apply_op2_arc(&labels, Arc::new(Box::new(op)))?
+    } else {
+        logits.apply_op2_no_bwd(&labels, &op)?
+    };
+    loss.to_dtype(logits.dtype())
+}
+
+/// The op: f32 output (see `MixupCeOp` for why), the gradient for an upstream of 1 kept from
+/// the forward pass.
+struct MixupBceOp {
+    plan: MixPlan,
+    spec: BceSpec,
+    want_grad: bool,
+    grad: Mutex<Option<Tensor>>,
+}
+
+impl MixupBceOp {
+    /// Loss values (the reduced loss, or per-sample losses) and, if asked, the gradient.
+    fn host<T: FloatElement>(
+        &self,
+        logits: &[T],
+        labels: &[u32],
+        upstream: Upstream<'_>,
+        grad: Option<&mut [T]>,
+    ) -> Result<Vec<f32>> {
+        let (plan, spec) = (&self.plan, &self.spec);
+        let mut losses = vec![0f32; plan.len()];
+        let per_sample = spec.reduction() == Reduction::None;
+        let out = per_sample.then_some(losses.as_mut_slice());
+        let loss = match grad {
+            Some(g) => crate::cpu::mixup_bce(plan, spec, logits, labels, upstream, out, g)?,
+            None => crate::cpu::mixup_bce_forward(plan, spec, logits, labels, out)?,
+        };
+        Ok(if per_sample { losses } else { vec![loss] })
+    }
+
+    fn fwd<T: FloatElement + candle_core::WithDType>(
+        &self,
+        logits: &[T],
+        labels: &[u32],
+    ) -> Result<CpuStorage> {
+        let up = Upstream::Scalar(1.0);
+        let values = if self.want_grad {
+            let mut grad = vec![T::default(); logits.len()];
+            let v = self.host(logits, labels, up, Some(&mut grad))?;
+            let shape = (self.plan.len(), self.spec.targets().num_classes);
+            *self.grad.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(Tensor::from_vec(grad, shape, &Device::Cpu)?);
+            v
+        } else {
+            self.host(logits, labels, up, None)?
+        };
+        Ok(CpuStorage::F32(values))
+    }
+
+    /// The gradient for another upstream gradient, recomputed from the logits in one pass.
+    fn regrad<T: FloatElement + candle_core::WithDType>(
+        &self,
+        logits: &Tensor,
+        labels: &[u32],
+        up: &[f32],
+    ) -> Result<Tensor> {
+        let z: Vec<T> = logits.flatten_all()?.to_vec1()?;
+        let upstream = match self.spec.reduction() {
+            Reduction::None => Upstream::PerSample(up),
+            Reduction::Mean | Reduction::Sum => {
+                Upstream::Scalar(up.first().copied().unwrap_or(1.0))
+            }
+        };
+        let mut grad = vec![T::default(); z.len()];
+        self.host(&z, labels, upstream, Some(&mut grad))?;
+        Tensor::from_vec(grad, logits.shape(), &Device::Cpu)
+    }
+}
+
+impl CustomOp2 for MixupBceOp {
+    fn name(&self) -> &'static str {
+        "mixup-kernels-mixup-bce"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &CLayout,
+        s2: &CpuStorage,
+        l2: &CLayout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let labels = host_labels(s2, l2, name)?;
+        let out = match s1 {
+            CpuStorage::F32(v) => self.fwd(contiguous(v, l1, name)?, &labels)?,
+            CpuStorage::F16(v) => self.fwd(contiguous(v, l1, name)?, &labels)?,
+            CpuStorage::BF16(v) => self.fwd(contiguous(v, l1, name)?, &labels)?,
+            other => return Err(Error::UnsupportedDTypeForOp(other.dtype(), name).bt()),
+        };
+        let shape = match self.spec.reduction() {
+            Reduction::None => Shape::from(self.plan.len()),
+            Reduction::Mean | Reduction::Sum => Shape::from(()),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let up: Vec<f32> = grad_res.flatten_all()?.to_vec1()?;
+        let kept = self.grad.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(g) = kept.filter(|_| up.iter().all(|&u| u == 1.0)) {
+            return Ok((Some(g), None));
+        }
+        let labels: Vec<u32> = labels.to_dtype(DType::U32)?.to_vec1()?;
+        let logits = logits.detach();
+        let g = match logits.dtype() {
+            DType::F32 => self.regrad::<f32>(&logits, &labels, &up)?,
+            DType::F16 => self.regrad::<half::f16>(&logits, &labels, &up)?,
+            DType::BF16 => self.regrad::<half::bf16>(&logits, &labels, &up)?,
+            other => return Err(Error::UnsupportedDTypeForOp(other, self.name()).bt()),
+        };
+        Ok((Some(g), None))
+    }
+}
