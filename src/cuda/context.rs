@@ -17,7 +17,8 @@ use crate::dtype::DType;
 use crate::error::{MixError, Result};
 
 use super::cache::DiskCache;
-use super::nvrtc::{self, ModuleSource, Target, MODULES};
+use super::entries::{Kernel, Unit, KERNELS};
+use super::nvrtc::{self, Target};
 
 /// Maps a cudarc driver error to [`MixError::Driver`].
 pub(crate) fn driver_err(context: &'static str) -> impl Fn(DriverError) -> MixError {
@@ -174,9 +175,10 @@ pub struct UnitLoad {
     pub time: Duration,
 }
 
-pub(crate) struct Unit {
+/// A loaded unit: its module and its functions, indexed by [`Kernel`].
+pub(crate) struct Loaded {
     _module: Arc<CudaModule>,
-    funcs: Vec<(&'static str, CudaFunction)>,
+    funcs: [Option<CudaFunction>; KERNELS],
 }
 
 /// The CUDA side of the crate: one device, one stream, the kernels compiled for the device's
@@ -211,7 +213,7 @@ pub struct CudaMixer {
     smem_optin: u32,
     cache: DiskCache,
     extra: Vec<String>,
-    units: Mutex<HashMap<&'static str, Arc<Unit>>>,
+    units: Mutex<HashMap<Unit, Arc<Loaded>>>,
     loads: Mutex<Vec<UnitLoad>>,
     /// `[0]`: labels found out of range; `[1]`: blocks done (cross-entropy's last-block sum).
     flags: CudaSlice<u32>,
@@ -492,8 +494,10 @@ impl CudaMixer {
     /// # }
     /// ```
     pub fn preload(&self, dtype: DType) -> Result<()> {
-        for unit in units_for(dtype) {
-            self.unit(unit)?;
+        for unit in Unit::ALL {
+            if matches!(unit, Unit::Entry(_, d) if d == dtype) {
+                self.unit(unit)?;
+            }
         }
         Ok(())
     }
@@ -592,34 +596,36 @@ impl CudaMixer {
         self.smem_optin
     }
 
-    /// The function `entry` of kernel unit `unit`, compiling or loading the unit on first use.
-    pub(crate) fn function(&self, unit: &'static str, entry: &str) -> Result<CudaFunction> {
-        let u = self.unit(unit)?;
-        u.funcs
-            .iter()
-            .find(|(n, _)| *n == entry)
-            .map(|(_, f)| f.clone())
-            .ok_or_else(|| MixError::Compile {
-                module: unit.to_string(),
-                log: format!("the compiled unit has no kernel named `{entry}`"),
-            })
+    /// The function of `kernel` for `dtype`, compiling or loading its unit on first use. Once
+    /// loaded: a lock, a hash of two small enums and an `Arc` clone; no allocation.
+    pub(crate) fn function(&self, kernel: Kernel, dtype: DType) -> Result<CudaFunction> {
+        let unit = Unit::of(kernel, dtype);
+        let found = match kernel.name(dtype) {
+            Some(_) => self.unit(unit)?.funcs[kernel as usize].clone(),
+            None => None,
+        };
+        found.ok_or_else(|| {
+            MixError::Unsupported(format!(
+                "no `{}` kernel for {}",
+                kernel.prefix(),
+                dtype.name()
+            ))
+        })
     }
 
-    fn unit(&self, unit: &'static str) -> Result<Arc<Unit>> {
+    fn unit(&self, unit: Unit) -> Result<Arc<Loaded>> {
         // Held while compiling: two threads asking for the same unit compile it once.
         let mut units = lock(&self.units);
-        if let Some(u) = units.get(unit) {
+        if let Some(u) = units.get(&unit) {
             return Ok(u.clone());
         }
         let t0 = Instant::now();
-        let module = module_of(unit).ok_or_else(|| MixError::InvalidArgument {
-            what: "kernel unit",
-            reason: format!("no kernel module defines `{unit}`"),
-        })?;
-        let options = nvrtc::options(self.target, &format!("MIXUP_ONLY_{unit}"), &self.extra);
+        let module = unit.module();
+        let name = unit.name();
+        let options = nvrtc::options(self.target, &format!("MIXUP_ONLY_{name}"), &self.extra);
         let path = self
             .cache
-            .path(unit, module.hash, self.target, self.nvrtc, &options);
+            .path(name, module.hash, self.target, self.nvrtc, &options);
         let cached = path.as_deref().and_then(DiskCache::load);
         let (loaded, source) = match cached.map(|img| self.load_image(unit, img)) {
             Some(Ok(m)) => (m, UnitSource::DiskCache),
@@ -627,7 +633,7 @@ impl CudaMixer {
             // cannot see, e.g. written by another driver): compile and overwrite.
             _ => {
                 let compiled = guard("compiling with NVRTC", || {
-                    nvrtc::compile(module, unit, self.target, &options)
+                    nvrtc::compile(module, name, self.target, &options)
                 })??;
                 if let Some(p) = &path {
                     DiskCache::store(p, &compiled.image);
@@ -638,14 +644,14 @@ impl CudaMixer {
         let u = Arc::new(loaded);
         units.insert(unit, u.clone());
         lock(&self.loads).push(UnitLoad {
-            unit,
+            unit: name,
             source,
             time: t0.elapsed(),
         });
         Ok(u)
     }
 
-    fn load_image(&self, unit: &'static str, image: Vec<u8>) -> Result<Unit> {
+    fn load_image(&self, unit: Unit, image: Vec<u8>) -> Result<Loaded> {
         let ptx = match self.target {
             Target::Sm(_) => Ptx::from_binary(image),
             Target::Compute(_) => {
@@ -658,20 +664,21 @@ impl CudaMixer {
             MixError::Driver {
                 context: "loading a kernel module",
                 message: format!(
-                    "{e} (unit `{unit}` for {}; a driver older than NVRTC {}.{} may reject its \
+                    "{e} (unit `{}` for {}; a driver older than NVRTC {}.{} may reject its \
                      output: update the driver or use an NVRTC no newer than it)",
+                    unit.name(),
                     self.target.arch(),
                     self.nvrtc.0,
                     self.nvrtc.1
                 ),
             }
         })?;
-        let mut funcs = Vec::new();
-        for &entry in entries_of(unit) {
+        let mut funcs: [Option<CudaFunction>; KERNELS] = std::array::from_fn(|_| None);
+        for (kernel, entry) in unit.entries() {
             let f = module
                 .load_function(entry)
                 .map_err(driver_err("finding a kernel in its module"))?;
-            if entry.starts_with("ce_block_") {
+            if kernel == Kernel::CeBlock {
                 // The block kernel keeps part of a row in dynamic shared memory: allow up to the
                 // device's opt-in limit (minus the kernel's static shared memory).
                 let static_smem = f.shared_size_bytes().unwrap_or(0).max(0) as u32;
@@ -682,9 +689,9 @@ impl CudaMixer {
                 )
                 .map_err(driver_err("raising the shared-memory limit"))?;
             }
-            funcs.push((entry, f));
+            funcs[kernel as usize] = Some(f);
         }
-        Ok(Unit {
+        Ok(Loaded {
             _module: module,
             funcs,
         })
@@ -695,106 +702,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves consistent data (maps and buffers are
     // replaced whole), so poisoning is ignored.
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The module a unit's source is in.
-pub fn module_of(unit: &str) -> Option<&'static ModuleSource> {
-    let name = if unit.starts_with("mix_") {
-        "mix"
-    } else if unit.starts_with("soft_targets_") {
-        "soft_targets"
-    } else if unit.starts_with("ce_") {
-        "mixup_ce"
-    } else if unit.starts_with("naive_") {
-        "naive"
-    } else {
-        return None;
-    };
-    MODULES.iter().find(|m| m.name == name)
-}
-
-/// The kernel entries a unit defines (a unit is one entry, except the naive kernels of one
-/// dtype, compiled together).
-pub fn entries_of(unit: &str) -> &'static [&'static str] {
-    macro_rules! naive {
-        ($dt:literal) => {
-            &[
-                concat!("naive_gather_", $dt),
-                concat!("naive_lerp_", $dt),
-                concat!("naive_paste_", $dt),
-                concat!("naive_blend_", $dt),
-                concat!("naive_log_softmax_", $dt),
-                concat!("naive_grad_", $dt),
-                "naive_one_hot",
-                "naive_row_loss",
-                "naive_reduce",
-            ]
-        };
-    }
-    match unit {
-        "naive_f32" => naive!("f32"),
-        "naive_f16" => naive!("f16"),
-        "naive_bf16" => naive!("bf16"),
-        "naive_u8" => &[
-            "naive_gather_u8",
-            "naive_lerp_u8",
-            "naive_paste_u8",
-            "naive_one_hot",
-            "naive_row_loss",
-            "naive_reduce",
-        ],
-        _ => ALL_UNITS
-            .iter()
-            .find(|u| **u == unit)
-            .map(std::slice::from_ref)
-            .unwrap_or(&[]),
-    }
-}
-
-/// Every compilation unit, by module.
-pub const ALL_UNITS: &[&str] = &[
-    "mix_gather_f32",
-    "mix_pairs_f32",
-    "mix_gather_f16",
-    "mix_pairs_f16",
-    "mix_gather_bf16",
-    "mix_pairs_bf16",
-    "mix_gather_u8",
-    "mix_pairs_u8",
-    "soft_targets_f32",
-    "soft_targets_f16",
-    "soft_targets_bf16",
-    "ce_warp_f32",
-    "ce_block_f32",
-    "ce_online_f32",
-    "ce_warp_f16",
-    "ce_block_f16",
-    "ce_online_f16",
-    "ce_warp_bf16",
-    "ce_block_bf16",
-    "ce_online_bf16",
-    "naive_f32",
-    "naive_f16",
-    "naive_bf16",
-    "naive_u8",
-];
-
-/// The fused-kernel units an operation on `dtype` may need (not the naive ones).
-pub(crate) fn units_for(dtype: DType) -> impl Iterator<Item = &'static str> {
-    ALL_UNITS
-        .iter()
-        .copied()
-        .filter(move |u| !u.starts_with("naive_") && u.ends_with(&format!("_{}", dtype.name())))
-}
-
-/// The unit name `<op>_<dtype>` as a static string.
-pub(crate) fn unit_name(op: &str, dtype: DType) -> &'static str {
-    let want = format!("{op}_{}", dtype.name());
-    ALL_UNITS
-        .iter()
-        .copied()
-        .find(|u| *u == want)
-        .unwrap_or("unknown_unit")
 }
 
 #[cfg(test)]
@@ -853,28 +760,5 @@ mod tests {
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{text}");
         assert!(text.contains("1 passed"), "{text}");
-    }
-
-    #[test]
-    fn every_unit_has_a_module_and_entries() {
-        for u in ALL_UNITS {
-            let m = module_of(u).unwrap_or_else(|| panic!("{u}"));
-            assert!(
-                m.source.contains(&format!("MIXUP_ONLY_{u}")),
-                "{u} is not guarded in {}.cu",
-                m.name
-            );
-            assert!(!entries_of(u).is_empty(), "{u}");
-            for e in entries_of(u) {
-                assert!(
-                    m.source.contains(e.trim_end_matches(|c: char| c != '_')),
-                    "{e}"
-                );
-            }
-        }
-        assert_eq!(units_for(DType::BF16).count(), 6);
-        assert_eq!(units_for(DType::U8).count(), 2);
-        assert_eq!(unit_name("ce_block", DType::F16), "ce_block_f16");
-        assert!(module_of("nothing").is_none());
     }
 }

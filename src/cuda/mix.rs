@@ -8,7 +8,8 @@ use crate::dtype::{DType, Element};
 use crate::error::{check_len, checked_product, MixError, Result};
 use crate::spec::{check_mix, Layout};
 
-use super::context::{driver_err, unit_name, CudaMixer};
+use super::context::{driver_err, CudaMixer};
+use super::entries::Kernel;
 use super::plan::DevicePlan;
 
 /// Threads per block of the mix kernels (`MIX_NT`).
@@ -137,8 +138,12 @@ pub(crate) unsafe fn launch(
     args.x = x;
     args.out = out;
     args.plan = plan.device_ptr_for(m)?;
-    let unit = unit_name(if pairs { "mix_pairs" } else { "mix_gather" }, dtype);
-    let f = m.function(unit, unit)?;
+    let kernel = if pairs {
+        Kernel::MixPairs
+    } else {
+        Kernel::MixGather
+    };
+    let f = m.function(kernel, dtype)?;
     let cfg = LaunchConfig {
         grid_dim: (grid_for(args.items), 1, 1),
         block_dim: (MIX_THREADS, 1, 1),

@@ -21,7 +21,8 @@ use crate::dtype::{DType, FloatElement};
 use crate::error::{check_len, MixError, Result};
 use crate::spec::{check_ce, CeSpec, Reduction, Upstream};
 
-use super::context::{driver_err, unit_name, CudaMixer};
+use super::context::{driver_err, CudaMixer};
+use super::entries::Kernel;
 use super::mix::MAX_GRID;
 use super::plan::DevicePlan;
 use super::soft_targets::require_float;
@@ -110,11 +111,11 @@ pub(crate) enum CeStrategy {
 
 impl CeStrategy {
     /// Kernel family (`ce_warp`, `ce_block`, `ce_online`).
-    pub(crate) fn kernel(&self) -> &'static str {
+    pub(crate) fn kernel(&self) -> Kernel {
         match self {
-            CeStrategy::Warp { .. } => "ce_warp",
-            CeStrategy::Block { .. } => "ce_block",
-            CeStrategy::Online { .. } => "ce_online",
+            CeStrategy::Warp { .. } => Kernel::CeWarp,
+            CeStrategy::Block { .. } => Kernel::CeBlock,
+            CeStrategy::Online { .. } => Kernel::CeOnline,
         }
     }
 
@@ -213,7 +214,7 @@ pub fn ce_launch(
 ) -> (&'static str, u32, u32, LaunchConfig) {
     let s = ce_strategy(classes, elem_size, smem_optin, forward_only);
     (
-        s.kernel(),
+        s.kernel().prefix(),
         s.group(),
         s.smem_slots(),
         s.launch_config(batch),
@@ -309,8 +310,7 @@ pub(crate) unsafe fn launch(
         group: strategy.group(),
         smem_slots: strategy.smem_slots(),
     };
-    let unit = unit_name(strategy.kernel(), dtype);
-    let f = m.function(unit, unit)?;
+    let f = m.function(strategy.kernel(), dtype)?;
     // SAFETY: `args` matches `CeArgs`; addresses valid per the contract; the block kernel's
     // shared-memory limit was raised when it was loaded.
     unsafe {

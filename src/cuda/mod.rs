@@ -49,6 +49,7 @@
 
 mod cache;
 pub(crate) mod context;
+mod entries;
 mod mix;
 mod mixup_ce;
 pub mod naive;
@@ -96,18 +97,26 @@ pub use cudarc;
 /// ```
 pub use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut};
 
-/// Kernel sources and the NVRTC compiler, for tests and tools (not a stable API).
+/// Kernel sources, names and the NVRTC compiler, for tests and tools (not a stable API).
 #[doc(hidden)]
 pub mod kernels {
-    pub use super::context::{entries_of, ALL_UNITS};
+    pub use super::entries::{unit_named, Kernel, Unit, UNIT_NAMES};
     pub use super::mixup_ce::ce_launch;
     pub use super::nvrtc::{
         compile, defines_entry, options, supported_archs, version, Compiled, ModuleSource, Target,
         MODULES,
     };
 
-    /// The module whose source defines `unit`.
+    /// Every unit's name (`MIXUP_ONLY_<name>` selects it in the sources), from [`Unit::ALL`].
+    pub const ALL_UNITS: &[&str] = &UNIT_NAMES;
+
+    /// The entry names of the unit named `unit` (none for an unknown name).
+    pub fn entries_of(unit: &str) -> Vec<&'static str> {
+        unit_named(unit).map_or_else(Vec::new, |u| u.entries().map(|(_, n)| n).collect())
+    }
+
+    /// The module whose source defines the unit named `unit`.
     pub fn module_of(unit: &str) -> Option<&'static ModuleSource> {
-        super::context::module_of(unit)
+        unit_named(unit).map(Unit::module)
     }
 }

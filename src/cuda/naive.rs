@@ -30,11 +30,12 @@ use cudarc::driver::{
 };
 
 use crate::config::TargetSpec;
-use crate::dtype::{Element, FloatElement};
+use crate::dtype::{DType, Element, FloatElement};
 use crate::error::{check_len, checked_product, MixError, Result};
 use crate::spec::{check_ce, check_mix, CeSpec, Layout, Reduction, Upstream};
 
 use super::context::{driver_err, CudaMixer};
+use super::entries::Kernel;
 use super::mix::MAX_GRID;
 use super::plan::DevicePlan;
 
@@ -52,10 +53,6 @@ fn per_row(rows: u64) -> LaunchConfig {
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     }
-}
-
-fn unit<T: Element>() -> &'static str {
-    super::context::unit_name("naive", T::DTYPE)
 }
 
 /// Scratch tensors of the naive soft targets and cross-entropy (all f32, `[B, C]` or `[B]`).
@@ -141,7 +138,6 @@ pub fn mix<T: Element>(
     if n == 0 {
         return Ok(());
     }
-    let u = unit::<T>();
     let s = mixer.stream();
     let pp = plan.device_ptr_for(mixer)?;
     let (xp, _a) = x.device_ptr(s);
@@ -152,9 +148,8 @@ pub fn mix<T: Element>(
     let a = super::mix::mix_args(layout, T::DTYPE, plan.len(), plan.len())?;
     let (layout_code, c, h, w) = (a.layout, a.channels, a.height, a.width);
     let image = u32::from(layout_code != 0);
-    let name = |op: &str| format!("naive_{op}_{}", T::DTYPE.name());
-    let gather = mixer.function(u, &name("gather"))?;
-    let lerp = mixer.function(u, &name("lerp"))?;
+    let gather = mixer.function(Kernel::NaiveGather, T::DTYPE)?;
+    let lerp = mixer.function(Kernel::NaiveLerp, T::DTYPE)?;
     // SAFETY: argument lists match kernels/naive.cu; buffers hold n elements each.
     unsafe {
         s.launch_builder(&gather)
@@ -176,7 +171,7 @@ pub fn mix<T: Element>(
             .launch(elementwise(n))
             .map_err(driver_err("launching naive lerp"))?;
         if image != 0 && plan.plan().has_cutmix() {
-            let paste = mixer.function(u, &name("paste"))?;
+            let paste = mixer.function(Kernel::NaivePaste, T::DTYPE)?;
             s.launch_builder(&paste)
                 .arg(&tp)
                 .arg(&op)
@@ -233,10 +228,9 @@ pub fn soft_targets<T: FloatElement>(
         });
     }
     let s = mixer.stream();
-    let u = unit::<T>();
     let (op, _o) = out.device_ptr_mut(s);
     one_hots(mixer, plan, labels, spec, bufs)?;
-    let blend = mixer.function(u, &format!("naive_blend_{}", T::DTYPE.name()))?;
+    let blend = mixer.function(Kernel::NaiveBlend, T::DTYPE)?;
     let (y1, _a) = bufs.y1.device_ptr(s);
     let (y2, _b) = bufs.y2.device_ptr(s);
     let pp = plan.device_ptr_for(mixer)?;
@@ -264,7 +258,7 @@ fn one_hots(
     bufs: &mut NaiveBuffers,
 ) -> Result<()> {
     let s = mixer.stream();
-    let f = mixer.function("naive_f32", "naive_one_hot")?;
+    let f = mixer.function(Kernel::NaiveOneHot, DType::F32)?;
     let (lp, _l) = labels.device_ptr(s);
     let pp = plan.device_ptr_for(mixer)?;
     let c = spec.num_classes as u64;
@@ -350,13 +344,12 @@ pub fn mixup_ce<T: FloatElement>(
             .map_err(driver_err("writing the loss"))?;
         return Ok(());
     }
-    let u = unit::<T>();
-    let dt = T::DTYPE.name();
+    let dt = T::DTYPE;
     let (b, c) = (plan.len() as u64, spec.targets.num_classes as u64);
     let n = b * c;
     // Soft targets in f32: one-hot twice, blend into `t`.
     one_hots(mixer, plan, labels, &spec.targets, bufs)?;
-    let blend = mixer.function("naive_f32", "naive_blend_f32")?;
+    let blend = mixer.function(Kernel::NaiveBlend, DType::F32)?;
     let (lp, _l) = logits.device_ptr(s);
     let (gp, _g) = grad.device_ptr_mut(s);
     let (lossp, _ls) = loss.device_ptr_mut(s);
@@ -366,10 +359,10 @@ pub fn mixup_ce<T: FloatElement>(
     let (logp, _p) = bufs.logp.device_ptr_mut(s);
     let (losses, _r) = bufs.losses.device_ptr_mut(s);
     let pp = plan.device_ptr_for(mixer)?;
-    let log_softmax = mixer.function(u, &format!("naive_log_softmax_{dt}"))?;
-    let row_loss = mixer.function(u, "naive_row_loss")?;
-    let reduce = mixer.function(u, "naive_reduce")?;
-    let gradk = mixer.function(u, &format!("naive_grad_{dt}"))?;
+    let log_softmax = mixer.function(Kernel::NaiveLogSoftmax, dt)?;
+    let row_loss = mixer.function(Kernel::NaiveRowLoss, dt)?;
+    let reduce = mixer.function(Kernel::NaiveReduce, dt)?;
+    let gradk = mixer.function(Kernel::NaiveGrad, dt)?;
     let mean = u32::from(spec.reduction == Reduction::Mean);
     let scale = spec.reduction.grad_factor(plan.len());
     // SAFETY: argument lists match kernels/naive.cu; buffers hold B·C (or B) elements.

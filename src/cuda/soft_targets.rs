@@ -8,7 +8,8 @@ use crate::config::TargetSpec;
 use crate::dtype::{DType, FloatElement};
 use crate::error::{check_len, checked_product, MixError, Result};
 
-use super::context::{driver_err, unit_name, CudaMixer};
+use super::context::{driver_err, CudaMixer};
+use super::entries::Kernel;
 use super::mix::{grid_for, MIX_CHUNK_SLOTS};
 use super::plan::DevicePlan;
 
@@ -81,8 +82,7 @@ pub(crate) unsafe fn launch(
         eps: spec.smoothing,
         off: spec.off_value(),
     };
-    let unit = unit_name("soft_targets", dtype);
-    let f = m.function(unit, unit)?;
+    let f = m.function(Kernel::SoftTargets, dtype)?;
     let cfg = LaunchConfig {
         grid_dim: (grid_for(args.items), 1, 1),
         block_dim: (256, 1, 1),
