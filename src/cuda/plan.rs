@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
+use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{
-    CudaSlice, CudaStream, DevicePtr, DeviceRepr, PinnedHostSlice, ValidAsZeroBits,
+    CudaEvent, CudaSlice, CudaStream, DevicePtr, DeviceRepr, PinnedHostSlice, ValidAsZeroBits,
 };
 
 use crate::error::{MixError, Result};
@@ -35,9 +36,10 @@ const LEADERS_PER_ENTRY: usize = 8;
 /// is normally immediate, but CUDA only promises that such a copy *may* return before the
 /// device has run it: the driver is allowed to wait for the stream. For a guarantee, use
 /// [`DevicePlan::with_pinned_staging`]: the copy reads from page-locked memory and is truly
-/// asynchronous; two staging buffers alternate, and writing one waits (on an event, not on
-/// the device) for the copy made from it two uploads ago, which has long finished in a
-/// training loop.
+/// asynchronous; two staging buffers alternate, and writing one waits (on an event recorded
+/// after the copy, not on the whole device) for the copy made from it two uploads ago, which
+/// has long finished in a training loop. A host running more than two uploads ahead of the
+/// device blocks there instead of overwriting a plan whose copy is still queued.
 ///
 /// A failed `upload` (out of memory, say) leaves the plan unusable: operations refuse it until
 /// an upload succeeds.
@@ -72,7 +74,7 @@ pub struct DevicePlan {
     buf: Option<CudaSlice<PlanEntry>>,
     host: MixPlan,
     staging: Vec<PlanEntry>,
-    pinned: Option<[Option<PinnedHostSlice<PlanEntry>>; 2]>,
+    pinned: Option<[Option<Staging>; 2]>,
     next_pinned: usize,
     pairs: usize,
     /// Whether the last upload succeeded (operations refuse the plan otherwise).
@@ -91,14 +93,51 @@ impl std::fmt::Debug for DevicePlan {
     }
 }
 
-/// Pair leaders of an involution: `i` with `i <= partner(i)`, ascending. Empty for other plans.
-pub(crate) fn pair_leaders(entries: &[PlanEntry], involution: bool) -> Vec<u32> {
-    if !involution {
-        return Vec::new();
+/// A page-locked staging buffer and an event recorded on the stream after each copy that reads
+/// it.
+///
+/// The event is ours because cudarc 0.19 records a `PinnedHostSlice`'s own event only when the
+/// context is in multi-stream mode (after `CudaContext::new_stream`); on a context's default
+/// stream, waiting on that event returns at once, and the host could rewrite the buffer while
+/// its copy is still queued.
+struct Staging {
+    host: PinnedHostSlice<PlanEntry>,
+    /// Recorded after the last copy from `host`; never recorded: complete.
+    read: CudaEvent,
+}
+
+impl Staging {
+    fn new(stream: &Arc<CudaStream>, len: usize) -> Result<Self> {
+        let what = "allocating pinned staging memory";
+        // Blocking sync, as cudarc's own pinned event: a host far ahead sleeps instead of
+        // spinning a core the data loader may want.
+        let read = stream
+            .context()
+            .new_event(Some(CUevent_flags::CU_EVENT_BLOCKING_SYNC))
+            .map_err(driver_err(what))?;
+        // SAFETY: zero-filled below before anything reads it.
+        let mut host =
+            unsafe { stream.context().alloc_pinned::<PlanEntry>(len) }.map_err(driver_err(what))?;
+        let ptr = host.as_mut_ptr().map_err(driver_err(what))?;
+        // SAFETY: `ptr` addresses `len` entries of a fresh allocation; all-zero bits are a valid
+        // PlanEntry.
+        unsafe { std::ptr::write_bytes(ptr, 0, len) };
+        Ok(Self { host, read })
     }
-    (0..entries.len() as u32)
-        .filter(|&i| i <= entries[i as usize].partner)
-        .collect()
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // The page-locked memory is freed right after this: no copy may still read it.
+        let ctx = self.read.context().clone();
+        ctx.record_err(self.read.synchronize());
+    }
+}
+
+/// Pair leaders of an involution: `i` with `i <= partner(i)`, ascending. Empty for other plans.
+fn pair_leaders(entries: &[PlanEntry], involution: bool) -> impl Iterator<Item = u32> + '_ {
+    let n = if involution { entries.len() } else { 0 };
+    (0..n as u32).filter(|&i| i <= entries[i as usize].partner)
 }
 
 /// Entries plus leader slots, as uploaded.
@@ -107,26 +146,35 @@ pub(crate) fn staged_len(batch: usize, pairs: usize) -> usize {
     batch + pairs.div_ceil(LEADERS_PER_ENTRY)
 }
 
-/// Writes the plan and its leaders into `out` (cleared first).
+/// Writes the plan and its leaders into `out` (cleared first; no allocation once `out` has
+/// grown to the batch). Returns the number of leaders.
 pub(crate) fn stage(plan: &MixPlan, out: &mut Vec<PlanEntry>) -> usize {
+    let slot = |w: [u32; LEADERS_PER_ENTRY]| PlanEntry {
+        partner: w[0],
+        lam: f32::from_bits(w[1]),
+        cut: w[2],
+        y0: w[3],
+        y1: w[4],
+        x0: w[5],
+        x1: w[6],
+        pad: w[7],
+    };
     out.clear();
     out.extend_from_slice(plan.entries());
-    let leaders = pair_leaders(plan.entries(), plan.is_involution());
-    for chunk in leaders.chunks(LEADERS_PER_ENTRY) {
-        let mut w = [0u32; LEADERS_PER_ENTRY];
-        w[..chunk.len()].copy_from_slice(chunk);
-        out.push(PlanEntry {
-            partner: w[0],
-            lam: f32::from_bits(w[1]),
-            cut: w[2],
-            y0: w[3],
-            y1: w[4],
-            x0: w[5],
-            x1: w[6],
-            pad: w[7],
-        });
+    let mut w = [0u32; LEADERS_PER_ENTRY];
+    let mut count = 0;
+    for i in pair_leaders(plan.entries(), plan.is_involution()) {
+        w[count % LEADERS_PER_ENTRY] = i;
+        count += 1;
+        if count % LEADERS_PER_ENTRY == 0 {
+            out.push(slot(w));
+            w = [0; LEADERS_PER_ENTRY];
+        }
     }
-    leaders.len()
+    if count % LEADERS_PER_ENTRY != 0 {
+        out.push(slot(w));
+    }
+    count
 }
 
 impl DevicePlan {
@@ -219,59 +267,55 @@ impl DevicePlan {
         // Both buffers grow to `n.next_power_of_two().max(64)` entries, the smallest such size
         // holding `n`.
         let grown = |n: usize| n.next_power_of_two().max(64);
-        let pinned = match self.pinned.as_mut() {
-            None => None,
-            Some(bufs) => {
-                let slot = &mut bufs[self.next_pinned];
-                self.next_pinned ^= 1;
-                if slot.as_ref().is_none_or(|p| p.len() < n) {
-                    let cap = grown(n);
-                    // SAFETY: zero-filled below before anything reads it.
-                    let mut p = unsafe { self.stream.context().alloc_pinned::<PlanEntry>(cap) }
-                        .map_err(driver_err("allocating pinned staging memory"))?;
-                    let ptr = p
-                        .as_mut_ptr()
-                        .map_err(driver_err("allocating pinned staging memory"))?;
-                    // SAFETY: `ptr` addresses `cap` entries of a fresh allocation; all-zero bits
-                    // are a valid PlanEntry.
-                    unsafe { std::ptr::write_bytes(ptr, 0, cap) };
-                    *slot = Some(p);
-                }
-                slot.as_mut()
-            }
-        };
-        // cudarc copies a pinned buffer whole: the device range must be as long as it.
-        let len = pinned.as_ref().map_or(n, |p| p.len());
-        if self.buf.as_ref().is_none_or(|b| b.len() < len) {
+        if self.buf.as_ref().is_none_or(|b| b.len() < n) {
             // Grow with headroom so a slowly growing batch does not reallocate every step. The
             // old buffer is freed in stream order, after the kernels that read it.
             // SAFETY: every element a kernel reads is written by the copy below first.
-            let buf = unsafe { self.stream.alloc::<PlanEntry>(grown(len)) }
+            let buf = unsafe { self.stream.alloc::<PlanEntry>(grown(n)) }
                 .map_err(driver_err("allocating the device plan"))?;
             self.buf = Some(buf);
         }
         let Some(buf) = self.buf.as_mut() else {
             unreachable!("allocated above")
         };
-        let Some(mut dst) = buf.try_slice_mut(0..len) else {
-            unreachable!("the buffer holds at least `len` entries")
+        let Some(mut dst) = buf.try_slice_mut(0..n) else {
+            unreachable!("the buffer holds at least `n` entries")
         };
-        match pinned {
-            None => self
+        let copy_err = driver_err("copying the plan to the device");
+        let Some(bufs) = self.pinned.as_mut() else {
+            // Pageable: the driver has taken the bytes when this returns.
+            return self
                 .stream
                 .memcpy_htod(&self.staging[..], &mut dst)
-                .map_err(driver_err("copying the plan to the device")),
-            Some(pinned) => {
-                // Waits (on an event) for the copy that last read this buffer.
-                let host = pinned
-                    .as_mut_slice()
-                    .map_err(driver_err("waiting for the previous plan copy"))?;
-                host[..n].copy_from_slice(&self.staging);
-                self.stream
-                    .memcpy_htod(&*pinned, &mut dst)
-                    .map_err(driver_err("copying the plan to the device"))
-            }
+                .map_err(copy_err);
+        };
+        let slot = &mut bufs[self.next_pinned];
+        self.next_pinned ^= 1;
+        if slot.as_ref().is_none_or(|p| p.host.len() < n) {
+            // Dropping the old buffer waits for its last copy.
+            *slot = None;
+            *slot = Some(Staging::new(&self.stream, grown(n))?);
         }
+        let Some(st) = slot.as_mut() else {
+            unreachable!("allocated above")
+        };
+        // The copy made from this buffer two uploads ago must have run before it is rewritten.
+        st.read
+            .synchronize()
+            .map_err(driver_err("waiting for the previous plan copy"))?;
+        let host = st
+            .host
+            .as_mut_slice()
+            .map_err(driver_err("waiting for the previous plan copy"))?;
+        host[..n].copy_from_slice(&self.staging);
+        // From page-locked memory the driver does not take the bytes now: the DMA reads them
+        // when the stream reaches the copy, which is what `read` (recorded next) tells.
+        self.stream
+            .memcpy_htod(&host[..n], &mut dst)
+            .map_err(copy_err)?;
+        st.read
+            .record(&self.stream)
+            .map_err(driver_err("recording the plan copy"))
     }
 
     /// Batch size of the uploaded plan.
@@ -417,5 +461,37 @@ mod tests {
         assert_eq!(staged.len(), 3);
         // 17 pairs need 3 leader slots.
         assert_eq!(staged_len(34, 17), 37);
+    }
+
+    #[test]
+    fn leaders_fill_slots_of_eight() {
+        // 34 samples in 17 pairs (i, 33 - i): leaders 0..=16, in slots of 8, 8 and 1.
+        let partner: Vec<usize> = (0..34).map(|i| 33 - i).collect();
+        let plan = MixPlan::from_parts(&partner, &[0.5; 34]).unwrap();
+        let mut staged = Vec::new();
+        assert_eq!(stage(&plan, &mut staged), 17);
+        assert_eq!(staged.len(), staged_len(34, 17));
+        let words: Vec<u32> = staged[34..]
+            .iter()
+            .flat_map(|e| {
+                [
+                    e.partner,
+                    e.lam.to_bits(),
+                    e.cut,
+                    e.y0,
+                    e.y1,
+                    e.x0,
+                    e.x1,
+                    e.pad,
+                ]
+            })
+            .collect();
+        let mut want: Vec<u32> = (0..17).collect();
+        want.resize(24, 0);
+        assert_eq!(words, want);
+        // Staging again reuses the allocation.
+        let cap = staged.capacity();
+        stage(&plan, &mut staged);
+        assert_eq!(staged.capacity(), cap);
     }
 }
