@@ -37,47 +37,73 @@ struct alignas(16) v16 {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Conversions.
+// PTX conversions, one function per instruction. On the device, inline PTX; in the host
+// emulation (kernels/emu, MIXUP_HOST_EMU), host versions of the same instructions (emu::cvt_*
+// in kernels/emu/shim.h: round to nearest even, overflow to inf, subnormals kept, any NaN to the
+// canonical 0x7fff as the device gives it), so the emulation takes the same sm_75 and sm_80+
+// branches below as the device: scripts/emulate.sh builds it once per __CUDA_ARCH__ (750, 800,
+// 900). The sm_80 instructions exist only for sm_80+, in the emulation as on the device, so a
+// use on the sm_75 path fails to build in both.
 
 #ifdef MIXUP_HOST_EMU
-// Host emulation (kernels/emu, scripts/emulate.sh): the compiler's _Float16 rounds to nearest
-// even like cvt.rn.f16.f32.
-DEV float f16_to_f32(u16 h) {
-    _Float16 v;
-    memcpy(&v, &h, 2);
-    return (float)v;
-}
-DEV u16 f32_to_f16(float f) {
-    _Float16 v = (_Float16)f;
-    u16 h;
-    memcpy(&h, &v, 2);
-    return h;
-}
+#ifndef __CUDA_ARCH__
+#error "the emulation builds each kernel unit for one __CUDA_ARCH__ (scripts/emulate.sh)"
+#endif
+DEV float ptx_cvt_f32_f16(u16 h) { return emu::cvt_f32_f16(h); }
+DEV u16 ptx_cvt_rn_f16_f32(float f) { return emu::cvt_rn_f16_f32(f); }
+#if __CUDA_ARCH__ >= 800
+DEV u16 ptx_cvt_rn_bf16_f32(float f) { return emu::cvt_rn_bf16_f32(f); }
+// PTX's operand order: `a` goes to the upper half of the result, `b` to the lower.
+DEV u32 ptx_cvt_rn_f16x2_f32(float a, float b) { return emu::cvt_rn_f16x2_f32(a, b); }
+DEV u32 ptx_cvt_rn_bf16x2_f32(float a, float b) { return emu::cvt_rn_bf16x2_f32(a, b); }
+#endif
 #else
-DEV float f16_to_f32(u16 h) {
+DEV float ptx_cvt_f32_f16(u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
 }
-
-DEV u16 f32_to_f16(float f) {
+DEV u16 ptx_cvt_rn_f16_f32(float f) {
     u16 h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
+#if __CUDA_ARCH__ >= 800
+DEV u16 ptx_cvt_rn_bf16_f32(float f) {
+    u16 r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
+    return r;
+}
+// PTX's operand order: `a` goes to the upper half of the result, `b` to the lower.
+DEV u32 ptx_cvt_rn_f16x2_f32(float a, float b) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(a), "f"(b));
+    return r;
+}
+DEV u32 ptx_cvt_rn_bf16x2_f32(float a, float b) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(a), "f"(b));
+    return r;
+}
 #endif
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Conversions.
+
+DEV float f16_to_f32(u16 h) { return ptx_cvt_f32_f16(h); }
+DEV u16 f32_to_f16(float f) { return ptx_cvt_rn_f16_f32(f); }
 
 // bf16 -> f32 is exact: the bf16 bits are the high half of the f32 bits.
 DEV float bf16_to_f32(u16 b) { return __uint_as_float(((u32)b) << 16); }
 
 DEV u16 f32_to_bf16(float f) {
 #if __CUDA_ARCH__ >= 800
-    u16 r;
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
-    return r;
+    return ptx_cvt_rn_bf16_f32(f);
 #else
     // sm_75 has no bf16 conversion instruction: round to nearest even in integer arithmetic,
-    // exactly as the `half` crate does (NaN stays NaN: keep the high bits, set the quiet bit).
+    // exactly as the `half` crate does (NaN stays NaN: keep the high bits, set the quiet bit;
+    // sm_80's instruction gives the canonical 0x7fff instead, also a NaN).
     u32 x = __float_as_uint(f);
     if ((x & 0x7fffffffu) > 0x7f800000u) return (u16)((x >> 16) | 0x40u);
     return (u16)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
@@ -87,9 +113,7 @@ DEV u16 f32_to_bf16(float f) {
 // Two f32 to a packed pair (lo in bits 0..15, hi in bits 16..31).
 DEV u32 pack_f16x2(float lo, float hi) {
 #if __CUDA_ARCH__ >= 800
-    u32 r;
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
+    return ptx_cvt_rn_f16x2_f32(hi, lo);
 #else
     return (u32)f32_to_f16(lo) | ((u32)f32_to_f16(hi) << 16);
 #endif
@@ -97,9 +121,7 @@ DEV u32 pack_f16x2(float lo, float hi) {
 
 DEV u32 pack_bf16x2(float lo, float hi) {
 #if __CUDA_ARCH__ >= 800
-    u32 r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
+    return ptx_cvt_rn_bf16x2_f32(hi, lo);
 #else
     return (u32)f32_to_bf16(lo) | ((u32)f32_to_bf16(hi) << 16);
 #endif

@@ -354,29 +354,35 @@ DEV void ce_warp(const CeArgs& g) {
 #define ce_smem ((v16*)emu_dynamic_smem())
 #else
 extern __shared__ v16 ce_smem[];
+#endif
 
-DEV u32 smem_u32(const void* p) {
+// cp.async (sm_80+): in the emulation, the engine's model of it (the source read when issued,
+// the destination garbage until the thread's wait; kernels/emu/shim.h).
+#if __CUDA_ARCH__ >= 800
+#ifdef MIXUP_HOST_EMU
+DEV void ptx_cp_async_cg_16(v16* dst, const void* src) { emu::cp_async_16(dst, src); }
+DEV void ptx_cp_async_wait_all() { emu::cp_async_wait_all(); }
+#else
+DEV void ptx_cp_async_cg_16(v16* dst, const void* src) {
     u64 a;
-    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
-    return (u32)a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((u32)a), "l"(src) : "memory");
 }
+DEV void ptx_cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+#endif
 #endif
 
 DEV void smem_fill(const void* src, v16* dst) {
-#if defined(MIXUP_HOST_EMU)
-    emu::cp_async_16(dst, src);  // the cp.async path: the destination is valid after smem_wait
-#elif __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_u32(dst)), "l"(src) : "memory");
+#if __CUDA_ARCH__ >= 800
+    ptx_cp_async_cg_16(dst, src);  // the destination is valid after smem_wait
 #else
     *dst = ld_v16(src);
 #endif
 }
 
 DEV void smem_wait() {
-#if defined(MIXUP_HOST_EMU)
-    emu::cp_async_wait_all();
-#elif __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_all;" ::: "memory");
+#if __CUDA_ARCH__ >= 800
+    ptx_cp_async_wait_all();
 #endif
 }
 

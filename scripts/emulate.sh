@@ -4,8 +4,9 @@
 # under AddressSanitizer and UBSan, with every 16-byte access checked for alignment, against
 # independently computed expected results. No GPU, no CUDA toolkit: a C++17 compiler with
 # _Float16 (g++ >= 12, clang >= 15) is enough. Arguments go to the emulator (see
-# kernels/emu/main.cpp: --queries, --launches FILE, --only engine|mix|ce|naive). Prints
-# "N passed, M failed" last.
+# kernels/emu/main.cpp: --queries, --launches FILE, --only engine|mix|ce|naive). Runs the
+# emulation once per device generation (see EMU_ARCHS below) and prints "N passed, M failed"
+# over all of them last.
 #
 # An object is rebuilt only when its sources, this script or the compiler change.
 set -euo pipefail
@@ -15,12 +16,16 @@ flags=(-std=c++17 -O1 -g1 -ffp-contract=off -fno-fast-math -fsanitize=address,un
     -fno-sanitize-recover=undefined -Wall -Wno-unused-function -Wno-unknown-pragmas)
 key="$(printf '%s\n' "$root" "$cxx" "${flags[*]}" "$("$cxx" --version 2>/dev/null | head -1)" | cksum | cut -d' ' -f1)"
 dir="${TMPDIR:-/tmp}/mixup-kernels-emulate-$key"
-bin="$dir/emulate"
-# Each unit with the kernel sources it includes (it is rebuilt when they, a header or this
-# script change).
-declare -A cu=([test_ce]="mixup_ce.cu" [test_naive]="naive.cu" [test_mix]="mix.cu soft_targets.cu"
-    [engine]="" [test_engine]="" [main]="")
-units=(test_ce test_naive test_mix engine test_engine main)
+# The units that include kernel sources are built once per __CUDA_ARCH__ (EMU_ARCHS, default
+# "750 800 900": the T4 path, the A100 path, the H100/H200 path), so the emulation runs the
+# branches each device runs (sm_80+: cp.async, the bf16 and packed conversions); the others
+# (the engine, its tests, main) once. An arch whose kernel units preprocess to the same text as
+# an earlier arch's (today sm_90 = sm_80: no branch tells them apart) would build the same
+# binary: it is not built or run again, and the output says so.
+archs=(${EMU_ARCHS:-750 800 900})
+declare -A cu=([test_ce]="mixup_ce.cu" [test_naive]="naive.cu" [test_mix]="mix.cu soft_targets.cu")
+kunits=(test_ce test_naive test_mix)
+units=(engine test_engine main)
 mkdir -p "$dir"
 # One build at a time (two test processes may run this at once).
 if command -v flock >/dev/null; then
@@ -30,19 +35,55 @@ fi
 stamp="$dir/flags"
 [[ -f "$stamp" && "$(cat "$stamp")" == "${flags[*]}" ]] || printf '%s' "${flags[*]}" >"$stamp"
 
+# deps UNIT: the files an object of UNIT is built from.
+deps() {
+    local d=("$root/kernels/emu/$1.cpp" "$root"/kernels/emu/*.h "$root"/kernels/*.cuh "${BASH_SOURCE[0]}" "$stamp")
+    for k in ${cu[$1]:-}; do d+=("$root/kernels/$k"); done
+    printf '%s\n' "${d[@]}"
+}
+# stale OUT UNIT: whether OUT is missing or older than one of UNIT's sources.
+stale() {
+    [[ -f "$1" ]] || return 0
+    local f
+    while read -r f; do [[ "$f" -nt "$1" ]] && return 0; done < <(deps "$2")
+    return 1
+}
+
+# Which arch each arch's run is (itself, or an earlier arch with the same preprocessed kernels).
+declare -A same=()
+declare -A sig_of=()
+for a in "${archs[@]}"; do
+    mkdir -p "$dir/sm$a"
+    sig="$dir/sm$a/signature"
+    s=0
+    for u in "${kunits[@]}"; do stale "$sig" "$u" && s=1; done
+    if [[ $s == 1 ]]; then
+        for u in "${kunits[@]}"; do "$cxx" -std=c++17 -E -P -D__CUDA_ARCH__="$a" "$root/kernels/emu/$u.cpp"; done |
+            cksum >"$sig.tmp"
+        mv "$sig.tmp" "$sig"
+    fi
+    sig_of[$a]="$(cat "$sig")"
+    same[$a]=$a
+    for b in "${archs[@]}"; do
+        [[ $b == "$a" ]] && break
+        if [[ "${same[$b]}" == "$b" && "${sig_of[$b]}" == "${sig_of[$a]}" ]]; then same[$a]=$b; break; fi
+    done
+done
+
+# Objects to build: "OBJ UNIT ARCH" (ARCH empty for the shared units).
+jobs=()
+for u in "${units[@]}"; do stale "$dir/$u.o" "$u" && jobs+=("$dir/$u.o $u -"); done
+for a in "${archs[@]}"; do
+    [[ "${same[$a]}" == "$a" ]] || continue
+    for u in "${kunits[@]}"; do stale "$dir/sm$a/$u.o" "$u" && jobs+=("$dir/sm$a/$u.o $u $a"); done
+done
 pids=()
-relink=0
-for u in "${units[@]}"; do
-    obj="$dir/$u.o"
-    deps=("$root/kernels/emu/$u.cpp" "$root"/kernels/emu/*.h "$root"/kernels/*.cuh "${BASH_SOURCE[0]}" "$stamp")
-    for k in ${cu[$u]}; do deps+=("$root/kernels/$k"); done
-    stale=0
-    [[ -f "$obj" ]] || stale=1
-    for f in "${deps[@]}"; do [[ $stale == 1 || "$f" -nt "$obj" ]] && stale=1; done
-    [[ $stale == 1 ]] || continue
-    relink=1
+for j in "${jobs[@]}"; do
+    read -r obj u a <<<"$j"
+    def=()
+    [[ $a == - ]] || def=(-D__CUDA_ARCH__="$a")
     # Two compilations at a time.
-    "$cxx" "${flags[@]}" -c -o "$obj" "$root/kernels/emu/$u.cpp" &
+    "$cxx" "${flags[@]}" "${def[@]}" -c -o "$obj" "$root/kernels/emu/$u.cpp" &
     pids+=($!)
     if (( ${#pids[@]} >= 2 )); then
         wait "${pids[0]}"
@@ -50,11 +91,57 @@ for u in "${units[@]}"; do
     fi
 done
 for p in "${pids[@]}"; do wait "$p"; done
-if [[ $relink == 1 || ! -x "$bin" ]]; then
+run=()
+for a in "${archs[@]}"; do
+    [[ "${same[$a]}" == "$a" ]] || continue
+    bin="$dir/sm$a/emulate"
     objs=()
     for u in "${units[@]}"; do objs+=("$dir/$u.o"); done
-    "$cxx" "${flags[@]}" -o "$bin.tmp" "${objs[@]}"
-    mv "$bin.tmp" "$bin"
-fi
+    for u in "${kunits[@]}"; do objs+=("$dir/sm$a/$u.o"); done
+    relink=0
+    [[ -x "$bin" ]] || relink=1
+    for o in "${objs[@]}"; do [[ "$o" -nt "$bin" ]] && relink=1; done
+    if [[ $relink == 1 ]]; then
+        "$cxx" "${flags[@]}" -o "$bin.tmp" "${objs[@]}"
+        mv "$bin.tmp" "$bin"
+    fi
+    run+=("$a")
+done
+
 # ASan's leak check would only report the fiber stacks' bookkeeping; the buffers are freed.
-ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}" exec "$bin" "$@"
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}"
+# The launch list does not depend on the arch: one binary answers it.
+if [[ " $* " == *" --queries "* ]]; then exec "$dir/sm${run[0]}/emulate" "$@"; fi
+# The arches run side by side (EMU_SERIAL=1: one after another), each into its own log; the
+# logs are printed in order, then the sum over all of them.
+for a in "${run[@]}"; do
+    if [[ -n "${EMU_SERIAL:-}" ]]; then
+        "$dir/sm$a/emulate" "$@" >"$dir/sm$a/log" 2>&1 && echo 0 >"$dir/sm$a/rc" || echo $? >"$dir/sm$a/rc"
+    else
+        ( "$dir/sm$a/emulate" "$@" >"$dir/sm$a/log" 2>&1 && echo 0 >"$dir/sm$a/rc" || echo $? >"$dir/sm$a/rc" ) &
+    fi
+done
+wait
+rc=0 passed=0 failed=0
+for a in "${archs[@]}"; do
+    if [[ "${same[$a]}" != "$a" ]]; then
+        echo "== sm_${a%0}: the kernels preprocess to the same text as for sm_${same[$a]%0}: its run covers sm_${a%0}"
+        continue
+    fi
+    echo "== sm_${a%0} (__CUDA_ARCH__ $a)"
+    cat "$dir/sm$a/log"
+    r="$(cat "$dir/sm$a/rc")"
+    [[ $r == 0 ]] || rc=$r
+    line="$(tail -n 1 "$dir/sm$a/log")"
+    if [[ "$line" =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
+        passed=$((passed + BASH_REMATCH[1]))
+        failed=$((failed + BASH_REMATCH[2]))
+    else
+        echo "sm_${a%0}: the emulator stopped early (exit $r)"
+        failed=$((failed + 1))
+        [[ $r == 0 ]] && rc=1
+    fi
+done
+echo "total over __CUDA_ARCH__ ${run[*]}"
+echo "$passed passed, $failed failed"
+exit "$rc"

@@ -195,3 +195,42 @@ fn a_syntax_error_names_the_kernel_and_carries_the_log() {
     let opts = options(Target::Sm(75), "MIXUP_ONLY_soft_targets_bf16", &[]);
     assert!(compile(m, "soft_targets_bf16", Target::Sm(75), &opts).is_ok());
 }
+
+#[test]
+fn the_arch_branches_the_emulation_runs_are_the_ones_nvrtc_compiles() {
+    if !nvrtc_present() {
+        return;
+    }
+    // scripts/emulate.sh runs the kernels with __CUDA_ARCH__ 750, 800 and 900, taking the same
+    // `#if __CUDA_ARCH__ >= 800` branches as here: the sm_80 code has cp.async and the bf16 /
+    // packed conversions, the sm_75 code has none of them (so the emulation's host versions of
+    // those instructions stand for what the device runs).
+    for (entry, needles) in [
+        (
+            "ce_block_bf16",
+            &[
+                "cp.async.cg.shared.global",
+                "cp.async.wait_all",
+                "cvt.rn.bf16x2.f32",
+                "cvt.rn.bf16.f32",
+            ][..],
+        ),
+        ("ce_block_f16", &["cvt.rn.f16x2.f32"][..]),
+    ] {
+        let m = module_of(entry).unwrap();
+        for arch in [75u32, 80, 90] {
+            let define = format!("MIXUP_ONLY_{entry}");
+            let opts = options(Target::Compute(arch), &define, &[]);
+            let c = compile(m, entry, Target::Compute(arch), &opts).unwrap();
+            let ptx = String::from_utf8_lossy(&c.image);
+            for n in needles {
+                assert_eq!(
+                    ptx.contains(n),
+                    arch >= 80,
+                    "{entry} for compute_{arch}: `{n}` {}",
+                    if arch >= 80 { "missing" } else { "present" }
+                );
+            }
+        }
+    }
+}

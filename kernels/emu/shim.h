@@ -23,6 +23,9 @@
 // - `cp.async` (hooked under MIXUP_HOST_EMU) reads its 16-byte source when issued, fills the
 //   destination with 0x7b bytes and copies at the thread's `cp.async.wait_all`, so a read
 //   before the wait sees garbage; a copy never waited for is a failure.
+// - `__CUDA_ARCH__` is set per build (scripts/emulate.sh: 750, 800, 900), so the kernels take
+//   the branches a T4, an A100 or an H100/H200 takes; the PTX instructions of those branches
+//   (conversions, cp.async) have host versions below and in the engine.
 // - Atomics are plain read-modify-writes (one thread runs at a time).
 // - exp2 / log2 / exp / log are libm's (the device uses approximations with relative error
 //   about 2^-22: the tests' tolerances allow for that, so the same bounds hold on the device).
@@ -118,6 +121,52 @@ int failures();
 void set_quiet(bool quiet);
 
 enum { SHFL_IDX = 0, SHFL_UP = 1, SHFL_DOWN = 2, SHFL_XOR = 3 };
+
+// The PTX conversions kernels/common.cuh uses (ptx_cvt_*), bit for bit as the device runs them:
+// round to nearest even, overflow to inf, subnormals kept (no .ftz), and any NaN to the
+// canonical NaN (f16 and bf16 0x7fff, f32 0x7fffffff; the device's cvt does this, and
+// cuda_fp16.hpp / cuda_bf16.hpp's host conversions reproduce it). Checked against a rounding
+// computed in f64 in test_engine.cpp.
+inline uint32_t f32_bits(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    return x;
+}
+inline bool f32_is_nan(float f) { return (f32_bits(f) & 0x7fffffffu) > 0x7f800000u; }
+// cvt.f32.f16 (exact).
+inline float cvt_f32_f16(uint16_t h) {
+    if ((h & 0x7fffu) > 0x7c00u) {
+        const uint32_t nan = 0x7fffffffu;
+        float f;
+        std::memcpy(&f, &nan, 4);
+        return f;
+    }
+    _Float16 v;
+    std::memcpy(&v, &h, 2);
+    return (float)v;
+}
+// cvt.rn.f16.f32: the compiler's _Float16 conversion rounds to nearest even (IEEE 754).
+inline uint16_t cvt_rn_f16_f32(float f) {
+    if (f32_is_nan(f)) return 0x7fffu;
+    const _Float16 v = (_Float16)f;
+    uint16_t h;
+    std::memcpy(&h, &v, 2);
+    return h;
+}
+// cvt.rn.bf16.f32 (sm_80+): bf16 is the high half of an f32, so rounding to nearest even is an
+// integer add of 0x7fff plus the lowest kept bit; a carry into the exponent gives inf correctly.
+inline uint16_t cvt_rn_bf16_f32(float f) {
+    if (f32_is_nan(f)) return 0x7fffu;
+    const uint32_t x = f32_bits(f);
+    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+// cvt.rn.f16x2.f32 d, a, b / cvt.rn.bf16x2.f32 d, a, b (sm_80+): a to the upper half of d.
+inline uint32_t cvt_rn_f16x2_f32(float a, float b) {
+    return ((uint32_t)cvt_rn_f16_f32(a) << 16) | cvt_rn_f16_f32(b);
+}
+inline uint32_t cvt_rn_bf16x2_f32(float a, float b) {
+    return ((uint32_t)cvt_rn_bf16_f32(a) << 16) | cvt_rn_bf16_f32(b);
+}
 
 }  // namespace emu
 

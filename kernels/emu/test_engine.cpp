@@ -1,5 +1,6 @@
 // The engine itself (engine.cpp): warp shuffles against the CUDA Programming Guide's rules,
-// barriers and shared memory, the scheduling policies, and the misuse it must report.
+// barriers and shared memory, the scheduling policies, and the misuse it must report; and the
+// host versions of the PTX conversions (shim.h), bit for bit.
 #include "check.h"
 
 #include <numeric>
@@ -211,10 +212,108 @@ void test_misuse() {
     check(ok, "cp.async: garbage before the wait, the source after");
 }
 
+// The host versions of the PTX conversions (shim.h emu::cvt_*) against rounding done another
+// way: the two neighbours of the value among all finite f16 / bf16 values (the one past the
+// largest stands for inf, as IEEE's overflow rule has it), the nearer in f64, ties to the even
+// one. Edge values, every rounding tie near the ends of the ranges, and random bit patterns.
+double f16_value(uint16_t h) {  // finite f16 bits -> value, decoded by hand
+    const int e = (h >> 10) & 31, m = h & 1023;
+    const double v = e == 0 ? std::ldexp(m, -24) : std::ldexp(1024 + m, e - 25);
+    return (h & 0x8000) ? -v : v;
+}
+
+uint16_t round_by_neighbours(float f, bool bf16) {
+    const double v = std::fabs((double)f);
+    const uint16_t sign = std::signbit(f) ? 0x8000 : 0;
+    // Magnitudes in increasing order; index 0x7c00 (f16) / 0x7f80 (bf16) is inf, valued as the
+    // next power of two past the largest finite value.
+    const uint16_t inf = bf16 ? 0x7f80 : 0x7c00;
+    auto value = [&](uint16_t k) -> double {
+        if (k == inf) return bf16 ? std::ldexp(1.0, 128) : 65536.0;
+        if (bf16) {
+            uint32_t x = (uint32_t)k << 16;
+            float g;
+            std::memcpy(&g, &x, 4);
+            return (double)g;
+        }
+        return f16_value(k);
+    };
+    if (v >= value(inf)) return sign | inf;
+    uint16_t lo = 0, hi = inf;  // value(lo) <= v < value(hi)
+    while (hi - lo > 1) {
+        const uint16_t mid = (uint16_t)((lo + hi) / 2);
+        (value(mid) <= v ? lo : hi) = mid;
+    }
+    const double dl = v - value(lo), dh = value(hi) - v;
+    const uint16_t r = dl < dh ? lo : (dh < dl ? hi : ((lo & 1) ? hi : lo));
+    return sign | r;
+}
+
+float bits_f32(uint32_t x) {
+    float f;
+    std::memcpy(&f, &x, 4);
+    return f;
+}
+
+void test_conversions() {
+    std::vector<uint32_t> xs = {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7f7fffffu, 0xff7fffffu,
+                                0x00800000u, 0x00000001u, 0x807fffffu, 0x7f7f8000u, 0x7f7f7fffu, 0x7f7e8000u,
+                                0x3f808000u, 0x3f818000u, 0x3f80c000u, 0x00008000u, 0x00018000u, 0x477fefffu,
+                                0x477ff000u, 0x477fe000u, 0x33000000u, 0x33000001u, 0x33c00000u, 0x38800000u,
+                                0x387fe000u, 0x387ff000u, 0xc77ff000u, 0x3f7fffffu};
+    std::mt19937_64 rng(17);
+    for (int i = 0; i < 200000; ++i) xs.push_back((uint32_t)rng());
+    // Values in the f16 range with every rounding case: a random f16 and random dropped bits.
+    for (int i = 0; i < 200000; ++i) {
+        const uint32_t h = (uint32_t)(rng() % 0x7c00u);
+        float f = (float)f16_value((uint16_t)h);
+        uint32_t x;
+        std::memcpy(&x, &f, 4);
+        x = (x & ~0x1fffu) | (i % 4 == 0 ? 0x1000u : (uint32_t)(rng() & 0x1fffu));  // ties too
+        xs.push_back(x | (rng() & 1 ? 0x80000000u : 0));
+    }
+    int bad_bf16 = 0, bad_f16 = 0, bad_pack = 0;
+    for (const uint32_t x : xs) {
+        const float f = bits_f32(x);
+        const bool nan = (x & 0x7fffffffu) > 0x7f800000u;
+        const uint16_t want_bf = nan ? 0x7fff : round_by_neighbours(f, true);
+        const uint16_t want_h = nan ? 0x7fff : round_by_neighbours(f, false);
+        if (emu::cvt_rn_bf16_f32(f) != want_bf && bad_bf16++ < 3)
+            check(false, fmt("cvt.rn.bf16.f32(%08x) = %04x, expected %04x", x, emu::cvt_rn_bf16_f32(f), want_bf));
+        if (emu::cvt_rn_f16_f32(f) != want_h && bad_f16++ < 3)
+            check(false, fmt("cvt.rn.f16.f32(%08x) = %04x, expected %04x", x, emu::cvt_rn_f16_f32(f), want_h));
+    }
+    check(bad_bf16 == 0, "cvt.rn.bf16.f32 against rounding to the nearer neighbour");
+    check(bad_f16 == 0, "cvt.rn.f16.f32 against rounding to the nearer neighbour");
+    // Packed: a to the upper half, b to the lower.
+    for (size_t i = 0; i + 1 < xs.size(); i += 97) {
+        const float a = bits_f32(xs[i]), b = bits_f32(xs[i + 1]);
+        bad_pack += emu::cvt_rn_f16x2_f32(a, b) != (((uint32_t)emu::cvt_rn_f16_f32(a) << 16) | emu::cvt_rn_f16_f32(b));
+        bad_pack += emu::cvt_rn_bf16x2_f32(a, b) != (((uint32_t)emu::cvt_rn_bf16_f32(a) << 16) | emu::cvt_rn_bf16_f32(b));
+    }
+    check(emu::cvt_rn_f16x2_f32(1.0f, 2.0f) == 0x3c004000u && emu::cvt_rn_bf16x2_f32(1.0f, -2.0f) == 0x3f80c000u,
+          "packed conversions put their first operand in the upper half");
+    check(bad_pack == 0, "packed conversions are two scalar ones");
+    // cvt.f32.f16: exact for every finite and infinite f16, NaN to the canonical f32 NaN.
+    int bad_widen = 0;
+    for (uint32_t h = 0; h < 0x10000u; ++h) {
+        const float got = emu::cvt_f32_f16((uint16_t)h);
+        uint32_t gb;
+        std::memcpy(&gb, &got, 4);
+        const bool nan = (h & 0x7fffu) > 0x7c00u, inf = (h & 0x7fffu) == 0x7c00u;
+        const bool ok = nan ? gb == 0x7fffffffu
+                            : (inf ? std::isinf(got) && std::signbit(got) == (h >> 15 == 1)
+                                   : (double)got == f16_value((uint16_t)h) && std::signbit(got) == (h >> 15 == 1));
+        bad_widen += !ok;
+    }
+    check(bad_widen == 0, fmt("cvt.f32.f16: %d of 65536 values wrong", bad_widen));
+}
+
 }  // namespace
 
 void test_engine() {
     test_shuffles();
     test_barriers();
     test_misuse();
+    test_conversions();
 }
