@@ -1,11 +1,13 @@
 //! GPU benchmark: fused kernels vs the naive unfused kernels vs a device-to-device copy of the
-//! same bytes, in one run, on the grid of issue 3. Without a GPU it says so and exits 0.
+//! same bytes, in one run, on the grid of issue 3. Without a GPU it says so and exits 0, or
+//! fails (exit code 1) when `MIXUP_REQUIRE_GPU=1` (the GPU session sets it).
 //!
 //!     cargo bench --bench gpu                  # everything
 //!     cargo bench --bench gpu -- mix           # rows whose op name contains "mix"
 //!     cargo bench --bench gpu -- --quick       # fewer repetitions, smaller mix batches
 //!
-//! (Or run the bench binary built by scripts/gpu-bundle.sh: `.gpu/bench-gpu [filter] [--quick]`.)
+//! (Or run the bench binary built by scripts/gpu-bundle.sh: `.gpu/bench-gpu [filter] [--quick]`;
+//! scripts/gpu/run.sh A runs it on the GPU machine.)
 //!
 //! Method: CUDA events around each call, warm-up first, the median of many repetitions (each
 //! synchronized, so launch latency counts as it does in a training step); inputs larger than
@@ -607,7 +609,11 @@ fn main() {
     let mixer = match CudaMixer::new(0) {
         Ok(m) => m,
         Err(e) => {
-            println!("GPU benchmark skipped: no CUDA device ({e})");
+            if std::env::var("MIXUP_REQUIRE_GPU").as_deref() == Ok("1") {
+                eprintln!("error: MIXUP_REQUIRE_GPU=1 but no usable GPU: {e}");
+                std::process::exit(1);
+            }
+            println!("GPU benchmark SKIPPED: no CUDA device ({e})");
             return;
         }
     };
@@ -644,8 +650,10 @@ fn main() {
     };
     println!("| op | dtype | shape | variant | median µs | min–max µs | GB/s at floor | vs copy |");
     println!("|---|---|---|---|---|---|---|---|");
+    let errors = std::cell::Cell::new(0usize);
     let report = |what: &str, r: Res<()>| {
         if let Err(e) = r {
+            errors.set(errors.get() + 1);
             println!("| {what} | error: {e} | | | | | | |");
         }
     };
@@ -677,7 +685,15 @@ fn main() {
     }
     if b.wanted("first") {
         if let Err(e) = bench_first_call() {
+            errors.set(errors.get() + 1);
             println!("first-call benchmark failed: {e}");
         }
+    }
+    if errors.get() > 0 {
+        eprintln!(
+            "error: {} benchmark group(s) failed (rows marked error)",
+            errors.get()
+        );
+        std::process::exit(1);
     }
 }

@@ -1,27 +1,35 @@
 #!/usr/bin/env bash
-# Builds the GPU test and benchmark binaries here (no GPU or CUDA toolkit needed: kernels are
-# compiled at run time by NVRTC) and copies them, with a runner script, into .gpu/ (git-ignored),
-# to carry to the GPU machine. docs/gpu.md has the commands to run there.
+# Builds here (no GPU or CUDA toolkit needed: kernels are compiled at run time by NVRTC) what the
+# GPU machine runs, into the git-ignored folder .gpu/ that the device tool carries
+# (carry=[".gpu"]); the runner, scripts/gpu/run.sh, travels with the repository.
 #
-#   bash scripts/gpu-bundle.sh            # then carry .gpu (device tool: carry=[".gpu"])
+#   bash scripts/gpu-bundle.sh                # test + bench binaries, Liger-Kernel's wheel
+#   bash scripts/gpu-bundle.sh --with-nvrtc   # + libnvrtc 13.0 (xz, ~30 MB), only if the GPU
+#                                             #   machine turned out to lack it
+#   bash scripts/gpu-bundle.sh --dry-run      # + runs both modes here, without a GPU
 #
-# Binaries are built without debug info and stripped: everything that travels must fit in
-# 64 MiB.
+# .gpu/ holds: test-<name> (lib, cuda_plan, cuda_mix, cuda_soft_targets, cuda_mixup_ce),
+# bench-gpu, whl/liger_kernel-*.whl, COMMIT, and with --with-nvrtc nvrtc/*.xz. Binaries are built
+# without debug info and stripped; everything that travels must fit in 64 MiB.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+with_nvrtc=0 dry_run=0
+for a in "$@"; do
+    case $a in
+        --with-nvrtc) with_nvrtc=1 ;;
+        --dry-run) dry_run=1 ;;
+        *) echo "usage: $0 [--with-nvrtc] [--dry-run]" >&2; exit 2 ;;
+    esac
+done
 out=.gpu
 rm -rf "$out"
-mkdir -p "$out"
+mkdir -p "$out/whl"
 
 export CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_BENCH_DEBUG=0
 
-tests=(cuda_mix cuda_soft_targets cuda_mixup_ce kernels_compile)
-args=(--release --no-run --message-format=json --lib)
-for t in "${tests[@]}"; do args+=(--test "$t"); done
-
-# Cargo prints one JSON object per artifact; test executables have profile.test = true.
+# Cargo prints one JSON object per artifact; test and bench executables carry "executable".
 pick() {
     python3 -c '
 import json, sys
@@ -32,72 +40,49 @@ for line in sys.stdin:
         continue
     if m.get("reason") == "compiler-artifact" and m.get("executable"):
         kind = m["target"]["kind"][0]
-        name = "lib" if kind == "lib" else m["target"]["name"]
-        print(name, m["executable"])
+        print("lib" if kind == "lib" else m["target"]["name"], m["executable"])
 '
 }
 
-echo "building test binaries..." >&2
-cargo test "${args[@]}" | pick | while read -r name exe; do
-    cp "$exe" "$out/test-$name"
-done
+tests=(cuda_plan cuda_mix cuda_soft_targets cuda_mixup_ce)
+args=(--release --no-run --message-format=json --lib)
+for t in "${tests[@]}"; do args+=(--test "$t"); done
+echo "building the test binaries..." >&2
+cargo test "${args[@]}" | pick | while read -r name exe; do cp "$exe" "$out/test-$name"; done
 echo "building the benchmark..." >&2
-cargo bench --no-run --bench gpu --message-format=json | pick | while read -r name exe; do
-    cp "$exe" "$out/bench-$name"
-done
-if command -v strip >/dev/null; then strip "$out"/test-* "$out"/bench-* 2>/dev/null || true; fi
+cargo bench --no-run --bench gpu --message-format=json | pick |
+    while read -r name exe; do cp "$exe" "$out/bench-$name"; done
+strip "$out"/test-* "$out"/bench-*
+for t in lib "${tests[@]}"; do [[ -x "$out/test-$t" ]] || { echo "error: test-$t not built" >&2; exit 1; }; done
+[[ -x "$out/bench-gpu" ]] || { echo "error: bench-gpu not built" >&2; exit 1; }
+git rev-parse HEAD >"$out/COMMIT"
+git diff --quiet HEAD -- src tests benches kernels || echo "(built with uncommitted changes)" >>"$out/COMMIT"
 
-cat >"$out/run.sh" <<'EOF'
-#!/usr/bin/env bash
-# Runs on the GPU machine from the repository root: bash .gpu/run.sh tests|sanitize|bench|torch|all
-# Writes logs under $OUT (or .gpu/logs) and prints a summary last.
-set -uo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-logs="${OUT:-$here/logs}"
-mkdir -p "$logs"
-# NVRTC 13: from the CUDA toolkit or the pip wheel in the image, whichever is found first.
-if [[ -z "${MIXUP_NVRTC_LIB:-}" ]]; then
-    for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
-             $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
-        if compgen -G "$d/libnvrtc.so.13*" >/dev/null; then MIXUP_NVRTC_LIB="$d"; break; fi
+# Liger-Kernel is not installed on the GPU machine: carry its wheel (pure Python, no deps needed
+# beyond torch and triton, which are there).
+python3 -m pip download -q --no-deps --only-binary=:all: -d "$out/whl" "liger-kernel" >&2 ||
+    echo "warning: could not download Liger-Kernel's wheel; the baseline will run without it" >&2
+
+if [[ $with_nvrtc == 1 ]]; then
+    lib="$(bash scripts/nvrtc.sh)"
+    mkdir -p "$out/nvrtc"
+    for f in libnvrtc.so.13 libnvrtc-builtins.so.13.0; do
+        echo "compressing $f (a few minutes on 2 cores)..." >&2
+        xz -T0 -6 -c "$lib/$f" >"$out/nvrtc/$f.xz"
     done
-    : "${MIXUP_NVRTC_LIB:=$(dirname "$(find / -name 'libnvrtc.so.13' -not -path '*/proc/*' 2>/dev/null | head -1)")}"
 fi
-export LD_LIBRARY_PATH="$MIXUP_NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export MIXUP_REQUIRE_GPU=1 MIXUP_REQUIRE_NVRTC=1 MIXUP_KERNELS_CACHE="$here/cache"
-echo "NVRTC from $MIXUP_NVRTC_LIB"; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
-summary=()
-step() { # name, command...
-    local name=$1; shift
-    local t0=$SECONDS
-    "$@" >"$logs/$name.log" 2>&1
-    local rc=$?
-    summary+=("$name: rc=$rc ($((SECONDS - t0)) s) $(grep -E '^test result|ERROR SUMMARY|passed|failed' "$logs/$name.log" | tail -1)")
-    tail -5 "$logs/$name.log"
-}
-tests() {
-    for t in "$here"/test-*; do step "$(basename "$t")" "$t" --test-threads=1; done
-}
-sanitize() {
-    local cs; cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-    for tool in memcheck racecheck; do
-        for t in cuda_mix cuda_soft_targets cuda_mixup_ce; do
-            step "$tool-$t" "$cs" --tool "$tool" --error-exitcode 99 "$here/test-$t" --test-threads=1 ${MIXUP_SANITIZE_FILTER:-}
-        done
+
+du -b "$out"/* "$out"/*/* 2>/dev/null | sort -n >&2
+total=$(du -sb "$out" | cut -f1)
+echo "total: $((total / 1024 / 1024)) MiB of the 64 MiB that may travel (with the tracked tree)" >&2
+if ((total > 56 * 1024 * 1024)); then
+    echo "error: .gpu is too large to carry with the working tree" >&2
+    exit 1
+fi
+
+if [[ $dry_run == 1 ]]; then
+    for m in A B; do
+        echo "===== dry run of mode $m (no GPU here: steps must fail fast or say SKIPPED)" >&2
+        OUT="target/gpu-dry/$m" bash scripts/gpu/run.sh "$m" || true
     done
-}
-bench() { step bench "$here/bench-gpu" ${MIXUP_BENCH_ARGS:-}; cat "$logs/bench.log"; }
-torch_baseline() { step torch env PYTHONUNBUFFERED=1 python3 "$here/../benches/torch_baseline.py" ${MIXUP_BENCH_ARGS:-}; cat "$logs/torch.log"; }
-case "${1:-all}" in
-    tests) tests ;;
-    sanitize) sanitize ;;
-    bench) bench ;;
-    torch) torch_baseline ;;
-    all) tests; sanitize; bench ;;
-    *) echo "usage: $0 tests|sanitize|bench|torch|all"; exit 2 ;;
-esac
-printf '%s\n' "${summary[@]}"
-EOF
-chmod +x "$out/run.sh"
-du -sh "$out" >&2
-ls -la "$out" >&2
+fi

@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# The GPU session in two prepared calls, run on the GPU machine from the repository root with the
+# binaries that scripts/gpu-bundle.sh put in .gpu/ (carried: the device tool's carry=[".gpu"]).
+#
+#   bash scripts/gpu/run.sh A   # environment, GPU tests, GPU benchmark        (step limits 335 s)
+#   bash scripts/gpu/run.sh B   # PyTorch/Liger baseline, probes, sanitizer x4  (step limits 375 s)
+#
+# Every step runs under its own `timeout`; each writes one log under $OUT (what comes back from
+# the GPU machine: at most 8 files) and the summary (also printed last) says rc, seconds and the
+# last result line of each. A step that cannot run here says SKIPPED and the next one starts.
+# Tunables: MIXUP_BENCH_ARGS (default "--quick"), MIXUP_TORCH_ARGS (default "--quick"),
+# MIXUP_GPU_BIN (default .gpu).
+set -uo pipefail
+
+mode=${1:-}
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+bin="${MIXUP_GPU_BIN:-$root/.gpu}"
+out="${OUT:-$root/.gpu/out}"
+mkdir -p "$out"
+rm -f "$out"/*.log # a rerun here starts clean ($OUT on the GPU machine always does)
+summary="$out/summary.txt"
+: >"$summary"
+start=$SECONDS
+failed=0
+
+note() { echo "$*" | tee -a "$summary"; }
+
+# step NAME LIMIT_S FUNCTION [ARGS...]: runs a function of this script in a fresh bash under
+# `timeout LIMIT_S` (its whole process group is killed at the limit), output to $out/NAME.log.
+step() {
+    local name=$1 limit=$2
+    shift 2
+    local log="$out/$name.log" t0=$SECONDS rc
+    echo "== $name (limit ${limit}s): $*" >>"$log"
+    timeout --kill-after=5 "$limit" bash -c '"$@"' _ "$@" >>"$log" 2>&1
+    rc=$?
+    local last
+    last=$(grep -E '^test result|ERROR SUMMARY|SKIPPED|Device not supported|^FAILED|^error' "$log" | tail -1)
+    [[ $rc == 124 || $rc == 137 ]] && last="TIMED OUT after ${limit}s; $last"
+    [[ $rc != 0 ]] && failed=1
+    note "$(printf '%-28s rc=%-3s %4ss  %s' "$name" "$rc" "$((SECONDS - t0))" "$last")"
+    return $rc
+}
+
+# Inside a step: one bounded piece of it, in the step's log.
+sub() { # LABEL LIMIT_S COMMAND...: one bounded piece of a step
+    local label=$1 limit=$2
+    shift 2
+    echo "-- $label (limit ${limit}s)"
+    timeout --kill-after=5 "$limit" "$@"
+    local rc=$?
+    echo "-- $label: rc=$rc"
+    return $rc
+}
+
+# libnvrtc.so.13: the pip wheel of the machine's python (13.0 preferred), the CUDA toolkit's, a
+# carried copy (.gpu/nvrtc, from `gpu-bundle.sh --with-nvrtc`), in that order. No search of /.
+find_nvrtc() {
+    local wheel toolkit
+    wheel=$(python3 - <<'EOF' 2>/dev/null
+import importlib.metadata as md, os
+try:
+    files = md.files("nvidia-cuda-nvrtc") or []
+    v = md.version("nvidia-cuda-nvrtc")
+except md.PackageNotFoundError:
+    files, v = [], ""
+for f in files:
+    if f.name.startswith("libnvrtc.so.13"):
+        print(v, os.path.dirname(f.locate()))
+        break
+EOF
+)
+    for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+        "$(dirname "$(command -v nvcc 2>/dev/null || echo /nonexistent/bin/nvcc)")/../lib64"; do
+        if compgen -G "$d/libnvrtc.so.13*" >/dev/null; then toolkit=$d; break; fi
+    done
+    echo "nvrtc wheel: ${wheel:-none}; toolkit: ${toolkit:-none}" >&2
+    if [[ -n "$wheel" && "$wheel" == 13.0.* ]]; then
+        echo "${wheel#* }"
+    elif [[ -n "${toolkit:-}" ]]; then
+        echo "$toolkit"
+    elif [[ -n "$wheel" ]]; then
+        echo "${wheel#* }"
+    elif compgen -G "$bin/nvrtc/libnvrtc.so.13*.xz" >/dev/null; then
+        mkdir -p /tmp/mixup-nvrtc
+        for f in "$bin"/nvrtc/*.xz; do
+            python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+                "$f" "/tmp/mixup-nvrtc/$(basename "${f%.xz}")"
+        done
+        echo /tmp/mixup-nvrtc
+    fi
+}
+
+env_check() {
+    echo "date: $(date -u +%FT%TZ)  commit: $(cat "$bin/COMMIT" 2>/dev/null || echo unknown)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv \
+        || echo "SKIPPED: nvidia-smi failed (no GPU?)"
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    ls -la "$bin" || echo "error: $bin missing: run scripts/gpu-bundle.sh and carry .gpu"
+    python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available())' \
+        || echo "torch: not importable"
+    for t in compute-sanitizer ncu nvcc; do echo "$t: $(command -v $t || echo missing)"; done
+    [[ -n "${MIXUP_NVRTC_LIB:-}" ]] || { echo "error: libnvrtc.so.13 not found"; return 1; }
+    echo "NVRTC: $MIXUP_NVRTC_LIB"
+}
+
+# A test binary under its own limit: `tests_one NAME LIMIT [filters...]`.
+run_test() {
+    local name=$1 limit=$2
+    shift 2
+    local exe="$bin/test-$name"
+    if [[ ! -x "$exe" ]]; then echo "error: $exe missing"; return 1; fi
+    sub "test-$name" "$limit" "$exe" --test-threads="${MIXUP_TEST_THREADS:-4}" "$@"
+}
+
+gpu_tests() {
+    local rc=0
+    run_test lib 10 cuda:: || rc=1
+    MIXUP_TEST_THREADS=1 run_test cuda_plan 15 || rc=1
+    run_test cuda_soft_targets 40 || rc=1
+    run_test cuda_mix 55 || rc=1
+    run_test cuda_mixup_ce 120 || rc=1
+    return $rc
+}
+
+bench() {
+    if [[ ! -x "$bin/bench-gpu" ]]; then echo "error: $bin/bench-gpu missing"; return 1; fi
+    # shellcheck disable=SC2086
+    "$bin/bench-gpu" ${MIXUP_BENCH_ARGS:---quick}
+}
+
+torch_baseline() {
+    local whl
+    whl=$(compgen -G "$bin/whl/liger_kernel-*.whl" | head -1)
+    if [[ -n "$whl" ]]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/liger "$whl" \
+            && export PYTHONPATH="/tmp/liger${PYTHONPATH:+:$PYTHONPATH}"
+    else
+        echo "no Liger-Kernel wheel carried ($bin/whl)"
+    fi
+    # shellcheck disable=SC2086
+    PYTHONUNBUFFERED=1 python3 benches/torch_baseline.py --require-liger ${MIXUP_TORCH_ARGS:---quick}
+}
+
+# A tiny run of a tool: does it accept the device here? Writes the verdict to the log.
+probe() { # TOOL ARGS...
+    local tool=$1
+    shift
+    if ! command -v "$tool" >/dev/null; then
+        echo "SKIPPED: $tool not installed"
+        touch "/tmp/no-$tool"
+        return 0
+    fi
+    local log=/tmp/probe-$tool.log
+    timeout --kill-after=5 25 "$tool" "$@" "$bin/test-cuda_soft_targets" --exact same_class_partners_add_up >"$log" 2>&1
+    local rc=$?
+    tail -15 "$log"
+    if grep -q "Device not supported" "$log"; then
+        echo "PROBE $tool: Device not supported"
+        touch "/tmp/no-$tool"
+    elif [[ $rc == 0 ]]; then
+        echo "PROBE $tool: works"
+    else
+        echo "PROBE $tool: rc=$rc"
+        touch "/tmp/no-$tool"
+    fi
+}
+
+probes() {
+    probe compute-sanitizer --tool memcheck
+    probe ncu --clock-control none --launch-count 1 --metrics gpu__time_duration.sum
+}
+
+# sanitize TOOL: bounded subsets of the GPU tests under compute-sanitizer's TOOL.
+sanitize() {
+    local tool=$1
+    if [[ -e /tmp/no-compute-sanitizer ]]; then
+        echo "SKIPPED: compute-sanitizer is missing, refused the device or failed its probe (probe.log)"
+        return 0
+    fi
+    local cs=(compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20)
+    [[ $tool == racecheck ]] && cs+=(--racecheck-report all)
+    local rc=0 item name limit filters
+    # name:limit:filters (space-separated test-name filters); subsets kept small: the tools
+    # slow kernels 10-100x.
+    local -a items
+    case $tool in
+        memcheck) items=("cuda_plan:15:pinned" "cuda_mix:20:mix_bf16 mix_u8 pinned_staging"
+            "cuda_soft_targets:12:soft_targets_bf16 device_labels" "cuda_mixup_ce:30:deterministic device_labels empty_batch") ;;
+        racecheck) items=("cuda_mixup_ce:33:deterministic" "cuda_mix:15:mix_f32" "cuda_soft_targets:10:soft_targets_f32") ;;
+        synccheck) items=("cuda_mixup_ce:20:deterministic" "cuda_mix:13:mix_bf16") ;;
+        initcheck) items=("cuda_mixup_ce:20:deterministic device_labels" "cuda_mix:13:mix_u8") ;;
+    esac
+    for item in "${items[@]}"; do
+        IFS=: read -r name limit filters <<<"$item"
+        # shellcheck disable=SC2086
+        sub "$tool $name" "$limit" "${cs[@]}" "$bin/test-$name" --test-threads=1 $filters || rc=1
+    done
+    return $rc
+}
+
+nvrtc_dir=$(find_nvrtc 2>/tmp/nvrtc-search.txt)
+export MIXUP_NVRTC_LIB="$nvrtc_dir"
+[[ -n "$nvrtc_dir" ]] && export LD_LIBRARY_PATH="$nvrtc_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# A GPU test that finds no GPU fails instead of skipping; so does the benchmark.
+export MIXUP_REQUIRE_GPU=1 MIXUP_REQUIRE_NVRTC=1
+export MIXUP_KERNELS_CACHE="${MIXUP_KERNELS_CACHE:-/tmp/mixup-kernels-cache}"
+export -f sub run_test gpu_tests env_check bench torch_baseline probe probes sanitize
+export bin out
+
+note "mode ${mode:-?} on $(hostname) $(date -u +%FT%TZ); $(cat /tmp/nvrtc-search.txt)"
+case "$mode" in
+    A)
+        step env 15 env_check
+        step tests 245 gpu_tests
+        step bench 75 bench
+        ;;
+    B)
+        rm -f /tmp/no-compute-sanitizer /tmp/no-ncu # verdicts of an earlier call
+        step env 15 env_check
+        step torch 90 torch_baseline
+        step probe 60 probes
+        step memcheck 80 sanitize memcheck
+        step racecheck 60 sanitize racecheck
+        step synccheck 35 sanitize synccheck
+        step initcheck 35 sanitize initcheck
+        ;;
+    *)
+        echo "usage: bash scripts/gpu/run.sh A|B" >&2
+        exit 2
+        ;;
+esac
+note "mode $mode done in $((SECONDS - start)) s; files in $out: $(ls "$out" | wc -l)"
+echo "===== summary"
+cat "$summary"
+exit $failed
