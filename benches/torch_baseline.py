@@ -1,32 +1,47 @@
 #!/usr/bin/env python3
 """PyTorch baselines on the grid of benches/gpu.rs, printed in the same table format.
 
-    python3 benches/torch_baseline.py [filter ...] [--quick] [--no-compile]
+    python3 benches/torch_baseline.py [filter ...] [--quick] [--compile] [--require-liger]
 
 What people run today, on the same GPU:
+- mixup cross-entropy forward+backward: two index-target F.cross_entropy calls blended by lam
+  (how PyTorch and Liger users do mixup); timm's soft target + SoftTargetCrossEntropy; and
+  Liger-Kernel's fused cross-entropy called twice (and once, as a lower bound). Liger writes the
+  gradient into its input during the forward pass, so each of its calls gets logits of its own
+  (a user would clone; the clone is not timed, so the Liger rows are a lower bound);
+- soft targets: timm's mixup_target (two one-hots, a flip, a blend);
 - mix: eager `lerp` with a permuted gather (fastai: lerp(x[perm], x, lam)), timm's flip in place
   (x.flip(0).mul_(1-lam); x.mul_(lam).add_(...)), timm's CutMix paste (NCHW, and NHWC as a
-  channels-last tensor), and the same under torch.compile;
-- soft targets: timm's mixup_target (two one-hots, a flip, a blend);
-- mixup cross-entropy forward+backward: timm's soft target + SoftTargetCrossEntropy; two
-  index-target F.cross_entropy calls weighted by lam; both under torch.compile; and
-  Liger-Kernel's fused cross-entropy (two calls for mixup, and one call as a lower bound) when
-  `liger_kernel` is importable.
+  channels-last tensor).
+With --compile, each torch variant also runs under torch.compile (off by default: it compiles
+dozens of graphs, minutes). Groups run in that order (CE first), each row printed as it is
+measured, beside a device-to-device copy of the same bytes timed in the same run.
+Exit status: 1 when MIXUP_REQUIRE_GPU=1 and torch or the GPU is missing; 2 when --require-liger
+and Liger-Kernel cannot be imported (the torch rows still run); 3 when a row failed.
 
 Method as in benches/gpu.rs: CUDA events, warm-up, median of synchronized repetitions, inputs
 rotated when one set fits in L2, random data; GB/s at the op's byte floor
 (shared/REFERENCE.md) and the ratio to a device-to-device copy of the same bytes in this run.
 """
 import argparse
-import statistics
+import os
 import sys
+
+REQUIRE_GPU = os.environ.get("MIXUP_REQUIRE_GPU") == "1"
 
 try:
     import torch
     import torch.nn.functional as F
 except ImportError:  # pragma: no cover - the GPU machine has torch
-    print("torch is not installed; nothing to measure")
-    sys.exit(0)
+    print("torch baseline SKIPPED: torch is not installed", flush=True)
+    sys.exit(1 if REQUIRE_GPU else 0)
+
+ERRORS = []
+
+
+def error_row(op, dtname, shape, variant, e):
+    ERRORS.append(f"{op} {dtname} {shape} {variant}")
+    print(f"| {op} | {dtname} | {shape} | {variant} | error: {type(e).__name__}: {str(e)[:120]} | | | |", flush=True)
 
 
 class Bench:
@@ -147,7 +162,7 @@ def bench_mix(b, dtname, batch):
                 try:
                     b.row("mix", dtname, shape, f"{name}: torch.compile {vname}", floor, b.time(cf), copy)
                 except Exception as e:  # noqa: BLE001
-                    print(f"| mix | {dtname} | {shape} | {name}: torch.compile {vname} | error: {e} | | | |")
+                    error_row("mix", dtname, shape, f"{name}: torch.compile {vname}", e)
         b.row("mix", dtname, shape, f"{name}: copy", floor, copy, copy)
 
 
@@ -195,9 +210,19 @@ def bench_ce(b, dtname, batch, classes, liger):
     sets = b.sets(n * s)
     logits = [rand((batch, classes), dtype, 10 + i).requires_grad_() for i in range(sets)]
     y = torch.randint(0, classes, (batch,), device="cuda")
+    y_perm = y.flip(0)
     lam, eps = 0.7, 0.1
     copy = b.copy(floor)
     shape = f"{batch}x{classes}"
+    op = "mixup CE fwd+bwd"
+
+    def two_ce(i):
+        z = logits[i % sets]
+        z.grad = None
+        loss = lam * F.cross_entropy(z, y, label_smoothing=eps) + (1 - lam) * F.cross_entropy(
+            z, y_perm, label_smoothing=eps
+        )
+        loss.backward()
 
     def timm_soft(i):
         z = logits[i % sets]
@@ -205,80 +230,105 @@ def bench_ce(b, dtname, batch, classes, liger):
         t = mixup_target(y, classes, lam, eps)
         soft_target_ce(z, t).backward()
 
-    def two_ce(i):
-        z = logits[i % sets]
-        z.grad = None
-        loss = lam * F.cross_entropy(z, y, label_smoothing=eps) + (1 - lam) * F.cross_entropy(z, y.flip(0), label_smoothing=eps)
-        loss.backward()
-
-    variants = [("timm soft target + SoftTargetCrossEntropy", timm_soft), ("two F.cross_entropy calls", two_ce)]
+    variants = [("F.cross_entropy x2, blended", two_ce), ("timm soft target + SoftTargetCrossEntropy", timm_soft)]
     for name, fn in variants:
         try:
-            b.row("mixup CE fwd+bwd", dtname, shape, f"torch {name}", floor, b.time(fn), copy)
-        except torch.cuda.OutOfMemoryError:
-            print(f"| mixup CE fwd+bwd | {dtname} | {shape} | torch {name} | out of memory | | | |")
+            b.row(op, dtname, shape, f"torch {name}", floor, b.time(fn), copy)
+        except torch.cuda.OutOfMemoryError as e:
+            error_row(op, dtname, shape, f"torch {name}", e)
             torch.cuda.empty_cache()
         cf = b.maybe_compile(fn)
         if cf is not None:
             try:
-                b.row("mixup CE fwd+bwd", dtname, shape, f"torch.compile {name}", floor, b.time(cf), copy)
+                b.row(op, dtname, shape, f"torch.compile {name}", floor, b.time(cf), copy)
             except Exception as e:  # noqa: BLE001
-                print(f"| mixup CE fwd+bwd | {dtname} | {shape} | torch.compile {name} | error: {type(e).__name__} | | | |")
+                error_row(op, dtname, shape, f"torch.compile {name}", e)
                 torch.cuda.empty_cache()
+    for z in logits:
+        z.grad = None
     if liger is not None:
         ce = liger(label_smoothing=eps)
+        # Liger overwrites its input with the gradient in the forward pass: the second call of a
+        # mixup step must not read the first call's gradients, so it gets logits of its own.
+        second = [rand((batch, classes), dtype, 100 + i).requires_grad_() for i in range(sets)]
 
         def liger_two(i):
-            z = logits[i % sets]
-            z.grad = None
-            (lam * ce(z, y) + (1 - lam) * ce(z, y.flip(0))).backward()
+            za, zb = logits[i % sets], second[i % sets]
+            za.grad = zb.grad = None
+            (lam * ce(za, y) + (1 - lam) * ce(zb, y_perm)).backward()
 
         def liger_one(i):
             z = logits[i % sets]
             z.grad = None
             ce(z, y).backward()
 
-        for name, fn in [("Liger fused CE x2 (mixup)", liger_two), ("Liger fused CE x1 (no mixup, lower bound)", liger_one)]:
+        for name, fn in [
+            ("Liger fused CE x2 (own logits per call)", liger_two),
+            ("Liger fused CE x1 (no mixup, lower bound)", liger_one),
+        ]:
             try:
-                b.row("mixup CE fwd+bwd", dtname, shape, name, floor, b.time(fn), copy)
+                b.row(op, dtname, shape, name, floor, b.time(fn), copy)
             except Exception as e:  # noqa: BLE001
-                print(f"| mixup CE fwd+bwd | {dtname} | {shape} | {name} | error: {type(e).__name__}: {e} | | | |")
-    b.row("mixup CE fwd+bwd", dtname, shape, "copy", floor, copy, copy)
+                error_row(op, dtname, shape, name, e)
+        del second
+    b.row(op, dtname, shape, "copy", floor, copy, copy)
     del logits
     torch.cuda.empty_cache()
+
+
+def import_liger():
+    """Liger's loss class and version, or (None, why)."""
+    try:
+        import liger_kernel
+        from liger_kernel.transformers import LigerCrossEntropyLoss
+    except Exception as e:  # noqa: BLE001 - ImportError, or triton/torch mismatches
+        return None, f"{type(e).__name__}: {e}"
+    try:
+        from importlib.metadata import version
+
+        v = version("liger-kernel")
+    except Exception:  # noqa: BLE001
+        v = getattr(liger_kernel, "__version__", "?")
+    return LigerCrossEntropyLoss, v
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("filters", nargs="*")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also time each torch variant under torch.compile")
+    ap.add_argument("--no-compile", action="store_true", help="the default; kept for old command lines")
+    ap.add_argument("--require-liger", action="store_true", help="exit 2 if Liger-Kernel cannot be imported")
     a = ap.parse_args()
+    liger, liger_version = import_liger()
+    print(f"Liger-Kernel: {liger_version if liger else 'not importable: ' + liger_version}", flush=True)
     if not torch.cuda.is_available():
-        print("torch baseline skipped: no CUDA device")
-        return
-    try:
-        from liger_kernel.transformers import LigerCrossEntropyLoss as liger
-    except ImportError:
-        liger = None
-    b = Bench(10 if a.quick else 50, 2 if a.quick else 5, a.filters, not a.no_compile)
+        print("torch baseline SKIPPED: no CUDA device", flush=True)
+        sys.exit(1 if REQUIRE_GPU else 0)
+    b = Bench(10 if a.quick else 50, 2 if a.quick else 5, a.filters, a.compile and not a.no_compile)
     props = torch.cuda.get_device_properties(0)
     print(f"# PyTorch baseline\n\ndevice: {props.name}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
-          f"Liger-Kernel {'yes' if liger else 'not installed'}\n")
+          f"Liger-Kernel {liger_version if liger else 'not installed'}, torch.compile {'on' if b.use_compile else 'off'}\n")
     print("| op | dtype | shape | variant | median µs | min–max µs | GB/s at floor | vs copy |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|", flush=True)
+    if b.wanted("ce") or b.wanted("CE"):
+        for batch, classes in [(256, 1000), (4096, 32000), (4096, 128256), (16384, 50257)]:
+            for dt in ("f32", "bf16"):
+                bench_ce(b, dt, batch, classes, liger)
+    if b.wanted("soft"):
+        for dt in ("f32", "bf16"):
+            bench_soft(b, dt, 1024, 1000)
     if b.wanted("mix"):
         for batch in ([256] if a.quick else [256, 1024]):
             for dt in ("f32", "bf16", "f16"):
                 bench_mix(b, dt, batch)
                 torch.cuda.empty_cache()
-    if b.wanted("soft"):
-        for dt in ("f32", "bf16"):
-            bench_soft(b, dt, 1024, 1000)
-    if b.wanted("ce") or b.wanted("CE"):
-        for batch, classes in [(256, 1000), (4096, 32000), (4096, 128256), (16384, 50257)]:
-            for dt in ("f32", "bf16"):
-                bench_ce(b, dt, batch, classes, liger)
+    if ERRORS:
+        print(f"FAILED rows: {len(ERRORS)}", flush=True)
+        sys.exit(3)
+    if a.require_liger and liger is None:
+        print("error: --require-liger and Liger-Kernel is not importable", flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
