@@ -6,6 +6,7 @@ Regenerate (from the repository root; CI never runs this, it only reads the comm
     python3 -m venv .venv && .venv/bin/pip install -r scripts/requirements-golden.txt
     .venv/bin/python scripts/golden_timm.py            # writes tests/fixtures/*.json
     .venv/bin/python scripts/golden_timm.py --check    # recomputes, fails if a file would change
+    .venv/bin/python scripts/golden_timm.py --only bce.json   # one fixture (repeatable)
 
 Everything runs on the CPU with one thread and fixed seeds, so a rerun writes identical bytes.
 timm's random draws are not reproduced by the crate (it has its own seeded sampler): instead the
@@ -32,7 +33,7 @@ import timm
 import timm.data.mixup as tm
 import torch
 import torch.nn.functional as F
-from timm.loss import SoftTargetCrossEntropy
+from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "..", "tests", "fixtures")
@@ -716,6 +717,197 @@ def loss_fixture():
 
 
 # ---------------------------------------------------------------------------------------------
+# bce.json
+# ---------------------------------------------------------------------------------------------
+
+# timm's default BCE smoothing. timm 1.0.31 uses it only to one-hot class-index targets (or on
+# dense ones with smooth_dense=True, default False): on the mixed target it is ignored (checked).
+BCE_OWN_SMOOTHING = 0.1
+
+
+@contextlib.contextmanager
+def default_dtype(dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def bce_run(z, y, c, eps, lam, thr, weight, pos_weight, reduction, sum_classes, upstream, f64):
+    """timm's Mixup target and BinaryCrossEntropy, loss and autograd gradient of the logits.
+
+    f64=False is what training does: f32 target (timm's `mixup_target`), f32 loss on
+    `z.float()`, gradient cast back to z's dtype by autograd. f64=True runs the same timm code
+    with torch's default dtype set to f64 (timm's `one_hot` uses it) and every input widened from
+    the very f32 values the crate gets (λ, threshold, weights), as the golden for the crate's
+    f64 reference."""
+    ctx = default_dtype(torch.float64) if f64 else contextlib.nullcontext()
+    with ctx:
+        if f64:
+            lam = float(np.float32(lam)) if isinstance(lam, float) else lam.double()
+            thr = None if thr is None else float(np.float32(thr))
+            eps = float(np.float32(eps))  # the crate's smoothing is an f32
+        dt = torch.float64 if f64 else torch.float32
+        weight = None if weight is None else weight.to(dt)
+        pos_weight = None if pos_weight is None else pos_weight.to(dt)
+        target = tm.mixup_target(y, c, lam, eps)
+        assert target.dtype == dt
+        # f32: the logits in their own dtype, cast for the loss (autograd casts the gradient
+        # back); f64: an f64 leaf, so the gradient stays in f64.
+        leaf = z.detach().to(torch.float64 if f64 else z.dtype).requires_grad_(True)
+        x = leaf.to(dt)
+        crit = BinaryCrossEntropy(smoothing=BCE_OWN_SMOOTHING, target_threshold=thr, weight=weight,
+                                  reduction=reduction, sum_classes=sum_classes,
+                                  pos_weight=pos_weight)
+        loss = crit(x, target)
+        # timm's own `smoothing` is only used to build a target from class indices: on the dense
+        # mixed target every value of it gives the same bits.
+        for s in (0.0, 0.3):
+            other = BinaryCrossEntropy(smoothing=s, target_threshold=thr, weight=weight,
+                                       reduction=reduction, sum_classes=sum_classes,
+                                       pos_weight=pos_weight)(x.detach(), target)
+            assert torch.equal(other, loss.detach()), "timm smoothed a dense target"
+        if thr is None:  # the check above can fail: smooth_dense=True does change the loss
+            dense = BinaryCrossEntropy(smoothing=0.3, weight=weight, reduction=reduction,
+                                       sum_classes=sum_classes, pos_weight=pos_weight,
+                                       smooth_dense=True)(x.detach(), target)
+            assert not torch.equal(dense, loss.detach())
+        if loss.dim() == 0:
+            (loss * upstream).backward() if upstream != 1.0 else loss.backward()
+        else:
+            up = torch.as_tensor(upstream, dtype=dt)
+            up = up.expand(loss.shape[0]) if up.dim() == 0 else up
+            loss.backward(up.unsqueeze(1).expand_as(loss).contiguous())
+        if thr is not None:
+            target = target.gt(thr).to(target.dtype)  # what timm's forward compared against
+    return target, loss.detach(), leaf.grad
+
+
+def bce_case(name, c, eps, b, seed, dtype="f32", scale=3.0, reduction="mean", thr=None,
+             weight=False, pos_weight=False, sum_classes=False, per_sample_lam=False, lam=0.7,
+             upstream=1.0, labels=None, boundary=False):
+    """One BinaryCrossEntropy case: the flip partner (timm's Mixup), λ a Python float (batch
+    mode) or an f32 [B, 1] tensor (elem mode), the target from timm's `mixup_target`. `upstream`
+    is the scalar multiplying the loss, or for reduction='none' one factor per sample (row)."""
+    z = make_logits(b, c, seed, scale, dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    y = torch.randint(0, c, (b,), generator=g)
+    if labels is not None:
+        y = torch.tensor(labels)
+    elif b >= 2:
+        y[0] = y[b - 1]  # a same-class pair under the flip
+    if per_sample_lam:
+        lam_t = torch.rand(b, generator=g)
+        lam_t[0] = 1.0
+        if b > 2:
+            lam_t[1] = 0.0
+        lam_arg = lam_t.unsqueeze(1)
+    else:
+        lam_t = torch.full((b,), lam)
+        lam_arg = lam
+    w = ((torch.rand(c, generator=g) * 2).round(decimals=2) + 0.25) if weight else None
+    if w is not None and c > 2:
+        w[1] = 0.0
+    pw = ((torch.rand(c, generator=g) * 3).round(decimals=2) + 0.5) if pos_weight else None
+    if pw is not None and c > 3:
+        pw[2] = 1.0
+    args = (y, c, eps, lam_arg, thr, w, pw, reduction, sum_classes, upstream)
+    t32, l32, g32 = bce_run(z, *args, f64=False)
+    t64, l64, g64 = bce_run(z, *args, f64=True)
+    case = {
+        "name": name, "dtype": dtype, "num_classes": c, "smoothing": F32(eps), "batch": b,
+        "bce_smoothing": BCE_OWN_SMOOTHING,
+        "target_threshold": None if thr is None else F32(thr),
+        "weight": None if w is None else F32List(w),
+        "pos_weight": None if pw is None else F32List(pw),
+        "sum_classes": sum_classes, "reduction": reduction,
+        "upstream": F32List(upstream) if isinstance(upstream, list) else upstream,
+        "labels": [int(v) for v in y], "partner": flip(b), "lam": F32List(lam_t),
+        "logits": F32List(z), "target": F32List(t32), "threshold_boundary": boundary,
+    }
+    if l32.dim() == 0:
+        case["loss"], case["loss_f64"] = F32(l32), float(l64)
+    else:
+        assert l32.shape == (b, c)
+        case["elements"] = F32List(l32)
+        case["elements_f64"] = [float(v) for v in l64.reshape(-1)]
+    case["grad"] = F32List(g32)
+    case["grad_f64"] = [float(v) for v in g64.reshape(-1)]
+    return case
+
+
+def bce_fixture():
+    cases = []
+    k = 0
+
+    def add(name, c, eps, b, **kw):
+        nonlocal k
+        k += 1
+        cases.append(bce_case(name, c, eps, b, seed=500 + 10 * k, **kw))
+
+    # Reductions, smoothing 0 and 0.1, batch λ (a Python float) and per-sample λ (f32 [B, 1]).
+    add("mean_eps0.1_c10", 10, 0.1, 4)
+    add("mean_eps0_c10", 10, 0.0, 4)
+    add("mean_eps0.1_c10_up-0.25", 10, 0.1, 4, upstream=-0.25)
+    add("sum_eps0.1_c7", 7, 0.1, 4, reduction="sum")
+    add("sum_eps0_c5_elem", 5, 0.0, 5, reduction="sum", per_sample_lam=True)
+    add("none_eps0.1_c5_odd_batch", 5, 0.1, 5, reduction="none",
+        upstream=[0.5, -1.0, 2.0, 0.0, 1.5])
+    add("none_eps0_c7_up3.5", 7, 0.0, 4, reduction="none", upstream=3.5)
+    add("mean_eps0.1_c10_elem", 10, 0.1, 6, per_sample_lam=True)
+    add("mean_eps0.1_c1", 1, 0.1, 4)
+    # target_threshold=0.2: thresholded targets (0/1), with and without smoothing.
+    add("thr0.2_mean_eps0.1_c10", 10, 0.1, 4, thr=0.2)
+    add("thr0.2_sum_eps0_c5", 5, 0.0, 4, reduction="sum", thr=0.2, lam=0.85)
+    add("thr0.2_none_eps0.1_c7_elem", 7, 0.1, 6, reduction="none", thr=0.2, per_sample_lam=True,
+        upstream=[1.0, 0.5, -2.0, 1.0, 0.25, 3.0])
+    # Per-class weight and pos_weight.
+    add("weight_mean_eps0.1_c7", 7, 0.1, 4, weight=True)
+    add("pos_weight_mean_eps0.1_c7", 7, 0.1, 4, pos_weight=True)
+    add("weight_pos_weight_thr0.2_sum_eps0.1_c5", 5, 0.1, 4, reduction="sum", thr=0.2,
+        weight=True, pos_weight=True)
+    add("weight_pos_weight_none_eps0_c7_elem", 7, 0.0, 5, reduction="none", weight=True,
+        pos_weight=True, per_sample_lam=True, upstream=[2.0, -0.5, 1.0, 0.0, 1.25])
+    # sum_classes: classes summed per sample, then the batch mean.
+    add("sum_classes_mean_eps0.1_c10", 10, 0.1, 4, sum_classes=True)
+    add("sum_classes_mean_pos_weight_thr0.2_c7_elem", 7, 0.1, 6, sum_classes=True, thr=0.2,
+        pos_weight=True, weight=True, per_sample_lam=True, upstream=2.0)
+    # timm builds sum_classes with reduction='none' and ends in `.sum(-1).mean()`, whatever
+    # reduction it was given: these record what it returns for 'sum' and 'none'.
+    add("sum_classes_sum_eps0.1_c5", 5, 0.1, 4, reduction="sum", sum_classes=True)
+    add("sum_classes_none_eps0_c5", 5, 0.0, 4, reduction="none", sum_classes=True)
+    # Large logits, half-precision logits (cast to f32 for the loss, gradient in the half type).
+    add("pm50_mean_eps0.1_c10", 10, 0.1, 4, scale="pm50")
+    add("pm1e4_sum_eps0.1_c5_pos_weight", 5, 0.1, 4, reduction="sum", scale="pm1e4",
+        pos_weight=True)
+    add("bf16_mean_eps0.1_c10", 10, 0.1, 4, dtype="bf16")
+    add("f16_sum_eps0.1_c7_thr0.2", 7, 0.1, 4, dtype="f16", reduction="sum", thr=0.2)
+    # λ one f32 ulp from where a mixed target equals the threshold: timm rounds
+    # f32(on)·λ + f32(off)·(1 - λ), the crate (1 - ε)·λ + ε/C (f32 on the CPU, f64 in the
+    # reference), and `t > 0.2` can come out differently (threshold_boundary: true).
+    for c, lam in [(5, "0.20000002"), (7, "0.20634921"), (7, "0.20634922")]:
+        add(f"thr_boundary_c{c}_lam{lam}", c, 0.1, 2, reduction="none", thr=0.2,
+            lam=float(np.float32(lam)), labels=[0, 1], boundary=True)
+    return {"meta": meta(
+        "timm BinaryCrossEntropy(smoothing=bce_smoothing, target_threshold, weight, pos_weight, "
+        "reduction, sum_classes) on timm's mixup_target(labels, num_classes, lam, smoothing) "
+        "with the flip partner, and the autograd gradient w.r.t. the logits. loss/elements/grad: "
+        "training precision (target and loss in f32 on z.float(), grad in dtype); *_f64: the same "
+        "timm code with torch's default dtype f64 and inputs widened from the stored f32 values. "
+        "`elements` is timm's reduction='none' output [B, C]; for 'none' the backward gets "
+        "upstream[i] on every element of row i. `target` is the f32 target timm compared "
+        "against (after the threshold); threshold_boundary cases put a target within an f32 "
+        "rounding of the threshold. timm's own `smoothing` is used only when the target is "
+        "class indices (target.shape != x.shape): on the dense mixed target it is ignored "
+        "(checked: bce_smoothing 0, 0.1 and 0.3 give identical bits; only smooth_dense=True, "
+        "default False, would move dense targets towards 0.5), so label smoothing is the "
+        "Mixup's `smoothing`, not applied twice. With sum_classes timm forces reduction='none' "
+        "and returns loss.sum(-1).mean() whatever `reduction` says."), "cases": cases}
+
+
+# ---------------------------------------------------------------------------------------------
 
 def render(name, doc):
     return emit(doc) + "\n"
@@ -724,17 +916,25 @@ def render(name, doc):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--check", action="store_true", help="fail if any fixture would change")
+    ap.add_argument("--only", action="append", metavar="FILE",
+                    help="only this fixture (e.g. bce.json); repeatable")
     args = ap.parse_args()
     outputs = {
-        "bbox.json": bbox_fixture(),
-        "mix.json": mix_fixture(),
-        "targets.json": targets_fixture(),
-        "loss.json": loss_fixture(),
+        "bbox.json": bbox_fixture,
+        "mix.json": mix_fixture,
+        "targets.json": targets_fixture,
+        "loss.json": loss_fixture,
+        "bce.json": bce_fixture,
     }
+    if args.only:
+        unknown = set(args.only) - set(outputs)
+        if unknown:
+            sys.exit(f"unknown fixture(s): {', '.join(sorted(unknown))}")
+        outputs = {k: v for k, v in outputs.items() if k in args.only}
     os.makedirs(FIXTURES, exist_ok=True)
     stale = []
-    for name, doc in outputs.items():
-        text = render(name, doc)
+    for name, build in outputs.items():
+        text = render(name, build())
         path = os.path.join(FIXTURES, name)
         old = open(path).read() if os.path.exists(path) else None
         if args.check:

@@ -11,8 +11,8 @@
 use std::collections::BTreeSet;
 
 use mixup_kernels::{
-    reference, timm_rand_bbox, CeSpec, CutBox, MixConfig, MixPlan, Mode, Reduction, Sampler,
-    TargetSpec, Upstream,
+    reference, timm_rand_bbox, BceSpec, CeSpec, CutBox, MixConfig, MixPlan, Mode, Reduction,
+    Sampler, TargetSpec, Upstream,
 };
 
 const EPS32: f64 = f32::EPSILON as f64;
@@ -233,6 +233,7 @@ fn fixture(name: &str) -> Value {
         "mix" => include_str!("fixtures/mix.json"),
         "targets" => include_str!("fixtures/targets.json"),
         "loss" => include_str!("fixtures/loss.json"),
+        "bce" => include_str!("fixtures/bce.json"),
         _ => unreachable!(),
     };
     json::parse(text)
@@ -1237,4 +1238,650 @@ mod cpu_loss {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mixup binary cross-entropy: timm's BinaryCrossEntropy on timm's mixed target
+// ---------------------------------------------------------------------------------------------
+
+/// One `bce.json` case. timm computed every value twice: in training precision (f32 target and
+/// loss, gradient in the logits' dtype) and in f64 (the same timm code with torch's default
+/// dtype f64, inputs widened from the stored f32 values).
+#[derive(Clone)]
+struct BceCase {
+    name: String,
+    dtype: String,
+    plan: MixPlan,
+    spec: BceSpec,
+    labels: Vec<u32>,
+    logits: Vec<f32>,
+    /// What timm's forward compared against / used: thresholded already.
+    target: Vec<f64>,
+    upstream_scalar: Option<f32>,
+    upstream_per_sample: Vec<f32>,
+    /// The scalar timm returned (`None` for an `[B, C]` result).
+    loss: Option<f64>,
+    loss64: Option<f64>,
+    /// timm's `reduction='none'` output, `[B, C]`.
+    elements: Option<Vec<f64>>,
+    elements64: Option<Vec<f64>>,
+    grad: Vec<f64>,
+    grad64: Vec<f64>,
+    /// A target within an f32 rounding of the threshold (see `bce_threshold_boundary_cases`).
+    boundary: bool,
+}
+
+impl BceCase {
+    fn batch(&self) -> usize {
+        self.plan.len()
+    }
+
+    fn classes(&self) -> usize {
+        self.spec.targets().num_classes
+    }
+
+    fn upstream(&self) -> Upstream<'_> {
+        match self.upstream_scalar {
+            Some(g) => Upstream::Scalar(g),
+            None => Upstream::PerSample(&self.upstream_per_sample),
+        }
+    }
+
+    /// The gradient scale of sample `i` as timm's autograd applies it: the upstream gradient,
+    /// over B·C for the mean, over B with `sum_classes` (timm then always takes the batch mean).
+    fn scale(&self, i: usize) -> f64 {
+        let up = match self.upstream_scalar {
+            Some(g) => f64::from(g),
+            None => f64::from(self.upstream_per_sample[i]),
+        };
+        let (b, c) = (self.batch() as f64, self.classes() as f64);
+        if self.spec.sum_classes() {
+            up / b
+        } else if self.spec.reduction() == Reduction::Mean {
+            up / (b * c)
+        } else {
+            up
+        }
+    }
+
+    /// `(class weight v, pos_weight w)` of element `j`.
+    fn weights(&self, j: usize) -> (f64, f64) {
+        let k = j % self.classes();
+        (
+            self.spec.weight().map_or(1.0, |v| f64::from(v[k])),
+            self.spec.pos_weight().map_or(1.0, |w| f64::from(w[k])),
+        )
+    }
+
+    /// The magnitude the roundings of element `j` scale with: `ℓ = v·((1 − t)·z + (1 + (w − 1)t)
+    /// ·softplus(−z))` is formed from terms up to `|v|·(1 + w)·(1 + |z|)` (its cancellation for
+    /// large |z| leaves an absolute error of that size), and the target's own rounding (f32 in
+    /// timm, a different f32 formula on the CPU) moves `ℓ` by `|∂ℓ/∂t|·δt <= |v|·(1 + w)·
+    /// (1 + |z|)·δt` too.
+    fn size(&self, j: usize) -> f64 {
+        let (v, w) = self.weights(j);
+        v.abs() * (1.0 + w) * (1.0 + f64::from(self.logits[j]).abs())
+    }
+
+    /// Row sums of timm's `[B, C]` elements: the crate's per-sample losses.
+    fn row_sums(elements: &[f64], c: usize) -> Vec<f64> {
+        elements.chunks(c).map(|r| r.iter().sum()).collect()
+    }
+
+    /// Element tolerance `rel` times the element's size (see [`size`](Self::size)).
+    fn element_tol(&self, j: usize, rel: f64) -> f64 {
+        rel * self.size(j)
+    }
+
+    /// Row `i`: its elements' tolerances summed.
+    fn row_tol(&self, i: usize, rel: f64) -> f64 {
+        let c = self.classes();
+        (i * c..(i + 1) * c).map(|j| self.element_tol(j, rel)).sum()
+    }
+
+    /// The reduced loss as timm reduces: the sum of all rows' tolerances, over the count the
+    /// mean divides by.
+    fn loss_tol(&self, rel: f64, want: f64) -> f64 {
+        let sum: f64 = (0..self.batch()).map(|i| self.row_tol(i, rel)).sum();
+        let (b, c) = (self.batch() as f64, self.classes() as f64);
+        let t = if self.spec.sum_classes() {
+            sum / b
+        } else if self.spec.reduction() == Reduction::Sum {
+            sum
+        } else {
+            sum / (b * c)
+        };
+        t + rel * want.abs()
+    }
+
+    /// Gradient tolerance of element `j`: `g = v·((1 + (w − 1)t)·σ(z) − w·t)·s` is made of
+    /// terms up to `|v|·(1 + w)·|s|`, each good to `rel` (σ and t relative, the product rounded):
+    /// `rel·|v|·(1 + w)·|s| + 2·rel·|want|`, plus one unit of a half storage type (torch and we
+    /// each round an f32 value to it once).
+    fn grad_tol(&self, j: usize, rel: f64, want: f64) -> f64 {
+        let (v, w) = self.weights(j);
+        let mut t = rel * v.abs() * (1.0 + w) * self.scale(j / self.classes()).abs()
+            + 2.0 * rel * want.abs();
+        if rel > 1e-9 && self.dtype != "f32" {
+            t += ulp(&self.dtype, want);
+        }
+        t
+    }
+}
+
+fn bce_cases() -> Vec<BceCase> {
+    let doc = fixture("bce");
+    cases(&doc, "cases")
+        .iter()
+        .map(|c| {
+            let reduction = match c.get("reduction").str() {
+                "mean" => Reduction::Mean,
+                "sum" => Reduction::Sum,
+                "none" => Reduction::None,
+                r => panic!("reduction {r}"),
+            };
+            let mut spec = BceSpec::new(
+                c.get("num_classes").usize(),
+                c.get("smoothing").f32(),
+                reduction,
+            )
+            .unwrap()
+            .with_sum_classes(c.get("sum_classes").bool());
+            if !c.get("target_threshold").is_null() {
+                spec = spec
+                    .with_target_threshold(c.get("target_threshold").f32())
+                    .unwrap();
+            }
+            if !c.get("weight").is_null() {
+                spec = spec.with_weight(c.get("weight").f32s()).unwrap();
+            }
+            if !c.get("pos_weight").is_null() {
+                spec = spec.with_pos_weight(c.get("pos_weight").f32s()).unwrap();
+            }
+            let up = c.get("upstream");
+            let (upstream_scalar, upstream_per_sample) = match up {
+                Value::Arr(_) => (None, up.f32s()),
+                _ => (Some(up.f32()), Vec::new()),
+            };
+            let plan =
+                MixPlan::from_parts(&c.get("partner").usizes(), &c.get("lam").f32s()).unwrap();
+            assert_eq!(plan.len(), c.get("batch").usize());
+            let f64s = |v: &Value| v.arr().iter().map(Value::f64).collect::<Vec<_>>();
+            BceCase {
+                name: c.get("name").str().to_owned(),
+                dtype: c.get("dtype").str().to_owned(),
+                plan,
+                spec,
+                labels: c.get("labels").u32s(),
+                logits: c.get("logits").f32s(),
+                target: widen(&c.get("target").f32s()),
+                upstream_scalar,
+                upstream_per_sample,
+                loss: c.opt("loss").map(|v| v.f32().into()),
+                loss64: c.opt("loss_f64").map(Value::f64),
+                elements: c.opt("elements").map(|v| widen(&v.f32s())),
+                elements64: c.opt("elements_f64").map(f64s),
+                grad: widen(&c.get("grad").f32s()),
+                grad64: f64s(c.get("grad_f64")),
+                boundary: c.get("threshold_boundary").bool(),
+            }
+        })
+        .collect()
+}
+
+/// The cases away from the threshold boundary.
+fn bce_typed_cases() -> Vec<BceCase> {
+    bce_cases().into_iter().filter(|c| !c.boundary).collect()
+}
+
+/// timm with `sum_classes=True` ignores `reduction` (it sets 'none' and ends in
+/// `.sum(-1).mean()`): those cases with reduction 'sum' / 'none' are checked on their own.
+fn timm_reduction_follows_spec(case: &BceCase) -> bool {
+    !case.spec.sum_classes() || case.spec.reduction() == Reduction::Mean
+}
+
+/// Compares a BCE result with one of timm's two runs. `rel` is the relative accuracy of the
+/// less accurate side (f32 level against the training-precision run, 1e-12 against f64).
+#[allow(clippy::too_many_arguments)]
+fn check_bce(
+    case: &BceCase,
+    what: &str,
+    rel: f64,
+    want_loss: Option<f64>,
+    want_elements: Option<&[f64]>,
+    want_grad: &[f64],
+    loss: f64,
+    losses: &[f64],
+    elements: Option<&[f64]>,
+    grad: &[f64],
+) {
+    let c = case.classes();
+    if let Some(want) = want_loss {
+        let tol = case.loss_tol(rel, want);
+        assert!(
+            (loss - want).abs() <= tol,
+            "{what}: loss {loss} vs timm {want} (|diff| {:e}, tol {tol:e})",
+            (loss - want).abs()
+        );
+    }
+    if let Some(want) = want_elements {
+        if let Some(got) = elements {
+            assert_close(&format!("{what} elements"), got, want, |j, e| {
+                case.element_tol(j, rel) + rel * e.abs()
+            });
+        }
+        let rows = BceCase::row_sums(want, c);
+        assert_close(&format!("{what} per-sample"), losses, &rows, |i, e| {
+            case.row_tol(i, rel) + rel * e.abs()
+        });
+        // timm has no reduced value for 'none': the crate reports what 'mean' would give.
+        let mean = rows.iter().sum::<f64>() / (case.batch() * c) as f64;
+        let tol = (0..case.batch()).map(|i| case.row_tol(i, rel)).sum::<f64>()
+            / (case.batch() * c) as f64
+            + rel * mean.abs();
+        assert!(
+            (loss - mean).abs() <= tol,
+            "{what}: loss {loss} vs mean of timm's elements {mean}"
+        );
+    }
+    assert_close(&format!("{what} grad"), grad, want_grad, |j, e| {
+        case.grad_tol(j, rel, e)
+    });
+}
+
+/// f32-level accuracy: torch's f32 run and our CPU path each round at most a few times per
+/// term (the CPU's `ln_1p` is within 3 ulp), so 4·EPS32 relative to the element's size.
+/// Measured over the fixture: every check passes with EPS32; with EPS32/4 the gradient of
+/// `σ(z) − t` near t (z ≈ 3, t = 0.91, both the reference and the CPU against torch's f32 run)
+/// does not.
+const BCE_REL32: f64 = 4.0 * EPS32;
+/// torch's f64 run against our f64 reference: the same formula up to rearrangement (every
+/// check passes with 1e-15).
+const BCE_REL64: f64 = 1e-12;
+
+#[test]
+fn bce_fixture_covers_the_grid() {
+    let all = bce_cases();
+    let any = |f: &dyn Fn(&BceCase) -> bool| all.iter().any(f);
+    for eps in [0.0, 0.1] {
+        assert!(
+            any(&|c| c.spec.targets().smoothing == eps),
+            "smoothing {eps}"
+        );
+    }
+    for r in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+        assert!(any(&|c| c.spec.reduction() == r && !c.spec.sum_classes()));
+    }
+    assert!(any(&|c| c.spec.target_threshold().is_none()));
+    assert!(any(
+        &|c| c.spec.target_threshold() == Some(0.2) && !c.boundary
+    ));
+    assert!(any(&|c| c.spec.weight().is_some()));
+    assert!(any(&|c| c.spec.pos_weight().is_some()));
+    assert!(any(&|c| c.spec.sum_classes()));
+    assert!(any(&|c| !c.spec.sum_classes()));
+    assert!(any(&|c| c.classes() % 2 == 1 && c.classes() > 1));
+    assert!(any(&|c| c.batch() % 2 == 1));
+    for d in ["f32", "bf16", "f16"] {
+        assert!(any(&|c| c.dtype == d), "{d}");
+    }
+    // Per-sample λ (elem mode) and one batch λ; a sample whose flipped partner has its label.
+    assert!(any(&|c| c
+        .plan
+        .samples()
+        .any(|s| s.lam != c.plan.samples().next().unwrap().lam)));
+    assert!(any(&|c| c.plan.samples().all(|s| s.lam == 0.7)));
+    assert!(all.iter().all(|c| c.batch() < 2
+        || c.boundary
+        || c.plan
+            .samples()
+            .enumerate()
+            .any(|(i, s)| i != s.partner && c.labels[i] == c.labels[s.partner])));
+    assert!(any(&|c| c.upstream_per_sample.len() > 1));
+    assert!(any(&|c| c.logits.iter().any(|z| z.abs() >= 1e4)));
+    // Thresholded targets are 0/1, the others positive with smoothing.
+    for c in &all {
+        if c.spec.target_threshold().is_some() {
+            assert!(c.target.iter().all(|&t| t == 0.0 || t == 1.0), "{}", c.name);
+        }
+    }
+}
+
+/// The f64 reference against timm's f64 run (1e-12) and its training-precision run (f32
+/// level): loss, per-element and per-sample losses, gradient.
+#[test]
+fn reference_mixup_bce_matches_timm() {
+    let mut n = 0;
+    for case in bce_typed_cases()
+        .iter()
+        .filter(|c| timm_reduction_follows_spec(c))
+    {
+        let r = with_dtype!(case, |z: T| reference::mixup_bce(
+            &case.plan,
+            &case.spec,
+            &z,
+            &case.labels,
+            case.upstream()
+        )
+        .unwrap());
+        for (rel, run, loss, elements, grad) in [
+            (
+                BCE_REL64,
+                "f64",
+                case.loss64,
+                &case.elements64,
+                &case.grad64,
+            ),
+            (BCE_REL32, "f32", case.loss, &case.elements, &case.grad),
+        ] {
+            check_bce(
+                case,
+                &format!("reference {} vs timm {run}", case.name),
+                rel,
+                loss,
+                elements.as_deref(),
+                grad,
+                r.loss,
+                &r.losses,
+                Some(&r.elements),
+                &r.grad,
+            );
+        }
+        n += 1;
+    }
+    assert!(n >= 20, "only {n} cases");
+}
+
+#[cfg(feature = "cpu")]
+mod cpu_bce {
+    use super::*;
+    use mixup_kernels::{cpu, Element};
+
+    /// `cpu::mixup_bce` and `cpu::mixup_bce_forward` against timm's training-precision run (f32
+    /// level) and its f64 run (the same f32-level tolerance: the CPU path computes in f32).
+    #[test]
+    fn cpu_mixup_bce_matches_timm() {
+        let mut n = 0;
+        for case in bce_typed_cases()
+            .iter()
+            .filter(|c| timm_reduction_follows_spec(c))
+        {
+            let b = case.batch();
+            with_dtype!(case, |z: T| {
+                let mut losses = vec![0f32; b];
+                let mut grad = vec![T::default(); z.len()];
+                let loss = cpu::mixup_bce(
+                    &case.plan,
+                    &case.spec,
+                    &z,
+                    &case.labels,
+                    case.upstream(),
+                    Some(&mut losses),
+                    &mut grad,
+                )
+                .unwrap();
+                let grad64: Vec<f64> = grad.iter().map(|g| f64::from(g.to_f32())).collect();
+                for (run, want_loss, want_el, want_grad) in [
+                    ("f32", case.loss, &case.elements, &case.grad),
+                    ("f64", case.loss64, &case.elements64, &case.grad64),
+                ] {
+                    check_bce(
+                        case,
+                        &format!("cpu {} vs timm {run}", case.name),
+                        BCE_REL32,
+                        want_loss,
+                        want_el.as_deref(),
+                        want_grad,
+                        loss.into(),
+                        &widen(&losses),
+                        None,
+                        &grad64,
+                    );
+                }
+                let mut fwd_losses = vec![0f32; b];
+                let fwd = cpu::mixup_bce_forward(
+                    &case.plan,
+                    &case.spec,
+                    &z,
+                    &case.labels,
+                    Some(&mut fwd_losses),
+                )
+                .unwrap();
+                assert_eq!(fwd.to_bits(), loss.to_bits(), "{}: forward loss", case.name);
+                assert_eq!(
+                    fwd_losses, losses,
+                    "{}: forward per-sample losses",
+                    case.name
+                );
+            });
+            n += 1;
+        }
+        assert!(n >= 20, "only {n} cases");
+    }
+
+    /// As `reference_bce_sum_classes_mean_is_timms_value_for_every_reduction`, on the CPU.
+    #[test]
+    fn cpu_bce_sum_classes_mean_is_timms_value_for_every_reduction() {
+        let mut n = 0;
+        for case in bce_typed_cases()
+            .iter()
+            .filter(|c| !timm_reduction_follows_spec(c))
+        {
+            let mut mean = case.clone();
+            mean.spec = respec(&case.spec, Reduction::Mean);
+            with_dtype!(mean, |z: T| {
+                let mut losses = vec![0f32; mean.batch()];
+                let mut grad = vec![T::default(); z.len()];
+                let loss = cpu::mixup_bce(
+                    &mean.plan,
+                    &mean.spec,
+                    &z,
+                    &mean.labels,
+                    mean.upstream(),
+                    Some(&mut losses),
+                    &mut grad,
+                )
+                .unwrap();
+                let grad64: Vec<f64> = grad.iter().map(|g| f64::from(g.to_f32())).collect();
+                check_bce(
+                    &mean,
+                    &format!("cpu {} (as Mean) vs timm f32", case.name),
+                    BCE_REL32,
+                    mean.loss,
+                    None,
+                    &mean.grad,
+                    loss.into(),
+                    &widen(&losses),
+                    None,
+                    &grad64,
+                );
+            });
+            n += 1;
+        }
+        assert!(n >= 2);
+    }
+}
+
+/// `spec` with another reduction.
+fn respec(spec: &BceSpec, reduction: Reduction) -> BceSpec {
+    let t = spec.targets();
+    let mut s = BceSpec::new(t.num_classes, t.smoothing, reduction)
+        .unwrap()
+        .with_sum_classes(spec.sum_classes());
+    if let Some(thr) = spec.target_threshold() {
+        s = s.with_target_threshold(thr).unwrap();
+    }
+    if let Some(w) = spec.weight() {
+        s = s.with_weight(w.to_vec()).unwrap();
+    }
+    if let Some(w) = spec.pos_weight() {
+        s = s.with_pos_weight(w.to_vec()).unwrap();
+    }
+    s
+}
+
+/// timm's `sum_classes=True` builds its loss with reduction 'none' and returns
+/// `loss.sum(-1).mean()` whatever `reduction` says; the crate's [`Reduction::Mean`] with
+/// `sum_classes` is that value, for the cases where timm was given 'sum' or 'none' too.
+#[test]
+fn reference_bce_sum_classes_mean_is_timms_value_for_every_reduction() {
+    let mut n = 0;
+    for case in bce_typed_cases()
+        .iter()
+        .filter(|c| !timm_reduction_follows_spec(c))
+    {
+        let mut mean = case.clone();
+        mean.spec = respec(&case.spec, Reduction::Mean);
+        let r = with_dtype!(mean, |z: T| reference::mixup_bce(
+            &mean.plan,
+            &mean.spec,
+            &z,
+            &mean.labels,
+            mean.upstream()
+        )
+        .unwrap());
+        check_bce(
+            &mean,
+            &format!("reference {} (as Mean) vs timm f64", case.name),
+            BCE_REL64,
+            mean.loss64,
+            None,
+            &mean.grad64,
+            r.loss,
+            &r.losses,
+            None,
+            &r.grad,
+        );
+        n += 1;
+    }
+    assert!(n >= 2);
+}
+
+/// The same cases with the reduction timm was given ('sum', 'none'): timm still returns the
+/// batch mean of the per-sample sums (and its gradient), the crate sums (`Sum`) or leaves the
+/// gradient undivided by B (`None`).
+#[test]
+#[ignore = "crate differs from timm: BceSpec with sum_classes and Reduction::Sum/None does not \
+            take timm's batch mean (timm ignores `reduction` when sum_classes=True)"]
+fn reference_bce_sum_classes_with_sum_or_none_matches_timm() {
+    let mut bad = Vec::new();
+    for case in bce_typed_cases()
+        .iter()
+        .filter(|c| !timm_reduction_follows_spec(c))
+    {
+        let r = with_dtype!(case, |z: T| reference::mixup_bce(
+            &case.plan,
+            &case.spec,
+            &z,
+            &case.labels,
+            case.upstream()
+        )
+        .unwrap());
+        let ok = std::panic::catch_unwind(|| {
+            check_bce(
+                case,
+                &format!("reference {} vs timm f64", case.name),
+                BCE_REL64,
+                case.loss64,
+                None,
+                &case.grad64,
+                r.loss,
+                &r.losses,
+                None,
+                &r.grad,
+            )
+        });
+        if ok.is_err() {
+            bad.push(case.name.clone());
+        }
+    }
+    assert!(bad.is_empty(), "differ from timm: {bad:?}");
+}
+
+/// Targets within an f32 rounding of `target_threshold`: timm rounds `f32(on)·λ +
+/// f32(off)·(1 − λ)` in f32, the crate's CPU path `(1 − ε)·λ + ε/C` in f32 and its reference
+/// the same in f64, so `t > thr` can differ there (λ one f32 ulp from the boundary, C = 5 and
+/// 7, ε = 0.1, thr = 0.2). The reference's elements must equal timm's everywhere else, and where
+/// they differ its own target must lie within 4 f32 ulps of the threshold.
+#[test]
+fn reference_bce_threshold_differs_from_timm_only_at_the_boundary() {
+    let mut flips = 0;
+    for case in bce_cases().iter().filter(|c| c.boundary) {
+        let thr = f64::from(case.spec.target_threshold().unwrap());
+        let t = reference::soft_targets(&case.plan, &case.labels, case.spec.targets()).unwrap();
+        let r = reference::mixup_bce(
+            &case.plan,
+            &case.spec,
+            &case.logits,
+            &case.labels,
+            case.upstream(),
+        )
+        .unwrap();
+        let want = case.elements.as_ref().unwrap();
+        for j in 0..want.len() {
+            let same = (r.elements[j] - want[j]).abs() <= case.element_tol(j, BCE_REL32);
+            if !same {
+                assert!(
+                    (t[j] - thr).abs() <= 4.0 * EPS32 * thr,
+                    "{}[{j}]: target {} is not at the threshold",
+                    case.name,
+                    t[j]
+                );
+                assert_ne!(
+                    f64::from(u8::from(t[j] > thr)),
+                    case.target[j],
+                    "{}[{j}]",
+                    case.name
+                );
+                flips += 1;
+            }
+        }
+    }
+    assert!(flips > 0, "the boundary cases no longer show a difference");
+}
+
+/// The boundary cases for exact agreement (fails: see the test above).
+#[test]
+#[ignore = "crate differs from timm by one f32 rounding of the target at target_threshold \
+            (timm: f32(on)*lam + f32(off)*(1-lam); crate: (1-eps)*lam + eps/C)"]
+fn bce_threshold_boundary_matches_timm() {
+    let mut bad = Vec::new();
+    for case in bce_cases().iter().filter(|c| c.boundary) {
+        let c = case.classes();
+        let want = BceCase::row_sums(case.elements.as_ref().unwrap(), c);
+        let r = reference::mixup_bce(
+            &case.plan,
+            &case.spec,
+            &case.logits,
+            &case.labels,
+            case.upstream(),
+        )
+        .unwrap();
+        #[allow(unused_mut)]
+        let mut got = vec![("reference", r.losses.clone())];
+        #[cfg(feature = "cpu")]
+        {
+            let mut losses = vec![0f32; case.batch()];
+            mixup_kernels::cpu::mixup_bce_forward(
+                &case.plan,
+                &case.spec,
+                &case.logits,
+                &case.labels,
+                Some(&mut losses),
+            )
+            .unwrap();
+            got.push(("cpu", widen(&losses)));
+        }
+        for (what, l) in got {
+            for i in 0..case.batch() {
+                if (l[i] - want[i]).abs() > case.row_tol(i, BCE_REL32) {
+                    bad.push(format!(
+                        "{what} {} row {i}: {} vs timm {}",
+                        case.name, l[i], want[i]
+                    ));
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
