@@ -16,8 +16,8 @@ use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput,
 };
 use mixup_kernels::{
-    bf16, cpu, CeSpec, Element, FloatElement, Layout, MixConfig, MixPlan, Mode, PartnerRule,
-    Reduction, Sampler, Upstream,
+    bf16, cpu, BceSpec, CeSpec, Element, FloatElement, Layout, MixConfig, MixPlan, Mode,
+    PartnerRule, Reduction, Sampler, Upstream,
 };
 use rayon::prelude::*;
 
@@ -154,12 +154,19 @@ fn soft_targets(c: &mut Criterion) {
     g.finish();
 }
 
-fn ce<T: FloatElement>(c: &mut Criterion, batch: usize, classes: usize) {
+/// A fused loss (forward + backward) at `batch × classes` beside the copy of its floor (one read
+/// of the logits, one write of the gradient).
+fn loss_bench<T: FloatElement>(
+    c: &mut Criterion,
+    what: &str,
+    batch: usize,
+    classes: usize,
+    mut op: impl FnMut(&MixPlan, &[T], &[u32], &mut [T]),
+) {
     let p = plan(PartnerRule::Permutation, 1.0, 0.0, batch);
     let labels: Vec<u32> = (0..batch as u32)
         .map(|i| (i * 7919) % classes as u32)
         .collect();
-    let spec = CeSpec::new(classes, 0.1, Reduction::Mean);
     // Logits of a trained-looking scale: [-8, 8).
     let logits: Vec<T> = data::<f32>(batch * classes, 3)
         .into_par_iter()
@@ -168,7 +175,7 @@ fn ce<T: FloatElement>(c: &mut Criterion, batch: usize, classes: usize) {
     let mut grad = vec![T::default(); logits.len()];
     let s = std::mem::size_of::<T>();
     let floor = batch * classes * 2 * s;
-    let name = format!("ce_fwd_bwd_{batch}x{classes}_{}", T::DTYPE.name());
+    let name = format!("{what}_fwd_bwd_{batch}x{classes}_{}", T::DTYPE.name());
     let mut g = if batch * classes > 1 << 24 {
         big_group(c, &name, floor)
     } else {
@@ -178,21 +185,25 @@ fn ce<T: FloatElement>(c: &mut Criterion, batch: usize, classes: usize) {
         g
     };
     g.bench_function("op", |b| {
-        b.iter(|| {
-            cpu::mixup_ce(
-                &p,
-                &spec,
-                black_box(&logits),
-                &labels,
-                Upstream::default(),
-                None,
-                &mut grad,
-            )
-            .unwrap()
-        })
+        b.iter(|| op(&p, black_box(&logits), &labels, &mut grad))
     });
     bench_copy(&mut g, floor);
     g.finish();
+}
+
+fn ce<T: FloatElement>(c: &mut Criterion, batch: usize, classes: usize) {
+    let spec = CeSpec::new(classes, 0.1, Reduction::Mean);
+    loss_bench::<T>(c, "ce", batch, classes, |p, z, labels, grad| {
+        cpu::mixup_ce(p, &spec, z, labels, Upstream::default(), None, grad).unwrap();
+    });
+}
+
+/// timm's DeiT III / RSB setting: smoothing 0.1 in the mixed target, no threshold or weights.
+fn bce<T: FloatElement>(c: &mut Criterion, batch: usize, classes: usize) {
+    let spec = BceSpec::new(classes, 0.1, Reduction::Mean).unwrap();
+    loss_bench::<T>(c, "bce", batch, classes, |p, z, labels, grad| {
+        cpu::mixup_bce(p, &spec, z, labels, Upstream::default(), None, grad).unwrap();
+    });
 }
 
 fn cross_entropy(c: &mut Criterion) {
@@ -202,11 +213,19 @@ fn cross_entropy(c: &mut Criterion) {
     ce::<bf16>(c, 4096, 32000);
 }
 
+fn binary_cross_entropy(c: &mut Criterion) {
+    bce::<f32>(c, 256, 1000);
+    bce::<bf16>(c, 256, 1000);
+    bce::<f32>(c, 4096, 32000);
+    bce::<bf16>(c, 4096, 32000);
+}
+
 criterion_group!(
     benches,
     mix_inputs_f32,
     mix_inputs_bf16,
     soft_targets,
-    cross_entropy
+    cross_entropy,
+    binary_cross_entropy
 );
 criterion_main!(benches);

@@ -157,16 +157,19 @@ pub fn mixup_ce<T: Element>(
             .collect();
         let t = &targets[i * c..(i + 1) * c];
         let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-        // A class with zero target weight adds nothing, even when its logit is −inf (masked):
-        // `0 · (−inf)` would be NaN. PyTorch's index-target `cross_entropy` behaves the same.
+        let ln_s = z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        // `lse - Σ t z = ln s - Σ t (z - m)` since the targets sum to 1: written with `z - m` so
+        // that a row of huge logits (all classes at f32::MIN, say) does not lose `ln s` to the
+        // cancellation of `m` against `Σ t z`. A class with zero target weight adds nothing,
+        // even when its logit is −inf (masked): `0 · (−inf)` would be NaN. PyTorch's
+        // index-target `cross_entropy` behaves the same.
         let dot: f64 = z
             .iter()
             .zip(t)
             .filter(|(_, &tc)| tc != 0.0)
-            .map(|(zc, tc)| zc * tc)
+            .map(|(zc, tc)| (zc - m) * tc)
             .sum();
-        losses[i] = lse - dot;
+        losses[i] = ln_s - dot;
         let up = match upstream {
             Upstream::Scalar(g) => f64::from(g),
             Upstream::PerSample(g) => f64::from(g[i]),
@@ -176,7 +179,7 @@ pub fn mixup_ce<T: Element>(
             Reduction::Sum | Reduction::None => up,
         };
         for k in 0..c {
-            grad[i * c + k] = ((z[k] - lse).exp() - t[k]) * scale;
+            grad[i * c + k] = ((z[k] - m - ln_s).exp() - t[k]) * scale;
         }
     }
     let sum: f64 = losses.iter().sum();
