@@ -259,10 +259,16 @@ pub fn mixup_bce<T: Element>(
     check_bce(plan, spec, logits.len(), &upstream)?;
     let mut t = soft_targets(plan, labels, spec.targets())?;
     let (b, c) = (plan.len(), spec.targets().num_classes);
-    if let Some(thr) = spec.target_threshold() {
-        let thr = f64::from(thr);
-        t.iter_mut()
-            .for_each(|v| *v = if *v > thr { 1.0 } else { 0.0 });
+    // Thresholded targets are decided on timm's f32 rounding of the soft target (see
+    // `BceSpec::thresholded`): a discrete decision must not depend on the oracle's precision.
+    for (i, s) in plan.samples().enumerate() {
+        let (ya, yb) = (labels[i] as usize, labels[s.partner] as usize);
+        if let Some((other, ta, tb)) = spec.thresholded(s.lam, ya == yb) {
+            let row = &mut t[i * c..(i + 1) * c];
+            row.fill(f64::from(other));
+            row[yb] = f64::from(tb);
+            row[ya] = f64::from(ta);
+        }
     }
     let factor = match spec.reduction() {
         Reduction::Mean => 1.0 / spec.mean_count(b),

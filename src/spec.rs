@@ -298,6 +298,14 @@ impl CeSpec {
 /// `[B, C]` elements, which [`reference::mixup_bce`](crate::reference::mixup_bce) returns) and
 /// reports the `Mean` value for logging.
 ///
+/// Two points where timm's own choices show (checked against timm 1.0.31 in
+/// `tests/parity.rs`): with `sum_classes=True` timm ignores its `reduction` and always takes
+/// the batch mean; here `Sum` and `None` keep their meaning, and `Mean` gives timm's value. A
+/// `target_threshold` decides on the soft target as timm rounds it in f32 (see
+/// `tests/fixtures/bce.json`), so targets one rounding from the threshold go the same way.
+/// timm's `BinaryCrossEntropy(smoothing=…)` does not smooth a dense (mixed) target unless
+/// `smooth_dense=True`; the smoothing here is the `Mixup`'s, applied once.
+///
 /// Built validated: every setter checks its argument, so a spec that exists is usable with
 /// logits of its class count.
 ///
@@ -420,6 +428,28 @@ impl BceSpec {
     /// Whether classes are summed before the batch mean.
     pub fn sum_classes(&self) -> bool {
         self.sum_classes
+    }
+
+    /// With a threshold, the thresholded targets of a sample with weight `lam` on its own label:
+    /// `(t_other, t_a, t_b)`, each 0 or 1 (`t_a == t_b` when `same`). The soft target is
+    /// rounded as timm's `mixup_target` rounds it in f32, `y1·λ + y2·(1 − λ)` with `y` one-hot
+    /// rows of `f32(1 − ε + ε/C)` and `f32(ε/C)`, each product and the sum rounded once, so that
+    /// `t > threshold` decides as timm does even for a target one rounding from the threshold.
+    /// (timm's batch mode forms `1 − λ` in f64 from its f64 λ; the plan holds the f32 λ, so
+    /// there the decision can still differ for λ within an f32 ulp of the boundary.)
+    pub(crate) fn thresholded(&self, lam: f32, same: bool) -> Option<(f32, f32, f32)> {
+        let thr = self.threshold?;
+        let eps = f64::from(self.targets.smoothing);
+        let off64 = eps / self.targets.num_classes as f64;
+        let (on, off) = ((1.0 - eps + off64) as f32, off64 as f32);
+        let mu = 1.0 - lam;
+        let t = |y1: f32, y2: f32| {
+            let (p, q) = (y1 * lam, y2 * mu);
+            f32::from(u8::from(p + q > thr))
+        };
+        let ta = if same { t(on, on) } else { t(on, off) };
+        let tb = if same { ta } else { t(off, on) };
+        Some((t(off, off), ta, tb))
     }
 
     /// The number of elements the mean divides by: `B·C`, or `B` with `sum_classes`.

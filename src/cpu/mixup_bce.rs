@@ -11,8 +11,8 @@
 //! appears, and a product with a zero weight is left out: a −inf logit of a class whose target
 //! is 0 adds nothing. A row is one pass: read `z`, write `g`, per-sample sums in f64.
 
-use super::lanes::{narrow, widen};
-use super::math::exp;
+use super::lanes::{narrow, simd_fn, widen};
+use super::math::{exp, flush, BLOCK};
 use super::pool::{self, Slab};
 use super::soft_targets::{rows_per_task, Targets};
 use crate::dtype::{Element, FloatElement};
@@ -48,51 +48,93 @@ pub(crate) fn ln_1p_unit(e: f32) -> f32 {
     k.mul_add(LN2_HI, k.mul_add(LN2_LO, ln_v + corr))
 }
 
-/// `w · x`, 0 when the weight is 0 (a masked logit with no weight adds nothing).
+/// `w · x`, 0 when the weight is 0 (a masked logit with no weight adds nothing). A select,
+/// not a branch.
 #[inline(always)]
 fn weighted(w: f32, x: f32) -> f32 {
+    let p = w * x;
     if w == 0.0 {
         0.0
     } else {
-        w * x
+        p
     }
 }
 
 /// One element: `(ℓ, ∂ℓ/∂z · scale)` before the class weight `v`, which the caller applies.
+/// Branch-free (both forms computed, one selected) so the loop vectorizes; a zero weight
+/// selects 0 instead of a product with a possibly infinite logit.
 #[inline(always)]
 fn element(z: f32, t: f32, w: f32, scale: f32) -> (f32, f32) {
     let c = (w - 1.0).mul_add(t, 1.0);
     let e = exp(-z.abs());
     let sp = ln_1p_unit(e);
-    let (l, sig) = if z >= 0.0 {
-        (weighted(1.0 - t, z) + c * sp, 1.0 / (1.0 + e))
+    let pos = z >= 0.0;
+    // z ≥ 0: (1 − t)·z + c·sp; z < 0 (and NaN): c·sp − w·t·z.
+    let lin = if pos {
+        weighted(1.0 - t, z)
     } else {
-        (c * sp - weighted(w * t, z), e / (1.0 + e))
+        -weighted(w * t, z)
     };
-    (l, (c * sig - w * t) * scale)
+    let l = c.mul_add(sp, lin);
+    let sig = if pos { 1.0 } else { e } / (1.0 + e);
+    (l, c.mul_add(sig, -(w * t)) * scale)
 }
 
 /// Per-call constants.
 struct Consts<'a> {
+    spec: &'a BceSpec,
     targets: Targets,
-    threshold: Option<f32>,
     weight: Option<&'a [f32]>,
     pos_weight: Option<&'a [f32]>,
 }
 
-impl Consts<'_> {
-    /// A target, thresholded if asked (`t > thr` → 1, else 0, as timm's `target.gt(thr)`).
-    #[inline(always)]
-    fn target(&self, t: f32) -> f32 {
-        match self.threshold {
-            Some(thr) => f32::from(u8::from(t > thr)),
-            None => t,
+/// Lanes of the loss sums: lane `k` adds the elements `≡ k (mod 16)` of a block in order, and
+/// each block of [`BLOCK`] elements is flushed to f64 (as the CE's pass (2) does).
+const SUM_LANES: usize = 16;
+
+/// Elements `range` of one row, all with target `t`, `w(j)`/`v(j)` the positive and class
+/// weights of class `j`: returns the sum of their losses, writes their gradients if `G`.
+#[inline(always)]
+fn span_with<T: Element, const G: bool>(
+    z: &[T],
+    g: &mut [T],
+    range: std::ops::Range<usize>,
+    t: f32,
+    w: impl Fn(usize) -> f32,
+    v: impl Fn(usize) -> f32,
+    scale: f32,
+) -> f64 {
+    let mut sum = 0.0f64;
+    let mut j = range.start;
+    while j < range.end {
+        let stop = (j + BLOCK).min(range.end);
+        let mut acc = [0.0f32; SUM_LANES];
+        while j + SUM_LANES <= stop {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let (l, d) = element(widen(z[j + k]), t, w(j + k), scale);
+                let vk = v(j + k);
+                *a += weighted(vk, l);
+                if G {
+                    g[j + k] = narrow(vk * d);
+                }
+            }
+            j += SUM_LANES;
         }
+        for a in acc.iter_mut().take(stop - j) {
+            let (l, d) = element(widen(z[j]), t, w(j), scale);
+            *a += weighted(v(j), l);
+            if G {
+                g[j] = narrow(v(j) * d);
+            }
+            j += 1;
+        }
+        sum += flush(&mut acc);
     }
+    sum
 }
 
-/// Elements `range` of one row with target `t` for all of them: adds their losses to the row sum
-/// and writes their gradients to `g` if given.
+/// [`span_with`] with the weights and the gradient that the call has, each combination its own
+/// loop (no per-element test of an `Option`).
 #[inline(always)]
 fn span<T: Element>(
     z: &[T],
@@ -102,17 +144,23 @@ fn span<T: Element>(
     k: &Consts<'_>,
     scale: f32,
 ) -> f64 {
-    let mut sum = 0.0f64;
-    for j in range {
-        let w = k.pos_weight.map_or(1.0, |p| p[j]);
-        let v = k.weight.map_or(1.0, |p| p[j]);
-        let (l, d) = element(widen(z[j]), t, w, scale);
-        sum += f64::from(weighted(v, l));
-        if let Some(g) = g.as_deref_mut() {
-            g[j] = narrow(v * d);
-        }
+    let one = |_: usize| 1.0f32;
+    macro_rules! go {
+        ($g:expr, $G:literal) => {
+            match (k.pos_weight, k.weight) {
+                (None, None) => span_with::<T, $G>(z, $g, range, t, one, one, scale),
+                (Some(p), None) => span_with::<T, $G>(z, $g, range, t, |j| p[j], one, scale),
+                (None, Some(q)) => span_with::<T, $G>(z, $g, range, t, one, |j| q[j], scale),
+                (Some(p), Some(q)) => {
+                    span_with::<T, $G>(z, $g, range, t, |j| p[j], |j| q[j], scale)
+                }
+            }
+        };
     }
-    sum
+    match g.as_deref_mut() {
+        Some(g) => go!(g, true),
+        None => go!(&mut [], false),
+    }
 }
 
 /// One row: the per-sample loss `Σ_c ℓ_c`; the gradient into `g` if given. Classes `a`, `b` get
@@ -126,17 +174,34 @@ fn row<T: Element>(
     k: &Consts<'_>,
 ) -> f32 {
     let c = z.len();
-    let (ta, tb) = k.targets.pair(lam, a == b);
-    let off = k.target(k.targets.off);
+    let (off, ta, tb) = match k.spec.thresholded(lam, a == b) {
+        Some(t) => t,
+        None => {
+            let (ta, tb) = k.targets.pair(lam, a == b);
+            (k.targets.off, ta, tb)
+        }
+    };
     let (lo, hi) = (a.min(b), a.max(b));
     let mut sum = span(z, &mut g, 0..lo, off, k, scale);
     sum += span(z, &mut g, lo + 1..hi, off, k, scale);
     sum += span(z, &mut g, (hi + 1).min(c)..c, off, k, scale);
-    sum += span(z, &mut g, a..a + 1, k.target(ta), k, scale);
+    sum += span(z, &mut g, a..a + 1, ta, k, scale);
     if b != a {
-        sum += span(z, &mut g, b..b + 1, k.target(tb), k, scale);
+        sum += span(z, &mut g, b..b + 1, tb, k, scale);
     }
     sum as f32
+}
+
+simd_fn! {
+    /// [`row`], with AVX2 and FMA when the CPU has them (`mul_add` is then one instruction
+    /// instead of a call to the software `fmaf`: 60× faster here, same bits).
+    fn row_simd<T: Element>(
+        z: &[T],
+        g: Option<&mut [T]>,
+        labels: (usize, usize, f32),
+        scale: f32,
+        k: &Consts<'_>,
+    ) -> f32 => row
 }
 
 fn check_all(
@@ -185,8 +250,8 @@ fn run<T: FloatElement>(
         }
     };
     let k = Consts {
+        spec,
         targets: Targets::new(spec.targets()),
-        threshold: spec.target_threshold(),
         weight: spec.weight(),
         pos_weight: spec.pos_weight(),
     };
@@ -217,11 +282,11 @@ fn run<T: FloatElement>(
                 width: c,
             };
             pool::for_each_row((z, (g, &mut *losses)), per, small, |i, (z, (g, l))| {
-                l[0] = row(z.data, Some(g.data), labels_of(i), scale(i), &k);
+                l[0] = row_simd(z.data, Some(g.data), labels_of(i), scale(i), &k);
             });
         }
         None => pool::for_each_row((z, &mut *losses), per, small, |i, (z, l)| {
-            l[0] = row(z.data, None::<&mut [T]>, labels_of(i), 0.0, &k);
+            l[0] = row_simd(z.data, None::<&mut [T]>, labels_of(i), 0.0, &k);
         }),
     }
     let sum: f64 = losses.iter().map(|&l| f64::from(l)).sum();
