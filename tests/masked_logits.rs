@@ -49,8 +49,8 @@ fn check<T: FloatElement>(what: &str, plan: &MixPlan, spec: &CeSpec, z: &[T], la
     let mut grad = vec![T::from_f32(7.0); z.len()];
     let mut losses = vec![-1.0f32; b];
     let loss = cpu::mixup_ce(plan, spec, z, labels, up, Some(&mut losses), &mut grad).unwrap();
-    for i in 0..b {
-        assert_loss(&format!("{what}: loss {i}"), losses[i], want.losses[i], abs);
+    for (i, (&l, &w)) in losses.iter().zip(&want.losses).enumerate() {
+        assert_loss(&format!("{what}: loss {i}"), l, w, abs);
     }
     assert_loss(&format!("{what}: reduced loss"), loss, want.loss, abs);
     // The gradient `softmax - t` is finite wherever a class is left unmasked.

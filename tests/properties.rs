@@ -226,13 +226,11 @@ fn check_ce<T: FloatElement>(plan: &MixPlan, spec: &CeSpec, kinds: &[Kind], seed
     let mut losses = vec![0.0f32; b];
     cpu::mixup_ce(plan, spec, &z, &labels, up, Some(&mut losses), &mut grad).unwrap();
     let abs = 1e-6 * (1.0 + (c as f64).ln()) * (1.0 + range);
-    for i in 0..b {
+    for (i, (&l, &w)) in losses.iter().zip(&want.losses).enumerate() {
         assert!(
-            loss_ok(losses[i], want.losses[i], abs, 1e-5),
-            "{:?} CE loss {i}: {} vs {}",
-            T::DTYPE,
-            losses[i],
-            want.losses[i]
+            loss_ok(l, w, abs, 1e-5),
+            "{:?} CE loss {i}: {l} vs {w}",
+            T::DTYPE
         );
     }
     // The gradient is finite wherever the reference's is (a row with all classes masked or a
@@ -266,13 +264,11 @@ fn check_bce<T: FloatElement>(plan: &MixPlan, spec: &BceSpec, kinds: &[Kind], se
     let mut losses = vec![0.0f32; b];
     cpu::mixup_bce(plan, spec, &z, &labels, up, Some(&mut losses), &mut grad).unwrap();
     let abs = 1e-6 * c as f64 * (1.0 + range);
-    for i in 0..b {
+    for (i, (&l, &w)) in losses.iter().zip(&want.losses).enumerate() {
         assert!(
-            loss_ok(losses[i], want.losses[i], abs, 1e-5),
-            "{:?} BCE loss {i}: {} vs {}",
-            T::DTYPE,
-            losses[i],
-            want.losses[i]
+            loss_ok(l, w, abs, 1e-5),
+            "{:?} BCE loss {i}: {l} vs {w}",
+            T::DTYPE
         );
     }
     let factor = 1.0 / (b * c) as f64;
