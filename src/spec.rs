@@ -470,6 +470,7 @@ impl BceSpec {
     }
 
     /// The factor of every element's gradient before the upstream gradient.
+    #[cfg_attr(not(any(feature = "cpu", mixup_cuda)), allow(dead_code))]
     pub(crate) fn grad_factor(&self, batch: usize) -> f32 {
         match self.reduction {
             Reduction::Mean => (1.0 / self.mean_count(batch)) as f32,
