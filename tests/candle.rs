@@ -708,3 +708,65 @@ fn bce_backward_matches_reference() {
         }
     }
 }
+
+/// The errors a new user meets name the tensor, what is accepted and the likely mistake.
+#[test]
+fn error_messages_name_the_argument_and_the_fix() {
+    let dev = Device::Cpu;
+    let plan = MixPlan::from_parts(&[1, 0], &[0.6, 0.6]).unwrap();
+    let logits = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
+    let labels = Tensor::new(&[0u32, 2], &dev).unwrap();
+    let spec = CeSpec::new(3, 0.0, Reduction::Mean);
+    let msg = |r: candle_core::Result<Tensor>| format!("{}", expect_err(r, "error"));
+    let m = msg(mixup_cross_entropy(
+        &logits,
+        &labels.to_dtype(DType::F32).unwrap(),
+        &plan,
+        &spec,
+    ));
+    assert!(
+        m.contains("labels must be u32, i64 or u8") && m.contains("F32"),
+        "{m}"
+    );
+    let m = msg(mixup_cross_entropy(
+        &logits,
+        &labels.reshape((2, 1)).unwrap(),
+        &plan,
+        &spec,
+    ));
+    assert!(
+        m.contains("labels must be [batch]") && m.contains("squeeze"),
+        "{m}"
+    );
+    let m = msg(mixup_cross_entropy(
+        &labels.to_dtype(DType::F32).unwrap(),
+        &logits,
+        &plan,
+        &spec,
+    ));
+    assert!(
+        m.contains("logits must be [batch, num_classes]") && m.contains("swapped"),
+        "{m}"
+    );
+    let m = msg(mixup_cross_entropy(
+        &logits.to_dtype(DType::F64).unwrap(),
+        &labels,
+        &plan,
+        &spec,
+    ));
+    assert!(m.contains("logits must be f32, f16 or bf16"), "{m}");
+    // A CutMix plan for 4x4 images used on a channels-last batch declared channels-first.
+    let b = mixup_kernels::CutBox {
+        y0: 0,
+        y1: 2,
+        x0: 0,
+        x1: 2,
+    };
+    let cut = MixPlan::with_boxes(&[1, 0], &[0.75, 1.0], &[Some(b), None], 4, 4).unwrap();
+    let nhwc = Tensor::zeros((2, 4, 4, 3), DType::F32, &dev).unwrap();
+    let m = msg(mix_images(&cut, &nhwc, ImageLayout::Nchw));
+    assert!(
+        m.contains("drawn for 4x4") && m.contains("memory format"),
+        "{m}"
+    );
+}

@@ -7,7 +7,7 @@ use candle_core::{
     CpuStorage, CustomOp2, DType, Device, Error, Layout as CLayout, Result, Shape, Tensor,
 };
 
-use super::{check_dtype, check_labels_tensor, contiguous, host_labels, same_device};
+use super::{check_labels_tensor, check_logits, contiguous, host_labels, same_device};
 use crate::dtype::FloatElement;
 use crate::error::MixError;
 use crate::plan::MixPlan;
@@ -51,16 +51,8 @@ pub fn mixup_binary_cross_entropy(
     spec: &BceSpec,
 ) -> Result<Tensor> {
     const OP: &str = "mixup_kernels::mixup_binary_cross_entropy";
+    check_logits(logits, labels, OP)?;
     let dims = logits.dims();
-    if dims.len() != 2 {
-        return Err(Error::UnexpectedNumberOfDims {
-            expected: 2,
-            got: dims.len(),
-            shape: logits.shape().clone(),
-        }
-        .bt());
-    }
-    check_dtype(logits.dtype(), &[DType::F32, DType::F16, DType::BF16], OP)?;
     let c = spec.targets().num_classes;
     if dims[1] != c {
         return Err(Error::ShapeMismatchBinaryOp {

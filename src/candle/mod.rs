@@ -175,7 +175,22 @@ pub fn mix_images(plan: &MixPlan, images: &Tensor, layout: ImageLayout) -> Resul
         plan: plan.clone(),
         layout: layout.layout(dims),
     };
-    op.check(images.elem_count())?;
+    if let Err(e) = op.check(images.elem_count()) {
+        let hint = match (plan.image_size(), op.layout.image_size()) {
+            (Some(p), Some(d)) if p != d => format!(
+                "{OP}: the plan was drawn for {}x{} images, but the tensor {:?} read as \
+                 {layout:?} is {}x{}: check the memory format (ImageLayout::Nchw for \
+                 [B, C, H, W], ImageLayout::Nhwc for [B, H, W, C])",
+                p.0,
+                p.1,
+                images.shape(),
+                d.0,
+                d.1
+            ),
+            _ => format!("{OP}: images of shape {:?}", images.shape()),
+        };
+        return Err(e.context(hint));
+    }
     images.contiguous()?.apply_op1_no_bwd(&op)
 }
 
@@ -313,16 +328,8 @@ pub fn mixup_cross_entropy(
     spec: &CeSpec,
 ) -> Result<Tensor> {
     const OP: &str = "mixup_kernels::mixup_cross_entropy";
+    check_logits(logits, labels, OP)?;
     let dims = logits.dims();
-    if dims.len() != 2 {
-        return Err(Error::UnexpectedNumberOfDims {
-            expected: 2,
-            got: dims.len(),
-            shape: logits.shape().clone(),
-        }
-        .bt());
-    }
-    check_dtype(logits.dtype(), &[DType::F32, DType::F16, DType::BF16], OP)?;
     spec.targets.validate()?;
     let (b, c) = (dims[0], dims[1]);
     if c != spec.targets.num_classes {
@@ -386,6 +393,35 @@ pub fn check_device_labels(device: &Device) -> Result<()> {
 // Checks
 // ---------------------------------------------------------------------------------------------
 
+/// Logits must be `[batch, num_classes]` in f32, f16 or bf16; the error says so, names the
+/// shape, and points at swapped arguments (rank-1 logits beside rank-2 labels).
+fn check_logits(logits: &Tensor, labels: &Tensor, op: &'static str) -> Result<()> {
+    if logits.rank() != 2 {
+        let swapped = logits.rank() == 1 && labels.rank() == 2;
+        let e = Error::UnexpectedNumberOfDims {
+            expected: 2,
+            got: logits.rank(),
+            shape: logits.shape().clone(),
+        }
+        .bt();
+        return Err(e.context(format!(
+            "{op}: logits must be [batch, num_classes], got shape {:?}{}",
+            logits.shape(),
+            if swapped {
+                " (logits and labels look swapped: the call is (logits, labels, plan, spec))"
+            } else {
+                ""
+            }
+        )));
+    }
+    check_dtype(logits.dtype(), &[DType::F32, DType::F16, DType::BF16], op).map_err(|e| {
+        e.context(format!(
+            "{op}: logits must be f32, f16 or bf16, got {:?}",
+            logits.dtype()
+        ))
+    })
+}
+
 fn check_dtype(got: DType, allowed: &[DType], op: &'static str) -> Result<()> {
     if allowed.contains(&got) {
         Ok(())
@@ -409,14 +445,34 @@ fn same_device(a: &Tensor, b: &Tensor, op: &'static str) -> Result<()> {
 
 fn check_labels_tensor(labels: &Tensor, plan: &MixPlan, op: &'static str) -> Result<()> {
     if labels.rank() != 1 {
-        return Err(Error::UnexpectedNumberOfDims {
+        let column = labels.rank() == 2 && labels.dims()[1] == 1;
+        let e = Error::UnexpectedNumberOfDims {
             expected: 1,
             got: labels.rank(),
             shape: labels.shape().clone(),
         }
-        .bt());
+        .bt();
+        return Err(e.context(format!(
+            "{op}: labels must be [batch] class indices, got shape {:?}{}",
+            labels.shape(),
+            if column {
+                " (squeeze the last dimension: labels.squeeze(1))"
+            } else {
+                ""
+            }
+        )));
     }
-    check_dtype(labels.dtype(), &[DType::U32, DType::I64, DType::U8], op)?;
+    check_dtype(labels.dtype(), &[DType::U32, DType::I64, DType::U8], op).map_err(|e| {
+        let hint = if labels.dtype().is_float() {
+            " (class indices, not one-hot or soft targets: to_dtype(DType::U32) if they hold whole numbers)"
+        } else {
+            ""
+        };
+        e.context(format!(
+            "{op}: labels must be u32, i64 or u8 class indices, got {:?}{hint}",
+            labels.dtype()
+        ))
+    })?;
     plan.check_batch(labels.dims()[0])?;
     Ok(())
 }
