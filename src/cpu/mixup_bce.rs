@@ -104,7 +104,7 @@ fn lanes_of<const N: usize>(v: Option<&[f32]>, j: usize) -> [f32; N] {
 /// Elements of one row that share the target `t` (`z`, `g`, and the optional positive and
 /// class weights `w`, `v` sliced to them; `g` empty unless `G`): returns the sum of their
 /// losses, writes their gradients if `G`. Works on fixed arrays of 16 so that LLVM vectorizes
-/// it (indexing the slices element by element kept it scalar, 13× slower).
+/// it (indexing the slices element by element kept it scalar; see `BENCHMARKS.md`).
 #[inline(always)]
 fn span_with<T: Element, const G: bool>(
     z: &[T],
@@ -202,7 +202,7 @@ fn row<T: Element>(
 
 simd_fn! {
     /// [`row`], with AVX2 and FMA when the CPU has them (`mul_add` is then one instruction
-    /// instead of a call to the software `fmaf`: 60× faster here, same bits).
+    /// instead of a call to the software `fmaf`; same bits; figures in `BENCHMARKS.md`).
     fn row_simd<T: Element>(
         z: &[T],
         g: Option<&mut [T]>,
