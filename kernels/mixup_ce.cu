@@ -20,6 +20,22 @@
 // cannot overflow it to -inf; scaling by a power of two is exact outside the subnormal range,
 // and one FMA per element adds it (same cost as the plain add). off * 2^40 undoes the scale.
 // A row whose max is -inf (every class -inf) gives NaN or inf, as in PyTorch; NaN logits give NaN.
+//
+// Far maxima: the shift is kept in natural units (Stats::m = max z), and the log2-domain form
+// exp2(z log2e - sub), sub = f32(m log2e) (one FMA per element), is used while |m| < 2^24
+// (`far_max`). That form is exact only up to the rounding of sub, |z log2e - sub| <= ulp/2 for
+// z = m, harmless for small m (lse2 = sub + log2 s puts it back) but 2^103 at m = -3.4e38, where
+// exp2 of it is 0 or inf (and m log2e itself overflows below -2.36e38): a row whose every class
+// is masked with the f32 or bf16 minimum gave a -inf loss and an inf gradient. Past 2^24 a
+// thread computes exp2((z - m) log2e - sub) instead (z - m is exact where it matters), one
+// subtraction more per element, chosen once per thread or slot and per row (a uniform branch:
+// the normal path runs the same instructions as before). A row whose max is far also has its
+// loss relative to m, as the reference forms it: ln s - sum_c t_c (z_c - m) (sum_c t_c = 1),
+// since lse = m + ln s loses ln s to rounding; sum_c (z_c - m) then comes from a second pass
+// over the row (registers, shared memory, or a re-read in ce_online; only with eps > 0), and
+// the gradient is exp2((z - m) log2e - log2 s) - t. Clamping the scaled max instead would leave
+// every exp2 argument of such a row at -inf or garbage (s = 0), and clamping the logits would
+// merge distinct logits below the clamp.
 // The reduced loss (sum, or mean for Mean and None) is summed on the device in a fixed order by
 // the last block to finish (per-row losses -> one block, strided then a fixed tree), so the same
 // inputs give the same bits on every run.
@@ -45,6 +61,7 @@
 #define CE_ONLINE_U 4
 #define CE_SZ_SCALE 0x1p-40f  // sum_c z_c is accumulated times this (see above)
 #define CE_SZ_UNSCALE 0x1p40f
+#define CE_FAR 0x1p24f        // |max z| from which the shift stays in natural units (see above)
 
 struct CeArgs {
     u64 logits;    // const E::B*, [B, C]
@@ -68,9 +85,8 @@ struct CeArgs {
 };
 static_assert(sizeof(CeArgs) == 112, "CeArgs must match the host layout");
 
-// Per-row partial statistics: max and sum of exp2 in the log2 domain (m = max z * log2 e,
-// s = sum exp2(z log2 e - m)), sum of z * CE_SZ_SCALE, and z_a, z_b (0 where the class is not
-// held).
+// Per-row partial statistics: max m = max z (natural units) and s = sum exp(z - m), sum of
+// z * CE_SZ_SCALE, and z_a, z_b (0 where the class is not held).
 struct Stats {
     float m, s, sz, za, zb;
 };
@@ -88,7 +104,15 @@ DEV Stats stats_empty() {
 // Symmetric in its arguments, bit for bit (max and + commute), so every lane of a butterfly
 // ends with the same value.
 DEV void stats_merge(Stats& x, const Stats& y) {
-    lse_merge(x.m, x.s, y.m, y.s);
+    const float mm = fmaxf(x.m, y.m);
+    if (mm == neg_inf()) {
+        x.s = 0.0f;
+    } else {
+        // Two rounded products and a rounded sum: symmetric bit for bit (see lse_merge).
+        x.s = __fadd_rn(__fmul_rn(x.s, ex2(__fmul_rn(x.m - mm, LOG2E_F))),
+                        __fmul_rn(y.s, ex2(__fmul_rn(y.m - mm, LOG2E_F))));
+    }
+    x.m = mm;
     x.sz = x.sz + y.sz;
     x.za = x.za + y.za;
     x.zb = x.zb + y.zb;
@@ -148,16 +172,50 @@ DEV Row row_of(const CeArgs& g, u64 row) {
     return r;
 }
 
+// Whether the shift stays in natural units (|m| >= 2^24, m finite; "Far maxima" at the top).
+DEV bool far_max(float m) { return fabsf(m) >= CE_FAR && fabsf(m) < -neg_inf(); }
+
+// The argument of exp2 for exp(z - m): z log2e - sub with sub = m log2e (one FMA), or for a
+// far m, (z - m) log2e - sub (sub = 0, or log2 s for the gradient).
+template <bool FAR>
+DEV float ex_arg(float z, float m, float sub) {
+    return FAR ? fmaf(__fsub_rn(z, m), LOG2E_F, -sub) : fmaf(z, LOG2E_F, -sub);
+}
+
 // Writes the row's loss; flags a bad label once per row. tz = wa z_a + wb z_b + off sum z with
-// each zero-weight term left out (a masked class with no weight adds nothing; see the top).
-DEV void row_finish(const CeArgs& g, u64 row, const Row& r, const Stats& st) {
-    const float lse = (st.m + log2f(st.s)) * LN2_F;
-    float tz = 0.0f;
-    if (r.wa != 0.0f) tz = __fmul_rn(r.wa, st.za);
-    if (r.wb != 0.0f) tz = __fadd_rn(tz, __fmul_rn(r.wb, st.zb));
-    if (g.off != 0.0f) tz = __fadd_rn(tz, __fmul_rn(__fmul_rn(g.off, CE_SZ_UNSCALE), st.sz));
-    ((float*)g.losses)[row] = __fsub_rn(lse, tz);
+// each zero-weight term left out (a masked class with no weight adds nothing; see the top). For
+// a far max, relative to m: ln s - (wa (z_a - m) + wb (z_b - m) + off dz), dz = sum_c (z_c - m)
+// (held times CE_SZ_SCALE).
+DEV void row_finish(const CeArgs& g, u64 row, const Row& r, const Stats& st, float dz) {
+    float loss;
+    if (far_max(st.m)) {
+        float tz = 0.0f;
+        if (r.wa != 0.0f) tz = __fmul_rn(r.wa, __fsub_rn(st.za, st.m));
+        if (r.wb != 0.0f) tz = __fadd_rn(tz, __fmul_rn(r.wb, __fsub_rn(st.zb, st.m)));
+        if (g.off != 0.0f) tz = __fadd_rn(tz, __fmul_rn(__fmul_rn(g.off, CE_SZ_UNSCALE), dz));
+        loss = __fsub_rn(__fmul_rn(log2f(st.s), LN2_F), tz);
+    } else {
+        const float lse = (st.m * LOG2E_F + log2f(st.s)) * LN2_F;
+        float tz = 0.0f;
+        if (r.wa != 0.0f) tz = __fmul_rn(r.wa, st.za);
+        if (r.wb != 0.0f) tz = __fadd_rn(tz, __fmul_rn(r.wb, st.zb));
+        if (g.off != 0.0f) tz = __fadd_rn(tz, __fmul_rn(__fmul_rn(g.off, CE_SZ_UNSCALE), st.sz));
+        loss = __fsub_rn(lse, tz);
+    }
+    ((float*)g.losses)[row] = loss;
     if (r.bad) atomicAdd((u32*)g.flags, 1u);
+}
+
+// The shift of a row's gradient: p = exp2(ex_arg<FAR>(z, m, sub)).
+struct GradShift {
+    float m, sub;
+};
+
+DEV GradShift grad_shift(const Stats& st) {
+    GradShift s;
+    s.m = st.m;
+    s.sub = far_max(st.m) ? log2f(st.s) : st.m * LOG2E_F + log2f(st.s);
+    return s;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -173,25 +231,26 @@ DEV void slot_max(const v16& s, float& mz) {
 
 // The max to subtract inside exp2: a thread whose elements are all -inf (or that holds none)
 // subtracts 0 instead, so its terms are exp2(-inf) = 0 rather than NaN, and its (m, s) stays
-// the empty pair (-inf, 0).
-DEV float exp_base(float m2) { return m2 == neg_inf() ? 0.0f : m2; }
+// the empty pair (-inf, 0). For a far max, ex_arg<true> subtracts m itself: `sub` is 0.
+DEV float exp_base(float m) { return m == neg_inf() || far_max(m) ? 0.0f : m * LOG2E_F; }
 
 // Adds one element at class e to the sums (and picks it as z_a / z_b).
-DEV void elem_sum(float z, u64 e, float msub, const Row& r, Stats& st) {
-    st.s += ex2(fmaf(z, LOG2E_F, -msub));
+template <bool FAR>
+DEV void elem_sum(float z, u64 e, float m, float msub, const Row& r, Stats& st) {
+    st.s += ex2(ex_arg<FAR>(z, m, msub));
     st.sz = fmaf(z, CE_SZ_SCALE, st.sz);
     if (e == r.a) st.za = z;
     if (e == r.b) st.zb = z;
 }
 
-// Sum of exp2(z log2e - msub) and of z over a slot starting at class e0; picks z_a, z_b.
-template <class E>
-DEV void slot_sum(const v16& s, u64 e0, float msub, const Row& r, Stats& st) {
+// Sum of exp(z - m) and of z over a slot starting at class e0; picks z_a, z_b.
+template <class E, bool FAR>
+DEV void slot_sum(const v16& s, u64 e0, float m, float msub, const Row& r, Stats& st) {
     float acc = 0.0f, sz = 0.0f;
 #pragma unroll
     for (int j = 0; j < E::VE; ++j) {
         const float z = E::get(s, j);
-        acc += ex2(fmaf(z, LOG2E_F, -msub));
+        acc += ex2(ex_arg<FAR>(z, m, msub));
         sz = fmaf(z, CE_SZ_SCALE, sz);
     }
     st.s += acc;
@@ -203,19 +262,39 @@ DEV void slot_sum(const v16& s, u64 e0, float msub, const Row& r, Stats& st) {
 
 DEV float target(u64 e, const Row& r, float off) { return e == r.a ? r.ta : (e == r.b ? r.tb : off); }
 
-DEV float elem_grad(float z, u64 e, const Row& r, float lse2, float off) {
-    const float p = ex2(fmaf(z, LOG2E_F, -lse2));
+// The same with the choice made at run time (one uniform branch per thread or row).
+template <class E>
+DEV void slot_sum_any(const v16& s, u64 e0, float m, const Row& r, Stats& st) {
+    if (far_max(m)) slot_sum<E, true>(s, e0, m, 0.0f, r, st);
+    else slot_sum<E, false>(s, e0, m, exp_base(m), r, st);
+}
+
+// (z - m) * CE_SZ_SCALE: the far-max loss sums these (see row_finish), scaled as sum_c z_c is
+// so that C values near -3.4e38 cannot overflow the sum.
+DEV float dev_add(float z, float m, float acc) { return fmaf(__fsub_rn(z, m), CE_SZ_SCALE, acc); }
+
+template <class E>
+DEV float slot_dev(const v16& s, float m) {
+    float acc = 0.0f;
+#pragma unroll
+    for (int j = 0; j < E::VE; ++j) acc = dev_add(E::get(s, j), m, acc);
+    return acc;
+}
+
+template <bool FAR>
+DEV float elem_grad(float z, u64 e, const Row& r, const GradShift& sh, float off) {
+    const float p = ex2(ex_arg<FAR>(z, sh.m, sh.sub));
     return __fmul_rn(__fsub_rn(p, target(e, r, off)), r.scale);
 }
 
-template <class E>
-DEV v16 slot_grad(const v16& s, u64 e0, const Row& r, float lse2, float off) {
+template <class E, bool FAR>
+DEV v16 slot_grad(const v16& s, u64 e0, const Row& r, const GradShift& sh, float off) {
     const u64 ia = (u64)r.a - e0, ib = (u64)r.b - e0;
     v16 o;
 #pragma unroll
     for (int j = 0; j < E::VE; j += 2) {
-        const float p0 = ex2(fmaf(E::get(s, j), LOG2E_F, -lse2));
-        const float p1 = ex2(fmaf(E::get(s, j + 1), LOG2E_F, -lse2));
+        const float p0 = ex2(ex_arg<FAR>(E::get(s, j), sh.m, sh.sub));
+        const float p1 = ex2(ex_arg<FAR>(E::get(s, j + 1), sh.m, sh.sub));
         const float t0 = ia == (u64)j ? r.ta : (ib == (u64)j ? r.tb : off);
         const float t1 = ia == (u64)(j + 1) ? r.ta : (ib == (u64)(j + 1) ? r.tb : off);
         E::set2(o, j, __fmul_rn(__fsub_rn(p0, t0), r.scale), __fmul_rn(__fsub_rn(p1, t1), r.scale));
@@ -238,6 +317,21 @@ DEV void store_grad(typename E::B* grow, bool congruent, u64 e0, const v16& o) {
     }
 }
 
+// The sums of a thread's K register slots and its extras, shifted by its max m.
+template <class E, int K, bool FAR>
+DEV void regs_sums(const v16 (&va)[K], const typename E::B* zrow, const Geom& ge, u32 t, u32 T, const Row& r,
+                   float m, float msub, Stats& st) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        const u64 v = (u64)k * T + t;
+        if (v < ge.nfull) slot_sum<E, FAR>(va[k], slot_elem<E>(ge, v), m, msub, r, st);
+    }
+    for (u32 x = t; x < extras_of(ge); x += T) {
+        const u64 e = extra_elem<E>(ge, x);
+        elem_sum<FAR>(E::from_bits(zrow[e]), e, m, msub, r, st);
+    }
+}
+
 // Local statistics of a thread: its K register slots (slot v = k*T + t), then its extras.
 template <class E, int K>
 DEV Stats regs_stats(const v16 (&va)[K], const typename E::B* zrow, const Geom& ge, u32 t, u32 T,
@@ -248,23 +342,38 @@ DEV Stats regs_stats(const v16 (&va)[K], const typename E::B* zrow, const Geom& 
         if ((u64)k * T + t < ge.nfull) slot_max<E>(va[k], mz);
     for (u32 x = t; x < extras_of(ge); x += T) mz = fmaxf(mz, E::from_bits(zrow[extra_elem<E>(ge, x)]));
     Stats st = stats_empty();
-    st.m = mz * LOG2E_F;
-    const float msub = exp_base(st.m);
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-        const u64 v = (u64)k * T + t;
-        if (v < ge.nfull) slot_sum<E>(va[k], slot_elem<E>(ge, v), msub, r, st);
-    }
-    for (u32 x = t; x < extras_of(ge); x += T) {
-        const u64 e = extra_elem<E>(ge, x);
-        elem_sum(E::from_bits(zrow[e]), e, msub, r, st);
-    }
+    st.m = mz;
+    if (far_max(mz)) regs_sums<E, K, true>(va, zrow, ge, t, T, r, mz, 0.0f, st);
+    else regs_sums<E, K, false>(va, zrow, ge, t, T, r, mz, exp_base(mz), st);
     return st;
 }
 
+// Sum of z - m over a thread's K register slots and extras (the far-max loss).
 template <class E, int K>
+DEV float regs_dev(const v16 (&va)[K], const typename E::B* zrow, const Geom& ge, u32 t, u32 T, float m) {
+    float acc = 0.0f;
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+        if ((u64)k * T + t < ge.nfull) acc += slot_dev<E>(va[k], m);
+    for (u32 x = t; x < extras_of(ge); x += T) acc = dev_add(E::from_bits(zrow[extra_elem<E>(ge, x)]), m, acc);
+    return acc;
+}
+
+// Sum over the block, the same value in every thread, in a fixed order; `part` holds 32
+// entries, free again when it returns.
+DEV float sum_block(float v, float* part) {
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float r = part[0];
+    for (u32 w = 1; w < (blockDim.x >> 5); ++w) r += part[w];
+    __syncthreads();
+    return r;
+}
+
+template <class E, int K, bool FAR>
 DEV void regs_grad(const CeArgs& g, const v16 (&va)[K], const typename E::B* zrow, u64 row, const Geom& ge,
-                   u32 t, u32 T, const Row& r, float lse2) {
+                   u32 t, u32 T, const Row& r, const GradShift& sh) {
     typedef typename E::B B;
     B* grow = (B*)g.grad + row * g.classes;
     const bool congruent = same_offset(grow, zrow);
@@ -273,12 +382,12 @@ DEV void regs_grad(const CeArgs& g, const v16 (&va)[K], const typename E::B* zro
         const u64 v = (u64)k * T + t;
         if (v < ge.nfull) {
             const u64 e0 = slot_elem<E>(ge, v);
-            store_grad<E>(grow, congruent, e0, slot_grad<E>(va[k], e0, r, lse2, g.off));
+            store_grad<E>(grow, congruent, e0, slot_grad<E, FAR>(va[k], e0, r, sh, g.off));
         }
     }
     for (u32 x = t; x < extras_of(ge); x += T) {
         const u64 e = extra_elem<E>(ge, x);
-        grow[e] = E::to_bits(elem_grad(E::from_bits(zrow[e]), e, r, lse2, g.off));
+        grow[e] = E::to_bits(elem_grad<FAR>(E::from_bits(zrow[e]), e, r, sh, g.off));
     }
 }
 
@@ -337,8 +446,18 @@ DEV void ce_warp(const CeArgs& g) {
         }
         Stats st = regs_stats<E, CE_K>(va, zrow, ge, t, G, r);
         stats_reduce_lanes(st, mask, (int)G);
-        if (t == 0) row_finish(g, row, r, st);
-        if (g.grad != 0) regs_grad<E, CE_K>(g, va, zrow, row, ge, t, G, r, st.m + log2f(st.s));
+        const bool far = far_max(st.m);  // the same in every lane of the group
+        float dz = 0.0f;
+        if (far && g.off != 0.0f) {
+            dz = regs_dev<E, CE_K>(va, zrow, ge, t, G, st.m);
+            for (u32 off = G >> 1; off > 0; off >>= 1) dz += __shfl_xor_sync(mask, dz, (int)off, (int)G);
+        }
+        if (t == 0) row_finish(g, row, r, st, dz);
+        if (g.grad != 0) {
+            const GradShift sh = grad_shift(st);
+            if (far) regs_grad<E, CE_K, true>(g, va, zrow, row, ge, t, G, r, sh);
+            else regs_grad<E, CE_K, false>(g, va, zrow, row, ge, t, G, r, sh);
+        }
     }
     ce_finish(g);
 }
@@ -390,6 +509,7 @@ template <class E>
 DEV void ce_block(const CeArgs& g) {
     typedef typename E::B B;
     __shared__ Stats red[2][32];
+    __shared__ float part[32];
     const u32 t = threadIdx.x, T = blockDim.x;
     const u32 S = g.smem_slots;
     const u64 C = g.classes;
@@ -416,25 +536,35 @@ DEV void ce_block(const CeArgs& g) {
         for (u32 j = 0; j < S; ++j)
             if (reg_slots + (u64)j * T + t < ge.nfull) slot_max<E>(ce_smem[j * T + t], mz2);
         Stats sm = stats_empty();
-        sm.m = mz2 * LOG2E_F;
-        const float msub = exp_base(sm.m);
+        sm.m = mz2;
         for (u32 j = 0; j < S; ++j) {
             const u64 v = reg_slots + (u64)j * T + t;
-            if (v < ge.nfull) slot_sum<E>(ce_smem[j * T + t], slot_elem<E>(ge, v), msub, r, sm);
+            if (v < ge.nfull) slot_sum_any<E>(ce_smem[j * T + t], slot_elem<E>(ge, v), mz2, r, sm);
         }
         stats_merge(st, sm);
         st = stats_reduce_block(st, red[parity]);
-        if (t == 0) row_finish(g, row, r, st);
+        const bool far = far_max(st.m);  // the same in every thread
+        float dz = 0.0f;
+        if (far && g.off != 0.0f) {
+            dz = regs_dev<E, CE_K>(va, zrow, ge, t, T, st.m);
+            for (u32 j = 0; j < S; ++j)
+                if (reg_slots + (u64)j * T + t < ge.nfull) dz += slot_dev<E>(ce_smem[j * T + t], st.m);
+            dz = sum_block(dz, part);
+        }
+        if (t == 0) row_finish(g, row, r, st, dz);
         if (g.grad != 0) {
-            const float lse2 = st.m + log2f(st.s);
-            regs_grad<E, CE_K>(g, va, zrow, row, ge, t, T, r, lse2);
+            const GradShift sh = grad_shift(st);
+            if (far) regs_grad<E, CE_K, true>(g, va, zrow, row, ge, t, T, r, sh);
+            else regs_grad<E, CE_K, false>(g, va, zrow, row, ge, t, T, r, sh);
             B* grow = (B*)g.grad + row * C;
             const bool congruent = same_offset(grow, zrow);
             for (u32 j = 0; j < S; ++j) {
                 const u64 v = reg_slots + (u64)j * T + t;
                 if (v < ge.nfull) {
                     const u64 e0 = slot_elem<E>(ge, v);
-                    store_grad<E>(grow, congruent, e0, slot_grad<E>(ce_smem[j * T + t], e0, r, lse2, g.off));
+                    const v16 o = far ? slot_grad<E, true>(ce_smem[j * T + t], e0, r, sh, g.off)
+                                      : slot_grad<E, false>(ce_smem[j * T + t], e0, r, sh, g.off);
+                    store_grad<E>(grow, congruent, e0, o);
                 }
             }
         }
@@ -450,6 +580,7 @@ template <class E>
 DEV void ce_online(const CeArgs& g) {
     typedef typename E::B B;
     __shared__ Stats red[2][32];
+    __shared__ float part[32];
     const u32 t = threadIdx.x, T = blockDim.x;
     const u64 C = g.classes;
     u32 parity = 0;
@@ -472,8 +603,8 @@ DEV void ce_online(const CeArgs& g) {
                     float mz = neg_inf();
                     slot_max<E>(va[k], mz);
                     Stats sl = stats_empty();
-                    sl.m = mz * LOG2E_F;
-                    slot_sum<E>(va[k], slot_elem<E>(ge, v), exp_base(sl.m), r, sl);
+                    sl.m = mz;
+                    slot_sum_any<E>(va[k], slot_elem<E>(ge, v), mz, r, sl);
                     stats_merge(st, sl);
                 }
             }
@@ -482,14 +613,24 @@ DEV void ce_online(const CeArgs& g) {
             const u64 e = extra_elem<E>(ge, x);
             const float z = E::from_bits(zrow[e]);
             Stats sl = stats_empty();
-            sl.m = z * LOG2E_F;
-            elem_sum(z, e, exp_base(sl.m), r, sl);
+            sl.m = z;
+            if (far_max(z)) elem_sum<true>(z, e, z, 0.0f, r, sl);
+            else elem_sum<false>(z, e, z, exp_base(z), r, sl);
             stats_merge(st, sl);
         }
         st = stats_reduce_block(st, red[parity]);
-        if (t == 0) row_finish(g, row, r, st);
+        const bool far = far_max(st.m);  // the same in every thread
+        float dz = 0.0f;
+        if (far && g.off != 0.0f) {
+            // A second read of the row, only for rows whose every logit is below -2^127.
+            for (u64 v = t; v < ge.nfull; v += T) dz += slot_dev<E>(ld_v16(zrow + slot_elem<E>(ge, v)), st.m);
+            for (u32 x = t; x < extras_of(ge); x += T)
+                dz = dev_add(E::from_bits(zrow[extra_elem<E>(ge, x)]), st.m, dz);
+            dz = sum_block(dz, part);
+        }
+        if (t == 0) row_finish(g, row, r, st, dz);
         if (g.grad != 0) {
-            const float lse2 = st.m + log2f(st.s);
+            const GradShift sh = grad_shift(st);
             B* grow = (B*)g.grad + row * C;
             const bool congruent = same_offset(grow, zrow);
             for (u64 base = t; base < ge.nfull; base += (u64)T * CE_ONLINE_U) {
@@ -504,13 +645,16 @@ DEV void ce_online(const CeArgs& g) {
                     const u64 v = base + (u64)k * T;
                     if (v < ge.nfull) {
                         const u64 e0 = slot_elem<E>(ge, v);
-                        store_grad<E>(grow, congruent, e0, slot_grad<E>(va[k], e0, r, lse2, g.off));
+                        const v16 o = far ? slot_grad<E, true>(va[k], e0, r, sh, g.off)
+                                          : slot_grad<E, false>(va[k], e0, r, sh, g.off);
+                        store_grad<E>(grow, congruent, e0, o);
                     }
                 }
             }
             for (u32 x = t; x < extras_of(ge); x += T) {
                 const u64 e = extra_elem<E>(ge, x);
-                grow[e] = E::to_bits(elem_grad(E::from_bits(zrow[e]), e, r, lse2, g.off));
+                const float z = E::from_bits(zrow[e]);
+                grow[e] = E::to_bits(far ? elem_grad<true>(z, e, r, sh, g.off) : elem_grad<false>(z, e, r, sh, g.off));
             }
         }
     }

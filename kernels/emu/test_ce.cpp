@@ -38,7 +38,8 @@ enum Data { NORMAL, HUGE, MASKED };
 
 // One row of a masked-class case (`mask_rows`): its label, partner and lam, and the classes
 // whose logits are replaced by -inf (kind 0), the dtype's minimum (kind 1), both alternately
-// (kind 2), or NaN (kind 3).
+// (kind 2), NaN (kind 3), or the minimum except the first masked class, which gets 0.88 times
+// it (kind 4) or half of it (kind 5).
 struct MaskRow {
     uint32_t label = 0, partner = 0;
     float lam = 1.0f;
@@ -174,9 +175,12 @@ Inputs<H> make_inputs(const Case& c) {
             in.plan[i].partner = mr.partner;
             in.plan[i].lam = mr.lam;
             for (size_t j = 0; j < mr.masked.size(); ++j) {
-                const int kind = mr.kind == 2 ? (int)(j % 2) : mr.kind;
-                in.z[i * c.C + mr.masked[j]] =
-                    kind == 0 ? H::r(-INFINITY) : (kind == 1 ? dtype_min<H>() : H::r(NAN));
+                const int kind = mr.kind == 2 ? (int)(j % 2) : (mr.kind >= 4 ? (j == 0 ? mr.kind : 1) : mr.kind);
+                const float lo = H::f(dtype_min<H>());
+                in.z[i * c.C + mr.masked[j]] = kind == 0   ? H::r(-INFINITY)
+                                               : kind == 1 ? dtype_min<H>()
+                                               : kind == 3 ? H::r(NAN)
+                                                           : H::r(kind == 4 ? 0.88f * lo : 0.5f * lo);
             }
         }
     }
@@ -322,12 +326,19 @@ void run_case(const Case& c) {
             has_nan |= std::isnan(z);
             if (z > m) m = z;
         }
+        // A max of magnitude 2^24 or more (every class masked with the f32 / bf16 minimum):
+        // the kernel then works relative to m (kernels/mixup_ce.cu, "Far maxima"), and so does
+        // everything below (z stands for z - base, exact in f64; with sum_c t_c = 1 the loss
+        // lse - sum_c t_c z_c is the same, and the tolerances are those of the shifted values,
+        // as in the reference's ln s - sum_c t_c (z_c - m)).
+        const double base = std::fabs(m) >= 0x1p24 && std::isfinite(m) ? m : 0.0;
+        m -= base;
         // zlive: the largest |z| among the classes whose exp(z - m) can show in the sum (the
         // others, masked ones among them, add exactly 0 on both sides); sabs: sum of |z| over
         // the finite classes (the error of the smoothing term's sum).
         double zlive = 0, sabs = 0, s = 0, sz = 0;
         for (uint64_t k = 0; k < C; ++k) {
-            const double z = H::f(zr[k]);
+            const double z = H::f(zr[k]) - base;
             s += std::exp(z - m);
             sz += z;
             if (!std::isfinite(z)) continue;
@@ -337,7 +348,7 @@ void run_case(const Case& c) {
         const double lse = m + std::log(s);
         const double eps = c.eps, lam = pe.lam, off = eps / (double)C;
         const double wa = (1 - eps) * lam, wb = (1 - eps) * (1 - lam);
-        const double za = H::f(zr[a]), zb = H::f(zr[b]);
+        const double za = H::f(zr[a]) - base, zb = H::f(zr[b]) - base;
         // sum_c t_c z_c with each zero-weight term left out (REFERENCE.md, "Masked classes").
         const double tz = (wa != 0 ? wa * za : 0.0) + (wb != 0 ? wb * zb : 0.0) + (off != 0 ? off * sz : 0.0);
         const double loss = lse - tz;
@@ -366,7 +377,7 @@ void run_case(const Case& c) {
         const double scale = up * (c.reduction == 0 ? 1.0 / c.B : 1.0);
         int gshown = 0;
         for (uint64_t k = 0; k < C; ++k) {
-            const double z = H::f(zr[k]);
+            const double z = H::f(zr[k]) - base;
             const double t = (1 - eps) * (lam * (k == a) + (1 - lam) * (k == b)) + off;
             const double d = z - lse, p = std::exp(d);
             const double got_g = H::f(o.grad[(uint64_t)i * C + k]);
@@ -405,10 +416,14 @@ void run_case(const Case& c) {
     const double tol_red = n_red * U * kabs / div + 2 * U * std::fabs(want);
     if (!std::isfinite(want))
         check(!std::isfinite(o.loss), what + fmt(": reduced loss %.9g of non-finite losses", o.loss));
+    else if (std::fabs(ksum) > 0x1.fffffep127 * (1 - 1e-6))
+        // The f32 sum of the per-sample losses overflows (rows of huge losses: far maxima).
+        check(std::isinf(o.loss) || close(o.loss, want, tol_red),
+              what + fmt(": reduced loss %.9g of per-sample losses summing to %.9g", o.loss, ksum));
     else
         check(close(o.loss, want, tol_red), what + fmt(": reduced loss %.9g, the kernel's per-sample losses give %.9g (tol %.3g)",
                                                       o.loss, want, tol_red));
-    if (bad_rows == 0 && std::isfinite(want))
+    if (bad_rows == 0 && std::isfinite(want) && std::isfinite(o.loss))
         check(close(o.loss, ref_sum / div, tol_red + ref_tol / div),
               what + fmt(": reduced loss %.9g, reference %.9g", o.loss, ref_sum / div));
 
@@ -719,9 +734,59 @@ void masked_cases() {
     }
 }
 
+// Rows whose every logit is at (or near) the dtype's minimum: in f32 and bf16 the max is below
+// -2^24 and the kernel shifts in natural units (kernels/mixup_ce.cu, "Far maxima"; before, m
+// log2e overflowed or lost its bits and the loss was -inf); the loss is ln C-like, finite, as in
+// the reference. Every strategy (ce_warp; ce_block from registers and
+// shared memory; ce_online forward and, on a T4, with the gradient), every dtype, with and
+// without smoothing. Row i % 6: all at the minimum; one class at 0.88 x min; one at min / 2;
+// all at the minimum; -inf and the
+// minimum alternately (+inf with smoothing or where a or b is -inf); all but the label.
+template <class H, class K>
+void far_max_cases() {
+    uint64_t seed = 9000 * sizeof(typename H::B);
+    for (const uint64_t C : {1, 15, 17, 1000, 2049, 32771, 100000}) {
+        const bool big = C > 2049;
+        for (const float eps : {0.0f, 0.1f}) {
+            for (const Mode mode : {GRAD, FWD, IN_PLACE}) {
+                Case c;
+                c.C = C;
+                c.B = big ? 3 : 12;
+                c.mode = mode;
+                c.eps = eps;
+                c.dev = big && mode == IN_PLACE ? T4 : H100;  // T4: the gradient through ce_online
+                c.reduction = eps == 0.0f ? 1 : 0;
+                c.zoff = mode == FWD ? (H::VE == 4 ? 1 : 3) : 0;
+                c.seed = ++seed;
+                std::mt19937_64 rng(c.seed);
+                c.rows.resize(c.B);
+                static const float lams[] = {1.0f, 0.5f, 0.3f, 0.0f};
+                for (uint32_t i = 0; i < c.B; ++i) {
+                    MaskRow& r = c.rows[i];
+                    r.label = (uint32_t)(rng() % C);
+                    r.partner = (i ^ 1u) < c.B ? (i ^ 1u) : i;
+                    r.lam = lams[(i / 2 + C) % 4];
+                    const int pattern = (int)((i + C + (eps != 0.0f)) % 6);
+                    static const int kinds[] = {1, 4, 5, 1, 2, 1};
+                    r.kind = kinds[pattern];
+                    const uint64_t first = rng() % C;  // the class of kinds 4 and 5
+                    r.masked.push_back(first);
+                    for (uint64_t k = 0; k < C; ++k)
+                        if (k != first && !(pattern == 5 && k == r.label)) r.masked.push_back(k);
+                    if (pattern == 5 && first == r.label) r.masked.erase(r.masked.begin());
+                }
+                run_case<H, K>(c);
+            }
+        }
+    }
+}
+
 }  // namespace
 
 void test_mixup_ce() {
+    far_max_cases<HF32, F32>();
+    far_max_cases<HF16, F16>();
+    far_max_cases<HBF16, BF16>();
     masked_cases<HF32, F32>();
     masked_cases<HF16, F16>();
     masked_cases<HBF16, BF16>();
