@@ -4,7 +4,7 @@
 # under AddressSanitizer and UBSan, with every 16-byte access checked for alignment, against
 # independently computed expected results. No GPU, no CUDA toolkit: a C++17 compiler with
 # _Float16 (g++ >= 12, clang >= 15) is enough. Arguments go to the emulator (see
-# kernels/emu/main.cpp: --queries, --launches FILE, --only engine|mix|ce|naive). Runs the
+# kernels/emu/main.cpp: --queries, --launches FILE, --only engine|mix|ce|bce|naive). Runs the
 # emulation once per device generation (see EMU_ARCHS below) and prints "N passed, M failed"
 # over all of them last.
 #
@@ -23,8 +23,8 @@ dir="${TMPDIR:-/tmp}/mixup-kernels-emulate-$key"
 # an earlier arch's (today sm_90 = sm_80: no branch tells them apart) would build the same
 # binary: it is not built or run again, and the output says so.
 archs=(${EMU_ARCHS:-750 800 900})
-declare -A cu=([test_ce]="mixup_ce.cu" [test_naive]="naive.cu" [test_mix]="mix.cu soft_targets.cu")
-kunits=(test_ce test_naive test_mix)
+declare -A cu=([test_ce]="mixup_ce.cu" [test_bce]="mixup_bce.cu" [test_naive]="naive.cu" [test_mix]="mix.cu soft_targets.cu")
+kunits=(test_ce test_bce test_naive test_mix)
 units=(engine test_engine main)
 mkdir -p "$dir"
 # One build at a time (two test processes may run this at once).

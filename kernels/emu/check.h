@@ -173,4 +173,5 @@ inline CeLaunch ce_launch(const CeKey& k) {
 void test_engine();
 void test_mix_and_soft_targets();
 void test_mixup_ce();
+void test_mixup_bce();
 void test_naive();

@@ -8,7 +8,7 @@
 //                            tests/kernels_emulated.rs from the crate's own `ce_launch`):
 //                            `ce <classes> <elem_size> <smem_optin> <forward_only> <batch>
 //                             <kernel> <group> <smem_slots> <grid> <block> <smem_bytes>`
-//   --only engine|mix|ce|naive  run one group
+//   --only engine|mix|ce|bce|naive  run one group
 // Prints "N passed, M failed" last; exits 1 on any failure.
 #include "check.h"
 
@@ -102,7 +102,7 @@ int main(int argc, char** argv) {
         } else if (a == "--only" && i + 1 < argc) {
             only = argv[++i];
         } else {
-            std::fprintf(stderr, "usage: %s [--queries | --launches FILE] [--only engine|mix|ce|naive]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--queries | --launches FILE] [--only engine|mix|ce|bce|naive]\n", argv[0]);
             return 2;
         }
     }
@@ -146,6 +146,7 @@ int main(int argc, char** argv) {
     lap("engine", test_engine);
     lap("mix", test_mix_and_soft_targets);
     lap("ce", test_mixup_ce);
+    lap("bce", test_mixup_bce);
     lap("naive", test_naive);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("total %.1f s\n%d passed, %d failed\n", s, g_passed, g_failed);

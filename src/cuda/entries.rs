@@ -87,6 +87,8 @@ kernels! {
         CeWarp = "ce_warp" in "mixup_ce" for [f32, f16, bf16];
         CeBlock = "ce_block" in "mixup_ce" for [f32, f16, bf16];
         CeOnline = "ce_online" in "mixup_ce" for [f32, f16, bf16];
+        BceWarp = "bce_warp" in "mixup_bce" for [f32, f16, bf16];
+        BceBlock = "bce_block" in "mixup_bce" for [f32, f16, bf16];
         NaiveGather = "naive_gather" in "naive" for [f32, f16, bf16, u8];
         NaiveLerp = "naive_lerp" in "naive" for [f32, f16, bf16, u8];
         NaivePaste = "naive_paste" in "naive" for [f32, f16, bf16, u8];
@@ -343,7 +345,7 @@ mod tests {
         for (i, k) in Kernel::ALL.iter().enumerate() {
             assert_eq!(*k as usize, i);
         }
-        assert_eq!(Unit::ALL.len(), 24);
+        assert_eq!(Unit::ALL.len(), 30);
         assert_eq!(UNIT_NAMES[0], "mix_gather_f32");
         assert_eq!(UNIT_NAMES[UNITS - 1], "naive_u8");
         let units: BTreeSet<&str> = UNIT_NAMES.iter().copied().collect();

@@ -324,7 +324,7 @@ pub(crate) unsafe fn launch(
 }
 
 /// Pointers of the optional upstream view (kept alive with its event guard by the caller).
-fn raw_upstream<'a>(
+pub(crate) fn raw_upstream<'a>(
     m: &'a CudaMixer,
     plan: &DevicePlan,
     up: &'a DeviceUpstream<'_>,

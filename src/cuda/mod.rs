@@ -29,7 +29,9 @@
 //!
 //! - [`CudaMixer`]: device, stream, compiled kernels; the operations are its methods
 //!   (`mix`, `mix_in_place`, `soft_targets`, `mixup_ce`, `mixup_ce_in_place`,
-//!   `mixup_ce_forward`, `check_labels`).
+//!   `mixup_ce_forward`, `mixup_bce`, `mixup_bce_in_place`, `mixup_bce_forward`,
+//!   `check_labels`).
+//! - [`DeviceBceSpec`]: a BCE spec with its class weights on the device.
 //! - [`DevicePlan`]: the plan on the device, one asynchronous copy per step.
 //! - [`raw`]: the same operations on raw device addresses (tch-rs, burn, custom code).
 //! - [`naive`]: unfused baselines for the benchmark.
@@ -51,6 +53,7 @@ mod cache;
 pub(crate) mod context;
 mod entries;
 mod mix;
+mod mixup_bce;
 mod mixup_ce;
 pub mod naive;
 mod nvrtc;
@@ -59,6 +62,7 @@ pub mod raw;
 mod soft_targets;
 
 pub use context::{CudaMixer, CudaMixerOptions, UnitLoad, UnitSource};
+pub use mixup_bce::DeviceBceSpec;
 pub use mixup_ce::DeviceUpstream;
 pub use plan::DevicePlan;
 

@@ -28,7 +28,7 @@ use crate::config::TargetSpec;
 use crate::dtype::{DType, Element, FloatElement};
 use crate::error::{MixError, Result};
 use crate::plan::MixPlan;
-use crate::spec::{CeSpec, Layout};
+use crate::spec::{BceSpec, CeSpec, Layout};
 
 fn unsupported<T>() -> Result<T> {
     Err(MixError::Unsupported(
@@ -597,6 +597,128 @@ impl CudaMixer {
         losses: Option<&mut CudaViewMut<'_, f32>>,
     ) -> Result<()> {
         let _ = (plan, spec, logits, labels, upstream, loss, losses);
+        match self.never {}
+    }
+
+    /// Unreachable.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, CudaView, CudaViewMut, DeviceBceSpec, DevicePlan};
+    /// use mixup_kernels::Result;
+    /// fn eval(m: &CudaMixer, p: &DevicePlan, s: &DeviceBceSpec, z: &CudaView<'_, f32>,
+    ///         y: &CudaView<'_, u32>, loss: &mut CudaViewMut<'_, f32>) -> Result<()> {
+    ///     m.mixup_bce_forward(p, s, z, y, loss, None)
+    /// }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
+    pub fn mixup_bce_forward<T: FloatElement>(
+        &self,
+        plan: &DevicePlan,
+        spec: &DeviceBceSpec,
+        logits: &CudaView<'_, T>,
+        labels: &CudaView<'_, u32>,
+        loss: &mut CudaViewMut<'_, f32>,
+        losses: Option<&mut CudaViewMut<'_, f32>>,
+    ) -> Result<()> {
+        let _ = (plan, spec, logits, labels, loss, losses);
+        match self.never {}
+    }
+
+    /// Unreachable.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, CudaView, CudaViewMut, DeviceBceSpec, DevicePlan, DeviceUpstream};
+    /// use mixup_kernels::Result;
+    /// fn train(m: &CudaMixer, p: &DevicePlan, s: &DeviceBceSpec, z: &CudaView<'_, f32>,
+    ///          y: &CudaView<'_, u32>, loss: &mut CudaViewMut<'_, f32>,
+    ///          grad: &mut CudaViewMut<'_, f32>) -> Result<()> {
+    ///     m.mixup_bce(p, s, z, y, DeviceUpstream::Scalar(1.0), loss, None, grad)
+    /// }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub fn mixup_bce<T: FloatElement>(
+        &self,
+        plan: &DevicePlan,
+        spec: &DeviceBceSpec,
+        logits: &CudaView<'_, T>,
+        labels: &CudaView<'_, u32>,
+        upstream: DeviceUpstream<'_>,
+        loss: &mut CudaViewMut<'_, f32>,
+        losses: Option<&mut CudaViewMut<'_, f32>>,
+        grad: &mut CudaViewMut<'_, T>,
+    ) -> Result<()> {
+        let _ = (plan, spec, logits, labels, upstream, loss, losses, grad);
+        match self.never {}
+    }
+
+    /// Unreachable.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, CudaView, CudaViewMut, DeviceBceSpec, DevicePlan, DeviceUpstream};
+    /// use mixup_kernels::Result;
+    /// fn train(m: &CudaMixer, p: &DevicePlan, s: &DeviceBceSpec, z: &mut CudaViewMut<'_, f32>,
+    ///          y: &CudaView<'_, u32>, loss: &mut CudaViewMut<'_, f32>) -> Result<()> {
+    ///     m.mixup_bce_in_place(p, s, z, y, DeviceUpstream::Scalar(1.0), loss, None)
+    /// }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub fn mixup_bce_in_place<T: FloatElement>(
+        &self,
+        plan: &DevicePlan,
+        spec: &DeviceBceSpec,
+        logits: &mut CudaViewMut<'_, T>,
+        labels: &CudaView<'_, u32>,
+        upstream: DeviceUpstream<'_>,
+        loss: &mut CudaViewMut<'_, f32>,
+        losses: Option<&mut CudaViewMut<'_, f32>>,
+    ) -> Result<()> {
+        let _ = (plan, spec, logits, labels, upstream, loss, losses);
+        match self.never {}
+    }
+}
+
+/// A BCE spec with its class weights on the device; cannot be created in this build.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::{CudaMixer, DeviceBceSpec};
+/// use mixup_kernels::{BceSpec, Reduction};
+/// // The name exists, so signatures mentioning it compile; no mixer exists to make one.
+/// fn _upload(m: &CudaMixer, s: BceSpec) -> mixup_kernels::Result<DeviceBceSpec> {
+///     DeviceBceSpec::new(m, s)
+/// }
+/// assert!(CudaMixer::new(0).is_err());
+/// # let _ = BceSpec::new(2, 0.0, Reduction::Mean);
+/// ```
+#[derive(Debug)]
+pub struct DeviceBceSpec {
+    never: Infallible,
+}
+
+impl DeviceBceSpec {
+    /// Unreachable: no mixer exists in this build.
+    pub fn new(mixer: &CudaMixer, spec: BceSpec) -> Result<Self> {
+        let _ = spec;
+        match mixer.never {}
+    }
+
+    /// Unreachable.
+    pub fn spec(&self) -> &BceSpec {
         match self.never {}
     }
 }

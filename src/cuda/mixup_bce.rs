@@ -1,0 +1,509 @@
+//! The fused mixup binary cross-entropy on the device: `kernels/mixup_bce.cu`.
+//!
+//! Every element is independent of the others, so a row needs no registers held across a
+//! reduction: lanes stride over its 16-byte slots, read each logit once, write its gradient
+//! once, and add their losses at the end. Small rows share a warp (`bce_warp`, G = 1..32 lanes
+//! per row, as the CE's warp kernel), larger ones get a block of 64..1024 threads
+//! (`bce_block`, about 4 slots per thread per pass).
+
+use cudarc::driver::{
+    CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    PushKernelArg,
+};
+
+use crate::dtype::{DType, FloatElement};
+use crate::error::{check_len, MixError, Result};
+use crate::spec::{check_bce, BceSpec, Reduction, Upstream};
+
+use super::context::{driver_err, CudaMixer};
+use super::entries::Kernel;
+use super::mix::MAX_GRID;
+use super::mixup_ce::{upstream_fields, DeviceUpstream};
+use super::plan::DevicePlan;
+use super::raw::RawUpstream;
+use super::soft_targets::require_float;
+
+/// Threads per block of the warp kernel (`BCE_NT`).
+const BCE_WARP_THREADS: u32 = 256;
+/// Slots per thread per pass the host sizes blocks for.
+const BCE_SLOTS_PER_THREAD: u64 = 4;
+
+/// Kernel arguments (`struct BceArgs` in kernels/mixup_bce.cu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct BceArgs {
+    pub logits: u64,
+    pub grad: u64,
+    pub labels: u64,
+    pub plan: u64,
+    pub losses: u64,
+    pub loss: u64,
+    pub upstream: u64,
+    pub flags: u64,
+    pub weight: u64,
+    pub pos_weight: u64,
+    pub batch: u64,
+    pub classes: u64,
+    pub eps: f32,
+    pub off: f32,
+    pub up: f32,
+    pub factor: f32,
+    pub count: f32,
+    pub thr: f32,
+    pub t_on: f32,
+    pub t_off: f32,
+    pub up_kind: u32,
+    pub reduction: u32,
+    pub thresholded: u32,
+    pub group: u32,
+}
+
+// SAFETY: repr(C), 144 bytes without padding, mirrored by the kernel's struct.
+unsafe impl DeviceRepr for BceArgs {}
+
+/// The row strategy for C classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BceStrategy {
+    /// `group` lanes per row (power of two, 1..=32).
+    Warp { group: u32 },
+    /// One block of `threads` per row.
+    Block { threads: u32 },
+}
+
+impl BceStrategy {
+    pub(crate) fn kernel(&self) -> Kernel {
+        match self {
+            BceStrategy::Warp { .. } => Kernel::BceWarp,
+            BceStrategy::Block { .. } => Kernel::BceBlock,
+        }
+    }
+
+    pub(crate) fn group(&self) -> u32 {
+        match *self {
+            BceStrategy::Warp { group } => group,
+            BceStrategy::Block { .. } => 32,
+        }
+    }
+
+    pub(crate) fn launch_config(&self, batch: u64) -> LaunchConfig {
+        let (rows_per_block, threads) = match *self {
+            BceStrategy::Warp { group } => ((BCE_WARP_THREADS / group) as u64, BCE_WARP_THREADS),
+            BceStrategy::Block { threads } => (1, threads),
+        };
+        LaunchConfig {
+            grid_dim: (
+                batch.div_ceil(rows_per_block).clamp(1, MAX_GRID) as u32,
+                1,
+                1,
+            ),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+}
+
+/// Picks the row strategy for `classes` elements of `elem_size` bytes (mirrored by
+/// `host_launch` in kernels/emu/test_bce.cpp).
+pub(crate) fn bce_strategy(classes: u64, elem_size: usize) -> BceStrategy {
+    let slots = classes / (16 / elem_size as u64);
+    if slots <= 32 * BCE_SLOTS_PER_THREAD {
+        let group = slots
+            .div_ceil(BCE_SLOTS_PER_THREAD)
+            .max(1)
+            .next_power_of_two() as u32;
+        return BceStrategy::Warp { group };
+    }
+    let threads = (slots.div_ceil(BCE_SLOTS_PER_THREAD).next_multiple_of(32)).clamp(64, 1024);
+    BceStrategy::Block {
+        threads: threads as u32,
+    }
+}
+
+/// A [`BceSpec`] with its per-class `weight` and `pos_weight` on the device, uploaded once
+/// (so a training step copies nothing).
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::{CudaMixer, DeviceBceSpec};
+/// use mixup_kernels::{BceSpec, Reduction};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+/// let spec = BceSpec::new(3, 0.1, Reduction::Mean)?.with_pos_weight(vec![1.0, 2.0, 0.5])?;
+/// let dspec = DeviceBceSpec::new(&mixer, spec)?;
+/// assert_eq!(dspec.spec().targets().num_classes, 3);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct DeviceBceSpec {
+    spec: BceSpec,
+    weight: Option<CudaSlice<f32>>,
+    pos_weight: Option<CudaSlice<f32>>,
+}
+
+impl DeviceBceSpec {
+    /// Uploads the spec's per-class arrays on the mixer's stream.
+    ///
+    /// # Errors
+    /// [`MixError::Driver`] if the copies fail.
+    pub fn new(mixer: &CudaMixer, spec: BceSpec) -> Result<Self> {
+        let up = |v: Option<&[f32]>| -> Result<Option<CudaSlice<f32>>> {
+            v.map(|v| {
+                mixer
+                    .stream()
+                    .clone_htod(v)
+                    .map_err(driver_err("uploading BCE class weights"))
+            })
+            .transpose()
+        };
+        Ok(Self {
+            weight: up(spec.weight())?,
+            pos_weight: up(spec.pos_weight())?,
+            spec,
+        })
+    }
+
+    /// The host spec.
+    pub fn spec(&self) -> &BceSpec {
+        &self.spec
+    }
+}
+
+/// The checks of [`check_bce`] with a device upstream standing in for its host form.
+fn check_bce_device(
+    plan: &DevicePlan,
+    spec: &BceSpec,
+    logits_len: usize,
+    up: &RawUpstream,
+) -> Result<usize> {
+    let host = match *up {
+        RawUpstream::Scalar(g) => Upstream::Scalar(g),
+        RawUpstream::Device(_) | RawUpstream::PerSample(_) => Upstream::Scalar(1.0),
+    };
+    let total = check_bce(plan.plan(), spec, logits_len, &host)?;
+    if matches!(up, RawUpstream::PerSample(_)) && spec.reduction() != Reduction::None {
+        return Err(MixError::InvalidArgument {
+            what: "upstream",
+            reason: "a per-sample upstream gradient needs Reduction::None".into(),
+        });
+    }
+    Ok(total)
+}
+
+/// The device addresses of one call.
+struct BceBuffers {
+    logits: u64,
+    labels: u64,
+    grad: Option<u64>,
+    loss: u64,
+    losses: Option<u64>,
+}
+
+/// # Safety
+/// Every address in `bufs` holds what the kernel reads or writes for `plan.len()` rows of
+/// `spec`'s classes of `dtype`, on the mixer's device; the upstream likewise.
+unsafe fn launch(
+    m: &CudaMixer,
+    plan: &DevicePlan,
+    dspec: &DeviceBceSpec,
+    dtype: DType,
+    logits_len: usize,
+    bufs: &BceBuffers,
+    upstream: RawUpstream,
+) -> Result<()> {
+    require_float(dtype, "logits")?;
+    let spec = &dspec.spec;
+    check_bce_device(plan, spec, logits_len, &upstream)?;
+    let b = plan.len();
+    let c = spec.targets().num_classes;
+    if b == 0 {
+        // SAFETY: `loss` addresses one f32 per the contract.
+        unsafe { cudarc::driver::result::memset_d8_async(bufs.loss, 0, 4, m.stream().cu_stream()) }
+            .map_err(driver_err("writing the loss"))?;
+        return Ok(());
+    }
+    let (losses, _scratch) = match bufs.losses {
+        Some(p) => (p, None),
+        None => {
+            let (p, guard) = m.scratch_f32(b)?;
+            (p, Some(guard))
+        }
+    };
+    let (wp, _rw) = match &dspec.weight {
+        Some(w) => {
+            let (p, r) = w.device_ptr(m.stream());
+            (p, Some(r))
+        }
+        None => (0, None),
+    };
+    let (pwp, _rp) = match &dspec.pos_weight {
+        Some(w) => {
+            let (p, r) = w.device_ptr(m.stream());
+            (p, Some(r))
+        }
+        None => (0, None),
+    };
+    let strategy = bce_strategy(c as u64, dtype.size());
+    let (up_kind, up_ptr, up) = upstream_fields(&upstream);
+    let eps = spec.targets().smoothing;
+    let off64 = f64::from(eps) / c as f64;
+    let args = BceArgs {
+        logits: bufs.logits,
+        grad: bufs.grad.unwrap_or(0),
+        labels: bufs.labels,
+        plan: plan.device_ptr_for(m)?,
+        losses,
+        loss: bufs.loss,
+        upstream: up_ptr,
+        flags: m.flags_ptr(),
+        weight: wp,
+        pos_weight: pwp,
+        batch: b as u64,
+        classes: c as u64,
+        eps,
+        off: spec.targets().off_value(),
+        up,
+        factor: spec.grad_factor(b),
+        count: spec.mean_count(b) as f32,
+        thr: spec.target_threshold().unwrap_or(0.0),
+        // As `BceSpec::thresholded` forms timm's on / off values.
+        t_on: (1.0 - f64::from(eps) + off64) as f32,
+        t_off: off64 as f32,
+        up_kind,
+        reduction: match spec.reduction() {
+            Reduction::Mean => 0,
+            Reduction::Sum => 1,
+            Reduction::None => 2,
+        },
+        thresholded: u32::from(spec.target_threshold().is_some()),
+        group: strategy.group(),
+    };
+    let f = m.function(strategy.kernel(), dtype)?;
+    // SAFETY: `args` matches `BceArgs`; addresses valid per the contract.
+    unsafe {
+        m.stream()
+            .launch_builder(&f)
+            .arg(&args)
+            .launch(strategy.launch_config(b as u64))
+    }
+    .map_err(driver_err("launching the binary cross-entropy kernel"))?;
+    Ok(())
+}
+
+impl CudaMixer {
+    /// Loss only (evaluation) of the mixup binary cross-entropy: the reduced loss to `loss`
+    /// (`[1]`; for [`Reduction::None`] the mean, for logging), the per-sample losses
+    /// `Σ_c ℓ_ic` to `losses` (`[B]`) if given. Reads the logits once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DeviceBceSpec, DevicePlan};
+    /// use mixup_kernels::{BceSpec, MixPlan, Reduction};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let s = mixer.stream();
+    /// let mut plan = DevicePlan::new(&mixer);
+    /// plan.upload(&MixPlan::identity(2)?)?;
+    /// let spec = DeviceBceSpec::new(&mixer, BceSpec::new(2, 0.0, Reduction::Mean)?)?;
+    /// let (z, y) = (s.clone_htod(&vec![0.0f32; 4])?, s.clone_htod(&vec![0u32, 1])?);
+    /// let mut loss = s.alloc_zeros::<f32>(1)?;
+    /// mixer.mixup_bce_forward(&plan, &spec, &z.as_view(), &y.as_view(), &mut loss.as_view_mut(), None)?;
+    /// assert!((s.clone_dtoh(&loss)?[0] - std::f32::consts::LN_2).abs() < 1e-6);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn mixup_bce_forward<T: FloatElement>(
+        &self,
+        plan: &DevicePlan,
+        spec: &DeviceBceSpec,
+        logits: &CudaView<'_, T>,
+        labels: &CudaView<'_, u32>,
+        loss: &mut CudaViewMut<'_, f32>,
+        losses: Option<&mut CudaViewMut<'_, f32>>,
+    ) -> Result<()> {
+        let (lp, _r) = logits.device_ptr(self.stream());
+        self.bce_common(
+            plan,
+            spec,
+            lp,
+            logits.len(),
+            labels,
+            DeviceUpstream::Scalar(1.0),
+            loss,
+            losses,
+            None,
+            T::DTYPE,
+        )
+    }
+
+    /// Loss and gradient in one launch: the gradient `v·((1 + (w − 1)t)·σ(z) − w·t) · scale`
+    /// to `grad` (`[B, C]`), the reduced loss to `loss` (`[1]`), per-sample losses to `losses`
+    /// if given.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DeviceBceSpec, DevicePlan, DeviceUpstream};
+    /// use mixup_kernels::{reference, BceSpec, MixPlan, Reduction, Upstream};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let s = mixer.stream();
+    /// let host_plan = MixPlan::from_parts(&[1, 0], &[0.7, 0.7])?;
+    /// let mut plan = DevicePlan::new(&mixer);
+    /// plan.upload(&host_plan)?;
+    /// let spec = BceSpec::new(3, 0.1, Reduction::Mean)?.with_target_threshold(0.2)?;
+    /// let dspec = DeviceBceSpec::new(&mixer, spec.clone())?;
+    /// let (logits, labels) = (vec![1.0f32, -1.0, 0.5, 0.0, 2.0, -0.5], vec![0u32, 2]);
+    /// let (z, y) = (s.clone_htod(&logits)?, s.clone_htod(&labels)?);
+    /// let (mut loss, mut grad) = (s.alloc_zeros::<f32>(1)?, s.alloc_zeros::<f32>(6)?);
+    /// mixer.mixup_bce(&plan, &dspec, &z.as_view(), &y.as_view(), DeviceUpstream::Scalar(1.0),
+    ///     &mut loss.as_view_mut(), None, &mut grad.as_view_mut())?;
+    /// let want = reference::mixup_bce(&host_plan, &spec, &logits, &labels, Upstream::Scalar(1.0))?;
+    /// assert!((f64::from(s.clone_dtoh(&loss)?[0]) - want.loss).abs() < 1e-5);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub fn mixup_bce<T: FloatElement>(
+        &self,
+        plan: &DevicePlan,
+        spec: &DeviceBceSpec,
+        logits: &CudaView<'_, T>,
+        labels: &CudaView<'_, u32>,
+        upstream: DeviceUpstream<'_>,
+        loss: &mut CudaViewMut<'_, f32>,
+        losses: Option<&mut CudaViewMut<'_, f32>>,
+        grad: &mut CudaViewMut<'_, T>,
+    ) -> Result<()> {
+        check_len("grad", logits.len(), grad.len())?;
+        let (lp, _r) = logits.device_ptr(self.stream());
+        let (gp, _w) = grad.device_ptr_mut(self.stream());
+        self.bce_common(
+            plan,
+            spec,
+            lp,
+            logits.len(),
+            labels,
+            upstream,
+            loss,
+            losses,
+            Some(gp),
+            T::DTYPE,
+        )
+    }
+
+    /// Loss and gradient, the gradient written over the logits.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, DeviceBceSpec, DevicePlan, DeviceUpstream};
+    /// use mixup_kernels::{bf16, BceSpec, MixPlan, Reduction};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let s = mixer.stream();
+    /// let mut plan = DevicePlan::new(&mixer);
+    /// plan.upload(&MixPlan::identity(2)?)?;
+    /// let spec = DeviceBceSpec::new(&mixer, BceSpec::new(2, 0.0, Reduction::Sum)?)?;
+    /// let mut z = s.clone_htod(&vec![bf16::ZERO; 4])?;
+    /// let y = s.clone_htod(&vec![0u32, 1])?;
+    /// let mut loss = s.alloc_zeros::<f32>(1)?;
+    /// mixer.mixup_bce_in_place(&plan, &spec, &mut z.as_view_mut(), &y.as_view(),
+    ///     DeviceUpstream::Scalar(1.0), &mut loss.as_view_mut(), None)?;
+    /// let grad: Vec<f32> = s.clone_dtoh(&z)?.into_iter().map(f32::from).collect();
+    /// assert_eq!(grad, [-0.5, 0.5, 0.5, -0.5]); // σ(0) − t
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub fn mixup_bce_in_place<T: FloatElement>(
+        &self,
+        plan: &DevicePlan,
+        spec: &DeviceBceSpec,
+        logits: &mut CudaViewMut<'_, T>,
+        labels: &CudaView<'_, u32>,
+        upstream: DeviceUpstream<'_>,
+        loss: &mut CudaViewMut<'_, f32>,
+        losses: Option<&mut CudaViewMut<'_, f32>>,
+    ) -> Result<()> {
+        let n = logits.len();
+        let (lp, _w) = logits.device_ptr_mut(self.stream());
+        self.bce_common(
+            plan,
+            spec,
+            lp,
+            n,
+            labels,
+            upstream,
+            loss,
+            losses,
+            Some(lp),
+            T::DTYPE,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn bce_common(
+        &self,
+        plan: &DevicePlan,
+        spec: &DeviceBceSpec,
+        logits: u64,
+        logits_len: usize,
+        labels: &CudaView<'_, u32>,
+        upstream: DeviceUpstream<'_>,
+        loss: &mut CudaViewMut<'_, f32>,
+        losses: Option<&mut CudaViewMut<'_, f32>>,
+        grad: Option<u64>,
+        dtype: DType,
+    ) -> Result<()> {
+        // Every check before anything is enqueued.
+        let (up, _ru) = super::mixup_ce::raw_upstream(self, plan, &upstream)?;
+        check_bce_device(plan, &spec.spec, logits_len, &up)?;
+        plan.plan().check_batch(labels.len())?;
+        check_len("loss", 1, loss.len())?;
+        if let Some(l) = &losses {
+            check_len("losses", plan.len(), l.len())?;
+        }
+        let (lab, _rl) = labels.device_ptr(self.stream());
+        let (lossp, _wl) = loss.device_ptr_mut(self.stream());
+        let mut losses = losses;
+        let lp = losses.as_mut().map(|l| l.device_ptr_mut(self.stream()));
+        let bufs = BceBuffers {
+            logits,
+            labels: lab,
+            grad,
+            loss: lossp,
+            losses: lp.as_ref().map(|(p, _)| *p),
+        };
+        // SAFETY: every buffer was checked to hold what the kernel reads and writes.
+        unsafe { launch(self, plan, spec, dtype, logits_len, &bufs, up) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_are_144_bytes() {
+        assert_eq!(std::mem::size_of::<BceArgs>(), 144);
+    }
+
+    #[test]
+    fn strategy_by_classes() {
+        use BceStrategy::*;
+        assert_eq!(bce_strategy(1, 4), Warp { group: 1 });
+        assert_eq!(bce_strategy(100, 4), Warp { group: 8 });
+        assert_eq!(bce_strategy(512, 4), Warp { group: 32 });
+        assert_eq!(bce_strategy(1000, 2), Warp { group: 32 });
+        assert_eq!(bce_strategy(1000, 4), Block { threads: 64 });
+        assert_eq!(bce_strategy(32_000, 2), Block { threads: 1024 });
+        assert_eq!(bce_strategy(1 << 24, 4), Block { threads: 1024 });
+        let cfg = Warp { group: 8 }.launch_config(1000);
+        assert_eq!((cfg.grid_dim.0, cfg.block_dim.0), (32, 256));
+        let cfg = Block { threads: 1024 }.launch_config(u64::MAX);
+        assert_eq!(cfg.grid_dim.0, (1u32 << 31) - 1);
+    }
+}
