@@ -26,8 +26,12 @@ use mixup_kernels::cuda::cudarc::driver::{
 };
 use mixup_kernels::cuda::cudarc::nvrtc::Ptx;
 use mixup_kernels::cuda::kernels::{compile, options, ModuleSource, Target};
-use mixup_kernels::cuda::{naive, CudaMixer, CudaMixerOptions, DevicePlan, DeviceUpstream};
-use mixup_kernels::{bf16, f16, CeSpec, CutBox, Element, Layout, MixPlan, Reduction, TargetSpec};
+use mixup_kernels::cuda::{
+    naive, CudaMixer, CudaMixerOptions, DeviceBceSpec, DevicePlan, DeviceUpstream,
+};
+use mixup_kernels::{
+    bf16, f16, BceSpec, CeSpec, CutBox, Element, Layout, MixPlan, Reduction, TargetSpec,
+};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -479,6 +483,58 @@ fn bench_ce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
     Ok(())
 }
 
+/// Mixup BCE forward + backward (timm's DeiT III settings: smoothing 0.1, threshold 0.2, Mean):
+/// floor B·C·(s_in + s_out), like the CE.
+fn bench_bce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
+    b: &Bench,
+    batch: usize,
+    classes: usize,
+) -> Res<()> {
+    let s = std::mem::size_of::<T>();
+    let n = batch * classes;
+    let floor = 2 * n * s;
+    let sets = b.sets(n * s);
+    let logits: Vec<CudaSlice<T>> = (0..sets)
+        .map(|i| b.stream.clone_htod(&random::<T>(n, 20 + i as u64)))
+        .collect::<Result<_, _>>()?;
+    let mut grad = b.stream.clone_htod(&random::<T>(n, 19))?;
+    let ls = b.stream.clone_htod(&labels(batch, classes, 5))?;
+    let mut loss = b.stream.alloc_zeros::<f32>(1)?;
+    let mut plan = DevicePlan::new(&b.mixer);
+    plan.upload(&MixPlan::from_parts(&random_pairs(batch, 7), &lams(batch))?)?;
+    let spec = BceSpec::new(classes, 0.1, Reduction::Mean)?.with_target_threshold(0.2)?;
+    let spec = DeviceBceSpec::new(&b.mixer, spec)?;
+    let copy = b.copy(floor)?;
+    let fused = b.time(|i| {
+        Ok(b.mixer.mixup_bce(
+            &plan,
+            &spec,
+            &logits[i % sets].as_view(),
+            &ls.as_view(),
+            DeviceUpstream::Scalar(1.0),
+            &mut loss.as_view_mut(),
+            None,
+            &mut grad.as_view_mut(),
+        )?)
+    })?;
+    let fwd = b.time(|i| {
+        Ok(b.mixer.mixup_bce_forward(
+            &plan,
+            &spec,
+            &logits[i % sets].as_view(),
+            &ls.as_view(),
+            &mut loss.as_view_mut(),
+            None,
+        )?)
+    })?;
+    let shape = format!("{batch}x{classes}");
+    let dt = T::DTYPE.name();
+    b.row("mixup BCE fwd+bwd", dt, &shape, "fused", floor, fused, copy);
+    b.row("mixup BCE fwd+bwd", dt, &shape, "copy", floor, copy, copy);
+    b.row("mixup BCE fwd", dt, &shape, "fused", n * s, fwd, copy);
+    Ok(())
+}
+
 /// An empty kernel's launch-to-completion time, the floor of a launch-bound op (256x1000).
 fn bench_empty(b: &Bench) -> Res<()> {
     static EMPTY: ModuleSource = ModuleSource {
@@ -681,6 +737,12 @@ fn main() {
         ] {
             report("mixup CE f32", bench_ce::<f32>(&b, batch, classes));
             report("mixup CE bf16", bench_ce::<bf16>(&b, batch, classes));
+        }
+    }
+    if b.wanted("bce") || b.wanted("BCE") {
+        for (batch, classes) in [(256usize, 1000usize), (4096, 32_000)] {
+            report("mixup BCE f32", bench_bce::<f32>(&b, batch, classes));
+            report("mixup BCE bf16", bench_bce::<bf16>(&b, batch, classes));
         }
     }
     if b.wanted("first") {

@@ -100,7 +100,9 @@ DEV BceRow bce_row_of(const BceArgs& g, u64 row) {
 // w x, or 0 when the weight is 0 (a masked logit with no weight adds nothing).
 DEV float weighted(float w, float x) { return w == 0.0f ? 0.0f : __fmul_rn(w, x); }
 
-// One element at class e: adds v l to `acc`, returns the gradient v (cw sigma - w t) scale.
+// One element at class e: adds v l to `acc`, returns the gradient v (cw sigma - w t) scale
+// (0 without GRAD: forward only).
+template <bool GRAD>
 DEV float bce_elem(const BceArgs& g, const BceRow& r, u64 e, float z, float& acc) {
     const float t = e == r.a ? r.ta : (e == r.b ? r.tb : r.toff);
     const float w = g.pos_weight != 0 ? ((const float*)g.pos_weight)[e] : 1.0f;
@@ -112,8 +114,9 @@ DEV float bce_elem(const BceArgs& g, const BceRow& r, u64 e, float z, float& acc
     const float wt = __fmul_rn(w, t);
     const float lin = pos ? weighted(__fsub_rn(1.0f, t), z) : -weighted(wt, z);
     const float l = fmaf(cw, sp, lin);
-    const float sig = __fdiv_rn(pos ? 1.0f : ex, __fadd_rn(1.0f, ex));
     acc = __fadd_rn(acc, weighted(v, l));
+    if (!GRAD) return 0.0f;
+    const float sig = __fdiv_rn(pos ? 1.0f : ex, __fadd_rn(1.0f, ex));
     return __fmul_rn(v, __fmul_rn(fmaf(cw, sig, -wt), r.scale));
 }
 
@@ -156,14 +159,14 @@ DEV float bce_sum_block(float v, float* part) {
 
 // The elements of one row that lane t of L handles: slots t, t + L, ... and extras t, t + L, ...
 // Returns the lane's loss sum; writes the gradient if there is one.
-template <class E>
+template <class E, bool GRAD>
 DEV float bce_lane(const BceArgs& g, u64 row, const BceRow& r, u32 t, u32 L) {
     typedef typename E::B B;
     const u64 C = g.classes;
     const B* zrow = (const B*)g.logits + row * C;
-    B* grow = g.grad != 0 ? (B*)g.grad + row * C : (B*)0;
+    B* grow = GRAD ? (B*)g.grad + row * C : (B*)0;
     const Geom ge = geom_of<E>(zrow, C);
-    const bool congruent = grow != 0 && same_offset(grow, zrow);
+    const bool congruent = GRAD && same_offset(grow, zrow);
     float acc = 0.0f;
     for (u64 v = t; v < ge.nfull; v += L) {
         const u64 e0 = slot_elem<E>(ge, v);
@@ -171,11 +174,11 @@ DEV float bce_lane(const BceArgs& g, u64 row, const BceRow& r, u32 t, u32 L) {
         v16 o;
 #pragma unroll
         for (int j = 0; j < E::VE; j += 2) {
-            const float d0 = bce_elem(g, r, e0 + j, E::get(s, j), acc);
-            const float d1 = bce_elem(g, r, e0 + j + 1, E::get(s, j + 1), acc);
-            E::set2(o, j, d0, d1);
+            const float d0 = bce_elem<GRAD>(g, r, e0 + j, E::get(s, j), acc);
+            const float d1 = bce_elem<GRAD>(g, r, e0 + j + 1, E::get(s, j + 1), acc);
+            if (GRAD) E::set2(o, j, d0, d1);
         }
-        if (grow == 0) continue;
+        if (!GRAD) continue;
         if (congruent) {
             st_v16(grow + e0, o);
         } else {
@@ -188,8 +191,8 @@ DEV float bce_lane(const BceArgs& g, u64 row, const BceRow& r, u32 t, u32 L) {
     }
     for (u32 x = t; x < extras_of(ge); x += L) {
         const u64 e = extra_elem<E>(ge, x);
-        const float d = bce_elem(g, r, e, E::from_bits(zrow[e]), acc);
-        if (grow != 0) grow[e] = E::to_bits(d);
+        const float d = bce_elem<GRAD>(g, r, e, E::from_bits(zrow[e]), acc);
+        if (GRAD) grow[e] = E::to_bits(d);
     }
     return acc;
 }
@@ -211,7 +214,7 @@ DEV void bce_warp(const BceArgs& g) {
         const u64 row = row0 + threadIdx.x / G;
         if (row >= g.batch) continue;  // whole groups only: shuffles stay within a group
         const BceRow r = bce_row_of(g, row);
-        float acc = bce_lane<E>(g, row, r, t, G);
+        float acc = g.grad != 0 ? bce_lane<E, true>(g, row, r, t, G) : bce_lane<E, false>(g, row, r, t, G);
         for (u32 off = G >> 1; off > 0; off >>= 1) acc += __shfl_xor_sync(mask, acc, (int)off, (int)G);
         if (t == 0) bce_row_done(g, row, r, acc);
     }
@@ -224,7 +227,9 @@ DEV void bce_block(const BceArgs& g) {
     __shared__ float part[32];
     for (u64 row = blockIdx.x; row < g.batch; row += gridDim.x) {
         const BceRow r = bce_row_of(g, row);
-        const float acc = bce_sum_block(bce_lane<E>(g, row, r, threadIdx.x, blockDim.x), part);
+        const float lane = g.grad != 0 ? bce_lane<E, true>(g, row, r, threadIdx.x, blockDim.x)
+                                       : bce_lane<E, false>(g, row, r, threadIdx.x, blockDim.x);
+        const float acc = bce_sum_block(lane, part);
         if (threadIdx.x == 0) bce_row_done(g, row, r, acc);
     }
     bce_finish(g);

@@ -118,9 +118,15 @@ gpu_tests() {
     local rc=0
     run_test lib 10 cuda:: || rc=1
     MIXUP_TEST_THREADS=1 run_test cuda_plan 15 || rc=1
-    run_test cuda_soft_targets 40 || rc=1
-    run_test cuda_mix 55 || rc=1
-    run_test cuda_mixup_ce 120 || rc=1
+    run_test cuda_soft_targets 35 || rc=1
+    run_test cuda_mix 50 || rc=1
+    run_test cuda_mixup_ce 110 || rc=1
+    # Until scripts/gpu-bundle.sh builds it, an older bundle has no BCE binary: say so, go on.
+    if [[ -x "$bin/test-cuda_mixup_bce" ]]; then
+        run_test cuda_mixup_bce 25 || rc=1
+    else
+        echo "SKIPPED test-cuda_mixup_bce: not in $bin (add cuda_mixup_bce to scripts/gpu-bundle.sh tests)"
+    fi
     return $rc
 }
 
