@@ -2,8 +2,9 @@
 //! of a block as fibers, so barriers, warp shuffles, shared memory, `cp.async` and the
 //! last-block-done loss reduction behave as on a GPU; under AddressSanitizer and UBSan, 16-byte
 //! accesses checked for alignment; against independently computed expected values. The fused
-//! cross-entropy kernels run with the launch configurations this crate chooses
-//! (`ce_launch`, the function the CUDA path launches with), passed to the emulator in a file.
+//! cross-entropy kernels (and the binary cross-entropy ones) run with the launch configurations
+//! this crate chooses (`ce_launch` / `bce_launch`, the functions the CUDA path launches with),
+//! passed to the emulator in a file.
 //!
 //! The emulation is built and run once per device generation the kernels branch on
 //! (`__CUDA_ARCH__` 750: T4; 800: A100; 900: H100/H200), so the sm_80+ paths (`cp.async`, the
@@ -12,7 +13,8 @@
 //!
 //! Needs a C++17 compiler with `_Float16` (g++ >= 12, clang >= 15; `CXX` picks it); without one
 //! it prints SKIPPED and passes. About 1.5 minutes of CPU to build (cached after), then about
-//! 35 s of CPU per arch run (two runs, side by side).
+//! 55 s of CPU per arch run (two runs, side by side; the CE group about 40 s of it, the BCE
+//! group 3 s).
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
@@ -28,12 +30,26 @@ fn emulate(root: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// The crate's launch for each query line `ce <classes> <elem_size> <smem_optin> <fwd> <batch>`,
-/// as the line the emulator reads back (see kernels/emu/main.cpp).
+/// The crate's launch for each query line `ce <classes> <elem_size> <smem_optin> <fwd> <batch>`
+/// or `bce <classes> <elem_size> <batch>`, as the line the emulator reads back (see
+/// kernels/emu/main.cpp).
 #[cfg(feature = "cuda")]
 fn launches(queries: &str) -> String {
-    use mixup_kernels::cuda::kernels::ce_launch;
+    use mixup_kernels::cuda::kernels::{bce_launch, ce_launch};
     let mut out = String::new();
+    for line in queries.lines().filter(|l| l.starts_with("bce ")) {
+        let f: Vec<u64> = line[4..]
+            .split_whitespace()
+            .map(|v| v.parse().expect("a number"))
+            .collect();
+        assert_eq!(f.len(), 3, "query `{line}`");
+        let (kernel, group, cfg) = bce_launch(f[0], f[1] as usize, f[2]);
+        assert_eq!(cfg.shared_mem_bytes, 0);
+        out += &format!(
+            "{line} {kernel} {group} {} {}\n",
+            cfg.grid_dim.0, cfg.block_dim.0
+        );
+    }
     for line in queries.lines().filter(|l| l.starts_with("ce ")) {
         let f: Vec<u64> = line[3..]
             .split_whitespace()
@@ -101,5 +117,6 @@ fn every_kernel_runs_correctly_on_the_host() {
     }
     if table.is_some() {
         assert!(text.contains(" from the crate"), "{text}");
+        assert!(!text.contains("host_launch_mirror differs"), "{text}");
     }
 }

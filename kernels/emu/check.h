@@ -169,6 +169,23 @@ inline CeLaunch ce_launch(const CeKey& k) {
     return it->second;
 }
 
+// The binary cross-entropy launch the host makes (src/cuda/mixup_bce.rs `bce_launch`), from the
+// same file: `bce <classes> <elem_size> <batch> <kernel> <group> <grid> <block>`.
+struct BceKey {
+    uint64_t classes;
+    int elem_size;
+    uint64_t batch;
+    bool operator<(const BceKey& o) const {
+        return std::tie(classes, elem_size, batch) < std::tie(o.classes, o.elem_size, o.batch);
+    }
+};
+struct BceHostLaunch {
+    std::string kernel;  // bce_warp, bce_block
+    uint32_t group = 32, grid = 1, block = 1;
+};
+extern std::map<BceKey, BceHostLaunch> g_bce_table;
+extern std::vector<BceKey> g_bce_queries;
+
 // Tests, one function per kernel file.
 void test_engine();
 void test_mix_and_soft_targets();

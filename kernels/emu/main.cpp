@@ -8,6 +8,8 @@
 //                            tests/kernels_emulated.rs from the crate's own `ce_launch`):
 //                            `ce <classes> <elem_size> <smem_optin> <forward_only> <batch>
 //                             <kernel> <group> <smem_slots> <grid> <block> <smem_bytes>`
+//   (FILE also holds `bce <classes> <elem_size> <batch> <kernel> <group> <grid> <block>`
+//    lines, and --queries lists `bce <classes> <elem_size> <batch>` after the ce lines)
 //   --only engine|mix|ce|bce|naive  run one group
 // Prints "N passed, M failed" last; exits 1 on any failure.
 #include "check.h"
@@ -20,6 +22,8 @@ int g_passed = 0, g_failed = 0;
 bool g_list_queries = false;
 std::map<CeKey, CeLaunch> g_ce_table;
 std::vector<CeKey> g_ce_queries;
+std::map<BceKey, BceHostLaunch> g_bce_table;
+std::vector<BceKey> g_bce_queries;
 
 namespace {
 
@@ -42,7 +46,18 @@ bool load_table(const char* path) {
         std::string tag;
         CeKey k{};
         CeLaunch v;
-        if (!(s >> tag) || tag != "ce") continue;
+        if (!(s >> tag)) continue;
+        if (tag == "bce") {
+            BceKey b{};
+            BceHostLaunch h;
+            if (!(s >> b.classes >> b.elem_size >> b.batch >> h.kernel >> h.group >> h.grid >> h.block)) {
+                std::fprintf(stderr, "bad line in %s: %s\n", path, line.c_str());
+                return false;
+            }
+            g_bce_table[b] = h;
+            continue;
+        }
+        if (tag != "ce") continue;
         if (!(s >> k.classes >> k.elem_size >> k.smem_optin >> k.forward_only >> k.batch >> v.kernel >> v.group >>
               v.smem_slots >> v.grid >> v.block >> v.smem)) {
             std::fprintf(stderr, "bad line in %s: %s\n", path, line.c_str());
@@ -115,6 +130,13 @@ int main(int argc, char** argv) {
         for (const CeKey& k : g_ce_queries)
             std::printf("ce %llu %d %u %d %llu\n", (unsigned long long)k.classes, k.elem_size, k.smem_optin,
                         k.forward_only, (unsigned long long)k.batch);
+        test_mixup_bce();
+        std::sort(g_bce_queries.begin(), g_bce_queries.end());
+        g_bce_queries.erase(std::unique(g_bce_queries.begin(), g_bce_queries.end(),
+                                        [](const BceKey& a, const BceKey& b) { return !(a < b) && !(b < a); }),
+                            g_bce_queries.end());
+        for (const BceKey& k : g_bce_queries)
+            std::printf("bce %llu %d %llu\n", (unsigned long long)k.classes, k.elem_size, (unsigned long long)k.batch);
         return 0;
     }
     if (g_ce_table.empty()) {
@@ -127,7 +149,8 @@ int main(int argc, char** argv) {
                 m.block != v.block || m.smem != v.smem)
                 ++differ;
         }
-        std::printf("cross-entropy launches: %zu from the crate\n", g_ce_table.size());
+        std::printf("cross-entropy launches: %zu from the crate; binary cross-entropy: %zu\n", g_ce_table.size(),
+                    g_bce_table.size());
         if (differ > 0)
             std::printf("note: ce_launch_mirror (kernels/emu/main.cpp, used when the emulator runs on its own) "
                         "differs from the crate on %d of them: update it\n",

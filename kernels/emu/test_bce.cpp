@@ -67,10 +67,11 @@ struct BceLaunch {
     uint32_t group = 1, threads = BCE_NT, grid = 1;
 };
 
-// src/cuda/mixup_bce.rs `bce_strategy` + launch config: G = next power of two of ceil(slots / 4)
-// lanes per row while slots <= 128, else a block of ceil(slots / 4) threads rounded up to 32,
-// clamped to 64..1024.
-BceLaunch host_launch(uint64_t C, int elem, uint64_t B) {
+// A mirror of src/cuda/mixup_bce.rs `bce_strategy` + launch config, used only when no table from
+// the crate is given (tests/kernels_emulated.rs passes the crate's own `bce_launch`): G = next
+// power of two of ceil(slots / 4) lanes per row while slots <= 128, else a block of
+// ceil(slots / 4) threads rounded up to 32, clamped to 64..1024.
+BceLaunch host_launch_mirror(uint64_t C, int elem, uint64_t B) {
     const uint64_t slots = C / (16 / (uint64_t)elem);
     BceLaunch l;
     if (slots <= 128) {
@@ -81,11 +82,36 @@ BceLaunch host_launch(uint64_t C, int elem, uint64_t B) {
         l.grid = (uint32_t)std::min<uint64_t>((B + BCE_NT / p - 1) / (BCE_NT / p), (1ull << 31) - 1);
     } else {
         l.block = true;
+        l.group = 32;  // BceArgs::group, unused by bce_block
         const uint64_t t = ((slots + 3) / 4 + 31) / 32 * 32;
         l.threads = (uint32_t)std::min<uint64_t>(std::max<uint64_t>(t, 64), 1024);
         l.grid = (uint32_t)std::min<uint64_t>(B, (1ull << 31) - 1);
     }
     l.grid = std::max<uint32_t>(l.grid, 1);
+    return l;
+}
+
+// The host's launch (from the crate's table when there is one).
+BceLaunch host_launch(uint64_t C, int elem, uint64_t B) {
+    const BceKey k{C, elem, B};
+    if (g_list_queries) g_bce_queries.push_back(k);
+    if (g_bce_table.empty()) return host_launch_mirror(C, elem, B);
+    auto it = g_bce_table.find(k);
+    if (it == g_bce_table.end()) {
+        check(false, fmt("no host BCE launch for C %llu, %d-byte elements, B %llu", (unsigned long long)C, elem,
+                         (unsigned long long)B));
+        return host_launch_mirror(C, elem, B);
+    }
+    const BceHostLaunch& h = it->second;
+    BceLaunch l;
+    l.block = h.kernel == "bce_block";
+    l.group = h.group;
+    l.threads = h.block;
+    l.grid = h.grid;
+    const BceLaunch m = host_launch_mirror(C, elem, B);
+    check(m.block == l.block && m.group == l.group && m.threads == l.threads && m.grid == l.grid,
+          fmt("host_launch_mirror differs from the crate for C %llu, %d-byte elements, B %llu: update it",
+              (unsigned long long)C, elem, (unsigned long long)B));
     return l;
 }
 
@@ -272,6 +298,7 @@ template <class H, class K>
 void run_bce(const BceCase& c) {
     typedef typename H::B B;
     BceLaunch L = host_launch(c.C, (int)sizeof(B), c.B);
+    if (g_list_queries) return;
     if (c.kernel == 0) L = BceLaunch{false, c.group, BCE_NT, std::max<uint32_t>(1, (c.B + BCE_NT / c.group - 1) / (BCE_NT / c.group))};
     if (c.kernel == 1) L = BceLaunch{true, 32, c.threads, c.B};
     static const char* red[] = {"Mean", "Sum", "None"};
@@ -488,7 +515,6 @@ void bce_cases() {
 }  // namespace
 
 void test_mixup_bce() {
-    if (g_list_queries) return;
     bce_cases<HF32, F32>();
     bce_cases<HF16, F16>();
     bce_cases<HBF16, BF16>();

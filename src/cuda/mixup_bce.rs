@@ -119,6 +119,16 @@ pub(crate) fn bce_strategy(classes: u64, elem_size: usize) -> BceStrategy {
     }
 }
 
+/// The launch [`launch`] makes for `batch` rows of `classes` elements of `elem_size` bytes: the
+/// kernel family (`bce_warp`, `bce_block`), `BceArgs::group`, and the grid and block. For the
+/// host emulation of the kernels (tests/kernels_emulated.rs), so that it runs exactly what the
+/// host launches.
+#[doc(hidden)]
+pub fn bce_launch(classes: u64, elem_size: usize, batch: u64) -> (&'static str, u32, LaunchConfig) {
+    let s = bce_strategy(classes, elem_size);
+    (s.kernel().prefix(), s.group(), s.launch_config(batch))
+}
+
 /// A [`BceSpec`] with its per-class `weight` and `pos_weight` on the device, uploaded once
 /// (so a training step copies nothing).
 ///

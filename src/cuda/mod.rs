@@ -105,6 +105,7 @@ pub use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewM
 #[doc(hidden)]
 pub mod kernels {
     pub use super::entries::{unit_named, Kernel, Unit, UNIT_NAMES};
+    pub use super::mixup_bce::bce_launch;
     pub use super::mixup_ce::ce_launch;
     pub use super::nvrtc::{
         compile, defines_entry, options, supported_archs, version, Compiled, ModuleSource, Target,
