@@ -19,6 +19,7 @@ use crate::plan::CutBox;
 /// # Errors
 /// - [`MixError::SizeOverflow`] if `height` or `width` exceeds `u32::MAX` (a box holds `u32`
 ///   coordinates; the sampler refuses such images the same way);
+/// - [`MixError::EmptyShape`] for an image with no pixels;
 /// - [`MixError::InvalidArgument`] if the center lies outside the image (`cy >= height` or
 ///   `cx >= width`: timm never draws one there, and clipping it would give a box that is not
 ///   timm's) or λ is NaN.
@@ -40,6 +41,11 @@ pub fn timm_rand_bbox(
 ) -> Result<CutBox> {
     if height > u32::MAX as usize || width > u32::MAX as usize {
         return Err(MixError::SizeOverflow { what: "image size" });
+    }
+    if height == 0 || width == 0 {
+        return Err(MixError::EmptyShape {
+            what: "image height and width",
+        });
     }
     if cy >= height || cx >= width {
         return Err(MixError::InvalidArgument {
@@ -201,7 +207,10 @@ mod tests {
                 Err(MixError::InvalidArgument { what: "center", .. })
             ));
         }
-        assert!(timm_rand_bbox(0, 0, 0.5, 0, 0).is_err());
+        assert!(matches!(
+            timm_rand_bbox(0, 0, 0.5, 0, 0),
+            Err(MixError::EmptyShape { .. })
+        ));
         assert!(timm_rand_bbox(10, 10, f64::NAN, 5, 5).is_err());
         // The largest image: the box stays inside and ordered.
         let side = u32::MAX as usize;

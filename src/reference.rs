@@ -215,7 +215,7 @@ pub(crate) fn bce_element(z: f64, t: f64, w: f64) -> (f64, f64) {
     let c = 1.0 + (w - 1.0) * t;
     let e = (-z.abs()).exp();
     let sp = e.ln_1p();
-    let times = |a: f64, b: f64| if a == 0.0 { 0.0 } else { a * b };
+    let times = |a: f64, b: f64| if a == 0.0 && !b.is_nan() { 0.0 } else { a * b };
     let (l, sig) = if z >= 0.0 {
         (times(1.0 - t, z) + c * sp, 1.0 / (1.0 + e))
     } else {
@@ -287,7 +287,7 @@ pub fn mixup_bce<T: Element>(
             let w = spec.pos_weight().map_or(1.0, |p| f64::from(p[k]));
             let v = spec.weight().map_or(1.0, |p| f64::from(p[k]));
             let (l, g) = bce_element(f64::from(logits[j].to_f32()), t[j], w);
-            elements[j] = if v == 0.0 { 0.0 } else { v * l };
+            elements[j] = if v == 0.0 && !l.is_nan() { 0.0 } else { v * l };
             grad[j] = v * g * factor * up;
         }
         losses[i] = elements[i * c..(i + 1) * c].iter().sum();

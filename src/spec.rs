@@ -329,6 +329,8 @@ pub struct BceSpec {
     weight: Option<Vec<f32>>,
     pos_weight: Option<Vec<f32>>,
     sum_classes: bool,
+    /// timm's `(on_value, off_value)` rounded to f32, for the threshold decision.
+    timm_on_off: (f32, f32),
 }
 
 impl BceSpec {
@@ -342,6 +344,15 @@ impl BceSpec {
     /// smoothing outside `[0, 1)`.
     pub fn new(num_classes: usize, smoothing: f32, reduction: Reduction) -> Result<Self> {
         let targets = TargetSpec::new(num_classes, smoothing)?;
+        // timm's smoothing is a Python double (0.1), ours the f32 nearest to it: go back to the
+        // shortest decimal that gives this f32 (what the user wrote), so that `on` and `off`
+        // are timm's doubles rounded to f32. Widening the f32 instead (0.100000001…) rounds
+        // them differently for many C (15, 23, 27, 33... at ε = 0.1).
+        let eps: f64 = smoothing
+            .to_string()
+            .parse()
+            .unwrap_or(f64::from(smoothing));
+        let off = eps / num_classes as f64;
         Ok(Self {
             targets,
             reduction,
@@ -349,6 +360,7 @@ impl BceSpec {
             weight: None,
             pos_weight: None,
             sum_classes: false,
+            timm_on_off: ((1.0 - eps + off) as f32, off as f32),
         })
     }
 
@@ -439,9 +451,7 @@ impl BceSpec {
     /// there the decision can still differ for λ within an f32 ulp of the boundary.)
     pub(crate) fn thresholded(&self, lam: f32, same: bool) -> Option<(f32, f32, f32)> {
         let thr = self.threshold?;
-        let eps = f64::from(self.targets.smoothing);
-        let off64 = eps / self.targets.num_classes as f64;
-        let (on, off) = ((1.0 - eps + off64) as f32, off64 as f32);
+        let (on, off) = self.timm_on_off;
         let mu = 1.0 - lam;
         let t = |y1: f32, y2: f32| {
             let (p, q) = (y1 * lam, y2 * mu);

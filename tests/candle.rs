@@ -686,7 +686,12 @@ fn bce_backward_matches_reference() {
                     abs * c as f64,
                     rel,
                 );
-                let scaled = (loss.to_dtype(DType::F32).unwrap() * scale).unwrap();
+                assert_eq!(
+                    loss.dtype(),
+                    DType::F32,
+                    "the BCE loss is f32 for any logits"
+                );
+                let scaled = (loss.clone() * scale).unwrap();
                 let total = if spec.reduction() == Reduction::None {
                     scaled.sum_all().unwrap()
                 } else {

@@ -258,12 +258,23 @@ fn check_bce<T: FloatElement>(plan: &MixPlan, spec: &BceSpec, kinds: &[Kind], se
     let (b, c) = (plan.len(), spec.targets().num_classes);
     let (z, range) = logits::<T>(b, c, kinds, seed);
     let labels = random_labels(b, c, seed);
-    let up = Upstream::Scalar(1.0);
+    let ups: Vec<f32> = (0..b).map(|i| 0.5 + (i % 3) as f32).collect();
+    let up = if spec.reduction() == Reduction::None {
+        Upstream::PerSample(&ups)
+    } else {
+        Upstream::Scalar(1.5)
+    };
+    let wmax = spec
+        .weight()
+        .map_or(1.0, |v| v.iter().fold(1.0f64, |a, &x| a.max(f64::from(x))))
+        * spec
+            .pos_weight()
+            .map_or(1.0, |v| v.iter().fold(1.0f64, |a, &x| a.max(f64::from(x))));
     let want = reference::mixup_bce(plan, spec, &z, &labels, up).unwrap();
     let mut grad = vec![T::default(); z.len()];
     let mut losses = vec![0.0f32; b];
     cpu::mixup_bce(plan, spec, &z, &labels, up, Some(&mut losses), &mut grad).unwrap();
-    let abs = 1e-6 * c as f64 * (1.0 + range);
+    let abs = 1e-6 * c as f64 * (1.0 + range) * wmax;
     for (i, (&l, &w)) in losses.iter().zip(&want.losses).enumerate() {
         assert!(
             loss_ok(l, w, abs, 1e-5),
@@ -271,8 +282,12 @@ fn check_bce<T: FloatElement>(plan: &MixPlan, spec: &BceSpec, kinds: &[Kind], se
             T::DTYPE
         );
     }
-    let factor = 1.0 / (b * c) as f64;
-    let t = Tol::new(1e-6 * factor, 1e-6).stored_as::<T>();
+    let factor = match spec.reduction() {
+        Reduction::Mean if spec.sum_classes() => 1.0 / b as f64,
+        Reduction::Mean => 1.0 / (b * c) as f64,
+        _ => 1.0,
+    } * 2.5;
+    let t = Tol::new(1e-6 * factor * wmax, 1e-6).stored_as::<T>();
     for (j, (&g, &w)) in grad.iter().zip(&want.grad).enumerate() {
         let g = f64::from(g.to_f32());
         assert!(
@@ -310,14 +325,26 @@ proptest! {
         rule in 0usize..3, mode in 0usize..3, batch in 1usize..12,
         classes in prop_oneof![1usize..40, 900usize..1100],
         eps in prop_oneof![Just(0.0f32), 0.0f32..0.5], thr in prop::option::of(0.0f32..1.0),
+        red in 0usize..3, weights in 0usize..4, sum_classes in any::<bool>(),
         kinds in logit_kinds(), seed in any::<u64>(),
     ) {
         let plan = sampler_plan(rule, mode, batch, (4, 4), seed % 1000);
-        let mut spec = BceSpec::new(classes, eps, Reduction::Mean).unwrap();
+        let red = [Reduction::Mean, Reduction::Sum, Reduction::None][red];
+        let mut spec = BceSpec::new(classes, eps, red).unwrap().with_sum_classes(sum_classes);
         if let Some(t) = thr {
             spec = spec.with_target_threshold(t).unwrap();
         }
+        let per_class = |k: u64| -> Vec<f32> {
+            (0..classes).map(|c| [0.0, 0.5, 1.0, 2.0, 3.0][(c as u64 * 7 + k) as usize % 5]).collect()
+        };
+        if weights & 1 != 0 {
+            spec = spec.with_weight(per_class(seed)).unwrap();
+        }
+        if weights & 2 != 0 {
+            spec = spec.with_pos_weight(per_class(seed + 1)).unwrap();
+        }
         check_bce::<f32>(&plan, &spec, &kinds, seed);
+        check_bce::<f16>(&plan, &spec, &kinds, seed);
         check_bce::<bf16>(&plan, &spec, &kinds, seed);
     }
 
@@ -416,10 +443,18 @@ proptest! {
         lam in prop_oneof![-1.0f64..2.0, Just(f64::NAN), Just(f64::INFINITY)],
         cy in prop_oneof![0usize..300, Just(usize::MAX)], cx in prop_oneof![0usize..300, Just(usize::MAX)],
     ) {
-        if let Ok(b) = timm_rand_bbox(h, w, lam, cy, cx) {
-            prop_assert!(b.y0 <= b.y1 && b.x0 <= b.x1);
-            prop_assert!(b.y1 as usize <= h && b.x1 as usize <= w);
-            prop_assert!(cy < h && cx < w);
+        let valid = (1..=u32::MAX as usize).contains(&h)
+            && (1..=u32::MAX as usize).contains(&w)
+            && cy < h
+            && cx < w
+            && !lam.is_nan();
+        match timm_rand_bbox(h, w, lam, cy, cx) {
+            Ok(b) => {
+                prop_assert!(valid);
+                prop_assert!(b.y0 <= b.y1 && b.x0 <= b.x1);
+                prop_assert!(b.y1 as usize <= h && b.x1 as usize <= w);
+            }
+            Err(_) => prop_assert!(!valid, "valid arguments rejected"),
         }
     }
 }

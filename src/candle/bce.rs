@@ -18,7 +18,9 @@ use crate::spec::{BceSpec, Reduction, Upstream};
 /// timm's `Mixup` target, as [`BceSpec`] describes it, fused (no target tensor is built).
 ///
 /// Returns a scalar for [`Reduction::Mean`] and [`Reduction::Sum`], the per-sample losses
-/// `[B]` (each the sum over classes) for [`Reduction::None`], in the logits' dtype.
+/// `[B]` (each the sum over classes) for [`Reduction::None`], in f32 whatever the logits' dtype
+/// (a sum over classes overflows f16 quickly: 256 × 1000 elements of `ln 2` is 177 000, past
+/// f16's 65 504; PyTorch's autocast runs this loss in f32 too).
 /// `loss.backward()` gives the logits' gradient; the forward pass computes it in the same pass
 /// as the loss for an upstream gradient of 1 and keeps it, and any other upstream gradient
 /// recomputes it in one pass, so every element is rounded once.
@@ -82,12 +84,11 @@ pub fn mixup_binary_cross_entropy(
         want_grad: track,
         grad: Mutex::new(None),
     };
-    let loss = if track {
-        logits.apply_op2_arc(&labels, Arc::new(Box::new(op)))?
+    if track {
+        logits.apply_op2_arc(&labels, Arc::new(Box::new(op)))
     } else {
-        logits.apply_op2_no_bwd(&labels, &op)?
-    };
-    loss.to_dtype(logits.dtype())
+        logits.apply_op2_no_bwd(&labels, &op)
+    }
 }
 
 /// The op: f32 output (see `MixupCeOp` for why), the gradient for an upstream of 1 kept from
@@ -192,11 +193,20 @@ impl CustomOp2 for MixupBceOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let up: Vec<f32> = grad_res.flatten_all()?.to_vec1()?;
+        let up: Vec<f32> = grad_res.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let kept = self.grad.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(g) = kept.filter(|_| up.iter().all(|&u| u == 1.0)) {
             return Ok((Some(g), None));
         }
+        // A non-finite upstream gradient (a diverged loss scale...) gets the same readable error
+        // as a direct call, before any work.
+        let upstream = match self.spec.reduction() {
+            Reduction::None => Upstream::PerSample(&up),
+            Reduction::Mean | Reduction::Sum => {
+                Upstream::Scalar(up.first().copied().unwrap_or(1.0))
+            }
+        };
+        crate::spec::check_bce(&self.plan, &self.spec, logits.elem_count(), &upstream)?;
         let labels: Vec<u32> = labels.to_dtype(DType::U32)?.to_vec1()?;
         let logits = logits.detach();
         let g = match logits.dtype() {

@@ -50,12 +50,13 @@ pub(crate) fn ln_1p_unit(e: f32) -> (f32, f32) {
     (k.mul_add(LN2_HI, k.mul_add(LN2_LO, ln_v + corr)), r)
 }
 
-/// `w · x`, 0 when the weight is 0 (a masked logit with no weight adds nothing). A select,
-/// not a branch.
+/// `w · x`, but 0 when the weight is 0 and `x` is infinite (a masked logit, or its loss, with
+/// no weight adds nothing); NaN stays NaN (a NaN logit gives a NaN loss even where its class
+/// weight is 0, as PyTorch's `0 · NaN`). A select, not a branch.
 #[inline(always)]
 fn weighted(w: f32, x: f32) -> f32 {
     let p = w * x;
-    if w == 0.0 {
+    if w == 0.0 && !x.is_nan() {
         0.0
     } else {
         p
@@ -353,7 +354,7 @@ mod tests {
         };
         for i in 0..=1_000_000u32 {
             check(i as f32 / 1e6);
-            check(f32::from_bits(i * 1000)); // 0, subnormals, tiny normals up to ~2e-33
+            check(f32::from_bits(i * 1000)); // 0, subnormals, small normals up to ~5e-3
             check((std::f32::consts::SQRT_2 - 1.0) + (i as f32 - 5e5) * 1e-9);
         }
         check(1.0);

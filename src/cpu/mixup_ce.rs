@@ -610,11 +610,12 @@ fn d64(z: f32, m: f32) -> f64 {
 
 /// Passes (1) and (2) of a forward-only row.
 #[inline(always)]
-fn forward_row<T: Element>(z: &[T], w: &mut [f32], a: usize, b: usize) -> RowStats {
+fn forward_row<T: Element>(z: &[T], w: &mut [f32], a: usize, b: usize, k: &Consts) -> RowStats {
     let m = widen_max(z, w);
     let (da, db) = (d64(w[a], m), d64(w[b], m));
     let (s, mut sum_d) = exp_sums(w, m, &Ahead::NONE);
-    if !sum_d.is_finite() {
+    // Only the smoothing term uses Σd: without smoothing an overflowed (or −inf) sum is unused.
+    if !sum_d.is_finite() && k.off != 0.0 {
         sum_d = exact_sum_d(z, m);
     }
     RowStats { s, sum_d, da, db }
@@ -628,11 +629,13 @@ fn scratch_row<T: Element>(
     a: usize,
     b: usize,
     ahead: &Ahead,
+    k: &Consts,
 ) -> (RowStats, (f32, f32)) {
     let m = widen_max(z, w);
     let (da, db) = (d64(w[a], m), d64(w[b], m));
     let (s, mut sum_d) = exp_sums(w, m, ahead);
-    if !sum_d.is_finite() {
+    // Only the smoothing term uses Σd: without smoothing an overflowed (or −inf) sum is unused.
+    if !sum_d.is_finite() && k.off != 0.0 {
         sum_d = exact_sum_d(z, m);
     }
     (RowStats { s, sum_d, da, db }, (w[a], w[b]))
@@ -664,7 +667,7 @@ impl Row {
 /// A forward-only row: its loss.
 #[inline(always)]
 fn forward_kernel<T: Element>(z: &[T], w: &mut [f32], row: Row, k: &Consts) -> f32 {
-    forward_row(z, w, row.a, row.b).loss(row.lam, k)
+    forward_row(z, w, row.a, row.b, k).loss(row.lam, k)
 }
 
 /// A row forward and backward, the gradient into `g`: its loss.
@@ -677,7 +680,7 @@ fn row_kernel<T: Element>(
     ahead: Ahead,
     k: &Consts,
 ) -> f32 {
-    let (st, e_ab) = scratch_row(z, w, row.a, row.b, &ahead);
+    let (st, e_ab) = scratch_row(z, w, row.a, row.b, &ahead, k);
     write_grad(w, &st, e_ab, (row.a, row.b, row.lam), row.scale, k, g);
     st.loss(row.lam, k)
 }
@@ -692,7 +695,7 @@ fn row_kernel_in_place<T: Element>(
     k: &Consts,
 ) -> f32 {
     // The logits are read (pass 1) before the gradient overwrites them (pass 3).
-    let (st, e_ab) = scratch_row(&*zg, w, row.a, row.b, &ahead);
+    let (st, e_ab) = scratch_row(&*zg, w, row.a, row.b, &ahead, k);
     write_grad(w, &st, e_ab, (row.a, row.b, row.lam), row.scale, k, zg);
     st.loss(row.lam, k)
 }

@@ -216,9 +216,11 @@ pub fn mixup_ce_in_place<T: FloatElement>(
 /// [`BceSpec`](crate::BceSpec) describes it), loss only: returns the reduced loss and writes the
 /// per-sample losses `L_i = Σ_c ℓ_ic` (`[B]`) if asked.
 ///
-/// One read of the logits, no target in memory. Per element in f32 (about 3 ulp), sums in f64.
+/// One read of the logits, no target in memory. Per element in f32 (about 3 ulp); each row's
+/// sum in 16 f32 lanes flushed to f64 every 512 classes, across rows in f64.
 /// Masked logits follow the rules of [`mixup_ce_forward`]: a −inf logit whose target is 0 adds
-/// nothing; with smoothing (every target positive) it makes the loss +inf; NaN gives NaN.
+/// nothing; with smoothing (every target positive) it makes the loss +inf; NaN gives NaN. A
+/// class of `weight` 0 adds nothing (loss and gradient 0), whatever its logit, except NaN.
 ///
 /// # Errors
 /// [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) when `logits` is not
