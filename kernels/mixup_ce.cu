@@ -26,10 +26,12 @@
 // (`far_max`). That form is exact only up to the rounding of sub, |z log2e - sub| <= ulp/2 for
 // z = m, harmless for small m (lse2 = sub + log2 s puts it back) but 2^103 at m = -3.4e38, where
 // exp2 of it is 0 or inf (and m log2e itself overflows below -2.36e38): a row whose every class
-// is masked with the f32 or bf16 minimum gave a -inf loss and an inf gradient. Past 2^24 a
-// thread computes exp2((z - m) log2e - sub) instead (z - m is exact where it matters), one
-// subtraction more per element, chosen once per thread or slot and per row (a uniform branch:
-// the normal path runs the same instructions as before). A row whose max is far also has its
+// is masked with the f32 or bf16 minimum gave a -inf loss and an inf gradient. Every exp2 now
+// takes (z - mn) log2e - sub (`ex_arg`) with (mn, sub) = (0, m log2e) below 2^24, which is the
+// FMA form bit for bit, and (m, 0) past it (z - m is exact where it matters): one FADD more per
+// element, next to an ex2 on the quarter-rate special-function unit, in a memory-bound kernel,
+// and no register more (a second, templated copy of the loops cost ce_warp 10 registers and a
+// quarter of its occupancy on sm_90). A row whose max is far also has its
 // loss relative to m, as the reference forms it: ln s - sum_c t_c (z_c - m) (sum_c t_c = 1),
 // since lse = m + ln s loses ln s to rounding; sum_c (z_c - m) then comes from a second pass
 // over the row (registers, shared memory, or a re-read in ce_online; only with eps > 0), and
@@ -175,12 +177,15 @@ DEV Row row_of(const CeArgs& g, u64 row) {
 // Whether the shift stays in natural units (|m| >= 2^24, m finite; "Far maxima" at the top).
 DEV bool far_max(float m) { return fabsf(m) >= CE_FAR && fabsf(m) < -neg_inf(); }
 
-// The argument of exp2 for exp(z - m): z log2e - sub with sub = m log2e (one FMA), or for a
-// far m, (z - m) log2e - sub (sub = 0, or log2 s for the gradient).
-template <bool FAR>
-DEV float ex_arg(float z, float m, float sub) {
-    return FAR ? fmaf(__fsub_rn(z, m), LOG2E_F, -sub) : fmaf(z, LOG2E_F, -sub);
-}
+// The argument of exp2 for exp(z - m): (z - mn) log2e - sub, where (mn, sub) = (0, m log2e)
+// (z - 0 is z: the FMA form, exactly as before), or (m, 0) for a far m (log2 s is added to sub
+// for the gradient). One code path: the extra subtraction costs an FADD per element, beside an
+// ex2 on the quarter-rate special-function unit, and no registers (two instantiations, one per
+// form, took 10 more registers in ce_warp and lowered its occupancy).
+DEV float ex_arg(float z, float mn, float sub) { return fmaf(__fsub_rn(z, mn), LOG2E_F, -sub); }
+
+// The natural-units part of a shift by max m: m itself when far, else 0.
+DEV float shift_nat(float m) { return far_max(m) ? m : 0.0f; }
 
 // Writes the row's loss; flags a bad label once per row. tz = wa z_a + wb z_b + off sum z with
 // each zero-weight term left out (a masked class with no weight adds nothing; see the top). For
@@ -206,14 +211,14 @@ DEV void row_finish(const CeArgs& g, u64 row, const Row& r, const Stats& st, flo
     if (r.bad) atomicAdd((u32*)g.flags, 1u);
 }
 
-// The shift of a row's gradient: p = exp2(ex_arg<FAR>(z, m, sub)).
+// The shift of a row's gradient: p = exp2(ex_arg(z, m, sub)).
 struct GradShift {
     float m, sub;
 };
 
 DEV GradShift grad_shift(const Stats& st) {
     GradShift s;
-    s.m = st.m;
+    s.m = shift_nat(st.m);
     s.sub = far_max(st.m) ? log2f(st.s) : st.m * LOG2E_F + log2f(st.s);
     return s;
 }
@@ -231,26 +236,25 @@ DEV void slot_max(const v16& s, float& mz) {
 
 // The max to subtract inside exp2: a thread whose elements are all -inf (or that holds none)
 // subtracts 0 instead, so its terms are exp2(-inf) = 0 rather than NaN, and its (m, s) stays
-// the empty pair (-inf, 0). For a far max, ex_arg<true> subtracts m itself: `sub` is 0.
+// the empty pair (-inf, 0). For a far max, ex_arg subtracts m itself (shift_nat): `sub` is 0.
 DEV float exp_base(float m) { return m == neg_inf() || far_max(m) ? 0.0f : m * LOG2E_F; }
 
 // Adds one element at class e to the sums (and picks it as z_a / z_b).
-template <bool FAR>
-DEV void elem_sum(float z, u64 e, float m, float msub, const Row& r, Stats& st) {
-    st.s += ex2(ex_arg<FAR>(z, m, msub));
+DEV void elem_sum(float z, u64 e, float mn, float msub, const Row& r, Stats& st) {
+    st.s += ex2(ex_arg(z, mn, msub));
     st.sz = fmaf(z, CE_SZ_SCALE, st.sz);
     if (e == r.a) st.za = z;
     if (e == r.b) st.zb = z;
 }
 
 // Sum of exp(z - m) and of z over a slot starting at class e0; picks z_a, z_b.
-template <class E, bool FAR>
-DEV void slot_sum(const v16& s, u64 e0, float m, float msub, const Row& r, Stats& st) {
+template <class E>
+DEV void slot_sum(const v16& s, u64 e0, float mn, float msub, const Row& r, Stats& st) {
     float acc = 0.0f, sz = 0.0f;
 #pragma unroll
     for (int j = 0; j < E::VE; ++j) {
         const float z = E::get(s, j);
-        acc += ex2(ex_arg<FAR>(z, m, msub));
+        acc += ex2(ex_arg(z, mn, msub));
         sz = fmaf(z, CE_SZ_SCALE, sz);
     }
     st.s += acc;
@@ -262,11 +266,10 @@ DEV void slot_sum(const v16& s, u64 e0, float m, float msub, const Row& r, Stats
 
 DEV float target(u64 e, const Row& r, float off) { return e == r.a ? r.ta : (e == r.b ? r.tb : off); }
 
-// The same with the choice made at run time (one uniform branch per thread or row).
+// The same shifted by its own max m.
 template <class E>
 DEV void slot_sum_any(const v16& s, u64 e0, float m, const Row& r, Stats& st) {
-    if (far_max(m)) slot_sum<E, true>(s, e0, m, 0.0f, r, st);
-    else slot_sum<E, false>(s, e0, m, exp_base(m), r, st);
+    slot_sum<E>(s, e0, shift_nat(m), exp_base(m), r, st);
 }
 
 // (z - m) * CE_SZ_SCALE: the far-max loss sums these (see row_finish), scaled as sum_c z_c is
@@ -281,20 +284,19 @@ DEV float slot_dev(const v16& s, float m) {
     return acc;
 }
 
-template <bool FAR>
 DEV float elem_grad(float z, u64 e, const Row& r, const GradShift& sh, float off) {
-    const float p = ex2(ex_arg<FAR>(z, sh.m, sh.sub));
+    const float p = ex2(ex_arg(z, sh.m, sh.sub));
     return __fmul_rn(__fsub_rn(p, target(e, r, off)), r.scale);
 }
 
-template <class E, bool FAR>
+template <class E>
 DEV v16 slot_grad(const v16& s, u64 e0, const Row& r, const GradShift& sh, float off) {
     const u64 ia = (u64)r.a - e0, ib = (u64)r.b - e0;
     v16 o;
 #pragma unroll
     for (int j = 0; j < E::VE; j += 2) {
-        const float p0 = ex2(ex_arg<FAR>(E::get(s, j), sh.m, sh.sub));
-        const float p1 = ex2(ex_arg<FAR>(E::get(s, j + 1), sh.m, sh.sub));
+        const float p0 = ex2(ex_arg(E::get(s, j), sh.m, sh.sub));
+        const float p1 = ex2(ex_arg(E::get(s, j + 1), sh.m, sh.sub));
         const float t0 = ia == (u64)j ? r.ta : (ib == (u64)j ? r.tb : off);
         const float t1 = ia == (u64)(j + 1) ? r.ta : (ib == (u64)(j + 1) ? r.tb : off);
         E::set2(o, j, __fmul_rn(__fsub_rn(p0, t0), r.scale), __fmul_rn(__fsub_rn(p1, t1), r.scale));
@@ -318,17 +320,17 @@ DEV void store_grad(typename E::B* grow, bool congruent, u64 e0, const v16& o) {
 }
 
 // The sums of a thread's K register slots and its extras, shifted by its max m.
-template <class E, int K, bool FAR>
+template <class E, int K>
 DEV void regs_sums(const v16 (&va)[K], const typename E::B* zrow, const Geom& ge, u32 t, u32 T, const Row& r,
-                   float m, float msub, Stats& st) {
+                   float mn, float msub, Stats& st) {
 #pragma unroll
     for (int k = 0; k < K; ++k) {
         const u64 v = (u64)k * T + t;
-        if (v < ge.nfull) slot_sum<E, FAR>(va[k], slot_elem<E>(ge, v), m, msub, r, st);
+        if (v < ge.nfull) slot_sum<E>(va[k], slot_elem<E>(ge, v), mn, msub, r, st);
     }
     for (u32 x = t; x < extras_of(ge); x += T) {
         const u64 e = extra_elem<E>(ge, x);
-        elem_sum<FAR>(E::from_bits(zrow[e]), e, m, msub, r, st);
+        elem_sum(E::from_bits(zrow[e]), e, mn, msub, r, st);
     }
 }
 
@@ -343,8 +345,7 @@ DEV Stats regs_stats(const v16 (&va)[K], const typename E::B* zrow, const Geom& 
     for (u32 x = t; x < extras_of(ge); x += T) mz = fmaxf(mz, E::from_bits(zrow[extra_elem<E>(ge, x)]));
     Stats st = stats_empty();
     st.m = mz;
-    if (far_max(mz)) regs_sums<E, K, true>(va, zrow, ge, t, T, r, mz, 0.0f, st);
-    else regs_sums<E, K, false>(va, zrow, ge, t, T, r, mz, exp_base(mz), st);
+    regs_sums<E, K>(va, zrow, ge, t, T, r, shift_nat(mz), exp_base(mz), st);
     return st;
 }
 
@@ -371,7 +372,7 @@ DEV float sum_block(float v, float* part) {
     return r;
 }
 
-template <class E, int K, bool FAR>
+template <class E, int K>
 DEV void regs_grad(const CeArgs& g, const v16 (&va)[K], const typename E::B* zrow, u64 row, const Geom& ge,
                    u32 t, u32 T, const Row& r, const GradShift& sh) {
     typedef typename E::B B;
@@ -382,12 +383,12 @@ DEV void regs_grad(const CeArgs& g, const v16 (&va)[K], const typename E::B* zro
         const u64 v = (u64)k * T + t;
         if (v < ge.nfull) {
             const u64 e0 = slot_elem<E>(ge, v);
-            store_grad<E>(grow, congruent, e0, slot_grad<E, FAR>(va[k], e0, r, sh, g.off));
+            store_grad<E>(grow, congruent, e0, slot_grad<E>(va[k], e0, r, sh, g.off));
         }
     }
     for (u32 x = t; x < extras_of(ge); x += T) {
         const u64 e = extra_elem<E>(ge, x);
-        grow[e] = E::to_bits(elem_grad<FAR>(E::from_bits(zrow[e]), e, r, sh, g.off));
+        grow[e] = E::to_bits(elem_grad(E::from_bits(zrow[e]), e, r, sh, g.off));
     }
 }
 
@@ -455,8 +456,7 @@ DEV void ce_warp(const CeArgs& g) {
         if (t == 0) row_finish(g, row, r, st, dz);
         if (g.grad != 0) {
             const GradShift sh = grad_shift(st);
-            if (far) regs_grad<E, CE_K, true>(g, va, zrow, row, ge, t, G, r, sh);
-            else regs_grad<E, CE_K, false>(g, va, zrow, row, ge, t, G, r, sh);
+            regs_grad<E, CE_K>(g, va, zrow, row, ge, t, G, r, sh);
         }
     }
     ce_finish(g);
@@ -554,17 +554,14 @@ DEV void ce_block(const CeArgs& g) {
         if (t == 0) row_finish(g, row, r, st, dz);
         if (g.grad != 0) {
             const GradShift sh = grad_shift(st);
-            if (far) regs_grad<E, CE_K, true>(g, va, zrow, row, ge, t, T, r, sh);
-            else regs_grad<E, CE_K, false>(g, va, zrow, row, ge, t, T, r, sh);
+            regs_grad<E, CE_K>(g, va, zrow, row, ge, t, T, r, sh);
             B* grow = (B*)g.grad + row * C;
             const bool congruent = same_offset(grow, zrow);
             for (u32 j = 0; j < S; ++j) {
                 const u64 v = reg_slots + (u64)j * T + t;
                 if (v < ge.nfull) {
                     const u64 e0 = slot_elem<E>(ge, v);
-                    const v16 o = far ? slot_grad<E, true>(ce_smem[j * T + t], e0, r, sh, g.off)
-                                      : slot_grad<E, false>(ce_smem[j * T + t], e0, r, sh, g.off);
-                    store_grad<E>(grow, congruent, e0, o);
+                    store_grad<E>(grow, congruent, e0, slot_grad<E>(ce_smem[j * T + t], e0, r, sh, g.off));
                 }
             }
         }
@@ -614,8 +611,7 @@ DEV void ce_online(const CeArgs& g) {
             const float z = E::from_bits(zrow[e]);
             Stats sl = stats_empty();
             sl.m = z;
-            if (far_max(z)) elem_sum<true>(z, e, z, 0.0f, r, sl);
-            else elem_sum<false>(z, e, z, exp_base(z), r, sl);
+            elem_sum(z, e, shift_nat(z), exp_base(z), r, sl);
             stats_merge(st, sl);
         }
         st = stats_reduce_block(st, red[parity]);
@@ -645,16 +641,14 @@ DEV void ce_online(const CeArgs& g) {
                     const u64 v = base + (u64)k * T;
                     if (v < ge.nfull) {
                         const u64 e0 = slot_elem<E>(ge, v);
-                        const v16 o = far ? slot_grad<E, true>(va[k], e0, r, sh, g.off)
-                                          : slot_grad<E, false>(va[k], e0, r, sh, g.off);
-                        store_grad<E>(grow, congruent, e0, o);
+                        store_grad<E>(grow, congruent, e0, slot_grad<E>(va[k], e0, r, sh, g.off));
                     }
                 }
             }
             for (u32 x = t; x < extras_of(ge); x += T) {
                 const u64 e = extra_elem<E>(ge, x);
                 const float z = E::from_bits(zrow[e]);
-                grow[e] = E::to_bits(far ? elem_grad<true>(z, e, r, sh, g.off) : elem_grad<false>(z, e, r, sh, g.off));
+                grow[e] = E::to_bits(elem_grad(z, e, r, sh, g.off));
             }
         }
     }
