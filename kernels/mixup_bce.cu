@@ -5,7 +5,8 @@
 // Row i of the logits z (C classes), a = labels[i], b = labels[partner(i)], lam = plan[i].lam:
 //   targets: t_a, t_b and t_off = eps / C for every other class, rounded as the CPU path does
 //            (`soft_pair`); with a threshold, each is [y1 lam + y2 (1 - lam) > thr] with y the
-//            one-hot rows of on = f32(1 - eps + eps/C), off = f32(eps/C), every product and the
+//            one-hot rows of timm's on = 1 - eps + eps/C, off = eps/C (f64 from eps as the user
+//            wrote it, rounded to f32: src/spec.rs `BceSpec::new`), every product and the
 //            sum rounded once in f32 (no FMA): timm's `mixup_target` in f32, src/spec.rs
 //            `BceSpec::thresholded`, so a target one rounding from the threshold goes the same way.
 //   per element, w = pos_weight[c] (1 without), v = weight[c] (1 without), cw = 1 + (w - 1) t,
@@ -16,7 +17,7 @@
 //   PyTorch's binary_cross_entropy_with_logits rearranged so that no inf - inf appears (the CPU
 //   path, src/cpu/mixup_bce.rs, computes the same element). A product with a zero weight is left
 //   out (`weighted`): a -inf (or dtype-min) logit of a class whose target is 0 adds nothing and
-//   gets gradient 0; with a target > 0 the loss is +inf, as in PyTorch.
+//   gets gradient 0; with a target > 0 the loss is +inf, as in PyTorch; a NaN logit gives NaN.
 //   L_i = sum_c v_c l_ic (per-sample losses [B], always written); the reduced loss is L_i summed
 //   (Sum), or divided by `count` (Mean, and None for logging): B C, or B with sum_classes.
 //   factor = 1 / count for Mean, else 1.
@@ -52,8 +53,8 @@ struct BceArgs {
     float factor;    // 1 / count for Mean, 1 otherwise
     float count;     // what Mean divides by: B C, or B with sum_classes
     float thr;       // target threshold (when `thresholded`)
-    float t_on;      // f32(1 - eps + eps/C), timm's on value (thresholding)
-    float t_off;     // f32(eps/C), timm's off value (thresholding)
+    float t_on;      // timm's on value in f32 (thresholding; BceSpec::timm_on_off)
+    float t_off;     // timm's off value in f32
     u32 up_kind;     // 0: `up`, 1: upstream[0], 2: upstream[row]
     u32 reduction;   // 0 Mean, 1 Sum, 2 None
     u32 thresholded; // 1: targets are [t > thr]
@@ -97,8 +98,10 @@ DEV BceRow bce_row_of(const BceArgs& g, u64 row) {
     return r;
 }
 
-// w x, or 0 when the weight is 0 (a masked logit with no weight adds nothing).
-DEV float weighted(float w, float x) { return w == 0.0f ? 0.0f : __fmul_rn(w, x); }
+// w x, but 0 when the weight is 0 and x is not NaN (a masked logit, or its loss, with no weight
+// adds nothing; a NaN logit gives a NaN loss even where its weight is 0, as PyTorch's 0 * NaN,
+// and as src/cpu/mixup_bce.rs `weighted`).
+DEV float weighted(float w, float x) { return w == 0.0f && x == x ? 0.0f : __fmul_rn(w, x); }
 
 // One element at class e: adds v l to `acc`, returns the gradient v (cw sigma - w t) scale
 // (0 without GRAD: forward only).

@@ -462,6 +462,13 @@ impl BceSpec {
         Some((t(off, off), ta, tb))
     }
 
+    /// timm's `(on_value, off_value)` in f32, as [`thresholded`](Self::thresholded) uses them
+    /// (for the CUDA kernel, which decides on the device).
+    #[cfg_attr(not(mixup_cuda), allow(dead_code))]
+    pub(crate) fn timm_on_off(&self) -> (f32, f32) {
+        self.timm_on_off
+    }
+
     /// The number of elements the mean divides by: `B·C`, or `B` with `sum_classes`.
     pub(crate) fn mean_count(&self, batch: usize) -> f64 {
         if self.sum_classes {

@@ -54,7 +54,7 @@ struct BceCase {
     bool has_thr = false;
     float thr = 0.2f;
     bool boundary = false;  // a lam whose target lands on the threshold
-    int masked = 0;         // 0 none; 1 -inf; 2 the dtype's minimum; 3 both
+    int masked = 0;         // 0 none; 1 -inf; 2 the dtype's minimum; 3 both; 4 a NaN per row
     size_t zoff = 0, goff = 0;
     int kernel = -1;  // -1 the host's launch; 0 warp with `group`; 1 block with `threads`
     uint32_t group = 1, threads = 64, force_grid = 0;
@@ -181,13 +181,16 @@ In<H> make(const BceCase& c) {
     if (c.boundary && c.has_thr) {
         // lam whose soft target t_a = on lam + off (1 - lam) is the f32 value nearest the
         // threshold, and its neighbours: the decision then rests on timm's rounding.
-        const double off = (double)c.eps / (double)c.C, on = 1.0 - c.eps + off;
+        const double e = c.eps == 0.1f ? 0.1 : (double)c.eps, off = e / (double)c.C, on = 1.0 - e + off;
         const float lam0 = (float)(((double)c.thr - off) / (on - off));
         float l = lam0;
         for (int k = 0; k < 3; ++k) l = std::nextafter(l, -1.0f);
         for (uint32_t i = 0; i < c.B && i < 7; ++i, l = std::nextafter(l, 2.0f)) in.plan[i].lam = l;
     }
-    if (c.masked) {
+    if (c.masked == 4) {
+        // One NaN logit per row, some at classes of weight 0 (k % 7 == 3): NaN loss all the same.
+        for (uint32_t i = 0; i < c.B; ++i) in.z[i * c.C + (i % 2 ? (3 % c.C) : (i * 5) % c.C)] = H::r(NAN);
+    } else if (c.masked) {
         // Per row: a few classes masked, among them (by turns) the label, the partner's label or
         // neither; with a threshold the other classes have target 0, so both kinds show.
         for (uint32_t i = 0; i < c.B; ++i) {
@@ -262,8 +265,10 @@ Out<H> execute(const BceCase& c, const BceLaunch& L, const In<H>& in, int bo, in
     g.count = (float)count;
     g.factor = c.reduction == 0 ? (float)(1.0 / count) : 1.0f;  // BceSpec::grad_factor
     g.thr = c.thr;
-    g.t_on = (float)(1.0 - (double)c.eps + off64);
-    g.t_off = (float)off64;
+    // BceSpec::timm_on_off: from eps as the user wrote it (0.1, not the f32 widened).
+    const double eps_dec = c.eps == 0.1f ? 0.1 : (double)c.eps, off_dec = eps_dec / (double)c.C;
+    g.t_on = (float)(1.0 - eps_dec + off_dec);
+    g.t_off = (float)off_dec;
     g.up_kind = (u32)c.up_kind;
     g.reduction = (u32)c.reduction;
     g.thresholded = c.has_thr ? 1 : 0;
@@ -324,7 +329,8 @@ void run_bce(const BceCase& c) {
     const double n_ops = (double)((C + lanes - 1) / lanes) + 2 * H::VE + lg + (double)lanes / 32 + 4;
 
     const double eps = c.eps, off = eps / (double)C;
-    const float on32 = (float)(1.0 - eps + off), off32 = (float)off;
+    const double eps_dec = c.eps == 0.1f ? 0.1 : eps, off_dec = eps_dec / (double)C;
+    const float on32 = (float)(1.0 - eps_dec + off_dec), off32 = (float)off_dec;
     const double count = c.sum_classes ? (double)c.B : (double)c.B * (double)C;
     uint32_t bad_rows = 0;
     double ref_sum = 0, ref_tol = 0;
@@ -366,9 +372,11 @@ void run_bce(const BceCase& c) {
             const double v = c.weight ? (double)in.w[k] : 1.0;
             const double cw = 1 + (w - 1) * t;
             const double e = std::exp(-std::fabs(z)), sp = std::log1p(e);
-            const double lin = z >= 0 ? ((1 - t) != 0 ? (1 - t) * z : 0.0) : (w * t != 0 ? -w * t * z : 0.0);
+            // A zero weight leaves its product out unless the other factor is NaN.
+            const bool nan = std::isnan(z);
+            const double lin = z >= 0 ? ((1 - t) != 0 ? (1 - t) * z : 0.0) : (w * t != 0 || nan ? -w * t * z : 0.0);
             const double l = cw * sp + lin;
-            const double vl = v != 0 ? v * l : 0.0;
+            const double vl = v != 0 || std::isnan(l) ? v * l : 0.0;
             over |= v != 0 && std::fabs(l) > 0x1.fffffep127;
             L_i += vl;
             labs += std::fabs(vl);
@@ -379,7 +387,7 @@ void run_bce(const BceCase& c) {
             const double gtol = 8 * U * std::fabs(v * scale) * (std::fabs(cw * sig) + std::fabs(w * t)) +
                                 H::rnd_rel * std::fabs(gx) + H::rnd_abs + 1e-40;
             const double got_g = H::f(o.grad[i * C + k]);
-            if (!close(got_g, gx, gtol) && gshown++ < 2)
+            if ((std::isnan(gx) ? !std::isnan(got_g) : !close(got_g, gx, gtol)) && gshown++ < 2)
                 check(false, what + fmt(": grad[%u, %llu] is %.9g, expected %.9g (tol %.3g, z %.9g, t %g, w %g, v %g)", i,
                                         (unsigned long long)k, got_g, gx, gtol, z, t, w, v));
         }
@@ -388,7 +396,10 @@ void run_bce(const BceCase& c) {
         const float got = o.losses[i];
         ref_sum += L_i;
         ref_tol += tol;
-        if (!std::isfinite(L_i) || std::fabs(L_i) > 0x1.fffffep127 || over) {
+        if (std::isnan(L_i)) {
+            ref_finite = false;
+            if (!std::isnan(got) && shown++ < 3) check(false, what + fmt(": loss of row %u is %.9g, expected NaN", i, got));
+        } else if (!std::isfinite(L_i) || std::fabs(L_i) > 0x1.fffffep127 || over) {
             ref_finite = false;
             // +inf (a weighted -inf logit, or a sum past the f32 range): +inf.
             if (!(got == INFINITY) && shown++ < 3)
@@ -483,6 +494,16 @@ void bce_cases() {
             c.masked = 3;
             c.force_grid = k ? 2 : 0;
             c.orders = true;
+            c.seed = ++seed;
+            run_bce<H, K>(c);
+        }
+        // NaN logits, with weights (some 0) and a threshold: NaN, never a finite loss.
+        {
+            BceCase c;
+            c.C = C;
+            c.B = 4;
+            c.weight = c.pos_weight = c.has_thr = true;
+            c.masked = 4;
             c.seed = ++seed;
             run_bce<H, K>(c);
         }

@@ -257,7 +257,7 @@ unsafe fn launch(
     let strategy = bce_strategy(c as u64, dtype.size());
     let (up_kind, up_ptr, up) = upstream_fields(&upstream);
     let eps = spec.targets().smoothing;
-    let off64 = f64::from(eps) / c as f64;
+    let (t_on, t_off) = spec.timm_on_off();
     let args = BceArgs {
         logits: bufs.logits,
         grad: bufs.grad.unwrap_or(0),
@@ -277,9 +277,9 @@ unsafe fn launch(
         factor: spec.grad_factor(b),
         count: spec.mean_count(b) as f32,
         thr: spec.target_threshold().unwrap_or(0.0),
-        // As `BceSpec::thresholded` forms timm's on / off values.
-        t_on: (1.0 - f64::from(eps) + off64) as f32,
-        t_off: off64 as f32,
+        // The values `BceSpec::thresholded` decides with.
+        t_on,
+        t_off,
         up_kind,
         reduction: match spec.reduction() {
             Reduction::Mean => 0,
