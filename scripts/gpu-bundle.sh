@@ -44,7 +44,7 @@ for line in sys.stdin:
 '
 }
 
-tests=(cuda_plan cuda_mix cuda_soft_targets cuda_mixup_ce)
+tests=(cuda_plan cuda_mix cuda_soft_targets cuda_mixup_ce cuda_mixup_bce)
 args=(--release --no-run --message-format=json --lib)
 for t in "${tests[@]}"; do args+=(--test "$t"); done
 echo "building the test binaries..." >&2
