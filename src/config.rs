@@ -389,6 +389,42 @@ impl MixConfig {
         }
     }
 
+    /// The cross-entropy spec that goes with this config: its class count and label smoothing
+    /// (so the loss uses timm's `label_smoothing` instead of a second copy), and `reduction`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{MixConfig, Reduction};
+    /// let spec = MixConfig::timm(1000).ce_spec(Reduction::Mean);
+    /// assert_eq!((spec.targets.num_classes, spec.targets.smoothing), (1000, 0.1));
+    /// ```
+    pub fn ce_spec(&self, reduction: crate::Reduction) -> crate::CeSpec {
+        crate::CeSpec {
+            targets: self.target_spec(),
+            reduction,
+        }
+    }
+
+    /// The binary cross-entropy spec that goes with this config (class count, label smoothing,
+    /// `reduction`; add a threshold or weights with its builder methods).
+    ///
+    /// # Errors
+    /// As [`BceSpec::new`](crate::BceSpec::new): a class count of 0 or past `u32::MAX`, a
+    /// smoothing outside `[0, 1)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{MixConfig, Reduction};
+    /// let bce = MixConfig::timm(1000).bce_spec(Reduction::Mean)?.with_target_threshold(0.2)?;
+    /// assert_eq!(bce.targets().smoothing, 0.1);
+    /// # Ok::<(), mixup_kernels::MixError>(())
+    /// ```
+    pub fn bce_spec(&self, reduction: crate::Reduction) -> Result<crate::BceSpec> {
+        crate::BceSpec::new(self.num_classes, self.label_smoothing as f32, reduction)
+    }
+
     /// Checks every field; the error names the first bad one.
     ///
     /// # Examples

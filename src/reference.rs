@@ -127,6 +127,13 @@ pub struct CeReference {
 /// smoothing every class has weight and a −inf logit makes the loss +inf. NaN logits, +inf
 /// logits and all-(−inf) rows give NaN (the rules every path follows; see `cpu::mixup_ce_forward`).
 ///
+/// # Errors
+/// As the fast paths: [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) for logits
+/// that are not `[B, C]`, [`MixError::LabelOutOfRange`](crate::MixError::LabelOutOfRange),
+/// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) for a bad smoothing or upstream
+/// gradient, [`MixError::EmptyShape`](crate::MixError::EmptyShape) for zero classes or the mean of
+/// an empty batch.
+///
 /// # Examples
 ///
 /// ```

@@ -304,6 +304,18 @@ pub fn soft_targets(
 ///   `logits` does not track gradients (evaluation), no gradient is computed at all.
 /// - Gradients flow to `logits` only (labels are integers; the plan is data).
 ///
+/// The loss is timm's `SoftTargetCrossEntropy` on `mixup_target` (see
+/// [`cpu::mixup_ce_forward`](crate::cpu::mixup_ce_forward), which also gives the rules for masked
+/// and non-finite logits).
+///
+/// # Errors
+/// candle's own for tensors that do not fit, each with a context line naming the tensor, what is
+/// accepted and the likely mistake: [`Error::UnexpectedNumberOfDims`] (logits not rank 2, labels
+/// not rank 1: `[B, 1]` labels, swapped arguments), [`Error::UnsupportedDTypeForOp`] (logits not
+/// f32/f16/bf16, labels not u32/i64/u8), [`Error::UnexpectedShape`] (a class count other than
+/// the spec's), [`Error::DeviceMismatchBinaryOp`]; the crate's [`MixError`], wrapped, for a plan
+/// of another batch, labels out of range or negative, a bad smoothing.
+///
 /// ```
 /// use candle_core::{Device, Tensor, Var};
 /// use mixup_kernels::candle::mixup_cross_entropy;

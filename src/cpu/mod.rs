@@ -115,9 +115,21 @@ pub fn soft_targets<T: FloatElement>(
 
 /// Loss only (evaluation): returns the reduced loss, writes per-sample losses if asked.
 ///
-/// `losses`, if given, must hold B values. The returned value is the mean for
+/// The loss is timm's `SoftTargetCrossEntropy` on timm's `mixup_target(y, C, λ, ε)`
+/// (`timm/loss/cross_entropy.py`, `timm/data/mixup.py`; Zhang et al. 2018, "mixup"), which equals
+/// fastai's stacked `λ·CE(z, y_a) + (1−λ)·CE(z, y_b)` with label smoothing:
+/// `L_i = lse(z_i) − Σ_c t_ic z_ic`, `t_ic = (1−ε)(λ_i [c = y_i] + (1−λ_i) [c = y_partner(i)]) + ε/C`.
+/// `logits` is `[B, C]` (f32, f16 or bf16), `labels` `[B]` class indices, `losses`, if given, `[B]`. The returned value is the mean for
 /// [`Reduction::Mean`](crate::Reduction) and [`Reduction::None`](crate::Reduction) (for
 /// logging), the sum for `Sum`.
+///
+/// # Errors
+/// [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) when `logits` is not `[B, C]`
+/// or `losses` not `[B]`; [`MixError::BatchMismatch`](crate::MixError::BatchMismatch) when the
+/// labels do not match the plan; [`MixError::LabelOutOfRange`](crate::MixError::LabelOutOfRange);
+/// [`MixError::EmptyShape`](crate::MixError::EmptyShape) for zero classes or the mean of an empty
+/// batch; [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) for a smoothing outside
+/// `[0, 1)`. Nothing is written on error.
 ///
 /// # Masked classes and non-finite logits
 ///
@@ -159,6 +171,11 @@ pub fn mixup_ce_forward<T: FloatElement>(
 ///
 /// `grad_ic = (softmax(z_i)_c - t_ic) · upstream_i` (÷ B for the mean), computed in f32 and
 /// rounded once; the loss is as in [`mixup_ce_forward`], masked and non-finite logits too.
+///
+/// # Errors
+/// Those of [`mixup_ce_forward`], and [`MixError::LengthMismatch`](crate::MixError::LengthMismatch)
+/// for `grad`, [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) for a non-finite
+/// upstream gradient or a per-sample one without [`Reduction::None`](crate::Reduction::None).
 ///
 /// # Examples
 ///
