@@ -13,6 +13,7 @@
 
 use super::lanes::{narrow, simd_fn, widen};
 use super::math::{exp, flush, BLOCK};
+use super::mixup_ce::{losses_buffer, scale_of};
 use super::pool::{self, Slab};
 use super::soft_targets::{rows_per_task, Targets};
 use crate::dtype::{Element, FloatElement};
@@ -253,13 +254,7 @@ fn run<T: FloatElement>(
         check_len("grad", logits.len(), g.len())?;
     }
     let mut temp = Vec::new();
-    let losses = match losses {
-        Some(l) => l,
-        None => {
-            temp.resize(batch, 0.0);
-            &mut temp[..]
-        }
-    };
+    let losses = losses_buffer(losses, batch, &mut temp);
     let k = Consts {
         spec,
         targets: Targets::new(spec.targets()),
@@ -268,10 +263,7 @@ fn run<T: FloatElement>(
     };
     let factor = spec.grad_factor(batch);
     let entries = plan.entries();
-    let scale = |i: usize| match upstream {
-        Upstream::Scalar(u) => u * factor,
-        Upstream::PerSample(u) => u[i] * factor,
-    };
+    let scale = |i: usize| scale_of(&upstream, factor, i);
     let labels_of = |i: usize| {
         let e = &entries[i];
         (

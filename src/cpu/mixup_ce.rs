@@ -736,7 +736,7 @@ simd_fn! {
 const SMALL_JOB: usize = 1 << 22;
 
 /// The per-sample loss buffer: the caller's, or a temporary one.
-fn losses_buffer<'a>(
+pub(super) fn losses_buffer<'a>(
     losses: Option<&'a mut [f32]>,
     batch: usize,
     temp: &'a mut Vec<f32>,
@@ -779,7 +779,7 @@ fn check_all(
 
 /// Sample `i`'s gradient scale: the upstream gradient times `1/B` for the mean.
 #[inline]
-fn scale_of(upstream: &Upstream<'_>, factor: f32, i: usize) -> f32 {
+pub(super) fn scale_of(upstream: &Upstream<'_>, factor: f32, i: usize) -> f32 {
     match *upstream {
         Upstream::Scalar(g) => g * factor,
         Upstream::PerSample(g) => g[i] * factor,
