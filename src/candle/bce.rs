@@ -1,4 +1,5 @@
-//! The fused mixup binary cross-entropy as a candle op (CPU tensors).
+//! The fused mixup binary cross-entropy as a candle op (CPU tensors, and CUDA tensors with the
+//! `candle-cuda` feature).
 
 use std::sync::{Arc, Mutex};
 
@@ -7,7 +8,9 @@ use candle_core::{
     CpuStorage, CustomOp2, DType, Device, Error, Layout as CLayout, Result, Shape, Tensor,
 };
 
-use super::{check_labels_tensor, check_logits, contiguous, host_labels, same_device};
+use super::{
+    check_labels_tensor, check_logits, contiguous, device_labels, host_labels, same_device,
+};
 use crate::dtype::FloatElement;
 use crate::error::MixError;
 use crate::plan::MixPlan;
@@ -21,15 +24,29 @@ use crate::spec::{BceSpec, Reduction, Upstream};
 /// `[B]` (each the sum over classes) for [`Reduction::None`], in f32 whatever the logits' dtype
 /// (a sum over classes overflows f16 quickly: 256 × 1000 elements of `ln 2` is 177 000, past
 /// f16's 65 504; PyTorch's autocast runs this loss in f32 too).
-/// `loss.backward()` gives the logits' gradient; the forward pass computes it in the same pass
-/// as the loss for an upstream gradient of 1 and keeps it, and any other upstream gradient
-/// recomputes it in one pass, so every element is rounded once.
+/// `loss.backward()` gives the logits' gradient. On the CPU the forward pass computes it in the
+/// same pass as the loss for an upstream gradient of 1 and keeps it, and any other upstream
+/// gradient recomputes it in one pass, so every element is rounded once.
+///
+/// With the `candle-cuda` feature, tensors on a CUDA device run the crate's CUDA kernel on the
+/// device's own stream, as [`mixup_cross_entropy`](super::mixup_cross_entropy) does: the forward
+/// pass computes the loss only, and `backward()` runs the fused kernel once, reading the upstream
+/// gradient from device memory (the host never waits; a non-finite upstream is not checked
+/// there, it gives a non-finite gradient). Labels are converted to u32 on the device (candle's
+/// `to_dtype`, see `mixup_cross_entropy` for i64) and a label out of range is counted by the
+/// kernel and reported by [`check_device_labels`](super::check_device_labels). The spec's
+/// `weight` and `pos_weight` go to the device with the first call on each device (and host
+/// thread, on candle's per-thread stream) and stay there while the calls pass an equal spec: a
+/// new spec uploads its two `[C]` arrays again, with asynchronous copies on the same stream (no
+/// host synchronization).
 ///
 /// # Errors
 /// candle's shape, rank, dtype and device errors for tensors that do not fit; the crate's
-/// [`MixError`] (wrapped) for a plan of another batch and labels out of range;
-/// [`MixError::Unsupported`] for tensors on a GPU (the CUDA kernel of this loss is not part of
-/// this version: move the logits to the CPU, or use `mixup_cross_entropy`).
+/// [`MixError`] (wrapped) for a plan of another batch and labels out of range (on the CPU, before
+/// any work; on a GPU, labels out of range are reported by `check_device_labels` instead);
+/// [`MixError::Unsupported`] for tensors on a GPU when the crate was built without the
+/// `candle-cuda` feature (move the logits to the CPU, or enable it), and for devices other than
+/// the CPU and CUDA.
 ///
 /// ```
 /// use candle_core::{Device, Tensor, Var};
@@ -67,21 +84,29 @@ pub fn mixup_binary_cross_entropy(
     plan.check_batch(dims[0])?;
     check_labels_tensor(labels, plan, OP)?;
     same_device(logits, labels, OP)?;
-    if !logits.device().is_cpu() {
+    let device = logits.device();
+    if !(device.is_cpu() || (cfg!(feature = "candle-cuda") && device.is_cuda())) {
+        let how = if device.is_cuda() {
+            "; build mixup-kernels with the `candle-cuda` feature for CUDA tensors"
+        } else {
+            ""
+        };
         return Err(MixError::Unsupported(format!(
-            "{OP} runs on CPU tensors in this version (logits are on {:?})",
-            logits.device().location()
+            "{OP} runs on CPU and CUDA tensors (logits are on {:?}){how}",
+            device.location()
         ))
         .into());
     }
     crate::spec::check_bce(plan, spec, logits.elem_count(), &Upstream::Scalar(1.0))?;
     let logits = logits.contiguous()?;
-    let labels = labels.contiguous()?;
+    let labels = device_labels(labels)?;
     let track = logits.track_op();
     let op = MixupBceOp {
         plan: plan.clone(),
         spec: spec.clone(),
-        want_grad: track,
+        // As the CE: on a GPU the forward pass computes the loss only (keeping the gradient for
+        // an upstream of 1 would need the upstream on the host, a wait for the stream).
+        want_grad: track && logits.device().is_cpu(),
         grad: Mutex::new(None),
     };
     if track {
@@ -92,15 +117,23 @@ pub fn mixup_binary_cross_entropy(
 }
 
 /// The op: f32 output (see `MixupCeOp` for why), the gradient for an upstream of 1 kept from
-/// the forward pass.
-struct MixupBceOp {
-    plan: MixPlan,
-    spec: BceSpec,
+/// the forward pass (on the CPU).
+pub(super) struct MixupBceOp {
+    pub(super) plan: MixPlan,
+    pub(super) spec: BceSpec,
     want_grad: bool,
     grad: Mutex<Option<Tensor>>,
 }
 
 impl MixupBceOp {
+    /// The output shape: a scalar, or `[B]` per-sample losses for `Reduction::None`.
+    pub(super) fn out_shape(&self) -> Shape {
+        match self.spec.reduction() {
+            Reduction::None => Shape::from(self.plan.len()),
+            Reduction::Mean | Reduction::Sum => Shape::from(()),
+        }
+    }
+
     /// Loss values (the reduced loss, or per-sample losses) and, if asked, the gradient.
     fn host<T: FloatElement>(
         &self,
@@ -179,11 +212,18 @@ impl CustomOp2 for MixupBceOp {
             CpuStorage::BF16(v) => self.fwd(contiguous(v, l1, name)?, &labels)?,
             other => return Err(Error::UnsupportedDTypeForOp(other.dtype(), name).bt()),
         };
-        let shape = match self.spec.reduction() {
-            Reduction::None => Shape::from(self.plan.len()),
-            Reduction::Mean | Reduction::Sum => Shape::from(()),
-        };
-        Ok((out, shape))
+        Ok((out, self.out_shape()))
+    }
+
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &CLayout,
+        s2: &candle_core::CudaStorage,
+        l2: &CLayout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::mixup_bce_fwd(self, s1, l1, s2, l2)
     }
 
     fn bwd(
@@ -193,6 +233,22 @@ impl CustomOp2 for MixupBceOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "candle-cuda")]
+        if logits.device().is_cuda() {
+            // One fused pass reading the upstream from device memory: no host read, no stream
+            // synchronization (out-of-range labels wait for `check_device_labels`).
+            let up = grad_res
+                .detach()
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .contiguous()?;
+            let g = logits.detach().contiguous()?.apply_op3_no_bwd(
+                &labels.contiguous()?,
+                &up,
+                &BceGradOp { bce: self },
+            )?;
+            return Ok((Some(g), None));
+        }
         let up: Vec<f32> = grad_res.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let kept = self.grad.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(g) = kept.filter(|_| up.iter().all(|&u| u == 1.0)) {
@@ -216,5 +272,73 @@ impl CustomOp2 for MixupBceOp {
             other => return Err(Error::UnsupportedDTypeForOp(other, self.name()).bt()),
         };
         Ok((Some(g), None))
+    }
+}
+
+/// The gradient alone for the upstream gradient given as the third argument (f32, one value or
+/// one per sample): the backward pass on a GPU.
+#[cfg(feature = "candle-cuda")]
+pub(super) struct BceGradOp<'a> {
+    pub(super) bce: &'a MixupBceOp,
+}
+
+#[cfg(feature = "candle-cuda")]
+impl candle_core::CustomOp3 for BceGradOp<'_> {
+    fn name(&self) -> &'static str {
+        "mixup-kernels-mixup-bce-grad"
+    }
+
+    /// The same gradient on host storage (the backward pass on the CPU does not use this op,
+    /// but the result is the one the CPU path gives).
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &CLayout,
+        s2: &CpuStorage,
+        l2: &CLayout,
+        s3: &CpuStorage,
+        l3: &CLayout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn grad<T: FloatElement + candle_core::WithDType>(
+            op: &MixupBceOp,
+            logits: &[T],
+            labels: &[u32],
+            up: &[f32],
+        ) -> Result<CpuStorage> {
+            let upstream = match op.spec.reduction() {
+                Reduction::None => Upstream::PerSample(up),
+                Reduction::Mean | Reduction::Sum => {
+                    Upstream::Scalar(up.first().copied().unwrap_or(1.0))
+                }
+            };
+            let mut g = vec![T::default(); logits.len()];
+            op.host(logits, labels, upstream, Some(&mut g))?;
+            Ok(T::to_cpu_storage_owned(g))
+        }
+        let name = self.name();
+        let labels = host_labels(s2, l2, name)?;
+        let up = match s3 {
+            CpuStorage::F32(v) => contiguous(v, l3, name)?,
+            other => return Err(Error::UnsupportedDTypeForOp(other.dtype(), name).bt()),
+        };
+        let out = match s1 {
+            CpuStorage::F32(v) => grad(self.bce, contiguous(v, l1, name)?, &labels, up)?,
+            CpuStorage::F16(v) => grad(self.bce, contiguous(v, l1, name)?, &labels, up)?,
+            CpuStorage::BF16(v) => grad(self.bce, contiguous(v, l1, name)?, &labels, up)?,
+            other => return Err(Error::UnsupportedDTypeForOp(other.dtype(), name).bt()),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &CLayout,
+        s2: &candle_core::CudaStorage,
+        l2: &CLayout,
+        s3: &candle_core::CudaStorage,
+        l3: &CLayout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::mixup_bce_grad(self.bce, s1, l1, s2, l2, s3, l3)
     }
 }

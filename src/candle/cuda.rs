@@ -4,7 +4,9 @@
 //!
 //! One [`CudaMixer`] per candle device (per device and host thread on candle's default
 //! per-thread stream), created on first use and kept for the process (it holds the compiled
-//! kernels). A plan is uploaded with one asynchronous copy when it differs from the last one.
+//! kernels). A plan is uploaded with one asynchronous copy when it differs from the last one;
+//! so are the BCE's per-class weights (a [`DeviceBceSpec`], kept while the ops pass an equal
+//! [`BceSpec`]).
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -17,18 +19,22 @@ use candle_core::{
     Tensor,
 };
 
+use super::bce::MixupBceOp;
 use super::{MixOp, MixupCeOp, SoftTargetsOp};
-use crate::cuda::{CudaMixer, DevicePlan, DeviceUpstream};
-use crate::spec::Reduction;
+use crate::cuda::{CudaMixer, DeviceBceSpec, DevicePlan, DeviceUpstream};
+use crate::spec::{BceSpec, Reduction};
 use crate::{bf16, f16};
 
-/// What the crate keeps per candle stream: the mixer (compiled kernels) and one device plan
-/// buffer, reused by every op. All ops of one state run on one stream, so an upload is ordered
-/// after the kernels that read the previous plan: reusing the buffer is safe, and the per-step
-/// path allocates nothing once the largest batch has been seen.
+/// What the crate keeps per candle stream: the mixer (compiled kernels), one device plan
+/// buffer, reused by every op, and the BCE spec last used, its class weights on the device. All
+/// ops of one state run on one stream, so an upload is ordered after the kernels that read the
+/// previous plan: reusing the buffer is safe, and the per-step path allocates nothing once the
+/// largest batch has been seen. A replaced BCE spec frees its buffers on that stream too, after
+/// the kernels that read them.
 struct PerDevice {
     mixer: CudaMixer,
     plan: Mutex<DevicePlan>,
+    bce: Mutex<Option<DeviceBceSpec>>,
 }
 
 /// A candle device, and the host thread when the device's stream is per thread.
@@ -60,7 +66,11 @@ fn per_device(dev: &CudaDevice) -> Result<Arc<PerDevice>> {
     }
     let mixer = CudaMixer::from_stream(dev.cuda_stream())?;
     let plan = Mutex::new(DevicePlan::new(&mixer));
-    let m = Arc::new(PerDevice { mixer, plan });
+    let m = Arc::new(PerDevice {
+        mixer,
+        plan,
+        bce: Mutex::new(None),
+    });
     all.push((key, m.clone()));
     Ok(m)
 }
@@ -79,6 +89,30 @@ fn with_plan<R>(
         dp.upload(plan)?;
     }
     f(&d.mixer, &dp)
+}
+
+/// [`with_plan`] with `spec`'s class weights on the device as well: uploaded (two `[C]` arrays at
+/// most, asynchronous copies on the device's stream, no host synchronization) only when `spec`
+/// differs from the spec of the last BCE op on this stream, so a training loop with one spec
+/// uploads them once.
+fn with_bce_spec<R>(
+    dev: &CudaDevice,
+    plan: &crate::MixPlan,
+    spec: &BceSpec,
+    f: impl FnOnce(&CudaMixer, &DevicePlan, &DeviceBceSpec) -> Result<R>,
+) -> Result<R> {
+    let d = per_device(dev)?;
+    // Locked in this order (plan, then spec) everywhere; a poisoned lock holds a whole value.
+    let mut dp = d.plan.lock().unwrap_or_else(|p| p.into_inner());
+    if !dp.holds(plan) {
+        dp.upload(plan)?;
+    }
+    let mut ds = d.bce.lock().unwrap_or_else(|p| p.into_inner());
+    let dspec = match &mut *ds {
+        Some(s) if s.spec() == spec => s,
+        slot => slot.insert(DeviceBceSpec::new(&d.mixer, spec.clone())?),
+    };
+    f(&d.mixer, &dp, dspec)
 }
 
 /// Reports labels that the kernels found out of range on `device` since the last check (waits
@@ -242,6 +276,99 @@ pub(super) fn mixup_ce_grad(
                 m.mixup_ce(
                     &plan,
                     &ce.spec,
+                    &z,
+                    &labels,
+                    upstream,
+                    &mut loss.as_view_mut(),
+                    None,
+                    &mut g.as_view_mut(),
+                )?;
+                wrap(g, &dev)
+            }};
+        }
+        let out = match s1.dtype() {
+            DType::F32 => run!(f32),
+            DType::F16 => run!(f16),
+            DType::BF16 => run!(bf16),
+            other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
+        };
+        Ok((out, l1.shape().clone()))
+    })
+}
+
+pub(super) fn mixup_bce_fwd(
+    op: &MixupBceOp,
+    s1: &CudaStorage,
+    l1: &CLayout,
+    s2: &CudaStorage,
+    l2: &CLayout,
+) -> Result<(CudaStorage, Shape)> {
+    const NAME: &str = "mixup-kernels-mixup-bce";
+    let dev = s1.device().clone();
+    with_bce_spec(&dev, &op.plan, &op.spec, |m, plan, dspec| {
+        let labels = s2.as_cuda_slice::<u32>()?.slice(range(l2, NAME)?);
+        let r = range(l1, NAME)?;
+        let b = op.plan.len();
+        let mut loss = dev.alloc_zeros::<f32>(1)?;
+        let mut losses = match op.spec.reduction() {
+            Reduction::None => Some(dev.alloc_zeros::<f32>(b)?),
+            Reduction::Mean | Reduction::Sum => None,
+        };
+        // The loss only, as the CE on a GPU: the backward pass runs the fused kernel with the
+        // upstream gradient read on the device (`mixup_bce_grad`).
+        macro_rules! run {
+            ($t:ty) => {{
+                let z = s1.as_cuda_slice::<$t>()?.slice(r.clone());
+                let mut per = losses.as_mut().map(|l| l.as_view_mut());
+                m.mixup_bce_forward(
+                    plan,
+                    dspec,
+                    &z,
+                    &labels,
+                    &mut loss.as_view_mut(),
+                    per.as_mut(),
+                )?;
+            }};
+        }
+        match s1.dtype() {
+            DType::F32 => run!(f32),
+            DType::F16 => run!(f16),
+            DType::BF16 => run!(bf16),
+            other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
+        }
+        let out = losses.unwrap_or(loss);
+        Ok((wrap(out, &dev), op.out_shape()))
+    })
+}
+
+pub(super) fn mixup_bce_grad(
+    op: &MixupBceOp,
+    s1: &CudaStorage,
+    l1: &CLayout,
+    s2: &CudaStorage,
+    l2: &CLayout,
+    s3: &CudaStorage,
+    l3: &CLayout,
+) -> Result<(CudaStorage, Shape)> {
+    const NAME: &str = "mixup-kernels-mixup-bce-grad";
+    let dev = s1.device().clone();
+    with_bce_spec(&dev, &op.plan, &op.spec, |m, plan, dspec| {
+        let labels = s2.as_cuda_slice::<u32>()?.slice(range(l2, NAME)?);
+        let up = s3.as_cuda_slice::<f32>()?.slice(range(l3, NAME)?);
+        let upstream = match op.spec.reduction() {
+            Reduction::None => DeviceUpstream::PerSample(up),
+            Reduction::Mean | Reduction::Sum => DeviceUpstream::Device(up),
+        };
+        let r = range(l1, NAME)?;
+        let mut loss = dev.alloc_zeros::<f32>(1)?;
+        macro_rules! run {
+            ($t:ty) => {{
+                let z = s1.as_cuda_slice::<$t>()?.slice(r.clone());
+                // SAFETY: the kernel writes every gradient element.
+                let mut g = unsafe { dev.alloc::<$t>(r.len())? };
+                m.mixup_bce(
+                    plan,
+                    dspec,
                     &z,
                     &labels,
                     upstream,

@@ -301,6 +301,30 @@ unsafe fn launch(
     Ok(())
 }
 
+/// [`launch`] for the raw entry ([`super::raw::mixup_bce`]), whose buffers are the CE's.
+///
+/// # Safety
+/// As [`launch`].
+pub(crate) unsafe fn launch_raw(
+    m: &CudaMixer,
+    plan: &DevicePlan,
+    dspec: &DeviceBceSpec,
+    dtype: DType,
+    logits_len: usize,
+    bufs: &super::raw::CeBuffers,
+    upstream: RawUpstream,
+) -> Result<()> {
+    let bufs = BceBuffers {
+        logits: bufs.logits,
+        labels: bufs.labels,
+        grad: bufs.grad,
+        loss: bufs.loss,
+        losses: bufs.losses,
+    };
+    // SAFETY: forwarded.
+    unsafe { launch(m, plan, dspec, dtype, logits_len, &bufs, upstream) }
+}
+
 impl CudaMixer {
     /// Loss only (evaluation) of the mixup binary cross-entropy: the reduced loss to `loss`
     /// (`[1]`; for [`Reduction::None`] the mean, for logging), the per-sample losses

@@ -66,7 +66,7 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::spec::{CeSpec, Layout};
 
-use super::{CudaMixer, DevicePlan};
+use super::{CudaMixer, DeviceBceSpec, DevicePlan};
 
 /// A device address (`CUdeviceptr`).
 ///
@@ -149,6 +149,20 @@ pub struct CeBuffers {
     /// Per-sample losses `[B]` f32, if wanted.
     pub losses: Option<CUdeviceptr>,
 }
+
+/// The buffers of a binary cross-entropy call: the same addresses as a cross-entropy call
+/// ([`CeBuffers`]: logits `[B, C]`, labels `[B]` u32, gradient `[B, C]` or `None`, the reduced
+/// loss, per-sample losses `[B]` or `None`), the gradient again allowed over the logits.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::raw::BceBuffers;
+/// # let (logits, labels, loss) = (0x1000u64, 0x2000u64, 0x3000u64);
+/// let bufs = BceBuffers { logits, labels, grad: Some(logits), loss, losses: None };
+/// assert_eq!(BceBuffers { grad: None, ..bufs }.grad, None);
+/// ```
+pub type BceBuffers = CeBuffers;
 
 /// Mixes `x` into `out`, each `len` elements of `dtype` (`[B, sample]` in `layout`).
 ///
@@ -313,4 +327,53 @@ pub unsafe fn mixup_ce(
 ) -> Result<()> {
     // SAFETY: forwarded.
     unsafe { super::mixup_ce::launch(mixer, plan, spec, dtype, logits_len, buffers, upstream) }
+}
+
+/// The fused mixup binary cross-entropy over `logits_len` = B·C logits of `dtype` (see
+/// [`BceBuffers`]), with the per-class weights of `spec` already on the device (upload them once
+/// with [`DeviceBceSpec::new`] on the mixer, and reuse the spec every step: the call copies
+/// nothing).
+///
+/// # Safety
+/// See the module's contract.
+///
+/// # Examples
+///
+/// ```no_run
+/// use mixup_kernels::cuda::cudarc::driver::{DevicePtr, DevicePtrMut};
+/// use mixup_kernels::cuda::raw::{self, BceBuffers, RawUpstream};
+/// use mixup_kernels::cuda::{CudaMixer, DeviceBceSpec, DevicePlan};
+/// use mixup_kernels::{BceSpec, DType, MixPlan, Reduction};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mixer = CudaMixer::new(0)?;
+/// let s = mixer.stream();
+/// let mut plan = DevicePlan::new(&mixer);
+/// plan.upload(&MixPlan::from_parts(&[1, 0], &[0.7, 0.7])?)?;
+/// // The class weights go to the device once, with the spec.
+/// let spec = BceSpec::new(10, 0.1, Reduction::Mean)?.with_pos_weight(vec![2.0; 10])?;
+/// let dspec = DeviceBceSpec::new(&mixer, spec)?;
+/// let mut z = s.alloc_zeros::<f32>(2 * 10)?;
+/// let y = s.clone_htod(&vec![3u32, 5])?;
+/// let mut loss = s.alloc_zeros::<f32>(1)?;
+/// let (zp, _a) = z.device_ptr_mut(s);
+/// let (yp, _b) = y.device_ptr(s);
+/// let (lp, _c) = loss.device_ptr_mut(s);
+/// let bufs = BceBuffers { logits: zp, labels: yp, grad: Some(zp), loss: lp, losses: None };
+/// // SAFETY: every address holds what `BceBuffers` states for B = 2, C = 10, on the mixer's
+/// // device, alive until the kernel has run; `grad` = `logits` is the in-place case allowed.
+/// unsafe { raw::mixup_bce(&mixer, &plan, &dspec, DType::F32, 20, &bufs, RawUpstream::Scalar(1.0)) }?;
+/// # Ok(())
+/// # }
+/// ```
+pub unsafe fn mixup_bce(
+    mixer: &CudaMixer,
+    plan: &DevicePlan,
+    spec: &DeviceBceSpec,
+    dtype: DType,
+    logits_len: usize,
+    buffers: &BceBuffers,
+    upstream: RawUpstream,
+) -> Result<()> {
+    // SAFETY: forwarded.
+    unsafe { super::mixup_bce::launch_raw(mixer, plan, spec, dtype, logits_len, buffers, upstream) }
 }

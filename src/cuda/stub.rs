@@ -1032,6 +1032,18 @@ pub mod raw {
         match mixer.never {}
     }
 
+    /// The buffers of a binary cross-entropy call (those of a cross-entropy call).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::raw::BceBuffers;
+    /// # let (logits, labels, loss) = (0x1000u64, 0x2000u64, 0x3000u64);
+    /// let bufs = BceBuffers { logits, labels, grad: Some(logits), loss, losses: None };
+    /// assert_eq!(BceBuffers { grad: None, ..bufs }.grad, None);
+    /// ```
+    pub type BceBuffers = CeBuffers;
+
     /// Unreachable (needs a mixer).
     ///
     /// # Safety
@@ -1061,6 +1073,40 @@ pub mod raw {
         dtype: DType,
         logits_len: usize,
         buffers: &CeBuffers,
+        upstream: RawUpstream,
+    ) -> Result<()> {
+        let _ = (plan, spec, dtype, logits_len, buffers, upstream);
+        match mixer.never {}
+    }
+
+    /// Unreachable (needs a mixer).
+    ///
+    /// # Safety
+    /// None in this build.
+    ///
+    /// # Examples
+    ///
+    /// Code written against the GPU API compiles in this build; it never runs, as no mixer exists:
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::raw::{self, BceBuffers, RawUpstream};
+    /// use mixup_kernels::cuda::{CudaMixer, DeviceBceSpec, DevicePlan};
+    /// use mixup_kernels::{DType, Result};
+    /// /// # Safety
+    /// /// `b` holds buffers for B rows of 10 f32 logits on the mixer's device.
+    /// unsafe fn loss(m: &CudaMixer, p: &DevicePlan, s: &DeviceBceSpec, b: &BceBuffers) -> Result<()> {
+    ///     // SAFETY: forwarded to the caller.
+    ///     unsafe { raw::mixup_bce(m, p, s, DType::F32, p.len() * 10, b, RawUpstream::Scalar(1.0)) }
+    /// }
+    /// assert!(CudaMixer::new(0).is_err());
+    /// ```
+    pub unsafe fn mixup_bce(
+        mixer: &CudaMixer,
+        plan: &DevicePlan,
+        spec: &DeviceBceSpec,
+        dtype: DType,
+        logits_len: usize,
+        buffers: &BceBuffers,
         upstream: RawUpstream,
     ) -> Result<()> {
         let _ = (plan, spec, dtype, logits_len, buffers, upstream);
