@@ -1,6 +1,6 @@
-// Helpers shared by the emulation tests (kernels/emu/test_*.cpp): pass/fail counting, exactly
-// sized buffers (so ASan sees any access past a tensor), host conversions written independently
-// of kernels/common.cuh, and the host's launch configurations.
+// Helpers of the checks written in C++ (kernels/emu/test_engine.cpp, test_naive.cpp): pass/fail
+// counting, exactly sized buffers (so ASan sees any access past a tensor), host conversions
+// written independently of kernels/common.cuh.
 #pragma once
 #include "shim.h"
 
@@ -15,8 +15,6 @@
 
 // Counts (defined in main.cpp).
 extern int g_passed, g_failed;
-// Launch modes: run the tests, or only list the launch configurations they need.
-extern bool g_list_queries;
 
 inline void check(bool ok, const std::string& what) {
     if (ok) {
@@ -123,72 +121,6 @@ inline std::string fmt(const char* f, ...) {
     return buf;
 }
 
-// ---------------------------------------------------------------------------------------------
-// The cross-entropy launch the host makes (src/cuda/mixup_ce.rs `ce_strategy`, `launch_config`,
-// and the `group` / `smem_slots` fields of `CeArgs`).
-
-struct CeKey {
-    uint64_t classes;
-    int elem_size;
-    uint32_t smem_optin;
-    int forward_only;
-    uint64_t batch;
-    bool operator<(const CeKey& o) const {
-        return std::tie(classes, elem_size, smem_optin, forward_only, batch) <
-               std::tie(o.classes, o.elem_size, o.smem_optin, o.forward_only, o.batch);
-    }
-};
-
-struct CeLaunch {
-    std::string kernel;  // ce_warp, ce_block, ce_online
-    uint32_t group = 32, smem_slots = 0;
-    uint32_t grid = 1, block = 1, smem = 0;
-};
-
-// Filled from the file the Rust test writes (tests/kernels_emulated.rs asks the crate); empty
-// when the emulation runs on its own, which then uses `ce_launch_mirror`.
-extern std::map<CeKey, CeLaunch> g_ce_table;
-extern std::vector<CeKey> g_ce_queries;
-
-CeLaunch ce_launch_mirror(const CeKey& k);
-
-// The host's launch for `k` (from the table when there is one).
-inline CeLaunch ce_launch(const CeKey& k) {
-    if (g_list_queries) {
-        g_ce_queries.push_back(k);
-        return ce_launch_mirror(k);
-    }
-    if (g_ce_table.empty()) return ce_launch_mirror(k);
-    auto it = g_ce_table.find(k);
-    if (it == g_ce_table.end()) {
-        check(false, fmt("no host launch configuration for C %llu, %d-byte elements, smem %u, fwd %d, B %llu",
-                         (unsigned long long)k.classes, k.elem_size, k.smem_optin, k.forward_only,
-                         (unsigned long long)k.batch));
-        return ce_launch_mirror(k);
-    }
-    return it->second;
-}
-
-// The binary cross-entropy launch the host makes (src/cuda/mixup_bce.rs `bce_launch`), from the
-// same file: `bce <classes> <elem_size> <batch> <kernel> <group> <grid> <block>`.
-struct BceKey {
-    uint64_t classes;
-    int elem_size;
-    uint64_t batch;
-    bool operator<(const BceKey& o) const {
-        return std::tie(classes, elem_size, batch) < std::tie(o.classes, o.elem_size, o.batch);
-    }
-};
-struct BceHostLaunch {
-    std::string kernel;  // bce_warp, bce_block
-    uint32_t group = 32, grid = 1, block = 1;
-};
-extern std::map<BceKey, BceHostLaunch> g_bce_table;
-extern std::vector<BceKey> g_bce_queries;
-
-// Tests, one function per kernel file.
+// The checks written here: the engine's own, and the naive kernels'.
 void test_engine();
-void test_mix_and_soft_targets();
-void test_mixup_ce();
-void test_mixup_bce();
 void test_naive();

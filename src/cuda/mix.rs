@@ -107,6 +107,38 @@ pub(crate) fn mix_args(
     Ok(a)
 }
 
+/// The kernel, its arguments and its launch configuration for a checked call with at least
+/// one element (`pair_count`: the plan's pair leaders, `plan_ptr`: the staged plan). [`launch`]
+/// launches it; the host emulation's cases (`kernels::emulated`) run it on the CPU.
+pub(crate) fn mix_call(
+    host: &crate::plan::MixPlan,
+    layout: &Layout,
+    dtype: DType,
+    pair_count: usize,
+    x: u64,
+    out: u64,
+    plan_ptr: u64,
+) -> Result<(Kernel, MixArgs, LaunchConfig)> {
+    // Involutions (random pairs, timm's flip) move each row once, in place or not.
+    let pairs = host.is_involution();
+    let rows = if pairs { pair_count } else { host.len() };
+    let mut args = mix_args(layout, dtype, host.len(), rows)?;
+    args.x = x;
+    args.out = out;
+    args.plan = plan_ptr;
+    let kernel = if pairs {
+        Kernel::MixPairs
+    } else {
+        Kernel::MixGather
+    };
+    let cfg = LaunchConfig {
+        grid_dim: (grid_for(args.items), 1, 1),
+        block_dim: (MIX_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    Ok((kernel, args, cfg))
+}
+
 /// Validates and launches a mixing kernel on raw device addresses (see [`super::raw::mix`]).
 ///
 /// # Safety
@@ -131,24 +163,16 @@ pub(crate) unsafe fn launch(
     if host.is_empty() || row == 0 {
         return Ok(());
     }
-    // Involutions (random pairs, timm's flip) move each row once, in place or not.
-    let pairs = host.is_involution();
-    let rows = if pairs { plan.pairs() } else { host.len() };
-    let mut args = mix_args(layout, dtype, host.len(), rows)?;
-    args.x = x;
-    args.out = out;
-    args.plan = plan.device_ptr_for(m)?;
-    let kernel = if pairs {
-        Kernel::MixPairs
-    } else {
-        Kernel::MixGather
-    };
+    let (kernel, args, cfg) = mix_call(
+        host,
+        layout,
+        dtype,
+        plan.pairs(),
+        x,
+        out,
+        plan.device_ptr_for(m)?,
+    )?;
     let f = m.function(kernel, dtype)?;
-    let cfg = LaunchConfig {
-        grid_dim: (grid_for(args.items), 1, 1),
-        block_dim: (MIX_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
     // SAFETY: `args` matches the kernel's `MixArgs`; the addresses are valid per the contract
     // and the plan buffer holds the plan and its pair leaders.
     unsafe { m.stream().launch_builder(&f).arg(&args).launch(cfg) }

@@ -13,6 +13,7 @@ use cudarc::driver::{
 
 use crate::dtype::{DType, FloatElement};
 use crate::error::{check_len, MixError, Result};
+use crate::plan::MixPlan;
 use crate::spec::{check_bce, BceSpec, Reduction, Upstream};
 
 use super::context::{driver_err, CudaMixer};
@@ -181,8 +182,8 @@ impl DeviceBceSpec {
 }
 
 /// The checks of [`check_bce`] with a device upstream standing in for its host form.
-fn check_bce_device(
-    plan: &DevicePlan,
+pub(crate) fn check_bce_device(
+    plan: &MixPlan,
     spec: &BceSpec,
     logits_len: usize,
     up: &RawUpstream,
@@ -191,7 +192,7 @@ fn check_bce_device(
         RawUpstream::Scalar(g) => Upstream::Scalar(g),
         RawUpstream::Device(_) | RawUpstream::PerSample(_) => Upstream::Scalar(1.0),
     };
-    let total = check_bce(plan.plan(), spec, logits_len, &host)?;
+    let total = check_bce(plan, spec, logits_len, &host)?;
     if matches!(up, RawUpstream::PerSample(_)) && spec.reduction() != Reduction::None {
         return Err(MixError::InvalidArgument {
             what: "upstream",
@@ -202,12 +203,66 @@ fn check_bce_device(
 }
 
 /// The device addresses of one call.
-struct BceBuffers {
-    logits: u64,
-    labels: u64,
-    grad: Option<u64>,
-    loss: u64,
-    losses: Option<u64>,
+pub(crate) struct BceBuffers {
+    pub(crate) logits: u64,
+    pub(crate) labels: u64,
+    pub(crate) grad: Option<u64>,
+    pub(crate) loss: u64,
+    pub(crate) losses: Option<u64>,
+}
+
+/// The kernel, its arguments and its launch configuration for a checked call of `b > 0` rows,
+/// every address given: `losses` resolved to the scratch buffer when the caller gave none,
+/// `weights` = (weight, pos_weight) (0: none), `mixer` = (plan, flags). [`launch`] launches
+/// it; the host emulation's cases (`kernels::emulated`) run it on the CPU.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bce_call(
+    spec: &BceSpec,
+    dtype: DType,
+    b: usize,
+    bufs: &BceBuffers,
+    losses: u64,
+    (weight, pos_weight): (u64, u64),
+    (plan, flags): (u64, u64),
+    upstream: &RawUpstream,
+) -> (Kernel, BceArgs, LaunchConfig) {
+    let c = spec.targets().num_classes;
+    let strategy = bce_strategy(c as u64, dtype.size());
+    let (up_kind, up_ptr, up) = upstream_fields(upstream);
+    let eps = spec.targets().smoothing;
+    let (t_on, t_off) = spec.timm_on_off();
+    let args = BceArgs {
+        logits: bufs.logits,
+        grad: bufs.grad.unwrap_or(0),
+        labels: bufs.labels,
+        plan,
+        losses,
+        loss: bufs.loss,
+        upstream: up_ptr,
+        flags,
+        weight,
+        pos_weight,
+        batch: b as u64,
+        classes: c as u64,
+        eps,
+        off: spec.targets().off_value(),
+        up,
+        factor: spec.grad_factor(b),
+        count: spec.mean_count(b) as f32,
+        thr: spec.target_threshold().unwrap_or(0.0),
+        // The values `BceSpec::thresholded` decides with.
+        t_on,
+        t_off,
+        up_kind,
+        reduction: match spec.reduction() {
+            Reduction::Mean => 0,
+            Reduction::Sum => 1,
+            Reduction::None => 2,
+        },
+        thresholded: u32::from(spec.target_threshold().is_some()),
+        group: strategy.group(),
+    };
+    (strategy.kernel(), args, strategy.launch_config(b as u64))
 }
 
 /// # Safety
@@ -224,9 +279,8 @@ unsafe fn launch(
 ) -> Result<()> {
     require_float(dtype, "logits")?;
     let spec = &dspec.spec;
-    check_bce_device(plan, spec, logits_len, &upstream)?;
+    check_bce_device(plan.plan(), spec, logits_len, &upstream)?;
     let b = plan.len();
-    let c = spec.targets().num_classes;
     if b == 0 {
         // SAFETY: `loss` addresses one f32 per the contract.
         unsafe { cudarc::driver::result::memset_d8_async(bufs.loss, 0, 4, m.stream().cu_stream()) }
@@ -254,50 +308,20 @@ unsafe fn launch(
         }
         None => (0, None),
     };
-    let strategy = bce_strategy(c as u64, dtype.size());
-    let (up_kind, up_ptr, up) = upstream_fields(&upstream);
-    let eps = spec.targets().smoothing;
-    let (t_on, t_off) = spec.timm_on_off();
-    let args = BceArgs {
-        logits: bufs.logits,
-        grad: bufs.grad.unwrap_or(0),
-        labels: bufs.labels,
-        plan: plan.device_ptr_for(m)?,
+    let (kernel, args, cfg) = bce_call(
+        spec,
+        dtype,
+        b,
+        bufs,
         losses,
-        loss: bufs.loss,
-        upstream: up_ptr,
-        flags: m.flags_ptr(),
-        weight: wp,
-        pos_weight: pwp,
-        batch: b as u64,
-        classes: c as u64,
-        eps,
-        off: spec.targets().off_value(),
-        up,
-        factor: spec.grad_factor(b),
-        count: spec.mean_count(b) as f32,
-        thr: spec.target_threshold().unwrap_or(0.0),
-        // The values `BceSpec::thresholded` decides with.
-        t_on,
-        t_off,
-        up_kind,
-        reduction: match spec.reduction() {
-            Reduction::Mean => 0,
-            Reduction::Sum => 1,
-            Reduction::None => 2,
-        },
-        thresholded: u32::from(spec.target_threshold().is_some()),
-        group: strategy.group(),
-    };
-    let f = m.function(strategy.kernel(), dtype)?;
+        (wp, pwp),
+        (plan.device_ptr_for(m)?, m.flags_ptr()),
+        &upstream,
+    );
+    let f = m.function(kernel, dtype)?;
     // SAFETY: `args` matches `BceArgs`; addresses valid per the contract.
-    unsafe {
-        m.stream()
-            .launch_builder(&f)
-            .arg(&args)
-            .launch(strategy.launch_config(b as u64))
-    }
-    .map_err(driver_err("launching the binary cross-entropy kernel"))?;
+    unsafe { m.stream().launch_builder(&f).arg(&args).launch(cfg) }
+        .map_err(driver_err("launching the binary cross-entropy kernel"))?;
     Ok(())
 }
 
@@ -494,7 +518,7 @@ impl CudaMixer {
     ) -> Result<()> {
         // Every check before anything is enqueued.
         let (up, _ru) = super::mixup_ce::raw_upstream(self, plan, &upstream)?;
-        check_bce_device(plan, &spec.spec, logits_len, &up)?;
+        check_bce_device(plan.plan(), &spec.spec, logits_len, &up)?;
         plan.plan().check_batch(labels.len())?;
         check_len("loss", 1, loss.len())?;
         if let Some(l) = &losses {

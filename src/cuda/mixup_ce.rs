@@ -19,6 +19,7 @@ use cudarc::driver::{
 
 use crate::dtype::{DType, FloatElement};
 use crate::error::{check_len, MixError, Result};
+use crate::plan::MixPlan;
 use crate::spec::{check_ce, CeSpec, Reduction, Upstream};
 
 use super::context::{driver_err, CudaMixer};
@@ -233,7 +234,7 @@ pub(crate) fn upstream_fields(up: &super::raw::RawUpstream) -> (u32, u64, f32) {
 
 /// The shared checks of [`check_ce`], with a device upstream standing in for its host form.
 pub(crate) fn check_ce_device(
-    plan: &DevicePlan,
+    plan: &MixPlan,
     spec: &CeSpec,
     logits_len: usize,
     up: &super::raw::RawUpstream,
@@ -243,7 +244,7 @@ pub(crate) fn check_ce_device(
         Scalar(g) => Upstream::Scalar(g),
         Device(_) | PerSample(_) => Upstream::Scalar(1.0),
     };
-    let total = check_ce(plan.plan(), spec, logits_len, &host)?;
+    let total = check_ce(plan, spec, logits_len, &host)?;
     if matches!(up, PerSample(_)) && spec.reduction != Reduction::None {
         // The same error `check_ce` gives for a host per-sample upstream.
         return Err(MixError::InvalidArgument {
@@ -254,47 +255,33 @@ pub(crate) fn check_ce_device(
     Ok(total)
 }
 
-/// # Safety
-/// See [`super::raw::mixup_ce`].
-pub(crate) unsafe fn launch(
-    m: &CudaMixer,
-    plan: &DevicePlan,
+/// The kernel, its arguments and its launch configuration for a checked call of `b > 0` rows,
+/// every address given (`losses` resolved to the scratch buffer when the caller gave none).
+/// [`launch`] launches it; the host emulation's cases (`kernels::emulated`) run it on the CPU.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn ce_call(
     spec: &CeSpec,
     dtype: DType,
-    logits_len: usize,
+    b: usize,
+    smem_optin: u32,
     bufs: &super::raw::CeBuffers,
-    upstream: super::raw::RawUpstream,
-) -> Result<()> {
-    require_float(dtype, "logits")?;
-    check_ce_device(plan, spec, logits_len, &upstream)?;
-    let b = plan.len();
+    losses: u64,
+    plan: u64,
+    flags: u64,
+    upstream: &super::raw::RawUpstream,
+) -> (Kernel, CeArgs, LaunchConfig) {
     let c = spec.targets.num_classes;
-    if b == 0 {
-        // Sum or None over no sample: the loss is 0 (Mean was rejected above).
-        // SAFETY: `loss` addresses one f32 per the contract.
-        unsafe { cudarc::driver::result::memset_d8_async(bufs.loss, 0, 4, m.stream().cu_stream()) }
-            .map_err(driver_err("writing the loss"))?;
-        return Ok(());
-    }
-    // The scratch guard lives until the launch below is enqueued (see `scratch_f32`).
-    let (losses, _scratch) = match bufs.losses {
-        Some(p) => (p, None),
-        None => {
-            let (p, guard) = m.scratch_f32(b)?;
-            (p, Some(guard))
-        }
-    };
-    let strategy = ce_strategy(c as u64, dtype.size(), m.smem_optin(), bufs.grad.is_none());
-    let (up_kind, up_ptr, up) = upstream_fields(&upstream);
+    let strategy = ce_strategy(c as u64, dtype.size(), smem_optin, bufs.grad.is_none());
+    let (up_kind, up_ptr, up) = upstream_fields(upstream);
     let args = CeArgs {
         logits: bufs.logits,
         grad: bufs.grad.unwrap_or(0),
         labels: bufs.labels,
-        plan: plan.device_ptr_for(m)?,
+        plan,
         losses,
         loss: bufs.loss,
         upstream: up_ptr,
-        flags: m.flags_ptr(),
+        flags,
         batch: b as u64,
         classes: c as u64,
         eps: spec.targets.smoothing,
@@ -310,16 +297,54 @@ pub(crate) unsafe fn launch(
         group: strategy.group(),
         smem_slots: strategy.smem_slots(),
     };
-    let f = m.function(strategy.kernel(), dtype)?;
+    (strategy.kernel(), args, strategy.launch_config(b as u64))
+}
+
+/// # Safety
+/// See [`super::raw::mixup_ce`].
+pub(crate) unsafe fn launch(
+    m: &CudaMixer,
+    plan: &DevicePlan,
+    spec: &CeSpec,
+    dtype: DType,
+    logits_len: usize,
+    bufs: &super::raw::CeBuffers,
+    upstream: super::raw::RawUpstream,
+) -> Result<()> {
+    require_float(dtype, "logits")?;
+    check_ce_device(plan.plan(), spec, logits_len, &upstream)?;
+    let b = plan.len();
+    if b == 0 {
+        // Sum or None over no sample: the loss is 0 (Mean was rejected above).
+        // SAFETY: `loss` addresses one f32 per the contract.
+        unsafe { cudarc::driver::result::memset_d8_async(bufs.loss, 0, 4, m.stream().cu_stream()) }
+            .map_err(driver_err("writing the loss"))?;
+        return Ok(());
+    }
+    // The scratch guard lives until the launch below is enqueued (see `scratch_f32`).
+    let (losses, _scratch) = match bufs.losses {
+        Some(p) => (p, None),
+        None => {
+            let (p, guard) = m.scratch_f32(b)?;
+            (p, Some(guard))
+        }
+    };
+    let (kernel, args, cfg) = ce_call(
+        spec,
+        dtype,
+        b,
+        m.smem_optin(),
+        bufs,
+        losses,
+        plan.device_ptr_for(m)?,
+        m.flags_ptr(),
+        &upstream,
+    );
+    let f = m.function(kernel, dtype)?;
     // SAFETY: `args` matches `CeArgs`; addresses valid per the contract; the block kernel's
     // shared-memory limit was raised when it was loaded.
-    unsafe {
-        m.stream()
-            .launch_builder(&f)
-            .arg(&args)
-            .launch(strategy.launch_config(b as u64))
-    }
-    .map_err(driver_err("launching the cross-entropy kernel"))?;
+    unsafe { m.stream().launch_builder(&f).arg(&args).launch(cfg) }
+        .map_err(driver_err("launching the cross-entropy kernel"))?;
     Ok(())
 }
 
@@ -521,7 +546,7 @@ impl CudaMixer {
     ) -> Result<()> {
         // Every check before anything is enqueued.
         let (up, _ru) = raw_upstream(self, plan, &upstream)?;
-        check_ce_device(plan, spec, logits_len, &up)?;
+        check_ce_device(plan.plan(), spec, logits_len, &up)?;
         plan.plan().check_batch(labels.len())?;
         check_len("loss", 1, loss.len())?;
         if let Some(l) = &losses {

@@ -51,6 +51,7 @@
 
 mod cache;
 pub(crate) mod context;
+mod emulated;
 mod entries;
 mod mix;
 mod mixup_bce;
@@ -105,6 +106,10 @@ pub use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewM
 #[doc(hidden)]
 pub mod kernels {
     pub use super::entries::{unit_named, Kernel, Unit, UNIT_NAMES};
+    /// The host's launches without a device, for the host emulation of the kernels.
+    pub mod emulated {
+        pub use super::super::emulated::*;
+    }
     pub use super::mixup_bce::bce_launch;
     pub use super::mixup_ce::ce_launch;
     pub use super::nvrtc::{

@@ -41,6 +41,44 @@ pub(crate) fn require_float(dtype: DType, what: &'static str) -> Result<()> {
     Ok(())
 }
 
+/// The arguments and launch configuration of `soft_targets_<dt>` for a checked call of `b > 0`
+/// rows, every address given. [`launch`] launches it; the host emulation's cases
+/// (`kernels::emulated`) run it on the CPU.
+pub(crate) fn soft_targets_call(
+    spec: &TargetSpec,
+    dtype: DType,
+    b: usize,
+    labels: u64,
+    out: u64,
+    plan: u64,
+    flags: u64,
+) -> Result<(SoftArgs, LaunchConfig)> {
+    let c = spec.num_classes;
+    let ve = 16 / dtype.size() as u64;
+    let chunks = (c as u64).div_ceil(MIX_CHUNK_SLOTS * ve).max(1);
+    let args = SoftArgs {
+        out,
+        labels,
+        plan,
+        flags,
+        items: (b as u64)
+            .checked_mul(chunks)
+            .ok_or(MixError::SizeOverflow {
+                what: "soft-target work items",
+            })?,
+        classes: c as u64,
+        chunks,
+        eps: spec.smoothing,
+        off: spec.off_value(),
+    };
+    let cfg = LaunchConfig {
+        grid_dim: (grid_for(args.items), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    Ok((args, cfg))
+}
+
 /// # Safety
 /// `labels` addresses `plan.len()` u32 and `out` addresses `out_len` elements of `dtype`, on
 /// the mixer's device.
@@ -65,29 +103,16 @@ pub(crate) unsafe fn launch(
     if b == 0 {
         return Ok(());
     }
-    let ve = 16 / dtype.size() as u64;
-    let chunks = (c as u64).div_ceil(MIX_CHUNK_SLOTS * ve).max(1);
-    let args = SoftArgs {
-        out,
+    let (args, cfg) = soft_targets_call(
+        spec,
+        dtype,
+        b,
         labels,
-        plan: plan.device_ptr_for(m)?,
-        flags: m.flags_ptr(),
-        items: (b as u64)
-            .checked_mul(chunks)
-            .ok_or(MixError::SizeOverflow {
-                what: "soft-target work items",
-            })?,
-        classes: c as u64,
-        chunks,
-        eps: spec.smoothing,
-        off: spec.off_value(),
-    };
+        out,
+        plan.device_ptr_for(m)?,
+        m.flags_ptr(),
+    )?;
     let f = m.function(Kernel::SoftTargets, dtype)?;
-    let cfg = LaunchConfig {
-        grid_dim: (grid_for(args.items), 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
     // SAFETY: `args` matches `SoftArgs`; addresses valid per the contract.
     unsafe { m.stream().launch_builder(&f).arg(&args).launch(cfg) }
         .map_err(driver_err("launching the soft-target kernel"))?;
