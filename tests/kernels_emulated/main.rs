@@ -29,6 +29,7 @@ mod common;
 mod bce;
 mod ce;
 mod exchange;
+mod loss;
 mod mix;
 
 use std::io::Write;
