@@ -4,7 +4,7 @@
 
 use mixup_kernels::cuda::kernels::emulated::Device;
 use mixup_kernels::cuda::raw::{CeBuffers, RawUpstream};
-use mixup_kernels::{bf16, f16, DType, FloatElement, MixPlan, Reduction};
+use mixup_kernels::{bf16, f16, DType, FloatElement, MixPlan};
 
 use crate::exchange::{addr, bytes, elems, Buffers, Checks, Run};
 
@@ -25,14 +25,6 @@ pub enum Up {
     Host,
     Device,
     PerSample,
-}
-
-/// Bits of a value of T (as u32).
-pub fn bits<T: FloatElement>(v: T) -> u32 {
-    let b = bytes(&[v]);
-    let mut w = [0u8; 4];
-    w[..b.len()].copy_from_slice(&b);
-    u32::from_le_bytes(w)
 }
 
 pub fn from_bits<T: FloatElement + Default>(b: u32) -> T {
@@ -66,14 +58,6 @@ pub fn rnd<T: FloatElement>() -> (f64, f64) {
     }
 }
 
-pub fn reduction_code(r: Reduction) -> usize {
-    match r {
-        Reduction::Mean => 0,
-        Reduction::Sum => 1,
-        Reduction::None => 2,
-    }
-}
-
 /// Buffer indices of one loss call.
 #[derive(Debug, Clone, Copy)]
 pub struct Slots {
@@ -82,12 +66,9 @@ pub struct Slots {
     pub losses: usize,
     pub loss: usize,
     pub flags: usize,
-    pub weight: usize,
-    pub pos_weight: usize,
     pub zoff: usize,
     pub goff: usize,
     pub mode: Mode,
-    pub n: usize,
 }
 
 /// What the host call gets: its buffers, addresses and upstream.
@@ -160,12 +141,9 @@ pub fn call<T: FloatElement + Default>(
             losses: si,
             loss: oi,
             flags: fi,
-            weight: wi,
-            pos_weight: pwi,
             zoff,
             goff,
             mode,
-            n,
         },
         ce,
         up,
