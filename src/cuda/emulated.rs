@@ -179,6 +179,7 @@ pub fn mixup_ce(
 
 /// [`raw::mixup_bce`](super::raw::mixup_bce) with the class weights at `weights` = (weight,
 /// pos_weight) (0 where the spec has none; `bufs.losses` required): `None` for an empty batch.
+#[allow(clippy::too_many_arguments)]
 pub fn mixup_bce(
     plan: &MixPlan,
     spec: &BceSpec,

@@ -456,7 +456,7 @@ fn judge<T: FloatElement + Default>(
             let fail = if gx.is_nan() {
                 !got.is_nan()
             } else {
-                !((got - gx).abs() <= gtol)
+                !loss::within(got, gx, gtol)
             };
             if fail && gshown < 2 {
                 gshown += 1;
@@ -486,7 +486,7 @@ fn judge<T: FloatElement + Default>(
                     format!("loss of row {i} is {got}, expected {want}")
                 });
             }
-        } else if !((got - want).abs() <= tol) && shown < 3 {
+        } else if !loss::within(got, want, tol) && shown < 3 {
             shown += 1;
             k.check(false, || {
                 format!("loss of row {i} is {got}, expected {want} (tol {tol:.3e})")

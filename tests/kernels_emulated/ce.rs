@@ -399,7 +399,7 @@ fn judge<T: FloatElement + Default>(
                     format!("loss of row {i} is {got}, expected {want}")
                 });
             }
-        } else if !((got - want).abs() <= tol) && shown < 3 {
+        } else if !loss::within(got, want, tol) && shown < 3 {
             shown += 1;
             k.check(false, || {
                 format!("loss of row {i} is {got}, expected {want} (tol {tol:.3e})")
@@ -448,7 +448,7 @@ fn judge<T: FloatElement + Default>(
             };
             let d32 = scale.abs() * (dp + 3.0 * U * tk) + 4.0 * U * gx.abs();
             let gtol = d32 + rnd_rel * (gx.abs() + d32) + rnd_abs;
-            if !((got_g - gx).abs() <= gtol) && gshown < 2 {
+            if !loss::within(got_g, gx, gtol) && gshown < 2 {
                 gshown += 1;
                 k.check(false, || format!("grad[{i}, {kk}] is {got_g}, expected {gx} (tol {gtol:.3e}, z {z}, a {a} b {bb})"));
             }

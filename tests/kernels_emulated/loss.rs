@@ -10,6 +10,11 @@ use crate::exchange::{addr, bytes, elems, Buffers, Checks, Run};
 
 pub const U: f64 = f32::EPSILON as f64 / 2.0;
 
+/// `|got - want| <= tol`, false when either is NaN.
+pub fn within(got: f64, want: f64, tol: f64) -> bool {
+    (got - want).abs() <= tol
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Fwd,

@@ -292,7 +292,7 @@ fn soft_cases<T: mixup_kernels::FloatElement + Default + Send + Sync + 'static>(
                     )
                     .unwrap()
                     .expect("a launch");
-                    let (p, s, l) = (plan.clone(), spec.clone(), labels.clone());
+                    let (p, s, l) = (plan.clone(), spec, labels.clone());
                     out.push(Case {
                         group: "soft",
                         what: format!("soft {:?} C {c} B {batch} eps {eps} off {oo}", T::DTYPE),
