@@ -1,4 +1,4 @@
-// Plans and the expected result of mixing, shared by the fused (test_mix.cpp) and the naive
+// Plans and the expected result of mixing, of the naive
 // (test_naive.cpp) mix tests. Include after kernels/common.cuh (PlanEntry).
 #pragma once
 #include "check.h"

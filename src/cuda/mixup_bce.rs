@@ -103,8 +103,7 @@ impl BceStrategy {
     }
 }
 
-/// Picks the row strategy for `classes` elements of `elem_size` bytes (mirrored by
-/// `host_launch` in kernels/emu/test_bce.cpp).
+/// Picks the row strategy for `classes` elements of `elem_size` bytes.
 pub(crate) fn bce_strategy(classes: u64, elem_size: usize) -> BceStrategy {
     let slots = classes / (16 / elem_size as u64);
     if slots <= 32 * BCE_SLOTS_PER_THREAD {
@@ -122,7 +121,7 @@ pub(crate) fn bce_strategy(classes: u64, elem_size: usize) -> BceStrategy {
 
 /// The launch [`launch`] makes for `batch` rows of `classes` elements of `elem_size` bytes: the
 /// kernel family (`bce_warp`, `bce_block`), `BceArgs::group`, and the grid and block. For the
-/// host emulation of the kernels (tests/kernels_emulated.rs), so that it runs exactly what the
+/// host emulation of the kernels (tests/kernels_emulated), so that it runs exactly what the
 /// host launches.
 #[doc(hidden)]
 pub fn bce_launch(classes: u64, elem_size: usize, batch: u64) -> (&'static str, u32, LaunchConfig) {

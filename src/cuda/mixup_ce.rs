@@ -204,7 +204,7 @@ pub(crate) fn ce_strategy(
 /// device with `smem_optin` bytes of opt-in shared memory per block: the kernel family
 /// (`ce_warp`, `ce_block`, `ce_online`), `CeArgs::group`, `CeArgs::smem_slots`, and the grid,
 /// block and dynamic shared memory. For the host emulation of the kernels
-/// (tests/kernels_emulated.rs), so that it runs exactly what the host launches.
+/// (tests/kernels_emulated), which checks that it agrees with the launch it runs.
 #[doc(hidden)]
 pub fn ce_launch(
     classes: u64,
