@@ -295,8 +295,7 @@ fn write_grad<L: Lanes, T: Element>(
     w: &[f32],
     st: &RowStats,
     e_ab: (f32, f32),
-    (a, b, lam): (usize, usize, f32),
-    scale: f32,
+    Row { a, b, lam, scale }: Row,
     k: &Consts,
     g: &mut [T],
 ) {
@@ -415,7 +414,7 @@ fn row_kernel<L: Lanes, T: Element>(
     k: &Consts,
 ) -> f32 {
     let (st, e_ab) = scratch_row(l, z, w, row.a, row.b, &ahead, k);
-    write_grad(l, w, &st, e_ab, (row.a, row.b, row.lam), row.scale, k, g);
+    write_grad(l, w, &st, e_ab, row, k, g);
     st.loss(row.lam, k)
 }
 
@@ -431,7 +430,7 @@ fn row_kernel_in_place<L: Lanes, T: Element>(
 ) -> f32 {
     // The logits are read (pass 1) before the gradient overwrites them (pass 3).
     let (st, e_ab) = scratch_row(l, &*zg, w, row.a, row.b, &ahead, k);
-    write_grad(l, w, &st, e_ab, (row.a, row.b, row.lam), row.scale, k, zg);
+    write_grad(l, w, &st, e_ab, row, k, zg);
     st.loss(row.lam, k)
 }
 
