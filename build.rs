@@ -12,7 +12,7 @@ use std::fs;
 use std::path::PathBuf;
 
 /// The kernel modules, in the order `src/cuda` indexes them.
-const MODULES: &[&str] = &["mix", "soft_targets", "mixup_ce", "mixup_bce", "naive"];
+const MODULES: &[&str] = &["mix", "soft_targets", "mixup_ce", "mixup_bce"];
 
 fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -32,6 +32,8 @@ fn main() {
     // so their presence can be asked without panicking.
     println!("cargo::rustc-check-cfg=cfg(mixup_cuda)");
     println!("cargo::rustc-check-cfg=cfg(mixup_cuda_dynload)");
+    // docs.rs sets `docsrs` (Cargo.toml, [package.metadata.docs.rs]).
+    println!("cargo::rustc-check-cfg=cfg(docsrs)");
     let cuda = env::var_os("CARGO_FEATURE_CUDA").is_some();
     let candle_cuda = env::var_os("CARGO_FEATURE_CANDLE_CUDA").is_some();
     if cuda || candle_cuda {

@@ -1,5 +1,5 @@
-//! GPU benchmark: fused kernels vs the naive unfused kernels vs a device-to-device copy of the
-//! same bytes, in one run, on the grid of issue 3. Without a GPU it says so and exits 0, or
+//! GPU benchmark: fused kernels vs the naive unfused kernels (benches/gpu/naive.rs, the
+//! baseline, not part of the library) vs a device-to-device copy of the same bytes, in one run, on the grid of issue 3. Without a GPU it says so and exits 0, or
 //! fails (exit code 1) when `MIXUP_REQUIRE_GPU=1` (the GPU session sets it).
 //!
 //!     cargo bench --bench gpu                  # everything
@@ -26,17 +26,20 @@ use mixup_kernels::cuda::cudarc::driver::{
 };
 use mixup_kernels::cuda::cudarc::nvrtc::Ptx;
 use mixup_kernels::cuda::kernels::{compile, options, ModuleSource, Target};
-use mixup_kernels::cuda::{
-    naive, CudaMixer, CudaMixerOptions, DeviceBceSpec, DevicePlan, DeviceUpstream,
-};
+use mixup_kernels::cuda::{CudaMixer, CudaMixerOptions, DeviceBceSpec, DevicePlan, DeviceUpstream};
 use mixup_kernels::{
-    bf16, f16, BceSpec, CeSpec, CutBox, Element, Layout, MixPlan, Reduction, TargetSpec,
+    bf16, f16, BceSpec, CeSpec, CutBox, DType, Element, Layout, MixPlan, Reduction, TargetSpec,
 };
+
+#[path = "gpu/naive.rs"]
+mod naive;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 struct Bench {
     mixer: CudaMixer,
+    /// The unfused baseline (kernels/naive.cu).
+    naive: naive::Naive,
     stream: Arc<CudaStream>,
     l2: usize,
     reps: usize,
@@ -153,7 +156,7 @@ fn random<T: Element>(n: usize, seed: u64) -> Vec<T> {
             s ^= s >> 7;
             s ^= s << 17;
             let u = (s >> 40) as f32 / (1u64 << 24) as f32;
-            if T::DTYPE == mixup_kernels::DType::U8 {
+            if T::DTYPE == DType::U8 {
                 T::from_f32(1.0 + (u * 254.0).floor())
             } else {
                 let v = u * 8.0 - 4.0;
@@ -214,6 +217,7 @@ fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<
     let mut tmp = b.stream.clone_htod(&random::<T>(n, 3))?;
     let mut xi = b.stream.clone_dtod(&x)?;
     let mut plan = DevicePlan::new(&b.mixer);
+    let nk = b.naive.kernels(T::DTYPE)?;
     let nchw = Layout::Nchw {
         channels: c,
         height: h,
@@ -267,6 +271,7 @@ fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<
     ];
     for (name, p, layout, in_place, passes) in cases {
         plan.upload(&p)?;
+        let np = b.naive.plan(&p)?;
         let floor = passes * n * s;
         let copy = b.copy(floor)?;
         let fused = if in_place {
@@ -280,16 +285,7 @@ fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<
                     .mix(&plan, &layout, &x.as_view(), &mut out.as_view_mut())?)
             })?
         };
-        let unfused = b.time(|_| {
-            Ok(naive::mix(
-                &b.mixer,
-                &plan,
-                &layout,
-                &x.as_view(),
-                &mut tmp.as_view_mut(),
-                &mut out.as_view_mut(),
-            )?)
-        })?;
+        let unfused = b.time(|_| b.naive.mix(&nk, &np, &layout, &x, &mut tmp, &mut out))?;
         b.row(
             "mix",
             dt,
@@ -353,16 +349,11 @@ fn bench_soft<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
             &mut outs[i % sets].as_view_mut(),
         )?)
     })?;
-    let mut bufs = naive::NaiveBuffers::new(&b.mixer, batch, classes)?;
+    let mut bufs = naive::NaiveBuffers::new(&b.stream, batch, classes)?;
+    let (nk, np) = (b.naive.kernels(T::DTYPE)?, b.naive.plan(plan.plan())?);
     let unfused = b.time(|i| {
-        Ok(naive::soft_targets(
-            &b.mixer,
-            &plan,
-            &ls.as_view(),
-            &spec,
-            &mut bufs,
-            &mut outs[i % sets].as_view_mut(),
-        )?)
+        b.naive
+            .soft_targets(&nk, &np, &ls, &spec, &mut bufs, &mut outs[i % sets])
     })?;
     let shape = format!("{batch}x{classes}");
     let dt = T::DTYPE.name();
@@ -452,18 +443,21 @@ fn bench_ce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
             None,
         )?)
     })?;
-    let mut bufs = naive::NaiveBuffers::new(&b.mixer, batch, classes)?;
+    let mut bufs = naive::NaiveBuffers::new(&b.stream, batch, classes)?;
+    let (nk, nk32) = (b.naive.kernels(T::DTYPE)?, b.naive.kernels(DType::F32)?);
+    let np = b.naive.plan(plan.plan())?;
     let unfused = b.time(|i| {
-        Ok(naive::mixup_ce(
-            &b.mixer,
-            &plan,
+        b.naive.mixup_ce(
+            &nk,
+            &nk32,
+            &np,
             &spec,
-            &logits[i % sets].as_view(),
-            &ls.as_view(),
+            &logits[i % sets],
+            &ls,
             &mut bufs,
-            &mut loss.as_view_mut(),
-            &mut grad.as_view_mut(),
-        )?)
+            &mut loss,
+            &mut grad,
+        )
     })?;
     let shape = format!("{batch}x{classes}");
     let dt = T::DTYPE.name();
@@ -577,17 +571,14 @@ fn bench_first_call() -> Res<()> {
         std::env::temp_dir().join(format!("mixup-kernels-bench-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     println!();
-    println!("| first call | kernel unit | cold (NVRTC) ms | from disk cache ms |");
-    println!("|---|---|---|---|");
-    let mut rows: Vec<(String, String, f64, f64)> = Vec::new();
+    println!("| first call | cold (NVRTC) ms | from disk cache ms |");
+    println!("|---|---|---|");
+    let mut rows: Vec<(String, f64, f64)> = Vec::new();
     for pass in 0..2 {
-        let m = CudaMixer::with_options(
-            0,
-            CudaMixerOptions {
-                cache_dir: Some(dir.clone()),
-                ..Default::default()
-            },
-        )?;
+        let m = CudaMixer::new(0)?.with_options(CudaMixerOptions {
+            cache_dir: Some(dir.clone()),
+            ..Default::default()
+        });
         let s = m.stream().clone();
         let (batch, classes) = (256usize, 1000usize);
         let z = s.clone_htod(&random::<bf16>(batch * classes, 1))?;
@@ -627,6 +618,7 @@ fn bench_first_call() -> Res<()> {
         )?;
         s.synchronize()?;
         let mix = t0.elapsed().as_secs_f64() * 1e3;
+        // One kernel each (ce_warp_bf16, mix_gather_bf16): compiled alone on a first call.
         for (i, (op, t)) in [
             ("mixup_ce bf16 256x1000 (whole call)", ce),
             ("mix bf16 (whole call)", mix),
@@ -634,21 +626,15 @@ fn bench_first_call() -> Res<()> {
         .into_iter()
         .enumerate()
         {
-            let unit = m
-                .load_report()
-                .get(i)
-                .map(|l| format!("{} ({:.1} ms to load)", l.unit, l.time.as_secs_f64() * 1e3))
-                .unwrap_or_default();
             if pass == 0 {
-                rows.push((op.to_string(), unit, t, 0.0));
+                rows.push((op.to_string(), t, 0.0));
             } else {
-                rows[i].3 = t;
-                rows[i].1 = format!("{} / {}", rows[i].1, unit);
+                rows[i].2 = t;
             }
         }
     }
-    for (op, unit, cold, warm) in rows {
-        println!("| {op} | {unit} | {cold:.1} | {warm:.1} |");
+    for (op, cold, warm) in rows {
+        println!("| {op} | {cold:.1} | {warm:.1} |");
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -695,9 +681,17 @@ fn main() {
         nv.1,
         mixer.target_arch()
     );
+    let naive = match naive::Naive::new(mixer.stream(), mixer.compute_capability()) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: compiling the naive baseline: {e}");
+            std::process::exit(1);
+        }
+    };
     let b = Bench {
         stream: mixer.stream().clone(),
         mixer,
+        naive,
         l2,
         reps: if quick { 10 } else { 50 },
         warmup: if quick { 2 } else { 5 },

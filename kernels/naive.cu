@@ -1,7 +1,8 @@
 // naive.cu: the same operations unfused, one element per thread, the way a first port (or
-// PyTorch eager) computes them. Used only by the benchmark, as the baseline the fused kernels
-// are measured against, and checked against the reference by the GPU tests so the comparison
-// is between two correct programs.
+// PyTorch eager) computes them. Not part of the library: used only by the benchmark
+// (benches/gpu/naive.rs), as the baseline the fused kernels are measured against, and checked by
+// the host emulation (kernels/emu/test_naive.cpp) so the comparison is between two correct
+// programs.
 //
 // mix:          gather (tmp[i] = x[partner(i)])  ->  lerp (out = lam x + (1 - lam) tmp; CutMix
 //               samples copy x)  ->  paste (CutMix boxes from tmp)
@@ -160,8 +161,8 @@ DEV void naive_grad(const float* logp, const float* t, typename E::B* grad, floa
         naive_grad<E>(logp, t, grad, scale, n);                                                        \
     }
 
-// Entries. The naive kernels are compiled per dtype as one unit (-DMIXUP_ONLY_naive_<dt>=1),
-// together with the dtype-free ones above; -DMIXUP_ALL=1 compiles them all.
+// Entries. The benchmark compiles them all at once (-DMIXUP_ALL=1); -DMIXUP_ONLY_naive_<dt>=1
+// selects one dtype, with the dtype-free ones above.
 #if MIXUP_ALL || MIXUP_ONLY_naive_f32
 NAIVE_MIX(F32, f32)
 NAIVE_FLOAT(F32, f32)

@@ -15,7 +15,7 @@ step() { printf '\n==> %s\n' "$*"; "$@"; }
 
 # Default features: CPU path + CUDA path (kernels compiled through NVRTC; GPU runs skip here).
 step cargo test --release
-# CPU-only build: the CUDA API is a stub returning clear errors.
+# CPU-only build: no `cuda` module; `check_cuda` says which feature is off.
 step cargo test --release --no-default-features --features cpu
 # candle integration (CPU storage) and its doctests.
 step cargo test --release --features candle

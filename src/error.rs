@@ -124,19 +124,29 @@ pub enum MixError {
     },
     /// A CUDA library (libcuda or libnvrtc) could not be found or loaded.
     CudaUnavailable(String),
-    /// A CUDA driver call failed.
+    /// A CUDA driver (or NVRTC) call failed. Its result code is the error's
+    /// [`source`](std::error::Error::source): cudarc's `DriverError` or `NvrtcError`.
+    #[non_exhaustive]
     Driver {
         /// What the crate was doing.
         context: &'static str,
         /// The driver's own message.
         message: String,
+        /// The failed call's result code.
+        #[cfg(mixup_cuda)]
+        source: crate::cuda::CudaError,
     },
-    /// NVRTC rejected a kernel source.
+    /// NVRTC rejected a kernel source. Its result code is the error's
+    /// [`source`](std::error::Error::source): cudarc's `NvrtcError`.
+    #[non_exhaustive]
     Compile {
         /// The kernel module.
         module: String,
         /// NVRTC's log.
         log: String,
+        /// The failed call's result code.
+        #[cfg(mixup_cuda)]
+        source: crate::cuda::CudaError,
     },
     /// A device kernel flagged labels outside `0..num_classes`; the outputs of that launch are
     /// not meaningful.
@@ -201,10 +211,12 @@ impl fmt::Display for MixError {
             SizeOverflow { what } => write!(f, "`{what}` overflows the index type"),
             InvalidArgument { what, reason } => write!(f, "`{what}`: {reason}"),
             CudaUnavailable(msg) => write!(f, "CUDA is unavailable: {msg}"),
-            Driver { context, message } => {
+            Driver {
+                context, message, ..
+            } => {
                 write!(f, "CUDA driver error while {context}: {message}")
             }
-            Compile { module, log } => {
+            Compile { module, log, .. } => {
                 write!(
                     f,
                     "NVRTC failed to compile kernel module `{module}`:\n{log}"
@@ -220,7 +232,17 @@ impl fmt::Display for MixError {
     }
 }
 
-impl std::error::Error for MixError {}
+impl std::error::Error for MixError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            #[cfg(mixup_cuda)]
+            MixError::Driver { source, .. } | MixError::Compile { source, .. } => {
+                Some(source.as_error())
+            }
+            _ => None,
+        }
+    }
+}
 
 /// Multiplies extents, failing with [`MixError::SizeOverflow`] instead of wrapping.
 pub(crate) fn checked_product(what: &'static str, dims: &[usize]) -> Result<usize> {

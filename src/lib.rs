@@ -5,8 +5,8 @@
 //!
 //! - [`reference`](mod@reference): plain f64 code written to be obviously right (the oracle of the tests);
 //! - `cpu` (feature `cpu`): the multi-threaded fallback, f32/f16/bf16 (and u8 pixels);
-//! - [`cuda`] (feature `cuda`): fused kernels compiled at run time through NVRTC (without the
-//!   feature, a module with the same names whose calls return [`MixError::Unsupported`]);
+//! - `cuda` (feature `cuda`, on by default): fused kernels compiled at run time through NVRTC;
+//!   [`check_cuda`] says whether they can run here (in every build);
 //! - `candle` (feature `candle`): the same operations on `candle_core::Tensor`s, the loss as a
 //!   candle op with a backward pass.
 //!
@@ -23,6 +23,7 @@
 //! assert_eq!(mixed.len(), x.len());
 //! ```
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod bbox;
 mod config;
@@ -35,17 +36,16 @@ mod spec;
 pub mod reference;
 
 #[cfg(feature = "cpu")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cpu")))]
 pub mod cpu;
 
 #[cfg(feature = "candle")]
+#[cfg_attr(docsrs, doc(cfg(feature = "candle")))]
 pub mod candle;
 
-// The real CUDA module when the `cuda` (or `candle-cuda`) feature is on (cfg set by build.rs),
-// else a stub with the same names whose calls return `MixError::Unsupported`.
+// `mixup_cuda` is set by build.rs for the `cuda` feature and for `candle-cuda`.
 #[cfg(mixup_cuda)]
-pub mod cuda;
-#[cfg(not(mixup_cuda))]
-#[path = "cuda/stub.rs"]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "cuda", feature = "candle-cuda"))))]
 pub mod cuda;
 
 pub use bbox::timm_rand_bbox;
@@ -65,3 +65,63 @@ pub use spec::{BceSpec, CeSpec, Layout, Reduction, Upstream};
 /// assert_eq!(<bf16 as Element>::DTYPE.name(), "bf16");
 /// ```
 pub use half::{bf16, f16};
+
+/// Whether the CUDA path can run here on device `ordinal`, and if not, why: the one question to
+/// ask before choosing between `cuda` and `cpu` (available in every build; it never panics).
+///
+/// # Errors
+/// - [`MixError::Unsupported`]: the crate was built without the `cuda` feature (nor
+///   `candle-cuda`); the message says which feature to turn on.
+/// - [`MixError::CudaUnavailable`]: libcuda (the NVIDIA driver) or libnvrtc cannot be loaded;
+///   the message names the library, where it was looked for and how to install it.
+/// - [`MixError::Driver`]: the driver found no device, or no device `ordinal` (its result code is
+///   the error's [`source`](std::error::Error::source)).
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::MixError;
+/// match mixup_kernels::check_cuda(0) {
+///     Ok(()) => println!("using the GPU"),
+///     Err(e @ (MixError::Unsupported(_) | MixError::CudaUnavailable(_) | MixError::Driver { .. })) => {
+///         println!("using the CPU: {e}")
+///     }
+///     Err(e) => panic!("unexpected: {e}"),
+/// }
+/// ```
+pub fn check_cuda(ordinal: usize) -> Result<()> {
+    #[cfg(mixup_cuda)]
+    return cuda::context::check_device(ordinal);
+    #[cfg(not(mixup_cuda))]
+    {
+        let _ = ordinal;
+        Err(MixError::Unsupported(
+            "mixup-kernels was built without the `cuda` feature; rebuild with `--features cuda` \
+             (on by default) to use the GPU"
+                .into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn check_cuda_says_why_and_never_panics() {
+        match super::check_cuda(0) {
+            #[cfg(not(mixup_cuda))]
+            Err(crate::MixError::Unsupported(m)) => assert!(m.contains("`cuda` feature"), "{m}"),
+            #[cfg(mixup_cuda)]
+            Ok(()) | Err(crate::MixError::Driver { .. }) => {}
+            #[cfg(mixup_cuda)]
+            Err(crate::MixError::CudaUnavailable(m)) => {
+                assert!(m.contains("libcuda") || m.contains("NVRTC"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        #[cfg(mixup_cuda)]
+        if super::check_cuda(0).is_ok() {
+            // Past the last device: the driver's answer, not a panic.
+            assert!(super::check_cuda(1 << 20).is_err());
+        }
+    }
+}

@@ -6,11 +6,12 @@
 //! tests print SKIPPED and pass, unless `MIXUP_REQUIRE_NVRTC=1` (CI), where they fail.
 #![cfg(feature = "cuda")]
 
+use mixup_kernels::cuda::cudarc::nvrtc::{result::NvrtcError, sys::nvrtcResult};
 use mixup_kernels::cuda::kernels::{
-    compile, defines_entry, entries_of, module_of, options, version, ModuleSource, Target,
-    ALL_UNITS, MODULES,
+    compile, defines_entry, entries, options, version, Kernel, ModuleSource, Target, MODULES,
 };
-use mixup_kernels::MixError;
+use mixup_kernels::cuda::CudaError;
+use mixup_kernels::{DType, MixError};
 use std::io::Write;
 
 const ARCHS: [u32; 4] = [75, 80, 89, 90];
@@ -89,15 +90,9 @@ fn every_module_compiles_for_every_arch() {
                             c.image.len(),
                             t0.elapsed()
                         );
-                        for unit in ALL_UNITS
-                            .iter()
-                            .filter(|u| module_of(u).unwrap().name == m.name)
-                        {
-                            for e in entries_of(unit) {
-                                if !defines_entry(&c.image, e) {
-                                    failures
-                                        .push(format!("sm_{arch}: {} lacks kernel `{e}`", m.name));
-                                }
+                        for (_, _, e) in entries().filter(|e| e.0.module_name() == m.name) {
+                            if !defines_entry(&c.image, e) {
+                                failures.push(format!("sm_{arch}: {} lacks kernel `{e}`", m.name));
                             }
                         }
                         // The kernels are designed to run without local-memory spills
@@ -123,30 +118,24 @@ fn every_module_compiles_for_every_arch() {
 }
 
 #[test]
-fn each_unit_compiles_alone_with_only_its_kernels() {
+fn each_entry_compiles_alone() {
     if !nvrtc_present() {
         return;
     }
-    // The crate compiles one unit per first call (-DMIXUP_ONLY_<unit>); check the guards give
-    // exactly the unit's entries, on the architecture of the GPUs the benchmarks target.
+    // The crate compiles one entry per first call (-DMIXUP_ONLY_<entry>); check the guards give
+    // exactly that entry, on the architecture of the GPUs the benchmarks target.
     let mut failures = Vec::new();
-    for unit in ALL_UNITS {
-        let m = module_of(unit).unwrap();
-        let opts = options(Target::Sm(90), &format!("MIXUP_ONLY_{unit}"), &[]);
-        match compile(m, unit, Target::Sm(90), &opts) {
-            Err(e) => failures.push(format!("{unit}: {e}")),
+    for (kernel, _, entry) in entries() {
+        let opts = options(Target::Sm(90), &format!("MIXUP_ONLY_{entry}"), &[]);
+        match compile(kernel.module(), entry, Target::Sm(90), &opts) {
+            Err(e) => failures.push(format!("{entry}: {e}")),
             Ok(c) => {
-                for e in entries_of(unit) {
-                    if !defines_entry(&c.image, e) {
-                        failures.push(format!("{unit} lacks `{e}`"));
-                    }
+                if !defines_entry(&c.image, entry) {
+                    failures.push(format!("{entry} lacks itself"));
                 }
-                for other in ALL_UNITS
-                    .iter()
-                    .filter(|o| *o != unit && !o.starts_with("naive_"))
-                {
-                    if !unit.starts_with("naive_") && defines_entry(&c.image, other) {
-                        failures.push(format!("{unit} also compiled `{other}`"));
+                for (_, _, other) in entries().filter(|o| o.2 != entry) {
+                    if defines_entry(&c.image, other) {
+                        failures.push(format!("{entry} also compiled `{other}`"));
                     }
                 }
             }
@@ -161,7 +150,7 @@ fn ptx_target_compiles_for_newer_devices() {
         return;
     }
     // A device newer than NVRTC gets PTX for the newest architecture NVRTC knows.
-    let m = module_of("soft_targets_bf16").unwrap();
+    let m = Kernel::SoftTargets.module();
     let opts = options(Target::Compute(90), "MIXUP_ONLY_soft_targets_bf16", &[]);
     let c = compile(m, "soft_targets_bf16", Target::Compute(90), &opts).unwrap();
     assert!(defines_entry(&c.image, "soft_targets_bf16"));
@@ -184,14 +173,37 @@ fn a_syntax_error_names_the_kernel_and_carries_the_log() {
     };
     let opts = options(Target::Sm(90), "MIXUP_ALL", &[]);
     match compile(&BROKEN, "broken_f32", Target::Sm(90), &opts) {
-        Err(MixError::Compile { module, log }) => {
+        Err(e @ MixError::Compile { .. }) => {
+            // NVRTC's result code stays reachable, as a field and as the error's source.
+            let code = NvrtcError(nvrtcResult::NVRTC_ERROR_COMPILATION);
+            let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<NvrtcError>());
+            assert_eq!(source, Some(&code));
+            let MixError::Compile {
+                module,
+                log,
+                source,
+                ..
+            } = e
+            else {
+                unreachable!()
+            };
+            assert_eq!(source, CudaError::Nvrtc(code));
             assert_eq!(module, "broken_f32");
             assert!(log.contains("undefined_name"), "{log}");
         }
         other => panic!("expected a compile error, got {other:?}"),
     }
+    // A NUL in a user's NVRTC option is an argument error, not a panic inside cudarc.
+    let bad = options(Target::Sm(90), "MIXUP_ALL", &["-D\0".to_string()]);
+    assert!(matches!(
+        compile(&BROKEN, "broken_f32", Target::Sm(90), &bad),
+        Err(MixError::InvalidArgument {
+            what: "nvrtc_options",
+            ..
+        })
+    ));
     // And bf16 conversion on sm_75 must not use the sm_80 instruction (it would fail here).
-    let m = module_of("soft_targets_bf16").unwrap();
+    let m = Kernel::SoftTargets.module();
     let opts = options(Target::Sm(75), "MIXUP_ONLY_soft_targets_bf16", &[]);
     assert!(compile(m, "soft_targets_bf16", Target::Sm(75), &opts).is_ok());
 }
@@ -205,9 +217,10 @@ fn the_arch_branches_the_emulation_runs_are_the_ones_nvrtc_compiles() {
     // `#if __CUDA_ARCH__ >= 800` branches as here: the sm_80 code has cp.async and the bf16 /
     // packed conversions, the sm_75 code has none of them (so the emulation's host versions of
     // those instructions stand for what the device runs).
-    for (entry, needles) in [
+    for (kernel, dtype, needles) in [
         (
-            "ce_block_bf16",
+            Kernel::CeBlock,
+            DType::BF16,
             &[
                 "cp.async.cg.shared.global",
                 "cp.async.wait_all",
@@ -215,9 +228,9 @@ fn the_arch_branches_the_emulation_runs_are_the_ones_nvrtc_compiles() {
                 "cvt.rn.bf16.f32",
             ][..],
         ),
-        ("ce_block_f16", &["cvt.rn.f16x2.f32"][..]),
+        (Kernel::CeBlock, DType::F16, &["cvt.rn.f16x2.f32"][..]),
     ] {
-        let m = module_of(entry).unwrap();
+        let (m, entry) = (kernel.module(), kernel.name(dtype).unwrap());
         for arch in [75u32, 80, 90] {
             let define = format!("MIXUP_ONLY_{entry}");
             let opts = options(Target::Compute(arch), &define, &[]);

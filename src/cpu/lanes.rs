@@ -9,47 +9,386 @@
 
 use crate::dtype::{DType, Element};
 
-/// Defines `fn $name<T>(args) -> R` that runs `$kernel::<T>(args)` compiled for AVX2 and FMA when
-/// the CPU has both (detected at run time, the answer is cached), so the loops of the kernel
-/// vectorize 8 f32 wide with cheap 16-bit packs; otherwise the baseline build runs (SSE2 on
-/// x86-64, NEON on aarch64).
-///
-/// `$kernel` must be `#[inline(always)]`: the AVX2 function calls it directly, so LLVM inlines
-/// it there and compiles its loops with AVX2. (A closure handed to a generic AVX2 function does
-/// not work reliably: LLVM inlines bottom-up, the closure grows by the kernel inlined into it,
-/// is then left out of line and compiled for SSE2; that made bf16 mixing 2.5× slower once.)
-///
-/// The bits of every result are the same either way: Rust never contracts `a * b + c` into a
-/// fused multiply-add, so enabling FMA changes only what `f32::mul_add` compiles to (one
-/// instruction instead of a call to the exact software `fmaf`), and every operation used is an
-/// exactly rounded IEEE one.
-macro_rules! simd_fn {
-    (
-        $(#[$meta:meta])*
-        fn $name:ident<$t:ident: $bound:path>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?
-        => $kernel:ident
-    ) => {
-        $(#[$meta])*
-        #[inline(always)]
-        fn $name<$t: $bound>($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma")]
-                fn avx2<$t: $bound>($($arg: $ty),*) $(-> $ret)? {
-                    $kernel::<$t>($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                    return unsafe { avx2::<$t>($($arg),*) };
+/// A kernel written once, generic over the vector width: [`dispatch`] runs it with the widest
+/// instruction set the CPU has, as pulp's `Arch::dispatch` does for `gemm` and `faer`.
+pub(crate) trait Kernel {
+    type Output;
+    /// The body. It must be `#[inline(always)]`, and so must everything it calls that should
+    /// use the vector instructions: it is inlined into the function compiled for `S`'s target
+    /// features, and only what is inlined there gets them.
+    fn run<S: Lanes>(self, s: S) -> Self::Output;
+}
+
+/// The instruction set picked once per call ([`Isa::detect`]) and then used for every row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Isa {
+    arch: pulp::Arch,
+    /// `vcvtneps2bf16` (AVX512-BF16) usable: only asked for with AVX-512 (pulp's `V4`).
+    bf16: bool,
+}
+
+impl Isa {
+    /// The CPU's best level: AVX-512 (pulp's `V4`), AVX2 + FMA (`V3`), or the baseline build.
+    /// `RUSTFLAGS`-free: detected at run time.
+    pub(crate) fn detect() -> Self {
+        let arch = pulp::Arch::new();
+        #[cfg(target_arch = "x86_64")]
+        let bf16 =
+            matches!(arch, pulp::Arch::V4(_)) && std::arch::is_x86_feature_detected!("avx512bf16");
+        #[cfg(not(target_arch = "x86_64"))]
+        let bf16 = false;
+        Isa { arch, bf16 }
+    }
+
+    /// The baseline build only (the oracle of the bit-identity tests).
+    #[cfg(test)]
+    pub(crate) fn scalar() -> Self {
+        Isa {
+            arch: pulp::Arch::Scalar,
+            bf16: false,
+        }
+    }
+
+    /// Every level this CPU can run, the baseline first (for the bit-identity tests).
+    #[cfg(test)]
+    pub(crate) fn all() -> Vec<Self> {
+        let mut out = vec![Self::scalar()];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(v3) = pulp::x86::V3::try_new() {
+                out.push(Isa {
+                    arch: pulp::Arch::V3(v3),
+                    bf16: false,
+                });
+            }
+            if let Some(v4) = pulp::x86::V4::try_new() {
+                out.push(Isa {
+                    arch: pulp::Arch::V4(v4),
+                    bf16: false,
+                });
+                if std::arch::is_x86_feature_detected!("avx512bf16") {
+                    out.push(Isa {
+                        arch: pulp::Arch::V4(v4),
+                        bf16: true,
+                    });
                 }
             }
-            $kernel::<$t>($($arg),*)
         }
-    };
+        out
+    }
+
+    /// Runs `k` compiled for this level.
+    #[inline(always)]
+    pub(crate) fn run<K: Kernel>(self, k: K) -> K::Output {
+        /// pulp's `WithSimd` hands its body a `S: Simd`; ours wants our [`Lanes`], so the token
+        /// travels beside it (the same zero-sized value).
+        struct On<K, L>(K, L);
+        impl<K: Kernel, L: Lanes> pulp::WithSimd for On<K, L> {
+            type Output = K::Output;
+            #[inline(always)]
+            fn with_simd<S: pulp::Simd>(self, _: S) -> K::Output {
+                self.0.run(self.1)
+            }
+        }
+        match self.arch {
+            #[cfg(target_arch = "x86_64")]
+            pulp::Arch::V4(v4) if self.bf16 => pulp::Simd::vectorize(v4, On(k, V4Bf16(v4))),
+            #[cfg(target_arch = "x86_64")]
+            pulp::Arch::V4(v4) => pulp::Simd::vectorize(v4, On(k, v4)),
+            #[cfg(target_arch = "x86_64")]
+            pulp::Arch::V3(v3) => pulp::Simd::vectorize(v3, On(k, v3)),
+            _ => pulp::Simd::vectorize(pulp::Scalar, On(k, pulp::Scalar)),
+        }
+    }
 }
-pub(crate) use simd_fn;
+
+/// What the passes need beyond pulp's `Simd`: a table lookup and loads and stores that convert
+/// between the element type and f32 lanes. `Simd` gives the lane arithmetic; `simd()` reaches it.
+pub(crate) trait Lanes: Copy {
+    type S: pulp::Simd;
+    /// The lane arithmetic.
+    fn simd(self) -> Self::S;
+    /// `table[i & 7]` in every lane.
+    fn lookup8(self, table: &[u32; 8], i: U32s<Self>) -> U32s<Self>;
+    /// `F32_LANES` elements widened exactly to f32 (`src.len()` must be that). A bf16 NaN is
+    /// widened by the shift alone, without [`widen`]'s quiet bit: these lanes only feed
+    /// arithmetic, and x86 and aarch64 quiet a signalling NaN operand by setting that bit, so
+    /// every value computed from it has the same bits either way.
+    fn load<T: Element>(self, src: &[T]) -> F32s<Self>;
+    /// `F32_LANES` values rounded to the element type, as [`narrow`] rounds them, bit for bit
+    /// (`dst.len()` must be that).
+    fn store<T: Element>(self, dst: &mut [T], v: F32s<Self>);
+}
+
+/// The f32 vector of a [`Lanes`].
+pub(crate) type F32s<L> = <<L as Lanes>::S as pulp::Simd>::f32s;
+/// The u32 vector of a [`Lanes`].
+pub(crate) type U32s<L> = <<L as Lanes>::S as pulp::Simd>::u32s;
+
+/// Lanes of `L`'s f32 vectors.
+#[inline(always)]
+pub(crate) const fn width<L: Lanes>() -> usize {
+    <L::S as pulp::Simd>::F32_LANES
+}
+
+/// The first `width::<L>()` values of `src` as a vector (one unaligned load).
+#[inline(always)]
+pub(crate) fn read<L: Lanes>(src: &[f32]) -> F32s<L> {
+    assert!(src.len() >= width::<L>());
+    // SAFETY: `width` f32s at `src` (asserted above); `f32s` is that many f32s, any bits valid.
+    unsafe { std::ptr::read_unaligned(src.as_ptr().cast::<F32s<L>>()) }
+}
+
+/// Stores a vector into the first `width::<L>()` values of `dst` (one unaligned store).
+#[inline(always)]
+pub(crate) fn write<L: Lanes>(dst: &mut [f32], v: F32s<L>) {
+    assert!(dst.len() >= width::<L>());
+    // SAFETY: `width` f32s at `dst` (asserted above).
+    unsafe { std::ptr::write_unaligned(dst.as_mut_ptr().cast::<F32s<L>>(), v) }
+}
+
+/// [`Lanes::load`] through an array, element by element: the baseline build, and f16 and u8
+/// everywhere (LLVM vectorizes the loop for the level's features).
+#[inline(always)]
+fn load_each<L: Lanes, T: Element>(src: &[T]) -> F32s<L> {
+    let mut a = [0.0f32; 16];
+    for (o, &v) in a.iter_mut().zip(src) {
+        *o = match T::DTYPE {
+            // The same shift as the vector builds (see `Lanes::load`).
+            // SAFETY: DTYPE::BF16 is implemented only by bf16, a transparent u16.
+            DType::BF16 => {
+                f32::from_bits(u32::from(unsafe { std::mem::transmute_copy::<T, u16>(&v) }) << 16)
+            }
+            _ => widen(v),
+        };
+    }
+    read::<L>(&a)
+}
+
+/// [`Lanes::store`] through an array, element by element.
+#[inline(always)]
+fn store_each<L: Lanes, T: Element>(dst: &mut [T], v: F32s<L>) {
+    let mut a = [0.0f32; 16];
+    write::<L>(&mut a, v);
+    for (o, &x) in dst.iter_mut().zip(&a) {
+        *o = narrow(x);
+    }
+}
+
+impl Lanes for pulp::Scalar {
+    type S = pulp::Scalar;
+    #[inline(always)]
+    fn simd(self) -> Self::S {
+        self
+    }
+    #[inline(always)]
+    fn lookup8(self, table: &[u32; 8], i: u32) -> u32 {
+        table[(i & 7) as usize]
+    }
+    #[inline(always)]
+    fn load<T: Element>(self, src: &[T]) -> f32 {
+        load_each::<Self, T>(src)
+    }
+    #[inline(always)]
+    fn store<T: Element>(self, dst: &mut [T], v: f32) {
+        store_each::<Self, T>(dst, v)
+    }
+}
+
+/// f32 elements as a slice of f32 (`T` must be f32).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn as_f32<T: Element>(src: &[T]) -> &[f32] {
+    assert!(T::DTYPE == DType::F32);
+    // SAFETY: DTYPE::F32 is implemented only by f32.
+    unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<f32>(), src.len()) }
+}
+
+/// f32 elements as a mutable slice of f32 (`T` must be f32).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn as_f32_mut<T: Element>(dst: &mut [T]) -> &mut [f32] {
+    assert!(T::DTYPE == DType::F32);
+    // SAFETY: DTYPE::F32 is implemented only by f32.
+    unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<f32>(), dst.len()) }
+}
+
+/// bf16 bits zero-extended to u32 lanes, shifted into f32's top half.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn bf16_widen<S: pulp::Simd>(s: S, h: S::u32s) -> S::f32s {
+    s.transmute_f32s_u32s(s.wrapping_dyn_shl_u32s(h, s.splat_u32s(16)))
+}
+
+/// [`narrow`]'s bf16 rounding on u32 lanes, NaN included: `(x + 0x7FFF + lsb) >> 16`, or
+/// `(x >> 16) | 0x40` for a NaN; returns u32 lanes holding the 16-bit results.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn bf16_bits<S: pulp::Simd>(s: S, v: S::f32s) -> S::u32s {
+    let x = s.transmute_u32s_f32s(v);
+    let sh = s.splat_u32s(16);
+    let hi = s.wrapping_dyn_shr_u32s(x, sh);
+    let lsb = s.and_u32s(hi, s.splat_u32s(1));
+    let rounded = s.wrapping_dyn_shr_u32s(s.add_u32s(s.add_u32s(x, s.splat_u32s(0x7FFF)), lsb), sh);
+    let nan = s.not_m32s(s.equal_f32s(v, v));
+    s.select_u32s(nan, s.or_u32s(hi, s.splat_u32s(0x40)), rounded)
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for pulp::x86::V3 {
+    type S = Self;
+    #[inline(always)]
+    fn simd(self) -> Self {
+        self
+    }
+    #[inline(always)]
+    fn lookup8(self, table: &[u32; 8], i: U32s<Self>) -> U32s<Self> {
+        let t: pulp::u32x8 = pulp::cast(*table);
+        pulp::cast(
+            self.avx2
+                ._mm256_permutevar8x32_epi32(pulp::cast(t), pulp::cast(i)),
+        )
+    }
+    #[inline(always)]
+    fn load<T: Element>(self, src: &[T]) -> F32s<Self> {
+        assert_eq!(src.len(), 8);
+        match T::DTYPE {
+            DType::F32 => read::<Self>(as_f32(src)),
+            DType::BF16 => {
+                // SAFETY: 8 u16s at `src` (asserted above); unaligned load.
+                let h = unsafe { std::arch::x86_64::_mm_loadu_si128(src.as_ptr().cast()) };
+                bf16_widen(self, pulp::cast(self.avx2._mm256_cvtepu16_epi32(h)))
+            }
+            _ => load_each::<Self, T>(src),
+        }
+    }
+    #[inline(always)]
+    fn store<T: Element>(self, dst: &mut [T], v: F32s<Self>) {
+        assert_eq!(dst.len(), 8);
+        match T::DTYPE {
+            DType::F32 => write::<Self>(as_f32_mut(dst), v),
+            DType::BF16 => {
+                use std::arch::x86_64::__m256i;
+                let b: __m256i = pulp::cast(bf16_bits(self, v));
+                let (lo, hi) = (
+                    self.avx._mm256_castsi256_si128(b),
+                    self.avx2._mm256_extracti128_si256::<1>(b),
+                );
+                // The 16-bit results are ≤ 0xFFFF, so the unsigned saturation keeps them.
+                let packed = self.sse4_1._mm_packus_epi32(lo, hi);
+                // SAFETY: 8 u16s at `dst` (asserted above); unaligned store.
+                unsafe { std::arch::x86_64::_mm_storeu_si128(dst.as_mut_ptr().cast(), packed) };
+            }
+            _ => store_each::<Self, T>(dst, v),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for pulp::x86::V4 {
+    type S = Self;
+    #[inline(always)]
+    fn simd(self) -> Self {
+        self
+    }
+    #[inline(always)]
+    fn lookup8(self, table: &[u32; 8], i: U32s<Self>) -> U32s<Self> {
+        // `vpermd` on 16 lanes reads the low 4 bits of the index: the table twice.
+        let t: pulp::u32x16 = pulp::cast([*table, *table]);
+        pulp::cast(
+            self.avx512f
+                ._mm512_permutexvar_epi32(pulp::cast(i), pulp::cast(t)),
+        )
+    }
+    #[inline(always)]
+    fn load<T: Element>(self, src: &[T]) -> F32s<Self> {
+        assert_eq!(src.len(), 16);
+        match T::DTYPE {
+            DType::F32 => read::<Self>(as_f32(src)),
+            DType::BF16 => {
+                // SAFETY: 16 u16s at `src` (asserted above); unaligned load.
+                let h = unsafe { std::arch::x86_64::_mm256_loadu_si256(src.as_ptr().cast()) };
+                bf16_widen(self, pulp::cast(self.avx512f._mm512_cvtepu16_epi32(h)))
+            }
+            _ => load_each::<Self, T>(src),
+        }
+    }
+    #[inline(always)]
+    fn store<T: Element>(self, dst: &mut [T], v: F32s<Self>) {
+        assert_eq!(dst.len(), 16);
+        match T::DTYPE {
+            DType::F32 => write::<Self>(as_f32_mut(dst), v),
+            DType::BF16 => {
+                let h = self
+                    .avx512f
+                    ._mm512_cvtepi32_epi16(pulp::cast(bf16_bits(self, v)));
+                // SAFETY: 16 u16s at `dst` (asserted above); unaligned store.
+                unsafe { std::arch::x86_64::_mm256_storeu_si256(dst.as_mut_ptr().cast(), h) };
+            }
+            _ => store_each::<Self, T>(dst, v),
+        }
+    }
+}
+
+/// pulp's `V4` on a CPU with AVX512-BF16 (Zen 4, Sapphire Rapids): bf16 stores through
+/// `vcvtneps2bf16`, one instruction for [`bf16_bits`]' eight integer operations and the pack.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct V4Bf16(pulp::x86::V4);
+
+/// `vcvtneps2bf16` rounds to nearest even and quiets NaNs exactly as [`narrow`] does
+/// (`(x >> 16) | 0x40`), but treats subnormal inputs as zero: a vector holding one
+/// (`vfpclassps` class 0x20) takes [`bf16_bits`] instead, so the bits are [`narrow`]'s in every
+/// case. Inline assembly, because pulp's `V4` does not enable the `avx512bf16` feature that the
+/// intrinsic needs; the caller checked the CPU ([`Isa::detect`]).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn cvtneps2bf16(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256i {
+    let out: std::arch::x86_64::__m256i;
+    // SAFETY: the instruction reads a register and writes one; the CPU has it (see above).
+    unsafe {
+        std::arch::asm!(
+            "vcvtneps2bf16 {o}, {i}",
+            i = in(zmm_reg) v,
+            o = lateout(ymm_reg) out,
+            options(pure, nomem, nostack, preserves_flags)
+        )
+    };
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for V4Bf16 {
+    type S = pulp::x86::V4;
+    #[inline(always)]
+    fn simd(self) -> Self::S {
+        self.0
+    }
+    #[inline(always)]
+    fn lookup8(self, table: &[u32; 8], i: U32s<Self>) -> U32s<Self> {
+        self.0.lookup8(table, i)
+    }
+    #[inline(always)]
+    fn load<T: Element>(self, src: &[T]) -> F32s<Self> {
+        self.0.load(src)
+    }
+    #[inline(always)]
+    fn store<T: Element>(self, dst: &mut [T], v: F32s<Self>) {
+        if T::DTYPE != DType::BF16 {
+            return self.0.store(dst, v);
+        }
+        assert_eq!(dst.len(), 16);
+        let x: std::arch::x86_64::__m512 = pulp::cast(v);
+        if self.0.avx512dq._mm512_fpclass_ps_mask::<0x20>(x) != 0 {
+            return self.0.store(dst, v);
+        }
+        // SAFETY: AVX-512 F is enabled in every function that runs a `V4` kernel.
+        let h = unsafe { cvtneps2bf16(x) };
+        // SAFETY: 16 u16s at `dst` (asserted above); unaligned store.
+        unsafe { std::arch::x86_64::_mm256_storeu_si256(dst.as_mut_ptr().cast(), h) };
+    }
+}
 
 /// Widens one element to f32, exactly (`Element::to_f32`, bit for bit).
 #[inline(always)]

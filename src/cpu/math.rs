@@ -1,18 +1,16 @@
-//! A vectorizable `exp` and lane-parallel reductions for the softmax rows.
+//! A vectorizable `exp` and the blocked sums of the softmax rows.
 //!
-//! `f32::exp` calls libm once per element, which LLVM cannot vectorize. [`exp`] is a table-driven
-//! `expf` (`2^(j/8)` times a short polynomial) written with fused multiply-adds (`f32::mul_add`),
-//! adds, selects, a table lookup and integer bit operations (no calls into libm where the CPU has FMA, no branches); [`exp8`] is the same
-//! computation on 8 lanes with AVX2 and FMA intrinsics. Every step is one correctly rounded IEEE
-//! operation (a fused multiply-add rounds once), so both give the same bits, and the same bits
-//! on every CPU: x86-64 with FMA, aarch64 (where `mul_add` is one instruction), and x86-64
-//! without FMA, where `mul_add` is glibc's exact software `fmaf` (correct, but slower; only
-//! x86 CPUs older than 2013 lack FMA).
+//! `f32::exp` calls libm once per element, which LLVM cannot vectorize. [`exp_lanes`] is a
+//! table-driven `expf` (`2^(j/8)` times a short polynomial) written once over pulp's lanes
+//! ([`Lanes`]): fused multiply-adds, adds, selects, an 8-entry table lookup and integer bit
+//! operations, no calls into libm where the CPU has FMA, no branches. Every step is one
+//! correctly rounded IEEE operation (a fused multiply-add rounds once), so every vector width
+//! gives the same bits, on every CPU: x86-64 with FMA, aarch64 (where `mul_add` is one
+//! instruction), and x86-64 without FMA, where `mul_add` is the exact software `fmaf` (correct,
+//! but slower; only x86 CPUs older than 2013 lack FMA).
 
-/// Lanes of the reductions: 8 f32 lanes fill one AVX2 vector (two SSE ones). With one vector
-/// per accumulator the `exp` loop fits AVX2's 16 registers; 16 lanes spilled and ran slower
-/// (and the AVX-512 build of the same loops was slower still on the Zen 4 this was tuned on).
-pub(crate) const LANES: usize = 8;
+use super::lanes::{F32s, Lanes};
+use pulp::Simd;
 
 /// Below this, `e^x` is under f32's smallest normal (2^-126): [`exp`] returns 0.
 const EXP_LO: f32 = -87.336_55;
@@ -81,152 +79,42 @@ const C4: f32 = f32::from_bits(0x3D2A_AAAB); // 1/24
 /// takes 8 and 3.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
+    exp_lanes(pulp::Scalar, x)
+}
+
+/// [`exp`] on every lane of `x`, operation for operation (so bit for bit). In the vector
+/// builds the table is one register, indexed by `vpermd` with the low 3 bits of `n`.
+#[inline(always)]
+pub(crate) fn exp_lanes<L: Lanes>(l: L, x: F32s<L>) -> F32s<L> {
+    let s = l.simd();
+    let c = |v: f32| s.splat_f32s(v);
     // No clamp: below EXP_LO the garbage `s` is discarded by the final select; NaN and -inf
     // fail every comparison or land below it, and flow through (NaN) or give 0 (-inf).
-    let t = x.mul_add(LOG2E_8, SHIFTER);
-    let n = t - SHIFTER;
-    let r = (-n).mul_add(LN2_HI_8, x);
-    let r = (-n).mul_add(LN2_LO_8, r);
-    let tb = t.to_bits();
-    let s = f32::from_bits(EXP2_J8[(tb & 7) as usize].wrapping_add(tb << 20));
-    let r2 = r * r;
-    let p = C4.mul_add(r2, C3.mul_add(r, C2));
-    let q = p.mul_add(r2, r);
-    let y = s.mul_add(q, s);
-    // `!(x < EXP_LO)` rather than `x >= EXP_LO`, so NaN keeps `y` (NaN), as in `exp8`.
-    if x < EXP_LO {
-        0.0
-    } else {
-        y
-    }
-}
-
-/// [`exp`] on 8 lanes, operation for operation (so bit for bit).
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
-    use std::arch::x86_64::*;
-    let c = _mm256_set1_ps;
-    let shifter = c(SHIFTER);
-    let t = _mm256_fmadd_ps(x, c(LOG2E_8), shifter);
-    let n = _mm256_sub_ps(t, shifter);
-    // fnmadd(a, b, c) = -(a·b) + c, rounded once: the same value as mul_add(-n, LN2, x).
-    let r = _mm256_fnmadd_ps(n, c(LN2_HI_8), x);
-    let r = _mm256_fnmadd_ps(n, c(LN2_LO_8), r);
-    let tb = _mm256_castps_si256(t);
-    // SAFETY: EXP2_J8 holds 8 u32s; `vpermd` uses the low 3 bits of each index lane.
-    let table = unsafe { _mm256_loadu_si256(EXP2_J8.as_ptr().cast::<__m256i>()) };
-    let s = _mm256_add_epi32(
-        _mm256_permutevar8x32_epi32(table, tb),
-        _mm256_slli_epi32::<20>(tb),
+    let t = s.mul_add_f32s(x, c(LOG2E_8), c(SHIFTER));
+    let n = s.sub_f32s(t, c(SHIFTER));
+    // -(n·c) + x rounded once: the value of `mul_add(-n, c, x)`.
+    let r = s.negate_mul_add_f32s(n, c(LN2_HI_8), x);
+    let r = s.negate_mul_add_f32s(n, c(LN2_LO_8), r);
+    let tb = s.transmute_u32s_f32s(t);
+    let scale = s.add_u32s(
+        l.lookup8(&EXP2_J8, tb),
+        s.wrapping_dyn_shl_u32s(tb, s.splat_u32s(20)),
     );
-    let s = _mm256_castsi256_ps(s);
-    let r2 = _mm256_mul_ps(r, r);
-    let p = _mm256_fmadd_ps(c(C4), r2, _mm256_fmadd_ps(c(C3), r, c(C2)));
-    let q = _mm256_fmadd_ps(p, r2, r);
-    let y = _mm256_fmadd_ps(s, q, s);
-    // Not-less-than, unordered: true for NaN, which keeps `y` as the scalar select does.
-    let keep = _mm256_cmp_ps::<_CMP_NLT_UQ>(x, c(EXP_LO));
-    _mm256_and_ps(y, keep)
+    let scale = s.transmute_f32s_u32s(scale);
+    let r2 = s.mul_f32s(r, r);
+    let p = s.mul_add_f32s(c(C4), r2, s.mul_add_f32s(c(C3), r, c(C2)));
+    let q = s.mul_add_f32s(p, r2, r);
+    let y = s.mul_add_f32s(scale, q, scale);
+    // `x < EXP_LO` is false for NaN, which keeps `y` (NaN).
+    s.select_f32s(s.less_than_f32s(x, c(EXP_LO)), c(0.0), y)
 }
 
-/// [`exp`] on 16 lanes with AVX-512, operation for operation (so bit for bit). The 8-entry
-/// table fills both halves of one register (`vpermd` on 16 lanes reads the low 4 bits of `n`).
-///
-/// On Zen 4 a 512-bit operation takes one scheduler entry for 16 lanes where AVX2 takes two:
-/// the `exp` loop is bound by how many of its long dependency chains (about 34 cycles from load
-/// to store) the core keeps in flight, and 16 lanes per entry keep twice as many.
-///
-/// # Safety
-/// The CPU must support AVX-512 F.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx512f,avx2,fma")]
-pub(crate) unsafe fn exp16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    let c = _mm512_set1_ps;
-    let shifter = c(SHIFTER);
-    let t = _mm512_fmadd_ps(x, c(LOG2E_8), shifter);
-    let n = _mm512_sub_ps(t, shifter);
-    let r = _mm512_fnmadd_ps(n, c(LN2_HI_8), x);
-    let r = _mm512_fnmadd_ps(n, c(LN2_LO_8), r);
-    let tb = _mm512_castps_si512(t);
-    const TABLE: [u32; 16] = {
-        let mut t = [0; 16];
-        let mut j = 0;
-        while j < 16 {
-            t[j] = EXP2_J8[j % 8];
-            j += 1;
-        }
-        t
-    };
-    // SAFETY: TABLE holds 16 u32s.
-    let table = unsafe { _mm512_loadu_si512(TABLE.as_ptr().cast()) };
-    let s = _mm512_add_epi32(
-        _mm512_permutexvar_epi32(tb, table),
-        _mm512_slli_epi32::<20>(tb),
-    );
-    let s = _mm512_castsi512_ps(s);
-    let r2 = _mm512_mul_ps(r, r);
-    let p = _mm512_fmadd_ps(c(C4), r2, _mm512_fmadd_ps(c(C3), r, c(C2)));
-    let q = _mm512_fmadd_ps(p, r2, r);
-    let y = _mm512_fmadd_ps(s, q, s);
-    // Not-less-than, unordered: true for NaN, which keeps `y` as the scalar select does.
-    let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, c(EXP_LO));
-    _mm512_maskz_mov_ps(keep, y)
-}
+/// Lanes of the blocked sums: lane `k` adds the elements `≡ k (mod 16)` of a block in order, at
+/// every vector width (one AVX-512 register, two AVX2 ones, 16 scalars), so every width adds
+/// the same values in the same order and gives the same bits.
+pub(crate) const SUM_LANES: usize = 16;
 
-/// The largest element, NaNs skipped (`-inf` for an empty slice or all NaN).
-///
-/// `if v > m { v } else { m }` is one `maxps` on x86 (a NaN `v` compares false and is skipped),
-/// where `f32::max` costs three instructions per vector for its NaN rule. Which zero wins
-/// between `-0.0` and `+0.0` may differ from `f32::max`; the result is only used as a shift.
-#[inline(always)]
-pub(crate) fn max_lanes(w: &[f32]) -> f32 {
-    #[inline(always)]
-    fn max(m: f32, v: f32) -> f32 {
-        if v > m {
-            v
-        } else {
-            m
-        }
-    }
-    let mut acc = [f32::NEG_INFINITY; LANES];
-    let chunks = w.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for k in 0..LANES {
-            acc[k] = max(acc[k], c[k]);
-        }
-    }
-    max_fold(tail, acc)
-}
-
-/// The end of [`max_lanes`]: the tail (`< LANES` elements) folded, then the lane maxima in
-/// lane order (shared with the AVX2 pass (1) of the CE so both give the same bits).
-#[inline(always)]
-pub(crate) fn max_fold(tail: &[f32], acc: [f32; LANES]) -> f32 {
-    #[inline(always)]
-    fn max(m: f32, v: f32) -> f32 {
-        if v > m {
-            v
-        } else {
-            m
-        }
-    }
-    let mut m = tail.iter().fold(f32::NEG_INFINITY, |m, &v| max(m, v));
-    for a in acc {
-        m = max(m, a);
-    }
-    m
-}
-
-/// Elements per block of the blocked sums: each lane adds `BLOCK / lanes` values in f32 (64 with
-/// 8 lanes, 32 with the CE's 16) before the block's partial sums move to f64, which bounds the
+/// Elements per block of the blocked sums: each lane adds 32 values in f32 before the block's partial sums move to f64, which bounds the
 /// f32 rounding error of a sum by that many ulp of the block's magnitude, whatever the row length.
 pub(crate) const BLOCK: usize = 512;
 
@@ -252,6 +140,7 @@ pub(crate) fn flush<const N: usize>(acc: &mut [f32; N]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::lanes::{read, width, write, Isa, Kernel};
 
     fn ulp_error(x: f32) -> f64 {
         let got = exp(x) as f64;
@@ -294,57 +183,43 @@ mod tests {
         );
     }
 
-    /// The 8- and 16-lane builds give [`exp`]'s bits (NaN: a NaN), over the whole f32 range.
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn vector_exps_match_scalar() {
-        use std::arch::x86_64::*;
-        let avx2 = std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma");
-        let avx512 = avx2 && std::arch::is_x86_feature_detected!("avx512f");
-        if !avx2 {
-            return;
+    /// `exp_lanes` over a slice at one level (the tail, if any, left as it is).
+    struct ExpAll<'a>(&'a mut [f32]);
+    impl Kernel for ExpAll<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn run<L: Lanes>(self, l: L) {
+            for c in self.0.chunks_exact_mut(width::<L>()) {
+                write::<L>(c, exp_lanes(l, read::<L>(c)));
+            }
         }
+    }
+
+    /// Every level the CPU has (the baseline, AVX2, AVX-512) gives [`exp`]'s bits (NaN: a
+    /// NaN), over the whole f32 range.
+    #[test]
+    fn every_level_matches_scalar_exp() {
         let same = |x: f32, y: f32| x.to_bits() == y.to_bits() || x.is_nan() && y.is_nan();
         // Every 257th bit pattern (all signs, exponents, NaNs, infinities), and every f32 in
-        // [-1, -0.5] and around the cut-off.
+        // [-1, -0.5] and around the cut-off; a multiple of 16 long.
         let mut xs: Vec<f32> = (0..=u32::MAX / 257)
             .map(|k| f32::from_bits(k * 257))
             .collect();
         xs.extend(((-0.5f32).to_bits()..=(-1.0f32).to_bits()).map(f32::from_bits));
         xs.extend(((-87.2f32).to_bits()..=(-87.5f32).to_bits()).map(f32::from_bits));
-        for c in xs.chunks_exact(16) {
-            let want: Vec<f32> = c.iter().map(|&x| exp(x)).collect();
-            let mut got = [0.0f32; 16];
-            // SAFETY: AVX2 and FMA checked above; 16 f32s in `c` and `got`.
-            unsafe {
-                _mm256_storeu_ps(got.as_mut_ptr(), exp8(_mm256_loadu_ps(c.as_ptr())));
-                _mm256_storeu_ps(
-                    got.as_mut_ptr().add(8),
-                    exp8(_mm256_loadu_ps(c[8..].as_ptr())),
-                );
-            }
-            for k in 0..16 {
+        xs.truncate(xs.len() / 16 * 16);
+        let want: Vec<f32> = xs.iter().map(|&x| exp(x)).collect();
+        for isa in Isa::all() {
+            let mut got = xs.clone();
+            isa.run(ExpAll(&mut got));
+            for k in 0..xs.len() {
                 assert!(
                     same(want[k], got[k]),
-                    "exp8({:e}) {} vs {}",
-                    c[k],
+                    "{isa:?}: exp({:e}) {} vs {}",
+                    xs[k],
                     got[k],
                     want[k]
                 );
-            }
-            if avx512 {
-                // SAFETY: AVX-512 F checked above.
-                unsafe { _mm512_storeu_ps(got.as_mut_ptr(), exp16(_mm512_loadu_ps(c.as_ptr()))) };
-                for k in 0..16 {
-                    assert!(
-                        same(want[k], got[k]),
-                        "exp16({:e}) {} vs {}",
-                        c[k],
-                        got[k],
-                        want[k]
-                    );
-                }
             }
         }
     }
@@ -362,14 +237,5 @@ mod tests {
         let e = exp(x);
         assert!(e.is_normal() && (e as f64 / (x as f64).exp() - 1.0).abs() < 1e-6);
         assert!(exp(88.0).is_finite());
-    }
-
-    #[test]
-    fn max_skips_nan_and_handles_tails() {
-        let mut v: Vec<f32> = (0..37).map(|k| k as f32 * 0.5 - 3.0).collect();
-        v[20] = f32::NAN;
-        assert_eq!(max_lanes(&v), 15.0);
-        assert_eq!(max_lanes(&v[..3]), -2.0);
-        assert_eq!(max_lanes(&[]), f32::NEG_INFINITY);
     }
 }

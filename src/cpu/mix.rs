@@ -9,9 +9,10 @@
 //! A row is walked as *runs*: maximal ranges where a sample keeps its own values, takes its
 //! partner's, or lerps. Keep/take runs are slice copies (memcpy); only lerp runs do arithmetic.
 
+use pulp::Simd;
 use rayon::prelude::*;
 
-use super::lanes::{narrow, simd_fn, widen};
+use super::lanes::{width, F32s, Isa, Kernel, Lanes};
 use crate::dtype::Element;
 use crate::error::{check_len, Result};
 use crate::plan::{MixPlan, PlanEntry};
@@ -303,49 +304,118 @@ fn copy_segment_stream<T: Element>(
     w.finish();
 }
 
-/// `out = lam * a + (1 - lam) * b`, element-wise.
+/// `lam * x + (1 - lam) * y` on lanes: two rounded products and a rounded sum, as the formula.
 #[inline(always)]
-fn lerp_into<T: Element>(lam: f32, a: &[T], b: &[T], out: &mut [T]) {
-    let mu = 1.0 - lam;
-    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-        *o = narrow(lam * widen(x) + mu * widen(y));
+fn lerp<L: Lanes>(l: L, (lam, mu): (F32s<L>, F32s<L>), x: F32s<L>, y: F32s<L>) -> F32s<L> {
+    let s = l.simd();
+    s.add_f32s(s.mul_f32s(lam, x), s.mul_f32s(mu, y))
+}
+
+/// `(lam, 1 - lam)` splatted.
+#[inline(always)]
+fn weights<L: Lanes>(l: L, lam: f32) -> (F32s<L>, F32s<L>) {
+    let s = l.simd();
+    (s.splat_f32s(lam), s.splat_f32s(1.0 - lam))
+}
+
+/// `out = lam * a + (1 - lam) * b`, element-wise: whole vectors at `l`'s width, the rest one by
+/// one (the same operations, so the same bits).
+#[inline(always)]
+fn lerp_into<L: Lanes, T: Element>(l: L, lam: f32, a: &[T], b: &[T], out: &mut [T]) {
+    let n = width::<L>();
+    let len = out.len().min(a.len()).min(b.len());
+    let full = len / n * n;
+    let wl = weights(l, lam);
+    for ((o, x), y) in out[..full]
+        .chunks_exact_mut(n)
+        .zip(a.chunks_exact(n))
+        .zip(b.chunks_exact(n))
+    {
+        l.store(o, lerp(l, wl, l.load(x), l.load(y)));
+    }
+    if full < len && n > 1 {
+        lerp_into(
+            pulp::Scalar,
+            lam,
+            &a[full..len],
+            &b[full..len],
+            &mut out[full..len],
+        );
     }
 }
 
 /// `a = lam * a + (1 - lam) * b`, element-wise.
 #[inline(always)]
-fn lerp_over<T: Element>(lam: f32, a: &mut [T], b: &[T]) {
-    let mu = 1.0 - lam;
-    for (x, &y) in a.iter_mut().zip(b) {
-        *x = narrow(lam * widen(*x) + mu * widen(y));
+fn lerp_over<L: Lanes, T: Element>(l: L, lam: f32, a: &mut [T], b: &[T]) {
+    let n = width::<L>();
+    let len = a.len().min(b.len());
+    let full = len / n * n;
+    let wl = weights(l, lam);
+    for (x, y) in a[..full].chunks_exact_mut(n).zip(b.chunks_exact(n)) {
+        let v = lerp(l, wl, l.load(x), l.load(y));
+        l.store(x, v);
+    }
+    if full < len && n > 1 {
+        lerp_over(pulp::Scalar, lam, &mut a[full..len], &b[full..len]);
     }
 }
 
-/// Both members of a pair from their original values: `a' = fa(a, b)`, `b' = fb(a, b)`.
+/// Both members of a pair from their original values: `a' = lerp(la, a, b)` and
+/// `b' = lerp(lb, b, a)`, where a `None` weight means "the other's original value" (a paste).
 #[inline(always)]
-fn pair_map<T: Element>(
+fn pair_lerp<L: Lanes, T: Element>(
+    l: L,
     a: &mut [T],
     b: &mut [T],
-    fa: impl Fn(f32, f32, T) -> T,
-    fb: impl Fn(f32, f32, T) -> T,
+    la: Option<f32>,
+    lb: Option<f32>,
 ) {
-    for (x, y) in a.iter_mut().zip(b.iter_mut()) {
-        let (va, vb) = (widen(*x), widen(*y));
-        let (ox, oy) = (*x, *y);
-        *x = fa(va, vb, oy);
-        *y = fb(va, vb, ox);
+    let n = width::<L>();
+    let len = a.len().min(b.len());
+    let full = len / n * n;
+    let (wa, wb) = (weights(l, la.unwrap_or(0.0)), weights(l, lb.unwrap_or(0.0)));
+    for (x, y) in a[..full]
+        .chunks_exact_mut(n)
+        .zip(b[..full].chunks_exact_mut(n))
+    {
+        let (vx, vy) = (l.load(x), l.load(y));
+        match (la, lb) {
+            (Some(_), Some(_)) => {
+                l.store(x, lerp(l, wa, vx, vy));
+                l.store(y, lerp(l, wb, vy, vx));
+            }
+            (Some(_), None) => {
+                y.copy_from_slice(x);
+                l.store(x, lerp(l, wa, vx, vy));
+            }
+            (None, Some(_)) => {
+                x.copy_from_slice(y);
+                l.store(y, lerp(l, wb, vy, vx));
+            }
+            (None, None) => x.swap_with_slice(y),
+        }
+    }
+    if full < len && n > 1 {
+        pair_lerp(pulp::Scalar, &mut a[full..len], &mut b[full..len], la, lb);
     }
 }
 
 /// Writes `out` = elements `start..start + out.len()` of sample `rule`'s mixed row.
 #[inline(always)]
-fn mix_segment<T: Element>(rule: Rule, own: &[T], other: &[T], start: usize, out: &mut [T]) {
+fn mix_segment<L: Lanes, T: Element>(
+    l: L,
+    rule: Rule,
+    own: &[T],
+    other: &[T],
+    start: usize,
+    out: &mut [T],
+) {
     for (kind, s, e) in rule.runs(start, start + out.len()) {
         let dst = &mut out[s - start..e - start];
         match kind {
             Kind::Own => copy_run(dst, &own[s..e]),
             Kind::Other => copy_run(dst, &other[s..e]),
-            Kind::Lerp(lam) => lerp_into(lam, &own[s..e], &other[s..e], dst),
+            Kind::Lerp(lam) => lerp_into(l, lam, &own[s..e], &other[s..e], dst),
         }
     }
 }
@@ -353,7 +423,14 @@ fn mix_segment<T: Element>(rule: Rule, own: &[T], other: &[T], start: usize, out
 /// Mixes elements `start..start + a.len()` of a pair of rows in place (`a` is row i, `b` its
 /// partner's), walking both samples' runs together.
 #[inline(always)]
-fn mix_pair_segment<T: Element>(ri: Rule, rj: Rule, start: usize, a: &mut [T], b: &mut [T]) {
+fn mix_pair_segment<L: Lanes, T: Element>(
+    l: L,
+    ri: Rule,
+    rj: Rule,
+    start: usize,
+    a: &mut [T],
+    b: &mut [T],
+) {
     let end = start + a.len();
     let (mut runs_i, mut runs_j) = (ri.runs(start, end), rj.runs(start, end));
     let (mut cur_i, mut cur_j) = (runs_i.next(), runs_j.next());
@@ -365,25 +442,11 @@ fn mix_pair_segment<T: Element>(ri: Rule, rj: Rule, start: usize, a: &mut [T], b
             (Kind::Other, Kind::Other) => x.swap_with_slice(y),
             (Kind::Other, Kind::Own) => copy_run(x, y),
             (Kind::Own, Kind::Other) => copy_run(y, x),
-            (Kind::Lerp(li), Kind::Own) => lerp_over(li, x, y),
-            (Kind::Own, Kind::Lerp(lj)) => lerp_over(lj, y, x),
-            (Kind::Lerp(li), Kind::Lerp(lj)) => {
-                let (mi, mj) = (1.0 - li, 1.0 - lj);
-                pair_map(
-                    x,
-                    y,
-                    |va, vb, _| narrow(li * va + mi * vb),
-                    |va, vb, _| narrow(lj * vb + mj * va),
-                );
-            }
-            (Kind::Lerp(li), Kind::Other) => {
-                let mi = 1.0 - li;
-                pair_map(x, y, |va, vb, _| narrow(li * va + mi * vb), |_, _, ox| ox);
-            }
-            (Kind::Other, Kind::Lerp(lj)) => {
-                let mj = 1.0 - lj;
-                pair_map(x, y, |_, _, oy| oy, |va, vb, _| narrow(lj * vb + mj * va));
-            }
+            (Kind::Lerp(li), Kind::Own) => lerp_over(l, li, x, y),
+            (Kind::Own, Kind::Lerp(lj)) => lerp_over(l, lj, y, x),
+            (Kind::Lerp(li), Kind::Lerp(lj)) => pair_lerp(l, x, y, Some(li), Some(lj)),
+            (Kind::Lerp(li), Kind::Other) => pair_lerp(l, x, y, Some(li), None),
+            (Kind::Other, Kind::Lerp(lj)) => pair_lerp(l, x, y, None, Some(lj)),
         }
         cur_i = if ei == e {
             runs_i.next()
@@ -398,16 +461,45 @@ fn mix_pair_segment<T: Element>(ri: Rule, rj: Rule, start: usize, a: &mut [T], b
     }
 }
 
-simd_fn! {
-    /// [`mix_segment`], with AVX2 when the CPU has it.
-    fn mix_segment_simd<T: Element>(rule: Rule, own: &[T], other: &[T], start: usize, out: &mut [T])
-        => mix_segment
+/// A segment to mix at one [`Isa`] level: one sample's output, or a pair in place.
+enum Segment<'a, T> {
+    Out {
+        rule: Rule,
+        own: &'a [T],
+        other: &'a [T],
+        start: usize,
+        out: &'a mut [T],
+    },
+    Pair {
+        ri: Rule,
+        rj: Rule,
+        start: usize,
+        a: &'a mut [T],
+        b: &'a mut [T],
+    },
 }
 
-simd_fn! {
-    /// [`mix_pair_segment`], with AVX2 when the CPU has it.
-    fn mix_pair_segment_simd<T: Element>(ri: Rule, rj: Rule, start: usize, a: &mut [T], b: &mut [T])
-        => mix_pair_segment
+impl<T: Element> Kernel for Segment<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run<L: Lanes>(self, l: L) {
+        match self {
+            Segment::Out {
+                rule,
+                own,
+                other,
+                start,
+                out,
+            } => mix_segment(l, rule, own, other, start, out),
+            Segment::Pair {
+                ri,
+                rj,
+                start,
+                a,
+                b,
+            } => mix_pair_segment(l, ri, rj, start, a, b),
+        }
+    }
 }
 
 /// Smallest piece of work handed to a thread, in elements: below this, scheduling costs more
@@ -498,6 +590,7 @@ fn mix_with<T: Element>(
         return Ok(());
     }
     let entries = plan.entries();
+    let isa = Isa::detect();
     let (seg, min_rows) = tasking(entries.len(), row);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = stream;
@@ -526,7 +619,13 @@ fn mix_with<T: Element>(
                 copy_segment_stream(rule, own, other, start, piece);
                 return;
             }
-            mix_segment_simd(rule, own, other, start, piece);
+            isa.run(Segment::Out {
+                rule,
+                own,
+                other,
+                start,
+                out: piece,
+            });
         });
     Ok(())
 }
@@ -538,6 +637,7 @@ pub(crate) fn mix_in_place<T: Element>(plan: &MixPlan, layout: &Layout, x: &mut 
         return Ok(());
     }
     let entries = plan.entries();
+    let isa = Isa::detect();
     // Each pair i < partner(i) once; the involution makes the pairs disjoint, so every row is
     // borrowed by at most one task. Self-partnered rows are left as they are.
     let mut rows: Vec<Option<&mut [T]>> = x.chunks_mut(row).map(Some).collect();
@@ -564,7 +664,13 @@ pub(crate) fn mix_in_place<T: Element>(plan: &MixPlan, layout: &Layout, x: &mut 
         .for_each(|(i, j, start, sa, sb)| {
             let ri = Rule::new(i, &entries[i], layout);
             let rj = Rule::new(j, &entries[j], layout);
-            mix_pair_segment_simd(ri, rj, start, sa, sb);
+            isa.run(Segment::Pair {
+                ri,
+                rj,
+                start,
+                a: sa,
+                b: sb,
+            });
         });
     Ok(())
 }
@@ -574,7 +680,8 @@ mod tests {
     use super::*;
     use half::{bf16, f16};
 
-    /// The AVX2 build and the baseline build of the kernels give the same bits.
+    /// Every level the CPU has gives the baseline build's bits, in and out of place, for
+    /// every pairing of runs (rows whose length is not a multiple of the lanes included).
     fn paths_agree<T: Element>() {
         let n = 3 * 7 * 11;
         let mut s = 7u32;
@@ -592,27 +699,55 @@ mod tests {
             c0: 3,
             c1: 9,
         });
-        for rule in [Rule::Plain(Kind::Lerp(0.3)), Rule::Plain(Kind::Own), boxed] {
-            let (mut a, mut b) = (vec![T::default(); n], vec![T::default(); n]);
-            mix_segment(rule, &own, &other, 0, &mut a);
-            mix_segment_simd(rule, &own, &other, 0, &mut b);
-            assert!(a
-                .iter()
-                .zip(&b)
-                .all(|(x, y)| x.to_f32().to_bits() == y.to_f32().to_bits()));
-            let (mut x1, mut y1) = (own.clone(), other.clone());
-            let (mut x2, mut y2) = (own.clone(), other.clone());
-            let rj = Rule::Plain(Kind::Lerp(0.8));
-            mix_pair_segment(rule, rj, 0, &mut x1, &mut y1);
-            mix_pair_segment_simd(rule, rj, 0, &mut x2, &mut y2);
-            for (p, q) in x1.iter().chain(&y1).zip(x2.iter().chain(&y2)) {
-                assert_eq!(p.to_f32().to_bits(), q.to_f32().to_bits());
+        let rules = [
+            Rule::Plain(Kind::Lerp(0.3)),
+            Rule::Plain(Kind::Own),
+            Rule::Plain(Kind::Other),
+            boxed,
+        ];
+        let bits = |v: &[T]| v.iter().map(|x| x.to_f32().to_bits()).collect::<Vec<_>>();
+        let run = |isa: Isa, rule: Rule, rj: Rule| {
+            let mut a = vec![T::default(); n];
+            isa.run(Segment::Out {
+                rule,
+                own: &own,
+                other: &other,
+                start: 0,
+                out: &mut a,
+            });
+            let (mut x, mut y) = (own.clone(), other.clone());
+            isa.run(Segment::Pair {
+                ri: rule,
+                rj,
+                start: 0,
+                a: &mut x,
+                b: &mut y,
+            });
+            (bits(&a), bits(&x), bits(&y))
+        };
+        for rule in rules {
+            for rj in [
+                Rule::Plain(Kind::Lerp(0.8)),
+                Rule::Plain(Kind::Other),
+                boxed,
+            ] {
+                let want = run(Isa::scalar(), rule, rj);
+                for isa in Isa::all() {
+                    assert!(run(isa, rule, rj) == want, "{isa:?} {rule:?} {rj:?}");
+                }
             }
+        }
+        // The baseline against the formula, element by element.
+        let mut a = vec![T::default(); n];
+        mix_segment(pulp::Scalar, rules[0], &own, &other, 0, &mut a);
+        for k in 0..n {
+            let want = T::from_f32(0.3 * own[k].to_f32() + (1.0 - 0.3f32) * other[k].to_f32());
+            assert_eq!(a[k].to_f32().to_bits(), want.to_f32().to_bits(), "lerp {k}");
         }
     }
 
     #[test]
-    fn avx2_and_baseline_paths_agree() {
+    fn every_level_gives_the_baseline_bits() {
         paths_agree::<f32>();
         paths_agree::<f16>();
         paths_agree::<bf16>();
@@ -665,7 +800,7 @@ mod tests {
                 c1,
             });
             let mut want = vec![T::default(); n];
-            mix_segment(rule, &own, &other, 0, &mut want);
+            mix_segment(pulp::Scalar, rule, &own, &other, 0, &mut want);
             let mut ranges = vec![(0, n), (1, n), (0, n - 1), (n / 3, n / 3 + 1)];
             for _ in 0..8 {
                 let (a, b) = (next() as usize % n, next() as usize % n);

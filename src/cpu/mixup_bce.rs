@@ -11,8 +11,8 @@
 //! appears, and a product with a zero weight is left out: a −inf logit of a class whose target
 //! is 0 adds nothing. A row is one pass: read `z`, write `g`, per-sample sums in f64.
 
-use super::lanes::{narrow, simd_fn, widen};
-use super::math::{exp, flush, BLOCK};
+use super::lanes::{narrow, widen, Isa, Kernel, Lanes};
+use super::math::{exp, flush, BLOCK, SUM_LANES};
 use super::mixup_ce::{losses_buffer, scale_of};
 use super::pool::{self, Slab};
 use super::soft_targets::{rows_per_task, Targets};
@@ -91,10 +91,6 @@ struct Consts<'a> {
     weight: Option<&'a [f32]>,
     pos_weight: Option<&'a [f32]>,
 }
-
-/// Lanes of the loss sums: lane `k` adds the elements `≡ k (mod 16)` of a block in order, and
-/// each block of [`BLOCK`] elements is flushed to f64 (as the CE's pass (2) does).
-const SUM_LANES: usize = 16;
 
 /// `N` values of an optional per-class slice from `j`, or ones.
 #[inline(always)]
@@ -204,16 +200,23 @@ fn row<T: Element>(
     sum as f32
 }
 
-simd_fn! {
-    /// [`row`], with AVX2 and FMA when the CPU has them (`mul_add` is then one instruction
-    /// instead of a call to the software `fmaf`; same bits; figures in `BENCHMARKS.md`).
-    fn row_simd<T: Element>(
-        z: &[T],
-        g: Option<&mut [T]>,
-        labels: (usize, usize, f32),
-        scale: f32,
-        k: &Consts<'_>,
-    ) -> f32 => row
+/// A row as a [`Kernel`]: [`row`]'s loops are plain Rust over arrays of 16, which LLVM
+/// vectorizes for the level [`Isa::run`] compiles them at (`mul_add` is then one instruction
+/// instead of a call to the software `fmaf`; same bits at every level).
+struct RowJob<'a, 'k, T> {
+    z: &'a [T],
+    g: Option<&'a mut [T]>,
+    labels: (usize, usize, f32),
+    scale: f32,
+    k: &'a Consts<'k>,
+}
+
+impl<T: Element> Kernel for RowJob<'_, '_, T> {
+    type Output = f32;
+    #[inline(always)]
+    fn run<L: Lanes>(self, _: L) -> f32 {
+        row(self.z, self.g, self.labels, self.scale, self.k)
+    }
 }
 
 fn check_all(
@@ -262,6 +265,7 @@ fn run<T: FloatElement>(
         pos_weight: spec.pos_weight(),
     };
     let factor = spec.grad_factor(batch);
+    let isa = Isa::detect();
     let entries = plan.entries();
     let scale = |i: usize| scale_of(&upstream, factor, i);
     let labels_of = |i: usize| {
@@ -285,11 +289,23 @@ fn run<T: FloatElement>(
                 width: c,
             };
             pool::for_each_row((z, (g, &mut *losses)), per, small, |i, (z, (g, l))| {
-                l[0] = row_simd(z.data, Some(g.data), labels_of(i), scale(i), &k);
+                l[0] = isa.run(RowJob {
+                    z: z.data,
+                    g: Some(g.data),
+                    labels: labels_of(i),
+                    scale: scale(i),
+                    k: &k,
+                });
             });
         }
         None => pool::for_each_row((z, &mut *losses), per, small, |i, (z, l)| {
-            l[0] = row_simd(z.data, None::<&mut [T]>, labels_of(i), 0.0, &k);
+            l[0] = isa.run(RowJob {
+                z: z.data,
+                g: None,
+                labels: labels_of(i),
+                scale: 0.0,
+                k: &k,
+            });
         }),
     }
     let sum: f64 = losses.iter().map(|&l| f64::from(l)).sum();

@@ -17,14 +17,12 @@
 
 use std::cell::RefCell;
 
-use super::lanes::{narrow, simd_fn, widen};
-use super::math::{exp, flush, max_fold, max_lanes, BLOCK, LANES};
-#[cfg(target_arch = "x86_64")]
-use super::math::{exp16, exp8};
+use pulp::Simd;
+
+use super::lanes::{narrow, read, widen, width, write, Isa, Kernel, Lanes};
+use super::math::{exp, exp_lanes, flush, BLOCK, SUM_LANES};
 use super::pool::{self, Slab};
 use super::soft_targets::{rows_per_task, Targets};
-#[cfg(target_arch = "x86_64")]
-use crate::dtype::DType;
 use crate::dtype::{Element, FloatElement};
 use crate::error::{check_len, Result};
 use crate::plan::{MixPlan, PlanEntry};
@@ -116,184 +114,51 @@ fn exact_sum_d<T: Element>(z: &[T], m: f32) -> f64 {
     z.iter().map(|&v| f64::from(widen(v)) - m).sum()
 }
 
-/// Pass (2) over the scratch row: `w_c ← e^(w_c - m)`; returns `(Σ e, Σ (w-m))`.
+/// Pass (2) over the scratch row: `w_c ← e^(w_c - m)`; returns `(Σ e, Σ (w-m))`, summed in
+/// [`SUM_LANES`] lanes per block of [`BLOCK`] (the same lanes and order at every width; a
+/// block's last `< 16` elements go to lanes `0..` one by one).
 ///
-/// The AVX2 + FMA build ([`exp_sums_avx2`]) where the CPU has both, else [`exp_sums_scalar`];
-/// they add the same values in the same lanes in the same order, so they give the same bits.
+/// The forward-only loss stores `e` too although it does not need it: one L1 store per
+/// element, and one loop for both.
 #[inline(always)]
-fn exp_sums(w: &mut [f32], m: f32, ahead: &Ahead) -> (f64, f64) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512 F, AVX2 and FMA, checked just above.
-            return unsafe { exp_sums_avx512(w, m, ahead) };
-        }
-        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-        return unsafe { exp_sums_avx2(w, m, ahead) };
-    }
-    exp_sums_scalar(w, m, ahead)
-}
-
-/// Lanes of pass (2)'s sums: lane `k` adds the elements `≡ k (mod 16)` of a block in order. 16
-/// lanes are one AVX-512 register (two AVX2 ones): one add per 16 elements per sum and no
-/// shuffles, where 8 lanes cost the 16-lane build an extract and two adds.
-const SUM_LANES: usize = 2 * LANES;
-
-/// [`exp_sums`] in plain Rust, 16 lanes unrolled for LLVM's vectorizer.
-///
-/// The forward-only loss stores `e` too although it does not need it: the store is what lets
-/// LLVM's SLP vectorizer vectorize the unrolled lanes (without it the loop stayed scalar,
-/// 6× slower), and it costs one L1 store per element.
-#[inline(always)]
-fn exp_sums_scalar(w: &mut [f32], m: f32, ahead: &Ahead) -> (f64, f64) {
-    let (mut s, mut sum_d) = (0.0f64, 0.0f64);
+fn exp_sums<L: Lanes>(l: L, w: &mut [f32], m: f32, ahead: &Ahead) -> (f64, f64) {
+    let s = l.simd();
+    let n = width::<L>();
+    let regs = SUM_LANES / n;
+    let mv = s.splat_f32s(m);
+    let (mut sum_e, mut sum_d) = (0.0f64, 0.0f64);
     for (nb, block) in w.chunks_mut(BLOCK).enumerate() {
-        let (mut acc_e, mut acc_d) = ([0.0f32; SUM_LANES], [0.0f32; SUM_LANES]);
+        let zero = s.splat_f32s(0.0);
+        let (mut ve, mut vd) = ([zero; SUM_LANES], [zero; SUM_LANES]);
         let mut chunks = block.chunks_exact_mut(SUM_LANES);
         for (nc, c) in chunks.by_ref().enumerate() {
             ahead.fetch(nb * BLOCK + nc * SUM_LANES);
-            for k in 0..SUM_LANES {
-                let d = c[k] - m;
-                let e = exp(d);
-                c[k] = e;
-                acc_d[k] += d;
-                acc_e[k] += e;
-            }
-        }
-        exp_tail(chunks.into_remainder(), m, &mut acc_e, &mut acc_d);
-        s += flush(&mut acc_e);
-        sum_d += flush(&mut acc_d);
-    }
-    (s, sum_d)
-}
-
-/// The last elements of a block (fewer than the lanes), into lanes `0..`.
-#[inline(always)]
-fn exp_tail(tail: &mut [f32], m: f32, acc_e: &mut [f32], acc_d: &mut [f32]) {
-    for ((v, ae), ad) in tail.iter_mut().zip(acc_e).zip(acc_d) {
-        let d = *v - m;
-        let e = exp(d);
-        *v = e;
-        *ad += d;
-        *ae += e;
-    }
-}
-
-/// A block's last `< 16` elements with AVX2 and FMA: the first 8 (if there are 8) with one
-/// [`exp8`] into lanes `0..8` of the accumulators, the rest with [`exp_tail`] into the lanes
-/// that follow, as [`exp_sums_scalar`]'s tail puts them.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp_rest_avx2(
-    mut rest: &mut [f32],
-    m: f32,
-    acc_e: &mut [f32; SUM_LANES],
-    acc_d: &mut [f32; SUM_LANES],
-) {
-    use std::arch::x86_64::*;
-    let mut lane = 0;
-    if rest.len() >= LANES {
-        let (c, tail) = rest.split_at_mut(LANES);
-        // SAFETY: `c` is 8 f32s and the accumulators hold 16; unaligned accesses.
-        unsafe {
-            let d = _mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), _mm256_set1_ps(m));
-            let e = exp8(d);
-            _mm256_storeu_ps(c.as_mut_ptr(), e);
-            let ad = _mm256_add_ps(_mm256_loadu_ps(acc_d.as_ptr()), d);
-            let ae = _mm256_add_ps(_mm256_loadu_ps(acc_e.as_ptr()), e);
-            _mm256_storeu_ps(acc_d.as_mut_ptr(), ad);
-            _mm256_storeu_ps(acc_e.as_mut_ptr(), ae);
-        }
-        rest = tail;
-        lane = LANES;
-    }
-    exp_tail(rest, m, &mut acc_e[lane..], &mut acc_d[lane..]);
-}
-
-/// [`exp_sums_scalar`] with AVX2 and FMA intrinsics (LLVM's vectorizer split the fused loop
-/// into 4-lane halves, slower than the unfused code, so the vector body is written out): each
-/// 16 elements are two [`exp8`]s into two accumulators per sum, lanes `0..8` and `8..16`.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp_sums_avx2(w: &mut [f32], m: f32, ahead: &Ahead) -> (f64, f64) {
-    use std::arch::x86_64::*;
-    let mv = _mm256_set1_ps(m);
-    let (mut s, mut sum_d) = (0.0f64, 0.0f64);
-    for (nb, block) in w.chunks_mut(BLOCK).enumerate() {
-        let zero = _mm256_setzero_ps();
-        let (mut ve0, mut ve1, mut vd0, mut vd1) = (zero, zero, zero, zero);
-        let mut chunks = block.chunks_exact_mut(SUM_LANES);
-        for (nc, c) in chunks.by_ref().enumerate() {
-            ahead.fetch(nb * BLOCK + nc * SUM_LANES);
-            // SAFETY: `c` is 16 f32s; unaligned loads and stores.
-            unsafe {
-                let p = c.as_mut_ptr();
-                let d0 = _mm256_sub_ps(_mm256_loadu_ps(p), mv);
-                let d1 = _mm256_sub_ps(_mm256_loadu_ps(p.add(LANES)), mv);
-                let (e0, e1) = (exp8(d0), exp8(d1));
-                _mm256_storeu_ps(p, e0);
-                _mm256_storeu_ps(p.add(LANES), e1);
-                vd0 = _mm256_add_ps(vd0, d0);
-                vd1 = _mm256_add_ps(vd1, d1);
-                ve0 = _mm256_add_ps(ve0, e0);
-                ve1 = _mm256_add_ps(ve1, e1);
+            for r in 0..regs {
+                let c = &mut c[r * n..];
+                let d = s.sub_f32s(read::<L>(c), mv);
+                let e = exp_lanes(l, d);
+                write::<L>(c, e);
+                vd[r] = s.add_f32s(vd[r], d);
+                ve[r] = s.add_f32s(ve[r], e);
             }
         }
         let (mut acc_e, mut acc_d) = ([0.0f32; SUM_LANES], [0.0f32; SUM_LANES]);
-        // SAFETY: the arrays hold 16 f32s.
-        unsafe {
-            _mm256_storeu_ps(acc_e.as_mut_ptr(), ve0);
-            _mm256_storeu_ps(acc_e.as_mut_ptr().add(LANES), ve1);
-            _mm256_storeu_ps(acc_d.as_mut_ptr(), vd0);
-            _mm256_storeu_ps(acc_d.as_mut_ptr().add(LANES), vd1);
-            exp_rest_avx2(chunks.into_remainder(), m, &mut acc_e, &mut acc_d);
+        for r in 0..regs {
+            write::<L>(&mut acc_e[r * n..], ve[r]);
+            write::<L>(&mut acc_d[r * n..], vd[r]);
         }
-        s += flush(&mut acc_e);
+        let tail = chunks.into_remainder();
+        for ((v, ae), ad) in tail.iter_mut().zip(&mut acc_e).zip(&mut acc_d) {
+            let d = *v - m;
+            let e = exp(d);
+            *v = e;
+            *ad += d;
+            *ae += e;
+        }
+        sum_e += flush(&mut acc_e);
         sum_d += flush(&mut acc_d);
     }
-    (s, sum_d)
-}
-
-/// [`exp_sums_avx2`] with AVX-512 ([`exp16`]): the 16 lanes of each sum are one register.
-///
-/// # Safety
-/// The CPU must support AVX-512 F, AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn exp_sums_avx512(w: &mut [f32], m: f32, ahead: &Ahead) -> (f64, f64) {
-    use std::arch::x86_64::*;
-    let mv = _mm512_set1_ps(m);
-    let (mut s, mut sum_d) = (0.0f64, 0.0f64);
-    for (nb, block) in w.chunks_mut(BLOCK).enumerate() {
-        let (mut ve, mut vd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        let mut chunks = block.chunks_exact_mut(SUM_LANES);
-        for (nc, c) in chunks.by_ref().enumerate() {
-            ahead.fetch(nb * BLOCK + nc * SUM_LANES);
-            // SAFETY: `c` is 16 f32s; unaligned loads and stores.
-            let d = _mm512_sub_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) }, mv);
-            let e = exp16(d);
-            unsafe { _mm512_storeu_ps(c.as_mut_ptr(), e) };
-            vd = _mm512_add_ps(vd, d);
-            ve = _mm512_add_ps(ve, e);
-        }
-        let (mut acc_e, mut acc_d) = ([0.0f32; SUM_LANES], [0.0f32; SUM_LANES]);
-        // SAFETY: the arrays hold 16 f32s; AVX2 and FMA are enabled with AVX-512 here.
-        unsafe {
-            _mm512_storeu_ps(acc_e.as_mut_ptr(), ve);
-            _mm512_storeu_ps(acc_d.as_mut_ptr(), vd);
-            exp_rest_avx2(chunks.into_remainder(), m, &mut acc_e, &mut acc_d);
-        }
-        s += flush(&mut acc_e);
-        sum_d += flush(&mut acc_d);
-    }
-    (s, sum_d)
+    (sum_e, sum_d)
 }
 
 /// Rows the next passes read or write, fetched into cache while pass (2) computes, so memory
@@ -378,228 +243,87 @@ impl RowAddresses {
     }
 }
 
-/// Pass (1): `w ← z` widened; returns the max.
-///
-/// For f32 and bf16 with AVX2 ([`widen_max_avx2`]) in one pass with the max; the same values
-/// and the same max lanes in the same order as the plain loop, so the same bits.
+/// `if v > m { v } else { m }`: one `maxps` on x86 (a NaN `v` compares false and is skipped),
+/// where `f32::max` costs three instructions per vector for its NaN rule. Which zero wins between
+/// `-0.0` and `+0.0` may differ from `f32::max`; the max is only used as a shift.
 #[inline(always)]
-fn widen_max<T: Element>(z: &[T], w: &mut [f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if matches!(T::DTYPE, DType::F32 | DType::BF16)
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-    {
-        // SAFETY: AVX2 and FMA checked just above; T is f32 or bf16 (a transparent u16).
-        return unsafe { widen_max_avx2(z, w) };
-    }
-    widen_max_plain(z, w)
+fn max_of<S: Simd>(s: S, m: S::f32s, v: S::f32s) -> S::f32s {
+    s.select_f32s(s.greater_than_f32s(v, m), v, m)
 }
 
-/// [`widen_max`] in plain Rust (the fallback, and the oracle of the intrinsics).
+/// Pass (1): `w ← z` widened ([`Lanes::load`]); returns the largest element, NaNs skipped
+/// (`-inf` for an empty row or all NaN). The max runs in [`SUM_LANES`] lanes as the sums do,
+/// the row's last `< 16` elements into lanes `0..`, then the lanes in order: the same bits at
+/// every width.
 #[inline(always)]
-fn widen_max_plain<T: Element>(z: &[T], w: &mut [f32]) -> f32 {
-    for (o, &v) in w.iter_mut().zip(z) {
-        *o = widen(v);
-    }
-    max_lanes(w)
-}
-
-/// [`widen_max`] for f32 and bf16 with AVX2: 16 elements per step (two 8-lane loads, or two
-/// `vpmovzxwd` and a shift for bf16), both maxed into one accumulator in order (`maxps(v, m)`
-/// is `if v > m { v } else { m }`, [`max_lanes`]' select), the tail as [`max_lanes`] does it.
-///
-/// A bf16 NaN is widened by the shift alone, without [`widen`]'s quiet bit: the scratch row
-/// only feeds arithmetic (`z - m`, the max skips NaN), and x86 quiets a signalling NaN operand
-/// by setting that same bit, so every value computed from it has the same bits either way.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA; `T` must be f32 or bf16.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn widen_max_avx2<T: Element>(z: &[T], w: &mut [f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = z.len().min(w.len());
-    let (zp, wp) = (z.as_ptr(), w.as_mut_ptr());
-    let bf16 = T::DTYPE == DType::BF16;
-    // SAFETY (the loads and stores): `i + 16 <= n`, within both slices; unaligned accesses.
-    let load = |i: usize| unsafe {
-        if bf16 {
-            let p = zp.cast::<u16>().add(i).cast::<__m128i>();
-            let a = _mm256_cvtepu16_epi32(_mm_loadu_si128(p));
-            let b = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(1)));
-            (
-                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(a)),
-                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(b)),
-            )
-        } else {
-            let p = zp.cast::<f32>().add(i);
-            (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(LANES)))
-        }
-    };
-    let mut acc = _mm256_set1_ps(f32::NEG_INFINITY);
+fn widen_max<L: Lanes, T: Element>(l: L, z: &[T], w: &mut [f32]) -> f32 {
+    let s = l.simd();
+    let n = width::<L>();
+    let regs = SUM_LANES / n;
+    let len = z.len().min(w.len());
+    let mut acc = [s.splat_f32s(f32::NEG_INFINITY); SUM_LANES];
     let mut i = 0;
-    while i + 2 * LANES <= n {
-        let (a, b) = load(i);
-        unsafe {
-            _mm256_storeu_ps(wp.add(i), a);
-            _mm256_storeu_ps(wp.add(i + LANES), b);
+    while i + SUM_LANES <= len {
+        for (r, a) in acc.iter_mut().enumerate().take(regs) {
+            let j = i + r * n;
+            let v = l.load(&z[j..j + n]);
+            write::<L>(&mut w[j..], v);
+            *a = max_of(s, *a, v);
         }
-        acc = _mm256_max_ps(b, _mm256_max_ps(a, acc));
-        i += 2 * LANES;
+        i += SUM_LANES;
     }
-    for (o, &v) in w[i..n].iter_mut().zip(&z[i..n]) {
-        *o = widen(v);
+    let mut lanes = [f32::NEG_INFINITY; SUM_LANES];
+    for r in 0..regs {
+        write::<L>(&mut lanes[r * n..], acc[r]);
     }
-    // One more full 8-lane chunk may remain before the tail of `max_lanes`.
-    if i + LANES <= n {
-        // SAFETY: `i + 8 <= n`.
-        acc = _mm256_max_ps(unsafe { _mm256_loadu_ps(wp.add(i)) }, acc);
-        i += LANES;
+    let one = pulp::Scalar;
+    for (k, lane) in (i..len).zip(&mut lanes) {
+        w[k] = one.load(&z[k..k + 1]);
+        *lane = max_of(one, *lane, w[k]);
     }
-    let mut lanes = [0.0f32; LANES];
-    // SAFETY: 8 f32s.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-    max_fold(&w[i..n], lanes)
+    lanes
+        .into_iter()
+        .fold(f32::NEG_INFINITY, |m, v| max_of(one, m, v))
 }
 
 /// Pass (3): `g_c = e_c · (scale/s) - scale·ε/C` for every class (one fused multiply-add with
 /// two constants each rounded once from f64), then the two target classes from their saved `e`,
 /// `(e · (1/s) - t) · scale` with their own targets, formed in f32 before the one rounding.
 #[inline(always)]
-fn write_grad<T: Element>(
+fn write_grad<L: Lanes, T: Element>(
+    l: L,
     w: &[f32],
     st: &RowStats,
     e_ab: (f32, f32),
-    (a, b, lam): (usize, usize, f32),
-    scale: f32,
+    Row { a, b, lam, scale }: Row,
     k: &Consts,
     g: &mut [T],
 ) {
     let mul = (f64::from(scale) / st.s) as f32;
     let sub = (f64::from(k.targets.off) * f64::from(scale)) as f32;
-    #[cfg(target_arch = "x86_64")]
-    if T::DTYPE == DType::BF16 && avx512_bf16() {
-        // SAFETY: the CPU's AVX-512 features checked just above; T is bf16, a transparent u16.
-        unsafe { grad_bf16_avx512(w, mul, sub, g) };
-    } else if T::DTYPE == DType::BF16
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-    {
-        // SAFETY: AVX2 and FMA checked just above; T is bf16, a transparent u16.
-        unsafe { grad_bf16_avx2(w, mul, sub, g) };
-    } else {
-        grad_plain(w, mul, sub, g);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    grad_plain(w, mul, sub, g);
+    grad_lanes(l, w, mul, sub, g);
     let inv = (1.0 / st.s) as f32;
     let (ta, tb) = k.targets.pair(lam, a == b);
     g[b] = narrow((e_ab.1 * inv - tb) * scale);
     g[a] = narrow((e_ab.0 * inv - ta) * scale);
 }
 
-/// Whether the CPU has what [`grad_bf16_avx512`] uses (Zen 4 and later, Intel since Cooper
-/// Lake / Sapphire Rapids). Each check is a cached atomic load.
-#[cfg(target_arch = "x86_64")]
+/// Pass (3)'s loop: `g = e · mul - sub` (one fused multiply-add), rounded by [`Lanes::store`]
+/// (bf16: `vcvtneps2bf16` where the CPU has it); the last `< width` elements one by one.
 #[inline(always)]
-fn avx512_bf16() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512vl")
-        && std::arch::is_x86_feature_detected!("avx512dq")
-        && std::arch::is_x86_feature_detected!("avx512bf16")
-}
-
-/// Pass (3)'s loop in plain Rust (the fallback, and the oracle of the intrinsics).
-#[inline(always)]
-fn grad_plain<T: Element>(w: &[f32], mul: f32, sub: f32, g: &mut [T]) {
-    for (o, &e) in g.iter_mut().zip(w) {
+fn grad_lanes<L: Lanes, T: Element>(l: L, w: &[f32], mul: f32, sub: f32, g: &mut [T]) {
+    let s = l.simd();
+    let n = width::<L>();
+    let len = w.len().min(g.len());
+    let (vm, vs) = (s.splat_f32s(mul), s.splat_f32s(-sub));
+    let mut i = 0;
+    while i + n <= len {
+        l.store(&mut g[i..i + n], s.mul_add_f32s(read::<L>(&w[i..]), vm, vs));
+        i += n;
+    }
+    for (o, &e) in g[i..len].iter_mut().zip(&w[i..len]) {
         *o = narrow(e.mul_add(mul, -sub));
     }
-}
-
-/// Pass (3)'s loop for bf16 with AVX-512: the same fused multiply-add, then `vcvtneps2bf16`,
-/// which rounds to nearest even and quiets NaNs exactly as [`narrow`] does (`(x >> 16) | 0x40`),
-/// except that it flushes subnormal inputs to zero: a block of 16 holding one (`vfpclassps`
-/// class 0x20) takes [`grad_plain`] instead, so the bits are the plain loop's in every case.
-/// One conversion replaces [`grad_bf16_avx2`]'s seven integer operations per 8 lanes.
-///
-/// # Safety
-/// The CPU must support AVX-512 F, VL, DQ and BF16; `T` must be bf16.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bf16,avx2,fma")]
-unsafe fn grad_bf16_avx512<T: Element>(w: &[f32], mul: f32, sub: f32, g: &mut [T]) {
-    use std::arch::x86_64::*;
-    const N: usize = 16;
-    let n = w.len().min(g.len());
-    let (vm, vs) = (_mm512_set1_ps(mul), _mm512_set1_ps(-sub));
-    let (wp, gp) = (w.as_ptr(), g.as_mut_ptr().cast::<u16>());
-    let mut i = 0;
-    while i + N <= n {
-        // SAFETY: `i + 16 <= n`, within `w`; unaligned load.
-        let v = _mm512_fmadd_ps(unsafe { _mm512_loadu_ps(wp.add(i)) }, vm, vs);
-        if _mm512_fpclass_ps_mask::<0x20>(v) == 0 {
-            let h: __m256i = unsafe { std::mem::transmute(_mm512_cvtneps_pbh(v)) };
-            // SAFETY: 16 u16s at `i`, within `g`; unaligned store.
-            unsafe { _mm256_storeu_si256(gp.add(i).cast::<__m256i>(), h) };
-        } else {
-            grad_plain(&w[i..i + N], mul, sub, &mut g[i..i + N]);
-        }
-        i += N;
-    }
-    grad_plain(&w[i..n], mul, sub, &mut g[i..n]);
-}
-
-/// Pass (3)'s loop for bf16 with AVX2: the same fused multiply-add, then [`narrow`]'s round to
-/// nearest even (`(x + 0x7FFF + lsb) >> 16`), 16 lanes packed per step with `vpackusdw`. A
-/// block with a NaN lane (only from NaN logits) takes [`grad_plain`], so the bits are the plain
-/// loop's in every case.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA; `T` must be bf16.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn grad_bf16_avx2<T: Element>(w: &[f32], mul: f32, sub: f32, g: &mut [T]) {
-    use std::arch::x86_64::*;
-    const N: usize = 2 * LANES;
-    let n = w.len().min(g.len());
-    let (vm, vs) = (_mm256_set1_ps(mul), _mm256_set1_ps(-sub));
-    let (one, half) = (_mm256_set1_epi32(1), _mm256_set1_epi32(0x7FFF));
-    let (wp, gp) = (w.as_ptr(), g.as_mut_ptr().cast::<u16>());
-    let round = |v: __m256| {
-        let x = _mm256_castps_si256(v);
-        let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(x), one);
-        _mm256_srli_epi32::<16>(_mm256_add_epi32(_mm256_add_epi32(x, half), lsb))
-    };
-    let mut i = 0;
-    while i + N <= n {
-        // SAFETY: `i + 16 <= n`, within `w`; unaligned loads.
-        let (e0, e1) = unsafe {
-            (
-                _mm256_loadu_ps(wp.add(i)),
-                _mm256_loadu_ps(wp.add(i + LANES)),
-            )
-        };
-        let v0 = _mm256_fmadd_ps(e0, vm, vs);
-        let v1 = _mm256_fmadd_ps(e1, vm, vs);
-        let nan = _mm256_or_ps(
-            _mm256_cmp_ps::<_CMP_UNORD_Q>(v0, v0),
-            _mm256_cmp_ps::<_CMP_UNORD_Q>(v1, v1),
-        );
-        if _mm256_testz_ps(nan, nan) != 0 {
-            // Packing works within 128-bit halves: (0..4, 8..12, 4..8, 12..16), reordered by
-            // the 64-bit permutation.
-            let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(
-                round(v0),
-                round(v1),
-            ));
-            // SAFETY: 16 u16s at `i`, within `g`.
-            unsafe { _mm256_storeu_si256(gp.add(i).cast::<__m256i>(), packed) };
-        } else {
-            grad_plain(&w[i..i + N], mul, sub, &mut g[i..i + N]);
-        }
-        i += N;
-    }
-    grad_plain(&w[i..n], mul, sub, &mut g[i..n]);
 }
 
 /// `z - m` in f64.
@@ -610,10 +334,17 @@ fn d64(z: f32, m: f32) -> f64 {
 
 /// Passes (1) and (2) of a forward-only row.
 #[inline(always)]
-fn forward_row<T: Element>(z: &[T], w: &mut [f32], a: usize, b: usize, k: &Consts) -> RowStats {
-    let m = widen_max(z, w);
+fn forward_row<L: Lanes, T: Element>(
+    l: L,
+    z: &[T],
+    w: &mut [f32],
+    a: usize,
+    b: usize,
+    k: &Consts,
+) -> RowStats {
+    let m = widen_max(l, z, w);
     let (da, db) = (d64(w[a], m), d64(w[b], m));
-    let (s, mut sum_d) = exp_sums(w, m, &Ahead::NONE);
+    let (s, mut sum_d) = exp_sums(l, w, m, &Ahead::NONE);
     // Only the smoothing term uses Σd: without smoothing an overflowed (or −inf) sum is unused.
     if !sum_d.is_finite() && k.off != 0.0 {
         sum_d = exact_sum_d(z, m);
@@ -623,7 +354,8 @@ fn forward_row<T: Element>(z: &[T], w: &mut [f32], a: usize, b: usize, k: &Const
 
 /// Passes (1) and (2) into the scratch row; returns the stats and `(e_a, e_b)`.
 #[inline(always)]
-fn scratch_row<T: Element>(
+fn scratch_row<L: Lanes, T: Element>(
+    l: L,
     z: &[T],
     w: &mut [f32],
     a: usize,
@@ -631,9 +363,9 @@ fn scratch_row<T: Element>(
     ahead: &Ahead,
     k: &Consts,
 ) -> (RowStats, (f32, f32)) {
-    let m = widen_max(z, w);
+    let m = widen_max(l, z, w);
     let (da, db) = (d64(w[a], m), d64(w[b], m));
-    let (s, mut sum_d) = exp_sums(w, m, ahead);
+    let (s, mut sum_d) = exp_sums(l, w, m, ahead);
     // Only the smoothing term uses Σd: without smoothing an overflowed (or −inf) sum is unused.
     if !sum_d.is_finite() && k.off != 0.0 {
         sum_d = exact_sum_d(z, m);
@@ -666,13 +398,14 @@ impl Row {
 
 /// A forward-only row: its loss.
 #[inline(always)]
-fn forward_kernel<T: Element>(z: &[T], w: &mut [f32], row: Row, k: &Consts) -> f32 {
-    forward_row(z, w, row.a, row.b, k).loss(row.lam, k)
+fn forward_kernel<L: Lanes, T: Element>(l: L, z: &[T], w: &mut [f32], row: Row, k: &Consts) -> f32 {
+    forward_row(l, z, w, row.a, row.b, k).loss(row.lam, k)
 }
 
 /// A row forward and backward, the gradient into `g`: its loss.
 #[inline(always)]
-fn row_kernel<T: Element>(
+fn row_kernel<L: Lanes, T: Element>(
+    l: L,
     z: &[T],
     g: &mut [T],
     w: &mut [f32],
@@ -680,14 +413,15 @@ fn row_kernel<T: Element>(
     ahead: Ahead,
     k: &Consts,
 ) -> f32 {
-    let (st, e_ab) = scratch_row(z, w, row.a, row.b, &ahead, k);
-    write_grad(w, &st, e_ab, (row.a, row.b, row.lam), row.scale, k, g);
+    let (st, e_ab) = scratch_row(l, z, w, row.a, row.b, &ahead, k);
+    write_grad(l, w, &st, e_ab, row, k, g);
     st.loss(row.lam, k)
 }
 
 /// A row forward and backward, the gradient over the logits: its loss.
 #[inline(always)]
-fn row_kernel_in_place<T: Element>(
+fn row_kernel_in_place<L: Lanes, T: Element>(
+    l: L,
     zg: &mut [T],
     w: &mut [f32],
     row: Row,
@@ -695,38 +429,45 @@ fn row_kernel_in_place<T: Element>(
     k: &Consts,
 ) -> f32 {
     // The logits are read (pass 1) before the gradient overwrites them (pass 3).
-    let (st, e_ab) = scratch_row(&*zg, w, row.a, row.b, &ahead, k);
-    write_grad(w, &st, e_ab, (row.a, row.b, row.lam), row.scale, k, zg);
+    let (st, e_ab) = scratch_row(l, &*zg, w, row.a, row.b, &ahead, k);
+    write_grad(l, w, &st, e_ab, row, k, zg);
     st.loss(row.lam, k)
 }
 
-simd_fn! {
-    /// [`forward_kernel`], with AVX2 when the CPU has it.
-    fn forward_simd<T: Element>(z: &[T], w: &mut [f32], row: Row, k: &Consts) -> f32
-        => forward_kernel
+/// A row at one [`Isa`] level: the gradient into `g`, over the logits (`g` empty, `z` given
+/// as the mutable `zg`), or none (forward only).
+enum Job<'a, T> {
+    Forward(&'a [T]),
+    Grad(&'a [T], &'a mut [T], Ahead),
+    InPlace(&'a mut [T], Ahead),
 }
 
-simd_fn! {
-    /// [`row_kernel`], with AVX2 when the CPU has it.
-    fn row_simd<T: Element>(
-        z: &[T],
-        g: &mut [T],
-        w: &mut [f32],
-        row: Row,
-        ahead: Ahead,
-        k: &Consts,
-    ) -> f32 => row_kernel
+/// [`Job`] with its row, scratch row and constants: the [`Kernel`] [`Isa::run`] compiles once per
+/// level.
+struct RowJob<'a, T> {
+    job: Job<'a, T>,
+    w: &'a mut [f32],
+    row: Row,
+    k: &'a Consts,
 }
 
-simd_fn! {
-    /// [`row_kernel_in_place`], with AVX2 when the CPU has it.
-    fn row_in_place_simd<T: Element>(
-        zg: &mut [T],
-        w: &mut [f32],
-        row: Row,
-        ahead: Ahead,
-        k: &Consts,
-    ) -> f32 => row_kernel_in_place
+impl<T: Element> Kernel for RowJob<'_, T> {
+    type Output = f32;
+    #[inline(always)]
+    fn run<L: Lanes>(self, l: L) -> f32 {
+        let RowJob { job, w, row, k } = self;
+        match job {
+            Job::Forward(z) => forward_kernel(l, z, w, row, k),
+            Job::Grad(z, g, ahead) => row_kernel(l, z, g, w, row, ahead, k),
+            Job::InPlace(zg, ahead) => row_kernel_in_place(l, zg, w, row, ahead, k),
+        }
+    }
+}
+
+/// One row at level `isa`: its loss.
+#[inline(always)]
+fn run_row<T: Element>(isa: Isa, job: Job<'_, T>, w: &mut [f32], row: Row, k: &Consts) -> f32 {
+    isa.run(RowJob { job, w, row, k })
 }
 
 /// Jobs of up to this many logits (16 MiB of f32) run as small jobs of [`pool::for_each_row`],
@@ -798,6 +539,7 @@ pub(crate) fn mixup_ce_forward<T: FloatElement>(
     let mut temp = Vec::new();
     let losses = losses_buffer(losses, batch, &mut temp);
     let k = Consts::new(spec);
+    let isa = Isa::detect();
     let entries = plan.entries();
     let rows = (
         Slab {
@@ -809,7 +551,7 @@ pub(crate) fn mixup_ce_forward<T: FloatElement>(
     let small = logits.len() <= SMALL_JOB;
     pool::for_each_row(rows, rows_per_task(c), small, |i, (z, loss)| {
         let row = Row::of(entries, labels, i, 0.0);
-        loss[0] = with_scratch(c, |w| forward_simd(z.data, w, row, &k));
+        loss[0] = with_scratch(c, |w| run_row(isa, Job::Forward(z.data), w, row, &k));
     });
     Ok(reduce(losses, spec.reduction))
 }
@@ -835,6 +577,7 @@ pub(crate) fn mixup_ce<T: FloatElement>(
     let mut temp = Vec::new();
     let losses = losses_buffer(losses, batch, &mut temp);
     let k = Consts::new(spec);
+    let isa = Isa::detect();
     let factor = spec.reduction.grad_factor(batch);
     let entries = plan.entries();
     let addresses = RowAddresses::new(logits, c);
@@ -855,7 +598,9 @@ pub(crate) fn mixup_ce<T: FloatElement>(
     pool::for_each_row(rows, rows_per_task(c), small, |i, (z, (g, loss))| {
         let row = Row::of(entries, labels, i, scale_of(&upstream, factor, i));
         let ahead = Ahead::new::<T, T>(addresses.next(i), addresses.when(g.data.as_ptr() as usize));
-        loss[0] = with_scratch(c, |w| row_simd(z.data, g.data, w, row, ahead, &k));
+        loss[0] = with_scratch(c, |w| {
+            run_row(isa, Job::Grad(z.data, g.data, ahead), w, row, &k)
+        });
     });
     Ok(reduce(losses, spec.reduction))
 }
@@ -879,6 +624,7 @@ pub(crate) fn mixup_ce_in_place<T: FloatElement>(
     let mut temp = Vec::new();
     let losses = losses_buffer(losses, batch, &mut temp);
     let k = Consts::new(spec);
+    let isa = Isa::detect();
     let factor = spec.reduction.grad_factor(batch);
     let entries = plan.entries();
     let addresses = RowAddresses::new(logits, c);
@@ -894,7 +640,9 @@ pub(crate) fn mixup_ce_in_place<T: FloatElement>(
         let row = Row::of(entries, labels, i, scale_of(&upstream, factor, i));
         // The gradient goes over the row pass (1) just read: only the next row to fetch.
         let ahead = Ahead::new::<T, T>(addresses.next(i), 0);
-        loss[0] = with_scratch(c, |w| row_in_place_simd(zg.data, w, row, ahead, &k));
+        loss[0] = with_scratch(c, |w| {
+            run_row(isa, Job::InPlace(zg.data, ahead), w, row, &k)
+        });
     });
     Ok(reduce(losses, spec.reduction))
 }
@@ -904,7 +652,7 @@ mod tests {
     use super::*;
     use half::bf16;
 
-    /// The AVX2 build and the baseline build of a row give the same loss and gradient bits.
+    /// Every level the CPU has gives the baseline build's loss and gradient bits for a row.
     fn paths_agree<T: FloatElement>() {
         let c = 1000 + 7;
         let z: Vec<T> = (0..c)
@@ -917,23 +665,29 @@ mod tests {
             lam: 0.37,
             scale: 0.25,
         };
-        let (mut g1, mut g2) = (vec![T::default(); c], vec![T::default(); c]);
-        let (mut w1, mut w2) = (vec![0.0; c], vec![0.0; c]);
-        let l1 = row_kernel(&z, &mut g1, &mut w1, row, Ahead::NONE, &k);
-        let l2 = row_simd(&z, &mut g2, &mut w2, row, Ahead::NONE, &k);
-        assert_eq!(l1.to_bits(), l2.to_bits());
-        assert!(g1
-            .iter()
-            .zip(&g2)
-            .all(|(x, y)| x.to_f32().to_bits() == y.to_f32().to_bits()));
-        let l3 = forward_simd(&z, &mut w2, row, &k);
-        assert_eq!(l1.to_bits(), l3.to_bits());
+        let (mut g1, mut w1) = (vec![T::default(); c], vec![0.0; c]);
+        let base = Isa::scalar();
+        let l1 = run_row(base, Job::Grad(&z, &mut g1, Ahead::NONE), &mut w1, row, &k);
+        for isa in Isa::all() {
+            let (mut g2, mut w2) = (vec![T::default(); c], vec![0.0; c]);
+            let l2 = run_row(isa, Job::Grad(&z, &mut g2, Ahead::NONE), &mut w2, row, &k);
+            assert_eq!(l1.to_bits(), l2.to_bits(), "{isa:?}");
+            assert!(
+                g1.iter()
+                    .zip(&g2)
+                    .all(|(x, y)| x.to_f32().to_bits() == y.to_f32().to_bits()),
+                "{isa:?}"
+            );
+            let l3 = run_row(isa, Job::Forward(&z), &mut w2, row, &k);
+            assert_eq!(l1.to_bits(), l3.to_bits(), "{isa:?}");
+        }
     }
 
     #[test]
-    fn avx2_and_baseline_paths_agree() {
+    fn every_level_gives_the_baseline_row() {
         paths_agree::<f32>();
         paths_agree::<bf16>();
+        paths_agree::<half::f16>();
     }
 
     /// The three entry points give, row for row, the bits of the row kernel called directly:
@@ -964,7 +718,8 @@ mod tests {
             let (mut w, mut g) = (vec![0.0; c], vec![bf16::ZERO; c]);
             for i in 0..batch {
                 let row = Row::of(plan.entries(), &labels, i, ups[i]);
-                let l = row_simd(&z[i * c..(i + 1) * c], &mut g, &mut w, row, Ahead::NONE, &k);
+                let job = Job::Grad(&z[i * c..(i + 1) * c], &mut g, Ahead::NONE);
+                let l = run_row(Isa::detect(), job, &mut w, row, &k);
                 assert_eq!(l.to_bits(), loss[i].to_bits(), "loss {i} of {batch}x{c}");
                 assert_eq!(l.to_bits(), fwd[i].to_bits(), "forward {i} of {batch}x{c}");
                 let same = |o: &[bf16]| o.iter().zip(&g).all(|(x, y)| x.to_bits() == y.to_bits());
@@ -979,7 +734,6 @@ mod tests {
 
     /// Random rows of `len` f32 values for the pass tests: ordinary values, ±0, ±inf, NaNs
     /// (quiet and signalling), subnormals, and (in round 1) arbitrary bit patterns.
-    #[cfg(target_arch = "x86_64")]
     fn odd_rows() -> Vec<Vec<f32>> {
         let mut s = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = move || {
@@ -1021,53 +775,90 @@ mod tests {
         x.to_bits() == y.to_bits()
     }
 
-    /// Pass (1) with intrinsics gives the plain loop's max and scratch row, bit for bit
-    /// (for bf16 NaNs: the scratch values are NaN in both, and `z - m` has the same bits).
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn widen_max_intrinsics_match_plain() {
-        if !(std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma"))
-        {
-            return;
-        }
-        for row in odd_rows() {
-            let n = row.len();
-            let (mut w1, mut w2) = (vec![0.0; n], vec![0.0; n]);
-            let m1 = widen_max_plain(&row, &mut w1);
-            // SAFETY: AVX2 and FMA checked above.
-            let m2 = unsafe { widen_max_avx2(&row, &mut w2) };
-            assert!(same(m1, m2), "f32 max {m1} vs {m2}, len {n}");
-            assert!(
-                w1.iter().zip(&w2).all(|(&x, &y)| same(x, y)),
-                "f32 row, len {n}"
-            );
-            let z: Vec<bf16> = row
-                .iter()
-                .map(|&v| bf16::from_bits((v.to_bits() >> 16) as u16))
-                .collect();
-            let m1 = widen_max_plain(&z, &mut w1);
-            // SAFETY: AVX2 and FMA checked above.
-            let m2 = unsafe { widen_max_avx2(&z, &mut w2) };
-            assert!(same(m1, m2), "bf16 max {m1} vs {m2}, len {n}");
-            for (k, (&x, &y)) in w1.iter().zip(&w2).enumerate() {
-                let ok = same(x, y) || x.is_nan() && y.is_nan() && same(x - m1, y - m2);
-                assert!(ok, "bf16 w[{k}]: {x:?} vs {y:?}");
+    /// NaNs need only be NaNs: which NaN an operation on two NaNs returns depends on operand
+    /// order, which the compiler may swap.
+    fn same_or_nan(x: f32, y: f32) -> bool {
+        same(x, y) || x.is_nan() && y.is_nan()
+    }
+
+    /// One pass at one level, for the tests.
+    enum Pass<'a, T> {
+        WidenMax(&'a [T], &'a mut [f32]),
+        ExpSums(&'a mut [f32], f32),
+        Grad(&'a [f32], f32, f32, &'a mut [T]),
+    }
+
+    impl<T: Element> Kernel for Pass<'_, T> {
+        type Output = (f64, f64);
+        #[inline(always)]
+        fn run<L: Lanes>(self, l: L) -> (f64, f64) {
+            match self {
+                Pass::WidenMax(z, w) => (f64::from(widen_max(l, z, w)), 0.0),
+                Pass::ExpSums(w, m) => exp_sums(l, w, m, &Ahead::NONE),
+                Pass::Grad(w, mul, sub, g) => {
+                    grad_lanes(l, w, mul, sub, g);
+                    (0.0, 0.0)
+                }
             }
         }
     }
 
-    /// Pass (3)'s bf16 intrinsics (AVX2, and AVX-512 where the CPU has it) give the plain
-    /// loop's bits: NaN lanes, subnormal results, rounding ties and overflow to infinity
-    /// included.
-    #[cfg(target_arch = "x86_64")]
+    /// Pass (1) at every level gives the baseline's max and scratch row, bit for bit (NaNs:
+    /// NaN in both, and `z - m` with the same bits), and the max skips NaNs.
     #[test]
-    fn grad_bf16_intrinsics_match_plain() {
-        if !(std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma"))
-        {
-            return;
+    fn widen_max_is_the_same_at_every_level() {
+        for row in odd_rows() {
+            let n = row.len();
+            let z: Vec<bf16> = row
+                .iter()
+                .map(|&v| bf16::from_bits((v.to_bits() >> 16) as u16))
+                .collect();
+            let mut w1 = vec![0.0; n];
+            let m1 = Isa::scalar().run(Pass::WidenMax(&row, &mut w1)).0 as f32;
+            let mut b1 = vec![0.0; n];
+            let mb1 = Isa::scalar().run(Pass::WidenMax(&z, &mut b1)).0 as f32;
+            let want = row
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+            assert!(
+                m1 == want || m1.is_nan() && want.is_nan(),
+                "max {m1} vs {want}"
+            );
+            for isa in Isa::all() {
+                let mut w2 = vec![0.0; n];
+                let m2 = isa.run(Pass::WidenMax(&row, &mut w2)).0 as f32;
+                assert!(same(m1, m2), "{isa:?}: f32 max {m1} vs {m2}, len {n}");
+                assert!(
+                    w1.iter().zip(&w2).all(|(&x, &y)| same(x, y)),
+                    "{isa:?}: f32 row, len {n}"
+                );
+                let m2 = isa.run(Pass::WidenMax(&z, &mut w2)).0 as f32;
+                assert!(same(mb1, m2), "{isa:?}: bf16 max {mb1} vs {m2}, len {n}");
+                for (k, (&x, &y)) in b1.iter().zip(&w2).enumerate() {
+                    let ok = same(x, y) || x.is_nan() && y.is_nan() && same(x - mb1, y - m2);
+                    assert!(ok, "{isa:?}: bf16 w[{k}]: {x:?} vs {y:?}");
+                }
+            }
         }
+    }
+
+    #[test]
+    fn max_skips_nan_and_handles_tails() {
+        let mut v: Vec<f32> = (0..37).map(|k| k as f32 * 0.5 - 3.0).collect();
+        v[20] = f32::NAN;
+        let max = |z: &[f32]| {
+            let mut w = vec![0.0; z.len()];
+            Isa::detect().run(Pass::WidenMax(z, &mut w)).0 as f32
+        };
+        assert_eq!(max(&v), 15.0);
+        assert_eq!(max(&v[..3]), -2.0);
+        assert_eq!(max(&[]), f32::NEG_INFINITY);
+    }
+
+    /// Pass (3) at every level gives the baseline's bits for bf16, f16 and f32: NaN lanes,
+    /// subnormal results, rounding ties and overflow to infinity included.
+    #[test]
+    fn grad_is_the_same_at_every_level() {
         let mut rows = odd_rows();
         // Exact bf16 rounding ties (odd and even kept parts) and values next to them.
         rows.push(
@@ -1083,47 +874,43 @@ mod tests {
             (1e-38, 0.0),
             (-3e-39, 1e-39),
         ];
-        let avx512 = avx512_bf16();
-        for row in rows {
-            for (mul, sub) in consts {
-                let n = row.len();
-                let mut want = vec![bf16::ZERO; n];
-                grad_plain(&row, mul, sub, &mut want);
-                let mut got = vec![(bf16::ZERO, "avx2"); 0];
-                let mut g = vec![bf16::ZERO; n];
-                // SAFETY: AVX2 and FMA checked above.
-                unsafe { grad_bf16_avx2(&row, mul, sub, &mut g) };
-                got.extend(g.iter().map(|&v| (v, "avx2")));
-                if avx512 {
-                    // SAFETY: the AVX-512 features checked by `avx512_bf16`.
-                    unsafe { grad_bf16_avx512(&row, mul, sub, &mut g) };
-                    got.extend(g.iter().map(|&v| (v, "avx512")));
-                }
-                for (k, &(y, path)) in got.iter().enumerate() {
-                    let x = want[k % n.max(1)];
+        fn check<T: Element>(row: &[f32], mul: f32, sub: f32) {
+            let n = row.len();
+            let mut want = vec![T::default(); n];
+            Isa::scalar().run(Pass::Grad(row, mul, sub, &mut want));
+            for (o, &e) in want.iter().zip(row) {
+                assert_eq!(
+                    o.to_f32().to_bits(),
+                    T::from_f32(e.mul_add(mul, -sub)).to_f32().to_bits()
+                );
+            }
+            for isa in Isa::all() {
+                let mut g = vec![T::default(); n];
+                isa.run(Pass::Grad(row, mul, sub, &mut g));
+                for k in 0..n {
                     assert_eq!(
-                        x.to_bits(),
-                        y.to_bits(),
-                        "{path} g[{}] of {:e} (mul {mul}, sub {sub})",
-                        k % n.max(1),
-                        row[k % n.max(1)]
+                        want[k].to_f32().to_bits(),
+                        g[k].to_f32().to_bits(),
+                        "{isa:?} {:?} g[{k}] of {:e} (mul {mul}, sub {sub})",
+                        T::DTYPE,
+                        row[k]
                     );
                 }
             }
         }
+        for row in rows {
+            for (mul, sub) in consts {
+                check::<bf16>(&row, mul, sub);
+                check::<half::f16>(&row, mul, sub);
+                check::<f32>(&row, mul, sub);
+            }
+        }
     }
 
-    /// The intrinsics and the plain build of pass (2) give the same values and sums, bit for
-    /// bit, over rows with tails, several blocks, and values around the `exp` cut-off, NaN and
-    /// infinities.
-    #[cfg(target_arch = "x86_64")]
+    /// Pass (2) at every level gives the baseline's values and sums, bit for bit, over rows
+    /// with tails, several blocks, and values around the `exp` cut-off, NaN and infinities.
     #[test]
-    fn exp_sums_intrinsics_match_plain() {
-        if !(std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma"))
-        {
-            return;
-        }
+    fn exp_sums_are_the_same_at_every_level() {
         let mut s = 0x2545_F491_4F6C_DD1Du64;
         let mut next = move || {
             s ^= s << 13;
@@ -1131,6 +918,7 @@ mod tests {
             s ^= s << 17;
             s
         };
+        let same64 = |x: f64, y: f64| x.to_bits() == y.to_bits() || x.is_nan() && y.is_nan();
         for len in [1, 7, 8, 9, 24, 511, 512, 513, 1000, 1031, 4097] {
             for round in 0..20 {
                 let row: Vec<f32> = (0..len)
@@ -1144,35 +932,29 @@ mod tests {
                         }
                     })
                     .collect();
-                let (mut a, mut b) = (row.clone(), row.clone());
-                let (sa, da) = exp_sums_scalar(&mut a, 0.5, &Ahead::NONE);
-                // SAFETY: AVX2 and FMA checked above.
-                let (sb, db) = unsafe { exp_sums_avx2(&mut b, 0.5, &Ahead::NONE) };
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    let mut c = row.clone();
-                    // SAFETY: AVX-512 F checked just above, AVX2 and FMA at the top.
-                    let (sc, dc) = unsafe { exp_sums_avx512(&mut c, 0.5, &Ahead::NONE) };
-                    assert!(sc.to_bits() == sb.to_bits() || sc.is_nan() && sb.is_nan());
-                    assert!(dc.to_bits() == db.to_bits() || dc.is_nan() && db.is_nan());
-                    let same =
-                        |x: &f32, y: &f32| x.to_bits() == y.to_bits() || x.is_nan() && y.is_nan();
-                    assert!(
-                        c.iter().zip(&b).all(|(x, y)| same(x, y)),
-                        "avx512 e, len {len}"
-                    );
+                let mut a = row.clone();
+                let (sa, da) = Isa::scalar().run(Pass::<f32>::ExpSums(&mut a, 0.5));
+                for (k, (&x, &v)) in a.iter().zip(&row).enumerate() {
+                    assert!(same_or_nan(x, exp(v - 0.5)), "e[{k}]");
                 }
-                // Which NaN an operation on two NaNs returns depends on operand order, which
-                // the compiler may swap: NaNs only need to be NaNs.
-                let same64 =
-                    |x: f64, y: f64| x.to_bits() == y.to_bits() || x.is_nan() && y.is_nan();
-                assert!(same64(sa, sb), "sum {sa} vs {sb}, len {len} round {round}");
-                assert!(
-                    same64(da, db),
-                    "sum_d {da} vs {db}, len {len} round {round}"
-                );
-                for (k, (x, y)) in a.iter().zip(&b).enumerate() {
-                    let same = x.to_bits() == y.to_bits() || x.is_nan() && y.is_nan();
-                    assert!(same, "e[{k}] of {}: {x} vs {y}", row[k]);
+                for isa in Isa::all() {
+                    let mut b = row.clone();
+                    let (sb, db) = isa.run(Pass::<f32>::ExpSums(&mut b, 0.5));
+                    assert!(
+                        same64(sa, sb),
+                        "{isa:?}: sum {sa} vs {sb}, len {len} round {round}"
+                    );
+                    assert!(
+                        same64(da, db),
+                        "{isa:?}: sum_d {da} vs {db}, len {len} round {round}"
+                    );
+                    for (k, (&x, &y)) in a.iter().zip(&b).enumerate() {
+                        assert!(
+                            same_or_nan(x, y),
+                            "{isa:?}: e[{k}] of {}: {x} vs {y}",
+                            row[k]
+                        );
+                    }
                 }
             }
         }

@@ -1,30 +1,92 @@
 //! [`CudaMixer`]: the device, its stream, the compiled kernels and the small device buffers the
-//! operations share.
+//! operations share; [`CudaError`], the result code behind a device error.
 
-use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::driver::sys::CUdevice_attribute as Attr;
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError};
+use cudarc::nvrtc::result::NvrtcError;
 use cudarc::nvrtc::Ptx;
 
 use crate::dtype::DType;
 use crate::error::{MixError, Result};
 
 use super::cache::DiskCache;
-use super::entries::{Kernel, Unit, KERNELS};
+use super::entries::{Kernel, SLOTS};
 use super::nvrtc::{self, Target};
 
-/// Maps a cudarc driver error to [`MixError::Driver`].
+/// The result code of the CUDA library call behind a [`MixError::Driver`] or
+/// [`MixError::Compile`] (their `source` field).
+///
+/// [`std::error::Error::source`] of such a `MixError` returns the cudarc error itself, for code
+/// that downcasts.
+///
+/// # Examples
+///
+/// ```
+/// use std::error::Error as _;
+/// use mixup_kernels::cuda::cudarc::nvrtc::{result::NvrtcError, sys::nvrtcResult};
+/// use mixup_kernels::cuda::kernels::{compile, options, ModuleSource, Target};
+/// use mixup_kernels::cuda::CudaError;
+/// use mixup_kernels::MixError;
+/// static BROKEN: ModuleSource = ModuleSource { name: "broken", source: "int x = ;", hash: 0 };
+/// let target = Target::Sm(90);
+/// // NVRTC runs on the CPU; without libnvrtc the call says so instead.
+/// match compile(&BROKEN, "broken", target, &options(target, "MIXUP_ALL", &[])) {
+///     Err(e @ MixError::Compile { .. }) => {
+///         let code = NvrtcError(nvrtcResult::NVRTC_ERROR_COMPILATION);
+///         assert!(matches!(e, MixError::Compile { source: CudaError::Nvrtc(c), .. } if c == code));
+///         assert_eq!(e.source().and_then(|s| s.downcast_ref::<NvrtcError>()), Some(&code));
+///     }
+///     Err(e) => assert!(matches!(e, MixError::CudaUnavailable(_)), "{e}"),
+///     Ok(_) => unreachable!("the source does not compile"),
+/// }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CudaError {
+    /// A driver call's `CUresult`.
+    Driver(DriverError),
+    /// An NVRTC call's `nvrtcResult`.
+    Nvrtc(NvrtcError),
+}
+
+impl CudaError {
+    /// The cudarc error, as [`std::error::Error::source`] returns it.
+    pub(crate) fn as_error(&self) -> &(dyn std::error::Error + 'static) {
+        match self {
+            CudaError::Driver(e) => e,
+            CudaError::Nvrtc(e) => e,
+        }
+    }
+}
+
+/// The driver's text for `e` (`cuGetErrorString`), or the code's name when libcuda is not
+/// loaded (asking the driver would panic then).
+fn describe(e: DriverError) -> String {
+    if driver_present() {
+        e.to_string()
+    } else {
+        format!("{:?}", e.0)
+    }
+}
+
+/// Maps a cudarc driver error to [`MixError::Driver`], keeping its result code.
 pub(crate) fn driver_err(context: &'static str) -> impl Fn(DriverError) -> MixError {
     move |e| MixError::Driver {
         context,
-        message: e.to_string(),
+        message: describe(e),
+        source: CudaError::Driver(e),
+    }
+}
+
+/// Maps an NVRTC error (other than a rejected source) to [`MixError::Driver`].
+pub(crate) fn nvrtc_err(context: &'static str) -> impl Fn(NvrtcError) -> MixError {
+    move |e| MixError::Driver {
+        context,
+        message: format!("{:?}", e.0),
+        source: CudaError::Nvrtc(e),
     }
 }
 
@@ -53,20 +115,28 @@ fn candidates(lib: &str) -> String {
     seen.join(", ")
 }
 
+/// Whether libcuda can be loaded (always, when it is linked: `candle-cuda`).
+fn driver_present() -> bool {
+    #[cfg(mixup_cuda_dynload)]
+    {
+        static PRESENT: OnceLock<bool> = OnceLock::new();
+        // SAFETY: only tries to dlopen the library names cudarc would use.
+        *PRESENT.get_or_init(|| unsafe { cudarc::driver::sys::is_culib_present() })
+    }
+    #[cfg(not(mixup_cuda_dynload))]
+    true
+}
+
 /// The driver library, or a clear error naming it and how to point to it.
 pub(crate) fn require_driver() -> Result<()> {
     #[cfg(mixup_cuda_dynload)]
-    {
-        static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        // SAFETY: only tries to dlopen the library names cudarc would use.
-        if !*PRESENT.get_or_init(|| unsafe { cudarc::driver::sys::is_culib_present() }) {
-            return Err(MixError::CudaUnavailable(format!(
-                "the CUDA driver library (libcuda) was not found; searched: {}. It comes with \
-                 the NVIDIA driver: install the driver, or add the folder holding libcuda.so.1 \
-                 to LD_LIBRARY_PATH (in containers, run with the NVIDIA container toolkit)",
-                candidates("cuda")
-            )));
-        }
+    if !driver_present() {
+        return Err(MixError::CudaUnavailable(format!(
+            "the CUDA driver library (libcuda) was not found; searched: {}. It comes with \
+             the NVIDIA driver: install the driver, or add the folder holding libcuda.so.1 \
+             to LD_LIBRARY_PATH (in containers, run with the NVIDIA container toolkit)",
+            candidates("cuda")
+        )));
     }
     Ok(())
 }
@@ -75,7 +145,7 @@ pub(crate) fn require_driver() -> Result<()> {
 pub(crate) fn require_nvrtc() -> Result<()> {
     #[cfg(mixup_cuda_dynload)]
     {
-        static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        static PRESENT: OnceLock<bool> = OnceLock::new();
         // SAFETY: only tries to dlopen the library names cudarc would use.
         if !*PRESENT.get_or_init(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }) {
             return Err(MixError::CudaUnavailable(format!(
@@ -90,7 +160,20 @@ pub(crate) fn require_nvrtc() -> Result<()> {
     Ok(())
 }
 
-/// Options for [`CudaMixer::with_options`] / [`CudaMixer::from_stream_with`].
+/// [`crate::check_cuda`]: both libraries, then the driver's own answer for device `ordinal`.
+pub(crate) fn check_device(ordinal: usize) -> Result<()> {
+    require_driver()?;
+    require_nvrtc()?;
+    let what = "initializing the CUDA driver";
+    guard(what, cudarc::driver::result::init)?.map_err(driver_err(what))?;
+    let ordinal = i32::try_from(ordinal).unwrap_or(i32::MAX);
+    let what = "opening the CUDA device";
+    guard(what, || cudarc::driver::result::device::get(ordinal))?.map_err(driver_err(what))?;
+    Ok(())
+}
+
+/// Options for [`CudaMixer::with_options`]: where compiled kernels are cached, extra NVRTC
+/// options.
 ///
 /// # Examples
 ///
@@ -102,8 +185,8 @@ pub(crate) fn require_nvrtc() -> Result<()> {
 ///     nvrtc_options: vec!["-lineinfo".into()],
 ///     ..Default::default()
 /// };
-/// match CudaMixer::with_options(0, options) {
-///     Ok(mixer) => assert_eq!(mixer.cache_dir(), None),
+/// match CudaMixer::new(0) {
+///     Ok(mixer) => assert_eq!(mixer.with_options(options).cache_dir(), None),
 ///     Err(e) => eprintln!("no GPU here: {e}"),
 /// }
 /// ```
@@ -128,65 +211,22 @@ impl Default for CudaMixerOptions {
     }
 }
 
-/// How a kernel unit was obtained the first time this mixer needed it.
-///
-/// # Examples
-///
-/// ```
-/// use mixup_kernels::cuda::{CudaMixer, UnitSource};
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
-/// mixer.preload(mixup_kernels::DType::F32)?;
-/// let compiled = mixer.load_report().iter().filter(|l| l.source == UnitSource::Compiled).count();
-/// println!("{compiled} unit(s) compiled by NVRTC, the others read from the disk cache");
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnitSource {
-    /// Compiled by NVRTC (and stored in the disk cache, if on).
-    Compiled,
-    /// Loaded from the on-disk cache.
-    DiskCache,
-}
-
-/// One kernel unit's first load: what, how, how long (compile or read, plus module load).
-///
-/// # Examples
-///
-/// ```
-/// use mixup_kernels::cuda::CudaMixer;
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
-/// mixer.preload(mixup_kernels::DType::F16)?;
-/// for load in mixer.load_report() {
-///     println!("{:<24} {:?} in {:?}", load.unit, load.source, load.time);
-/// }
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Debug, Clone)]
-pub struct UnitLoad {
-    /// The unit (an entry name such as `ce_block_bf16`, or `naive_f32`).
-    pub unit: &'static str,
-    /// Compiled or read from disk.
-    pub source: UnitSource,
-    /// Wall time from the request to the loaded functions.
-    pub time: Duration,
-}
-
-/// A loaded unit: its module and its functions, indexed by [`Kernel`].
-pub(crate) struct Loaded {
-    _module: Arc<CudaModule>,
-    funcs: [Option<CudaFunction>; KERNELS],
+impl CudaMixerOptions {
+    fn cache(&self) -> DiskCache {
+        match (self.disk_cache, &self.cache_dir) {
+            (false, _) => DiskCache::at(None),
+            (true, Some(d)) => DiskCache::at(Some(d.clone())),
+            (true, None) => DiskCache::from_env(),
+        }
+    }
 }
 
 /// The CUDA side of the crate: one device, one stream, the kernels compiled for the device's
 /// architecture, and the device buffers the operations share.
 ///
 /// Every operation is enqueued on [`stream`](CudaMixer::stream) and returns without waiting
-/// for the device. Kernels are compiled on first use (one NVRTC compilation per kernel and
-/// dtype, for `sm_XY` of the device), cached in memory for this mixer and on disk for the next
+/// for the device. Each kernel is compiled on its first use (one NVRTC compilation per kernel
+/// and dtype, for `sm_XY` of the device), kept for this mixer and cached on disk for the next
 /// process. [`preload`](CudaMixer::preload) compiles ahead of time (before capturing a graph).
 ///
 /// Labels read on the device are not range-checked before the launch (that would need a
@@ -213,8 +253,11 @@ pub struct CudaMixer {
     smem_optin: u32,
     cache: DiskCache,
     extra: Vec<String>,
-    units: Mutex<HashMap<Unit, Arc<Loaded>>>,
-    loads: Mutex<Vec<UnitLoad>>,
+    /// One slot per (kernel, dtype) ([`Kernel::slot`]): a launch reads its function without a
+    /// lock once it is loaded.
+    funcs: [OnceLock<CudaFunction>; SLOTS],
+    /// Held while compiling: two threads asking for the same kernel compile it once.
+    compiling: Mutex<()>,
     /// `[0]`: labels found out of range; `[1]`: blocks done (cross-entropy's last-block sum).
     flags: CudaSlice<u32>,
     scratch: Mutex<Option<CudaSlice<f32>>>,
@@ -234,9 +277,11 @@ impl std::fmt::Debug for CudaMixer {
 impl CudaMixer {
     /// A mixer on device `ordinal`'s primary context and its default stream.
     ///
-    /// Fails with [`MixError::CudaUnavailable`] when libcuda or libnvrtc cannot be loaded (the
-    /// message says where they were looked for) and with [`MixError::Driver`] when the device
-    /// cannot be opened.
+    /// # Errors
+    /// As [`check_cuda`](crate::check_cuda): [`MixError::CudaUnavailable`] when libcuda or
+    /// libnvrtc cannot be loaded (the message says where they were looked for, and how to
+    /// install them) or NVRTC cannot target the device; [`MixError::Driver`] when there is no
+    /// device `ordinal` or it cannot be opened.
     ///
     /// # Examples
     ///
@@ -248,30 +293,18 @@ impl CudaMixer {
     /// }
     /// ```
     pub fn new(ordinal: usize) -> Result<Self> {
-        Self::with_options(ordinal, CudaMixerOptions::default())
+        check_device(ordinal)?;
+        let what = "creating the CUDA context";
+        let ctx = guard(what, || CudaContext::new(ordinal))?.map_err(driver_err(what))?;
+        Self::from_stream(ctx.default_stream())
     }
 
-    /// Like [`new`](CudaMixer::new), with options.
+    /// A mixer enqueuing on `stream` (its device and context), e.g. candle's
+    /// `CudaDevice::cuda_stream()`.
     ///
-    /// # Examples
-    ///
-    /// ```
-    /// use mixup_kernels::cuda::{CudaMixer, CudaMixerOptions};
-    /// let dir = std::env::temp_dir().join("mixup-kernels-doc-cache");
-    /// let options = CudaMixerOptions { cache_dir: Some(dir.clone()), ..Default::default() };
-    /// if let Ok(mixer) = CudaMixer::with_options(0, options) {
-    ///     assert_eq!(mixer.cache_dir(), Some(dir.as_path()));
-    /// }
-    /// ```
-    pub fn with_options(ordinal: usize, options: CudaMixerOptions) -> Result<Self> {
-        require_driver()?;
-        require_nvrtc()?;
-        let ctx = guard("creating the CUDA context", || CudaContext::new(ordinal))?
-            .map_err(driver_err("creating the CUDA context"))?;
-        Self::from_stream_with(ctx.default_stream(), options)
-    }
-
-    /// A mixer enqueuing on `stream` (its device and context).
+    /// # Errors
+    /// [`MixError::CudaUnavailable`] without libnvrtc or when NVRTC cannot target the device;
+    /// [`MixError::Driver`] when the device cannot be queried.
     ///
     /// # Examples
     ///
@@ -288,11 +321,46 @@ impl CudaMixer {
     /// # }
     /// ```
     pub fn from_stream(stream: Arc<CudaStream>) -> Result<Self> {
-        Self::from_stream_with(stream, CudaMixerOptions::default())
+        require_nvrtc()?;
+        let ctx = stream.context().clone();
+        let (major, minor) = guard("reading the device", || ctx.compute_capability())?
+            .map_err(driver_err("reading the compute capability"))?;
+        let cc = (major * 10 + minor) as u32;
+        let attr = |a| -> Result<u32> {
+            Ok(guard("reading the device", || ctx.attribute(a))?
+                .map_err(driver_err("reading a device attribute"))?
+                .max(0) as u32)
+        };
+        let sms = attr(Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let smem_optin = attr(Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+        let nvrtc_version = guard("asking NVRTC its version", nvrtc::version)??;
+        let archs = guard("asking NVRTC its architectures", nvrtc::supported_archs)??;
+        let target = nvrtc::target_for(cc, &archs)?;
+        let flags = stream
+            .alloc_zeros::<u32>(2)
+            .map_err(driver_err("allocating the label flags"))?;
+        let options = CudaMixerOptions::default();
+        Ok(Self {
+            stream,
+            cc,
+            target,
+            nvrtc: nvrtc_version,
+            sms,
+            smem_optin,
+            cache: options.cache(),
+            extra: options.nvrtc_options,
+            funcs: std::array::from_fn(|_| OnceLock::new()),
+            compiling: Mutex::new(()),
+            flags,
+            scratch: Mutex::new(None),
+        })
     }
 
     /// A mixer on a stream owned by another library (PyTorch through tch-rs, burn, ...): the
     /// primary context of device `ordinal` and the raw `CUstream`.
+    ///
+    /// # Errors
+    /// As [`new`](CudaMixer::new).
     ///
     /// # Safety
     /// `stream` must be a valid stream of device `ordinal`'s primary context (or null for the
@@ -317,71 +385,33 @@ impl CudaMixer {
         ordinal: usize,
         stream: cudarc::driver::sys::CUstream,
     ) -> Result<Self> {
-        require_driver()?;
-        require_nvrtc()?;
-        let ctx = guard("creating the CUDA context", || CudaContext::new(ordinal))?
-            .map_err(driver_err("creating the CUDA context"))?;
+        check_device(ordinal)?;
+        let what = "creating the CUDA context";
+        let ctx = guard(what, || CudaContext::new(ordinal))?.map_err(driver_err(what))?;
         // SAFETY: forwarded to the caller.
         let stream = unsafe { ctx.wrap_borrowed_stream(stream) };
-        Self::from_stream_with(stream, CudaMixerOptions::default())
+        Self::from_stream(stream)
     }
 
-    /// [`from_stream`](CudaMixer::from_stream) with options.
+    /// The same mixer with `options` (cache folder, NVRTC options). Kernels loaded so far are
+    /// dropped, so the next call compiles (or reads from the cache) with the new options.
     ///
     /// # Examples
     ///
     /// ```
     /// use mixup_kernels::cuda::{CudaMixer, CudaMixerOptions};
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let Ok(first) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
-    /// let stream = first.stream().context().new_stream()?;
-    /// let options = CudaMixerOptions { disk_cache: false, ..Default::default() };
-    /// let mixer = CudaMixer::from_stream_with(stream, options)?;
-    /// assert_eq!(mixer.cache_dir(), None);
-    /// # Ok(())
-    /// # }
+    /// let dir = std::env::temp_dir().join("mixup-kernels-doc-cache");
+    /// let options = CudaMixerOptions { cache_dir: Some(dir.clone()), ..Default::default() };
+    /// if let Ok(mixer) = CudaMixer::new(0) {
+    ///     let mixer = mixer.with_options(options);
+    ///     assert_eq!(mixer.cache_dir(), Some(dir.as_path()));
+    /// }
     /// ```
-    pub fn from_stream_with(stream: Arc<CudaStream>, options: CudaMixerOptions) -> Result<Self> {
-        require_nvrtc()?;
-        let ctx = stream.context().clone();
-        let (major, minor) = guard("reading the device", || ctx.compute_capability())?
-            .map_err(driver_err("reading the compute capability"))?;
-        let cc = (major * 10 + minor) as u32;
-        let attr = |a| -> Result<u32> {
-            Ok(guard("reading the device", || ctx.attribute(a))?
-                .map_err(driver_err("reading a device attribute"))?
-                .max(0) as u32)
-        };
-        let sms = attr(Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
-        let smem_optin = attr(Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
-        let nvrtc_version = guard("asking NVRTC its version", nvrtc::version)??;
-        let archs = guard("asking NVRTC its architectures", nvrtc::supported_archs)??;
-        let target = nvrtc::target_for(cc, &archs)?;
-        let cache = if options.disk_cache {
-            match options.cache_dir {
-                Some(d) => DiskCache::at(Some(d)),
-                None => DiskCache::from_env(),
-            }
-        } else {
-            DiskCache::at(None)
-        };
-        let flags = stream
-            .alloc_zeros::<u32>(2)
-            .map_err(driver_err("allocating the label flags"))?;
-        Ok(Self {
-            stream,
-            cc,
-            target,
-            nvrtc: nvrtc_version,
-            sms,
-            smem_optin,
-            cache,
-            extra: options.nvrtc_options,
-            units: Mutex::new(HashMap::new()),
-            loads: Mutex::new(Vec::new()),
-            flags,
-            scratch: Mutex::new(None),
-        })
+    pub fn with_options(mut self, options: CudaMixerOptions) -> Self {
+        self.cache = options.cache();
+        self.extra = options.nvrtc_options;
+        self.funcs = std::array::from_fn(|_| OnceLock::new());
+        self
     }
 
     /// The stream every operation is enqueued on.
@@ -479,46 +509,30 @@ impl CudaMixer {
     /// Compiles (or loads from the disk cache) every kernel the operations use for `dtype`,
     /// so the first training step does not pay for it (and before capturing a CUDA graph).
     ///
+    /// # Errors
+    /// [`MixError::Compile`] if NVRTC rejects a kernel (with its log), [`MixError::Driver`] if
+    /// the driver rejects a compiled kernel.
+    ///
     /// # Examples
     ///
     /// ```
     /// use mixup_kernels::{cuda::CudaMixer, DType};
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
-    /// mixer.preload(DType::BF16)?;
-    /// let loaded = mixer.load_report().len();
-    /// assert!(loaded > 0);
+    /// let t0 = std::time::Instant::now();
+    /// mixer.preload(DType::BF16)?; // NVRTC, or the disk cache of an earlier process
+    /// println!("bf16 kernels ready in {:?}", t0.elapsed());
     /// mixer.preload(DType::BF16)?; // a second call finds everything loaded
-    /// assert_eq!(mixer.load_report().len(), loaded);
     /// # Ok(())
     /// # }
     /// ```
     pub fn preload(&self, dtype: DType) -> Result<()> {
-        for unit in Unit::ALL {
-            if matches!(unit, Unit::Entry(_, d) if d == dtype) {
-                self.unit(unit)?;
+        for &kernel in Kernel::ALL {
+            if kernel.name(dtype).is_some() {
+                self.function(kernel, dtype)?;
             }
         }
         Ok(())
-    }
-
-    /// Every kernel unit this mixer loaded so far: how (compiled or from disk) and how long.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use mixup_kernels::{cuda::CudaMixer, DType};
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
-    /// assert!(mixer.load_report().is_empty()); // kernels load on first use
-    /// mixer.preload(DType::F32)?;
-    /// let total: std::time::Duration = mixer.load_report().iter().map(|l| l.time).sum();
-    /// println!("f32 kernels ready in {total:?}");
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn load_report(&self) -> Vec<UnitLoad> {
-        lock(&self.loads).clone()
     }
 
     /// Waits for the stream, then reports labels that device kernels found out of range since
@@ -596,39 +610,37 @@ impl CudaMixer {
         self.smem_optin
     }
 
-    /// The function of `kernel` for `dtype`, compiling or loading its unit on first use. Once
-    /// loaded: a lock, a hash of two small enums and an `Arc` clone; no allocation.
-    pub(crate) fn function(&self, kernel: Kernel, dtype: DType) -> Result<CudaFunction> {
-        let unit = Unit::of(kernel, dtype);
-        let found = match kernel.name(dtype) {
-            Some(_) => self.unit(unit)?.funcs[kernel as usize].clone(),
-            None => None,
-        };
-        found.ok_or_else(|| {
-            MixError::Unsupported(format!(
+    /// The function of `kernel` for `dtype`, compiled or read from the disk cache on first use.
+    /// Once loaded: one atomic load, no lock, no allocation.
+    pub(crate) fn function(&self, kernel: Kernel, dtype: DType) -> Result<&CudaFunction> {
+        match self.funcs[kernel.slot(dtype)].get() {
+            Some(f) => Ok(f),
+            None => self.load(kernel, dtype),
+        }
+    }
+
+    #[cold]
+    fn load(&self, kernel: Kernel, dtype: DType) -> Result<&CudaFunction> {
+        let Some(name) = kernel.name(dtype) else {
+            return Err(MixError::Unsupported(format!(
                 "no `{}` kernel for {}",
                 kernel.prefix(),
                 dtype.name()
-            ))
-        })
-    }
-
-    fn unit(&self, unit: Unit) -> Result<Arc<Loaded>> {
-        // Held while compiling: two threads asking for the same unit compile it once.
-        let mut units = lock(&self.units);
-        if let Some(u) = units.get(&unit) {
-            return Ok(u.clone());
+            )));
+        };
+        let slot = &self.funcs[kernel.slot(dtype)];
+        let _compiling = lock(&self.compiling);
+        if let Some(f) = slot.get() {
+            return Ok(f); // another thread compiled it meanwhile
         }
-        let t0 = Instant::now();
-        let module = unit.module();
-        let name = unit.name();
+        let module = kernel.module();
         let options = nvrtc::options(self.target, &format!("MIXUP_ONLY_{name}"), &self.extra);
         let path = self
             .cache
             .path(name, module.hash, self.target, self.nvrtc, &options);
         let cached = path.as_deref().and_then(DiskCache::load);
-        let (loaded, source) = match cached.map(|img| self.load_image(unit, img)) {
-            Some(Ok(m)) => (m, UnitSource::DiskCache),
+        let f = match cached.map(|img| self.load_image(kernel, name, img)) {
+            Some(Ok(f)) => f,
             // Absent, or present but rejected by the driver (corrupt in a way the checksum
             // cannot see, e.g. written by another driver): compile and overwrite.
             _ => {
@@ -638,20 +650,13 @@ impl CudaMixer {
                 if let Some(p) = &path {
                     DiskCache::store(p, &compiled.image);
                 }
-                (self.load_image(unit, compiled.image)?, UnitSource::Compiled)
+                self.load_image(kernel, name, compiled.image)?
             }
         };
-        let u = Arc::new(loaded);
-        units.insert(unit, u.clone());
-        lock(&self.loads).push(UnitLoad {
-            unit: name,
-            source,
-            time: t0.elapsed(),
-        });
-        Ok(u)
+        Ok(slot.get_or_init(|| f))
     }
 
-    fn load_image(&self, unit: Unit, image: Vec<u8>) -> Result<Loaded> {
+    fn load_image(&self, kernel: Kernel, name: &str, image: Vec<u8>) -> Result<CudaFunction> {
         let ptx = match self.target {
             Target::Sm(_) => Ptx::from_binary(image),
             Target::Compute(_) => {
@@ -660,41 +665,34 @@ impl CudaMixer {
             }
         };
         let ctx = self.stream.context();
-        let module = guard("loading a kernel module", || ctx.load_module(ptx))?.map_err(|e| {
-            MixError::Driver {
-                context: "loading a kernel module",
-                message: format!(
-                    "{e} (unit `{}` for {}; a driver older than NVRTC {}.{} may reject its \
-                     output: update the driver or use an NVRTC no newer than it)",
-                    unit.name(),
-                    self.target.arch(),
-                    self.nvrtc.0,
-                    self.nvrtc.1
-                ),
-            }
+        let what = "loading a kernel module";
+        let module = guard(what, || ctx.load_module(ptx))?.map_err(|e| MixError::Driver {
+            context: what,
+            message: format!(
+                "{} (kernel `{name}` for {}; a driver older than NVRTC {}.{} may reject its \
+                 output: update the driver or use an NVRTC no newer than it)",
+                describe(e),
+                self.target.arch(),
+                self.nvrtc.0,
+                self.nvrtc.1
+            ),
+            source: CudaError::Driver(e),
         })?;
-        let mut funcs: [Option<CudaFunction>; KERNELS] = std::array::from_fn(|_| None);
-        for (kernel, entry) in unit.entries() {
-            let f = module
-                .load_function(entry)
-                .map_err(driver_err("finding a kernel in its module"))?;
-            if kernel == Kernel::CeBlock {
-                // The block kernel keeps part of a row in dynamic shared memory: allow up to the
-                // device's opt-in limit (minus the kernel's static shared memory).
-                let static_smem = f.shared_size_bytes().unwrap_or(0).max(0) as u32;
-                let dynamic = self.smem_optin.saturating_sub(static_smem);
-                f.set_attribute(
-                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    dynamic as i32,
-                )
-                .map_err(driver_err("raising the shared-memory limit"))?;
-            }
-            funcs[kernel as usize] = Some(f);
+        let f = module
+            .load_function(name)
+            .map_err(driver_err("finding a kernel in its module"))?;
+        if kernel == Kernel::CeBlock {
+            // The block kernel keeps part of a row in dynamic shared memory: allow up to the
+            // device's opt-in limit (minus the kernel's static shared memory).
+            let static_smem = f.shared_size_bytes().unwrap_or(0).max(0) as u32;
+            let dynamic = self.smem_optin.saturating_sub(static_smem);
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                dynamic as i32,
+            )
+            .map_err(driver_err("raising the shared-memory limit"))?;
         }
-        Ok(Loaded {
-            _module: module,
-            funcs,
-        })
+        Ok(f)
     }
 }
 
@@ -720,6 +718,28 @@ mod tests {
             Err(MixError::Driver { .. }) => {} // a driver without a device
             Err(e) => panic!("unexpected error: {e}"),
         }
+    }
+
+    #[test]
+    fn device_errors_keep_their_result_code() {
+        use cudarc::driver::sys::CUresult;
+        use cudarc::nvrtc::sys::nvrtcResult;
+        use std::error::Error as _;
+        let code = DriverError(CUresult::CUDA_ERROR_INVALID_DEVICE);
+        let e = driver_err("opening the CUDA device")(code);
+        assert!(matches!(e, MixError::Driver { source: CudaError::Driver(c), .. } if c == code));
+        let s = e.source().expect("a driver error has a source");
+        assert_eq!(s.downcast_ref::<DriverError>(), Some(&code));
+        assert!(e.to_string().contains("opening the CUDA device"), "{e}");
+        let code = NvrtcError(nvrtcResult::NVRTC_ERROR_INVALID_INPUT);
+        let e = nvrtc_err("calling NVRTC")(code);
+        assert_eq!(
+            e.source().and_then(|s| s.downcast_ref::<NvrtcError>()),
+            Some(&code)
+        );
+        assert!(e.to_string().contains("NVRTC_ERROR_INVALID_INPUT"), "{e}");
+        // Errors of the crate's own checks have none.
+        assert!(MixError::EmptyShape { what: "x" }.source().is_none());
     }
 
     /// Re-runs this test binary with LD_LIBRARY_PATH emptied, so libnvrtc cannot be found,

@@ -12,7 +12,7 @@ use crate::error::{MixError, Result};
 use crate::plan::{MixPlan, PlanEntry};
 use crate::spec::{check_mix, BceSpec, CeSpec, Layout};
 
-use super::raw::{CeBuffers, RawUpstream};
+use super::mixup_ce::{CeBuffers, RawUpstream};
 
 /// One kernel launch as the host code makes it.
 #[derive(Debug, Clone)]
@@ -195,18 +195,11 @@ pub fn mixup_bce(
     if plan.is_empty() {
         return Ok(None);
     }
-    let b = super::mixup_bce::BceBuffers {
-        logits: bufs.logits,
-        labels: bufs.labels,
-        grad: bufs.grad,
-        loss: bufs.loss,
-        losses: bufs.losses,
-    };
     let (kernel, args, cfg) = super::mixup_bce::bce_call(
         spec,
         dtype,
         plan.len(),
-        &b,
+        bufs,
         losses_of(bufs)?,
         weights,
         (dev.plan, dev.flags),

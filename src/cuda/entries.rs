@@ -1,8 +1,14 @@
 //! The kernels by name: one enum of kernel families, each with the dtypes it is instantiated
-//! for, gives every `extern "C"` entry name as a `&'static str` (no `format!`, no search) and
-//! the unit NVRTC compiles it in. The table below is the only list of kernels on the host; a
-//! test reads `kernels/*.cu` and checks that it names exactly the entries the sources define,
-//! unit by unit.
+//! for, gives every `extern "C"` entry name as a `&'static str` (no `format!`, no search), its
+//! source module and its slot in the mixer's table of loaded functions. The table below is the
+//! only list of kernels on the host; a test reads `kernels/*.cu` and checks that it names
+//! exactly the entries the sources define.
+//!
+//! Each entry is compiled alone (`-DMIXUP_ONLY_<entry>`; the sources guard each with
+//! `#if MIXUP_ALL || MIXUP_ONLY_<entry>`), so a first call compiles only the kernel it runs:
+//! measured with NVRTC 13.0 for sm_90, one entry takes 0.1–0.6 s, one module's entries of a
+//! dtype together about their sum (the cross-entropy's three 1.0–1.1 s), so compiling per
+//! (module, dtype) would make a first call 2–3 times slower.
 
 use crate::dtype::DType;
 
@@ -25,13 +31,9 @@ macro_rules! dt {
 }
 
 /// Defines [`Kernel`] from the table: each family's entry prefix, source module and dtypes.
-/// `suffixed` entries are named `<prefix>_<dtype>` (one per dtype); `bare` ones have no dtype in
-/// their name and are compiled into every naive unit.
+/// Entries are named `<prefix>_<dtype>`.
 macro_rules! kernels {
-    (
-        suffixed { $($k:ident = $p:literal in $m:literal for [$($d:ident),+];)+ }
-        bare { $($bk:ident = $bp:literal in $bm:literal for [$($bd:ident),+];)+ }
-    ) => {
+    ($($k:ident = $p:literal in $m:literal for [$($d:ident),+];)+) => {
         /// A kernel family: one `extern "C"` entry per dtype it supports.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum Kernel {
@@ -39,22 +41,17 @@ macro_rules! kernels {
                 #[doc = concat!("`", $p, "_<dtype>` in kernels/", $m, ".cu")]
                 $k,
             )+
-            $(
-                #[doc = concat!("`", $bp, "` in kernels/", $bm, ".cu")]
-                $bk,
-            )+
         }
 
         impl Kernel {
             /// Every family, in declaration order (`Kernel::ALL[k as usize] == k`).
-            pub const ALL: &'static [Kernel] = &[$(Kernel::$k,)+ $(Kernel::$bk,)+];
+            pub const ALL: &'static [Kernel] = &[$(Kernel::$k,)+];
 
             /// The entry name of this family for `dtype`, or `None` if the family has no
             /// `dtype` instance.
             pub const fn name(self, dtype: DType) -> Option<&'static str> {
                 match (self, dtype) {
                     $($( (Kernel::$k, dt!($d)) => Some(concat!($p, "_", stringify!($d))), )+)+
-                    $($( (Kernel::$bk, dt!($bd)) => Some($bp), )+)+
                     #[allow(unreachable_patterns)]
                     _ => None,
                 }
@@ -64,15 +61,13 @@ macro_rules! kernels {
             pub const fn prefix(self) -> &'static str {
                 match self {
                     $(Kernel::$k => $p,)+
-                    $(Kernel::$bk => $bp,)+
                 }
             }
 
-            /// The module (`kernels/<module>.cu`) that defines it.
+            /// The name of the module (`kernels/<module>.cu`) that defines it.
             pub const fn module_name(self) -> &'static str {
                 match self {
                     $(Kernel::$k => $m,)+
-                    $(Kernel::$bk => $bm,)+
                 }
             }
         }
@@ -80,161 +75,48 @@ macro_rules! kernels {
 }
 
 kernels! {
-    suffixed {
-        MixGather = "mix_gather" in "mix" for [f32, f16, bf16, u8];
-        MixPairs = "mix_pairs" in "mix" for [f32, f16, bf16, u8];
-        SoftTargets = "soft_targets" in "soft_targets" for [f32, f16, bf16];
-        CeWarp = "ce_warp" in "mixup_ce" for [f32, f16, bf16];
-        CeBlock = "ce_block" in "mixup_ce" for [f32, f16, bf16];
-        CeOnline = "ce_online" in "mixup_ce" for [f32, f16, bf16];
-        BceWarp = "bce_warp" in "mixup_bce" for [f32, f16, bf16];
-        BceBlock = "bce_block" in "mixup_bce" for [f32, f16, bf16];
-        NaiveGather = "naive_gather" in "naive" for [f32, f16, bf16, u8];
-        NaiveLerp = "naive_lerp" in "naive" for [f32, f16, bf16, u8];
-        NaivePaste = "naive_paste" in "naive" for [f32, f16, bf16, u8];
-        NaiveBlend = "naive_blend" in "naive" for [f32, f16, bf16];
-        NaiveLogSoftmax = "naive_log_softmax" in "naive" for [f32, f16, bf16];
-        NaiveGrad = "naive_grad" in "naive" for [f32, f16, bf16];
-    }
-    bare {
-        NaiveOneHot = "naive_one_hot" in "naive" for [f32, f16, bf16, u8];
-        NaiveRowLoss = "naive_row_loss" in "naive" for [f32, f16, bf16, u8];
-        NaiveReduce = "naive_reduce" in "naive" for [f32, f16, bf16, u8];
-    }
+    MixGather = "mix_gather" in "mix" for [f32, f16, bf16, u8];
+    MixPairs = "mix_pairs" in "mix" for [f32, f16, bf16, u8];
+    SoftTargets = "soft_targets" in "soft_targets" for [f32, f16, bf16];
+    CeWarp = "ce_warp" in "mixup_ce" for [f32, f16, bf16];
+    CeBlock = "ce_block" in "mixup_ce" for [f32, f16, bf16];
+    CeOnline = "ce_online" in "mixup_ce" for [f32, f16, bf16];
+    BceWarp = "bce_warp" in "mixup_bce" for [f32, f16, bf16];
+    BceBlock = "bce_block" in "mixup_bce" for [f32, f16, bf16];
 }
 
-/// Number of kernel families.
-pub const KERNELS: usize = Kernel::ALL.len();
+/// Every dtype, in slot order.
+pub const DTYPES: [DType; 4] = [DType::F32, DType::F16, DType::BF16, DType::U8];
 
-const DTYPES: [DType; 4] = [DType::F32, DType::F16, DType::BF16, DType::U8];
+/// Slots of the mixer's function table: one per (kernel, dtype), used or not.
+pub const SLOTS: usize = Kernel::ALL.len() * DTYPES.len();
 
 impl Kernel {
-    /// Whether this is an unfused baseline (`kernels/naive.cu`).
-    pub const fn is_naive(self) -> bool {
-        matches!(self.module_name().as_bytes(), b"naive")
-    }
-}
-
-/// One NVRTC compilation: a fused kernel for one dtype (compiled alone, so a first call compiles
-/// only what it runs), or all naive kernels of one dtype together. The sources guard each unit
-/// with `#if MIXUP_ALL || MIXUP_ONLY_<unit name>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Unit {
-    /// One fused entry.
-    Entry(Kernel, DType),
-    /// The naive kernels of a dtype.
-    Naive(DType),
-}
-
-/// Number of units: every (fused family, dtype) plus one naive unit per dtype.
-const UNITS: usize = {
-    let mut n = 0;
-    let mut k = 0;
-    while k < KERNELS {
-        let mut d = 0;
-        while d < DTYPES.len() {
-            if !Kernel::ALL[k].is_naive() && Kernel::ALL[k].name(DTYPES[d]).is_some() {
-                n += 1;
-            }
-            d += 1;
-        }
-        k += 1;
-    }
-    n + DTYPES.len()
-};
-
-impl Unit {
-    /// Every unit: the fused ones by family, then the naive ones.
-    pub const ALL: [Unit; UNITS] = {
-        let mut all = [Unit::Naive(DType::F32); UNITS];
-        let mut n = 0;
-        let mut k = 0;
-        while k < KERNELS {
-            let mut d = 0;
-            while d < DTYPES.len() {
-                let kernel = Kernel::ALL[k];
-                if !kernel.is_naive() && kernel.name(DTYPES[d]).is_some() {
-                    all[n] = Unit::Entry(kernel, DTYPES[d]);
-                    n += 1;
-                }
-                d += 1;
-            }
-            k += 1;
-        }
-        let mut d = 0;
-        while d < DTYPES.len() {
-            all[n] = Unit::Naive(DTYPES[d]);
-            n += 1;
-            d += 1;
-        }
-        all
-    };
-
-    /// The unit that holds `kernel` for `dtype`.
-    pub const fn of(kernel: Kernel, dtype: DType) -> Unit {
-        if kernel.is_naive() {
-            Unit::Naive(dtype)
-        } else {
-            Unit::Entry(kernel, dtype)
-        }
-    }
-
-    /// The unit's name: its entry's name, or `naive_<dtype>` (`MIXUP_ONLY_<name>` selects it).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Unit::Entry(k, d) => match k.name(d) {
-                Some(n) => n,
-                None => "invalid_unit",
-            },
-            Unit::Naive(DType::F32) => "naive_f32",
-            Unit::Naive(DType::F16) => "naive_f16",
-            Unit::Naive(DType::BF16) => "naive_bf16",
-            Unit::Naive(DType::U8) => "naive_u8",
-        }
-    }
-
-    /// The dtype it is compiled for.
-    pub const fn dtype(self) -> DType {
-        match self {
-            Unit::Entry(_, d) | Unit::Naive(d) => d,
-        }
-    }
-
-    /// The source module that defines it.
+    /// The module (`kernels/<module>.cu`, with the shared header) that defines it.
     pub fn module(self) -> &'static ModuleSource {
-        let name = match self {
-            Unit::Entry(k, _) => k.module_name(),
-            Unit::Naive(_) => "naive",
-        };
-        match MODULES.iter().find(|m| m.name == name) {
+        match MODULES.iter().find(|m| m.name == self.module_name()) {
             Some(m) => m,
             None => unreachable!("build.rs embeds every kernels/<module>.cu"),
         }
     }
 
-    /// The kernels the unit defines, with their entry names.
-    pub fn entries(self) -> impl Iterator<Item = (Kernel, &'static str)> {
-        Kernel::ALL.iter().filter_map(move |&k| {
-            let name = k.name(self.dtype())?;
-            (Unit::of(k, self.dtype()) == self).then_some((k, name))
-        })
+    /// Index of (`self`, `dtype`) in a table of [`SLOTS`].
+    pub const fn slot(self, dtype: DType) -> usize {
+        let d = match dtype {
+            DType::F32 => 0,
+            DType::F16 => 1,
+            DType::BF16 => 2,
+            DType::U8 => 3,
+        };
+        self as usize * DTYPES.len() + d
     }
 }
 
-/// Every unit's name, in [`Unit::ALL`]'s order.
-pub const UNIT_NAMES: [&str; UNITS] = {
-    let mut names = [""; UNITS];
-    let mut i = 0;
-    while i < UNITS {
-        names[i] = Unit::ALL[i].name();
-        i += 1;
-    }
-    names
-};
-
-/// The unit named `name`, for tools that hold names (tests/kernels_compile.rs).
-pub fn unit_named(name: &str) -> Option<Unit> {
-    Unit::ALL.iter().copied().find(|u| u.name() == name)
+/// Every entry `(kernel, dtype, name)`, by family then dtype.
+pub fn entries() -> impl Iterator<Item = (Kernel, DType, &'static str)> {
+    Kernel::ALL
+        .iter()
+        .flat_map(|&k| DTYPES.iter().filter_map(move |&d| Some((k, d, k.name(d)?))))
 }
 
 #[cfg(test)]
@@ -318,51 +200,53 @@ mod tests {
     }
 
     #[test]
-    fn every_entry_name_is_defined_in_its_units_block_and_nothing_else() {
-        let mut seen_units = BTreeSet::new();
+    fn every_entry_name_is_defined_in_its_own_block_and_nothing_else() {
+        let mut seen = BTreeSet::new();
         for m in MODULES {
             let blocks = entries_in_source(m.source);
             let everywhere = blocks.get("").cloned().unwrap_or_default();
-            for (unit_name, defined) in blocks.iter().filter(|(u, _)| !u.is_empty()) {
-                let unit = unit_named(unit_name)
-                    .unwrap_or_else(|| panic!("{}.cu guards `{unit_name}`, no such unit", m.name));
-                assert_eq!(unit.module().name, m.name, "{unit_name}");
-                let want: BTreeSet<String> = unit.entries().map(|(_, n)| n.to_string()).collect();
-                let got: BTreeSet<String> = defined.union(&everywhere).cloned().collect();
-                assert_eq!(got, want, "entries of unit `{unit_name}` in {}.cu", m.name);
-                seen_units.insert(unit_name.clone());
+            assert!(
+                everywhere.is_empty(),
+                "{}.cu: unguarded {everywhere:?}",
+                m.name
+            );
+            for (guard, defined) in blocks.iter().filter(|(u, _)| !u.is_empty()) {
+                let (k, _, name) = entries()
+                    .find(|e| e.2 == guard)
+                    .unwrap_or_else(|| panic!("{}.cu guards `{guard}`, no such entry", m.name));
+                assert_eq!(k.module_name(), m.name, "{guard}");
+                let want: BTreeSet<String> = [name.to_string()].into();
+                assert_eq!(
+                    defined, &want,
+                    "entries of block `{guard}` in {}.cu",
+                    m.name
+                );
+                seen.insert(name);
             }
         }
-        let all: BTreeSet<String> = UNIT_NAMES.iter().map(|s| s.to_string()).collect();
-        assert_eq!(seen_units, all, "units without a guarded block in kernels/");
+        let all: BTreeSet<&str> = entries().map(|e| e.2).collect();
+        assert_eq!(seen, all, "entries without a guarded block in kernels/");
     }
 
     #[test]
     fn names_are_static_and_consistent() {
         assert_eq!(Kernel::CeBlock.name(DType::F16), Some("ce_block_f16"));
         assert_eq!(Kernel::SoftTargets.name(DType::U8), None);
-        assert_eq!(Kernel::NaiveReduce.name(DType::U8), Some("naive_reduce"));
         for (i, k) in Kernel::ALL.iter().enumerate() {
             assert_eq!(*k as usize, i);
         }
-        assert_eq!(Unit::ALL.len(), 30);
-        assert_eq!(UNIT_NAMES[0], "mix_gather_f32");
-        assert_eq!(UNIT_NAMES[UNITS - 1], "naive_u8");
-        let units: BTreeSet<&str> = UNIT_NAMES.iter().copied().collect();
-        assert_eq!(units.len(), UNITS, "unit names are unique");
-        for u in Unit::ALL {
-            assert!(u.entries().count() > 0, "{u:?}");
-            for (k, name) in u.entries() {
-                assert_eq!(Unit::of(k, u.dtype()), u);
-                assert!(name.starts_with(k.prefix()), "{name}");
-            }
+        assert_eq!(entries().count(), 26);
+        let names: BTreeSet<&str> = entries().map(|e| e.2).collect();
+        assert_eq!(names.len(), 26, "entry names are unique");
+        let slots: BTreeSet<usize> = entries().map(|(k, d, _)| k.slot(d)).collect();
+        assert_eq!(slots.len(), 26, "slots are unique");
+        assert!(slots.iter().all(|&s| s < SLOTS));
+        for (k, d, name) in entries() {
+            assert!(
+                name.starts_with(k.prefix()) && name.ends_with(d.name()),
+                "{name}"
+            );
+            assert_eq!(k.module().name, k.module_name());
         }
-        assert_eq!(Unit::Naive(DType::U8).entries().count(), 6);
-        assert_eq!(Unit::Naive(DType::F16).entries().count(), 9);
-        assert_eq!(
-            unit_named("ce_online_bf16"),
-            Some(Unit::Entry(Kernel::CeOnline, DType::BF16))
-        );
-        assert_eq!(unit_named("nothing"), None);
     }
 }

@@ -139,7 +139,9 @@ pub(crate) fn mix_call(
     Ok((kernel, args, cfg))
 }
 
-/// Validates and launches a mixing kernel on raw device addresses (see [`super::raw::mix`]).
+/// Validates and launches a mixing kernel on raw device addresses: the one launch behind
+/// [`CudaMixer::mix`], [`CudaMixer::mix_in_place`], [`super::raw::mix`] and
+/// [`super::raw::mix_in_place`].
 ///
 /// # Safety
 /// `x` and `out` address `len` elements of `dtype` on the mixer's device; `out == x` only when
@@ -175,7 +177,7 @@ pub(crate) unsafe fn launch(
     let f = m.function(kernel, dtype)?;
     // SAFETY: `args` matches the kernel's `MixArgs`; the addresses are valid per the contract
     // and the plan buffer holds the plan and its pair leaders.
-    unsafe { m.stream().launch_builder(&f).arg(&args).launch(cfg) }
+    unsafe { m.stream().launch_builder(f).arg(&args).launch(cfg) }
         .map_err(driver_err("launching the mix kernel"))?;
     Ok(())
 }
@@ -215,7 +217,7 @@ impl CudaMixer {
         let (op, _wo) = out.device_ptr_mut(self.stream());
         // SAFETY: both views hold `x.len()` elements of T on this mixer's stream and cannot
         // overlap (one is borrowed mutably).
-        unsafe { super::raw::mix(self, plan, layout, T::DTYPE, xp, op, x.len()) }
+        unsafe { launch(self, plan, layout, T::DTYPE, xp, op, x.len(), false) }
     }
 
     /// Mixes `x` in place. The plan must be an involution (`partner(partner(i)) == i`, as timm's
@@ -255,7 +257,7 @@ impl CudaMixer {
         let len = x.len();
         let (xp, _wx) = x.device_ptr_mut(self.stream());
         // SAFETY: the view holds `len` elements of T on this mixer's stream.
-        unsafe { super::raw::mix_in_place(self, plan, layout, T::DTYPE, xp, len) }
+        unsafe { launch(self, plan, layout, T::DTYPE, xp, xp, len, true) }
     }
 }
 

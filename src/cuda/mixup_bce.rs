@@ -19,9 +19,8 @@ use crate::spec::{check_bce, BceSpec, Reduction, Upstream};
 use super::context::{driver_err, CudaMixer};
 use super::entries::Kernel;
 use super::mix::MAX_GRID;
-use super::mixup_ce::{upstream_fields, DeviceUpstream};
+use super::mixup_ce::{raw_upstream, upstream_fields, CeBuffers, DeviceUpstream, RawUpstream};
 use super::plan::DevicePlan;
-use super::raw::RawUpstream;
 use super::soft_targets::require_float;
 
 /// Threads per block of the warp kernel (`BCE_NT`).
@@ -201,15 +200,6 @@ pub(crate) fn check_bce_device(
     Ok(total)
 }
 
-/// The device addresses of one call.
-pub(crate) struct BceBuffers {
-    pub(crate) logits: u64,
-    pub(crate) labels: u64,
-    pub(crate) grad: Option<u64>,
-    pub(crate) loss: u64,
-    pub(crate) losses: Option<u64>,
-}
-
 /// The kernel, its arguments and its launch configuration for a checked call of `b > 0` rows,
 /// every address given: `losses` resolved to the scratch buffer when the caller gave none,
 /// `weights` = (weight, pos_weight) (0: none), `mixer` = (plan, flags). [`launch`] launches
@@ -219,7 +209,7 @@ pub(crate) fn bce_call(
     spec: &BceSpec,
     dtype: DType,
     b: usize,
-    bufs: &BceBuffers,
+    bufs: &CeBuffers,
     losses: u64,
     (weight, pos_weight): (u64, u64),
     (plan, flags): (u64, u64),
@@ -264,16 +254,20 @@ pub(crate) fn bce_call(
     (strategy.kernel(), args, strategy.launch_config(b as u64))
 }
 
+/// Validates and launches the binary cross-entropy on raw device addresses: the one launch
+/// behind [`CudaMixer::mixup_bce`] (and its siblings) and [`super::raw::mixup_bce`].
+///
 /// # Safety
 /// Every address in `bufs` holds what the kernel reads or writes for `plan.len()` rows of
-/// `spec`'s classes of `dtype`, on the mixer's device; the upstream likewise.
-unsafe fn launch(
+/// `spec`'s classes of `dtype`, on the mixer's device; the upstream likewise (see
+/// [`super::raw::mixup_bce`]).
+pub(crate) unsafe fn launch(
     m: &CudaMixer,
     plan: &DevicePlan,
     dspec: &DeviceBceSpec,
     dtype: DType,
     logits_len: usize,
-    bufs: &BceBuffers,
+    bufs: &CeBuffers,
     upstream: RawUpstream,
 ) -> Result<()> {
     require_float(dtype, "logits")?;
@@ -319,33 +313,9 @@ unsafe fn launch(
     );
     let f = m.function(kernel, dtype)?;
     // SAFETY: `args` matches `BceArgs`; addresses valid per the contract.
-    unsafe { m.stream().launch_builder(&f).arg(&args).launch(cfg) }
+    unsafe { m.stream().launch_builder(f).arg(&args).launch(cfg) }
         .map_err(driver_err("launching the binary cross-entropy kernel"))?;
     Ok(())
-}
-
-/// [`launch`] for the raw entry ([`super::raw::mixup_bce`]), whose buffers are the CE's.
-///
-/// # Safety
-/// As [`launch`].
-pub(crate) unsafe fn launch_raw(
-    m: &CudaMixer,
-    plan: &DevicePlan,
-    dspec: &DeviceBceSpec,
-    dtype: DType,
-    logits_len: usize,
-    bufs: &super::raw::CeBuffers,
-    upstream: RawUpstream,
-) -> Result<()> {
-    let bufs = BceBuffers {
-        logits: bufs.logits,
-        labels: bufs.labels,
-        grad: bufs.grad,
-        loss: bufs.loss,
-        losses: bufs.losses,
-    };
-    // SAFETY: forwarded.
-    unsafe { launch(m, plan, dspec, dtype, logits_len, &bufs, upstream) }
 }
 
 impl CudaMixer {
@@ -516,7 +486,7 @@ impl CudaMixer {
         dtype: DType,
     ) -> Result<()> {
         // Every check before anything is enqueued.
-        let (up, _ru) = super::mixup_ce::raw_upstream(self, plan, &upstream)?;
+        let (up, _ru) = raw_upstream(self, plan, &upstream)?;
         check_bce_device(plan.plan(), &spec.spec, logits_len, &up)?;
         plan.plan().check_batch(labels.len())?;
         check_len("loss", 1, loss.len())?;
@@ -527,7 +497,7 @@ impl CudaMixer {
         let (lossp, _wl) = loss.device_ptr_mut(self.stream());
         let mut losses = losses;
         let lp = losses.as_mut().map(|l| l.device_ptr_mut(self.stream()));
-        let bufs = BceBuffers {
+        let bufs = CeBuffers {
             logits,
             labels: lab,
             grad,

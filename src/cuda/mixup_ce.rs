@@ -13,6 +13,7 @@
 //! Smaller GPUs have less shared memory (A100 163 KB: S ≤ 9; L40 / RTX 4090 99 KB: S ≤ 5; T4
 //! 64 KB: S ≤ 3), so the online path starts earlier there.
 
+use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{
     CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
@@ -70,6 +71,54 @@ pub enum DeviceUpstream<'a> {
     Device(CudaView<'a, f32>),
     /// One device value per sample `[B]`; only with [`Reduction::None`].
     PerSample(CudaView<'a, f32>),
+}
+
+/// The gradient arriving from above the loss, as device addresses.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::raw::RawUpstream;
+/// let plain = RawUpstream::Scalar(1.0); // `loss.backward()`
+/// let on_device = RawUpstream::Device(0x7f00_0000_0000); // one f32 the autograd engine wrote
+/// assert_ne!(plain, on_device);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RawUpstream {
+    /// One host value.
+    Scalar(f32),
+    /// One f32 on the device.
+    Device(CUdeviceptr),
+    /// `B` f32 on the device; only with `Reduction::None`.
+    PerSample(CUdeviceptr),
+}
+
+/// The buffers of a cross-entropy call.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::cuda::raw::CeBuffers;
+/// # let (logits, labels, loss) = (0x1000u64, 0x2000u64, 0x3000u64);
+/// // Loss and gradient, the gradient written over the logits; no per-sample losses.
+/// let bufs = CeBuffers { logits, labels, grad: Some(logits), loss, losses: None };
+/// // Loss only (evaluation).
+/// let eval = CeBuffers { grad: None, ..bufs };
+/// assert_eq!(eval.grad, None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CeBuffers {
+    /// Logits `[B, C]` of the call's dtype.
+    pub logits: CUdeviceptr,
+    /// Labels `[B]`, u32.
+    pub labels: CUdeviceptr,
+    /// Gradient `[B, C]` of the logits' dtype: `None` for the loss only; `Some(logits)` writes
+    /// it over the logits (in place is allowed here).
+    pub grad: Option<CUdeviceptr>,
+    /// The reduced loss, one f32.
+    pub loss: CUdeviceptr,
+    /// Per-sample losses `[B]` f32, if wanted.
+    pub losses: Option<CUdeviceptr>,
 }
 
 /// Kernel arguments (`struct CeArgs` in kernels/mixup_ce.cu).
@@ -222,9 +271,9 @@ pub fn ce_launch(
     )
 }
 
-/// Upstream gradient in raw form (see [`super::raw::RawUpstream`]).
-pub(crate) fn upstream_fields(up: &super::raw::RawUpstream) -> (u32, u64, f32) {
-    use super::raw::RawUpstream::*;
+/// Upstream gradient in raw form (see [`RawUpstream`]).
+pub(crate) fn upstream_fields(up: &RawUpstream) -> (u32, u64, f32) {
+    use RawUpstream::*;
     match *up {
         Scalar(g) => (0, 0, g),
         Device(p) => (1, p, 1.0),
@@ -237,9 +286,9 @@ pub(crate) fn check_ce_device(
     plan: &MixPlan,
     spec: &CeSpec,
     logits_len: usize,
-    up: &super::raw::RawUpstream,
+    up: &RawUpstream,
 ) -> Result<usize> {
-    use super::raw::RawUpstream::*;
+    use RawUpstream::*;
     let host = match *up {
         Scalar(g) => Upstream::Scalar(g),
         Device(_) | PerSample(_) => Upstream::Scalar(1.0),
@@ -264,11 +313,11 @@ pub(crate) fn ce_call(
     dtype: DType,
     b: usize,
     smem_optin: u32,
-    bufs: &super::raw::CeBuffers,
+    bufs: &CeBuffers,
     losses: u64,
     plan: u64,
     flags: u64,
-    upstream: &super::raw::RawUpstream,
+    upstream: &RawUpstream,
 ) -> (Kernel, CeArgs, LaunchConfig) {
     let c = spec.targets.num_classes;
     let strategy = ce_strategy(c as u64, dtype.size(), smem_optin, bufs.grad.is_none());
@@ -300,6 +349,9 @@ pub(crate) fn ce_call(
     (strategy.kernel(), args, strategy.launch_config(b as u64))
 }
 
+/// Validates and launches the cross-entropy on raw device addresses: the one launch behind
+/// [`CudaMixer::mixup_ce`] (and its siblings) and [`super::raw::mixup_ce`].
+///
 /// # Safety
 /// See [`super::raw::mixup_ce`].
 pub(crate) unsafe fn launch(
@@ -308,8 +360,8 @@ pub(crate) unsafe fn launch(
     spec: &CeSpec,
     dtype: DType,
     logits_len: usize,
-    bufs: &super::raw::CeBuffers,
-    upstream: super::raw::RawUpstream,
+    bufs: &CeBuffers,
+    upstream: RawUpstream,
 ) -> Result<()> {
     require_float(dtype, "logits")?;
     check_ce_device(plan.plan(), spec, logits_len, &upstream)?;
@@ -343,7 +395,7 @@ pub(crate) unsafe fn launch(
     let f = m.function(kernel, dtype)?;
     // SAFETY: `args` matches `CeArgs`; addresses valid per the contract; the block kernel's
     // shared-memory limit was raised when it was loaded.
-    unsafe { m.stream().launch_builder(&f).arg(&args).launch(cfg) }
+    unsafe { m.stream().launch_builder(f).arg(&args).launch(cfg) }
         .map_err(driver_err("launching the cross-entropy kernel"))?;
     Ok(())
 }
@@ -353,11 +405,7 @@ pub(crate) fn raw_upstream<'a>(
     m: &'a CudaMixer,
     plan: &DevicePlan,
     up: &'a DeviceUpstream<'_>,
-) -> Result<(
-    super::raw::RawUpstream,
-    Option<cudarc::driver::SyncOnDrop<'a>>,
-)> {
-    use super::raw::RawUpstream;
+) -> Result<(RawUpstream, Option<cudarc::driver::SyncOnDrop<'a>>)> {
     Ok(match up {
         DeviceUpstream::Scalar(g) => (RawUpstream::Scalar(*g), None),
         DeviceUpstream::Device(v) => {
@@ -556,7 +604,7 @@ impl CudaMixer {
         let (lossp, _wl) = loss.device_ptr_mut(self.stream());
         let mut losses = losses;
         let lp = losses.as_mut().map(|l| l.device_ptr_mut(self.stream()));
-        let bufs = super::raw::CeBuffers {
+        let bufs = CeBuffers {
             logits,
             labels: lab,
             grad,
@@ -564,7 +612,7 @@ impl CudaMixer {
             losses: lp.as_ref().map(|(p, _)| *p),
         };
         // SAFETY: every buffer was checked to hold what the kernel reads and writes.
-        unsafe { super::raw::mixup_ce(self, plan, spec, dtype, logits_len, &bufs, up) }
+        unsafe { launch(self, plan, spec, dtype, logits_len, &bufs, up) }
     }
 }
 

@@ -34,7 +34,7 @@
 //! - [`DeviceBceSpec`]: a BCE spec with its class weights on the device.
 //! - [`DevicePlan`]: the plan on the device, one asynchronous copy per step.
 //! - [`raw`]: the same operations on raw device addresses (tch-rs, burn, custom code).
-//! - [`naive`]: unfused baselines for the benchmark.
+//! - [`CudaError`]: the driver's or NVRTC's result code behind a device error.
 //!
 //! Nothing in a step synchronizes with the host or allocates once warmed up (the first call of
 //! each kernel compiles it, the first batch of a new maximum size grows a buffer), so a step can
@@ -46,8 +46,9 @@
 //! thread has its own stream: give each thread its own mixer and plan, since the loss
 //! reduction's block counter and the scratch buffers of one mixer assume one stream order.
 //!
-//! Building without the `cuda` feature gives a module with the same names whose calls return
-//! [`MixError::Unsupported`](crate::MixError::Unsupported).
+//! The module exists with the `cuda` feature (on by default; or `candle-cuda`). Code that also
+//! builds without it asks [`check_cuda`](crate::check_cuda), present in every build, and keeps
+//! its GPU branch behind `#[cfg(feature = "cuda")]`.
 
 mod cache;
 pub(crate) mod context;
@@ -56,13 +57,12 @@ mod entries;
 mod mix;
 mod mixup_bce;
 mod mixup_ce;
-pub mod naive;
 mod nvrtc;
 mod plan;
 pub mod raw;
 mod soft_targets;
 
-pub use context::{CudaMixer, CudaMixerOptions, UnitLoad, UnitSource};
+pub use context::{CudaError, CudaMixer, CudaMixerOptions};
 pub use mixup_bce::DeviceBceSpec;
 pub use mixup_ce::DeviceUpstream;
 pub use plan::DevicePlan;
@@ -105,7 +105,7 @@ pub use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewM
 /// Kernel sources, names and the NVRTC compiler, for tests and tools (not a stable API).
 #[doc(hidden)]
 pub mod kernels {
-    pub use super::entries::{unit_named, Kernel, Unit, UNIT_NAMES};
+    pub use super::entries::{entries, Kernel};
     /// The host's launches without a device, for the host emulation of the kernels.
     pub mod emulated {
         pub use super::super::emulated::*;
@@ -116,17 +116,4 @@ pub mod kernels {
         compile, defines_entry, options, supported_archs, version, Compiled, ModuleSource, Target,
         MODULES,
     };
-
-    /// Every unit's name (`MIXUP_ONLY_<name>` selects it in the sources), from [`Unit::ALL`].
-    pub const ALL_UNITS: &[&str] = &UNIT_NAMES;
-
-    /// The entry names of the unit named `unit` (none for an unknown name).
-    pub fn entries_of(unit: &str) -> Vec<&'static str> {
-        unit_named(unit).map_or_else(Vec::new, |u| u.entries().map(|(_, n)| n).collect())
-    }
-
-    /// The module whose source defines the unit named `unit`.
-    pub fn module_of(unit: &str) -> Option<&'static ModuleSource> {
-        unit_named(unit).map(Unit::module)
-    }
 }

@@ -1,12 +1,15 @@
-//! NVRTC through cudarc's raw bindings: compiles a kernel unit to CUBIN (or PTX when the device
-//! is newer than this NVRTC knows), returning errors instead of panicking (cudarc's safe
-//! `compile_ptx` unwraps the log and the destroy call, and cannot produce a CUBIN).
+//! NVRTC through cudarc's `nvrtc::result` layer: compiles a kernel to CUBIN (or PTX when the
+//! device is newer than this NVRTC knows), every failure a `Result` carrying NVRTC's result code.
+//! Raw `sys` calls only for what that layer lacks: the CUBIN, the version and the supported
+//! architectures. (cudarc's safe `compile_ptx` cannot produce a CUBIN.)
 
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::{c_char, c_int, CString};
 
-use cudarc::nvrtc::sys;
+use cudarc::nvrtc::{result, sys};
 
 use crate::error::{MixError, Result};
+
+use super::context::{nvrtc_err, require_nvrtc, CudaError};
 
 /// The kernel modules embedded by build.rs: `{ name, source, hash }`.
 #[derive(Debug, Clone, Copy)]
@@ -52,44 +55,30 @@ pub struct Compiled {
     pub log: String,
 }
 
-fn check(r: sys::nvrtcResult, what: &str) -> Result<()> {
-    if r == sys::nvrtcResult::NVRTC_SUCCESS {
-        return Ok(());
-    }
-    // SAFETY: nvrtcGetErrorString returns a static NUL-terminated string for any code.
-    let msg = unsafe { CStr::from_ptr(sys::nvrtcGetErrorString(r)) };
-    Err(MixError::Driver {
-        context: "calling NVRTC",
-        message: format!("{what}: {}", msg.to_string_lossy()),
-    })
-}
-
 /// NVRTC's version, `(major, minor)`.
 pub fn version() -> Result<(i32, i32)> {
-    crate::cuda::context::require_nvrtc()?;
+    require_nvrtc()?;
     let (mut major, mut minor): (c_int, c_int) = (0, 0);
     // SAFETY: two valid out-pointers.
-    check(
-        unsafe { sys::nvrtcVersion(&mut major, &mut minor) },
-        "nvrtcVersion",
-    )?;
+    unsafe { sys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .map_err(nvrtc_err("asking NVRTC its version"))?;
     Ok((major, minor))
 }
 
 /// The real architectures this NVRTC can target, ascending (e.g. 75, 80, ..., 120).
 pub fn supported_archs() -> Result<Vec<u32>> {
-    crate::cuda::context::require_nvrtc()?;
+    require_nvrtc()?;
+    let what = "asking NVRTC its architectures";
     let mut n: c_int = 0;
     // SAFETY: valid out-pointer; the second call writes exactly `n` ints.
-    check(
-        unsafe { sys::nvrtcGetNumSupportedArchs(&mut n) },
-        "nvrtcGetNumSupportedArchs",
-    )?;
+    unsafe { sys::nvrtcGetNumSupportedArchs(&mut n) }
+        .result()
+        .map_err(nvrtc_err(what))?;
     let mut archs = vec![0 as c_int; n.max(0) as usize];
-    check(
-        unsafe { sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) },
-        "nvrtcGetSupportedArchs",
-    )?;
+    unsafe { sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) }
+        .result()
+        .map_err(nvrtc_err(what))?;
     let mut archs: Vec<u32> = archs.into_iter().map(|a| a as u32).collect();
     archs.sort_unstable();
     Ok(archs)
@@ -128,113 +117,77 @@ struct Program(sys::nvrtcProgram);
 
 impl Drop for Program {
     fn drop(&mut self) {
-        // SAFETY: the program was created by nvrtcCreateProgram and is destroyed once. A failure
+        // SAFETY: the program was created by `create_program` and is destroyed once. A failure
         // here leaks the program and is not actionable.
-        let _ = unsafe { sys::nvrtcDestroyProgram(&mut self.0) };
+        let _ = unsafe { result::destroy_program(self.0) };
     }
 }
 
-fn program_log(prog: &Program) -> String {
-    let mut size = 0usize;
-    // SAFETY: valid program and out-pointers; the buffer has the size NVRTC reported.
-    unsafe {
-        if sys::nvrtcGetProgramLogSize(prog.0, &mut size) != sys::nvrtcResult::NVRTC_SUCCESS {
-            return String::new();
-        }
-        let mut buf = vec![0u8; size.max(1)];
-        if sys::nvrtcGetProgramLog(prog.0, buf.as_mut_ptr() as *mut c_char)
-            != sys::nvrtcResult::NVRTC_SUCCESS
-        {
-            return String::new();
-        }
-        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    }
+/// NVRTC's characters (NUL-terminated) as bytes.
+fn bytes(chars: Vec<c_char>) -> Vec<u8> {
+    chars.into_iter().map(|c| c as u8).collect()
 }
 
 /// Compiles `module` with `options`. A source NVRTC rejects gives [`MixError::Compile`] with
-/// the log and `unit` as the kernel name.
+/// the log and `unit` as the kernel name; its source is NVRTC's result code.
 pub fn compile(
     module: &ModuleSource,
     unit: &str,
     target: Target,
     options: &[String],
 ) -> Result<Compiled> {
-    crate::cuda::context::require_nvrtc()?;
-    let src = CString::new(module.source).map_err(|_| MixError::Compile {
-        module: unit.to_string(),
-        log: "the kernel source contains a NUL byte".into(),
-    })?;
-    let name = CString::new(format!("{}.cu", module.name)).expect("module names have no NUL");
-    // User options (`CudaMixerOptions::nvrtc_options`) may hold anything.
-    let opts: Vec<CString> = options
-        .iter()
-        .map(|o| {
-            CString::new(o.as_str()).map_err(|_| MixError::InvalidArgument {
-                what: "nvrtc_options",
-                reason: format!("an NVRTC option contains a NUL byte: {o:?}"),
-            })
-        })
-        .collect::<Result<_>>()?;
-    let opt_ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
-
-    let mut raw: sys::nvrtcProgram = std::ptr::null_mut();
-    // SAFETY: src and name outlive the program (dropped at the end of this function, after
-    // `prog`); no headers are passed.
-    check(
-        unsafe {
-            sys::nvrtcCreateProgram(
-                &mut raw,
-                src.as_ptr(),
-                name.as_ptr(),
-                0,
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        },
-        "nvrtcCreateProgram",
-    )?;
-    let prog = Program(raw);
-    // SAFETY: opt_ptrs holds opts.len() valid C strings alive for the call.
-    let r = unsafe { sys::nvrtcCompileProgram(prog.0, opt_ptrs.len() as c_int, opt_ptrs.as_ptr()) };
-    let log = program_log(&prog);
-    if r != sys::nvrtcResult::NVRTC_SUCCESS {
-        // SAFETY: as in `check`.
-        let what = unsafe { CStr::from_ptr(sys::nvrtcGetErrorString(r)) }.to_string_lossy();
+    require_nvrtc()?;
+    let nul = |what: &str| MixError::InvalidArgument {
+        what: "kernel source",
+        reason: format!("{what} of `{}` contains a NUL byte", module.name),
+    };
+    let src = CString::new(module.source).map_err(|_| nul("the source"))?;
+    let name = CString::new(format!("{}.cu", module.name)).map_err(|_| nul("the name"))?;
+    // User options (`CudaMixerOptions::nvrtc_options`) may hold anything; `compile_program`
+    // would panic on a NUL.
+    if let Some(o) = options.iter().find(|o| o.contains('\0')) {
+        return Err(MixError::InvalidArgument {
+            what: "nvrtc_options",
+            reason: format!("an NVRTC option contains a NUL byte: {o:?}"),
+        });
+    }
+    // `src` and `name` outlive the program (declared before it, dropped after it).
+    let prog = Program(
+        result::create_program(&src, Some(&name))
+            .map_err(nvrtc_err("creating an NVRTC program"))?,
+    );
+    // SAFETY: a live program; the options hold no NUL (checked above).
+    let compiled = unsafe { result::compile_program(prog.0, options) };
+    // SAFETY: a live program.
+    let log = unsafe { result::get_program_log(prog.0) }.map_or_else(|_| Vec::new(), bytes);
+    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+    let log = String::from_utf8_lossy(&log[..end]).into_owned();
+    if let Err(e) = compiled {
         return Err(MixError::Compile {
             module: unit.to_string(),
-            log: format!("{what} (options: {})\n{log}", options.join(" ")),
+            log: format!("{:?} (options: {})\n{log}", e.0, options.join(" ")),
+            source: CudaError::Nvrtc(e),
         });
     }
     let image = match target {
         Target::Sm(_) => {
+            let what = "reading the CUBIN from NVRTC";
             let mut size = 0usize;
-            // SAFETY: compiled program; the buffer has the reported size.
-            check(
-                unsafe { sys::nvrtcGetCUBINSize(prog.0, &mut size) },
-                "nvrtcGetCUBINSize",
-            )?;
+            // SAFETY: a compiled program; the buffer has the reported size. (`result` has no
+            // CUBIN getter.)
+            unsafe { sys::nvrtcGetCUBINSize(prog.0, &mut size) }
+                .result()
+                .map_err(nvrtc_err(what))?;
             let mut buf = vec![0u8; size];
-            check(
-                unsafe { sys::nvrtcGetCUBIN(prog.0, buf.as_mut_ptr() as *mut c_char) },
-                "nvrtcGetCUBIN",
-            )?;
+            unsafe { sys::nvrtcGetCUBIN(prog.0, buf.as_mut_ptr() as *mut c_char) }
+                .result()
+                .map_err(nvrtc_err(what))?;
             buf
         }
-        Target::Compute(_) => {
-            let mut size = 0usize;
-            // SAFETY: as above; the PTX size includes its NUL terminator.
-            check(
-                unsafe { sys::nvrtcGetPTXSize(prog.0, &mut size) },
-                "nvrtcGetPTXSize",
-            )?;
-            let mut buf = vec![0u8; size];
-            check(
-                unsafe { sys::nvrtcGetPTX(prog.0, buf.as_mut_ptr() as *mut c_char) },
-                "nvrtcGetPTX",
-            )?;
-            buf
-        }
+        // SAFETY: a compiled program. The PTX keeps its NUL terminator, as the driver wants.
+        Target::Compute(_) => bytes(
+            unsafe { result::get_ptx(prog.0) }.map_err(nvrtc_err("reading the PTX from NVRTC"))?,
+        ),
     };
     Ok(Compiled { image, log })
 }
@@ -294,7 +247,7 @@ mod tests {
 
     #[test]
     fn embedded_sources_match_their_hashes() {
-        assert_eq!(MODULES.len(), 5);
+        assert_eq!(MODULES.len(), 4);
         for m in MODULES {
             assert_eq!(fnv1a64(m.source.as_bytes()), m.hash, "{}", m.name);
             assert!(

@@ -18,7 +18,8 @@
 //! rather than panic. Labels stay on the device: out-of-range labels are counted by the kernel
 //! and reported by [`CudaMixer::check_labels`].
 //!
-//! The safe API is built on these functions, so the GPU tests exercise them.
+//! The safe API and these functions share each operation's launch (its checks, its kernel
+//! choice), so the GPU tests exercise them.
 //!
 //! # Examples
 //!
@@ -66,6 +67,7 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::spec::{CeSpec, Layout};
 
+pub use super::mixup_ce::{CeBuffers, RawUpstream};
 use super::{CudaMixer, DeviceBceSpec, DevicePlan};
 
 /// A device address (`CUdeviceptr`).
@@ -101,54 +103,6 @@ pub type CUdeviceptr = u64;
 /// # let _ = mixer;
 /// ```
 pub type CUstream = cudarc::driver::sys::CUstream;
-
-/// The gradient arriving from above the loss, as device addresses.
-///
-/// # Examples
-///
-/// ```
-/// use mixup_kernels::cuda::raw::RawUpstream;
-/// let plain = RawUpstream::Scalar(1.0); // `loss.backward()`
-/// let on_device = RawUpstream::Device(0x7f00_0000_0000); // one f32 the autograd engine wrote
-/// assert_ne!(plain, on_device);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RawUpstream {
-    /// One host value.
-    Scalar(f32),
-    /// One f32 on the device.
-    Device(CUdeviceptr),
-    /// `B` f32 on the device; only with `Reduction::None`.
-    PerSample(CUdeviceptr),
-}
-
-/// The buffers of a cross-entropy call.
-///
-/// # Examples
-///
-/// ```
-/// use mixup_kernels::cuda::raw::CeBuffers;
-/// # let (logits, labels, loss) = (0x1000u64, 0x2000u64, 0x3000u64);
-/// // Loss and gradient, the gradient written over the logits; no per-sample losses.
-/// let bufs = CeBuffers { logits, labels, grad: Some(logits), loss, losses: None };
-/// // Loss only (evaluation).
-/// let eval = CeBuffers { grad: None, ..bufs };
-/// assert_eq!(eval.grad, None);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CeBuffers {
-    /// Logits `[B, C]` of the call's dtype.
-    pub logits: CUdeviceptr,
-    /// Labels `[B]`, u32.
-    pub labels: CUdeviceptr,
-    /// Gradient `[B, C]` of the logits' dtype: `None` for the loss only; `Some(logits)` writes
-    /// it over the logits (in place is allowed here).
-    pub grad: Option<CUdeviceptr>,
-    /// The reduced loss, one f32.
-    pub loss: CUdeviceptr,
-    /// Per-sample losses `[B]` f32, if wanted.
-    pub losses: Option<CUdeviceptr>,
-}
 
 /// The buffers of a binary cross-entropy call: the same addresses as a cross-entropy call
 /// ([`CeBuffers`]: logits `[B, C]`, labels `[B]` u32, gradient `[B, C]` or `None`, the reduced
@@ -375,5 +329,5 @@ pub unsafe fn mixup_bce(
     upstream: RawUpstream,
 ) -> Result<()> {
     // SAFETY: forwarded.
-    unsafe { super::mixup_bce::launch_raw(mixer, plan, spec, dtype, logits_len, buffers, upstream) }
+    unsafe { super::mixup_bce::launch(mixer, plan, spec, dtype, logits_len, buffers, upstream) }
 }

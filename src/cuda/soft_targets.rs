@@ -79,6 +79,9 @@ pub(crate) fn soft_targets_call(
     Ok((args, cfg))
 }
 
+/// Validates and launches the soft-target kernel on raw device addresses: the one launch
+/// behind [`CudaMixer::soft_targets`] and [`super::raw::soft_targets`].
+///
 /// # Safety
 /// `labels` addresses `plan.len()` u32 and `out` addresses `out_len` elements of `dtype`, on
 /// the mixer's device.
@@ -114,7 +117,7 @@ pub(crate) unsafe fn launch(
     )?;
     let f = m.function(Kernel::SoftTargets, dtype)?;
     // SAFETY: `args` matches `SoftArgs`; addresses valid per the contract.
-    unsafe { m.stream().launch_builder(&f).arg(&args).launch(cfg) }
+    unsafe { m.stream().launch_builder(f).arg(&args).launch(cfg) }
         .map_err(driver_err("launching the soft-target kernel"))?;
     Ok(())
 }
@@ -157,7 +160,7 @@ impl CudaMixer {
         let (lp, _rl) = labels.device_ptr(self.stream());
         let (op, _wo) = out.device_ptr_mut(self.stream());
         // SAFETY: `labels` holds B u32 (checked) and `out` holds `n` elements of T.
-        unsafe { super::raw::soft_targets(self, plan, spec, T::DTYPE, lp, op, n) }
+        unsafe { launch(self, plan, spec, T::DTYPE, lp, op, n) }
     }
 }
 

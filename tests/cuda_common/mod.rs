@@ -21,8 +21,8 @@ pub fn mixer(test: &str) -> Option<CudaMixer> {
         nvrtc_options: vec!["-lineinfo".into()],
         ..CudaMixerOptions::default()
     };
-    match CudaMixer::with_options(0, opts) {
-        Ok(m) => Some(m),
+    match CudaMixer::new(0) {
+        Ok(m) => Some(m.with_options(opts)),
         Err(e) => {
             if std::env::var("MIXUP_REQUIRE_GPU").as_deref() == Ok("1") {
                 panic!("MIXUP_REQUIRE_GPU=1 but no usable GPU: {e}");

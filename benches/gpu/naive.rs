@@ -1,0 +1,380 @@
+//! The unfused baseline (`kernels/naive.cu`): the same operations written the way a first port
+//! (or PyTorch eager) computes them, one launch per step and every intermediate in device
+//! memory. Part of the benchmark only, not of the library; the host emulation
+//! (kernels/emu/test_naive.cpp) checks its kernels against expected values.
+//!
+//! - mix: gather `tmp[i] = x[partner(i)]`, lerp (CutMix samples copy `x`), paste the boxes.
+//! - soft targets: two f32 one-hot tensors, then a blend.
+//! - mixup CE: soft targets as above (f32), log-softmax, per-row loss, reduction, gradient.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mixup_kernels::cuda::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
+use mixup_kernels::cuda::cudarc::nvrtc::Ptx;
+use mixup_kernels::cuda::kernels::{compile, options, ModuleSource, Target};
+use mixup_kernels::{CeSpec, DType, Element, Layout, MixPlan, Reduction, TargetSpec};
+
+use super::Res;
+
+static NAIVE: ModuleSource = ModuleSource {
+    name: "naive",
+    source: concat!(
+        include_str!("../../kernels/common.cuh"),
+        "\n#line 1 \"naive.cu\"\n",
+        include_str!("../../kernels/naive.cu")
+    ),
+    hash: 0,
+};
+
+fn elementwise(n: u64) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256).clamp(1, (1 << 31) - 1) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn per_row(rows: u64) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows.clamp(1, (1 << 31) - 1) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The naive kernels, compiled once for the device (all dtypes in one NVRTC compilation).
+pub struct Naive {
+    stream: Arc<CudaStream>,
+    funcs: HashMap<String, CudaFunction>,
+}
+
+/// The functions of one dtype, looked up before timing.
+pub struct Kernels<'a> {
+    gather: &'a CudaFunction,
+    lerp: &'a CudaFunction,
+    paste: &'a CudaFunction,
+    float: Option<[&'a CudaFunction; 3]>, // blend, log_softmax, grad (not for u8)
+    one_hot: &'a CudaFunction,
+    row_loss: &'a CudaFunction,
+    reduce: &'a CudaFunction,
+}
+
+/// A plan as the naive kernels read it: 32 bytes per sample (`struct PlanEntry`).
+pub struct NaivePlan {
+    buf: CudaSlice<u32>,
+    batch: usize,
+    has_cutmix: bool,
+}
+
+/// f32 scratch of the naive soft targets and cross-entropy (`[B, C]` or `[B]`).
+pub struct NaiveBuffers {
+    y1: CudaSlice<f32>,
+    y2: CudaSlice<f32>,
+    t: CudaSlice<f32>,
+    logp: CudaSlice<f32>,
+    losses: CudaSlice<f32>,
+}
+
+impl NaiveBuffers {
+    pub fn new(stream: &Arc<CudaStream>, batch: usize, classes: usize) -> Res<Self> {
+        let n = (batch * classes).max(1);
+        Ok(Self {
+            y1: stream.alloc_zeros(n)?,
+            y2: stream.alloc_zeros(n)?,
+            t: stream.alloc_zeros(n)?,
+            logp: stream.alloc_zeros(n)?,
+            losses: stream.alloc_zeros(batch.max(1))?,
+        })
+    }
+}
+
+impl Naive {
+    /// Compiles kernels/naive.cu for `sm_<cc>` and loads every entry.
+    pub fn new(stream: &Arc<CudaStream>, cc: u32) -> Res<Self> {
+        let target = Target::Sm(cc);
+        let compiled = compile(&NAIVE, "naive", target, &options(target, "MIXUP_ALL", &[]))?;
+        let module = stream
+            .context()
+            .load_module(Ptx::from_binary(compiled.image))?;
+        let mut funcs = HashMap::new();
+        for dt in ["f32", "f16", "bf16", "u8"] {
+            for k in ["gather", "lerp", "paste", "blend", "log_softmax", "grad"] {
+                let name = format!("naive_{k}_{dt}");
+                if let Ok(f) = module.load_function(&name) {
+                    funcs.insert(name, f);
+                }
+            }
+        }
+        for name in ["naive_one_hot", "naive_row_loss", "naive_reduce"] {
+            funcs.insert(name.to_string(), module.load_function(name)?);
+        }
+        Ok(Self {
+            stream: stream.clone(),
+            funcs,
+        })
+    }
+
+    /// The functions for `dtype`.
+    pub fn kernels(&self, dtype: DType) -> Res<Kernels<'_>> {
+        let get = |name: &str| -> Res<&CudaFunction> {
+            self.funcs
+                .get(name)
+                .ok_or_else(|| format!("kernels/naive.cu has no `{name}`").into())
+        };
+        let dt = dtype.name();
+        let float = match dtype {
+            DType::U8 => None,
+            _ => Some([
+                get(&format!("naive_blend_{dt}"))?,
+                get(&format!("naive_log_softmax_{dt}"))?,
+                get(&format!("naive_grad_{dt}"))?,
+            ]),
+        };
+        Ok(Kernels {
+            gather: get(&format!("naive_gather_{dt}"))?,
+            lerp: get(&format!("naive_lerp_{dt}"))?,
+            paste: get(&format!("naive_paste_{dt}"))?,
+            float,
+            one_hot: get("naive_one_hot")?,
+            row_loss: get("naive_row_loss")?,
+            reduce: get("naive_reduce")?,
+        })
+    }
+
+    /// Uploads `plan` in the kernels' layout (`struct PlanEntry` in kernels/common.cuh).
+    pub fn plan(&self, plan: &MixPlan) -> Res<NaivePlan> {
+        let mut words = Vec::with_capacity(plan.len() * 8);
+        for s in plan.samples() {
+            let b = s.cut.unwrap_or_default();
+            words.extend_from_slice(&[
+                s.partner as u32,
+                s.lam.to_bits(),
+                u32::from(s.cut.is_some()),
+                b.y0,
+                b.y1,
+                b.x0,
+                b.x1,
+                0,
+            ]);
+        }
+        words.resize(words.len().max(8), 0);
+        Ok(NaivePlan {
+            buf: self.stream.clone_htod(&words)?,
+            batch: plan.len(),
+            has_cutmix: plan.has_cutmix(),
+        })
+    }
+
+    /// Gather, lerp and paste: three launches (two for rows or MixUp-only plans). `tmp` is
+    /// scratch of the size of `x`.
+    pub fn mix<T: Element>(
+        &self,
+        k: &Kernels<'_>,
+        plan: &NaivePlan,
+        layout: &Layout,
+        x: &CudaSlice<T>,
+        tmp: &mut CudaSlice<T>,
+        out: &mut CudaSlice<T>,
+    ) -> Res<()> {
+        let s = &self.stream;
+        let n = x.len() as u64;
+        let d = n / plan.batch.max(1) as u64;
+        let (code, c, h, w) = match *layout {
+            Layout::Rows(_) => (0u32, 0u32, 0u32, 0u32),
+            Layout::Nchw {
+                channels,
+                height,
+                width,
+            } => (1, channels as u32, height as u32, width as u32),
+            Layout::Nhwc {
+                height,
+                width,
+                channels,
+            } => (2, channels as u32, height as u32, width as u32),
+        };
+        let image = u32::from(code != 0);
+        let (pp, _p) = plan.buf.device_ptr(s);
+        let (xp, _a) = x.device_ptr(s);
+        let (tp, _b) = tmp.device_ptr_mut(s);
+        let (op, _c) = out.device_ptr_mut(s);
+        // SAFETY: argument lists match kernels/naive.cu; every buffer holds n elements.
+        unsafe {
+            s.launch_builder(k.gather)
+                .arg(&xp)
+                .arg(&tp)
+                .arg(&pp)
+                .arg(&d)
+                .arg(&n)
+                .launch(elementwise(n))?;
+            s.launch_builder(k.lerp)
+                .arg(&xp)
+                .arg(&tp)
+                .arg(&op)
+                .arg(&pp)
+                .arg(&d)
+                .arg(&n)
+                .arg(&image)
+                .launch(elementwise(n))?;
+            if image != 0 && plan.has_cutmix {
+                s.launch_builder(k.paste)
+                    .arg(&tp)
+                    .arg(&op)
+                    .arg(&pp)
+                    .arg(&d)
+                    .arg(&n)
+                    .arg(&code)
+                    .arg(&c)
+                    .arg(&h)
+                    .arg(&w)
+                    .launch(elementwise(n))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One-hot of the labels and of the partners' labels (f32, in `bufs`).
+    fn one_hots(
+        &self,
+        k: &Kernels<'_>,
+        plan: &NaivePlan,
+        labels: &CudaSlice<u32>,
+        spec: &TargetSpec,
+        bufs: &mut NaiveBuffers,
+    ) -> Res<()> {
+        let s = &self.stream;
+        let (lp, _l) = labels.device_ptr(s);
+        let (pp, _p) = plan.buf.device_ptr(s);
+        let c = spec.num_classes as u64;
+        let n = plan.batch as u64 * c;
+        let off = spec.off_value();
+        let on = 1.0 - spec.smoothing + off;
+        for (buf, partner) in [(&mut bufs.y1, 0u32), (&mut bufs.y2, 1u32)] {
+            let (yp, _y) = buf.device_ptr_mut(s);
+            // SAFETY: as above; `buf` holds B·C f32.
+            unsafe {
+                s.launch_builder(k.one_hot)
+                    .arg(&yp)
+                    .arg(&lp)
+                    .arg(&pp)
+                    .arg(&c)
+                    .arg(&n)
+                    .arg(&off)
+                    .arg(&on)
+                    .arg(&partner)
+                    .launch(elementwise(n))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Two one-hots, then `out = λ y1 + (1-λ) y2`: three launches.
+    pub fn soft_targets<T: Element>(
+        &self,
+        k: &Kernels<'_>,
+        plan: &NaivePlan,
+        labels: &CudaSlice<u32>,
+        spec: &TargetSpec,
+        bufs: &mut NaiveBuffers,
+        out: &mut CudaSlice<T>,
+    ) -> Res<()> {
+        let [blend, _, _] = k.float.ok_or("no naive soft targets for u8")?;
+        self.one_hots(k, plan, labels, spec, bufs)?;
+        let s = &self.stream;
+        let (c, n) = (spec.num_classes as u64, out.len() as u64);
+        let (op, _o) = out.device_ptr_mut(s);
+        let (y1, _a) = bufs.y1.device_ptr(s);
+        let (y2, _b) = bufs.y2.device_ptr(s);
+        let (pp, _p) = plan.buf.device_ptr(s);
+        // SAFETY: as above.
+        unsafe {
+            s.launch_builder(blend)
+                .arg(&y1)
+                .arg(&y2)
+                .arg(&op)
+                .arg(&pp)
+                .arg(&c)
+                .arg(&n)
+                .launch(elementwise(n))?;
+        }
+        Ok(())
+    }
+
+    /// Soft targets (f32), log-softmax, per-row loss, reduction, gradient: seven launches.
+    /// `k` holds the logits' dtype, `k32` the f32 kernels (the targets' blend).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mixup_ce<T: Element>(
+        &self,
+        k: &Kernels<'_>,
+        k32: &Kernels<'_>,
+        plan: &NaivePlan,
+        spec: &CeSpec,
+        logits: &CudaSlice<T>,
+        labels: &CudaSlice<u32>,
+        bufs: &mut NaiveBuffers,
+        loss: &mut CudaSlice<f32>,
+        grad: &mut CudaSlice<T>,
+    ) -> Res<()> {
+        let [_, log_softmax, gradk] = k.float.ok_or("no naive CE for u8")?;
+        let [blend, _, _] = k32.float.ok_or("no f32 blend")?;
+        let (b, c) = (plan.batch as u64, spec.targets.num_classes as u64);
+        let n = b * c;
+        self.one_hots(k, plan, labels, &spec.targets, bufs)?;
+        let s = &self.stream;
+        let (lp, _l) = logits.device_ptr(s);
+        let (gp, _g) = grad.device_ptr_mut(s);
+        let (lossp, _ls) = loss.device_ptr_mut(s);
+        let (y1, _a) = bufs.y1.device_ptr(s);
+        let (y2, _b) = bufs.y2.device_ptr(s);
+        let (tp, _t) = bufs.t.device_ptr_mut(s);
+        let (logp, _p) = bufs.logp.device_ptr_mut(s);
+        let (losses, _r) = bufs.losses.device_ptr_mut(s);
+        let (pp, _q) = plan.buf.device_ptr(s);
+        let mean = u32::from(spec.reduction == Reduction::Mean);
+        let scale = if mean == 1 { 1.0 / b as f32 } else { 1.0f32 };
+        // SAFETY: argument lists match kernels/naive.cu; buffers hold B·C (or B) elements.
+        unsafe {
+            s.launch_builder(blend)
+                .arg(&y1)
+                .arg(&y2)
+                .arg(&tp)
+                .arg(&pp)
+                .arg(&c)
+                .arg(&n)
+                .launch(elementwise(n))?;
+            s.launch_builder(log_softmax)
+                .arg(&lp)
+                .arg(&logp)
+                .arg(&c)
+                .arg(&b)
+                .launch(per_row(b))?;
+            s.launch_builder(k.row_loss)
+                .arg(&logp)
+                .arg(&tp)
+                .arg(&losses)
+                .arg(&c)
+                .arg(&b)
+                .launch(per_row(b))?;
+            s.launch_builder(k.reduce)
+                .arg(&losses)
+                .arg(&lossp)
+                .arg(&b)
+                .arg(&mean)
+                .launch(LaunchConfig {
+                    grid_dim: (1, 1, 1),
+                    block_dim: (1024, 1, 1),
+                    shared_mem_bytes: 0,
+                })?;
+            s.launch_builder(gradk)
+                .arg(&logp)
+                .arg(&tp)
+                .arg(&gp)
+                .arg(&scale)
+                .arg(&n)
+                .launch(elementwise(n))?;
+        }
+        Ok(())
+    }
+}
