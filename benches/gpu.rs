@@ -26,9 +26,12 @@ use mixup_kernels::cuda::cudarc::driver::{
 };
 use mixup_kernels::cuda::cudarc::nvrtc::Ptx;
 use mixup_kernels::cuda::kernels::{compile, options, ModuleSource, Target};
-use mixup_kernels::cuda::{CudaMixer, CudaMixerOptions, DeviceBceSpec, DevicePlan, DeviceUpstream};
+use mixup_kernels::cuda::{
+    CudaMixer, CudaMixerOptions, DeviceBceSpec, DeviceGradOutput, DevicePlan,
+};
 use mixup_kernels::{
-    bf16, f16, BceSpec, CeSpec, CutBox, DType, Element, Layout, MixPlan, Reduction, TargetSpec,
+    bf16, f16, BceSpec, CeSpec, CutBox, Element, MixPlan, Reduction, SampleShape, ScalarType,
+    TargetSpec,
 };
 
 #[path = "gpu/naive.rs"]
@@ -156,7 +159,7 @@ fn random<T: Element>(n: usize, seed: u64) -> Vec<T> {
             s ^= s >> 7;
             s ^= s << 17;
             let u = (s >> 40) as f32 / (1u64 << 24) as f32;
-            if T::DTYPE == DType::U8 {
+            if T::DTYPE == ScalarType::U8 {
                 T::from_f32(1.0 + (u * 254.0).floor())
             } else {
                 let v = u * 8.0 - 4.0;
@@ -218,16 +221,8 @@ fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<
     let mut xi = b.stream.clone_dtod(&x)?;
     let mut plan = DevicePlan::new(&b.mixer);
     let nk = b.naive.kernels(T::DTYPE)?;
-    let nchw = Layout::Nchw {
-        channels: c,
-        height: h,
-        width: w,
-    };
-    let nhwc = Layout::Nhwc {
-        height: h,
-        width: w,
-        channels: c,
-    };
+    let nchw = SampleShape::channels_first(c, h, w);
+    let nhwc = SampleShape::channels_last(h, w, c);
     let flip: Vec<usize> = (0..batch).rev().collect();
     let boxes: Vec<Option<CutBox>> = (0..batch)
         .map(|i| {
@@ -239,7 +234,7 @@ fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<
             })
         })
         .collect();
-    let cases: Vec<(&str, MixPlan, Layout, bool, usize)> = vec![
+    let cases: Vec<(&str, MixPlan, SampleShape, bool, usize)> = vec![
         (
             "random pairs, in place",
             MixPlan::from_parts(&random_pairs(batch, 7), &lams(batch))?,
@@ -344,8 +339,8 @@ fn bench_soft<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
     let fused = b.time(|i| {
         Ok(b.mixer.soft_targets(
             &plan,
-            &ls.as_view(),
             &spec,
+            &ls.as_view(),
             &mut outs[i % sets].as_view_mut(),
         )?)
     })?;
@@ -419,7 +414,7 @@ fn bench_ce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
     let mut loss = b.stream.alloc_zeros::<f32>(1)?;
     let mut plan = DevicePlan::new(&b.mixer);
     plan.upload(&MixPlan::from_parts(&random_pairs(batch, 6), &lams(batch))?)?;
-    let spec = CeSpec::new(classes, 0.1, Reduction::Mean);
+    let spec = CeSpec::new(classes, 0.1, Reduction::Mean).unwrap();
     let copy = b.copy(floor)?;
     let fused = b.time(|i| {
         Ok(b.mixer.mixup_ce(
@@ -427,7 +422,7 @@ fn bench_ce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
             &spec,
             &logits[i % sets].as_view(),
             &ls.as_view(),
-            DeviceUpstream::Scalar(1.0),
+            DeviceGradOutput::Scalar(1.0),
             &mut loss.as_view_mut(),
             None,
             &mut grad.as_view_mut(),
@@ -444,7 +439,10 @@ fn bench_ce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
         )?)
     })?;
     let mut bufs = naive::NaiveBuffers::new(&b.stream, batch, classes)?;
-    let (nk, nk32) = (b.naive.kernels(T::DTYPE)?, b.naive.kernels(DType::F32)?);
+    let (nk, nk32) = (
+        b.naive.kernels(T::DTYPE)?,
+        b.naive.kernels(ScalarType::F32)?,
+    );
     let np = b.naive.plan(plan.plan())?;
     let unfused = b.time(|i| {
         b.naive.mixup_ce(
@@ -505,7 +503,7 @@ fn bench_bce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
             &spec,
             &logits[i % sets].as_view(),
             &ls.as_view(),
-            DeviceUpstream::Scalar(1.0),
+            DeviceGradOutput::Scalar(1.0),
             &mut loss.as_view_mut(),
             None,
             &mut grad.as_view_mut(),
@@ -593,10 +591,10 @@ fn bench_first_call() -> Res<()> {
         let t0 = Instant::now();
         m.mixup_ce(
             &plan,
-            &CeSpec::new(classes, 0.1, Reduction::Mean),
+            &CeSpec::new(classes, 0.1, Reduction::Mean).unwrap(),
             &z.as_view(),
             &ls.as_view(),
-            DeviceUpstream::Scalar(1.0),
+            DeviceGradOutput::Scalar(1.0),
             &mut loss.as_view_mut(),
             None,
             &mut g.as_view_mut(),
@@ -608,11 +606,7 @@ fn bench_first_call() -> Res<()> {
         let t0 = Instant::now();
         m.mix(
             &p8,
-            &Layout::Nchw {
-                channels: 3,
-                height: 32,
-                width: 32,
-            },
+            &SampleShape::channels_first(3, 32, 32),
             &x.as_view(),
             &mut out.as_view_mut(),
         )?;

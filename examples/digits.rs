@@ -36,8 +36,10 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mixup_kernels::candle::{mix_images, mixup_cross_entropy, soft_targets, ImageLayout};
-use mixup_kernels::{CeSpec, MixConfig, MixPlan, Reduction, Sampler, TargetSpec};
+use mixup_kernels::candle::{mix_images, mixup_cross_entropy, soft_targets};
+use mixup_kernels::{
+    CeSpec, ImageSize, MemoryFormat, MixConfig, MixPlan, Reduction, Sampler, TargetSpec,
+};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -311,7 +313,11 @@ fn train(method: Method, seed: u64, s: &Setup, a: &Args, cfg: &Settings) -> Resu
         .config(classes)
         .map(|c| Sampler::new(c, seed))
         .transpose()?;
-    let spec = CeSpec::new(classes, 0.0, Reduction::Mean);
+    // The loss takes the sampler's classes and label smoothing (one source of truth).
+    let spec = match &sampler {
+        Some(sm) => sm.config().ce_spec(Reduction::Mean)?,
+        None => CeSpec::new(classes, 0.0, Reduction::Mean)?,
+    };
     let batches = n_train.div_ceil(cfg.batch);
     let total_steps = cfg.epochs * batches;
 
@@ -354,8 +360,15 @@ fn train(method: Method, seed: u64, s: &Setup, a: &Args, cfg: &Settings) -> Resu
             let tm = Instant::now();
             let (plan, x) = match &sampler {
                 Some(sm) => {
-                    let plan = sm.plan(0, step, n, (side, side))?;
-                    let xm = mix_images(&plan, &xb, ImageLayout::Nchw)?;
+                    let plan = sm.plan_images(
+                        step,
+                        n,
+                        ImageSize {
+                            height: side,
+                            width: side,
+                        },
+                    )?;
+                    let xm = mix_images(&plan, MemoryFormat::ChannelsFirst, &xb)?;
                     (plan, xm)
                 }
                 None => (MixPlan::identity(n)?, xb),
@@ -368,7 +381,7 @@ fn train(method: Method, seed: u64, s: &Setup, a: &Args, cfg: &Settings) -> Resu
             opt.set_learning_rate(one_cycle(cfg.lr, step as usize, total_steps));
             let logits = net.forward(&x, true)?;
             // The fused loss; with the identity plan it is the plain cross-entropy.
-            let loss = mixup_cross_entropy(&logits, &yb, &plan, &spec)?;
+            let loss = mixup_cross_entropy(&plan, &spec, &logits, &yb)?;
             opt.backward_step(&loss)?;
             loss_sum += f64::from(loss.to_scalar::<f32>()?) * n as f64;
             step += 1;
@@ -421,7 +434,7 @@ fn evaluate(net: &Model, s: &Setup, spec: &CeSpec) -> Result<(f64, f64, f64, f64
     }
     let logits = Tensor::cat(&parts, 0)?;
     // Detached logits take the fused loss's forward-only path.
-    let valid_loss = mixup_cross_entropy(&logits, &s.valid_y, &MixPlan::identity(n)?, spec)?
+    let valid_loss = mixup_cross_entropy(&MixPlan::identity(n)?, spec, &logits, &s.valid_y)?
         .to_scalar::<f32>()?;
     let correct = logits
         .argmax(D::Minus1)?
@@ -446,8 +459,11 @@ fn picture_cells(
     yb: &Tensor,
     data: &DataSet,
 ) -> Result<Vec<plot::Cell>> {
-    let t = soft_targets(plan, yb, &TargetSpec::new(data.classes, 0.0)?, DType::F32)?
-        .to_vec2::<f32>()?;
+    let spec = match plan.targets() {
+        Some(t) => *t, // a drawn plan: its config's spec
+        None => TargetSpec::new(data.classes, 0.0)?,
+    };
+    let t = soft_targets(plan, &spec, yb, DType::F32)?.to_vec2::<f32>()?;
     let px = xm.flatten_from(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
     Ok(px
         .into_iter()

@@ -7,12 +7,12 @@
 use cudarc::driver::LaunchConfig;
 
 use crate::config::TargetSpec;
-use crate::dtype::DType;
+use crate::dtype::ScalarType;
 use crate::error::{MixError, Result};
 use crate::plan::{MixPlan, PlanEntry};
-use crate::spec::{check_mix, BceSpec, CeSpec, Layout};
+use crate::spec::{check_mix, BceSpec, CeSpec, SampleShape};
 
-use super::mixup_ce::{CeBuffers, RawUpstream};
+use super::mixup_ce::{CeBuffers, RawGradOutput};
 
 /// One kernel launch as the host code makes it.
 #[derive(Debug, Clone)]
@@ -39,7 +39,7 @@ pub struct Device {
 
 fn host_launch<A: Copy>(
     kernel: super::entries::Kernel,
-    dtype: DType,
+    dtype: ScalarType,
     args: &A,
     config: LaunchConfig,
 ) -> Result<HostLaunch> {
@@ -87,8 +87,8 @@ pub fn staged_plan(plan: &MixPlan) -> (Vec<u8>, usize) {
 #[allow(clippy::too_many_arguments)]
 pub fn mix(
     plan: &MixPlan,
-    layout: &Layout,
-    dtype: DType,
+    layout: &SampleShape,
+    dtype: ScalarType,
     x: u64,
     out: u64,
     len: usize,
@@ -111,17 +111,17 @@ pub fn mix(
 pub fn soft_targets(
     plan: &MixPlan,
     spec: &TargetSpec,
-    dtype: DType,
+    dtype: ScalarType,
     labels: u64,
     out: u64,
     out_len: usize,
     dev: &Device,
 ) -> Result<Option<HostLaunch>> {
     super::soft_targets::require_float(dtype, "out")?;
-    spec.validate()?;
+    crate::spec::check_targets(plan, spec)?;
     crate::error::check_len(
         "out",
-        crate::error::checked_product("batch × num_classes", &[plan.len(), spec.num_classes])?,
+        crate::error::checked_product("batch × num_classes", &[plan.len(), spec.num_classes()])?,
         out_len,
     )?;
     if plan.is_empty() {
@@ -152,14 +152,14 @@ fn losses_of(bufs: &CeBuffers) -> Result<u64> {
 pub fn mixup_ce(
     plan: &MixPlan,
     spec: &CeSpec,
-    dtype: DType,
+    dtype: ScalarType,
     logits_len: usize,
     bufs: &CeBuffers,
-    upstream: RawUpstream,
+    grad_output: RawGradOutput,
     dev: &Device,
 ) -> Result<Option<HostLaunch>> {
     super::soft_targets::require_float(dtype, "logits")?;
-    super::mixup_ce::check_ce_device(plan, spec, logits_len, &upstream)?;
+    super::mixup_ce::check_ce_device(plan, spec, logits_len, &grad_output)?;
     if plan.is_empty() {
         return Ok(None);
     }
@@ -172,7 +172,7 @@ pub fn mixup_ce(
         losses_of(bufs)?,
         dev.plan,
         dev.flags,
-        &upstream,
+        &grad_output,
     );
     host_launch(kernel, dtype, &args, cfg).map(Some)
 }
@@ -183,15 +183,15 @@ pub fn mixup_ce(
 pub fn mixup_bce(
     plan: &MixPlan,
     spec: &BceSpec,
-    dtype: DType,
+    dtype: ScalarType,
     logits_len: usize,
     bufs: &CeBuffers,
     weights: (u64, u64),
-    upstream: RawUpstream,
+    grad_output: RawGradOutput,
     dev: &Device,
 ) -> Result<Option<HostLaunch>> {
     super::soft_targets::require_float(dtype, "logits")?;
-    super::mixup_bce::check_bce_device(plan, spec, logits_len, &upstream)?;
+    super::mixup_bce::check_bce_device(plan, spec, logits_len, &grad_output)?;
     if plan.is_empty() {
         return Ok(None);
     }
@@ -203,7 +203,7 @@ pub fn mixup_bce(
         losses_of(bufs)?,
         weights,
         (dev.plan, dev.flags),
-        &upstream,
+        &grad_output,
     );
     host_launch(kernel, dtype, &args, cfg).map(Some)
 }

@@ -5,7 +5,7 @@ use cudarc::driver::{
 };
 
 use crate::config::TargetSpec;
-use crate::dtype::{DType, FloatElement};
+use crate::dtype::{FloatElement, ScalarType};
 use crate::error::{check_len, checked_product, MixError, Result};
 
 use super::context::{driver_err, CudaMixer};
@@ -31,8 +31,8 @@ pub(crate) struct SoftArgs {
 // SAFETY: repr(C), 64 bytes without padding, mirrored by the kernel's struct.
 unsafe impl DeviceRepr for SoftArgs {}
 
-pub(crate) fn require_float(dtype: DType, what: &'static str) -> Result<()> {
-    if dtype == DType::U8 {
+pub(crate) fn require_float(dtype: ScalarType, what: &'static str) -> Result<()> {
+    if dtype == ScalarType::U8 {
         return Err(MixError::InvalidArgument {
             what,
             reason: "must be f32, f16 or bf16".into(),
@@ -46,14 +46,14 @@ pub(crate) fn require_float(dtype: DType, what: &'static str) -> Result<()> {
 /// (`kernels::emulated`) run it on the CPU.
 pub(crate) fn soft_targets_call(
     spec: &TargetSpec,
-    dtype: DType,
+    dtype: ScalarType,
     b: usize,
     labels: u64,
     out: u64,
     plan: u64,
     flags: u64,
 ) -> Result<(SoftArgs, LaunchConfig)> {
-    let c = spec.num_classes;
+    let c = spec.num_classes();
     let ve = 16 / dtype.size() as u64;
     let chunks = (c as u64).div_ceil(MIX_CHUNK_SLOTS * ve).max(1);
     let args = SoftArgs {
@@ -68,8 +68,8 @@ pub(crate) fn soft_targets_call(
             })?,
         classes: c as u64,
         chunks,
-        eps: spec.smoothing,
-        off: spec.off_value(),
+        eps: spec.smoothing_f32(),
+        off: spec.off_f32(),
     };
     let cfg = LaunchConfig {
         grid_dim: (grid_for(args.items), 1, 1),
@@ -89,15 +89,15 @@ pub(crate) unsafe fn launch(
     m: &CudaMixer,
     plan: &DevicePlan,
     spec: &TargetSpec,
-    dtype: DType,
+    dtype: ScalarType,
     labels: u64,
     out: u64,
     out_len: usize,
 ) -> Result<()> {
     require_float(dtype, "out")?;
-    spec.validate()?;
+    crate::spec::check_targets(plan.plan(), spec)?;
     let b = plan.len();
-    let c = spec.num_classes;
+    let c = spec.num_classes();
     check_len(
         "out",
         checked_product("batch × num_classes", &[b, c])?,
@@ -140,7 +140,7 @@ impl CudaMixer {
     /// plan.upload(&MixPlan::from_parts(&[1, 0], &[0.75, 0.75])?)?;
     /// let labels = s.clone_htod(&vec![0u32, 2])?;
     /// let mut t = s.alloc_zeros::<bf16>(2 * 3)?;
-    /// mixer.soft_targets(&plan, &labels.as_view(), &TargetSpec::new(3, 0.0)?, &mut t.as_view_mut())?;
+    /// mixer.soft_targets(&plan, &TargetSpec::new(3, 0.0)?, &labels.as_view(), &mut t.as_view_mut())?;
     /// let t: Vec<f32> = s.clone_dtoh(&t)?.into_iter().map(f32::from).collect();
     /// assert_eq!(t, [0.75, 0.0, 0.25, 0.25, 0.0, 0.75]);
     /// mixer.check_labels()?;
@@ -150,11 +150,11 @@ impl CudaMixer {
     pub fn soft_targets<T: FloatElement>(
         &self,
         plan: &DevicePlan,
-        labels: &CudaView<'_, u32>,
         spec: &TargetSpec,
+        labels: &CudaView<'_, u32>,
         out: &mut CudaViewMut<'_, T>,
     ) -> Result<()> {
-        spec.validate()?;
+        crate::spec::check_targets(plan.plan(), spec)?;
         plan.plan().check_batch(labels.len())?;
         let n = out.len();
         let (lp, _rl) = labels.device_ptr(self.stream());
@@ -176,9 +176,9 @@ mod tests {
     #[test]
     fn u8_targets_are_rejected() {
         assert!(matches!(
-            require_float(DType::U8, "out"),
+            require_float(ScalarType::U8, "out"),
             Err(MixError::InvalidArgument { what: "out", .. })
         ));
-        assert!(require_float(DType::BF16, "out").is_ok());
+        assert!(require_float(ScalarType::BF16, "out").is_ok());
     }
 }

@@ -2,15 +2,15 @@
 //! against `reference::mixup_bce` (f64): every dtype; the launch the host makes and, on purpose,
 //! the other strategy and other lane counts (the kernels must not depend on the host's
 //! choice); forward only, gradient to another buffer (same or other 16-byte offset), in
-//! place; Mean / Sum / None, sum_classes, host / device / per-sample upstream; weight and
+//! place; Mean / Sum / None, sum_classes, host / device / per-sample grad_output; weight and
 //! pos_weight (some zero); thresholds, with λ on the boundary; masked logits (−inf and the
 //! dtype's minimum) with zero and non-zero targets; NaN logits; bad labels; grids smaller than
 //! the host's; and the same launch in other block and thread orders, bit for bit.
 
 use mixup_kernels::cuda::kernels::{bce_launch, emulated};
-use mixup_kernels::{bf16, f16, reference, BceSpec, FloatElement, MixPlan, Reduction, Upstream};
+use mixup_kernels::{bf16, f16, reference, BceSpec, FloatElement, GradOutput, MixPlan, Reduction};
 
-use crate::common::Rng;
+use crate::common::TestRng as Rng;
 use crate::exchange::{wide, Case, Checks, Run};
 use crate::loss::{self, Mode, Up, U};
 
@@ -22,7 +22,7 @@ struct BceCase {
     reduction: Reduction,
     up_kind: Up,
     up: f32,
-    eps: f32,
+    eps: f64,
     weight: bool,
     pos_weight: bool,
     sum_classes: bool,
@@ -126,7 +126,7 @@ fn make<T: FloatElement + Default>(c: &BceCase) -> Inputs<T> {
     if let (true, Some(thr)) = (c.boundary, c.thr) {
         // λ whose soft target t_a = on λ + off (1 − λ) is the f32 value nearest the threshold,
         // and its neighbours: the decision then rests on timm's rounding.
-        let e = if c.eps == 0.1 { 0.1 } else { f64::from(c.eps) };
+        let e = c.eps; // timm's double ε
         let off = e / cc as f64;
         let on = 1.0 - e + off;
         let lam0 = ((f64::from(thr) - off) / (on - off)) as f32;
@@ -340,9 +340,9 @@ fn judge<T: FloatElement + Default>(
     let (rnd_rel, rnd_abs) = loss::rnd::<T>();
     let lg = (lanes as f64).log2().ceil();
     let n_ops = (cc as f64 / lanes as f64).ceil() + 2.0 * ve + lg + lanes as f64 / 32.0 + 4.0;
-    let eps = f64::from(c.eps);
+    let eps = f64::from(c.eps as f32); // the kernel computes with f32(ε)
     let off = eps / cc as f64;
-    let eps_dec = if c.eps == 0.1 { 0.1 } else { eps };
+    let eps_dec = c.eps; // timm's double ε
     let off_dec = eps_dec / cc as f64;
     let (on32, off32) = ((1.0 - eps_dec + off_dec) as f32, off_dec as f32);
     let count = if c.sum_classes {
@@ -357,8 +357,8 @@ fn judge<T: FloatElement + Default>(
         .map(|&l| if bad(l) { 0 } else { l })
         .collect();
     let up = match c.up_kind {
-        Up::PerSample => Upstream::PerSample(&inp.ups),
-        _ => Upstream::Scalar(c.up),
+        Up::PerSample => GradOutput::PerSample(&inp.ups),
+        _ => GradOutput::Scalar(c.up),
     };
     let r = reference::mixup_bce(&inp.plan, &inp.spec, &inp.z, &fixed, up).unwrap();
     let (mut bad_rows, mut ref_sum, mut ref_tol, mut ref_finite, mut shown) =

@@ -2,7 +2,7 @@
 //! without shared memory, ce_online) with the launches the host makes, against
 //! `reference::mixup_ce` (f64): every dtype, forward only and forward + backward (gradient to
 //! another buffer at the same or another 16-byte offset, or in place), Mean / Sum / None, host
-//! scalar / device scalar / per-sample upstream, logits views at odd offsets, huge logits,
+//! scalar / device scalar / per-sample grad_output, logits views at odd offsets, huge logits,
 //! out-of-range labels, every strategy boundary (on H100, A100, L40 and T4 shared memory),
 //! masked classes (−inf, the dtype's minimum, NaN, all −inf rows), far maxima (rows at the
 //! dtype's minimum), grids smaller than the host's (grid-stride loops), and the same launch in
@@ -14,9 +14,9 @@
 //! rounding.
 
 use mixup_kernels::cuda::kernels::{ce_launch, emulated};
-use mixup_kernels::{bf16, f16, reference, CeSpec, FloatElement, MixPlan, Reduction, Upstream};
+use mixup_kernels::{bf16, f16, reference, CeSpec, FloatElement, GradOutput, MixPlan, Reduction};
 
-use crate::common::Rng;
+use crate::common::TestRng as Rng;
 use crate::exchange::{wide, Case, Checks, Run};
 use crate::loss::{self, Mode, Up, U};
 
@@ -73,7 +73,7 @@ struct CeCase {
     reduction: Reduction,
     up_kind: Up,
     up: f32,
-    eps: f32,
+    eps: f64,
     zoff: usize,
     goff: usize,
     data: Data,
@@ -220,7 +220,7 @@ fn make_inputs<T: FloatElement + Default>(c: &CeCase) -> Inputs<T> {
 
 fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: CeCase, out: &mut Vec<Case>) {
     let inp = make_inputs::<T>(&c);
-    let spec = CeSpec::new(c.c, c.eps, c.reduction);
+    let spec = CeSpec::new(c.c, c.eps, c.reduction).unwrap();
     let call = loss::call(
         &inp.plan,
         &inp.z,
@@ -325,11 +325,11 @@ fn judge<T: FloatElement + Default>(
         .map(|&l| if bad(l) { 0 } else { l })
         .collect();
     let up = match c.up_kind {
-        Up::PerSample => Upstream::PerSample(&inp.ups),
-        _ => Upstream::Scalar(c.up),
+        Up::PerSample => GradOutput::PerSample(&inp.ups),
+        _ => GradOutput::Scalar(c.up),
     };
     let r = reference::mixup_ce(&inp.plan, spec, &inp.z, &fixed, up).unwrap();
-    let t = reference::soft_targets(&inp.plan, &fixed, &spec.targets).unwrap();
+    let t = reference::soft_targets(&inp.plan, spec.targets(), &fixed).unwrap();
     let (mut bad_rows, mut ref_sum, mut ref_tol, mut shown) = (0u32, 0.0, 0.0, 0);
     for i in 0..b {
         let s = inp.plan.sample(i);
@@ -364,7 +364,7 @@ fn judge<T: FloatElement + Default>(
             }
         }
         let lse = m + sum.ln();
-        let (eps, lam) = (f64::from(c.eps), f64::from(s.lam));
+        let (eps, lam) = (f64::from(c.eps as f32), f64::from(s.lam));
         let off = eps / cc as f64;
         let (wa, wb) = ((1.0 - eps) * lam, (1.0 - eps) * (1.0 - lam));
         let (za, zb) = (zr[a as usize] - base, zr[bb as usize] - base);
@@ -532,7 +532,7 @@ fn cases_for<T: FloatElement + Default + Send + Sync + 'static>(
             },
             out,
         );
-        // One row, Sum, in place, device upstream, view at offset 1, no smoothing.
+        // One row, Sum, in place, device grad_output, view at offset 1, no smoothing.
         push_case::<T>(
             CeCase {
                 mode: Mode::InPlace,
@@ -562,7 +562,7 @@ fn cases_for<T: FloatElement + Default + Send + Sync + 'static>(
         if !medium {
             continue;
         }
-        // None with a per-sample upstream, gradient at another 16-byte offset than the logits.
+        // None with a per-sample grad_output, gradient at another 16-byte offset than the logits.
         push_case::<T>(
             CeCase {
                 b: if small { 3 } else { 2 },
@@ -636,7 +636,7 @@ fn cases_for<T: FloatElement + Default + Send + Sync + 'static>(
             },
             out,
         );
-        // The same for ce_warp (8 rows per block at 32 lanes a row), with a device upstream.
+        // The same for ce_warp (8 rows per block at 32 lanes a row), with a device grad_output.
         push_case::<T>(
             CeCase {
                 b: 64,
@@ -772,7 +772,7 @@ fn masked_cases<T: FloatElement + Default + Send + Sync + 'static>(out: &mut Vec
         } else {
             7
         };
-        for eps in [0.0f32, 0.1] {
+        for eps in [0.0f64, 0.1] {
             for mode in [Mode::Grad, Mode::Fwd] {
                 if c == 100000 && mode == Mode::Fwd && eps == 0.0 {
                     continue; // time: one forward row set
@@ -855,7 +855,7 @@ fn far_max_cases<T: FloatElement + Default + Send + Sync + 'static>(out: &mut Ve
     let odd = if size_of::<T>() == 4 { 1 } else { 3 };
     for c in [1usize, 15, 17, 1000, 2049, 32771, 100000] {
         let big = c > 2049;
-        for eps in [0.0f32, 0.1] {
+        for eps in [0.0f64, 0.1] {
             for mode in [Mode::Grad, Mode::Fwd, Mode::InPlace] {
                 seed += 1;
                 let b = if big { 3 } else { 12 };

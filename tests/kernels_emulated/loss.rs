@@ -3,8 +3,8 @@
 //! of the reduced loss, of what must stay untouched, and of other block and thread orders.
 
 use mixup_kernels::cuda::kernels::emulated::Device;
-use mixup_kernels::cuda::raw::{CeBuffers, RawUpstream};
-use mixup_kernels::{bf16, f16, DType, FloatElement, MixPlan};
+use mixup_kernels::cuda::raw::{CeBuffers, RawGradOutput};
+use mixup_kernels::{bf16, f16, FloatElement, MixPlan, ScalarType};
 
 use crate::exchange::{addr, bytes, elems, Buffers, Checks, Run};
 
@@ -39,8 +39,8 @@ pub fn from_bits<T: FloatElement + Default>(b: u32) -> T {
 /// The most negative finite value of T (`finfo(dtype).min`).
 pub fn dtype_min<T: FloatElement>() -> T {
     match T::DTYPE {
-        DType::F16 => T::from_f32(f16::MIN.to_f32()),
-        DType::BF16 => T::from_f32(bf16::MIN.to_f32()),
+        ScalarType::F16 => T::from_f32(f16::MIN.to_f32()),
+        ScalarType::BF16 => T::from_f32(bf16::MIN.to_f32()),
         _ => T::from_f32(f32::MIN),
     }
 }
@@ -57,8 +57,8 @@ pub fn sentinel<T: FloatElement + Default>() -> T {
 /// (relative, absolute) rounding of a value to T.
 pub fn rnd<T: FloatElement>() -> (f64, f64) {
     match T::DTYPE {
-        DType::F16 => (2f64.powi(-11), 2f64.powi(-25)),
-        DType::BF16 => (2f64.powi(-8), 2f64.powi(-134)),
+        ScalarType::F16 => (2f64.powi(-11), 2f64.powi(-25)),
+        ScalarType::BF16 => (2f64.powi(-8), 2f64.powi(-134)),
         _ => (0.0, 0.0),
     }
 }
@@ -76,12 +76,12 @@ pub struct Slots {
     pub mode: Mode,
 }
 
-/// What the host call gets: its buffers, addresses and upstream.
+/// What the host call gets: its buffers, addresses and grad_output.
 pub struct Call {
     pub bufs: Buffers,
     pub slots: Slots,
     pub ce: CeBuffers,
-    pub up: RawUpstream,
+    pub up: RawGradOutput,
     pub dev: Device,
     /// (weight, pos_weight) addresses, 0 where absent.
     pub weights: (u64, u64),
@@ -89,7 +89,7 @@ pub struct Call {
 
 /// Lays out one call: logits at `zoff` elements into its buffer (zeros before), the gradient
 /// (another buffer at `goff`, sentinels before and in it; or the logits), labels, the staged
-/// plan, per-sample losses and the loss (NaN), the upstream, the flags, the class weights.
+/// plan, per-sample losses and the loss (NaN), the grad_output, the flags, the class weights.
 #[allow(clippy::too_many_arguments)]
 pub fn call<T: FloatElement + Default>(
     plan: &MixPlan,
@@ -134,9 +134,9 @@ pub fn call<T: FloatElement + Default>(
         losses: Some(addr(si, 0)),
     };
     let up = match up_kind {
-        Up::Host => RawUpstream::Scalar(up),
-        Up::Device => RawUpstream::Device(addr(ui, 0)),
-        Up::PerSample => RawUpstream::PerSample(addr(ui, 0)),
+        Up::Host => RawGradOutput::Scalar(up),
+        Up::Device => RawGradOutput::Device(addr(ui, 0)),
+        Up::PerSample => RawGradOutput::PerSample(addr(ui, 0)),
     };
     Call {
         bufs,

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use mixup_kernels::cuda::kernels::emulated::{self, Device};
 use mixup_kernels::{
-    bf16, cpu, f16, reference, CutBox, DType, Element, Layout, MixPlan, TargetSpec,
+    bf16, cpu, f16, reference, CutBox, Element, MixPlan, SampleShape, ScalarType, TargetSpec,
 };
 
-use crate::common::Rng;
+use crate::common::TestRng as Rng;
 use crate::exchange::{addr, bytes, elems, wide, Buffers, Case, Checks, Run};
 
 const U: f64 = f32::EPSILON as f64 / 2.0;
@@ -28,12 +28,12 @@ fn next_order() -> Vec<(u32, u32, u64)> {
 
 /// The rounding of a value to storage: (relative, absolute) half-ulp bounds; u8 rounds to an
 /// integer.
-fn storage(dtype: DType, v: f64) -> f64 {
+fn storage(dtype: ScalarType, v: f64) -> f64 {
     match dtype {
-        DType::F32 => 0.0,
-        DType::F16 => 2f64.powi(-11) * v.abs() + 2f64.powi(-25),
-        DType::BF16 => 2f64.powi(-8) * v.abs() + 2f64.powi(-134),
-        DType::U8 => 0.5 + 1e-9,
+        ScalarType::F32 => 0.0,
+        ScalarType::F16 => 2f64.powi(-11) * v.abs() + 2f64.powi(-25),
+        ScalarType::BF16 => 2f64.powi(-8) * v.abs() + 2f64.powi(-134),
+        ScalarType::U8 => 0.5 + 1e-9,
     }
 }
 
@@ -96,7 +96,7 @@ fn judge_mix<T: Element + Default>(
     runs: &[Run],
     k: &mut Checks,
     plan: &MixPlan,
-    layout: &Layout,
+    layout: &SampleShape,
     x: &[T],
     (buf, off): (usize, usize),
     fill: T,
@@ -132,30 +132,14 @@ fn judge_mix<T: Element + Default>(
 
 fn mix_cases<T: Element + Default + Send + Sync + 'static>(rng: &mut Rng, out: &mut Vec<Case>) {
     let layouts = [
-        Layout::Rows(1),
-        Layout::Rows(3),
-        Layout::Rows(63),
-        Layout::Rows(4097),
-        Layout::Nchw {
-            channels: 3,
-            height: 5,
-            width: 7,
-        },
-        Layout::Nhwc {
-            height: 5,
-            width: 7,
-            channels: 3,
-        },
-        Layout::Nchw {
-            channels: 3,
-            height: 32,
-            width: 32,
-        },
-        Layout::Nhwc {
-            height: 17,
-            width: 9,
-            channels: 4,
-        },
+        SampleShape::rows(1),
+        SampleShape::rows(3),
+        SampleShape::rows(63),
+        SampleShape::rows(4097),
+        SampleShape::channels_first(3, 5, 7),
+        SampleShape::channels_last(5, 7, 3),
+        SampleShape::channels_first(3, 32, 32),
+        SampleShape::channels_last(17, 9, 4),
     ];
     let sz = size_of::<T>();
     for layout in layouts {
@@ -165,7 +149,7 @@ fn mix_cases<T: Element + Default + Send + Sync + 'static>(rng: &mut Rng, out: &
             let n = batch * d;
             let x: Vec<T> = (0..n)
                 .map(|_| {
-                    if T::DTYPE == DType::U8 {
+                    if T::DTYPE == ScalarType::U8 {
                         T::from_f32(rng.below(256) as f32)
                     } else {
                         T::from_f32(rng.range(-4.0, 4.0))
@@ -265,7 +249,7 @@ fn soft_cases<T: mixup_kernels::FloatElement + Default + Send + Sync + 'static>(
     let sz = size_of::<T>();
     for c in [1usize, 2, 3, 10, 63, 1000, 4097] {
         for batch in [1usize, 2, 5] {
-            for eps in [0.0f32, 0.1] {
+            for eps in [0.0f64, 0.1] {
                 let labels: Vec<u32> = (0..batch)
                     .map(|i| if i % 3 == 1 { 0 } else { rng.below(c) as u32 })
                     .collect();
@@ -301,7 +285,7 @@ fn soft_cases<T: mixup_kernels::FloatElement + Default + Send + Sync + 'static>(
                         bufs: b.0,
                         verdict: Box::new(move |runs, k| {
                             let got: Vec<T> = elems(&runs[0].bufs[ob][oo * sz..]);
-                            let want = reference::soft_targets(&p, &l, &s).unwrap();
+                            let want = reference::soft_targets(&p, &s, &l).unwrap();
                             // (1-ε)·λ + ε/C in f32: three roundings; then storage.
                             let bad = wide(&got)
                                 .iter()
@@ -312,7 +296,7 @@ fn soft_cases<T: mixup_kernels::FloatElement + Default + Send + Sync + 'static>(
                                 .count();
                             k.check(bad == 0, || format!("{bad} targets off the reference"));
                             let mut cpu_t = vec![T::default(); want.len()];
-                            cpu::soft_targets(&p, &l, &s, &mut cpu_t).unwrap();
+                            cpu::soft_targets(&p, &s, &l, &mut cpu_t).unwrap();
                             k.check(bytes(&got) == bytes(&cpu_t), || {
                                 "not the CPU path's bits".into()
                             });
