@@ -1,6 +1,12 @@
-//! GPU benchmark: fused kernels vs the naive unfused kernels (benches/gpu/naive.rs, the
-//! baseline, not part of the library) vs a device-to-device copy of the same bytes, in one run, on the grid of issue 3. Without a GPU it says so and exits 0, or
-//! fails (exit code 1) when `MIXUP_REQUIRE_GPU=1` (the GPU session sets it).
+//! GPU benchmark: fused kernels vs the naive unfused kernels (benches/gpu/naive.rs and
+//! naive.cu, the baseline, not part of the library) vs a device-to-device copy of the same
+//! bytes, in one run, on the grid of issue 3. Without a GPU it says so and exits 0, or fails
+//! (exit code 1) when `MIXUP_REQUIRE_GPU=1` (the GPU session sets it).
+//!
+//! Before a naive op is timed, its output is compared once with the fused kernel's on the same
+//! inputs (mix: bit for bit; soft targets and the CE's loss and gradient: within the f32
+//! arithmetic's and the storage's rounding); a mismatch fails the row and the run (exit code 1),
+//! so the fused kernels are never measured against a wrong baseline.
 //!
 //!     cargo bench --bench gpu                  # everything
 //!     cargo bench --bench gpu -- mix           # rows whose op name contains "mix"
@@ -41,7 +47,7 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 struct Bench {
     mixer: CudaMixer,
-    /// The unfused baseline (kernels/naive.cu).
+    /// The unfused baseline (benches/gpu/naive.cu).
     naive: naive::Naive,
     stream: Arc<CudaStream>,
     l2: usize,
@@ -138,6 +144,60 @@ impl Bench {
     }
 }
 
+/// The first element where `naive` and `fused` differ, bit for bit (as f32: exact for every
+/// dtype).
+fn first_bit_difference<T: Element>(naive: &[T], fused: &[T]) -> Option<usize> {
+    (0..fused.len().max(naive.len())).find(|&i| match (naive.get(i), fused.get(i)) {
+        (Some(a), Some(b)) => a.to_f32().to_bits() != b.to_f32().to_bits(),
+        _ => true,
+    })
+}
+
+/// The first element where `naive` and `fused` are further apart than `tol(fused value)`.
+fn first_difference<T: Element>(
+    naive: &[T],
+    fused: &[T],
+    tol: impl Fn(f64) -> f64,
+) -> Option<usize> {
+    (0..fused.len().max(naive.len())).find(|&i| match (naive.get(i), fused.get(i)) {
+        (Some(a), Some(b)) => {
+            let (a, b) = (f64::from(a.to_f32()), f64::from(b.to_f32()));
+            // A NaN on one side only is a difference.
+            (a - b).abs() > tol(b) || a.is_nan() != b.is_nan()
+        }
+        _ => true,
+    })
+}
+
+/// Half an ulp of `dtype`'s storage at `v` (relative, plus the subnormal floor): the rounding of
+/// one f32 result to the storage type.
+fn storage_half_ulp(dtype: DType, v: f64) -> f64 {
+    match dtype {
+        DType::F32 | DType::U8 => 0.0,
+        DType::F16 => 2f64.powi(-11) * v.abs() + 2f64.powi(-25),
+        DType::BF16 => 2f64.powi(-8) * v.abs() + 2f64.powi(-134),
+    }
+}
+
+/// The error of a naive op that disagrees with the fused kernel.
+fn mismatch<T: Element>(
+    what: &str,
+    i: usize,
+    naive: &[T],
+    fused: &[T],
+) -> Box<dyn std::error::Error> {
+    let show = |v: &[T]| {
+        v.get(i)
+            .map_or("missing".to_string(), |x| format!("{}", x.to_f32()))
+    };
+    format!(
+        "the naive baseline disagrees with the fused kernel ({what}): element {i} is {} naive, {} fused",
+        show(naive),
+        show(fused)
+    )
+    .into()
+}
+
 fn random_bytes(n: usize) -> Vec<u8> {
     let mut s = 0x9e37_79b9_7f4a_7c15u64;
     (0..n)
@@ -219,6 +279,7 @@ fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<
     let mut out = b.stream.clone_htod(&random::<T>(n, 2))?;
     let mut tmp = b.stream.clone_htod(&random::<T>(n, 3))?;
     let mut xi = b.stream.clone_dtod(&x)?;
+    let mut fused_out = b.stream.clone_dtod(&x)?;
     let mut plan = DevicePlan::new(&b.mixer);
     let nk = b.naive.kernels(T::DTYPE)?;
     let nchw = SampleShape::channels_first(c, h, w);
@@ -267,6 +328,22 @@ fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<
     for (name, p, layout, in_place, passes) in cases {
         plan.upload(&p)?;
         let np = b.naive.plan(&p)?;
+        // The naive result against the fused one (the call timed below), bit for bit, once.
+        if in_place {
+            b.stream.memcpy_dtod(&x, &mut fused_out)?;
+            b.mixer
+                .mix_in_place(&plan, &layout, &mut fused_out.as_view_mut())?;
+        } else {
+            b.mixer
+                .mix(&plan, &layout, &x.as_view(), &mut fused_out.as_view_mut())?;
+        }
+        b.naive.mix(&nk, &np, &layout, &x, &mut tmp, &mut out)?;
+        {
+            let (nv, fv) = (b.stream.clone_dtoh(&out)?, b.stream.clone_dtoh(&fused_out)?);
+            if let Some(i) = first_bit_difference(&nv, &fv) {
+                return Err(mismatch(&format!("mix {dt} {shape} {name}"), i, &nv, &fv));
+            }
+        }
         let floor = passes * n * s;
         let copy = b.copy(floor)?;
         let fused = if in_place {
@@ -346,6 +423,30 @@ fn bench_soft<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
     })?;
     let mut bufs = naive::NaiveBuffers::new(&b.stream, batch, classes)?;
     let (nk, np) = (b.naive.kernels(T::DTYPE)?, b.naive.plan(plan.plan())?);
+    // The naive targets against the fused ones, once: both round (1-ε)·λ + ε/C a few times in
+    // f32 and once to T, in different orders.
+    {
+        let mut fused_t = b.stream.clone_htod(&vec![T::default(); batch * classes])?;
+        let mut naive_t = b.stream.clone_dtod(&fused_t)?;
+        b.mixer
+            .soft_targets(&plan, &ls.as_view(), &spec, &mut fused_t.as_view_mut())?;
+        b.naive
+            .soft_targets(&nk, &np, &ls, &spec, &mut bufs, &mut naive_t)?;
+        let (nv, fv) = (
+            b.stream.clone_dtoh(&naive_t)?,
+            b.stream.clone_dtoh(&fused_t)?,
+        );
+        let tol =
+            |v: f64| 8.0 * f64::from(f32::EPSILON) * v.abs() + 2.0 * storage_half_ulp(T::DTYPE, v);
+        if let Some(i) = first_difference(&nv, &fv, tol) {
+            return Err(mismatch(
+                &format!("soft targets {} {batch}x{classes}", T::DTYPE.name()),
+                i,
+                &nv,
+                &fv,
+            ));
+        }
+    }
     let unfused = b.time(|i| {
         b.naive
             .soft_targets(&nk, &np, &ls, &spec, &mut bufs, &mut outs[i % sets])
@@ -444,6 +545,41 @@ fn bench_ce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
         b.naive.kernels(ScalarType::F32)?,
     );
     let np = b.naive.plan(plan.plan())?;
+    // The naive loss and gradient against the fused ones, once. Both compute in f32 from the
+    // same logits in different orders: the loss within 1e-4 of max(1, |loss|), each gradient element
+    // within 1e-4 of its value plus 1e-5 of the scale 1/B (cancellation of p and t near 1),
+    // plus the storage's rounding twice.
+    {
+        let mut fused_g = b.stream.clone_dtod(&grad)?;
+        let mut fused_loss = b.stream.alloc_zeros::<f32>(1)?;
+        b.mixer.mixup_ce(
+            &plan,
+            &spec,
+            &logits[0].as_view(),
+            &ls.as_view(),
+            DeviceUpstream::Scalar(1.0),
+            &mut fused_loss.as_view_mut(),
+            None,
+            &mut fused_g.as_view_mut(),
+        )?;
+        b.naive.mixup_ce(
+            &nk, &nk32, &np, &spec, &logits[0], &ls, &mut bufs, &mut loss, &mut grad,
+        )?;
+        let what = format!("mixup CE {} {batch}x{classes}", T::DTYPE.name());
+        let (nl, fl) = (
+            b.stream.clone_dtoh(&loss)?,
+            b.stream.clone_dtoh(&fused_loss)?,
+        );
+        if let Some(i) = first_difference(&nl, &fl, |v| 1e-4 * v.abs().max(1.0)) {
+            return Err(mismatch(&(what.clone() + ", loss"), i, &nl, &fl));
+        }
+        let (ng, fg) = (b.stream.clone_dtoh(&grad)?, b.stream.clone_dtoh(&fused_g)?);
+        let scale = 1.0 / batch as f64;
+        let tol = |v: f64| 1e-4 * v.abs() + 1e-5 * scale + 2.0 * storage_half_ulp(T::DTYPE, v);
+        if let Some(i) = first_difference(&ng, &fg, tol) {
+            return Err(mismatch(&(what + ", gradient"), i, &ng, &fg));
+        }
+    }
     let unfused = b.time(|i| {
         b.naive.mixup_ce(
             &nk,

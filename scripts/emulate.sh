@@ -3,7 +3,7 @@
 # barriers, warp shuffles, shared memory and the last-block-done reduction behave as on a GPU)
 # under AddressSanitizer and UBSan, with every 16-byte access checked for alignment. No GPU, no
 # CUDA toolkit: a C++17 compiler with _Float16 (g++ >= 12, clang >= 15) is enough. Arguments go
-# to the emulator (see kernels/emu/main.cpp: --cases FILE --out DIR, --only engine|naive|cases),
+# to the emulator (see kernels/emu/main.cpp: --cases FILE --out DIR, --only engine|cases),
 # except that `--out DIR` becomes `--out DIR/sm<arch>.bin` for each arch's run: the cases
 # (written by tests/kernels_emulated) run once per device generation (see EMU_ARCHS below), each
 # into its own file. Prints "N passed, M failed" over all runs last.
@@ -23,8 +23,8 @@ dir="${TMPDIR:-/tmp}/mixup-kernels-emulate-$key"
 # an earlier arch's (today sm_90 = sm_80: no branch tells them apart) would build the same
 # binary: it is not built or run again, and the output says so.
 archs=(${EMU_ARCHS:-750 800 900})
-declare -A cu=([k_ce]="mixup_ce.cu" [k_bce]="mixup_bce.cu" [test_naive]="naive.cu" [k_mix]="mix.cu soft_targets.cu")
-kunits=(k_ce k_bce k_mix test_naive)
+declare -A cu=([k_ce]="mixup_ce.cu" [k_bce]="mixup_bce.cu" [k_mix]="mix.cu soft_targets.cu")
+kunits=(k_ce k_bce k_mix)
 units=(engine test_engine main)
 mkdir -p "$dir"
 # One build at a time (two test processes may run this at once).

@@ -10,7 +10,8 @@ use mixup_kernels::cuda::{CudaMixer, DevicePlan};
 use mixup_kernels::{bf16, f16, reference, Element, MixError, MixPlan, SampleShape};
 
 /// The CPU path's semantics, written out: f32 lerp as two rounded products and one rounded
-/// sum, one rounding to T; CutMix copies the partner's element inside the box.
+/// sum, one rounding to T; CutMix copies the partner's element inside the box; a sample that
+/// is its own partner is copied.
 fn expected<T: Element>(plan: &MixPlan, layout: &SampleShape, x: &[T]) -> Vec<T> {
     let row = layout.sample_len().unwrap();
     let mut out = vec![T::default(); x.len()];
@@ -20,6 +21,9 @@ fn expected<T: Element>(plan: &MixPlan, layout: &SampleShape, x: &[T]) -> Vec<T>
             let b = x[s.partner * row + k];
             let inside = in_box_of(layout, s.cut, k);
             out[i * row + k] = match inside {
+                // A sample that is its own partner keeps its values (no f32 rounding of
+                // `λx + (1-λ)x`), as the CPU path does.
+                _ if s.partner == i => a,
                 Some(true) => b,
                 Some(false) => a,
                 None => {

@@ -1,7 +1,7 @@
-//! The unfused baseline (`kernels/naive.cu`): the same operations written the way a first port
-//! (or PyTorch eager) computes them, one launch per step and every intermediate in device
-//! memory. Part of the benchmark only, not of the library; the host emulation
-//! (kernels/emu/test_naive.cpp) checks its kernels against expected values.
+//! The unfused baseline (`benches/gpu/naive.cu`): the same operations written the way a first
+//! port (or PyTorch eager) computes them, one launch per step and every intermediate in device
+//! memory. Part of the benchmark only, not of the library; benches/gpu.rs checks each op's
+//! output against the fused kernel's before timing it.
 //!
 //! - mix: gather `tmp[i] = x[partner(i)]`, lerp (CutMix samples copy `x`), paste the boxes.
 //! - soft targets: two f32 one-hot tensors, then a blend.
@@ -26,7 +26,7 @@ static NAIVE: ModuleSource = ModuleSource {
     source: concat!(
         include_str!("../../kernels/common.cuh"),
         "\n#line 1 \"naive.cu\"\n",
-        include_str!("../../kernels/naive.cu")
+        include_str!("naive.cu")
     ),
     hash: 0,
 };
@@ -94,7 +94,7 @@ impl NaiveBuffers {
 }
 
 impl Naive {
-    /// Compiles kernels/naive.cu for `sm_<cc>` and loads every entry.
+    /// Compiles benches/gpu/naive.cu for `sm_<cc>` and loads every entry.
     pub fn new(stream: &Arc<CudaStream>, cc: u32) -> Res<Self> {
         let target = Target::Sm(cc);
         let compiled = compile(&NAIVE, "naive", target, &options(target, "MIXUP_ALL", &[]))?;
@@ -124,7 +124,7 @@ impl Naive {
         let get = |name: &str| -> Res<&CudaFunction> {
             self.funcs
                 .get(name)
-                .ok_or_else(|| format!("kernels/naive.cu has no `{name}`").into())
+                .ok_or_else(|| format!("benches/gpu/naive.cu has no `{name}`").into())
         };
         let dt = dtype.name();
         let float = match dtype {
@@ -204,7 +204,7 @@ impl Naive {
         let (xp, _a) = x.device_ptr(s);
         let (tp, _b) = tmp.device_ptr_mut(s);
         let (op, _c) = out.device_ptr_mut(s);
-        // SAFETY: argument lists match kernels/naive.cu; every buffer holds n elements.
+        // SAFETY: argument lists match benches/gpu/naive.cu; every buffer holds n elements.
         unsafe {
             s.launch_builder(k.gather)
                 .arg(&xp)
@@ -340,7 +340,7 @@ impl Naive {
         let (pp, _q) = plan.buf.device_ptr(s);
         let mean = u32::from(spec.reduction() == Reduction::Mean);
         let scale = if mean == 1 { 1.0 / b as f32 } else { 1.0f32 };
-        // SAFETY: argument lists match kernels/naive.cu; buffers hold B·C (or B) elements.
+        // SAFETY: argument lists match benches/gpu/naive.cu; buffers hold B·C (or B) elements.
         unsafe {
             s.launch_builder(blend)
                 .arg(&y1)

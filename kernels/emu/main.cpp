@@ -1,10 +1,10 @@
 // The host emulation of the kernels (scripts/emulate.sh builds and runs it).
 //
-//   emulate                          the engine's own tests (and the naive kernels')
+//   emulate                          the engine's own tests
 //   emulate --cases FILE --out FILE  also runs every launch of FILE (written by
 //                                    tests/kernels_emulated from the crate's host code) and
 //                                    writes what each produced to the --out file
-//   --only engine|naive|cases        one group
+//   --only engine|cases        one group
 //
 // The cases carry everything: the entry, grid, block, dynamic shared memory, the argument
 // struct's bytes, the buffers' initial bytes, where in the arguments each buffer's address
@@ -20,7 +20,7 @@
 //   that offset of the arguments become the buffer's address plus the offset).
 // Output file: "MXEMUOU1" u64 cases, then per case and run: u32 ok (the launch kept the
 //   barrier and shuffle rules), then each returned buffer's bytes.
-// Prints "N passed, M failed" last (the engine's and naive checks, and one per launch that
+// Prints "N passed, M failed" last (the engine's checks, and one per launch that
 // broke a rule or could not run); exits 1 on any failure.
 #include "check.h"
 #include "entries.h"
@@ -155,7 +155,7 @@ int main(int argc, char** argv) {
         } else if (a == "--only" && i + 1 < argc) {
             only = argv[++i];
         } else {
-            std::fprintf(stderr, "usage: %s [--cases FILE --out FILE] [--only engine|naive|cases]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--cases FILE --out FILE] [--only engine|cases]\n", argv[0]);
             return 2;
         }
     }
@@ -174,7 +174,6 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
     };
     lap("engine", test_engine);
-    lap("naive", test_naive);
     bool files = true;
     if (cases != nullptr) lap("cases", [&] { files = run_cases(cases, out); });
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

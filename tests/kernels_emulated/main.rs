@@ -9,7 +9,7 @@
 //! the kernel and writes the outputs back, and they are compared here with
 //! `mixup_kernels::reference` (f64) within explicit error bounds (mix.rs, ce.rs, bce.rs). The
 //! C++ side knows no launch rule and no expected value (kernels/emu/main.cpp); only the
-//! engine's own tests and the naive kernels' are written there.
+//! engine's own tests are written there.
 //!
 //! The emulation is built and run once per device generation the kernels branch on
 //! (`__CUDA_ARCH__` 750: T4; 800: A100; 900: H100/H200), so the sm_80+ paths (`cp.async`, the

@@ -3,8 +3,8 @@
 //! flips, CutMix boxes (at the edges and whole) in NCHW and NHWC; soft targets over awkward
 //! class counts, with and without smoothing, and an out-of-range label. Against
 //! `reference::mix` / `reference::soft_targets` within the f32 arithmetic's and the storage's
-//! rounding (pasted and kept CutMix pixels exactly); soft targets also bit for bit against the
-//! CPU path.
+//! rounding (pasted and kept CutMix pixels exactly); both also bit for bit against the CPU path
+//! (`cpu::mix`, `cpu::soft_targets`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -124,6 +124,21 @@ fn judge_mix<T: Element + Default>(
         bad += usize::from((g - w).abs() > tol);
     }
     k.check(bad == 0, || format!("{bad} elements off the reference"));
+    // The CPU path's bits (`CudaMixer::mix`'s docs promise them), in place or not.
+    let mut cpu_out = vec![fill; x.len()];
+    cpu::mix(plan, layout, x, &mut cpu_out).unwrap();
+    let first = (0..x.len()).find(|&j| bytes(&got[j..=j]) != bytes(&cpu_out[j..=j]));
+    k.check(first.is_none(), || {
+        let j = first.unwrap_or(0);
+        let i = j / row.max(1);
+        format!(
+            "not the CPU path's bits: [{j}] (sample {i}, partner {}, lam {}) is {}, the CPU's {}",
+            plan.sample(i).partner,
+            plan.sample(i).lam,
+            got[j].to_f32(),
+            cpu_out[j].to_f32()
+        )
+    });
     let before: Vec<T> = elems(&runs[0].bufs[buf][..off * size_of::<T>()]);
     k.check(bytes(&before) == bytes(&vec![fill; off]), || {
         "wrote before its view".into()
