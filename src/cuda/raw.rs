@@ -30,7 +30,7 @@
 //! use mixup_kernels::cuda::cudarc::driver::{DevicePtr, DevicePtrMut};
 //! use mixup_kernels::cuda::raw::{self, CeBuffers, RawGradOutput};
 //! use mixup_kernels::cuda::{CudaContext, CudaMixer, DevicePlan};
-//! use mixup_kernels::{CeSpec, ScalarType, SampleShape, MixConfig, Reduction, Sampler};
+//! use mixup_kernels::{CeSpec, ImageSize, MixConfig, Reduction, SampleShape, Sampler, ScalarType};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let (batch, classes) = (8, 1000);
 //! let ctx = CudaContext::new(0)?;
