@@ -557,7 +557,7 @@ fn bench_ce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
             &spec,
             &logits[0].as_view(),
             &ls.as_view(),
-            DeviceUpstream::Scalar(1.0),
+            DeviceGradOutput::Scalar(1.0),
             &mut fused_loss.as_view_mut(),
             None,
             &mut fused_g.as_view_mut(),

@@ -194,7 +194,7 @@ pub(crate) fn check_bce_device(
     if matches!(up, RawGradOutput::PerSample(_)) && spec.reduction() != Reduction::None {
         return Err(MixError::InvalidArgument {
             what: "grad_output",
-            reason: "a per-sample upstream gradient needs Reduction::None".into(),
+            reason: "a per-sample grad_output (GradOutput::PerSample) needs Reduction::None".into(),
         });
     }
     Ok(total)

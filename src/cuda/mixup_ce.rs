@@ -271,7 +271,7 @@ pub fn ce_launch(
     )
 }
 
-/// GradOutput gradient in raw form (see [`RawGradOutput`]).
+/// The gradient arriving from above the loss (`grad_output`), in raw form (see [`RawGradOutput`]).
 pub(crate) fn upstream_fields(up: &RawGradOutput) -> (u32, u64, f32) {
     use RawGradOutput::*;
     match *up {
@@ -298,7 +298,7 @@ pub(crate) fn check_ce_device(
         // The same error `check_ce` gives for a host per-sample grad_output.
         return Err(MixError::InvalidArgument {
             what: "grad_output",
-            reason: "a per-sample upstream gradient needs Reduction::None".into(),
+            reason: "a per-sample grad_output (GradOutput::PerSample) needs Reduction::None".into(),
         });
     }
     Ok(total)
