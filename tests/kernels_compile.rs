@@ -247,3 +247,28 @@ fn the_arch_branches_the_emulation_runs_are_the_ones_nvrtc_compiles() {
         }
     }
 }
+
+/// The bench's unfused baseline (`benches/gpu/naive.cu`) is no longer part of the library, but a
+/// baseline that does not compile would only show up on a GPU: compile it for every arch here,
+/// with the options the bench uses.
+#[test]
+fn the_bench_baseline_compiles_for_every_arch() {
+    if !nvrtc_present() {
+        return;
+    }
+    static NAIVE: ModuleSource = ModuleSource {
+        name: "naive",
+        source: concat!(
+            include_str!("../kernels/common.cuh"),
+            "\n#line 1 \"naive.cu\"\n",
+            include_str!("../benches/gpu/naive.cu")
+        ),
+        hash: 0,
+    };
+    for arch in ARCHS {
+        let opts = options(Target::Sm(arch), "MIXUP_ALL", &[]);
+        if let Err(e) = compile(&NAIVE, "naive", Target::Sm(arch), &opts) {
+            panic!("benches/gpu/naive.cu does not compile for sm_{arch}: {e}");
+        }
+    }
+}

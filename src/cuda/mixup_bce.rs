@@ -133,11 +133,11 @@ pub fn bce_launch(classes: u64, elem_size: usize, batch: u64) -> (&'static str, 
 ///
 /// # Examples
 ///
-/// ```
+/// ```no_run
 /// use mixup_kernels::cuda::{CudaMixer, DeviceBceSpec};
 /// use mixup_kernels::{BceSpec, Reduction};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+/// let mixer = CudaMixer::new(0)?;
 /// let spec = BceSpec::new(3, 0.1, Reduction::Mean)?.with_pos_weight(vec![1.0, 2.0, 0.5])?;
 /// let dspec = DeviceBceSpec::new(&mixer, spec)?;
 /// assert_eq!(dspec.spec().num_classes(), 3);
@@ -329,11 +329,11 @@ impl CudaMixer {
     ///
     /// # Examples
     ///
-    /// ```
+    /// ```no_run
     /// use mixup_kernels::cuda::{CudaMixer, DeviceBceSpec, DevicePlan};
     /// use mixup_kernels::{BceSpec, MixPlan, Reduction};
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let mixer = CudaMixer::new(0)?;
     /// let s = mixer.stream();
     /// let mut plan = DevicePlan::new(&mixer);
     /// plan.upload(&MixPlan::identity(2)?)?;
@@ -375,11 +375,11 @@ impl CudaMixer {
     ///
     /// # Examples
     ///
-    /// ```
+    /// ```no_run
     /// use mixup_kernels::cuda::{CudaMixer, DeviceBceSpec, DevicePlan, DeviceGradOutput};
     /// use mixup_kernels::{reference, BceSpec, MixPlan, Reduction, GradOutput};
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let mixer = CudaMixer::new(0)?;
     /// let s = mixer.stream();
     /// let host_plan = MixPlan::from_parts(&[1, 0], &[0.7, 0.7])?;
     /// let mut plan = DevicePlan::new(&mixer);
@@ -429,11 +429,11 @@ impl CudaMixer {
     ///
     /// # Examples
     ///
-    /// ```
+    /// ```no_run
     /// use mixup_kernels::cuda::{CudaMixer, DeviceBceSpec, DevicePlan, DeviceGradOutput};
     /// use mixup_kernels::{bf16, BceSpec, MixPlan, Reduction};
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let mixer = CudaMixer::new(0)?;
     /// let s = mixer.stream();
     /// let mut plan = DevicePlan::new(&mixer);
     /// plan.upload(&MixPlan::identity(2)?)?;

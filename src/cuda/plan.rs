@@ -52,11 +52,11 @@ const LEADERS_PER_ENTRY: usize = 8;
 ///
 /// # Examples
 ///
-/// ```
+/// ```no_run
 /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
 /// use mixup_kernels::{ImageSize, MixConfig, SampleShape, Sampler};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+/// let mixer = CudaMixer::new(0)?;
 /// let sampler = Sampler::new(MixConfig::timm(10), 0)?;
 /// let mut x = mixer.stream().alloc_zeros::<f32>(8 * 3 * 4 * 4)?;
 /// let mut plan = DevicePlan::new(&mixer); // one per training loop, reused every step
@@ -207,11 +207,11 @@ impl DevicePlan {
     ///
     /// # Examples
     ///
-    /// ```
+    /// ```no_run
     /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
     /// use mixup_kernels::MixPlan;
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let mixer = CudaMixer::new(0)?;
     /// let mut plan = DevicePlan::with_pinned_staging(&mixer);
     /// for _ in 0..3 {
     ///     plan.upload(&MixPlan::from_parts(&[1, 0], &[0.6, 0.6])?)?; // truly asynchronous
@@ -232,11 +232,11 @@ impl DevicePlan {
     ///
     /// # Examples
     ///
-    /// ```
+    /// ```no_run
     /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
     /// use mixup_kernels::MixPlan;
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let mixer = CudaMixer::new(0)?;
     /// let mut plan = DevicePlan::new(&mixer);
     /// let host = MixPlan::from_parts(&[1, 0, 2], &[0.6, 0.6, 1.0])?;
     /// plan.upload(&host)?;
@@ -322,11 +322,11 @@ impl DevicePlan {
     ///
     /// # Examples
     ///
-    /// ```
+    /// ```no_run
     /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
     /// use mixup_kernels::MixPlan;
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let mixer = CudaMixer::new(0)?;
     /// let mut plan = DevicePlan::new(&mixer);
     /// plan.upload(&MixPlan::identity(5)?)?;
     /// assert_eq!(plan.len(), 5);
@@ -341,11 +341,11 @@ impl DevicePlan {
     ///
     /// # Examples
     ///
-    /// ```
+    /// ```no_run
     /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
     /// use mixup_kernels::MixPlan;
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let mixer = CudaMixer::new(0)?;
     /// let mut plan = DevicePlan::new(&mixer);
     /// plan.upload(&MixPlan::identity(0)?)?; // an empty batch is a valid upload
     /// assert!(plan.is_empty());
@@ -360,11 +360,11 @@ impl DevicePlan {
     ///
     /// # Examples
     ///
-    /// ```
+    /// ```no_run
     /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
     /// use mixup_kernels::MixPlan;
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let mixer = CudaMixer::new(0)?;
     /// let mut plan = DevicePlan::new(&mixer);
     /// plan.upload(&MixPlan::from_parts(&[1, 0], &[0.6, 0.8])?)?;
     /// assert_eq!(plan.plan().sample(1).lam, 0.8); // no device read needed
@@ -379,11 +379,11 @@ impl DevicePlan {
     ///
     /// # Examples
     ///
-    /// ```
+    /// ```no_run
     /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
     /// use mixup_kernels::MixPlan;
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
+    /// let mixer = CudaMixer::new(0)?;
     /// let mut plan = DevicePlan::new(&mixer);
     /// plan.upload(&MixPlan::identity(100)?)?;
     /// let cap = plan.capacity();
