@@ -147,10 +147,10 @@ impl Iterator for Runs {
 
 /// `dst.copy_from_slice(src)`, in pieces of at most 512 bytes when the whole is under 4 KiB.
 ///
-/// glibc's memcpy (2.36, the AVX-512 variant picked on the Zen 4 VM this was tuned on) copies
-/// 640 B to 2.5 KiB blocks at about half the speed of 512 B or ≥ 3 KiB ones: 154 MB in 1 KiB
-/// blocks took 29 ms, in 512 B blocks 16 ms, in 4 KiB blocks 15 ms. CutMix runs of 224-pixel
-/// lines are mostly in that range; splitting them costs a call or two elsewhere.
+/// glibc's memcpy (2.36, its AVX-512 variant) copies 640 B to 2.5 KiB blocks at about half the
+/// speed of 512 B or ≥ 3 KiB ones (`BENCHMARKS.md`, "Measurements behind code choices"). CutMix
+/// runs of 224-pixel lines are mostly in that range; splitting them costs a call or two
+/// elsewhere.
 #[inline(always)]
 fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
     const PIECE_BYTES: usize = 512;
@@ -175,9 +175,8 @@ const STREAM_MIN_BYTES: usize = 16 << 20;
 ///
 /// A normal store first reads the line it writes (read for ownership), so a copy with ordinary
 /// stores moves three bytes over the memory bus per byte copied; a large `memcpy` avoids this
-/// (non-temporal stores or `rep movsb`), the CutMix runs (0.3–0.9 KB per image line) could not.
-/// 154 MB copied in 448-byte runs on 2 threads: 6.2–7.4 ms in 512-byte `memcpy` pieces, 4.8–6.3
-/// ms with non-temporal stores. Runs rarely start or end on a line boundary, so the partial
+/// (non-temporal stores or `rep movsb`), the CutMix runs (0.3–0.9 KB per image line) could not;
+/// non-temporal stores of those runs are faster than `memcpy` pieces (`BENCHMARKS.md`). Runs rarely start or end on a line boundary, so the partial
 /// lines at their ends are gathered in `line` and stored once complete; the partial lines at the
 /// ends of the range (shared with a neighbouring task) get ordinary stores of our bytes only.
 #[cfg(target_arch = "x86_64")]

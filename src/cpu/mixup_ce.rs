@@ -471,8 +471,7 @@ fn run_row<T: Element>(isa: Isa, job: Job<'_, T>, w: &mut [f32], row: Row, k: &C
 }
 
 /// Jobs of up to this many logits (16 MiB of f32) run as small jobs of [`pool::for_each_row`],
-/// where the caller works too and rayon's fixed cost per call (about 10 µs on 2 cores) is not
-/// paid; larger ones through rayon's splitting, whose contiguous ranges keep [`Ahead`]'s next
+/// where the caller works too and rayon's fixed cost per call (see [`pool`]) is not paid; larger ones through rayon's splitting, whose contiguous ranges keep [`Ahead`]'s next
 /// row on the thread that will read it.
 const SMALL_JOB: usize = 1 << 22;
 

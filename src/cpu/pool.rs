@@ -3,8 +3,8 @@
 //! A rayon parallel iterator called from a thread outside the pool (a training loop's thread,
 //! in the usual case) hands the whole job to the pool and blocks: the caller sleeps on a
 //! condition variable, a worker has to be woken to start, and the caller has to be woken at
-//! the end. On the 2-core machine of `BENCHMARKS.md` those hand-offs cost about 10 µs per
-//! call, which is a tenth of the loss on 256×1000 logits. [`for_each_task`] instead runs tasks
+//! the end. Those hand-offs cost a tenth of the loss on 256×1000 logits on 2 cores
+//! (`BENCHMARKS.md`, "Measurements behind code choices"). [`for_each_task`] instead runs tasks
 //! on the caller at once, lets `threads - 1` pool workers join as they wake, hands out tasks
 //! in order through an atomic counter (so whoever is awake does the work), and spins briefly at
 //! the end for tasks still running rather than sleeping.

@@ -6,9 +6,9 @@
 //!
 //! Each entry is compiled alone (`-DMIXUP_ONLY_<entry>`; the sources guard each with
 //! `#if MIXUP_ALL || MIXUP_ONLY_<entry>`), so a first call compiles only the kernel it runs:
-//! measured with NVRTC 13.0 for sm_90, one entry takes 0.1–0.6 s, one module's entries of a
-//! dtype together about their sum (the cross-entropy's three 1.0–1.1 s), so compiling per
-//! (module, dtype) would make a first call 2–3 times slower.
+//! one module's entries of a dtype compiled together take about the sum of their times, so
+//! compiling per (module, dtype) would make a first call 2–3 times slower (`BENCHMARKS.md`,
+//! "Measurements behind code choices").
 
 use crate::dtype::ScalarType;
 
