@@ -29,6 +29,7 @@ mod bbox;
 mod config;
 mod dtype;
 mod error;
+mod normalize;
 mod plan;
 mod sampler;
 mod spec;
@@ -52,9 +53,10 @@ pub use bbox::timm_rand_bbox;
 pub use config::{BoxRule, MixConfig, Mode, PartnerRule, TargetSpec};
 pub use dtype::{DType, Element, FloatElement};
 pub use error::{MixError, Result};
+pub use normalize::Normalize;
 pub use plan::{CutBox, MixPlan, SampleMix};
 pub use sampler::Sampler;
-pub use spec::{BceSpec, CeSpec, Layout, Reduction, Upstream};
+pub use spec::{BceSpec, CeSpec, Layout, MemoryFormat, Reduction, Upstream};
 
 /// Re-exports of the element types the crate stores (from the `half` crate), so callers need
 /// no direct dependency on `half`.

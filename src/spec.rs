@@ -93,6 +93,38 @@ impl Layout {
     }
 }
 
+/// The order of an image batch's dimensions in memory.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::MemoryFormat;
+/// assert_eq!(MemoryFormat::ChannelsFirst.name(), "NCHW");
+/// assert_eq!(MemoryFormat::ChannelsLast.name(), "NHWC");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemoryFormat {
+    /// `[B, C, H, W]`: PyTorch's default (`torch.contiguous_format`).
+    ChannelsFirst,
+    /// `[B, H, W, C]`: what image decoders produce (`torch.channels_last`).
+    ChannelsLast,
+}
+
+impl MemoryFormat {
+    /// `"NCHW"` or `"NHWC"`.
+    ///
+    /// ```
+    /// use mixup_kernels::MemoryFormat;
+    /// assert_eq!(MemoryFormat::ChannelsLast.name(), "NHWC");
+    /// ```
+    pub const fn name(self) -> &'static str {
+        match self {
+            MemoryFormat::ChannelsFirst => "NCHW",
+            MemoryFormat::ChannelsLast => "NHWC",
+        }
+    }
+}
+
 /// How per-sample losses are reduced (fastai's `reduce_loss`, PyTorch's `reduction`).
 ///
 /// # Examples
