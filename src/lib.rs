@@ -11,8 +11,10 @@
 //!   candle op with a backward pass.
 //!
 //! The operations: mix a batch of inputs (MixUp lerp and CutMix paste, NCHW or NHWC), build
-//! soft targets with label smoothing, and the fused mixup cross-entropy (loss and gradient in
-//! one pass, no dense target in memory).
+//! soft targets with label smoothing, the fused mixup cross-entropy (loss and gradient in
+//! one pass, no dense target in memory), and `mix_normalize`: decoded u8 pixels mixed,
+//! normalized per channel ([`Normalize`]), put in the wanted [`MemoryFormat`] and dtype in one
+//! pass (timm's `FastCollateMixup` + `PrefetchLoader`).
 //!
 //! ```
 //! use mixup_kernels::{MixConfig, Sampler, Layout};
