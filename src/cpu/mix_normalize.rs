@@ -282,7 +282,7 @@ fn run_any<I: Element, O: Element>(ctx: &Ctx<'_, I>, t: &mut Task<'_, O>) {
     }
 }
 
-/// [`run_any`] compiled for AVX2 and FMA when the CPU has both (as `lanes::simd_fn!`; the bits
+/// [`run_any`] compiled for AVX2 and FMA when the CPU has both (detected once, cached; the bits
 /// are the same either way: every operation is an exactly rounded IEEE one, never contracted).
 fn run<I: Element, O: Element>(ctx: &Ctx<'_, I>, t: &mut Task<'_, O>) {
     #[cfg(target_arch = "x86_64")]
