@@ -26,6 +26,7 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=README.md");
 
     // `mixup_cuda`: the real CUDA module is built (feature `cuda`, or `candle-cuda`, which links
     // cudarc dynamically instead). `mixup_cuda_dynload`: cudarc loads the libraries at run time,
@@ -67,4 +68,42 @@ fn main() {
     }
     table.push_str("];\n");
     fs::write(out.join("kernels.rs"), table).expect("OUT_DIR is writable");
+
+    readme(&dir, &out, cuda || candle_cuda);
+}
+
+/// `$OUT_DIR/README.md`, the README as its doctests compile it (`src/lib.rs`): a code block
+/// whose info string names a feature (` ```rust,candle `, ` ```rust,cpu `, ` ```rust,no_run,cuda `)
+/// is tested when that feature is on and marked `ignore` otherwise; the feature word is dropped.
+fn readme(dir: &std::path::Path, out: &std::path::Path, cuda: bool) {
+    let text = fs::read_to_string(dir.join("README.md")).expect("README.md is part of the crate");
+    let on = |f: &str| match f {
+        "cuda" => cuda,
+        _ => env::var_os(format!("CARGO_FEATURE_{}", f.to_uppercase())).is_some(),
+    };
+    let mut copy = String::with_capacity(text.len());
+    for line in text.lines() {
+        let fence = line
+            .strip_prefix("```")
+            .filter(|info| info.starts_with("rust"));
+        match fence {
+            Some(info) => {
+                let words: Vec<&str> = info.split(',').collect();
+                let needs: Vec<&str> = words
+                    .iter()
+                    .copied()
+                    .filter(|w| matches!(*w, "cpu" | "cuda" | "candle"))
+                    .collect();
+                let kept: Vec<&str> = words.into_iter().filter(|w| !needs.contains(w)).collect();
+                if needs.iter().all(|f| on(f)) {
+                    copy.push_str(&format!("```{}", kept.join(",")));
+                } else {
+                    copy.push_str("```rust,ignore");
+                }
+            }
+            None => copy.push_str(line),
+        }
+        copy.push('\n');
+    }
+    fs::write(out.join("README.md"), copy).expect("OUT_DIR is writable");
 }

@@ -15,9 +15,10 @@ use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput,
 };
+use mixup_kernels::ImageSize;
 use mixup_kernels::{
-    bf16, cpu, BceSpec, CeSpec, Element, FloatElement, Layout, MemoryFormat, MixConfig, MixPlan,
-    Mode, Normalize, PartnerRule, Reduction, Sampler, Upstream,
+    bf16, cpu, BceSpec, CeSpec, Element, FloatElement, GradOutput, MemoryFormat, MixConfig,
+    MixPlan, Mode, Normalize, PartnerRule, Reduction, SampleShape, Sampler,
 };
 use rayon::prelude::*;
 
@@ -82,17 +83,22 @@ fn plan(partner: PartnerRule, mixup: f64, cutmix: f64, batch: usize) -> MixPlan 
     };
     Sampler::new(cfg, 0)
         .unwrap()
-        .plan(0, 0, batch, (H, W))
+        .plan_images(
+            0,
+            batch,
+            ImageSize {
+                height: H,
+                width: W,
+            },
+        )
         .unwrap()
+        // Benchmarked with several class counts: forget the config's spec.
+        .with_targets(None)
 }
 
 fn mix_inputs<T: Element>(c: &mut Criterion) {
     let name = T::DTYPE.name();
-    let layout = Layout::Nchw {
-        channels: C_IMG,
-        height: H,
-        width: W,
-    };
+    let layout = SampleShape::channels_first(C_IMG, H, W);
     let n = B * C_IMG * H * W;
     let bytes = n * std::mem::size_of::<T>();
     let x: Vec<T> = data(n, 7);
@@ -141,14 +147,14 @@ fn soft_targets(c: &mut Criterion) {
     let classes = 1000;
     let p = plan(PartnerRule::Permutation, 1.0, 0.0, B);
     let labels: Vec<u32> = (0..B as u32).map(|i| i * 7 % classes as u32).collect();
-    let spec = MixConfig::timm(classes).target_spec();
+    let spec = MixConfig::timm(classes).target_spec().unwrap();
     let mut out = vec![0.0f32; B * classes];
     let floor = B * classes * 4;
     let mut g = c.benchmark_group("soft_targets_256x1000_f32");
     g.sample_size(50)
         .throughput(Throughput::Bytes(floor as u64));
     g.bench_function("op", |b| {
-        b.iter(|| cpu::soft_targets(&p, &labels, &spec, black_box(&mut out)).unwrap())
+        b.iter(|| cpu::soft_targets(&p, &spec, &labels, black_box(&mut out)).unwrap())
     });
     bench_copy(&mut g, floor);
     g.finish();
@@ -192,9 +198,11 @@ fn loss_bench<T: FloatElement>(
 }
 
 fn ce<T: FloatElement>(c: &mut Criterion, batch: usize, classes: usize) {
-    let spec = CeSpec::new(classes, 0.1, Reduction::Mean);
+    let spec = CeSpec::new(classes, 0.1, Reduction::Mean).unwrap();
     loss_bench::<T>(c, "ce", batch, classes, |p, z, labels, grad| {
-        cpu::mixup_ce(p, &spec, z, labels, Upstream::default(), None, grad).unwrap();
+        cpu::mixup_ce(p, &spec, z, labels, GradOutput::default(), None, grad)
+            .unwrap()
+            .unwrap();
     });
 }
 
@@ -202,7 +210,9 @@ fn ce<T: FloatElement>(c: &mut Criterion, batch: usize, classes: usize) {
 fn bce<T: FloatElement>(c: &mut Criterion, batch: usize, classes: usize) {
     let spec = BceSpec::new(classes, 0.1, Reduction::Mean).unwrap();
     loss_bench::<T>(c, "bce", batch, classes, |p, z, labels, grad| {
-        cpu::mixup_bce(p, &spec, z, labels, Upstream::default(), None, grad).unwrap();
+        cpu::mixup_bce(p, &spec, z, labels, GradOutput::default(), None, grad)
+            .unwrap()
+            .unwrap();
     });
 }
 
@@ -234,12 +244,18 @@ fn fused_input<O: FloatElement>(c: &mut Criterion, out_format: MemoryFormat, rin
         partner: PartnerRule::Flip,
         ..MixConfig::timm(1000)
     };
-    let p = Sampler::new(cfg, 0).unwrap().plan(0, 0, B, (H, W)).unwrap();
-    let layout = Layout::Nhwc {
-        height: H,
-        width: W,
-        channels: C_IMG,
-    };
+    let p = Sampler::new(cfg, 0)
+        .unwrap()
+        .plan_images(
+            0,
+            B,
+            ImageSize {
+                height: H,
+                width: W,
+            },
+        )
+        .unwrap();
+    let layout = SampleShape::channels_last(H, W, C_IMG);
     let n = B * C_IMG * H * W;
     let x: Vec<u8> = data::<f32>(n, 5)
         .into_par_iter()

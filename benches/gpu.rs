@@ -1,6 +1,12 @@
-//! GPU benchmark: fused kernels vs the naive unfused kernels (benches/gpu/naive.rs, the
-//! baseline, not part of the library) vs a device-to-device copy of the same bytes, in one run, on the grid of issue 3. Without a GPU it says so and exits 0, or
-//! fails (exit code 1) when `MIXUP_REQUIRE_GPU=1` (the GPU session sets it).
+//! GPU benchmark: fused kernels vs the naive unfused kernels (benches/gpu/naive.rs and
+//! naive.cu, the baseline, not part of the library) vs a device-to-device copy of the same
+//! bytes, in one run, on the grid of issue 3. Without a GPU it says so and exits 0, or fails
+//! (exit code 1) when `MIXUP_REQUIRE_GPU=1` (the GPU session sets it).
+//!
+//! Before a naive op is timed, its output is compared once with the fused kernel's on the same
+//! inputs (mix: bit for bit; soft targets and the CE's loss and gradient: within the f32
+//! arithmetic's and the storage's rounding); a mismatch fails the row and the run (exit code 1),
+//! so the fused kernels are never measured against a wrong baseline.
 //!
 //!     cargo bench --bench gpu                  # everything
 //!     cargo bench --bench gpu -- mix           # rows whose op name contains "mix"
@@ -26,9 +32,12 @@ use mixup_kernels::cuda::cudarc::driver::{
 };
 use mixup_kernels::cuda::cudarc::nvrtc::Ptx;
 use mixup_kernels::cuda::kernels::{compile, options, ModuleSource, Target};
-use mixup_kernels::cuda::{CudaMixer, CudaMixerOptions, DeviceBceSpec, DevicePlan, DeviceUpstream};
+use mixup_kernels::cuda::{
+    CudaMixer, CudaMixerOptions, DeviceBceSpec, DeviceGradOutput, DevicePlan,
+};
 use mixup_kernels::{
-    bf16, f16, BceSpec, CeSpec, CutBox, DType, Element, Layout, MixPlan, Reduction, TargetSpec,
+    bf16, f16, BceSpec, CeSpec, CutBox, Element, MixPlan, Reduction, SampleShape, ScalarType,
+    TargetSpec,
 };
 
 #[path = "gpu/naive.rs"]
@@ -38,7 +47,7 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 struct Bench {
     mixer: CudaMixer,
-    /// The unfused baseline (kernels/naive.cu).
+    /// The unfused baseline (benches/gpu/naive.cu).
     naive: naive::Naive,
     stream: Arc<CudaStream>,
     l2: usize,
@@ -135,6 +144,60 @@ impl Bench {
     }
 }
 
+/// The first element where `naive` and `fused` differ, bit for bit (as f32: exact for every
+/// dtype).
+fn first_bit_difference<T: Element>(naive: &[T], fused: &[T]) -> Option<usize> {
+    (0..fused.len().max(naive.len())).find(|&i| match (naive.get(i), fused.get(i)) {
+        (Some(a), Some(b)) => a.to_f32().to_bits() != b.to_f32().to_bits(),
+        _ => true,
+    })
+}
+
+/// The first element where `naive` and `fused` are further apart than `tol(fused value)`.
+fn first_difference<T: Element>(
+    naive: &[T],
+    fused: &[T],
+    tol: impl Fn(f64) -> f64,
+) -> Option<usize> {
+    (0..fused.len().max(naive.len())).find(|&i| match (naive.get(i), fused.get(i)) {
+        (Some(a), Some(b)) => {
+            let (a, b) = (f64::from(a.to_f32()), f64::from(b.to_f32()));
+            // A NaN on one side only is a difference.
+            (a - b).abs() > tol(b) || a.is_nan() != b.is_nan()
+        }
+        _ => true,
+    })
+}
+
+/// Half an ulp of `dtype`'s storage at `v` (relative, plus the subnormal floor): the rounding of
+/// one f32 result to the storage type.
+fn storage_half_ulp(dtype: ScalarType, v: f64) -> f64 {
+    match dtype {
+        ScalarType::F32 | ScalarType::U8 => 0.0,
+        ScalarType::F16 => 2f64.powi(-11) * v.abs() + 2f64.powi(-25),
+        ScalarType::BF16 => 2f64.powi(-8) * v.abs() + 2f64.powi(-134),
+    }
+}
+
+/// The error of a naive op that disagrees with the fused kernel.
+fn mismatch<T: Element>(
+    what: &str,
+    i: usize,
+    naive: &[T],
+    fused: &[T],
+) -> Box<dyn std::error::Error> {
+    let show = |v: &[T]| {
+        v.get(i)
+            .map_or("missing".to_string(), |x| format!("{}", x.to_f32()))
+    };
+    format!(
+        "the naive baseline disagrees with the fused kernel ({what}): element {i} is {} naive, {} fused",
+        show(naive),
+        show(fused)
+    )
+    .into()
+}
+
 fn random_bytes(n: usize) -> Vec<u8> {
     let mut s = 0x9e37_79b9_7f4a_7c15u64;
     (0..n)
@@ -156,7 +219,7 @@ fn random<T: Element>(n: usize, seed: u64) -> Vec<T> {
             s ^= s >> 7;
             s ^= s << 17;
             let u = (s >> 40) as f32 / (1u64 << 24) as f32;
-            if T::DTYPE == DType::U8 {
+            if T::DTYPE == ScalarType::U8 {
                 T::from_f32(1.0 + (u * 254.0).floor())
             } else {
                 let v = u * 8.0 - 4.0;
@@ -216,18 +279,11 @@ fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<
     let mut out = b.stream.clone_htod(&random::<T>(n, 2))?;
     let mut tmp = b.stream.clone_htod(&random::<T>(n, 3))?;
     let mut xi = b.stream.clone_dtod(&x)?;
+    let mut fused_out = b.stream.clone_dtod(&x)?;
     let mut plan = DevicePlan::new(&b.mixer);
     let nk = b.naive.kernels(T::DTYPE)?;
-    let nchw = Layout::Nchw {
-        channels: c,
-        height: h,
-        width: w,
-    };
-    let nhwc = Layout::Nhwc {
-        height: h,
-        width: w,
-        channels: c,
-    };
+    let nchw = SampleShape::channels_first(c, h, w);
+    let nhwc = SampleShape::channels_last(h, w, c);
     let flip: Vec<usize> = (0..batch).rev().collect();
     let boxes: Vec<Option<CutBox>> = (0..batch)
         .map(|i| {
@@ -239,7 +295,7 @@ fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<
             })
         })
         .collect();
-    let cases: Vec<(&str, MixPlan, Layout, bool, usize)> = vec![
+    let cases: Vec<(&str, MixPlan, SampleShape, bool, usize)> = vec![
         (
             "random pairs, in place",
             MixPlan::from_parts(&random_pairs(batch, 7), &lams(batch))?,
@@ -272,6 +328,22 @@ fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<
     for (name, p, layout, in_place, passes) in cases {
         plan.upload(&p)?;
         let np = b.naive.plan(&p)?;
+        // The naive result against the fused one (the call timed below), bit for bit, once.
+        if in_place {
+            b.stream.memcpy_dtod(&x, &mut fused_out)?;
+            b.mixer
+                .mix_in_place(&plan, &layout, &mut fused_out.as_view_mut())?;
+        } else {
+            b.mixer
+                .mix(&plan, &layout, &x.as_view(), &mut fused_out.as_view_mut())?;
+        }
+        b.naive.mix(&nk, &np, &layout, &x, &mut tmp, &mut out)?;
+        {
+            let (nv, fv) = (b.stream.clone_dtoh(&out)?, b.stream.clone_dtoh(&fused_out)?);
+            if let Some(i) = first_bit_difference(&nv, &fv) {
+                return Err(mismatch(&format!("mix {dt} {shape} {name}"), i, &nv, &fv));
+            }
+        }
         let floor = passes * n * s;
         let copy = b.copy(floor)?;
         let fused = if in_place {
@@ -344,13 +416,37 @@ fn bench_soft<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
     let fused = b.time(|i| {
         Ok(b.mixer.soft_targets(
             &plan,
-            &ls.as_view(),
             &spec,
+            &ls.as_view(),
             &mut outs[i % sets].as_view_mut(),
         )?)
     })?;
     let mut bufs = naive::NaiveBuffers::new(&b.stream, batch, classes)?;
     let (nk, np) = (b.naive.kernels(T::DTYPE)?, b.naive.plan(plan.plan())?);
+    // The naive targets against the fused ones, once: both round (1-ε)·λ + ε/C a few times in
+    // f32 and once to T, in different orders.
+    {
+        let mut fused_t = b.stream.clone_htod(&vec![T::default(); batch * classes])?;
+        let mut naive_t = b.stream.clone_dtod(&fused_t)?;
+        b.mixer
+            .soft_targets(&plan, &spec, &ls.as_view(), &mut fused_t.as_view_mut())?;
+        b.naive
+            .soft_targets(&nk, &np, &ls, &spec, &mut bufs, &mut naive_t)?;
+        let (nv, fv) = (
+            b.stream.clone_dtoh(&naive_t)?,
+            b.stream.clone_dtoh(&fused_t)?,
+        );
+        let tol =
+            |v: f64| 8.0 * f64::from(f32::EPSILON) * v.abs() + 2.0 * storage_half_ulp(T::DTYPE, v);
+        if let Some(i) = first_difference(&nv, &fv, tol) {
+            return Err(mismatch(
+                &format!("soft targets {} {batch}x{classes}", T::DTYPE.name()),
+                i,
+                &nv,
+                &fv,
+            ));
+        }
+    }
     let unfused = b.time(|i| {
         b.naive
             .soft_targets(&nk, &np, &ls, &spec, &mut bufs, &mut outs[i % sets])
@@ -419,7 +515,7 @@ fn bench_ce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
     let mut loss = b.stream.alloc_zeros::<f32>(1)?;
     let mut plan = DevicePlan::new(&b.mixer);
     plan.upload(&MixPlan::from_parts(&random_pairs(batch, 6), &lams(batch))?)?;
-    let spec = CeSpec::new(classes, 0.1, Reduction::Mean);
+    let spec = CeSpec::new(classes, 0.1, Reduction::Mean).unwrap();
     let copy = b.copy(floor)?;
     let fused = b.time(|i| {
         Ok(b.mixer.mixup_ce(
@@ -427,7 +523,7 @@ fn bench_ce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
             &spec,
             &logits[i % sets].as_view(),
             &ls.as_view(),
-            DeviceUpstream::Scalar(1.0),
+            DeviceGradOutput::Scalar(1.0),
             &mut loss.as_view_mut(),
             None,
             &mut grad.as_view_mut(),
@@ -444,8 +540,46 @@ fn bench_ce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
         )?)
     })?;
     let mut bufs = naive::NaiveBuffers::new(&b.stream, batch, classes)?;
-    let (nk, nk32) = (b.naive.kernels(T::DTYPE)?, b.naive.kernels(DType::F32)?);
+    let (nk, nk32) = (
+        b.naive.kernels(T::DTYPE)?,
+        b.naive.kernels(ScalarType::F32)?,
+    );
     let np = b.naive.plan(plan.plan())?;
+    // The naive loss and gradient against the fused ones, once. Both compute in f32 from the
+    // same logits in different orders: the loss within 1e-4 of max(1, |loss|), each gradient element
+    // within 1e-4 of its value plus 1e-5 of the scale 1/B (cancellation of p and t near 1),
+    // plus the storage's rounding twice.
+    {
+        let mut fused_g = b.stream.clone_dtod(&grad)?;
+        let mut fused_loss = b.stream.alloc_zeros::<f32>(1)?;
+        b.mixer.mixup_ce(
+            &plan,
+            &spec,
+            &logits[0].as_view(),
+            &ls.as_view(),
+            DeviceGradOutput::Scalar(1.0),
+            &mut fused_loss.as_view_mut(),
+            None,
+            &mut fused_g.as_view_mut(),
+        )?;
+        b.naive.mixup_ce(
+            &nk, &nk32, &np, &spec, &logits[0], &ls, &mut bufs, &mut loss, &mut grad,
+        )?;
+        let what = format!("mixup CE {} {batch}x{classes}", T::DTYPE.name());
+        let (nl, fl) = (
+            b.stream.clone_dtoh(&loss)?,
+            b.stream.clone_dtoh(&fused_loss)?,
+        );
+        if let Some(i) = first_difference(&nl, &fl, |v| 1e-4 * v.abs().max(1.0)) {
+            return Err(mismatch(&(what.clone() + ", loss"), i, &nl, &fl));
+        }
+        let (ng, fg) = (b.stream.clone_dtoh(&grad)?, b.stream.clone_dtoh(&fused_g)?);
+        let scale = 1.0 / batch as f64;
+        let tol = |v: f64| 1e-4 * v.abs() + 1e-5 * scale + 2.0 * storage_half_ulp(T::DTYPE, v);
+        if let Some(i) = first_difference(&ng, &fg, tol) {
+            return Err(mismatch(&(what + ", gradient"), i, &ng, &fg));
+        }
+    }
     let unfused = b.time(|i| {
         b.naive.mixup_ce(
             &nk,
@@ -505,7 +639,7 @@ fn bench_bce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
             &spec,
             &logits[i % sets].as_view(),
             &ls.as_view(),
-            DeviceUpstream::Scalar(1.0),
+            DeviceGradOutput::Scalar(1.0),
             &mut loss.as_view_mut(),
             None,
             &mut grad.as_view_mut(),
@@ -593,10 +727,10 @@ fn bench_first_call() -> Res<()> {
         let t0 = Instant::now();
         m.mixup_ce(
             &plan,
-            &CeSpec::new(classes, 0.1, Reduction::Mean),
+            &CeSpec::new(classes, 0.1, Reduction::Mean).unwrap(),
             &z.as_view(),
             &ls.as_view(),
-            DeviceUpstream::Scalar(1.0),
+            DeviceGradOutput::Scalar(1.0),
             &mut loss.as_view_mut(),
             None,
             &mut g.as_view_mut(),
@@ -608,11 +742,7 @@ fn bench_first_call() -> Res<()> {
         let t0 = Instant::now();
         m.mix(
             &p8,
-            &Layout::Nchw {
-                channels: 3,
-                height: 32,
-                width: 32,
-            },
+            &SampleShape::channels_first(3, 32, 32),
             &x.as_view(),
             &mut out.as_view_mut(),
         )?;

@@ -38,7 +38,7 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mixup_kernels::candle::{mix_normalize, mixup_cross_entropy, soft_targets};
 use mixup_kernels::{
-    CeSpec, MemoryFormat, MixConfig, MixPlan, Normalize, Reduction, Sampler, TargetSpec,
+    CeSpec, ImageSize, MemoryFormat, MixConfig, MixPlan, Normalize, Reduction, Sampler, TargetSpec,
 };
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -316,7 +316,11 @@ fn train(method: Method, seed: u64, s: &Setup, a: &Args, cfg: &Settings) -> Resu
         .config(classes)
         .map(|c| Sampler::new(c, seed))
         .transpose()?;
-    let spec = CeSpec::new(classes, 0.0, Reduction::Mean);
+    // The loss takes the sampler's classes and label smoothing (one source of truth).
+    let spec = match &sampler {
+        Some(sm) => sm.config().ce_spec(Reduction::Mean)?,
+        None => CeSpec::new(classes, 0.0, Reduction::Mean)?,
+    };
     let batches = n_train.div_ceil(cfg.batch);
     let total_steps = cfg.epochs * batches;
 
@@ -361,7 +365,14 @@ fn train(method: Method, seed: u64, s: &Setup, a: &Args, cfg: &Settings) -> Resu
             sync(&s.dev)?;
             let tm = Instant::now();
             let plan = match &sampler {
-                Some(sm) => sm.plan(0, step, n, (side, side))?,
+                Some(sm) => sm.plan_images(
+                    step,
+                    n,
+                    ImageSize {
+                        height: side,
+                        width: side,
+                    },
+                )?,
                 None => MixPlan::identity(n)?,
             };
             let first = MemoryFormat::ChannelsFirst;
@@ -375,7 +386,7 @@ fn train(method: Method, seed: u64, s: &Setup, a: &Args, cfg: &Settings) -> Resu
             opt.set_learning_rate(one_cycle(cfg.lr, step as usize, total_steps));
             let logits = net.forward(&x, true)?;
             // The fused loss; with the identity plan it is the plain cross-entropy.
-            let loss = mixup_cross_entropy(&logits, &yb, &plan, &spec)?;
+            let loss = mixup_cross_entropy(&plan, &spec, &logits, &yb)?;
             opt.backward_step(&loss)?;
             loss_sum += f64::from(loss.to_scalar::<f32>()?) * n as f64;
             step += 1;
@@ -428,7 +439,7 @@ fn evaluate(net: &Model, s: &Setup, spec: &CeSpec) -> Result<(f64, f64, f64, f64
     }
     let logits = Tensor::cat(&parts, 0)?;
     // Detached logits take the fused loss's forward-only path.
-    let valid_loss = mixup_cross_entropy(&logits, &s.valid_y, &MixPlan::identity(n)?, spec)?
+    let valid_loss = mixup_cross_entropy(&MixPlan::identity(n)?, spec, &logits, &s.valid_y)?
         .to_scalar::<f32>()?;
     let correct = logits
         .argmax(D::Minus1)?
@@ -453,8 +464,11 @@ fn picture_cells(
     yb: &Tensor,
     data: &DataSet,
 ) -> Result<Vec<plot::Cell>> {
-    let t = soft_targets(plan, yb, &TargetSpec::new(data.classes, 0.0)?, DType::F32)?
-        .to_vec2::<f32>()?;
+    let spec = match plan.targets() {
+        Some(t) => *t, // a drawn plan: its config's spec
+        None => TargetSpec::new(data.classes, 0.0)?,
+    };
+    let t = soft_targets(plan, &spec, yb, DType::F32)?.to_vec2::<f32>()?;
     let px = xm.flatten_from(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
     Ok(px
         .into_iter()

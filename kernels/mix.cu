@@ -5,6 +5,8 @@
 //       out[i][k] = round(lam * x[i][k] + (1 - lam) * x[p][k])
 //     as two rounded f32 products and one rounded f32 sum (__fmul_rn/__fadd_rn: no FMA, so the
 //     bits equal the CPU path's), then one rounding to the storage type.
+//   A sample that is its own partner (p == i) is copied unchanged, as the CPU path copies it:
+//     the formula's value, lam x + (1 - lam) x = x, without its f32 rounding.
 //   CutMix (image layouts), element k at pixel (y, x):
 //       out[i][k] = (y0 <= y < y1 && x0 <= x < x1) ? x[p][k] : x[i][k]   (bits copied)
 //
@@ -84,18 +86,22 @@ DEV void pos_next(const MixArgs& g, Pos& p) {
     }
 }
 
-// What one output sample does: lerp with (lam, 1 - lam), or paste a box.
+// What one output sample does: lerp with (lam, 1 - lam), or paste a box. A sample that is its
+// own partner keeps its own values: a "paste" whose box is empty (`own`: no box is looked up).
 struct Rule {
     float lam, oml;
+    bool own;
     bool cut;
     u32 y0, h, x0, w;  // box origin and extent
 };
 
-DEV Rule rule_of(const PlanEntry& e, u32 layout) {
+// The rule of sample `index`, whose plan entry is `e`.
+DEV Rule rule_of(const PlanEntry& e, u32 index, u32 layout) {
     Rule r;
     r.lam = e.lam;
     r.oml = __fsub_rn(1.0f, e.lam);
-    r.cut = e.cut != 0 && layout != LAYOUT_ROWS;
+    r.own = e.partner == index;
+    r.cut = r.own || (e.cut != 0 && layout != LAYOUT_ROWS);
     r.y0 = e.y0;
     r.h = e.y1 - e.y0;
     r.x0 = e.x0;
@@ -135,6 +141,7 @@ __device__ __noinline__ u32 box_mask(u32 layout, u32 plane, u32 channels, u32 he
 
 template <class E>
 DEV u32 slot_box_mask(const MixArgs& g, const Rule& r, u64 e0) {
+    if (r.own) return 0u;
     return box_mask(g.layout, (u32)g.plane, g.channels, g.height, g.width, r.y0, r.h, r.x0, r.w, (u32)e0, E::VE);
 }
 
@@ -173,6 +180,7 @@ template <class E>
 DEV typename E::B mix_scalar(const MixArgs& g, const Rule& r, u64 e, typename E::B a,
                              typename E::B b) {
     if (r.cut) {
+        if (r.own) return a;
         return box_mask(g.layout, (u32)g.plane, g.channels, g.height, g.width, r.y0, r.h, r.x0, r.w, (u32)e, 1)
                    ? b
                    : a;
@@ -196,7 +204,7 @@ DEV void mix_gather(const MixArgs& g) {
         const u64 row = div_u64(item, g.chunks);
         const u64 chunk = item - row * g.chunks;
         const PlanEntry pe = plan[row];
-        const Rule r = rule_of(pe, g.layout);
+        const Rule r = rule_of(pe, (u32)row, g.layout);
         const B* a = x + row * D;
         const B* b = x + (u64)pe.partner * D;
         B* o = out + row * D;
@@ -269,8 +277,8 @@ DEV void mix_pairs(const MixArgs& g) {
         const PlanEntry pi = plan[i];
         const u32 p = pi.partner;
         const bool two = p != i;
-        const Rule ri = rule_of(pi, g.layout);
-        const Rule rp = rule_of(plan[p], g.layout);
+        const Rule ri = rule_of(pi, i, g.layout);
+        const Rule rp = rule_of(plan[p], p, g.layout);
         const B* a = x + (u64)i * D;
         const B* b = x + (u64)p * D;
         B* oa = out + (u64)i * D;

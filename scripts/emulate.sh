@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Runs every kernel of kernels/*.cu on the CPU (kernels/emu: the threads of a block as fibers, so
+# Runs the kernels of kernels/*.cu on the CPU (kernels/emu: the threads of a block as fibers, so
 # barriers, warp shuffles, shared memory and the last-block-done reduction behave as on a GPU)
-# under AddressSanitizer and UBSan, with every 16-byte access checked for alignment, against
-# independently computed expected results. No GPU, no CUDA toolkit: a C++17 compiler with
-# _Float16 (g++ >= 12, clang >= 15) is enough. Arguments go to the emulator (see
-# kernels/emu/main.cpp: --queries, --launches FILE, --only engine|mix|ce|bce|naive). Runs the
-# emulation once per device generation (see EMU_ARCHS below) and prints "N passed, M failed"
-# over all of them last.
+# under AddressSanitizer and UBSan, with every 16-byte access checked for alignment. No GPU, no
+# CUDA toolkit: a C++17 compiler with _Float16 (g++ >= 12, clang >= 15) is enough. Arguments go
+# to the emulator (see kernels/emu/main.cpp: --cases FILE --out DIR, --only engine|cases),
+# except that `--out DIR` becomes `--out DIR/sm<arch>.bin` for each arch's run: the cases
+# (written by tests/kernels_emulated) run once per device generation (see EMU_ARCHS below), each
+# into its own file. Prints "N passed, M failed" over all runs last.
 #
 # An object is rebuilt only when its sources, this script or the compiler change.
 set -euo pipefail
@@ -23,8 +23,8 @@ dir="${TMPDIR:-/tmp}/mixup-kernels-emulate-$key"
 # an earlier arch's (today sm_90 = sm_80: no branch tells them apart) would build the same
 # binary: it is not built or run again, and the output says so.
 archs=(${EMU_ARCHS:-750 800 900})
-declare -A cu=([test_ce]="mixup_ce.cu" [test_bce]="mixup_bce.cu" [test_naive]="naive.cu" [test_mix]="mix.cu soft_targets.cu")
-kunits=(test_ce test_bce test_naive test_mix)
+declare -A cu=([k_ce]="mixup_ce.cu" [k_bce]="mixup_bce.cu" [k_mix]="mix.cu soft_targets.cu")
+kunits=(k_ce k_bce k_mix)
 units=(engine test_engine main)
 mkdir -p "$dir"
 # One build at a time (two test processes may run this at once).
@@ -110,15 +110,24 @@ done
 
 # ASan's leak check would only report the fiber stacks' bookkeeping; the buffers are freed.
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}"
-# The launch list does not depend on the arch: one binary answers it.
-if [[ " $* " == *" --queries "* ]]; then exec "$dir/sm${run[0]}/emulate" "$@"; fi
+# `--out DIR`: each arch's run writes DIR/sm<arch>.bin.
+args=("$@")
+out_dir=""
+for ((i = 0; i + 1 < ${#args[@]}; ++i)); do [[ "${args[i]}" == --out ]] && out_dir="${args[i + 1]}"; done
+args_for() {
+    local a=("${args[@]}") i
+    ((${#a[@]} > 0)) || return 0
+    for ((i = 0; i + 1 < ${#a[@]}; ++i)); do [[ "${a[i]}" == --out ]] && a[i + 1]="$out_dir/sm$1.bin"; done
+    printf '%s\0' "${a[@]}"
+}
 # The arches run side by side (EMU_SERIAL=1: one after another), each into its own log; the
 # logs are printed in order, then the sum over all of them.
 for a in "${run[@]}"; do
+    mapfile -d '' -t arch_args < <(args_for "$a")
     if [[ -n "${EMU_SERIAL:-}" ]]; then
-        "$dir/sm$a/emulate" "$@" >"$dir/sm$a/log" 2>&1 && echo 0 >"$dir/sm$a/rc" || echo $? >"$dir/sm$a/rc"
+        "$dir/sm$a/emulate" "${arch_args[@]}" >"$dir/sm$a/log" 2>&1 && echo 0 >"$dir/sm$a/rc" || echo $? >"$dir/sm$a/rc"
     else
-        ( "$dir/sm$a/emulate" "$@" >"$dir/sm$a/log" 2>&1 && echo 0 >"$dir/sm$a/rc" || echo $? >"$dir/sm$a/rc" ) &
+        ( "$dir/sm$a/emulate" "${arch_args[@]}" >"$dir/sm$a/log" 2>&1 && echo 0 >"$dir/sm$a/rc" || echo $? >"$dir/sm$a/rc" ) &
     fi
 done
 wait

@@ -8,7 +8,8 @@ Prints one line per kernel entry: registers, spill stores/loads, stack frame, st
 memory, as ptxas reports them with `--ptxas-options=-v` (docs/perf-notes.md records the sm_90
 table). With --time each compilation unit is compiled alone (as the crate does on a first call)
 and timed. With --cubin-dir the CUBINs are written there, for `cuobjdump -sass`.
-The sources are assembled exactly as build.rs does: kernels/common.cuh + kernels/<module>.cu.
+The sources are assembled exactly as build.rs does: kernels/common.cuh + kernels/<module>.cu
+(the bench's naive baseline: benches/gpu/naive.cu, as benches/gpu/naive.rs assembles it).
 """
 import argparse
 import ctypes
@@ -38,7 +39,8 @@ def load_nvrtc():
 def source(module):
     with open(os.path.join(ROOT, "kernels", "common.cuh")) as f:
         common = f.read()
-    with open(os.path.join(ROOT, "kernels", module + ".cu")) as f:
+    folder = ("benches", "gpu") if module == "naive" else ("kernels",)
+    with open(os.path.join(ROOT, *folder, module + ".cu")) as f:
         body = f.read()
     # Same as build.rs: a #line directive keeps NVRTC's messages pointing at the real file.
     return common + '\n#line 1 "' + module + '.cu"\n' + body

@@ -10,7 +10,7 @@ use crate::error::{MixError, Result};
 /// use mixup_kernels::{MixConfig, Mode, Sampler};
 /// // One λ per sample: with fastai's max rule every λ is at least 0.5, and they differ.
 /// let cfg = MixConfig { mode: Mode::Elem, lam_max: true, ..MixConfig::timm(10) };
-/// let plan = Sampler::new(cfg, 3).unwrap().plan(0, 0, 8, (1, 1)).unwrap();
+/// let plan = Sampler::new(cfg, 3).unwrap().plan(0, 8).unwrap();
 /// let lams: Vec<f32> = plan.samples().map(|s| s.lam).collect();
 /// assert!(lams.iter().all(|&l| l >= 0.5));
 /// assert!(lams.iter().any(|&l| l != lams[0]));
@@ -33,10 +33,15 @@ pub enum Mode {
 /// ```
 /// use mixup_kernels::{MixConfig, PartnerRule, Sampler};
 /// // timm's flip: sample i mixes with sample B-1-i.
-/// let plan = Sampler::new(MixConfig::timm(10), 0).unwrap().plan(0, 0, 4, (1, 1)).unwrap();
+/// let plan = Sampler::new(MixConfig::timm(10), 0).unwrap().plan(0, 4).unwrap();
 /// let partners: Vec<usize> = plan.samples().map(|s| s.partner).collect();
 /// assert_eq!(partners, [3, 2, 1, 0]);
 /// assert!(PartnerRule::Flip.is_involution() && !PartnerRule::Permutation.is_involution());
+/// // torchvision's roll: sample i mixes with sample i-1.
+/// let cfg = MixConfig { partner: PartnerRule::Roll, ..MixConfig::timm(10) };
+/// let plan = Sampler::new(cfg, 0).unwrap().plan(0, 4).unwrap();
+/// let partners: Vec<usize> = plan.samples().map(|s| s.partner).collect();
+/// assert_eq!(partners, [3, 0, 1, 2]);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PartnerRule {
@@ -49,6 +54,11 @@ pub enum PartnerRule {
     /// A uniformly random perfect matching: `partner(partner(i)) == i`, no fixed points except
     /// one sample of an odd batch, left unmixed (λ = 1). Mixing can run in place.
     RandomPairs,
+    /// torchvision v2's `MixUp`/`CutMix` (`torchvision/transforms/v2/_augment.py`): the batch
+    /// rolled by one, `batch.roll(1, 0)`, so `partner(i) = (i + B − 1) mod B` (sample 0 mixes
+    /// with sample B−1). Not an involution for B ≥ 3, so mixing is out of place. With one sample
+    /// the sample is its own partner and is left unmixed.
+    Roll,
 }
 
 impl PartnerRule {
@@ -71,9 +81,10 @@ impl PartnerRule {
 /// # Examples
 ///
 /// ```
-/// use mixup_kernels::{BoxRule, MixConfig, Sampler};
+/// use mixup_kernels::{BoxRule, ImageSize, MixConfig, Sampler};
 /// let cfg = MixConfig { box_rule: BoxRule::Fastai, ..MixConfig::fastai_v2_cutmix(10) };
-/// let plan = Sampler::new(cfg, 0).unwrap().plan(0, 0, 4, (32, 32)).unwrap();
+/// let size = ImageSize { height: 32, width: 32 };
+/// let plan = Sampler::new(cfg, 0).unwrap().plan_images(0, 4, size).unwrap();
 /// // Every sample is CutMix; with `correct_lam` its λ is the share of pixels it keeps.
 /// for s in plan.samples().filter(|s| s.cut.is_some()) {
 ///     let kept = s.cut.unwrap().kept_fraction(32, 32) as f32;
@@ -119,7 +130,9 @@ pub struct MixConfig {
     pub mode: Mode,
     /// Recompute λ from the clipped box area: `λ = 1 - box_area / (H·W)`.
     pub correct_lam: bool,
-    /// Label smoothing ε of the soft targets and the loss, in `[0, 1)`.
+    /// Label smoothing ε of the soft targets and the loss, in `[0, 1)`. The plans a sampler
+    /// draws carry it (with `num_classes`) to the targets and the loss; build the loss spec with
+    /// [`MixConfig::ce_spec`] / [`MixConfig::bce_spec`].
     pub label_smoothing: f64,
     /// Number of classes C.
     pub num_classes: usize,
@@ -138,57 +151,75 @@ impl Default for MixConfig {
     }
 }
 
-/// Soft-target definition shared by the target and loss operations:
-/// `t = (1-ε)(λ e_a + (1-λ) e_b) + ε/C`.
+/// The soft target shared by the target and loss operations, timm's `mixup_target`
+/// (`timm/data/mixup.py`): `t = (1-ε)(λ e_a + (1-λ) e_b) + ε/C` for a sample of label `a`, its
+/// partner's label `b`, its weight λ, C classes and label smoothing ε.
+///
+/// Built validated ([`TargetSpec::new`]); a [`MixPlan`](crate::MixPlan) drawn by a
+/// [`Sampler`](crate::Sampler) remembers its config's spec, and the soft targets and losses
+/// reject another one.
 ///
 /// # Examples
 ///
 /// ```
 /// use mixup_kernels::{reference, MixPlan, TargetSpec};
-/// let spec = TargetSpec::new(4, 0.2).unwrap();
-/// let plan = MixPlan::from_parts(&[1, 0], &[0.75, 0.75]).unwrap();
-/// let t = reference::soft_targets(&plan, &[0, 3], &spec).unwrap();
+/// let spec = TargetSpec::new(4, 0.2)?;
+/// let plan = MixPlan::from_parts(&[1, 0], &[0.75, 0.75])?;
+/// let t = reference::soft_targets(&plan, &spec, &[0u32, 3])?;
 /// // Row 0: 0.8·0.75 + 0.05 at class 0, 0.8·0.25 + 0.05 at class 3, 0.05 elsewhere.
 /// let want = [0.65, 0.05, 0.05, 0.25];
-/// assert!(t[..4].iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6));
+/// assert!(t[..4].iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-12));
+/// # Ok::<(), mixup_kernels::MixError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TargetSpec {
-    /// Number of classes C (at least 1).
-    pub num_classes: usize,
-    /// Label smoothing ε in `[0, 1)`.
-    pub smoothing: f32,
+    num_classes: usize,
+    label_smoothing: f64,
 }
 
 impl TargetSpec {
-    /// A validated spec.
+    /// A spec for `num_classes` classes (C ≥ 1, at most `u32::MAX`) with label smoothing
+    /// `label_smoothing` (ε in `[0, 1)`, timm's `label_smoothing`).
+    ///
+    /// # Errors
+    /// [`MixError::EmptyShape`] (`num_classes`) for 0 classes, [`MixError::SizeOverflow`] past
+    /// `u32::MAX`, [`MixError::InvalidArgument`] (`label_smoothing`) for ε outside `[0, 1)` or
+    /// NaN.
     ///
     /// # Examples
     ///
     /// ```
     /// use mixup_kernels::{MixError, TargetSpec};
-    /// assert_eq!(TargetSpec::new(10, 0.1).unwrap().num_classes, 10);
+    /// assert_eq!(TargetSpec::new(10, 0.1)?.num_classes(), 10);
     /// assert!(matches!(TargetSpec::new(0, 0.1), Err(MixError::EmptyShape { .. })));
+    /// assert!(matches!(
+    ///     TargetSpec::new(10, 1.0),
+    ///     Err(MixError::InvalidArgument { what: "label_smoothing", .. })
+    /// ));
+    /// # Ok::<(), MixError>(())
     /// ```
-    pub fn new(num_classes: usize, smoothing: f32) -> Result<Self> {
+    pub fn new(num_classes: usize, label_smoothing: f64) -> Result<Self> {
         let spec = Self {
             num_classes,
-            smoothing,
+            label_smoothing,
         };
         spec.validate()?;
         Ok(spec)
     }
 
-    /// Checks `num_classes ≥ 1` (and fits in `u32`) and `0 ≤ ε < 1`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use mixup_kernels::{MixError, TargetSpec};
-    /// let spec = TargetSpec { num_classes: 10, smoothing: 1.0 };
-    /// assert!(matches!(spec.validate(), Err(MixError::InvalidArgument { what: "smoothing", .. })));
-    /// ```
-    pub fn validate(&self) -> Result<()> {
+    /// Number of classes C.
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    /// Label smoothing ε, in `[0, 1)`.
+    pub fn label_smoothing(&self) -> f64 {
+        self.label_smoothing
+    }
+
+    /// Checks `num_classes ≥ 1` (and fits in `u32`) and `0 ≤ ε < 1`. Every spec that exists
+    /// passes (the constructor runs it); the ops keep the call as their first check.
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.num_classes == 0 {
             return Err(MixError::EmptyShape {
                 what: "num_classes",
@@ -199,25 +230,46 @@ impl TargetSpec {
                 what: "num_classes",
             });
         }
-        if !(self.smoothing.is_finite() && (0.0..1.0).contains(&self.smoothing)) {
+        if !(self.label_smoothing.is_finite() && (0.0..1.0).contains(&self.label_smoothing)) {
             return Err(MixError::InvalidArgument {
-                what: "smoothing",
-                reason: format!("must be in [0, 1), got {}", self.smoothing),
+                what: "label_smoothing",
+                reason: format!("must be in [0, 1), got {}", self.label_smoothing),
             });
         }
         Ok(())
     }
 
-    /// `ε / C`, the weight every class receives.
+    /// `ε / C`, the weight every class receives (timm's `off_value`).
     ///
     /// # Examples
     ///
     /// ```
     /// use mixup_kernels::TargetSpec;
-    /// assert_eq!(TargetSpec::new(4, 0.2).unwrap().off_value(), 0.05);
+    /// assert_eq!(TargetSpec::new(4, 0.2)?.off_value(), 0.05);
+    /// # Ok::<(), mixup_kernels::MixError>(())
     /// ```
-    pub fn off_value(&self) -> f32 {
-        self.smoothing / self.num_classes as f32
+    pub fn off_value(&self) -> f64 {
+        self.label_smoothing / self.num_classes as f64
+    }
+
+    /// ε as the f32 the CPU and CUDA passes compute with.
+    #[cfg_attr(not(any(feature = "cpu", mixup_cuda)), allow(dead_code))]
+    pub(crate) fn smoothing_f32(&self) -> f32 {
+        self.label_smoothing as f32
+    }
+
+    /// `ε / C` in f32, as the CPU and CUDA passes form it (`f32(ε) / C`).
+    #[cfg_attr(not(any(feature = "cpu", mixup_cuda)), allow(dead_code))]
+    pub(crate) fn off_f32(&self) -> f32 {
+        self.smoothing_f32() / self.num_classes as f32
+    }
+
+    /// One line for error messages: "1000 classes with label_smoothing 0.1".
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "{} classes with label_smoothing {}",
+            self.num_classes, self.label_smoothing
+        )
     }
 }
 
@@ -374,36 +426,39 @@ impl MixConfig {
         self.effective_cutmix_alpha() > 0.0
     }
 
-    /// The soft-target spec (`num_classes`, `label_smoothing`).
+    /// The soft-target spec of this config: `num_classes` and `label_smoothing`.
+    ///
+    /// # Errors
+    /// As [`TargetSpec::new`] (the config's fields are public, so they are checked here).
     ///
     /// # Examples
     ///
     /// ```
     /// use mixup_kernels::{MixConfig, TargetSpec};
-    /// assert_eq!(MixConfig::timm(10).target_spec(), TargetSpec { num_classes: 10, smoothing: 0.1 });
+    /// assert_eq!(MixConfig::timm(10).target_spec()?, TargetSpec::new(10, 0.1)?);
+    /// # Ok::<(), mixup_kernels::MixError>(())
     /// ```
-    pub fn target_spec(&self) -> TargetSpec {
-        TargetSpec {
-            num_classes: self.num_classes,
-            smoothing: self.label_smoothing as f32,
-        }
+    pub fn target_spec(&self) -> Result<TargetSpec> {
+        TargetSpec::new(self.num_classes, self.label_smoothing)
     }
 
     /// The cross-entropy spec that goes with this config: its class count and label smoothing
     /// (so the loss uses timm's `label_smoothing` instead of a second copy), and `reduction`.
     ///
+    /// # Errors
+    /// As [`TargetSpec::new`]: a class count of 0 or past `u32::MAX`, a smoothing outside
+    /// `[0, 1)`.
+    ///
     /// # Examples
     ///
     /// ```
     /// use mixup_kernels::{MixConfig, Reduction};
-    /// let spec = MixConfig::timm(1000).ce_spec(Reduction::Mean);
-    /// assert_eq!((spec.targets.num_classes, spec.targets.smoothing), (1000, 0.1));
+    /// let spec = MixConfig::timm(1000).ce_spec(Reduction::Mean)?;
+    /// assert_eq!((spec.num_classes(), spec.label_smoothing()), (1000, 0.1));
+    /// # Ok::<(), mixup_kernels::MixError>(())
     /// ```
-    pub fn ce_spec(&self, reduction: crate::Reduction) -> crate::CeSpec {
-        crate::CeSpec {
-            targets: self.target_spec(),
-            reduction,
-        }
+    pub fn ce_spec(&self, reduction: crate::Reduction) -> Result<crate::CeSpec> {
+        crate::CeSpec::new(self.num_classes, self.label_smoothing, reduction)
     }
 
     /// The binary cross-entropy spec that goes with this config (class count, label smoothing,
@@ -418,11 +473,11 @@ impl MixConfig {
     /// ```
     /// use mixup_kernels::{MixConfig, Reduction};
     /// let bce = MixConfig::timm(1000).bce_spec(Reduction::Mean)?.with_target_threshold(0.2)?;
-    /// assert_eq!(bce.targets().smoothing, 0.1);
+    /// assert_eq!(bce.label_smoothing(), 0.1);
     /// # Ok::<(), mixup_kernels::MixError>(())
     /// ```
     pub fn bce_spec(&self, reduction: crate::Reduction) -> Result<crate::BceSpec> {
-        crate::BceSpec::new(self.num_classes, self.label_smoothing as f32, reduction)
+        crate::BceSpec::new(self.num_classes, self.label_smoothing, reduction)
     }
 
     /// Checks every field; the error names the first bad one.
@@ -602,7 +657,7 @@ mod tests {
         assert!(TargetSpec::new(0, 0.1).is_err());
         assert!(TargetSpec::new(10, -0.1).is_err());
         assert!(TargetSpec::new(10, 1.0).is_err());
-        assert!(TargetSpec::new(10, f32::NAN).is_err());
-        assert!((TargetSpec::new(10, 0.1).unwrap().off_value() - 0.01).abs() < 1e-9);
+        assert!(TargetSpec::new(10, f64::NAN).is_err());
+        assert!((TargetSpec::new(10, 0.1).unwrap().off_value() - 0.01).abs() < 1e-15);
     }
 }

@@ -5,17 +5,18 @@
 
 use half::{bf16, f16};
 
-/// The element types the crate stores.
+/// The element types the crate stores: ATen's `ScalarType` (a tensor's `dtype` in PyTorch),
+/// named so that it does not clash with candle's `DType` under glob imports.
 ///
 /// # Examples
 ///
 /// ```
-/// use mixup_kernels::{bf16, DType, Element};
-/// assert_eq!(<bf16 as Element>::DTYPE, DType::BF16);
-/// assert_eq!((DType::BF16.size(), DType::BF16.name()), (2, "bf16"));
+/// use mixup_kernels::{bf16, ScalarType, Element};
+/// assert_eq!(<bf16 as Element>::DTYPE, ScalarType::BF16);
+/// assert_eq!((ScalarType::BF16.size(), ScalarType::BF16.name()), (2, "bf16"));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DType {
+pub enum ScalarType {
     /// IEEE binary32.
     F32,
     /// IEEE binary16.
@@ -26,20 +27,20 @@ pub enum DType {
     U8,
 }
 
-impl DType {
+impl ScalarType {
     /// Bytes per element.
     ///
     /// # Examples
     ///
     /// ```
-    /// use mixup_kernels::DType;
-    /// assert_eq!([DType::F32, DType::F16, DType::U8].map(DType::size), [4, 2, 1]);
+    /// use mixup_kernels::ScalarType;
+    /// assert_eq!([ScalarType::F32, ScalarType::F16, ScalarType::U8].map(ScalarType::size), [4, 2, 1]);
     /// ```
     pub const fn size(self) -> usize {
         match self {
-            DType::F32 => 4,
-            DType::F16 | DType::BF16 => 2,
-            DType::U8 => 1,
+            ScalarType::F32 => 4,
+            ScalarType::F16 | ScalarType::BF16 => 2,
+            ScalarType::U8 => 1,
         }
     }
 
@@ -48,15 +49,15 @@ impl DType {
     /// # Examples
     ///
     /// ```
-    /// use mixup_kernels::DType;
-    /// assert_eq!(DType::F16.name(), "f16");
+    /// use mixup_kernels::ScalarType;
+    /// assert_eq!(ScalarType::F16.name(), "f16");
     /// ```
     pub const fn name(self) -> &'static str {
         match self {
-            DType::F32 => "f32",
-            DType::F16 => "f16",
-            DType::BF16 => "bf16",
-            DType::U8 => "u8",
+            ScalarType::F32 => "f32",
+            ScalarType::F16 => "f16",
+            ScalarType::BF16 => "bf16",
+            ScalarType::U8 => "u8",
         }
     }
 }
@@ -88,10 +89,10 @@ pub trait Element:
     /// The runtime tag of this type.
     ///
     /// ```
-    /// use mixup_kernels::{DType, Element};
-    /// assert_eq!(<u8 as Element>::DTYPE, DType::U8);
+    /// use mixup_kernels::{ScalarType, Element};
+    /// assert_eq!(<u8 as Element>::DTYPE, ScalarType::U8);
     /// ```
-    const DTYPE: DType;
+    const DTYPE: ScalarType;
     /// Widens to f32 (exact for every implementor).
     ///
     /// ```
@@ -119,18 +120,18 @@ pub trait Element:
 /// ```
 /// use mixup_kernels::{reference, bf16, FloatElement, MixPlan, TargetSpec};
 /// // Soft targets rounded to a float storage type.
-/// fn targets<T: FloatElement>(plan: &MixPlan, labels: &[u32], spec: &TargetSpec) -> Vec<T> {
-///     let t = reference::soft_targets(plan, labels, spec).unwrap();
+/// fn targets<T: FloatElement>(plan: &MixPlan, spec: &TargetSpec, labels: &[u32]) -> Vec<T> {
+///     let t = reference::soft_targets(plan, spec, labels).unwrap();
 ///     t.iter().map(|&v| T::from_f32(v as f32)).collect()
 /// }
 /// let plan = MixPlan::from_parts(&[1, 0], &[0.75, 0.75]).unwrap();
-/// let t: Vec<bf16> = targets(&plan, &[0, 1], &TargetSpec::new(2, 0.0).unwrap());
+/// let t: Vec<bf16> = targets(&plan, &TargetSpec::new(2, 0.0).unwrap(), &[0, 1]);
 /// assert_eq!(t[0].to_f32(), 0.75);
 /// ```
 pub trait FloatElement: Element {}
 
 impl Element for f32 {
-    const DTYPE: DType = DType::F32;
+    const DTYPE: ScalarType = ScalarType::F32;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
@@ -142,7 +143,7 @@ impl Element for f32 {
 }
 
 impl Element for f16 {
-    const DTYPE: DType = DType::F16;
+    const DTYPE: ScalarType = ScalarType::F16;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
@@ -154,7 +155,7 @@ impl Element for f16 {
 }
 
 impl Element for bf16 {
-    const DTYPE: DType = DType::BF16;
+    const DTYPE: ScalarType = ScalarType::BF16;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         bf16::to_f32(self)
@@ -166,7 +167,7 @@ impl Element for bf16 {
 }
 
 impl Element for u8 {
-    const DTYPE: DType = DType::U8;
+    const DTYPE: ScalarType = ScalarType::U8;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self as f32
@@ -188,6 +189,89 @@ impl FloatElement for f32 {}
 impl FloatElement for f16 {}
 impl FloatElement for bf16 {}
 
+mod sealed_label {
+    use std::borrow::Cow;
+
+    pub trait Sealed: Sized {
+        /// The labels as `u32` class indices, borrowed when they already are. Only called on
+        /// labels that `check_labels` accepted (each in `0..C`, C ≤ `u32::MAX`).
+        fn as_u32s(labels: &[Self]) -> Cow<'_, [u32]>;
+    }
+    impl Sealed for u32 {
+        fn as_u32s(labels: &[Self]) -> Cow<'_, [u32]> {
+            Cow::Borrowed(labels)
+        }
+    }
+    impl Sealed for i64 {
+        fn as_u32s(labels: &[Self]) -> Cow<'_, [u32]> {
+            Cow::Owned(labels.iter().map(|&l| l as u32).collect())
+        }
+    }
+}
+
+/// A class label type for host slices: `u32`, or `i64` (PyTorch's and candle-nn's label dtype).
+/// Sealed.
+///
+/// A label is a class index in `0..C`; anything else, a negative `i64` included, is
+/// [`MixError::LabelOutOfRange`](crate::MixError::LabelOutOfRange) before any work. (CUDA
+/// device buffers take `u32` labels.)
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{reference, MixError, MixPlan, TargetSpec};
+/// let plan = MixPlan::identity(2)?;
+/// let spec = TargetSpec::new(3, 0.0)?;
+/// let a = reference::soft_targets(&plan, &spec, &[2u32, 0])?;
+/// let b = reference::soft_targets(&plan, &spec, &[2i64, 0])?;
+/// assert_eq!(a, b);
+/// let err = reference::soft_targets(&plan, &spec, &[2i64, -1]).unwrap_err();
+/// assert_eq!(err, MixError::LabelOutOfRange { index: 1, label: -1, num_classes: 3 });
+/// # Ok::<(), MixError>(())
+/// ```
+pub trait Label: sealed_label::Sealed + Copy + Send + Sync + std::fmt::Debug + 'static {
+    /// The label as an `i64` (exact for both types), as errors report it.
+    ///
+    /// ```
+    /// use mixup_kernels::Label;
+    /// assert_eq!(u32::MAX.to_i64(), 4_294_967_295);
+    /// assert_eq!((-3i64).to_i64(), -3);
+    /// ```
+    fn to_i64(self) -> i64;
+
+    /// Whether the label is a class index below `num_classes`.
+    ///
+    /// ```
+    /// use mixup_kernels::Label;
+    /// assert!(2u32.in_range(3) && !3u32.in_range(3));
+    /// assert!(!(-1i64).in_range(3));
+    /// ```
+    fn in_range(self, num_classes: usize) -> bool {
+        usize::try_from(self.to_i64()).is_ok_and(|l| l < num_classes)
+    }
+}
+
+impl Label for u32 {
+    #[inline]
+    fn to_i64(self) -> i64 {
+        i64::from(self)
+    }
+}
+
+impl Label for i64 {
+    #[inline]
+    fn to_i64(self) -> i64 {
+        self
+    }
+}
+
+/// Checked labels as `u32` class indices: borrowed for `u32`, converted for `i64` (the labels
+/// must have passed `spec::check_labels`).
+#[cfg_attr(not(any(feature = "cpu", mixup_cuda)), allow(dead_code))]
+pub(crate) fn as_u32s<L: Label>(labels: &[L]) -> std::borrow::Cow<'_, [u32]> {
+    L::as_u32s(labels)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,10 +287,19 @@ mod tests {
     }
 
     #[test]
+    fn labels_convert_only_in_range() {
+        assert_eq!(&*as_u32s(&[3i64, 0, 7]), &[3u32, 0, 7]);
+        assert!(matches!(as_u32s(&[1u32]), std::borrow::Cow::Borrowed(_)));
+        assert!(!i64::MIN.in_range(usize::MAX));
+        assert!(!(1i64 << 40).in_range(10) && (1i64 << 40).in_range(usize::MAX));
+        assert!(u32::MAX.in_range(u32::MAX as usize + 1));
+    }
+
+    #[test]
     fn half_types_round_to_nearest_even() {
         // 1 + 2^-8 is halfway between two bf16 values: ties go to the even mantissa (1.0).
         assert_eq!(bf16::from_f32(1.0 + 1.0 / 256.0).to_f32(), 1.0);
         assert_eq!(f16::from_f32(1.0 + 1.0 / 2048.0).to_f32(), 1.0);
-        assert_eq!(DType::BF16.size(), 2);
+        assert_eq!(ScalarType::BF16.size(), 2);
     }
 }

@@ -13,7 +13,7 @@ use std::fmt;
 /// ```
 /// use mixup_kernels::{MixConfig, MixPlan, Result, Sampler};
 /// fn first_plan(classes: usize) -> Result<MixPlan> {
-///     Sampler::new(MixConfig::timm(classes), 0)?.plan(0, 0, 4, (1, 1))
+///     Sampler::new(MixConfig::timm(classes), 0)?.plan(0, 4)
 /// }
 /// assert!(first_plan(10).is_ok());
 /// assert!(first_plan(0).is_err());
@@ -27,9 +27,9 @@ pub type Result<T, E = MixError> = std::result::Result<T, E>;
 /// # Examples
 ///
 /// ```
-/// use mixup_kernels::{reference, Layout, MixError, MixPlan};
+/// use mixup_kernels::{reference, MixError, MixPlan, SampleShape};
 /// let plan = MixPlan::identity(2).unwrap();
-/// let err = reference::mix(&plan, &Layout::Rows(3), &[0.0f32; 5]).unwrap_err();
+/// let err = reference::mix(&plan, &SampleShape::rows(3), &[0.0f32; 5]).unwrap_err();
 /// assert_eq!(err, MixError::LengthMismatch { what: "x", expected: 6, got: 5 });
 /// assert_eq!(err.to_string(), "`x` has 5 elements, the shape needs 6");
 /// ```
@@ -66,12 +66,12 @@ pub enum MixError {
         /// `(height, width)` of the data.
         data: (usize, usize),
     },
-    /// A class label is not below the number of classes.
+    /// A class label is negative or not below the number of classes.
     LabelOutOfRange {
         /// Sample index.
         index: usize,
-        /// The label.
-        label: u32,
+        /// The label (an `i64` holds every `u32` and `i64` label).
+        label: i64,
         /// Number of classes.
         num_classes: usize,
     },
@@ -174,18 +174,33 @@ impl fmt::Display for MixError {
                 f,
                 "the plan is for a batch of {plan} samples, the data has {data}"
             ),
-            ImageSizeMismatch { plan, data } => write!(
-                f,
-                "the plan's CutMix boxes were drawn for {}x{} images, the data is {}x{}",
-                plan.0, plan.1, data.0, data.1
-            ),
+            ImageSizeMismatch { plan, data } => {
+                write!(
+                    f,
+                    "the plan's CutMix boxes were drawn for {}x{} images, the data is {}x{}",
+                    plan.0, plan.1, data.0, data.1
+                )?;
+                // One side in common (32x32 read as 32x3): the dimensions are probably in
+                // another order than the one declared.
+                let sides = [plan.0, plan.1];
+                if sides.contains(&data.0) || sides.contains(&data.1) {
+                    write!(
+                        f,
+                        "; the memory format may be wrong: channels-first is [C, H, W] per \
+                         sample (MemoryFormat::ChannelsFirst), channels-last [H, W, C] \
+                         (MemoryFormat::ChannelsLast)"
+                    )?;
+                }
+                Ok(())
+            }
             LabelOutOfRange {
                 index,
                 label,
                 num_classes,
             } => write!(
                 f,
-                "label {label} of sample {index} is out of range for {num_classes} classes"
+                "label {label} of sample {index} is not a class index: labels must be in \
+                 0..{num_classes} ({num_classes} classes)"
             ),
             PartnerOutOfRange {
                 index,

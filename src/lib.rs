@@ -16,13 +16,17 @@
 //! normalized per channel ([`Normalize`]), put in the wanted [`MemoryFormat`] and dtype in one
 //! pass (timm's `FastCollateMixup` + `PrefetchLoader`).
 //!
+//! Every call takes the plan first, then what describes the data (its shape, or the loss
+//! spec), then the data, then the outputs.
+//!
 //! ```
-//! use mixup_kernels::{MixConfig, Sampler, Layout};
-//! let sampler = Sampler::new(MixConfig::timm(10), 0).unwrap();
-//! let plan = sampler.plan(0, 0, 4, (2, 2)).unwrap();
+//! use mixup_kernels::{reference, MixConfig, Sampler, SampleShape};
+//! let sampler = Sampler::new(MixConfig::timm(10), 0)?;
+//! let plan = sampler.plan(0, 4)?; // step 0, 4 samples
 //! let x: Vec<f32> = (0..4 * 3 * 2 * 2).map(|v| v as f32).collect();
-//! let mixed = mixup_kernels::reference::mix(&plan, &Layout::Nchw { channels: 3, height: 2, width: 2 }, &x).unwrap();
+//! let mixed = reference::mix(&plan, &SampleShape::channels_first(3, 2, 2), &x)?;
 //! assert_eq!(mixed.len(), x.len());
+//! # Ok::<(), mixup_kernels::MixError>(())
 //! ```
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -53,12 +57,18 @@ pub mod cuda;
 
 pub use bbox::timm_rand_bbox;
 pub use config::{BoxRule, MixConfig, Mode, PartnerRule, TargetSpec};
-pub use dtype::{DType, Element, FloatElement};
+pub use dtype::{Element, FloatElement, Label, ScalarType};
 pub use error::{MixError, Result};
 pub use normalize::Normalize;
 pub use plan::{CutBox, MixPlan, SampleMix};
-pub use sampler::Sampler;
-pub use spec::{BceSpec, CeSpec, Layout, MemoryFormat, Reduction, Upstream};
+pub use sampler::{ImageSize, Sampler};
+pub use spec::{BceSpec, CeSpec, GradOutput, MemoryFormat, Reduction, SampleShape};
+
+// The README's code blocks are compiled and run as doctests (its candle blocks only with the
+// `candle` feature: build.rs writes the copy this includes).
+#[cfg(doctest)]
+#[doc = include_str!(concat!(env!("OUT_DIR"), "/README.md"))]
+pub struct ReadmeDoctests;
 
 /// Re-exports of the element types the crate stores (from the `half` crate), so callers need
 /// no direct dependency on `half`.

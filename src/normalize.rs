@@ -26,10 +26,10 @@
 //! that is not an involution) and writes each output element once, where timm's path takes
 //! 3–5 passes.
 
-use crate::dtype::DType;
+use crate::dtype::ScalarType;
 use crate::error::{check_len, checked_product, MixError, Result};
 use crate::plan::MixPlan;
-use crate::spec::{check_mix, Layout, MemoryFormat};
+use crate::spec::{check_mix, MemoryFormat, SampleShape};
 
 /// Per-channel `mean` and `std` for [`mix_normalize`](crate::reference::mix_normalize), in the
 /// units of the input, and whether MixUp rounds to u8 first.
@@ -155,9 +155,9 @@ impl Normalize {
     /// value is the more accurate mix. u8 inputs only (a float input with it is an error).
     ///
     /// ```
-    /// use mixup_kernels::{reference, Layout, MemoryFormat, MixPlan, Normalize};
+    /// use mixup_kernels::{reference, SampleShape, MemoryFormat, MixPlan, Normalize};
     /// let plan = MixPlan::from_parts(&[1, 0], &[0.5, 0.5]).unwrap();
-    /// let img = Layout::Nchw { channels: 1, height: 1, width: 1 };
+    /// let img = SampleShape::channels_first(1, 1, 1);
     /// let n = Normalize::new(&[0.0], &[1.0], 1.0).unwrap();
     /// let first = MemoryFormat::ChannelsFirst;
     /// let exact = reference::mix_normalize(&plan, &img, &n, &[0u8, 5], first).unwrap();
@@ -208,24 +208,25 @@ impl ImageDims {
     }
 }
 
-/// Checks a `mix_normalize` call: an image layout whose channels match `norm`, u8 rounding only
+/// Checks a `mix_normalize` call: an image shape whose channels match `norm`, u8 rounding only
 /// on u8 input, lengths (`x` and `out`, `batch × sample`) and the plan's batch and image size.
 pub(crate) fn check_mix_normalize(
     plan: &MixPlan,
-    layout: &Layout,
+    shape: &SampleShape,
     norm: &Normalize,
-    input: DType,
+    input: ScalarType,
     x_len: usize,
     out_len: usize,
 ) -> Result<ImageDims> {
-    let dims = match *layout {
-        Layout::Rows(_) => {
+    let dims = match *shape {
+        SampleShape::Rows(_) => {
             return Err(MixError::InvalidArgument {
-                what: "layout",
-                reason: "mix_normalize needs an image layout (Nchw or Nhwc), got Rows".into(),
+                what: "shape",
+                reason: "mix_normalize needs an image shape (SampleShape::Image), got Rows".into(),
             })
         }
-        Layout::Nchw {
+        SampleShape::Image {
+            format,
             channels,
             height,
             width,
@@ -233,17 +234,7 @@ pub(crate) fn check_mix_normalize(
             channels,
             height,
             width,
-            format: MemoryFormat::ChannelsFirst,
-        },
-        Layout::Nhwc {
-            height,
-            width,
-            channels,
-        } => ImageDims {
-            channels,
-            height,
-            width,
-            format: MemoryFormat::ChannelsLast,
+            format,
         },
     };
     if dims.channels != norm.channels() {
@@ -256,7 +247,7 @@ pub(crate) fn check_mix_normalize(
             ),
         });
     }
-    if norm.u8_rounding() && input != DType::U8 {
+    if norm.u8_rounding() && input != ScalarType::U8 {
         return Err(MixError::InvalidArgument {
             what: "normalize",
             reason: format!(
@@ -265,7 +256,7 @@ pub(crate) fn check_mix_normalize(
             ),
         });
     }
-    check_mix(plan, layout, x_len, "x")?;
+    check_mix(plan, shape, x_len, "x")?;
     // The output has the input's element count (checked above not to overflow).
     checked_product("batch × sample size", &[plan.len(), dims.sample_len()])?;
     check_len("out", x_len, out_len)?;

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::config::TargetSpec;
 use crate::error::{MixError, Result};
 
 /// A CutMix box, half-open: rows `y0..y1`, columns `x0..x1`. Inside it a sample takes its
@@ -153,7 +154,12 @@ impl PlanEntry {
 }
 
 /// How a batch is mixed: drawn by a [`Sampler`](crate::Sampler) or brought by the caller with
-/// [`MixPlan::from_parts`] / [`MixPlan::with_boxes`].
+/// [`MixPlan::from_parts`], [`MixPlan::from_boxes`] or [`MixPlan::with_boxes`].
+///
+/// A drawn plan remembers its config's [`TargetSpec`] (classes and label smoothing,
+/// [`MixPlan::targets`]): soft targets and losses given another spec fail with
+/// [`MixError::InvalidArgument`] (`spec`) instead of silently using it. A hand-built plan
+/// remembers none and takes any spec.
 ///
 /// Its [`Display`](std::fmt::Display) prints one line per sample (partner, λ, kind), handy for
 /// logging.
@@ -173,6 +179,8 @@ pub struct MixPlan {
     /// `(height, width)` the boxes were drawn for; `None` when no sample is CutMix.
     pub(crate) image: Option<(usize, usize)>,
     pub(crate) involution: bool,
+    /// The spec of the config the plan was drawn with (`None` for hand-built plans).
+    pub(crate) targets: Option<TargetSpec>,
 }
 
 impl MixPlan {
@@ -181,11 +189,11 @@ impl MixPlan {
     /// # Examples
     ///
     /// ```
-    /// use mixup_kernels::{reference, Layout, MixPlan};
+    /// use mixup_kernels::{reference, MixPlan, SampleShape};
     /// let plan = MixPlan::identity(2).unwrap();
     /// assert!(plan.samples().all(|s| s.lam == 1.0));
     /// let x = [1.0f32, 2.0, 3.0, 4.0];
-    /// assert_eq!(reference::mix(&plan, &Layout::Rows(2), &x).unwrap(), [1.0, 2.0, 3.0, 4.0]);
+    /// assert_eq!(reference::mix(&plan, &SampleShape::rows(2), &x).unwrap(), [1.0, 2.0, 3.0, 4.0]);
     /// ```
     pub fn identity(batch: usize) -> Result<Self> {
         let partner: Vec<usize> = (0..batch).collect();
@@ -210,9 +218,15 @@ impl MixPlan {
         Self::build(partner, lam, None, None)
     }
 
-    /// A plan with CutMix boxes: `boxes[i] = Some(b)` pastes `b` from the partner into sample `i`
-    /// (λ then weighs only the labels: it is not recomputed from the box), `None` lerps with λ.
+    /// A plan with CutMix boxes and λ as given: `boxes[i] = Some(b)` pastes `b` from the
+    /// partner into sample `i` (λ then weighs only the labels and is kept as given, not
+    /// recomputed from the box: see [`MixPlan::from_boxes`] for that), `None` lerps with λ.
     /// Boxes are checked against `height × width`.
+    ///
+    /// # Errors
+    /// [`MixError::LengthMismatch`] unless `lam` and `boxes` have one entry per partner,
+    /// [`MixError::PartnerOutOfRange`], [`MixError::InvalidLambda`], [`MixError::InvalidBox`]
+    /// (reversed, or past the image), [`MixError::SizeOverflow`] past `u32::MAX` samples.
     ///
     /// # Examples
     ///
@@ -236,6 +250,51 @@ impl MixPlan {
         width: usize,
     ) -> Result<Self> {
         Self::build(partner, lam, Some(boxes), Some((height, width)))
+    }
+
+    /// A CutMix plan from boxes, λ set from each box as the sampler sets it: every sample `i`
+    /// pastes `boxes[i]` from `partner[i]` and keeps the weight `λ_i = 1 − area_i/(H·W)` of the
+    /// pixels it keeps (timm's `correct_lam`, `timm/data/mixup.py` `cutmix_bbox_and_lam`; fastai's
+    /// and torchvision's CutMix compute λ the same way). An empty box keeps λ = 1.
+    ///
+    /// # Errors
+    /// [`MixError::EmptyShape`] for an image with no pixels; [`MixError::LengthMismatch`]
+    /// unless `boxes` has one entry per partner; [`MixError::PartnerOutOfRange`];
+    /// [`MixError::InvalidBox`] for a box reversed or past `height × width`;
+    /// [`MixError::SizeOverflow`] past `u32::MAX` samples.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{CutBox, MixPlan};
+    /// // A 2×2 box of a 4×4 image: sample 0 keeps 12 of its 16 pixels, so λ = 0.75.
+    /// let b = CutBox { y0: 0, y1: 2, x0: 0, x1: 2 };
+    /// let plan = MixPlan::from_boxes(&[1, 0], &[b, CutBox::default()], 4, 4)?;
+    /// assert_eq!((plan.sample(0).lam, plan.sample(1).lam), (0.75, 1.0));
+    /// assert_eq!(plan.sample(0).cut, Some(b));
+    /// # Ok::<(), mixup_kernels::MixError>(())
+    /// ```
+    pub fn from_boxes(
+        partner: &[usize],
+        boxes: &[CutBox],
+        height: usize,
+        width: usize,
+    ) -> Result<Self> {
+        if height == 0 || width == 0 {
+            return Err(MixError::EmptyShape {
+                what: "image height and width",
+            });
+        }
+        crate::error::check_len("boxes", partner.len(), boxes.len())?;
+        for (i, b) in boxes.iter().enumerate() {
+            b.check(i, height, width)?;
+        }
+        let lam: Vec<f32> = boxes
+            .iter()
+            .map(|b| (b.kept_fraction(height, width) as f32).clamp(0.0, 1.0))
+            .collect();
+        let cuts: Vec<Option<CutBox>> = boxes.iter().copied().map(Some).collect();
+        Self::build(partner, &lam, Some(&cuts), Some((height, width)))
     }
 
     fn build(
@@ -274,6 +333,7 @@ impl MixPlan {
             entries,
             image: None,
             involution: false,
+            targets: None,
         };
         plan.finish(image);
         Ok(plan)
@@ -347,14 +407,52 @@ impl MixPlan {
     /// # Examples
     ///
     /// ```
-    /// use mixup_kernels::{MixConfig, Sampler};
+    /// use mixup_kernels::{ImageSize, MixConfig, Sampler};
+    /// let size = ImageSize { height: 32, width: 24 };
     /// let cutmix = Sampler::new(MixConfig::fastai_v2_cutmix(10), 0).unwrap();
-    /// assert_eq!(cutmix.plan(0, 0, 8, (32, 24)).unwrap().image_size(), Some((32, 24)));
+    /// assert_eq!(cutmix.plan_images(0, 8, size).unwrap().image_size(), Some((32, 24)));
     /// let mixup = Sampler::new(MixConfig::timm(10), 0).unwrap();
-    /// assert_eq!(mixup.plan(0, 0, 8, (32, 24)).unwrap().image_size(), None);
+    /// assert_eq!(mixup.plan_images(0, 8, size).unwrap().image_size(), None);
     /// ```
     pub fn image_size(&self) -> Option<(usize, usize)> {
         self.image
+    }
+
+    /// The soft-target spec (classes, label smoothing) of the config the plan was drawn with;
+    /// `None` for a hand-built plan.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{MixConfig, MixPlan, Sampler, TargetSpec};
+    /// let plan = Sampler::new(MixConfig::timm(1000), 0)?.plan(0, 8)?;
+    /// assert_eq!(plan.targets(), Some(&TargetSpec::new(1000, 0.1)?));
+    /// assert_eq!(MixPlan::identity(8)?.targets(), None);
+    /// # Ok::<(), mixup_kernels::MixError>(())
+    /// ```
+    pub fn targets(&self) -> Option<&TargetSpec> {
+        self.targets.as_ref()
+    }
+
+    /// The plan bound to another soft-target spec, or to none (`None`: any spec is accepted,
+    /// as for a hand-built plan). For a second head trained on other labels with the same
+    /// mixing (a coarse and a fine label set, say): the plan's partners, λ and boxes are kept.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{reference, MixConfig, MixError, Sampler, TargetSpec};
+    /// let plan = Sampler::new(MixConfig::timm(1000), 0)?.plan(0, 2)?;
+    /// let coarse = TargetSpec::new(10, 0.0)?;
+    /// let err = reference::soft_targets(&plan, &coarse, &[3u32, 7]).unwrap_err();
+    /// assert!(matches!(err, MixError::InvalidArgument { what: "spec", .. }));
+    /// let coarse_plan = plan.clone().with_targets(Some(coarse));
+    /// assert!(reference::soft_targets(&coarse_plan, &coarse, &[3u32, 7]).is_ok());
+    /// # Ok::<(), MixError>(())
+    /// ```
+    pub fn with_targets(mut self, targets: Option<TargetSpec>) -> Self {
+        self.targets = targets;
+        self
     }
 
     /// Whether `partner(partner(i)) == i` for every sample, which in-place mixing needs.
@@ -410,6 +508,22 @@ impl MixPlan {
             Some(p) if p != (height, width) => Err(MixError::ImageSizeMismatch {
                 plan: p,
                 data: (height, width),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Fails unless `spec` is the spec the plan was drawn for (any spec for a hand-built plan).
+    pub(crate) fn check_targets(&self, spec: &TargetSpec) -> Result<()> {
+        match &self.targets {
+            Some(drawn) if drawn != spec => Err(MixError::InvalidArgument {
+                what: "spec",
+                reason: format!(
+                    "the plan was drawn for {}; the spec says {}: build the spec from the \
+                     sampler's config (MixConfig::ce_spec, bce_spec, target_spec)",
+                    drawn.describe(),
+                    spec.describe()
+                ),
             }),
             _ => Ok(()),
         }
@@ -518,6 +632,39 @@ mod tests {
             })
         ));
         assert!(MixPlan::identity(0).unwrap().is_involution());
+    }
+
+    #[test]
+    fn from_boxes_sets_lambda_to_the_kept_area() {
+        let b = CutBox {
+            y0: 1,
+            y1: 3,
+            x0: 0,
+            x1: 3,
+        };
+        // 6 of 12 pixels pasted: λ = 0.5; the empty box keeps everything.
+        let p = MixPlan::from_boxes(&[2, 2, 0], &[b, CutBox::default(), b], 3, 4).unwrap();
+        let lams: Vec<f32> = p.samples().map(|s| s.lam).collect();
+        assert_eq!(lams, [0.5, 1.0, 0.5]);
+        assert!(p.samples().all(|s| s.cut.is_some()));
+        assert_eq!(p.image_size(), Some((3, 4)));
+        assert_eq!(p.targets(), None);
+        assert!(matches!(
+            MixPlan::from_boxes(&[1, 0], &[b, b], 2, 4),
+            Err(MixError::InvalidBox { index: 0, .. })
+        ));
+        assert!(matches!(
+            MixPlan::from_boxes(&[1, 0], &[b], 3, 4),
+            Err(MixError::LengthMismatch { what: "boxes", .. })
+        ));
+        assert!(matches!(
+            MixPlan::from_boxes(&[1, 0], &[b, b], 0, 4),
+            Err(MixError::EmptyShape { .. })
+        ));
+        assert!(matches!(
+            MixPlan::from_boxes(&[1, 5], &[b, b], 3, 4),
+            Err(MixError::PartnerOutOfRange { index: 1, .. })
+        ));
     }
 
     #[test]

@@ -8,36 +8,42 @@
 //! # Examples
 //!
 //! ```
-//! use mixup_kernels::{reference, Layout, MixPlan};
+//! use mixup_kernels::{reference, MixPlan, SampleShape};
 //! let plan = MixPlan::from_parts(&[1, 0], &[0.25, 0.5]).unwrap();
-//! let mixed = reference::mix(&plan, &Layout::Rows(1), &[0u8, 100]).unwrap();
+//! let mixed = reference::mix(&plan, &SampleShape::rows(1), &[0u8, 100]).unwrap();
 //! assert_eq!(mixed, [75.0, 50.0]); // f64, never rounded
 //! ```
 
 use crate::config::TargetSpec;
-use crate::dtype::Element;
+use crate::dtype::{Element, Label};
 use crate::error::Result;
 use crate::normalize::{check_mix_normalize, Normalize};
 use crate::plan::MixPlan;
 use crate::spec::{
-    check_bce, check_ce, check_labels, check_mix, BceSpec, CeSpec, Layout, MemoryFormat, Reduction,
-    Upstream,
+    check_bce, check_ce, check_labels, check_mix, BceSpec, CeSpec, GradOutput, MemoryFormat,
+    Reduction, SampleShape,
 };
 
-/// The mixed batch: `out_i = λ_i x_i + (1-λ_i) x_partner(i)` for MixUp samples (and for every
-/// sample under [`Layout::Rows`]); for CutMix samples of an image layout, the partner's pixels
-/// inside the box and the sample's own outside.
+/// The mixed batch `[B, sample]`: `out_i = λ_i x_i + (1-λ_i) x_partner(i)` for MixUp samples
+/// (and for every sample under [`SampleShape::Rows`]); for CutMix samples of an image, the
+/// partner's pixels inside the box and the sample's own outside (timm's `Mixup`, Zhang et al.
+/// 2018 "mixup"; Yun et al. 2019 "CutMix").
+///
+/// # Errors
+/// [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) unless `x` is `[B, shape]`,
+/// [`MixError::ImageSizeMismatch`](crate::MixError::ImageSizeMismatch) for an image of another
+/// size than the plan's boxes, [`MixError::SizeOverflow`](crate::MixError::SizeOverflow).
 ///
 /// # Examples
 ///
 /// ```
-/// use mixup_kernels::{reference, Layout, MixPlan};
+/// use mixup_kernels::{reference, MixPlan, SampleShape};
 /// let plan = MixPlan::from_parts(&[1, 0], &[0.75, 0.75]).unwrap();
 /// let x = [4.0f32, 8.0, 0.0, 0.0]; // two rows of 2
-/// assert_eq!(reference::mix(&plan, &Layout::Rows(2), &x).unwrap(), [3.0, 6.0, 1.0, 2.0]);
+/// assert_eq!(reference::mix(&plan, &SampleShape::rows(2), &x).unwrap(), [3.0, 6.0, 1.0, 2.0]);
 /// ```
-pub fn mix<T: Element>(plan: &MixPlan, layout: &Layout, x: &[T]) -> Result<Vec<f64>> {
-    let row = check_mix(plan, layout, x.len(), "x")?;
+pub fn mix<T: Element>(plan: &MixPlan, shape: &SampleShape, x: &[T]) -> Result<Vec<f64>> {
+    let row = check_mix(plan, shape, x.len(), "x")?;
     let mut out = vec![0.0; x.len()];
     for (i, s) in plan.samples().enumerate() {
         let own = &x[i * row..(i + 1) * row];
@@ -45,19 +51,21 @@ pub fn mix<T: Element>(plan: &MixPlan, layout: &Layout, x: &[T]) -> Result<Vec<f
         let lam = f64::from(s.lam);
         for k in 0..row {
             let (a, b) = (own[k].to_f32() as f64, other[k].to_f32() as f64);
-            let inside = match (s.cut, *layout) {
-                (None, _) | (_, Layout::Rows(_)) => None,
-                (Some(bx), Layout::Nchw { width, height, .. }) => {
-                    let pix = k % (height * width);
-                    Some(bx.contains(pix / width, pix % width))
-                }
+            let inside = match (s.cut, *shape) {
+                (None, _) | (_, SampleShape::Rows(_)) => None,
                 (
                     Some(bx),
-                    Layout::Nhwc {
-                        width, channels, ..
+                    SampleShape::Image {
+                        format,
+                        channels,
+                        height,
+                        width,
                     },
                 ) => {
-                    let pix = k / channels;
+                    let pix = match format {
+                        MemoryFormat::ChannelsFirst => k % (height * width),
+                        MemoryFormat::ChannelsLast => k / channels,
+                    };
                     Some(bx.contains(pix / width, pix % width))
                 }
             };
@@ -73,7 +81,7 @@ pub fn mix<T: Element>(plan: &MixPlan, layout: &Layout, x: &[T]) -> Result<Vec<f
 
 /// The fused "decoded pixels → model input" operation in f64 (see [`Normalize`] for the
 /// formula and its source): mix, optionally round to u8, `(v − mean_c) / std_c`, written in
-/// `out_format`. `x` is `[B, C, H, W]` or `[B, H, W, C]` as `layout` says; the result has the
+/// `out_format`. `x` is `[B, C, H, W]` or `[B, H, W, C]` as `shape` says; the result has the
 /// same element count, in `out_format`, never rounded.
 ///
 /// The lerp is exact in f64, except under [`Normalize::with_u8_rounding`]: there the pixel is
@@ -81,18 +89,18 @@ pub fn mix<T: Element>(plan: &MixPlan, layout: &Layout, x: &[T]) -> Result<Vec<f
 /// precision). `mean_c` and `std_c` are the f32 constants the fast paths use, widened.
 ///
 /// # Errors
-/// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) naming `layout` (not an image
-/// layout) or `normalize` (its channel count differs from the images', or u8 rounding with a
+/// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) naming `shape` (not an image
+/// shape) or `normalize` (its channel count differs from the images', or u8 rounding with a
 /// float input); then those of [`mix`]: [`MixError::LengthMismatch`](crate::MixError::LengthMismatch)
 /// (`x`), [`MixError::ImageSizeMismatch`](crate::MixError::ImageSizeMismatch).
 ///
 /// # Examples
 ///
 /// ```
-/// use mixup_kernels::{reference, Layout, MemoryFormat, MixPlan, Normalize};
+/// use mixup_kernels::{reference, SampleShape, MemoryFormat, MixPlan, Normalize};
 /// // Two 1×2 RGB images, channels-last, mixed half and half, to channels-first.
 /// let plan = MixPlan::from_parts(&[1, 0], &[0.5, 0.5]).unwrap();
-/// let img = Layout::Nhwc { height: 1, width: 2, channels: 3 };
+/// let img = SampleShape::channels_last(1, 2, 3);
 /// let x = [10u8, 20, 30, 40, 50, 60, 30, 40, 50, 60, 70, 80];
 /// let n = Normalize::new(&[0.0; 3], &[10.0; 3], 1.0).unwrap();
 /// let y = reference::mix_normalize(&plan, &img, &n, &x, MemoryFormat::ChannelsFirst).unwrap();
@@ -100,12 +108,12 @@ pub fn mix<T: Element>(plan: &MixPlan, layout: &Layout, x: &[T]) -> Result<Vec<f
 /// ```
 pub fn mix_normalize<I: Element>(
     plan: &MixPlan,
-    layout: &Layout,
+    shape: &SampleShape,
     norm: &Normalize,
     x: &[I],
     out_format: MemoryFormat,
 ) -> Result<Vec<f64>> {
-    let d = check_mix_normalize(plan, layout, norm, I::DTYPE, x.len(), x.len())?;
+    let d = check_mix_normalize(plan, shape, norm, I::DTYPE, x.len(), x.len())?;
     let (c, h, w) = (d.channels, d.height, d.width);
     let row = d.sample_len();
     let at = |format: MemoryFormat, ch: usize, y: usize, xx: usize| match format {
@@ -141,8 +149,16 @@ pub fn mix_normalize<I: Element>(
     Ok(out)
 }
 
-/// Soft targets `[B, C]`: `t_ic = (1-ε)(λ_i [c = y_i] + (1-λ_i) [c = y_partner(i)]) + ε/C`.
-/// When a sample and its partner share a class, the two weights add up.
+/// Soft targets `[B, C]`, timm's `mixup_target`:
+/// `t_ic = (1-ε)(λ_i [c = y_i] + (1-λ_i) [c = y_partner(i)]) + ε/C`. When a sample and its
+/// partner share a class, the two weights add up. `labels` is `[B]` class indices (`u32` or
+/// `i64`).
+///
+/// # Errors
+/// [`MixError::LabelOutOfRange`](crate::MixError::LabelOutOfRange) for a negative label or one
+/// `≥ C`, [`MixError::BatchMismatch`](crate::MixError::BatchMismatch) for labels of another
+/// batch, [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) (`spec`) for a spec
+/// other than the one the plan was drawn for.
 ///
 /// # Examples
 ///
@@ -150,49 +166,52 @@ pub fn mix_normalize<I: Element>(
 /// use mixup_kernels::{reference, MixError, MixPlan, TargetSpec};
 /// let plan = MixPlan::from_parts(&[1, 0], &[0.75, 0.75]).unwrap();
 /// let spec = TargetSpec::new(3, 0.0).unwrap();
-/// let t = reference::soft_targets(&plan, &[0, 2], &spec).unwrap();
+/// let t = reference::soft_targets(&plan, &spec, &[0u32, 2]).unwrap();
 /// assert_eq!(t, [0.75, 0.0, 0.25, 0.25, 0.0, 0.75]);
-/// let bad = reference::soft_targets(&plan, &[0, 3], &spec);
+/// let bad = reference::soft_targets(&plan, &spec, &[0i64, 3]);
 /// assert!(matches!(bad, Err(MixError::LabelOutOfRange { index: 1, label: 3, .. })));
 /// ```
-pub fn soft_targets(plan: &MixPlan, labels: &[u32], spec: &TargetSpec) -> Result<Vec<f64>> {
+pub fn soft_targets<L: Label>(plan: &MixPlan, spec: &TargetSpec, labels: &[L]) -> Result<Vec<f64>> {
     check_labels(plan, labels, spec)?;
-    let c = spec.num_classes;
-    let eps = f64::from(spec.smoothing);
+    let c = spec.num_classes();
+    let eps = spec.label_smoothing();
     let mut out = vec![eps / c as f64; plan.len() * c];
     for (i, s) in plan.samples().enumerate() {
         let lam = f64::from(s.lam);
-        out[i * c + labels[i] as usize] += (1.0 - eps) * lam;
-        out[i * c + labels[s.partner] as usize] += (1.0 - eps) * (1.0 - lam);
+        out[i * c + labels[i].to_i64() as usize] += (1.0 - eps) * lam;
+        out[i * c + labels[s.partner].to_i64() as usize] += (1.0 - eps) * (1.0 - lam);
     }
     Ok(out)
 }
 
-/// The mixup cross-entropy and its gradient, in f64.
+/// The mixup cross-entropy and its gradient, in f64 (see [`mixup_ce`]).
 ///
 /// # Examples
 ///
 /// ```
-/// use mixup_kernels::{reference, CeSpec, MixPlan, Reduction, Upstream};
-/// let plan = MixPlan::identity(3).unwrap();
-/// let spec = CeSpec::new(4, 0.1, Reduction::Sum);
-/// let r = reference::mixup_ce(&plan, &spec, &[0.5f32; 12], &[0, 1, 2], Upstream::Scalar(1.0)).unwrap();
+/// use mixup_kernels::{reference, CeSpec, GradOutput, MixPlan, Reduction};
+/// let plan = MixPlan::identity(3)?;
+/// let spec = CeSpec::new(4, 0.1, Reduction::Sum)?;
+/// let r = reference::mixup_ce(&plan, &spec, &[0.5f32; 12], &[0u32, 1, 2], GradOutput::Scalar(1.0))?;
 /// assert_eq!((r.losses.len(), r.grad.len()), (3, 12));
-/// assert!((r.loss - r.losses.iter().sum::<f64>()).abs() < 1e-12);
+/// assert!((r.loss.unwrap() - r.losses.iter().sum::<f64>()).abs() < 1e-12);
+/// # Ok::<(), mixup_kernels::MixError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct CeReference {
-    /// Per-sample losses `L_i = lse_i - Σ_c t_ic z_ic`.
+    /// Per-sample losses `L_i = lse_i - Σ_c t_ic z_ic`, `[B]`.
     pub losses: Vec<f64>,
-    /// The reduced loss (the mean of `losses` for [`Reduction::None`]).
-    pub loss: f64,
-    /// `∂/∂z_ic = (softmax(z_i)_c - t_ic) · scale_i`, `[B, C]`, where `scale_i` is the upstream
-    /// gradient, divided by B for [`Reduction::Mean`].
+    /// The reduced loss: `Some` for [`Reduction::Mean`] and [`Reduction::Sum`], `None` for
+    /// [`Reduction::None`] (the per-sample `losses` are the result).
+    pub loss: Option<f64>,
+    /// `∂/∂z_ic = (softmax(z_i)_c - t_ic) · scale_i`, `[B, C]`, where `scale_i` is
+    /// `grad_output` (its value for sample i), divided by B for [`Reduction::Mean`].
     pub grad: Vec<f64>,
 }
 
-/// Cross-entropy of `logits` (`[B, C]`) against the plan's soft targets, with its gradient
-/// scaled for the reduction and the upstream gradient.
+/// Cross-entropy of `logits` (`[B, C]`) against the plan's soft targets (timm's
+/// `SoftTargetCrossEntropy` on `mixup_target`), with its gradient scaled for the reduction and
+/// `grad_output`. `labels` is `[B]` class indices (`u32` or `i64`).
 ///
 /// A class with zero target weight adds nothing to the loss, even when its logit is −inf
 /// (`0 · (−inf)` is taken as 0, as PyTorch's index-target `cross_entropy` does); with
@@ -201,32 +220,34 @@ pub struct CeReference {
 ///
 /// # Errors
 /// As the fast paths: [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) for logits
-/// that are not `[B, C]`, [`MixError::LabelOutOfRange`](crate::MixError::LabelOutOfRange),
-/// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) for a bad smoothing or upstream
-/// gradient, [`MixError::EmptyShape`](crate::MixError::EmptyShape) for zero classes or the mean of
-/// an empty batch.
+/// that are not `[B, C]`, [`MixError::LabelOutOfRange`](crate::MixError::LabelOutOfRange) (a
+/// negative label included), [`MixError::BatchMismatch`](crate::MixError::BatchMismatch) for
+/// labels of another batch, [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) for
+/// a bad `grad_output` or a spec other than the plan's, [`MixError::EmptyShape`](crate::MixError::EmptyShape)
+/// for the mean of an empty batch.
 ///
 /// # Examples
 ///
 /// ```
-/// use mixup_kernels::{reference, CeSpec, MixPlan, Reduction, Upstream};
+/// use mixup_kernels::{reference, CeSpec, GradOutput, MixPlan, Reduction};
 /// // Uniform logits over 2 classes, no mixing: loss ln 2, gradient (softmax - onehot) / B.
-/// let plan = MixPlan::identity(2).unwrap();
-/// let spec = CeSpec::new(2, 0.0, Reduction::Mean);
-/// let r = reference::mixup_ce(&plan, &spec, &[0.0f32; 4], &[0, 1], Upstream::Scalar(1.0)).unwrap();
-/// assert!((r.loss - std::f64::consts::LN_2).abs() < 1e-12);
+/// let plan = MixPlan::identity(2)?;
+/// let spec = CeSpec::new(2, 0.0, Reduction::Mean)?;
+/// let r = reference::mixup_ce(&plan, &spec, &[0.0f32; 4], &[0u32, 1], GradOutput::Scalar(1.0))?;
+/// assert!((r.loss.unwrap() - std::f64::consts::LN_2).abs() < 1e-12);
 /// assert_eq!(r.grad, [-0.25, 0.25, 0.25, -0.25]);
+/// # Ok::<(), mixup_kernels::MixError>(())
 /// ```
-pub fn mixup_ce<T: Element>(
+pub fn mixup_ce<T: Element, L: Label>(
     plan: &MixPlan,
     spec: &CeSpec,
     logits: &[T],
-    labels: &[u32],
-    upstream: Upstream<'_>,
+    labels: &[L],
+    grad_output: GradOutput<'_>,
 ) -> Result<CeReference> {
-    check_ce(plan, spec, logits.len(), &upstream)?;
-    let targets = soft_targets(plan, labels, &spec.targets)?;
-    let (b, c) = (plan.len(), spec.targets.num_classes);
+    check_ce(plan, spec, logits.len(), &grad_output)?;
+    let targets = soft_targets(plan, spec.targets(), labels)?;
+    let (b, c) = (plan.len(), spec.num_classes());
     let mut losses = vec![0.0; b];
     let mut grad = vec![0.0; b * c];
     for i in 0..b {
@@ -249,11 +270,11 @@ pub fn mixup_ce<T: Element>(
             .map(|(zc, tc)| (zc - m) * tc)
             .sum();
         losses[i] = ln_s - dot;
-        let up = match upstream {
-            Upstream::Scalar(g) => f64::from(g),
-            Upstream::PerSample(g) => f64::from(g[i]),
+        let up = match grad_output {
+            GradOutput::Scalar(g) => f64::from(g),
+            GradOutput::PerSample(g) => f64::from(g[i]),
         };
-        let scale = match spec.reduction {
+        let scale = match spec.reduction() {
             Reduction::Mean => up / b as f64,
             Reduction::Sum | Reduction::None => up,
         };
@@ -262,9 +283,10 @@ pub fn mixup_ce<T: Element>(
         }
     }
     let sum: f64 = losses.iter().sum();
-    let loss = match spec.reduction {
-        Reduction::Sum => sum,
-        Reduction::Mean | Reduction::None => sum / b.max(1) as f64,
+    let loss = match spec.reduction() {
+        Reduction::Sum => Some(sum),
+        Reduction::Mean => Some(sum / b.max(1) as f64),
+        Reduction::None => None,
     };
     Ok(CeReference { losses, loss, grad })
 }
@@ -277,9 +299,10 @@ pub struct BceReference {
     pub elements: Vec<f64>,
     /// Per-sample losses `L_i = Σ_c ℓ_ic`, `[B]`.
     pub losses: Vec<f64>,
-    /// The reduced loss (for [`Reduction::None`], the value `Mean` would give).
-    pub loss: f64,
-    /// `∂/∂z_ic`, `[B, C]`, scaled for the reduction and the upstream gradient.
+    /// The reduced loss: `Some` for [`Reduction::Mean`] and [`Reduction::Sum`], `None` for
+    /// [`Reduction::None`].
+    pub loss: Option<f64>,
+    /// `∂/∂z_ic`, `[B, C]`, scaled for the reduction and `grad_output`.
     pub grad: Vec<f64>,
 }
 
@@ -313,35 +336,41 @@ pub(crate) fn bce_element(z: f64, t: f64, w: f64) -> (f64, f64) {
 ///
 /// # Errors
 /// As the CPU op: [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) for logits that
-/// are not `[B, C]`, [`MixError::LabelOutOfRange`](crate::MixError::LabelOutOfRange),
-/// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) for a bad upstream gradient,
-/// [`MixError::EmptyShape`](crate::MixError::EmptyShape) for the mean of an empty batch.
+/// are not `[B, C]`, [`MixError::LabelOutOfRange`](crate::MixError::LabelOutOfRange) (a
+/// negative label included), [`MixError::BatchMismatch`](crate::MixError::BatchMismatch),
+/// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) for a bad `grad_output` or a
+/// spec other than the plan's, [`MixError::EmptyShape`](crate::MixError::EmptyShape) for the
+/// mean of an empty batch.
 ///
 /// # Examples
 ///
 /// ```
-/// use mixup_kernels::{reference, BceSpec, MixPlan, Reduction, Upstream};
+/// use mixup_kernels::{reference, BceSpec, GradOutput, MixPlan, Reduction};
 /// // z = 0 everywhere: every element is ln 2, its gradient σ(0) − t = 0.5 − t.
-/// let plan = MixPlan::identity(1).unwrap();
-/// let spec = BceSpec::new(2, 0.0, Reduction::Sum).unwrap();
-/// let r = reference::mixup_bce(&plan, &spec, &[0.0f32; 2], &[1], Upstream::Scalar(1.0)).unwrap();
-/// assert!((r.loss - 2.0 * std::f64::consts::LN_2).abs() < 1e-12);
+/// let plan = MixPlan::identity(1)?;
+/// let spec = BceSpec::new(2, 0.0, Reduction::Sum)?;
+/// let r = reference::mixup_bce(&plan, &spec, &[0.0f32; 2], &[1u32], GradOutput::Scalar(1.0))?;
+/// assert!((r.loss.unwrap() - 2.0 * std::f64::consts::LN_2).abs() < 1e-12);
 /// assert_eq!(r.grad, [0.5, -0.5]);
+/// # Ok::<(), mixup_kernels::MixError>(())
 /// ```
-pub fn mixup_bce<T: Element>(
+pub fn mixup_bce<T: Element, L: Label>(
     plan: &MixPlan,
     spec: &BceSpec,
     logits: &[T],
-    labels: &[u32],
-    upstream: Upstream<'_>,
+    labels: &[L],
+    grad_output: GradOutput<'_>,
 ) -> Result<BceReference> {
-    check_bce(plan, spec, logits.len(), &upstream)?;
-    let mut t = soft_targets(plan, labels, spec.targets())?;
-    let (b, c) = (plan.len(), spec.targets().num_classes);
+    check_bce(plan, spec, logits.len(), &grad_output)?;
+    let mut t = soft_targets(plan, spec.targets(), labels)?;
+    let (b, c) = (plan.len(), spec.num_classes());
     // Thresholded targets are decided on timm's f32 rounding of the soft target (see
     // `BceSpec::thresholded`): a discrete decision must not depend on the oracle's precision.
     for (i, s) in plan.samples().enumerate() {
-        let (ya, yb) = (labels[i] as usize, labels[s.partner] as usize);
+        let (ya, yb) = (
+            labels[i].to_i64() as usize,
+            labels[s.partner].to_i64() as usize,
+        );
         if let Some((other, ta, tb)) = spec.thresholded(s.lam, ya == yb) {
             let row = &mut t[i * c..(i + 1) * c];
             row.fill(f64::from(other));
@@ -357,9 +386,9 @@ pub fn mixup_bce<T: Element>(
     let mut losses = vec![0.0; b];
     let mut grad = vec![0.0; b * c];
     for i in 0..b {
-        let up = match upstream {
-            Upstream::Scalar(g) => f64::from(g),
-            Upstream::PerSample(g) => f64::from(g[i]),
+        let up = match grad_output {
+            GradOutput::Scalar(g) => f64::from(g),
+            GradOutput::PerSample(g) => f64::from(g[i]),
         };
         for k in 0..c {
             let j = i * c + k;
@@ -371,7 +400,9 @@ pub fn mixup_bce<T: Element>(
         }
         losses[i] = elements[i * c..(i + 1) * c].iter().sum();
     }
-    let loss = spec.reduce(losses.iter().sum(), b);
+    let loss = spec
+        .reduction()
+        .reported(spec.reduce(losses.iter().sum(), b));
     Ok(BceReference {
         elements,
         losses,
@@ -395,35 +426,26 @@ mod tests {
         };
         let plan = MixPlan::with_boxes(&[1, 0], &[0.75, 0.5], &[None, Some(b)], 2, 2).unwrap();
         let x: Vec<f32> = vec![0., 4., 8., 12., 100., 104., 108., 112.];
-        let out = mix(
-            &plan,
-            &Layout::Nchw {
-                channels: 1,
-                height: 2,
-                width: 2,
-            },
-            &x,
-        )
-        .unwrap();
+        let out = mix(&plan, &SampleShape::channels_first(1, 2, 2), &x).unwrap();
         assert_eq!(&out[..4], &[25., 29., 33., 37.]);
         assert_eq!(&out[4..], &[100., 4., 108., 112.]);
-        let rows = mix(&plan, &Layout::Rows(4), &x).unwrap();
+        let rows = mix(&plan, &SampleShape::rows(4), &x).unwrap();
         assert_eq!(&rows[4..], &[50., 54., 58., 62.]);
     }
 
     #[test]
     fn same_class_partners_add() {
         let plan = MixPlan::from_parts(&[1, 0], &[0.7, 0.3]).unwrap();
-        let t = soft_targets(&plan, &[2, 2], &TargetSpec::new(4, 0.0).unwrap()).unwrap();
+        let t = soft_targets(&plan, &TargetSpec::new(4, 0.0).unwrap(), &[2u32, 2]).unwrap();
         assert_eq!(&t[..4], &[0., 0., 1., 0.]);
     }
 
     #[test]
     fn ce_matches_hand_computation() {
         let plan = MixPlan::from_parts(&[0], &[1.0]).unwrap();
-        let spec = CeSpec::new(2, 0.0, Reduction::Mean);
-        let r = mixup_ce(&plan, &spec, &[0.0f32, 0.0], &[1], Upstream::default()).unwrap();
-        assert!((r.loss - std::f64::consts::LN_2).abs() < 1e-15);
+        let spec = CeSpec::new(2, 0.0, Reduction::Mean).unwrap();
+        let r = mixup_ce(&plan, &spec, &[0.0f32, 0.0], &[1u32], GradOutput::default()).unwrap();
+        assert!((r.loss.unwrap() - std::f64::consts::LN_2).abs() < 1e-15);
         assert_eq!(r.grad, vec![0.5, -0.5]);
     }
 }

@@ -1,4 +1,4 @@
-//! The seeded sampler: (config, seed, rank, step, batch, image size) → [`MixPlan`].
+//! The seeded sampler: (config, seed, rank, step, batch size, image size) → [`MixPlan`].
 //!
 //! Each plan is drawn from its own ChaCha8 stream keyed by `(seed, rank, step)`, so the plan
 //! depends on nothing else: not on a global generator, the calling thread, the data-loader
@@ -9,25 +9,48 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Beta, Distribution};
 
 use crate::bbox::{draw_box, draw_minmax_box, minmax_range};
-use crate::config::{MixConfig, Mode, PartnerRule};
+use crate::config::{MixConfig, Mode, PartnerRule, TargetSpec};
 use crate::error::{MixError, Result};
 use crate::plan::{CutBox, MixPlan, PlanEntry};
 
-/// Draws [`MixPlan`]s from a validated [`MixConfig`] and a seed.
+/// The size of the images of a batch, in pixels: what CutMix boxes are drawn for.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{ImageSize, MemoryFormat};
+/// let size = ImageSize { height: 224, width: 160 };
+/// assert_eq!(MemoryFormat::ChannelsFirst.image_size(&[32, 3, 224, 160])?, size);
+/// # Ok::<(), mixup_kernels::MixError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ImageSize {
+    /// Height H, in pixels.
+    pub height: usize,
+    /// Width W, in pixels.
+    pub width: usize,
+}
+
+/// Draws [`MixPlan`]s from a validated [`MixConfig`], a seed and a data-parallel rank.
+///
+/// A plan is a pure function of `(config, seed, rank, step, batch_size, image size)`.
 ///
 /// # Examples
 ///
 /// ```
 /// use mixup_kernels::{MixConfig, Sampler};
-/// let sampler = Sampler::new(MixConfig::fastai_v2_mixup(10), 42).unwrap();
-/// let plan = sampler.plan(0, 7, 8, (32, 32)).unwrap();
-/// assert_eq!(plan, sampler.plan(0, 7, 8, (32, 32)).unwrap()); // same arguments, same plan
-/// assert!(plan.samples().all(|s| s.lam >= 0.5));              // fastai's max rule
+/// let sampler = Sampler::new(MixConfig::fastai_v2_mixup(10), 42)?;
+/// let plan = sampler.plan(7, 8)?;                      // step 7, 8 samples
+/// assert_eq!(plan, sampler.plan(7, 8)?);               // same arguments, same plan
+/// assert!(plan.samples().all(|s| s.lam >= 0.5));       // fastai's max rule
+/// # Ok::<(), mixup_kernels::MixError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct Sampler {
     config: MixConfig,
+    targets: TargetSpec,
     seed: u64,
+    rank: u32,
     mixup: Option<Beta<f64>>,
     cutmix: Option<Beta<f64>>,
 }
@@ -78,7 +101,10 @@ fn stream(seed: u64, rank: u32, step: u64) -> ChaCha8Rng {
 }
 
 impl Sampler {
-    /// Validates `config` and builds a sampler.
+    /// Validates `config` and builds a sampler for rank 0 (see [`Sampler::with_rank`]).
+    ///
+    /// # Errors
+    /// [`MixError::InvalidConfig`] naming the first bad field of `config`.
     ///
     /// # Examples
     ///
@@ -90,14 +116,35 @@ impl Sampler {
     /// ```
     pub fn new(config: MixConfig, seed: u64) -> Result<Self> {
         config.validate()?;
+        let targets = config.target_spec()?;
         let mixup = beta(config.mixup_alpha, "mixup_alpha")?;
         let cutmix = beta(config.effective_cutmix_alpha(), "cutmix_alpha")?;
         Ok(Self {
             config,
+            targets,
             seed,
+            rank: 0,
             mixup,
             cutmix,
         })
+    }
+
+    /// The sampler of data-parallel process `rank` (0 by default): each rank draws its own
+    /// plans from the same seed, so ranks do not mix their shards alike.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{MixConfig, Sampler};
+    /// let rank0 = Sampler::new(MixConfig::timm(10), 7)?;
+    /// let rank1 = rank0.clone().with_rank(1);
+    /// assert_eq!(rank1.rank(), 1);
+    /// assert_ne!(rank0.plan(100, 16)?, rank1.plan(100, 16)?);
+    /// # Ok::<(), mixup_kernels::MixError>(())
+    /// ```
+    pub fn with_rank(mut self, rank: u32) -> Self {
+        self.rank = rank;
+        self
     }
 
     /// The configuration.
@@ -125,65 +172,116 @@ impl Sampler {
         self.seed
     }
 
-    /// Draws the plan of data-parallel `rank` at training `step` for a batch of `batch` samples
-    /// of `image = (height, width)` pixels. The image size is only used for CutMix boxes; pass
-    /// `(1, 1)` for data that is not an image when CutMix is off.
+    /// The data-parallel rank.
+    ///
+    /// ```
+    /// use mixup_kernels::{MixConfig, Sampler};
+    /// assert_eq!(Sampler::new(MixConfig::timm(10), 42).unwrap().rank(), 0);
+    /// ```
+    pub fn rank(&self) -> u32 {
+        self.rank
+    }
+
+    /// Draws the plan of training `step` for a batch of `batch_size` samples that are not
+    /// images, or images mixed by MixUp only (no CutMix box to draw).
+    ///
+    /// # Errors
+    /// [`MixError::InvalidArgument`] (`image_size`) when the config enables CutMix: its boxes
+    /// need the image size, use [`Sampler::plan_images`]; [`MixError::SizeOverflow`] past
+    /// `u32::MAX` samples.
     ///
     /// # Examples
     ///
     /// ```
     /// use mixup_kernels::{MixConfig, MixError, Sampler};
-    /// let sampler = Sampler::new(MixConfig::timm(10), 7).unwrap();
-    /// let plan = sampler.plan(0, 100, 16, (224, 224)).unwrap();
+    /// let sampler = Sampler::new(MixConfig::timm(10), 7)?;
+    /// let plan = sampler.plan(100, 16)?;
     /// assert_eq!(plan.len(), 16);
-    /// // Another rank or step draws another plan; the same arguments the same one.
-    /// assert_ne!(plan, sampler.plan(1, 100, 16, (224, 224)).unwrap());
-    /// assert_eq!(plan, sampler.plan(0, 100, 16, (224, 224)).unwrap());
-    /// // CutMix needs a real image size.
-    /// let cutmix = Sampler::new(MixConfig::fastai_v2_cutmix(10), 7).unwrap();
-    /// assert!(matches!(cutmix.plan(0, 0, 16, (0, 0)), Err(MixError::EmptyShape { .. })));
+    /// // Another step draws another plan; the same arguments the same one.
+    /// assert_ne!(plan, sampler.plan(101, 16)?);
+    /// assert_eq!(plan, sampler.plan(100, 16)?);
+    /// // CutMix needs the image size.
+    /// let cutmix = Sampler::new(MixConfig::fastai_v2_cutmix(10), 7)?;
+    /// let err = cutmix.plan(0, 16).unwrap_err();
+    /// assert!(err.to_string().contains("plan_images"));
+    /// # Ok::<(), MixError>(())
     /// ```
-    pub fn plan(
-        &self,
-        rank: u32,
-        step: u64,
-        batch: usize,
-        image: (usize, usize),
-    ) -> Result<MixPlan> {
+    pub fn plan(&self, step: u64, batch_size: usize) -> Result<MixPlan> {
         let mut plan = MixPlan::default();
-        self.plan_into(rank, step, batch, image, &mut plan)?;
+        self.plan_into(step, batch_size, None, &mut plan)?;
         Ok(plan)
     }
 
-    /// As [`Sampler::plan`], reusing `plan`'s storage (no allocation once it is large enough).
-    /// On error `plan` is left unchanged.
+    /// Draws the plan of training `step` for a batch of `batch_size` images of `image` pixels
+    /// (the size CutMix boxes are drawn for; a MixUp-only config ignores it).
+    ///
+    /// # Errors
+    /// [`MixError::EmptyShape`] for an image without pixels and [`MixError::SizeOverflow`]
+    /// for a side past `u32::MAX` (when CutMix is enabled); [`MixError::InvalidArgument`] when
+    /// `cutmix_minmax` leaves no box side for this size; [`MixError::SizeOverflow`] past
+    /// `u32::MAX` samples.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{ImageSize, MixConfig, MixError, Sampler};
+    /// let sampler = Sampler::new(MixConfig::fastai_v2_cutmix(10), 7)?;
+    /// let plan = sampler.plan_images(0, 16, ImageSize { height: 32, width: 32 })?;
+    /// assert!(plan.has_cutmix()); // every sample not its own partner pastes a box
+    /// assert_eq!(plan.image_size(), Some((32, 32)));
+    /// let empty = ImageSize { height: 0, width: 0 };
+    /// assert!(matches!(sampler.plan_images(0, 16, empty), Err(MixError::EmptyShape { .. })));
+    /// # Ok::<(), MixError>(())
+    /// ```
+    pub fn plan_images(&self, step: u64, batch_size: usize, image: ImageSize) -> Result<MixPlan> {
+        let mut plan = MixPlan::default();
+        self.plan_into(step, batch_size, Some(image), &mut plan)?;
+        Ok(plan)
+    }
+
+    /// As [`Sampler::plan`] (`image: None`) or [`Sampler::plan_images`] (`Some(size)`), reusing
+    /// `plan`'s storage (no allocation once it is large enough). On error `plan` is left
+    /// unchanged.
+    ///
+    /// # Errors
+    /// Those of [`Sampler::plan`] and [`Sampler::plan_images`].
     ///
     /// # Examples
     ///
     /// ```
     /// use mixup_kernels::{MixConfig, MixPlan, Sampler};
-    /// let sampler = Sampler::new(MixConfig::timm(10), 7).unwrap();
+    /// let sampler = Sampler::new(MixConfig::timm(10), 7)?;
     /// let mut plan = MixPlan::default();
     /// for step in 0..3 {
-    ///     sampler.plan_into(0, step, 32, (1, 1), &mut plan).unwrap();
-    ///     assert_eq!(plan, sampler.plan(0, step, 32, (1, 1)).unwrap());
+    ///     sampler.plan_into(step, 32, None, &mut plan)?;
+    ///     assert_eq!(plan, sampler.plan(step, 32)?);
     /// }
+    /// # Ok::<(), mixup_kernels::MixError>(())
     /// ```
     pub fn plan_into(
         &self,
-        rank: u32,
         step: u64,
-        batch: usize,
-        image: (usize, usize),
+        batch_size: usize,
+        image: Option<ImageSize>,
         plan: &mut MixPlan,
     ) -> Result<()> {
         let cfg = &self.config;
+        let batch = batch_size;
         if batch > u32::MAX as usize {
             return Err(MixError::SizeOverflow { what: "batch" });
         }
-        let (height, width) = image;
         let mut minmax = None;
+        let mut size = (0, 0);
         if self.cutmix.is_some() {
+            let Some(ImageSize { height, width }) = image else {
+                return Err(MixError::InvalidArgument {
+                    what: "image_size",
+                    reason: "CutMix is enabled (cutmix_alpha or cutmix_minmax), and its boxes \
+                             need the image size: call plan_images(step, batch_size, \
+                             ImageSize { height, width })"
+                        .into(),
+                });
+            };
             if height == 0 || width == 0 {
                 return Err(MixError::EmptyShape {
                     what: "image height and width (CutMix is enabled)",
@@ -198,15 +296,16 @@ impl Sampler {
                     minmax_range(width, mm, "image width")?,
                 ));
             }
+            size = (height, width);
         }
 
-        let mut rng = stream(self.seed, rank, step);
+        let mut rng = stream(self.seed, self.rank, step);
         let entries = &mut plan.entries;
         entries.clear();
         entries.extend((0..batch).map(|i| PlanEntry::new(i, 1.0, None)));
         self.draw_partners(&mut rng, entries);
 
-        let decide = |rng: &mut ChaCha8Rng| self.decide(rng, image, minmax);
+        let decide = |rng: &mut ChaCha8Rng| self.decide(rng, size, minmax);
         match cfg.mode {
             Mode::Batch => {
                 let d = decide(&mut rng);
@@ -239,7 +338,8 @@ impl Sampler {
                 *e = PlanEntry::new(i, 1.0, None);
             }
         }
-        plan.finish(Some(image));
+        plan.finish(self.cutmix.is_some().then_some(size));
+        plan.targets = Some(self.targets);
         Ok(())
     }
 
@@ -249,6 +349,12 @@ impl Sampler {
             PartnerRule::Flip => {
                 for (i, e) in entries.iter_mut().enumerate() {
                     e.partner = (batch - 1 - i) as u32;
+                }
+            }
+            PartnerRule::Roll => {
+                // torchvision's `batch.roll(1, 0)`: sample i meets the sample before it.
+                for (i, e) in entries.iter_mut().enumerate() {
+                    e.partner = ((i + batch - 1) % batch) as u32;
                 }
             }
             PartnerRule::Permutation => {

@@ -2,111 +2,33 @@
 //! go with them, written once so each backend rejects bad input the same way.
 
 use crate::config::TargetSpec;
+use crate::dtype::Label;
 use crate::error::{check_len, checked_product, MixError, Result};
 use crate::plan::MixPlan;
 
-/// How one sample of a batch is laid out in memory (the batch dimension is outermost).
+/// The order of an image's dimensions in memory: PyTorch's `torch.memory_format`
+/// (`contiguous_format` / `channels_last`). The one enum that names NCHW and NHWC, used by
+/// [`SampleShape::Image`] and by the candle functions.
 ///
 /// # Examples
 ///
 /// ```
-/// use mixup_kernels::{reference, CutBox, Layout, MixPlan};
-/// // Two 1×2 single-channel images; sample 0 pastes column 1 of sample 1.
-/// let b = CutBox { y0: 0, y1: 1, x0: 1, x1: 2 };
-/// let plan = MixPlan::with_boxes(&[1, 0], &[0.5, 1.0], &[Some(b), None], 1, 2).unwrap();
-/// let x = [1.0f32, 2.0, 3.0, 4.0];
-/// let img = Layout::Nchw { channels: 1, height: 1, width: 2 };
-/// assert_eq!(reference::mix(&plan, &img, &x).unwrap(), [1.0, 4.0, 3.0, 4.0]);
-/// // Under `Rows` the same sample is lerped with its λ instead.
-/// assert_eq!(reference::mix(&plan, &Layout::Rows(2), &x).unwrap(), [2.0, 3.0, 3.0, 4.0]);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Layout {
-    /// A flat row of `len` elements per sample. Every sample is lerped with its λ, CutMix
-    /// samples included: this is how soft targets, features and embeddings mix. Use an image
-    /// layout for pixels.
-    Rows(usize),
-    /// `[C, H, W]` per sample (PyTorch's default).
-    Nchw {
-        /// Channels.
-        channels: usize,
-        /// Height.
-        height: usize,
-        /// Width.
-        width: usize,
-    },
-    /// `[H, W, C]` per sample (channels-last).
-    Nhwc {
-        /// Height.
-        height: usize,
-        /// Width.
-        width: usize,
-        /// Channels.
-        channels: usize,
-    },
-}
-
-impl Layout {
-    /// Elements per sample, or [`MixError::SizeOverflow`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use mixup_kernels::{Layout, MixError};
-    /// assert_eq!(Layout::Nhwc { height: 4, width: 5, channels: 3 }.sample_len(), Ok(60));
-    /// assert_eq!(Layout::Rows(7).sample_len(), Ok(7));
-    /// let huge = Layout::Nchw { channels: usize::MAX, height: 2, width: 1 };
-    /// assert!(matches!(huge.sample_len(), Err(MixError::SizeOverflow { .. })));
-    /// ```
-    pub fn sample_len(&self) -> Result<usize> {
-        match *self {
-            Layout::Rows(len) => Ok(len),
-            Layout::Nchw {
-                channels,
-                height,
-                width,
-            }
-            | Layout::Nhwc {
-                height,
-                width,
-                channels,
-            } => checked_product("sample size", &[channels, height, width]),
-        }
-    }
-
-    /// `(height, width)` for image layouts.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use mixup_kernels::Layout;
-    /// assert_eq!(Layout::Nchw { channels: 3, height: 32, width: 24 }.image_size(), Some((32, 24)));
-    /// assert_eq!(Layout::Rows(10).image_size(), None);
-    /// ```
-    pub fn image_size(&self) -> Option<(usize, usize)> {
-        match *self {
-            Layout::Rows(_) => None,
-            Layout::Nchw { height, width, .. } | Layout::Nhwc { height, width, .. } => {
-                Some((height, width))
-            }
-        }
-    }
-}
-
-/// The order of an image batch's dimensions in memory.
-///
-/// # Examples
-///
-/// ```
-/// use mixup_kernels::MemoryFormat;
-/// assert_eq!(MemoryFormat::ChannelsFirst.name(), "NCHW");
-/// assert_eq!(MemoryFormat::ChannelsLast.name(), "NHWC");
+/// use mixup_kernels::{MemoryFormat, SampleShape};
+/// assert_eq!(
+///     SampleShape::channels_last(32, 24, 3),
+///     SampleShape::Image { format: MemoryFormat::ChannelsLast, channels: 3, height: 32, width: 24 }
+/// );
+/// // The image size of a rank-4 batch, `[B, C, H, W]` or `[B, H, W, C]`.
+/// assert_eq!(MemoryFormat::ChannelsFirst.image_size(&[8, 3, 32, 24])?.height, 32);
+/// assert_eq!(MemoryFormat::ChannelsLast.image_size(&[8, 32, 24, 3])?.width, 24);
+/// assert!(MemoryFormat::ChannelsLast.image_size(&[8, 784]).is_err());
+/// # Ok::<(), mixup_kernels::MixError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MemoryFormat {
-    /// `[B, C, H, W]`: PyTorch's default (`torch.contiguous_format`).
+    /// NCHW: `[C, H, W]` per sample (PyTorch's default, candle-nn's convolutions).
     ChannelsFirst,
-    /// `[B, H, W, C]`: what image decoders produce (`torch.channels_last`).
+    /// NHWC: `[H, W, C]` per sample (`torch.channels_last`).
     ChannelsLast,
 }
 
@@ -115,6 +37,7 @@ impl MemoryFormat {
     ///
     /// ```
     /// use mixup_kernels::MemoryFormat;
+    /// assert_eq!(MemoryFormat::ChannelsFirst.name(), "NCHW");
     /// assert_eq!(MemoryFormat::ChannelsLast.name(), "NHWC");
     /// ```
     pub const fn name(self) -> &'static str {
@@ -123,25 +46,207 @@ impl MemoryFormat {
             MemoryFormat::ChannelsLast => "NHWC",
         }
     }
+
+    /// The `[batch, …]` shape of a rank-4 batch, in this format: `(B, C, H, W)`.
+    fn split(self, dims: &[usize]) -> Option<(usize, usize, usize, usize)> {
+        match (self, dims) {
+            (MemoryFormat::ChannelsFirst, &[b, c, h, w])
+            | (MemoryFormat::ChannelsLast, &[b, h, w, c]) => Some((b, c, h, w)),
+            _ => None,
+        }
+    }
+
+    /// The shape `[B, C, H, W]` (channels first) or `[B, H, W, C]` (channels last) spelled out,
+    /// for error messages.
+    pub(crate) fn pattern(self) -> &'static str {
+        match self {
+            MemoryFormat::ChannelsFirst => "[B, C, H, W] (MemoryFormat::ChannelsFirst, NCHW)",
+            MemoryFormat::ChannelsLast => "[B, H, W, C] (MemoryFormat::ChannelsLast, NHWC)",
+        }
+    }
+
+    /// The image size of a rank-4 batch whose dimensions `dims` are in this format: the size
+    /// to give [`Sampler::plan_images`](crate::Sampler::plan_images).
+    ///
+    /// # Errors
+    /// [`MixError::InvalidArgument`] (`dims`) unless `dims` has 4 entries.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{ImageSize, MemoryFormat};
+    /// let size = MemoryFormat::ChannelsFirst.image_size(&[16, 3, 28, 20])?;
+    /// assert_eq!(size, ImageSize { height: 28, width: 20 });
+    /// # Ok::<(), mixup_kernels::MixError>(())
+    /// ```
+    pub fn image_size(self, dims: &[usize]) -> Result<crate::ImageSize> {
+        match self.split(dims) {
+            Some((_, _, height, width)) => Ok(crate::ImageSize { height, width }),
+            None => Err(MixError::InvalidArgument {
+                what: "dims",
+                reason: format!("an image batch is {}, got {dims:?}", self.pattern()),
+            }),
+        }
+    }
+
+    /// The per-sample shape of a rank-4 batch in this format, `None` for another rank.
+    #[cfg_attr(not(feature = "candle"), allow(dead_code))]
+    pub(crate) fn sample_shape(self, dims: &[usize]) -> Option<SampleShape> {
+        self.split(dims)
+            .map(|(_, channels, height, width)| SampleShape::Image {
+                format: self,
+                channels,
+                height,
+                width,
+            })
+    }
 }
 
-/// How per-sample losses are reduced (fastai's `reduce_loss`, PyTorch's `reduction`).
+/// The shape of one sample of a batch (the batch dimension is outermost): a flat row, or an
+/// image in a [`MemoryFormat`].
 ///
 /// # Examples
 ///
 /// ```
-/// use mixup_kernels::{reference, CeSpec, MixPlan, Reduction, Upstream};
-/// let plan = MixPlan::identity(2).unwrap();
+/// use mixup_kernels::{reference, CutBox, MixPlan, SampleShape};
+/// // Two 1×2 single-channel images; sample 0 pastes column 1 of sample 1.
+/// let b = CutBox { y0: 0, y1: 1, x0: 1, x1: 2 };
+/// let plan = MixPlan::with_boxes(&[1, 0], &[0.5, 1.0], &[Some(b), None], 1, 2).unwrap();
+/// let x = [1.0f32, 2.0, 3.0, 4.0];
+/// let img = SampleShape::channels_first(1, 1, 2);
+/// assert_eq!(reference::mix(&plan, &img, &x).unwrap(), [1.0, 4.0, 3.0, 4.0]);
+/// // As rows the same sample is lerped with its λ instead.
+/// assert_eq!(reference::mix(&plan, &SampleShape::rows(2), &x).unwrap(), [2.0, 3.0, 3.0, 4.0]);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SampleShape {
+    /// A flat row of `len` elements per sample. Every sample is lerped with its λ, CutMix
+    /// samples included: this is how soft targets, features and embeddings mix. Use
+    /// [`SampleShape::Image`] for pixels.
+    Rows(usize),
+    /// An image of `channels × height × width` elements in `format`.
+    Image {
+        /// The order of the dimensions in memory.
+        format: MemoryFormat,
+        /// Channels C.
+        channels: usize,
+        /// Height H, in pixels.
+        height: usize,
+        /// Width W, in pixels.
+        width: usize,
+    },
+}
+
+impl SampleShape {
+    /// A flat row of `len` elements per sample.
+    ///
+    /// ```
+    /// use mixup_kernels::SampleShape;
+    /// assert_eq!(SampleShape::rows(10), SampleShape::Rows(10));
+    /// ```
+    pub const fn rows(len: usize) -> Self {
+        SampleShape::Rows(len)
+    }
+
+    /// A channels-first (NCHW) image: `[C, H, W]` per sample, PyTorch's default.
+    ///
+    /// ```
+    /// use mixup_kernels::{MemoryFormat, SampleShape};
+    /// let s = SampleShape::channels_first(3, 32, 24);
+    /// assert_eq!(s, SampleShape::Image { format: MemoryFormat::ChannelsFirst, channels: 3, height: 32, width: 24 });
+    /// ```
+    pub const fn channels_first(channels: usize, height: usize, width: usize) -> Self {
+        SampleShape::Image {
+            format: MemoryFormat::ChannelsFirst,
+            channels,
+            height,
+            width,
+        }
+    }
+
+    /// A channels-last (NHWC) image: `[H, W, C]` per sample (the arguments in memory order).
+    ///
+    /// ```
+    /// use mixup_kernels::SampleShape;
+    /// assert_eq!(SampleShape::channels_last(32, 24, 3).image_size(), Some((32, 24)));
+    /// ```
+    pub const fn channels_last(height: usize, width: usize, channels: usize) -> Self {
+        SampleShape::Image {
+            format: MemoryFormat::ChannelsLast,
+            channels,
+            height,
+            width,
+        }
+    }
+
+    /// Elements per sample.
+    ///
+    /// # Errors
+    /// [`MixError::SizeOverflow`] when `C·H·W` does not fit in `usize`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::{MixError, SampleShape};
+    /// assert_eq!(SampleShape::channels_last(4, 5, 3).sample_len(), Ok(60));
+    /// assert_eq!(SampleShape::rows(7).sample_len(), Ok(7));
+    /// let huge = SampleShape::channels_first(usize::MAX, 2, 1);
+    /// assert!(matches!(huge.sample_len(), Err(MixError::SizeOverflow { .. })));
+    /// ```
+    pub fn sample_len(&self) -> Result<usize> {
+        match *self {
+            SampleShape::Rows(len) => Ok(len),
+            SampleShape::Image {
+                channels,
+                height,
+                width,
+                ..
+            } => checked_product("sample size", &[channels, height, width]),
+        }
+    }
+
+    /// `(height, width)` of an image, `None` for rows.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::SampleShape;
+    /// assert_eq!(SampleShape::channels_first(3, 32, 24).image_size(), Some((32, 24)));
+    /// assert_eq!(SampleShape::rows(10).image_size(), None);
+    /// ```
+    pub fn image_size(&self) -> Option<(usize, usize)> {
+        match *self {
+            SampleShape::Rows(_) => None,
+            SampleShape::Image { height, width, .. } => Some((height, width)),
+        }
+    }
+}
+
+/// How per-sample losses are reduced: PyTorch's `reduction` (`'mean'`, `'sum'`, `'none'`,
+/// `torch.nn.functional.cross_entropy`), fastai's `reduce_loss`.
+///
+/// The loss functions return `Some(reduced)` for `Mean` and `Sum`, and `None` for `None`, whose
+/// result is the per-sample losses (written to the `losses` buffer every host entry point then
+/// requires; candle returns them as a `[B]` tensor).
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{reference, CeSpec, GradOutput, MixPlan, Reduction};
+/// let plan = MixPlan::identity(2)?;
 /// let logits = [0.0f32, 0.0, 0.0, 0.0]; // [2, 2]: every loss is ln 2
-/// let loss = |r| {
-///     let spec = CeSpec::new(2, 0.0, r);
-///     reference::mixup_ce(&plan, &spec, &logits, &[0, 1], Upstream::Scalar(1.0)).unwrap().loss
+/// let run = |r| {
+///     let spec = CeSpec::new(2, 0.0, r).unwrap();
+///     reference::mixup_ce(&plan, &spec, &logits, &[0u32, 1], GradOutput::Scalar(1.0)).unwrap()
 /// };
 /// let ln2 = std::f64::consts::LN_2;
-/// assert!((loss(Reduction::Mean) - ln2).abs() < 1e-12);
-/// assert!((loss(Reduction::Sum) - 2.0 * ln2).abs() < 1e-12);
-/// assert!((loss(Reduction::None) - ln2).abs() < 1e-12); // the mean, for logging
+/// assert!((run(Reduction::Mean).loss.unwrap() - ln2).abs() < 1e-12);
+/// assert!((run(Reduction::Sum).loss.unwrap() - 2.0 * ln2).abs() < 1e-12);
+/// let none = run(Reduction::None);
+/// assert_eq!(none.loss, None); // no scalar: the per-sample losses are the result
+/// assert!(none.losses.iter().all(|l| (l - ln2).abs() < 1e-12));
 /// assert_eq!(Reduction::default(), Reduction::Mean);
+/// # Ok::<(), mixup_kernels::MixError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Reduction {
@@ -150,46 +255,48 @@ pub enum Reduction {
     Mean,
     /// Sum over the batch.
     Sum,
-    /// No reduction: per-sample losses are the output.
+    /// No reduction: the per-sample losses `[B]` are the result, and there is no scalar.
     None,
 }
 
-/// The gradient arriving from above the loss (`dL_total/dL`).
+/// The gradient of the final loss with respect to this loss's output, `∂L_total/∂loss`:
+/// PyTorch's `grad_output` (the argument of an autograd `backward`).
 ///
 /// # Examples
 ///
 /// ```
-/// use mixup_kernels::{reference, CeSpec, MixError, MixPlan, Reduction, Upstream};
-/// let plan = MixPlan::identity(2).unwrap();
+/// use mixup_kernels::{reference, CeSpec, GradOutput, MixError, MixPlan, Reduction};
+/// let plan = MixPlan::identity(2)?;
 /// let logits = [0.0f32; 4];
-/// let spec = CeSpec::new(2, 0.0, Reduction::None);
+/// let spec = CeSpec::new(2, 0.0, Reduction::None)?;
 /// // Sample 1's loss is weighted 0 from above: its gradient row is zero.
-/// let r = reference::mixup_ce(&plan, &spec, &logits, &[0, 1], Upstream::PerSample(&[1.0, 0.0])).unwrap();
+/// let r = reference::mixup_ce(&plan, &spec, &logits, &[0u32, 1], GradOutput::PerSample(&[1.0, 0.0]))?;
 /// assert_eq!(r.grad[2..], [0.0, 0.0]);
-/// assert_eq!(Upstream::default(), Upstream::Scalar(1.0));
-/// // Per-sample weights only make sense without a reduction.
-/// let mean = CeSpec::new(2, 0.0, Reduction::Mean);
-/// let err = reference::mixup_ce(&plan, &mean, &logits, &[0, 1], Upstream::PerSample(&[1.0, 0.0]));
-/// assert!(matches!(err, Err(MixError::InvalidArgument { what: "upstream", .. })));
+/// assert_eq!(GradOutput::default(), GradOutput::Scalar(1.0));
+/// // Per-sample values only go with the per-sample losses of Reduction::None.
+/// let mean = CeSpec::new(2, 0.0, Reduction::Mean)?;
+/// let err = reference::mixup_ce(&plan, &mean, &logits, &[0u32, 1], GradOutput::PerSample(&[1.0, 0.0]));
+/// assert!(matches!(err, Err(MixError::InvalidArgument { what: "grad_output", .. })));
+/// # Ok::<(), mixup_kernels::MixError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Upstream<'a> {
-    /// One scalar for the reduced loss (1.0 for a plain `loss.backward()`), or for every sample
-    /// under [`Reduction::None`].
+pub enum GradOutput<'a> {
+    /// One value for the reduced loss (1.0 for a plain `loss.backward()`), or the same value
+    /// for every sample under [`Reduction::None`].
     Scalar(f32),
-    /// One value per sample; only with [`Reduction::None`].
+    /// One value per sample, `[B]`; only with [`Reduction::None`].
     PerSample(&'a [f32]),
 }
 
-impl Default for Upstream<'_> {
+impl Default for GradOutput<'_> {
     fn default() -> Self {
-        Upstream::Scalar(1.0)
+        GradOutput::Scalar(1.0)
     }
 }
 
 impl Reduction {
-    /// The factor applied to every sample's gradient before the upstream gradient: `1/B` for
-    /// the mean, 1 otherwise.
+    /// The factor applied to every sample's gradient before `grad_output`: `1/B` for the mean,
+    /// 1 otherwise.
     #[cfg_attr(not(any(feature = "cpu", mixup_cuda)), allow(dead_code))]
     pub(crate) fn grad_factor(self, batch: usize) -> f32 {
         match self {
@@ -197,121 +304,192 @@ impl Reduction {
             Reduction::Sum | Reduction::None => 1.0,
         }
     }
+
+    /// The reduced loss as the API returns it: `None` under [`Reduction::None`].
+    pub(crate) fn reported<T>(self, reduced: T) -> Option<T> {
+        match self {
+            Reduction::None => None,
+            Reduction::Mean | Reduction::Sum => Some(reduced),
+        }
+    }
+}
+
+/// Under [`Reduction::None`] the per-sample losses are the result: the `losses` buffer must be
+/// given.
+#[cfg_attr(not(any(feature = "cpu", mixup_cuda)), allow(dead_code))]
+pub(crate) fn check_losses_given(reduction: Reduction, given: bool) -> Result<()> {
+    if reduction == Reduction::None && !given {
+        return Err(MixError::InvalidArgument {
+            what: "losses",
+            reason: "Reduction::None returns the per-sample losses: pass a [B] `losses` buffer \
+                     (or use Reduction::Mean or Sum for a scalar)"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 /// Checks a mixing call; returns the number of elements per sample.
 pub(crate) fn check_mix(
     plan: &MixPlan,
-    layout: &Layout,
+    shape: &SampleShape,
     len: usize,
     what: &'static str,
 ) -> Result<usize> {
-    let row = layout.sample_len()?;
+    let row = shape.sample_len()?;
     let total = checked_product("batch × sample size", &[plan.len(), row])?;
     check_len(what, total, len)?;
-    if let Some((h, w)) = layout.image_size() {
+    if let Some((h, w)) = shape.image_size() {
         plan.check_image(h, w)?;
     }
     Ok(row)
 }
 
-/// Checks host labels against the plan and the class count.
-pub(crate) fn check_labels(plan: &MixPlan, labels: &[u32], spec: &TargetSpec) -> Result<()> {
+/// Checks a target spec against the plan: valid, and the spec the plan was drawn for (if the
+/// plan remembers one).
+pub(crate) fn check_targets(plan: &MixPlan, spec: &TargetSpec) -> Result<()> {
     spec.validate()?;
+    plan.check_targets(spec)
+}
+
+/// Checks host labels against the plan and the class count (negative labels included).
+pub(crate) fn check_labels<L: Label>(
+    plan: &MixPlan,
+    labels: &[L],
+    spec: &TargetSpec,
+) -> Result<()> {
+    check_targets(plan, spec)?;
     plan.check_batch(labels.len())?;
-    match labels.iter().position(|&l| l as usize >= spec.num_classes) {
+    check_label_values(labels, spec.num_classes())
+}
+
+/// Fails with [`MixError::LabelOutOfRange`] for the first label outside `0..num_classes`.
+pub(crate) fn check_label_values<L: Label>(labels: &[L], c: usize) -> Result<()> {
+    match labels.iter().position(|&l| !l.in_range(c)) {
         Some(index) => Err(MixError::LabelOutOfRange {
             index,
-            label: labels[index],
-            num_classes: spec.num_classes,
+            label: labels[index].to_i64(),
+            num_classes: c,
         }),
         None => Ok(()),
     }
 }
 
-/// Checks a loss call's shapes (`logits` is `[B, C]`) and upstream gradient; returns B·C.
+/// Checks a loss call's shapes (`logits` is `[B, C]`), its spec against the plan's, and
+/// `grad_output`; returns B·C.
 pub(crate) fn check_ce(
     plan: &MixPlan,
     spec: &CeSpec,
     logits_len: usize,
-    upstream: &Upstream<'_>,
+    grad_output: &GradOutput<'_>,
 ) -> Result<usize> {
     let reduction = spec.reduction;
     let spec = &spec.targets;
-    spec.validate()?;
-    let total = checked_product("batch × num_classes", &[plan.len(), spec.num_classes])?;
+    check_targets(plan, spec)?;
+    let total = checked_product("batch × num_classes", &[plan.len(), spec.num_classes()])?;
     check_len("logits", total, logits_len)?;
     if reduction == Reduction::Mean && plan.is_empty() {
         return Err(MixError::EmptyShape {
             what: "batch (the mean over no samples is undefined)",
         });
     }
-    match *upstream {
-        Upstream::Scalar(g) if !g.is_finite() => Err(MixError::InvalidArgument {
-            what: "upstream",
-            reason: format!("the upstream gradient must be finite, got {g}"),
+    match *grad_output {
+        GradOutput::Scalar(g) if !g.is_finite() => Err(MixError::InvalidArgument {
+            what: "grad_output",
+            reason: format!("must be finite, got {g}"),
         }),
-        Upstream::PerSample(_) if reduction != Reduction::None => Err(MixError::InvalidArgument {
-            what: "upstream",
-            reason: "a per-sample upstream gradient needs Reduction::None".into(),
-        }),
-        Upstream::PerSample(g) => {
-            check_len("upstream", plan.len(), g.len())?;
+        GradOutput::PerSample(_) if reduction != Reduction::None => {
+            Err(MixError::InvalidArgument {
+                what: "grad_output",
+                reason: "one value per sample goes with Reduction::None (per-sample losses); \
+                         a reduced loss takes GradOutput::Scalar"
+                    .into(),
+            })
+        }
+        GradOutput::PerSample(g) => {
+            check_len("grad_output", plan.len(), g.len())?;
             match g.iter().position(|v| !v.is_finite()) {
                 Some(i) => Err(MixError::InvalidArgument {
-                    what: "upstream",
-                    reason: format!(
-                        "the upstream gradient must be finite, got {} for sample {i}",
-                        g[i]
-                    ),
+                    what: "grad_output",
+                    reason: format!("must be finite, got {} for sample {i}", g[i]),
                 }),
                 None => Ok(()),
             }
         }
-        Upstream::Scalar(_) => Ok(()),
+        GradOutput::Scalar(_) => Ok(()),
     }?;
     Ok(total)
 }
 
-/// What the mixup cross-entropy computes: the soft target it compares against and the
-/// reduction.
+/// What the mixup cross-entropy computes: the soft target it compares against (classes and
+/// label smoothing, a [`TargetSpec`]) and the reduction. Built validated, so a spec that exists
+/// is usable with logits of its class count; build it from the sampler's config with
+/// [`MixConfig::ce_spec`](crate::MixConfig::ce_spec) so the loss uses the smoothing the plan was
+/// drawn with (a different spec is an error when the loss runs).
 ///
 /// # Examples
 ///
 /// ```
-/// use mixup_kernels::{CeSpec, Reduction, TargetSpec};
-/// let spec = CeSpec::new(10, 0.1, Reduction::Sum);
-/// assert_eq!(spec.targets, TargetSpec { num_classes: 10, smoothing: 0.1 });
-/// assert_eq!(spec.reduction, Reduction::Sum);
+/// use mixup_kernels::{CeSpec, MixConfig, Reduction};
+/// let spec = CeSpec::new(10, 0.1, Reduction::Sum)?;
+/// assert_eq!((spec.num_classes(), spec.label_smoothing()), (10, 0.1));
+/// assert_eq!(spec.reduction(), Reduction::Sum);
+/// assert_eq!(MixConfig::timm(10).ce_spec(Reduction::Sum)?, spec); // timm's 0.1 smoothing
+/// # Ok::<(), mixup_kernels::MixError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CeSpec {
-    /// Classes and label smoothing.
-    pub targets: TargetSpec,
-    /// How per-sample losses are reduced.
-    pub reduction: Reduction,
+    targets: TargetSpec,
+    reduction: Reduction,
 }
 
 impl CeSpec {
-    /// A spec with the given classes, smoothing and reduction (validated when used).
+    /// A spec for `num_classes` classes with label smoothing `label_smoothing` (ε, timm's
+    /// `label_smoothing`, PyTorch's `cross_entropy(label_smoothing=…)`) and a reduction.
+    ///
+    /// # Errors
+    /// As [`TargetSpec::new`]: [`MixError::EmptyShape`] for 0 classes,
+    /// [`MixError::SizeOverflow`] past `u32::MAX` classes, [`MixError::InvalidArgument`]
+    /// (`label_smoothing`) for ε outside `[0, 1)`.
     ///
     /// # Examples
     ///
     /// ```
-    /// use mixup_kernels::{reference, CeSpec, MixError, MixPlan, Reduction, Upstream};
-    /// let spec = CeSpec::new(0, 0.0, Reduction::Mean); // accepted here...
-    /// let plan = MixPlan::identity(1).unwrap();
-    /// let r = reference::mixup_ce::<f32>(&plan, &spec, &[], &[0], Upstream::Scalar(1.0));
-    /// assert!(matches!(r, Err(MixError::EmptyShape { .. }))); // ...rejected when used
+    /// use mixup_kernels::{CeSpec, MixError, Reduction};
+    /// assert!(CeSpec::new(1000, 0.1, Reduction::Mean).is_ok());
+    /// assert!(matches!(CeSpec::new(0, 0.0, Reduction::Mean), Err(MixError::EmptyShape { .. })));
+    /// assert!(matches!(
+    ///     CeSpec::new(10, 1.0, Reduction::Mean),
+    ///     Err(MixError::InvalidArgument { what: "label_smoothing", .. })
+    /// ));
     /// ```
-    pub fn new(num_classes: usize, smoothing: f32, reduction: Reduction) -> Self {
-        Self {
-            targets: TargetSpec {
-                num_classes,
-                smoothing,
-            },
+    pub fn new(num_classes: usize, label_smoothing: f64, reduction: Reduction) -> Result<Self> {
+        Ok(Self::from_targets(
+            TargetSpec::new(num_classes, label_smoothing)?,
             reduction,
-        }
+        ))
+    }
+
+    /// A spec from a validated [`TargetSpec`] (cannot fail).
+    pub(crate) const fn from_targets(targets: TargetSpec, reduction: Reduction) -> Self {
+        Self { targets, reduction }
+    }
+
+    /// Classes and label smoothing.
+    pub fn targets(&self) -> &TargetSpec {
+        &self.targets
+    }
+    /// Number of classes C.
+    pub fn num_classes(&self) -> usize {
+        self.targets.num_classes()
+    }
+    /// Label smoothing ε, in `[0, 1)`.
+    pub fn label_smoothing(&self) -> f64 {
+        self.targets.label_smoothing()
+    }
+    /// The reduction.
+    pub fn reduction(&self) -> Reduction {
+        self.reduction
     }
 }
 
@@ -328,7 +506,7 @@ impl CeSpec {
 /// [`Reduction::Mean`] averages over all `B·C` elements, or over the `B` samples with
 /// `sum_classes`; `Sum` adds the `L_i`; `None` keeps the `L_i` (timm's `'none'` keeps the
 /// `[B, C]` elements, which [`reference::mixup_bce`](crate::reference::mixup_bce) returns) and
-/// reports the `Mean` value for logging.
+/// reports no scalar.
 ///
 /// Two points where timm's own choices show (checked against timm 1.0.31 in
 /// `tests/parity.rs`): with `sum_classes=True` timm ignores its `reduction` and always takes
@@ -349,7 +527,7 @@ impl CeSpec {
 ///     .with_target_threshold(0.2)?
 ///     .with_pos_weight(vec![1.0, 2.0, 0.5])?
 ///     .with_sum_classes(true);
-/// assert_eq!(spec.targets().num_classes, 3);
+/// assert_eq!((spec.num_classes(), spec.label_smoothing()), (3, 0.1));
 /// assert!(BceSpec::new(3, 0.0, Reduction::Sum)?.with_weight(vec![1.0]).is_err()); // not 3 values
 /// # Ok::<(), mixup_kernels::MixError>(())
 /// ```
@@ -366,24 +544,19 @@ pub struct BceSpec {
 }
 
 impl BceSpec {
-    /// A spec for `num_classes` classes with label smoothing `smoothing` and a reduction; no
-    /// threshold, no class weights, classes averaged (timm's defaults but for its smoothing,
-    /// which is given here).
+    /// A spec for `num_classes` classes with label smoothing `label_smoothing` (ε) and a
+    /// reduction; no threshold, no class weights, classes averaged (timm's defaults but for its
+    /// smoothing, which is given here).
     ///
     /// # Errors
-    /// As [`TargetSpec::validate`]: [`MixError::EmptyShape`] for 0 classes,
-    /// [`MixError::SizeOverflow`] past `u32::MAX`, [`MixError::InvalidArgument`] for a
-    /// smoothing outside `[0, 1)`.
-    pub fn new(num_classes: usize, smoothing: f32, reduction: Reduction) -> Result<Self> {
-        let targets = TargetSpec::new(num_classes, smoothing)?;
-        // timm's smoothing is a Python double (0.1), ours the f32 nearest to it: go back to the
-        // shortest decimal that gives this f32 (what the user wrote), so that `on` and `off`
-        // are timm's doubles rounded to f32. Widening the f32 instead (0.100000001…) rounds
-        // them differently for many C (15, 23, 27, 33... at ε = 0.1).
-        let eps: f64 = smoothing
-            .to_string()
-            .parse()
-            .unwrap_or(f64::from(smoothing));
+    /// As [`TargetSpec::new`]: [`MixError::EmptyShape`] for 0 classes,
+    /// [`MixError::SizeOverflow`] past `u32::MAX`, [`MixError::InvalidArgument`]
+    /// (`label_smoothing`) for ε outside `[0, 1)`.
+    pub fn new(num_classes: usize, label_smoothing: f64, reduction: Reduction) -> Result<Self> {
+        let targets = TargetSpec::new(num_classes, label_smoothing)?;
+        // timm's `on_value` and `off_value` are Python doubles rounded to f32 by the target
+        // tensor: form them in f64 from the same double ε.
+        let eps = label_smoothing;
         let off = eps / num_classes as f64;
         Ok(Self {
             targets,
@@ -439,7 +612,7 @@ impl BceSpec {
     }
 
     fn check_per_class(&self, what: &'static str, v: &[f32]) -> Result<()> {
-        check_len(what, self.targets.num_classes, v.len())?;
+        check_len(what, self.targets.num_classes(), v.len())?;
         match v.iter().position(|x| !x.is_finite()) {
             Some(i) => Err(MixError::InvalidArgument {
                 what,
@@ -452,6 +625,14 @@ impl BceSpec {
     /// Classes and label smoothing.
     pub fn targets(&self) -> &TargetSpec {
         &self.targets
+    }
+    /// Number of classes C.
+    pub fn num_classes(&self) -> usize {
+        self.targets.num_classes()
+    }
+    /// Label smoothing ε, in `[0, 1)`.
+    pub fn label_smoothing(&self) -> f64 {
+        self.targets.label_smoothing()
     }
     /// The reduction.
     pub fn reduction(&self) -> Reduction {
@@ -506,7 +687,7 @@ impl BceSpec {
         if self.sum_classes {
             batch as f64
         } else {
-            batch as f64 * self.targets.num_classes as f64
+            batch as f64 * self.targets.num_classes() as f64
         }
     }
 
@@ -518,7 +699,7 @@ impl BceSpec {
         }
     }
 
-    /// The factor of every element's gradient before the upstream gradient.
+    /// The factor of every element's gradient before `grad_output`.
     #[cfg_attr(not(any(feature = "cpu", mixup_cuda)), allow(dead_code))]
     pub(crate) fn grad_factor(&self, batch: usize) -> f32 {
         match self.reduction {
@@ -533,11 +714,8 @@ pub(crate) fn check_bce(
     plan: &MixPlan,
     spec: &BceSpec,
     logits_len: usize,
-    upstream: &Upstream<'_>,
+    grad_output: &GradOutput<'_>,
 ) -> Result<usize> {
-    let ce = CeSpec {
-        targets: spec.targets,
-        reduction: spec.reduction,
-    };
-    check_ce(plan, &ce, logits_len, upstream)
+    let ce = CeSpec::from_targets(spec.targets, spec.reduction);
+    check_ce(plan, &ce, logits_len, grad_output)
 }

@@ -3,23 +3,16 @@
 //! the errors for inputs that do not fit (which must never panic).
 #![cfg(feature = "candle")]
 
-use candle_core::{DType, Device, Error, Tensor, Var};
-use mixup_kernels::candle::{mix_images, mix_rows, mixup_cross_entropy, soft_targets, ImageLayout};
-use mixup_kernels::{
-    reference, CeSpec, MixConfig, MixError, MixPlan, Mode, Reduction, Sampler, TargetSpec, Upstream,
-};
+mod common;
 
-/// `|a - e| <= abs + rel·|e|`, naming the first index that fails.
-fn assert_close(what: &str, got: &[f64], expected: &[f64], abs: f64, rel: f64) {
-    assert_eq!(got.len(), expected.len(), "{what}: lengths differ");
-    for (i, (&a, &e)) in got.iter().zip(expected).enumerate() {
-        assert!(
-            (a - e).abs() <= abs + rel * e.abs(),
-            "{what}[{i}]: got {a}, expected {e} (|diff| {:.3e} > {abs:e} + {rel:e}·|e|)",
-            (a - e).abs()
-        );
-    }
-}
+use candle_core::{DType, Device, Error, Tensor, Var};
+use common::{assert_close, Tol};
+use mixup_kernels::candle::{mix_images, mix_rows, mixup_cross_entropy, soft_targets};
+use mixup_kernels::ImageSize;
+use mixup_kernels::{
+    reference, CeSpec, GradOutput, MemoryFormat, MixConfig, MixError, MixPlan, Mode, Reduction,
+    Sampler, TargetSpec,
+};
 
 fn host_f64(t: &Tensor) -> Vec<f64> {
     t.to_dtype(DType::F64)
@@ -73,7 +66,7 @@ fn root(e: &Error) -> &Error {
 
 /// Trains `logits` directly (as if they were the model) for a few SGD steps; at each step the
 /// gradient that `backward()` returns must equal the reference gradient for the stored logits.
-fn train_steps(dtype: DType, reduction: Reduction, smoothing: f32, upstream_scale: Option<f64>) {
+fn train_steps(dtype: DType, reduction: Reduction, smoothing: f64, upstream_scale: Option<f64>) {
     let dev = Device::Cpu;
     let (b, c) = (7, 11);
     let labels: Vec<u32> = (0..b as u32).map(|i| (i * 5 + 3) % c as u32).collect();
@@ -85,21 +78,21 @@ fn train_steps(dtype: DType, reduction: Reduction, smoothing: f32, upstream_scal
     let logits = Var::from_tensor(&init).unwrap();
     let sampler = Sampler::new(
         MixConfig {
-            label_smoothing: f64::from(smoothing),
+            label_smoothing: smoothing,
             ..MixConfig::fastai_v2_mixup(c)
         },
         9,
     )
     .unwrap();
-    let spec = CeSpec::new(c, smoothing, reduction);
+    let spec = CeSpec::new(c, smoothing, reduction).unwrap();
     let (abs, rel) = tol(dtype);
     for step in 0..4 {
-        let plan = sampler.plan(0, step, b, (1, 1)).unwrap();
-        let loss = mixup_cross_entropy(logits.as_tensor(), &labels_t, &plan, &spec).unwrap();
+        let plan = sampler.plan(step, b).unwrap();
+        let loss = mixup_cross_entropy(&plan, &spec, logits.as_tensor(), &labels_t).unwrap();
         assert_eq!(loss.dtype(), dtype);
         let z = host_f32(logits.as_tensor());
-        // What backward() starts from: the loss itself (upstream 1), or a scaled / summed loss.
-        let (root_t, upstream): (Tensor, Vec<f32>) = match (reduction, upstream_scale) {
+        // What backward() starts from: the loss itself (grad_output 1), or a scaled / summed loss.
+        let (root_t, grad_output): (Tensor, Vec<f32>) = match (reduction, upstream_scale) {
             (Reduction::None, None) => (loss.sum_all().unwrap(), vec![1.0; b]),
             (Reduction::None, Some(_)) => {
                 let w: Vec<f32> = (0..b).map(|i| 0.25 + i as f32 * 0.5).collect();
@@ -114,9 +107,9 @@ fn train_steps(dtype: DType, reduction: Reduction, smoothing: f32, upstream_scal
             (_, Some(s)) => ((&loss * s).unwrap(), vec![s as f32]),
         };
         let up = if reduction == Reduction::None {
-            Upstream::PerSample(&upstream)
+            GradOutput::PerSample(&grad_output)
         } else {
-            Upstream::Scalar(upstream[0])
+            GradOutput::Scalar(grad_output[0])
         };
         let r = reference::mixup_ce(&plan, &spec, &z, &labels, up).unwrap();
         let grads = root_t.backward().unwrap();
@@ -128,10 +121,20 @@ fn train_steps(dtype: DType, reduction: Reduction, smoothing: f32, upstream_scal
         let what = format!(
             "{dtype:?} {reduction:?} eps={smoothing} up={upstream_scale:?} step {step} grad"
         );
-        assert_close(&what, &host_f64(g), &r.grad, abs, rel);
+        assert_close(&what, &host_f64(g), &r.grad, Tol::new(abs, rel));
         match reduction {
-            Reduction::None => assert_close("losses", &host_f64(&loss), &r.losses, abs * 10.0, rel),
-            _ => assert_close("loss", &host_f64(&loss), &[r.loss], abs * 10.0, rel),
+            Reduction::None => assert_close(
+                "losses",
+                &host_f64(&loss),
+                &r.losses,
+                Tol::new(abs * 10.0, rel),
+            ),
+            _ => assert_close(
+                "loss",
+                &host_f64(&loss),
+                &[r.loss.unwrap()],
+                Tol::new(abs * 10.0, rel),
+            ),
         }
         // One SGD step so the next step sees other logits.
         let next = (logits.as_tensor() - (g * 0.5).unwrap()).unwrap();
@@ -173,17 +176,27 @@ fn gradient_flows_through_a_model_like_candle_nn_cross_entropy() {
     let logits = x.matmul(w.as_tensor()).unwrap();
     let plan = MixPlan::identity(b).unwrap();
     let ours = mixup_cross_entropy(
+        &plan,
+        &CeSpec::new(c, 0.0, Reduction::Mean).unwrap(),
         &logits,
         &labels,
-        &plan,
-        &CeSpec::new(c, 0.0, Reduction::Mean),
     )
     .unwrap();
     let theirs = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
-    assert_close("loss", &host_f64(&ours), &host_f64(&theirs), 1e-6, 1e-5);
+    assert_close(
+        "loss",
+        &host_f64(&ours),
+        &host_f64(&theirs),
+        Tol::new(1e-6, 1e-5),
+    );
     let g_ours = ours.backward().unwrap().remove(w.as_tensor()).unwrap();
     let g_theirs = theirs.backward().unwrap().remove(w.as_tensor()).unwrap();
-    assert_close("dW", &host_f64(&g_ours), &host_f64(&g_theirs), 1e-6, 1e-5);
+    assert_close(
+        "dW",
+        &host_f64(&g_ours),
+        &host_f64(&g_theirs),
+        Tol::new(1e-6, 1e-5),
+    );
 }
 
 #[test]
@@ -191,14 +204,14 @@ fn i64_and_u8_labels_equal_u32_labels() {
     let dev = Device::Cpu;
     let logits = Tensor::from_vec(pseudo_random(4 * 3, 4, 2.0), (4, 3), &dev).unwrap();
     let plan = MixPlan::from_parts(&[1, 0, 3, 2], &[0.7, 0.7, 0.6, 0.6]).unwrap();
-    let spec = CeSpec::new(3, 0.1, Reduction::None);
+    let spec = CeSpec::new(3, 0.1, Reduction::None).unwrap();
     let u32s = Tensor::new(&[0u32, 2, 1, 1], &dev).unwrap();
-    let want = host_f64(&mixup_cross_entropy(&logits, &u32s, &plan, &spec).unwrap());
+    let want = host_f64(&mixup_cross_entropy(&plan, &spec, &logits, &u32s).unwrap());
     for labels in [
         u32s.to_dtype(DType::I64).unwrap(),
         u32s.to_dtype(DType::U8).unwrap(),
     ] {
-        let got = host_f64(&mixup_cross_entropy(&logits, &labels, &plan, &spec).unwrap());
+        let got = host_f64(&mixup_cross_entropy(&plan, &spec, &logits, &labels).unwrap());
         assert_eq!(got, want, "{:?} labels", labels.dtype());
     }
 }
@@ -211,11 +224,11 @@ fn evaluation_without_gradient_tracking_gives_the_same_loss() {
     let labels = Tensor::new(&[0u32, 1, 2, 3, 4, 0], &dev).unwrap();
     let plan = Sampler::new(MixConfig::timm(5), 1)
         .unwrap()
-        .plan(0, 0, 6, (1, 1))
+        .plan(0, 6)
         .unwrap();
-    let spec = CeSpec::new(5, 0.1, Reduction::Mean);
-    let tracked = mixup_cross_entropy(var.as_tensor(), &labels, &plan, &spec).unwrap();
-    let plain = mixup_cross_entropy(&z, &labels, &plan, &spec).unwrap();
+    let spec = CeSpec::new(5, 0.1, Reduction::Mean).unwrap();
+    let tracked = mixup_cross_entropy(&plan, &spec, var.as_tensor(), &labels).unwrap();
+    let plain = mixup_cross_entropy(&plan, &spec, &z, &labels).unwrap();
     assert_eq!(
         tracked.to_scalar::<f32>().unwrap(),
         plain.to_scalar::<f32>().unwrap()
@@ -224,11 +237,16 @@ fn evaluation_without_gradient_tracking_gives_the_same_loss() {
         &plan,
         &spec,
         &host_f32(&z),
-        &[0, 1, 2, 3, 4, 0],
-        Upstream::Scalar(1.0),
+        &[0u32, 1, 2, 3, 4, 0],
+        GradOutput::Scalar(1.0),
     )
     .unwrap();
-    assert_close("loss", &host_f64(&plain), &[r.loss], 1e-6, 1e-5);
+    assert_close(
+        "loss",
+        &host_f64(&plain),
+        &[r.loss.unwrap()],
+        Tol::new(1e-6, 1e-5),
+    );
 }
 
 /// An elem-mode plan with both MixUp and CutMix samples, so both code paths run in one call.
@@ -243,7 +261,18 @@ fn mixed_plan(b: usize, h: usize, w: usize, seed: u64) -> MixPlan {
     let sampler = Sampler::new(cfg, seed).unwrap();
     // Draw until the plan holds both kinds (the draw is deterministic, so this is too).
     (0..64)
-        .map(|step| sampler.plan(0, step, b, (h, w)).unwrap())
+        .map(|step| {
+            sampler
+                .plan_images(
+                    step,
+                    b,
+                    ImageSize {
+                        height: h,
+                        width: w,
+                    },
+                )
+                .unwrap()
+        })
         .find(|p| p.has_cutmix() && p.samples().any(|s| s.cut.is_none() && s.lam < 1.0))
         .expect("a plan with both MixUp and CutMix samples")
 }
@@ -253,23 +282,15 @@ fn mix_images_matches_reference_both_layouts_all_dtypes() {
     let dev = Device::Cpu;
     let (b, ch, h, w) = (5, 3, 7, 6);
     let plan = mixed_plan(b, h, w, 3);
-    for layout in [ImageLayout::Nchw, ImageLayout::Nhwc] {
+    for layout in [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast] {
         let (shape, lay) = match layout {
-            ImageLayout::Nchw => (
+            MemoryFormat::ChannelsFirst => (
                 (b, ch, h, w),
-                mixup_kernels::Layout::Nchw {
-                    channels: ch,
-                    height: h,
-                    width: w,
-                },
+                mixup_kernels::SampleShape::channels_first(ch, h, w),
             ),
-            ImageLayout::Nhwc => (
+            MemoryFormat::ChannelsLast => (
                 (b, h, w, ch),
-                mixup_kernels::Layout::Nhwc {
-                    height: h,
-                    width: w,
-                    channels: ch,
-                },
+                mixup_kernels::SampleShape::channels_last(h, w, ch),
             ),
         };
         for dtype in [DType::F32, DType::F16, DType::BF16, DType::U8] {
@@ -287,7 +308,7 @@ fn mix_images_matches_reference_both_layouts_all_dtypes() {
                 .unwrap()
                 .to_dtype(dtype)
                 .unwrap();
-            let y = mix_images(&plan, &x, layout).unwrap();
+            let y = mix_images(&plan, layout, &x).unwrap();
             assert_eq!((y.dims(), y.dtype()), (x.dims(), dtype));
             let stored = host_f32(&x);
             let want = reference::mix(&plan, &lay, &stored).unwrap();
@@ -299,8 +320,7 @@ fn mix_images_matches_reference_both_layouts_all_dtypes() {
                 &format!("{layout:?} {dtype:?}"),
                 &host_f64(&y),
                 &want,
-                abs,
-                rel,
+                Tol::new(abs, rel),
             );
             // The input is left alone.
             assert_eq!(host_f32(&x), stored);
@@ -320,18 +340,14 @@ fn mix_images_accepts_a_non_contiguous_view() {
         .transpose(2, 3)
         .unwrap();
     assert!(!x.is_contiguous());
-    let y = mix_images(&plan, &x, ImageLayout::Nchw).unwrap();
+    let y = mix_images(&plan, MemoryFormat::ChannelsFirst, &x).unwrap();
     let want = reference::mix(
         &plan,
-        &mixup_kernels::Layout::Nchw {
-            channels: 1,
-            height: 3,
-            width: 2,
-        },
+        &mixup_kernels::SampleShape::channels_first(1, 3, 2),
         &host_f32(&x),
     )
     .unwrap();
-    assert_close("transposed", &host_f64(&y), &want, 1e-6, 1e-6);
+    assert_close("transposed", &host_f64(&y), &want, Tol::new(1e-6, 1e-6));
 }
 
 #[test]
@@ -341,24 +357,23 @@ fn mix_rows_and_soft_targets_match_reference() {
     let spec = TargetSpec::new(10, 0.1).unwrap();
     let labels: Vec<u32> = vec![1, 9, 3, 3, 0, 7];
     let lt = Tensor::new(labels.as_slice(), &dev).unwrap();
-    let want = reference::soft_targets(&plan, &labels, &spec).unwrap();
+    let want = reference::soft_targets(&plan, &spec, &labels).unwrap();
     for dtype in [DType::F32, DType::F16, DType::BF16] {
-        let t = soft_targets(&plan, &lt, &spec, dtype).unwrap();
+        let t = soft_targets(&plan, &spec, &lt, dtype).unwrap();
         assert_eq!((t.dims(), t.dtype()), (&[6usize, 10][..], dtype));
         let (abs, rel) = tol(dtype);
         assert_close(
             &format!("targets {dtype:?}"),
             &host_f64(&t),
             &want,
-            abs,
-            rel,
+            Tol::new(abs, rel),
         );
     }
     // Rows of any rank ≥ 1: [6, 2, 5] is six rows of 10.
     let x = Tensor::from_vec(pseudo_random(60, 9, 1.0), (6, 2, 5), &dev).unwrap();
     let y = mix_rows(&plan, &x).unwrap();
-    let want = reference::mix(&plan, &mixup_kernels::Layout::Rows(10), &host_f32(&x)).unwrap();
-    assert_close("rows", &host_f64(&y), &want, 1e-6, 1e-5);
+    let want = reference::mix(&plan, &mixup_kernels::SampleShape::rows(10), &host_f32(&x)).unwrap();
+    assert_close("rows", &host_f64(&y), &want, Tol::new(1e-6, 1e-5));
 }
 
 /// The error of a call that must fail, checked to be the candle variant wanted.
@@ -375,11 +390,11 @@ fn bad_inputs_give_candle_errors() {
     let plan = MixPlan::from_parts(&[1, 0], &[0.6, 0.6]).unwrap();
     let logits = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
     let labels = Tensor::new(&[0u32, 2], &dev).unwrap();
-    let spec = CeSpec::new(3, 0.0, Reduction::Mean);
+    let spec = CeSpec::new(3, 0.0, Reduction::Mean).unwrap();
 
     // Rank.
     let e = expect_err(
-        mixup_cross_entropy(&logits.flatten_all().unwrap(), &labels, &plan, &spec),
+        mixup_cross_entropy(&plan, &spec, &logits.flatten_all().unwrap(), &labels),
         "rank-1 logits",
     );
     assert!(matches!(
@@ -391,7 +406,7 @@ fn bad_inputs_give_candle_errors() {
         }
     ));
     let e = expect_err(
-        mixup_cross_entropy(&logits, &labels.reshape((2, 1)).unwrap(), &plan, &spec),
+        mixup_cross_entropy(&plan, &spec, &logits, &labels.reshape((2, 1)).unwrap()),
         "rank-2 labels",
     );
     assert!(matches!(
@@ -403,7 +418,7 @@ fn bad_inputs_give_candle_errors() {
         }
     ));
     let e = expect_err(
-        mix_images(&plan, &logits, ImageLayout::Nchw),
+        mix_images(&plan, MemoryFormat::ChannelsFirst, &logits),
         "rank-2 images",
     );
     assert!(matches!(
@@ -413,7 +428,7 @@ fn bad_inputs_give_candle_errors() {
 
     // Dtypes.
     let e = expect_err(
-        mixup_cross_entropy(&logits.to_dtype(DType::F64).unwrap(), &labels, &plan, &spec),
+        mixup_cross_entropy(&plan, &spec, &logits.to_dtype(DType::F64).unwrap(), &labels),
         "f64 logits",
     );
     assert!(matches!(
@@ -421,7 +436,7 @@ fn bad_inputs_give_candle_errors() {
         Error::UnsupportedDTypeForOp(DType::F64, _)
     ));
     let e = expect_err(
-        mixup_cross_entropy(&logits, &labels.to_dtype(DType::F32).unwrap(), &plan, &spec),
+        mixup_cross_entropy(&plan, &spec, &logits, &labels.to_dtype(DType::F32).unwrap()),
         "f32 labels",
     );
     assert!(matches!(
@@ -429,7 +444,7 @@ fn bad_inputs_give_candle_errors() {
         Error::UnsupportedDTypeForOp(DType::F32, _)
     ));
     let e = expect_err(
-        soft_targets(&plan, &labels, &spec.targets, DType::U8),
+        soft_targets(&plan, spec.targets(), &labels, DType::U8),
         "u8 soft targets",
     );
     assert!(matches!(
@@ -437,7 +452,10 @@ fn bad_inputs_give_candle_errors() {
         Error::UnsupportedDTypeForOp(DType::U8, _)
     ));
     let img64 = Tensor::zeros((2, 1, 2, 2), DType::F64, &dev).unwrap();
-    let e = expect_err(mix_images(&plan, &img64, ImageLayout::Nchw), "f64 images");
+    let e = expect_err(
+        mix_images(&plan, MemoryFormat::ChannelsFirst, &img64),
+        "f64 images",
+    );
     assert!(matches!(
         root(&e),
         Error::UnsupportedDTypeForOp(DType::F64, _)
@@ -446,10 +464,10 @@ fn bad_inputs_give_candle_errors() {
     // Class count.
     let e = expect_err(
         mixup_cross_entropy(
+            &plan,
+            &CeSpec::new(4, 0.0, Reduction::Mean).unwrap(),
             &logits,
             &labels,
-            &plan,
-            &CeSpec::new(4, 0.0, Reduction::Mean),
         ),
         "C = 4 for 3 logits",
     );
@@ -460,20 +478,20 @@ fn bad_inputs_give_candle_errors() {
     for (what, r) in [
         (
             "logits",
-            mixup_cross_entropy(&logits, &labels, &plan3, &spec).map(|_| ()),
+            mixup_cross_entropy(&plan3, &spec, &logits, &labels).map(|_| ()),
         ),
         (
             "images",
             mix_images(
                 &plan3,
+                MemoryFormat::ChannelsLast,
                 &Tensor::zeros((2, 1, 2, 2), DType::F32, &dev).unwrap(),
-                ImageLayout::Nhwc,
             )
             .map(|_| ()),
         ),
         (
             "targets",
-            soft_targets(&plan3, &labels, &spec.targets, DType::F32).map(|_| ()),
+            soft_targets(&plan3, spec.targets(), &labels, DType::F32).map(|_| ()),
         ),
         ("rows", mix_rows(&plan3, &logits).map(|_| ())),
     ] {
@@ -484,10 +502,10 @@ fn bad_inputs_give_candle_errors() {
     // Labels and logits of different batch sizes.
     let e = expect_err(
         mixup_cross_entropy(
-            &logits,
-            &Tensor::new(&[0u32, 1, 2], &dev).unwrap(),
             &plan,
             &spec,
+            &logits,
+            &Tensor::new(&[0u32, 1, 2], &dev).unwrap(),
         ),
         "3 labels for 2 logits",
     );
@@ -496,10 +514,10 @@ fn bad_inputs_give_candle_errors() {
     // Labels out of range: u32 too large, i64 negative.
     let e = expect_err(
         mixup_cross_entropy(
-            &logits,
-            &Tensor::new(&[0u32, 3], &dev).unwrap(),
             &plan,
             &spec,
+            &logits,
+            &Tensor::new(&[0u32, 3], &dev).unwrap(),
         ),
         "label 3 of 3 classes",
     );
@@ -516,10 +534,10 @@ fn bad_inputs_give_candle_errors() {
     );
     let e = expect_err(
         mixup_cross_entropy(
-            &logits,
-            &Tensor::new(&[-1i64, 0], &dev).unwrap(),
             &plan,
             &spec,
+            &logits,
+            &Tensor::new(&[-1i64, 0], &dev).unwrap(),
         ),
         "label -1",
     );
@@ -530,34 +548,57 @@ fn bad_inputs_give_candle_errors() {
     let e = expect_err(
         mix_images(
             &boxed,
+            MemoryFormat::ChannelsFirst,
             &Tensor::zeros((2, 1, 5, 4), DType::F32, &dev).unwrap(),
-            ImageLayout::Nchw,
         ),
         "5x4 images for 4x4 boxes",
     );
     assert!(e.to_string().contains("4x4"), "{e}");
 
-    // Bad smoothing in the spec.
+    // A bad smoothing cannot reach the op: the spec refuses it when it is built.
+    assert!(matches!(
+        CeSpec::new(3, 1.0, Reduction::Mean),
+        Err(MixError::InvalidArgument {
+            what: "label_smoothing",
+            ..
+        })
+    ));
+    // A spec other than the one the plan was drawn with (timm's smoothing dropped).
+    let drawn = Sampler::new(MixConfig::timm(3), 0)
+        .unwrap()
+        .plan(0, 2)
+        .unwrap();
     let e = expect_err(
         mixup_cross_entropy(
+            &drawn,
+            &CeSpec::new(3, 0.0, Reduction::Mean).unwrap(),
             &logits,
             &labels,
-            &plan,
-            &CeSpec::new(3, 1.0, Reduction::Mean),
         ),
-        "smoothing 1",
+        "spec other than the plan's",
     );
-    assert!(e.to_string().contains("smoothing"), "{e}");
+    assert!(
+        e.to_string().contains("label_smoothing 0.1") && e.to_string().contains("spec"),
+        "{e}"
+    );
+    let own = MixConfig::timm(3).ce_spec(Reduction::Mean).unwrap();
+    assert!(mixup_cross_entropy(&drawn, &own, &logits, &labels).is_ok());
 
     // The empty batch: a mean over nothing is refused, a sum is 0.
     let empty = MixPlan::identity(0).unwrap();
     let z0 = Tensor::zeros((0, 3), DType::F32, &dev).unwrap();
     let l0 = Tensor::zeros(0, DType::U32, &dev).unwrap();
     expect_err(
-        mixup_cross_entropy(&z0, &l0, &empty, &spec),
+        mixup_cross_entropy(&empty, &spec, &z0, &l0),
         "mean of empty batch",
     );
-    let s = mixup_cross_entropy(&z0, &l0, &empty, &CeSpec::new(3, 0.0, Reduction::Sum)).unwrap();
+    let s = mixup_cross_entropy(
+        &empty,
+        &CeSpec::new(3, 0.0, Reduction::Sum).unwrap(),
+        &z0,
+        &l0,
+    )
+    .unwrap();
     assert_eq!(s.to_scalar::<f32>().unwrap(), 0.0);
 
     // `?` turns a MixError into a candle error.
@@ -578,7 +619,7 @@ fn masked_logits_give_the_reference_loss_and_gradient() {
     let (b, c) = (4usize, 17usize);
     let plan = MixPlan::from_parts(&[1, 0, 3, 2], &[1.0, 1.0, 0.7, 0.3]).unwrap();
     let labels_u32 = [1u32, 2, 3, 5];
-    let spec = CeSpec::new(c, 0.0, Reduction::Mean);
+    let spec = CeSpec::new(c, 0.0, Reduction::Mean).unwrap();
     for dtype in [DType::F32, DType::F16, DType::BF16] {
         for masked in [f32::MIN, f32::NEG_INFINITY] {
             let mut z = pseudo_random(b * c, 7, 3.0);
@@ -596,10 +637,10 @@ fn masked_logits_give_the_reference_loss_and_gradient() {
             )
             .unwrap();
             let labels = Tensor::new(&labels_u32, &Device::Cpu).unwrap();
-            let loss = mixup_cross_entropy(logits.as_tensor(), &labels, &plan, &spec).unwrap();
+            let loss = mixup_cross_entropy(&plan, &spec, logits.as_tensor(), &labels).unwrap();
             let stored = host_f32(logits.as_tensor());
             let want =
-                reference::mixup_ce(&plan, &spec, &stored, &labels_u32, Upstream::Scalar(1.0))
+                reference::mixup_ce(&plan, &spec, &stored, &labels_u32, GradOutput::Scalar(1.0))
                     .unwrap();
             let got = loss
                 .to_dtype(DType::F64)
@@ -607,24 +648,22 @@ fn masked_logits_give_the_reference_loss_and_gradient() {
                 .to_scalar::<f64>()
                 .unwrap();
             assert!(
-                want.loss.is_finite() && got.is_finite(),
+                want.loss.unwrap().is_finite() && got.is_finite(),
                 "{dtype:?} {masked}: {got}"
             );
             let (abs, rel) = tol(dtype);
             assert_close(
                 &format!("{dtype:?} {masked} loss"),
                 &[got],
-                &[want.loss],
-                abs,
-                rel,
+                &[want.loss.unwrap()],
+                Tol::new(abs, rel),
             );
             let grad = loss.backward().unwrap().remove(logits.as_tensor()).unwrap();
             assert_close(
                 &format!("{dtype:?} {masked} grad"),
                 &host_f64(&grad),
                 &want.grad,
-                abs,
-                rel,
+                Tol::new(abs, rel),
             );
         }
     }
@@ -662,13 +701,13 @@ fn bce_backward_matches_reference() {
                 let logits = Var::from_tensor(&t.to_dtype(dtype).unwrap()).unwrap();
                 let labels = Tensor::new(&labels_u32, &Device::Cpu).unwrap();
                 let loss =
-                    mixup_binary_cross_entropy(logits.as_tensor(), &labels, &plan, spec).unwrap();
+                    mixup_binary_cross_entropy(&plan, spec, logits.as_tensor(), &labels).unwrap();
                 let stored = host_f32(logits.as_tensor());
                 let ups = vec![scale as f32; b];
                 let up = if spec.reduction() == Reduction::None {
-                    Upstream::PerSample(&ups)
+                    GradOutput::PerSample(&ups)
                 } else {
-                    Upstream::Scalar(scale as f32)
+                    GradOutput::Scalar(scale as f32)
                 };
                 let want = reference::mixup_bce(&plan, spec, &stored, &labels_u32, up).unwrap();
                 let (abs, rel) = tol(dtype);
@@ -677,14 +716,13 @@ fn bce_backward_matches_reference() {
                 let expected = if spec.reduction() == Reduction::None {
                     want.losses.clone()
                 } else {
-                    vec![want.loss]
+                    vec![want.loss.unwrap()]
                 };
                 assert_close(
                     &format!("{what} loss"),
                     &got,
                     &expected,
-                    abs * c as f64,
-                    rel,
+                    Tol::new(abs * c as f64, rel),
                 );
                 assert_eq!(
                     loss.dtype(),
@@ -706,8 +744,7 @@ fn bce_backward_matches_reference() {
                     &format!("{what} grad"),
                     &host_f64(&grad),
                     &want.grad,
-                    abs,
-                    rel,
+                    Tol::new(abs, rel),
                 );
             }
         }
@@ -721,45 +758,74 @@ fn error_messages_name_the_argument_and_the_fix() {
     let plan = MixPlan::from_parts(&[1, 0], &[0.6, 0.6]).unwrap();
     let logits = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
     let labels = Tensor::new(&[0u32, 2], &dev).unwrap();
-    let spec = CeSpec::new(3, 0.0, Reduction::Mean);
+    let spec = CeSpec::new(3, 0.0, Reduction::Mean).unwrap();
     let msg = |r: candle_core::Result<Tensor>| format!("{}", expect_err(r, "error"));
     let m = msg(mixup_cross_entropy(
-        &logits,
-        &labels.to_dtype(DType::F32).unwrap(),
         &plan,
         &spec,
+        &logits,
+        &labels.to_dtype(DType::F32).unwrap(),
     ));
     assert!(
-        m.contains("labels must be u32, i64 or u8") && m.contains("F32"),
+        m.contains("labels must be class indices of dtype u32 or i64") && m.contains("F32"),
         "{m}"
     );
     let m = msg(mixup_cross_entropy(
-        &logits,
-        &labels.reshape((2, 1)).unwrap(),
         &plan,
         &spec,
+        &logits,
+        &labels.reshape((2, 1)).unwrap(),
     ));
     assert!(
         m.contains("labels must be [batch]") && m.contains("squeeze"),
         "{m}"
     );
     let m = msg(mixup_cross_entropy(
-        &labels.to_dtype(DType::F32).unwrap(),
-        &logits,
         &plan,
         &spec,
+        &labels.to_dtype(DType::F32).unwrap(),
+        &logits,
     ));
     assert!(
         m.contains("logits must be [batch, num_classes]") && m.contains("swapped"),
         "{m}"
     );
     let m = msg(mixup_cross_entropy(
-        &logits.to_dtype(DType::F64).unwrap(),
-        &labels,
         &plan,
         &spec,
+        &logits.to_dtype(DType::F64).unwrap(),
+        &labels,
     ));
     assert!(m.contains("logits must be f32, f16 or bf16"), "{m}");
+    // Rank-1 logits (flattened by mistake) beside rank-1 labels.
+    let m = msg(mixup_cross_entropy(
+        &plan,
+        &spec,
+        &logits.flatten_all().unwrap(),
+        &labels,
+    ));
+    assert!(
+        m.contains("logits must be [batch, num_classes]") && m.contains("[6]"),
+        "{m}"
+    );
+    // One-hot labels [B, C].
+    let one_hot = Tensor::zeros((2, 3), DType::U32, &dev).unwrap();
+    let m = msg(mixup_cross_entropy(&plan, &spec, &logits, &one_hot));
+    assert!(
+        m.contains("labels must be [batch]") && m.contains("one-hot"),
+        "{m}"
+    );
+    // A negative i64 label names the sample and the label.
+    let negative = Tensor::new(&[0i64, -2], &dev).unwrap();
+    let m = msg(mixup_cross_entropy(&plan, &spec, &logits, &negative));
+    assert!(m.contains("label -2 of sample 1"), "{m}");
+    let m = msg(mixup_kernels::candle::mixup_binary_cross_entropy(
+        &plan,
+        &mixup_kernels::BceSpec::new(3, 0.0, Reduction::Mean).unwrap(),
+        &logits,
+        &negative,
+    ));
+    assert!(m.contains("label -2 of sample 1"), "{m}");
     // A CutMix plan for 4x4 images used on a channels-last batch declared channels-first.
     let b = mixup_kernels::CutBox {
         y0: 0,
@@ -769,7 +835,7 @@ fn error_messages_name_the_argument_and_the_fix() {
     };
     let cut = MixPlan::with_boxes(&[1, 0], &[0.75, 1.0], &[Some(b), None], 4, 4).unwrap();
     let nhwc = Tensor::zeros((2, 4, 4, 3), DType::F32, &dev).unwrap();
-    let m = msg(mix_images(&cut, &nhwc, ImageLayout::Nchw));
+    let m = msg(mix_images(&cut, MemoryFormat::ChannelsFirst, &nhwc));
     assert!(
         m.contains("drawn for 4x4") && m.contains("memory format"),
         "{m}"

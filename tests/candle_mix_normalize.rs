@@ -7,23 +7,15 @@ use candle_core::{DType, Device, Tensor};
 use common::{random_vec, sampler_plans};
 use mixup_kernels::candle::mix_normalize;
 use mixup_kernels::{
-    bf16, cpu, f16, Element, FloatElement, Layout, MemoryFormat, MixError, MixPlan, Normalize,
+    bf16, cpu, f16, Element, FloatElement, MemoryFormat, MixError, MixPlan, Normalize, SampleShape,
 };
 
 const FORMATS: [MemoryFormat; 2] = [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast];
 
-fn layout(format: MemoryFormat, c: usize, h: usize, w: usize) -> Layout {
+fn layout(format: MemoryFormat, c: usize, h: usize, w: usize) -> SampleShape {
     match format {
-        MemoryFormat::ChannelsFirst => Layout::Nchw {
-            channels: c,
-            height: h,
-            width: w,
-        },
-        MemoryFormat::ChannelsLast => Layout::Nhwc {
-            height: h,
-            width: w,
-            channels: c,
-        },
+        MemoryFormat::ChannelsFirst => SampleShape::channels_first(c, h, w),
+        MemoryFormat::ChannelsLast => SampleShape::channels_last(h, w, c),
     }
 }
 

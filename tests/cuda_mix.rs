@@ -7,34 +7,23 @@ mod cuda_common;
 
 use cuda_common::*;
 use mixup_kernels::cuda::{CudaMixer, DevicePlan};
-use mixup_kernels::{bf16, f16, reference, Element, Layout, MixError, MixPlan};
+use mixup_kernels::{bf16, f16, reference, Element, MixError, MixPlan, SampleShape};
 
 /// The CPU path's semantics, written out: f32 lerp as two rounded products and one rounded
-/// sum, one rounding to T; CutMix copies the partner's element inside the box.
-fn expected<T: Element>(plan: &MixPlan, layout: &Layout, x: &[T]) -> Vec<T> {
+/// sum, one rounding to T; CutMix copies the partner's element inside the box; a sample that
+/// is its own partner is copied.
+fn expected<T: Element>(plan: &MixPlan, layout: &SampleShape, x: &[T]) -> Vec<T> {
     let row = layout.sample_len().unwrap();
     let mut out = vec![T::default(); x.len()];
     for (i, s) in plan.samples().enumerate() {
         for k in 0..row {
             let a = x[i * row + k];
             let b = x[s.partner * row + k];
-            let inside = match (s.cut, *layout) {
-                (Some(bx), Layout::Nchw { height, width, .. }) => {
-                    let pix = k % (height * width);
-                    Some(bx.contains(pix / width, pix % width))
-                }
-                (
-                    Some(bx),
-                    Layout::Nhwc {
-                        width, channels, ..
-                    },
-                ) => {
-                    let pix = k / channels;
-                    Some(bx.contains(pix / width, pix % width))
-                }
-                _ => None,
-            };
+            let inside = in_box_of(layout, s.cut, k);
             out[i * row + k] = match inside {
+                // A sample that is its own partner keeps its values (no f32 rounding of
+                // `λx + (1-λ)x`), as the CPU path does.
+                _ if s.partner == i => a,
                 Some(true) => b,
                 Some(false) => a,
                 None => {
@@ -47,36 +36,20 @@ fn expected<T: Element>(plan: &MixPlan, layout: &Layout, x: &[T]) -> Vec<T> {
     out
 }
 
-fn layouts() -> Vec<Layout> {
+fn layouts() -> Vec<SampleShape> {
     vec![
-        Layout::Rows(1),
-        Layout::Rows(3),
-        Layout::Rows(63),
-        Layout::Rows(4097),
-        Layout::Nchw {
-            channels: 3,
-            height: 5,
-            width: 7,
-        },
-        Layout::Nhwc {
-            height: 5,
-            width: 7,
-            channels: 3,
-        },
-        Layout::Nchw {
-            channels: 3,
-            height: 32,
-            width: 32,
-        },
-        Layout::Nhwc {
-            height: 17,
-            width: 9,
-            channels: 4,
-        },
+        SampleShape::rows(1),
+        SampleShape::rows(3),
+        SampleShape::rows(63),
+        SampleShape::rows(4097),
+        SampleShape::channels_first(3, 5, 7),
+        SampleShape::channels_last(5, 7, 3),
+        SampleShape::channels_first(3, 32, 32),
+        SampleShape::channels_last(17, 9, 4),
     ]
 }
 
-fn plans(seed: u64, batch: usize, layout: &Layout) -> Vec<(&'static str, MixPlan)> {
+fn plans(seed: u64, batch: usize, layout: &SampleShape) -> Vec<(&'static str, MixPlan)> {
     let mut r = rng(seed);
     let lam = lams(&mut r, batch);
     let perm = permutation(&mut r, batch);
@@ -92,7 +65,7 @@ fn plans(seed: u64, batch: usize, layout: &Layout) -> Vec<(&'static str, MixPlan
         v.push(("cutmix pairs", cutmix_plan(&mut r, &prs, h, w)));
         v.push(("cutmix permutation", cutmix_plan(&mut r, &perm, h, w)));
     } else {
-        // Boxes under Layout::Rows are ignored: every sample lerps.
+        // Boxes under SampleShape::Rows are ignored: every sample lerps.
         v.push(("boxes on rows", cutmix_plan(&mut r, &prs, 4, 4)));
     }
     v
@@ -157,7 +130,7 @@ fn check_dtype<T: Element + cudarc_repr::Repr>(m: &CudaMixer, seed: u64) {
                         "u8" => (0.5, 0.0),
                         _ => (1e-3, 8e-3),
                     };
-                    assert_close(&what, &widen(got), &reference, tol.0, tol.1);
+                    assert_close(&what, &widen(got), &reference, Tol::new(tol.0, tol.1));
                 }
                 if plan.is_involution() {
                     for xo in [0usize, 3] {
@@ -231,23 +204,9 @@ fn large_batches_and_images() {
     let mut dplan = DevicePlan::new(&m);
     // 4096 short rows, and 64 ImageNet-sized images (many chunks per row), bf16.
     for (batch, layout) in [
-        (4096usize, Layout::Rows(63)),
-        (
-            64,
-            Layout::Nchw {
-                channels: 3,
-                height: 224,
-                width: 224,
-            },
-        ),
-        (
-            64,
-            Layout::Nhwc {
-                height: 224,
-                width: 224,
-                channels: 3,
-            },
-        ),
+        (4096usize, SampleShape::rows(63)),
+        (64, SampleShape::channels_first(3, 224, 224)),
+        (64, SampleShape::channels_last(224, 224, 3)),
     ] {
         let row = layout.sample_len().unwrap();
         let x: Vec<bf16> = random(&mut r, batch * row);
@@ -281,7 +240,7 @@ fn bad_arguments_are_rejected_before_launch() {
     assert!(matches!(
         m.mix(
             &dplan,
-            &Layout::Rows(5),
+            &SampleShape::rows(5),
             &x.as_view(),
             &mut out.as_view_mut()
         ),
@@ -291,7 +250,7 @@ fn bad_arguments_are_rejected_before_launch() {
     assert!(matches!(
         m.mix(
             &dplan,
-            &Layout::Rows(4),
+            &SampleShape::rows(4),
             &x.as_view(),
             &mut out.as_view_mut()
         ),
@@ -300,7 +259,7 @@ fn bad_arguments_are_rejected_before_launch() {
     assert!(matches!(
         m.mix(
             &dplan,
-            &Layout::Rows(5),
+            &SampleShape::rows(5),
             &x.as_view(),
             &mut out.slice_mut(0..9)
         ),
@@ -314,7 +273,7 @@ fn bad_arguments_are_rejected_before_launch() {
     assert!(matches!(
         m.mix(
             &foreign,
-            &Layout::Rows(5),
+            &SampleShape::rows(5),
             &x.as_view(),
             &mut out.as_view_mut()
         ),
@@ -329,7 +288,7 @@ fn pinned_staging_uploads_each_step() {
     };
     let mut dplan = DevicePlan::with_pinned_staging(&m);
     let mut r = rng(6);
-    let layout = Layout::Rows(100);
+    let layout = SampleShape::rows(100);
     for step in 0..6 {
         let batch = [4usize, 8, 8, 2, 64, 64][step];
         let x: Vec<f32> = random(&mut r, batch * 100);

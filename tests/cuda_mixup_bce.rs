@@ -1,6 +1,6 @@
 //! GPU mixup binary cross-entropy against the f64 reference (`reference::mixup_bce`): every
 //! float dtype, C from 1 to 128 256 (bce_warp with 1..32 lanes per row, bce_block), batch 1 to
-//! 4096, every reduction and upstream kind, sum_classes, thresholds, weight and pos_weight,
+//! 4096, every reduction and grad_output kind, sum_classes, thresholds, weight and pos_weight,
 //! views at odd offsets, in place vs out of place, forward only, masked logits (-inf and the
 //! dtype's minimum, with zero targets), and determinism of the reduced loss.
 //! Prints SKIPPED without a GPU (see tests/cuda_common).
@@ -9,14 +9,14 @@
 mod cuda_common;
 
 use cuda_common::*;
-use mixup_kernels::cuda::{CudaMixer, DeviceBceSpec, DevicePlan, DeviceUpstream};
-use mixup_kernels::{bf16, f16, reference, BceSpec, FloatElement, MixPlan, Reduction, Upstream};
+use mixup_kernels::cuda::{CudaMixer, DeviceBceSpec, DeviceGradOutput, DevicePlan};
+use mixup_kernels::{bf16, f16, reference, BceSpec, FloatElement, GradOutput, MixPlan, Reduction};
 use rand::Rng;
 
 struct Case {
     batch: usize,
     classes: usize,
-    eps: f32,
+    eps: f64,
     reduction: Reduction,
     threshold: Option<f32>,
     weights: bool,
@@ -43,7 +43,7 @@ fn grad_tol<T: FloatElement>(scale: f64, terms: f64, want: f64) -> f64 {
     scale.abs() * terms * 1e-6 + out * want.abs() + sub
 }
 
-fn spec_of(r: &mut rand_chacha::ChaCha8Rng, c: &Case) -> BceSpec {
+fn spec_of(r: &mut TestRng, c: &Case) -> BceSpec {
     let k = c.classes;
     let mut spec = BceSpec::new(k, c.eps, c.reduction)
         .unwrap()
@@ -70,7 +70,7 @@ fn spec_of(r: &mut rand_chacha::ChaCha8Rng, c: &Case) -> BceSpec {
 fn run_case<T: FloatElement + cudarc_repr::Repr>(
     m: &CudaMixer,
     dplan: &mut DevicePlan,
-    r: &mut rand_chacha::ChaCha8Rng,
+    r: &mut TestRng,
     c: &Case,
 ) {
     let (b, k) = (c.batch, c.classes);
@@ -101,15 +101,15 @@ fn run_case<T: FloatElement + cudarc_repr::Repr>(
     let per_sample: Vec<f32> = (0..b).map(|_| r.random_range(0.25f32..2.0)).collect();
     let up_dev = m.stream().clone_htod(&[0.5f32]).unwrap();
     let up_ps = m.stream().clone_htod(&per_sample).unwrap();
-    let (upstream, host_up) = match c.reduction {
-        Reduction::Mean => (DeviceUpstream::Scalar(1.0), Upstream::Scalar(1.0)),
+    let (grad_output, host_up) = match c.reduction {
+        Reduction::Mean => (DeviceGradOutput::Scalar(1.0), GradOutput::Scalar(1.0)),
         Reduction::Sum => (
-            DeviceUpstream::Device(up_dev.as_view()),
-            Upstream::Scalar(0.5),
+            DeviceGradOutput::Device(up_dev.as_view()),
+            GradOutput::Scalar(0.5),
         ),
         Reduction::None => (
-            DeviceUpstream::PerSample(up_ps.as_view()),
-            Upstream::PerSample(&per_sample),
+            DeviceGradOutput::PerSample(up_ps.as_view()),
+            GradOutput::PerSample(&per_sample),
         ),
     };
     let want = reference::mixup_bce(&plan, &spec, &z, &labels, host_up).unwrap();
@@ -138,7 +138,7 @@ fn run_case<T: FloatElement + cudarc_repr::Repr>(
             &dspec,
             &mut view_mut(&mut zs, c.logits_off, n),
             &ls.as_view(),
-            upstream,
+            grad_output,
             &mut loss.as_view_mut(),
             Some(&mut losses.slice_mut(0..b)),
         )
@@ -148,7 +148,7 @@ fn run_case<T: FloatElement + cudarc_repr::Repr>(
             &dspec,
             &view(&zs, c.logits_off, n),
             &ls.as_view(),
-            upstream,
+            grad_output,
             &mut loss.as_view_mut(),
             Some(&mut losses.slice_mut(0..b)),
             &mut view_mut(&mut grad, c.grad_off, n),
@@ -180,15 +180,17 @@ fn run_case<T: FloatElement + cudarc_repr::Repr>(
         &format!("{what} losses"),
         &got_losses,
         &want.losses,
-        row_tol,
-        1e-5,
+        Tol::new(row_tol, 1e-5),
     );
     assert_close(
         &format!("{what} loss"),
         &[got_loss],
-        &[want.loss],
-        row_tol * (b as f64).sqrt().max(1.0),
-        1e-5,
+        // Reduction::None has no scalar; the kernel writes what Mean would give to `loss`.
+        &[want.loss.unwrap_or_else(|| {
+            let count = if spec.sum_classes() { b } else { b * k };
+            want.losses.iter().sum::<f64>() / count.max(1) as f64
+        })],
+        Tol::new(row_tol * (b as f64).sqrt().max(1.0), 1e-5),
     );
     let factor = match c.reduction {
         Reduction::Mean => 1.0 / spec_count(&spec, b),
@@ -230,7 +232,7 @@ fn spec_count(spec: &BceSpec, b: usize) -> f64 {
     if spec.sum_classes() {
         b as f64
     } else {
-        (b * spec.targets().num_classes) as f64
+        (b * spec.num_classes()) as f64
     }
 }
 
@@ -342,7 +344,7 @@ fn mixup_bce_is_deterministic() {
             &dspec,
             &zs.as_view(),
             &ls.as_view(),
-            DeviceUpstream::Scalar(1.0),
+            DeviceGradOutput::Scalar(1.0),
             &mut loss.as_view_mut(),
             Some(&mut losses.as_view_mut()),
             &mut grad.as_view_mut(),

@@ -1,6 +1,6 @@
 //! GPU mixup cross-entropy against the f64 reference: every float dtype, C from 1 to 256 000
 //! (every row strategy: warp, block, block + shared memory, online), batch 1 to 4096, every
-//! reduction and upstream kind, views at odd offsets (misaligned rows, gradient rows at another
+//! reduction and grad_output kind, views at odd offsets (misaligned rows, gradient rows at another
 //! alignment than the logits), in place vs out of place, forward only, determinism of the
 //! reduced loss, device labels out of range, and the benchmark's shapes.
 //! Prints SKIPPED without a GPU (see tests/cuda_common).
@@ -9,16 +9,16 @@
 mod cuda_common;
 
 use cuda_common::*;
-use mixup_kernels::cuda::{CudaMixer, DevicePlan, DeviceUpstream};
+use mixup_kernels::cuda::{CudaMixer, DeviceGradOutput, DevicePlan};
 use mixup_kernels::{
-    bf16, f16, reference, CeSpec, FloatElement, MixError, MixPlan, Reduction, Upstream,
+    bf16, f16, reference, CeSpec, FloatElement, GradOutput, MixError, MixPlan, Reduction,
 };
 use rand::Rng;
 
 struct Case {
     batch: usize,
     classes: usize,
-    eps: f32,
+    eps: f64,
     reduction: Reduction,
     logits_off: usize,
     grad_off: usize,
@@ -43,7 +43,7 @@ fn grad_tol<T: FloatElement>(scale: f64, p: f64, want: f64) -> f64 {
 fn run_case<T: FloatElement + cudarc_repr::Repr>(
     m: &CudaMixer,
     dplan: &mut DevicePlan,
-    r: &mut rand_chacha::ChaCha8Rng,
+    r: &mut TestRng,
     c: &Case,
 ) {
     let (b, k) = (c.batch, c.classes);
@@ -58,23 +58,23 @@ fn run_case<T: FloatElement + cudarc_repr::Repr>(
     let labels: Vec<u32> = (0..b).map(|_| r.random_range(0..k as u32)).collect();
     let plan = MixPlan::from_parts(&permutation(r, b), &lams(r, b)).unwrap();
     dplan.upload(&plan).unwrap();
-    let spec = CeSpec::new(k, c.eps, c.reduction);
+    let spec = CeSpec::new(k, c.eps, c.reduction).unwrap();
     let per_sample: Vec<f32> = (0..b).map(|_| r.random_range(0.25f32..2.0)).collect();
     let up_dev = m.stream().clone_htod(&[0.5f32]).unwrap();
     let up_ps = m.stream().clone_htod(&per_sample).unwrap();
-    let (upstream, host_up) = match c.reduction {
-        Reduction::Mean => (DeviceUpstream::Scalar(1.0), Upstream::Scalar(1.0)),
+    let (grad_output, host_up) = match c.reduction {
+        Reduction::Mean => (DeviceGradOutput::Scalar(1.0), GradOutput::Scalar(1.0)),
         Reduction::Sum => (
-            DeviceUpstream::Device(up_dev.as_view()),
-            Upstream::Scalar(0.5),
+            DeviceGradOutput::Device(up_dev.as_view()),
+            GradOutput::Scalar(0.5),
         ),
         Reduction::None => (
-            DeviceUpstream::PerSample(up_ps.as_view()),
-            Upstream::PerSample(&per_sample),
+            DeviceGradOutput::PerSample(up_ps.as_view()),
+            GradOutput::PerSample(&per_sample),
         ),
     };
     let want = reference::mixup_ce(&plan, &spec, &z, &labels, host_up).unwrap();
-    let targets = reference::soft_targets(&plan, &labels, &spec.targets).unwrap();
+    let targets = reference::soft_targets(&plan, spec.targets(), &labels).unwrap();
     let what = format!(
         "{} B={b} C={k} eps={} {:?} offsets ({}, {})",
         T::DTYPE.name(),
@@ -94,7 +94,7 @@ fn run_case<T: FloatElement + cudarc_repr::Repr>(
         &spec,
         &view(&zs, c.logits_off, n),
         &ls.as_view(),
-        upstream,
+        grad_output,
         &mut loss.as_view_mut(),
         Some(&mut losses.slice_mut(0..b)),
         &mut view_mut(&mut grad, c.grad_off, n),
@@ -123,16 +123,17 @@ fn run_case<T: FloatElement + cudarc_repr::Repr>(
         &format!("{what} losses"),
         &got_losses,
         &want.losses,
-        2e-4,
-        2e-5,
+        Tol::new(2e-4, 2e-5),
     );
     let sum_tol = 2e-4 * (b as f64).sqrt().max(1.0);
     assert_close(
         &format!("{what} loss"),
         &[got_loss],
-        &[want.loss],
-        sum_tol,
-        2e-5,
+        // Reduction::None has no scalar; the kernel writes the losses' mean to `loss`.
+        &[want
+            .loss
+            .unwrap_or_else(|| want.losses.iter().sum::<f64>() / b.max(1) as f64)],
+        Tol::new(sum_tol, 2e-5),
     );
     for (i, &ps) in per_sample.iter().enumerate() {
         let up = match c.reduction {
@@ -236,7 +237,7 @@ fn bits_of_runs<T: FloatElement + cudarc_repr::Repr>(m: &CudaMixer, b: usize, k:
     let plan = MixPlan::from_parts(&pairs(&mut r, b), &lams(&mut r, b)).unwrap();
     let mut dplan = DevicePlan::new(m);
     dplan.upload(&plan).unwrap();
-    let spec = CeSpec::new(k, 0.1, Reduction::Mean);
+    let spec = CeSpec::new(k, 0.1, Reduction::Mean).unwrap();
     let zs = m.stream().clone_htod(&z).unwrap();
     let ls = m.stream().clone_htod(&labels).unwrap();
     let mut runs = Vec::new();
@@ -249,7 +250,7 @@ fn bits_of_runs<T: FloatElement + cudarc_repr::Repr>(m: &CudaMixer, b: usize, k:
             &spec,
             &zs.as_view(),
             &ls.as_view(),
-            DeviceUpstream::Scalar(1.0),
+            DeviceGradOutput::Scalar(1.0),
             &mut loss.as_view_mut(),
             Some(&mut losses.as_view_mut()),
             &mut grad.as_view_mut(),
@@ -287,7 +288,7 @@ fn bits_of_runs<T: FloatElement + cudarc_repr::Repr>(m: &CudaMixer, b: usize, k:
         &spec,
         &mut zi.as_view_mut(),
         &ls.as_view(),
-        DeviceUpstream::Scalar(1.0),
+        DeviceGradOutput::Scalar(1.0),
         &mut loss.as_view_mut(),
         None,
     )
@@ -322,7 +323,12 @@ fn bits_of_runs<T: FloatElement + cudarc_repr::Repr>(m: &CudaMixer, b: usize, k:
         .map(|&v| v as f64)
         .collect();
     let o: Vec<f64> = runs[0].1.iter().map(|&v| v as f64).collect();
-    assert_close(&format!("{what} forward-only losses"), &f, &o, 1e-4, 1e-5);
+    assert_close(
+        &format!("{what} forward-only losses"),
+        &f,
+        &o,
+        Tol::new(1e-4, 1e-5),
+    );
 }
 
 #[test]
@@ -358,10 +364,10 @@ fn device_labels_out_of_range_are_flagged() {
         let mut grad = m.stream().alloc_zeros::<f32>(2 * k).unwrap();
         m.mixup_ce(
             &dplan,
-            &CeSpec::new(k, 0.0, Reduction::Sum),
+            &CeSpec::new(k, 0.0, Reduction::Sum).unwrap(),
             &z.as_view(),
             &ls.as_view(),
-            DeviceUpstream::Scalar(1.0),
+            DeviceGradOutput::Scalar(1.0),
             &mut loss.as_view_mut(),
             None,
             &mut grad.as_view_mut(),
@@ -391,7 +397,7 @@ fn empty_batch_and_argument_errors() {
     // Sum over no sample is 0.
     m.mixup_ce_forward(
         &dplan,
-        &CeSpec::new(4, 0.0, Reduction::Sum),
+        &CeSpec::new(4, 0.0, Reduction::Sum).unwrap(),
         &z.slice(0..0),
         &ls.slice(0..0),
         &mut loss.as_view_mut(),
@@ -403,7 +409,7 @@ fn empty_batch_and_argument_errors() {
     assert!(matches!(
         m.mixup_ce_forward(
             &dplan,
-            &CeSpec::new(4, 0.0, Reduction::Mean),
+            &CeSpec::new(4, 0.0, Reduction::Mean).unwrap(),
             &z.slice(0..0),
             &ls.slice(0..0),
             &mut loss.as_view_mut(),
@@ -416,46 +422,46 @@ fn empty_batch_and_argument_errors() {
     let ls = m.stream().alloc_zeros::<u32>(2).unwrap();
     let ups = m.stream().alloc_zeros::<f32>(2).unwrap();
     let mut grad = m.stream().alloc_zeros::<f32>(8).unwrap();
-    // A per-sample upstream needs Reduction::None.
+    // A per-sample grad_output needs Reduction::None.
     assert!(matches!(
         m.mixup_ce(
             &dplan,
-            &CeSpec::new(4, 0.0, Reduction::Mean),
+            &CeSpec::new(4, 0.0, Reduction::Mean).unwrap(),
             &z.as_view(),
             &ls.as_view(),
-            DeviceUpstream::PerSample(ups.as_view()),
+            DeviceGradOutput::PerSample(ups.as_view()),
             &mut loss.as_view_mut(),
             None,
             &mut grad.as_view_mut()
         ),
         Err(MixError::InvalidArgument {
-            what: "upstream",
+            what: "grad_output",
             ..
         })
     ));
     assert!(matches!(
         m.mixup_ce(
             &dplan,
-            &CeSpec::new(4, 0.0, Reduction::Mean),
+            &CeSpec::new(4, 0.0, Reduction::Mean).unwrap(),
             &z.as_view(),
             &ls.as_view(),
-            DeviceUpstream::Scalar(f32::NAN),
+            DeviceGradOutput::Scalar(f32::NAN),
             &mut loss.as_view_mut(),
             None,
             &mut grad.as_view_mut()
         ),
         Err(MixError::InvalidArgument {
-            what: "upstream",
+            what: "grad_output",
             ..
         })
     ));
     assert!(matches!(
         m.mixup_ce(
             &dplan,
-            &CeSpec::new(3, 0.0, Reduction::Mean),
+            &CeSpec::new(3, 0.0, Reduction::Mean).unwrap(),
             &z.as_view(),
             &ls.as_view(),
-            DeviceUpstream::Scalar(1.0),
+            DeviceGradOutput::Scalar(1.0),
             &mut loss.as_view_mut(),
             None,
             &mut grad.as_view_mut()
@@ -465,10 +471,10 @@ fn empty_batch_and_argument_errors() {
     assert!(matches!(
         m.mixup_ce(
             &dplan,
-            &CeSpec::new(4, 0.0, Reduction::Mean),
+            &CeSpec::new(4, 0.0, Reduction::Mean).unwrap(),
             &z.as_view(),
             &ls.as_view(),
-            DeviceUpstream::Scalar(1.0),
+            DeviceGradOutput::Scalar(1.0),
             &mut loss.as_view_mut(),
             None,
             &mut grad.slice_mut(0..7)
@@ -478,10 +484,10 @@ fn empty_batch_and_argument_errors() {
     assert!(matches!(
         m.mixup_ce(
             &dplan,
-            &CeSpec::new(4, 1.5, Reduction::Mean),
+            &CeSpec::new(4, 1.5, Reduction::Mean).unwrap(),
             &z.as_view(),
             &ls.as_view(),
-            DeviceUpstream::Scalar(1.0),
+            DeviceGradOutput::Scalar(1.0),
             &mut loss.as_view_mut(),
             None,
             &mut grad.as_view_mut()
@@ -509,8 +515,8 @@ fn bench_shapes_match_the_reference() {
         let plan = MixPlan::from_parts(&pairs(&mut r, b), &lams(&mut r, b)).unwrap();
         let mut dplan = DevicePlan::new(&m);
         dplan.upload(&plan).unwrap();
-        let spec = CeSpec::new(k, 0.1, Reduction::Mean);
-        let want = reference::mixup_ce(&plan, &spec, &z, &labels, Upstream::Scalar(1.0)).unwrap();
+        let spec = CeSpec::new(k, 0.1, Reduction::Mean).unwrap();
+        let want = reference::mixup_ce(&plan, &spec, &z, &labels, GradOutput::Scalar(1.0)).unwrap();
         let zs = m.stream().clone_htod(&z).unwrap();
         let ls = m.stream().clone_htod(&labels).unwrap();
         let mut loss = m.stream().alloc_zeros::<f32>(1).unwrap();
@@ -520,14 +526,14 @@ fn bench_shapes_match_the_reference() {
             &spec,
             &zs.as_view(),
             &ls.as_view(),
-            DeviceUpstream::Scalar(1.0),
+            DeviceGradOutput::Scalar(1.0),
             &mut loss.as_view_mut(),
             None,
             &mut grad.as_view_mut(),
         )
         .unwrap();
         let got = m.stream().clone_dtoh(&loss).unwrap()[0] as f64;
-        assert_close("loss", &[got], &[want.loss], 1e-4, 1e-5);
+        assert_close("loss", &[got], &[want.loss.unwrap()], Tol::new(1e-4, 1e-5));
         let g: Vec<f64> = m
             .stream()
             .clone_dtoh(&grad)
@@ -535,6 +541,6 @@ fn bench_shapes_match_the_reference() {
             .iter()
             .map(|&v| v as f64)
             .collect();
-        assert_close("grad", &g, &want.grad, 1e-7, 1e-3);
+        assert_close("grad", &g, &want.grad, Tol::new(1e-7, 1e-3));
     }
 }

@@ -18,7 +18,7 @@ use mixup_kernels::cuda::cudarc::driver::{CudaFunction, LaunchConfig, PushKernel
 use mixup_kernels::cuda::cudarc::nvrtc::Ptx;
 use mixup_kernels::cuda::kernels::{compile, options, ModuleSource, Target};
 use mixup_kernels::cuda::{CudaMixer, DevicePlan};
-use mixup_kernels::{reference, Layout, MixPlan};
+use mixup_kernels::{reference, MixPlan, SampleShape};
 
 /// How long the first kernel holds the stream: far longer than queuing the steps takes.
 const SPIN: Duration = Duration::from_millis(300);
@@ -64,7 +64,7 @@ fn run_ahead(pinned: bool, test: &str) {
     // Batches change size, so the staging and device buffers also grow while work is queued.
     let batches = [8usize, 8, 8, 40, 8, 200, 8, 8, 64, 8];
     let d = 5;
-    let layout = Layout::Rows(d);
+    let layout = SampleShape::rows(d);
     let plans: Vec<MixPlan> = batches
         .iter()
         .enumerate()
@@ -154,8 +154,7 @@ fn run_ahead(pinned: bool, test: &str) {
             &format!("step {k} (batch {})", batches[k]),
             &widen(&got),
             &want,
-            1e-6,
-            1e-6,
+            Tol::new(1e-6, 1e-6),
         );
     }
 }

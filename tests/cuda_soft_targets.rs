@@ -36,9 +36,9 @@ fn check_dtype<T: FloatElement + cudarc_repr::Repr>(m: &CudaMixer, seed: u64) {
                 MixPlan::from_parts(&permutation(&mut r, batch), &lams(&mut r, batch)).unwrap();
             dplan.upload(&plan).unwrap();
             let ls = upload_at(m, &labels, 0, 0);
-            for eps in [0.0f32, 0.1] {
+            for eps in [0.0f64, 0.1] {
                 let spec = TargetSpec::new(c, eps).unwrap();
-                let want = reference::soft_targets(&plan, &labels, &spec).unwrap();
+                let want = reference::soft_targets(&plan, &spec, &labels).unwrap();
                 for off in [0usize, 1, 3] {
                     let what =
                         format!("{} C={c} B={batch} eps={eps} offset {off}", T::DTYPE.name());
@@ -46,8 +46,8 @@ fn check_dtype<T: FloatElement + cudarc_repr::Repr>(m: &CudaMixer, seed: u64) {
                     let mut out = upload_at(m, &vec![T::from_f32(-1.0); n], off, T::from_f32(5.0));
                     m.soft_targets(
                         &dplan,
-                        &view(&ls, 0, batch),
                         &spec,
+                        &view(&ls, 0, batch),
                         &mut view_mut(&mut out, off, n),
                     )
                     .unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -58,12 +58,12 @@ fn check_dtype<T: FloatElement + cudarc_repr::Repr>(m: &CudaMixer, seed: u64) {
                     );
                     assert_eq!(got[off + n].to_f32(), 5.0, "{what}: wrote after");
                     let (a, rl) = tol::<T>();
-                    assert_close(&what, &widen(&got[off..off + n]), &want, a, rl);
+                    assert_close(&what, &widen(&got[off..off + n]), &want, Tol::new(a, rl));
                     // The same f32 formula as the CPU path: the same bits.
                     #[cfg(feature = "cpu")]
                     {
                         let mut cpu = vec![T::default(); n];
-                        mixup_kernels::cpu::soft_targets(&plan, &labels, &spec, &mut cpu).unwrap();
+                        mixup_kernels::cpu::soft_targets(&plan, &spec, &labels, &mut cpu).unwrap();
                         for (i, (g, w)) in got[off..off + n].iter().zip(&cpu).enumerate() {
                             assert_eq!(
                                 bits(*g),
@@ -112,7 +112,7 @@ fn same_class_partners_add_up() {
     let ls = m.stream().clone_htod(&[2u32, 2]).unwrap();
     let mut out = m.stream().alloc_zeros::<f32>(8).unwrap();
     let spec = TargetSpec::new(4, 0.0).unwrap();
-    m.soft_targets(&dplan, &ls.as_view(), &spec, &mut out.as_view_mut())
+    m.soft_targets(&dplan, &spec, &ls.as_view(), &mut out.as_view_mut())
         .unwrap();
     assert_eq!(
         m.stream().clone_dtoh(&out).unwrap(),
@@ -133,7 +133,7 @@ fn device_labels_out_of_range_are_flagged_not_read() {
     let ls = m.stream().clone_htod(&[10u32, 1, u32::MAX]).unwrap();
     let mut out = m.stream().alloc_zeros::<f32>(12).unwrap();
     let spec = TargetSpec::new(4, 0.0).unwrap();
-    m.soft_targets(&dplan, &ls.as_view(), &spec, &mut out.as_view_mut())
+    m.soft_targets(&dplan, &spec, &ls.as_view(), &mut out.as_view_mut())
         .unwrap();
     match m.check_labels() {
         Err(MixError::DeviceLabelOutOfRange { count }) => assert_eq!(count, 3),
@@ -158,11 +158,11 @@ fn length_errors_leave_the_output_alone() {
     let mut out = m.stream().clone_htod(&[3.0f32; 8]).unwrap();
     let spec = TargetSpec::new(4, 0.1).unwrap();
     assert!(matches!(
-        m.soft_targets(&dplan, &ls.as_view(), &spec, &mut out.as_view_mut()),
+        m.soft_targets(&dplan, &spec, &ls.as_view(), &mut out.as_view_mut()),
         Err(MixError::BatchMismatch { plan: 2, data: 3 })
     ));
     assert!(matches!(
-        m.soft_targets(&dplan, &ls.slice(0..2), &spec, &mut out.slice_mut(0..7)),
+        m.soft_targets(&dplan, &spec, &ls.slice(0..2), &mut out.slice_mut(0..7)),
         Err(MixError::LengthMismatch { what: "out", .. })
     ));
     assert_eq!(m.stream().clone_dtoh(&out).unwrap(), vec![3.0; 8]);
@@ -184,14 +184,13 @@ fn bench_shape_matches_the_reference() {
     let spec = TargetSpec::new(c, 0.1).unwrap();
     let ls = upload_at(&m, &labels, 0, 0);
     let mut out = m.stream().alloc_zeros::<bf16>(batch * c).unwrap();
-    m.soft_targets(&dplan, &view(&ls, 0, batch), &spec, &mut out.as_view_mut())
+    m.soft_targets(&dplan, &spec, &view(&ls, 0, batch), &mut out.as_view_mut())
         .unwrap();
-    let want = reference::soft_targets(&plan, &labels, &spec).unwrap();
+    let want = reference::soft_targets(&plan, &spec, &labels).unwrap();
     assert_close(
         "bf16",
         &widen(&m.stream().clone_dtoh(&out).unwrap()),
         &want,
-        1e-6,
-        8e-3,
+        Tol::new(1e-6, 8e-3),
     );
 }

@@ -11,7 +11,7 @@ use mixup_kernels::cuda::kernels::{
     compile, defines_entry, entries, options, version, Kernel, ModuleSource, Target, MODULES,
 };
 use mixup_kernels::cuda::CudaError;
-use mixup_kernels::{DType, MixError};
+use mixup_kernels::{MixError, ScalarType};
 use std::io::Write;
 
 const ARCHS: [u32; 4] = [75, 80, 89, 90];
@@ -220,7 +220,7 @@ fn the_arch_branches_the_emulation_runs_are_the_ones_nvrtc_compiles() {
     for (kernel, dtype, needles) in [
         (
             Kernel::CeBlock,
-            DType::BF16,
+            ScalarType::BF16,
             &[
                 "cp.async.cg.shared.global",
                 "cp.async.wait_all",
@@ -228,7 +228,7 @@ fn the_arch_branches_the_emulation_runs_are_the_ones_nvrtc_compiles() {
                 "cvt.rn.bf16.f32",
             ][..],
         ),
-        (Kernel::CeBlock, DType::F16, &["cvt.rn.f16x2.f32"][..]),
+        (Kernel::CeBlock, ScalarType::F16, &["cvt.rn.f16x2.f32"][..]),
     ] {
         let (m, entry) = (kernel.module(), kernel.name(dtype).unwrap());
         for arch in [75u32, 80, 90] {

@@ -10,14 +10,14 @@ mod common;
 
 use common::*;
 use mixup_kernels::{
-    bf16, cpu, f16, reference, CeSpec, DType, FloatElement, MixPlan, Reduction, Upstream,
+    bf16, cpu, f16, reference, CeSpec, FloatElement, GradOutput, MixPlan, Reduction, ScalarType,
 };
 
 /// The most negative finite value of `T`, as f32 (exact in every `T`).
 fn dtype_min<T: FloatElement>() -> f32 {
     match T::DTYPE {
-        DType::F16 => f16::MIN.to_f32(),
-        DType::BF16 => bf16::MIN.to_f32(),
+        ScalarType::F16 => f16::MIN.to_f32(),
+        ScalarType::BF16 => bf16::MIN.to_f32(),
         _ => f32::MIN,
     }
 }
@@ -41,18 +41,25 @@ fn assert_loss(what: &str, got: f32, want: f64, abs: f64) {
 
 /// Runs the three CPU entry points on one batch and checks losses and gradients.
 fn check<T: FloatElement>(what: &str, plan: &MixPlan, spec: &CeSpec, z: &[T], labels: &[u32]) {
-    let (b, c) = (plan.len(), spec.targets.num_classes);
-    let up = Upstream::Scalar(1.0);
+    let (b, c) = (plan.len(), spec.num_classes());
+    let up = GradOutput::Scalar(1.0);
     let want = reference::mixup_ce(plan, spec, z, labels, up).unwrap();
     // Unmasked logits lie in [-3, 3]; see tests/mixup_ce.rs for where these bounds come from.
     let abs = 1e-6 * (1.0 + (c as f64).ln()) * 4.0;
     let mut grad = vec![T::from_f32(7.0); z.len()];
     let mut losses = vec![-1.0f32; b];
-    let loss = cpu::mixup_ce(plan, spec, z, labels, up, Some(&mut losses), &mut grad).unwrap();
+    let loss = cpu::mixup_ce(plan, spec, z, labels, up, Some(&mut losses), &mut grad)
+        .unwrap()
+        .unwrap();
     for (i, (&l, &w)) in losses.iter().zip(&want.losses).enumerate() {
         assert_loss(&format!("{what}: loss {i}"), l, w, abs);
     }
-    assert_loss(&format!("{what}: reduced loss"), loss, want.loss, abs);
+    assert_loss(
+        &format!("{what}: reduced loss"),
+        loss,
+        want.loss.unwrap(),
+        abs,
+    );
     // The gradient `softmax - t` is finite wherever a class is left unmasked.
     assert_close(
         &format!("{what}: grad"),
@@ -61,11 +68,15 @@ fn check<T: FloatElement>(what: &str, plan: &MixPlan, spec: &CeSpec, z: &[T], la
         Tol::new(1e-6 / b as f64, 1e-5).stored_as::<T>(),
     );
     let mut fwd = vec![-1.0f32; b];
-    cpu::mixup_ce_forward(plan, spec, z, labels, Some(&mut fwd)).unwrap();
+    cpu::mixup_ce_forward(plan, spec, z, labels, Some(&mut fwd))
+        .unwrap()
+        .unwrap();
     assert_eq!(fwd, losses, "{what}: forward-only losses");
     let mut zg = z.to_vec();
     let mut inp = vec![-1.0f32; b];
-    cpu::mixup_ce_in_place(plan, spec, &mut zg, labels, up, Some(&mut inp)).unwrap();
+    cpu::mixup_ce_in_place(plan, spec, &mut zg, labels, up, Some(&mut inp))
+        .unwrap()
+        .unwrap();
     assert_eq!(inp, losses, "{what}: in-place losses");
     assert_same_bits(&format!("{what}: in-place grad"), &zg, &grad);
 }
@@ -139,7 +150,7 @@ fn sweep<T: FloatElement>(widths: &[usize]) {
                     continue;
                 }
                 for eps in [0.0, 0.1] {
-                    let spec = CeSpec::new(c, eps, Reduction::Mean);
+                    let spec = CeSpec::new(c, eps, Reduction::Mean).unwrap();
                     let (z, labels) = batch_for::<T>(c, &set, value, c as u64);
                     let what = format!("{:?} C={c} {name} = {value:e} ε={eps}", T::DTYPE);
                     check(&what, &plan, &spec, &z, &labels);
@@ -179,17 +190,36 @@ fn two_minima_in_one_lane_give_ln_15() {
         z[0] = T::from_f32(min);
         z[16] = T::from_f32(min);
         let plan = MixPlan::identity(1).unwrap();
-        let spec = CeSpec::new(17, 0.0, Reduction::Mean);
+        let spec = CeSpec::new(17, 0.0, Reduction::Mean).unwrap();
         let want = 15f64.ln();
-        let r = reference::mixup_ce(&plan, &spec, &z, &[1], Upstream::Scalar(1.0)).unwrap();
-        assert!((r.loss - want).abs() < 1e-12);
-        let fwd = cpu::mixup_ce_forward(&plan, &spec, &z, &[1], None).unwrap();
-        let mut g = vec![T::from_f32(0.0); 17];
-        let full =
-            cpu::mixup_ce(&plan, &spec, &z, &[1], Upstream::Scalar(1.0), None, &mut g).unwrap();
-        let mut zg = z.clone();
-        let inp = cpu::mixup_ce_in_place(&plan, &spec, &mut zg, &[1], Upstream::Scalar(1.0), None)
+        let r = reference::mixup_ce(&plan, &spec, &z, &[1u32], GradOutput::Scalar(1.0)).unwrap();
+        assert!((r.loss.unwrap() - want).abs() < 1e-12);
+        let fwd = cpu::mixup_ce_forward(&plan, &spec, &z, &[1u32], None)
+            .unwrap()
             .unwrap();
+        let mut g = vec![T::from_f32(0.0); 17];
+        let full = cpu::mixup_ce(
+            &plan,
+            &spec,
+            &z,
+            &[1u32],
+            GradOutput::Scalar(1.0),
+            None,
+            &mut g,
+        )
+        .unwrap()
+        .unwrap();
+        let mut zg = z.clone();
+        let inp = cpu::mixup_ce_in_place(
+            &plan,
+            &spec,
+            &mut zg,
+            &[1u32],
+            GradOutput::Scalar(1.0),
+            None,
+        )
+        .unwrap()
+        .unwrap();
         for (name, l) in [("forward", fwd), ("fwd+bwd", full), ("in place", inp)] {
             assert!(
                 (f64::from(l) - want).abs() < 1e-6,
@@ -213,22 +243,36 @@ fn two_minima_in_one_lane_give_ln_15() {
 #[test]
 fn smoothing_infinities_and_nan() {
     let plan = MixPlan::identity(1).unwrap();
-    let spec = CeSpec::new(5, 0.1, Reduction::Sum);
+    let spec = CeSpec::new(5, 0.1, Reduction::Sum).unwrap();
     let mut g = [0.0f32; 5];
     let z = [0.0, 1.0, f32::NEG_INFINITY, 0.5, -1.0];
-    let l = cpu::mixup_ce(&plan, &spec, &z, &[1], Upstream::Scalar(1.0), None, &mut g).unwrap();
+    let l = cpu::mixup_ce(
+        &plan,
+        &spec,
+        &z,
+        &[1u32],
+        GradOutput::Scalar(1.0),
+        None,
+        &mut g,
+    )
+    .unwrap()
+    .unwrap();
     assert_eq!(l, f32::INFINITY);
     assert!(g.iter().all(|v| v.is_finite()));
     assert_eq!(g[2], -0.02);
     let z = [0.0, 1.0, f32::NAN, 0.5, -1.0];
-    assert!(cpu::mixup_ce_forward(&plan, &spec, &z, &[1], None)
+    assert!(cpu::mixup_ce_forward(&plan, &spec, &z, &[1u32], None)
+        .unwrap()
         .unwrap()
         .is_nan());
     let z = [0.0, 1.0, f32::MIN, f32::MIN, -1.0];
-    let l = cpu::mixup_ce_forward(&plan, &spec, &z, &[1], None).unwrap();
-    let want = reference::mixup_ce(&plan, &spec, &z, &[1], Upstream::Scalar(1.0))
+    let l = cpu::mixup_ce_forward(&plan, &spec, &z, &[1u32], None)
         .unwrap()
-        .loss;
+        .unwrap();
+    let want = reference::mixup_ce(&plan, &spec, &z, &[1u32], GradOutput::Scalar(1.0))
+        .unwrap()
+        .loss
+        .unwrap();
     assert!(
         l.is_finite() && (f64::from(l) - want).abs() <= 1e-6 * want,
         "{l} vs {want}"

@@ -7,12 +7,12 @@
 mod common;
 
 use common::*;
-use mixup_kernels::{bf16, cpu, f16, reference, CutBox, Element, Layout, MixPlan};
+use mixup_kernels::{bf16, cpu, f16, reference, CutBox, Element, MixPlan, SampleShape};
 
 /// The shared f32 semantics, written as plainly as possible with `Element`'s own conversions:
 /// `from_f32(lam * a + (1 - lam) * b)`, partner's value inside a CutMix box of an image layout,
 /// own value outside it, self-partnered samples copied. The CPU path must match it bit for bit.
-fn formula<T: Element>(plan: &MixPlan, layout: &Layout, x: &[T]) -> Vec<T> {
+fn formula<T: Element>(plan: &MixPlan, layout: &SampleShape, x: &[T]) -> Vec<T> {
     let row = layout.sample_len().unwrap();
     let mut out = x.to_vec();
     for (i, s) in plan.samples().enumerate() {
@@ -21,22 +21,7 @@ fn formula<T: Element>(plan: &MixPlan, layout: &Layout, x: &[T]) -> Vec<T> {
         }
         for k in 0..row {
             let (a, b) = (x[i * row + k], x[s.partner * row + k]);
-            let inside = match (s.cut, *layout) {
-                (None, _) | (_, Layout::Rows(_)) => None,
-                (Some(bx), Layout::Nchw { height, width, .. }) => {
-                    let pix = k % (height * width);
-                    Some(bx.contains(pix / width, pix % width))
-                }
-                (
-                    Some(bx),
-                    Layout::Nhwc {
-                        width, channels, ..
-                    },
-                ) => {
-                    let pix = k / channels;
-                    Some(bx.contains(pix / width, pix % width))
-                }
-            };
+            let inside = in_box(layout, s.cut, k);
             out[i * row + k] = match inside {
                 None => T::from_f32(s.lam * a.to_f32() + (1.0 - s.lam) * b.to_f32()),
                 Some(true) => b,
@@ -54,7 +39,7 @@ fn formula<T: Element>(plan: &MixPlan, layout: &Layout, x: &[T]) -> Vec<T> {
 /// holds). Then the one rounding to T adds half an ulp of T; for u8, that is 0.5 absolute on top
 /// of 4·2^-24·255 ≈ 6e-5.
 fn tol<T: Element>() -> Tol {
-    let f32_err = if T::DTYPE == mixup_kernels::DType::U8 {
+    let f32_err = if T::DTYPE == mixup_kernels::ScalarType::U8 {
         1e-4
     } else {
         5e-7
@@ -64,7 +49,7 @@ fn tol<T: Element>() -> Tol {
 
 /// Runs out of place and in place (for involutions) and checks both against the formula
 /// (bits) and the reference (tolerance).
-fn check<T: Element>(what: &str, plan: &MixPlan, layout: &Layout, x: &[T]) {
+fn check<T: Element>(what: &str, plan: &MixPlan, layout: &SampleShape, x: &[T]) {
     let want_bits = formula(plan, layout, x);
     let want = reference::mix(plan, layout, x).unwrap();
     let mut out = vec![T::from_f32(77.0); x.len()];
@@ -97,7 +82,7 @@ fn rows_all_plans<T: Element>() {
                 .chain(hand_plans(batch, 4, 6));
             for (name, plan) in plans {
                 let what = format!("{:?} B={batch} rows={row} {name}", T::DTYPE);
-                check(&what, &plan, &Layout::Rows(row), &x);
+                check(&what, &plan, &SampleShape::rows(row), &x);
             }
         }
     }
@@ -114,16 +99,8 @@ fn images_all_plans<T: Element>() {
             let x: Vec<T> =
                 random_vec(batch * c * h * w, (batch * 7 + h * 3 + w) as u64, -1.0, 1.0);
             let layouts = [
-                Layout::Nchw {
-                    channels: c,
-                    height: h,
-                    width: w,
-                },
-                Layout::Nhwc {
-                    height: h,
-                    width: w,
-                    channels: c,
-                },
+                SampleShape::channels_first(c, h, w),
+                SampleShape::channels_last(h, w, c),
             ];
             let plans = sampler_plans(batch, (h, w))
                 .into_iter()
@@ -180,7 +157,7 @@ fn long_rows_split_across_threads() {
         let x: Vec<f32> = random_vec(batch * c * h * w, 99 + batch as u64, -1.0, 1.0);
         let xb: Vec<bf16> = random_vec(batch * c * h * w, 98, -1.0, 1.0);
         let mut plans = sampler_plans(batch, (h, w));
-        let mut rng = Rng::new(5);
+        let mut rng = TestRng::new(5);
         let partner = random_pairs(batch, &mut rng);
         let boxes: Vec<_> = (0..batch)
             .map(|i| {
@@ -198,17 +175,9 @@ fn long_rows_split_across_threads() {
         ));
         for (name, plan) in plans {
             for layout in [
-                Layout::Rows(c * h * w),
-                Layout::Nchw {
-                    channels: c,
-                    height: h,
-                    width: w,
-                },
-                Layout::Nhwc {
-                    height: h,
-                    width: w,
-                    channels: c,
-                },
+                SampleShape::rows(c * h * w),
+                SampleShape::channels_first(c, h, w),
+                SampleShape::channels_last(h, w, c),
             ] {
                 check(
                     &format!("f32 B={batch} {layout:?} {name}"),
@@ -234,12 +203,12 @@ fn u8_rounds_half_to_even() {
     let plan = MixPlan::from_parts(&[1, 0], &[0.5, 0.25]).unwrap();
     let x: Vec<u8> = vec![1, 2, 0, 10, 2, 3, 255, 13];
     let mut out = vec![0u8; 8];
-    cpu::mix(&plan, &Layout::Rows(4), &x, &mut out).unwrap();
+    cpu::mix(&plan, &SampleShape::rows(4), &x, &mut out).unwrap();
     // Sample 1: 0.25·own + 0.75·partner: 0.25·2+0.75·1 = 1.25 → 1; 0.25·3 + 0.75·2 = 2.25 → 2;
     // 0.25·255 + 0 = 63.75 → 64; 0.25·13 + 0.75·10 = 10.75 → 11.
     assert_eq!(out, vec![2, 2, 128, 12, 1, 2, 64, 11]);
     let mut y = x.clone();
-    cpu::mix_in_place(&plan, &Layout::Rows(4), &mut y).unwrap();
+    cpu::mix_in_place(&plan, &SampleShape::rows(4), &mut y).unwrap();
     assert_eq!(y, out);
 }
 
@@ -254,11 +223,7 @@ fn cutmix_pastes_the_partner_box() {
     };
     let plan = MixPlan::with_boxes(&[1, 0], &[0.5, 0.75], &[Some(b), None], 3, 4).unwrap();
     let x: Vec<f32> = (0..24).map(|v| v as f32).collect();
-    let layout = Layout::Nchw {
-        channels: 1,
-        height: 3,
-        width: 4,
-    };
+    let layout = SampleShape::channels_first(1, 3, 4);
     let mut out = vec![0.0f32; 24];
     cpu::mix(&plan, &layout, &x, &mut out).unwrap();
     #[rustfmt::skip]
@@ -280,7 +245,7 @@ fn soft_target_rows_mix_like_inputs() {
     let plan = MixPlan::from_parts(&[2, 1, 0], &[0.6, 1.0, 0.9]).unwrap();
     let t: Vec<f32> = vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
     let mut out = vec![0.0; 9];
-    cpu::mix(&plan, &Layout::Rows(3), &t, &mut out).unwrap();
+    cpu::mix(&plan, &SampleShape::rows(3), &t, &mut out).unwrap();
     assert_eq!(&out[..3], &[0.6, 0.0, 1.0 - 0.6f32]);
     assert_eq!(&out[3..6], &[0.0, 1.0, 0.0]);
     assert_eq!(&out[6..], &[1.0 - 0.9f32, 0.0, 0.9]);

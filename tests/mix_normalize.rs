@@ -8,24 +8,16 @@ mod common;
 
 use common::{assert_close, assert_same_bits, hand_plans, random_vec, sampler_plans, to_f64, Tol};
 use mixup_kernels::{
-    bf16, cpu, f16, reference, CutBox, DType, Element, FloatElement, Layout, MemoryFormat,
-    MixError, MixPlan, Normalize,
+    bf16, cpu, f16, reference, CutBox, Element, FloatElement, MemoryFormat, MixError, MixPlan,
+    Normalize, SampleShape, ScalarType,
 };
 
 const FORMATS: [MemoryFormat; 2] = [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast];
 
-fn layout(format: MemoryFormat, c: usize, h: usize, w: usize) -> Layout {
+fn layout(format: MemoryFormat, c: usize, h: usize, w: usize) -> SampleShape {
     match format {
-        MemoryFormat::ChannelsFirst => Layout::Nchw {
-            channels: c,
-            height: h,
-            width: w,
-        },
-        MemoryFormat::ChannelsLast => Layout::Nhwc {
-            height: h,
-            width: w,
-            channels: c,
-        },
+        MemoryFormat::ChannelsFirst => SampleShape::channels_first(c, h, w),
+        MemoryFormat::ChannelsLast => SampleShape::channels_last(h, w, c),
     }
 }
 
@@ -90,7 +82,7 @@ fn check_against_reference<I: Element, O: FloatElement>(rint: bool) {
         (2, 6, 5),
         (5, 4, 3),
     ];
-    let (lo, hi, scale, max_in) = if I::DTYPE == DType::U8 {
+    let (lo, hi, scale, max_in) = if I::DTYPE == ScalarType::U8 {
         (0.0, 255.0, 255.0, 255.0)
     } else {
         (-2.0, 3.0, 1.0, 3.0)
@@ -212,11 +204,7 @@ fn hand_values() {
         x1: 3,
     };
     let plan = MixPlan::with_boxes(&[1, 0], &[0.5, 0.5], &[Some(b), None], 2, 3).unwrap();
-    let lay = Layout::Nhwc {
-        height: 2,
-        width: 3,
-        channels: 2,
-    };
+    let lay = SampleShape::channels_last(2, 3, 2);
     let x: Vec<u8> = (0..24).map(|v| v as u8 * 3).collect();
     let norm = Normalize::new(&[1.0, 2.0], &[2.0, 4.0], 1.0).unwrap();
     let mut out = vec![0.0f32; 24];
@@ -246,11 +234,7 @@ fn hand_values() {
     assert_eq!(out[18], (21.0 - 2.0) / 4.0);
     // A fraction (λ = 0.25), kept or rounded half to even.
     let plan = MixPlan::from_parts(&[1, 0], &[0.25, 0.25]).unwrap();
-    let one = Layout::Nchw {
-        channels: 1,
-        height: 1,
-        width: 1,
-    };
+    let one = SampleShape::channels_first(1, 1, 1);
     let n = Normalize::new(&[0.0], &[1.0], 1.0).unwrap();
     let mut o = [0.0f32; 2];
     cpu::mix_normalize(
@@ -292,11 +276,7 @@ fn imagenet_constants_are_timms() {
 #[test]
 fn bad_arguments_are_rejected_and_nothing_is_written() {
     let plan = MixPlan::from_parts(&[1, 0], &[0.5, 0.5]).unwrap();
-    let lay = Layout::Nchw {
-        channels: 3,
-        height: 2,
-        width: 2,
-    };
+    let lay = SampleShape::channels_first(3, 2, 2);
     let norm = Normalize::imagenet_u8();
     let x = vec![7u8; 24];
     let first = MemoryFormat::ChannelsFirst;
@@ -306,18 +286,14 @@ fn bad_arguments_are_rejected_and_nothing_is_written() {
     };
     let mut out = vec![-9.0f32; 24];
     let e = untouched(
-        cpu::mix_normalize(&plan, &Layout::Rows(12), &norm, &x, first, &mut out),
+        cpu::mix_normalize(&plan, &SampleShape::Rows(12), &norm, &x, first, &mut out),
         &out,
     );
     assert!(
-        matches!(e, MixError::InvalidArgument { what: "layout", .. }),
+        matches!(e, MixError::InvalidArgument { what: "shape", .. }),
         "{e}"
     );
-    let gray = Layout::Nchw {
-        channels: 1,
-        height: 2,
-        width: 6,
-    };
+    let gray = SampleShape::channels_first(1, 2, 6);
     let e = untouched(
         cpu::mix_normalize(&plan, &gray, &norm, &x, first, &mut out),
         &out,

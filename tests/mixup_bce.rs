@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use mixup_kernels::{
-    bf16, cpu, f16, reference, BceSpec, FloatElement, MixError, MixPlan, Reduction, Upstream,
+    bf16, cpu, f16, reference, BceSpec, FloatElement, GradOutput, MixError, MixPlan, Reduction,
 };
 
 /// Per-element error: `exp` ≤ 1.1 ulp, `ln_1p_unit` < 3 ulp, a handful of f32 roundings: below
@@ -31,7 +31,7 @@ struct Case<'a, T> {
     spec: BceSpec,
     logits: &'a [T],
     labels: &'a [u32],
-    upstream: Upstream<'a>,
+    grad_output: GradOutput<'a>,
     range: f64,
 }
 
@@ -45,8 +45,8 @@ fn wmax(spec: &BceSpec) -> f64 {
 }
 
 fn check<T: FloatElement>(c: &Case<'_, T>) {
-    let (b, classes) = (c.plan.len(), c.spec.targets().num_classes);
-    let want = reference::mixup_bce(c.plan, &c.spec, c.logits, c.labels, c.upstream).unwrap();
+    let (b, classes) = (c.plan.len(), c.spec.num_classes());
+    let want = reference::mixup_bce(c.plan, &c.spec, c.logits, c.labels, c.grad_output).unwrap();
     let w = wmax(&c.spec);
     let ltol = loss_tol(classes, c.range, w);
     let what = &c.what;
@@ -57,11 +57,18 @@ fn check<T: FloatElement>(c: &Case<'_, T>) {
         &c.spec,
         c.logits,
         c.labels,
-        c.upstream,
+        c.grad_output,
         Some(&mut losses),
         &mut grad,
     )
     .unwrap();
+    // A scalar exactly for Mean and Sum; under Reduction::None the per-sample losses.
+    assert_eq!(
+        loss.is_none(),
+        c.spec.reduction() == Reduction::None,
+        "{what}"
+    );
+    assert_eq!(want.loss.is_none(), loss.is_none(), "{what}: reference");
     let losses64: Vec<f64> = losses.iter().map(|&l| l as f64).collect();
     assert_close(&format!("{what}: losses"), &losses64, &want.losses, ltol);
     // The reduced loss: the per-sample tolerance times the batch, divided as the mean divides.
@@ -71,16 +78,18 @@ fn check<T: FloatElement>(c: &Case<'_, T>) {
         Reduction::Sum => 1.0,
     };
     let rtol = Tol::new(ltol.abs * b as f64 / count, ltol.rel);
-    assert_close(&format!("{what}: loss"), &[loss as f64], &[want.loss], rtol);
+    if let (Some(l), Some(w)) = (loss, want.loss) {
+        assert_close(&format!("{what}: loss"), &[l as f64], &[w], rtol);
+    }
     let factor = match c.spec.reduction() {
         Reduction::Mean if c.spec.sum_classes() => 1.0 / b as f64,
         Reduction::Mean => 1.0 / (b * classes) as f64,
         _ => 1.0,
     };
     for i in 0..b {
-        let up = match c.upstream {
-            Upstream::Scalar(g) => g as f64,
-            Upstream::PerSample(g) => g[i] as f64,
+        let up = match c.grad_output {
+            GradOutput::Scalar(g) => g as f64,
+            GradOutput::PerSample(g) => g[i] as f64,
         };
         let row = i * classes..(i + 1) * classes;
         assert_close(
@@ -94,8 +103,12 @@ fn check<T: FloatElement>(c: &Case<'_, T>) {
     let mut fwd = vec![-1.0f32; b];
     let lf = cpu::mixup_bce_forward(c.plan, &c.spec, c.logits, c.labels, Some(&mut fwd)).unwrap();
     assert_eq!(fwd, losses, "{what}: forward-only losses");
-    if matches!(c.upstream, Upstream::Scalar(_)) {
-        assert_eq!(lf.to_bits(), loss.to_bits(), "{what}: forward-only loss");
+    if matches!(c.grad_output, GradOutput::Scalar(_)) {
+        assert_eq!(
+            lf.map(f32::to_bits),
+            loss.map(f32::to_bits),
+            "{what}: forward-only loss"
+        );
     }
 }
 
@@ -129,7 +142,7 @@ fn specs(c: usize) -> Vec<(String, BceSpec)> {
 }
 
 fn sweep<T: FloatElement>() {
-    let mut rng = Rng::new(11);
+    let mut rng = TestRng::new(11);
     for (b, c) in [(1, 1), (2, 3), (5, 17), (8, 1000), (3, 4099)] {
         for (pname, plan) in [
             ("identity", MixPlan::identity(b).unwrap()),
@@ -146,10 +159,10 @@ fn sweep<T: FloatElement>() {
             }
             for (sname, spec) in specs(c) {
                 let ups: Vec<f32> = (0..b).map(|i| 0.5 + i as f32).collect();
-                let upstream = if spec.reduction() == Reduction::None {
-                    Upstream::PerSample(&ups)
+                let grad_output = if spec.reduction() == Reduction::None {
+                    GradOutput::PerSample(&ups)
                 } else {
-                    Upstream::Scalar(1.5)
+                    GradOutput::Scalar(1.5)
                 };
                 check(&Case {
                     what: format!("{:?} {b}x{c} {pname} {sname}", T::DTYPE),
@@ -157,7 +170,7 @@ fn sweep<T: FloatElement>() {
                     spec,
                     logits: &logits,
                     labels: &labels,
-                    upstream,
+                    grad_output,
                     range: 8.0,
                 });
             }
@@ -192,7 +205,7 @@ fn extreme_logits_stay_finite() {
         spec,
         logits: &z,
         labels: &[0, 3],
-        upstream: Upstream::Scalar(1.0),
+        grad_output: GradOutput::Scalar(1.0),
         range: 1e4,
     });
 }
@@ -217,9 +230,11 @@ fn masked_logits() {
     ];
     let mut g = [0.0f32; 10];
     let mut losses = [0.0f32; 2];
-    let up = Upstream::Scalar(1.0);
-    cpu::mixup_bce(&plan, &spec, &z, &[0, 4], up, Some(&mut losses), &mut g).unwrap();
-    let want = reference::mixup_bce(&plan, &spec, &z, &[0, 4], up).unwrap();
+    let up = GradOutput::Scalar(1.0);
+    cpu::mixup_bce(&plan, &spec, &z, &[0u32, 4], up, Some(&mut losses), &mut g)
+        .unwrap()
+        .unwrap();
+    let want = reference::mixup_bce(&plan, &spec, &z, &[0u32, 4], up).unwrap();
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
     assert_close(
         "masked losses",
@@ -230,12 +245,15 @@ fn masked_logits() {
     assert_eq!((g[1], g[3], g[7]), (0.0, 0.0, 0.0));
     // With smoothing the masked classes have weight: +inf, as PyTorch gives.
     let smooth = BceSpec::new(5, 0.1, Reduction::Sum).unwrap();
-    let l = cpu::mixup_bce(&plan, &smooth, &z, &[0, 4], up, None, &mut g).unwrap();
+    let l = cpu::mixup_bce(&plan, &smooth, &z, &[0u32, 4], up, None, &mut g)
+        .unwrap()
+        .unwrap();
     assert_eq!(l, f32::INFINITY);
     assert!(g.iter().all(|v| v.is_finite()));
     let mut zn = z;
     zn[0] = f32::NAN;
-    assert!(cpu::mixup_bce_forward(&plan, &spec, &zn, &[0, 4], None)
+    assert!(cpu::mixup_bce_forward(&plan, &spec, &zn, &[0u32, 4], None)
+        .unwrap()
         .unwrap()
         .is_nan());
 }
@@ -247,24 +265,24 @@ fn errors_leave_outputs_untouched() {
     let spec = BceSpec::new(3, 0.1, Reduction::Mean).unwrap();
     let z = [0.0f32; 6];
     let mut g = [7.0f32; 6];
-    let up = Upstream::Scalar(1.0);
-    let e = cpu::mixup_bce(&plan, &spec, &z[..5], &[0, 1], up, None, &mut g[..5]);
+    let up = GradOutput::Scalar(1.0);
+    let e = cpu::mixup_bce(&plan, &spec, &z[..5], &[0u32, 1], up, None, &mut g[..5]);
     assert!(matches!(e, Err(MixError::LengthMismatch { .. })));
-    let e = cpu::mixup_bce(&plan, &spec, &z, &[0, 3], up, None, &mut g);
+    let e = cpu::mixup_bce(&plan, &spec, &z, &[0u32, 3], up, None, &mut g);
     assert!(matches!(e, Err(MixError::LabelOutOfRange { .. })));
     let e = cpu::mixup_bce(
         &plan,
         &spec,
         &z,
-        &[0, 1],
-        Upstream::Scalar(f32::NAN),
+        &[0u32, 1],
+        GradOutput::Scalar(f32::NAN),
         None,
         &mut g,
     );
     assert!(matches!(
         e,
         Err(MixError::InvalidArgument {
-            what: "upstream",
+            what: "grad_output",
             ..
         })
     ));
@@ -272,20 +290,20 @@ fn errors_leave_outputs_untouched() {
         &plan,
         &spec,
         &z,
-        &[0, 1],
-        Upstream::PerSample(&[1.0, 1.0]),
+        &[0u32, 1],
+        GradOutput::PerSample(&[1.0, 1.0]),
         None,
         &mut g,
     );
     assert!(matches!(
         e,
         Err(MixError::InvalidArgument {
-            what: "upstream",
+            what: "grad_output",
             ..
         })
     ));
     let mut l = [5.0f32; 3];
-    let e = cpu::mixup_bce(&plan, &spec, &z, &[0, 1], up, Some(&mut l), &mut g);
+    let e = cpu::mixup_bce(&plan, &spec, &z, &[0u32, 1], up, Some(&mut l), &mut g);
     assert!(matches!(e, Err(MixError::LengthMismatch { .. })));
     assert_eq!(g, [7.0; 6]);
     assert_eq!(l, [5.0; 3]);
@@ -312,7 +330,7 @@ fn threshold_uses_timms_on_and_off_values() {
         .unwrap();
     let mut z = vec![0.0f32; 30];
     z[0] = 1.0;
-    let r = reference::mixup_bce(&plan, &spec, &z, &[0, 1], Upstream::Scalar(1.0)).unwrap();
+    let r = reference::mixup_bce(&plan, &spec, &z, &[0u32, 1], GradOutput::Scalar(1.0)).unwrap();
     // t = 1 at z = 1: softplus(-1) = 0.31326...
     assert!(
         (r.elements[0] - (-1f64).exp().ln_1p()).abs() < 1e-12,
@@ -320,7 +338,9 @@ fn threshold_uses_timms_on_and_off_values() {
         r.elements[0]
     );
     let mut losses = [0.0f32; 2];
-    cpu::mixup_bce_forward(&plan, &spec, &z, &[0, 1], Some(&mut losses)).unwrap();
+    cpu::mixup_bce_forward(&plan, &spec, &z, &[0u32, 1], Some(&mut losses))
+        .unwrap()
+        .unwrap();
     assert!((f64::from(losses[0]) - r.losses[0]).abs() < 1e-5);
 }
 
@@ -333,23 +353,28 @@ fn zero_class_weight_and_nan() {
         .unwrap()
         .with_weight(vec![0.0, 1.0, 1.0])
         .unwrap();
-    let up = Upstream::Scalar(1.0);
+    let up = GradOutput::Scalar(1.0);
     let mut g = [0.0f32; 3];
     for z0 in [f32::NEG_INFINITY, f32::INFINITY, f32::MIN, 3.0] {
         let z = [z0, 0.0, 0.0];
-        let l = cpu::mixup_bce(&plan, &spec, &z, &[1], up, None, &mut g).unwrap();
-        let want = reference::mixup_bce(&plan, &spec, &z, &[1], up).unwrap();
+        let l = cpu::mixup_bce(&plan, &spec, &z, &[1u32], up, None, &mut g)
+            .unwrap()
+            .unwrap();
+        let want = reference::mixup_bce(&plan, &spec, &z, &[1u32], up).unwrap();
         assert!(
-            l.is_finite() && (f64::from(l) - want.loss).abs() < 1e-5,
+            l.is_finite() && (f64::from(l) - want.loss.unwrap()).abs() < 1e-5,
             "{z0}: {l}"
         );
         assert_eq!(g[0], 0.0);
     }
     let z = [f32::NAN, 0.0, 0.0];
-    let l = cpu::mixup_bce(&plan, &spec, &z, &[1], up, None, &mut g).unwrap();
+    let l = cpu::mixup_bce(&plan, &spec, &z, &[1u32], up, None, &mut g)
+        .unwrap()
+        .unwrap();
     assert!(l.is_nan() && g[0].is_nan());
-    assert!(reference::mixup_bce(&plan, &spec, &z, &[1], up)
+    assert!(reference::mixup_bce(&plan, &spec, &z, &[1u32], up)
         .unwrap()
         .loss
+        .unwrap()
         .is_nan());
 }

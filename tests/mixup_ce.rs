@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use mixup_kernels::{
-    bf16, cpu, f16, reference, CeSpec, FloatElement, MixPlan, Reduction, Upstream,
+    bf16, cpu, f16, reference, CeSpec, FloatElement, GradOutput, MixError, MixPlan, Reduction,
 };
 
 /// Tolerance of a per-sample (or reduced) loss. The loss is `ln s - (1-ε)(λ d_a + (1-λ) d_b)
@@ -34,15 +34,15 @@ struct Case<'a, T> {
     spec: CeSpec,
     logits: &'a [T],
     labels: &'a [u32],
-    upstream: Upstream<'a>,
+    grad_output: GradOutput<'a>,
     /// Largest |logit|, for the loss tolerance.
     range: f64,
 }
 
 /// Runs all three entry points and checks them against the reference and each other.
 fn check<T: FloatElement>(c: &Case<'_, T>) {
-    let (b, classes) = (c.plan.len(), c.spec.targets.num_classes);
-    let want = reference::mixup_ce(c.plan, &c.spec, c.logits, c.labels, c.upstream).unwrap();
+    let (b, classes) = (c.plan.len(), c.spec.num_classes());
+    let want = reference::mixup_ce(c.plan, &c.spec, c.logits, c.labels, c.grad_output).unwrap();
     let ltol = loss_tol(classes, c.range);
 
     // Forward + backward into a separate buffer.
@@ -53,27 +53,31 @@ fn check<T: FloatElement>(c: &Case<'_, T>) {
         &c.spec,
         c.logits,
         c.labels,
-        c.upstream,
+        c.grad_output,
         Some(&mut losses),
         &mut grad,
     )
     .unwrap();
     let what = &c.what;
-    assert_close(
-        &format!("{what}: reduced loss"),
-        &[loss as f64],
-        &[want.loss],
-        ltol,
+    // A scalar exactly for Mean and Sum; under Reduction::None the per-sample losses.
+    assert_eq!(
+        loss.is_none(),
+        c.spec.reduction() == Reduction::None,
+        "{what}"
     );
+    assert_eq!(want.loss.is_none(), loss.is_none(), "{what}: reference");
+    if let (Some(l), Some(w)) = (loss, want.loss) {
+        assert_close(&format!("{what}: reduced loss"), &[l as f64], &[w], ltol);
+    }
     let losses64: Vec<f64> = losses.iter().map(|&l| l as f64).collect();
     assert_close(&format!("{what}: losses"), &losses64, &want.losses, ltol);
     // Per-row scales: the tolerance of row i's gradient follows its own upstream value.
     for i in 0..b {
-        let up = match c.upstream {
-            Upstream::Scalar(g) => g as f64,
-            Upstream::PerSample(g) => g[i] as f64,
+        let up = match c.grad_output {
+            GradOutput::Scalar(g) => g as f64,
+            GradOutput::PerSample(g) => g[i] as f64,
         };
-        let scale = if c.spec.reduction == Reduction::Mean {
+        let scale = if c.spec.reduction() == Reduction::Mean {
             up / b as f64
         } else {
             up
@@ -88,28 +92,46 @@ fn check<T: FloatElement>(c: &Case<'_, T>) {
     }
     // The reduced loss is the f64 sum of the per-sample f32 losses, in index order.
     let sum: f64 = losses.iter().map(|&l| l as f64).sum();
-    let expected = match c.spec.reduction {
-        Reduction::Sum => sum,
-        _ => sum / b.max(1) as f64,
-    } as f32;
+    let expected = match c.spec.reduction() {
+        Reduction::Sum => Some(sum as f32),
+        Reduction::Mean => Some((sum / b.max(1) as f64) as f32),
+        Reduction::None => None,
+    };
     assert_eq!(
-        loss.to_bits(),
-        expected.to_bits(),
+        loss.map(f32::to_bits),
+        expected.map(f32::to_bits),
         "{what}: reduction order"
     );
 
-    // Without the per-sample output: same loss.
+    // Without the per-sample output: same loss, or an error naming `losses` under
+    // Reduction::None (whose result they are), with nothing written.
     let mut grad2 = vec![T::from_f32(-5.0); c.logits.len()];
-    let loss2 = cpu::mixup_ce(
-        c.plan, &c.spec, c.logits, c.labels, c.upstream, None, &mut grad2,
-    )
-    .unwrap();
-    assert_eq!(
-        loss2.to_bits(),
-        loss.to_bits(),
-        "{what}: loss without losses"
+    let r2 = cpu::mixup_ce(
+        c.plan,
+        &c.spec,
+        c.logits,
+        c.labels,
+        c.grad_output,
+        None,
+        &mut grad2,
     );
-    assert_same_bits(&format!("{what}: grad without losses"), &grad2, &grad);
+    if c.spec.reduction() == Reduction::None {
+        assert!(
+            matches!(r2, Err(MixError::InvalidArgument { what: "losses", .. })),
+            "{what}: {r2:?}"
+        );
+        assert!(
+            grad2.iter().all(|g| g.to_f32() == -5.0),
+            "{what}: written on error"
+        );
+    } else {
+        assert_eq!(
+            r2.unwrap().map(f32::to_bits),
+            loss.map(f32::to_bits),
+            "{what}: loss without losses"
+        );
+        assert_same_bits(&format!("{what}: grad without losses"), &grad2, &grad);
+    }
 
     // In place: identical bits.
     let mut z = c.logits.to_vec();
@@ -119,11 +141,15 @@ fn check<T: FloatElement>(c: &Case<'_, T>) {
         &c.spec,
         &mut z,
         c.labels,
-        c.upstream,
+        c.grad_output,
         Some(&mut losses3),
     )
     .unwrap();
-    assert_eq!(loss3.to_bits(), loss.to_bits(), "{what}: in-place loss");
+    assert_eq!(
+        loss3.map(f32::to_bits),
+        loss.map(f32::to_bits),
+        "{what}: in-place loss"
+    );
     assert_same_bits(&format!("{what}: in-place grad"), &z, &grad);
     assert_eq!(losses3, losses, "{what}: in-place losses");
 
@@ -131,14 +157,25 @@ fn check<T: FloatElement>(c: &Case<'_, T>) {
     let mut losses4 = vec![-1.0f32; b];
     let loss4 =
         cpu::mixup_ce_forward(c.plan, &c.spec, c.logits, c.labels, Some(&mut losses4)).unwrap();
-    assert_eq!(loss4.to_bits(), loss.to_bits(), "{what}: forward loss");
-    assert_eq!(losses4, losses, "{what}: forward losses");
-    let loss5 = cpu::mixup_ce_forward(c.plan, &c.spec, c.logits, c.labels, None).unwrap();
     assert_eq!(
-        loss5.to_bits(),
-        loss4.to_bits(),
-        "{what}: forward without losses"
+        loss4.map(f32::to_bits),
+        loss.map(f32::to_bits),
+        "{what}: forward loss"
     );
+    assert_eq!(losses4, losses, "{what}: forward losses");
+    let r5 = cpu::mixup_ce_forward(c.plan, &c.spec, c.logits, c.labels, None);
+    if c.spec.reduction() == Reduction::None {
+        assert!(matches!(
+            r5,
+            Err(MixError::InvalidArgument { what: "losses", .. })
+        ));
+    } else {
+        assert_eq!(
+            r5.unwrap().map(f32::to_bits),
+            loss4.map(f32::to_bits),
+            "{what}: forward without losses"
+        );
+    }
 }
 
 fn plans(batch: usize) -> Vec<(String, MixPlan)> {
@@ -168,10 +205,10 @@ fn check_all<T: FloatElement>() {
             let per_sample: Vec<f32> = (0..batch).map(|i| 0.5 - i as f32 * 0.75).collect();
             let mut all_plans = plans(batch);
             let mut cases = vec![
-                (Reduction::Mean, Upstream::Scalar(1.0)),
-                (Reduction::Sum, Upstream::Scalar(-0.37)),
-                (Reduction::None, Upstream::Scalar(2.0)),
-                (Reduction::None, Upstream::PerSample(&per_sample)),
+                (Reduction::Mean, GradOutput::Scalar(1.0)),
+                (Reduction::Sum, GradOutput::Scalar(-0.37)),
+                (Reduction::None, GradOutput::Scalar(2.0)),
+                (Reduction::None, GradOutput::PerSample(&per_sample)),
             ];
             let (mut label_sets, mut smoothings) = (&label_sets[..], &[0.0, 0.1][..]);
             if classes >= 1000 {
@@ -186,21 +223,21 @@ fn check_all<T: FloatElement>() {
             for (pname, plan) in &all_plans {
                 for (li, labels) in label_sets.iter().enumerate() {
                     for &smoothing in smoothings {
-                        for &(reduction, upstream) in &cases {
+                        for &(reduction, grad_output) in &cases {
                             if batch == 0 && reduction == Reduction::Mean {
                                 continue; // an error, tested in tests/errors.rs
                             }
                             check(&Case {
                                 what: format!(
                                     "{:?} B={batch} C={classes} {pname} labels#{li} ε={smoothing} \
-                                     {reduction:?} {upstream:?}",
+                                     {reduction:?} {grad_output:?}",
                                     T::DTYPE
                                 ),
                                 plan,
-                                spec: CeSpec::new(classes, smoothing, reduction),
+                                spec: CeSpec::new(classes, smoothing, reduction).unwrap(),
                                 logits: &logits,
                                 labels,
-                                upstream,
+                                grad_output,
                                 range,
                             });
                         }
@@ -244,7 +281,7 @@ fn huge<T: FloatElement>() {
         let labels = random_labels(batch, classes, 11);
         let plan = MixPlan::from_parts(&[1, 0, 3, 2, 4], &[0.3, 0.9, 0.5, 1.0, 1.0]).unwrap();
         for smoothing in [0.0, 0.1] {
-            let spec = CeSpec::new(classes, smoothing, Reduction::Mean);
+            let spec = CeSpec::new(classes, smoothing, Reduction::Mean).unwrap();
             let mut grad = vec![T::from_f32(0.0); logits.len()];
             let mut losses = vec![0.0f32; batch];
             let loss = cpu::mixup_ce(
@@ -252,12 +289,12 @@ fn huge<T: FloatElement>() {
                 &spec,
                 &logits,
                 &labels,
-                Upstream::default(),
+                GradOutput::default(),
                 Some(&mut losses),
                 &mut grad,
             )
             .unwrap();
-            assert!(loss.is_finite() && losses.iter().all(|l| l.is_finite()));
+            assert!(loss.unwrap().is_finite() && losses.iter().all(|l| l.is_finite()));
             assert!(grad.iter().all(|g| g.to_f32().is_finite()));
             check(&Case {
                 what: format!("{:?} huge logits C={classes} ε={smoothing}", T::DTYPE),
@@ -265,7 +302,7 @@ fn huge<T: FloatElement>() {
                 spec,
                 logits: &logits,
                 labels: &labels,
-                upstream: Upstream::default(),
+                grad_output: GradOutput::default(),
                 range: 1e4,
             });
         }
@@ -297,14 +334,14 @@ fn classes_256k() {
     let logits: Vec<f32> = random_vec(batch * classes, 1, -4.0, 4.0);
     let lb: Vec<bf16> = random_vec(batch * classes, 2, -4.0, 4.0);
     for reduction in [Reduction::Mean, Reduction::None] {
-        let spec = CeSpec::new(classes, 0.1, reduction);
+        let spec = CeSpec::new(classes, 0.1, reduction).unwrap();
         check(&Case {
             what: format!("f32 C=256000 {reduction:?}"),
             plan: &plan,
             spec,
             logits: &logits,
             labels: &labels,
-            upstream: Upstream::Scalar(1.0),
+            grad_output: GradOutput::Scalar(1.0),
             range: 4.0,
         });
         check(&Case {
@@ -313,7 +350,7 @@ fn classes_256k() {
             spec,
             logits: &lb,
             labels: &labels,
-            upstream: Upstream::Scalar(1.0),
+            grad_output: GradOutput::Scalar(1.0),
             range: 4.0,
         });
     }
@@ -325,7 +362,7 @@ fn classes_256k() {
 #[test]
 fn target_gradient_is_formed_before_rounding() {
     let plan = MixPlan::identity(1).unwrap();
-    let spec = CeSpec::new(4, 0.0, Reduction::Sum);
+    let spec = CeSpec::new(4, 0.0, Reduction::Sum).unwrap();
     let logits: Vec<bf16> = [9.0f32, 0.0, 0.0, 0.0]
         .iter()
         .map(|&v| bf16::from_f32(v))
@@ -335,8 +372,8 @@ fn target_gradient_is_formed_before_rounding() {
         &plan,
         &spec,
         &logits,
-        &[0],
-        Upstream::default(),
+        &[0u32],
+        GradOutput::default(),
         None,
         &mut grad,
     )
@@ -350,18 +387,27 @@ fn target_gradient_is_formed_before_rounding() {
     );
 }
 
-/// Empty batches: Sum and None reduce to 0 and write nothing.
+/// Empty batches: Sum reduces to 0, None to no per-sample loss; nothing is written.
 #[test]
 fn empty_batch_sum_and_none() {
     let plan = MixPlan::identity(0).unwrap();
-    for reduction in [Reduction::Sum, Reduction::None] {
-        let spec = CeSpec::new(10, 0.1, reduction);
+    for (reduction, want) in [(Reduction::Sum, Some(0.0)), (Reduction::None, None)] {
+        let spec = CeSpec::new(10, 0.1, reduction).unwrap();
         let mut grad: Vec<f32> = vec![];
-        let loss = cpu::mixup_ce(&plan, &spec, &[], &[], Upstream::default(), None, &mut grad);
-        assert_eq!(loss, Ok(0.0));
+        let none: &[u32] = &[];
+        let loss = cpu::mixup_ce(
+            &plan,
+            &spec,
+            &[],
+            none,
+            GradOutput::default(),
+            Some(&mut []),
+            &mut grad,
+        );
+        assert_eq!(loss, Ok(want));
         assert_eq!(
-            cpu::mixup_ce_forward::<f32>(&plan, &spec, &[], &[], Some(&mut [])),
-            Ok(0.0)
+            cpu::mixup_ce_forward::<f32, u32>(&plan, &spec, &[], &[], Some(&mut [])),
+            Ok(want)
         );
     }
 }
@@ -373,7 +419,7 @@ fn result_is_independent_of_thread_count() {
     let logits: Vec<f32> = random_vec(batch * classes, 4, -5.0, 5.0);
     let labels = random_labels(batch, classes, 4);
     let plan = sampler_plans(batch, (4, 4)).remove(0).1;
-    let spec = CeSpec::new(classes, 0.1, Reduction::Mean);
+    let spec = CeSpec::new(classes, 0.1, Reduction::Mean).unwrap();
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -386,12 +432,12 @@ fn result_is_independent_of_thread_count() {
                 &spec,
                 &logits,
                 &labels,
-                Upstream::default(),
+                GradOutput::default(),
                 None,
                 &mut grad,
             )
             .unwrap();
-            (loss.to_bits(), grad)
+            (loss.unwrap().to_bits(), grad)
         })
     };
     let (l1, g1) = run(1);

@@ -10,9 +10,10 @@
 mod common;
 
 use common::*;
+use mixup_kernels::ImageSize;
 use mixup_kernels::{
-    bf16, cpu, f16, reference, timm_rand_bbox, BceSpec, CeSpec, Element, FloatElement, Layout,
-    MixConfig, MixPlan, Mode, PartnerRule, Reduction, Sampler, TargetSpec, Upstream,
+    bf16, cpu, f16, reference, timm_rand_bbox, BceSpec, CeSpec, Element, FloatElement, GradOutput,
+    MixConfig, MixPlan, Mode, PartnerRule, Reduction, SampleShape, Sampler, TargetSpec,
 };
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -27,10 +28,11 @@ fn config(cases: u32) -> ProptestConfig {
     }
 }
 
-const RULES: [PartnerRule; 3] = [
+const RULES: [PartnerRule; 4] = [
     PartnerRule::Flip,
     PartnerRule::Permutation,
     PartnerRule::RandomPairs,
+    PartnerRule::Roll,
 ];
 const MODES: [Mode; 3] = [Mode::Batch, Mode::Pair, Mode::Elem];
 
@@ -45,7 +47,7 @@ fn sampler_plan(
 ) -> MixPlan {
     let partner = RULES[rule];
     let mut mode = MODES[mode];
-    if mode == Mode::Pair && partner == PartnerRule::Permutation {
+    if mode == Mode::Pair && !partner.is_involution() {
         mode = Mode::Elem;
     }
     let cfg = MixConfig {
@@ -56,40 +58,38 @@ fn sampler_plan(
         partner,
         ..MixConfig::timm(10)
     };
+    let size = ImageSize {
+        height: image.0,
+        width: image.1,
+    };
+    // Forget the config's spec: the properties pair the plan with any class count.
     Sampler::new(cfg, 3)
         .unwrap()
-        .plan(0, step, batch, image)
+        .plan_images(step, batch, size)
         .unwrap()
+        .with_targets(None)
 }
 
-fn layout(kind: usize, channels: usize, h: usize, w: usize) -> Layout {
+fn layout(kind: usize, channels: usize, h: usize, w: usize) -> SampleShape {
     match kind {
-        0 => Layout::Rows(channels * h * w),
-        1 => Layout::Nchw {
-            channels,
-            height: h,
-            width: w,
-        },
-        _ => Layout::Nhwc {
-            height: h,
-            width: w,
-            channels,
-        },
+        0 => SampleShape::rows(channels * h * w),
+        1 => SampleShape::channels_first(channels, h, w),
+        _ => SampleShape::channels_last(h, w, channels),
     }
 }
 
-fn check_mix<T: Element>(plan: &MixPlan, layout: &Layout, seed: u64) {
+fn check_mix<T: Element>(plan: &MixPlan, layout: &SampleShape, seed: u64) {
     let n = plan.len() * layout.sample_len().unwrap();
     let x: Vec<T> = random_vec(n, seed, -100.0, 100.0);
     let want = reference::mix(plan, layout, &x).unwrap();
     let mut out = vec![T::default(); n];
     cpu::mix(plan, layout, &x, &mut out).unwrap();
-    let scale = if T::DTYPE == mixup_kernels::DType::U8 {
+    let scale = if T::DTYPE == mixup_kernels::ScalarType::U8 {
         255.0
     } else {
         100.0
     };
-    let f32_err = if T::DTYPE == mixup_kernels::DType::U8 {
+    let f32_err = if T::DTYPE == mixup_kernels::ScalarType::U8 {
         1e-4
     } else {
         5e-7 * scale
@@ -115,7 +115,7 @@ proptest! {
     /// mode, layout and dtype, odd and one-pixel images included.
     #[test]
     fn mix_matches_reference(
-        rule in 0usize..3, mode in 0usize..3, batch in 1usize..24,
+        rule in 0usize..4, mode in 0usize..3, batch in 1usize..24,
         h in 1usize..9, w in 1usize..9, channels in 1usize..5, kind in 0usize..3,
         step in 0u64..1000, seed in any::<u64>(),
     ) {
@@ -129,16 +129,16 @@ proptest! {
     /// Soft targets equal the reference in every float dtype.
     #[test]
     fn soft_targets_match_reference(
-        rule in 0usize..3, mode in 0usize..3, batch in 1usize..24, classes in 1usize..300,
-        eps in prop_oneof![Just(0.0f32), 0.0f32..0.99], step in 0u64..1000,
+        rule in 0usize..4, mode in 0usize..3, batch in 1usize..24, classes in 1usize..300,
+        eps in prop_oneof![Just(0.0f64), 0.0f64..0.99], step in 0u64..1000,
     ) {
         let plan = sampler_plan(rule, mode, batch, (5, 7), step);
         let spec = TargetSpec::new(classes, eps).unwrap();
         let labels = random_labels(batch, classes, step);
-        let want = reference::soft_targets(&plan, &labels, &spec).unwrap();
+        let want = reference::soft_targets(&plan, &spec, &labels).unwrap();
         fn run<T: FloatElement>(plan: &MixPlan, labels: &[u32], spec: &TargetSpec, want: &[f64]) {
             let mut out = vec![T::default(); want.len()];
-            cpu::soft_targets(plan, labels, spec, &mut out).unwrap();
+            cpu::soft_targets(plan, spec, labels, &mut out).unwrap();
             assert_close("targets", &to_f64(&out), want, Tol::new(4e-7, 0.0).stored_as::<T>());
         }
         run::<f32>(&plan, &labels, &spec, &want);
@@ -176,11 +176,11 @@ fn logit_kinds() -> impl Strategy<Value = Vec<Kind>> {
 fn logits<T: FloatElement>(b: usize, c: usize, kinds: &[Kind], seed: u64) -> (Vec<T>, f64) {
     let mut z: Vec<T> = random_vec(b * c, seed, -8.0, 8.0);
     let min = match T::DTYPE {
-        mixup_kernels::DType::F16 => f16::MIN.to_f32(),
-        mixup_kernels::DType::BF16 => bf16::MIN.to_f32(),
+        mixup_kernels::ScalarType::F16 => f16::MIN.to_f32(),
+        mixup_kernels::ScalarType::BF16 => bf16::MIN.to_f32(),
         _ => f32::MIN,
     };
-    let huge = if T::DTYPE == mixup_kernels::DType::F16 {
+    let huge = if T::DTYPE == mixup_kernels::ScalarType::F16 {
         6e4
     } else {
         1e4
@@ -217,14 +217,16 @@ fn loss_ok(got: f32, want: f64, abs: f64, rel: f64) -> bool {
 }
 
 fn check_ce<T: FloatElement>(plan: &MixPlan, spec: &CeSpec, kinds: &[Kind], seed: u64) {
-    let (b, c) = (plan.len(), spec.targets.num_classes);
+    let (b, c) = (plan.len(), spec.num_classes());
     let (z, range) = logits::<T>(b, c, kinds, seed);
     let labels = random_labels(b, c, seed);
-    let up = Upstream::Scalar(1.0);
+    let up = GradOutput::Scalar(1.0);
     let want = reference::mixup_ce(plan, spec, &z, &labels, up).unwrap();
     let mut grad = vec![T::default(); z.len()];
     let mut losses = vec![0.0f32; b];
-    cpu::mixup_ce(plan, spec, &z, &labels, up, Some(&mut losses), &mut grad).unwrap();
+    let loss = cpu::mixup_ce(plan, spec, &z, &labels, up, Some(&mut losses), &mut grad).unwrap();
+    // A scalar exactly for Mean and Sum.
+    assert_eq!(loss.is_none(), spec.reduction() == Reduction::None);
     let abs = 1e-6 * (1.0 + (c as f64).ln()) * (1.0 + range);
     for (i, (&l, &w)) in losses.iter().zip(&want.losses).enumerate() {
         assert!(
@@ -235,7 +237,7 @@ fn check_ce<T: FloatElement>(plan: &MixPlan, spec: &CeSpec, kinds: &[Kind], seed
     }
     // The gradient is finite wherever the reference's is (a row with all classes masked or a
     // +inf logit is NaN in both).
-    let scale = if spec.reduction == Reduction::Mean {
+    let scale = if spec.reduction() == Reduction::Mean {
         1.0 / b as f64
     } else {
         1.0
@@ -255,14 +257,14 @@ fn check_ce<T: FloatElement>(plan: &MixPlan, spec: &CeSpec, kinds: &[Kind], seed
 }
 
 fn check_bce<T: FloatElement>(plan: &MixPlan, spec: &BceSpec, kinds: &[Kind], seed: u64) {
-    let (b, c) = (plan.len(), spec.targets().num_classes);
+    let (b, c) = (plan.len(), spec.num_classes());
     let (z, range) = logits::<T>(b, c, kinds, seed);
     let labels = random_labels(b, c, seed);
     let ups: Vec<f32> = (0..b).map(|i| 0.5 + (i % 3) as f32).collect();
     let up = if spec.reduction() == Reduction::None {
-        Upstream::PerSample(&ups)
+        GradOutput::PerSample(&ups)
     } else {
-        Upstream::Scalar(1.5)
+        GradOutput::Scalar(1.5)
     };
     let wmax = spec
         .weight()
@@ -273,7 +275,8 @@ fn check_bce<T: FloatElement>(plan: &MixPlan, spec: &BceSpec, kinds: &[Kind], se
     let want = reference::mixup_bce(plan, spec, &z, &labels, up).unwrap();
     let mut grad = vec![T::default(); z.len()];
     let mut losses = vec![0.0f32; b];
-    cpu::mixup_bce(plan, spec, &z, &labels, up, Some(&mut losses), &mut grad).unwrap();
+    let loss = cpu::mixup_bce(plan, spec, &z, &labels, up, Some(&mut losses), &mut grad).unwrap();
+    assert_eq!(loss.is_none(), spec.reduction() == Reduction::None);
     let abs = 1e-6 * c as f64 * (1.0 + range) * wmax;
     for (i, (&l, &w)) in losses.iter().zip(&want.losses).enumerate() {
         assert!(
@@ -305,14 +308,14 @@ proptest! {
     /// (and is the same infinity or NaN where it is not), in every dtype.
     #[test]
     fn ce_matches_reference(
-        rule in 0usize..3, mode in 0usize..3, batch in 1usize..12,
+        rule in 0usize..4, mode in 0usize..3, batch in 1usize..12,
         classes in prop_oneof![1usize..40, 900usize..1100, Just(4099usize)],
-        eps in prop_oneof![Just(0.0f32), 0.0f32..0.5], sum in any::<bool>(),
+        eps in prop_oneof![Just(0.0f64), 0.0f64..0.5], sum in any::<bool>(),
         kinds in logit_kinds(), seed in any::<u64>(),
     ) {
         let plan = sampler_plan(rule, mode, batch, (4, 4), seed % 1000);
         let red = if sum { Reduction::Sum } else { Reduction::Mean };
-        let spec = CeSpec::new(classes, eps, red);
+        let spec = CeSpec::new(classes, eps, red).unwrap();
         check_ce::<f32>(&plan, &spec, &kinds, seed);
         check_ce::<f16>(&plan, &spec, &kinds, seed);
         check_ce::<bf16>(&plan, &spec, &kinds, seed);
@@ -322,9 +325,9 @@ proptest! {
     /// covered in tests/mixup_bce.rs; here the logits are the point).
     #[test]
     fn bce_matches_reference(
-        rule in 0usize..3, mode in 0usize..3, batch in 1usize..12,
+        rule in 0usize..4, mode in 0usize..3, batch in 1usize..12,
         classes in prop_oneof![1usize..40, 900usize..1100],
-        eps in prop_oneof![Just(0.0f32), 0.0f32..0.5], thr in prop::option::of(0.0f32..1.0),
+        eps in prop_oneof![Just(0.0f64), 0.0f64..0.5], thr in prop::option::of(0.0f32..1.0),
         red in 0usize..3, weights in 0usize..4, sum_classes in any::<bool>(),
         kinds in logit_kinds(), seed in any::<u64>(),
     ) {
@@ -367,8 +370,8 @@ proptest! {
         let mut losses = vec![9.0f32; (batch as isize + dl).max(0) as usize];
         let mut grad = vec![7.0f32; len(dg)];
         let valid = dz == 0 && dg == 0 && dl == 0 && !bad_label && up.is_finite();
-        let ce = CeSpec::new(classes, 0.1, Reduction::Mean);
-        let r = cpu::mixup_ce(&plan, &ce, &z, &labels, Upstream::Scalar(up), Some(&mut losses), &mut grad);
+        let ce = CeSpec::new(classes, 0.1, Reduction::Mean).unwrap();
+        let r = cpu::mixup_ce(&plan, &ce, &z, &labels, GradOutput::Scalar(up), Some(&mut losses), &mut grad);
         prop_assert_eq!(r.is_ok(), valid);
         if !valid {
             prop_assert!(grad.iter().all(|&g| g == 7.0) && losses.iter().all(|&l| l == 9.0));
@@ -376,19 +379,19 @@ proptest! {
         let mut grad = vec![7.0f32; len(dg)];
         let mut losses = vec![9.0f32; (batch as isize + dl).max(0) as usize];
         let bce = BceSpec::new(classes, 0.1, Reduction::Mean).unwrap();
-        let r = cpu::mixup_bce(&plan, &bce, &z, &labels, Upstream::Scalar(up), Some(&mut losses), &mut grad);
+        let r = cpu::mixup_bce(&plan, &bce, &z, &labels, GradOutput::Scalar(up), Some(&mut losses), &mut grad);
         prop_assert_eq!(r.is_ok(), valid);
         if !valid {
             prop_assert!(grad.iter().all(|&g| g == 7.0) && losses.iter().all(|&l| l == 9.0));
         }
         let mut zg = z.clone();
-        let r = cpu::mixup_ce_in_place(&plan, &ce, &mut zg, &labels, Upstream::Scalar(up), None);
+        let r = cpu::mixup_ce_in_place(&plan, &ce, &mut zg, &labels, GradOutput::Scalar(up), None);
         prop_assert_eq!(r.is_ok(), dz == 0 && !bad_label && up.is_finite());
         if r.is_err() {
             prop_assert_eq!(zg, z);
         }
         let mut t = vec![5.0f32; len(dg)];
-        let r = cpu::soft_targets(&plan, &labels, &ce.targets, &mut t);
+        let r = cpu::soft_targets(&plan, ce.targets(), &labels, &mut t);
         prop_assert_eq!(r.is_ok(), dg == 0 && !bad_label);
         if r.is_err() {
             prop_assert!(t.iter().all(|&v| v == 5.0));
@@ -404,7 +407,7 @@ proptest! {
     ) {
         let plan = sampler_plan(2, 2, batch, (h, w), seed % 100);
         let (lh, lw) = if other_image { (h + 1, w) } else { (h, w) };
-        let layout = Layout::Nchw { channels: 2, height: lh, width: lw };
+        let layout = SampleShape::channels_first(2, lh, lw);
         let n = (batch * 2 * lh * lw) as isize;
         let x: Vec<f32> = random_vec((n + dx).max(0) as usize, seed, 0.0, 1.0);
         let mut out = vec![3.0f32; (n + dout).max(0) as usize];

@@ -1,6 +1,7 @@
 //! Properties of the seeded sampler: determinism, partner structure, λ distribution, boxes.
 
 use approx::{assert_abs_diff_eq, assert_relative_eq};
+use mixup_kernels::ImageSize;
 use mixup_kernels::{BoxRule, MixConfig, MixError, MixPlan, Mode, PartnerRule, Sampler};
 
 fn sampler(cfg: MixConfig) -> Sampler {
@@ -27,7 +28,16 @@ fn moments(v: &[f64]) -> (f64, f64) {
 fn lambdas(s: &Sampler, steps: u64, batch: usize) -> Vec<f64> {
     (0..steps)
         .flat_map(|step| {
-            let plan = s.plan(0, step, batch, (16, 16)).unwrap();
+            let plan = s
+                .plan_images(
+                    step,
+                    batch,
+                    ImageSize {
+                        height: 16,
+                        width: 16,
+                    },
+                )
+                .unwrap();
             plan.samples().map(|m| m.lam as f64).collect::<Vec<_>>()
         })
         .collect()
@@ -43,7 +53,19 @@ fn same_arguments_same_plan_across_threads() {
     };
     let s = sampler(cfg);
     let expected: Vec<MixPlan> = (0..8)
-        .map(|step| s.plan(3, step, 33, (24, 20)).unwrap())
+        .map(|step| {
+            s.clone()
+                .with_rank(3)
+                .plan_images(
+                    step,
+                    33,
+                    ImageSize {
+                        height: 24,
+                        width: 20,
+                    },
+                )
+                .unwrap()
+        })
         .collect();
     let handles: Vec<_> = (0..4)
         .map(|t| {
@@ -54,7 +76,22 @@ fn same_arguments_same_plan_across_threads() {
                 order.rotate_left(t * 3 % 8);
                 order
                     .into_iter()
-                    .map(|step| (step, s.plan(3, step, 33, (24, 20)).unwrap()))
+                    .map(|step| {
+                        (
+                            step,
+                            s.clone()
+                                .with_rank(3)
+                                .plan_images(
+                                    step,
+                                    33,
+                                    ImageSize {
+                                        height: 24,
+                                        width: 20,
+                                    },
+                                )
+                                .unwrap(),
+                        )
+                    })
                     .collect::<Vec<_>>()
             })
         })
@@ -66,27 +103,41 @@ fn same_arguments_same_plan_across_threads() {
     }
     // A fresh sampler with the same seed agrees too (no hidden state).
     let again = sampler(s.config().clone());
-    assert_eq!(again.plan(3, 5, 33, (24, 20)).unwrap(), expected[5]);
+    assert_eq!(
+        again
+            .clone()
+            .with_rank(3)
+            .plan_images(
+                5,
+                33,
+                ImageSize {
+                    height: 24,
+                    width: 20
+                }
+            )
+            .unwrap(),
+        expected[5]
+    );
 }
 
 #[test]
 fn ranks_steps_and_seeds_give_different_plans() {
     let s = sampler(elem(1.0, PartnerRule::Permutation));
-    let base = s.plan(0, 0, 64, (1, 1)).unwrap();
-    assert_ne!(base, s.plan(1, 0, 64, (1, 1)).unwrap(), "rank");
-    assert_ne!(base, s.plan(0, 1, 64, (1, 1)).unwrap(), "step");
+    let base = s.plan(0, 64).unwrap();
+    assert_ne!(base, s.clone().with_rank(1).plan(0, 64).unwrap(), "rank");
+    assert_ne!(base, s.plan(1, 64).unwrap(), "step");
     let other = Sampler::new(s.config().clone(), 1235).unwrap();
-    assert_ne!(base, other.plan(0, 0, 64, (1, 1)).unwrap(), "seed");
+    assert_ne!(base, other.plan(0, 64).unwrap(), "seed");
 }
 
 #[test]
 fn plan_into_reuses_storage_and_matches_plan() {
     let s = sampler(elem(0.4, PartnerRule::Permutation));
-    let mut plan = s.plan(0, 0, 100, (1, 1)).unwrap();
+    let mut plan = s.plan(0, 100).unwrap();
     plan = {
         let mut p = plan.clone();
-        s.plan_into(0, 9, 40, (1, 1), &mut p).unwrap();
-        assert_eq!(p, s.plan(0, 9, 40, (1, 1)).unwrap());
+        s.plan_into(9, 40, None, &mut p).unwrap();
+        assert_eq!(p, s.plan(9, 40).unwrap());
         p
     };
     // On error the plan is left as it was.
@@ -96,7 +147,15 @@ fn plan_into_reuses_storage_and_matches_plan() {
         ..elem(0.4, PartnerRule::Flip)
     });
     assert!(matches!(
-        cut.plan_into(0, 0, 8, (0, 0), &mut plan),
+        cut.plan_into(
+            0,
+            8,
+            Some(ImageSize {
+                height: 0,
+                width: 0
+            }),
+            &mut plan
+        ),
         Err(MixError::EmptyShape { .. })
     ));
     assert_eq!(plan, before);
@@ -112,7 +171,7 @@ fn partners_follow_the_rule() {
         ] {
             let s = sampler(elem(1.0, rule));
             for step in 0..20 {
-                let plan = s.plan(0, step, batch, (1, 1)).unwrap();
+                let plan = s.plan(step, batch).unwrap();
                 assert_eq!(plan.len(), batch);
                 let partners: Vec<usize> = plan.samples().map(|m| m.partner).collect();
                 let mut sorted = partners.clone();
@@ -150,7 +209,7 @@ fn random_pairs_and_permutations_are_not_degenerate() {
     let s = sampler(elem(1.0, PartnerRule::RandomPairs));
     let mut seen = [[false; 6]; 6];
     for step in 0..400 {
-        for (i, m) in s.plan(0, step, 6, (1, 1)).unwrap().samples().enumerate() {
+        for (i, m) in s.plan(step, 6).unwrap().samples().enumerate() {
             seen[i][m.partner] = true;
         }
     }
@@ -162,7 +221,7 @@ fn random_pairs_and_permutations_are_not_degenerate() {
     let p = sampler(elem(1.0, PartnerRule::Permutation));
     let mut cycles_longer_than_two = 0;
     for step in 0..100 {
-        let plan = p.plan(0, step, 8, (1, 1)).unwrap();
+        let plan = p.plan(step, 8).unwrap();
         if !plan.is_involution() {
             cycles_longer_than_two += 1;
         }
@@ -217,7 +276,18 @@ fn prob_and_switch_prob_are_respected() {
     let s = sampler(cfg);
     let (mut unmixed, mut cut, mut n) = (0usize, 0usize, 0usize);
     for step in 0..200 {
-        for m in s.plan(0, step, 64, (32, 32)).unwrap().samples() {
+        for m in s
+            .plan_images(
+                step,
+                64,
+                ImageSize {
+                    height: 32,
+                    width: 32,
+                },
+            )
+            .unwrap()
+            .samples()
+        {
             n += 1;
             match m.cut {
                 Some(_) => cut += 1,
@@ -240,7 +310,16 @@ fn batch_mode_shares_one_decision_and_pair_mode_one_per_pair() {
     };
     let s = sampler(both.clone());
     for step in 0..50 {
-        let plan = s.plan(0, step, 9, (12, 10)).unwrap();
+        let plan = s
+            .plan_images(
+                step,
+                9,
+                ImageSize {
+                    height: 12,
+                    width: 10,
+                },
+            )
+            .unwrap();
         let first = plan.sample(0);
         for (i, m) in plan.samples().enumerate() {
             if i != 4 {
@@ -259,7 +338,16 @@ fn batch_mode_shares_one_decision_and_pair_mode_one_per_pair() {
     });
     let mut distinct = std::collections::HashSet::new();
     for step in 0..50 {
-        let plan = s.plan(0, step, 10, (12, 10)).unwrap();
+        let plan = s
+            .plan_images(
+                step,
+                10,
+                ImageSize {
+                    height: 12,
+                    width: 10,
+                },
+            )
+            .unwrap();
         for (i, m) in plan.samples().enumerate() {
             let p = plan.sample(m.partner);
             assert_eq!(
@@ -294,7 +382,19 @@ fn corrected_lambda_equals_the_box_area() {
             let s = sampler(cfg);
             let mut uncorrected_differs = false;
             for step in 0..100 {
-                for (i, m) in s.plan(0, step, 16, (h, w)).unwrap().samples().enumerate() {
+                for (i, m) in s
+                    .plan_images(
+                        step,
+                        16,
+                        ImageSize {
+                            height: h,
+                            width: w,
+                        },
+                    )
+                    .unwrap()
+                    .samples()
+                    .enumerate()
+                {
                     let b = m
                         .cut
                         .unwrap_or_else(|| panic!("sample {i} of step {step} is CutMix"));
@@ -332,7 +432,18 @@ fn minmax_boxes_follow_timm_ranges() {
     // timm >= 1.0.29 draws the offset with randint(0, H - cut + 1): the far edge is reachable.
     let mut touches_edge = false;
     for step in 0..50 {
-        for m in s.plan(0, step, 16, (h, w)).unwrap().samples() {
+        for m in s
+            .plan_images(
+                step,
+                16,
+                ImageSize {
+                    height: h,
+                    width: w,
+                },
+            )
+            .unwrap()
+            .samples()
+        {
             let b = m.cut.expect("minmax forces CutMix");
             let (ch, cw) = ((b.y1 - b.y0) as usize, (b.x1 - b.x0) as usize);
             assert!((10..30).contains(&ch) && (6..18).contains(&cw), "{b:?}");
@@ -346,7 +457,14 @@ fn minmax_boxes_follow_timm_ranges() {
         "no box reached the bottom or right edge in 800 draws"
     );
     assert!(matches!(
-        s.plan(0, 0, 4, (1, 30)),
+        s.plan_images(
+            0,
+            4,
+            ImageSize {
+                height: 1,
+                width: 30
+            }
+        ),
         Err(MixError::InvalidArgument { .. })
     ));
 }
@@ -354,7 +472,7 @@ fn minmax_boxes_follow_timm_ranges() {
 #[test]
 fn odd_flip_batch_leaves_the_middle_unmixed() {
     let s = sampler(MixConfig::timm(10));
-    let plan = s.plan(0, 0, 5, (1, 1)).unwrap();
+    let plan = s.plan(0, 5).unwrap();
     assert_eq!(plan.sample(2).partner, 2);
     assert_eq!(plan.sample(2).lam, 1.0);
     assert!(plan.sample(0).lam < 1.0);
@@ -366,8 +484,131 @@ fn prob_zero_gives_identity_and_display_says_so() {
         prob: 0.0,
         ..MixConfig::timm(10)
     });
-    let plan = s.plan(0, 0, 4, (1, 1)).unwrap();
+    let plan = s.plan(0, 4).unwrap();
     assert!(plan.samples().all(|m| m.lam == 1.0 && m.cut.is_none()));
     let text = plan.to_string();
     assert_eq!(text.matches("unmixed").count(), 4, "{text}");
+}
+
+/// torchvision v2's partner rule: the batch rolled by one, `partner(i) = (i + B − 1) mod B`;
+/// with one sample the sample is left unmixed. Not an involution, so Pair mode refuses it.
+#[test]
+fn roll_partner_is_torchvisions() {
+    for batch in [1usize, 2, 3, 8] {
+        let s = sampler(elem(1.0, PartnerRule::Roll));
+        let plan = s.plan(0, batch).unwrap();
+        for (i, m) in plan.samples().enumerate() {
+            assert_eq!(m.partner, (i + batch - 1) % batch, "B={batch} sample {i}");
+        }
+        if batch == 1 {
+            assert_eq!(plan.sample(0).lam, 1.0);
+        }
+        assert_eq!(plan.is_involution(), batch <= 2);
+    }
+    assert!(!PartnerRule::Roll.is_involution());
+    let pair = MixConfig {
+        mode: Mode::Pair,
+        partner: PartnerRule::Roll,
+        ..MixConfig::timm(10)
+    };
+    assert!(matches!(
+        Sampler::new(pair, 0),
+        Err(MixError::InvalidConfig { field: "mode", .. })
+    ));
+}
+
+/// `plan` is for rows and MixUp-only configs: with CutMix enabled it fails naming
+/// `plan_images`; `plan_images` and `plan_into(.., Some(size), ..)` draw the same plan, and a
+/// MixUp-only config ignores the size.
+#[test]
+fn plan_needs_the_image_size_only_for_cutmix() {
+    let cut = sampler(MixConfig::fastai_v2_cutmix(10));
+    let err = cut.plan(0, 8).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MixError::InvalidArgument {
+                what: "image_size",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("plan_images"), "{err}");
+    let mut p = MixPlan::default();
+    assert!(cut.plan_into(0, 8, None, &mut p).is_err());
+    assert_eq!(p, MixPlan::default(), "left unchanged on error");
+    let size = ImageSize {
+        height: 12,
+        width: 9,
+    };
+    cut.plan_into(3, 8, Some(size), &mut p).unwrap();
+    assert_eq!(p, cut.plan_images(3, 8, size).unwrap());
+    assert_eq!(p.image_size(), Some((12, 9)));
+    let mixup = sampler(MixConfig::timm(10));
+    assert_eq!(
+        mixup.plan(3, 8).unwrap(),
+        mixup.plan_images(3, 8, size).unwrap()
+    );
+    assert_eq!(mixup.plan(3, 8).unwrap().image_size(), None);
+}
+
+/// The rank is set once; rank 0 is the default, and each rank draws its own plans.
+#[test]
+fn rank_is_set_once() {
+    let s = sampler(MixConfig::fastai_v2_mixup(10));
+    assert_eq!(s.rank(), 0);
+    assert_eq!(
+        s.clone().with_rank(0).plan(5, 16).unwrap(),
+        s.plan(5, 16).unwrap()
+    );
+    let r2 = s.clone().with_rank(2);
+    assert_eq!(r2.rank(), 2);
+    assert_ne!(r2.plan(5, 16).unwrap(), s.plan(5, 16).unwrap());
+    assert_eq!(r2.plan(5, 16).unwrap(), r2.plan(5, 16).unwrap());
+}
+
+/// A drawn plan carries its config's classes and label smoothing (one source of truth); a
+/// hand-built plan carries none.
+#[test]
+fn drawn_plans_remember_the_target_spec() {
+    let cfg = MixConfig {
+        label_smoothing: 0.2,
+        ..MixConfig::timm(37)
+    };
+    let plan = sampler(cfg.clone()).plan(0, 4).unwrap();
+    let t = plan.targets().expect("drawn plans remember their spec");
+    assert_eq!((t.num_classes(), t.label_smoothing()), (37, 0.2));
+    assert_eq!(*t, cfg.target_spec().unwrap());
+    assert_eq!(
+        MixPlan::from_parts(&[1, 0], &[0.5, 0.5]).unwrap().targets(),
+        None
+    );
+    assert_eq!(plan.clone().with_targets(None).targets(), None);
+}
+
+/// `MixPlan::from_boxes` sets λ to the kept area as the sampler does with `correct_lam`: a
+/// sampler's CutMix plan rebuilt from its own boxes is the same plan.
+#[test]
+fn from_boxes_matches_the_samplers_lambda() {
+    let size = ImageSize {
+        height: 32,
+        width: 24,
+    };
+    for step in 0..20 {
+        let plan = sampler(MixConfig::fastai_v2_cutmix(10))
+            .plan_images(step, 6, size)
+            .unwrap()
+            .with_targets(None);
+        let partner: Vec<usize> = plan.samples().map(|s| s.partner).collect();
+        let boxes: Vec<_> = plan.samples().map(|s| s.cut.unwrap_or_default()).collect();
+        let rebuilt = MixPlan::from_boxes(&partner, &boxes, 32, 24).unwrap();
+        for (i, (a, b)) in plan.samples().zip(rebuilt.samples()).enumerate() {
+            if a.partner == i {
+                continue; // unmixed: the sampler drops the box
+            }
+            assert_eq!(a.cut, b.cut, "step {step} sample {i}");
+            assert_eq!(a.lam, b.lam, "step {step} sample {i}");
+        }
+    }
 }

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use mixup_kernels::ImageSize;
 use mixup_kernels::{
     bf16, cpu, f16, reference, FloatElement, MixConfig, MixPlan, Mode, PartnerRule, Sampler,
     TargetSpec,
@@ -13,9 +14,9 @@ use mixup_kernels::{
 /// The shared f32 formula, plainly: `t = (1-ε)·w + ε/C` with `w = λ·[c=a] + (1-λ)·[c=b]`
 /// (`λ + (1-λ)` when `a == b`), rounded once to T.
 fn formula<T: FloatElement>(plan: &MixPlan, labels: &[u32], spec: &TargetSpec) -> Vec<T> {
-    let c = spec.num_classes;
-    let off = spec.smoothing / c as f32;
-    let keep = 1.0 - spec.smoothing;
+    let c = spec.num_classes();
+    let off = spec.label_smoothing() as f32 / c as f32;
+    let keep = 1.0 - spec.label_smoothing() as f32;
     let mut out = Vec::with_capacity(plan.len() * c);
     for (i, s) in plan.samples().enumerate() {
         let (a, b) = (labels[i] as usize, labels[s.partner] as usize);
@@ -57,7 +58,7 @@ fn check_all<T: FloatElement>() {
                 // Every partner has the same class: the two weights add.
                 ("same class", vec![(classes - 1) as u32; batch]),
             ];
-            for smoothing in [0.0f32, 0.1, 0.5] {
+            for smoothing in [0.0f64, 0.1, 0.5] {
                 let spec = TargetSpec::new(classes, smoothing).unwrap();
                 for (lname, labels) in &label_sets {
                     for (pname, plan) in plans(batch, classes) {
@@ -66,9 +67,9 @@ fn check_all<T: FloatElement>() {
                             T::DTYPE
                         );
                         let mut out = vec![T::from_f32(9.0); batch * classes];
-                        cpu::soft_targets(&plan, labels, &spec, &mut out).unwrap();
+                        cpu::soft_targets(&plan, &spec, labels, &mut out).unwrap();
                         assert_same_bits(&what, &out, &formula(&plan, labels, &spec));
-                        let want = reference::soft_targets(&plan, labels, &spec).unwrap();
+                        let want = reference::soft_targets(&plan, &spec, labels).unwrap();
                         assert_close(&what, &to_f64(&out), &want, tol::<T>());
                     }
                 }
@@ -97,7 +98,7 @@ fn same_class_partners_add_their_weights() {
     let plan = MixPlan::from_parts(&[1, 0, 2], &[0.7, 0.4, 1.0]).unwrap();
     let spec = TargetSpec::new(4, 0.2).unwrap();
     let mut out = vec![0.0f32; 12];
-    cpu::soft_targets(&plan, &[3, 3, 1], &spec, &mut out).unwrap();
+    cpu::soft_targets(&plan, &spec, &[3u32, 3, 1], &mut out).unwrap();
     // Sample 0 and its partner are both class 3: (1-ε)·1 + ε/C = 0.85, the rest ε/C = 0.05.
     for row in out.chunks(4) {
         let total: f32 = row.iter().sum();
@@ -123,12 +124,19 @@ fn timm_flip_batch_target() {
     };
     let plan = Sampler::new(cfg.clone(), 3)
         .unwrap()
-        .plan(0, 0, 4, (8, 8))
+        .plan_images(
+            0,
+            4,
+            ImageSize {
+                height: 8,
+                width: 8,
+            },
+        )
         .unwrap();
     let lam = plan.sample(0).lam as f64;
     let labels = [0u32, 1, 2, 3];
     let mut out = vec![0.0f32; 20];
-    cpu::soft_targets(&plan, &labels, &cfg.target_spec(), &mut out).unwrap();
+    cpu::soft_targets(&plan, &cfg.target_spec().unwrap(), &labels, &mut out).unwrap();
     let (off, on) = (0.1 / 5.0, 1.0 - 0.1 + 0.1 / 5.0);
     for i in 0..4 {
         for c in 0..5 {

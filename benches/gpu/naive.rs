@@ -1,7 +1,7 @@
-//! The unfused baseline (`kernels/naive.cu`): the same operations written the way a first port
-//! (or PyTorch eager) computes them, one launch per step and every intermediate in device
-//! memory. Part of the benchmark only, not of the library; the host emulation
-//! (kernels/emu/test_naive.cpp) checks its kernels against expected values.
+//! The unfused baseline (`benches/gpu/naive.cu`): the same operations written the way a first
+//! port (or PyTorch eager) computes them, one launch per step and every intermediate in device
+//! memory. Part of the benchmark only, not of the library; benches/gpu.rs checks each op's
+//! output against the fused kernel's before timing it.
 //!
 //! - mix: gather `tmp[i] = x[partner(i)]`, lerp (CutMix samples copy `x`), paste the boxes.
 //! - soft targets: two f32 one-hot tensors, then a blend.
@@ -15,7 +15,9 @@ use mixup_kernels::cuda::cudarc::driver::{
 };
 use mixup_kernels::cuda::cudarc::nvrtc::Ptx;
 use mixup_kernels::cuda::kernels::{compile, options, ModuleSource, Target};
-use mixup_kernels::{CeSpec, DType, Element, Layout, MixPlan, Reduction, TargetSpec};
+use mixup_kernels::{
+    CeSpec, Element, MemoryFormat, MixPlan, Reduction, SampleShape, ScalarType, TargetSpec,
+};
 
 use super::Res;
 
@@ -24,7 +26,7 @@ static NAIVE: ModuleSource = ModuleSource {
     source: concat!(
         include_str!("../../kernels/common.cuh"),
         "\n#line 1 \"naive.cu\"\n",
-        include_str!("../../kernels/naive.cu")
+        include_str!("naive.cu")
     ),
     hash: 0,
 };
@@ -92,7 +94,7 @@ impl NaiveBuffers {
 }
 
 impl Naive {
-    /// Compiles kernels/naive.cu for `sm_<cc>` and loads every entry.
+    /// Compiles benches/gpu/naive.cu for `sm_<cc>` and loads every entry.
     pub fn new(stream: &Arc<CudaStream>, cc: u32) -> Res<Self> {
         let target = Target::Sm(cc);
         let compiled = compile(&NAIVE, "naive", target, &options(target, "MIXUP_ALL", &[]))?;
@@ -118,15 +120,15 @@ impl Naive {
     }
 
     /// The functions for `dtype`.
-    pub fn kernels(&self, dtype: DType) -> Res<Kernels<'_>> {
+    pub fn kernels(&self, dtype: ScalarType) -> Res<Kernels<'_>> {
         let get = |name: &str| -> Res<&CudaFunction> {
             self.funcs
                 .get(name)
-                .ok_or_else(|| format!("kernels/naive.cu has no `{name}`").into())
+                .ok_or_else(|| format!("benches/gpu/naive.cu has no `{name}`").into())
         };
         let dt = dtype.name();
         let float = match dtype {
-            DType::U8 => None,
+            ScalarType::U8 => None,
             _ => Some([
                 get(&format!("naive_blend_{dt}"))?,
                 get(&format!("naive_log_softmax_{dt}"))?,
@@ -174,7 +176,7 @@ impl Naive {
         &self,
         k: &Kernels<'_>,
         plan: &NaivePlan,
-        layout: &Layout,
+        layout: &SampleShape,
         x: &CudaSlice<T>,
         tmp: &mut CudaSlice<T>,
         out: &mut CudaSlice<T>,
@@ -183,24 +185,26 @@ impl Naive {
         let n = x.len() as u64;
         let d = n / plan.batch.max(1) as u64;
         let (code, c, h, w) = match *layout {
-            Layout::Rows(_) => (0u32, 0u32, 0u32, 0u32),
-            Layout::Nchw {
+            SampleShape::Rows(_) => (0u32, 0u32, 0u32, 0u32),
+            SampleShape::Image {
+                format,
                 channels,
                 height,
                 width,
-            } => (1, channels as u32, height as u32, width as u32),
-            Layout::Nhwc {
-                height,
-                width,
-                channels,
-            } => (2, channels as u32, height as u32, width as u32),
+            } => {
+                let code = match format {
+                    MemoryFormat::ChannelsFirst => 1,
+                    MemoryFormat::ChannelsLast => 2,
+                };
+                (code, channels as u32, height as u32, width as u32)
+            }
         };
         let image = u32::from(code != 0);
         let (pp, _p) = plan.buf.device_ptr(s);
         let (xp, _a) = x.device_ptr(s);
         let (tp, _b) = tmp.device_ptr_mut(s);
         let (op, _c) = out.device_ptr_mut(s);
-        // SAFETY: argument lists match kernels/naive.cu; every buffer holds n elements.
+        // SAFETY: argument lists match benches/gpu/naive.cu; every buffer holds n elements.
         unsafe {
             s.launch_builder(k.gather)
                 .arg(&xp)
@@ -247,10 +251,12 @@ impl Naive {
         let s = &self.stream;
         let (lp, _l) = labels.device_ptr(s);
         let (pp, _p) = plan.buf.device_ptr(s);
-        let c = spec.num_classes as u64;
+        let c = spec.num_classes() as u64;
         let n = plan.batch as u64 * c;
-        let off = spec.off_value();
-        let on = 1.0 - spec.smoothing + off;
+        // The crate's f32 forms: `f32(ε)/C` and `1 - f32(ε) + off`.
+        let eps = spec.label_smoothing() as f32;
+        let off = eps / spec.num_classes() as f32;
+        let on = 1.0 - eps + off;
         for (buf, partner) in [(&mut bufs.y1, 0u32), (&mut bufs.y2, 1u32)] {
             let (yp, _y) = buf.device_ptr_mut(s);
             // SAFETY: as above; `buf` holds B·C f32.
@@ -283,7 +289,7 @@ impl Naive {
         let [blend, _, _] = k.float.ok_or("no naive soft targets for u8")?;
         self.one_hots(k, plan, labels, spec, bufs)?;
         let s = &self.stream;
-        let (c, n) = (spec.num_classes as u64, out.len() as u64);
+        let (c, n) = (spec.num_classes() as u64, out.len() as u64);
         let (op, _o) = out.device_ptr_mut(s);
         let (y1, _a) = bufs.y1.device_ptr(s);
         let (y2, _b) = bufs.y2.device_ptr(s);
@@ -319,9 +325,9 @@ impl Naive {
     ) -> Res<()> {
         let [_, log_softmax, gradk] = k.float.ok_or("no naive CE for u8")?;
         let [blend, _, _] = k32.float.ok_or("no f32 blend")?;
-        let (b, c) = (plan.batch as u64, spec.targets.num_classes as u64);
+        let (b, c) = (plan.batch as u64, spec.num_classes() as u64);
         let n = b * c;
-        self.one_hots(k, plan, labels, &spec.targets, bufs)?;
+        self.one_hots(k, plan, labels, spec.targets(), bufs)?;
         let s = &self.stream;
         let (lp, _l) = logits.device_ptr(s);
         let (gp, _g) = grad.device_ptr_mut(s);
@@ -332,9 +338,9 @@ impl Naive {
         let (logp, _p) = bufs.logp.device_ptr_mut(s);
         let (losses, _r) = bufs.losses.device_ptr_mut(s);
         let (pp, _q) = plan.buf.device_ptr(s);
-        let mean = u32::from(spec.reduction == Reduction::Mean);
+        let mean = u32::from(spec.reduction() == Reduction::Mean);
         let scale = if mean == 1 { 1.0 / b as f32 } else { 1.0f32 };
-        // SAFETY: argument lists match kernels/naive.cu; buffers hold B·C (or B) elements.
+        // SAFETY: argument lists match benches/gpu/naive.cu; buffers hold B·C (or B) elements.
         unsafe {
             s.launch_builder(blend)
                 .arg(&y1)

@@ -1,22 +1,17 @@
-// Helpers shared by the emulation tests (kernels/emu/test_*.cpp): pass/fail counting, exactly
-// sized buffers (so ASan sees any access past a tensor), host conversions written independently
-// of kernels/common.cuh, and the host's launch configurations.
+// Helpers of the checks written in C++ (the engine's own, kernels/emu/test_engine.cpp): pass/fail
+// counting, launches through the engine, messages.
 #pragma once
 #include "shim.h"
 
 #include <algorithm>
 #include <cstdarg>
 #include <cmath>
-#include <map>
 #include <random>
 #include <string>
-#include <tuple>
 #include <vector>
 
 // Counts (defined in main.cpp).
 extern int g_passed, g_failed;
-// Launch modes: run the tests, or only list the launch configurations they need.
-extern bool g_list_queries;
 
 inline void check(bool ok, const std::string& what) {
     if (ok) {
@@ -42,77 +37,6 @@ inline void run_as(const emu::Launch& l, const std::function<void()>& k, const s
     check(emu::launch(l, k), what + ": the launch broke a barrier or shuffle rule (see EMU FAIL above)");
 }
 
-// The grid of the element-wise kernels (src/cuda/mix.rs, src/cuda/soft_targets.rs,
-// src/cuda/naive.rs): one block per item, at most 2^31 - 1.
-inline unsigned grid_for(uint64_t items) {
-    return (unsigned)std::min<uint64_t>(std::max<uint64_t>(items, 1), (1ull << 31) - 1);
-}
-
-// Host conversions (as the `half` crate and `u8::from_f32` define them).
-struct HF32 {
-    typedef uint32_t B;
-    static constexpr int VE = 4;
-    static float f(B b) { float v; std::memcpy(&v, &b, 4); return v; }
-    static B r(float v) { B b; std::memcpy(&b, &v, 4); return b; }
-    static const char* name() { return "f32"; }
-    // Rounding to storage: relative half-ulp and the absolute error below the normal range.
-    static constexpr double rnd_rel = 0.0, rnd_abs = 0.0;
-};
-struct HF16 {
-    typedef uint16_t B;
-    static constexpr int VE = 8;
-    static float f(B b) { _Float16 h; std::memcpy(&h, &b, 2); return (float)h; }
-    static B r(float v) { _Float16 h = (_Float16)v; B b; std::memcpy(&b, &h, 2); return b; }
-    static const char* name() { return "f16"; }
-    static constexpr double rnd_rel = 0x1p-11, rnd_abs = 0x1p-25;
-};
-struct HBF16 {
-    typedef uint16_t B;
-    static constexpr int VE = 8;
-    static float f(B b) { uint32_t x = (uint32_t)b << 16; float v; std::memcpy(&v, &x, 4); return v; }
-    static B r(float v) {
-        uint32_t x;
-        std::memcpy(&x, &v, 4);
-        if ((x & 0x7fffffffu) > 0x7f800000u) return (B)((x >> 16) | 0x40u);
-        const uint32_t rb = 0x8000u;
-        return (B)(((x & rb) && (x & (3 * rb - 1))) ? (x >> 16) + 1 : (x >> 16));
-    }
-    static const char* name() { return "bf16"; }
-    static constexpr double rnd_rel = 0x1p-8, rnd_abs = 0x1p-134;
-};
-struct HU8 {
-    typedef uint8_t B;
-    static constexpr int VE = 16;
-    static float f(B b) { return (float)b; }
-    static B r(float v) {
-        if (std::isnan(v)) return 0;
-        float q = std::nearbyint(v);
-        return (B)std::min(255.0f, std::max(0.0f, q));
-    }
-    static const char* name() { return "u8"; }
-};
-
-// A buffer of exactly `off + n` elements, 16-byte aligned, so ASan catches any access past the
-// end; the view starts at `off`.
-template <class B>
-struct Buf {
-    B* base;
-    size_t off, n;
-    Buf(size_t off_, size_t n_, B fill) : off(off_), n(n_) {
-        if (off + n > PTRDIFF_MAX / sizeof(B)) std::abort();
-        base = (B*)std::malloc(std::max<size_t>(1, (off + n) * sizeof(B)));
-        if (((uintptr_t)base & 15u) != 0) std::abort();
-        for (size_t i = 0; i < off + n; ++i) base[i] = fill;
-    }
-    Buf(const Buf&) = delete;
-    Buf& operator=(const Buf&) = delete;
-    ~Buf() { std::free(base); }
-    B* v() { return base + off; }
-};
-
-// `|a - e| <= tol` with NaN failing; prints nothing (the caller names the index).
-inline bool close(double a, double e, double tol) { return std::fabs(a - e) <= tol; }
-
 inline std::string fmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
 inline std::string fmt(const char* f, ...) {
     char buf[512];
@@ -123,72 +47,5 @@ inline std::string fmt(const char* f, ...) {
     return buf;
 }
 
-// ---------------------------------------------------------------------------------------------
-// The cross-entropy launch the host makes (src/cuda/mixup_ce.rs `ce_strategy`, `launch_config`,
-// and the `group` / `smem_slots` fields of `CeArgs`).
-
-struct CeKey {
-    uint64_t classes;
-    int elem_size;
-    uint32_t smem_optin;
-    int forward_only;
-    uint64_t batch;
-    bool operator<(const CeKey& o) const {
-        return std::tie(classes, elem_size, smem_optin, forward_only, batch) <
-               std::tie(o.classes, o.elem_size, o.smem_optin, o.forward_only, o.batch);
-    }
-};
-
-struct CeLaunch {
-    std::string kernel;  // ce_warp, ce_block, ce_online
-    uint32_t group = 32, smem_slots = 0;
-    uint32_t grid = 1, block = 1, smem = 0;
-};
-
-// Filled from the file the Rust test writes (tests/kernels_emulated.rs asks the crate); empty
-// when the emulation runs on its own, which then uses `ce_launch_mirror`.
-extern std::map<CeKey, CeLaunch> g_ce_table;
-extern std::vector<CeKey> g_ce_queries;
-
-CeLaunch ce_launch_mirror(const CeKey& k);
-
-// The host's launch for `k` (from the table when there is one).
-inline CeLaunch ce_launch(const CeKey& k) {
-    if (g_list_queries) {
-        g_ce_queries.push_back(k);
-        return ce_launch_mirror(k);
-    }
-    if (g_ce_table.empty()) return ce_launch_mirror(k);
-    auto it = g_ce_table.find(k);
-    if (it == g_ce_table.end()) {
-        check(false, fmt("no host launch configuration for C %llu, %d-byte elements, smem %u, fwd %d, B %llu",
-                         (unsigned long long)k.classes, k.elem_size, k.smem_optin, k.forward_only,
-                         (unsigned long long)k.batch));
-        return ce_launch_mirror(k);
-    }
-    return it->second;
-}
-
-// The binary cross-entropy launch the host makes (src/cuda/mixup_bce.rs `bce_launch`), from the
-// same file: `bce <classes> <elem_size> <batch> <kernel> <group> <grid> <block>`.
-struct BceKey {
-    uint64_t classes;
-    int elem_size;
-    uint64_t batch;
-    bool operator<(const BceKey& o) const {
-        return std::tie(classes, elem_size, batch) < std::tie(o.classes, o.elem_size, o.batch);
-    }
-};
-struct BceHostLaunch {
-    std::string kernel;  // bce_warp, bce_block
-    uint32_t group = 32, grid = 1, block = 1;
-};
-extern std::map<BceKey, BceHostLaunch> g_bce_table;
-extern std::vector<BceKey> g_bce_queries;
-
-// Tests, one function per kernel file.
+// The checks written here: the engine's own.
 void test_engine();
-void test_mix_and_soft_targets();
-void test_mixup_ce();
-void test_mixup_bce();
-void test_naive();

@@ -307,6 +307,12 @@ void test_conversions() {
         bad_widen += !ok;
     }
     check(bad_widen == 0, fmt("cvt.f32.f16: %d of 65536 values wrong", bad_widen));
+    // __fadd_rn(__fmul_rn(a, b), c) rounds twice, never contracted into an FMA (the kernels' lerp
+    // relies on it for the CPU path's bits): (1 + 2^-23)(1 - 2^-24) rounds to 1, so the sum with
+    // -1 is 0, where an FMA keeps 2^-24 - 2^-47.
+    volatile float fa = 0x1.000002p0f, fb = 0x1.fffffep-1f, fc = -1.0f;
+    check(__fadd_rn(__fmul_rn(fa, fb), fc) == 0.0f && std::fma(fa, fb, fc) != 0.0f,
+          "__fadd_rn(__fmul_rn(..)) is contracted into an FMA (build with -ffp-contract=off)");
 }
 
 }  // namespace

@@ -14,10 +14,10 @@ use super::{
 use crate::dtype::FloatElement;
 use crate::error::MixError;
 use crate::plan::MixPlan;
-use crate::spec::{BceSpec, Reduction, Upstream};
+use crate::spec::{BceSpec, GradOutput, Reduction};
 
 /// The mixup binary cross-entropy of `logits` (`[B, C]`, f32, f16 or bf16) against the soft
-/// targets of `labels` (`[B]`, u32, i64 or u8) mixed by `plan`: timm's `BinaryCrossEntropy` on
+/// targets of `labels` (`[B]` class indices, u32 or i64; u8 is taken too) mixed by `plan`: timm's `BinaryCrossEntropy` on
 /// timm's `Mixup` target, as [`BceSpec`] describes it, fused (no target tensor is built).
 ///
 /// Returns a scalar for [`Reduction::Mean`] and [`Reduction::Sum`], the per-sample losses
@@ -25,12 +25,12 @@ use crate::spec::{BceSpec, Reduction, Upstream};
 /// (a sum over classes overflows f16 quickly: 256 × 1000 elements of `ln 2` is 177 000, past
 /// f16's 65 504; PyTorch's autocast runs this loss in f32 too).
 /// `loss.backward()` gives the logits' gradient. On the CPU the forward pass computes it in the
-/// same pass as the loss for an upstream gradient of 1 and keeps it, and any other upstream
+/// same pass as the loss for an upstream gradient of 1 and keeps it, and any other grad_output
 /// gradient recomputes it in one pass, so every element is rounded once.
 ///
 /// With the `candle-cuda` feature, tensors on a CUDA device run the crate's CUDA kernel on the
 /// device's own stream, as [`mixup_cross_entropy`](super::mixup_cross_entropy) does: the forward
-/// pass computes the loss only, and `backward()` runs the fused kernel once, reading the upstream
+/// pass computes the loss only, and `backward()` runs the fused kernel once, reading the grad_output
 /// gradient from device memory (the host never waits; a non-finite upstream is not checked
 /// there, it gives a non-finite gradient). Labels are converted to u32 on the device (candle's
 /// `to_dtype`, see `mixup_cross_entropy` for i64) and a label out of range is counted by the
@@ -42,8 +42,8 @@ use crate::spec::{BceSpec, Reduction, Upstream};
 ///
 /// # Errors
 /// candle's shape, rank, dtype and device errors for tensors that do not fit; the crate's
-/// [`MixError`] (wrapped) for a plan of another batch and labels out of range (on the CPU, before
-/// any work; on a GPU, labels out of range are reported by `check_device_labels` instead);
+/// [`MixError`] (wrapped) for a plan of another batch, a spec other than the plan's and labels
+/// out of range or negative (on the CPU, before any work; on a GPU, labels out of range are reported by `check_device_labels` instead);
 /// [`MixError::Unsupported`] for tensors on a GPU when the crate was built without the
 /// `candle-cuda` feature (move the logits to the CPU, or enable it), and for devices other than
 /// the CPU and CUDA.
@@ -57,22 +57,22 @@ use crate::spec::{BceSpec, Reduction, Upstream};
 /// let labels = Tensor::new(&[0u32, 1], &Device::Cpu)?;
 /// let plan = MixPlan::from_parts(&[1, 0], &[0.7, 0.7])?;
 /// let spec = BceSpec::new(3, 0.1, Reduction::Mean)?;
-/// let loss = mixup_binary_cross_entropy(logits.as_tensor(), &labels, &plan, &spec)?;
+/// let loss = mixup_binary_cross_entropy(&plan, &spec, logits.as_tensor(), &labels)?;
 /// let grad = loss.backward()?.remove(logits.as_tensor()).unwrap();
 /// assert_eq!(grad.dims(), [2, 3]);
 /// # Ok(())
 /// # }
 /// ```
 pub fn mixup_binary_cross_entropy(
-    logits: &Tensor,
-    labels: &Tensor,
     plan: &MixPlan,
     spec: &BceSpec,
+    logits: &Tensor,
+    labels: &Tensor,
 ) -> Result<Tensor> {
     const OP: &str = "mixup_kernels::mixup_binary_cross_entropy";
     check_logits(logits, labels, OP)?;
     let dims = logits.dims();
-    let c = spec.targets().num_classes;
+    let c = spec.num_classes();
     if dims[1] != c {
         return Err(Error::ShapeMismatchBinaryOp {
             lhs: logits.shape().clone(),
@@ -97,7 +97,7 @@ pub fn mixup_binary_cross_entropy(
         ))
         .into());
     }
-    crate::spec::check_bce(plan, spec, logits.elem_count(), &Upstream::Scalar(1.0))?;
+    crate::spec::check_bce(plan, spec, logits.elem_count(), &GradOutput::Scalar(1.0))?;
     let logits = logits.contiguous()?;
     let labels = device_labels(labels)?;
     let track = logits.track_op();
@@ -139,7 +139,7 @@ impl MixupBceOp {
         &self,
         logits: &[T],
         labels: &[u32],
-        upstream: Upstream<'_>,
+        grad_output: GradOutput<'_>,
         grad: Option<&mut [T]>,
     ) -> Result<Vec<f32>> {
         let (plan, spec) = (&self.plan, &self.spec);
@@ -147,10 +147,11 @@ impl MixupBceOp {
         let per_sample = spec.reduction() == Reduction::None;
         let out = per_sample.then_some(losses.as_mut_slice());
         let loss = match grad {
-            Some(g) => crate::cpu::mixup_bce(plan, spec, logits, labels, upstream, out, g)?,
+            Some(g) => crate::cpu::mixup_bce(plan, spec, logits, labels, grad_output, out, g)?,
             None => crate::cpu::mixup_bce_forward(plan, spec, logits, labels, out)?,
         };
-        Ok(if per_sample { losses } else { vec![loss] })
+        // `None` exactly for Reduction::None, whose result is the per-sample losses.
+        Ok(loss.map_or(losses, |l| vec![l]))
     }
 
     fn fwd<T: FloatElement + candle_core::WithDType>(
@@ -158,11 +159,11 @@ impl MixupBceOp {
         logits: &[T],
         labels: &[u32],
     ) -> Result<CpuStorage> {
-        let up = Upstream::Scalar(1.0);
+        let up = GradOutput::Scalar(1.0);
         let values = if self.want_grad {
             let mut grad = vec![T::default(); logits.len()];
             let v = self.host(logits, labels, up, Some(&mut grad))?;
-            let shape = (self.plan.len(), self.spec.targets().num_classes);
+            let shape = (self.plan.len(), self.spec.num_classes());
             *self.grad.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some(Tensor::from_vec(grad, shape, &Device::Cpu)?);
             v
@@ -180,14 +181,14 @@ impl MixupBceOp {
         up: &[f32],
     ) -> Result<Tensor> {
         let z: Vec<T> = logits.flatten_all()?.to_vec1()?;
-        let upstream = match self.spec.reduction() {
-            Reduction::None => Upstream::PerSample(up),
+        let grad_output = match self.spec.reduction() {
+            Reduction::None => GradOutput::PerSample(up),
             Reduction::Mean | Reduction::Sum => {
-                Upstream::Scalar(up.first().copied().unwrap_or(1.0))
+                GradOutput::Scalar(up.first().copied().unwrap_or(1.0))
             }
         };
         let mut grad = vec![T::default(); z.len()];
-        self.host(&z, labels, upstream, Some(&mut grad))?;
+        self.host(&z, labels, grad_output, Some(&mut grad))?;
         Tensor::from_vec(grad, logits.shape(), &Device::Cpu)
     }
 }
@@ -205,7 +206,7 @@ impl CustomOp2 for MixupBceOp {
         l2: &CLayout,
     ) -> Result<(CpuStorage, Shape)> {
         let name = self.name();
-        let labels = host_labels(s2, l2, name)?;
+        let labels = host_labels(s2, l2, self.spec.num_classes(), name)?;
         let out = match s1 {
             CpuStorage::F32(v) => self.fwd(contiguous(v, l1, name)?, &labels)?,
             CpuStorage::F16(v) => self.fwd(contiguous(v, l1, name)?, &labels)?,
@@ -256,14 +257,21 @@ impl CustomOp2 for MixupBceOp {
         }
         // A non-finite upstream gradient (a diverged loss scale...) gets the same readable error
         // as a direct call, before any work.
-        let upstream = match self.spec.reduction() {
-            Reduction::None => Upstream::PerSample(&up),
+        let grad_output = match self.spec.reduction() {
+            Reduction::None => GradOutput::PerSample(&up),
             Reduction::Mean | Reduction::Sum => {
-                Upstream::Scalar(up.first().copied().unwrap_or(1.0))
+                GradOutput::Scalar(up.first().copied().unwrap_or(1.0))
             }
         };
-        crate::spec::check_bce(&self.plan, &self.spec, logits.elem_count(), &upstream)?;
-        let labels: Vec<u32> = labels.to_dtype(DType::U32)?.to_vec1()?;
+        crate::spec::check_bce(&self.plan, &self.spec, logits.elem_count(), &grad_output)?;
+        let labels = match labels.dtype() {
+            DType::I64 => {
+                let v: Vec<i64> = labels.to_vec1()?;
+                crate::spec::check_label_values(&v, self.spec.num_classes())?;
+                v.into_iter().map(|l| l as u32).collect()
+            }
+            _ => labels.to_dtype(DType::U32)?.to_vec1::<u32>()?,
+        };
         let logits = logits.detach();
         let g = match logits.dtype() {
             DType::F32 => self.regrad::<f32>(&logits, &labels, &up)?,
@@ -305,18 +313,18 @@ impl candle_core::CustomOp3 for BceGradOp<'_> {
             labels: &[u32],
             up: &[f32],
         ) -> Result<CpuStorage> {
-            let upstream = match op.spec.reduction() {
-                Reduction::None => Upstream::PerSample(up),
+            let grad_output = match op.spec.reduction() {
+                Reduction::None => GradOutput::PerSample(up),
                 Reduction::Mean | Reduction::Sum => {
-                    Upstream::Scalar(up.first().copied().unwrap_or(1.0))
+                    GradOutput::Scalar(up.first().copied().unwrap_or(1.0))
                 }
             };
             let mut g = vec![T::default(); logits.len()];
-            op.host(logits, labels, upstream, Some(&mut g))?;
+            op.host(logits, labels, grad_output, Some(&mut g))?;
             Ok(T::to_cpu_storage_owned(g))
         }
         let name = self.name();
-        let labels = host_labels(s2, l2, name)?;
+        let labels = host_labels(s2, l2, self.bce.spec.num_classes(), name)?;
         let up = match s3 {
             CpuStorage::F32(v) => contiguous(v, l3, name)?,
             other => return Err(Error::UnsupportedDTypeForOp(other.dtype(), name).bt()),

@@ -21,7 +21,7 @@ use candle_core::{
 
 use super::bce::MixupBceOp;
 use super::{MixOp, MixupCeOp, SoftTargetsOp};
-use crate::cuda::{CudaMixer, DeviceBceSpec, DevicePlan, DeviceUpstream};
+use crate::cuda::{CudaMixer, DeviceBceSpec, DeviceGradOutput, DevicePlan};
 use crate::spec::{BceSpec, Reduction};
 use crate::{bf16, f16};
 
@@ -144,7 +144,7 @@ pub(super) fn mix(op: &MixOp, s: &CudaStorage, l: &CLayout) -> Result<(CudaStora
                 let x = s.as_cuda_slice::<$t>()?.slice(r.clone());
                 // SAFETY: the kernel writes every element of `out` before anyone reads it.
                 let mut out = unsafe { dev.alloc::<$t>(r.len())? };
-                m.mix(&plan, &op.layout, &x, &mut out.as_view_mut())?;
+                m.mix(&plan, &op.shape, &x, &mut out.as_view_mut())?;
                 wrap(out, &dev)
             }};
         }
@@ -201,7 +201,7 @@ pub(super) fn mixup_ce_fwd(
         let r = range(l1, NAME)?;
         let b = op.plan.len();
         let mut loss = dev.alloc_zeros::<f32>(1)?;
-        let mut losses = match op.spec.reduction {
+        let mut losses = match op.spec.reduction() {
             Reduction::None => Some(dev.alloc_zeros::<f32>(b)?),
             Reduction::Mean | Reduction::Sum => None,
         };
@@ -217,12 +217,12 @@ pub(super) fn mixup_ce_fwd(
                         &op.spec,
                         &z,
                         &labels,
-                        DeviceUpstream::Scalar(1.0),
+                        DeviceGradOutput::Scalar(1.0),
                         &mut loss.as_view_mut(),
                         per.as_mut(),
                         &mut g.as_view_mut(),
                     )?;
-                    let shape = (b, op.spec.targets.num_classes);
+                    let shape = (b, op.spec.num_classes());
                     let g = Storage::Cuda(wrap(g, &dev));
                     op.keep_grad(Tensor::from_storage(g, shape, BackpropOp::none(), false));
                 } else {
@@ -262,9 +262,9 @@ pub(super) fn mixup_ce_grad(
     with_plan(&dev, &ce.plan, |m, plan| {
         let labels = s2.as_cuda_slice::<u32>()?.slice(range(l2, NAME)?);
         let up = s3.as_cuda_slice::<f32>()?.slice(range(l3, NAME)?);
-        let upstream = match ce.spec.reduction {
-            Reduction::None => DeviceUpstream::PerSample(up),
-            Reduction::Mean | Reduction::Sum => DeviceUpstream::Device(up),
+        let grad_output = match ce.spec.reduction() {
+            Reduction::None => DeviceGradOutput::PerSample(up),
+            Reduction::Mean | Reduction::Sum => DeviceGradOutput::Device(up),
         };
         let r = range(l1, NAME)?;
         let mut loss = dev.alloc_zeros::<f32>(1)?;
@@ -278,7 +278,7 @@ pub(super) fn mixup_ce_grad(
                     &ce.spec,
                     &z,
                     &labels,
-                    upstream,
+                    grad_output,
                     &mut loss.as_view_mut(),
                     None,
                     &mut g.as_view_mut(),
@@ -355,9 +355,9 @@ pub(super) fn mixup_bce_grad(
     with_bce_spec(&dev, &op.plan, &op.spec, |m, plan, dspec| {
         let labels = s2.as_cuda_slice::<u32>()?.slice(range(l2, NAME)?);
         let up = s3.as_cuda_slice::<f32>()?.slice(range(l3, NAME)?);
-        let upstream = match op.spec.reduction() {
-            Reduction::None => DeviceUpstream::PerSample(up),
-            Reduction::Mean | Reduction::Sum => DeviceUpstream::Device(up),
+        let grad_output = match op.spec.reduction() {
+            Reduction::None => DeviceGradOutput::PerSample(up),
+            Reduction::Mean | Reduction::Sum => DeviceGradOutput::Device(up),
         };
         let r = range(l1, NAME)?;
         let mut loss = dev.alloc_zeros::<f32>(1)?;
@@ -371,7 +371,7 @@ pub(super) fn mixup_bce_grad(
                     dspec,
                     &z,
                     &labels,
-                    upstream,
+                    grad_output,
                     &mut loss.as_view_mut(),
                     None,
                     &mut g.as_view_mut(),

@@ -4,10 +4,10 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Error, Layout as CLayout, Result, Shape, Tensor};
 
 use super::{check_dtype, contiguous};
-use crate::dtype::{DType as ScalarType, Element, FloatElement};
+use crate::dtype::{Element, FloatElement, ScalarType};
 use crate::normalize::{check_mix_normalize, Normalize};
 use crate::plan::MixPlan;
-use crate::spec::{Layout, MemoryFormat};
+use crate::spec::{MemoryFormat, SampleShape};
 
 /// Mixes a batch of images by the plan, normalizes each channel and returns the model's input
 /// in `out_format` and `dtype`, in one pass (see [`Normalize`] for the formula and its source:
@@ -64,27 +64,15 @@ pub fn mix_normalize(
         OP,
     )?;
     check_dtype(dtype, &[DType::F32, DType::F16, DType::BF16], OP)?;
-    let (c, h, w, layout) = match format {
-        MemoryFormat::ChannelsFirst => (
-            d1,
-            d2,
-            d3,
-            Layout::Nchw {
-                channels: d1,
-                height: d2,
-                width: d3,
-            },
-        ),
-        MemoryFormat::ChannelsLast => (
-            d3,
-            d1,
-            d2,
-            Layout::Nhwc {
-                height: d1,
-                width: d2,
-                channels: d3,
-            },
-        ),
+    let (c, h, w) = match format {
+        MemoryFormat::ChannelsFirst => (d1, d2, d3),
+        MemoryFormat::ChannelsLast => (d3, d1, d2),
+    };
+    let shape = SampleShape::Image {
+        format,
+        channels: c,
+        height: h,
+        width: w,
     };
     let input = match images.dtype() {
         DType::U8 => ScalarType::U8,
@@ -95,7 +83,7 @@ pub fn mix_normalize(
     let n = images.elem_count();
     if let Err(e) = plan
         .check_batch(b)
-        .and_then(|()| check_mix_normalize(plan, &layout, norm, input, n, n))
+        .and_then(|()| check_mix_normalize(plan, &shape, norm, input, n, n))
     {
         return Err(Error::wrap(e).context(format!(
             "{OP}: images of shape {:?} read as {}",
@@ -110,28 +98,28 @@ pub fn mix_normalize(
         ))
         .bt());
     }
-    let shape = match out_format {
+    let out_shape = match out_format {
         MemoryFormat::ChannelsFirst => Shape::from((b, c, h, w)),
         MemoryFormat::ChannelsLast => Shape::from((b, h, w, c)),
     };
     let op = MixNormalizeOp {
         plan: plan.clone(),
-        layout,
+        shape,
         norm: norm.clone(),
         out_format,
         dtype,
-        shape,
+        out_shape,
     };
     images.contiguous()?.apply_op1_no_bwd(&op)
 }
 
 struct MixNormalizeOp {
     plan: MixPlan,
-    layout: Layout,
+    shape: SampleShape,
     norm: Normalize,
     out_format: MemoryFormat,
     dtype: DType,
-    shape: Shape,
+    out_shape: Shape,
 }
 
 impl MixNormalizeOp {
@@ -139,7 +127,7 @@ impl MixNormalizeOp {
         let mut out = vec![O::default(); x.len()];
         crate::cpu::mix_normalize(
             &self.plan,
-            &self.layout,
+            &self.shape,
             &self.norm,
             x,
             self.out_format,
@@ -172,6 +160,6 @@ impl CustomOp1 for MixNormalizeOp {
             CpuStorage::BF16(v) => self.to(contiguous(v, l, name)?)?,
             other => return Err(Error::UnsupportedDTypeForOp(other.dtype(), name).bt()),
         };
-        Ok((out, self.shape.clone()))
+        Ok((out, self.out_shape.clone()))
     }
 }

@@ -11,28 +11,33 @@
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor, Var};
-//! use mixup_kernels::candle::{mix_images, mixup_cross_entropy, ImageLayout};
-//! use mixup_kernels::{CeSpec, MixConfig, Reduction, Sampler};
+//! use mixup_kernels::candle::{mix_images, mixup_cross_entropy};
+//! use mixup_kernels::{MemoryFormat, MixConfig, Reduction, Sampler};
 //!
 //! # fn main() -> candle_core::Result<()> {
 //! let dev = Device::Cpu;
 //! let (batch, classes) = (4, 10);
 //! let images = Tensor::rand(0f32, 1., (batch, 1, 8, 8), &dev)?;   // NCHW
-//! let labels = Tensor::new(&[3u32, 8, 1, 3], &dev)?;
+//! let labels = Tensor::new(&[3u32, 8, 1, 3], &dev)?;              // or i64
 //! let weights = Var::zeros((64, classes), DType::F32, &dev)?;     // a linear "model"
 //!
-//! let sampler = Sampler::new(MixConfig::fastai_v2_mixup(classes), 0)?;
-//! let step = 0;
-//! let plan = sampler.plan(0, step, batch, (8, 8))?;               // who mixes with whom, λ
-//! let x = mix_images(&plan, &images, ImageLayout::Nchw)?;          // mixed inputs
-//! let logits = x.flatten_from(1)?.matmul(weights.as_tensor())?;
-//! let spec = CeSpec::new(classes, 0.0, Reduction::Mean);
-//! let loss = mixup_cross_entropy(&logits, &labels, &plan, &spec)?; // vs. the mixed targets
-//! let grads = loss.backward()?;                                    // fused gradient
-//! assert!(grads.get(&weights).is_some());
+//! let config = MixConfig::fastai_v2_mixup(classes);
+//! let spec = config.ce_spec(Reduction::Mean)?;                    // the config's smoothing
+//! let sampler = Sampler::new(config, 0)?;
+//! for step in 0..2u64 {
+//!     let plan = sampler.plan(step, batch)?;                      // who mixes with whom, λ
+//!     let x = mix_images(&plan, MemoryFormat::ChannelsFirst, &images)?; // mixed inputs
+//!     let logits = x.flatten_from(1)?.matmul(weights.as_tensor())?;
+//!     let loss = mixup_cross_entropy(&plan, &spec, &logits, &labels)?; // vs. mixed targets
+//!     let grads = loss.backward()?;                               // fused gradient
+//!     assert!(grads.get(&weights).is_some());
+//! }
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Every function takes the plan first, then what describes the data (the memory format, the
+//! loss spec), then the tensors.
 //!
 //! Errors are candle's own: shapes, ranks, dtypes and devices that do not fit give the matching
 //! [`candle_core::Error`] variant; problems the crate detects (a plan for another batch, labels
@@ -54,7 +59,7 @@ use crate::config::TargetSpec;
 use crate::dtype::{Element, FloatElement};
 use crate::error::MixError;
 use crate::plan::MixPlan;
-use crate::spec::{CeSpec, Layout, Reduction, Upstream};
+use crate::spec::{CeSpec, GradOutput, MemoryFormat, Reduction, SampleShape};
 
 mod bce;
 #[cfg(feature = "candle-cuda")]
@@ -72,61 +77,6 @@ impl From<MixError> for Error {
     }
 }
 
-/// How an image batch tensor is laid out: `[B, C, H, W]` or `[B, H, W, C]`.
-///
-/// ```
-/// use mixup_kernels::candle::ImageLayout;
-/// assert_eq!(ImageLayout::Nchw.hw(&[2, 3, 32, 24]), (32, 24));
-/// assert_eq!(ImageLayout::Nhwc.hw(&[2, 32, 24, 3]), (32, 24));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ImageLayout {
-    /// `[batch, channels, height, width]` (PyTorch's and candle-nn's convolutions).
-    Nchw,
-    /// `[batch, height, width, channels]` (channels-last).
-    Nhwc,
-}
-
-impl ImageLayout {
-    /// `(height, width)` of a rank-4 shape in this layout (`(0, 0)` for any other rank).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use candle_core::{Device, Tensor};
-    /// use mixup_kernels::candle::ImageLayout;
-    /// # fn main() -> candle_core::Result<()> {
-    /// let images = Tensor::zeros((8, 28, 28, 1), candle_core::DType::F32, &Device::Cpu)?;
-    /// assert_eq!(ImageLayout::Nhwc.hw(images.dims()), (28, 28)); // the size to draw boxes for
-    /// assert_eq!(ImageLayout::Nchw.hw(&[8, 784]), (0, 0));
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn hw(self, dims: &[usize]) -> (usize, usize) {
-        match (self, dims) {
-            (ImageLayout::Nchw, &[_, _, h, w]) | (ImageLayout::Nhwc, &[_, h, w, _]) => (h, w),
-            _ => (0, 0),
-        }
-    }
-
-    /// The crate's per-sample [`Layout`] of a rank-4 shape.
-    fn layout(self, dims: &[usize]) -> Layout {
-        match (self, dims) {
-            (ImageLayout::Nchw, &[_, c, h, w]) => Layout::Nchw {
-                channels: c,
-                height: h,
-                width: w,
-            },
-            (ImageLayout::Nhwc, &[_, h, w, c]) => Layout::Nhwc {
-                height: h,
-                width: w,
-                channels: c,
-            },
-            _ => Layout::Rows(0),
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Public functions
 // ---------------------------------------------------------------------------------------------
@@ -135,57 +85,73 @@ impl ImageLayout {
 /// take the partner's pixels inside their box (see [`MixPlan`]). Returns a new tensor of the
 /// same shape, dtype and device; `images` is left as it is.
 ///
-/// `images` is rank 4 in `layout`, of dtype f32, f16, bf16 or u8 (u8 rounds half to even, as
-/// timm's collate path does). A non-contiguous tensor is made contiguous first (a copy). The
-/// result does not track gradients: mixing is a data-side operation.
+/// `images` is rank 4 in `format` (`[B, C, H, W]` for [`MemoryFormat::ChannelsFirst`],
+/// `[B, H, W, C]` for [`MemoryFormat::ChannelsLast`]), of dtype f32, f16, bf16 or u8 (u8 rounds
+/// half to even, as timm's collate path does). A non-contiguous tensor is made contiguous first
+/// (a copy). The result does not track gradients: mixing is a data-side operation.
 ///
-/// Errors: rank other than 4 ([`Error::UnexpectedNumberOfDims`]), another dtype
-/// ([`Error::UnsupportedDTypeForOp`]), a plan for another batch or another image size
-/// ([`MixError`], wrapped).
+/// # Errors
+/// A rank other than 4 ([`Error::UnexpectedNumberOfDims`]), another dtype
+/// ([`Error::UnsupportedDTypeForOp`]), each with a line naming `images` and what is accepted;
+/// a plan for another batch or another image size ([`MixError`], wrapped; when the sizes share
+/// a side the message says that the memory format may be wrong).
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
-/// use mixup_kernels::candle::{mix_images, ImageLayout};
-/// use mixup_kernels::MixPlan;
+/// use mixup_kernels::candle::mix_images;
+/// use mixup_kernels::{MemoryFormat, MixPlan};
 /// # fn main() -> candle_core::Result<()> {
 /// // Two 1x1x2 "images"; sample 0 keeps 70% of itself and takes 30% of sample 1, and back.
 /// let x = Tensor::new(&[[[[0f32, 10.]]], [[[20., 30.]]]], &Device::Cpu)?;
 /// let plan = MixPlan::from_parts(&[1, 0], &[0.7, 0.7])?;
-/// let y = mix_images(&plan, &x, ImageLayout::Nchw)?;
+/// let y = mix_images(&plan, MemoryFormat::ChannelsFirst, &x)?;
 /// assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, [6., 16., 14., 24.]);
 /// # Ok(())
 /// # }
 /// ```
-pub fn mix_images(plan: &MixPlan, images: &Tensor, layout: ImageLayout) -> Result<Tensor> {
+pub fn mix_images(plan: &MixPlan, format: MemoryFormat, images: &Tensor) -> Result<Tensor> {
     const OP: &str = "mixup_kernels::mix_images";
     let dims = images.dims();
-    if dims.len() != 4 {
-        return Err(Error::UnexpectedNumberOfDims {
+    let Some(shape) = format.sample_shape(dims) else {
+        let e = Error::UnexpectedNumberOfDims {
             expected: 4,
             got: dims.len(),
             shape: images.shape().clone(),
         }
-        .bt());
-    }
+        .bt();
+        return Err(e.context(format!(
+            "{OP}: images must be a rank-4 batch {}, got shape {:?} (rows, features and \
+             soft targets mix with mix_rows)",
+            format.pattern(),
+            images.shape()
+        )));
+    };
     check_dtype(
         images.dtype(),
         &[DType::F32, DType::F16, DType::BF16, DType::U8],
         OP,
-    )?;
+    )
+    .map_err(|e| {
+        e.context(format!(
+            "{OP}: images must be f32, f16, bf16 or u8, got {:?}",
+            images.dtype()
+        ))
+    })?;
     plan.check_batch(dims[0])?;
     let op = MixOp {
         plan: plan.clone(),
-        layout: layout.layout(dims),
+        shape,
     };
     if let Err(e) = op.check(images.elem_count()) {
-        let hint = match (plan.image_size(), op.layout.image_size()) {
+        let hint = match (plan.image_size(), shape.image_size()) {
             (Some(p), Some(d)) if p != d => format!(
-                "{OP}: the plan was drawn for {}x{} images, but the tensor {:?} read as \
-                 {layout:?} is {}x{}: check the memory format (ImageLayout::Nchw for \
-                 [B, C, H, W], ImageLayout::Nhwc for [B, H, W, C])",
+                "{OP}: the plan was drawn for {}x{} images, but the tensor {:?} read as {} is \
+                 {}x{}: the memory format may be wrong (MemoryFormat::ChannelsFirst for \
+                 [B, C, H, W], MemoryFormat::ChannelsLast for [B, H, W, C])",
                 p.0,
                 p.1,
                 images.shape(),
+                format.pattern(),
                 d.0,
                 d.1
             ),
@@ -217,21 +183,28 @@ pub fn mix_rows(plan: &MixPlan, x: &Tensor) -> Result<Tensor> {
     const OP: &str = "mixup_kernels::mix_rows";
     let dims = x.dims();
     if dims.is_empty() {
-        return Err(Error::UnexpectedNumberOfDims {
+        let e = Error::UnexpectedNumberOfDims {
             expected: 1,
             got: 0,
             shape: x.shape().clone(),
         }
-        .bt());
+        .bt();
+        return Err(e.context(format!("{OP}: x must be [batch, ...], got a scalar")));
     }
     check_dtype(
         x.dtype(),
         &[DType::F32, DType::F16, DType::BF16, DType::U8],
         OP,
-    )?;
+    )
+    .map_err(|e| {
+        e.context(format!(
+            "{OP}: x must be f32, f16, bf16 or u8, got {:?}",
+            x.dtype()
+        ))
+    })?;
     let op = MixOp {
         plan: plan.clone(),
-        layout: Layout::Rows(dims[1..].iter().product()),
+        shape: SampleShape::rows(dims[1..].iter().product()),
     };
     plan.check_batch(dims[0])?;
     op.check(x.elem_count())?;
@@ -243,8 +216,13 @@ pub fn mix_rows(plan: &MixPlan, x: &Tensor) -> Result<Tensor> {
 /// a sample and its partner share a class.
 ///
 /// The loss never needs them ([`mixup_cross_entropy`] works from the labels); they are here for
-/// users who combine targets with their own loss. `labels` is `[B]`, u32, i64 or u8 (see
-/// [`mixup_cross_entropy`] for the label rules).
+/// users who combine targets with their own loss. `labels` is `[B]`, u32 or i64 (u8 is taken
+/// too; see [`mixup_cross_entropy`] for the label rules).
+///
+/// # Errors
+/// As [`mixup_cross_entropy`] for the labels; [`Error::UnsupportedDTypeForOp`] for a `dtype`
+/// other than f32, f16 and bf16; [`MixError::InvalidArgument`] (`spec`) for a spec other than
+/// the one the plan was drawn for.
 ///
 /// ```
 /// use candle_core::{DType, Device, Tensor};
@@ -253,7 +231,7 @@ pub fn mix_rows(plan: &MixPlan, x: &Tensor) -> Result<Tensor> {
 /// # fn main() -> candle_core::Result<()> {
 /// let labels = Tensor::new(&[0u32, 2], &Device::Cpu)?;
 /// let plan = MixPlan::from_parts(&[1, 0], &[0.7, 0.7])?;
-/// let t = soft_targets(&plan, &labels, &TargetSpec::new(3, 0.0)?, DType::F32)?;
+/// let t = soft_targets(&plan, &TargetSpec::new(3, 0.0)?, &labels, DType::F32)?;
 /// let t = t.to_vec2::<f32>()?;
 /// assert!((t[0][0] - 0.7).abs() < 1e-6 && (t[0][2] - 0.3).abs() < 1e-6); // "70% 0, 30% 2"
 /// # Ok(())
@@ -261,13 +239,17 @@ pub fn mix_rows(plan: &MixPlan, x: &Tensor) -> Result<Tensor> {
 /// ```
 pub fn soft_targets(
     plan: &MixPlan,
-    labels: &Tensor,
     spec: &TargetSpec,
+    labels: &Tensor,
     dtype: DType,
 ) -> Result<Tensor> {
     const OP: &str = "mixup_kernels::soft_targets";
-    check_dtype(dtype, &[DType::F32, DType::F16, DType::BF16], OP)?;
-    spec.validate()?;
+    check_dtype(dtype, &[DType::F32, DType::F16, DType::BF16], OP).map_err(|e| {
+        e.context(format!(
+            "{OP}: the targets' dtype must be f32, f16 or bf16, got {dtype:?}"
+        ))
+    })?;
+    crate::spec::check_targets(plan, spec)?;
     check_labels_tensor(labels, plan, OP)?;
     let op = SoftTargetsOp {
         plan: plan.clone(),
@@ -281,25 +263,29 @@ pub fn soft_targets(
 /// the loss in the logits' dtype (a scalar for [`Reduction::Mean`] and [`Reduction::Sum`], the
 /// `[B]` per-sample losses for [`Reduction::None`]), and a backward pass that hands
 /// `loss.backward()` the gradient `(softmax(z) - t) · scale` computed in the same pass as the
-/// loss. The soft target never exists in memory.
+/// loss. The soft target never exists in memory. Under [`Reduction::None`] the result is the
+/// `[B]` losses, as PyTorch's `cross_entropy(reduction='none')`, and its backward takes one
+/// gradient per sample (a weighted sum of the losses, say).
 ///
 /// Per row: `L = lse(z) - (1-ε)(λ z_a + (1-λ) z_b) - (ε/C) Σ_c z_c` with `a` the sample's label,
-/// `b` its partner's, `λ` its weight and `ε` the smoothing of `spec`; f32 arithmetic whatever the
-/// storage type.
+/// `b` its partner's, `λ` its weight and `ε` the label smoothing of `spec`; f32 arithmetic
+/// whatever the storage type. A plan drawn by a [`Sampler`](crate::Sampler) remembers its
+/// config's classes and smoothing: build `spec` with
+/// [`MixConfig::ce_spec`](crate::MixConfig::ce_spec), another spec is an error.
 ///
-/// - `labels`: `[B]` on the logits' device, u32, i64 or u8. On the CPU, i64 (candle-nn's habit)
-///   is checked: a negative label is an error, not a wrap-around, and labels `≥ C` are an error
-///   before any work. On a GPU, labels are converted to u32 and a label out of range is counted
+/// - `labels`: `[B]` class indices on the logits' device, u32 or i64 (candle-nn's habit; u8 is
+///   taken too). On the CPU a negative label or one `≥ C` is
+///   [`MixError::LabelOutOfRange`] before any work. On a GPU, labels are converted to u32 and a label out of range is counted
 ///   by the kernel (never read through) and reported by [`check_device_labels`] when the caller
 ///   asks (it waits for the stream, so call it where you already synchronize, e.g. when the loss
 ///   is logged). The conversion is candle's `to_dtype`, which keeps the low 32 bits of an i64:
 ///   a negative label becomes `≥ 2³¹` and is reported, but a label `≥ 2³²` wraps and is not
 ///   (pass u32 labels on a GPU when labels come from untrusted data).
 /// - The loss is computed in f32 and returned in the logits' dtype (candle's `to_dtype`, so the
-///   upstream gradient reaches the op in f32).
-/// - On the CPU the gradient is computed during the forward pass for an upstream gradient of 1
-///   and kept with the op; `backward()` returns it as it is when the upstream is 1 (a plain
-///   `loss.backward()`), and otherwise recomputes it in one fused pass with the real upstream,
+///   gradient of the output reaches the op in f32).
+/// - On the CPU the gradient is computed during the forward pass for a `grad_output` of 1
+///   and kept with the op; `backward()` returns it as it is when `grad_output` is 1 (a plain
+///   `loss.backward()`), and otherwise recomputes it in one fused pass with the real `grad_output`,
 ///   so every element is rounded once. On a GPU the forward pass computes the loss only and
 ///   `backward()` runs the fused kernel once, reading the upstream gradient from device memory
 ///   (the logits are read twice, the gradient written once, and the host never waits). When
@@ -316,7 +302,7 @@ pub fn soft_targets(
 /// not rank 1: `[B, 1]` labels, swapped arguments), [`Error::UnsupportedDTypeForOp`] (logits not
 /// f32/f16/bf16, labels not u32/i64/u8), [`Error::UnexpectedShape`] (a class count other than
 /// the spec's), [`Error::DeviceMismatchBinaryOp`]; the crate's [`MixError`], wrapped, for a plan
-/// of another batch, labels out of range or negative, a bad smoothing.
+/// of another batch, labels out of range or negative, a spec other than the plan's.
 ///
 /// ```
 /// use candle_core::{Device, Tensor, Var};
@@ -324,35 +310,38 @@ pub fn soft_targets(
 /// use mixup_kernels::{CeSpec, MixPlan, Reduction};
 /// # fn main() -> candle_core::Result<()> {
 /// let logits = Var::new(&[[2f32, 0., 0.], [0., 1., 0.]], &Device::Cpu)?;
-/// let labels = Tensor::new(&[0u32, 1], &Device::Cpu)?;
+/// let labels = Tensor::new(&[0i64, 1], &Device::Cpu)?;
 /// let plan = MixPlan::identity(2)?; // no mixing: plain cross-entropy
-/// let spec = CeSpec::new(3, 0.0, Reduction::Mean);
-/// let loss = mixup_cross_entropy(logits.as_tensor(), &labels, &plan, &spec)?;
+/// let spec = CeSpec::new(3, 0.0, Reduction::Mean)?;
+/// let loss = mixup_cross_entropy(&plan, &spec, logits.as_tensor(), &labels)?;
 /// let expected = candle_nn::loss::cross_entropy(logits.as_tensor(), &labels)?;
 /// assert!((loss.to_scalar::<f32>()? - expected.to_scalar::<f32>()?).abs() < 1e-6);
 /// let grad = loss.backward()?.remove(logits.as_tensor()).unwrap();
 /// assert_eq!(grad.dims(), [2, 3]);
+/// // Reduction::None: the [B] losses, as PyTorch's reduction='none'.
+/// let none = CeSpec::new(3, 0.0, Reduction::None)?;
+/// let losses = mixup_cross_entropy(&plan, &none, logits.as_tensor(), &labels)?;
+/// assert_eq!(losses.dims(), [2]);
 /// # Ok(())
 /// # }
 /// ```
 pub fn mixup_cross_entropy(
-    logits: &Tensor,
-    labels: &Tensor,
     plan: &MixPlan,
     spec: &CeSpec,
+    logits: &Tensor,
+    labels: &Tensor,
 ) -> Result<Tensor> {
     const OP: &str = "mixup_kernels::mixup_cross_entropy";
     check_logits(logits, labels, OP)?;
     let dims = logits.dims();
-    spec.targets.validate()?;
     let (b, c) = (dims[0], dims[1]);
-    if c != spec.targets.num_classes {
+    if c != spec.num_classes() {
         return Err(Error::UnexpectedShape {
             msg: format!(
                 "{OP}: logits must be [batch, num_classes] with num_classes = {}",
-                spec.targets.num_classes
+                spec.num_classes()
             ),
-            expected: Shape::from((b, spec.targets.num_classes)),
+            expected: Shape::from((b, spec.num_classes())),
             got: logits.shape().clone(),
         }
         .bt());
@@ -360,7 +349,7 @@ pub fn mixup_cross_entropy(
     plan.check_batch(b)?;
     check_labels_tensor(labels, plan, OP)?;
     same_device(logits, labels, OP)?;
-    crate::spec::check_ce(plan, spec, logits.elem_count(), &Upstream::Scalar(1.0))?;
+    crate::spec::check_ce(plan, spec, logits.elem_count(), &GradOutput::Scalar(1.0))?;
 
     let logits = logits.contiguous()?;
     let labels = device_labels(labels)?;
@@ -370,7 +359,7 @@ pub fn mixup_cross_entropy(
         spec: *spec,
         // On the CPU the forward pass also computes the gradient for an upstream of 1 and keeps
         // it, and backward reads the upstream on the host for free. On a GPU, reading the
-        // upstream would wait for the stream every step: there the forward pass computes the
+        // grad_output would wait for the stream every step: there the forward pass computes the
         // loss only, and backward runs the fused kernel with the upstream read on the device.
         want_grad: track && logits.device().is_cpu(),
         grad: Mutex::new(None),
@@ -422,7 +411,7 @@ fn check_logits(logits: &Tensor, labels: &Tensor, op: &'static str) -> Result<()
             "{op}: logits must be [batch, num_classes], got shape {:?}{}",
             logits.shape(),
             if swapped {
-                " (logits and labels look swapped: the call is (logits, labels, plan, spec))"
+                " (logits and labels look swapped: the call is (plan, spec, logits, labels))"
             } else {
                 ""
             }
@@ -466,14 +455,16 @@ fn check_labels_tensor(labels: &Tensor, plan: &MixPlan, op: &'static str) -> Res
             shape: labels.shape().clone(),
         }
         .bt();
+        let hint = if column {
+            " (squeeze the last dimension: labels.squeeze(1))"
+        } else if labels.rank() == 2 {
+            " (class indices, not one-hot or soft targets: labels.argmax(1))"
+        } else {
+            ""
+        };
         return Err(e.context(format!(
-            "{op}: labels must be [batch] class indices, got shape {:?}{}",
+            "{op}: labels must be [batch] class indices (u32 or i64), got shape {:?}{hint}",
             labels.shape(),
-            if column {
-                " (squeeze the last dimension: labels.squeeze(1))"
-            } else {
-                ""
-            }
         )));
     }
     check_dtype(labels.dtype(), &[DType::U32, DType::I64, DType::U8], op).map_err(|e| {
@@ -483,7 +474,8 @@ fn check_labels_tensor(labels: &Tensor, plan: &MixPlan, op: &'static str) -> Res
             ""
         };
         e.context(format!(
-            "{op}: labels must be u32, i64 or u8 class indices, got {:?}{hint}",
+            "{op}: labels must be class indices of dtype u32 or i64 (u8 is taken too), got \
+             {:?}{hint}",
             labels.dtype()
         ))
     })?;
@@ -510,8 +502,15 @@ fn contiguous<'a, T>(v: &'a [T], l: &CLayout, op: &'static str) -> Result<&'a [T
     }
 }
 
-/// Host labels as u32: borrowed when they already are, converted (and checked) otherwise.
-fn host_labels<'a>(s: &'a CpuStorage, l: &CLayout, op: &'static str) -> Result<Cow<'a, [u32]>> {
+/// Host labels as u32: borrowed when they already are, converted otherwise; a negative i64 (or
+/// one past u32, which no class count reaches) is [`MixError::LabelOutOfRange`] instead of a
+/// wrap-around.
+fn host_labels<'a>(
+    s: &'a CpuStorage,
+    l: &CLayout,
+    num_classes: usize,
+    op: &'static str,
+) -> Result<Cow<'a, [u32]>> {
     Ok(match s {
         CpuStorage::U32(v) => Cow::Borrowed(contiguous(v, l, op)?),
         CpuStorage::U8(v) => Cow::Owned(
@@ -520,25 +519,13 @@ fn host_labels<'a>(s: &'a CpuStorage, l: &CLayout, op: &'static str) -> Result<C
                 .map(|&x| u32::from(x))
                 .collect(),
         ),
-        CpuStorage::I64(v) => Cow::Owned(labels_from_i64(contiguous(v, l, op)?)?),
+        CpuStorage::I64(v) => {
+            let v = contiguous(v, l, op)?;
+            crate::spec::check_label_values(v, num_classes)?;
+            crate::dtype::as_u32s(v)
+        }
         other => return Err(Error::UnsupportedDTypeForOp(other.dtype(), op).bt()),
     })
-}
-
-/// Converts i64 labels, rejecting negatives (and values past u32, which no class count reaches)
-/// instead of wrapping them.
-fn labels_from_i64(v: &[i64]) -> Result<Vec<u32>> {
-    v.iter()
-        .enumerate()
-        .map(|(i, &x)| {
-            u32::try_from(x).map_err(|_| {
-                Error::from(MixError::InvalidArgument {
-                    what: "labels",
-                    reason: format!("label {x} of sample {i} is not a class index"),
-                })
-            })
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -548,20 +535,20 @@ fn labels_from_i64(v: &[i64]) -> Result<Vec<u32>> {
 /// Out-of-place mixing of a contiguous batch.
 pub(crate) struct MixOp {
     pub(crate) plan: MixPlan,
-    pub(crate) layout: Layout,
+    pub(crate) shape: SampleShape,
 }
 
 impl MixOp {
     /// The crate's shared checks, before any work is launched.
     fn check(&self, len: usize) -> Result<()> {
-        crate::spec::check_mix(&self.plan, &self.layout, len, "images")?;
+        crate::spec::check_mix(&self.plan, &self.shape, len, "images")?;
         Ok(())
     }
 }
 
 fn mix_vec<T: Element>(op: &MixOp, x: &[T]) -> Result<Vec<T>> {
     let mut out = vec![T::default(); x.len()];
-    crate::cpu::mix(&op.plan, &op.layout, x, &mut out)?;
+    crate::cpu::mix(&op.plan, &op.shape, x, &mut out)?;
     Ok(out)
 }
 
@@ -602,12 +589,12 @@ pub(crate) struct SoftTargetsOp {
 fn targets_vec<T: FloatElement>(op: &SoftTargetsOp, labels: &[u32]) -> Result<Vec<T>> {
     let n = labels
         .len()
-        .checked_mul(op.spec.num_classes)
+        .checked_mul(op.spec.num_classes())
         .ok_or(MixError::SizeOverflow {
             what: "batch × num_classes",
         })?;
     let mut out = vec![T::default(); n];
-    crate::cpu::soft_targets(&op.plan, labels, &op.spec, &mut out)?;
+    crate::cpu::soft_targets(&op.plan, &op.spec, labels, &mut out)?;
     Ok(out)
 }
 
@@ -617,14 +604,14 @@ impl CustomOp1 for SoftTargetsOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &CLayout) -> Result<(CpuStorage, Shape)> {
-        let labels = host_labels(s, l, self.name())?;
+        let labels = host_labels(s, l, self.spec.num_classes(), self.name())?;
         let out = match self.dtype {
             DType::F32 => CpuStorage::F32(targets_vec(self, &labels)?),
             DType::F16 => CpuStorage::F16(targets_vec(self, &labels)?),
             DType::BF16 => CpuStorage::BF16(targets_vec(self, &labels)?),
             other => return Err(Error::UnsupportedDTypeForOp(other, self.name()).bt()),
         };
-        Ok((out, Shape::from((labels.len(), self.spec.num_classes))))
+        Ok((out, Shape::from((labels.len(), self.spec.num_classes()))))
     }
 
     #[cfg(feature = "candle-cuda")]
@@ -651,7 +638,7 @@ pub(crate) struct MixupCeOp {
 impl MixupCeOp {
     /// The output shape: a scalar, or `[B]` per-sample losses for `Reduction::None`.
     pub(crate) fn out_shape(&self) -> Shape {
-        match self.spec.reduction {
+        match self.spec.reduction() {
             Reduction::None => Shape::from(self.plan.len()),
             Reduction::Mean | Reduction::Sum => Shape::from(()),
         }
@@ -675,17 +662,18 @@ fn ce_host<T: FloatElement>(
     spec: &CeSpec,
     logits: &[T],
     labels: &[u32],
-    upstream: Upstream<'_>,
+    grad_output: GradOutput<'_>,
     grad: Option<&mut [T]>,
 ) -> Result<Vec<f32>> {
     let mut losses = vec![0f32; plan.len()];
-    let per_sample = spec.reduction == Reduction::None;
+    let per_sample = spec.reduction() == Reduction::None;
     let loss_out = per_sample.then_some(losses.as_mut_slice());
     let loss = match grad {
-        Some(g) => crate::cpu::mixup_ce(plan, spec, logits, labels, upstream, loss_out, g)?,
+        Some(g) => crate::cpu::mixup_ce(plan, spec, logits, labels, grad_output, loss_out, g)?,
         None => crate::cpu::mixup_ce_forward(plan, spec, logits, labels, loss_out)?,
     };
-    Ok(if per_sample { losses } else { vec![loss] })
+    // `None` exactly for Reduction::None, whose result is the per-sample losses.
+    Ok(loss.map_or(losses, |l| vec![l]))
 }
 
 fn ce_fwd_cpu<T: FloatElement + candle_core::WithDType>(
@@ -701,14 +689,14 @@ fn ce_fwd_cpu<T: FloatElement + candle_core::WithDType>(
             spec,
             logits,
             labels,
-            Upstream::Scalar(1.0),
+            GradOutput::Scalar(1.0),
             Some(&mut grad),
         )?;
-        let shape = (plan.len(), spec.targets.num_classes);
+        let shape = (plan.len(), spec.num_classes());
         op.keep_grad(Tensor::from_vec(grad, shape, &Device::Cpu)?);
         v
     } else {
-        ce_host(plan, spec, logits, labels, Upstream::Scalar(1.0), None)?
+        ce_host(plan, spec, logits, labels, GradOutput::Scalar(1.0), None)?
     };
     Ok(CpuStorage::F32(values))
 }
@@ -726,7 +714,7 @@ impl CustomOp2 for MixupCeOp {
         l2: &CLayout,
     ) -> Result<(CpuStorage, Shape)> {
         let name = self.name();
-        let labels = host_labels(s2, l2, name)?;
+        let labels = host_labels(s2, l2, self.spec.num_classes(), name)?;
         let out = match s1 {
             CpuStorage::F32(v) => ce_fwd_cpu(self, contiguous(v, l1, name)?, &labels)?,
             CpuStorage::F16(v) => ce_fwd_cpu(self, contiguous(v, l1, name)?, &labels)?,
@@ -769,21 +757,21 @@ impl CustomOp2 for MixupCeOp {
             )?;
             return Ok((Some(g), None));
         }
-        // CPU: reading the upstream costs nothing next to the B×C gradient.
+        // CPU: reading the grad_output costs nothing next to the B×C gradient.
         let up: Vec<f32> = grad_res.flatten_all()?.to_vec1()?;
         let kept = self.take_grad();
         if let Some(g) = kept.filter(|_| up.iter().all(|&u| u == 1.0)) {
             return Ok((Some(g), None));
         }
-        // Any other upstream (a weighted loss, a sum of losses...): one more fused pass with the
-        // real upstream, so each element is still rounded once, as the reference defines.
-        let upstream = match self.spec.reduction {
-            Reduction::None => Upstream::PerSample(&up),
+        // Any other grad_output (a weighted loss, a sum of losses...): one more fused pass with the
+        // real grad_output, so each element is still rounded once, as the reference defines.
+        let grad_output = match self.spec.reduction() {
+            Reduction::None => GradOutput::PerSample(&up),
             Reduction::Mean | Reduction::Sum => {
-                Upstream::Scalar(up.first().copied().unwrap_or(1.0))
+                GradOutput::Scalar(up.first().copied().unwrap_or(1.0))
             }
         };
-        crate::spec::check_ce(&self.plan, &self.spec, logits.elem_count(), &upstream)?;
+        crate::spec::check_ce(&self.plan, &self.spec, logits.elem_count(), &grad_output)?;
         let g = logits.detach().contiguous()?.apply_op3_no_bwd(
             &labels.contiguous()?,
             &upstream_tensor()?,
@@ -806,12 +794,12 @@ fn ce_grad_cpu<T: FloatElement + candle_core::WithDType>(
     up: &[f32],
 ) -> Result<CpuStorage> {
     let (plan, spec) = (&op.ce.plan, &op.ce.spec);
-    let upstream = match spec.reduction {
-        Reduction::None => Upstream::PerSample(up),
-        Reduction::Mean | Reduction::Sum => Upstream::Scalar(up.first().copied().unwrap_or(1.0)),
+    let grad_output = match spec.reduction() {
+        Reduction::None => GradOutput::PerSample(up),
+        Reduction::Mean | Reduction::Sum => GradOutput::Scalar(up.first().copied().unwrap_or(1.0)),
     };
     let mut grad = vec![T::default(); logits.len()];
-    ce_host(plan, spec, logits, labels, upstream, Some(&mut grad))?;
+    ce_host(plan, spec, logits, labels, grad_output, Some(&mut grad))?;
     Ok(T::to_cpu_storage_owned(grad))
 }
 
@@ -830,7 +818,7 @@ impl CustomOp3 for CeGradOp<'_> {
         l3: &CLayout,
     ) -> Result<(CpuStorage, Shape)> {
         let name = self.name();
-        let labels = host_labels(s2, l2, name)?;
+        let labels = host_labels(s2, l2, self.ce.spec.num_classes(), name)?;
         let up = match s3 {
             CpuStorage::F32(v) => contiguous(v, l3, name)?,
             other => return Err(Error::UnsupportedDTypeForOp(other.dtype(), name).bt()),

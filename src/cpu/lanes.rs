@@ -7,7 +7,7 @@
 //! methods, NaN payloads included; `tests` checks that exhaustively for the 16-bit widenings
 //! and on every rounding boundary for the narrowings.
 
-use crate::dtype::{DType, Element};
+use crate::dtype::{Element, ScalarType};
 
 /// A kernel written once, generic over the vector width: [`dispatch`] runs it with the widest
 /// instruction set the CPU has, as pulp's `Arch::dispatch` does for `gemm` and `faer`.
@@ -156,7 +156,7 @@ fn load_each<L: Lanes, T: Element>(src: &[T]) -> F32s<L> {
         *o = match T::DTYPE {
             // The same shift as the vector builds (see `Lanes::load`).
             // SAFETY: DTYPE::BF16 is implemented only by bf16, a transparent u16.
-            DType::BF16 => {
+            ScalarType::BF16 => {
                 f32::from_bits(u32::from(unsafe { std::mem::transmute_copy::<T, u16>(&v) }) << 16)
             }
             _ => widen(v),
@@ -199,7 +199,7 @@ impl Lanes for pulp::Scalar {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn as_f32<T: Element>(src: &[T]) -> &[f32] {
-    assert!(T::DTYPE == DType::F32);
+    assert!(T::DTYPE == ScalarType::F32);
     // SAFETY: DTYPE::F32 is implemented only by f32.
     unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<f32>(), src.len()) }
 }
@@ -208,7 +208,7 @@ fn as_f32<T: Element>(src: &[T]) -> &[f32] {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn as_f32_mut<T: Element>(dst: &mut [T]) -> &mut [f32] {
-    assert!(T::DTYPE == DType::F32);
+    assert!(T::DTYPE == ScalarType::F32);
     // SAFETY: DTYPE::F32 is implemented only by f32.
     unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<f32>(), dst.len()) }
 }
@@ -253,8 +253,8 @@ impl Lanes for pulp::x86::V3 {
     fn load<T: Element>(self, src: &[T]) -> F32s<Self> {
         assert_eq!(src.len(), 8);
         match T::DTYPE {
-            DType::F32 => read::<Self>(as_f32(src)),
-            DType::BF16 => {
+            ScalarType::F32 => read::<Self>(as_f32(src)),
+            ScalarType::BF16 => {
                 // SAFETY: 8 u16s at `src` (asserted above); unaligned load.
                 let h = unsafe { std::arch::x86_64::_mm_loadu_si128(src.as_ptr().cast()) };
                 bf16_widen(self, pulp::cast(self.avx2._mm256_cvtepu16_epi32(h)))
@@ -266,8 +266,8 @@ impl Lanes for pulp::x86::V3 {
     fn store<T: Element>(self, dst: &mut [T], v: F32s<Self>) {
         assert_eq!(dst.len(), 8);
         match T::DTYPE {
-            DType::F32 => write::<Self>(as_f32_mut(dst), v),
-            DType::BF16 => {
+            ScalarType::F32 => write::<Self>(as_f32_mut(dst), v),
+            ScalarType::BF16 => {
                 use std::arch::x86_64::__m256i;
                 let b: __m256i = pulp::cast(bf16_bits(self, v));
                 let (lo, hi) = (
@@ -304,8 +304,8 @@ impl Lanes for pulp::x86::V4 {
     fn load<T: Element>(self, src: &[T]) -> F32s<Self> {
         assert_eq!(src.len(), 16);
         match T::DTYPE {
-            DType::F32 => read::<Self>(as_f32(src)),
-            DType::BF16 => {
+            ScalarType::F32 => read::<Self>(as_f32(src)),
+            ScalarType::BF16 => {
                 // SAFETY: 16 u16s at `src` (asserted above); unaligned load.
                 let h = unsafe { std::arch::x86_64::_mm256_loadu_si256(src.as_ptr().cast()) };
                 bf16_widen(self, pulp::cast(self.avx512f._mm512_cvtepu16_epi32(h)))
@@ -317,8 +317,8 @@ impl Lanes for pulp::x86::V4 {
     fn store<T: Element>(self, dst: &mut [T], v: F32s<Self>) {
         assert_eq!(dst.len(), 16);
         match T::DTYPE {
-            DType::F32 => write::<Self>(as_f32_mut(dst), v),
-            DType::BF16 => {
+            ScalarType::F32 => write::<Self>(as_f32_mut(dst), v),
+            ScalarType::BF16 => {
                 let h = self
                     .avx512f
                     ._mm512_cvtepi32_epi16(pulp::cast(bf16_bits(self, v)));
@@ -375,7 +375,7 @@ impl Lanes for V4Bf16 {
     }
     #[inline(always)]
     fn store<T: Element>(self, dst: &mut [T], v: F32s<Self>) {
-        if T::DTYPE != DType::BF16 {
+        if T::DTYPE != ScalarType::BF16 {
             return self.0.store(dst, v);
         }
         assert_eq!(dst.len(), 16);
@@ -397,13 +397,13 @@ pub(crate) fn widen<T: Element>(x: T) -> f32 {
     // each arm reinterprets `T` as itself. The match is on a constant and folds away.
     match T::DTYPE {
         // SAFETY: DTYPE::F32 is implemented only by f32.
-        DType::F32 => unsafe { std::mem::transmute_copy::<T, f32>(&x) },
+        ScalarType::F32 => unsafe { std::mem::transmute_copy::<T, f32>(&x) },
         // SAFETY: DTYPE::BF16 is implemented only by bf16, a transparent u16.
-        DType::BF16 => bf16_to_f32(unsafe { std::mem::transmute_copy::<T, u16>(&x) }),
+        ScalarType::BF16 => bf16_to_f32(unsafe { std::mem::transmute_copy::<T, u16>(&x) }),
         // SAFETY: DTYPE::F16 is implemented only by f16, a transparent u16.
-        DType::F16 => f16_to_f32(unsafe { std::mem::transmute_copy::<T, u16>(&x) }),
+        ScalarType::F16 => f16_to_f32(unsafe { std::mem::transmute_copy::<T, u16>(&x) }),
         // SAFETY: DTYPE::U8 is implemented only by u8.
-        DType::U8 => f32::from(unsafe { std::mem::transmute_copy::<T, u8>(&x) }),
+        ScalarType::U8 => f32::from(unsafe { std::mem::transmute_copy::<T, u8>(&x) }),
     }
 }
 
@@ -412,10 +412,10 @@ pub(crate) fn widen<T: Element>(x: T) -> f32 {
 pub(crate) fn narrow<T: Element>(v: f32) -> T {
     match T::DTYPE {
         // SAFETY (all arms): as in `widen`, the tag names the type, whose size matches.
-        DType::F32 => unsafe { std::mem::transmute_copy::<f32, T>(&v) },
-        DType::BF16 => unsafe { std::mem::transmute_copy::<u16, T>(&f32_to_bf16(v)) },
-        DType::F16 => unsafe { std::mem::transmute_copy::<u16, T>(&f32_to_f16(v)) },
-        DType::U8 => unsafe { std::mem::transmute_copy::<u8, T>(&f32_to_u8(v)) },
+        ScalarType::F32 => unsafe { std::mem::transmute_copy::<f32, T>(&v) },
+        ScalarType::BF16 => unsafe { std::mem::transmute_copy::<u16, T>(&f32_to_bf16(v)) },
+        ScalarType::F16 => unsafe { std::mem::transmute_copy::<u16, T>(&f32_to_f16(v)) },
+        ScalarType::U8 => unsafe { std::mem::transmute_copy::<u8, T>(&f32_to_u8(v)) },
     }
 }
 

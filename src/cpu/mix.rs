@@ -16,7 +16,7 @@ use super::lanes::{width, F32s, Isa, Kernel, Lanes};
 use crate::dtype::Element;
 use crate::error::{check_len, Result};
 use crate::plan::{MixPlan, PlanEntry};
-use crate::spec::{check_mix, Layout};
+use crate::spec::{check_mix, MemoryFormat, SampleShape};
 
 /// What a run of a sample's output holds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,7 +52,7 @@ enum Rule {
 }
 
 impl Rule {
-    fn new(index: usize, e: &PlanEntry, layout: &Layout) -> Self {
+    fn new(index: usize, e: &PlanEntry, layout: &SampleShape) -> Self {
         if e.partner as usize == index {
             return Rule::Plain(Kind::Own);
         }
@@ -62,9 +62,15 @@ impl Rule {
         let (y0, y1, x0, x1) = (e.y0 as usize, e.y1 as usize, e.x0 as usize, e.x1 as usize);
         let (line, height, group) = match *layout {
             // Rows lerp every sample, CutMix ones included: that is how targets mix.
-            Layout::Rows(_) => return Rule::Plain(Kind::Lerp(e.lam)),
-            Layout::Nchw { height, width, .. } => (width, height, 1),
-            Layout::Nhwc {
+            SampleShape::Rows(_) => return Rule::Plain(Kind::Lerp(e.lam)),
+            SampleShape::Image {
+                format: MemoryFormat::ChannelsFirst,
+                height,
+                width,
+                ..
+            } => (width, height, 1),
+            SampleShape::Image {
+                format: MemoryFormat::ChannelsLast,
                 height,
                 width,
                 channels,
@@ -568,7 +574,7 @@ pub(super) fn chain_order(entries: &[PlanEntry]) -> Vec<usize> {
 
 pub(crate) fn mix<T: Element>(
     plan: &MixPlan,
-    layout: &Layout,
+    layout: &SampleShape,
     x: &[T],
     out: &mut [T],
 ) -> Result<()> {
@@ -579,7 +585,7 @@ pub(crate) fn mix<T: Element>(
 /// [`mix`], with non-temporal stores for the copy-only rows when `stream` is set.
 fn mix_with<T: Element>(
     plan: &MixPlan,
-    layout: &Layout,
+    layout: &SampleShape,
     x: &[T],
     out: &mut [T],
     stream: bool,
@@ -630,7 +636,11 @@ fn mix_with<T: Element>(
     Ok(())
 }
 
-pub(crate) fn mix_in_place<T: Element>(plan: &MixPlan, layout: &Layout, x: &mut [T]) -> Result<()> {
+pub(crate) fn mix_in_place<T: Element>(
+    plan: &MixPlan,
+    layout: &SampleShape,
+    x: &mut [T],
+) -> Result<()> {
     let row = check_mix(plan, layout, x.len(), "x")?;
     plan.check_involution()?;
     if x.is_empty() {
@@ -678,6 +688,7 @@ pub(crate) fn mix_in_place<T: Element>(plan: &MixPlan, layout: &Layout, x: &mut 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ImageSize;
     use half::{bf16, f16};
 
     /// Every level the CPU has gives the baseline build's bits, in and out of place, for
@@ -856,29 +867,24 @@ mod tests {
         for batch in [1, 2, 9] {
             let plan = Sampler::new(cfg.clone(), 5)
                 .unwrap()
-                .plan(0, 0, batch, (h, w))
+                .plan_images(
+                    0,
+                    batch,
+                    ImageSize {
+                        height: h,
+                        width: w,
+                    },
+                )
                 .unwrap();
             let n = batch * c * h * w * if batch == 1 { 40 } else { 1 };
             let x: Vec<f32> = (0..n).map(|i| (i % 97) as f32).collect();
             let layouts = if batch == 1 {
                 // Long rows: split into several tasks.
-                vec![Layout::Nchw {
-                    channels: 40 * c,
-                    height: h,
-                    width: w,
-                }]
+                vec![SampleShape::channels_first(40 * c, h, w)]
             } else {
                 vec![
-                    Layout::Nchw {
-                        channels: c,
-                        height: h,
-                        width: w,
-                    },
-                    Layout::Nhwc {
-                        height: h,
-                        width: w,
-                        channels: c,
-                    },
+                    SampleShape::channels_first(c, h, w),
+                    SampleShape::channels_last(h, w, c),
                 ]
             };
             for layout in layouts {

@@ -19,7 +19,7 @@ use crate::dtype::{Element, FloatElement};
 use crate::error::Result;
 use crate::normalize::{check_mix_normalize, ImageDims, Normalize};
 use crate::plan::{MixPlan, PlanEntry};
-use crate::spec::{Layout, MemoryFormat};
+use crate::spec::{MemoryFormat, SampleShape};
 
 /// Smallest piece of work handed to a thread, in elements (as `mix::MIN_TASK`).
 const MIN_TASK: usize = 1 << 14;
@@ -302,13 +302,13 @@ fn run<I: Element, O: Element>(ctx: &Ctx<'_, I>, t: &mut Task<'_, O>) {
 
 pub(crate) fn mix_normalize<I: Element, O: FloatElement>(
     plan: &MixPlan,
-    layout: &Layout,
+    shape: &SampleShape,
     norm: &Normalize,
     x: &[I],
     out_format: MemoryFormat,
     out: &mut [O],
 ) -> Result<()> {
-    let dims = check_mix_normalize(plan, layout, norm, I::DTYPE, x.len(), out.len())?;
+    let dims = check_mix_normalize(plan, shape, norm, I::DTYPE, x.len(), out.len())?;
     if x.is_empty() {
         return Ok(());
     }

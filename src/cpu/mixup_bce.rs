@@ -19,7 +19,7 @@ use super::soft_targets::{rows_per_task, Targets};
 use crate::dtype::{Element, FloatElement};
 use crate::error::{check_len, Result};
 use crate::plan::MixPlan;
-use crate::spec::{check_bce, check_labels, BceSpec, Upstream};
+use crate::spec::{check_bce, check_labels, BceSpec, GradOutput};
 
 /// `ln 2` split for an exact `k·ln2` with `k ∈ {0, 1}`: the high part has 16 significant bits.
 const LN2_HI: f32 = 0.693_145_75;
@@ -224,7 +224,7 @@ fn check_all(
     spec: &BceSpec,
     logits: usize,
     labels: &[u32],
-    upstream: &Upstream<'_>,
+    upstream: &GradOutput<'_>,
     losses: Option<&[f32]>,
 ) -> Result<(usize, usize)> {
     check_bce(plan, spec, logits, upstream)?;
@@ -232,7 +232,7 @@ fn check_all(
     if let Some(l) = losses {
         check_len("losses", plan.len(), l.len())?;
     }
-    Ok((plan.len(), spec.targets().num_classes))
+    Ok((plan.len(), spec.num_classes()))
 }
 
 /// The shared body of the forward-only and the forward + backward calls.
@@ -241,7 +241,7 @@ fn run<T: FloatElement>(
     spec: &BceSpec,
     logits: &[T],
     labels: &[u32],
-    upstream: Upstream<'_>,
+    upstream: GradOutput<'_>,
     losses: Option<&mut [f32]>,
     grad: Option<&mut [T]>,
 ) -> Result<f32> {
@@ -324,7 +324,7 @@ pub(crate) fn mixup_bce_forward<T: FloatElement>(
         spec,
         logits,
         labels,
-        Upstream::default(),
+        GradOutput::default(),
         losses,
         None,
     )
@@ -335,7 +335,7 @@ pub(crate) fn mixup_bce<T: FloatElement>(
     spec: &BceSpec,
     logits: &[T],
     labels: &[u32],
-    upstream: Upstream<'_>,
+    upstream: GradOutput<'_>,
     losses: Option<&mut [f32]>,
     grad: &mut [T],
 ) -> Result<f32> {

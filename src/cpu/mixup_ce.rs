@@ -26,7 +26,7 @@ use super::soft_targets::{rows_per_task, Targets};
 use crate::dtype::{Element, FloatElement};
 use crate::error::{check_len, Result};
 use crate::plan::{MixPlan, PlanEntry};
-use crate::spec::{check_ce, check_labels, CeSpec, Reduction, Upstream};
+use crate::spec::{check_ce, check_labels, CeSpec, GradOutput, Reduction};
 
 thread_local! {
     /// One f32 row per thread, grown to the largest C seen and reused across rows and calls.
@@ -59,11 +59,11 @@ struct Consts {
 
 impl Consts {
     fn new(spec: &CeSpec) -> Self {
-        let eps = f64::from(spec.targets.smoothing);
+        let eps = f64::from(spec.targets().smoothing_f32());
         Self {
-            targets: Targets::new(&spec.targets),
+            targets: Targets::new(spec.targets()),
             keep: 1.0 - eps,
-            off: eps / spec.targets.num_classes as f64,
+            off: eps / spec.num_classes() as f64,
         }
     }
 }
@@ -507,23 +507,23 @@ fn check_all(
     spec: &CeSpec,
     logits: usize,
     labels: &[u32],
-    upstream: &Upstream<'_>,
+    upstream: &GradOutput<'_>,
     losses: Option<&[f32]>,
 ) -> Result<(usize, usize)> {
     check_ce(plan, spec, logits, upstream)?;
-    check_labels(plan, labels, &spec.targets)?;
+    check_labels(plan, labels, spec.targets())?;
     if let Some(l) = losses {
         check_len("losses", plan.len(), l.len())?;
     }
-    Ok((plan.len(), spec.targets.num_classes))
+    Ok((plan.len(), spec.num_classes()))
 }
 
 /// Sample `i`'s gradient scale: the upstream gradient times `1/B` for the mean.
 #[inline]
-pub(super) fn scale_of(upstream: &Upstream<'_>, factor: f32, i: usize) -> f32 {
+pub(super) fn scale_of(upstream: &GradOutput<'_>, factor: f32, i: usize) -> f32 {
     match *upstream {
-        Upstream::Scalar(g) => g * factor,
-        Upstream::PerSample(g) => g[i] * factor,
+        GradOutput::Scalar(g) => g * factor,
+        GradOutput::PerSample(g) => g[i] * factor,
     }
 }
 
@@ -534,7 +534,7 @@ pub(crate) fn mixup_ce_forward<T: FloatElement>(
     labels: &[u32],
     losses: Option<&mut [f32]>,
 ) -> Result<f32> {
-    let up = Upstream::default();
+    let up = GradOutput::default();
     let (batch, c) = check_all(plan, spec, logits.len(), labels, &up, losses.as_deref())?;
     let mut temp = Vec::new();
     let losses = losses_buffer(losses, batch, &mut temp);
@@ -553,7 +553,7 @@ pub(crate) fn mixup_ce_forward<T: FloatElement>(
         let row = Row::of(entries, labels, i, 0.0);
         loss[0] = with_scratch(c, |w| run_row(isa, Job::Forward(z.data), w, row, &k));
     });
-    Ok(reduce(losses, spec.reduction))
+    Ok(reduce(losses, spec.reduction()))
 }
 
 pub(crate) fn mixup_ce<T: FloatElement>(
@@ -561,7 +561,7 @@ pub(crate) fn mixup_ce<T: FloatElement>(
     spec: &CeSpec,
     logits: &[T],
     labels: &[u32],
-    upstream: Upstream<'_>,
+    upstream: GradOutput<'_>,
     losses: Option<&mut [f32]>,
     grad: &mut [T],
 ) -> Result<f32> {
@@ -578,7 +578,7 @@ pub(crate) fn mixup_ce<T: FloatElement>(
     let losses = losses_buffer(losses, batch, &mut temp);
     let k = Consts::new(spec);
     let isa = Isa::detect();
-    let factor = spec.reduction.grad_factor(batch);
+    let factor = spec.reduction().grad_factor(batch);
     let entries = plan.entries();
     let addresses = RowAddresses::new(logits, c);
     let small = logits.len() <= SMALL_JOB;
@@ -602,7 +602,7 @@ pub(crate) fn mixup_ce<T: FloatElement>(
             run_row(isa, Job::Grad(z.data, g.data, ahead), w, row, &k)
         });
     });
-    Ok(reduce(losses, spec.reduction))
+    Ok(reduce(losses, spec.reduction()))
 }
 
 pub(crate) fn mixup_ce_in_place<T: FloatElement>(
@@ -610,7 +610,7 @@ pub(crate) fn mixup_ce_in_place<T: FloatElement>(
     spec: &CeSpec,
     logits: &mut [T],
     labels: &[u32],
-    upstream: Upstream<'_>,
+    upstream: GradOutput<'_>,
     losses: Option<&mut [f32]>,
 ) -> Result<f32> {
     let (batch, c) = check_all(
@@ -625,7 +625,7 @@ pub(crate) fn mixup_ce_in_place<T: FloatElement>(
     let losses = losses_buffer(losses, batch, &mut temp);
     let k = Consts::new(spec);
     let isa = Isa::detect();
-    let factor = spec.reduction.grad_factor(batch);
+    let factor = spec.reduction().grad_factor(batch);
     let entries = plan.entries();
     let addresses = RowAddresses::new(logits, c);
     let small = logits.len() <= SMALL_JOB;
@@ -644,7 +644,7 @@ pub(crate) fn mixup_ce_in_place<T: FloatElement>(
             run_row(isa, Job::InPlace(zg.data, ahead), w, row, &k)
         });
     });
-    Ok(reduce(losses, spec.reduction))
+    Ok(reduce(losses, spec.reduction()))
 }
 
 #[cfg(test)]
@@ -658,7 +658,7 @@ mod tests {
         let z: Vec<T> = (0..c)
             .map(|i| T::from_f32(((i * 7919) % 1000) as f32 / 50.0 - 10.0))
             .collect();
-        let k = Consts::new(&CeSpec::new(c, 0.1, Reduction::Mean));
+        let k = Consts::new(&CeSpec::new(c, 0.1, Reduction::Mean).unwrap());
         let row = Row {
             a: 3,
             b: 1000,
@@ -705,9 +705,9 @@ mod tests {
             let partner: Vec<usize> = (0..batch).map(|i| (i + 4) % batch).collect();
             let lam: Vec<f32> = (0..batch).map(|i| i as f32 / batch as f32).collect();
             let plan = MixPlan::from_parts(&partner, &lam).unwrap();
-            let spec = CeSpec::new(c, 0.1, Reduction::None);
+            let spec = CeSpec::new(c, 0.1, Reduction::None).unwrap();
             let ups: Vec<f32> = (0..batch).map(|i| 1.0 + i as f32).collect();
-            let up = Upstream::PerSample(&ups);
+            let up = GradOutput::PerSample(&ups);
             let (mut loss, mut grad) = (vec![0.0; batch], vec![bf16::ZERO; z.len()]);
             mixup_ce(&plan, &spec, &z, &labels, up, Some(&mut loss), &mut grad).unwrap();
             let mut fwd = vec![0.0; batch];

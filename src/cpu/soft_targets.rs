@@ -22,8 +22,8 @@ pub(crate) struct Targets {
 impl Targets {
     pub(crate) fn new(spec: &TargetSpec) -> Self {
         Self {
-            keep: 1.0 - spec.smoothing,
-            off: spec.off_value(),
+            keep: 1.0 - spec.smoothing_f32(),
+            off: spec.off_f32(),
         }
     }
 
@@ -53,7 +53,7 @@ pub(crate) fn soft_targets<T: FloatElement>(
     out: &mut [T],
 ) -> Result<()> {
     check_labels(plan, labels, spec)?;
-    let c = spec.num_classes;
+    let c = spec.num_classes();
     // check_labels bounds C by u32::MAX and the plan by u32::MAX samples: no overflow on 64-bit
     // targets, but the product is still checked for 32-bit ones.
     let total = crate::error::checked_product("batch × num_classes", &[plan.len(), c])?;

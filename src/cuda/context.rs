@@ -10,7 +10,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr
 use cudarc::nvrtc::result::NvrtcError;
 use cudarc::nvrtc::Ptx;
 
-use crate::dtype::DType;
+use crate::dtype::ScalarType;
 use crate::error::{MixError, Result};
 
 use super::cache::DiskCache;
@@ -516,17 +516,17 @@ impl CudaMixer {
     /// # Examples
     ///
     /// ```
-    /// use mixup_kernels::{cuda::CudaMixer, DType};
+    /// use mixup_kernels::{cuda::CudaMixer, ScalarType};
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
     /// let t0 = std::time::Instant::now();
-    /// mixer.preload(DType::BF16)?; // NVRTC, or the disk cache of an earlier process
+    /// mixer.preload(ScalarType::BF16)?; // NVRTC, or the disk cache of an earlier process
     /// println!("bf16 kernels ready in {:?}", t0.elapsed());
-    /// mixer.preload(DType::BF16)?; // a second call finds everything loaded
+    /// mixer.preload(ScalarType::BF16)?; // a second call finds everything loaded
     /// # Ok(())
     /// # }
     /// ```
-    pub fn preload(&self, dtype: DType) -> Result<()> {
+    pub fn preload(&self, dtype: ScalarType) -> Result<()> {
         for &kernel in Kernel::ALL {
             if kernel.name(dtype).is_some() {
                 self.function(kernel, dtype)?;
@@ -552,7 +552,7 @@ impl CudaMixer {
     /// let labels = s.clone_htod(&vec![0u32, 7])?; // 7 is out of range for 3 classes
     /// let mut t = s.alloc_zeros::<f32>(2 * 3)?;
     /// let spec = TargetSpec::new(3, 0.0)?;
-    /// mixer.soft_targets(&plan, &labels.as_view(), &spec, &mut t.as_view_mut())?; // enqueued
+    /// mixer.soft_targets(&plan, &spec, &labels.as_view(), &mut t.as_view_mut())?; // enqueued
     /// assert!(matches!(mixer.check_labels(), Err(MixError::DeviceLabelOutOfRange { .. })));
     /// mixer.check_labels()?; // the count was cleared
     /// # Ok(())
@@ -612,7 +612,7 @@ impl CudaMixer {
 
     /// The function of `kernel` for `dtype`, compiled or read from the disk cache on first use.
     /// Once loaded: one atomic load, no lock, no allocation.
-    pub(crate) fn function(&self, kernel: Kernel, dtype: DType) -> Result<&CudaFunction> {
+    pub(crate) fn function(&self, kernel: Kernel, dtype: ScalarType) -> Result<&CudaFunction> {
         match self.funcs[kernel.slot(dtype)].get() {
             Some(f) => Ok(f),
             None => self.load(kernel, dtype),
@@ -620,7 +620,7 @@ impl CudaMixer {
     }
 
     #[cold]
-    fn load(&self, kernel: Kernel, dtype: DType) -> Result<&CudaFunction> {
+    fn load(&self, kernel: Kernel, dtype: ScalarType) -> Result<&CudaFunction> {
         let Some(name) = kernel.name(dtype) else {
             return Err(MixError::Unsupported(format!(
                 "no `{}` kernel for {}",

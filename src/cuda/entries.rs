@@ -10,23 +10,23 @@
 //! dtype together about their sum (the cross-entropy's three 1.0–1.1 s), so compiling per
 //! (module, dtype) would make a first call 2–3 times slower.
 
-use crate::dtype::DType;
+use crate::dtype::ScalarType;
 
 use super::nvrtc::{ModuleSource, MODULES};
 
-/// `dt!(f32)` → `DType::F32`, for the table's lowercase dtype names.
+/// `dt!(f32)` → `ScalarType::F32`, for the table's lowercase dtype names.
 macro_rules! dt {
     (f32) => {
-        DType::F32
+        ScalarType::F32
     };
     (f16) => {
-        DType::F16
+        ScalarType::F16
     };
     (bf16) => {
-        DType::BF16
+        ScalarType::BF16
     };
     (u8) => {
-        DType::U8
+        ScalarType::U8
     };
 }
 
@@ -49,7 +49,7 @@ macro_rules! kernels {
 
             /// The entry name of this family for `dtype`, or `None` if the family has no
             /// `dtype` instance.
-            pub const fn name(self, dtype: DType) -> Option<&'static str> {
+            pub const fn name(self, dtype: ScalarType) -> Option<&'static str> {
                 match (self, dtype) {
                     $($( (Kernel::$k, dt!($d)) => Some(concat!($p, "_", stringify!($d))), )+)+
                     #[allow(unreachable_patterns)]
@@ -86,7 +86,12 @@ kernels! {
 }
 
 /// Every dtype, in slot order.
-pub const DTYPES: [DType; 4] = [DType::F32, DType::F16, DType::BF16, DType::U8];
+pub const DTYPES: [ScalarType; 4] = [
+    ScalarType::F32,
+    ScalarType::F16,
+    ScalarType::BF16,
+    ScalarType::U8,
+];
 
 /// Slots of the mixer's function table: one per (kernel, dtype), used or not.
 pub const SLOTS: usize = Kernel::ALL.len() * DTYPES.len();
@@ -101,19 +106,19 @@ impl Kernel {
     }
 
     /// Index of (`self`, `dtype`) in a table of [`SLOTS`].
-    pub const fn slot(self, dtype: DType) -> usize {
+    pub const fn slot(self, dtype: ScalarType) -> usize {
         let d = match dtype {
-            DType::F32 => 0,
-            DType::F16 => 1,
-            DType::BF16 => 2,
-            DType::U8 => 3,
+            ScalarType::F32 => 0,
+            ScalarType::F16 => 1,
+            ScalarType::BF16 => 2,
+            ScalarType::U8 => 3,
         };
         self as usize * DTYPES.len() + d
     }
 }
 
 /// Every entry `(kernel, dtype, name)`, by family then dtype.
-pub fn entries() -> impl Iterator<Item = (Kernel, DType, &'static str)> {
+pub fn entries() -> impl Iterator<Item = (Kernel, ScalarType, &'static str)> {
     Kernel::ALL
         .iter()
         .flat_map(|&k| DTYPES.iter().filter_map(move |&d| Some((k, d, k.name(d)?))))
@@ -230,8 +235,8 @@ mod tests {
 
     #[test]
     fn names_are_static_and_consistent() {
-        assert_eq!(Kernel::CeBlock.name(DType::F16), Some("ce_block_f16"));
-        assert_eq!(Kernel::SoftTargets.name(DType::U8), None);
+        assert_eq!(Kernel::CeBlock.name(ScalarType::F16), Some("ce_block_f16"));
+        assert_eq!(Kernel::SoftTargets.name(ScalarType::U8), None);
         for (i, k) in Kernel::ALL.iter().enumerate() {
             assert_eq!(*k as usize, i);
         }

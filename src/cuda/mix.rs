@@ -4,9 +4,9 @@ use cudarc::driver::{
     CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 
-use crate::dtype::{DType, Element};
+use crate::dtype::{Element, ScalarType};
 use crate::error::{check_len, checked_product, MixError, Result};
-use crate::spec::{check_mix, Layout};
+use crate::spec::{check_mix, MemoryFormat, SampleShape};
 
 use super::context::{driver_err, CudaMixer};
 use super::entries::Kernel;
@@ -43,7 +43,7 @@ unsafe impl DeviceRepr for MixArgs {}
 
 /// Chunks a row of `row` elements is cut into (at least 1, so chunk 0 carries the row's head
 /// and tail elements).
-pub(crate) fn chunks_per_row(row: u64, dtype: DType) -> u64 {
+pub(crate) fn chunks_per_row(row: u64, dtype: ScalarType) -> u64 {
     let ve = 16 / dtype.size() as u64;
     row.div_ceil(MIX_CHUNK_SLOTS * ve).max(1)
 }
@@ -55,8 +55,8 @@ pub(crate) fn grid_for(items: u64) -> u32 {
 
 /// The kernel arguments for a mixing call (without pointers), or why it cannot run.
 pub(crate) fn mix_args(
-    layout: &Layout,
-    dtype: DType,
+    layout: &SampleShape,
+    dtype: ScalarType,
     batch: usize,
     rows: usize,
 ) -> Result<MixArgs> {
@@ -86,25 +86,53 @@ pub(crate) fn mix_args(
         Ok((c as u32, h as u32, w as u32, (h * w) as u64))
     };
     match *layout {
-        Layout::Rows(_) => {}
-        Layout::Nchw {
+        SampleShape::Rows(_) => {}
+        SampleShape::Image {
+            format,
             channels,
             height,
             width,
         } => {
             (a.channels, a.height, a.width, a.plane) = image(channels, height, width)?;
-            a.layout = 1;
-        }
-        Layout::Nhwc {
-            height,
-            width,
-            channels,
-        } => {
-            (a.channels, a.height, a.width, a.plane) = image(channels, height, width)?;
-            a.layout = 2;
+            a.layout = match format {
+                MemoryFormat::ChannelsFirst => 1,
+                MemoryFormat::ChannelsLast => 2,
+            };
         }
     }
     Ok(a)
+}
+
+/// The kernel, its arguments and its launch configuration for a checked call with at least
+/// one element (`pair_count`: the plan's pair leaders, `plan_ptr`: the staged plan). [`launch`]
+/// launches it; the host emulation's cases (`kernels::emulated`) run it on the CPU.
+pub(crate) fn mix_call(
+    host: &crate::plan::MixPlan,
+    layout: &SampleShape,
+    dtype: ScalarType,
+    pair_count: usize,
+    x: u64,
+    out: u64,
+    plan_ptr: u64,
+) -> Result<(Kernel, MixArgs, LaunchConfig)> {
+    // Involutions (random pairs, timm's flip) move each row once, in place or not.
+    let pairs = host.is_involution();
+    let rows = if pairs { pair_count } else { host.len() };
+    let mut args = mix_args(layout, dtype, host.len(), rows)?;
+    args.x = x;
+    args.out = out;
+    args.plan = plan_ptr;
+    let kernel = if pairs {
+        Kernel::MixPairs
+    } else {
+        Kernel::MixGather
+    };
+    let cfg = LaunchConfig {
+        grid_dim: (grid_for(args.items), 1, 1),
+        block_dim: (MIX_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    Ok((kernel, args, cfg))
 }
 
 /// Validates and launches a mixing kernel on raw device addresses: the one launch behind
@@ -118,8 +146,8 @@ pub(crate) fn mix_args(
 pub(crate) unsafe fn launch(
     m: &CudaMixer,
     plan: &DevicePlan,
-    layout: &Layout,
-    dtype: DType,
+    layout: &SampleShape,
+    dtype: ScalarType,
     x: u64,
     out: u64,
     len: usize,
@@ -133,24 +161,16 @@ pub(crate) unsafe fn launch(
     if host.is_empty() || row == 0 {
         return Ok(());
     }
-    // Involutions (random pairs, timm's flip) move each row once, in place or not.
-    let pairs = host.is_involution();
-    let rows = if pairs { plan.pairs() } else { host.len() };
-    let mut args = mix_args(layout, dtype, host.len(), rows)?;
-    args.x = x;
-    args.out = out;
-    args.plan = plan.device_ptr_for(m)?;
-    let kernel = if pairs {
-        Kernel::MixPairs
-    } else {
-        Kernel::MixGather
-    };
+    let (kernel, args, cfg) = mix_call(
+        host,
+        layout,
+        dtype,
+        plan.pairs(),
+        x,
+        out,
+        plan.device_ptr_for(m)?,
+    )?;
     let f = m.function(kernel, dtype)?;
-    let cfg = LaunchConfig {
-        grid_dim: (grid_for(args.items), 1, 1),
-        block_dim: (MIX_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
     // SAFETY: `args` matches the kernel's `MixArgs`; the addresses are valid per the contract
     // and the plan buffer holds the plan and its pair leaders.
     unsafe { m.stream().launch_builder(f).arg(&args).launch(cfg) }
@@ -167,7 +187,7 @@ impl CudaMixer {
     ///
     /// ```
     /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
-    /// use mixup_kernels::{Layout, MixPlan};
+    /// use mixup_kernels::{SampleShape, MixPlan};
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
     /// let s = mixer.stream();
@@ -175,7 +195,7 @@ impl CudaMixer {
     /// plan.upload(&MixPlan::from_parts(&[1, 2, 0], &[0.5, 0.75, 1.0])?)?; // any plan
     /// let x = s.clone_htod(&vec![2.0f32, 4.0, 8.0])?;
     /// let mut out = s.alloc_zeros::<f32>(3)?;
-    /// mixer.mix(&plan, &Layout::Rows(1), &x.as_view(), &mut out.as_view_mut())?;
+    /// mixer.mix(&plan, &SampleShape::rows(1), &x.as_view(), &mut out.as_view_mut())?;
     /// assert_eq!(s.clone_dtoh(&out)?, [3.0, 5.0, 8.0]);
     /// # Ok(())
     /// # }
@@ -183,7 +203,7 @@ impl CudaMixer {
     pub fn mix<T: Element>(
         &self,
         plan: &DevicePlan,
-        layout: &Layout,
+        layout: &SampleShape,
         x: &CudaView<'_, T>,
         out: &mut CudaViewMut<'_, T>,
     ) -> Result<()> {
@@ -204,7 +224,7 @@ impl CudaMixer {
     ///
     /// ```
     /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
-    /// use mixup_kernels::{CutBox, Layout, MixError, MixPlan};
+    /// use mixup_kernels::{CutBox, SampleShape, MixError, MixPlan};
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
     /// let s = mixer.stream();
@@ -213,13 +233,13 @@ impl CudaMixer {
     /// let mut plan = DevicePlan::new(&mixer);
     /// plan.upload(&MixPlan::with_boxes(&[1, 0], &[0.5, 0.75], &[Some(b), None], 1, 2)?)?;
     /// let mut x = s.clone_htod(&vec![0u8, 100, 200, 40])?;
-    /// let layout = Layout::Nhwc { height: 1, width: 2, channels: 1 };
+    /// let layout = SampleShape::channels_last(1, 2, 1);
     /// mixer.mix_in_place(&plan, &layout, &mut x.as_view_mut())?;
     /// assert_eq!(s.clone_dtoh(&x)?, [0, 40, 150, 55]);
     /// // A 3-cycle is not an involution: mix it out of place.
     /// plan.upload(&MixPlan::from_parts(&[1, 2, 0], &[0.5; 3])?)?;
     /// let mut y = s.alloc_zeros::<f32>(3)?;
-    /// let err = mixer.mix_in_place(&plan, &Layout::Rows(1), &mut y.as_view_mut());
+    /// let err = mixer.mix_in_place(&plan, &SampleShape::rows(1), &mut y.as_view_mut());
     /// assert!(matches!(err, Err(MixError::NotInvolution { .. })));
     /// # Ok(())
     /// # }
@@ -227,7 +247,7 @@ impl CudaMixer {
     pub fn mix_in_place<T: Element>(
         &self,
         plan: &DevicePlan,
-        layout: &Layout,
+        layout: &SampleShape,
         x: &mut CudaViewMut<'_, T>,
     ) -> Result<()> {
         let len = x.len();
@@ -249,15 +269,15 @@ mod tests {
     #[test]
     fn chunking_covers_every_row() {
         // 3x224x224 f32: 150528 elements, 4096 per chunk -> 37 chunks.
-        assert_eq!(chunks_per_row(150_528, DType::F32), 37);
-        assert_eq!(chunks_per_row(150_528, DType::BF16), 19);
-        assert_eq!(chunks_per_row(150_528, DType::U8), 10);
+        assert_eq!(chunks_per_row(150_528, ScalarType::F32), 37);
+        assert_eq!(chunks_per_row(150_528, ScalarType::BF16), 19);
+        assert_eq!(chunks_per_row(150_528, ScalarType::U8), 10);
         // Tiny rows still get one chunk (it handles the head and tail elements).
-        assert_eq!(chunks_per_row(1, DType::F32), 1);
-        assert_eq!(chunks_per_row(4096, DType::F32), 1);
-        assert_eq!(chunks_per_row(4097, DType::F32), 2);
+        assert_eq!(chunks_per_row(1, ScalarType::F32), 1);
+        assert_eq!(chunks_per_row(4096, ScalarType::F32), 1);
+        assert_eq!(chunks_per_row(4097, ScalarType::F32), 2);
         for row in [1u64, 3, 63, 4097, 1 << 20, (1 << 32) + 5] {
-            for dt in [DType::F32, DType::F16, DType::U8] {
+            for dt in [ScalarType::F32, ScalarType::F16, ScalarType::U8] {
                 let ve = 16 / dt.size() as u64;
                 let c = chunks_per_row(row, dt);
                 // Enough for the element-by-element path and for the slot path.
@@ -272,36 +292,28 @@ mod tests {
         assert_eq!(grid_for(0), 1);
         assert_eq!(grid_for(37 * 1024), 37 * 1024);
         assert_eq!(grid_for(u64::MAX), (1u32 << 31) - 1);
-        let a = mix_args(&Layout::Rows(1 << 40), DType::F32, 1 << 20, 1 << 20).unwrap();
+        let a = mix_args(
+            &SampleShape::rows(1 << 40),
+            ScalarType::F32,
+            1 << 20,
+            1 << 20,
+        )
+        .unwrap();
         assert!(a.items > MAX_GRID);
         assert_eq!(grid_for(a.items), (1u32 << 31) - 1);
     }
 
     #[test]
     fn layouts_map_to_kernel_codes() {
-        let a = mix_args(
-            &Layout::Nhwc {
-                height: 5,
-                width: 7,
-                channels: 3,
-            },
-            DType::U8,
-            4,
-            4,
-        )
-        .unwrap();
+        let a = mix_args(&SampleShape::channels_last(5, 7, 3), ScalarType::U8, 4, 4).unwrap();
         assert_eq!(
             (a.layout, a.channels, a.height, a.width, a.plane),
             (2, 3, 5, 7, 35)
         );
         assert_eq!(a.row_len, 105);
         let b = mix_args(
-            &Layout::Nchw {
-                channels: 3,
-                height: 224,
-                width: 224,
-            },
-            DType::BF16,
+            &SampleShape::channels_first(3, 224, 224),
+            ScalarType::BF16,
             256,
             128,
         )
@@ -309,12 +321,8 @@ mod tests {
         assert_eq!((b.layout, b.plane, b.items), (1, 224 * 224, 128 * 19));
         assert!(matches!(
             mix_args(
-                &Layout::Nchw {
-                    channels: 1 << 12,
-                    height: 1 << 10,
-                    width: 1 << 10
-                },
-                DType::F32,
+                &SampleShape::channels_first(1 << 12, 1 << 10, 1 << 10),
+                ScalarType::F32,
                 1,
                 1
             ),

@@ -11,14 +11,15 @@ use cudarc::driver::{
     PushKernelArg,
 };
 
-use crate::dtype::{DType, FloatElement};
+use crate::dtype::{FloatElement, ScalarType};
 use crate::error::{check_len, MixError, Result};
-use crate::spec::{check_bce, BceSpec, Reduction, Upstream};
+use crate::plan::MixPlan;
+use crate::spec::{check_bce, BceSpec, GradOutput, Reduction};
 
 use super::context::{driver_err, CudaMixer};
 use super::entries::Kernel;
 use super::mix::MAX_GRID;
-use super::mixup_ce::{raw_upstream, upstream_fields, CeBuffers, DeviceUpstream, RawUpstream};
+use super::mixup_ce::{raw_upstream, upstream_fields, CeBuffers, DeviceGradOutput, RawGradOutput};
 use super::plan::DevicePlan;
 use super::soft_targets::require_float;
 
@@ -37,7 +38,7 @@ pub(crate) struct BceArgs {
     pub plan: u64,
     pub losses: u64,
     pub loss: u64,
-    pub upstream: u64,
+    pub grad_output: u64,
     pub flags: u64,
     pub weight: u64,
     pub pos_weight: u64,
@@ -101,8 +102,7 @@ impl BceStrategy {
     }
 }
 
-/// Picks the row strategy for `classes` elements of `elem_size` bytes (mirrored by
-/// `host_launch` in kernels/emu/test_bce.cpp).
+/// Picks the row strategy for `classes` elements of `elem_size` bytes.
 pub(crate) fn bce_strategy(classes: u64, elem_size: usize) -> BceStrategy {
     let slots = classes / (16 / elem_size as u64);
     if slots <= 32 * BCE_SLOTS_PER_THREAD {
@@ -120,7 +120,7 @@ pub(crate) fn bce_strategy(classes: u64, elem_size: usize) -> BceStrategy {
 
 /// The launch [`launch`] makes for `batch` rows of `classes` elements of `elem_size` bytes: the
 /// kernel family (`bce_warp`, `bce_block`), `BceArgs::group`, and the grid and block. For the
-/// host emulation of the kernels (tests/kernels_emulated.rs), so that it runs exactly what the
+/// host emulation of the kernels (tests/kernels_emulated), so that it runs exactly what the
 /// host launches.
 #[doc(hidden)]
 pub fn bce_launch(classes: u64, elem_size: usize, batch: u64) -> (&'static str, u32, LaunchConfig) {
@@ -140,7 +140,7 @@ pub fn bce_launch(classes: u64, elem_size: usize, batch: u64) -> (&'static str, 
 /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
 /// let spec = BceSpec::new(3, 0.1, Reduction::Mean)?.with_pos_weight(vec![1.0, 2.0, 0.5])?;
 /// let dspec = DeviceBceSpec::new(&mixer, spec)?;
-/// assert_eq!(dspec.spec().targets().num_classes, 3);
+/// assert_eq!(dspec.spec().num_classes(), 3);
 /// # Ok(())
 /// # }
 /// ```
@@ -179,25 +179,79 @@ impl DeviceBceSpec {
     }
 }
 
-/// The checks of [`check_bce`] with a device upstream standing in for its host form.
-fn check_bce_device(
-    plan: &DevicePlan,
+/// The checks of [`check_bce`] with a device grad_output standing in for its host form.
+pub(crate) fn check_bce_device(
+    plan: &MixPlan,
     spec: &BceSpec,
     logits_len: usize,
-    up: &RawUpstream,
+    up: &RawGradOutput,
 ) -> Result<usize> {
     let host = match *up {
-        RawUpstream::Scalar(g) => Upstream::Scalar(g),
-        RawUpstream::Device(_) | RawUpstream::PerSample(_) => Upstream::Scalar(1.0),
+        RawGradOutput::Scalar(g) => GradOutput::Scalar(g),
+        RawGradOutput::Device(_) | RawGradOutput::PerSample(_) => GradOutput::Scalar(1.0),
     };
-    let total = check_bce(plan.plan(), spec, logits_len, &host)?;
-    if matches!(up, RawUpstream::PerSample(_)) && spec.reduction() != Reduction::None {
+    let total = check_bce(plan, spec, logits_len, &host)?;
+    if matches!(up, RawGradOutput::PerSample(_)) && spec.reduction() != Reduction::None {
         return Err(MixError::InvalidArgument {
-            what: "upstream",
+            what: "grad_output",
             reason: "a per-sample upstream gradient needs Reduction::None".into(),
         });
     }
     Ok(total)
+}
+
+/// The kernel, its arguments and its launch configuration for a checked call of `b > 0` rows,
+/// every address given: `losses` resolved to the scratch buffer when the caller gave none,
+/// `weights` = (weight, pos_weight) (0: none), `mixer` = (plan, flags). [`launch`] launches
+/// it; the host emulation's cases (`kernels::emulated`) run it on the CPU.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bce_call(
+    spec: &BceSpec,
+    dtype: ScalarType,
+    b: usize,
+    bufs: &CeBuffers,
+    losses: u64,
+    (weight, pos_weight): (u64, u64),
+    (plan, flags): (u64, u64),
+    grad_output: &RawGradOutput,
+) -> (Kernel, BceArgs, LaunchConfig) {
+    let c = spec.num_classes();
+    let strategy = bce_strategy(c as u64, dtype.size());
+    let (up_kind, up_ptr, up) = upstream_fields(grad_output);
+    let eps = spec.targets().smoothing_f32();
+    let (t_on, t_off) = spec.timm_on_off();
+    let args = BceArgs {
+        logits: bufs.logits,
+        grad: bufs.grad.unwrap_or(0),
+        labels: bufs.labels,
+        plan,
+        losses,
+        loss: bufs.loss,
+        grad_output: up_ptr,
+        flags,
+        weight,
+        pos_weight,
+        batch: b as u64,
+        classes: c as u64,
+        eps,
+        off: spec.targets().off_f32(),
+        up,
+        factor: spec.grad_factor(b),
+        count: spec.mean_count(b) as f32,
+        thr: spec.target_threshold().unwrap_or(0.0),
+        // The values `BceSpec::thresholded` decides with.
+        t_on,
+        t_off,
+        up_kind,
+        reduction: match spec.reduction() {
+            Reduction::Mean => 0,
+            Reduction::Sum => 1,
+            Reduction::None => 2,
+        },
+        thresholded: u32::from(spec.target_threshold().is_some()),
+        group: strategy.group(),
+    };
+    (strategy.kernel(), args, strategy.launch_config(b as u64))
 }
 
 /// Validates and launches the binary cross-entropy on raw device addresses: the one launch
@@ -205,22 +259,22 @@ fn check_bce_device(
 ///
 /// # Safety
 /// Every address in `bufs` holds what the kernel reads or writes for `plan.len()` rows of
-/// `spec`'s classes of `dtype`, on the mixer's device; the upstream likewise (see
+/// `spec`'s classes of `dtype`, on the mixer's device; the grad_output likewise (see
 /// [`super::raw::mixup_bce`]).
 pub(crate) unsafe fn launch(
     m: &CudaMixer,
     plan: &DevicePlan,
     dspec: &DeviceBceSpec,
-    dtype: DType,
+    dtype: ScalarType,
     logits_len: usize,
     bufs: &CeBuffers,
-    upstream: RawUpstream,
+    grad_output: RawGradOutput,
 ) -> Result<()> {
     require_float(dtype, "logits")?;
     let spec = &dspec.spec;
-    check_bce_device(plan, spec, logits_len, &upstream)?;
+    check_bce_device(plan.plan(), spec, logits_len, &grad_output)?;
+    crate::spec::check_losses_given(spec.reduction(), bufs.losses.is_some())?;
     let b = plan.len();
-    let c = spec.targets().num_classes;
     if b == 0 {
         // SAFETY: `loss` addresses one f32 per the contract.
         unsafe { cudarc::driver::result::memset_d8_async(bufs.loss, 0, 4, m.stream().cu_stream()) }
@@ -248,57 +302,30 @@ pub(crate) unsafe fn launch(
         }
         None => (0, None),
     };
-    let strategy = bce_strategy(c as u64, dtype.size());
-    let (up_kind, up_ptr, up) = upstream_fields(&upstream);
-    let eps = spec.targets().smoothing;
-    let (t_on, t_off) = spec.timm_on_off();
-    let args = BceArgs {
-        logits: bufs.logits,
-        grad: bufs.grad.unwrap_or(0),
-        labels: bufs.labels,
-        plan: plan.device_ptr_for(m)?,
+    let (kernel, args, cfg) = bce_call(
+        spec,
+        dtype,
+        b,
+        bufs,
         losses,
-        loss: bufs.loss,
-        upstream: up_ptr,
-        flags: m.flags_ptr(),
-        weight: wp,
-        pos_weight: pwp,
-        batch: b as u64,
-        classes: c as u64,
-        eps,
-        off: spec.targets().off_value(),
-        up,
-        factor: spec.grad_factor(b),
-        count: spec.mean_count(b) as f32,
-        thr: spec.target_threshold().unwrap_or(0.0),
-        // The values `BceSpec::thresholded` decides with.
-        t_on,
-        t_off,
-        up_kind,
-        reduction: match spec.reduction() {
-            Reduction::Mean => 0,
-            Reduction::Sum => 1,
-            Reduction::None => 2,
-        },
-        thresholded: u32::from(spec.target_threshold().is_some()),
-        group: strategy.group(),
-    };
-    let f = m.function(strategy.kernel(), dtype)?;
+        (wp, pwp),
+        (plan.device_ptr_for(m)?, m.flags_ptr()),
+        &grad_output,
+    );
+    let f = m.function(kernel, dtype)?;
     // SAFETY: `args` matches `BceArgs`; addresses valid per the contract.
-    unsafe {
-        m.stream()
-            .launch_builder(f)
-            .arg(&args)
-            .launch(strategy.launch_config(b as u64))
-    }
-    .map_err(driver_err("launching the binary cross-entropy kernel"))?;
+    unsafe { m.stream().launch_builder(f).arg(&args).launch(cfg) }
+        .map_err(driver_err("launching the binary cross-entropy kernel"))?;
     Ok(())
 }
 
 impl CudaMixer {
     /// Loss only (evaluation) of the mixup binary cross-entropy: the reduced loss to `loss`
-    /// (`[1]`; for [`Reduction::None`] the mean, for logging), the per-sample losses
-    /// `Σ_c ℓ_ic` to `losses` (`[B]`) if given. Reads the logits once.
+    /// (`[1]`), the per-sample losses `Σ_c ℓ_ic` to `losses` (`[B]`) if given. Under
+    /// [`Reduction::None`] the per-sample losses are the result and `losses` is required
+    /// ([`MixError::InvalidArgument`](crate::MixError::InvalidArgument) `losses` without it;
+    /// the kernel still writes their mean to `loss`). Device labels are `u32`. Reads the
+    /// logits once.
     ///
     /// # Examples
     ///
@@ -334,7 +361,7 @@ impl CudaMixer {
             lp,
             logits.len(),
             labels,
-            DeviceUpstream::Scalar(1.0),
+            DeviceGradOutput::Scalar(1.0),
             loss,
             losses,
             None,
@@ -349,8 +376,8 @@ impl CudaMixer {
     /// # Examples
     ///
     /// ```
-    /// use mixup_kernels::cuda::{CudaMixer, DeviceBceSpec, DevicePlan, DeviceUpstream};
-    /// use mixup_kernels::{reference, BceSpec, MixPlan, Reduction, Upstream};
+    /// use mixup_kernels::cuda::{CudaMixer, DeviceBceSpec, DevicePlan, DeviceGradOutput};
+    /// use mixup_kernels::{reference, BceSpec, MixPlan, Reduction, GradOutput};
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
     /// let s = mixer.stream();
@@ -362,10 +389,10 @@ impl CudaMixer {
     /// let (logits, labels) = (vec![1.0f32, -1.0, 0.5, 0.0, 2.0, -0.5], vec![0u32, 2]);
     /// let (z, y) = (s.clone_htod(&logits)?, s.clone_htod(&labels)?);
     /// let (mut loss, mut grad) = (s.alloc_zeros::<f32>(1)?, s.alloc_zeros::<f32>(6)?);
-    /// mixer.mixup_bce(&plan, &dspec, &z.as_view(), &y.as_view(), DeviceUpstream::Scalar(1.0),
+    /// mixer.mixup_bce(&plan, &dspec, &z.as_view(), &y.as_view(), DeviceGradOutput::Scalar(1.0),
     ///     &mut loss.as_view_mut(), None, &mut grad.as_view_mut())?;
-    /// let want = reference::mixup_bce(&host_plan, &spec, &logits, &labels, Upstream::Scalar(1.0))?;
-    /// assert!((f64::from(s.clone_dtoh(&loss)?[0]) - want.loss).abs() < 1e-5);
+    /// let want = reference::mixup_bce(&host_plan, &spec, &logits, &labels, GradOutput::Scalar(1.0))?;
+    /// assert!((f64::from(s.clone_dtoh(&loss)?[0]) - want.loss.unwrap()).abs() < 1e-5);
     /// # Ok(())
     /// # }
     /// ```
@@ -376,7 +403,7 @@ impl CudaMixer {
         spec: &DeviceBceSpec,
         logits: &CudaView<'_, T>,
         labels: &CudaView<'_, u32>,
-        upstream: DeviceUpstream<'_>,
+        grad_output: DeviceGradOutput<'_>,
         loss: &mut CudaViewMut<'_, f32>,
         losses: Option<&mut CudaViewMut<'_, f32>>,
         grad: &mut CudaViewMut<'_, T>,
@@ -390,7 +417,7 @@ impl CudaMixer {
             lp,
             logits.len(),
             labels,
-            upstream,
+            grad_output,
             loss,
             losses,
             Some(gp),
@@ -403,7 +430,7 @@ impl CudaMixer {
     /// # Examples
     ///
     /// ```
-    /// use mixup_kernels::cuda::{CudaMixer, DeviceBceSpec, DevicePlan, DeviceUpstream};
+    /// use mixup_kernels::cuda::{CudaMixer, DeviceBceSpec, DevicePlan, DeviceGradOutput};
     /// use mixup_kernels::{bf16, BceSpec, MixPlan, Reduction};
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
@@ -415,7 +442,7 @@ impl CudaMixer {
     /// let y = s.clone_htod(&vec![0u32, 1])?;
     /// let mut loss = s.alloc_zeros::<f32>(1)?;
     /// mixer.mixup_bce_in_place(&plan, &spec, &mut z.as_view_mut(), &y.as_view(),
-    ///     DeviceUpstream::Scalar(1.0), &mut loss.as_view_mut(), None)?;
+    ///     DeviceGradOutput::Scalar(1.0), &mut loss.as_view_mut(), None)?;
     /// let grad: Vec<f32> = s.clone_dtoh(&z)?.into_iter().map(f32::from).collect();
     /// assert_eq!(grad, [-0.5, 0.5, 0.5, -0.5]); // σ(0) − t
     /// # Ok(())
@@ -428,7 +455,7 @@ impl CudaMixer {
         spec: &DeviceBceSpec,
         logits: &mut CudaViewMut<'_, T>,
         labels: &CudaView<'_, u32>,
-        upstream: DeviceUpstream<'_>,
+        grad_output: DeviceGradOutput<'_>,
         loss: &mut CudaViewMut<'_, f32>,
         losses: Option<&mut CudaViewMut<'_, f32>>,
     ) -> Result<()> {
@@ -440,7 +467,7 @@ impl CudaMixer {
             lp,
             n,
             labels,
-            upstream,
+            grad_output,
             loss,
             losses,
             Some(lp),
@@ -456,15 +483,15 @@ impl CudaMixer {
         logits: u64,
         logits_len: usize,
         labels: &CudaView<'_, u32>,
-        upstream: DeviceUpstream<'_>,
+        grad_output: DeviceGradOutput<'_>,
         loss: &mut CudaViewMut<'_, f32>,
         losses: Option<&mut CudaViewMut<'_, f32>>,
         grad: Option<u64>,
-        dtype: DType,
+        dtype: ScalarType,
     ) -> Result<()> {
         // Every check before anything is enqueued.
-        let (up, _ru) = raw_upstream(self, plan, &upstream)?;
-        check_bce_device(plan, &spec.spec, logits_len, &up)?;
+        let (up, _ru) = raw_upstream(self, plan, &grad_output)?;
+        check_bce_device(plan.plan(), &spec.spec, logits_len, &up)?;
         plan.plan().check_batch(labels.len())?;
         check_len("loss", 1, loss.len())?;
         if let Some(l) = &losses {

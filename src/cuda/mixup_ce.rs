@@ -18,9 +18,10 @@ use cudarc::driver::{
     CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 
-use crate::dtype::{DType, FloatElement};
+use crate::dtype::{FloatElement, ScalarType};
 use crate::error::{check_len, MixError, Result};
-use crate::spec::{check_ce, CeSpec, Reduction, Upstream};
+use crate::plan::MixPlan;
+use crate::spec::{check_ce, CeSpec, GradOutput, Reduction};
 
 use super::context::{driver_err, CudaMixer};
 use super::entries::Kernel;
@@ -43,19 +44,19 @@ pub(crate) const CE_SMEM_RESERVE: u32 = 2048;
 /// # Examples
 ///
 /// ```
-/// use mixup_kernels::cuda::{CudaMixer, DevicePlan, DeviceUpstream};
+/// use mixup_kernels::cuda::{CudaMixer, DevicePlan, DeviceGradOutput};
 /// use mixup_kernels::{CeSpec, MixPlan, Reduction};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
 /// let s = mixer.stream();
 /// let mut plan = DevicePlan::new(&mixer);
 /// plan.upload(&MixPlan::identity(2)?)?;
-/// let spec = CeSpec::new(2, 0.0, Reduction::Mean);
+/// let spec = CeSpec::new(2, 0.0, Reduction::Mean).unwrap();
 /// let (z, y) = (s.clone_htod(&vec![0.0f32; 4])?, s.clone_htod(&vec![0u32, 1])?);
 /// let (mut loss, mut grad) = (s.alloc_zeros::<f32>(1)?, s.alloc_zeros::<f32>(4)?);
 /// // dL_total/dL = 2, read from device memory (an autograd upstream that lives on the GPU).
 /// let up = s.clone_htod(&vec![2.0f32])?;
-/// mixer.mixup_ce(&plan, &spec, &z.as_view(), &y.as_view(), DeviceUpstream::Device(up.as_view()),
+/// mixer.mixup_ce(&plan, &spec, &z.as_view(), &y.as_view(), DeviceGradOutput::Device(up.as_view()),
 ///     &mut loss.as_view_mut(), None, &mut grad.as_view_mut())?;
 /// let want = [-0.5, 0.5, 0.5, -0.5]; // (softmax - t) · 2 / B
 /// assert!(s.clone_dtoh(&grad)?.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-6));
@@ -63,7 +64,7 @@ pub(crate) const CE_SMEM_RESERVE: u32 = 2048;
 /// # }
 /// ```
 #[derive(Debug)]
-pub enum DeviceUpstream<'a> {
+pub enum DeviceGradOutput<'a> {
     /// One host value (1.0 for a plain `loss.backward()`), baked into the launch.
     Scalar(f32),
     /// One device value `[1]` (an autograd upstream that lives on the GPU).
@@ -77,13 +78,13 @@ pub enum DeviceUpstream<'a> {
 /// # Examples
 ///
 /// ```
-/// use mixup_kernels::cuda::raw::RawUpstream;
-/// let plain = RawUpstream::Scalar(1.0); // `loss.backward()`
-/// let on_device = RawUpstream::Device(0x7f00_0000_0000); // one f32 the autograd engine wrote
+/// use mixup_kernels::cuda::raw::RawGradOutput;
+/// let plain = RawGradOutput::Scalar(1.0); // `loss.backward()`
+/// let on_device = RawGradOutput::Device(0x7f00_0000_0000); // one f32 the autograd engine wrote
 /// assert_ne!(plain, on_device);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RawUpstream {
+pub enum RawGradOutput {
     /// One host value.
     Scalar(f32),
     /// One f32 on the device.
@@ -130,7 +131,7 @@ pub(crate) struct CeArgs {
     pub plan: u64,
     pub losses: u64,
     pub loss: u64,
-    pub upstream: u64,
+    pub grad_output: u64,
     pub flags: u64,
     pub batch: u64,
     pub classes: u64,
@@ -252,7 +253,7 @@ pub(crate) fn ce_strategy(
 /// device with `smem_optin` bytes of opt-in shared memory per block: the kernel family
 /// (`ce_warp`, `ce_block`, `ce_online`), `CeArgs::group`, `CeArgs::smem_slots`, and the grid,
 /// block and dynamic shared memory. For the host emulation of the kernels
-/// (tests/kernels_emulated.rs), so that it runs exactly what the host launches.
+/// (tests/kernels_emulated), which checks that it agrees with the launch it runs.
 #[doc(hidden)]
 pub fn ce_launch(
     classes: u64,
@@ -270,9 +271,9 @@ pub fn ce_launch(
     )
 }
 
-/// Upstream gradient in raw form (see [`RawUpstream`]).
-pub(crate) fn upstream_fields(up: &RawUpstream) -> (u32, u64, f32) {
-    use RawUpstream::*;
+/// GradOutput gradient in raw form (see [`RawGradOutput`]).
+pub(crate) fn upstream_fields(up: &RawGradOutput) -> (u32, u64, f32) {
+    use RawGradOutput::*;
     match *up {
         Scalar(g) => (0, 0, g),
         Device(p) => (1, p, 1.0),
@@ -280,27 +281,72 @@ pub(crate) fn upstream_fields(up: &RawUpstream) -> (u32, u64, f32) {
     }
 }
 
-/// The shared checks of [`check_ce`], with a device upstream standing in for its host form.
+/// The shared checks of [`check_ce`], with a device grad_output standing in for its host form.
 pub(crate) fn check_ce_device(
-    plan: &DevicePlan,
+    plan: &MixPlan,
     spec: &CeSpec,
     logits_len: usize,
-    up: &RawUpstream,
+    up: &RawGradOutput,
 ) -> Result<usize> {
-    use RawUpstream::*;
+    use RawGradOutput::*;
     let host = match *up {
-        Scalar(g) => Upstream::Scalar(g),
-        Device(_) | PerSample(_) => Upstream::Scalar(1.0),
+        Scalar(g) => GradOutput::Scalar(g),
+        Device(_) | PerSample(_) => GradOutput::Scalar(1.0),
     };
-    let total = check_ce(plan.plan(), spec, logits_len, &host)?;
-    if matches!(up, PerSample(_)) && spec.reduction != Reduction::None {
-        // The same error `check_ce` gives for a host per-sample upstream.
+    let total = check_ce(plan, spec, logits_len, &host)?;
+    if matches!(up, PerSample(_)) && spec.reduction() != Reduction::None {
+        // The same error `check_ce` gives for a host per-sample grad_output.
         return Err(MixError::InvalidArgument {
-            what: "upstream",
+            what: "grad_output",
             reason: "a per-sample upstream gradient needs Reduction::None".into(),
         });
     }
     Ok(total)
+}
+
+/// The kernel, its arguments and its launch configuration for a checked call of `b > 0` rows,
+/// every address given (`losses` resolved to the scratch buffer when the caller gave none).
+/// [`launch`] launches it; the host emulation's cases (`kernels::emulated`) run it on the CPU.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn ce_call(
+    spec: &CeSpec,
+    dtype: ScalarType,
+    b: usize,
+    smem_optin: u32,
+    bufs: &CeBuffers,
+    losses: u64,
+    plan: u64,
+    flags: u64,
+    grad_output: &RawGradOutput,
+) -> (Kernel, CeArgs, LaunchConfig) {
+    let c = spec.num_classes();
+    let strategy = ce_strategy(c as u64, dtype.size(), smem_optin, bufs.grad.is_none());
+    let (up_kind, up_ptr, up) = upstream_fields(grad_output);
+    let args = CeArgs {
+        logits: bufs.logits,
+        grad: bufs.grad.unwrap_or(0),
+        labels: bufs.labels,
+        plan,
+        losses,
+        loss: bufs.loss,
+        grad_output: up_ptr,
+        flags,
+        batch: b as u64,
+        classes: c as u64,
+        eps: spec.targets().smoothing_f32(),
+        off: spec.targets().off_f32(),
+        up,
+        factor: spec.reduction().grad_factor(b),
+        up_kind,
+        reduction: match spec.reduction() {
+            Reduction::Mean => 0,
+            Reduction::Sum => 1,
+            Reduction::None => 2,
+        },
+        group: strategy.group(),
+        smem_slots: strategy.smem_slots(),
+    };
+    (strategy.kernel(), args, strategy.launch_config(b as u64))
 }
 
 /// Validates and launches the cross-entropy on raw device addresses: the one launch behind
@@ -312,15 +358,15 @@ pub(crate) unsafe fn launch(
     m: &CudaMixer,
     plan: &DevicePlan,
     spec: &CeSpec,
-    dtype: DType,
+    dtype: ScalarType,
     logits_len: usize,
     bufs: &CeBuffers,
-    upstream: RawUpstream,
+    grad_output: RawGradOutput,
 ) -> Result<()> {
     require_float(dtype, "logits")?;
-    check_ce_device(plan, spec, logits_len, &upstream)?;
+    check_ce_device(plan.plan(), spec, logits_len, &grad_output)?;
+    crate::spec::check_losses_given(spec.reduction(), bufs.losses.is_some())?;
     let b = plan.len();
-    let c = spec.targets.num_classes;
     if b == 0 {
         // Sum or None over no sample: the loss is 0 (Mean was rejected above).
         // SAFETY: `loss` addresses one f32 per the contract.
@@ -336,70 +382,52 @@ pub(crate) unsafe fn launch(
             (p, Some(guard))
         }
     };
-    let strategy = ce_strategy(c as u64, dtype.size(), m.smem_optin(), bufs.grad.is_none());
-    let (up_kind, up_ptr, up) = upstream_fields(&upstream);
-    let args = CeArgs {
-        logits: bufs.logits,
-        grad: bufs.grad.unwrap_or(0),
-        labels: bufs.labels,
-        plan: plan.device_ptr_for(m)?,
+    let (kernel, args, cfg) = ce_call(
+        spec,
+        dtype,
+        b,
+        m.smem_optin(),
+        bufs,
         losses,
-        loss: bufs.loss,
-        upstream: up_ptr,
-        flags: m.flags_ptr(),
-        batch: b as u64,
-        classes: c as u64,
-        eps: spec.targets.smoothing,
-        off: spec.targets.off_value(),
-        up,
-        factor: spec.reduction.grad_factor(b),
-        up_kind,
-        reduction: match spec.reduction {
-            Reduction::Mean => 0,
-            Reduction::Sum => 1,
-            Reduction::None => 2,
-        },
-        group: strategy.group(),
-        smem_slots: strategy.smem_slots(),
-    };
-    let f = m.function(strategy.kernel(), dtype)?;
+        plan.device_ptr_for(m)?,
+        m.flags_ptr(),
+        &grad_output,
+    );
+    let f = m.function(kernel, dtype)?;
     // SAFETY: `args` matches `CeArgs`; addresses valid per the contract; the block kernel's
     // shared-memory limit was raised when it was loaded.
-    unsafe {
-        m.stream()
-            .launch_builder(f)
-            .arg(&args)
-            .launch(strategy.launch_config(b as u64))
-    }
-    .map_err(driver_err("launching the cross-entropy kernel"))?;
+    unsafe { m.stream().launch_builder(f).arg(&args).launch(cfg) }
+        .map_err(driver_err("launching the cross-entropy kernel"))?;
     Ok(())
 }
 
-/// Pointers of the optional upstream view (kept alive with its event guard by the caller).
+/// Pointers of the optional grad_output view (kept alive with its event guard by the caller).
 pub(crate) fn raw_upstream<'a>(
     m: &'a CudaMixer,
     plan: &DevicePlan,
-    up: &'a DeviceUpstream<'_>,
-) -> Result<(RawUpstream, Option<cudarc::driver::SyncOnDrop<'a>>)> {
+    up: &'a DeviceGradOutput<'_>,
+) -> Result<(RawGradOutput, Option<cudarc::driver::SyncOnDrop<'a>>)> {
     Ok(match up {
-        DeviceUpstream::Scalar(g) => (RawUpstream::Scalar(*g), None),
-        DeviceUpstream::Device(v) => {
-            check_len("upstream", 1, v.len())?;
+        DeviceGradOutput::Scalar(g) => (RawGradOutput::Scalar(*g), None),
+        DeviceGradOutput::Device(v) => {
+            check_len("grad_output", 1, v.len())?;
             let (p, rec) = v.device_ptr(m.stream());
-            (RawUpstream::Device(p), Some(rec))
+            (RawGradOutput::Device(p), Some(rec))
         }
-        DeviceUpstream::PerSample(v) => {
-            check_len("upstream", plan.len(), v.len())?;
+        DeviceGradOutput::PerSample(v) => {
+            check_len("grad_output", plan.len(), v.len())?;
             let (p, rec) = v.device_ptr(m.stream());
-            (RawUpstream::PerSample(p), Some(rec))
+            (RawGradOutput::PerSample(p), Some(rec))
         }
     })
 }
 
 impl CudaMixer {
-    /// Loss only (evaluation): writes the reduced loss to `loss` (`[1]`; for
-    /// [`Reduction::None`] the mean, for logging) and the per-sample losses to `losses`
-    /// (`[B]`) if given. Reads the logits once.
+    /// Loss only (evaluation): writes the reduced loss to `loss` (`[1]`) and the per-sample
+    /// losses to `losses` (`[B]`) if given. Under [`Reduction::None`] the per-sample losses are
+    /// the result and `losses` is required ([`MixError::InvalidArgument`] `losses` without it;
+    /// the kernel still writes their mean to `loss`). Device labels are `u32`. Reads the logits
+    /// once.
     ///
     /// # Examples
     ///
@@ -411,14 +439,14 @@ impl CudaMixer {
     /// let s = mixer.stream();
     /// let mut plan = DevicePlan::new(&mixer);
     /// plan.upload(&MixPlan::identity(2)?)?;
-    /// let spec = CeSpec::new(2, 0.0, Reduction::None);
+    /// let spec = CeSpec::new(2, 0.0, Reduction::None).unwrap();
     /// let (z, y) = (s.clone_htod(&vec![0.0f32; 4])?, s.clone_htod(&vec![0u32, 1])?);
     /// let (mut loss, mut losses) = (s.alloc_zeros::<f32>(1)?, s.alloc_zeros::<f32>(2)?);
     /// mixer.mixup_ce_forward(&plan, &spec, &z.as_view(), &y.as_view(), &mut loss.as_view_mut(),
     ///     Some(&mut losses.as_view_mut()))?;
     /// let ln2 = std::f32::consts::LN_2;
     /// assert!(s.clone_dtoh(&losses)?.iter().all(|l| (l - ln2).abs() < 1e-6));
-    /// assert!((s.clone_dtoh(&loss)?[0] - ln2).abs() < 1e-6); // the mean, for logging
+    /// assert!((s.clone_dtoh(&loss)?[0] - ln2).abs() < 1e-6); // their mean
     /// # Ok(())
     /// # }
     /// ```
@@ -438,7 +466,7 @@ impl CudaMixer {
             lp,
             logits.len(),
             labels,
-            DeviceUpstream::Scalar(1.0),
+            DeviceGradOutput::Scalar(1.0),
             loss,
             losses,
             None,
@@ -452,22 +480,22 @@ impl CudaMixer {
     /// # Examples
     ///
     /// ```
-    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan, DeviceUpstream};
-    /// use mixup_kernels::{reference, CeSpec, MixPlan, Reduction, Upstream};
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan, DeviceGradOutput};
+    /// use mixup_kernels::{reference, CeSpec, MixPlan, Reduction, GradOutput};
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
     /// let s = mixer.stream();
     /// let host_plan = MixPlan::from_parts(&[1, 0], &[0.7, 0.7])?;
     /// let mut plan = DevicePlan::new(&mixer);
     /// plan.upload(&host_plan)?;
-    /// let spec = CeSpec::new(3, 0.1, Reduction::Mean);
+    /// let spec = CeSpec::new(3, 0.1, Reduction::Mean).unwrap();
     /// let (logits, labels) = (vec![1.0f32, -1.0, 0.5, 0.0, 2.0, -0.5], vec![0u32, 2]);
     /// let (z, y) = (s.clone_htod(&logits)?, s.clone_htod(&labels)?);
     /// let (mut loss, mut grad) = (s.alloc_zeros::<f32>(1)?, s.alloc_zeros::<f32>(6)?);
-    /// mixer.mixup_ce(&plan, &spec, &z.as_view(), &y.as_view(), DeviceUpstream::Scalar(1.0),
+    /// mixer.mixup_ce(&plan, &spec, &z.as_view(), &y.as_view(), DeviceGradOutput::Scalar(1.0),
     ///     &mut loss.as_view_mut(), None, &mut grad.as_view_mut())?;
-    /// let want = reference::mixup_ce(&host_plan, &spec, &logits, &labels, Upstream::Scalar(1.0))?;
-    /// assert!((f64::from(s.clone_dtoh(&loss)?[0]) - want.loss).abs() < 1e-5);
+    /// let want = reference::mixup_ce(&host_plan, &spec, &logits, &labels, GradOutput::Scalar(1.0))?;
+    /// assert!((f64::from(s.clone_dtoh(&loss)?[0]) - want.loss.unwrap()).abs() < 1e-5);
     /// let grad = s.clone_dtoh(&grad)?;
     /// assert!(grad.iter().zip(&want.grad).all(|(g, w)| (f64::from(*g) - w).abs() < 1e-6));
     /// # Ok(())
@@ -480,7 +508,7 @@ impl CudaMixer {
         spec: &CeSpec,
         logits: &CudaView<'_, T>,
         labels: &CudaView<'_, u32>,
-        upstream: DeviceUpstream<'_>,
+        grad_output: DeviceGradOutput<'_>,
         loss: &mut CudaViewMut<'_, f32>,
         losses: Option<&mut CudaViewMut<'_, f32>>,
         grad: &mut CudaViewMut<'_, T>,
@@ -494,7 +522,7 @@ impl CudaMixer {
             lp,
             logits.len(),
             labels,
-            upstream,
+            grad_output,
             loss,
             losses,
             Some(gp),
@@ -507,19 +535,19 @@ impl CudaMixer {
     /// # Examples
     ///
     /// ```
-    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan, DeviceUpstream};
+    /// use mixup_kernels::cuda::{CudaMixer, DevicePlan, DeviceGradOutput};
     /// use mixup_kernels::{f16, CeSpec, MixPlan, Reduction};
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
     /// let s = mixer.stream();
     /// let mut plan = DevicePlan::new(&mixer);
     /// plan.upload(&MixPlan::identity(2)?)?;
-    /// let spec = CeSpec::new(2, 0.0, Reduction::Sum);
+    /// let spec = CeSpec::new(2, 0.0, Reduction::Sum).unwrap();
     /// let mut z = s.clone_htod(&vec![f16::ZERO; 4])?;
     /// let y = s.clone_htod(&vec![0u32, 1])?;
     /// let mut loss = s.alloc_zeros::<f32>(1)?;
     /// mixer.mixup_ce_in_place(&plan, &spec, &mut z.as_view_mut(), &y.as_view(),
-    ///     DeviceUpstream::Scalar(1.0), &mut loss.as_view_mut(), None)?;
+    ///     DeviceGradOutput::Scalar(1.0), &mut loss.as_view_mut(), None)?;
     /// let grad: Vec<f32> = s.clone_dtoh(&z)?.into_iter().map(f32::from).collect();
     /// let want = [-0.5, 0.5, 0.5, -0.5]; // softmax - t, no 1/B for a sum
     /// assert!(grad.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-3));
@@ -533,7 +561,7 @@ impl CudaMixer {
         spec: &CeSpec,
         logits: &mut CudaViewMut<'_, T>,
         labels: &CudaView<'_, u32>,
-        upstream: DeviceUpstream<'_>,
+        grad_output: DeviceGradOutput<'_>,
         loss: &mut CudaViewMut<'_, f32>,
         losses: Option<&mut CudaViewMut<'_, f32>>,
     ) -> Result<()> {
@@ -545,7 +573,7 @@ impl CudaMixer {
             lp,
             n,
             labels,
-            upstream,
+            grad_output,
             loss,
             losses,
             Some(lp),
@@ -561,15 +589,15 @@ impl CudaMixer {
         logits: u64,
         logits_len: usize,
         labels: &CudaView<'_, u32>,
-        upstream: DeviceUpstream<'_>,
+        grad_output: DeviceGradOutput<'_>,
         loss: &mut CudaViewMut<'_, f32>,
         losses: Option<&mut CudaViewMut<'_, f32>>,
         grad: Option<u64>,
-        dtype: DType,
+        dtype: ScalarType,
     ) -> Result<()> {
         // Every check before anything is enqueued.
-        let (up, _ru) = raw_upstream(self, plan, &upstream)?;
-        check_ce_device(plan, spec, logits_len, &up)?;
+        let (up, _ru) = raw_upstream(self, plan, &grad_output)?;
+        check_ce_device(plan.plan(), spec, logits_len, &up)?;
         plan.plan().check_batch(labels.len())?;
         check_len("loss", 1, loss.len())?;
         if let Some(l) = &losses {

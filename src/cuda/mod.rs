@@ -1,8 +1,8 @@
 //! The CUDA path: fused kernels compiled at run time through NVRTC, enqueued on your stream.
 //!
 //! ```no_run
-//! use mixup_kernels::cuda::{CudaMixer, DevicePlan, DeviceUpstream};
-//! use mixup_kernels::{CeSpec, Layout, MixConfig, Reduction, Sampler};
+//! use mixup_kernels::cuda::{CudaMixer, DevicePlan, DeviceGradOutput};
+//! use mixup_kernels::{CeSpec, ImageSize, MixConfig, Reduction, SampleShape, Sampler};
 //!
 //! # fn main() -> mixup_kernels::Result<()> {
 //! let mixer = CudaMixer::new(0)?; // clear error without a driver or NVRTC
@@ -16,13 +16,13 @@
 //! let mut loss = stream.alloc_zeros::<f32>(1).unwrap();
 //!
 //! // One training step: upload the plan (one async copy), mix in place, then the loss.
-//! plan.upload(&sampler.plan(0, 0, 8, (4, 4))?)?;
-//! let layout = Layout::Nchw { channels: 3, height: 4, width: 4 };
+//! plan.upload(&sampler.plan_images(0, 8, ImageSize { height: 4, width: 4 })?)?;
+//! let layout = SampleShape::channels_first(3, 4, 4);
 //! mixer.mix_in_place(&plan, &layout, &mut x.as_view_mut())?;
 //! // ... forward pass producing `z` ...
-//! let spec = CeSpec::new(1000, 0.1, Reduction::Mean);
+//! let spec = CeSpec::new(1000, 0.1, Reduction::Mean).unwrap();
 //! mixer.mixup_ce_in_place(&plan, &spec, &mut z.as_view_mut(), &y.as_view(),
-//!     DeviceUpstream::Scalar(1.0), &mut loss.as_view_mut(), None)?;
+//!     DeviceGradOutput::Scalar(1.0), &mut loss.as_view_mut(), None)?;
 //! mixer.check_labels()?; // the one synchronizing call, when you want it
 //! # Ok(()) }
 //! ```
@@ -52,6 +52,7 @@
 
 mod cache;
 pub(crate) mod context;
+mod emulated;
 mod entries;
 mod mix;
 mod mixup_bce;
@@ -63,7 +64,7 @@ mod soft_targets;
 
 pub use context::{CudaError, CudaMixer, CudaMixerOptions};
 pub use mixup_bce::DeviceBceSpec;
-pub use mixup_ce::DeviceUpstream;
+pub use mixup_ce::DeviceGradOutput;
 pub use plan::DevicePlan;
 
 /// The cudarc version the API is written against (0.19), for building slices and streams.
@@ -105,6 +106,10 @@ pub use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewM
 #[doc(hidden)]
 pub mod kernels {
     pub use super::entries::{entries, Kernel};
+    /// The host's launches without a device, for the host emulation of the kernels.
+    pub mod emulated {
+        pub use super::super::emulated::*;
+    }
     pub use super::mixup_bce::bce_launch;
     pub use super::mixup_ce::ce_launch;
     pub use super::nvrtc::{

@@ -54,15 +54,15 @@ const LEADERS_PER_ENTRY: usize = 8;
 ///
 /// ```
 /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
-/// use mixup_kernels::{Layout, MixConfig, Sampler};
+/// use mixup_kernels::{ImageSize, MixConfig, SampleShape, Sampler};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let Ok(mixer) = CudaMixer::new(0) else { return Ok(()) }; // no GPU here: nothing to run
 /// let sampler = Sampler::new(MixConfig::timm(10), 0)?;
 /// let mut x = mixer.stream().alloc_zeros::<f32>(8 * 3 * 4 * 4)?;
 /// let mut plan = DevicePlan::new(&mixer); // one per training loop, reused every step
 /// for step in 0..3 {
-///     plan.upload(&sampler.plan(0, step, 8, (4, 4))?)?; // one async copy, no sync
-///     let layout = Layout::Nchw { channels: 3, height: 4, width: 4 };
+///     plan.upload(&sampler.plan_images(step, 8, ImageSize { height: 4, width: 4 })?)?; // one async copy, no sync
+///     let layout = SampleShape::channels_first(3, 4, 4);
 ///     mixer.mix_in_place(&plan, &layout, &mut x.as_view_mut())?;
 /// }
 /// assert_eq!(plan.len(), 8);

@@ -28,9 +28,9 @@
 //!
 //! ```no_run
 //! use mixup_kernels::cuda::cudarc::driver::{DevicePtr, DevicePtrMut};
-//! use mixup_kernels::cuda::raw::{self, CeBuffers, RawUpstream};
+//! use mixup_kernels::cuda::raw::{self, CeBuffers, RawGradOutput};
 //! use mixup_kernels::cuda::{CudaContext, CudaMixer, DevicePlan};
-//! use mixup_kernels::{CeSpec, DType, Layout, MixConfig, Reduction, Sampler};
+//! use mixup_kernels::{CeSpec, ImageSize, MixConfig, Reduction, SampleShape, Sampler, ScalarType};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let (batch, classes) = (8, 1000);
 //! let ctx = CudaContext::new(0)?;
@@ -44,30 +44,30 @@
 //!
 //! let sampler = Sampler::new(MixConfig::timm(classes), 0)?;
 //! let mut plan = DevicePlan::new(&mixer);
-//! plan.upload(&sampler.plan(0, 0, batch, (32, 32))?)?;
-//! let layout = Layout::Nchw { channels: 3, height: 32, width: 32 };
+//! plan.upload(&sampler.plan_images(0, batch, ImageSize { height: 32, width: 32 })?)?;
+//! let layout = SampleShape::channels_first(3, 32, 32);
 //! let (xp, _x) = x.device_ptr_mut(&theirs);
 //! // SAFETY: `xp` holds batch·3·32·32 f32 on the mixer's device and stays alive until the
 //! // stream has run the kernel; nothing else writes it meanwhile.
-//! unsafe { raw::mix_in_place(&mixer, &plan, &layout, DType::F32, xp, batch * 3 * 32 * 32) }?;
+//! unsafe { raw::mix_in_place(&mixer, &plan, &layout, ScalarType::F32, xp, batch * 3 * 32 * 32) }?;
 //! // ... the forward pass writes `logits` ...
 //! let (zp, _z) = logits.device_ptr_mut(&theirs);
 //! let (yp, _y) = labels.device_ptr(&theirs);
 //! let (lp, _l) = loss.device_ptr_mut(&theirs);
 //! let bufs = CeBuffers { logits: zp, labels: yp, grad: Some(zp), loss: lp, losses: None };
-//! let spec = CeSpec::new(classes, 0.1, Reduction::Mean);
+//! let spec = CeSpec::new(classes, 0.1, Reduction::Mean).unwrap();
 //! // SAFETY: as above; `grad` = `logits` is the in-place case this function allows.
-//! unsafe { raw::mixup_ce(&mixer, &plan, &spec, DType::F32, batch * classes, &bufs, RawUpstream::Scalar(1.0)) }?;
+//! unsafe { raw::mixup_ce(&mixer, &plan, &spec, ScalarType::F32, batch * classes, &bufs, RawGradOutput::Scalar(1.0)) }?;
 //! # Ok(())
 //! # }
 //! ```
 
 use crate::config::TargetSpec;
-use crate::dtype::DType;
+use crate::dtype::ScalarType;
 use crate::error::Result;
-use crate::spec::{CeSpec, Layout};
+use crate::spec::{CeSpec, SampleShape};
 
-pub use super::mixup_ce::{CeBuffers, RawUpstream};
+pub use super::mixup_ce::{CeBuffers, RawGradOutput};
 use super::{CudaMixer, DeviceBceSpec, DevicePlan};
 
 /// A device address (`CUdeviceptr`).
@@ -128,7 +128,7 @@ pub type BceBuffers = CeBuffers;
 /// ```no_run
 /// use mixup_kernels::cuda::cudarc::driver::{DevicePtr, DevicePtrMut};
 /// use mixup_kernels::cuda::{raw, CudaMixer, DevicePlan};
-/// use mixup_kernels::{DType, Layout, MixPlan};
+/// use mixup_kernels::{ScalarType, SampleShape, MixPlan};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let mixer = CudaMixer::new(0)?;
 /// let s = mixer.stream();
@@ -140,15 +140,15 @@ pub type BceBuffers = CeBuffers;
 /// let (op, _w) = out.device_ptr_mut(s);
 /// // SAFETY: both hold 3·64 f32 on the mixer's device, do not overlap, and live until the
 /// // kernel has run (`_r` and `_w` order their release after it).
-/// unsafe { raw::mix(&mixer, &plan, &Layout::Rows(64), DType::F32, xp, op, 3 * 64) }?;
+/// unsafe { raw::mix(&mixer, &plan, &SampleShape::rows(64), ScalarType::F32, xp, op, 3 * 64) }?;
 /// # Ok(())
 /// # }
 /// ```
 pub unsafe fn mix(
     mixer: &CudaMixer,
     plan: &DevicePlan,
-    layout: &Layout,
-    dtype: DType,
+    layout: &SampleShape,
+    dtype: ScalarType,
     x: CUdeviceptr,
     out: CUdeviceptr,
     len: usize,
@@ -167,25 +167,25 @@ pub unsafe fn mix(
 /// ```no_run
 /// use mixup_kernels::cuda::cudarc::driver::DevicePtrMut;
 /// use mixup_kernels::cuda::{raw, CudaMixer, DevicePlan};
-/// use mixup_kernels::{bf16, DType, Layout, MixPlan};
+/// use mixup_kernels::{bf16, ScalarType, SampleShape, MixPlan};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let mixer = CudaMixer::new(0)?;
 /// let s = mixer.stream();
 /// let mut plan = DevicePlan::new(&mixer);
 /// plan.upload(&MixPlan::from_parts(&[1, 0], &[0.7, 0.7])?)?; // an involution
-/// let layout = Layout::Nhwc { height: 8, width: 8, channels: 3 };
+/// let layout = SampleShape::channels_last(8, 8, 3);
 /// let mut x = s.alloc_zeros::<bf16>(2 * 8 * 8 * 3)?;
 /// let (xp, _w) = x.device_ptr_mut(s);
 /// // SAFETY: `xp` holds 2·8·8·3 bf16 on the mixer's device, alive until the kernel has run.
-/// unsafe { raw::mix_in_place(&mixer, &plan, &layout, DType::BF16, xp, 2 * 8 * 8 * 3) }?;
+/// unsafe { raw::mix_in_place(&mixer, &plan, &layout, ScalarType::BF16, xp, 2 * 8 * 8 * 3) }?;
 /// # Ok(())
 /// # }
 /// ```
 pub unsafe fn mix_in_place(
     mixer: &CudaMixer,
     plan: &DevicePlan,
-    layout: &Layout,
-    dtype: DType,
+    layout: &SampleShape,
+    dtype: ScalarType,
     x: CUdeviceptr,
     len: usize,
 ) -> Result<()> {
@@ -203,7 +203,7 @@ pub unsafe fn mix_in_place(
 /// ```no_run
 /// use mixup_kernels::cuda::cudarc::driver::{DevicePtr, DevicePtrMut};
 /// use mixup_kernels::cuda::{raw, CudaMixer, DevicePlan};
-/// use mixup_kernels::{DType, MixPlan, TargetSpec};
+/// use mixup_kernels::{ScalarType, MixPlan, TargetSpec};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let mixer = CudaMixer::new(0)?;
 /// let s = mixer.stream();
@@ -216,7 +216,7 @@ pub unsafe fn mix_in_place(
 /// let spec = TargetSpec::new(10, 0.1)?;
 /// // SAFETY: `yp` holds 2 u32 and `tp` 2·10 f32 on the mixer's device, alive until the kernel
 /// // has run, not overlapping.
-/// unsafe { raw::soft_targets(&mixer, &plan, &spec, DType::F32, yp, tp, 2 * 10) }?;
+/// unsafe { raw::soft_targets(&mixer, &plan, &spec, ScalarType::F32, yp, tp, 2 * 10) }?;
 /// mixer.check_labels()?; // out-of-range labels are counted on the device
 /// # Ok(())
 /// # }
@@ -225,7 +225,7 @@ pub unsafe fn soft_targets(
     mixer: &CudaMixer,
     plan: &DevicePlan,
     spec: &TargetSpec,
-    dtype: DType,
+    dtype: ScalarType,
     labels: CUdeviceptr,
     out: CUdeviceptr,
     out_len: usize,
@@ -244,9 +244,9 @@ pub unsafe fn soft_targets(
 ///
 /// ```no_run
 /// use mixup_kernels::cuda::cudarc::driver::{DevicePtr, DevicePtrMut};
-/// use mixup_kernels::cuda::raw::{self, CeBuffers, RawUpstream};
+/// use mixup_kernels::cuda::raw::{self, CeBuffers, RawGradOutput};
 /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
-/// use mixup_kernels::{CeSpec, DType, MixPlan, Reduction};
+/// use mixup_kernels::{CeSpec, ScalarType, MixPlan, Reduction};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let mixer = CudaMixer::new(0)?;
 /// let s = mixer.stream();
@@ -263,10 +263,10 @@ pub unsafe fn soft_targets(
 /// let (sp, _e) = losses.device_ptr_mut(s);
 /// let (up, _f) = up.device_ptr(s);
 /// let bufs = CeBuffers { logits: zp, labels: yp, grad: Some(gp), loss: lp, losses: Some(sp) };
-/// let spec = CeSpec::new(10, 0.0, Reduction::None);
+/// let spec = CeSpec::new(10, 0.0, Reduction::None).unwrap();
 /// // SAFETY: every address holds what `CeBuffers` states for B = 2, C = 10, on the mixer's
 /// // device, alive until the kernel has run; the gradient does not overlap the other buffers.
-/// unsafe { raw::mixup_ce(&mixer, &plan, &spec, DType::F32, 20, &bufs, RawUpstream::PerSample(up)) }?;
+/// unsafe { raw::mixup_ce(&mixer, &plan, &spec, ScalarType::F32, 20, &bufs, RawGradOutput::PerSample(up)) }?;
 /// # Ok(())
 /// # }
 /// ```
@@ -274,13 +274,13 @@ pub unsafe fn mixup_ce(
     mixer: &CudaMixer,
     plan: &DevicePlan,
     spec: &CeSpec,
-    dtype: DType,
+    dtype: ScalarType,
     logits_len: usize,
     buffers: &CeBuffers,
-    upstream: RawUpstream,
+    grad_output: RawGradOutput,
 ) -> Result<()> {
     // SAFETY: forwarded.
-    unsafe { super::mixup_ce::launch(mixer, plan, spec, dtype, logits_len, buffers, upstream) }
+    unsafe { super::mixup_ce::launch(mixer, plan, spec, dtype, logits_len, buffers, grad_output) }
 }
 
 /// The fused mixup binary cross-entropy over `logits_len` = B·C logits of `dtype` (see
@@ -295,9 +295,9 @@ pub unsafe fn mixup_ce(
 ///
 /// ```no_run
 /// use mixup_kernels::cuda::cudarc::driver::{DevicePtr, DevicePtrMut};
-/// use mixup_kernels::cuda::raw::{self, BceBuffers, RawUpstream};
+/// use mixup_kernels::cuda::raw::{self, BceBuffers, RawGradOutput};
 /// use mixup_kernels::cuda::{CudaMixer, DeviceBceSpec, DevicePlan};
-/// use mixup_kernels::{BceSpec, DType, MixPlan, Reduction};
+/// use mixup_kernels::{BceSpec, ScalarType, MixPlan, Reduction};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let mixer = CudaMixer::new(0)?;
 /// let s = mixer.stream();
@@ -315,7 +315,7 @@ pub unsafe fn mixup_ce(
 /// let bufs = BceBuffers { logits: zp, labels: yp, grad: Some(zp), loss: lp, losses: None };
 /// // SAFETY: every address holds what `BceBuffers` states for B = 2, C = 10, on the mixer's
 /// // device, alive until the kernel has run; `grad` = `logits` is the in-place case allowed.
-/// unsafe { raw::mixup_bce(&mixer, &plan, &dspec, DType::F32, 20, &bufs, RawUpstream::Scalar(1.0)) }?;
+/// unsafe { raw::mixup_bce(&mixer, &plan, &dspec, ScalarType::F32, 20, &bufs, RawGradOutput::Scalar(1.0)) }?;
 /// # Ok(())
 /// # }
 /// ```
@@ -323,11 +323,11 @@ pub unsafe fn mixup_bce(
     mixer: &CudaMixer,
     plan: &DevicePlan,
     spec: &DeviceBceSpec,
-    dtype: DType,
+    dtype: ScalarType,
     logits_len: usize,
     buffers: &BceBuffers,
-    upstream: RawUpstream,
+    grad_output: RawGradOutput,
 ) -> Result<()> {
     // SAFETY: forwarded.
-    unsafe { super::mixup_bce::launch(mixer, plan, spec, dtype, logits_len, buffers, upstream) }
+    unsafe { super::mixup_bce::launch(mixer, plan, spec, dtype, logits_len, buffers, grad_output) }
 }

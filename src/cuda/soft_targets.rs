@@ -5,7 +5,7 @@ use cudarc::driver::{
 };
 
 use crate::config::TargetSpec;
-use crate::dtype::{DType, FloatElement};
+use crate::dtype::{FloatElement, ScalarType};
 use crate::error::{check_len, checked_product, MixError, Result};
 
 use super::context::{driver_err, CudaMixer};
@@ -31,14 +31,52 @@ pub(crate) struct SoftArgs {
 // SAFETY: repr(C), 64 bytes without padding, mirrored by the kernel's struct.
 unsafe impl DeviceRepr for SoftArgs {}
 
-pub(crate) fn require_float(dtype: DType, what: &'static str) -> Result<()> {
-    if dtype == DType::U8 {
+pub(crate) fn require_float(dtype: ScalarType, what: &'static str) -> Result<()> {
+    if dtype == ScalarType::U8 {
         return Err(MixError::InvalidArgument {
             what,
             reason: "must be f32, f16 or bf16".into(),
         });
     }
     Ok(())
+}
+
+/// The arguments and launch configuration of `soft_targets_<dt>` for a checked call of `b > 0`
+/// rows, every address given. [`launch`] launches it; the host emulation's cases
+/// (`kernels::emulated`) run it on the CPU.
+pub(crate) fn soft_targets_call(
+    spec: &TargetSpec,
+    dtype: ScalarType,
+    b: usize,
+    labels: u64,
+    out: u64,
+    plan: u64,
+    flags: u64,
+) -> Result<(SoftArgs, LaunchConfig)> {
+    let c = spec.num_classes();
+    let ve = 16 / dtype.size() as u64;
+    let chunks = (c as u64).div_ceil(MIX_CHUNK_SLOTS * ve).max(1);
+    let args = SoftArgs {
+        out,
+        labels,
+        plan,
+        flags,
+        items: (b as u64)
+            .checked_mul(chunks)
+            .ok_or(MixError::SizeOverflow {
+                what: "soft-target work items",
+            })?,
+        classes: c as u64,
+        chunks,
+        eps: spec.smoothing_f32(),
+        off: spec.off_f32(),
+    };
+    let cfg = LaunchConfig {
+        grid_dim: (grid_for(args.items), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    Ok((args, cfg))
 }
 
 /// Validates and launches the soft-target kernel on raw device addresses: the one launch
@@ -51,15 +89,15 @@ pub(crate) unsafe fn launch(
     m: &CudaMixer,
     plan: &DevicePlan,
     spec: &TargetSpec,
-    dtype: DType,
+    dtype: ScalarType,
     labels: u64,
     out: u64,
     out_len: usize,
 ) -> Result<()> {
     require_float(dtype, "out")?;
-    spec.validate()?;
+    crate::spec::check_targets(plan.plan(), spec)?;
     let b = plan.len();
-    let c = spec.num_classes;
+    let c = spec.num_classes();
     check_len(
         "out",
         checked_product("batch × num_classes", &[b, c])?,
@@ -68,29 +106,16 @@ pub(crate) unsafe fn launch(
     if b == 0 {
         return Ok(());
     }
-    let ve = 16 / dtype.size() as u64;
-    let chunks = (c as u64).div_ceil(MIX_CHUNK_SLOTS * ve).max(1);
-    let args = SoftArgs {
-        out,
+    let (args, cfg) = soft_targets_call(
+        spec,
+        dtype,
+        b,
         labels,
-        plan: plan.device_ptr_for(m)?,
-        flags: m.flags_ptr(),
-        items: (b as u64)
-            .checked_mul(chunks)
-            .ok_or(MixError::SizeOverflow {
-                what: "soft-target work items",
-            })?,
-        classes: c as u64,
-        chunks,
-        eps: spec.smoothing,
-        off: spec.off_value(),
-    };
+        out,
+        plan.device_ptr_for(m)?,
+        m.flags_ptr(),
+    )?;
     let f = m.function(Kernel::SoftTargets, dtype)?;
-    let cfg = LaunchConfig {
-        grid_dim: (grid_for(args.items), 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
     // SAFETY: `args` matches `SoftArgs`; addresses valid per the contract.
     unsafe { m.stream().launch_builder(f).arg(&args).launch(cfg) }
         .map_err(driver_err("launching the soft-target kernel"))?;
@@ -115,7 +140,7 @@ impl CudaMixer {
     /// plan.upload(&MixPlan::from_parts(&[1, 0], &[0.75, 0.75])?)?;
     /// let labels = s.clone_htod(&vec![0u32, 2])?;
     /// let mut t = s.alloc_zeros::<bf16>(2 * 3)?;
-    /// mixer.soft_targets(&plan, &labels.as_view(), &TargetSpec::new(3, 0.0)?, &mut t.as_view_mut())?;
+    /// mixer.soft_targets(&plan, &TargetSpec::new(3, 0.0)?, &labels.as_view(), &mut t.as_view_mut())?;
     /// let t: Vec<f32> = s.clone_dtoh(&t)?.into_iter().map(f32::from).collect();
     /// assert_eq!(t, [0.75, 0.0, 0.25, 0.25, 0.0, 0.75]);
     /// mixer.check_labels()?;
@@ -125,11 +150,11 @@ impl CudaMixer {
     pub fn soft_targets<T: FloatElement>(
         &self,
         plan: &DevicePlan,
-        labels: &CudaView<'_, u32>,
         spec: &TargetSpec,
+        labels: &CudaView<'_, u32>,
         out: &mut CudaViewMut<'_, T>,
     ) -> Result<()> {
-        spec.validate()?;
+        crate::spec::check_targets(plan.plan(), spec)?;
         plan.plan().check_batch(labels.len())?;
         let n = out.len();
         let (lp, _rl) = labels.device_ptr(self.stream());
@@ -151,9 +176,9 @@ mod tests {
     #[test]
     fn u8_targets_are_rejected() {
         assert!(matches!(
-            require_float(DType::U8, "out"),
+            require_float(ScalarType::U8, "out"),
             Err(MixError::InvalidArgument { what: "out", .. })
         ));
-        assert!(require_float(DType::BF16, "out").is_ok());
+        assert!(require_float(ScalarType::BF16, "out").is_ok());
     }
 }

@@ -3,7 +3,11 @@
 //! Each test binary uses a different subset, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
-use mixup_kernels::{CutBox, DType, Element, MixConfig, MixPlan, Mode, PartnerRule, Sampler};
+use mixup_kernels::ImageSize;
+use mixup_kernels::{
+    CutBox, Element, MemoryFormat, MixConfig, MixPlan, Mode, PartnerRule, SampleShape, Sampler,
+    ScalarType,
+};
 
 /// Batch sizes every op is tried with (0 only where the op allows it).
 pub const BATCHES: [usize; 5] = [0, 1, 2, 5, 7];
@@ -13,11 +17,12 @@ pub const ROWS: [usize; 4] = [1, 3, 63, 4097];
 /// Class counts for the targets and the loss.
 pub const CLASSES: [usize; 5] = [1, 2, 3, 1000, 50_000];
 
-/// A small deterministic generator (SplitMix64): tests do not depend on `rand`'s algorithms.
+/// The tests' one generator (SplitMix64): deterministic, independent of `rand`'s algorithms.
+/// It implements `rand::RngCore`, so `rand::Rng`'s methods (`random_range`...) work on it.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct TestRng(u64);
 
-impl Rng {
+impl TestRng {
     pub fn new(seed: u64) -> Self {
         Self(seed ^ 0x005E_ED0F_7E57)
     }
@@ -46,12 +51,27 @@ impl Rng {
     }
 }
 
+impl rand::RngCore for TestRng {
+    fn next_u32(&mut self) -> u32 {
+        (TestRng::next_u64(self) >> 32) as u32
+    }
+    fn next_u64(&mut self) -> u64 {
+        TestRng::next_u64(self)
+    }
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        for chunk in dst.chunks_mut(8) {
+            let v = TestRng::next_u64(self).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
 /// `n` values uniform in `[lo, hi)`, rounded to `T` (for `u8`: integers 0..=255).
 pub fn random_vec<T: Element>(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<T> {
-    let mut rng = Rng::new(seed);
+    let mut rng = TestRng::new(seed);
     (0..n)
         .map(|_| {
-            if T::DTYPE == DType::U8 {
+            if T::DTYPE == ScalarType::U8 {
                 T::from_f32(rng.below(256) as f32)
             } else {
                 T::from_f32(rng.range(lo, hi))
@@ -62,7 +82,7 @@ pub fn random_vec<T: Element>(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<T> {
 
 /// `n` labels in `0..classes`.
 pub fn random_labels(n: usize, classes: usize, seed: u64) -> Vec<u32> {
-    let mut rng = Rng::new(seed);
+    let mut rng = TestRng::new(seed);
     (0..n).map(|_| rng.below(classes) as u32).collect()
 }
 
@@ -95,23 +115,42 @@ impl Tol {
 /// value) and its subnormals are spaced 2^-24; bf16 keeps 8 bits (≤ 2^-8) with f32's range.
 pub fn storage_tol<T: Element>() -> Tol {
     match T::DTYPE {
-        DType::F32 => Tol::new(0.0, 0.0),
-        DType::F16 => Tol::new(2f64.powi(-25), 2f64.powi(-11)),
-        DType::BF16 => Tol::new(1e-38, 2f64.powi(-8)),
-        DType::U8 => Tol::new(0.5, 0.0),
+        ScalarType::F32 => Tol::new(0.0, 0.0),
+        ScalarType::F16 => Tol::new(2f64.powi(-25), 2f64.powi(-11)),
+        ScalarType::BF16 => Tol::new(1e-38, 2f64.powi(-8)),
+        ScalarType::U8 => Tol::new(0.5, 0.0),
     }
 }
 
-/// Asserts `got ≈ want` element-wise; the message names the first failing index, both values
-/// and how many elements fail.
+/// What [`assert_close`] allows at each index: a [`Tol`], or a closure
+/// `|index, want| -> allowed absolute error` for tolerances that vary along the data.
+pub trait Tolerance {
+    /// The allowed `|got - want|` at `index`.
+    fn bound(&self, index: usize, want: f64) -> f64;
+}
+
+impl Tolerance for Tol {
+    fn bound(&self, _index: usize, want: f64) -> f64 {
+        self.abs + self.rel * want.abs()
+    }
+}
+
+impl<F: Fn(usize, f64) -> f64> Tolerance for F {
+    fn bound(&self, index: usize, want: f64) -> f64 {
+        self(index, want)
+    }
+}
+
+/// Asserts `got ≈ want` element-wise (the one comparison of every test binary); the message
+/// names the first failing index, both values, the bound and how many elements fail. A NaN
+/// always fails; equal infinities pass.
 #[track_caller]
-pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: Tol) {
+pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: impl Tolerance) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
     let mut first = None;
     let mut count = 0;
-    let mut worst = 0.0f64;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let bound = tol.abs + tol.rel * w.abs();
+        let bound = tol.bound(i, w);
         let err = (g - w).abs();
         // NaN never passes: an op returning NaN where the reference is finite is a failure.
         let ok = err <= bound || (g == w);
@@ -121,17 +160,12 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: Tol) {
                 first = Some((i, g, w, err, bound));
             }
         }
-        if err.is_finite() && bound > 0.0 {
-            worst = worst.max(err / bound);
-        }
     }
     if let Some((i, g, w, err, bound)) = first {
         panic!(
             "{what}: {count} of {} elements out of tolerance; first at index {i}: got {g:e}, \
-             expected {w:e}, error {err:e} > {bound:e} (abs {:e} + rel {:e})",
+             expected {w:e}, error {err:e} > {bound:e}",
             got.len(),
-            tol.abs,
-            tol.rel
         );
     }
 }
@@ -146,6 +180,29 @@ pub fn assert_same_bits<T: Element>(what: &str, got: &[T], want: &[T]) {
             gb == wb,
             "{what}: index {i} differs: got {g:?} ({gb:#x}), expected {w:?} ({wb:#x})"
         );
+    }
+}
+
+/// Whether element `k` of a sample of `shape` lies inside the CutMix box `cut`: `None` when the
+/// sample lerps (no box, or rows), else `Some(inside)`.
+pub fn in_box(shape: &SampleShape, cut: Option<CutBox>, k: usize) -> Option<bool> {
+    match (cut, *shape) {
+        (None, _) | (_, SampleShape::Rows(_)) => None,
+        (
+            Some(bx),
+            SampleShape::Image {
+                format,
+                channels,
+                height,
+                width,
+            },
+        ) => {
+            let pix = match format {
+                MemoryFormat::ChannelsFirst => k % (height * width),
+                MemoryFormat::ChannelsLast => k / channels,
+            };
+            Some(bx.contains(pix / width, pix % width))
+        }
     }
 }
 
@@ -164,13 +221,15 @@ pub fn config(partner: PartnerRule, mode: Mode) -> MixConfig {
 }
 
 /// Plans from the sampler for every partner rule and mode (Pair needs an involution), two
-/// steps each, for `batch` samples of `image` pixels.
+/// steps each, for `batch` samples of `image` pixels. The plans forget their config's target
+/// spec (`with_targets(None)`), so the op tests can pair them with any class count.
 pub fn sampler_plans(batch: usize, image: (usize, usize)) -> Vec<(String, MixPlan)> {
     let mut out = Vec::new();
     for partner in [
         PartnerRule::Flip,
         PartnerRule::Permutation,
         PartnerRule::RandomPairs,
+        PartnerRule::Roll,
     ] {
         for mode in [Mode::Batch, Mode::Pair, Mode::Elem] {
             if mode == Mode::Pair && !partner.is_involution() {
@@ -178,7 +237,14 @@ pub fn sampler_plans(batch: usize, image: (usize, usize)) -> Vec<(String, MixPla
             }
             let sampler = Sampler::new(config(partner, mode), 7).expect("valid config");
             for step in 0..2 {
-                let plan = sampler.plan(0, step, batch, image).expect("plan");
+                let size = ImageSize {
+                    height: image.0,
+                    width: image.1,
+                };
+                let plan = sampler
+                    .plan_images(step, batch, size)
+                    .expect("plan")
+                    .with_targets(None);
                 out.push((format!("{partner:?}/{mode:?}/step {step}"), plan));
             }
         }
@@ -196,7 +262,7 @@ pub fn involution_plans(batch: usize, image: (usize, usize)) -> Vec<(String, Mix
 }
 
 /// A random involution on `0..n` (pairs neighbours of a shuffle; odd n leaves one fixed).
-pub fn random_pairs(n: usize, rng: &mut Rng) -> Vec<usize> {
+pub fn random_pairs(n: usize, rng: &mut TestRng) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
         order.swap(i, rng.below(i + 1));
@@ -212,7 +278,7 @@ pub fn random_pairs(n: usize, rng: &mut Rng) -> Vec<usize> {
 
 /// A random cycle `i → i+1 mod n` after a shuffle: a permutation that is not an involution for
 /// n ≥ 3.
-pub fn random_cycle(n: usize, rng: &mut Rng) -> Vec<usize> {
+pub fn random_cycle(n: usize, rng: &mut TestRng) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
         order.swap(i, rng.below(i + 1));
@@ -280,7 +346,7 @@ pub fn hand_plans(batch: usize, height: usize, width: usize) -> Vec<(String, Mix
             x1: 1,
         }), // left column
     ];
-    let mut rng = Rng::new(batch as u64 * 31 + u64::from(h) * 7 + u64::from(w));
+    let mut rng = TestRng::new(batch as u64 * 31 + u64::from(h) * 7 + u64::from(w));
     let lam: Vec<f32> = (0..batch)
         .map(|i| match i % 4 {
             0 => 0.0,

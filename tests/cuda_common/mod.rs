@@ -7,8 +7,12 @@
 
 use mixup_kernels::cuda::{CudaMixer, CudaMixerOptions, CudaSlice, CudaView, CudaViewMut};
 use mixup_kernels::{CutBox, Element, MixPlan};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
+
+// The one tolerance check and the one generator of the test suite.
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::{assert_close, TestRng, Tol};
 
 /// The test mixer, or `None` (after printing why) when there is no usable GPU.
 pub fn mixer(test: &str) -> Option<CudaMixer> {
@@ -50,15 +54,15 @@ pub fn skipped(reason: &str, test: &str) {
     let _ = writeln!(err, "SKIPPED: {test}");
 }
 
-pub fn rng(seed: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(seed)
+pub fn rng(seed: u64) -> TestRng {
+    TestRng::new(seed)
 }
 
 /// Random values of T: floats in [-4, 4) (never zeros), u8 uniform.
-pub fn random<T: Element>(rng: &mut ChaCha8Rng, n: usize) -> Vec<T> {
+pub fn random<T: Element>(rng: &mut TestRng, n: usize) -> Vec<T> {
     (0..n)
         .map(|_| {
-            if T::DTYPE == mixup_kernels::DType::U8 {
+            if T::DTYPE == mixup_kernels::ScalarType::U8 {
                 T::from_f32(rng.random_range(0..256u32) as f32)
             } else {
                 T::from_f32(rng.random_range(-4.0f32..4.0))
@@ -68,7 +72,7 @@ pub fn random<T: Element>(rng: &mut ChaCha8Rng, n: usize) -> Vec<T> {
 }
 
 /// A random permutation of 0..n.
-pub fn permutation(rng: &mut ChaCha8Rng, n: usize) -> Vec<usize> {
+pub fn permutation(rng: &mut TestRng, n: usize) -> Vec<usize> {
     let mut p: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
         p.swap(i, rng.random_range(0..=i));
@@ -77,7 +81,7 @@ pub fn permutation(rng: &mut ChaCha8Rng, n: usize) -> Vec<usize> {
 }
 
 /// Random pairs (an involution; an odd batch leaves one sample with itself).
-pub fn pairs(rng: &mut ChaCha8Rng, n: usize) -> Vec<usize> {
+pub fn pairs(rng: &mut TestRng, n: usize) -> Vec<usize> {
     let order = permutation(rng, n);
     let mut p: Vec<usize> = (0..n).collect();
     for c in order.chunks(2) {
@@ -89,7 +93,7 @@ pub fn pairs(rng: &mut ChaCha8Rng, n: usize) -> Vec<usize> {
     p
 }
 
-pub fn lams(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+pub fn lams(rng: &mut TestRng, n: usize) -> Vec<f32> {
     (0..n)
         .map(|i| {
             if i % 7 == 3 {
@@ -102,7 +106,7 @@ pub fn lams(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
 }
 
 /// A plan with CutMix boxes on about half the samples (some empty or full-image boxes).
-pub fn cutmix_plan(rng: &mut ChaCha8Rng, partner: &[usize], h: usize, w: usize) -> MixPlan {
+pub fn cutmix_plan(rng: &mut TestRng, partner: &[usize], h: usize, w: usize) -> MixPlan {
     let n = partner.len();
     let lam = lams(rng, n);
     let boxes: Vec<Option<CutBox>> = (0..n)
@@ -167,16 +171,6 @@ pub mod cudarc_repr {
     impl<T: mixup_kernels::cuda::cudarc::driver::DeviceRepr + Copy + Default> Repr for T {}
 }
 
-/// `|got - want| <= abs + rel * |want|` for every element (NaN never passes); prints the
-/// first failing index.
-pub fn assert_close(what: &str, got: &[f64], want: &[f64], abs: f64, rel: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let ok = (g - w).abs() <= abs + rel * w.abs();
-        assert!(ok, "{what}[{i}]: got {g}, want {w} (abs {abs}, rel {rel})");
-    }
-}
-
 pub fn widen<T: Element>(v: &[T]) -> Vec<f64> {
     v.iter().map(|x| x.to_f32() as f64).collect()
 }
@@ -184,9 +178,11 @@ pub fn widen<T: Element>(v: &[T]) -> Vec<f64> {
 /// Bits of an element, for exact comparisons.
 pub fn bits<T: Element>(v: T) -> u32 {
     match T::DTYPE {
-        mixup_kernels::DType::U8 => v.to_f32() as u32,
-        mixup_kernels::DType::F32 => v.to_f32().to_bits(),
+        mixup_kernels::ScalarType::U8 => v.to_f32() as u32,
+        mixup_kernels::ScalarType::F32 => v.to_f32().to_bits(),
         // f16/bf16 round-trip exactly through f32, so the f32 bits identify the value.
         _ => v.to_f32().to_bits(),
     }
 }
+#[allow(unused_imports)]
+pub use common::in_box as in_box_of;

@@ -1,11 +1,12 @@
 // naive.cu: the same operations unfused, one element per thread, the way a first port (or
-// PyTorch eager) computes them. Not part of the library: used only by the benchmark
-// (benches/gpu/naive.rs), as the baseline the fused kernels are measured against, and checked by
-// the host emulation (kernels/emu/test_naive.cpp) so the comparison is between two correct
-// programs.
+// PyTorch eager) computes them. Not part of the library: the benchmark's baseline (loaded by
+// benches/gpu/naive.rs), which the fused kernels are measured against. benches/gpu.rs checks
+// each op's output against the fused kernel's once before timing it, so the comparison is
+// between two correct programs.
 //
 // mix:          gather (tmp[i] = x[partner(i)])  ->  lerp (out = lam x + (1 - lam) tmp; CutMix
-//               samples copy x)  ->  paste (CutMix boxes from tmp)
+//               samples and samples that are their own partner copy x)  ->  paste (CutMix
+//               boxes from tmp)
 // soft targets: one_hot(labels) and one_hot(labels[partner]) as f32  ->  blend
 // mixup CE:     the soft targets as above  ->  log_softmax  ->  per-row loss  ->  reduction
 //               ->  gradient (exp(logp) - t) * scale
@@ -28,7 +29,7 @@ DEV void naive_lerp(const typename E::B* x, const typename E::B* tmp, typename E
     NAIVE_LOOP(n) {
         const u64 i = idx / D;
         const PlanEntry pe = plan[i];
-        if (image && pe.cut) {
+        if ((image && pe.cut) || pe.partner == i) {
             out[idx] = x[idx];
         } else {
             const float lam = pe.lam;

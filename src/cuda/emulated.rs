@@ -1,0 +1,209 @@
+//! The host's launches without a device, for the host emulation of the kernels
+//! (tests/kernels_emulated): each function makes the checks and the choices the real call
+//! makes (kernel, grid, block, shared memory, every field of the arguments) through the same
+//! code, and returns them, with the addresses it was given, instead of launching. Not a stable
+//! API.
+
+use cudarc::driver::LaunchConfig;
+
+use crate::config::TargetSpec;
+use crate::dtype::ScalarType;
+use crate::error::{MixError, Result};
+use crate::plan::{MixPlan, PlanEntry};
+use crate::spec::{check_mix, BceSpec, CeSpec, SampleShape};
+
+use super::mixup_ce::{CeBuffers, RawGradOutput};
+
+/// One kernel launch as the host code makes it.
+#[derive(Debug, Clone)]
+pub struct HostLaunch {
+    /// The `extern "C"` entry (`ce_warp_bf16`).
+    pub entry: &'static str,
+    /// Grid, block and dynamic shared memory.
+    pub config: LaunchConfig,
+    /// The kernel's argument struct, byte for byte (`repr(C)`, no padding).
+    pub args: Vec<u8>,
+}
+
+/// What a [`CudaMixer`](super::CudaMixer) and a [`DevicePlan`](super::DevicePlan) hold on the
+/// device: the staged plan's address, the flags' address and the opt-in shared memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Device {
+    /// Address of the plan as [`staged_plan`] lays it out.
+    pub plan: u64,
+    /// Address of the two `u32` flags (bad labels, the block counter).
+    pub flags: u64,
+    /// `CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN`.
+    pub smem_optin: u32,
+}
+
+fn host_launch<A: Copy>(
+    kernel: super::entries::Kernel,
+    dtype: ScalarType,
+    args: &A,
+    config: LaunchConfig,
+) -> Result<HostLaunch> {
+    let entry = kernel.name(dtype).ok_or(MixError::InvalidArgument {
+        what: "dtype",
+        reason: format!("no {} kernel for {dtype:?}", kernel.prefix()),
+    })?;
+    // SAFETY: the argument structs are `repr(C)` of u64/u32/f32 fields without padding, so every
+    // byte is initialized.
+    let bytes =
+        unsafe { std::slice::from_raw_parts((args as *const A).cast::<u8>(), size_of::<A>()) };
+    Ok(HostLaunch {
+        entry,
+        config,
+        args: bytes.to_vec(),
+    })
+}
+
+/// The plan's device buffer, byte for byte as [`DevicePlan::upload`](super::DevicePlan::upload)
+/// copies it, and the number of pair leaders.
+pub fn staged_plan(plan: &MixPlan) -> (Vec<u8>, usize) {
+    let mut staged = Vec::new();
+    let pairs = super::plan::stage(plan, &mut staged);
+    let bytes = staged
+        .iter()
+        .flat_map(|e: &PlanEntry| {
+            [
+                e.partner,
+                e.lam.to_bits(),
+                e.cut,
+                e.y0,
+                e.y1,
+                e.x0,
+                e.x1,
+                e.pad,
+            ]
+        })
+        .flat_map(u32::to_le_bytes)
+        .collect();
+    (bytes, pairs)
+}
+
+/// [`raw::mix`](super::raw::mix) / [`raw::mix_in_place`](super::raw::mix_in_place) (`out == x`):
+/// `None` when there is nothing to launch.
+#[allow(clippy::too_many_arguments)]
+pub fn mix(
+    plan: &MixPlan,
+    layout: &SampleShape,
+    dtype: ScalarType,
+    x: u64,
+    out: u64,
+    len: usize,
+    in_place: bool,
+    dev: &Device,
+) -> Result<Option<HostLaunch>> {
+    let row = check_mix(plan, layout, len, "x")?;
+    if in_place {
+        plan.check_involution()?;
+    }
+    if plan.is_empty() || row == 0 {
+        return Ok(None);
+    }
+    let (_, pairs) = staged_plan(plan);
+    let (kernel, args, cfg) = super::mix::mix_call(plan, layout, dtype, pairs, x, out, dev.plan)?;
+    host_launch(kernel, dtype, &args, cfg).map(Some)
+}
+
+/// [`raw::soft_targets`](super::raw::soft_targets): `None` for an empty batch.
+pub fn soft_targets(
+    plan: &MixPlan,
+    spec: &TargetSpec,
+    dtype: ScalarType,
+    labels: u64,
+    out: u64,
+    out_len: usize,
+    dev: &Device,
+) -> Result<Option<HostLaunch>> {
+    super::soft_targets::require_float(dtype, "out")?;
+    crate::spec::check_targets(plan, spec)?;
+    crate::error::check_len(
+        "out",
+        crate::error::checked_product("batch × num_classes", &[plan.len(), spec.num_classes()])?,
+        out_len,
+    )?;
+    if plan.is_empty() {
+        return Ok(None);
+    }
+    let (args, cfg) = super::soft_targets::soft_targets_call(
+        spec,
+        dtype,
+        plan.len(),
+        labels,
+        out,
+        dev.plan,
+        dev.flags,
+    )?;
+    host_launch(super::entries::Kernel::SoftTargets, dtype, &args, cfg).map(Some)
+}
+
+fn losses_of(bufs: &CeBuffers) -> Result<u64> {
+    bufs.losses.ok_or(MixError::InvalidArgument {
+        what: "losses",
+        reason:
+            "the emulated call needs the per-sample losses' buffer (the device's would be scratch)"
+                .into(),
+    })
+}
+
+/// [`raw::mixup_ce`](super::raw::mixup_ce) (`bufs.losses` required): `None` for an empty batch.
+pub fn mixup_ce(
+    plan: &MixPlan,
+    spec: &CeSpec,
+    dtype: ScalarType,
+    logits_len: usize,
+    bufs: &CeBuffers,
+    grad_output: RawGradOutput,
+    dev: &Device,
+) -> Result<Option<HostLaunch>> {
+    super::soft_targets::require_float(dtype, "logits")?;
+    super::mixup_ce::check_ce_device(plan, spec, logits_len, &grad_output)?;
+    if plan.is_empty() {
+        return Ok(None);
+    }
+    let (kernel, args, cfg) = super::mixup_ce::ce_call(
+        spec,
+        dtype,
+        plan.len(),
+        dev.smem_optin,
+        bufs,
+        losses_of(bufs)?,
+        dev.plan,
+        dev.flags,
+        &grad_output,
+    );
+    host_launch(kernel, dtype, &args, cfg).map(Some)
+}
+
+/// [`raw::mixup_bce`](super::raw::mixup_bce) with the class weights at `weights` = (weight,
+/// pos_weight) (0 where the spec has none; `bufs.losses` required): `None` for an empty batch.
+#[allow(clippy::too_many_arguments)]
+pub fn mixup_bce(
+    plan: &MixPlan,
+    spec: &BceSpec,
+    dtype: ScalarType,
+    logits_len: usize,
+    bufs: &CeBuffers,
+    weights: (u64, u64),
+    grad_output: RawGradOutput,
+    dev: &Device,
+) -> Result<Option<HostLaunch>> {
+    super::soft_targets::require_float(dtype, "logits")?;
+    super::mixup_bce::check_bce_device(plan, spec, logits_len, &grad_output)?;
+    if plan.is_empty() {
+        return Ok(None);
+    }
+    let (kernel, args, cfg) = super::mixup_bce::bce_call(
+        spec,
+        dtype,
+        plan.len(),
+        bufs,
+        losses_of(bufs)?,
+        weights,
+        (dev.plan, dev.flags),
+        &grad_output,
+    );
+    host_launch(kernel, dtype, &args, cfg).map(Some)
+}

@@ -1,0 +1,657 @@
+//! The fused mixup binary cross-entropy kernels (kernels/mixup_bce.cu: bce_warp, bce_block)
+//! against `reference::mixup_bce` (f64): every dtype; the launch the host makes and, on purpose,
+//! the other strategy and other lane counts (the kernels must not depend on the host's
+//! choice); forward only, gradient to another buffer (same or other 16-byte offset), in
+//! place; Mean / Sum / None, sum_classes, host / device / per-sample grad_output; weight and
+//! pos_weight (some zero); thresholds, with λ on the boundary; masked logits (−inf and the
+//! dtype's minimum) with zero and non-zero targets; NaN logits; bad labels; grids smaller than
+//! the host's; and the same launch in other block and thread orders, bit for bit.
+
+use mixup_kernels::cuda::kernels::{bce_launch, emulated};
+use mixup_kernels::{bf16, f16, reference, BceSpec, FloatElement, GradOutput, MixPlan, Reduction};
+
+use crate::common::TestRng as Rng;
+use crate::exchange::{wide, Case, Checks, Run};
+use crate::loss::{self, Mode, Up, U};
+
+#[derive(Debug, Clone)]
+struct BceCase {
+    c: usize,
+    b: usize,
+    mode: Mode,
+    reduction: Reduction,
+    up_kind: Up,
+    up: f32,
+    eps: f64,
+    weight: bool,
+    pos_weight: bool,
+    sum_classes: bool,
+    bad_labels: bool,
+    thr: Option<f32>,
+    /// λ whose target lands on the threshold.
+    boundary: bool,
+    /// 0 none; 1 −inf; 2 the dtype's minimum; 3 both; 4 a NaN per row.
+    masked: u8,
+    zoff: usize,
+    goff: usize,
+    /// None: the host's launch; Some(false): bce_warp with `group` lanes; Some(true):
+    /// bce_block of `threads`.
+    kernel: Option<bool>,
+    group: u32,
+    threads: u32,
+    force_grid: u32,
+    orders: bool,
+    seed: u64,
+}
+
+impl Default for BceCase {
+    fn default() -> Self {
+        Self {
+            c: 1,
+            b: 1,
+            mode: Mode::Grad,
+            reduction: Reduction::Mean,
+            up_kind: Up::Host,
+            up: 1.0,
+            eps: 0.1,
+            weight: false,
+            pos_weight: false,
+            sum_classes: false,
+            bad_labels: false,
+            thr: None,
+            boundary: false,
+            masked: 0,
+            zoff: 0,
+            goff: 0,
+            kernel: None,
+            group: 1,
+            threads: 64,
+            force_grid: 0,
+            orders: false,
+            seed: 1,
+        }
+    }
+}
+
+fn normal(rng: &mut Rng, sd: f64) -> f32 {
+    let (u1, u2) = (rng.unit().max(1e-300), rng.unit());
+    (sd * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+struct Inputs<T> {
+    z: Vec<T>,
+    labels: Vec<u32>,
+    plan: MixPlan,
+    ups: Vec<f32>,
+    spec: BceSpec,
+}
+
+fn make<T: FloatElement + Default>(c: &BceCase) -> Inputs<T> {
+    let mut rng = Rng::new(c.seed);
+    let (cc, b) = (c.c, c.b);
+    let mut z: Vec<T> = (0..cc * b)
+        .map(|_| {
+            T::from_f32(if rng.unit() < 0.03 {
+                40.0 * rng.unit() as f32 - 20.0
+            } else {
+                normal(&mut rng, 3.0)
+            })
+        })
+        .collect();
+    let mut labels: Vec<u32> = (0..b).map(|_| rng.below(cc) as u32).collect();
+    for i in (0..b).step_by(3) {
+        labels[i] = if (i / 3) % 2 == 1 { cc as u32 - 1 } else { 0 };
+    }
+    let mut partner: Vec<usize> = (0..b).collect();
+    for i in (1..b).rev() {
+        partner.swap(i, rng.below(i + 1));
+    }
+    if b >= 3 {
+        labels[partner[2]] = labels[2]; // a == b
+    }
+    if c.bad_labels {
+        labels[1 % b] = cc as u32;
+        if b > 3 {
+            labels[3] = u32::MAX;
+        }
+    }
+    let mut lam: Vec<f32> = (0..b)
+        .map(|i| match i {
+            0 => 1.0,
+            1 => 0.5,
+            4 => 0.0,
+            _ => rng.unit() as f32,
+        })
+        .collect();
+    if let (true, Some(thr)) = (c.boundary, c.thr) {
+        // λ whose soft target t_a = on λ + off (1 − λ) is the f32 value nearest the threshold,
+        // and its neighbours: the decision then rests on timm's rounding.
+        let e = c.eps; // timm's double ε
+        let off = e / cc as f64;
+        let on = 1.0 - e + off;
+        let lam0 = ((f64::from(thr) - off) / (on - off)) as f32;
+        let mut l = f32::from_bits(lam0.to_bits() - 3);
+        for v in lam.iter_mut().take(7) {
+            *v = l;
+            l = f32::from_bits(l.to_bits() + 1);
+        }
+    }
+    if c.masked == 4 {
+        // One NaN logit per row, some at classes of weight 0 (k % 7 == 3).
+        for i in 0..b {
+            z[i * cc + if i % 2 == 1 { 3 % cc } else { (i * 5) % cc }] = T::from_f32(f32::NAN);
+        }
+    } else if c.masked != 0 {
+        // Per row a few classes masked, among them (by turns) the label, the partner's label
+        // or neither, or the whole row.
+        for i in 0..b {
+            let (a, bl) = (labels[i] as usize, labels[partner[i]] as usize);
+            let mut put = |k: usize, j: usize| {
+                if k < cc {
+                    let kind = if c.masked == 3 {
+                        j % 2
+                    } else {
+                        c.masked as usize - 1
+                    };
+                    z[i * cc + k] = if kind == 0 {
+                        T::from_f32(f32::NEG_INFINITY)
+                    } else {
+                        loss::dtype_min::<T>()
+                    };
+                }
+            };
+            for k in (i % 3..cc).step_by(5) {
+                put(k, k);
+            }
+            match i % 4 {
+                1 => put(a, i),
+                2 => put(bl, i),
+                3 => (0..cc).for_each(|k| put(k, k)),
+                _ => {}
+            }
+        }
+    }
+    let mut spec = BceSpec::new(cc, c.eps, c.reduction)
+        .unwrap()
+        .with_sum_classes(c.sum_classes);
+    if c.weight {
+        let w = (0..cc)
+            .map(|k| {
+                if k % 7 == 3 {
+                    0.0
+                } else {
+                    2.0 * rng.unit() as f32
+                }
+            })
+            .collect();
+        spec = spec.with_weight(w).unwrap();
+    }
+    if c.pos_weight {
+        let w = (0..cc)
+            .map(|k| {
+                if k % 5 == 2 {
+                    0.0
+                } else {
+                    0.25 + 2.75 * rng.unit() as f32
+                }
+            })
+            .collect();
+        spec = spec.with_pos_weight(w).unwrap();
+    }
+    if let Some(thr) = c.thr {
+        spec = spec.with_target_threshold(thr).unwrap();
+    }
+    let ups = match c.up_kind {
+        Up::Host => Vec::new(),
+        Up::Device => vec![c.up],
+        Up::PerSample => (0..b).map(|_| 4.0 * rng.unit() as f32 - 2.0).collect(),
+    };
+    Inputs {
+        z,
+        labels,
+        plan: MixPlan::from_parts(&partner, &lam).unwrap(),
+        ups,
+        spec,
+    }
+}
+
+fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: BceCase, out: &mut Vec<Case>) {
+    let inp = make::<T>(&c);
+    let call = loss::call(
+        &inp.plan,
+        &inp.z,
+        &inp.labels,
+        c.mode,
+        (c.zoff, c.goff),
+        (c.up_kind, c.up, &inp.ups),
+        (inp.spec.weight(), inp.spec.pos_weight()),
+        232448,
+    );
+    let n = inp.z.len();
+    let mut launch = emulated::mixup_bce(
+        &inp.plan,
+        &inp.spec,
+        T::DTYPE,
+        n,
+        &call.ce,
+        call.weights,
+        call.up,
+        &call.dev,
+    )
+    .unwrap()
+    .expect("a launch");
+    let (kernel, group, cfg) = bce_launch(c.c as u64, size_of::<T>(), c.b as u64);
+    assert!(
+        launch.entry.starts_with(kernel)
+            && (cfg.grid_dim, cfg.block_dim) == (launch.config.grid_dim, launch.config.block_dim),
+        "{c:?}"
+    );
+    // `BceArgs::group` is the struct's last field.
+    let at = launch.args.len() - 4;
+    assert_eq!(launch.args[at..], group.to_le_bytes(), "BceArgs::group");
+    let dt = launch.entry.rsplit('_').next().unwrap().to_string();
+    match c.kernel {
+        // Not the host's launch, on purpose: the other strategy and other lane counts.
+        Some(false) => {
+            launch.entry = leak(format!("bce_warp_{dt}"));
+            launch.args[at..].copy_from_slice(&c.group.to_le_bytes());
+            let rows = 256 / c.group as usize;
+            launch.config.grid_dim.0 = c.b.div_ceil(rows).max(1) as u32;
+            launch.config.block_dim.0 = 256;
+        }
+        Some(true) => {
+            launch.entry = leak(format!("bce_block_{dt}"));
+            launch.args[at..].copy_from_slice(&32u32.to_le_bytes());
+            launch.config.grid_dim.0 = c.b as u32;
+            launch.config.block_dim.0 = c.threads;
+        }
+        None => {}
+    }
+    if c.force_grid != 0 {
+        launch.config.grid_dim.0 = c.force_grid;
+    }
+    let block = launch.entry.starts_with("bce_block");
+    let lanes = if block {
+        launch.config.block_dim.0
+    } else {
+        u32::from_le_bytes(launch.args[at..].try_into().unwrap())
+    } as u64;
+    let threads = launch.config.block_dim.0 as u64;
+    let what = format!(
+        "bce {:?} C {} B {} {:?} {:?} up {:?} {} eps {} zoff {} goff {}{}{}{}{}{}{} [{} G {lanes} block {} grid {}{}]",
+        T::DTYPE,
+        c.c,
+        c.b,
+        c.mode,
+        c.reduction,
+        c.up_kind,
+        c.up,
+        c.eps,
+        c.zoff,
+        c.goff,
+        if c.weight { " weight" } else { "" },
+        if c.pos_weight { " pos_weight" } else { "" },
+        if c.sum_classes { " sum_classes" } else { "" },
+        c.thr.map_or(String::new(), |t| format!(" thr {t}{}", if c.boundary { " (boundary λ)" } else { "" })),
+        if c.masked != 0 { format!(" masked {}", c.masked) } else { String::new() },
+        if c.bad_labels { " bad-labels" } else { "" },
+        launch.entry,
+        launch.config.block_dim.0,
+        launch.config.grid_dim.0,
+        if c.force_grid != 0 { " forced" } else { "" },
+    );
+    let slots = call.slots;
+    out.push(Case {
+        group: "bce",
+        what,
+        launch,
+        orders: loss::orders(c.seed, c.orders),
+        bufs: call.bufs.0,
+        verdict: Box::new(move |runs, k| judge::<T>(runs, k, &c, &inp, slots, lanes, threads)),
+    });
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// timm's thresholded target (f32, each product and the sum rounded once), for the bounds.
+fn thr_target(y1: f32, y2: f32, lam: f32, thr: f32) -> f64 {
+    let mu = 1.0 - lam;
+    if y1 * lam + y2 * mu > thr {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+fn judge<T: FloatElement + Default>(
+    runs: &[Run],
+    k: &mut Checks,
+    c: &BceCase,
+    inp: &Inputs<T>,
+    slots: loss::Slots,
+    lanes: u64,
+    threads: u64,
+) {
+    let o = loss::read::<T>(&runs[0], &slots);
+    let (cc, b) = (c.c, c.b);
+    let ve = (16 / size_of::<T>()) as f64;
+    let (rnd_rel, rnd_abs) = loss::rnd::<T>();
+    let lg = (lanes as f64).log2().ceil();
+    let n_ops = (cc as f64 / lanes as f64).ceil() + 2.0 * ve + lg + lanes as f64 / 32.0 + 4.0;
+    let eps = f64::from(c.eps as f32); // the kernel computes with f32(ε)
+    let off = eps / cc as f64;
+    let eps_dec = c.eps; // timm's double ε
+    let off_dec = eps_dec / cc as f64;
+    let (on32, off32) = ((1.0 - eps_dec + off_dec) as f32, off_dec as f32);
+    let count = if c.sum_classes {
+        b as f64
+    } else {
+        (b * cc) as f64
+    };
+    let bad = |l: u32| l as usize >= cc;
+    let fixed: Vec<u32> = inp
+        .labels
+        .iter()
+        .map(|&l| if bad(l) { 0 } else { l })
+        .collect();
+    let up = match c.up_kind {
+        Up::PerSample => GradOutput::PerSample(&inp.ups),
+        _ => GradOutput::Scalar(c.up),
+    };
+    let r = reference::mixup_bce(&inp.plan, &inp.spec, &inp.z, &fixed, up).unwrap();
+    let (mut bad_rows, mut ref_sum, mut ref_tol, mut ref_finite, mut shown) =
+        (0u32, 0.0, 0.0, true, 0);
+    for i in 0..b {
+        let s = inp.plan.sample(i);
+        let (a, bl) = (inp.labels[i], inp.labels[s.partner]);
+        if bad(a) || bad(bl) {
+            bad_rows += 1;
+            continue;
+        }
+        let lam = f64::from(s.lam);
+        let (ta, tb, toff) = match c.thr {
+            Some(thr) => {
+                let ta = if a == bl {
+                    thr_target(on32, on32, s.lam, thr)
+                } else {
+                    thr_target(on32, off32, s.lam, thr)
+                };
+                let tb = if a == bl {
+                    ta
+                } else {
+                    thr_target(off32, on32, s.lam, thr)
+                };
+                (ta, tb, thr_target(off32, off32, s.lam, thr))
+            }
+            None if a == bl => ((1.0 - eps) + off, (1.0 - eps) + off, off),
+            None => (
+                (1.0 - eps) * lam + off,
+                (1.0 - eps) * (1.0 - lam) + off,
+                off,
+            ),
+        };
+        let up_i = match c.up_kind {
+            Up::PerSample => f64::from(inp.ups[i]),
+            _ => f64::from(c.up),
+        };
+        let scale = up_i
+            * if c.reduction == Reduction::Mean {
+                1.0 / count
+            } else {
+                1.0
+            };
+        let (mut labs, mut lerr, mut over) = (0.0, 0.0, false);
+        let mut gshown = 0;
+        let zr = wide(&inp.z[i * cc..(i + 1) * cc]);
+        for (kk, &z) in zr.iter().enumerate() {
+            let j = i * cc + kk;
+            let t = if kk == a as usize {
+                ta
+            } else if kk == bl as usize {
+                tb
+            } else {
+                toff
+            };
+            let w = inp.spec.pos_weight().map_or(1.0, |p| f64::from(p[kk]));
+            let v = inp.spec.weight().map_or(1.0, |p| f64::from(p[kk]));
+            let cw = 1.0 + (w - 1.0) * t;
+            let e = (-z.abs()).exp();
+            let sp = e.ln_1p();
+            let nan = z.is_nan();
+            let lin = if z >= 0.0 {
+                if 1.0 - t != 0.0 {
+                    (1.0 - t) * z
+                } else {
+                    0.0
+                }
+            } else if w * t != 0.0 || nan {
+                -w * t * z
+            } else {
+                0.0
+            };
+            let l = cw * sp + lin;
+            // An element whose unweighted loss is past the f32 range is +inf in f32, even where
+            // v l would fit.
+            over |= v != 0.0 && l.abs() > f64::from(f32::MAX);
+            labs += r.elements[j].abs();
+            if v != 0.0 {
+                lerr += v.abs() * (6.0 * U * (lin.abs() + cw.abs() * sp) + 1e-38);
+            }
+            if c.mode == Mode::Fwd {
+                continue;
+            }
+            let sig = if z >= 0.0 {
+                1.0 / (1.0 + e)
+            } else {
+                e / (1.0 + e)
+            };
+            let gx = r.grad[j];
+            let gtol = 8.0 * U * (v * scale).abs() * ((cw * sig).abs() + (w * t).abs())
+                + rnd_rel * gx.abs()
+                + rnd_abs
+                + 1e-40;
+            let got = f64::from(o.grad[j].to_f32());
+            let fail = if gx.is_nan() {
+                !got.is_nan()
+            } else {
+                !loss::within(got, gx, gtol)
+            };
+            if fail && gshown < 2 {
+                gshown += 1;
+                k.check(false, || format!("grad[{i}, {kk}] is {got}, expected {gx} (tol {gtol:.3e}, z {z}, t {t}, w {w}, v {v})"));
+            }
+        }
+        if c.mode != Mode::Fwd {
+            k.check(gshown == 0, || format!("gradient of row {i}"));
+        }
+        let want = r.losses[i];
+        let tol = lerr + n_ops * U * labs + 1e-37;
+        let got = f64::from(o.losses[i]);
+        ref_sum += want;
+        ref_tol += tol;
+        if want.is_nan() {
+            ref_finite = false;
+            if !got.is_nan() && shown < 3 {
+                shown += 1;
+                k.check(false, || format!("loss of row {i} is {got}, expected NaN"));
+            }
+        } else if !want.is_finite() || want.abs() > f64::from(f32::MAX) || over {
+            ref_finite = false;
+            // +inf (a weighted −inf logit, or a sum past the f32 range).
+            if got != f64::INFINITY && shown < 3 {
+                shown += 1;
+                k.check(false, || {
+                    format!("loss of row {i} is {got}, expected {want}")
+                });
+            }
+        } else if !loss::within(got, want, tol) && shown < 3 {
+            shown += 1;
+            k.check(false, || {
+                format!("loss of row {i} is {got}, expected {want} (tol {tol:.3e})")
+            });
+        }
+    }
+    k.check(shown == 0, || "per-sample losses".into());
+    k.check(o.flags[0] == bad_rows, || {
+        format!(
+            "{} rows flagged, {bad_rows} have an out-of-range label",
+            o.flags[0]
+        )
+    });
+    k.check(o.flags[1] == 0, || {
+        format!("the block counter was left at {}", o.flags[1])
+    });
+    let div = if c.reduction == Reduction::Sum {
+        1.0
+    } else {
+        count
+    };
+    loss::check_reduced(
+        k,
+        &o,
+        threads,
+        div,
+        (bad_rows == 0 && ref_finite).then_some((ref_sum, ref_tol)),
+    );
+    loss::check_untouched(k, &o, &inp.z, &slots);
+    if c.orders {
+        loss::check_orders::<T>(k, runs, &slots, false);
+    }
+}
+
+fn bce_cases<T: FloatElement + Default + Send + Sync + 'static>(out: &mut Vec<Case>) {
+    let mut seed = 3000 * size_of::<T>() as u64;
+    let odd = if size_of::<T>() == 4 { 1 } else { 3 };
+    let mut next = || {
+        seed += 1;
+        seed
+    };
+    for c in [1usize, 3, 7, 8, 9, 17, 33, 100, 257, 1000, 1031, 4099] {
+        let small = c <= 300;
+        // The host's launch: every option once, in turns.
+        for v in 0..8usize {
+            let mode = [Mode::Fwd, Mode::Grad, Mode::GradShifted, Mode::InPlace][v % 4];
+            let reduction = [Reduction::Mean, Reduction::Sum, Reduction::None][v % 3];
+            let up_kind = match (reduction, v % 2) {
+                (Reduction::None, 1) => Up::PerSample,
+                (Reduction::None, _) => Up::Host,
+                (_, 1) => Up::Device,
+                _ => Up::Host,
+            };
+            let zoff = if v % 3 == 0 { odd } else { 0 };
+            push_case::<T>(
+                BceCase {
+                    c,
+                    b: if small { 9 } else { 5 },
+                    mode,
+                    reduction,
+                    up_kind,
+                    up: if v % 2 == 1 { 0.75 } else { 1.0 },
+                    eps: if v % 3 == 1 { 0.0 } else { 0.1 },
+                    weight: v % 2 == 0,
+                    pos_weight: v % 4 < 2,
+                    sum_classes: v % 5 == 1,
+                    thr: (v >= 4).then_some(if v == 7 { 0.05 } else { 0.2 }),
+                    boundary: v == 5 || v == 6,
+                    masked: (v % 4) as u8,
+                    zoff,
+                    goff: if mode == Mode::GradShifted {
+                        if zoff == 0 {
+                            odd
+                        } else {
+                            0
+                        }
+                    } else {
+                        zoff
+                    },
+                    orders: v == 0 || v == 5,
+                    seed: next(),
+                    ..BceCase::default()
+                },
+                out,
+            );
+        }
+        // The other strategy and other lane counts, masked logits, weights, threshold.
+        for kk in [false, true] {
+            push_case::<T>(
+                BceCase {
+                    c,
+                    b: 7,
+                    kernel: Some(kk),
+                    group: if c < 40 { 2 } else { 32 },
+                    threads: if c < 1000 { 64 } else { 256 },
+                    mode: if kk { Mode::InPlace } else { Mode::Grad },
+                    weight: true,
+                    pos_weight: true,
+                    thr: kk.then_some(0.2),
+                    masked: 3,
+                    force_grid: if kk { 2 } else { 0 },
+                    orders: true,
+                    seed: next(),
+                    ..BceCase::default()
+                },
+                out,
+            );
+        }
+        // NaN logits, with weights (some 0) and a threshold: NaN, never a finite loss.
+        push_case::<T>(
+            BceCase {
+                c,
+                b: 4,
+                weight: true,
+                pos_weight: true,
+                thr: Some(0.2),
+                masked: 4,
+                seed: next(),
+                ..BceCase::default()
+            },
+            out,
+        );
+        // Out-of-range labels.
+        push_case::<T>(
+            BceCase {
+                c,
+                b: 5,
+                bad_labels: true,
+                seed: next(),
+                ..BceCase::default()
+            },
+            out,
+        );
+    }
+    // A large batch through bce_warp with a smaller grid, and more rows than the last block's
+    // threads (each thread of bce_finish sums several).
+    push_case::<T>(
+        BceCase {
+            c: 10,
+            b: 600,
+            force_grid: 3,
+            weight: true,
+            seed: next(),
+            ..BceCase::default()
+        },
+        out,
+    );
+    push_case::<T>(
+        BceCase {
+            c: 1000,
+            b: 40,
+            weight: true,
+            mode: Mode::InPlace,
+            orders: true,
+            seed: next(),
+            ..BceCase::default()
+        },
+        out,
+    );
+}
+
+pub fn cases() -> Vec<Case> {
+    let mut out = Vec::new();
+    bce_cases::<f32>(&mut out);
+    bce_cases::<f16>(&mut out);
+    bce_cases::<bf16>(&mut out);
+    out
+}

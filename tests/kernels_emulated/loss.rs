@@ -1,0 +1,304 @@
+//! What the CE and BCE cases share: the buffers of one loss call (as exactly sized views at
+//! chosen offsets, a sentinel before the gradient's view), reading them back, and the checks
+//! of the reduced loss, of what must stay untouched, and of other block and thread orders.
+
+use mixup_kernels::cuda::kernels::emulated::Device;
+use mixup_kernels::cuda::raw::{CeBuffers, RawGradOutput};
+use mixup_kernels::{bf16, f16, FloatElement, MixPlan, ScalarType};
+
+use crate::exchange::{addr, bytes, elems, Buffers, Checks, Run};
+
+pub const U: f64 = f32::EPSILON as f64 / 2.0;
+
+/// `|got - want| <= tol`, false when either is NaN.
+pub fn within(got: f64, want: f64, tol: f64) -> bool {
+    (got - want).abs() <= tol
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Fwd,
+    Grad,
+    /// The gradient at another 16-byte offset than the logits.
+    GradShifted,
+    InPlace,
+}
+
+/// How the upstream gradient arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Up {
+    Host,
+    Device,
+    PerSample,
+}
+
+pub fn from_bits<T: FloatElement + Default>(b: u32) -> T {
+    elems::<T>(&b.to_le_bytes()[..size_of::<T>()])[0]
+}
+
+/// The most negative finite value of T (`finfo(dtype).min`).
+pub fn dtype_min<T: FloatElement>() -> T {
+    match T::DTYPE {
+        ScalarType::F16 => T::from_f32(f16::MIN.to_f32()),
+        ScalarType::BF16 => T::from_f32(bf16::MIN.to_f32()),
+        _ => T::from_f32(f32::MIN),
+    }
+}
+
+/// A NaN in f32 and f16, a huge value in bf16: never a correct gradient.
+pub fn sentinel<T: FloatElement + Default>() -> T {
+    from_bits(if size_of::<T>() == 4 {
+        0x7fc0_dead
+    } else {
+        0x7e55
+    })
+}
+
+/// (relative, absolute) rounding of a value to T.
+pub fn rnd<T: FloatElement>() -> (f64, f64) {
+    match T::DTYPE {
+        ScalarType::F16 => (2f64.powi(-11), 2f64.powi(-25)),
+        ScalarType::BF16 => (2f64.powi(-8), 2f64.powi(-134)),
+        _ => (0.0, 0.0),
+    }
+}
+
+/// Buffer indices of one loss call.
+#[derive(Debug, Clone, Copy)]
+pub struct Slots {
+    pub z: usize,
+    pub g: Option<usize>,
+    pub losses: usize,
+    pub loss: usize,
+    pub flags: usize,
+    pub zoff: usize,
+    pub goff: usize,
+    pub mode: Mode,
+}
+
+/// What the host call gets: its buffers, addresses and grad_output.
+pub struct Call {
+    pub bufs: Buffers,
+    pub slots: Slots,
+    pub ce: CeBuffers,
+    pub up: RawGradOutput,
+    pub dev: Device,
+    /// (weight, pos_weight) addresses, 0 where absent.
+    pub weights: (u64, u64),
+}
+
+/// Lays out one call: logits at `zoff` elements into its buffer (zeros before), the gradient
+/// (another buffer at `goff`, sentinels before and in it; or the logits), labels, the staged
+/// plan, per-sample losses and the loss (NaN), the grad_output, the flags, the class weights.
+#[allow(clippy::too_many_arguments)]
+pub fn call<T: FloatElement + Default>(
+    plan: &MixPlan,
+    z: &[T],
+    labels: &[u32],
+    mode: Mode,
+    (zoff, goff): (usize, usize),
+    (up_kind, up, ups): (Up, f32, &[f32]),
+    (w, pw): (Option<&[f32]>, Option<&[f32]>),
+    smem_optin: u32,
+) -> Call {
+    let sz = size_of::<T>();
+    let n = z.len();
+    let b = labels.len();
+    let mut bufs = Buffers::default();
+    let mut zb = vec![0u8; zoff * sz];
+    zb.extend(bytes(z));
+    let zi = bufs.add(zb, true);
+    let gi = matches!(mode, Mode::Grad | Mode::GradShifted)
+        .then(|| bufs.add(bytes(&vec![sentinel::<T>(); goff + n]), true));
+    let li = bufs.add(bytes(labels), false);
+    let pi = bufs.add(
+        mixup_kernels::cuda::kernels::emulated::staged_plan(plan).0,
+        false,
+    );
+    let si = bufs.add(bytes(&vec![f32::NAN; b]), true);
+    let oi = bufs.add(bytes(&[f32::NAN]), true);
+    let ui = bufs.add(bytes(ups), false);
+    let fi = bufs.add(bytes(&[0u32, 0]), true);
+    let wi = bufs.add(bytes(w.unwrap_or(&[])), false);
+    let pwi = bufs.add(bytes(pw.unwrap_or(&[])), false);
+    let logits = addr(zi, zoff * sz);
+    let ce = CeBuffers {
+        logits,
+        labels: addr(li, 0),
+        grad: match mode {
+            Mode::Fwd => None,
+            Mode::InPlace => Some(logits),
+            _ => Some(addr(gi.unwrap(), goff * sz)),
+        },
+        loss: addr(oi, 0),
+        losses: Some(addr(si, 0)),
+    };
+    let up = match up_kind {
+        Up::Host => RawGradOutput::Scalar(up),
+        Up::Device => RawGradOutput::Device(addr(ui, 0)),
+        Up::PerSample => RawGradOutput::PerSample(addr(ui, 0)),
+    };
+    Call {
+        bufs,
+        slots: Slots {
+            z: zi,
+            g: gi,
+            losses: si,
+            loss: oi,
+            flags: fi,
+            zoff,
+            goff,
+            mode,
+        },
+        ce,
+        up,
+        dev: Device {
+            plan: addr(pi, 0),
+            flags: addr(fi, 0),
+            smem_optin,
+        },
+        weights: (
+            if w.is_some() { addr(wi, 0) } else { 0 },
+            if pw.is_some() { addr(pwi, 0) } else { 0 },
+        ),
+    }
+}
+
+/// One run's outputs.
+pub struct Out<T> {
+    pub loss: f32,
+    pub losses: Vec<f32>,
+    /// The gradient (`[B, C]`; empty for the forward only).
+    pub grad: Vec<T>,
+    /// The logits buffer, whole (its prefix included).
+    pub logits: Vec<T>,
+    /// The gradient buffer before its view.
+    pub before: Vec<T>,
+    pub flags: [u32; 2],
+}
+
+pub fn read<T: FloatElement + Default>(run: &Run, s: &Slots) -> Out<T> {
+    let logits: Vec<T> = elems(&run.bufs[s.z]);
+    let (grad, before) = match (s.mode, s.g) {
+        (Mode::InPlace, _) => (logits[s.zoff..].to_vec(), Vec::new()),
+        (_, Some(g)) => {
+            let all: Vec<T> = elems(&run.bufs[g]);
+            (all[s.goff..].to_vec(), all[..s.goff].to_vec())
+        }
+        _ => (Vec::new(), Vec::new()),
+    };
+    let flags: Vec<u32> = elems(&run.bufs[s.flags]);
+    Out {
+        loss: elems::<f32>(&run.bufs[s.loss])[0],
+        losses: elems(&run.bufs[s.losses]),
+        grad,
+        logits,
+        before,
+        flags: [flags[0], flags[1]],
+    }
+}
+
+/// The reduced loss against the kernel's own per-sample losses (`div`: 1 for Sum, else the
+/// mean's count) and, with every row defined and finite, against the reference's sum within the
+/// rows' tolerances; `threads`: the threads of the last block that sums them.
+pub fn check_reduced(
+    k: &mut Checks,
+    o: &Out<impl Copy>,
+    threads: u64,
+    div: f64,
+    reference: Option<(f64, f64)>,
+) {
+    let b = o.losses.len() as f64;
+    let n_red = (b / threads as f64).ceil() + 5.0 + threads as f64 / 32.0 + 1.0;
+    let ksum: f64 = o.losses.iter().map(|&v| f64::from(v)).sum();
+    let kabs: f64 = o.losses.iter().map(|&v| f64::from(v).abs()).sum();
+    let want = ksum / div;
+    let tol = n_red * U * kabs / div + 2.0 * U * want.abs();
+    let got = f64::from(o.loss);
+    let close = (got - want).abs() <= tol;
+    if !want.is_finite() {
+        k.check(!got.is_finite(), || {
+            format!("reduced loss {got} of non-finite losses")
+        });
+    } else if ksum.abs() > f64::from(f32::MAX) * (1.0 - 1e-6) {
+        // The f32 sum of the per-sample losses overflows (rows of huge losses).
+        k.check(got.is_infinite() || close, || {
+            format!("reduced loss {got} of losses summing to {ksum}")
+        });
+    } else {
+        k.check(close, || {
+            format!(
+                "reduced loss {got}, the kernel's per-sample losses give {want} (tol {tol:.3e})"
+            )
+        });
+    }
+    if let Some((sum, sum_tol)) = reference {
+        if want.is_finite() && got.is_finite() {
+            let r = sum / div;
+            k.check((got - r).abs() <= tol + sum_tol / div, || {
+                format!("reduced loss {got}, reference {r}")
+            });
+        }
+    }
+}
+
+/// Nothing written outside the outputs: the logits (unless in place), the zeros before their
+/// view, the sentinels before the gradient's.
+pub fn check_untouched<T: FloatElement + Default>(k: &mut Checks, o: &Out<T>, z: &[T], s: &Slots) {
+    if s.mode != Mode::InPlace {
+        k.check(bytes(&o.logits[s.zoff..]) == bytes(z), || {
+            "the logits changed".into()
+        });
+    }
+    let zero = bytes(&vec![T::from_f32(0.0); s.zoff]);
+    let sent = bytes(&vec![sentinel::<T>(); o.before.len()]);
+    k.check(
+        bytes(&o.logits[..s.zoff]) == zero && bytes(&o.before) == sent,
+        || "wrote before its view".into(),
+    );
+}
+
+/// The other orders' runs give the same bits as the first.
+pub fn check_orders<T: FloatElement + Default>(
+    k: &mut Checks,
+    runs: &[Run],
+    s: &Slots,
+    split: bool,
+) {
+    let o = read::<T>(&runs[0], s);
+    for (v, run) in runs.iter().enumerate().skip(1) {
+        let p = read::<T>(run, s);
+        let loss = p.loss.to_bits() == o.loss.to_bits();
+        let losses = bytes(&p.losses) == bytes(&o.losses);
+        let grad = bytes(&p.grad) == bytes(&o.grad);
+        let flags = p.flags[0] == o.flags[0] && p.flags[1] == 0;
+        if split {
+            k.check(loss, || {
+                format!(
+                    "reduced loss {} in order {v}, {} in the first",
+                    p.loss, o.loss
+                )
+            });
+            k.check(losses, || format!("losses differ in order {v}"));
+            k.check(grad, || format!("gradient differs in order {v}"));
+            k.check(flags, || format!("flags differ in order {v}"));
+        } else {
+            k.check(loss && losses && grad && flags, || {
+                format!("results differ in order {v}")
+            });
+        }
+    }
+}
+
+/// The first run in the natural order, and with `orders` three more: blocks reversed with the
+/// lowest ready thread first, shuffled with threads at random, in order with the highest ready
+/// thread first.
+pub fn orders(seed: u64, more: bool) -> Vec<(u32, u32, u64)> {
+    let mut v = vec![(0, 0, seed)];
+    if more {
+        for (i, (b, t)) in [(1, 1), (2, 3), (0, 2)].into_iter().enumerate() {
+            v.push((b, t, seed * 7919 + i as u64));
+        }
+    }
+    v
+}
