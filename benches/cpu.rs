@@ -17,8 +17,8 @@ use criterion::{
 };
 use mixup_kernels::ImageSize;
 use mixup_kernels::{
-    bf16, cpu, BceSpec, CeSpec, Element, FloatElement, GradOutput, MixConfig, MixPlan, Mode,
-    PartnerRule, Reduction, SampleShape, Sampler,
+    bf16, cpu, BceSpec, CeSpec, Element, FloatElement, GradOutput, MemoryFormat, MixConfig,
+    MixPlan, Mode, Normalize, PartnerRule, Reduction, SampleShape, Sampler,
 };
 use rayon::prelude::*;
 
@@ -230,12 +230,78 @@ fn binary_cross_entropy(c: &mut Criterion) {
     bce::<bf16>(c, 4096, 32000);
 }
 
+/// The fused pixels → model input op at 256×224×224×3: decoded u8 channels-last images, timm's
+/// plan (flip partner, MixUp or CutMix per sample), ImageNet constants, into an NCHW batch.
+/// The floor reads the u8 batch once (the flip is an involution: each pair is read once) and
+/// writes the output once. Beside it: the crate's own unfused sequence (mix the u8 batch, then
+/// normalize it in a second pass) and the copy of the floor. PyTorch's CPU sequence:
+/// `benches/mix_normalize_torch.py`.
+fn fused_input<O: FloatElement>(c: &mut Criterion, out_format: MemoryFormat, rint: bool) {
+    let cfg = MixConfig {
+        mixup_alpha: 0.8,
+        cutmix_alpha: 1.0,
+        mode: Mode::Elem,
+        partner: PartnerRule::Flip,
+        ..MixConfig::timm(1000)
+    };
+    let p = Sampler::new(cfg, 0)
+        .unwrap()
+        .plan_images(
+            0,
+            B,
+            ImageSize {
+                height: H,
+                width: W,
+            },
+        )
+        .unwrap();
+    let layout = SampleShape::channels_last(H, W, C_IMG);
+    let n = B * C_IMG * H * W;
+    let x: Vec<u8> = data::<f32>(n, 5)
+        .into_par_iter()
+        .map(|v| (v * 127.5 + 127.5) as u8)
+        .collect();
+    let norm = Normalize::imagenet_u8().with_u8_rounding(rint);
+    let mut out = vec![O::default(); n];
+    let floor = n * (1 + std::mem::size_of::<O>());
+    let name = format!(
+        "mix_normalize_{B}x{H}x{W}x{C_IMG}_u8_nhwc_to_{}_{}{}",
+        out_format.name().to_lowercase(),
+        O::DTYPE.name(),
+        if rint { "_rint" } else { "" }
+    );
+    let mut g = big_group(c, &name, floor);
+    g.bench_function("fused", |b| {
+        b.iter(|| {
+            cpu::mix_normalize(&p, &layout, &norm, black_box(&x), out_format, &mut out).unwrap()
+        })
+    });
+    let identity = MixPlan::identity(B).unwrap();
+    let mut mixed = vec![0u8; n];
+    g.bench_function("unfused_mix_then_normalize", |b| {
+        b.iter(|| {
+            cpu::mix(&p, &layout, black_box(&x), &mut mixed).unwrap();
+            cpu::mix_normalize(&identity, &layout, &norm, &mixed, out_format, &mut out).unwrap()
+        })
+    });
+    bench_copy(&mut g, floor);
+    g.finish();
+}
+
+fn mix_normalize(c: &mut Criterion) {
+    fused_input::<f32>(c, MemoryFormat::ChannelsFirst, true);
+    fused_input::<f32>(c, MemoryFormat::ChannelsFirst, false);
+    fused_input::<bf16>(c, MemoryFormat::ChannelsFirst, false);
+    fused_input::<f32>(c, MemoryFormat::ChannelsLast, false);
+}
+
 criterion_group!(
     benches,
     mix_inputs_f32,
     mix_inputs_bf16,
     soft_targets,
     cross_entropy,
-    binary_cross_entropy
+    binary_cross_entropy,
+    mix_normalize
 );
 criterion_main!(benches);

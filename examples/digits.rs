@@ -36,9 +36,9 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mixup_kernels::candle::{mix_images, mixup_cross_entropy, soft_targets};
+use mixup_kernels::candle::{mix_normalize, mixup_cross_entropy, soft_targets};
 use mixup_kernels::{
-    CeSpec, ImageSize, MemoryFormat, MixConfig, MixPlan, Reduction, Sampler, TargetSpec,
+    CeSpec, ImageSize, MemoryFormat, MixConfig, MixPlan, Normalize, Reduction, Sampler, TargetSpec,
 };
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -182,7 +182,7 @@ struct Row {
     ece: f64,
     /// Training time of the epoch (no validation).
     train_secs: f64,
-    /// Of which drawing the plan and mixing the batch.
+    /// Of which drawing the plan and turning the batch's pixels into the model's input.
     mix_secs: f64,
 }
 
@@ -198,7 +198,10 @@ struct Run {
 struct Setup {
     dev: Device,
     data: DataSet,
-    train_x: Tensor,
+    /// The training images' u8 pixels, on the CPU: each batch goes through `mix_normalize`.
+    train_px: Tensor,
+    /// Pixels 0..=max to 0..=1.
+    norm: Normalize,
     train_y: Tensor,
     valid_x: Tensor,
     valid_y: Tensor,
@@ -352,27 +355,29 @@ fn train(method: Method, seed: u64, s: &Setup, a: &Args, cfg: &Settings) -> Resu
         for chunk in order.chunks(cfg.batch) {
             let n = chunk.len();
             let idx = Tensor::from_slice(chunk, n, &s.dev)?;
-            let xb = s.train_x.index_select(&idx, 0)?;
+            let pixels = s
+                .train_px
+                .index_select(&Tensor::from_slice(chunk, n, &Device::Cpu)?, 0)?;
             let yb = s.train_y.index_select(&idx, 0)?;
-            // The mixing, timed on its own: the plan drawn on the host, then one candle op.
-            // Without mixing the batch goes to the model as it is.
+            // Pixels to the model's input, timed on its own: the plan drawn on the host, then
+            // one fused op on the CPU (mix, normalize, u8 -> f32) as a data loader runs it, and
+            // the upload. Without mixing the plan is the identity: normalize only.
             sync(&s.dev)?;
             let tm = Instant::now();
-            let (plan, x) = match &sampler {
-                Some(sm) => {
-                    let plan = sm.plan_images(
-                        step,
-                        n,
-                        ImageSize {
-                            height: side,
-                            width: side,
-                        },
-                    )?;
-                    let xm = mix_images(&plan, MemoryFormat::ChannelsFirst, &xb)?;
-                    (plan, xm)
-                }
-                None => (MixPlan::identity(n)?, xb),
+            let plan = match &sampler {
+                Some(sm) => sm.plan_images(
+                    step,
+                    n,
+                    ImageSize {
+                        height: side,
+                        width: side,
+                    },
+                )?,
+                None => MixPlan::identity(n)?,
             };
+            let first = MemoryFormat::ChannelsFirst;
+            let x = mix_normalize(&plan, first, &s.norm, &pixels, first, DType::F32)?
+                .to_device(&s.dev)?;
             sync(&s.dev)?;
             mix_time += tm.elapsed();
             if step == 0 && sampler.is_some() {
@@ -549,13 +554,19 @@ fn run(a: Args) -> Result<()> {
     let start = Instant::now();
     let dev = pick_device(a.device)?;
     let (data, cfg) = load(&a, &dev)?;
-    let (train_x, train_y) = data.train.tensors(&dev)?;
-    let (valid_x, valid_y) = data.valid.tensors(&dev)?;
+    let (train_px, train_y) = data.train.tensors(&dev)?;
+    let (valid_px, valid_y) = data.valid.tensors(&dev)?;
+    let norm = data.train.normalize()?;
+    let first = MemoryFormat::ChannelsFirst;
+    let identity = MixPlan::identity(data.valid.count)?;
+    let valid_x =
+        mix_normalize(&identity, first, &norm, &valid_px, first, DType::F32)?.to_device(&dev)?;
     let s = Setup {
         valid_labels: valid_y.to_vec1()?,
         dev,
         data,
-        train_x,
+        train_px,
+        norm,
         train_y,
         valid_x,
         valid_y,
@@ -682,7 +693,8 @@ fn compare(runs: &[Run], a: &Args, cfg: &Settings, n_train: usize, n_valid: usiz
         "\nerrors = misclassified validation images. At this accuracy one binomial standard \
          error of a single run is about {:.1} images{}. ECE: expected calibration error \
          (10 bins); confidence: mean probability of the predicted class. img/s: training only \
-         (no validation); mixing: drawing the plan and mixing the batch, timed on its own.",
+         (no validation); mixing: drawing the plan and the fused mix + normalize (u8 -> f32, \
+         `mix_normalize`) with the upload, timed on its own.",
         (p * (1.0 - p) * n_valid as f64).sqrt(),
         if multi {
             ""

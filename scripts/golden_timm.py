@@ -515,6 +515,50 @@ def mix_fixture():
 
 
 # ---------------------------------------------------------------------------------------------
+# normalize.json
+# ---------------------------------------------------------------------------------------------
+
+def prefetch_normalize(u8_batch, mean, std):
+    """timm's `PrefetchLoader` on the CPU: `x.to(f32).sub_(mean*255).div_(std*255)`, through the
+    class itself (one batch, no random erasing)."""
+    from timm.data.loader import PrefetchLoader
+    loader = PrefetchLoader([(u8_batch, torch.zeros(u8_batch.shape[0]))], mean=mean, std=std,
+                            channels=len(mean), device=torch.device("cpu"))
+    (x, _), = list(loader)
+    return x
+
+
+def normalize_fixture():
+    """The u8 collate cases of mix.json, then timm's PrefetchLoader normalization: the fused
+    op's input (u8 NCHW), its plan, and timm's f32 model input."""
+    from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    stats = [("imagenet", IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+             # Constants whose ×255 lands between f32 values, and a std under 1 pixel.
+             ("odd", (0.1307, 0.9999, 0.0001), (0.3081, 0.0029, 1.7))]
+    cases = []
+    for case in mix_fixture()["cases"]:
+        if case["dtype"] != "u8":
+            continue
+        b, c, h, w = case["shape"]
+        mixed = torch.tensor(case["out"], dtype=torch.uint8).view(b, c, h, w)
+        for tag, mean, std in stats:
+            y = prefetch_normalize(mixed, mean, std)
+            cases.append({
+                "name": f"{case['name']}_{tag}",
+                "source": f"{case['source']} + timm PrefetchLoader",
+                "dtype": "u8", "shape": case["shape"], "partner": case["partner"],
+                "lam": case["lam"], "boxes": case["boxes"], "bit_exact": case["bit_exact"],
+                "x": case["x"], "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+                "out": F32List(y),
+            })
+    return {"meta": meta("timm FastCollateMixup (u8, f32 lerp + np.rint) then PrefetchLoader "
+                         "(x.float().sub_(mean*255).div_(std*255)) on the CPU; NCHW u8 input, "
+                         "NCHW f32 output (the Rust test derives NHWC by permuting), "
+                         "box = [y0, y1, x0, x1]"),
+            "cases": cases}
+
+
+# ---------------------------------------------------------------------------------------------
 # targets.json
 # ---------------------------------------------------------------------------------------------
 
@@ -925,6 +969,7 @@ def main():
         "targets.json": targets_fixture,
         "loss.json": loss_fixture,
         "bce.json": bce_fixture,
+        "normalize.json": normalize_fixture,
     }
     if args.only:
         unknown = set(args.only) - set(outputs)

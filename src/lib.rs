@@ -11,8 +11,10 @@
 //!   candle op with a backward pass.
 //!
 //! The operations: mix a batch of inputs (MixUp lerp and CutMix paste, NCHW or NHWC), build
-//! soft targets with label smoothing, and the fused mixup cross-entropy (loss and gradient in
-//! one pass, no dense target in memory).
+//! soft targets with label smoothing, the fused mixup cross-entropy (loss and gradient in
+//! one pass, no dense target in memory), and `mix_normalize`: decoded u8 pixels mixed,
+//! normalized per channel ([`Normalize`]), put in the wanted [`MemoryFormat`] and dtype in one
+//! pass (timm's `FastCollateMixup` + `PrefetchLoader`).
 //!
 //! Every call takes the plan first, then what describes the data (its shape, or the loss
 //! spec), then the data, then the outputs.
@@ -33,6 +35,7 @@ mod bbox;
 mod config;
 mod dtype;
 mod error;
+mod normalize;
 mod plan;
 mod sampler;
 mod spec;
@@ -56,6 +59,7 @@ pub use bbox::timm_rand_bbox;
 pub use config::{BoxRule, MixConfig, Mode, PartnerRule, TargetSpec};
 pub use dtype::{Element, FloatElement, Label, ScalarType};
 pub use error::{MixError, Result};
+pub use normalize::Normalize;
 pub use plan::{CutBox, MixPlan, SampleMix};
 pub use sampler::{ImageSize, Sampler};
 pub use spec::{BceSpec, CeSpec, GradOutput, MemoryFormat, Reduction, SampleShape};

@@ -17,6 +17,7 @@
 use crate::config::TargetSpec;
 use crate::dtype::{Element, Label};
 use crate::error::Result;
+use crate::normalize::{check_mix_normalize, Normalize};
 use crate::plan::MixPlan;
 use crate::spec::{
     check_bce, check_ce, check_labels, check_mix, BceSpec, CeSpec, GradOutput, MemoryFormat,
@@ -73,6 +74,76 @@ pub fn mix<T: Element>(plan: &MixPlan, shape: &SampleShape, x: &[T]) -> Result<V
                 Some(true) => b,
                 Some(false) => a,
             };
+        }
+    }
+    Ok(out)
+}
+
+/// The fused "decoded pixels → model input" operation in f64 (see [`Normalize`] for the
+/// formula and its source): mix, optionally round to u8, `(v − mean_c) / std_c`, written in
+/// `out_format`. `x` is `[B, C, H, W]` or `[B, H, W, C]` as `shape` says; the result has the
+/// same element count, in `out_format`, never rounded.
+///
+/// The lerp is exact in f64, except under [`Normalize::with_u8_rounding`]: there the pixel is
+/// the one timm's f32 lerp rounds to (a discrete choice must not depend on the oracle's
+/// precision). `mean_c` and `std_c` are the f32 constants the fast paths use, widened.
+///
+/// # Errors
+/// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) naming `shape` (not an image
+/// shape) or `normalize` (its channel count differs from the images', or u8 rounding with a
+/// float input); then those of [`mix`]: [`MixError::LengthMismatch`](crate::MixError::LengthMismatch)
+/// (`x`), [`MixError::ImageSizeMismatch`](crate::MixError::ImageSizeMismatch).
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{reference, SampleShape, MemoryFormat, MixPlan, Normalize};
+/// // Two 1×2 RGB images, channels-last, mixed half and half, to channels-first.
+/// let plan = MixPlan::from_parts(&[1, 0], &[0.5, 0.5]).unwrap();
+/// let img = SampleShape::channels_last(1, 2, 3);
+/// let x = [10u8, 20, 30, 40, 50, 60, 30, 40, 50, 60, 70, 80];
+/// let n = Normalize::new(&[0.0; 3], &[10.0; 3], 1.0).unwrap();
+/// let y = reference::mix_normalize(&plan, &img, &n, &x, MemoryFormat::ChannelsFirst).unwrap();
+/// assert_eq!(&y[..6], &[2.0, 5.0, 3.0, 6.0, 4.0, 7.0]); // sample 0: R R G G B B
+/// ```
+pub fn mix_normalize<I: Element>(
+    plan: &MixPlan,
+    shape: &SampleShape,
+    norm: &Normalize,
+    x: &[I],
+    out_format: MemoryFormat,
+) -> Result<Vec<f64>> {
+    let d = check_mix_normalize(plan, shape, norm, I::DTYPE, x.len(), x.len())?;
+    let (c, h, w) = (d.channels, d.height, d.width);
+    let row = d.sample_len();
+    let at = |format: MemoryFormat, ch: usize, y: usize, xx: usize| match format {
+        MemoryFormat::ChannelsFirst => (ch * h + y) * w + xx,
+        MemoryFormat::ChannelsLast => (y * w + xx) * c + ch,
+    };
+    let mut out = vec![0.0; x.len()];
+    for (i, s) in plan.samples().enumerate() {
+        let lam = f64::from(s.lam);
+        for ch in 0..c {
+            let (m, sd) = (f64::from(norm.mean()[ch]), f64::from(norm.std()[ch]));
+            for y in 0..h {
+                for xx in 0..w {
+                    let k = at(d.format, ch, y, xx);
+                    let a = x[i * row + k].to_f32();
+                    let b = x[s.partner * row + k].to_f32();
+                    let v = match s.cut {
+                        _ if s.partner == i => f64::from(a),
+                        Some(bx) if bx.contains(y, xx) => f64::from(b),
+                        Some(_) => f64::from(a),
+                        None if norm.u8_rounding() => {
+                            // timm: `a * lam + b * (1 - lam)` in f32, then `np.rint`.
+                            let l = s.lam;
+                            f64::from((a * l + b * (1.0 - l)).round_ties_even())
+                        }
+                        None => lam * f64::from(a) + (1.0 - lam) * f64::from(b),
+                    };
+                    out[i * row + at(out_format, ch, y, xx)] = (v - m) / sd;
+                }
+            }
         }
     }
     Ok(out)

@@ -33,6 +33,20 @@ pub enum MemoryFormat {
 }
 
 impl MemoryFormat {
+    /// `"NCHW"` or `"NHWC"`.
+    ///
+    /// ```
+    /// use mixup_kernels::MemoryFormat;
+    /// assert_eq!(MemoryFormat::ChannelsFirst.name(), "NCHW");
+    /// assert_eq!(MemoryFormat::ChannelsLast.name(), "NHWC");
+    /// ```
+    pub const fn name(self) -> &'static str {
+        match self {
+            MemoryFormat::ChannelsFirst => "NCHW",
+            MemoryFormat::ChannelsLast => "NHWC",
+        }
+    }
+
     /// The `[batch, …]` shape of a rank-4 batch, in this format: `(B, C, H, W)`.
     fn split(self, dims: &[usize]) -> Option<(usize, usize, usize, usize)> {
         match (self, dims) {

@@ -238,6 +238,7 @@ fn fixture(name: &str) -> Value {
         "targets" => include_str!("fixtures/targets.json"),
         "loss" => include_str!("fixtures/loss.json"),
         "bce" => include_str!("fixtures/bce.json"),
+        "normalize" => include_str!("fixtures/normalize.json"),
         _ => unreachable!(),
     };
     json::parse(text)
@@ -482,55 +483,58 @@ fn mix_cases() -> Vec<(MixCase, Value)> {
     let doc = fixture("mix");
     cases(&doc, "cases")
         .iter()
-        .map(|c| {
-            let shape = c.get("shape").usizes();
-            let partner = c.get("partner").usizes();
-            let lam = c.get("lam").f32s();
-            let boxes: Vec<Option<CutBox>> = c
-                .get("boxes")
-                .arr()
-                .iter()
-                .map(|b| (!b.is_null()).then(|| box_of(b)))
-                .collect();
-            let rows = c.opt("layout").is_some_and(|l| l.str() == "rows");
-            let plan = if rows {
-                MixPlan::from_parts(&partner, &lam).unwrap()
-            } else {
-                MixPlan::with_boxes(&partner, &lam, &boxes, shape[2], shape[3]).unwrap()
-            };
-            // timm stores the corrected λ of a CutMix sample in an f32 array: the crate's
-            // correction, rounded to f32, must give the same value.
-            for (i, b) in boxes.iter().enumerate() {
-                if let Some(b) = b {
-                    let kept = b.kept_fraction(shape[2], shape[3]) as f32;
-                    assert_eq!(
-                        kept,
-                        lam[i],
-                        "{}: correct_lam of sample {i}",
-                        c.get("name").str()
-                    );
-                }
-            }
-            let u8 = c.get("dtype").str() == "u8";
-            let nums = |k: &str| -> Vec<f32> {
-                if u8 {
-                    c.get(k).u8s().into_iter().map(f32::from).collect()
-                } else {
-                    c.get(k).f32s()
-                }
-            };
-            let case = MixCase {
-                name: c.get("name").str().to_owned(),
-                plan,
-                shape,
-                bit_exact: c.get("bit_exact").bool(),
-                u8,
-                x: nums("x"),
-                out: nums("out"),
-            };
-            (case, c.clone())
-        })
+        .map(|c| (mix_case(c), c.clone()))
         .collect()
+}
+
+/// One case of mix.json or normalize.json (whose `out` is timm's f32 model input).
+fn mix_case(c: &Value) -> MixCase {
+    let shape = c.get("shape").usizes();
+    let partner = c.get("partner").usizes();
+    let lam = c.get("lam").f32s();
+    let boxes: Vec<Option<CutBox>> = c
+        .get("boxes")
+        .arr()
+        .iter()
+        .map(|b| (!b.is_null()).then(|| box_of(b)))
+        .collect();
+    let rows = c.opt("layout").is_some_and(|l| l.str() == "rows");
+    let plan = if rows {
+        MixPlan::from_parts(&partner, &lam).unwrap()
+    } else {
+        MixPlan::with_boxes(&partner, &lam, &boxes, shape[2], shape[3]).unwrap()
+    };
+    // timm stores the corrected λ of a CutMix sample in an f32 array: the crate's
+    // correction, rounded to f32, must give the same value.
+    for (i, b) in boxes.iter().enumerate() {
+        if let Some(b) = b {
+            let kept = b.kept_fraction(shape[2], shape[3]) as f32;
+            assert_eq!(
+                kept,
+                lam[i],
+                "{}: correct_lam of sample {i}",
+                c.get("name").str()
+            );
+        }
+    }
+    let u8 = c.get("dtype").str() == "u8";
+    let normalized = c.opt("mean").is_some();
+    let nums = |k: &str, pixels: bool| -> Vec<f32> {
+        if pixels {
+            c.get(k).u8s().into_iter().map(f32::from).collect()
+        } else {
+            c.get(k).f32s()
+        }
+    };
+    MixCase {
+        name: c.get("name").str().to_owned(),
+        plan,
+        shape,
+        bit_exact: c.get("bit_exact").bool(),
+        u8,
+        x: nums("x", u8),
+        out: nums("out", u8 && !normalized),
+    }
 }
 
 impl MixCase {
@@ -680,6 +684,112 @@ mod cpu_mix {
                 }
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pixels to the model's input: timm's FastCollateMixup + PrefetchLoader
+// ---------------------------------------------------------------------------------------------
+
+/// normalize.json: the u8 cases of mix.json, each normalized with two sets of constants by
+/// timm's `PrefetchLoader`. Returns the case, its `Normalize` (timm's `mean·255`, `std·255`, u8
+/// rounding on) and NHWC copies of input and output.
+fn normalize_cases() -> Vec<(MixCase, mixup_kernels::Normalize)> {
+    let doc = fixture("normalize");
+    cases(&doc, "cases")
+        .iter()
+        .map(|c| {
+            let f64s = |k: &str| -> Vec<f64> { c.get(k).arr().iter().map(Value::f64).collect() };
+            let norm = mixup_kernels::Normalize::new(&f64s("mean"), &f64s("std"), 255.0)
+                .unwrap()
+                .with_u8_rounding(true);
+            (mix_case(c), norm)
+        })
+        .collect()
+}
+
+/// The fixture keeps covering MixUp, CutMix, a λ = 1 sample, forced ties and a std under one
+/// pixel.
+#[test]
+fn normalize_fixture_covers_every_branch() {
+    let all = normalize_cases();
+    assert!(all.iter().any(|(c, _)| c.plan.has_cutmix()));
+    assert!(all
+        .iter()
+        .any(|(c, _)| c.plan.samples().any(|s| s.cut.is_none() && s.lam < 1.0)));
+    assert!(all.iter().any(|(c, _)| c.name.contains("ties")));
+    assert!(all.iter().any(|(_, n)| n.std().iter().any(|&s| s < 1.0)));
+}
+
+/// The f64 reference in u8-rounding mode: the pixel is timm's, then `(v − mean)/std` in f64
+/// against torch's f32 subtraction and division (two roundings: 2 ε of the result, plus ε of
+/// `|v| + |mean|` over std for the subtraction). Where timm's weights are not ours
+/// (`bit_exact` false) a pixel may differ by one: 1/std more.
+#[test]
+fn reference_mix_normalize_matches_timm_prefetch() {
+    for (case, norm) in normalize_cases() {
+        for (layout, x, want) in case.layouts() {
+            let what = format!("{} {layout:?}", case.name);
+            let xu: Vec<u8> = x.iter().map(|&v| v as u8).collect();
+            let fmt = match layout {
+                mixup_kernels::SampleShape::Image { format, .. } => format,
+                mixup_kernels::SampleShape::Rows(_) => mixup_kernels::MemoryFormat::ChannelsFirst,
+            };
+            let got = reference::mix_normalize(&case.plan, &layout, &norm, &xu, fmt).unwrap();
+            let smin = norm.std().iter().fold(f32::MAX, |a, &b| a.min(b)) as f64;
+            let mmax = norm.mean().iter().fold(0.0f32, |a, &b| a.max(b.abs())) as f64;
+            let pixel = if case.bit_exact { 0.0 } else { 1.0 / smin };
+            assert_close(&what, &got, &widen(&want), |_: usize, e: f64| {
+                2.0 * EPS32 * e.abs() + EPS32 * (255.0 + mmax) / smin + pixel
+            });
+        }
+    }
+}
+
+#[cfg(feature = "cpu")]
+mod cpu_mix_normalize {
+    use super::*;
+    use mixup_kernels::{cpu, MemoryFormat};
+
+    /// The CPU op in u8-rounding mode with an f32 output is timm's collate + PrefetchLoader bit
+    /// for bit, from either input format to either output format, where timm's weights equal
+    /// ours (`bit_exact`); elsewhere within one pixel over std.
+    #[test]
+    fn cpu_mix_normalize_matches_timm_bit_for_bit() {
+        let mut exact_cases = 0;
+        for (case, norm) in normalize_cases() {
+            let [b, c, h, w] = case.shape[..] else {
+                unreachable!()
+            };
+            let layouts = case.layouts();
+            let (cf, cl) = (&layouts[0], &layouts[1]);
+            for (layout, x, _) in [cf, cl] {
+                let xu: Vec<u8> = x.iter().map(|&v| v as u8).collect();
+                for (fmt, want) in [
+                    (MemoryFormat::ChannelsFirst, &cf.2),
+                    (MemoryFormat::ChannelsLast, &cl.2),
+                ] {
+                    let what = format!("{} {layout:?} -> {fmt:?}", case.name);
+                    let mut out = vec![0.0f32; b * c * h * w];
+                    cpu::mix_normalize(&case.plan, layout, &norm, &xu, fmt, &mut out).unwrap();
+                    if case.bit_exact {
+                        for (i, (g, e)) in out.iter().zip(want.iter()).enumerate() {
+                            assert_eq!(g.to_bits(), e.to_bits(), "{what}[{i}]: {g} vs timm {e}");
+                        }
+                        exact_cases += 1;
+                    } else {
+                        let smin = norm.std().iter().fold(f32::MAX, |a, &b| a.min(b)) as f64;
+                        assert_close(&what, &widen(&out), &widen(want), |_: usize, _: f64| {
+                            1.0 / smin + 1e-5
+                        });
+                    }
+                }
+            }
+        }
+        assert!(
+            exact_cases >= 40,
+            "only {exact_cases} bit-exact comparisons"
+        );
     }
 }
 

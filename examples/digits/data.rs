@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};
+use mixup_kernels::Normalize;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -69,15 +70,25 @@ impl Images {
         self.select(&idx)
     }
 
-    /// All images as a `[n, 1, side, side]` f32 tensor in 0..=1, and their labels (u32).
+    /// All images as a `[n, 1, side, side]` u8 tensor of their pixels on the CPU (where a data
+    /// loader keeps decoded images; `mix_normalize` turns each batch into the model's input),
+    /// and their labels (u32) on `dev`.
     pub fn tensors(&self, dev: &Device) -> Result<(Tensor, Tensor)> {
-        let scale = 1.0 / f32::from(self.max);
-        let x: Vec<f32> = self.pixels.iter().map(|&p| f32::from(p) * scale).collect();
         let y: Vec<u32> = self.labels.iter().map(|&l| u32::from(l)).collect();
         Ok((
-            Tensor::from_vec(x, (self.count, 1, self.side, self.side), dev)?,
+            Tensor::from_vec(
+                self.pixels.clone(),
+                (self.count, 1, self.side, self.side),
+                &Device::Cpu,
+            )?,
             Tensor::from_vec(y, self.count, dev)?,
         ))
+    }
+
+    /// The constants that bring pixels `0..=max` to `0..=1`: mean 0 and std 1 in `[0, 1]`
+    /// units, scaled by `max` (the model was designed for inputs in `[0, 1]`).
+    pub fn normalize(&self) -> Result<Normalize> {
+        Ok(Normalize::new(&[0.0], &[1.0], f64::from(self.max))?)
     }
 }
 

@@ -64,8 +64,10 @@ use crate::spec::{CeSpec, GradOutput, MemoryFormat, Reduction, SampleShape};
 mod bce;
 #[cfg(feature = "candle-cuda")]
 mod cuda;
+mod mix_normalize;
 
 pub use bce::mixup_binary_cross_entropy;
+pub use mix_normalize::mix_normalize;
 
 impl From<MixError> for Error {
     /// Wraps the crate's error (its message is kept) and captures a backtrace when

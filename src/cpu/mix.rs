@@ -168,7 +168,7 @@ fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
 /// allows ([`StreamOut`]): they do not fit in the last-level cache (32 MiB on the machine this
 /// was tuned on, shared by all cores), so caching them only costs the read-for-ownership of
 /// every line and evicts the inputs. Smaller outputs stay in cache for whoever reads them next.
-const STREAM_MIN_BYTES: usize = 16 << 20;
+pub(super) const STREAM_MIN_BYTES: usize = 16 << 20;
 
 /// Writes a contiguous output range as a sequence of copied runs, with non-temporal stores of
 /// whole 64-byte lines (`movntdq`, SSE2: every x86-64 CPU has it).
@@ -180,7 +180,7 @@ const STREAM_MIN_BYTES: usize = 16 << 20;
 /// lines at their ends are gathered in `line` and stored once complete; the partial lines at the
 /// ends of the range (shared with a neighbouring task) get ordinary stores of our bytes only.
 #[cfg(target_arch = "x86_64")]
-struct StreamOut {
+pub(super) struct StreamOut {
     /// Start and end of the range we own.
     lo: *mut u8,
     hi: *mut u8,
@@ -196,7 +196,7 @@ struct Line([u8; 64]);
 
 #[cfg(target_arch = "x86_64")]
 impl StreamOut {
-    fn new<T>(out: &mut [T]) -> Self {
+    pub(super) fn new<T>(out: &mut [T]) -> Self {
         let lo = out.as_mut_ptr().cast::<u8>();
         StreamOut {
             lo,
@@ -209,7 +209,7 @@ impl StreamOut {
 
     /// Appends `src` at the write position.
     #[inline(always)]
-    fn push<T: Copy>(&mut self, src: &[T]) {
+    pub(super) fn push<T: Copy>(&mut self, src: &[T]) {
         use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
         let n = std::mem::size_of_val(src);
         assert!(n <= self.hi as usize - self.pos as usize);
@@ -279,7 +279,7 @@ impl StreamOut {
     }
 
     /// Stores what is left and orders the streamed stores before anything that follows.
-    fn finish(mut self) {
+    pub(super) fn finish(mut self) {
         assert!(self.pos == self.hi, "StreamOut: range not filled");
         if self.pos as usize & 63 != 0 {
             self.flush();
@@ -527,7 +527,7 @@ fn tasking(units: usize, row: usize) -> (usize, usize) {
 /// other). Sample `j` reads its partner's row right after that row was read as the previous
 /// sample's own, so those reads mostly hit the cache: the hardware prefetcher brings in whole
 /// rows while the CutMix runs use parts of them, and a lerp reads both rows in full.
-fn chain_order(entries: &[PlanEntry]) -> Vec<usize> {
+pub(super) fn chain_order(entries: &[PlanEntry]) -> Vec<usize> {
     let n = entries.len();
     // Samples grouped by partner (counting sort): `by_partner[first[i]..first[i + 1]]`.
     let mut first = vec![0usize; n + 1];

@@ -39,6 +39,7 @@
 mod lanes;
 mod math;
 mod mix;
+mod mix_normalize;
 mod mixup_bce;
 mod mixup_ce;
 mod pool;
@@ -47,8 +48,11 @@ mod soft_targets;
 use crate::config::TargetSpec;
 use crate::dtype::{as_u32s, Element, FloatElement, Label};
 use crate::error::Result;
+use crate::normalize::Normalize;
 use crate::plan::MixPlan;
-use crate::spec::{check_labels, check_losses_given, BceSpec, CeSpec, GradOutput, SampleShape};
+use crate::spec::{
+    check_labels, check_losses_given, BceSpec, CeSpec, GradOutput, MemoryFormat, SampleShape,
+};
 
 /// Mixes `x` into `out` (both `[B, sample]` of `shape`): MixUp lerp or CutMix paste per the plan.
 ///
@@ -102,6 +106,51 @@ pub fn mix<T: Element>(plan: &MixPlan, shape: &SampleShape, x: &[T], out: &mut [
 /// ```
 pub fn mix_in_place<T: Element>(plan: &MixPlan, shape: &SampleShape, x: &mut [T]) -> Result<()> {
     mix::mix_in_place(plan, shape, x)
+}
+
+/// The fused "decoded pixels → model input" operation: mixes `x` by the plan, normalizes each
+/// channel and writes `out` in `out_format` and `O`'s precision, in one pass over the batch.
+///
+/// `x` is `[B, C, H, W]` or `[B, H, W, C]` as `shape` says (an image): u8 pixels, or
+/// f32/f16/bf16 values already in the units of `norm`. `out` has as many elements, `[B, C, H,
+/// W]` for [`MemoryFormat::ChannelsFirst`] or `[B, H, W, C]` for
+/// [`MemoryFormat::ChannelsLast`], in f32, f16 or bf16. Per element, in f32 (see
+/// [`Normalize`] for the formula and its source, timm's `FastCollateMixup` and
+/// `PrefetchLoader`): `v` = MixUp lerp, CutMix paste, or the sample's own value; rounded to u8
+/// under [`Normalize::with_u8_rounding`]; then `(v − mean_c) / std_c`, rounded once to `O`.
+/// Any plan (a non-involution reads its partners a second time); `out` is never `x`.
+/// Multi-threaded; the result does not depend on the number of threads.
+///
+/// # Errors
+/// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) naming `shape` (rows, not
+/// an image) or `normalize` (channels differ from the images', or u8 rounding on a float
+/// input); [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) for `x` (not `B` samples
+/// of the shape) or `out` (not `x`'s length); [`MixError::ImageSizeMismatch`](crate::MixError)
+/// when the plan's boxes were drawn for another image size. Nothing is written on error.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{cpu, reference, SampleShape, MemoryFormat, MixPlan, Normalize};
+/// // Decoded RGB images (channels-last u8), timm's pipeline, into an NCHW f32 batch.
+/// let plan = MixPlan::from_parts(&[1, 0], &[0.7, 0.7]).unwrap();
+/// let img = SampleShape::channels_last(2, 2, 3);
+/// let x: Vec<u8> = (0..24).map(|v| (v * 10) as u8).collect();
+/// let norm = Normalize::imagenet_u8().with_u8_rounding(true);
+/// let mut out = vec![0.0f32; x.len()];
+/// cpu::mix_normalize(&plan, &img, &norm, &x, MemoryFormat::ChannelsFirst, &mut out).unwrap();
+/// let want = reference::mix_normalize(&plan, &img, &norm, &x, MemoryFormat::ChannelsFirst).unwrap();
+/// assert!(out.iter().zip(&want).all(|(o, w)| (f64::from(*o) - w).abs() < 1e-6));
+/// ```
+pub fn mix_normalize<I: Element, O: FloatElement>(
+    plan: &MixPlan,
+    shape: &SampleShape,
+    norm: &Normalize,
+    x: &[I],
+    out_format: MemoryFormat,
+    out: &mut [O],
+) -> Result<()> {
+    mix_normalize::mix_normalize(plan, shape, norm, x, out_format, out)
 }
 
 /// Writes the soft targets `[B, C]` of the plan and the labels (timm's `mixup_target`).

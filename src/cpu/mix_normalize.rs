@@ -1,0 +1,379 @@
+//! The fused "decoded pixels → model input" op on the CPU: mix, (round to u8), normalize, change
+//! the memory format and the dtype in one pass (formula: [`crate::Normalize`]).
+//!
+//! Work is cut into tasks of whole image lines of one sample (a whole sample when the batch
+//! keeps every thread busy), taken in partner-chain order (`mix::chain_order`) so a partner's
+//! pixels are mostly still in cache when they are read. A line is computed in the input's order
+//! (one run of `W·C` values channels-last, `C` runs of `W` channels-first) against mean and std
+//! repeated in that order, so the arithmetic is one contiguous loop that vectorizes; when the
+//! output format differs, the line goes through a small buffer and is transposed into the
+//! output (`C` planes, or interleaved pixels).
+
+use rayon::prelude::*;
+
+use super::lanes::{narrow, widen};
+#[cfg(target_arch = "x86_64")]
+use super::mix::StreamOut;
+use super::mix::{chain_order, STREAM_MIN_BYTES};
+use crate::dtype::{Element, FloatElement};
+use crate::error::Result;
+use crate::normalize::{check_mix_normalize, ImageDims, Normalize};
+use crate::plan::{MixPlan, PlanEntry};
+use crate::spec::{MemoryFormat, SampleShape};
+
+/// Smallest piece of work handed to a thread, in elements (as `mix::MIN_TASK`).
+const MIN_TASK: usize = 1 << 14;
+
+/// What one image line of a sample holds.
+#[derive(Debug, Clone, Copy)]
+enum LineRule {
+    /// The sample's own pixels.
+    Own,
+    /// `λ·own + (1−λ)·partner`.
+    Lerp(f32),
+    /// The partner's pixels in columns `x0..x1`, the sample's own elsewhere.
+    Boxed(usize, usize),
+}
+
+impl LineRule {
+    fn new(index: usize, e: &PlanEntry, y: usize) -> Self {
+        if e.partner as usize == index {
+            LineRule::Own
+        } else if e.cut == 0 {
+            LineRule::Lerp(e.lam)
+        } else if (e.y0 as usize..e.y1 as usize).contains(&y) && e.x0 < e.x1 {
+            LineRule::Boxed(e.x0 as usize, e.x1 as usize)
+        } else {
+            LineRule::Own
+        }
+    }
+}
+
+/// What every task shares.
+struct Ctx<'a, I> {
+    x: &'a [I],
+    entries: &'a [PlanEntry],
+    dims: ImageDims,
+    out_format: MemoryFormat,
+    /// Mean and std repeated in the input's order over one line: `[C][W]` channels-first,
+    /// `[W][C]` channels-last.
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    rint: bool,
+    /// Write the output with non-temporal stores (x86-64, outputs of at least
+    /// `mix::STREAM_MIN_BYTES`: they do not fit in the last-level cache, so caching them only
+    /// costs a read for ownership of every line written).
+    stream: bool,
+}
+
+/// Rows `y0..y1` of sample `i`; `out` holds the task's part of each output plane
+/// (channels-first, `C` slices of `(y1−y0)·W`) or of the interleaved output (one slice).
+struct Task<'o, O> {
+    i: usize,
+    y0: usize,
+    y1: usize,
+    out: Vec<&'o mut [O]>,
+}
+
+/// `out = (a − m) / s`, element-wise.
+#[inline(always)]
+fn norm_own<I: Element, O: Element>(a: &[I], m: &[f32], s: &[f32], out: &mut [O]) {
+    let n = out.len();
+    let (a, m, s) = (&a[..n], &m[..n], &s[..n]);
+    for k in 0..n {
+        out[k] = narrow((widen(a[k]) - m[k]) / s[k]);
+    }
+}
+
+/// `out = (v − m) / s` with `v = λ·a + (1−λ)·b`, rounded half to even when `RINT` (u8 pixels
+/// only: `v` is in `[0, 255]`, where adding and removing 2^23 rounds to an integer).
+#[inline(always)]
+fn norm_lerp<I: Element, O: Element, const RINT: bool>(
+    lam: f32,
+    a: &[I],
+    b: &[I],
+    m: &[f32],
+    s: &[f32],
+    out: &mut [O],
+) {
+    const ROUND: f32 = 8_388_608.0;
+    let mu = 1.0 - lam;
+    let n = out.len();
+    let (a, b, m, s) = (&a[..n], &b[..n], &m[..n], &s[..n]);
+    for k in 0..n {
+        let v = lam * widen(a[k]) + mu * widen(b[k]);
+        let v = if RINT { (v + ROUND) - ROUND } else { v };
+        out[k] = narrow((v - m[k]) / s[k]);
+    }
+}
+
+/// One run of a line (`W` values of a channel, or `W·C` interleaved values, `group` per column).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn run_line<I: Element, O: Element, const RINT: bool>(
+    rule: LineRule,
+    group: usize,
+    a: &[I],
+    b: &[I],
+    m: &[f32],
+    s: &[f32],
+    out: &mut [O],
+) {
+    match rule {
+        LineRule::Own => norm_own(a, m, s, out),
+        LineRule::Lerp(lam) => norm_lerp::<I, O, RINT>(lam, a, b, m, s, out),
+        LineRule::Boxed(x0, x1) => {
+            let (k0, k1) = (x0 * group, x1 * group);
+            norm_own(&a[..k0], &m[..k0], &s[..k0], &mut out[..k0]);
+            norm_own(&b[k0..k1], &m[k0..k1], &s[k0..k1], &mut out[k0..k1]);
+            norm_own(&a[k1..], &m[k1..], &s[k1..], &mut out[k1..]);
+        }
+    }
+}
+
+/// `[C][W]` planes → `[W][C]` pixels.
+#[inline(always)]
+fn interleave<O: Copy, const C: usize>(src: &[O], w: usize, dst: &mut [O]) {
+    let planes: [&[O]; C] = std::array::from_fn(|ch| &src[ch * w..(ch + 1) * w]);
+    for (x, px) in dst[..w * C].chunks_exact_mut(C).enumerate() {
+        for ch in 0..C {
+            px[ch] = planes[ch][x];
+        }
+    }
+}
+
+/// `[W][C]` pixels → plane `ch` (`W` values).
+#[inline(always)]
+fn gather_plane<O: Copy, const C: usize>(src: &[O], ch: usize, dst: &mut [O]) {
+    for (d, px) in dst.iter_mut().zip(src.chunks_exact(C)) {
+        *d = px[ch];
+    }
+}
+
+#[inline(always)]
+fn interleave_any<O: Copy>(src: &[O], c: usize, w: usize, dst: &mut [O]) {
+    match c {
+        1 => dst[..w].copy_from_slice(&src[..w]),
+        2 => interleave::<O, 2>(src, w, dst),
+        3 => interleave::<O, 3>(src, w, dst),
+        4 => interleave::<O, 4>(src, w, dst),
+        _ => {
+            for (x, px) in dst[..w * c].chunks_exact_mut(c).enumerate() {
+                for (ch, v) in px.iter_mut().enumerate() {
+                    *v = src[ch * w + x];
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn gather_any<O: Copy>(src: &[O], c: usize, ch: usize, dst: &mut [O]) {
+    match c {
+        1 => dst.copy_from_slice(&src[..dst.len()]),
+        2 => gather_plane::<O, 2>(src, ch, dst),
+        3 => gather_plane::<O, 3>(src, ch, dst),
+        4 => gather_plane::<O, 4>(src, ch, dst),
+        _ => {
+            for (d, px) in dst.iter_mut().zip(src.chunks_exact(c)) {
+                *d = px[ch];
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn run_task<I: Element, O: Element, const RINT: bool>(ctx: &Ctx<'_, I>, t: &mut Task<'_, O>) {
+    let ImageDims {
+        channels: c,
+        height: h,
+        width: w,
+        format,
+    } = ctx.dims;
+    let row = c * h * w;
+    let e = &ctx.entries[t.i];
+    let p = e.partner as usize;
+    let own = &ctx.x[t.i * row..(t.i + 1) * row];
+    let other = &ctx.x[p * row..(p + 1) * row];
+    let same = format == ctx.out_format;
+    // Direct: each line computed straight into the output. Otherwise a line is computed into
+    // `line` (input order), transposed into `moved` when the formats differ, and then copied
+    // or streamed into the output.
+    let direct = same && !ctx.stream;
+    let mut line = vec![O::default(); if direct { 0 } else { c * w }];
+    let mut moved = vec![O::default(); if same { 0 } else { c * w }];
+    #[cfg(target_arch = "x86_64")]
+    let mut sinks: Vec<StreamOut> = if ctx.stream {
+        t.out.iter_mut().map(|o| StreamOut::new(o)).collect()
+    } else {
+        Vec::new()
+    };
+    // Output pieces per line: `C` planes of `W`, or one run of `W·C`.
+    let piece = match ctx.out_format {
+        MemoryFormat::ChannelsFirst => w,
+        MemoryFormat::ChannelsLast => w * c,
+    };
+    for y in t.y0..t.y1 {
+        let rule = LineRule::new(t.i, e, y);
+        let ly = y - t.y0;
+        match format {
+            MemoryFormat::ChannelsFirst => {
+                for ch in 0..c {
+                    let off = (ch * h + y) * w;
+                    let (a, b) = (&own[off..off + w], &other[off..off + w]);
+                    let (m, s) = (&ctx.mean[ch * w..][..w], &ctx.std[ch * w..][..w]);
+                    let dst = if direct {
+                        &mut t.out[ch][ly * w..(ly + 1) * w]
+                    } else {
+                        &mut line[ch * w..(ch + 1) * w]
+                    };
+                    run_line::<I, O, RINT>(rule, 1, a, b, m, s, dst);
+                }
+            }
+            MemoryFormat::ChannelsLast => {
+                let n = w * c;
+                let off = y * n;
+                let (a, b) = (&own[off..off + n], &other[off..off + n]);
+                let dst = if direct {
+                    &mut t.out[0][ly * n..(ly + 1) * n]
+                } else {
+                    &mut line[..]
+                };
+                run_line::<I, O, RINT>(rule, c, a, b, &ctx.mean, &ctx.std, dst);
+            }
+        }
+        if direct {
+            continue;
+        }
+        let ordered = if same {
+            &line
+        } else {
+            match format {
+                MemoryFormat::ChannelsFirst => interleave_any(&line, c, w, &mut moved),
+                MemoryFormat::ChannelsLast => {
+                    for (ch, plane) in moved.chunks_exact_mut(w).enumerate() {
+                        gather_any(&line, c, ch, plane);
+                    }
+                }
+            }
+            &moved
+        };
+        for (k, src) in ordered.chunks_exact(piece).enumerate() {
+            #[cfg(target_arch = "x86_64")]
+            if ctx.stream {
+                sinks[k].push(src);
+                continue;
+            }
+            t.out[k][ly * piece..(ly + 1) * piece].copy_from_slice(src);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    for s in sinks {
+        s.finish();
+    }
+}
+
+#[inline(always)]
+fn run_any<I: Element, O: Element>(ctx: &Ctx<'_, I>, t: &mut Task<'_, O>) {
+    if ctx.rint {
+        run_task::<I, O, true>(ctx, t);
+    } else {
+        run_task::<I, O, false>(ctx, t);
+    }
+}
+
+/// [`run_any`] compiled for AVX2 and FMA when the CPU has both (detected once, cached; the bits
+/// are the same either way: every operation is an exactly rounded IEEE one, never contracted).
+fn run<I: Element, O: Element>(ctx: &Ctx<'_, I>, t: &mut Task<'_, O>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2<I: Element, O: Element>(ctx: &Ctx<'_, I>, t: &mut Task<'_, O>) {
+            run_any(ctx, t)
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+            return unsafe { avx2(ctx, t) };
+        }
+    }
+    run_any(ctx, t)
+}
+
+pub(crate) fn mix_normalize<I: Element, O: FloatElement>(
+    plan: &MixPlan,
+    shape: &SampleShape,
+    norm: &Normalize,
+    x: &[I],
+    out_format: MemoryFormat,
+    out: &mut [O],
+) -> Result<()> {
+    let dims = check_mix_normalize(plan, shape, norm, I::DTYPE, x.len(), out.len())?;
+    if x.is_empty() {
+        return Ok(());
+    }
+    let (c, h, w) = (dims.channels, dims.height, dims.width);
+    let row = dims.sample_len();
+    let entries = plan.entries();
+    let repeat = |v: &[f32]| -> Vec<f32> {
+        match dims.format {
+            MemoryFormat::ChannelsFirst => {
+                v.iter().flat_map(|&m| std::iter::repeat_n(m, w)).collect()
+            }
+            MemoryFormat::ChannelsLast => (0..w).flat_map(|_| v.iter().copied()).collect(),
+        }
+    };
+    let ctx = Ctx {
+        x,
+        entries,
+        dims,
+        out_format,
+        mean: repeat(norm.mean()),
+        std: repeat(norm.std()),
+        rint: norm.u8_rounding(),
+        stream: cfg!(target_arch = "x86_64") && std::mem::size_of_val(out) >= STREAM_MIN_BYTES,
+    };
+    // Whole samples when there are enough of them to keep every thread busy; otherwise groups
+    // of lines, never under MIN_TASK elements.
+    let want = 4 * rayon::current_num_threads();
+    let parts = want.div_ceil(entries.len()).min(row / MIN_TASK).clamp(1, h);
+    let lines = h.div_ceil(parts);
+    let min_tasks = (MIN_TASK / (lines * w * c)).max(1);
+    let mut samples: Vec<Option<&mut [O]>> = out.chunks_mut(row).map(Some).collect();
+    let mut tasks = Vec::with_capacity(entries.len() * parts);
+    for i in chain_order(entries) {
+        let Some(sample) = samples[i].take() else {
+            continue;
+        };
+        match out_format {
+            MemoryFormat::ChannelsFirst => {
+                let mut planes: Vec<_> = sample
+                    .chunks_mut(h * w)
+                    .map(|p| p.chunks_mut(lines * w))
+                    .collect();
+                for y0 in (0..h).step_by(lines) {
+                    let out: Vec<&mut [O]> = planes.iter_mut().filter_map(Iterator::next).collect();
+                    let y1 = (y0 + lines).min(h);
+                    tasks.push(Task { i, y0, y1, out });
+                }
+            }
+            MemoryFormat::ChannelsLast => {
+                for (k, piece) in sample.chunks_mut(lines * w * c).enumerate() {
+                    let y0 = k * lines;
+                    let y1 = (y0 + lines).min(h);
+                    tasks.push(Task {
+                        i,
+                        y0,
+                        y1,
+                        out: vec![piece],
+                    });
+                }
+            }
+        }
+    }
+    tasks
+        .into_par_iter()
+        .with_min_len(min_tasks)
+        .for_each(|mut t| run(&ctx, &mut t));
+    Ok(())
+}
