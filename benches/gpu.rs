@@ -171,11 +171,11 @@ fn first_difference<T: Element>(
 
 /// Half an ulp of `dtype`'s storage at `v` (relative, plus the subnormal floor): the rounding of
 /// one f32 result to the storage type.
-fn storage_half_ulp(dtype: DType, v: f64) -> f64 {
+fn storage_half_ulp(dtype: ScalarType, v: f64) -> f64 {
     match dtype {
-        DType::F32 | DType::U8 => 0.0,
-        DType::F16 => 2f64.powi(-11) * v.abs() + 2f64.powi(-25),
-        DType::BF16 => 2f64.powi(-8) * v.abs() + 2f64.powi(-134),
+        ScalarType::F32 | ScalarType::U8 => 0.0,
+        ScalarType::F16 => 2f64.powi(-11) * v.abs() + 2f64.powi(-25),
+        ScalarType::BF16 => 2f64.powi(-8) * v.abs() + 2f64.powi(-134),
     }
 }
 
@@ -429,7 +429,7 @@ fn bench_soft<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
         let mut fused_t = b.stream.clone_htod(&vec![T::default(); batch * classes])?;
         let mut naive_t = b.stream.clone_dtod(&fused_t)?;
         b.mixer
-            .soft_targets(&plan, &ls.as_view(), &spec, &mut fused_t.as_view_mut())?;
+            .soft_targets(&plan, &spec, &ls.as_view(), &mut fused_t.as_view_mut())?;
         b.naive
             .soft_targets(&nk, &np, &ls, &spec, &mut bufs, &mut naive_t)?;
         let (nv, fv) = (
@@ -557,7 +557,7 @@ fn bench_ce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
             &spec,
             &logits[0].as_view(),
             &ls.as_view(),
-            DeviceUpstream::Scalar(1.0),
+            DeviceGradOutput::Scalar(1.0),
             &mut fused_loss.as_view_mut(),
             None,
             &mut fused_g.as_view_mut(),
