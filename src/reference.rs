@@ -195,7 +195,7 @@ pub fn mixup_ce<T: Element, L: Label>(
         let dot: f64 = z
             .iter()
             .zip(t)
-            .filter(|(_, &tc)| tc != 0.0)
+            .filter(|&(_, &tc)| tc != 0.0)
             .map(|(zc, tc)| (zc - m) * tc)
             .sum();
         losses[i] = ln_s - dot;
