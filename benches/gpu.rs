@@ -869,11 +869,11 @@ fn main() {
             report("mixup BCE bf16", bench_bce::<bf16>(&b, batch, classes));
         }
     }
-    if b.wanted("first") {
-        if let Err(e) = bench_first_call() {
-            errors.set(errors.get() + 1);
-            println!("first-call benchmark failed: {e}");
-        }
+    if b.wanted("first")
+        && let Err(e) = bench_first_call()
+    {
+        errors.set(errors.get() + 1);
+        println!("first-call benchmark failed: {e}");
     }
     if errors.get() > 0 {
         eprintln!(

@@ -20,7 +20,7 @@ fn sentinel(n: usize) -> Vec<f32> {
 
 /// Asserts the error variant (by a pattern) and that `buf` still holds its sentinel.
 macro_rules! assert_err {
-    ($result:expr_2021, $pattern:pat, $buf:expr_2021) => {{
+    ($result:expr, $pattern:pat, $buf:expr) => {{
         let r = $result;
         assert!(
             matches!(r, Err($pattern)),

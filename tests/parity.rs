@@ -956,7 +956,7 @@ fn typed<T: mixup_kernels::FloatElement>(v: &[f32]) -> Vec<T> {
 
 /// Runs `f` with the case's logits in their own type.
 macro_rules! with_dtype {
-    ($case:expr_2021, |$t:ident: $T:ident| $body:expr_2021) => {
+    ($case:expr, |$t:ident: $T:ident| $body:expr) => {
         match $case.dtype.as_str() {
             "f32" => {
                 type $T = f32;

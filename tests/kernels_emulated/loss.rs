@@ -232,13 +232,14 @@ pub fn check_reduced(
             )
         });
     }
-    if let Some((sum, sum_tol)) = reference {
-        if want.is_finite() && got.is_finite() {
-            let r = sum / div;
-            k.check((got - r).abs() <= tol + sum_tol / div, || {
-                format!("reduced loss {got}, reference {r}")
-            });
-        }
+    if let Some((sum, sum_tol)) = reference
+        && want.is_finite()
+        && got.is_finite()
+    {
+        let r = sum / div;
+        k.check((got - r).abs() <= tol + sum_tol / div, || {
+            format!("reduced loss {got}, reference {r}")
+        });
     }
 }
 
