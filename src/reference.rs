@@ -19,8 +19,8 @@ use crate::dtype::{Element, Label};
 use crate::error::Result;
 use crate::plan::MixPlan;
 use crate::spec::{
-    check_bce, check_ce, check_labels, check_mix, BceSpec, CeSpec, GradOutput, MemoryFormat,
-    Reduction, SampleShape,
+    BceSpec, CeSpec, GradOutput, MemoryFormat, Reduction, SampleShape, check_bce, check_ce,
+    check_labels, check_mix,
 };
 
 /// The mixed batch `[B, sample]`: `out_i = λ_i x_i + (1-λ_i) x_partner(i)` for MixUp samples

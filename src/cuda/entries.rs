@@ -12,7 +12,7 @@
 
 use crate::dtype::ScalarType;
 
-use super::nvrtc::{ModuleSource, MODULES};
+use super::nvrtc::{MODULES, ModuleSource};
 
 /// `dt!(f32)` → `ScalarType::F32`, for the table's lowercase dtype names.
 macro_rules! dt {

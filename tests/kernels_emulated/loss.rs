@@ -4,9 +4,9 @@
 
 use mixup_kernels::cuda::kernels::emulated::Device;
 use mixup_kernels::cuda::raw::{CeBuffers, RawGradOutput};
-use mixup_kernels::{bf16, f16, FloatElement, MixPlan, ScalarType};
+use mixup_kernels::{FloatElement, MixPlan, ScalarType, bf16, f16};
 
-use crate::exchange::{addr, bytes, elems, Buffers, Checks, Run};
+use crate::exchange::{Buffers, Checks, Run, addr, bytes, elems};
 
 pub const U: f64 = f32::EPSILON as f64 / 2.0;
 
