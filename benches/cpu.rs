@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use criterion::measurement::WallTime;
 use criterion::{
-    criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput,
+    BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
 use mixup_kernels::ImageSize;
 use mixup_kernels::{
-    bf16, cpu, BceSpec, CeSpec, Element, FloatElement, GradOutput, MemoryFormat, MixConfig,
-    MixPlan, Mode, Normalize, PartnerRule, Reduction, SampleShape, Sampler,
+    BceSpec, CeSpec, Element, FloatElement, GradOutput, MemoryFormat, MixConfig, MixPlan, Mode,
+    Normalize, PartnerRule, Reduction, SampleShape, Sampler, bf16, cpu,
 };
 use rayon::prelude::*;
 

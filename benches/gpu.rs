@@ -31,13 +31,13 @@ use mixup_kernels::cuda::cudarc::driver::{
     CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use mixup_kernels::cuda::cudarc::nvrtc::Ptx;
-use mixup_kernels::cuda::kernels::{compile, options, ModuleSource, Target};
+use mixup_kernels::cuda::kernels::{ModuleSource, Target, compile, options};
 use mixup_kernels::cuda::{
     CudaMixer, CudaMixerOptions, DeviceBceSpec, DeviceGradOutput, DevicePlan,
 };
 use mixup_kernels::{
-    bf16, f16, BceSpec, CeSpec, CutBox, Element, MixPlan, Reduction, SampleShape, ScalarType,
-    TargetSpec,
+    BceSpec, CeSpec, CutBox, Element, MixPlan, Reduction, SampleShape, ScalarType, TargetSpec,
+    bf16, f16,
 };
 
 #[path = "gpu/naive.rs"]
@@ -869,11 +869,11 @@ fn main() {
             report("mixup BCE bf16", bench_bce::<bf16>(&b, batch, classes));
         }
     }
-    if b.wanted("first") {
-        if let Err(e) = bench_first_call() {
-            errors.set(errors.get() + 1);
-            println!("first-call benchmark failed: {e}");
-        }
+    if b.wanted("first")
+        && let Err(e) = bench_first_call()
+    {
+        errors.set(errors.get() + 1);
+        println!("first-call benchmark failed: {e}");
     }
     if errors.get() > 0 {
         eprintln!(

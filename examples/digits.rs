@@ -31,8 +31,8 @@ mod plot;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, D};
+use anyhow::{Context, Result, bail};
+use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -40,8 +40,8 @@ use mixup_kernels::candle::{mix_normalize, mixup_cross_entropy, soft_targets};
 use mixup_kernels::{
     CeSpec, ImageSize, MemoryFormat, MixConfig, MixPlan, Normalize, Reduction, Sampler, TargetSpec,
 };
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use data::DataSet;

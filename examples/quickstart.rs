@@ -3,7 +3,7 @@
 //! `cargo run --release --example quickstart`
 
 use mixup_kernels::{
-    cpu, reference, GradOutput, ImageSize, MixConfig, Mode, Reduction, SampleShape, Sampler,
+    GradOutput, ImageSize, MixConfig, Mode, Reduction, SampleShape, Sampler, cpu, reference,
 };
 
 fn main() -> anyhow::Result<()> {

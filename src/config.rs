@@ -492,13 +492,13 @@ impl MixConfig {
     pub fn validate(&self) -> Result<()> {
         check_alpha("mixup_alpha", self.mixup_alpha)?;
         check_alpha("cutmix_alpha", self.cutmix_alpha)?;
-        if let Some((lo, hi)) = self.cutmix_minmax {
-            if !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo < hi && hi <= 1.0) {
-                return Err(bad(
-                    "cutmix_minmax",
-                    format!("must satisfy 0 <= min < max <= 1, got ({lo}, {hi})"),
-                ));
-            }
+        if let Some((lo, hi)) = self.cutmix_minmax
+            && !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo < hi && hi <= 1.0)
+        {
+            return Err(bad(
+                "cutmix_minmax",
+                format!("must satisfy 0 <= min < max <= 1, got ({lo}, {hi})"),
+            ));
         }
         if self.mixup_alpha == 0.0 && !self.cutmix_enabled() {
             return Err(bad(

@@ -27,9 +27,9 @@
 //! 3–5 passes.
 
 use crate::dtype::ScalarType;
-use crate::error::{check_len, checked_product, MixError, Result};
+use crate::error::{MixError, Result, check_len, checked_product};
 use crate::plan::MixPlan;
-use crate::spec::{check_mix, MemoryFormat, SampleShape};
+use crate::spec::{MemoryFormat, SampleShape, check_mix};
 
 /// Per-channel `mean` and `std` for [`mix_normalize`](crate::reference::mix_normalize), in the
 /// units of the input, and whether MixUp rounds to u8 first.
@@ -223,7 +223,7 @@ pub(crate) fn check_mix_normalize(
             return Err(MixError::InvalidArgument {
                 what: "shape",
                 reason: "mix_normalize needs an image shape (SampleShape::Image), got Rows".into(),
-            })
+            });
         }
         SampleShape::Image {
             format,

@@ -619,9 +619,11 @@ mod tests {
 
     #[test]
     fn involution_is_detected() {
-        assert!(MixPlan::from_parts(&[1, 0, 2], &[0.5, 0.5, 1.0])
-            .unwrap()
-            .is_involution());
+        assert!(
+            MixPlan::from_parts(&[1, 0, 2], &[0.5, 0.5, 1.0])
+                .unwrap()
+                .is_involution()
+        );
         let cyc = MixPlan::from_parts(&[1, 2, 0], &[0.5; 3]).unwrap();
         assert!(!cyc.is_involution());
         assert!(matches!(

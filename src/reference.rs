@@ -17,11 +17,11 @@
 use crate::config::TargetSpec;
 use crate::dtype::{Element, Label};
 use crate::error::Result;
-use crate::normalize::{check_mix_normalize, Normalize};
+use crate::normalize::{Normalize, check_mix_normalize};
 use crate::plan::MixPlan;
 use crate::spec::{
-    check_bce, check_ce, check_labels, check_mix, BceSpec, CeSpec, GradOutput, MemoryFormat,
-    Reduction, SampleShape,
+    BceSpec, CeSpec, GradOutput, MemoryFormat, Reduction, SampleShape, check_bce, check_ce,
+    check_labels, check_mix,
 };
 
 /// The mixed batch `[B, sample]`: `out_i = λ_i x_i + (1-λ_i) x_partner(i)` for MixUp samples
@@ -266,7 +266,7 @@ pub fn mixup_ce<T: Element, L: Label>(
         let dot: f64 = z
             .iter()
             .zip(t)
-            .filter(|(_, &tc)| tc != 0.0)
+            .filter(|&(_, &tc)| tc != 0.0)
             .map(|(zc, tc)| (zc - m) * tc)
             .sum();
         losses[i] = ln_s - dot;

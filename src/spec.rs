@@ -3,7 +3,7 @@
 
 use crate::config::TargetSpec;
 use crate::dtype::Label;
-use crate::error::{check_len, checked_product, MixError, Result};
+use crate::error::{MixError, Result, check_len, checked_product};
 use crate::plan::MixPlan;
 
 /// The order of an image's dimensions in memory: PyTorch's `torch.memory_format`

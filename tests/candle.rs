@@ -6,12 +6,12 @@
 mod common;
 
 use candle_core::{DType, Device, Error, Tensor, Var};
-use common::{assert_close, Tol};
-use mixup_kernels::candle::{mix_images, mix_rows, mixup_cross_entropy, soft_targets};
+use common::{Tol, assert_close};
 use mixup_kernels::ImageSize;
+use mixup_kernels::candle::{mix_images, mix_rows, mixup_cross_entropy, soft_targets};
 use mixup_kernels::{
-    reference, CeSpec, GradOutput, MemoryFormat, MixConfig, MixError, MixPlan, Mode, Reduction,
-    Sampler, TargetSpec,
+    CeSpec, GradOutput, MemoryFormat, MixConfig, MixError, MixPlan, Mode, Reduction, Sampler,
+    TargetSpec, reference,
 };
 
 fn host_f64(t: &Tensor) -> Vec<f64> {
@@ -605,10 +605,12 @@ fn bad_inputs_give_candle_errors() {
     fn via_question_mark() -> candle_core::Result<MixPlan> {
         Ok(MixPlan::from_parts(&[0, 5], &[1.0, 1.0])?)
     }
-    assert!(via_question_mark()
-        .unwrap_err()
-        .to_string()
-        .contains("partner 5"));
+    assert!(
+        via_question_mark()
+            .unwrap_err()
+            .to_string()
+            .contains("partner 5")
+    );
 }
 
 /// Masked logits through the candle op (f32, f16, bf16): the dtype's minimum and −inf in classes
@@ -673,8 +675,8 @@ fn masked_logits_give_the_reference_loss_and_gradient() {
 /// dtype and reduction, with thresholds, class weights and an upstream gradient other than 1.
 #[test]
 fn bce_backward_matches_reference() {
-    use mixup_kernels::candle::mixup_binary_cross_entropy;
     use mixup_kernels::BceSpec;
+    use mixup_kernels::candle::mixup_binary_cross_entropy;
     let (b, c) = (6usize, 11usize);
     let plan = MixPlan::from_parts(&[5, 4, 3, 2, 1, 0], &[0.9, 0.2, 1.0, 0.5, 0.35, 0.0]).unwrap();
     let labels_u32 = [1u32, 2, 3, 3, 10, 0];

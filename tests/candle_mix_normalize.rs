@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use common::{random_vec, sampler_plans};
 use mixup_kernels::candle::mix_normalize;
 use mixup_kernels::{
-    bf16, cpu, f16, Element, FloatElement, MemoryFormat, MixError, MixPlan, Normalize, SampleShape,
+    Element, FloatElement, MemoryFormat, MixError, MixPlan, Normalize, SampleShape, bf16, cpu, f16,
 };
 
 const FORMATS: [MemoryFormat; 2] = [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast];

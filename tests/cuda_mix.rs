@@ -7,7 +7,7 @@ mod cuda_common;
 
 use cuda_common::*;
 use mixup_kernels::cuda::{CudaMixer, DevicePlan};
-use mixup_kernels::{bf16, f16, reference, Element, MixError, MixPlan, SampleShape};
+use mixup_kernels::{Element, MixError, MixPlan, SampleShape, bf16, f16, reference};
 
 /// The CPU path's semantics, written out: f32 lerp as two rounded products and one rounded
 /// sum, one rounding to T; CutMix copies the partner's element inside the box; a sample that

@@ -10,7 +10,7 @@ mod cuda_common;
 
 use cuda_common::*;
 use mixup_kernels::cuda::{CudaMixer, DeviceBceSpec, DeviceGradOutput, DevicePlan};
-use mixup_kernels::{bf16, f16, reference, BceSpec, FloatElement, GradOutput, MixPlan, Reduction};
+use mixup_kernels::{BceSpec, FloatElement, GradOutput, MixPlan, Reduction, bf16, f16, reference};
 use rand::Rng;
 
 struct Case {

@@ -11,7 +11,7 @@ mod cuda_common;
 use cuda_common::*;
 use mixup_kernels::cuda::{CudaMixer, DeviceGradOutput, DevicePlan};
 use mixup_kernels::{
-    bf16, f16, reference, CeSpec, FloatElement, GradOutput, MixError, MixPlan, Reduction,
+    CeSpec, FloatElement, GradOutput, MixError, MixPlan, Reduction, bf16, f16, reference,
 };
 use rand::Rng;
 

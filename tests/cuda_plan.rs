@@ -16,9 +16,9 @@ use cuda_common::*;
 use mixup_kernels::cuda::cudarc::driver::sys::CUevent_flags;
 use mixup_kernels::cuda::cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 use mixup_kernels::cuda::cudarc::nvrtc::Ptx;
-use mixup_kernels::cuda::kernels::{compile, options, ModuleSource, Target};
+use mixup_kernels::cuda::kernels::{ModuleSource, Target, compile, options};
 use mixup_kernels::cuda::{CudaMixer, DevicePlan};
-use mixup_kernels::{reference, MixPlan, SampleShape};
+use mixup_kernels::{MixPlan, SampleShape, reference};
 
 /// How long the first kernel holds the stream: far longer than queuing the steps takes.
 const SPIN: Duration = Duration::from_millis(300);

@@ -7,7 +7,7 @@ mod cuda_common;
 
 use cuda_common::*;
 use mixup_kernels::cuda::{CudaMixer, DevicePlan};
-use mixup_kernels::{bf16, f16, reference, FloatElement, MixError, MixPlan, TargetSpec};
+use mixup_kernels::{FloatElement, MixError, MixPlan, TargetSpec, bf16, f16, reference};
 use rand::Rng;
 
 fn tol<T: FloatElement>() -> (f64, f64) {

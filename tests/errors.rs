@@ -7,8 +7,8 @@ mod common;
 
 use common::assert_same_bits;
 use mixup_kernels::{
-    bf16, cpu, reference, BceSpec, CeSpec, CutBox, GradOutput, MixConfig, MixError, MixPlan,
-    Reduction, SampleShape, Sampler, TargetSpec,
+    BceSpec, CeSpec, CutBox, GradOutput, MixConfig, MixError, MixPlan, Reduction, SampleShape,
+    Sampler, TargetSpec, bf16, cpu, reference,
 };
 
 /// A value no op would write.

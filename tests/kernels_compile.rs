@@ -6,11 +6,11 @@
 //! tests print SKIPPED and pass, unless `MIXUP_REQUIRE_NVRTC=1` (CI), where they fail.
 #![cfg(feature = "cuda")]
 
+use mixup_kernels::cuda::CudaError;
 use mixup_kernels::cuda::cudarc::nvrtc::{result::NvrtcError, sys::nvrtcResult};
 use mixup_kernels::cuda::kernels::{
-    compile, defines_entry, entries, options, version, Kernel, ModuleSource, Target, MODULES,
+    Kernel, MODULES, ModuleSource, Target, compile, defines_entry, entries, options, version,
 };
-use mixup_kernels::cuda::CudaError;
 use mixup_kernels::{MixError, ScalarType};
 use std::io::Write;
 

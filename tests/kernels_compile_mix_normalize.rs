@@ -9,7 +9,7 @@
 #![cfg(feature = "cuda")]
 
 use mixup_kernels::cuda::kernels::{
-    compile, defines_entry, options, version, ModuleSource, Target,
+    ModuleSource, Target, compile, defines_entry, options, version,
 };
 use std::io::Write;
 

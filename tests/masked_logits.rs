@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use mixup_kernels::{
-    bf16, cpu, f16, reference, CeSpec, FloatElement, GradOutput, MixPlan, Reduction, ScalarType,
+    CeSpec, FloatElement, GradOutput, MixPlan, Reduction, ScalarType, bf16, cpu, f16, reference,
 };
 
 /// The most negative finite value of `T`, as f32 (exact in every `T`).
@@ -261,10 +261,12 @@ fn smoothing_infinities_and_nan() {
     assert!(g.iter().all(|v| v.is_finite()));
     assert_eq!(g[2], -0.02);
     let z = [0.0, 1.0, f32::NAN, 0.5, -1.0];
-    assert!(cpu::mixup_ce_forward(&plan, &spec, &z, &[1u32], None)
-        .unwrap()
-        .unwrap()
-        .is_nan());
+    assert!(
+        cpu::mixup_ce_forward(&plan, &spec, &z, &[1u32], None)
+            .unwrap()
+            .unwrap()
+            .is_nan()
+    );
     let z = [0.0, 1.0, f32::MIN, f32::MIN, -1.0];
     let l = cpu::mixup_ce_forward(&plan, &spec, &z, &[1u32], None)
         .unwrap()

@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use mixup_kernels::{bf16, cpu, f16, reference, CutBox, Element, MixPlan, SampleShape};
+use mixup_kernels::{CutBox, Element, MixPlan, SampleShape, bf16, cpu, f16, reference};
 
 /// The shared f32 semantics, written as plainly as possible with `Element`'s own conversions:
 /// `from_f32(lam * a + (1 - lam) * b)`, partner's value inside a CutMix box of an image layout,

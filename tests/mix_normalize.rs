@@ -6,10 +6,10 @@
 
 mod common;
 
-use common::{assert_close, assert_same_bits, hand_plans, random_vec, sampler_plans, to_f64, Tol};
+use common::{Tol, assert_close, assert_same_bits, hand_plans, random_vec, sampler_plans, to_f64};
 use mixup_kernels::{
-    bf16, cpu, f16, reference, CutBox, Element, FloatElement, MemoryFormat, MixError, MixPlan,
-    Normalize, SampleShape, ScalarType,
+    CutBox, Element, FloatElement, MemoryFormat, MixError, MixPlan, Normalize, SampleShape,
+    ScalarType, bf16, cpu, f16, reference,
 };
 
 const FORMATS: [MemoryFormat; 2] = [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast];

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use mixup_kernels::{
-    bf16, cpu, f16, reference, BceSpec, FloatElement, GradOutput, MixError, MixPlan, Reduction,
+    BceSpec, FloatElement, GradOutput, MixError, MixPlan, Reduction, bf16, cpu, f16, reference,
 };
 
 /// Per-element error: `exp` ≤ 1.1 ulp, `ln_1p_unit` < 3 ulp, a handful of f32 roundings: below
@@ -252,10 +252,12 @@ fn masked_logits() {
     assert!(g.iter().all(|v| v.is_finite()));
     let mut zn = z;
     zn[0] = f32::NAN;
-    assert!(cpu::mixup_bce_forward(&plan, &spec, &zn, &[0u32, 4], None)
-        .unwrap()
-        .unwrap()
-        .is_nan());
+    assert!(
+        cpu::mixup_bce_forward(&plan, &spec, &zn, &[0u32, 4], None)
+            .unwrap()
+            .unwrap()
+            .is_nan()
+    );
 }
 
 /// Bad arguments are typed errors and leave the outputs untouched.
@@ -310,10 +312,11 @@ fn errors_leave_outputs_untouched() {
     assert!(BceSpec::new(0, 0.0, Reduction::Mean).is_err());
     assert!(BceSpec::new(3, 1.0, Reduction::Mean).is_err());
     assert!(spec.clone().with_target_threshold(f32::NAN).is_err());
-    assert!(spec
-        .clone()
-        .with_weight(vec![1.0, f32::INFINITY, 1.0])
-        .is_err());
+    assert!(
+        spec.clone()
+            .with_weight(vec![1.0, f32::INFINITY, 1.0])
+            .is_err()
+    );
     assert!(spec.clone().with_pos_weight(vec![1.0; 4]).is_err());
 }
 
@@ -372,9 +375,11 @@ fn zero_class_weight_and_nan() {
         .unwrap()
         .unwrap();
     assert!(l.is_nan() && g[0].is_nan());
-    assert!(reference::mixup_bce(&plan, &spec, &z, &[1u32], up)
-        .unwrap()
-        .loss
-        .unwrap()
-        .is_nan());
+    assert!(
+        reference::mixup_bce(&plan, &spec, &z, &[1u32], up)
+            .unwrap()
+            .loss
+            .unwrap()
+            .is_nan()
+    );
 }

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use mixup_kernels::{
-    bf16, cpu, f16, reference, CeSpec, FloatElement, GradOutput, MixError, MixPlan, Reduction,
+    CeSpec, FloatElement, GradOutput, MixError, MixPlan, Reduction, bf16, cpu, f16, reference,
 };
 
 /// Tolerance of a per-sample (or reduced) loss. The loss is `ln s - (1-ε)(λ d_a + (1-λ) d_b)

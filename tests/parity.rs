@@ -12,8 +12,8 @@ use std::collections::BTreeSet;
 
 use mixup_kernels::ImageSize;
 use mixup_kernels::{
-    reference, timm_rand_bbox, BceSpec, CeSpec, CutBox, GradOutput, MixConfig, MixPlan, Mode,
-    Reduction, Sampler, TargetSpec,
+    BceSpec, CeSpec, CutBox, GradOutput, MixConfig, MixPlan, Mode, Reduction, Sampler, TargetSpec,
+    reference, timm_rand_bbox,
 };
 
 const EPS32: f64 = f32::EPSILON as f64;
@@ -714,9 +714,10 @@ fn normalize_cases() -> Vec<(MixCase, mixup_kernels::Normalize)> {
 fn normalize_fixture_covers_every_branch() {
     let all = normalize_cases();
     assert!(all.iter().any(|(c, _)| c.plan.has_cutmix()));
-    assert!(all
-        .iter()
-        .any(|(c, _)| c.plan.samples().any(|s| s.cut.is_none() && s.lam < 1.0)));
+    assert!(
+        all.iter()
+            .any(|(c, _)| c.plan.samples().any(|s| s.cut.is_none() && s.lam < 1.0))
+    );
     assert!(all.iter().any(|(c, _)| c.name.contains("ties")));
     assert!(all.iter().any(|(_, n)| n.std().iter().any(|&s| s < 1.0)));
 }
@@ -749,7 +750,7 @@ fn reference_mix_normalize_matches_timm_prefetch() {
 #[cfg(feature = "cpu")]
 mod cpu_mix_normalize {
     use super::*;
-    use mixup_kernels::{cpu, MemoryFormat};
+    use mixup_kernels::{MemoryFormat, cpu};
 
     /// The CPU op in u8-rounding mode with an f32 output is timm's collate + PrefetchLoader bit
     /// for bit, from either input format to either output format, where timm's weights equal
@@ -845,11 +846,12 @@ fn reference_soft_targets_match_timm() {
     assert!(all.iter().any(|c| c.spec.num_classes() == 1));
     assert!(all.iter().any(|c| c.spec.num_classes() == 1000));
     // Same-class partners (weights add) must be present.
-    assert!(all.iter().any(|c| c
-        .plan
-        .samples()
-        .enumerate()
-        .any(|(i, s)| s.partner != i && c.labels[i] == c.labels[s.partner] && s.lam < 1.0)));
+    assert!(all.iter().any(|c| {
+        c.plan
+            .samples()
+            .enumerate()
+            .any(|(i, s)| s.partner != i && c.labels[i] == c.labels[s.partner] && s.lam < 1.0)
+    }));
     for c in all {
         let got = reference::soft_targets(&c.plan, &c.spec, &c.labels).unwrap();
         assert_close(&c.name, &got, &widen(&c.target), |_: usize, e: f64| {
@@ -879,7 +881,7 @@ fn ulp(dtype: &str, v: f64) -> f64 {
 #[cfg(feature = "cpu")]
 mod cpu_targets {
     use super::*;
-    use mixup_kernels::{bf16, cpu, f16, FloatElement};
+    use mixup_kernels::{FloatElement, bf16, cpu, f16};
 
     fn check<T: FloatElement + Into<f64>>(dtype: &str) {
         for c in target_cases() {
@@ -1131,9 +1133,10 @@ fn loss_fixture_covers_the_grid() {
     }
     assert!(all.iter().any(|l| l.logits.iter().any(|z| z.abs() >= 1e4)));
     assert!(all.iter().any(|l| l.upstream_per_sample.len() > 1));
-    assert!(all
-        .iter()
-        .any(|l| l.upstream_scalar.is_some_and(|g| g != 1.0)));
+    assert!(
+        all.iter()
+            .any(|l| l.upstream_scalar.is_some_and(|g| g != 1.0))
+    );
 }
 
 /// The f64 reference against torch autograd (SoftTargetCrossEntropy, F.cross_entropy on soft
@@ -1213,7 +1216,7 @@ fn torch_native_half_cross_entropy_is_loosely_close() {
 #[cfg(feature = "cpu")]
 mod cpu_loss {
     use super::*;
-    use mixup_kernels::{cpu, Element};
+    use mixup_kernels::{Element, cpu};
 
     /// `cpu::mixup_ce` (separate gradient buffer), `cpu::mixup_ce_in_place` and
     /// `cpu::mixup_ce_forward` against torch autograd, every dtype the fixture has.
@@ -1648,12 +1651,14 @@ fn bce_fixture_covers_the_grid() {
         .samples()
         .any(|s| s.lam != c.plan.samples().next().unwrap().lam)));
     assert!(any(&|c| c.plan.samples().all(|s| s.lam == 0.7)));
-    assert!(all.iter().all(|c| c.batch() < 2
-        || c.boundary
-        || c.plan
-            .samples()
-            .enumerate()
-            .any(|(i, s)| i != s.partner && c.labels[i] == c.labels[s.partner])));
+    assert!(all.iter().all(|c| {
+        c.batch() < 2
+            || c.boundary
+            || c.plan
+                .samples()
+                .enumerate()
+                .any(|(i, s)| i != s.partner && c.labels[i] == c.labels[s.partner])
+    }));
     assert!(any(&|c| c.upstream_per_sample.len() > 1));
     assert!(any(&|c| c.logits.iter().any(|z| z.abs() >= 1e4)));
     // Thresholded targets are 0/1, the others positive with smoothing.
@@ -1721,7 +1726,7 @@ fn reference_mixup_bce_matches_timm() {
 #[cfg(feature = "cpu")]
 mod cpu_bce {
     use super::*;
-    use mixup_kernels::{cpu, Element};
+    use mixup_kernels::{Element, cpu};
 
     /// `cpu::mixup_bce` and `cpu::mixup_bce_forward` against timm's training-precision run (f32
     /// level) and its f64 run (the same f32-level tolerance: the CPU path computes in f32).

@@ -12,8 +12,8 @@ mod common;
 use common::*;
 use mixup_kernels::ImageSize;
 use mixup_kernels::{
-    bf16, cpu, f16, reference, timm_rand_bbox, BceSpec, CeSpec, Element, FloatElement, GradOutput,
-    MixConfig, MixPlan, Mode, PartnerRule, Reduction, SampleShape, Sampler, TargetSpec,
+    BceSpec, CeSpec, Element, FloatElement, GradOutput, MixConfig, MixPlan, Mode, PartnerRule,
+    Reduction, SampleShape, Sampler, TargetSpec, bf16, cpu, f16, reference, timm_rand_bbox,
 };
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;

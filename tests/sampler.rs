@@ -187,10 +187,12 @@ fn partners_follow_the_rule() {
                     assert_eq!(fixed, batch % 2, "{rule:?} b={batch}: fixed points");
                 }
                 if rule == PartnerRule::Flip {
-                    assert!(partners
-                        .iter()
-                        .enumerate()
-                        .all(|(i, &p)| p == batch - 1 - i));
+                    assert!(
+                        partners
+                            .iter()
+                            .enumerate()
+                            .all(|(i, &p)| p == batch - 1 - i)
+                    );
                 }
                 // A sample that is its own partner is unmixed.
                 for (i, m) in plan.samples().enumerate() {

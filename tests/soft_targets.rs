@@ -7,8 +7,8 @@ mod common;
 use common::*;
 use mixup_kernels::ImageSize;
 use mixup_kernels::{
-    bf16, cpu, f16, reference, FloatElement, MixConfig, MixPlan, Mode, PartnerRule, Sampler,
-    TargetSpec,
+    FloatElement, MixConfig, MixPlan, Mode, PartnerRule, Sampler, TargetSpec, bf16, cpu, f16,
+    reference,
 };
 
 /// The shared f32 formula, plainly: `t = (1-ε)·w + ε/C` with `w = λ·[c=a] + (1-λ)·[c=b]`

@@ -14,7 +14,7 @@ use mixup_kernels::cuda::cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
 };
 use mixup_kernels::cuda::cudarc::nvrtc::Ptx;
-use mixup_kernels::cuda::kernels::{compile, options, ModuleSource, Target};
+use mixup_kernels::cuda::kernels::{ModuleSource, Target, compile, options};
 use mixup_kernels::{
     CeSpec, Element, MemoryFormat, MixPlan, Reduction, SampleShape, ScalarType, TargetSpec,
 };

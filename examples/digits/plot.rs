@@ -8,9 +8,9 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
+use anyhow::{Result, anyhow};
 use plotters::prelude::*;
-use plotters::style::{register_font, FontStyle, RGBColor};
+use plotters::style::{FontStyle, RGBColor, register_font};
 
 const FONT: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
 const SANS: &str = "sans-serif";

@@ -5,7 +5,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Error, Layout as CLayout, Result
 
 use super::{check_dtype, contiguous};
 use crate::dtype::{Element, FloatElement, ScalarType};
-use crate::normalize::{check_mix_normalize, Normalize};
+use crate::normalize::{Normalize, check_mix_normalize};
 use crate::plan::MixPlan;
 use crate::spec::{MemoryFormat, SampleShape};
 

@@ -140,7 +140,7 @@ pub(crate) fn flush<const N: usize>(acc: &mut [f32; N]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::lanes::{read, width, write, Isa, Kernel};
+    use crate::cpu::lanes::{Isa, Kernel, read, width, write};
 
     fn ulp_error(x: f32) -> f64 {
         let got = exp(x) as f64;

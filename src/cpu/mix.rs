@@ -12,11 +12,11 @@
 use pulp::Simd;
 use rayon::prelude::*;
 
-use super::lanes::{width, F32s, Isa, Kernel, Lanes};
+use super::lanes::{F32s, Isa, Kernel, Lanes, width};
 use crate::dtype::Element;
-use crate::error::{check_len, Result};
+use crate::error::{Result, check_len};
 use crate::plan::{MixPlan, PlanEntry};
-use crate::spec::{check_mix, MemoryFormat, SampleShape};
+use crate::spec::{MemoryFormat, SampleShape, check_mix};
 
 /// What a run of a sample's output holds.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -14,10 +14,10 @@ use rayon::prelude::*;
 use super::lanes::{narrow, widen};
 #[cfg(target_arch = "x86_64")]
 use super::mix::StreamOut;
-use super::mix::{chain_order, STREAM_MIN_BYTES};
+use super::mix::{STREAM_MIN_BYTES, chain_order};
 use crate::dtype::{Element, FloatElement};
 use crate::error::Result;
-use crate::normalize::{check_mix_normalize, ImageDims, Normalize};
+use crate::normalize::{ImageDims, Normalize, check_mix_normalize};
 use crate::plan::{MixPlan, PlanEntry};
 use crate::spec::{MemoryFormat, SampleShape};
 

@@ -11,15 +11,15 @@
 //! appears, and a product with a zero weight is left out: a −inf logit of a class whose target
 //! is 0 adds nothing. A row is one pass: read `z`, write `g`, per-sample sums in f64.
 
-use super::lanes::{narrow, widen, Isa, Kernel, Lanes};
-use super::math::{exp, flush, BLOCK, SUM_LANES};
+use super::lanes::{Isa, Kernel, Lanes, narrow, widen};
+use super::math::{BLOCK, SUM_LANES, exp, flush};
 use super::mixup_ce::{losses_buffer, scale_of};
 use super::pool::{self, Slab};
-use super::soft_targets::{rows_per_task, Targets};
+use super::soft_targets::{Targets, rows_per_task};
 use crate::dtype::{Element, FloatElement};
-use crate::error::{check_len, Result};
+use crate::error::{Result, check_len};
 use crate::plan::MixPlan;
-use crate::spec::{check_bce, check_labels, BceSpec, GradOutput};
+use crate::spec::{BceSpec, GradOutput, check_bce, check_labels};
 
 /// `ln 2` split for an exact `k·ln2` with `k ∈ {0, 1}`: the high part has 16 significant bits.
 const LN2_HI: f32 = 0.693_145_75;
@@ -57,11 +57,7 @@ pub(crate) fn ln_1p_unit(e: f32) -> (f32, f32) {
 #[inline(always)]
 fn weighted(w: f32, x: f32) -> f32 {
     let p = w * x;
-    if w == 0.0 && !x.is_nan() {
-        0.0
-    } else {
-        p
-    }
+    if w == 0.0 && !x.is_nan() { 0.0 } else { p }
 }
 
 /// One element: `(ℓ, ∂ℓ/∂z · scale)` before the class weight `v`, which the caller applies.

@@ -19,14 +19,14 @@ use std::cell::RefCell;
 
 use pulp::Simd;
 
-use super::lanes::{narrow, read, widen, width, write, Isa, Kernel, Lanes};
-use super::math::{exp, exp_lanes, flush, BLOCK, SUM_LANES};
+use super::lanes::{Isa, Kernel, Lanes, narrow, read, widen, width, write};
+use super::math::{BLOCK, SUM_LANES, exp, exp_lanes, flush};
 use super::pool::{self, Slab};
-use super::soft_targets::{rows_per_task, Targets};
+use super::soft_targets::{Targets, rows_per_task};
 use crate::dtype::{Element, FloatElement};
-use crate::error::{check_len, Result};
+use crate::error::{Result, check_len};
 use crate::plan::{MixPlan, PlanEntry};
-use crate::spec::{check_ce, check_labels, CeSpec, GradOutput, Reduction};
+use crate::spec::{CeSpec, GradOutput, Reduction, check_ce, check_labels};
 
 thread_local! {
     /// One f32 row per thread, grown to the largest C seen and reused across rows and calls.
@@ -85,11 +85,7 @@ struct RowStats {
 /// PyTorch's index-target `cross_entropy` does for masked classes.
 #[inline(always)]
 fn weighted(w: f64, d: f64) -> f64 {
-    if w == 0.0 {
-        0.0
-    } else {
-        w * d
-    }
+    if w == 0.0 { 0.0 } else { w * d }
 }
 
 impl RowStats {
@@ -235,11 +231,7 @@ impl RowAddresses {
 
     /// `address`, or 0 when prefetching is not worthwhile.
     fn when(&self, address: usize) -> usize {
-        if self.worthwhile {
-            address
-        } else {
-            0
-        }
+        if self.worthwhile { address } else { 0 }
     }
 }
 

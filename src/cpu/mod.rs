@@ -46,12 +46,12 @@ mod pool;
 mod soft_targets;
 
 use crate::config::TargetSpec;
-use crate::dtype::{as_u32s, Element, FloatElement, Label};
+use crate::dtype::{Element, FloatElement, Label, as_u32s};
 use crate::error::Result;
 use crate::normalize::Normalize;
 use crate::plan::MixPlan;
 use crate::spec::{
-    check_labels, check_losses_given, BceSpec, CeSpec, GradOutput, MemoryFormat, SampleShape,
+    BceSpec, CeSpec, GradOutput, MemoryFormat, SampleShape, check_labels, check_losses_given,
 };
 
 /// Mixes `x` into `out` (both `[B, sample]` of `shape`): MixUp lerp or CutMix paste per the plan.

@@ -13,8 +13,8 @@
 //! which task. [`for_each_row`] cuts buffers of rows (logits, gradients, losses) into such
 //! tasks, or hands large jobs to rayon's splitting.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long the caller spins for tasks other threads still run before it blocks in rayon's

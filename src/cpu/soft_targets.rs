@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use super::lanes::narrow;
 use crate::config::TargetSpec;
 use crate::dtype::FloatElement;
-use crate::error::{check_len, Result};
+use crate::error::{Result, check_len};
 use crate::plan::MixPlan;
 use crate::spec::check_labels;
 

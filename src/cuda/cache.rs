@@ -17,7 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::nvrtc::{fnv1a64, Target};
+use super::nvrtc::{Target, fnv1a64};
 
 const MAGIC: &[u8; 8] = b"MXKC0001";
 const HEADER: usize = 8 + 8 + 8;

@@ -1,14 +1,14 @@
 //! [`CudaMixer`]: the device, its stream, the compiled kernels and the small device buffers the
 //! operations share; [`CudaError`], the result code behind a device error.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::driver::sys::CUdevice_attribute as Attr;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError};
-use cudarc::nvrtc::result::NvrtcError;
 use cudarc::nvrtc::Ptx;
+use cudarc::nvrtc::result::NvrtcError;
 
 use crate::dtype::ScalarType;
 use crate::error::{MixError, Result};

@@ -10,7 +10,7 @@ use crate::config::TargetSpec;
 use crate::dtype::ScalarType;
 use crate::error::{MixError, Result};
 use crate::plan::{MixPlan, PlanEntry};
-use crate::spec::{check_mix, BceSpec, CeSpec, SampleShape};
+use crate::spec::{BceSpec, CeSpec, SampleShape, check_mix};
 
 use super::mixup_ce::{CeBuffers, RawGradOutput};
 

@@ -12,7 +12,7 @@
 
 use crate::dtype::ScalarType;
 
-use super::nvrtc::{ModuleSource, MODULES};
+use super::nvrtc::{MODULES, ModuleSource};
 
 /// `dt!(f32)` → `ScalarType::F32`, for the table's lowercase dtype names.
 macro_rules! dt {
@@ -172,14 +172,14 @@ mod tests {
                 continue;
             }
             // An entry macro invoked with (E, dt).
-            if let Some((name, args)) = t.split_once('(') {
-                if let (Some(prefixes), Some(dt)) = (
+            if let Some((name, args)) = t.split_once('(')
+                && let (Some(prefixes), Some(dt)) = (
                     macros.get(name.trim()),
                     args.trim_end_matches(')').split(',').nth(1),
-                ) {
-                    for p in prefixes {
-                        found.insert(p.replace("##dt", dt.trim()));
-                    }
+                )
+            {
+                for p in prefixes {
+                    found.insert(p.replace("##dt", dt.trim()));
                 }
             }
         }

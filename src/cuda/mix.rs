@@ -5,10 +5,10 @@ use cudarc::driver::{
 };
 
 use crate::dtype::{Element, ScalarType};
-use crate::error::{check_len, checked_product, MixError, Result};
-use crate::spec::{check_mix, MemoryFormat, SampleShape};
+use crate::error::{MixError, Result, check_len, checked_product};
+use crate::spec::{MemoryFormat, SampleShape, check_mix};
 
-use super::context::{driver_err, CudaMixer};
+use super::context::{CudaMixer, driver_err};
 use super::entries::Kernel;
 use super::plan::DevicePlan;
 

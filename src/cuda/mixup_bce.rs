@@ -12,14 +12,14 @@ use cudarc::driver::{
 };
 
 use crate::dtype::{FloatElement, ScalarType};
-use crate::error::{check_len, MixError, Result};
+use crate::error::{MixError, Result, check_len};
 use crate::plan::MixPlan;
-use crate::spec::{check_bce, BceSpec, GradOutput, Reduction};
+use crate::spec::{BceSpec, GradOutput, Reduction, check_bce};
 
-use super::context::{driver_err, CudaMixer};
+use super::context::{CudaMixer, driver_err};
 use super::entries::Kernel;
 use super::mix::MAX_GRID;
-use super::mixup_ce::{raw_upstream, upstream_fields, CeBuffers, DeviceGradOutput, RawGradOutput};
+use super::mixup_ce::{CeBuffers, DeviceGradOutput, RawGradOutput, raw_upstream, upstream_fields};
 use super::plan::DevicePlan;
 use super::soft_targets::require_float;
 

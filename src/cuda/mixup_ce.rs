@@ -19,11 +19,11 @@ use cudarc::driver::{
 };
 
 use crate::dtype::{FloatElement, ScalarType};
-use crate::error::{check_len, MixError, Result};
+use crate::error::{MixError, Result, check_len};
 use crate::plan::MixPlan;
-use crate::spec::{check_ce, CeSpec, GradOutput, Reduction};
+use crate::spec::{CeSpec, GradOutput, Reduction, check_ce};
 
-use super::context::{driver_err, CudaMixer};
+use super::context::{CudaMixer, driver_err};
 use super::entries::Kernel;
 use super::mix::MAX_GRID;
 use super::plan::DevicePlan;

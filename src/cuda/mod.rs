@@ -105,7 +105,7 @@ pub use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewM
 /// Kernel sources, names and the NVRTC compiler, for tests and tools (not a stable API).
 #[doc(hidden)]
 pub mod kernels {
-    pub use super::entries::{entries, Kernel};
+    pub use super::entries::{Kernel, entries};
     /// The host's launches without a device, for the host emulation of the kernels.
     pub mod emulated {
         pub use super::super::emulated::*;
@@ -113,7 +113,7 @@ pub mod kernels {
     pub use super::mixup_bce::bce_launch;
     pub use super::mixup_ce::ce_launch;
     pub use super::nvrtc::{
-        compile, defines_entry, options, supported_archs, version, Compiled, ModuleSource, Target,
-        MODULES,
+        Compiled, MODULES, ModuleSource, Target, compile, defines_entry, options, supported_archs,
+        version,
     };
 }

@@ -3,13 +3,13 @@
 //! Raw `sys` calls only for what that layer lacks: the CUBIN, the version and the supported
 //! architectures. (cudarc's safe `compile_ptx` cannot produce a CUBIN.)
 
-use std::ffi::{c_char, c_int, CString};
+use std::ffi::{CString, c_char, c_int};
 
 use cudarc::nvrtc::{result, sys};
 
 use crate::error::{MixError, Result};
 
-use super::context::{nvrtc_err, require_nvrtc, CudaError};
+use super::context::{CudaError, nvrtc_err, require_nvrtc};
 
 /// The kernel modules embedded by build.rs: `{ name, source, hash }`.
 #[derive(Debug, Clone, Copy)]

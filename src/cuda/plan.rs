@@ -10,7 +10,7 @@ use cudarc::driver::{
 use crate::error::{MixError, Result};
 use crate::plan::{MixPlan, PlanEntry};
 
-use super::context::{driver_err, CudaMixer};
+use super::context::{CudaMixer, driver_err};
 
 // SAFETY: PlanEntry is `repr(C)`, 32 bytes of u32/f32 fields with no padding, mirrored by
 // `struct PlanEntry` in kernels/common.cuh; all-zero bits are a valid entry.

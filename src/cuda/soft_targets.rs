@@ -6,11 +6,11 @@ use cudarc::driver::{
 
 use crate::config::TargetSpec;
 use crate::dtype::{FloatElement, ScalarType};
-use crate::error::{check_len, checked_product, MixError, Result};
+use crate::error::{MixError, Result, check_len, checked_product};
 
-use super::context::{driver_err, CudaMixer};
+use super::context::{CudaMixer, driver_err};
 use super::entries::Kernel;
-use super::mix::{grid_for, MIX_CHUNK_SLOTS};
+use super::mix::{MIX_CHUNK_SLOTS, grid_for};
 use super::plan::DevicePlan;
 
 /// Kernel arguments (`struct SoftArgs` in kernels/soft_targets.cu).

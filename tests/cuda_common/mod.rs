@@ -12,7 +12,7 @@ use rand::Rng;
 // The one tolerance check and the one generator of the test suite.
 #[path = "../common/mod.rs"]
 mod common;
-pub use common::{assert_close, TestRng, Tol};
+pub use common::{TestRng, Tol, assert_close};
 
 /// The test mixer, or `None` (after printing why) when there is no usable GPU.
 pub fn mixer(test: &str) -> Option<CudaMixer> {

@@ -8,11 +8,11 @@
 //! the host's; and the same launch in other block and thread orders, bit for bit.
 
 use mixup_kernels::cuda::kernels::{bce_launch, emulated};
-use mixup_kernels::{bf16, f16, reference, BceSpec, FloatElement, GradOutput, MixPlan, Reduction};
+use mixup_kernels::{BceSpec, FloatElement, GradOutput, MixPlan, Reduction, bf16, f16, reference};
 
 use crate::common::TestRng as Rng;
-use crate::exchange::{wide, Case, Checks, Run};
-use crate::loss::{self, Mode, Up, U};
+use crate::exchange::{Case, Checks, Run, wide};
+use crate::loss::{self, Mode, U, Up};
 
 #[derive(Debug, Clone)]
 struct BceCase {
@@ -292,8 +292,15 @@ fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: BceCase, out:
         if c.weight { " weight" } else { "" },
         if c.pos_weight { " pos_weight" } else { "" },
         if c.sum_classes { " sum_classes" } else { "" },
-        c.thr.map_or(String::new(), |t| format!(" thr {t}{}", if c.boundary { " (boundary λ)" } else { "" })),
-        if c.masked != 0 { format!(" masked {}", c.masked) } else { String::new() },
+        c.thr.map_or(String::new(), |t| format!(
+            " thr {t}{}",
+            if c.boundary { " (boundary λ)" } else { "" }
+        )),
+        if c.masked != 0 {
+            format!(" masked {}", c.masked)
+        } else {
+            String::new()
+        },
         if c.bad_labels { " bad-labels" } else { "" },
         launch.entry,
         launch.config.block_dim.0,
@@ -318,11 +325,7 @@ fn leak(s: String) -> &'static str {
 /// timm's thresholded target (f32, each product and the sum rounded once), for the bounds.
 fn thr_target(y1: f32, y2: f32, lam: f32, thr: f32) -> f64 {
     let mu = 1.0 - lam;
-    if y1 * lam + y2 * mu > thr {
-        1.0
-    } else {
-        0.0
-    }
+    if y1 * lam + y2 * mu > thr { 1.0 } else { 0.0 }
 }
 
 fn judge<T: FloatElement + Default>(
@@ -421,11 +424,7 @@ fn judge<T: FloatElement + Default>(
             let sp = e.ln_1p();
             let nan = z.is_nan();
             let lin = if z >= 0.0 {
-                if 1.0 - t != 0.0 {
-                    (1.0 - t) * z
-                } else {
-                    0.0
-                }
+                if 1.0 - t != 0.0 { (1.0 - t) * z } else { 0.0 }
             } else if w * t != 0.0 || nan {
                 -w * t * z
             } else {
@@ -558,11 +557,7 @@ fn bce_cases<T: FloatElement + Default + Send + Sync + 'static>(out: &mut Vec<Ca
                     masked: (v % 4) as u8,
                     zoff,
                     goff: if mode == Mode::GradShifted {
-                        if zoff == 0 {
-                            odd
-                        } else {
-                            0
-                        }
+                        if zoff == 0 { odd } else { 0 }
                     } else {
                         zoff
                     },

@@ -14,11 +14,11 @@
 //! rounding.
 
 use mixup_kernels::cuda::kernels::{ce_launch, emulated};
-use mixup_kernels::{bf16, f16, reference, CeSpec, FloatElement, GradOutput, MixPlan, Reduction};
+use mixup_kernels::{CeSpec, FloatElement, GradOutput, MixPlan, Reduction, bf16, f16, reference};
 
 use crate::common::TestRng as Rng;
-use crate::exchange::{wide, Case, Checks, Run};
-use crate::loss::{self, Mode, Up, U};
+use crate::exchange::{Case, Checks, Run, wide};
+use crate::loss::{self, Mode, U, Up};
 
 /// Relative error of one `ex2.approx.ftz.f32` on the device.
 const EX2: f64 = 1.0 / (1u64 << 22) as f64;
@@ -271,7 +271,11 @@ fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: CeCase, out: 
             Data::Huge => " huge",
             Data::Masked => " masked",
         },
-        if c.rows.is_empty() { "" } else { " masked-rows" },
+        if c.rows.is_empty() {
+            ""
+        } else {
+            " masked-rows"
+        },
         if c.bad_labels { " bad-labels" } else { "" },
         launch.entry,
         launch.config.grid_dim.0,

@@ -4,8 +4,8 @@
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
-use mixup_kernels::cuda::kernels::emulated::HostLaunch;
 use mixup_kernels::Element;
+use mixup_kernels::cuda::kernels::emulated::HostLaunch;
 
 /// Addresses handed to the host code stand for buffers: top byte 0x7E, buffer index + 1 in
 /// bits 40..56, the byte offset below. The emulator patches the real ones in.

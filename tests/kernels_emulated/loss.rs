@@ -4,9 +4,9 @@
 
 use mixup_kernels::cuda::kernels::emulated::Device;
 use mixup_kernels::cuda::raw::{CeBuffers, RawGradOutput};
-use mixup_kernels::{bf16, f16, FloatElement, MixPlan, ScalarType};
+use mixup_kernels::{FloatElement, MixPlan, ScalarType, bf16, f16};
 
-use crate::exchange::{addr, bytes, elems, Buffers, Checks, Run};
+use crate::exchange::{Buffers, Checks, Run, addr, bytes, elems};
 
 pub const U: f64 = f32::EPSILON as f64 / 2.0;
 
@@ -232,13 +232,14 @@ pub fn check_reduced(
             )
         });
     }
-    if let Some((sum, sum_tol)) = reference {
-        if want.is_finite() && got.is_finite() {
-            let r = sum / div;
-            k.check((got - r).abs() <= tol + sum_tol / div, || {
-                format!("reduced loss {got}, reference {r}")
-            });
-        }
+    if let Some((sum, sum_tol)) = reference
+        && want.is_finite()
+        && got.is_finite()
+    {
+        let r = sum / div;
+        k.check((got - r).abs() <= tol + sum_tol / div, || {
+            format!("reduced loss {got}, reference {r}")
+        });
     }
 }
 

@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use mixup_kernels::cuda::kernels::emulated::{self, Device};
 use mixup_kernels::{
-    bf16, cpu, f16, reference, CutBox, Element, MixPlan, SampleShape, ScalarType, TargetSpec,
+    CutBox, Element, MixPlan, SampleShape, ScalarType, TargetSpec, bf16, cpu, f16, reference,
 };
 
 use crate::common::TestRng as Rng;
-use crate::exchange::{addr, bytes, elems, wide, Buffers, Case, Checks, Run};
+use crate::exchange::{Buffers, Case, Checks, Run, addr, bytes, elems, wide};
 
 const U: f64 = f32::EPSILON as f64 / 2.0;
 
