@@ -524,7 +524,7 @@ fn bench_ce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
             &logits[i % sets].as_view(),
             &ls.as_view(),
             DeviceGradOutput::Scalar(1.0),
-            &mut loss.as_view_mut(),
+            Some(&mut loss.as_view_mut()),
             None,
             &mut grad.as_view_mut(),
         )?)
@@ -535,7 +535,7 @@ fn bench_ce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
             &spec,
             &logits[i % sets].as_view(),
             &ls.as_view(),
-            &mut loss.as_view_mut(),
+            Some(&mut loss.as_view_mut()),
             None,
         )?)
     })?;
@@ -558,7 +558,7 @@ fn bench_ce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
             &logits[0].as_view(),
             &ls.as_view(),
             DeviceGradOutput::Scalar(1.0),
-            &mut fused_loss.as_view_mut(),
+            Some(&mut fused_loss.as_view_mut()),
             None,
             &mut fused_g.as_view_mut(),
         )?;
@@ -640,7 +640,7 @@ fn bench_bce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
             &logits[i % sets].as_view(),
             &ls.as_view(),
             DeviceGradOutput::Scalar(1.0),
-            &mut loss.as_view_mut(),
+            Some(&mut loss.as_view_mut()),
             None,
             &mut grad.as_view_mut(),
         )?)
@@ -651,7 +651,7 @@ fn bench_bce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
             &spec,
             &logits[i % sets].as_view(),
             &ls.as_view(),
-            &mut loss.as_view_mut(),
+            Some(&mut loss.as_view_mut()),
             None,
         )?)
     })?;
@@ -731,7 +731,7 @@ fn bench_first_call() -> Res<()> {
             &z.as_view(),
             &ls.as_view(),
             DeviceGradOutput::Scalar(1.0),
-            &mut loss.as_view_mut(),
+            Some(&mut loss.as_view_mut()),
             None,
             &mut g.as_view_mut(),
         )?;

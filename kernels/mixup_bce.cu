@@ -19,7 +19,7 @@
 //   out (`weighted`): a -inf (or dtype-min) logit of a class whose target is 0 adds nothing and
 //   gets gradient 0; with a target > 0 the loss is +inf, as in PyTorch; a NaN logit gives NaN.
 //   L_i = sum_c v_c l_ic (per-sample losses [B], always written); the reduced loss is L_i summed
-//   (Sum), or divided by `count` (Mean, and None for logging): B C, or B with sum_classes.
+//   (Sum), or divided by `count` (Mean): B C, or B with sum_classes; none under None.
 //   factor = 1 / count for Mean, else 1.
 // Math in f32 with the accurate library functions (expf, log1pf: a few ulp; no __expf), the
 // gradient formed in f32 and rounded once to the storage type; the row sum in f32.
@@ -40,7 +40,7 @@ struct BceArgs {
     u64 labels;      // const u32*, [B]
     u64 plan;        // const PlanEntry*, [B]
     u64 losses;      // float*, [B]: per-sample losses, always written
-    u64 loss;        // float*, [1]: the reduced loss
+    u64 loss;        // float*, [1]: the reduced loss; 0 under Reduction::None
     u64 upstream;    // const float*: [1] device scalar or [B] per sample; 0: use `up`
     u64 flags;       // u32*: [0] out-of-range labels, [1] blocks done (reset by the last block)
     u64 weight;      // const float*, [C], or 0
@@ -125,6 +125,7 @@ DEV float bce_elem(const BceArgs& g, const BceRow& r, u64 e, float z, float& acc
 
 // The reduced loss: the last block to finish sums the per-row losses in a fixed order.
 DEV void bce_finish(const BceArgs& g) {
+    if (g.loss == 0) return;  // Reduction::None: the per-sample losses are the result
     __shared__ u32 last;
     __shared__ float part[32];
     __threadfence();

@@ -38,8 +38,8 @@
 // the gradient is exp2((z - m) log2e - log2 s) - t. Clamping the scaled max instead would leave
 // every exp2 argument of such a row at -inf or garbage (s = 0), and clamping the logits would
 // merge distinct logits below the clamp.
-// The reduced loss (sum, or mean for Mean and None) is summed on the device in a fixed order by
-// the last block to finish (per-row losses -> one block, strided then a fixed tree), so the same
+// The reduced loss (sum for Sum, mean for Mean; none under None) is summed on the device in a
+// fixed order by the last block to finish (per-row losses -> one block, strided then a fixed tree), so the same
 // inputs give the same bits on every run.
 //
 // Row strategies (the host picks one from C and the dtype, see src/cuda/mixup_ce.rs; a "slot"
@@ -71,7 +71,7 @@ struct CeArgs {
     u64 labels;    // const u32*, [B]
     u64 plan;      // const PlanEntry*, [B]
     u64 losses;    // float*, [B]: per-sample losses, always written
-    u64 loss;      // float*, [1]: the reduced loss
+    u64 loss;      // float*, [1]: the reduced loss; 0 under Reduction::None
     u64 upstream;  // const float*: [1] device scalar or [B] per sample; 0: use `up`
     u64 flags;     // u32*: [0] out-of-range labels, [1] blocks done (reset by the last block)
     u64 batch;     // B
@@ -396,6 +396,7 @@ DEV void regs_grad(const CeArgs& g, const v16 (&va)[K], const typename E::B* zro
 // The reduced loss: the last block to finish sums the per-row losses in a fixed order.
 
 DEV void ce_finish(const CeArgs& g) {
+    if (g.loss == 0) return;  // Reduction::None: the per-sample losses are the result
     __shared__ u32 last;
     __shared__ float part[32];
     __threadfence();

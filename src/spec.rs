@@ -329,6 +329,41 @@ pub(crate) fn check_losses_given(reduction: Reduction, given: bool) -> Result<()
     Ok(())
 }
 
+/// Checks the outputs of a device loss call. The reduced `loss` (`[1]`) exists under
+/// [`Reduction::Mean`] and [`Reduction::Sum`] and not under [`Reduction::None`] (PyTorch's
+/// `reduction='none'` returns the per-sample losses only). A call without a gradient must write
+/// its result somewhere: `loss` under Mean and Sum, `losses` under None. A call with a gradient
+/// may leave out both (a backward pass wants the gradient only).
+#[cfg(feature = "cuda")]
+pub(crate) fn check_loss_outputs(
+    reduction: Reduction,
+    grad: bool,
+    loss: bool,
+    losses: bool,
+) -> Result<()> {
+    if reduction == Reduction::None && loss {
+        return Err(MixError::InvalidArgument {
+            what: "loss",
+            reason: "Reduction::None has no reduced loss (as PyTorch's reduction='none'): pass \
+                     None for `loss`; the per-sample losses go to `losses`"
+                .into(),
+        });
+    }
+    if grad {
+        return Ok(());
+    }
+    match reduction {
+        Reduction::None => check_losses_given(reduction, losses),
+        Reduction::Mean | Reduction::Sum if !loss => Err(MixError::InvalidArgument {
+            what: "loss",
+            reason: "a loss-only call under Reduction::Mean or Sum writes the reduced loss: pass \
+                     a [1] f32 `loss` buffer"
+                .into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Checks a mixing call; returns the number of elements per sample.
 pub(crate) fn check_mix(
     plan: &MixPlan,
@@ -718,4 +753,44 @@ pub(crate) fn check_bce(
 ) -> Result<usize> {
     let ce = CeSpec::from_targets(spec.targets, spec.reduction);
     check_ce(plan, &ce, logits_len, grad_output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn the_reduced_loss_exists_under_mean_and_sum_only() {
+        let what = |r: Result<()>| match r {
+            Err(MixError::InvalidArgument { what, .. }) => Some(what),
+            Ok(()) => None,
+            Err(e) => panic!("{e}"),
+        };
+        for r in [Reduction::Mean, Reduction::Sum] {
+            for grad in [false, true] {
+                assert_eq!(what(check_loss_outputs(r, grad, true, false)), None);
+                assert_eq!(what(check_loss_outputs(r, grad, true, true)), None);
+            }
+            // A loss-only call needs somewhere to write; a gradient call does not.
+            assert_eq!(
+                what(check_loss_outputs(r, false, false, true)),
+                Some("loss")
+            );
+            assert_eq!(what(check_loss_outputs(r, true, false, false)), None);
+        }
+        let none = Reduction::None;
+        for grad in [false, true] {
+            assert_eq!(what(check_loss_outputs(none, grad, false, true)), None);
+            assert_eq!(
+                what(check_loss_outputs(none, grad, true, true)),
+                Some("loss")
+            );
+        }
+        assert_eq!(
+            what(check_loss_outputs(none, false, false, false)),
+            Some("losses")
+        );
+        assert_eq!(what(check_loss_outputs(none, true, false, false)), None);
+    }
 }

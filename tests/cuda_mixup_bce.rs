@@ -139,7 +139,7 @@ fn run_case<T: FloatElement + cudarc_repr::Repr>(
             &mut view_mut(&mut zs, c.logits_off, n),
             &ls.as_view(),
             grad_output,
-            &mut loss.as_view_mut(),
+            (c.reduction != Reduction::None).then_some(&mut loss.as_view_mut()),
             Some(&mut losses.slice_mut(0..b)),
         )
     } else {
@@ -149,7 +149,7 @@ fn run_case<T: FloatElement + cudarc_repr::Repr>(
             &view(&zs, c.logits_off, n),
             &ls.as_view(),
             grad_output,
-            &mut loss.as_view_mut(),
+            (c.reduction != Reduction::None).then_some(&mut loss.as_view_mut()),
             Some(&mut losses.slice_mut(0..b)),
             &mut view_mut(&mut grad, c.grad_off, n),
         )
@@ -182,16 +182,19 @@ fn run_case<T: FloatElement + cudarc_repr::Repr>(
         &want.losses,
         Tol::new(row_tol, 1e-5),
     );
-    assert_close(
-        &format!("{what} loss"),
-        &[got_loss],
-        // Reduction::None has no scalar; the kernel writes what Mean would give to `loss`.
-        &[want.loss.unwrap_or_else(|| {
-            let count = if spec.sum_classes() { b } else { b * k };
-            want.losses.iter().sum::<f64>() / count.max(1) as f64
-        })],
-        Tol::new(row_tol * (b as f64).sqrt().max(1.0), 1e-5),
-    );
+    match want.loss {
+        Some(w) => assert_close(
+            &format!("{what} loss"),
+            &[got_loss],
+            &[w],
+            Tol::new(row_tol * (b as f64).sqrt().max(1.0), 1e-5),
+        ),
+        // Reduction::None has no reduced loss (as PyTorch): its slot stays untouched.
+        None => assert_eq!(
+            got_loss, 5.0,
+            "{what}: Reduction::None wrote a reduced loss"
+        ),
+    }
     let factor = match c.reduction {
         Reduction::Mean => 1.0 / spec_count(&spec, b),
         Reduction::Sum => 0.5,
@@ -345,7 +348,7 @@ fn mixup_bce_is_deterministic() {
             &zs.as_view(),
             &ls.as_view(),
             DeviceGradOutput::Scalar(1.0),
-            &mut loss.as_view_mut(),
+            Some(&mut loss.as_view_mut()),
             Some(&mut losses.as_view_mut()),
             &mut grad.as_view_mut(),
         )
@@ -366,7 +369,7 @@ fn mixup_bce_is_deterministic() {
         &dspec,
         &zs.as_view(),
         &ls.as_view(),
-        &mut loss.as_view_mut(),
+        Some(&mut loss.as_view_mut()),
         Some(&mut losses.as_view_mut()),
     )
     .unwrap();

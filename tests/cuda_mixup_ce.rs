@@ -95,7 +95,8 @@ fn run_case<T: FloatElement + cudarc_repr::Repr>(
         &view(&zs, c.logits_off, n),
         &ls.as_view(),
         grad_output,
-        &mut loss.as_view_mut(),
+        // Reduction::None has no reduced loss (as PyTorch): its slot must stay untouched.
+        (c.reduction != Reduction::None).then_some(&mut loss.as_view_mut()),
         Some(&mut losses.slice_mut(0..b)),
         &mut view_mut(&mut grad, c.grad_off, n),
     )
@@ -126,15 +127,18 @@ fn run_case<T: FloatElement + cudarc_repr::Repr>(
         Tol::new(2e-4, 2e-5),
     );
     let sum_tol = 2e-4 * (b as f64).sqrt().max(1.0);
-    assert_close(
-        &format!("{what} loss"),
-        &[got_loss],
-        // Reduction::None has no scalar; the kernel writes the losses' mean to `loss`.
-        &[want
-            .loss
-            .unwrap_or_else(|| want.losses.iter().sum::<f64>() / b.max(1) as f64)],
-        Tol::new(sum_tol, 2e-5),
-    );
+    match want.loss {
+        Some(w) => assert_close(
+            &format!("{what} loss"),
+            &[got_loss],
+            &[w],
+            Tol::new(sum_tol, 2e-5),
+        ),
+        None => assert_eq!(
+            got_loss, 5.0,
+            "{what}: Reduction::None wrote a reduced loss"
+        ),
+    }
     for (i, &ps) in per_sample.iter().enumerate() {
         let up = match c.reduction {
             Reduction::Mean => 1.0 / b as f64,
@@ -251,7 +255,7 @@ fn bits_of_runs<T: FloatElement + cudarc_repr::Repr>(m: &CudaMixer, b: usize, k:
             &zs.as_view(),
             &ls.as_view(),
             DeviceGradOutput::Scalar(1.0),
-            &mut loss.as_view_mut(),
+            Some(&mut loss.as_view_mut()),
             Some(&mut losses.as_view_mut()),
             &mut grad.as_view_mut(),
         )
@@ -289,7 +293,7 @@ fn bits_of_runs<T: FloatElement + cudarc_repr::Repr>(m: &CudaMixer, b: usize, k:
         &mut zi.as_view_mut(),
         &ls.as_view(),
         DeviceGradOutput::Scalar(1.0),
-        &mut loss.as_view_mut(),
+        Some(&mut loss.as_view_mut()),
         None,
     )
     .unwrap();
@@ -311,7 +315,7 @@ fn bits_of_runs<T: FloatElement + cudarc_repr::Repr>(m: &CudaMixer, b: usize, k:
         &spec,
         &zs.as_view(),
         &ls.as_view(),
-        &mut lf.as_view_mut(),
+        Some(&mut lf.as_view_mut()),
         Some(&mut lsf.as_view_mut()),
     )
     .unwrap();
@@ -368,7 +372,7 @@ fn device_labels_out_of_range_are_flagged() {
             &z.as_view(),
             &ls.as_view(),
             DeviceGradOutput::Scalar(1.0),
-            &mut loss.as_view_mut(),
+            Some(&mut loss.as_view_mut()),
             None,
             &mut grad.as_view_mut(),
         )
@@ -400,7 +404,7 @@ fn empty_batch_and_argument_errors() {
         &CeSpec::new(4, 0.0, Reduction::Sum).unwrap(),
         &z.slice(0..0),
         &ls.slice(0..0),
-        &mut loss.as_view_mut(),
+        Some(&mut loss.as_view_mut()),
         None,
     )
     .unwrap();
@@ -412,7 +416,7 @@ fn empty_batch_and_argument_errors() {
             &CeSpec::new(4, 0.0, Reduction::Mean).unwrap(),
             &z.slice(0..0),
             &ls.slice(0..0),
-            &mut loss.as_view_mut(),
+            Some(&mut loss.as_view_mut()),
             None
         ),
         Err(MixError::EmptyShape { .. })
@@ -422,6 +426,47 @@ fn empty_batch_and_argument_errors() {
     let ls = m.stream().alloc_zeros::<u32>(2).unwrap();
     let ups = m.stream().alloc_zeros::<f32>(2).unwrap();
     let mut grad = m.stream().alloc_zeros::<f32>(8).unwrap();
+    // The reduced loss exists under Mean and Sum only (PyTorch's reduction='none' has none);
+    // a loss-only call must be given somewhere to write; a gradient call needs no loss output.
+    let mut per = m.stream().alloc_zeros::<f32>(2).unwrap();
+    let none = CeSpec::new(4, 0.0, Reduction::None).unwrap();
+    let mean = CeSpec::new(4, 0.0, Reduction::Mean).unwrap();
+    let (zv, lv) = (z.as_view(), ls.as_view());
+    let errors = [
+        m.mixup_ce(
+            &dplan,
+            &none,
+            &zv,
+            &lv,
+            DeviceGradOutput::Scalar(1.0),
+            Some(&mut loss.as_view_mut()),
+            Some(&mut per.as_view_mut()),
+            &mut grad.as_view_mut(),
+        ),
+        m.mixup_ce_forward(&dplan, &mean, &zv, &lv, None, Some(&mut per.as_view_mut())),
+        m.mixup_ce_forward(&dplan, &none, &zv, &lv, None, None),
+    ];
+    for (i, (r, what)) in errors
+        .into_iter()
+        .zip(["loss", "loss", "losses"])
+        .enumerate()
+    {
+        assert!(
+            matches!(r, Err(MixError::InvalidArgument { what: w, .. }) if w == what),
+            "case {i}: {r:?}"
+        );
+    }
+    m.mixup_ce(
+        &dplan,
+        &mean,
+        &zv,
+        &lv,
+        DeviceGradOutput::Scalar(1.0),
+        None,
+        None,
+        &mut grad.as_view_mut(),
+    )
+    .expect("a gradient-only call");
     // A per-sample grad_output needs Reduction::None.
     assert!(matches!(
         m.mixup_ce(
@@ -430,7 +475,7 @@ fn empty_batch_and_argument_errors() {
             &z.as_view(),
             &ls.as_view(),
             DeviceGradOutput::PerSample(ups.as_view()),
-            &mut loss.as_view_mut(),
+            Some(&mut loss.as_view_mut()),
             None,
             &mut grad.as_view_mut()
         ),
@@ -446,7 +491,7 @@ fn empty_batch_and_argument_errors() {
             &z.as_view(),
             &ls.as_view(),
             DeviceGradOutput::Scalar(f32::NAN),
-            &mut loss.as_view_mut(),
+            Some(&mut loss.as_view_mut()),
             None,
             &mut grad.as_view_mut()
         ),
@@ -462,7 +507,7 @@ fn empty_batch_and_argument_errors() {
             &z.as_view(),
             &ls.as_view(),
             DeviceGradOutput::Scalar(1.0),
-            &mut loss.as_view_mut(),
+            Some(&mut loss.as_view_mut()),
             None,
             &mut grad.as_view_mut()
         ),
@@ -475,7 +520,7 @@ fn empty_batch_and_argument_errors() {
             &z.as_view(),
             &ls.as_view(),
             DeviceGradOutput::Scalar(1.0),
-            &mut loss.as_view_mut(),
+            Some(&mut loss.as_view_mut()),
             None,
             &mut grad.slice_mut(0..7)
         ),
@@ -488,7 +533,7 @@ fn empty_batch_and_argument_errors() {
             &z.as_view(),
             &ls.as_view(),
             DeviceGradOutput::Scalar(1.0),
-            &mut loss.as_view_mut(),
+            Some(&mut loss.as_view_mut()),
             None,
             &mut grad.as_view_mut()
         ),
@@ -527,7 +572,7 @@ fn bench_shapes_match_the_reference() {
             &zs.as_view(),
             &ls.as_view(),
             DeviceGradOutput::Scalar(1.0),
-            &mut loss.as_view_mut(),
+            Some(&mut loss.as_view_mut()),
             None,
             &mut grad.as_view_mut(),
         )

@@ -200,15 +200,18 @@ pub(super) fn mixup_ce_fwd(
         let labels = s2.as_cuda_slice::<u32>()?.slice(range(l2, NAME)?);
         let r = range(l1, NAME)?;
         let b = op.plan.len();
-        let mut loss = dev.alloc_zeros::<f32>(1)?;
-        let mut losses = match op.spec.reduction() {
-            Reduction::None => Some(dev.alloc_zeros::<f32>(b)?),
-            Reduction::Mean | Reduction::Sum => None,
+        // The op's output: the per-sample losses under Reduction::None, else the reduced loss.
+        let mut out = dev.alloc_zeros::<f32>(match op.spec.reduction() {
+            Reduction::None => b,
+            Reduction::Mean | Reduction::Sum => 1,
+        })?;
+        let (mut loss, mut per) = match op.spec.reduction() {
+            Reduction::None => (None, Some(out.as_view_mut())),
+            Reduction::Mean | Reduction::Sum => (Some(out.as_view_mut()), None),
         };
         macro_rules! run {
             ($t:ty) => {{
                 let z = s1.as_cuda_slice::<$t>()?.slice(r.clone());
-                let mut per = losses.as_mut().map(|l| l.as_view_mut());
                 if op.want_grad {
                     // SAFETY: the kernel writes every gradient element.
                     let mut g = unsafe { dev.alloc::<$t>(r.len())? };
@@ -218,7 +221,7 @@ pub(super) fn mixup_ce_fwd(
                         &z,
                         &labels,
                         DeviceGradOutput::Scalar(1.0),
-                        &mut loss.as_view_mut(),
+                        loss.as_mut(),
                         per.as_mut(),
                         &mut g.as_view_mut(),
                     )?;
@@ -226,14 +229,7 @@ pub(super) fn mixup_ce_fwd(
                     let g = Storage::Cuda(wrap(g, &dev));
                     op.keep_grad(Tensor::from_storage(g, shape, BackpropOp::none(), false));
                 } else {
-                    m.mixup_ce_forward(
-                        &plan,
-                        &op.spec,
-                        &z,
-                        &labels,
-                        &mut loss.as_view_mut(),
-                        per.as_mut(),
-                    )?;
+                    m.mixup_ce_forward(&plan, &op.spec, &z, &labels, loss.as_mut(), per.as_mut())?;
                 }
             }};
         }
@@ -243,7 +239,7 @@ pub(super) fn mixup_ce_fwd(
             DType::BF16 => run!(bf16),
             other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
         }
-        let out = losses.unwrap_or(loss);
+        drop((loss, per));
         Ok((wrap(out, &dev), op.out_shape()))
     })
 }
@@ -267,7 +263,6 @@ pub(super) fn mixup_ce_grad(
             Reduction::Mean | Reduction::Sum => DeviceGradOutput::Device(up),
         };
         let r = range(l1, NAME)?;
-        let mut loss = dev.alloc_zeros::<f32>(1)?;
         macro_rules! run {
             ($t:ty) => {{
                 let z = s1.as_cuda_slice::<$t>()?.slice(r.clone());
@@ -279,7 +274,7 @@ pub(super) fn mixup_ce_grad(
                     &z,
                     &labels,
                     grad_output,
-                    &mut loss.as_view_mut(),
+                    None, // the backward pass wants the gradient only
                     None,
                     &mut g.as_view_mut(),
                 )?;
@@ -309,25 +304,21 @@ pub(super) fn mixup_bce_fwd(
         let labels = s2.as_cuda_slice::<u32>()?.slice(range(l2, NAME)?);
         let r = range(l1, NAME)?;
         let b = op.plan.len();
-        let mut loss = dev.alloc_zeros::<f32>(1)?;
-        let mut losses = match op.spec.reduction() {
-            Reduction::None => Some(dev.alloc_zeros::<f32>(b)?),
-            Reduction::Mean | Reduction::Sum => None,
+        // The op's output: the per-sample losses under Reduction::None, else the reduced loss.
+        let mut out = dev.alloc_zeros::<f32>(match op.spec.reduction() {
+            Reduction::None => b,
+            Reduction::Mean | Reduction::Sum => 1,
+        })?;
+        let (mut loss, mut per) = match op.spec.reduction() {
+            Reduction::None => (None, Some(out.as_view_mut())),
+            Reduction::Mean | Reduction::Sum => (Some(out.as_view_mut()), None),
         };
         // The loss only, as the CE on a GPU: the backward pass runs the fused kernel with the
         // upstream gradient read on the device (`mixup_bce_grad`).
         macro_rules! run {
             ($t:ty) => {{
                 let z = s1.as_cuda_slice::<$t>()?.slice(r.clone());
-                let mut per = losses.as_mut().map(|l| l.as_view_mut());
-                m.mixup_bce_forward(
-                    plan,
-                    dspec,
-                    &z,
-                    &labels,
-                    &mut loss.as_view_mut(),
-                    per.as_mut(),
-                )?;
+                m.mixup_bce_forward(plan, dspec, &z, &labels, loss.as_mut(), per.as_mut())?;
             }};
         }
         match s1.dtype() {
@@ -336,7 +327,7 @@ pub(super) fn mixup_bce_fwd(
             DType::BF16 => run!(bf16),
             other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
         }
-        let out = losses.unwrap_or(loss);
+        drop((loss, per));
         Ok((wrap(out, &dev), op.out_shape()))
     })
 }
@@ -360,7 +351,6 @@ pub(super) fn mixup_bce_grad(
             Reduction::Mean | Reduction::Sum => DeviceGradOutput::Device(up),
         };
         let r = range(l1, NAME)?;
-        let mut loss = dev.alloc_zeros::<f32>(1)?;
         macro_rules! run {
             ($t:ty) => {{
                 let z = s1.as_cuda_slice::<$t>()?.slice(r.clone());
@@ -372,7 +362,7 @@ pub(super) fn mixup_bce_grad(
                     &z,
                     &labels,
                     grad_output,
-                    &mut loss.as_view_mut(),
+                    None, // the backward pass wants the gradient only
                     None,
                     &mut g.as_view_mut(),
                 )?;

@@ -226,7 +226,7 @@ pub(crate) fn bce_call(
         labels: bufs.labels,
         plan,
         losses,
-        loss: bufs.loss,
+        loss: bufs.loss.unwrap_or(0),
         grad_output: up_ptr,
         flags,
         weight,
@@ -273,12 +273,19 @@ pub(crate) unsafe fn launch(
     require_float(dtype, "logits")?;
     let spec = &dspec.spec;
     check_bce_device(plan.plan(), spec, logits_len, &grad_output)?;
-    crate::spec::check_losses_given(spec.reduction(), bufs.losses.is_some())?;
+    let outputs = (
+        bufs.grad.is_some(),
+        bufs.loss.is_some(),
+        bufs.losses.is_some(),
+    );
+    crate::spec::check_loss_outputs(spec.reduction(), outputs.0, outputs.1, outputs.2)?;
     let b = plan.len();
     if b == 0 {
-        // SAFETY: `loss` addresses one f32 per the contract.
-        unsafe { cudarc::driver::result::memset_d8_async(bufs.loss, 0, 4, m.stream().cu_stream()) }
-            .map_err(driver_err("writing the loss"))?;
+        if let Some(loss) = bufs.loss {
+            // SAFETY: `loss` addresses one f32 per the contract.
+            unsafe { cudarc::driver::result::memset_d8_async(loss, 0, 4, m.stream().cu_stream()) }
+                .map_err(driver_err("writing the loss"))?;
+        }
         return Ok(());
     }
     let (losses, _scratch) = match bufs.losses {
@@ -321,11 +328,11 @@ pub(crate) unsafe fn launch(
 
 impl CudaMixer {
     /// Loss only (evaluation) of the mixup binary cross-entropy: the reduced loss to `loss`
-    /// (`[1]`), the per-sample losses `Σ_c ℓ_ic` to `losses` (`[B]`) if given. Under
-    /// [`Reduction::None`] the per-sample losses are the result and `losses` is required
-    /// ([`MixError::InvalidArgument`](crate::MixError::InvalidArgument) `losses` without it;
-    /// the kernel still writes their mean to `loss`). Device labels are `u32`. Reads the
-    /// logits once.
+    /// (`[1]`) under [`Reduction::Mean`] and [`Reduction::Sum`], the per-sample losses
+    /// `Σ_c ℓ_ic` to `losses` (`[B]`) if given. Under [`Reduction::None`] the per-sample losses
+    /// are the result, as in PyTorch: `losses` is required and `loss` must be `None`
+    /// ([`MixError::InvalidArgument`](crate::MixError::InvalidArgument) `loss` or `losses`
+    /// otherwise). Device labels are `u32`. Reads the logits once.
     ///
     /// # Examples
     ///
@@ -340,7 +347,7 @@ impl CudaMixer {
     /// let spec = DeviceBceSpec::new(&mixer, BceSpec::new(2, 0.0, Reduction::Mean)?)?;
     /// let (z, y) = (s.clone_htod(&vec![0.0f32; 4])?, s.clone_htod(&vec![0u32, 1])?);
     /// let mut loss = s.alloc_zeros::<f32>(1)?;
-    /// mixer.mixup_bce_forward(&plan, &spec, &z.as_view(), &y.as_view(), &mut loss.as_view_mut(), None)?;
+    /// mixer.mixup_bce_forward(&plan, &spec, &z.as_view(), &y.as_view(), Some(&mut loss.as_view_mut()), None)?;
     /// assert!((s.clone_dtoh(&loss)?[0] - std::f32::consts::LN_2).abs() < 1e-6);
     /// # Ok(())
     /// # }
@@ -351,7 +358,7 @@ impl CudaMixer {
         spec: &DeviceBceSpec,
         logits: &CudaView<'_, T>,
         labels: &CudaView<'_, u32>,
-        loss: &mut CudaViewMut<'_, f32>,
+        loss: Option<&mut CudaViewMut<'_, f32>>,
         losses: Option<&mut CudaViewMut<'_, f32>>,
     ) -> Result<()> {
         let (lp, _r) = logits.device_ptr(self.stream());
@@ -370,8 +377,10 @@ impl CudaMixer {
     }
 
     /// Loss and gradient in one launch: the gradient `v·((1 + (w − 1)t)·σ(z) − w·t) · scale`
-    /// to `grad` (`[B, C]`), the reduced loss to `loss` (`[1]`), per-sample losses to `losses`
-    /// if given.
+    /// to `grad` (`[B, C]`), the reduced loss to `loss` (`[1]`; Mean and Sum only, an
+    /// [`InvalidArgument`](crate::MixError::InvalidArgument) `loss` under None) and the
+    /// per-sample losses to `losses` (`[B]`) if given. A backward pass that wants only the
+    /// gradient passes `None` for both.
     ///
     /// # Examples
     ///
@@ -390,7 +399,7 @@ impl CudaMixer {
     /// let (z, y) = (s.clone_htod(&logits)?, s.clone_htod(&labels)?);
     /// let (mut loss, mut grad) = (s.alloc_zeros::<f32>(1)?, s.alloc_zeros::<f32>(6)?);
     /// mixer.mixup_bce(&plan, &dspec, &z.as_view(), &y.as_view(), DeviceGradOutput::Scalar(1.0),
-    ///     &mut loss.as_view_mut(), None, &mut grad.as_view_mut())?;
+    ///     Some(&mut loss.as_view_mut()), None, &mut grad.as_view_mut())?;
     /// let want = reference::mixup_bce(&host_plan, &spec, &logits, &labels, GradOutput::Scalar(1.0))?;
     /// assert!((f64::from(s.clone_dtoh(&loss)?[0]) - want.loss.unwrap()).abs() < 1e-5);
     /// # Ok(())
@@ -404,7 +413,7 @@ impl CudaMixer {
         logits: &CudaView<'_, T>,
         labels: &CudaView<'_, u32>,
         grad_output: DeviceGradOutput<'_>,
-        loss: &mut CudaViewMut<'_, f32>,
+        loss: Option<&mut CudaViewMut<'_, f32>>,
         losses: Option<&mut CudaViewMut<'_, f32>>,
         grad: &mut CudaViewMut<'_, T>,
     ) -> Result<()> {
@@ -442,7 +451,7 @@ impl CudaMixer {
     /// let y = s.clone_htod(&vec![0u32, 1])?;
     /// let mut loss = s.alloc_zeros::<f32>(1)?;
     /// mixer.mixup_bce_in_place(&plan, &spec, &mut z.as_view_mut(), &y.as_view(),
-    ///     DeviceGradOutput::Scalar(1.0), &mut loss.as_view_mut(), None)?;
+    ///     DeviceGradOutput::Scalar(1.0), Some(&mut loss.as_view_mut()), None)?;
     /// let grad: Vec<f32> = s.clone_dtoh(&z)?.into_iter().map(f32::from).collect();
     /// assert_eq!(grad, [-0.5, 0.5, 0.5, -0.5]); // σ(0) − t
     /// # Ok(())
@@ -456,7 +465,7 @@ impl CudaMixer {
         logits: &mut CudaViewMut<'_, T>,
         labels: &CudaView<'_, u32>,
         grad_output: DeviceGradOutput<'_>,
-        loss: &mut CudaViewMut<'_, f32>,
+        loss: Option<&mut CudaViewMut<'_, f32>>,
         losses: Option<&mut CudaViewMut<'_, f32>>,
     ) -> Result<()> {
         let n = logits.len();
@@ -484,7 +493,7 @@ impl CudaMixer {
         logits_len: usize,
         labels: &CudaView<'_, u32>,
         grad_output: DeviceGradOutput<'_>,
-        loss: &mut CudaViewMut<'_, f32>,
+        loss: Option<&mut CudaViewMut<'_, f32>>,
         losses: Option<&mut CudaViewMut<'_, f32>>,
         grad: Option<u64>,
         dtype: ScalarType,
@@ -493,19 +502,23 @@ impl CudaMixer {
         let (up, _ru) = raw_upstream(self, plan, &grad_output)?;
         check_bce_device(plan.plan(), &spec.spec, logits_len, &up)?;
         plan.plan().check_batch(labels.len())?;
-        check_len("loss", 1, loss.len())?;
+        let outputs = (grad.is_some(), loss.is_some(), losses.is_some());
+        crate::spec::check_loss_outputs(spec.spec.reduction(), outputs.0, outputs.1, outputs.2)?;
+        if let Some(l) = &loss {
+            check_len("loss", 1, l.len())?;
+        }
         if let Some(l) = &losses {
             check_len("losses", plan.len(), l.len())?;
         }
         let (lab, _rl) = labels.device_ptr(self.stream());
-        let (lossp, _wl) = loss.device_ptr_mut(self.stream());
-        let mut losses = losses;
+        let (mut loss, mut losses) = (loss, losses);
+        let lossp = loss.as_mut().map(|l| l.device_ptr_mut(self.stream()));
         let lp = losses.as_mut().map(|l| l.device_ptr_mut(self.stream()));
         let bufs = CeBuffers {
             logits,
             labels: lab,
             grad,
-            loss: lossp,
+            loss: lossp.as_ref().map(|(p, _)| *p),
             losses: lp.as_ref().map(|(p, _)| *p),
         };
         // SAFETY: every buffer was checked to hold what the kernel reads and writes.

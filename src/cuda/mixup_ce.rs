@@ -57,7 +57,7 @@ pub(crate) const CE_SMEM_RESERVE: u32 = 2048;
 /// // dL_total/dL = 2, read from device memory (an autograd upstream that lives on the GPU).
 /// let up = s.clone_htod(&vec![2.0f32])?;
 /// mixer.mixup_ce(&plan, &spec, &z.as_view(), &y.as_view(), DeviceGradOutput::Device(up.as_view()),
-///     &mut loss.as_view_mut(), None, &mut grad.as_view_mut())?;
+///     Some(&mut loss.as_view_mut()), None, &mut grad.as_view_mut())?;
 /// let want = [-0.5, 0.5, 0.5, -0.5]; // (softmax - t) · 2 / B
 /// assert!(s.clone_dtoh(&grad)?.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-6));
 /// # Ok(())
@@ -101,7 +101,7 @@ pub enum RawGradOutput {
 /// use mixup_kernels::cuda::raw::CeBuffers;
 /// # let (logits, labels, loss) = (0x1000u64, 0x2000u64, 0x3000u64);
 /// // Loss and gradient, the gradient written over the logits; no per-sample losses.
-/// let bufs = CeBuffers { logits, labels, grad: Some(logits), loss, losses: None };
+/// let bufs = CeBuffers { logits, labels, grad: Some(logits), loss: Some(loss), losses: None };
 /// // Loss only (evaluation).
 /// let eval = CeBuffers { grad: None, ..bufs };
 /// assert_eq!(eval.grad, None);
@@ -115,9 +115,10 @@ pub struct CeBuffers {
     /// Gradient `[B, C]` of the logits' dtype: `None` for the loss only; `Some(logits)` writes
     /// it over the logits (in place is allowed here).
     pub grad: Option<CUdeviceptr>,
-    /// The reduced loss, one f32.
-    pub loss: CUdeviceptr,
-    /// Per-sample losses `[B]` f32, if wanted.
+    /// The reduced loss, one f32: required under [`Reduction::Mean`] and [`Reduction::Sum`],
+    /// `None` under [`Reduction::None`] (whose result is `losses`).
+    pub loss: Option<CUdeviceptr>,
+    /// Per-sample losses `[B]` f32: required under [`Reduction::None`], optional otherwise.
     pub losses: Option<CUdeviceptr>,
 }
 
@@ -328,7 +329,7 @@ pub(crate) fn ce_call(
         labels: bufs.labels,
         plan,
         losses,
-        loss: bufs.loss,
+        loss: bufs.loss.unwrap_or(0),
         grad_output: up_ptr,
         flags,
         batch: b as u64,
@@ -365,13 +366,20 @@ pub(crate) unsafe fn launch(
 ) -> Result<()> {
     require_float(dtype, "logits")?;
     check_ce_device(plan.plan(), spec, logits_len, &grad_output)?;
-    crate::spec::check_losses_given(spec.reduction(), bufs.losses.is_some())?;
+    let outputs = (
+        bufs.grad.is_some(),
+        bufs.loss.is_some(),
+        bufs.losses.is_some(),
+    );
+    crate::spec::check_loss_outputs(spec.reduction(), outputs.0, outputs.1, outputs.2)?;
     let b = plan.len();
     if b == 0 {
         // Sum or None over no sample: the loss is 0 (Mean was rejected above).
-        // SAFETY: `loss` addresses one f32 per the contract.
-        unsafe { cudarc::driver::result::memset_d8_async(bufs.loss, 0, 4, m.stream().cu_stream()) }
-            .map_err(driver_err("writing the loss"))?;
+        if let Some(loss) = bufs.loss {
+            // SAFETY: `loss` addresses one f32 per the contract.
+            unsafe { cudarc::driver::result::memset_d8_async(loss, 0, 4, m.stream().cu_stream()) }
+                .map_err(driver_err("writing the loss"))?;
+        }
         return Ok(());
     }
     // The scratch guard lives until the launch below is enqueued (see `scratch_f32`).
@@ -423,11 +431,16 @@ pub(crate) fn raw_upstream<'a>(
 }
 
 impl CudaMixer {
-    /// Loss only (evaluation): writes the reduced loss to `loss` (`[1]`) and the per-sample
-    /// losses to `losses` (`[B]`) if given. Under [`Reduction::None`] the per-sample losses are
-    /// the result and `losses` is required ([`MixError::InvalidArgument`] `losses` without it;
-    /// the kernel still writes their mean to `loss`). Device labels are `u32`. Reads the logits
+    /// Loss only (evaluation): writes the reduced loss to `loss` (`[1]`) under
+    /// [`Reduction::Mean`] and [`Reduction::Sum`], and the per-sample losses to `losses` (`[B]`)
+    /// if given. Under [`Reduction::None`] the per-sample losses are the result, as in PyTorch:
+    /// `losses` is required and `loss` must be `None`. Device labels are `u32`. Reads the logits
     /// once.
+    ///
+    /// # Errors
+    /// [`MixError::InvalidArgument`] `loss` (missing under Mean/Sum, given under None) or
+    /// `losses` (missing under None); [`MixError::LengthMismatch`] for a buffer of the wrong
+    /// length; [`MixError::Driver`] from the launch.
     ///
     /// # Examples
     ///
@@ -441,12 +454,11 @@ impl CudaMixer {
     /// plan.upload(&MixPlan::identity(2)?)?;
     /// let spec = CeSpec::new(2, 0.0, Reduction::None).unwrap();
     /// let (z, y) = (s.clone_htod(&vec![0.0f32; 4])?, s.clone_htod(&vec![0u32, 1])?);
-    /// let (mut loss, mut losses) = (s.alloc_zeros::<f32>(1)?, s.alloc_zeros::<f32>(2)?);
-    /// mixer.mixup_ce_forward(&plan, &spec, &z.as_view(), &y.as_view(), &mut loss.as_view_mut(),
+    /// let mut losses = s.alloc_zeros::<f32>(2)?;
+    /// mixer.mixup_ce_forward(&plan, &spec, &z.as_view(), &y.as_view(), None,
     ///     Some(&mut losses.as_view_mut()))?;
     /// let ln2 = std::f32::consts::LN_2;
     /// assert!(s.clone_dtoh(&losses)?.iter().all(|l| (l - ln2).abs() < 1e-6));
-    /// assert!((s.clone_dtoh(&loss)?[0] - ln2).abs() < 1e-6); // their mean
     /// # Ok(())
     /// # }
     /// ```
@@ -456,7 +468,7 @@ impl CudaMixer {
         spec: &CeSpec,
         logits: &CudaView<'_, T>,
         labels: &CudaView<'_, u32>,
-        loss: &mut CudaViewMut<'_, f32>,
+        loss: Option<&mut CudaViewMut<'_, f32>>,
         losses: Option<&mut CudaViewMut<'_, f32>>,
     ) -> Result<()> {
         let (lp, _r) = logits.device_ptr(self.stream());
@@ -475,7 +487,15 @@ impl CudaMixer {
     }
 
     /// Loss and gradient in one launch: the gradient `(softmax - t) · scale` goes to `grad`
-    /// (`[B, C]`), the reduced loss to `loss` (`[1]`), per-sample losses to `losses` if given.
+    /// (`[B, C]`), the reduced loss to `loss` (`[1]`; Mean and Sum only) and the per-sample
+    /// losses to `losses` (`[B]`) if given. A backward pass that wants only the gradient passes
+    /// `None` for both.
+    ///
+    /// # Errors
+    /// [`MixError::InvalidArgument`] `loss` when given under [`Reduction::None`] (it has no
+    /// reduced loss), `grad_output` for a per-sample grad_output without Reduction::None or a
+    /// non-finite one; [`MixError::LengthMismatch`] for a buffer of the wrong length;
+    /// [`MixError::Driver`] from the launch.
     ///
     /// # Examples
     ///
@@ -493,7 +513,7 @@ impl CudaMixer {
     /// let (z, y) = (s.clone_htod(&logits)?, s.clone_htod(&labels)?);
     /// let (mut loss, mut grad) = (s.alloc_zeros::<f32>(1)?, s.alloc_zeros::<f32>(6)?);
     /// mixer.mixup_ce(&plan, &spec, &z.as_view(), &y.as_view(), DeviceGradOutput::Scalar(1.0),
-    ///     &mut loss.as_view_mut(), None, &mut grad.as_view_mut())?;
+    ///     Some(&mut loss.as_view_mut()), None, &mut grad.as_view_mut())?;
     /// let want = reference::mixup_ce(&host_plan, &spec, &logits, &labels, GradOutput::Scalar(1.0))?;
     /// assert!((f64::from(s.clone_dtoh(&loss)?[0]) - want.loss.unwrap()).abs() < 1e-5);
     /// let grad = s.clone_dtoh(&grad)?;
@@ -509,7 +529,7 @@ impl CudaMixer {
         logits: &CudaView<'_, T>,
         labels: &CudaView<'_, u32>,
         grad_output: DeviceGradOutput<'_>,
-        loss: &mut CudaViewMut<'_, f32>,
+        loss: Option<&mut CudaViewMut<'_, f32>>,
         losses: Option<&mut CudaViewMut<'_, f32>>,
         grad: &mut CudaViewMut<'_, T>,
     ) -> Result<()> {
@@ -547,7 +567,7 @@ impl CudaMixer {
     /// let y = s.clone_htod(&vec![0u32, 1])?;
     /// let mut loss = s.alloc_zeros::<f32>(1)?;
     /// mixer.mixup_ce_in_place(&plan, &spec, &mut z.as_view_mut(), &y.as_view(),
-    ///     DeviceGradOutput::Scalar(1.0), &mut loss.as_view_mut(), None)?;
+    ///     DeviceGradOutput::Scalar(1.0), Some(&mut loss.as_view_mut()), None)?;
     /// let grad: Vec<f32> = s.clone_dtoh(&z)?.into_iter().map(f32::from).collect();
     /// let want = [-0.5, 0.5, 0.5, -0.5]; // softmax - t, no 1/B for a sum
     /// assert!(grad.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-3));
@@ -562,7 +582,7 @@ impl CudaMixer {
         logits: &mut CudaViewMut<'_, T>,
         labels: &CudaView<'_, u32>,
         grad_output: DeviceGradOutput<'_>,
-        loss: &mut CudaViewMut<'_, f32>,
+        loss: Option<&mut CudaViewMut<'_, f32>>,
         losses: Option<&mut CudaViewMut<'_, f32>>,
     ) -> Result<()> {
         let n = logits.len();
@@ -590,7 +610,7 @@ impl CudaMixer {
         logits_len: usize,
         labels: &CudaView<'_, u32>,
         grad_output: DeviceGradOutput<'_>,
-        loss: &mut CudaViewMut<'_, f32>,
+        loss: Option<&mut CudaViewMut<'_, f32>>,
         losses: Option<&mut CudaViewMut<'_, f32>>,
         grad: Option<u64>,
         dtype: ScalarType,
@@ -599,19 +619,23 @@ impl CudaMixer {
         let (up, _ru) = raw_upstream(self, plan, &grad_output)?;
         check_ce_device(plan.plan(), spec, logits_len, &up)?;
         plan.plan().check_batch(labels.len())?;
-        check_len("loss", 1, loss.len())?;
+        let outputs = (grad.is_some(), loss.is_some(), losses.is_some());
+        crate::spec::check_loss_outputs(spec.reduction(), outputs.0, outputs.1, outputs.2)?;
+        if let Some(l) = &loss {
+            check_len("loss", 1, l.len())?;
+        }
         if let Some(l) = &losses {
             check_len("losses", plan.len(), l.len())?;
         }
         let (lab, _rl) = labels.device_ptr(self.stream());
-        let (lossp, _wl) = loss.device_ptr_mut(self.stream());
-        let mut losses = losses;
+        let (mut loss, mut losses) = (loss, losses);
+        let lossp = loss.as_mut().map(|l| l.device_ptr_mut(self.stream()));
         let lp = losses.as_mut().map(|l| l.device_ptr_mut(self.stream()));
         let bufs = CeBuffers {
             logits,
             labels: lab,
             grad,
-            loss: lossp,
+            loss: lossp.as_ref().map(|(p, _)| *p),
             losses: lp.as_ref().map(|(p, _)| *p),
         };
         // SAFETY: every buffer was checked to hold what the kernel reads and writes.

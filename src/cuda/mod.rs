@@ -22,7 +22,7 @@
 //! // ... forward pass producing `z` ...
 //! let spec = CeSpec::new(1000, 0.1, Reduction::Mean).unwrap();
 //! mixer.mixup_ce_in_place(&plan, &spec, &mut z.as_view_mut(), &y.as_view(),
-//!     DeviceGradOutput::Scalar(1.0), &mut loss.as_view_mut(), None)?;
+//!     DeviceGradOutput::Scalar(1.0), Some(&mut loss.as_view_mut()), None)?;
 //! mixer.check_labels()?; // the one synchronizing call, when you want it
 //! # Ok(()) }
 //! ```

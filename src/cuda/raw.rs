@@ -54,7 +54,7 @@
 //! let (zp, _z) = logits.device_ptr_mut(&theirs);
 //! let (yp, _y) = labels.device_ptr(&theirs);
 //! let (lp, _l) = loss.device_ptr_mut(&theirs);
-//! let bufs = CeBuffers { logits: zp, labels: yp, grad: Some(zp), loss: lp, losses: None };
+//! let bufs = CeBuffers { logits: zp, labels: yp, grad: Some(zp), loss: Some(lp), losses: None };
 //! let spec = CeSpec::new(classes, 0.1, Reduction::Mean).unwrap();
 //! // SAFETY: as above; `grad` = `logits` is the in-place case this function allows.
 //! unsafe { raw::mixup_ce(&mixer, &plan, &spec, ScalarType::F32, batch * classes, &bufs, RawGradOutput::Scalar(1.0)) }?;
@@ -113,7 +113,7 @@ pub type CUstream = cudarc::driver::sys::CUstream;
 /// ```
 /// use mixup_kernels::cuda::raw::BceBuffers;
 /// # let (logits, labels, loss) = (0x1000u64, 0x2000u64, 0x3000u64);
-/// let bufs = BceBuffers { logits, labels, grad: Some(logits), loss, losses: None };
+/// let bufs = BceBuffers { logits, labels, grad: Some(logits), loss: Some(loss), losses: None };
 /// assert_eq!(BceBuffers { grad: None, ..bufs }.grad, None);
 /// ```
 pub type BceBuffers = CeBuffers;
@@ -254,15 +254,15 @@ pub unsafe fn soft_targets(
 /// plan.upload(&MixPlan::from_parts(&[1, 0], &[0.7, 0.7])?)?;
 /// let z = s.alloc_zeros::<f32>(2 * 10)?;
 /// let y = s.clone_htod(&vec![3u32, 5])?;
-/// let (mut g, mut loss, mut losses) = (s.alloc_zeros::<f32>(20)?, s.alloc_zeros::<f32>(1)?, s.alloc_zeros::<f32>(2)?);
+/// let (mut g, mut losses) = (s.alloc_zeros::<f32>(20)?, s.alloc_zeros::<f32>(2)?);
 /// let up = s.clone_htod(&vec![1.0f32, 0.5])?; // per-sample weights from above
 /// let (zp, _a) = z.device_ptr(s);
 /// let (yp, _b) = y.device_ptr(s);
 /// let (gp, _c) = g.device_ptr_mut(s);
-/// let (lp, _d) = loss.device_ptr_mut(s);
 /// let (sp, _e) = losses.device_ptr_mut(s);
 /// let (up, _f) = up.device_ptr(s);
-/// let bufs = CeBuffers { logits: zp, labels: yp, grad: Some(gp), loss: lp, losses: Some(sp) };
+/// // Reduction::None: the per-sample losses are the result, there is no reduced loss.
+/// let bufs = CeBuffers { logits: zp, labels: yp, grad: Some(gp), loss: None, losses: Some(sp) };
 /// let spec = CeSpec::new(10, 0.0, Reduction::None).unwrap();
 /// // SAFETY: every address holds what `CeBuffers` states for B = 2, C = 10, on the mixer's
 /// // device, alive until the kernel has run; the gradient does not overlap the other buffers.
@@ -312,7 +312,7 @@ pub unsafe fn mixup_ce(
 /// let (zp, _a) = z.device_ptr_mut(s);
 /// let (yp, _b) = y.device_ptr(s);
 /// let (lp, _c) = loss.device_ptr_mut(s);
-/// let bufs = BceBuffers { logits: zp, labels: yp, grad: Some(zp), loss: lp, losses: None };
+/// let bufs = BceBuffers { logits: zp, labels: yp, grad: Some(zp), loss: Some(lp), losses: None };
 /// // SAFETY: every address holds what `BceBuffers` states for B = 2, C = 10, on the mixer's
 /// // device, alive until the kernel has run; `grad` = `logits` is the in-place case allowed.
 /// unsafe { raw::mixup_bce(&mixer, &plan, &dspec, ScalarType::F32, 20, &bufs, RawGradOutput::Scalar(1.0)) }?;

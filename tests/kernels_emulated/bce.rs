@@ -217,7 +217,7 @@ fn make<T: FloatElement + Default>(c: &BceCase) -> Inputs<T> {
 
 fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: BceCase, out: &mut Vec<Case>) {
     let inp = make::<T>(&c);
-    let call = loss::call(
+    let mut call = loss::call(
         &inp.plan,
         &inp.z,
         &inp.labels,
@@ -227,6 +227,9 @@ fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: BceCase, out:
         (inp.spec.weight(), inp.spec.pos_weight()),
         232448,
     );
+    if c.reduction == Reduction::None {
+        call.ce.loss = None; // per-sample losses only, as PyTorch's reduction='none'
+    }
     let n = inp.z.len();
     let mut launch = emulated::mixup_bce(
         &inp.plan,
@@ -502,10 +505,10 @@ fn judge<T: FloatElement + Default>(
     k.check(o.flags[1] == 0, || {
         format!("the block counter was left at {}", o.flags[1])
     });
-    let div = if c.reduction == Reduction::Sum {
-        1.0
-    } else {
-        count
+    let div = match c.reduction {
+        Reduction::Sum => Some(1.0),
+        Reduction::Mean => Some(count),
+        Reduction::None => None,
     };
     loss::check_reduced(
         k,

@@ -221,7 +221,7 @@ fn make_inputs<T: FloatElement + Default>(c: &CeCase) -> Inputs<T> {
 fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: CeCase, out: &mut Vec<Case>) {
     let inp = make_inputs::<T>(&c);
     let spec = CeSpec::new(c.c, c.eps, c.reduction).unwrap();
-    let call = loss::call(
+    let mut call = loss::call(
         &inp.plan,
         &inp.z,
         &inp.labels,
@@ -231,6 +231,9 @@ fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: CeCase, out: 
         (None, None),
         c.gpu.optin,
     );
+    if c.reduction == Reduction::None {
+        call.ce.loss = None; // per-sample losses only, as PyTorch's reduction='none'
+    }
     let n = inp.z.len();
     let mut launch =
         emulated::mixup_ce(&inp.plan, &spec, T::DTYPE, n, &call.ce, call.up, &call.dev)
@@ -470,10 +473,10 @@ fn judge<T: FloatElement + Default>(
     k.check(o.flags[1] == 0, || {
         format!("the block counter was left at {}", o.flags[1])
     });
-    let div = if c.reduction == Reduction::Sum {
-        1.0
-    } else {
-        b as f64
+    let div = match c.reduction {
+        Reduction::Sum => Some(1.0),
+        Reduction::Mean => Some(b as f64),
+        Reduction::None => None,
     };
     loss::check_reduced(
         k,
