@@ -36,8 +36,8 @@ use mixup_kernels::cuda::{
     CudaMixer, CudaMixerOptions, DeviceBceSpec, DeviceGradOutput, DevicePlan,
 };
 use mixup_kernels::{
-    BceSpec, CeSpec, CutBox, Element, MixPlan, Reduction, SampleShape, ScalarType, TargetSpec,
-    bf16, f16,
+    BceSpec, CeSpec, CutBox, Element, ImageSize, MixPlan, Reduction, SampleShape, ScalarType,
+    TargetSpec, bf16, f16,
 };
 
 #[path = "gpu/naive.rs"]
@@ -312,14 +312,30 @@ fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<
         ),
         (
             "cutmix NCHW, flip in place",
-            MixPlan::with_boxes(&flip, &lams(batch), &boxes, h, w)?,
+            MixPlan::with_boxes(
+                &flip,
+                &lams(batch),
+                &boxes,
+                ImageSize {
+                    height: h,
+                    width: w,
+                },
+            )?,
             nchw,
             true,
             2,
         ),
         (
             "cutmix NHWC, flip in place",
-            MixPlan::with_boxes(&flip, &lams(batch), &boxes, h, w)?,
+            MixPlan::with_boxes(
+                &flip,
+                &lams(batch),
+                &boxes,
+                ImageSize {
+                    height: h,
+                    width: w,
+                },
+            )?,
             nhwc,
             true,
             2,

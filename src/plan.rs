@@ -4,6 +4,7 @@ use std::fmt;
 
 use crate::config::TargetSpec;
 use crate::error::{MixError, Result};
+use crate::sampler::ImageSize;
 
 /// A CutMix box, half-open: rows `y0..y1`, columns `x0..x1`. Inside it a sample takes its
 /// partner's pixels; outside it keeps its own.
@@ -92,9 +93,10 @@ impl CutBox {
 /// # Examples
 ///
 /// ```
-/// use mixup_kernels::{CutBox, MixPlan, SampleMix};
+/// use mixup_kernels::{CutBox, ImageSize, MixPlan, SampleMix};
 /// let b = CutBox { y0: 0, y1: 1, x0: 0, x1: 2 };
-/// let plan = MixPlan::with_boxes(&[1, 0], &[0.5, 0.8], &[Some(b), None], 2, 2).unwrap();
+/// let image = ImageSize { height: 2, width: 2 };
+/// let plan = MixPlan::with_boxes(&[1, 0], &[0.5, 0.8], &[Some(b), None], image).unwrap();
 /// assert_eq!(plan.sample(0), SampleMix { partner: 1, lam: 0.5, cut: Some(b) });
 /// assert_eq!(plan.sample(1).cut, None); // MixUp
 /// ```
@@ -221,7 +223,7 @@ impl MixPlan {
     /// A plan with CutMix boxes and λ as given: `boxes[i] = Some(b)` pastes `b` from the
     /// partner into sample `i` (λ then weighs only the labels and is kept as given, not
     /// recomputed from the box: see [`MixPlan::from_boxes`] for that), `None` lerps with λ.
-    /// Boxes are checked against `height × width`.
+    /// Boxes are checked against the image size (`height × width`).
     ///
     /// # Errors
     /// [`MixError::LengthMismatch`] unless `lam` and `boxes` have one entry per partner,
@@ -231,14 +233,15 @@ impl MixPlan {
     /// # Examples
     ///
     /// ```
-    /// use mixup_kernels::{CutBox, MixError, MixPlan};
+    /// use mixup_kernels::{CutBox, ImageSize, MixError, MixPlan};
     /// let b = CutBox { y0: 0, y1: 2, x0: 0, x1: 2 };
     /// // Sample 0 pastes a 2×2 box of sample 1 into a 4×4 image; λ = 0.75 weighs the labels.
-    /// let plan = MixPlan::with_boxes(&[1, 0], &[0.75, 1.0], &[Some(b), None], 4, 4).unwrap();
-    /// assert_eq!(plan.image_size(), Some((4, 4)));
+    /// let image = ImageSize { height: 4, width: 4 };
+    /// let plan = MixPlan::with_boxes(&[1, 0], &[0.75, 1.0], &[Some(b), None], image).unwrap();
+    /// assert_eq!(plan.image_size(), Some(image));
     /// let too_big = CutBox { y0: 0, y1: 5, x0: 0, x1: 2 };
     /// assert!(matches!(
-    ///     MixPlan::with_boxes(&[1, 0], &[0.75, 1.0], &[Some(too_big), None], 4, 4),
+    ///     MixPlan::with_boxes(&[1, 0], &[0.75, 1.0], &[Some(too_big), None], image),
     ///     Err(MixError::InvalidBox { index: 0, .. })
     /// ));
     /// ```
@@ -246,10 +249,9 @@ impl MixPlan {
         partner: &[usize],
         lam: &[f32],
         boxes: &[Option<CutBox>],
-        height: usize,
-        width: usize,
+        image: ImageSize,
     ) -> Result<Self> {
-        Self::build(partner, lam, Some(boxes), Some((height, width)))
+        Self::build(partner, lam, Some(boxes), Some((image.height, image.width)))
     }
 
     /// A CutMix plan from boxes, λ set from each box as the sampler sets it: every sample `i`
@@ -266,20 +268,17 @@ impl MixPlan {
     /// # Examples
     ///
     /// ```
-    /// use mixup_kernels::{CutBox, MixPlan};
+    /// use mixup_kernels::{CutBox, ImageSize, MixPlan};
     /// // A 2×2 box of a 4×4 image: sample 0 keeps 12 of its 16 pixels, so λ = 0.75.
     /// let b = CutBox { y0: 0, y1: 2, x0: 0, x1: 2 };
-    /// let plan = MixPlan::from_boxes(&[1, 0], &[b, CutBox::default()], 4, 4)?;
+    /// let image = ImageSize { height: 4, width: 4 };
+    /// let plan = MixPlan::from_boxes(&[1, 0], &[b, CutBox::default()], image)?;
     /// assert_eq!((plan.sample(0).lam, plan.sample(1).lam), (0.75, 1.0));
     /// assert_eq!(plan.sample(0).cut, Some(b));
     /// # Ok::<(), mixup_kernels::MixError>(())
     /// ```
-    pub fn from_boxes(
-        partner: &[usize],
-        boxes: &[CutBox],
-        height: usize,
-        width: usize,
-    ) -> Result<Self> {
+    pub fn from_boxes(partner: &[usize], boxes: &[CutBox], image: ImageSize) -> Result<Self> {
+        let ImageSize { height, width } = image;
         if height == 0 || width == 0 {
             return Err(MixError::EmptyShape {
                 what: "image height and width",
@@ -402,7 +401,7 @@ impl MixPlan {
         self.entries.iter().map(PlanEntry::sample)
     }
 
-    /// `(height, width)` the CutMix boxes were drawn for, if the plan has any box.
+    /// The image size the CutMix boxes were drawn for, if the plan has any box.
     ///
     /// # Examples
     ///
@@ -410,12 +409,13 @@ impl MixPlan {
     /// use mixup_kernels::{ImageSize, MixConfig, Sampler};
     /// let size = ImageSize { height: 32, width: 24 };
     /// let cutmix = Sampler::new(MixConfig::fastai_v2_cutmix(10), 0).unwrap();
-    /// assert_eq!(cutmix.plan_images(0, 8, size).unwrap().image_size(), Some((32, 24)));
+    /// assert_eq!(cutmix.plan_images(0, 8, size).unwrap().image_size(), Some(size));
     /// let mixup = Sampler::new(MixConfig::timm(10), 0).unwrap();
     /// assert_eq!(mixup.plan_images(0, 8, size).unwrap().image_size(), None);
     /// ```
-    pub fn image_size(&self) -> Option<(usize, usize)> {
+    pub fn image_size(&self) -> Option<ImageSize> {
         self.image
+            .map(|(height, width)| ImageSize { height, width })
     }
 
     /// The soft-target spec (classes, label smoothing) of the config the plan was drawn with;
@@ -473,10 +473,11 @@ impl MixPlan {
     /// # Examples
     ///
     /// ```
-    /// use mixup_kernels::{CutBox, MixPlan};
+    /// use mixup_kernels::{CutBox, ImageSize, MixPlan};
     /// assert!(!MixPlan::from_parts(&[1, 0], &[0.5, 0.5]).unwrap().has_cutmix());
     /// let b = CutBox { y0: 0, y1: 1, x0: 0, x1: 1 };
-    /// let plan = MixPlan::with_boxes(&[1, 0], &[0.75, 0.75], &[Some(b), Some(b)], 2, 2).unwrap();
+    /// let image = ImageSize { height: 2, width: 2 };
+    /// let plan = MixPlan::with_boxes(&[1, 0], &[0.75, 0.75], &[Some(b), Some(b)], image).unwrap();
     /// assert!(plan.has_cutmix());
     /// ```
     pub fn has_cutmix(&self) -> bool {
@@ -602,7 +603,15 @@ mod tests {
             x1: 2,
         };
         assert!(matches!(
-            MixPlan::with_boxes(&[1, 0], &[0.5, 0.5], &[Some(b), None], 4, 4),
+            MixPlan::with_boxes(
+                &[1, 0],
+                &[0.5, 0.5],
+                &[Some(b), None],
+                ImageSize {
+                    height: 4,
+                    width: 4
+                }
+            ),
             Err(MixError::InvalidBox { index: 0, .. })
         ));
         let rev = CutBox {
@@ -612,7 +621,15 @@ mod tests {
             x1: 2,
         };
         assert!(matches!(
-            MixPlan::with_boxes(&[1, 0], &[0.5, 0.5], &[None, Some(rev)], 4, 4),
+            MixPlan::with_boxes(
+                &[1, 0],
+                &[0.5, 0.5],
+                &[None, Some(rev)],
+                ImageSize {
+                    height: 4,
+                    width: 4
+                }
+            ),
             Err(MixError::InvalidBox { index: 1, .. })
         ));
     }
@@ -645,26 +662,68 @@ mod tests {
             x1: 3,
         };
         // 6 of 12 pixels pasted: λ = 0.5; the empty box keeps everything.
-        let p = MixPlan::from_boxes(&[2, 2, 0], &[b, CutBox::default(), b], 3, 4).unwrap();
+        let p = MixPlan::from_boxes(
+            &[2, 2, 0],
+            &[b, CutBox::default(), b],
+            ImageSize {
+                height: 3,
+                width: 4,
+            },
+        )
+        .unwrap();
         let lams: Vec<f32> = p.samples().map(|s| s.lam).collect();
         assert_eq!(lams, [0.5, 1.0, 0.5]);
         assert!(p.samples().all(|s| s.cut.is_some()));
-        assert_eq!(p.image_size(), Some((3, 4)));
+        assert_eq!(
+            p.image_size(),
+            Some(ImageSize {
+                height: 3,
+                width: 4
+            })
+        );
         assert_eq!(p.targets(), None);
         assert!(matches!(
-            MixPlan::from_boxes(&[1, 0], &[b, b], 2, 4),
+            MixPlan::from_boxes(
+                &[1, 0],
+                &[b, b],
+                ImageSize {
+                    height: 2,
+                    width: 4
+                }
+            ),
             Err(MixError::InvalidBox { index: 0, .. })
         ));
         assert!(matches!(
-            MixPlan::from_boxes(&[1, 0], &[b], 3, 4),
+            MixPlan::from_boxes(
+                &[1, 0],
+                &[b],
+                ImageSize {
+                    height: 3,
+                    width: 4
+                }
+            ),
             Err(MixError::LengthMismatch { what: "boxes", .. })
         ));
         assert!(matches!(
-            MixPlan::from_boxes(&[1, 0], &[b, b], 0, 4),
+            MixPlan::from_boxes(
+                &[1, 0],
+                &[b, b],
+                ImageSize {
+                    height: 0,
+                    width: 4
+                }
+            ),
             Err(MixError::EmptyShape { .. })
         ));
         assert!(matches!(
-            MixPlan::from_boxes(&[1, 5], &[b, b], 3, 4),
+            MixPlan::from_boxes(
+                &[1, 5],
+                &[b, b],
+                ImageSize {
+                    height: 3,
+                    width: 4
+                }
+            ),
             Err(MixError::PartnerOutOfRange { index: 1, .. })
         ));
     }
@@ -677,14 +736,38 @@ mod tests {
             x0: 0,
             x1: 2,
         };
-        let p = MixPlan::with_boxes(&[1, 0], &[0.75, 0.75], &[Some(b), Some(b)], 4, 4).unwrap();
-        assert_eq!(p.image_size(), Some((4, 4)));
+        let p = MixPlan::with_boxes(
+            &[1, 0],
+            &[0.75, 0.75],
+            &[Some(b), Some(b)],
+            ImageSize {
+                height: 4,
+                width: 4,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            p.image_size(),
+            Some(ImageSize {
+                height: 4,
+                width: 4
+            })
+        );
         assert!(p.check_image(4, 4).is_ok());
         assert!(matches!(
             p.check_image(4, 5),
             Err(MixError::ImageSizeMismatch { .. })
         ));
-        let q = MixPlan::with_boxes(&[1, 0], &[0.75, 0.75], &[None, None], 4, 4).unwrap();
+        let q = MixPlan::with_boxes(
+            &[1, 0],
+            &[0.75, 0.75],
+            &[None, None],
+            ImageSize {
+                height: 4,
+                width: 4,
+            },
+        )
+        .unwrap();
         assert_eq!(q.image_size(), None);
         assert_eq!(b.area(), 4);
         assert_eq!(b.kept_fraction(4, 4), 0.75);

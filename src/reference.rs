@@ -414,6 +414,7 @@ pub fn mixup_bce<T: Element, L: Label>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ImageSize;
     use crate::plan::CutBox;
 
     #[test]
@@ -424,7 +425,16 @@ mod tests {
             x0: 1,
             x1: 2,
         };
-        let plan = MixPlan::with_boxes(&[1, 0], &[0.75, 0.5], &[None, Some(b)], 2, 2).unwrap();
+        let plan = MixPlan::with_boxes(
+            &[1, 0],
+            &[0.75, 0.5],
+            &[None, Some(b)],
+            ImageSize {
+                height: 2,
+                width: 2,
+            },
+        )
+        .unwrap();
         let x: Vec<f32> = vec![0., 4., 8., 12., 100., 104., 108., 112.];
         let out = mix(&plan, &SampleShape::channels_first(1, 2, 2), &x).unwrap();
         assert_eq!(&out[..4], &[25., 29., 33., 37.]);

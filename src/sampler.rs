@@ -228,7 +228,7 @@ impl Sampler {
     /// let sampler = Sampler::new(MixConfig::fastai_v2_cutmix(10), 7)?;
     /// let plan = sampler.plan_images(0, 16, ImageSize { height: 32, width: 32 })?;
     /// assert!(plan.has_cutmix()); // every sample not its own partner pastes a box
-    /// assert_eq!(plan.image_size(), Some((32, 32)));
+    /// assert_eq!(plan.image_size(), Some(ImageSize { height: 32, width: 32 }));
     /// let empty = ImageSize { height: 0, width: 0 };
     /// assert!(matches!(sampler.plan_images(0, 16, empty), Err(MixError::EmptyShape { .. })));
     /// # Ok::<(), MixError>(())

@@ -5,6 +5,7 @@ use crate::config::TargetSpec;
 use crate::dtype::Label;
 use crate::error::{MixError, Result, check_len, checked_product};
 use crate::plan::MixPlan;
+use crate::sampler::ImageSize;
 
 /// The order of an image's dimensions in memory: PyTorch's `torch.memory_format`
 /// (`contiguous_format` / `channels_last`). The one enum that names NCHW and NHWC, used by
@@ -108,10 +109,11 @@ impl MemoryFormat {
 /// # Examples
 ///
 /// ```
-/// use mixup_kernels::{reference, CutBox, MixPlan, SampleShape};
+/// use mixup_kernels::{reference, CutBox, ImageSize, MixPlan, SampleShape};
 /// // Two 1×2 single-channel images; sample 0 pastes column 1 of sample 1.
 /// let b = CutBox { y0: 0, y1: 1, x0: 1, x1: 2 };
-/// let plan = MixPlan::with_boxes(&[1, 0], &[0.5, 1.0], &[Some(b), None], 1, 2).unwrap();
+/// let image = ImageSize { height: 1, width: 2 };
+/// let plan = MixPlan::with_boxes(&[1, 0], &[0.5, 1.0], &[Some(b), None], image).unwrap();
 /// let x = [1.0f32, 2.0, 3.0, 4.0];
 /// let img = SampleShape::channels_first(1, 1, 2);
 /// assert_eq!(reference::mix(&plan, &img, &x).unwrap(), [1.0, 4.0, 3.0, 4.0]);
@@ -167,8 +169,9 @@ impl SampleShape {
     /// A channels-last (NHWC) image: `[H, W, C]` per sample (the arguments in memory order).
     ///
     /// ```
-    /// use mixup_kernels::SampleShape;
-    /// assert_eq!(SampleShape::channels_last(32, 24, 3).image_size(), Some((32, 24)));
+    /// use mixup_kernels::{ImageSize, SampleShape};
+    /// let size = ImageSize { height: 32, width: 24 };
+    /// assert_eq!(SampleShape::channels_last(32, 24, 3).image_size(), Some(size));
     /// ```
     pub const fn channels_last(height: usize, width: usize, channels: usize) -> Self {
         SampleShape::Image {
@@ -210,14 +213,15 @@ impl SampleShape {
     /// # Examples
     ///
     /// ```
-    /// use mixup_kernels::SampleShape;
-    /// assert_eq!(SampleShape::channels_first(3, 32, 24).image_size(), Some((32, 24)));
+    /// use mixup_kernels::{ImageSize, SampleShape};
+    /// let size = ImageSize { height: 32, width: 24 };
+    /// assert_eq!(SampleShape::channels_first(3, 32, 24).image_size(), Some(size));
     /// assert_eq!(SampleShape::rows(10).image_size(), None);
     /// ```
-    pub fn image_size(&self) -> Option<(usize, usize)> {
+    pub fn image_size(&self) -> Option<ImageSize> {
         match *self {
             SampleShape::Rows(_) => None,
-            SampleShape::Image { height, width, .. } => Some((height, width)),
+            SampleShape::Image { height, width, .. } => Some(ImageSize { height, width }),
         }
     }
 }
@@ -334,7 +338,7 @@ pub(crate) fn check_losses_given(reduction: Reduction, given: bool) -> Result<()
 /// `reduction='none'` returns the per-sample losses only). A call without a gradient must write
 /// its result somewhere: `loss` under Mean and Sum, `losses` under None. A call with a gradient
 /// may leave out both (a backward pass wants the gradient only).
-#[cfg(feature = "cuda")]
+#[cfg(mixup_cuda)]
 pub(crate) fn check_loss_outputs(
     reduction: Reduction,
     grad: bool,
@@ -374,8 +378,8 @@ pub(crate) fn check_mix(
     let row = shape.sample_len()?;
     let total = checked_product("batch × sample size", &[plan.len(), row])?;
     check_len(what, total, len)?;
-    if let Some((h, w)) = shape.image_size() {
-        plan.check_image(h, w)?;
+    if let Some(image) = shape.image_size() {
+        plan.check_image(image.height, image.width)?;
     }
     Ok(row)
 }
@@ -755,11 +759,10 @@ pub(crate) fn check_bce(
     check_ce(plan, &ce, logits_len, grad_output)
 }
 
-#[cfg(test)]
+#[cfg(all(test, mixup_cuda))]
 mod tests {
     use super::*;
 
-    #[cfg(feature = "cuda")]
     #[test]
     fn the_reduced_loss_exists_under_mean_and_sum_only() {
         let what = |r: Result<()>| match r {

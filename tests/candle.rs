@@ -835,7 +835,16 @@ fn error_messages_name_the_argument_and_the_fix() {
         x0: 0,
         x1: 2,
     };
-    let cut = MixPlan::with_boxes(&[1, 0], &[0.75, 1.0], &[Some(b), None], 4, 4).unwrap();
+    let cut = MixPlan::with_boxes(
+        &[1, 0],
+        &[0.75, 1.0],
+        &[Some(b), None],
+        ImageSize {
+            height: 4,
+            width: 4,
+        },
+    )
+    .unwrap();
     let nhwc = Tensor::zeros((2, 4, 4, 3), DType::F32, &dev).unwrap();
     let m = msg(mix_images(&cut, MemoryFormat::ChannelsFirst, &nhwc));
     assert!(

@@ -7,7 +7,7 @@ mod cuda_common;
 
 use cuda_common::*;
 use mixup_kernels::cuda::{CudaMixer, DevicePlan};
-use mixup_kernels::{Element, MixError, MixPlan, SampleShape, bf16, f16, reference};
+use mixup_kernels::{Element, ImageSize, MixError, MixPlan, SampleShape, bf16, f16, reference};
 
 /// The CPU path's semantics, written out: f32 lerp as two rounded products and one rounded
 /// sum, one rounding to T; CutMix copies the partner's element inside the box; a sample that
@@ -61,7 +61,11 @@ fn plans(seed: u64, batch: usize, layout: &SampleShape) -> Vec<(&'static str, Mi
         ("pairs", MixPlan::from_parts(&prs, &lam).unwrap()),
         ("flip", MixPlan::from_parts(&flip, &lam).unwrap()),
     ];
-    if let Some((h, w)) = layout.image_size() {
+    if let Some(ImageSize {
+        height: h,
+        width: w,
+    }) = layout.image_size()
+    {
         v.push(("cutmix pairs", cutmix_plan(&mut r, &prs, h, w)));
         v.push(("cutmix permutation", cutmix_plan(&mut r, &perm, h, w)));
     } else {
@@ -212,7 +216,7 @@ fn large_batches_and_images() {
         let x: Vec<bf16> = random(&mut r, batch * row);
         let prs = pairs(&mut r, batch);
         let plan = match layout.image_size() {
-            Some((h, w)) => cutmix_plan(&mut r, &prs, h, w),
+            Some(s) => cutmix_plan(&mut r, &prs, s.height, s.width),
             None => MixPlan::from_parts(&prs, &lams(&mut r, batch)).unwrap(),
         };
         dplan.upload(&plan).unwrap();

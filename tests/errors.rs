@@ -7,8 +7,8 @@ mod common;
 
 use common::assert_same_bits;
 use mixup_kernels::{
-    BceSpec, CeSpec, CutBox, GradOutput, MixConfig, MixError, MixPlan, Reduction, SampleShape,
-    Sampler, TargetSpec, bf16, cpu, reference,
+    BceSpec, CeSpec, CutBox, GradOutput, ImageSize, MixConfig, MixError, MixPlan, Reduction,
+    SampleShape, Sampler, TargetSpec, bf16, cpu, reference,
 };
 
 /// A value no op would write.
@@ -45,7 +45,16 @@ fn boxed_4x4() -> MixPlan {
         x0: 0,
         x1: 4,
     };
-    MixPlan::with_boxes(&[1, 0], &[0.5, 0.5], &[Some(b), None], 4, 4).unwrap()
+    MixPlan::with_boxes(
+        &[1, 0],
+        &[0.5, 0.5],
+        &[Some(b), None],
+        ImageSize {
+            height: 4,
+            width: 4,
+        },
+    )
+    .unwrap()
 }
 
 #[test]

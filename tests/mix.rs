@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use mixup_kernels::{CutBox, Element, MixPlan, SampleShape, bf16, cpu, f16, reference};
+use mixup_kernels::{CutBox, Element, ImageSize, MixPlan, SampleShape, bf16, cpu, f16, reference};
 
 /// The shared f32 semantics, written as plainly as possible with `Element`'s own conversions:
 /// `from_f32(lam * a + (1 - lam) * b)`, partner's value inside a CutMix box of an image layout,
@@ -171,7 +171,16 @@ fn long_rows_split_across_threads() {
             .collect();
         plans.push((
             "hand boxes".into(),
-            MixPlan::with_boxes(&partner, &vec![0.3; batch], &boxes, h, w).unwrap(),
+            MixPlan::with_boxes(
+                &partner,
+                &vec![0.3; batch],
+                &boxes,
+                ImageSize {
+                    height: h,
+                    width: w,
+                },
+            )
+            .unwrap(),
         ));
         for (name, plan) in plans {
             for layout in [
@@ -221,7 +230,16 @@ fn cutmix_pastes_the_partner_box() {
         x0: 2,
         x1: 4,
     };
-    let plan = MixPlan::with_boxes(&[1, 0], &[0.5, 0.75], &[Some(b), None], 3, 4).unwrap();
+    let plan = MixPlan::with_boxes(
+        &[1, 0],
+        &[0.5, 0.75],
+        &[Some(b), None],
+        ImageSize {
+            height: 3,
+            width: 4,
+        },
+    )
+    .unwrap();
     let x: Vec<f32> = (0..24).map(|v| v as f32).collect();
     let layout = SampleShape::channels_first(1, 3, 4);
     let mut out = vec![0.0f32; 24];

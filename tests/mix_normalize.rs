@@ -8,8 +8,8 @@ mod common;
 
 use common::{Tol, assert_close, assert_same_bits, hand_plans, random_vec, sampler_plans, to_f64};
 use mixup_kernels::{
-    CutBox, Element, FloatElement, MemoryFormat, MixError, MixPlan, Normalize, SampleShape,
-    ScalarType, bf16, cpu, f16, reference,
+    CutBox, Element, FloatElement, ImageSize, MemoryFormat, MixError, MixPlan, Normalize,
+    SampleShape, ScalarType, bf16, cpu, f16, reference,
 };
 
 const FORMATS: [MemoryFormat; 2] = [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast];
@@ -203,7 +203,16 @@ fn hand_values() {
         x0: 2,
         x1: 3,
     };
-    let plan = MixPlan::with_boxes(&[1, 0], &[0.5, 0.5], &[Some(b), None], 2, 3).unwrap();
+    let plan = MixPlan::with_boxes(
+        &[1, 0],
+        &[0.5, 0.5],
+        &[Some(b), None],
+        ImageSize {
+            height: 2,
+            width: 3,
+        },
+    )
+    .unwrap();
     let lay = SampleShape::channels_last(2, 3, 2);
     let x: Vec<u8> = (0..24).map(|v| v as u8 * 3).collect();
     let norm = Normalize::new(&[1.0, 2.0], &[2.0, 4.0], 1.0).unwrap();
@@ -346,8 +355,16 @@ fn bad_arguments_are_rejected_and_nothing_is_written() {
         matches!(e, MixError::LengthMismatch { what: "out", .. }),
         "{e}"
     );
-    let boxed =
-        MixPlan::with_boxes(&[1, 0], &[0.5, 0.5], &[Some(CutBox::default()), None], 3, 3).unwrap();
+    let boxed = MixPlan::with_boxes(
+        &[1, 0],
+        &[0.5, 0.5],
+        &[Some(CutBox::default()), None],
+        ImageSize {
+            height: 3,
+            width: 3,
+        },
+    )
+    .unwrap();
     let e = untouched(
         cpu::mix_normalize(&boxed, &lay, &norm, &x, first, &mut out),
         &out,
@@ -443,7 +460,16 @@ fn large_outputs_match_the_reference() {
                 }),
             })
             .collect();
-        let plan = &MixPlan::with_boxes(&partner, &lam, &boxes, h, w).unwrap();
+        let plan = &MixPlan::with_boxes(
+            &partner,
+            &lam,
+            &boxes,
+            ImageSize {
+                height: h,
+                width: w,
+            },
+        )
+        .unwrap();
         for fin in FORMATS {
             let x = match fin {
                 MemoryFormat::ChannelsFirst => x_cf.clone(),

@@ -502,7 +502,16 @@ fn mix_case(c: &Value) -> MixCase {
     let plan = if rows {
         MixPlan::from_parts(&partner, &lam).unwrap()
     } else {
-        MixPlan::with_boxes(&partner, &lam, &boxes, shape[2], shape[3]).unwrap()
+        MixPlan::with_boxes(
+            &partner,
+            &lam,
+            &boxes,
+            ImageSize {
+                height: shape[2],
+                width: shape[3],
+            },
+        )
+        .unwrap()
     };
     // timm stores the corrected λ of a CutMix sample in an f32 array: the crate's
     // correction, rounded to f32, must give the same value.

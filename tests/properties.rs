@@ -412,7 +412,7 @@ proptest! {
         let x: Vec<f32> = random_vec((n + dx).max(0) as usize, seed, 0.0, 1.0);
         let mut out = vec![3.0f32; (n + dout).max(0) as usize];
         let r = cpu::mix(&plan, &layout, &x, &mut out);
-        let image_ok = plan.image_size().is_none_or(|s| s == (lh, lw));
+        let image_ok = plan.image_size().is_none_or(|s| (s.height, s.width) == (lh, lw));
         prop_assert_eq!(r.is_ok(), dx == 0 && dout == 0 && image_ok);
         if r.is_err() {
             prop_assert!(out.iter().all(|&v| v == 3.0));

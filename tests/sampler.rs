@@ -546,7 +546,7 @@ fn plan_needs_the_image_size_only_for_cutmix() {
     };
     cut.plan_into(3, 8, Some(size), &mut p).unwrap();
     assert_eq!(p, cut.plan_images(3, 8, size).unwrap());
-    assert_eq!(p.image_size(), Some((12, 9)));
+    assert_eq!(p.image_size(), Some(size));
     let mixup = sampler(MixConfig::timm(10));
     assert_eq!(
         mixup.plan(3, 8).unwrap(),
@@ -604,7 +604,15 @@ fn from_boxes_matches_the_samplers_lambda() {
             .with_targets(None);
         let partner: Vec<usize> = plan.samples().map(|s| s.partner).collect();
         let boxes: Vec<_> = plan.samples().map(|s| s.cut.unwrap_or_default()).collect();
-        let rebuilt = MixPlan::from_boxes(&partner, &boxes, 32, 24).unwrap();
+        let rebuilt = MixPlan::from_boxes(
+            &partner,
+            &boxes,
+            ImageSize {
+                height: 32,
+                width: 24,
+            },
+        )
+        .unwrap();
         for (i, (a, b)) in plan.samples().zip(rebuilt.samples()).enumerate() {
             if a.partner == i {
                 continue; // unmixed: the sampler drops the box

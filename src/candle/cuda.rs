@@ -168,12 +168,12 @@ pub(super) fn soft_targets(
     let dev = s.device().clone();
     with_plan(&dev, &op.plan, |m, plan| {
         let labels = s.as_cuda_slice::<u32>()?.slice(range(l, NAME)?);
-        let n = labels.len() * op.spec.num_classes;
+        let n = labels.len() * op.spec.num_classes();
         macro_rules! run {
             ($t:ty) => {{
                 // SAFETY: the kernel writes all `n` elements.
                 let mut out = unsafe { dev.alloc::<$t>(n)? };
-                m.soft_targets(&plan, &labels, &op.spec, &mut out.as_view_mut())?;
+                m.soft_targets(&plan, &op.spec, &labels, &mut out.as_view_mut())?;
                 wrap(out, &dev)
             }};
         }
@@ -183,7 +183,7 @@ pub(super) fn soft_targets(
             DType::BF16 => run!(bf16),
             other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
         };
-        Ok((out, Shape::from((labels.len(), op.spec.num_classes))))
+        Ok((out, Shape::from((labels.len(), op.spec.num_classes()))))
     })
 }
 
@@ -239,7 +239,6 @@ pub(super) fn mixup_ce_fwd(
             DType::BF16 => run!(bf16),
             other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
         }
-        drop((loss, per));
         Ok((wrap(out, &dev), op.out_shape()))
     })
 }
@@ -327,7 +326,6 @@ pub(super) fn mixup_bce_fwd(
             DType::BF16 => run!(bf16),
             other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
         }
-        drop((loss, per));
         Ok((wrap(out, &dev), op.out_shape()))
     })
 }

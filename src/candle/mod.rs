@@ -148,12 +148,12 @@ pub fn mix_images(plan: &MixPlan, format: MemoryFormat, images: &Tensor) -> Resu
                 "{OP}: the plan was drawn for {}x{} images, but the tensor {:?} read as {} is \
                  {}x{}: the memory format may be wrong (MemoryFormat::ChannelsFirst for \
                  [B, C, H, W], MemoryFormat::ChannelsLast for [B, H, W, C])",
-                p.0,
-                p.1,
+                p.height,
+                p.width,
                 images.shape(),
                 format.pattern(),
-                d.0,
-                d.1
+                d.height,
+                d.width
             ),
             _ => format!("{OP}: images of shape {:?}", images.shape()),
         };

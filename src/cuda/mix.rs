@@ -224,14 +224,15 @@ impl CudaMixer {
     ///
     /// ```no_run
     /// use mixup_kernels::cuda::{CudaMixer, DevicePlan};
-    /// use mixup_kernels::{CutBox, SampleShape, MixError, MixPlan};
+    /// use mixup_kernels::{CutBox, ImageSize, SampleShape, MixError, MixPlan};
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let mixer = CudaMixer::new(0)?;
     /// let s = mixer.stream();
     /// // Two 1×2 images: sample 0 pastes column 1 of sample 1, sample 1 lerps with λ = 0.75.
     /// let b = CutBox { y0: 0, y1: 1, x0: 1, x1: 2 };
     /// let mut plan = DevicePlan::new(&mixer);
-    /// plan.upload(&MixPlan::with_boxes(&[1, 0], &[0.5, 0.75], &[Some(b), None], 1, 2)?)?;
+    /// let image = ImageSize { height: 1, width: 2 };
+    /// plan.upload(&MixPlan::with_boxes(&[1, 0], &[0.5, 0.75], &[Some(b), None], image)?)?;
     /// let mut x = s.clone_htod(&vec![0u8, 100, 200, 40])?;
     /// let layout = SampleShape::channels_last(1, 2, 1);
     /// mixer.mix_in_place(&plan, &layout, &mut x.as_view_mut())?;

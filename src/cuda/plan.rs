@@ -61,7 +61,8 @@ const LEADERS_PER_ENTRY: usize = 8;
 /// let mut x = mixer.stream().alloc_zeros::<f32>(8 * 3 * 4 * 4)?;
 /// let mut plan = DevicePlan::new(&mixer); // one per training loop, reused every step
 /// for step in 0..3 {
-///     plan.upload(&sampler.plan_images(step, 8, ImageSize { height: 4, width: 4 })?)?; // one async copy, no sync
+///     let image = ImageSize { height: 4, width: 4 };
+///     plan.upload(&sampler.plan_images(step, 8, image)?)?; // one async copy, no sync
 ///     let layout = SampleShape::channels_first(3, 4, 4);
 ///     mixer.mix_in_place(&plan, &layout, &mut x.as_view_mut())?;
 /// }

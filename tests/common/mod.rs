@@ -364,14 +364,16 @@ pub fn hand_plans(batch: usize, height: usize, width: usize) -> Vec<(String, Mix
             let b: Vec<Option<CutBox>> = (0..batch)
                 .map(|i| boxes[(i + shift * 3) % boxes.len()])
                 .collect();
-            let plan = MixPlan::with_boxes(&partner, &lam, &b, height, width).expect("valid plan");
+            let plan = MixPlan::with_boxes(&partner, &lam, &b, ImageSize { height, width })
+                .expect("valid plan");
             out.push((format!("hand {name} boxes+{shift}"), plan));
         }
         // Every sample with the full-image box, and a MixUp-only plan.
         let full = vec![boxes[0]; batch];
         out.push((
             format!("hand {name} all full"),
-            MixPlan::with_boxes(&partner, &lam, &full, height, width).expect("valid plan"),
+            MixPlan::with_boxes(&partner, &lam, &full, ImageSize { height, width })
+                .expect("valid plan"),
         ));
         out.push((
             format!("hand {name} mixup"),

@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use mixup_kernels::cuda::{CudaMixer, CudaMixerOptions, CudaSlice, CudaView, CudaViewMut};
-use mixup_kernels::{CutBox, Element, MixPlan};
+use mixup_kernels::{CutBox, Element, ImageSize, MixPlan};
 use rand::Rng;
 
 // The one tolerance check and the one generator of the test suite.
@@ -136,7 +136,16 @@ pub fn cutmix_plan(rng: &mut TestRng, partner: &[usize], h: usize, w: usize) -> 
             }
         })
         .collect();
-    MixPlan::with_boxes(partner, &lam, &boxes, h, w).unwrap()
+    MixPlan::with_boxes(
+        partner,
+        &lam,
+        &boxes,
+        ImageSize {
+            height: h,
+            width: w,
+        },
+    )
+    .unwrap()
 }
 
 /// Uploads `data` into a fresh allocation of `data.len() + offset` elements and returns it;

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use mixup_kernels::cuda::kernels::emulated::{self, Device};
 use mixup_kernels::{
-    CutBox, Element, MixPlan, SampleShape, ScalarType, TargetSpec, bf16, cpu, f16, reference,
+    CutBox, Element, ImageSize, MixPlan, SampleShape, ScalarType, TargetSpec, bf16, cpu, f16,
+    reference,
 };
 
 use crate::common::TestRng as Rng;
@@ -80,7 +81,16 @@ fn plan_with(
             })
         })
         .collect();
-    MixPlan::with_boxes(partner, lam, &boxes, h, w).unwrap()
+    MixPlan::with_boxes(
+        partner,
+        lam,
+        &boxes,
+        ImageSize {
+            height: h,
+            width: w,
+        },
+    )
+    .unwrap()
 }
 
 fn shuffled(n: usize, rng: &mut Rng) -> Vec<usize> {
@@ -159,7 +169,7 @@ fn mix_cases<T: Element + Default + Send + Sync + 'static>(rng: &mut Rng, out: &
     let sz = size_of::<T>();
     for layout in layouts {
         let d = layout.sample_len().unwrap();
-        let (h, w) = layout.image_size().unwrap_or((4, 4));
+        let (h, w) = layout.image_size().map_or((4, 4), |s| (s.height, s.width));
         for batch in [1usize, 2, 5, 8] {
             let n = batch * d;
             let x: Vec<T> = (0..n)
