@@ -413,7 +413,7 @@ fn bench_mix_normalize<O: mixup_kernels::FloatElement + DeviceRepr + Default>(
             b.stream.clone_htod(&v)
         })
         .collect::<Result<_, _>>()?;
-    let mut out = b.stream.alloc_zeros::<O>(n)?;
+    let mut out = b.stream.clone_htod(&vec![O::default(); n])?;
     let mut plan = DevicePlan::new(&b.mixer);
     let nhwc = SampleShape::channels_last(h, w, c);
     let flip: Vec<usize> = (0..batch).rev().collect();

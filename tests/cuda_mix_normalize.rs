@@ -13,12 +13,9 @@ use cuda_common::*;
 use mixup_kernels::cuda::cudarc::driver::{DevicePtr, DevicePtrMut};
 use mixup_kernels::cuda::{CudaMixer, DeviceNormalize, DevicePlan};
 use mixup_kernels::{
-    Element, FloatElement, MemoryFormat, MixError, MixPlan, Normalize, SampleShape, ScalarType,
-    bf16, cpu, f16, reference,
+    CutBox, Element, FloatElement, MemoryFormat, MixError, MixPlan, Normalize, SampleShape,
+    ScalarType, bf16, cpu, f16, reference,
 };
-
-#[path = "common/mod.rs"]
-mod common;
 
 const FORMATS: [MemoryFormat; 2] = [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast];
 
@@ -49,6 +46,69 @@ fn tol<O: Element>(norm: &Normalize, max_in: f64) -> Tol {
         })
         .fold(0.0, f64::max);
     Tol::new(worst, 2.0 * u).stored_as::<O>()
+}
+
+/// Identity, pairs (an odd batch leaves a sample with itself), a permutation (cycles), timm's
+/// flip, CutMix with random boxes on pairs and on a permutation, and pairs with boxes at the
+/// edges (whole image, last pixel, left column, last row, no rows).
+fn plans(r: &mut TestRng, batch: usize, h: usize, w: usize) -> Vec<(String, MixPlan)> {
+    let lam = lams(r, batch);
+    let prs = pairs(r, batch);
+    let perm = permutation(r, batch);
+    let flip: Vec<usize> = (0..batch).rev().collect();
+    let (hh, ww) = (h as u32, w as u32);
+    let edges = [
+        CutBox {
+            y0: 0,
+            y1: hh,
+            x0: 0,
+            x1: ww,
+        },
+        CutBox {
+            y0: hh - 1,
+            y1: hh,
+            x0: ww - 1,
+            x1: ww,
+        },
+        CutBox {
+            y0: 0,
+            y1: hh,
+            x0: 0,
+            x1: 1,
+        },
+        CutBox {
+            y0: hh - 1,
+            y1: hh,
+            x0: 0,
+            x1: ww,
+        },
+        CutBox {
+            y0: 0,
+            y1: 0,
+            x0: 0,
+            x1: ww,
+        },
+    ];
+    let boxes: Vec<Option<CutBox>> = (0..batch).map(|i| Some(edges[i % edges.len()])).collect();
+    vec![
+        ("identity".into(), MixPlan::identity(batch).unwrap()),
+        ("pairs".into(), MixPlan::from_parts(&prs, &lam).unwrap()),
+        (
+            "permutation".into(),
+            MixPlan::from_parts(&perm, &lam).unwrap(),
+        ),
+        ("flip".into(), MixPlan::from_parts(&flip, &lam).unwrap()),
+        ("cutmix pairs".into(), cutmix_plan(r, &prs, h, w)),
+        ("cutmix permutation".into(), cutmix_plan(r, &perm, h, w)),
+        (
+            "edge boxes, flip".into(),
+            MixPlan::with_boxes(&flip, &lam, &boxes, h, w).unwrap(),
+        ),
+        (
+            "edge boxes, permutation".into(),
+            MixPlan::with_boxes(&perm, &lam, &boxes, h, w).unwrap(),
+        ),
+    ]
 }
 
 fn input<I: Element>(r: &mut TestRng, n: usize) -> (Vec<I>, f64, f64) {
@@ -82,11 +142,9 @@ fn check<I: Element + cudarc_repr::Repr, O: FloatElement + cudarc_repr::Repr>(
         let (_, scale, max_in) = input::<I>(&mut r, 0);
         let norm = norm_for(c, scale).with_u8_rounding(rint);
         let dnorm = DeviceNormalize::new(m, norm.clone()).unwrap();
-        for batch in [1usize, 5] {
-            let mut plans = common::hand_plans(batch, h, w);
-            plans.extend(common::sampler_plans(batch, (h, w)).into_iter().take(2));
+        for batch in [1usize, 2, 5] {
             let (x, _, _) = input::<I>(&mut r, batch * c * h * w);
-            for (k, (name, plan)) in plans.iter().enumerate() {
+            for (k, (name, plan)) in plans(&mut r, batch, h, w).iter().enumerate() {
                 dplan.upload(plan).unwrap();
                 for fin in FORMATS {
                     let shape = layout(fin, c, h, w);
