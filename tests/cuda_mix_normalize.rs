@@ -377,6 +377,27 @@ fn bad_arguments_are_rejected_before_launch() {
         ),
         "{e:?}"
     );
+    // Constants uploaded through another mixer (stream).
+    let other = CudaMixer::from_stream(s.context().new_stream().unwrap()).unwrap();
+    let foreign = DeviceNormalize::new(&other, Normalize::imagenet_u8()).unwrap();
+    let e = m.mix_normalize(
+        &dplan,
+        &shape,
+        &foreign,
+        &x.as_view(),
+        first,
+        &mut out.as_view_mut(),
+    );
+    assert!(
+        matches!(
+            e,
+            Err(MixError::InvalidArgument {
+                what: "normalize",
+                ..
+            })
+        ),
+        "{e:?}"
+    );
     // Lengths.
     let e = m.mix_normalize(
         &dplan,

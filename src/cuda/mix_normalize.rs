@@ -2,9 +2,11 @@
 //! (`mix_normalize_<input>_<output>`). The formula, its rounding and its source (timm's
 //! `FastCollateMixup` + `PrefetchLoader`) are [`Normalize`]'s.
 
+use std::sync::Arc;
+
 use cudarc::driver::{
-    CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
-    PushKernelArg,
+    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr,
+    LaunchConfig, PushKernelArg,
 };
 
 use crate::dtype::{Element, FloatElement, ScalarType};
@@ -52,7 +54,8 @@ unsafe impl DeviceRepr for MixNormArgs {}
 
 /// A [`Normalize`] with its per-channel constants on the device (`[2C]` f32: the means, then
 /// the standard deviations, in the input's units), uploaded once, so a call of
-/// [`CudaMixer::mix_normalize`] copies nothing from the host.
+/// [`CudaMixer::mix_normalize`] copies nothing from the host. It belongs to the mixer (stream)
+/// it was made with, as a [`DevicePlan`] does.
 ///
 /// # Examples
 ///
@@ -70,6 +73,8 @@ unsafe impl DeviceRepr for MixNormArgs {}
 pub struct DeviceNormalize {
     norm: Normalize,
     ms: CudaSlice<f32>,
+    /// The stream of the mixer it was made with (the constants are used on that one only).
+    stream: Arc<CudaStream>,
 }
 
 impl DeviceNormalize {
@@ -85,7 +90,11 @@ impl DeviceNormalize {
             .stream()
             .clone_htod(&v)
             .map_err(driver_err("uploading the normalization constants"))?;
-        Ok(Self { norm, ms })
+        Ok(Self {
+            norm,
+            ms,
+            stream: mixer.stream().clone(),
+        })
     }
 
     /// The host constants.
@@ -212,6 +221,12 @@ pub(crate) unsafe fn launch(
 ) -> Result<()> {
     let host = plan.plan();
     let nm = &norm.norm;
+    if *norm.stream != **m.stream() {
+        return Err(MixError::InvalidArgument {
+            what: "normalize",
+            reason: "the DeviceNormalize was made for another CudaMixer's stream".into(),
+        });
+    }
     let Some(dims) = check_call(host, shape, nm, input, output, x_len, out_len)? else {
         return Ok(());
     };
@@ -264,7 +279,7 @@ impl CudaMixer {
     /// 2³² elements or more; [`MixError::CudaUnavailable`] or [`MixError::Compile`] if the
     /// kernel cannot be compiled, [`MixError::Driver`] if it cannot be launched;
     /// [`MixError::InvalidArgument`] (`plan`) for a plan of another mixer's stream or never
-    /// uploaded.
+    /// uploaded, (`normalize`) for a `norm` made with another mixer's stream.
     ///
     /// # Examples
     ///
