@@ -12,7 +12,13 @@ use std::fs;
 use std::path::PathBuf;
 
 /// The kernel modules, in the order `src/cuda` indexes them.
-const MODULES: &[&str] = &["mix", "soft_targets", "mixup_ce", "mixup_bce"];
+const MODULES: &[&str] = &[
+    "mix",
+    "soft_targets",
+    "mixup_ce",
+    "mixup_bce",
+    "mix_normalize",
+];
 
 fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

@@ -10,6 +10,7 @@
 //!
 //!     cargo bench --bench gpu                  # everything
 //!     cargo bench --bench gpu -- mix           # rows whose op name contains "mix"
+//!     cargo bench --bench gpu -- mix_normalize # the fused u8 → normalized input only
 //!     cargo bench --bench gpu -- --quick       # fewer repetitions, smaller mix batches
 //!
 //! (Or run the bench binary built by scripts/gpu-bundle.sh: `.gpu/bench-gpu [filter] [--quick]`;
@@ -33,11 +34,11 @@ use mixup_kernels::cuda::cudarc::driver::{
 use mixup_kernels::cuda::cudarc::nvrtc::Ptx;
 use mixup_kernels::cuda::kernels::{ModuleSource, Target, compile, options};
 use mixup_kernels::cuda::{
-    CudaMixer, CudaMixerOptions, DeviceBceSpec, DeviceGradOutput, DevicePlan,
+    CudaMixer, CudaMixerOptions, DeviceBceSpec, DeviceGradOutput, DeviceNormalize, DevicePlan,
 };
 use mixup_kernels::{
-    BceSpec, CeSpec, CutBox, Element, ImageSize, MixPlan, Reduction, SampleShape, ScalarType,
-    TargetSpec, bf16, f16,
+    BceSpec, CeSpec, CutBox, Element, ImageSize, MemoryFormat, MixPlan, Normalize, Reduction,
+    SampleShape, ScalarType, TargetSpec, bf16, f16,
 };
 
 #[path = "gpu/naive.rs"]
@@ -402,6 +403,115 @@ fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<
             copy,
         );
     }
+    Ok(())
+}
+
+/// The fused mix + normalize (issue 14): u8 NHWC pixels to an f32 or bf16 model input, NCHW
+/// (through the shared-memory tiles) and NHWC, random pairs with timm's u8 rounding and
+/// CutMix with timm's flip (both involutions: each pixel read once). Floor: N bytes read +
+/// N·s written. The output is checked once, bit for bit, against `cpu::mix_normalize` (with the
+/// `cpu` feature).
+fn bench_mix_normalize<O: mixup_kernels::FloatElement + DeviceRepr + Default>(
+    b: &Bench,
+    batch: usize,
+) -> Res<()> {
+    let (c, h, w) = (3usize, 224usize, 224usize);
+    let n = batch * c * h * w;
+    let s = std::mem::size_of::<O>();
+    let dt = format!("u8→{}", O::DTYPE.name());
+    let shape = format!("{batch}x224x224x3");
+    let host = random::<u8>(n, 21);
+    let sets = b.sets(n);
+    let xs: Vec<CudaSlice<u8>> = (0..sets)
+        .map(|k| {
+            let mut v = host.clone();
+            v.rotate_left(k * 4099);
+            b.stream.clone_htod(&v)
+        })
+        .collect::<Result<_, _>>()?;
+    let mut out = b.stream.clone_htod(&vec![O::default(); n])?;
+    let mut plan = DevicePlan::new(&b.mixer);
+    let nhwc = SampleShape::channels_last(h, w, c);
+    let flip: Vec<usize> = (0..batch).rev().collect();
+    let boxes: Vec<Option<CutBox>> = (0..batch)
+        .map(|i| {
+            Some(CutBox {
+                y0: (i % 50) as u32,
+                y1: (i % 50 + 112) as u32,
+                x0: 30,
+                x1: 142,
+            })
+        })
+        .collect();
+    let norm = Normalize::imagenet_u8();
+    let cases = [
+        (
+            "mixup pairs, rint",
+            MixPlan::from_parts(&random_pairs(batch, 7), &lams(batch))?,
+            true,
+        ),
+        (
+            "cutmix flip",
+            MixPlan::with_boxes(
+                &flip,
+                &lams(batch),
+                &boxes,
+                ImageSize {
+                    height: h,
+                    width: w,
+                },
+            )?,
+            false,
+        ),
+    ];
+    let floor = n + n * s;
+    let copy = b.copy(floor)?;
+    for (name, p, rint) in cases {
+        plan.upload(&p)?;
+        let nm = norm.clone().with_u8_rounding(rint);
+        let dn = DeviceNormalize::new(&b.mixer, nm.clone())?;
+        for fout in [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast] {
+            let what = format!("{name}, NHWC→{}", fout.name());
+            b.mixer.mix_normalize(
+                &plan,
+                &nhwc,
+                &dn,
+                &xs[0].as_view(),
+                fout,
+                &mut out.as_view_mut(),
+            )?;
+            #[cfg(feature = "cpu")]
+            {
+                let got = b.stream.clone_dtoh(&out)?;
+                let mut want = vec![O::default(); n];
+                mixup_kernels::cpu::mix_normalize(&p, &nhwc, &nm, &host, fout, &mut want)?;
+                if let Some(i) = first_bit_difference(&got, &want) {
+                    let what = format!("mix_normalize {dt} {shape} {what} vs the CPU");
+                    return Err(mismatch(&what, i, &got, &want));
+                }
+            }
+            let fused = b.time(|i| {
+                Ok(b.mixer.mix_normalize(
+                    &plan,
+                    &nhwc,
+                    &dn,
+                    &xs[i % sets].as_view(),
+                    fout,
+                    &mut out.as_view_mut(),
+                )?)
+            })?;
+            b.row(
+                "mix_normalize",
+                &dt,
+                &shape,
+                &format!("{what}: fused"),
+                floor,
+                fused,
+                copy,
+            );
+        }
+    }
+    b.row("mix_normalize", &dt, &shape, "copy", floor, copy, copy);
     Ok(())
 }
 
@@ -863,6 +973,13 @@ fn main() {
             report("mix bf16", bench_mix::<bf16>(&b, batch));
             report("mix f16", bench_mix::<f16>(&b, batch));
         }
+    }
+    if b.wanted("mix_normalize") {
+        report("mix_normalize u8→f32", bench_mix_normalize::<f32>(&b, 256));
+        report(
+            "mix_normalize u8→bf16",
+            bench_mix_normalize::<bf16>(&b, 256),
+        );
     }
     if b.wanted("soft") {
         report("soft targets f32", bench_soft::<f32>(&b, 1024, 1000));

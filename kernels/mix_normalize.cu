@@ -8,19 +8,23 @@
 // The same operations in the same order as src/cpu/mix_normalize.rs: the two paths agree bit
 // for bit.
 //
-// One block handles a tile of `tile_px` pixels (all channels) of a sample, and of its partner
-// too when the partner is its partner's partner (an involution: timm's flip, random pairs), so
-// each input element is read once; a sample whose partner is not an involution reads its
-// partner's tile a second time (the op's byte floor counts it). The block reads its tiles in
-// the input's order, one contiguous run per channel (channels-first) or one run of
-// tile_px * C values (channels-last), so reads are coalesced; each result goes to shared memory
-// at its place in the output's order, and after a barrier the block writes the output runs,
-// coalesced too. A launch with tile_px = 0 (formats equal, or more channels than a tile holds)
-// skips shared memory: each thread computes the output element at its own index.
+// The work is cut into items, `tiles` per sample (grid-stride over `batch * tiles` items on a
+// one-dimensional grid, as kernels/mix.cu does). In the tiled launch (tile_px > 0) an item is
+// a tile of `tile_px` pixels (all channels) of a sample, and of its partner too when the
+// partner is its partner's partner (an involution: timm's flip, random pairs), so each input
+// element is read once; a sample whose partner is not an involution reads its partner's tile a
+// second time (the op's byte floor counts it). The block reads its tiles in the input's order,
+// one contiguous run per channel (channels-first) or one run of tile_px * C values
+// (channels-last), so reads are coalesced; each result goes to shared memory at its place in
+// the output's order, and after a barrier the block writes the output runs, coalesced too. A
+// launch with tile_px = 0 (more channels than a tile holds) skips shared memory: an item is
+// MN_DIRECT output elements of a sample, each thread computing the elements at its own indices.
 
 #define MN_NT 256
 // f32 results per sample tile in shared memory (16 KiB; two tiles for a pair).
 #define MN_TILE 4096
+// Output elements per item of the direct launch.
+#define MN_DIRECT 2048
 
 struct MixNormArgs {
     const void* x;           // [B, D] input, D = C * H * W
@@ -28,6 +32,8 @@ struct MixNormArgs {
     const PlanEntry* plan;   // [B]
     const float* ms;         // [2C]: mean_c, then std_c (input units)
     u64 batch;
+    u64 items;     // batch * tiles
+    u64 tiles;     // items per sample
     u32 channels, height, width;
     u32 in_last;   // 1: input [H, W, C] per sample; 0: [C, H, W]
     u32 out_last;  // 1: output [H, W, C] per sample; 0: [C, H, W]
@@ -57,7 +63,8 @@ DEV u64 mn_index(u32 last, u32 C, u64 P, u32 c, u64 p) {
     return last ? p * C + c : (u64)c * P + p;
 }
 
-// The tiled launch: grid (tiles per sample, min(B, 65535)); samples by grid stride in y.
+// The tiled launch. Every thread of a block takes the same branches (the item, the pair test),
+// so the barriers are reached by all.
 template <class I, class O>
 DEV void mix_normalize_tiled(const MixNormArgs& g) {
     typedef typename I::B IB;
@@ -69,14 +76,14 @@ DEV void mix_normalize_tiled(const MixNormArgs& g) {
     const u32 C = g.channels;
     const u64 P = (u64)g.height * g.width;
     const u64 D = P * C;
-    const u64 p0 = (u64)blockIdx.x * g.tile_px;
-    if (p0 >= P) return;
-    const u32 np = (u32)((P - p0) < g.tile_px ? (P - p0) : g.tile_px);
-    const u32 count = np * C;
-    for (u64 n = blockIdx.y; n < g.batch; n += gridDim.y) {
+    for (u64 it = blockIdx.x; it < g.items; it += gridDim.x) {
+        const u64 n = it / g.tiles;
+        const u64 p0 = (it - n * g.tiles) * g.tile_px;
+        const u32 np = (u32)((P - p0) < g.tile_px ? (P - p0) : g.tile_px);
+        const u32 count = np * C;
         const PlanEntry en = g.plan[n];
         const u64 m = en.partner;
-        // An involution pair is done by the block of its lower sample, both outputs at once.
+        // An involution pair is done by the item of its lower sample, both outputs at once.
         const bool pair = m != n && g.plan[m].partner == n;
         if (pair && m < n) continue;
         const PlanEntry em = g.plan[m];
@@ -117,8 +124,8 @@ DEV void mix_normalize_tiled(const MixNormArgs& g) {
     }
 }
 
-// The direct launch: grid (blocks per sample, min(B, 65535)); each thread computes output
-// elements at its own indices (coalesced when the formats agree).
+// The direct launch: each thread computes output elements at its own indices (coalesced
+// writes; reads coalesced when the formats agree).
 template <class I, class O>
 DEV void mix_normalize_direct(const MixNormArgs& g) {
     typedef typename I::B IB;
@@ -128,10 +135,13 @@ DEV void mix_normalize_direct(const MixNormArgs& g) {
     const u32 C = g.channels;
     const u64 P = (u64)g.height * g.width;
     const u64 D = P * C;
-    for (u64 n = blockIdx.y; n < g.batch; n += gridDim.y) {
+    for (u64 it = blockIdx.x; it < g.items; it += gridDim.x) {
+        const u64 n = it / g.tiles;
+        const u64 r0 = (it - n * g.tiles) * MN_DIRECT;
+        const u64 r1 = D - r0 < MN_DIRECT ? D : r0 + MN_DIRECT;
         const PlanEntry en = g.plan[n];
         const u64 m = en.partner;
-        for (u64 r = (u64)blockIdx.x * MN_NT + threadIdx.x; r < D; r += (u64)gridDim.x * MN_NT) {
+        for (u64 r = r0 + threadIdx.x; r < r1; r += MN_NT) {
             u64 p;
             u32 c;
             if (g.out_last) {
@@ -158,45 +168,56 @@ DEV void mix_normalize(const MixNormArgs& g) {
     }
 }
 
-#define MIX_NORMALIZE(I, O, it, ot)                                                               \
+// Entries `mix_normalize_<input>_<output>`, one family per input dtype (the host's kernel
+// table: a family per input, a slot per output dtype).
+#define MIX_NORMALIZE_U8(O, dt)                                                                   \
     extern "C" __global__ void __launch_bounds__(MN_NT)                                           \
-        mix_normalize_##it##_##ot(const MixNormArgs g) { mix_normalize<I, O>(g); }
+        mix_normalize_u8_##dt(const MixNormArgs g) { mix_normalize<U8, O>(g); }
+#define MIX_NORMALIZE_F32(O, dt)                                                                  \
+    extern "C" __global__ void __launch_bounds__(MN_NT)                                           \
+        mix_normalize_f32_##dt(const MixNormArgs g) { mix_normalize<F32, O>(g); }
+#define MIX_NORMALIZE_F16(O, dt)                                                                  \
+    extern "C" __global__ void __launch_bounds__(MN_NT)                                           \
+        mix_normalize_f16_##dt(const MixNormArgs g) { mix_normalize<F16, O>(g); }
+#define MIX_NORMALIZE_BF16(O, dt)                                                                 \
+    extern "C" __global__ void __launch_bounds__(MN_NT)                                           \
+        mix_normalize_bf16_##dt(const MixNormArgs g) { mix_normalize<BF16, O>(g); }
 
-// Entries `mix_normalize_<input>_<output>`, one per pair of dtypes. The host compiles one at a
-// time (-DMIXUP_ONLY_<entry>=1); -DMIXUP_ALL=1 compiles them all (tests/kernels_compile*.rs).
+// The host compiles one entry at a time (-DMIXUP_ONLY_<entry>=1); -DMIXUP_ALL=1 compiles them
+// all (tests/kernels_compile*.rs, the host emulation).
 #if MIXUP_ALL || MIXUP_ONLY_mix_normalize_u8_f32
-MIX_NORMALIZE(U8, F32, u8, f32)
+MIX_NORMALIZE_U8(F32, f32)
 #endif
 #if MIXUP_ALL || MIXUP_ONLY_mix_normalize_u8_f16
-MIX_NORMALIZE(U8, F16, u8, f16)
+MIX_NORMALIZE_U8(F16, f16)
 #endif
 #if MIXUP_ALL || MIXUP_ONLY_mix_normalize_u8_bf16
-MIX_NORMALIZE(U8, BF16, u8, bf16)
+MIX_NORMALIZE_U8(BF16, bf16)
 #endif
 #if MIXUP_ALL || MIXUP_ONLY_mix_normalize_f32_f32
-MIX_NORMALIZE(F32, F32, f32, f32)
+MIX_NORMALIZE_F32(F32, f32)
 #endif
 #if MIXUP_ALL || MIXUP_ONLY_mix_normalize_f32_f16
-MIX_NORMALIZE(F32, F16, f32, f16)
+MIX_NORMALIZE_F32(F16, f16)
 #endif
 #if MIXUP_ALL || MIXUP_ONLY_mix_normalize_f32_bf16
-MIX_NORMALIZE(F32, BF16, f32, bf16)
+MIX_NORMALIZE_F32(BF16, bf16)
 #endif
 #if MIXUP_ALL || MIXUP_ONLY_mix_normalize_f16_f32
-MIX_NORMALIZE(F16, F32, f16, f32)
+MIX_NORMALIZE_F16(F32, f32)
 #endif
 #if MIXUP_ALL || MIXUP_ONLY_mix_normalize_f16_f16
-MIX_NORMALIZE(F16, F16, f16, f16)
+MIX_NORMALIZE_F16(F16, f16)
 #endif
 #if MIXUP_ALL || MIXUP_ONLY_mix_normalize_f16_bf16
-MIX_NORMALIZE(F16, BF16, f16, bf16)
+MIX_NORMALIZE_F16(BF16, bf16)
 #endif
 #if MIXUP_ALL || MIXUP_ONLY_mix_normalize_bf16_f32
-MIX_NORMALIZE(BF16, F32, bf16, f32)
+MIX_NORMALIZE_BF16(F32, f32)
 #endif
 #if MIXUP_ALL || MIXUP_ONLY_mix_normalize_bf16_f16
-MIX_NORMALIZE(BF16, F16, bf16, f16)
+MIX_NORMALIZE_BF16(F16, f16)
 #endif
 #if MIXUP_ALL || MIXUP_ONLY_mix_normalize_bf16_bf16
-MIX_NORMALIZE(BF16, BF16, bf16, bf16)
+MIX_NORMALIZE_BF16(BF16, bf16)
 #endif

@@ -23,8 +23,8 @@ dir="${TMPDIR:-/tmp}/mixup-kernels-emulate-$key"
 # an earlier arch's (today sm_90 = sm_80: no branch tells them apart) would build the same
 # binary: it is not built or run again, and the output says so.
 archs=(${EMU_ARCHS:-750 800 900})
-declare -A cu=([k_ce]="mixup_ce.cu" [k_bce]="mixup_bce.cu" [k_mix]="mix.cu soft_targets.cu")
-kunits=(k_ce k_bce k_mix)
+declare -A cu=([k_ce]="mixup_ce.cu" [k_bce]="mixup_bce.cu" [k_mix]="mix.cu soft_targets.cu" [k_mix_normalize]="mix_normalize.cu")
+kunits=(k_ce k_bce k_mix k_mix_normalize)
 units=(engine test_engine main)
 mkdir -p "$dir"
 # One build at a time (two test processes may run this at once).

@@ -8,7 +8,8 @@
 #                                             #   machine turned out to lack it
 #   bash scripts/gpu-bundle.sh --dry-run      # + runs both modes here, without a GPU
 #
-# .gpu/ holds: test-<name> (lib, cuda_plan, cuda_mix, cuda_soft_targets, cuda_mixup_ce),
+# .gpu/ holds: test-<name> (lib, cuda_plan, cuda_mix, cuda_soft_targets, cuda_mixup_ce,
+# cuda_mixup_bce, cuda_mix_normalize),
 # bench-gpu, whl/liger_kernel-*.whl, COMMIT, and with --with-nvrtc nvrtc/*.xz. Binaries are built
 # without debug info and stripped; everything that travels must fit in 64 MiB.
 set -euo pipefail
@@ -44,7 +45,7 @@ for line in sys.stdin:
 '
 }
 
-tests=(cuda_plan cuda_mix cuda_soft_targets cuda_mixup_ce cuda_mixup_bce)
+tests=(cuda_plan cuda_mix cuda_soft_targets cuda_mixup_ce cuda_mixup_bce cuda_mix_normalize)
 args=(--release --no-run --message-format=json --lib)
 for t in "${tests[@]}"; do args+=(--test "$t"); done
 echo "building the test binaries..." >&2

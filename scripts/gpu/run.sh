@@ -2,8 +2,8 @@
 # The GPU session in two prepared calls, run on the GPU machine from the repository root with the
 # binaries that scripts/gpu-bundle.sh put in .gpu/ (carried: the device tool's carry=[".gpu"]).
 #
-#   bash scripts/gpu/run.sh A   # environment, GPU tests, GPU benchmark        (step limits 335 s)
-#   bash scripts/gpu/run.sh B   # PyTorch/Liger baseline, probes, sanitizer x4  (step limits 375 s)
+#   bash scripts/gpu/run.sh A   # environment, GPU tests, GPU benchmark        (step limits 375 s)
+#   bash scripts/gpu/run.sh B   # PyTorch/Liger baseline, probes, sanitizer x4  (step limits 395 s)
 #
 # Every step runs under its own `timeout`; each writes one log under $OUT (what comes back from
 # the GPU machine: at most 8 files) and the summary (also printed last) says rc, seconds and the
@@ -127,6 +127,7 @@ gpu_tests() {
     else
         echo "SKIPPED test-cuda_mixup_bce: not in $bin (add cuda_mixup_bce to scripts/gpu-bundle.sh tests)"
     fi
+    run_test cuda_mix_normalize 30 || rc=1
     return $rc
 }
 
@@ -193,8 +194,10 @@ sanitize() {
     local -a items
     case $tool in
         memcheck) items=("cuda_plan:15:pinned" "cuda_mix:20:mix_bf16 mix_u8 pinned_staging"
-            "cuda_soft_targets:12:soft_targets_bf16 device_labels" "cuda_mixup_ce:30:deterministic device_labels empty_batch") ;;
-        racecheck) items=("cuda_mixup_ce:33:deterministic" "cuda_mix:15:mix_f32" "cuda_soft_targets:10:soft_targets_f32") ;;
+            "cuda_soft_targets:12:soft_targets_bf16 device_labels" "cuda_mixup_ce:30:deterministic device_labels empty_batch"
+            "cuda_mix_normalize:10:sanitizer_sized") ;;
+        racecheck) items=("cuda_mixup_ce:33:deterministic" "cuda_mix:15:mix_f32" "cuda_soft_targets:10:soft_targets_f32"
+            "cuda_mix_normalize:10:sanitizer_sized") ;;
         synccheck) items=("cuda_mixup_ce:20:deterministic" "cuda_mix:13:mix_bf16") ;;
         initcheck) items=("cuda_mixup_ce:20:deterministic device_labels" "cuda_mix:13:mix_u8") ;;
     esac
@@ -219,16 +222,16 @@ note "mode ${mode:-?} on $(hostname) $(date -u +%FT%TZ); $(cat /tmp/nvrtc-search
 case "$mode" in
     A)
         step env 15 env_check
-        step tests 245 gpu_tests
-        step bench 75 bench
+        step tests 275 gpu_tests
+        step bench 85 bench
         ;;
     B)
         rm -f /tmp/no-compute-sanitizer /tmp/no-ncu # verdicts of an earlier call
         step env 15 env_check
         step torch 90 torch_baseline
         step probe 60 probes
-        step memcheck 80 sanitize memcheck
-        step racecheck 60 sanitize racecheck
+        step memcheck 90 sanitize memcheck
+        step racecheck 70 sanitize racecheck
         step synccheck 35 sanitize synccheck
         step initcheck 35 sanitize initcheck
         ;;

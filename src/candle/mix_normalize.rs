@@ -18,7 +18,11 @@ use crate::spec::{MemoryFormat, SampleShape};
 /// result is `[B, C, H, W]` or `[B, H, W, C]` as `out_format` says, of `dtype` (f32, f16 or
 /// bf16), on the same device; it does not track gradients (a data-side operation). A
 /// non-contiguous tensor is made contiguous first (a copy). CPU tensors run the crate's `cpu`
-/// path; tensors on another device are refused ([`Error::Msg`]).
+/// path; with the `candle-cuda` feature, CUDA tensors run the crate's kernel
+/// ([`CudaMixer::mix_normalize`](crate::cuda::CudaMixer::mix_normalize)) on the device's
+/// stream, reading candle's buffer in place (the plan and the constants uploaded with one
+/// asynchronous copy each when they change, no host synchronization); tensors on another
+/// device are refused ([`Error::Msg`]).
 ///
 /// Errors: rank other than 4 ([`Error::UnexpectedNumberOfDims`]), another input or output
 /// dtype ([`Error::UnsupportedDTypeForOp`]); wrapped [`MixError`](crate::MixError)s for a plan of
@@ -91,9 +95,10 @@ pub fn mix_normalize(
             format.name()
         )));
     }
-    if !images.device().is_cpu() {
+    let on_gpu = cfg!(feature = "candle-cuda") && images.device().is_cuda();
+    if !images.device().is_cpu() && !on_gpu {
         return Err(Error::Msg(format!(
-            "{OP}: only CPU tensors are supported so far (got {:?})",
+            "{OP}: CPU tensors, and CUDA tensors with the `candle-cuda` feature (got {:?})",
             images.device().location()
         ))
         .bt());
@@ -161,5 +166,128 @@ impl CustomOp1 for MixNormalizeOp {
             other => return Err(Error::UnsupportedDTypeForOp(other.dtype(), name).bt()),
         };
         Ok((out, self.out_shape.clone()))
+    }
+
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &CLayout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        gpu::forward(self, s, l)
+    }
+}
+
+/// CUDA storage: the crate's kernel on the candle device's stream, on candle's buffers without
+/// a copy. One state per candle device (per device and host thread on candle's default
+/// per-thread stream, as `candle::cuda` keeps its own): the mixer, a plan buffer and the
+/// constants last used, each uploaded (one asynchronous copy) only when it changes.
+#[cfg(feature = "candle-cuda")]
+mod gpu {
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda::DeviceId;
+    use candle_core::{CudaDevice, CudaStorage, DType, Error, Layout as CLayout, Result, Shape};
+
+    use super::MixNormalizeOp;
+    use crate::cuda::{CudaMixer, DeviceNormalize, DevicePlan};
+    use crate::{bf16, f16};
+
+    struct State {
+        mixer: CudaMixer,
+        plan: DevicePlan,
+        norm: Option<DeviceNormalize>,
+    }
+
+    /// A candle device, and the host thread when the device's stream is per thread.
+    type Key = (DeviceId, Option<std::thread::ThreadId>);
+
+    /// The states made so far (kept for the process: they hold the compiled kernels).
+    type States = Mutex<Vec<(Key, Arc<Mutex<State>>)>>;
+
+    /// `CU_STREAM_PER_THREAD`, the stream handle of candle's `Device::new_cuda`.
+    const PER_THREAD_STREAM: usize = 0x2;
+
+    const NAME: &str = "mixup-kernels-mix-normalize";
+
+    /// The state of `dev` for this thread, made on first use.
+    fn state(dev: &CudaDevice) -> Result<Arc<Mutex<State>>> {
+        static STATES: OnceLock<States> = OnceLock::new();
+        let per_thread = dev.cuda_stream().cu_stream() as usize == PER_THREAD_STREAM;
+        let key: Key = (dev.id(), per_thread.then(|| std::thread::current().id()));
+        let mut all = STATES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((_, s)) = all.iter().find(|(k, _)| *k == key) {
+            return Ok(s.clone());
+        }
+        let mixer = CudaMixer::from_stream(dev.cuda_stream())?;
+        let plan = DevicePlan::new(&mixer);
+        let s = Arc::new(Mutex::new(State {
+            mixer,
+            plan,
+            norm: None,
+        }));
+        all.push((key, s.clone()));
+        Ok(s)
+    }
+
+    pub(super) fn forward(
+        op: &MixNormalizeOp,
+        s: &CudaStorage,
+        l: &CLayout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = s.device().clone();
+        let (a, b) = l
+            .contiguous_offsets()
+            .ok_or_else(|| Error::RequiresContiguous { op: NAME }.bt())?;
+        let st = state(&dev)?;
+        // A poisoned lock only means another thread panicked between uploads; the state is
+        // whole.
+        let mut st = st.lock().unwrap_or_else(|p| p.into_inner());
+        let State { mixer, plan, norm } = &mut *st;
+        if !plan.holds(&op.plan) {
+            plan.upload(&op.plan)?;
+        }
+        let dn = match norm {
+            Some(n) if n.normalize() == &op.norm => n,
+            slot => slot.insert(DeviceNormalize::new(mixer, op.norm.clone())?),
+        };
+        macro_rules! run {
+            ($i:ty, $o:ty) => {{
+                let x = s.as_cuda_slice::<$i>()?.slice(a..b);
+                // SAFETY: the kernel writes every element of `out` before anyone reads it.
+                let mut out = unsafe { dev.alloc::<$o>(b - a)? };
+                mixer.mix_normalize(
+                    plan,
+                    &op.shape,
+                    dn,
+                    &x,
+                    op.out_format,
+                    &mut out.as_view_mut(),
+                )?;
+                CudaStorage::wrap_cuda_slice(out, dev.clone())
+            }};
+        }
+        macro_rules! to {
+            ($i:ty) => {
+                match op.dtype {
+                    DType::F32 => run!($i, f32),
+                    DType::F16 => run!($i, f16),
+                    DType::BF16 => run!($i, bf16),
+                    other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
+                }
+            };
+        }
+        let out = match s.dtype() {
+            DType::U8 => to!(u8),
+            DType::F32 => to!(f32),
+            DType::F16 => to!(f16),
+            DType::BF16 => to!(bf16),
+            other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
+        };
+        Ok((out, op.out_shape.clone()))
     }
 }

@@ -11,11 +11,11 @@
 
 use rayon::prelude::*;
 
-use super::lanes::{narrow, widen};
+use super::lanes::{Isa, Kernel, Lanes, narrow, read, widen, width};
 #[cfg(target_arch = "x86_64")]
 use super::mix::StreamOut;
 use super::mix::{STREAM_MIN_BYTES, chain_order};
-use crate::dtype::{Element, FloatElement};
+use crate::dtype::{Element, FloatElement, ScalarType};
 use crate::error::Result;
 use crate::normalize::{ImageDims, Normalize, check_mix_normalize};
 use crate::plan::{MixPlan, PlanEntry};
@@ -60,6 +60,8 @@ struct Ctx<'a, I> {
     mean: Vec<f32>,
     std: Vec<f32>,
     rint: bool,
+    /// The vector level for the 16-bit outputs' narrowing ([`Narrow`]).
+    isa: Isa,
     /// Write the output with non-temporal stores (x86-64, outputs of at least
     /// `mix::STREAM_MIN_BYTES`: they do not fit in the last-level cache, so caching them only
     /// costs a read for ownership of every line written).
@@ -142,11 +144,21 @@ fn interleave<O: Copy, const C: usize>(src: &[O], w: usize, dst: &mut [O]) {
     }
 }
 
-/// `[W][C]` pixels → plane `ch` (`W` values).
+/// `[W][C]` pixels → `[C][W]` planes, in one pass over the pixels (every member of the
+/// interleaved group used, so LLVM vectorizes the loads with shuffles instead of one strided
+/// pass per plane).
 #[inline(always)]
-fn gather_plane<O: Copy, const C: usize>(src: &[O], ch: usize, dst: &mut [O]) {
-    for (d, px) in dst.iter_mut().zip(src.chunks_exact(C)) {
-        *d = px[ch];
+fn deinterleave<O: Copy, const C: usize>(src: &[O], w: usize, dst: &mut [O]) {
+    let mut rest = &mut dst[..w * C];
+    let planes: [&mut [O]; C] = std::array::from_fn(|_| {
+        let (p, r) = std::mem::take(&mut rest).split_at_mut(w);
+        rest = r;
+        p
+    });
+    for (x, px) in src[..w * C].chunks_exact(C).enumerate() {
+        for ch in 0..C {
+            planes[ch][x] = px[ch];
+        }
     }
 }
 
@@ -168,15 +180,17 @@ fn interleave_any<O: Copy>(src: &[O], c: usize, w: usize, dst: &mut [O]) {
 }
 
 #[inline(always)]
-fn gather_any<O: Copy>(src: &[O], c: usize, ch: usize, dst: &mut [O]) {
+fn deinterleave_any<O: Copy>(src: &[O], c: usize, w: usize, dst: &mut [O]) {
     match c {
-        1 => dst.copy_from_slice(&src[..dst.len()]),
-        2 => gather_plane::<O, 2>(src, ch, dst),
-        3 => gather_plane::<O, 3>(src, ch, dst),
-        4 => gather_plane::<O, 4>(src, ch, dst),
+        1 => dst[..w].copy_from_slice(&src[..w]),
+        2 => deinterleave::<O, 2>(src, w, dst),
+        3 => deinterleave::<O, 3>(src, w, dst),
+        4 => deinterleave::<O, 4>(src, w, dst),
         _ => {
-            for (d, px) in dst.iter_mut().zip(src.chunks_exact(c)) {
-                *d = px[ch];
+            for (ch, plane) in dst[..w * c].chunks_exact_mut(w).enumerate() {
+                for (d, px) in plane.iter_mut().zip(src.chunks_exact(c)) {
+                    *d = px[ch];
+                }
             }
         }
     }
@@ -250,11 +264,7 @@ fn run_task<I: Element, O: Element, const RINT: bool>(ctx: &Ctx<'_, I>, t: &mut 
         } else {
             match format {
                 MemoryFormat::ChannelsFirst => interleave_any(&line, c, w, &mut moved),
-                MemoryFormat::ChannelsLast => {
-                    for (ch, plane) in moved.chunks_exact_mut(w).enumerate() {
-                        gather_any(&line, c, ch, plane);
-                    }
-                }
+                MemoryFormat::ChannelsLast => deinterleave_any(&line, c, w, &mut moved),
             }
             &moved
         };
@@ -273,12 +283,125 @@ fn run_task<I: Element, O: Element, const RINT: bool>(ctx: &Ctx<'_, I>, t: &mut 
     }
 }
 
+/// f32 values rounded to `O` through the vector level's stores (`Lanes::store`: for bf16 the
+/// integer rounding on whole vectors, or `vcvtneps2bf16`), bit for bit [`narrow`]'s.
+struct Narrow<'a, O> {
+    src: &'a [f32],
+    dst: &'a mut [O],
+}
+
+impl<O: Element> Kernel for Narrow<'_, O> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Lanes>(self, s: S) {
+        let lanes = width::<S>();
+        let n = self.dst.len().min(self.src.len());
+        let full = n / lanes * lanes;
+        let (src, dst) = (&self.src[..n], &mut self.dst[..n]);
+        for (d, x) in dst[..full]
+            .chunks_exact_mut(lanes)
+            .zip(src[..full].chunks_exact(lanes))
+        {
+            s.store(d, read::<S>(x));
+        }
+        for (d, &x) in dst[full..].iter_mut().zip(&src[full..]) {
+            *d = narrow(x);
+        }
+    }
+}
+
+/// [`run_task`] for the 16-bit outputs: a line is computed in f32 (the f32 path's loops, which
+/// vectorize), transposed in f32 when the formats differ, and rounded to `O` once per output
+/// piece by [`Narrow`]. The same bits as narrowing each value where it is computed, at about
+/// the f32 path's cost instead of a scalar rounding per element.
+fn run_task_narrow<I: Element, O: Element, const RINT: bool>(
+    ctx: &Ctx<'_, I>,
+    t: &mut Task<'_, O>,
+) {
+    let ImageDims {
+        channels: c,
+        height: h,
+        width: w,
+        format,
+    } = ctx.dims;
+    let row = c * h * w;
+    let e = &ctx.entries[t.i];
+    let p = e.partner as usize;
+    let own = &ctx.x[t.i * row..(t.i + 1) * row];
+    let other = &ctx.x[p * row..(p + 1) * row];
+    let same = format == ctx.out_format;
+    let mut line = vec![0.0f32; c * w];
+    let mut moved = vec![0.0f32; if same { 0 } else { c * w }];
+    let piece = match ctx.out_format {
+        MemoryFormat::ChannelsFirst => w,
+        MemoryFormat::ChannelsLast => w * c,
+    };
+    #[cfg(target_arch = "x86_64")]
+    let mut sinks: Vec<StreamOut> = if ctx.stream {
+        t.out.iter_mut().map(|o| StreamOut::new(o)).collect()
+    } else {
+        Vec::new()
+    };
+    #[cfg(target_arch = "x86_64")]
+    let mut staged = vec![O::default(); if ctx.stream { piece } else { 0 }];
+    for y in t.y0..t.y1 {
+        let rule = LineRule::new(t.i, e, y);
+        let ly = y - t.y0;
+        match format {
+            MemoryFormat::ChannelsFirst => {
+                for ch in 0..c {
+                    let off = (ch * h + y) * w;
+                    let (a, b) = (&own[off..off + w], &other[off..off + w]);
+                    let (m, s) = (&ctx.mean[ch * w..][..w], &ctx.std[ch * w..][..w]);
+                    let dst = &mut line[ch * w..(ch + 1) * w];
+                    run_line::<I, f32, RINT>(rule, 1, a, b, m, s, dst);
+                }
+            }
+            MemoryFormat::ChannelsLast => {
+                let off = y * w * c;
+                let (a, b) = (&own[off..off + w * c], &other[off..off + w * c]);
+                run_line::<I, f32, RINT>(rule, c, a, b, &ctx.mean, &ctx.std, &mut line);
+            }
+        }
+        let ordered = if same {
+            &line
+        } else {
+            match format {
+                MemoryFormat::ChannelsFirst => interleave_any(&line, c, w, &mut moved),
+                MemoryFormat::ChannelsLast => deinterleave_any(&line, c, w, &mut moved),
+            }
+            &moved
+        };
+        for (k, src) in ordered.chunks_exact(piece).enumerate() {
+            #[cfg(target_arch = "x86_64")]
+            if ctx.stream {
+                ctx.isa.run(Narrow {
+                    src,
+                    dst: &mut staged,
+                });
+                sinks[k].push(&staged);
+                continue;
+            }
+            ctx.isa.run(Narrow {
+                src,
+                dst: &mut t.out[k][ly * piece..(ly + 1) * piece],
+            });
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    for s in sinks {
+        s.finish();
+    }
+}
+
 #[inline(always)]
 fn run_any<I: Element, O: Element>(ctx: &Ctx<'_, I>, t: &mut Task<'_, O>) {
-    if ctx.rint {
-        run_task::<I, O, true>(ctx, t);
-    } else {
-        run_task::<I, O, false>(ctx, t);
+    let f32_out = O::DTYPE == ScalarType::F32;
+    match (f32_out, ctx.rint) {
+        (true, true) => run_task::<I, O, true>(ctx, t),
+        (true, false) => run_task::<I, O, false>(ctx, t),
+        (false, true) => run_task_narrow::<I, O, true>(ctx, t),
+        (false, false) => run_task_narrow::<I, O, false>(ctx, t),
     }
 }
 
@@ -331,6 +454,7 @@ pub(crate) fn mix_normalize<I: Element, O: FloatElement>(
         mean: repeat(norm.mean()),
         std: repeat(norm.std()),
         rint: norm.u8_rounding(),
+        isa: Isa::detect(),
         stream: cfg!(target_arch = "x86_64") && std::mem::size_of_val(out) >= STREAM_MIN_BYTES,
     };
     // Whole samples when there are enough of them to keep every thread busy; otherwise groups
@@ -376,4 +500,87 @@ pub(crate) fn mix_normalize<I: Element, O: FloatElement>(
         .with_min_len(min_tasks)
         .for_each(|mut t| run(&ctx, &mut t));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::{bf16, f16};
+
+    /// The 16-bit outputs (computed in f32 lines, rounded per piece by `Narrow`) are the f32
+    /// output rounded element by element, bit for bit: every format pair, channel counts that
+    /// leave tails of every length, MixUp with and without rounding, CutMix, and an output
+    /// large enough for the non-temporal stores.
+    fn narrow_matches<O: FloatElement>() {
+        let sizes = [
+            (3usize, 5usize, 7usize, 3usize),
+            (1, 9, 13, 2),
+            (4, 3, 17, 5),
+            (5, 2, 31, 1),
+        ];
+        // 3 × 512 × 512 × 12 bf16 outputs: 18 MiB, above `STREAM_MIN_BYTES`.
+        let big = (3usize, 512usize, 512usize, 12usize);
+        for (c, h, w, b) in sizes.into_iter().chain([big]) {
+            let n = b * c * h * w;
+            let x: Vec<u8> = (0..n).map(|k| (k * 7919 % 251) as u8).collect();
+            let partner: Vec<usize> = (0..b).rev().collect();
+            let lam: Vec<f32> = (0..b).map(|i| 0.3 + 0.05 * (i % 10) as f32).collect();
+            let boxes: Vec<Option<crate::CutBox>> = (0..b)
+                .map(|i| {
+                    (i % 2 == 1).then_some(crate::CutBox {
+                        y0: 0,
+                        y1: (h / 2) as u32 + 1,
+                        x0: 1.min(w as u32 - 1),
+                        x1: w as u32,
+                    })
+                })
+                .collect();
+            let plan = MixPlan::with_boxes(
+                &partner,
+                &lam,
+                &boxes,
+                crate::ImageSize {
+                    height: h,
+                    width: w,
+                },
+            )
+            .unwrap();
+            let mean: Vec<f64> = (0..c).map(|k| 0.4 + 0.01 * k as f64).collect();
+            let std: Vec<f64> = (0..c).map(|k| 0.2 + 0.01 * k as f64).collect();
+            for rint in [false, true] {
+                let norm = Normalize::new(&mean, &std, 255.0)
+                    .unwrap()
+                    .with_u8_rounding(rint);
+                for fin in [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast] {
+                    let shape = match fin {
+                        MemoryFormat::ChannelsFirst => SampleShape::channels_first(c, h, w),
+                        MemoryFormat::ChannelsLast => SampleShape::channels_last(h, w, c),
+                    };
+                    for fout in [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast] {
+                        let mut wide = vec![0f32; n];
+                        mix_normalize(&plan, &shape, &norm, &x, fout, &mut wide).unwrap();
+                        let mut got = vec![O::default(); n];
+                        mix_normalize(&plan, &shape, &norm, &x, fout, &mut got).unwrap();
+                        let bad = (0..n).find(|&k| {
+                            O::from_f32(wide[k]).to_f32().to_bits() != got[k].to_f32().to_bits()
+                        });
+                        assert!(
+                            bad.is_none(),
+                            "{c}x{h}x{w} B {b} {fin:?} -> {fout:?} rint {rint}: [{bad:?}]"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_output_is_the_f32_output_rounded() {
+        narrow_matches::<bf16>();
+    }
+
+    #[test]
+    fn f16_output_is_the_f32_output_rounded() {
+        narrow_matches::<f16>();
+    }
 }

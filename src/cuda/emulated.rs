@@ -207,3 +207,38 @@ pub fn mixup_bce(
     );
     host_launch(kernel, dtype, &args, cfg).map(Some)
 }
+
+/// [`CudaMixer::mix_normalize_raw`](super::CudaMixer::mix_normalize_raw) with `norm`'s `2C`
+/// constants at `ms` (as [`DeviceNormalize`](super::DeviceNormalize) holds them: the means,
+/// then the standard deviations): `None` when there is nothing to launch.
+#[allow(clippy::too_many_arguments)]
+pub fn mix_normalize(
+    plan: &MixPlan,
+    shape: &SampleShape,
+    norm: &crate::Normalize,
+    input: ScalarType,
+    x: u64,
+    out_format: crate::MemoryFormat,
+    output: ScalarType,
+    out: u64,
+    len: usize,
+    ms: u64,
+    dev: &Device,
+) -> Result<Option<HostLaunch>> {
+    use super::mix_normalize::{check_call, mix_normalize_call};
+    let Some(dims) = check_call(plan, shape, norm, input, output, len, len)? else {
+        return Ok(None);
+    };
+    let (kernel, args, cfg) = mix_normalize_call(
+        plan,
+        &dims,
+        norm.u8_rounding(),
+        input,
+        out_format,
+        x,
+        out,
+        dev.plan,
+        ms,
+    )?;
+    host_launch(kernel, output, &args, cfg).map(Some)
+}

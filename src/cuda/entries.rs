@@ -31,7 +31,8 @@ macro_rules! dt {
 }
 
 /// Defines [`Kernel`] from the table: each family's entry prefix, source module and dtypes.
-/// Entries are named `<prefix>_<dtype>`.
+/// Entries are named `<prefix>_<dtype>`. A kernel of two dtypes (`mix_normalize_<in>_<out>`)
+/// is one family per input dtype, its slots the output dtypes.
 macro_rules! kernels {
     ($($k:ident = $p:literal in $m:literal for [$($d:ident),+];)+) => {
         /// A kernel family: one `extern "C"` entry per dtype it supports.
@@ -83,6 +84,10 @@ kernels! {
     CeOnline = "ce_online" in "mixup_ce" for [f32, f16, bf16];
     BceWarp = "bce_warp" in "mixup_bce" for [f32, f16, bf16];
     BceBlock = "bce_block" in "mixup_bce" for [f32, f16, bf16];
+    MixNormalizeU8 = "mix_normalize_u8" in "mix_normalize" for [f32, f16, bf16];
+    MixNormalizeF32 = "mix_normalize_f32" in "mix_normalize" for [f32, f16, bf16];
+    MixNormalizeF16 = "mix_normalize_f16" in "mix_normalize" for [f32, f16, bf16];
+    MixNormalizeBf16 = "mix_normalize_bf16" in "mix_normalize" for [f32, f16, bf16];
 }
 
 /// Every dtype, in slot order.
@@ -240,11 +245,11 @@ mod tests {
         for (i, k) in Kernel::ALL.iter().enumerate() {
             assert_eq!(*k as usize, i);
         }
-        assert_eq!(entries().count(), 26);
+        assert_eq!(entries().count(), 38);
         let names: BTreeSet<&str> = entries().map(|e| e.2).collect();
-        assert_eq!(names.len(), 26, "entry names are unique");
+        assert_eq!(names.len(), 38, "entry names are unique");
         let slots: BTreeSet<usize> = entries().map(|(k, d, _)| k.slot(d)).collect();
-        assert_eq!(slots.len(), 26, "slots are unique");
+        assert_eq!(slots.len(), 38, "slots are unique");
         assert!(slots.iter().all(|&s| s < SLOTS));
         for (k, d, name) in entries() {
             assert!(

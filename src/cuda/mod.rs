@@ -30,7 +30,8 @@
 //! - [`CudaMixer`]: device, stream, compiled kernels; the operations are its methods
 //!   (`mix`, `mix_in_place`, `soft_targets`, `mixup_ce`, `mixup_ce_in_place`,
 //!   `mixup_ce_forward`, `mixup_bce`, `mixup_bce_in_place`, `mixup_bce_forward`,
-//!   `check_labels`).
+//!   `check_labels`, `mix_normalize`, `mix_normalize_raw`).
+//! - [`DeviceNormalize`]: a [`Normalize`](crate::Normalize) with its constants on the device.
 //! - [`DeviceBceSpec`]: a BCE spec with its class weights on the device.
 //! - [`DevicePlan`]: the plan on the device, one asynchronous copy per step.
 //! - [`raw`]: the same operations on raw device addresses (tch-rs, burn, custom code).
@@ -55,6 +56,7 @@ pub(crate) mod context;
 mod emulated;
 mod entries;
 mod mix;
+mod mix_normalize;
 mod mixup_bce;
 mod mixup_ce;
 mod nvrtc;
@@ -63,6 +65,7 @@ pub mod raw;
 mod soft_targets;
 
 pub use context::{CudaError, CudaMixer, CudaMixerOptions};
+pub use mix_normalize::DeviceNormalize;
 pub use mixup_bce::DeviceBceSpec;
 pub use mixup_ce::DeviceGradOutput;
 pub use plan::DevicePlan;

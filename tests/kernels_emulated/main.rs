@@ -7,7 +7,8 @@
 //! makes for them: `cuda::kernels::emulated`, the same code the CUDA path launches with, so
 //! the kernel, grid, block, shared memory and every argument are the host's), the emulator runs
 //! the kernel and writes the outputs back, and they are compared here with
-//! `mixup_kernels::reference` (f64) within explicit error bounds (mix.rs, ce.rs, bce.rs). The
+//! `mixup_kernels::reference` (f64) within explicit error bounds (mix.rs, ce.rs, bce.rs,
+//! mix_normalize.rs). The
 //! C++ side knows no launch rule and no expected value (kernels/emu/main.cpp); only the
 //! engine's own tests are written there.
 //!
@@ -31,6 +32,7 @@ mod ce;
 mod exchange;
 mod loss;
 mod mix;
+mod mix_normalize;
 
 use std::io::Write;
 use std::process::Command;
@@ -54,6 +56,7 @@ fn cases() -> Vec<Case> {
     let mut all = mix::cases();
     all.extend(ce::cases());
     all.extend(bce::cases());
+    all.extend(mix_normalize::cases());
     all
 }
 

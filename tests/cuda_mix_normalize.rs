@@ -1,0 +1,519 @@
+//! The fused mix + normalize op on the GPU (`CudaMixer::mix_normalize`, `mix_normalize_raw`):
+//! every input and output dtype, both memory formats in and out, timm's u8 rounding, awkward
+//! shapes (1×1 images, 1 and 4 channels, samples over several tiles, more channels than a tile
+//! holds), plans with pairs, cycles, self-partnered samples and CutMix boxes at the edges, views
+//! at odd element offsets; bit for bit against `cpu::mix_normalize` and within the f32 bound of
+//! the f64 `reference::mix_normalize`; an ImageNet-sized batch; errors before any launch.
+//! Prints SKIPPED without a GPU (see tests/cuda_common).
+#![cfg(all(feature = "cuda", feature = "cpu"))]
+
+mod cuda_common;
+
+use cuda_common::*;
+use mixup_kernels::cuda::cudarc::driver::{DevicePtr, DevicePtrMut};
+use mixup_kernels::cuda::{CudaMixer, DeviceNormalize, DevicePlan};
+use mixup_kernels::{
+    CutBox, Element, FloatElement, ImageSize, MemoryFormat, MixError, MixPlan, Normalize,
+    SampleShape, ScalarType, bf16, cpu, f16, reference,
+};
+
+const FORMATS: [MemoryFormat; 2] = [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast];
+
+fn layout(format: MemoryFormat, c: usize, h: usize, w: usize) -> SampleShape {
+    match format {
+        MemoryFormat::ChannelsFirst => SampleShape::channels_first(c, h, w),
+        MemoryFormat::ChannelsLast => SampleShape::channels_last(h, w, c),
+    }
+}
+
+fn norm_for(c: usize, scale: f64) -> Normalize {
+    if c == 3 {
+        return Normalize::new(&Normalize::IMAGENET_MEAN, &Normalize::IMAGENET_STD, scale).unwrap();
+    }
+    let mean: Vec<f64> = (0..c).map(|k| 0.1307 + 0.01 * (k % 50) as f64).collect();
+    let std: Vec<f64> = (0..c).map(|k| 0.3081 - 0.002 * (k % 100) as f64).collect();
+    Normalize::new(&mean, &std, scale).unwrap()
+}
+
+/// tests/mix_normalize.rs's bound: the f32 lerp, subtraction and division over the std, then
+/// half an ulp of `O`.
+fn tol<O: Element>(norm: &Normalize, max_in: f64) -> Tol {
+    let u = 2f64.powi(-24);
+    let worst = (0..norm.channels())
+        .map(|c| {
+            let (m, s) = (f64::from(norm.mean()[c]), f64::from(norm.std()[c]));
+            (6.0 * u * (max_in + m.abs())) / s
+        })
+        .fold(0.0, f64::max);
+    Tol::new(worst, 2.0 * u).stored_as::<O>()
+}
+
+/// Identity, pairs (an odd batch leaves a sample with itself), a permutation (cycles), timm's
+/// flip, CutMix with random boxes on pairs and on a permutation, and pairs with boxes at the
+/// edges (whole image, last pixel, left column, last row, no rows).
+fn plans(r: &mut TestRng, batch: usize, h: usize, w: usize) -> Vec<(String, MixPlan)> {
+    let lam = lams(r, batch);
+    let prs = pairs(r, batch);
+    let perm = permutation(r, batch);
+    let flip: Vec<usize> = (0..batch).rev().collect();
+    let (hh, ww) = (h as u32, w as u32);
+    let edges = [
+        CutBox {
+            y0: 0,
+            y1: hh,
+            x0: 0,
+            x1: ww,
+        },
+        CutBox {
+            y0: hh - 1,
+            y1: hh,
+            x0: ww - 1,
+            x1: ww,
+        },
+        CutBox {
+            y0: 0,
+            y1: hh,
+            x0: 0,
+            x1: 1,
+        },
+        CutBox {
+            y0: hh - 1,
+            y1: hh,
+            x0: 0,
+            x1: ww,
+        },
+        CutBox {
+            y0: 0,
+            y1: 0,
+            x0: 0,
+            x1: ww,
+        },
+    ];
+    let boxes: Vec<Option<CutBox>> = (0..batch).map(|i| Some(edges[i % edges.len()])).collect();
+    vec![
+        ("identity".into(), MixPlan::identity(batch).unwrap()),
+        ("pairs".into(), MixPlan::from_parts(&prs, &lam).unwrap()),
+        (
+            "permutation".into(),
+            MixPlan::from_parts(&perm, &lam).unwrap(),
+        ),
+        ("flip".into(), MixPlan::from_parts(&flip, &lam).unwrap()),
+        ("cutmix pairs".into(), cutmix_plan(r, &prs, h, w)),
+        ("cutmix permutation".into(), cutmix_plan(r, &perm, h, w)),
+        (
+            "edge boxes, flip".into(),
+            MixPlan::with_boxes(
+                &flip,
+                &lam,
+                &boxes,
+                ImageSize {
+                    height: h,
+                    width: w,
+                },
+            )
+            .unwrap(),
+        ),
+        (
+            "edge boxes, permutation".into(),
+            MixPlan::with_boxes(
+                &perm,
+                &lam,
+                &boxes,
+                ImageSize {
+                    height: h,
+                    width: w,
+                },
+            )
+            .unwrap(),
+        ),
+    ]
+}
+
+fn input<I: Element>(r: &mut TestRng, n: usize) -> (Vec<I>, f64, f64) {
+    if I::DTYPE == ScalarType::U8 {
+        let v = (0..n).map(|_| I::from_f32(r.below(256) as f32)).collect();
+        (v, 255.0, 255.0)
+    } else {
+        let v = (0..n).map(|_| I::from_f32(r.range(-2.0, 3.0))).collect();
+        (v, 1.0, 3.0)
+    }
+}
+
+/// One dtype pair over shapes, batches, plans and formats.
+fn check<I: Element + cudarc_repr::Repr, O: FloatElement + cudarc_repr::Repr>(
+    m: &CudaMixer,
+    rint: bool,
+    seed: u64,
+) {
+    let mut r = rng(seed);
+    let mut dplan = DevicePlan::new(m);
+    let shapes = [
+        (3, 5, 7),
+        (1, 1, 1),
+        (4, 3, 2),
+        (1, 13, 17),
+        (3, 40, 40),
+        (4, 33, 35),
+        (4097, 1, 2),
+    ];
+    for (c, h, w) in shapes {
+        let (_, scale, max_in) = input::<I>(&mut r, 0);
+        let norm = norm_for(c, scale).with_u8_rounding(rint);
+        let dnorm = DeviceNormalize::new(m, norm.clone()).unwrap();
+        for batch in [1usize, 2, 5] {
+            let (x, _, _) = input::<I>(&mut r, batch * c * h * w);
+            for (k, (name, plan)) in plans(&mut r, batch, h, w).iter().enumerate() {
+                dplan.upload(plan).unwrap();
+                for fin in FORMATS {
+                    let shape = layout(fin, c, h, w);
+                    for fout in FORMATS {
+                        let what = format!(
+                            "{} -> {}{}: {name}, B {batch}, {c}x{h}x{w} {} -> {}",
+                            I::DTYPE.name(),
+                            O::DTYPE.name(),
+                            if rint { " rint" } else { "" },
+                            fin.name(),
+                            fout.name()
+                        );
+                        let (xo, oo) = [(0, 0), (1, 3), (3, 1)][k % 3];
+                        let xs = upload_at(m, &x, xo, I::from_f32(1.0));
+                        let fill = O::from_f32(-77.0);
+                        let mut os = upload_at(m, &vec![fill; x.len()], oo, fill);
+                        m.mix_normalize(
+                            &dplan,
+                            &shape,
+                            &dnorm,
+                            &view(&xs, xo, x.len()),
+                            fout,
+                            &mut view_mut(&mut os, oo, x.len()),
+                        )
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                        let all = download(m, &os);
+                        let got = &all[oo..oo + x.len()];
+                        assert!(
+                            all[..oo]
+                                .iter()
+                                .chain(&all[oo + x.len()..])
+                                .all(|v| bits(*v) == bits(fill)),
+                            "{what}: wrote outside the view"
+                        );
+                        let mut want = vec![O::default(); x.len()];
+                        cpu::mix_normalize(plan, &shape, &norm, &x, fout, &mut want).unwrap();
+                        if let Some(i) = (0..x.len()).find(|&i| bits(got[i]) != bits(want[i])) {
+                            panic!(
+                                "{what}: [{i}] is {}, the CPU path's {}",
+                                got[i].to_f32(),
+                                want[i].to_f32()
+                            );
+                        }
+                        let refv = reference::mix_normalize(plan, &shape, &norm, &x, fout).unwrap();
+                        assert_close(&what, &widen(got), &refv, tol::<O>(&norm, max_in));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn u8_to_every_float_type() {
+    let Some(m) = mixer("u8_to_every_float_type") else {
+        return;
+    };
+    for rint in [false, true] {
+        check::<u8, f32>(&m, rint, 1);
+        check::<u8, f16>(&m, rint, 2);
+        check::<u8, bf16>(&m, rint, 3);
+    }
+}
+
+#[test]
+fn float_inputs_to_every_float_type() {
+    let Some(m) = mixer("float_inputs_to_every_float_type") else {
+        return;
+    };
+    check::<f32, f32>(&m, false, 4);
+    check::<f32, f16>(&m, false, 5);
+    check::<f32, bf16>(&m, false, 6);
+    check::<f16, f32>(&m, false, 7);
+    check::<f16, f16>(&m, false, 8);
+    check::<f16, bf16>(&m, false, 9);
+    check::<bf16, f32>(&m, false, 10);
+    check::<bf16, f16>(&m, false, 11);
+    check::<bf16, bf16>(&m, false, 12);
+}
+
+/// 32 ImageNet-sized u8 images, channels-last to channels-first f32 (timm's rounding) and
+/// channels-last bf16, through the raw entry point too.
+#[test]
+fn imagenet_sized_batch() {
+    let Some(m) = mixer("imagenet_sized_batch") else {
+        return;
+    };
+    let (b, c, h, w) = (32usize, 3, 224, 224);
+    let mut r = rng(13);
+    let (x, _, _) = input::<u8>(&mut r, b * c * h * w);
+    let prs = pairs(&mut r, b);
+    let plan = cutmix_plan(&mut r, &prs, h, w);
+    let mut dplan = DevicePlan::new(&m);
+    dplan.upload(&plan).unwrap();
+    let shape = SampleShape::channels_last(h, w, c);
+    let norm = Normalize::imagenet_u8().with_u8_rounding(true);
+    let dnorm = DeviceNormalize::new(&m, norm.clone()).unwrap();
+    let xs = m.stream().clone_htod(&x).unwrap();
+    let mut o32 = m.stream().alloc_zeros::<f32>(x.len()).unwrap();
+    let first = MemoryFormat::ChannelsFirst;
+    m.mix_normalize(
+        &dplan,
+        &shape,
+        &dnorm,
+        &xs.as_view(),
+        first,
+        &mut o32.as_view_mut(),
+    )
+    .unwrap();
+    let mut want = vec![0f32; x.len()];
+    cpu::mix_normalize(&plan, &shape, &norm, &x, first, &mut want).unwrap();
+    let got = download(&m, &o32);
+    assert!(
+        got.iter()
+            .zip(&want)
+            .all(|(g, w)| g.to_bits() == w.to_bits()),
+        "f32 channels-first differs from the CPU path"
+    );
+    let mut o16 = m.stream().alloc_zeros::<bf16>(x.len()).unwrap();
+    let last = MemoryFormat::ChannelsLast;
+    {
+        let (xp, _r) = xs.device_ptr(m.stream());
+        let (op, _w) = o16.device_ptr_mut(m.stream());
+        // SAFETY: both buffers hold x.len() elements of their dtype and outlive the kernel.
+        unsafe {
+            m.mix_normalize_raw(
+                &dplan,
+                &shape,
+                &dnorm,
+                ScalarType::U8,
+                xp,
+                last,
+                ScalarType::BF16,
+                op,
+                x.len(),
+            )
+        }
+        .unwrap();
+    }
+    let mut want = vec![bf16::ZERO; x.len()];
+    cpu::mix_normalize(&plan, &shape, &norm, &x, last, &mut want).unwrap();
+    let got = download(&m, &o16);
+    assert!(
+        got.iter()
+            .zip(&want)
+            .all(|(g, w)| g.to_bits() == w.to_bits()),
+        "bf16 channels-last differs from the CPU path"
+    );
+}
+
+#[test]
+fn bad_arguments_are_rejected_before_launch() {
+    let Some(m) = mixer("mix_normalize_bad_arguments_are_rejected_before_launch") else {
+        return;
+    };
+    let s = m.stream();
+    let mut dplan = DevicePlan::new(&m);
+    let plan = MixPlan::from_parts(&[1, 0], &[0.5, 0.5]).unwrap();
+    let shape = SampleShape::channels_last(2, 2, 3);
+    let dnorm = DeviceNormalize::new(&m, Normalize::imagenet_u8()).unwrap();
+    let x = s.clone_htod(&[9u8; 24]).unwrap();
+    let mut out = s.clone_htod(&[5f32; 24]).unwrap();
+    let first = MemoryFormat::ChannelsFirst;
+    // Nothing uploaded yet.
+    let e = m.mix_normalize(
+        &dplan,
+        &shape,
+        &dnorm,
+        &x.as_view(),
+        first,
+        &mut out.as_view_mut(),
+    );
+    assert!(
+        matches!(e, Err(MixError::InvalidArgument { what: "plan", .. })),
+        "{e:?}"
+    );
+    dplan.upload(&plan).unwrap();
+    // A Rows shape.
+    let rows = SampleShape::rows(12);
+    let e = m.mix_normalize(
+        &dplan,
+        &rows,
+        &dnorm,
+        &x.as_view(),
+        first,
+        &mut out.as_view_mut(),
+    );
+    assert!(
+        matches!(e, Err(MixError::InvalidArgument { what: "shape", .. })),
+        "{e:?}"
+    );
+    // Channels other than the constants'.
+    let four = SampleShape::channels_last(2, 3, 4);
+    let e = m.mix_normalize(
+        &dplan,
+        &four,
+        &dnorm,
+        &x.as_view(),
+        first,
+        &mut out.as_view_mut(),
+    );
+    assert!(
+        matches!(
+            e,
+            Err(MixError::InvalidArgument {
+                what: "normalize",
+                ..
+            })
+        ),
+        "{e:?}"
+    );
+    // u8 rounding on a float input.
+    let rn = DeviceNormalize::new(&m, Normalize::imagenet().with_u8_rounding(true)).unwrap();
+    let xf = s.clone_htod(&[0.5f32; 24]).unwrap();
+    let e = m.mix_normalize(
+        &dplan,
+        &shape,
+        &rn,
+        &xf.as_view(),
+        first,
+        &mut out.as_view_mut(),
+    );
+    assert!(
+        matches!(
+            e,
+            Err(MixError::InvalidArgument {
+                what: "normalize",
+                ..
+            })
+        ),
+        "{e:?}"
+    );
+    // Constants uploaded through another mixer (stream).
+    let other = CudaMixer::from_stream(s.context().new_stream().unwrap()).unwrap();
+    let foreign = DeviceNormalize::new(&other, Normalize::imagenet_u8()).unwrap();
+    let e = m.mix_normalize(
+        &dplan,
+        &shape,
+        &foreign,
+        &x.as_view(),
+        first,
+        &mut out.as_view_mut(),
+    );
+    assert!(
+        matches!(
+            e,
+            Err(MixError::InvalidArgument {
+                what: "normalize",
+                ..
+            })
+        ),
+        "{e:?}"
+    );
+    // Lengths.
+    let e = m.mix_normalize(
+        &dplan,
+        &shape,
+        &dnorm,
+        &x.slice(..12),
+        first,
+        &mut out.as_view_mut(),
+    );
+    assert!(matches!(e, Err(MixError::LengthMismatch { .. })), "{e:?}");
+    let e = m.mix_normalize(
+        &dplan,
+        &shape,
+        &dnorm,
+        &x.as_view(),
+        first,
+        &mut out.slice_mut(..23),
+    );
+    assert!(matches!(e, Err(MixError::LengthMismatch { .. })), "{e:?}");
+    // A u8 output through the raw entry point.
+    let (xp, _r) = x.device_ptr(s);
+    let mut o8 = s.alloc_zeros::<u8>(24).unwrap();
+    let (op, _w) = o8.device_ptr_mut(s);
+    // SAFETY: refused before any launch.
+    let e = unsafe {
+        m.mix_normalize_raw(
+            &dplan,
+            &shape,
+            &dnorm,
+            ScalarType::U8,
+            xp,
+            first,
+            ScalarType::U8,
+            op,
+            24,
+        )
+    };
+    assert!(
+        matches!(e, Err(MixError::InvalidArgument { what: "out", .. })),
+        "{e:?}"
+    );
+    drop((_r, _w));
+    // Nothing was written.
+    assert!(download(&m, &out).iter().all(|&v| v == 5.0));
+}
+
+/// A small launch of each path for compute-sanitizer (scripts/gpu/run.sh: racecheck and
+/// memcheck run this one): shared-memory tiles over a pair plan and a cycle, channels-last to
+/// channels-first and back, and the direct launch; bit for bit against the CPU path.
+#[test]
+fn sanitizer_sized() {
+    let Some(m) = mixer("sanitizer_sized") else {
+        return;
+    };
+    let mut r = rng(17);
+    let mut dplan = DevicePlan::new(&m);
+    for (c, h, w) in [(3usize, 40usize, 40usize), (4097, 1, 2)] {
+        let b = 4;
+        let norm = norm_for(c, 255.0).with_u8_rounding(true);
+        let dnorm = DeviceNormalize::new(&m, norm.clone()).unwrap();
+        let (x, _, _) = input::<u8>(&mut r, b * c * h * w);
+        let prs = pairs(&mut r, b);
+        let cyc = [1usize, 2, 3, 0];
+        let lam = lams(&mut r, b);
+        for plan in [
+            cutmix_plan(&mut r, &prs, h, w),
+            MixPlan::from_parts(&prs, &lam).unwrap(),
+            MixPlan::from_parts(&cyc, &lam).unwrap(),
+        ] {
+            dplan.upload(&plan).unwrap();
+            for (fin, fout) in [
+                (MemoryFormat::ChannelsLast, MemoryFormat::ChannelsFirst),
+                (MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast),
+            ] {
+                let shape = layout(fin, c, h, w);
+                let xs = m.stream().clone_htod(&x).unwrap();
+                let mut os = m.stream().alloc_zeros::<f32>(x.len()).unwrap();
+                m.mix_normalize(
+                    &dplan,
+                    &shape,
+                    &dnorm,
+                    &xs.as_view(),
+                    fout,
+                    &mut os.as_view_mut(),
+                )
+                .unwrap();
+                let mut want = vec![0f32; x.len()];
+                cpu::mix_normalize(&plan, &shape, &norm, &x, fout, &mut want).unwrap();
+                let got = download(&m, &os);
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(g, w)| g.to_bits() == w.to_bits()),
+                    "{c}x{h}x{w} {} -> {}: differs from the CPU path",
+                    fin.name(),
+                    fout.name()
+                );
+            }
+        }
+    }
+}

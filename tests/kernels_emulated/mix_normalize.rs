@@ -1,0 +1,332 @@
+//! The fused mix + normalize kernel (kernels/mix_normalize.cu): awkward shapes (odd sizes, 1
+//! and 4 channels, 1×1 images, a sample split over several shared-memory tiles with a partial
+//! last one, more channels than a tile holds: the direct launch), both memory formats in and
+//! out, every input and output dtype, timm's u8 rounding, plans with involution pairs (one
+//! block writes both samples), cycles (the partner read a second time), self-partnered samples
+//! and CutMix boxes at the edges, empty, one line, one pixel and whole. Judged against
+//! `reference::mix_normalize` (f64) within the f32 arithmetic's and the storage's rounding
+//! (the bound of tests/mix_normalize.rs), and bit for bit against `cpu::mix_normalize`, the
+//! promise of `CudaMixer::mix_normalize`; the elements around the output are checked untouched.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mixup_kernels::cuda::kernels::emulated::{self, Device};
+use mixup_kernels::{
+    Element, FloatElement, MemoryFormat, MixPlan, Normalize, SampleShape, ScalarType, bf16, cpu,
+    f16, reference,
+};
+
+use crate::common::{TestRng as Rng, hand_plans, storage_tol};
+use crate::exchange::{Buffers, Case, Checks, Run, addr, bytes, elems, wide};
+
+const FORMATS: [MemoryFormat; 2] = [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast];
+
+/// Block order n % 3, thread policy n / 3 % 4, cycled over the launches (as mix.rs does).
+fn next_order() -> Vec<(u32, u32, u64)> {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    vec![((n % 3) as u32, (n / 3 % 4) as u32, n + 101)]
+}
+
+fn layout(format: MemoryFormat, c: usize, h: usize, w: usize) -> SampleShape {
+    match format {
+        MemoryFormat::ChannelsFirst => SampleShape::channels_first(c, h, w),
+        MemoryFormat::ChannelsLast => SampleShape::channels_last(h, w, c),
+    }
+}
+
+/// Constants for `c` channels in `[0, 1]` units scaled to the input's (255 for u8).
+fn norm_for(c: usize, scale: f64) -> Normalize {
+    if c == 3 {
+        return Normalize::new(&Normalize::IMAGENET_MEAN, &Normalize::IMAGENET_STD, scale).unwrap();
+    }
+    let mean: Vec<f64> = (0..c).map(|k| 0.1307 + 0.01 * (k % 50) as f64).collect();
+    let std: Vec<f64> = (0..c).map(|k| 0.3081 - 0.002 * (k % 100) as f64).collect();
+    Normalize::new(&mean, &std, scale).unwrap()
+}
+
+/// The bound of the f32 computation (tests/mix_normalize.rs `tol`): the lerp, the subtraction
+/// and the division, each rounded, divided by the channel's std; then half an ulp of the
+/// output type. `max_in`: the largest input magnitude.
+fn bound(norm: &Normalize, max_in: f64, out: ScalarType, want: f64) -> f64 {
+    let u = 2f64.powi(-24);
+    let worst = (0..norm.channels())
+        .map(|c| {
+            let (m, s) = (f64::from(norm.mean()[c]), f64::from(norm.std()[c]));
+            (6.0 * u * (max_in + m.abs())) / s
+        })
+        .fold(0.0, f64::max);
+    let st = match out {
+        ScalarType::F16 => storage_tol::<f16>(),
+        ScalarType::BF16 => storage_tol::<bf16>(),
+        _ => storage_tol::<f32>(),
+    };
+    worst + st.abs + (2.0 * u + st.rel) * want.abs()
+}
+
+/// What one case runs: the input, the plan, the shapes and the output.
+struct Spec<I> {
+    plan: MixPlan,
+    shape: SampleShape,
+    norm: Normalize,
+    x: Vec<I>,
+    out_format: MemoryFormat,
+    /// Output elements before the output's view (the kernel must not write them).
+    off: usize,
+    max_in: f64,
+}
+
+fn judge<I: Element, O: FloatElement + Default>(
+    runs: &[Run],
+    k: &mut Checks,
+    s: &Spec<I>,
+    buf: usize,
+    fill: O,
+) {
+    let sz = size_of::<O>();
+    let n = s.x.len();
+    let all: Vec<O> = elems(&runs[0].bufs[buf]);
+    let got = &all[s.off..s.off + n];
+    let want = reference::mix_normalize(&s.plan, &s.shape, &s.norm, &s.x, s.out_format).unwrap();
+    let mut bad = 0;
+    for (j, (g, w)) in wide(got).iter().zip(&want).enumerate() {
+        let tol = bound(&s.norm, s.max_in, O::DTYPE, *w);
+        // A NaN is off too.
+        let off = (g - w).abs().partial_cmp(&tol) != Some(std::cmp::Ordering::Less)
+            && (g - w).abs() != tol;
+        if off && bad < 2 {
+            k.check(false, || {
+                format!("[{j}] is {g}, reference {w} (tol {tol:.3e})")
+            });
+        }
+        bad += usize::from(off);
+    }
+    k.check(bad == 0, || {
+        format!("{bad} of {n} elements off the reference")
+    });
+    let mut cpu_out = vec![O::default(); n];
+    cpu::mix_normalize(&s.plan, &s.shape, &s.norm, &s.x, s.out_format, &mut cpu_out).unwrap();
+    let first = (0..n).find(|&j| bytes(&got[j..=j]) != bytes(&cpu_out[j..=j]));
+    k.check(first.is_none(), || {
+        let j = first.unwrap_or(0);
+        format!(
+            "not the CPU path's bits: [{j}] is {}, the CPU's {}",
+            got[j].to_f32(),
+            cpu_out[j].to_f32()
+        )
+    });
+    let around: Vec<u8> = bytes(&all[..s.off])
+        .into_iter()
+        .chain(bytes(&all[s.off + n..]))
+        .collect();
+    let fills = bytes(&vec![fill; all.len() - n]);
+    k.check(around == fills, || {
+        format!(
+            "wrote outside its view ({} bytes around it)",
+            fills.len() / sz
+        )
+    });
+}
+
+/// Adds the case of `s` with output dtype `O`.
+fn push<I, O>(s: Spec<I>, what: String, out: &mut Vec<Case>)
+where
+    I: Element + Send + Sync + 'static,
+    O: FloatElement + Default + Send + Sync + 'static,
+{
+    let n = s.x.len();
+    let mut b = Buffers::default();
+    let xb = b.add(bytes(&s.x), false);
+    let fill = O::from_f32(-77.0);
+    // The view, with `off` elements before it and 3 after.
+    let ob = b.add(bytes(&vec![fill; s.off + n + 3]), true);
+    let pb = b.add(emulated::staged_plan(&s.plan).0, false);
+    let mut ms = s.norm.mean().to_vec();
+    ms.extend_from_slice(s.norm.std());
+    let mb = b.add(bytes(&ms), false);
+    let dev = Device {
+        plan: addr(pb, 0),
+        flags: addr(pb, 0),
+        smem_optin: 232_448,
+    };
+    let launch = emulated::mix_normalize(
+        &s.plan,
+        &s.shape,
+        &s.norm,
+        I::DTYPE,
+        addr(xb, 0),
+        s.out_format,
+        O::DTYPE,
+        addr(ob, s.off * size_of::<O>()),
+        n,
+        addr(mb, 0),
+        &dev,
+    )
+    .unwrap()
+    .expect("a launch");
+    out.push(Case {
+        group: "mixnorm",
+        what,
+        launch,
+        orders: next_order(),
+        bufs: b.0,
+        verdict: Box::new(move |runs, k| judge(runs, k, &s, ob, fill)),
+    });
+}
+
+/// The cases of input type `I` for one shape, batch, plan and formats, output `o` (and u8
+/// rounding when `rint`).
+#[allow(clippy::too_many_arguments)]
+fn case<I: Element + Send + Sync + 'static>(
+    rng: &mut Rng,
+    (c, h, w): (usize, usize, usize),
+    plan: &MixPlan,
+    name: &str,
+    (fin, fout): (MemoryFormat, MemoryFormat),
+    o: ScalarType,
+    rint: bool,
+    off: usize,
+    out: &mut Vec<Case>,
+) {
+    let u8_in = I::DTYPE == ScalarType::U8;
+    let (lo, hi, scale, max_in) = if u8_in {
+        (0.0, 255.0, 255.0, 255.0)
+    } else {
+        (-2.0, 3.0, 1.0, 3.0)
+    };
+    let n = plan.len() * c * h * w;
+    let x: Vec<I> = (0..n)
+        .map(|_| {
+            if u8_in {
+                I::from_f32(rng.below(256) as f32)
+            } else {
+                I::from_f32(rng.range(lo, hi))
+            }
+        })
+        .collect();
+    let s = Spec {
+        plan: plan.clone(),
+        shape: layout(fin, c, h, w),
+        norm: norm_for(c, scale).with_u8_rounding(rint),
+        x,
+        out_format: fout,
+        off,
+        max_in,
+    };
+    let what = format!(
+        "mix_normalize {} -> {}{}: {name}, B {}, {c}x{h}x{w} {} -> {}, off {off}",
+        I::DTYPE.name(),
+        o.name(),
+        if rint { " rint" } else { "" },
+        plan.len(),
+        fin.name(),
+        fout.name()
+    );
+    match o {
+        ScalarType::F32 => push::<I, f32>(s, what, out),
+        ScalarType::F16 => push::<I, f16>(s, what, out),
+        _ => push::<I, bf16>(s, what, out),
+    }
+}
+
+/// The dtype variants: every (input, output) pair, and u8 with rounding to each output.
+const VARIANTS: [(ScalarType, ScalarType, bool); 15] = {
+    use ScalarType::{BF16, F16, F32, U8};
+    [
+        (U8, F32, false),
+        (U8, F16, false),
+        (U8, BF16, false),
+        (U8, F32, true),
+        (U8, F16, true),
+        (U8, BF16, true),
+        (F32, F32, false),
+        (F32, F16, false),
+        (F32, BF16, false),
+        (F16, F32, false),
+        (F16, F16, false),
+        (F16, BF16, false),
+        (BF16, F32, false),
+        (BF16, F16, false),
+        (BF16, BF16, false),
+    ]
+};
+
+#[allow(clippy::too_many_arguments)]
+fn variant(
+    v: (ScalarType, ScalarType, bool),
+    rng: &mut Rng,
+    dims: (usize, usize, usize),
+    plan: &MixPlan,
+    name: &str,
+    formats: (MemoryFormat, MemoryFormat),
+    off: usize,
+    out: &mut Vec<Case>,
+) {
+    let (i, o, rint) = v;
+    match i {
+        ScalarType::U8 => case::<u8>(rng, dims, plan, name, formats, o, rint, off, out),
+        ScalarType::F32 => case::<f32>(rng, dims, plan, name, formats, o, rint, off, out),
+        ScalarType::F16 => case::<f16>(rng, dims, plan, name, formats, o, rint, off, out),
+        ScalarType::BF16 => case::<bf16>(rng, dims, plan, name, formats, o, rint, off, out),
+    }
+}
+
+pub fn cases() -> Vec<Case> {
+    let mut rng = Rng::new(14);
+    let mut out = Vec::new();
+    let mut k = 0usize;
+    // Awkward shapes, every plan of `hand_plans` (pairs with a self-partnered sample at odd
+    // batches, a 3+-cycle, identity; boxes at the edges, empty, one line, one pixel, whole),
+    // every pair of formats; the dtype variants in rotation.
+    type Dims = (usize, usize, usize);
+    let shapes: [(Dims, &[usize]); 7] = [
+        ((3, 5, 7), &[1, 5]),
+        ((1, 1, 1), &[1, 5]),
+        ((4, 3, 2), &[2, 5]),
+        ((1, 9, 13), &[3]),
+        // 1600 pixels: two tiles of 1365, the last partial.
+        ((3, 40, 40), &[3]),
+        // 1155 pixels: two tiles of 1024.
+        ((4, 33, 35), &[3]),
+        // More channels than a tile holds: the direct launch, 4 items a sample.
+        ((4097, 1, 2), &[3]),
+    ];
+    for (dims, batches) in shapes {
+        for &batch in batches {
+            for (name, plan) in hand_plans(batch, dims.1, dims.2) {
+                for fin in FORMATS {
+                    for fout in FORMATS {
+                        let v = VARIANTS[k % VARIANTS.len()];
+                        variant(
+                            v,
+                            &mut rng,
+                            dims,
+                            &plan,
+                            &name,
+                            (fin, fout),
+                            k % 2,
+                            &mut out,
+                        );
+                        k += 1;
+                    }
+                }
+            }
+        }
+    }
+    // Every dtype variant in every pair of formats on a pair plan with boxes and a cycle of
+    // MixUp samples.
+    let plans = hand_plans(5, 5, 7);
+    for v in VARIANTS {
+        for (name, plan) in plans
+            .iter()
+            .filter(|(n, _)| n.as_str() == "hand pairs boxes+0" || n.as_str() == "hand cycle mixup")
+        {
+            for fin in FORMATS {
+                for fout in FORMATS {
+                    variant(v, &mut rng, (3, 5, 7), plan, name, (fin, fout), 0, &mut out);
+                }
+            }
+        }
+    }
+    out
+}
