@@ -19,5 +19,8 @@ step cargo test --release
 step cargo test --release --no-default-features --features cpu
 # candle integration (CPU storage) and its doctests.
 step cargo test --release --features candle
+# burn integration (Flex CPU backend; burn 0.22 needs Rust 1.95), its tests, example build and
+# doctests (README's burn block included).
+step cargo test --release --features burn
 # The bare crate (sampler, plans, reference) must build and pass on its own.
 step cargo test --release --no-default-features
