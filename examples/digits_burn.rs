@@ -365,9 +365,8 @@ fn main() -> Result<()> {
         data.title, tr.count, va.count, data.classes
     );
     println!(
-        "model: CNN (the candle demo's); burn {} on Flex (CPU, {} threads), AdamW, one-cycle lr \
-         {}, batch {}, {} epochs, seed {}",
-        "0.22",
+        "model: CNN (the candle demo's); burn 0.22 on Flex (CPU, {} threads), AdamW, one-cycle \
+         lr {}, batch {}, {} epochs, seed {}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         a.lr,
         a.batch,

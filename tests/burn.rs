@@ -504,3 +504,113 @@ fn bad_inputs_give_errors_not_panics() {
         .unwrap()
         .backward();
 }
+
+/// Per-call cost of the burn ops against the CPU kernels they wrap, on `Flex` (not a check:
+/// `cargo test --release --features burn --test burn -- --ignored --nocapture per_call_cost`).
+#[test]
+#[ignore]
+fn per_call_cost() {
+    use std::time::Instant;
+    let dev = device().autodiff();
+    let time = |f: &mut dyn FnMut()| {
+        f();
+        let t = Instant::now();
+        for _ in 0..20 {
+            f();
+        }
+        t.elapsed().as_secs_f64() / 20.0 * 1e6
+    };
+    let (b, c) = (256, 1000);
+    let plan = Sampler::new(MixConfig::timm(c), 0)
+        .unwrap()
+        .plan(0, b)
+        .unwrap();
+    let spec = MixConfig::timm(c).ce_spec(Reduction::Mean).unwrap();
+    let z = pseudo_random(b * c, 3, 4.0);
+    let labels: Vec<u32> = (0..b as u32).map(|i| i % c as u32).collect();
+    let li: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
+    let mut grad = vec![0f32; b * c];
+    let kernel = time(&mut || {
+        cpu::mixup_ce(
+            &plan,
+            &spec,
+            &z,
+            &labels,
+            GradOutput::Scalar(1.0),
+            None,
+            &mut grad,
+        )
+        .unwrap();
+    });
+    let logits = Tensor::<2>::from_data(TensorData::new(z.clone(), [b, c]), &dev).require_grad();
+    let lt = Tensor::<1, Int>::from_data(TensorData::new(li, [b]), &dev);
+    let fwd = time(&mut || {
+        let _ = mixup_cross_entropy(&plan, &spec, logits.clone(), lt.clone()).unwrap();
+    });
+    let fwd_bwd = time(&mut || {
+        let l = mixup_cross_entropy(&plan, &spec, logits.clone(), lt.clone()).unwrap();
+        let _ = logits.grad(&l.backward());
+    });
+    println!(
+        "CE {b}x{c} f32: cpu::mixup_ce {kernel:.0} µs; burn forward (loss + kept grad) {fwd:.0} µs; forward + backward {fwd_bwd:.0} µs"
+    );
+    let (ch, side) = (3, 224);
+    let n = 64 * ch * side * side;
+    let plan = Sampler::new(MixConfig::timm(c), 0)
+        .unwrap()
+        .plan(0, 64)
+        .unwrap();
+    let shape = SampleShape::channels_first(ch, side, side);
+    let x = pseudo_random(n, 5, 1.0);
+    let mut out = vec![0f32; n];
+    let kernel = time(&mut || cpu::mix(&plan, &shape, &x, &mut out).unwrap());
+    let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [64, ch, side, side]), &device());
+    let op = time(&mut || {
+        let _ = mix_images(&plan, MemoryFormat::ChannelsFirst, xt.clone()).unwrap();
+    });
+    println!("mix 64x3x224x224 f32: cpu::mix {kernel:.0} µs; burn mix_images {op:.0} µs");
+}
+
+/// burn's CUDA backend (feature `burn-cuda`, run when a GPU is lent): mixing, soft targets and
+/// both losses' gradients through `backward()` on `Device::cuda(0)` equal the Flex results.
+/// Skips (printing why) where `check_cuda` finds no device.
+#[cfg(feature = "burn-cuda")]
+#[test]
+fn cuda_backend_matches_flex() {
+    if let Err(e) = mixup_kernels::check_cuda(0) {
+        println!("skipped: no CUDA device ({e})");
+        return;
+    }
+    let (b, c, h, w) = (6, 10, 5, 4);
+    let plan = mixed_plan(b, h, w, 2);
+    let raw = pseudo_random(b * 3 * h * w, 1, 1.0);
+    let logits = TensorData::new(pseudo_random(b * c, 2, 3.0), [b, c]);
+    let labels = TensorData::new(vec![1i64, 9, 3, 3, 0, 7], [b]);
+    let ce = CeSpec::new(c, 0.1, Reduction::Mean).unwrap();
+    let bce = BceSpec::new(c, 0.1, Reduction::None).unwrap();
+    let run = |dev: Device| {
+        let x = Tensor::<4>::from_data(TensorData::new(raw.clone(), [b, 3, h, w]), &dev);
+        let mixed = mix_images(&plan, MemoryFormat::ChannelsFirst, x).unwrap();
+        let y = Tensor::<1, Int>::from_data(labels.clone(), &dev);
+        let t = soft_targets(&plan, plan.targets().unwrap(), y.clone(), DType::F32).unwrap();
+        let z = Tensor::<2>::from_data(logits.clone(), &dev.clone().autodiff()).require_grad();
+        let y = Tensor::<1, Int>::from_data(labels.clone(), &dev.clone().autodiff());
+        let l1 = mixup_cross_entropy(&plan, &ce, z.clone(), y.clone()).unwrap();
+        let l2 = mixup_binary_cross_entropy(&plan, &bce, z.clone(), y).unwrap();
+        let g = z
+            .grad(&(l1.clone() * 3.0 + l2.clone().sum()).backward())
+            .unwrap();
+        [
+            host_f64(&mixed),
+            host_f64(&t),
+            host_f64(&l1),
+            host_f64(&l2),
+            host_f64(&g),
+        ]
+    };
+    let want = run(device());
+    let got = run(Device::cuda(0));
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_close(&format!("output {k}"), g, w, Tol::new(1e-6, 1e-5));
+    }
+}

@@ -16,8 +16,8 @@
 //!   upstream of 1 in one pass and keeps the gradient; the backward pass hands burn the kept
 //!   gradient times the upstream gradient (one multiply). On any other autodiff backend (enabled
 //!   in burn by the application: `ndarray`, `wgpu`, `cuda`...) the same kernel computes loss and
-//!   gradient and the result is attached with burn's own ops, `loss + (x·G).sum() − (x·G).sum()`
-//!   detached, whose backward is `G ×` upstream as well (three small extra ops per step).
+//!   gradient and the result is attached with burn's own ops, `(s − detach(s)) + loss` with
+//!   `s = (x·G).sum()`, whose backward is `G ×` upstream as well (three small extra ops per step).
 //!
 //! ```
 //! use burn::tensor::{Device, Int, Tensor};
@@ -389,25 +389,18 @@ pub(crate) fn fused_loss(
     };
     let grad = grad.into_data(dims);
     // The backends this feature builds get burn's `Backward` op; any other one the surrogate.
-    let (loss, grad) = match attach::<Flex, NoCheckpointing>(&logits, loss, grad) {
-        Ok(t) => return Ok(t),
-        Err(back) => back,
-    };
-    let (loss, grad) = match attach::<Flex, BalancedCheckpointing>(&logits, loss, grad) {
-        Ok(t) => return Ok(t),
-        Err(back) => back,
-    };
+    let mut data = Some((loss, grad));
+    let attached = attach::<Flex, NoCheckpointing>(&logits, &mut data)
+        .or_else(|| attach::<Flex, BalancedCheckpointing>(&logits, &mut data));
     #[cfg(feature = "burn-cuda")]
-    let (loss, grad) = match attach::<burn::backend::Cube, NoCheckpointing>(&logits, loss, grad) {
-        Ok(t) => return Ok(t),
-        Err(back) => back,
-    };
-    #[cfg(feature = "burn-cuda")]
-    let (loss, grad) =
-        match attach::<burn::backend::Cube, BalancedCheckpointing>(&logits, loss, grad) {
-            Ok(t) => return Ok(t),
-            Err(back) => back,
-        };
+    let attached = attached
+        .or_else(|| attach::<burn::backend::Cube, NoCheckpointing>(&logits, &mut data))
+        .or_else(|| attach::<burn::backend::Cube, BalancedCheckpointing>(&logits, &mut data));
+    if let Some(t) = attached {
+        return Ok(t);
+    }
+    // Only a successful attach takes the data, so it is still here.
+    let (loss, grad) = data.ok_or_else(|| invalid("logits", format!("{op}: internal")))?;
     Ok(surrogate(logits, loss, grad, &device))
 }
 
@@ -437,18 +430,16 @@ impl<B: Backend> Backward<B, 1> for FusedLossBackward {
 }
 
 /// The loss as the output of a [`FusedLossBackward`] op on `Autodiff<B, C>`, when the logits
-/// live there; the data back otherwise.
+/// live there (`data`, the loss and the gradient, is taken then); `None` otherwise.
 fn attach<B: Backend, C: CheckpointStrategy>(
     logits: &Tensor<2>,
-    loss: TensorData,
-    grad: TensorData,
-) -> std::result::Result<Tensor<1>, (TensorData, TensorData)>
+    data: &mut Option<(TensorData, TensorData)>,
+) -> Option<Tensor<1>>
 where
     DispatchTensor: DispatchKindConversion<Autodiff<B, C>>,
 {
-    let Ok(x) = logits.clone().try_into_primitive::<Autodiff<B, C>>() else {
-        return Err((loss, grad));
-    };
+    let x = logits.clone().try_into_primitive::<Autodiff<B, C>>().ok()?;
+    let (loss, grad) = data.take()?;
     let device = x.primitive().device();
     let out = B::float_from_data(loss, &device);
     let out = match FusedLossBackward
@@ -459,10 +450,10 @@ where
         OpsKind::Tracked(prep) => prep.finish(B::float_from_data(grad, &device), out),
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
-    Ok(Tensor::from_primitive::<Autodiff<B, C>>(out))
+    Some(Tensor::from_primitive::<Autodiff<B, C>>(out))
 }
 
-/// Any other autodiff backend: `loss + s − detach(s)` with `s = Σ_c x·G` (per row for
+/// Any other autodiff backend: `(s − detach(s)) + loss` with `s = Σ_c x·G` (per row for
 /// `Reduction::None`, over everything otherwise), whose value is the loss exactly and whose
 /// gradient with respect to `x` is `G ×` upstream.
 fn surrogate(logits: Tensor<2>, loss: TensorData, grad: TensorData, device: &Device) -> Tensor<1> {
@@ -472,7 +463,8 @@ fn surrogate(logits: Tensor<2>, loss: TensorData, grad: TensorData, device: &Dev
     let loss = Tensor::<1>::from_data(loss, (device, DType::F32));
     let s = (logits * g).sum_dim(1).cast(DType::F32);
     let s: Tensor<1> = if n == 1 { s.sum() } else { s.reshape([n]) };
-    loss + s.clone() - s.detach()
+    // `s − detach(s)` first: exactly 0 for finite `s`, so the value is the loss's own bits.
+    (s.clone() - s.detach()) + loss
 }
 
 /// Checks the logits and labels of a loss: ranks, dtypes, class count, batch, device.
@@ -597,4 +589,55 @@ fn bad_dtype(what: &'static str, dtype: DType, op: &'static str) -> MixError {
 
 fn invalid(what: &'static str, reason: String) -> MixError {
     MixError::InvalidArgument { what, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On `Autodiff<Flex>` the loss is attached as burn's `Backward` op (not the surrogate), and
+    /// the surrogate used for other backends gives the same value and the same gradient.
+    #[test]
+    fn backward_op_on_flex_and_the_surrogate_agree() {
+        let dev = Device::flex().autodiff();
+        let x = TensorData::new(vec![1f32, -2., 0.5, 3., 0., -1.], [2, 3]);
+        let g = TensorData::new(vec![0.1f32, -0.2, 0.1, 0.3, -0.1, -0.2], [2, 3]);
+        for rows in [1usize, 2] {
+            let loss = TensorData::new(vec![0.75f32; rows], [rows]);
+            let up = TensorData::new(
+                (0..rows).map(|i| 2.0 + i as f32).collect::<Vec<_>>(),
+                [rows],
+            );
+            let mut out = Vec::new();
+            for op in [true, false] {
+                let logits = Tensor::<2>::from_data(x.clone(), &dev).require_grad();
+                let l = if op {
+                    attach::<Flex, NoCheckpointing>(&logits, &mut Some((loss.clone(), g.clone())))
+                        .expect("Autodiff<Flex> takes the Backward op")
+                } else {
+                    surrogate(logits.clone(), loss.clone(), g.clone(), &dev)
+                };
+                let value: Vec<f32> = l.to_data().iter::<f32>().collect();
+                assert_eq!(value, vec![0.75; rows]);
+                let w = Tensor::<1>::from_data(up.clone(), &dev);
+                let grad = logits.grad(&(l * w).sum().backward()).expect("a gradient");
+                out.push(grad.to_data().iter::<f32>().collect::<Vec<f32>>());
+            }
+            let gv: Vec<f32> = g.iter::<f32>().collect();
+            let ups: Vec<f32> = up.iter::<f32>().collect();
+            let want: Vec<f32> = (0..6)
+                .map(|k| gv[k] * if rows == 1 { ups[0] } else { ups[k / 3] })
+                .collect();
+            assert_eq!(out[0], want, "Backward op, {rows} rows");
+            for (a, b) in out[1].iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-6, "surrogate {:?} vs {want:?}", out[1]);
+            }
+        }
+        // A plain (non-autodiff) tensor is not taken by the op.
+        let plain = Tensor::<2>::from_data(x.clone(), &Device::flex());
+        let loss = TensorData::new(vec![0f32], [1]);
+        let mut data = Some((loss, g));
+        assert!(attach::<Flex, NoCheckpointing>(&plain, &mut data).is_none());
+        assert!(data.is_some(), "the data is kept for the next attempt");
+    }
 }
