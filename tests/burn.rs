@@ -288,9 +288,17 @@ fn mixed_plan(b: usize, h: usize, w: usize, seed: u64) -> MixPlan {
 #[test]
 fn mix_images_matches_the_cpu_path() {
     let (b, ch, h, w) = (5, 3, 7, 6);
-    let plan = mixed_plan(b, h, w, 3);
+    // timm's flip (an involution: mixed in place on the host copy) with CutMix boxes, and a
+    // cycle (mixed into a new buffer).
+    let flip = mixed_plan(b, h, w, 3);
+    let cycle = MixPlan::from_parts(&[1, 2, 3, 4, 0], &[0.3, 0.6, 0.9, 0.5, 1.0]).unwrap();
+    assert!(flip.is_involution() && !cycle.is_involution());
     let raw = pseudo_random(b * ch * h * w, 6, 1.0);
-    for dev in [device(), device().autodiff()] {
+    for (dev, plan) in [
+        (device(), &flip),
+        (device().autodiff(), &flip),
+        (device(), &cycle),
+    ] {
         for format in [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast] {
             let (dims, shape) = match format {
                 MemoryFormat::ChannelsFirst => {
@@ -301,7 +309,7 @@ fn mix_images_matches_the_cpu_path() {
             for dtype in [DType::F32, DType::F16, DType::BF16] {
                 let x = Tensor::<4>::from_data(TensorData::new(raw.clone(), dims), (&dev, dtype));
                 let before = x.to_data();
-                let y = mix_images(&plan, format, x.clone()).unwrap();
+                let y = mix_images(plan, format, x.clone()).unwrap();
                 assert_eq!(
                     (y.dims(), y.dtype(), y.device()),
                     (dims, dtype, dev.clone())
@@ -310,13 +318,13 @@ fn mix_images_matches_the_cpu_path() {
                 match dtype {
                     DType::F32 => {
                         let mut want = vec![0f32; raw.len()];
-                        cpu::mix(&plan, &shape, &raw, &mut want).unwrap();
+                        cpu::mix(plan, &shape, &raw, &mut want).unwrap();
                         assert_eq!(y.to_data().try_to_vec::<f32>().unwrap(), want, "{what}");
                     }
                     DType::F16 => {
                         let xs = before.try_to_vec::<mixup_kernels::f16>().unwrap();
                         let mut want = vec![mixup_kernels::f16::ZERO; xs.len()];
-                        cpu::mix(&plan, &shape, &xs, &mut want).unwrap();
+                        cpu::mix(plan, &shape, &xs, &mut want).unwrap();
                         assert_eq!(
                             y.to_data().try_to_vec::<mixup_kernels::f16>().unwrap(),
                             want,
@@ -326,7 +334,7 @@ fn mix_images_matches_the_cpu_path() {
                     _ => {
                         let xs = before.try_to_vec::<mixup_kernels::bf16>().unwrap();
                         let mut want = vec![mixup_kernels::bf16::ZERO; xs.len()];
-                        cpu::mix(&plan, &shape, &xs, &mut want).unwrap();
+                        cpu::mix(plan, &shape, &xs, &mut want).unwrap();
                         assert_eq!(
                             y.to_data().try_to_vec::<mixup_kernels::bf16>().unwrap(),
                             want,
@@ -341,7 +349,7 @@ fn mix_images_matches_the_cpu_path() {
                 assert_close(
                     &what,
                     &host_f64(&y),
-                    &reference::mix(&plan, &shape, &stored).unwrap(),
+                    &reference::mix(plan, &shape, &stored).unwrap(),
                     Tol::new(abs, rel),
                 );
             }

@@ -9,7 +9,8 @@
 //! - **Where the work runs.** The crate's CPU kernels (the `cpu` module), on the host copy of the
 //!   tensor that burn's own `into_data` gives: for burn's CPU backends (`Flex`, `NdArray`) that
 //!   is a memory copy out and one back in (`Tensor::from_data`), on a GPU backend a
-//!   device → host → device round trip. burn's `fusion` wrapper needs nothing special: reading the
+//!   device → host → device round trip. Involution plans (timm's flip) mix that host copy in
+//!   place; other plans write a new buffer. burn's `fusion` wrapper needs nothing special: reading the
 //!   data flushes the fused graph first, as any `into_data` does.
 //! - **The losses** are autodiff ops (burn's `Backward` trait) on `Autodiff<Flex>`, the CPU
 //!   backend this feature builds: the forward pass computes the loss and the gradient for an
@@ -529,28 +530,38 @@ fn mix_tensor<const D: usize>(
 ) -> Result<Tensor<D>> {
     const OP: &str = "mixup_kernels::burn::mix";
     let device = x.device();
-    let data = read(x, "images", OP)?;
+    let mut data = read(x, "images", OP)?;
     let dtype = data.dtype();
     let dims = data.shape().clone();
+    // The host copy is ours: an involution plan (timm's flip, random pairs) mixes it in place,
+    // any other plan into a new buffer.
     fn run<T: Element + burn::tensor::Element>(
         plan: &MixPlan,
         shape: &SampleShape,
-        data: &TensorData,
+        data: &mut TensorData,
         dims: Shape,
-    ) -> Result<TensorData> {
+    ) -> Result<Option<TensorData>> {
+        if plan.is_involution() {
+            let x = data
+                .as_mut_slice::<T>()
+                .map_err(|e| read_err("images", OP, e))?;
+            crate::cpu::mix_in_place(plan, shape, x)?;
+            return Ok(None);
+        }
         let x = data
             .as_slice::<T>()
             .map_err(|e| read_err("images", OP, e))?;
         let mut out = vec![T::default(); x.len()];
         crate::cpu::mix(plan, shape, x, &mut out)?;
-        Ok(TensorData::new(out, dims))
+        Ok(Some(TensorData::new(out, dims)))
     }
     let out = match dtype {
-        DType::F32 => run::<f32>(plan, shape, &data, dims)?,
-        DType::F16 => run::<crate::f16>(plan, shape, &data, dims)?,
-        DType::BF16 => run::<crate::bf16>(plan, shape, &data, dims)?,
+        DType::F32 => run::<f32>(plan, shape, &mut data, dims)?,
+        DType::F16 => run::<crate::f16>(plan, shape, &mut data, dims)?,
+        DType::BF16 => run::<crate::bf16>(plan, shape, &mut data, dims)?,
         other => return Err(bad_dtype("images", other, OP)),
     };
+    let out = out.unwrap_or(data);
     // Mixed data does not track gradients: on an autodiff device it is a fresh leaf.
     Ok(Tensor::from_data(out, (&device, dtype)))
 }
