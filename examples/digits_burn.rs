@@ -9,10 +9,8 @@
 //! cargo run --release --example digits_burn --features burn -- --epochs 5 --runs none,mixup
 //! ```
 //!
-//! One difference from the candle demo: there, `mix_normalize` turns each batch's u8 pixels
-//! into the model's input in one pass; burn has no u8 float input, so here the pixels are scaled
-//! to `[0, 1]` once and each batch goes through `mix_images` (the same values up to f32
-//! rounding: mixing and scaling are both linear).
+//! As in the candle demo, each batch's u8 pixels (here a `Tensor<4, Int>` of dtype u8) become
+//! the model's input through `mix_normalize` (mix, scale to `[0, 1]`, f32) in one pass.
 
 #[path = "digits/data.rs"]
 #[allow(dead_code)] // the Fashion-MNIST reader and the candle tensors are the candle demo's
@@ -27,10 +25,12 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, PaddingConfig2d};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::activation::{relu, softmax};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use clap::{Parser, ValueEnum};
-use mixup_kernels::burn::{mix_images, mixup_cross_entropy};
-use mixup_kernels::{CeSpec, ImageSize, MemoryFormat, MixConfig, MixPlan, Reduction, Sampler};
+use mixup_kernels::burn::{mix_normalize, mixup_cross_entropy};
+use mixup_kernels::{
+    CeSpec, ImageSize, MemoryFormat, MixConfig, MixPlan, Normalize, Reduction, Sampler,
+};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -202,26 +202,29 @@ struct Row {
     mix_secs: f64,
 }
 
-/// A split's images as `[n, 1, side, side]` f32 in `[0, 1]` and its labels, on the host.
+/// A split's u8 pixels and labels on the host.
 struct Split {
-    pixels: Vec<f32>,
+    pixels: Vec<u8>,
     labels: Vec<i64>,
     count: usize,
+    /// Pixels `0..=max` to `0..=1`.
+    norm: Normalize,
 }
 
 impl Split {
-    fn new(im: &Images) -> Self {
-        let max = f32::from(im.max);
-        Split {
-            pixels: im.pixels.iter().map(|&p| f32::from(p) / max).collect(),
+    fn new(im: &Images) -> Result<Self> {
+        Ok(Split {
+            pixels: im.pixels.clone(),
             labels: im.labels.iter().map(|&l| i64::from(l)).collect(),
             count: im.count,
-        }
+            norm: im.normalize()?,
+        })
     }
 
-    fn batch(&self, idx: &[u32], side: usize, dev: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+    /// The pixels `[n, 1, side, side]` (u8, an int tensor) and labels of `idx`.
+    fn batch(&self, idx: &[u32], side: usize, dev: &Device) -> (Tensor<4, Int>, Tensor<1, Int>) {
         let px = side * side;
-        let x: Vec<f32> = idx
+        let x: Vec<u8> = idx
             .iter()
             .flat_map(|&i| &self.pixels[i as usize * px..(i as usize + 1) * px])
             .copied()
@@ -229,7 +232,7 @@ impl Split {
         let y: Vec<i64> = idx.iter().map(|&i| self.labels[i as usize]).collect();
         let n = idx.len();
         (
-            Tensor::from_data(TensorData::new(x, [n, 1, side, side]), dev),
+            Tensor::from_data(TensorData::new(x, [n, 1, side, side]), (dev, DType::U8)),
             Tensor::from_data(TensorData::new(y, [n]), dev),
         )
     }
@@ -283,8 +286,9 @@ fn train(method: Method, a: &Args, data: &DataSet, tr: &Split, va: &Split) -> Re
                 )?,
                 None => MixPlan::identity(n)?,
             };
-            // The lines a burn loop changes: mix the batch, score against the mixed targets.
-            let x = mix_images(&plan, MemoryFormat::ChannelsFirst, x)?;
+            // The lines a burn loop changes: pixels to the mixed input, the mixed-target loss.
+            let first = MemoryFormat::ChannelsFirst;
+            let x = mix_normalize(&plan, first, &tr.norm, x, first, DType::F32)?;
             mix_time += tm.elapsed();
             let logits = model.forward(x);
             let loss = mixup_cross_entropy(&plan, &spec, logits, y)?;
@@ -325,9 +329,11 @@ fn evaluate(model: &Cnn, va: &Split, side: usize, spec: &CeSpec) -> Result<(f64,
     let dev = Device::flex();
     let n = va.count;
     let idx: Vec<u32> = (0..n as u32).collect();
-    let (x, y) = va.batch(&idx, side, &dev);
+    let (px, y) = va.batch(&idx, side, &dev);
+    let (first, identity) = (MemoryFormat::ChannelsFirst, MixPlan::identity(n)?);
+    let x = mix_normalize(&identity, first, &va.norm, px, first, DType::F32)?;
     let logits = model.forward(x);
-    let loss = mixup_cross_entropy(&MixPlan::identity(n)?, spec, logits.clone(), y)?;
+    let loss = mixup_cross_entropy(&identity, spec, logits.clone(), y)?;
     let valid_loss = f64::from(loss.to_data().iter::<f32>().next().unwrap_or(f32::NAN));
     let probs: Vec<f32> = softmax(logits, 1).to_data().iter::<f32>().collect();
     let classes = probs.len() / n.max(1);
@@ -359,7 +365,7 @@ fn main() -> Result<()> {
     }
     let start = Instant::now();
     let data = data::digits(None, a.train, SPLIT_SEED)?;
-    let (tr, va) = (Split::new(&data.train), Split::new(&data.valid));
+    let (tr, va) = (Split::new(&data.train)?, Split::new(&data.valid)?);
     println!(
         "{}: {} train / {} valid images, {} classes",
         data.title, tr.count, va.count, data.classes
@@ -407,7 +413,7 @@ fn main() -> Result<()> {
     println!(
         "\nerrors = misclassified validation images. ECE: expected calibration error (10 bins); \
          confidence: mean probability of the predicted class. img/s: training only; mixing: \
-         drawing the plan and `mix_images`, timed on its own."
+         drawing the plan and `mix_normalize` (u8 -> f32), timed on its own."
     );
     println!("total time {:.1}s", start.elapsed().as_secs_f64());
     Ok(())

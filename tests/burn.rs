@@ -622,3 +622,73 @@ fn cuda_backend_matches_flex() {
         assert_close(&format!("output {k}"), g, w, Tol::new(1e-6, 1e-5));
     }
 }
+
+/// `mix_normalize` gives the CPU path's bits: u8 pixels (an `Int` tensor) channels-last into
+/// f32 channels-first, and f32 input into bf16 in the same layout; errors for channels other
+/// than the normalization's and a float output dtype that is not one.
+#[test]
+fn mix_normalize_matches_the_cpu_path() {
+    use mixup_kernels::Normalize;
+    use mixup_kernels::burn::mix_normalize;
+    let dev = device();
+    let (b, h, w, ch) = (5, 7, 6, 3);
+    let plan = mixed_plan(b, h, w, 4);
+    let norm = Normalize::imagenet_u8();
+    let px: Vec<u8> = pseudo_random(b * h * w * ch, 8, 1.0)
+        .into_iter()
+        .map(|v| ((v + 1.0) * 127.0) as u8)
+        .collect();
+    let pixels = Tensor::<4, Int>::from_data(
+        TensorData::new(px.clone(), [b, h, w, ch]),
+        (&dev, DType::U8),
+    );
+    let (last, first) = (MemoryFormat::ChannelsLast, MemoryFormat::ChannelsFirst);
+    let y = mix_normalize(&plan, last, &norm, pixels.clone(), first, DType::F32).unwrap();
+    assert_eq!((y.dims(), y.dtype()), ([b, ch, h, w], DType::F32));
+    let mut want = vec![0f32; px.len()];
+    cpu::mix_normalize(
+        &plan,
+        &SampleShape::channels_last(h, w, ch),
+        &norm,
+        &px,
+        first,
+        &mut want,
+    )
+    .unwrap();
+    assert_eq!(y.to_data().try_to_vec::<f32>().unwrap(), want);
+
+    let scaled = Normalize::imagenet();
+    let raw = pseudo_random(b * ch * h * w, 9, 1.0);
+    let x = Tensor::<4>::from_data(TensorData::new(raw.clone(), [b, ch, h, w]), &dev);
+    let y = mix_normalize(&plan, first, &scaled, x, first, DType::BF16).unwrap();
+    assert_eq!((y.dims(), y.dtype()), ([b, ch, h, w], DType::BF16));
+    let mut want = vec![mixup_kernels::bf16::ZERO; raw.len()];
+    cpu::mix_normalize(
+        &plan,
+        &SampleShape::channels_first(ch, h, w),
+        &scaled,
+        &raw,
+        first,
+        &mut want,
+    )
+    .unwrap();
+    assert_eq!(
+        y.to_data().try_to_vec::<mixup_kernels::bf16>().unwrap(),
+        want
+    );
+
+    // Errors, not panics: 3-channel constants on the channels-first reading of NHWC data (7
+    // "channels"), and an int output dtype.
+    expect_err(
+        mix_normalize(&plan, first, &norm, pixels.clone(), first, DType::F32),
+        "channels",
+    );
+    let e = expect_err(
+        mix_normalize(&plan, last, &norm, pixels, first, DType::I64),
+        "dtype",
+    );
+    assert!(
+        matches!(e, MixError::InvalidArgument { what: "dtype", .. }),
+        "{e}"
+    );
+}

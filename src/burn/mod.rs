@@ -1,5 +1,6 @@
 //! burn integration (feature `burn`, burn 0.22): mix burn [`Tensor`] batches with a
-//! [`MixPlan`], build soft targets, and train with the fused mixup cross-entropy (and the mixup
+//! [`MixPlan`] (or turn decoded u8 pixels into the mixed model input, [`mix_normalize`]), build
+//! soft targets, and train with the fused mixup cross-entropy (and the mixup
 //! BCE) as burn autodiff ops: `loss.backward()` gets the logits' gradient computed in the same
 //! pass as the loss.
 //!
@@ -74,8 +75,10 @@ use crate::plan::MixPlan;
 use crate::spec::{CeSpec, GradOutput, MemoryFormat, Reduction, SampleShape};
 
 mod bce;
+mod mix_normalize;
 
 pub use bce::mixup_binary_cross_entropy;
+pub use mix_normalize::mix_normalize;
 
 // ---------------------------------------------------------------------------------------------
 // Mixing
