@@ -692,3 +692,57 @@ fn mix_normalize_matches_the_cpu_path() {
         "{e}"
     );
 }
+
+/// Per-call cost on burn's CUDA backend (feature `burn-cuda`, a GPU): the host round trip of
+/// `mix_images` and of the CE forward + backward, against Flex on the same sizes.
+#[cfg(feature = "burn-cuda")]
+#[test]
+#[ignore]
+fn per_call_cost_cuda() {
+    use std::time::Instant;
+    if let Err(e) = mixup_kernels::check_cuda(0) {
+        println!("skipped: no CUDA device ({e})");
+        return;
+    }
+    let (b, c) = (256, 1000);
+    let plan = Sampler::new(MixConfig::timm(c), 0)
+        .unwrap()
+        .plan(0, b)
+        .unwrap();
+    let spec = MixConfig::timm(c).ce_spec(Reduction::Mean).unwrap();
+    let z = TensorData::new(pseudo_random(b * c, 3, 4.0), [b, c]);
+    let li = TensorData::new((0..b as i64).map(|i| i % c as i64).collect::<Vec<_>>(), [b]);
+    let x = TensorData::new(pseudo_random(64 * 3 * 224 * 224, 5, 1.0), [64, 3, 224, 224]);
+    for (name, dev) in [("flex", device()), ("cuda", Device::cuda(0))] {
+        let ad = dev.clone().autodiff();
+        let logits = Tensor::<2>::from_data(z.clone(), &ad).require_grad();
+        let lt = Tensor::<1, Int>::from_data(li.clone(), &ad);
+        let xt = Tensor::<4>::from_data(x.clone(), &dev);
+        let ce = || {
+            let l = mixup_cross_entropy(&plan, &spec, logits.clone(), lt.clone()).unwrap();
+            let g = logits.grad(&l.backward()).unwrap();
+            g.to_data(); // wait for the device
+        };
+        let mix = || {
+            mix_images(&plan, MemoryFormat::ChannelsFirst, xt.clone())
+                .unwrap()
+                .to_data();
+        };
+        ce();
+        mix();
+        let t = Instant::now();
+        for _ in 0..20 {
+            ce();
+        }
+        let ce_us = t.elapsed().as_secs_f64() / 20.0 * 1e6;
+        let t = Instant::now();
+        for _ in 0..5 {
+            mix();
+        }
+        let mix_us = t.elapsed().as_secs_f64() / 5.0 * 1e6;
+        println!(
+            "{name}: CE {b}x{c} forward + backward + read {ce_us:.0} µs; \
+             mix_images 64x3x224x224 + read {mix_us:.0} µs"
+        );
+    }
+}

@@ -11,10 +11,11 @@
 //!   tensor that burn's own `into_data` gives: for burn's CPU backends (`Flex`, `NdArray`) that
 //!   is a memory copy out and one back in (`Tensor::from_data`), on a GPU backend a
 //!   device → host → device round trip. Involution plans (timm's flip) mix that host copy in
-//!   place; other plans write a new buffer. burn's `fusion` wrapper needs nothing special: reading the
-//!   data flushes the fused graph first, as any `into_data` does.
+//!   place; other plans write a new buffer. burn's `fusion` wrapper needs nothing special:
+//!   reading the data flushes the fused graph first, as any `into_data` does.
 //! - **The losses** are autodiff ops (burn's `Backward` trait) on `Autodiff<Flex>`, the CPU
-//!   backend this feature builds: the forward pass computes the loss and the gradient for an
+//!   backend this feature builds (and on burn's CUDA backend, `Autodiff<Cube>`, with the
+//!   `burn-cuda` feature): the forward pass computes the loss and the gradient for an
 //!   upstream of 1 in one pass and keeps the gradient; the backward pass hands burn the kept
 //!   gradient times the upstream gradient (one multiply). On any other autodiff backend (enabled
 //!   in burn by the application: `ndarray`, `wgpu`, `cuda`...) the same kernel computes loss and
