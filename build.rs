@@ -79,7 +79,8 @@ fn main() {
 }
 
 /// `$OUT_DIR/README.md`, the README as its doctests compile it (`src/lib.rs`): a code block
-/// whose info string names a feature (` ```rust,candle `, ` ```rust,cpu `, ` ```rust,no_run,cuda `)
+/// whose info string names a feature (` ```rust,candle `, ` ```rust,burn `, ` ```rust,cpu `,
+/// ` ```rust,no_run,cuda `)
 /// is tested when that feature is on and marked `ignore` otherwise; the feature word is dropped.
 fn readme(dir: &std::path::Path, out: &std::path::Path, cuda: bool) {
     let text = fs::read_to_string(dir.join("README.md")).expect("README.md is part of the crate");
@@ -98,7 +99,7 @@ fn readme(dir: &std::path::Path, out: &std::path::Path, cuda: bool) {
                 let needs: Vec<&str> = words
                     .iter()
                     .copied()
-                    .filter(|w| matches!(*w, "cpu" | "cuda" | "candle"))
+                    .filter(|w| matches!(*w, "cpu" | "cuda" | "candle" | "burn"))
                     .collect();
                 let kept: Vec<&str> = words.into_iter().filter(|w| !needs.contains(w)).collect();
                 if needs.iter().all(|f| on(f)) {

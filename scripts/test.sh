@@ -19,5 +19,10 @@ step cargo test --release
 step cargo test --release --no-default-features --features cpu
 # candle integration (CPU storage) and its doctests.
 step cargo test --release --features candle
+# burn integration (Flex CPU backend; burn 0.22 needs Rust 1.95): the crate's unit tests and the
+# burn tests, then the burn doctests and the README's (its burn block). The rest of the suite does
+# not change with the feature and ran above; the burn demo is type-checked by clippy (.ci/run).
+step cargo test --release --features burn --lib --test burn
+step cargo test --release --features burn --doc -- burn ReadmeDoctests
 # The bare crate (sampler, plans, reference) must build and pass on its own.
 step cargo test --release --no-default-features

@@ -8,7 +8,8 @@
 //! - `cuda` (feature `cuda`, on by default): fused kernels compiled at run time through NVRTC;
 //!   [`check_cuda`] says whether they can run here (in every build);
 //! - `candle` (feature `candle`): the same operations on `candle_core::Tensor`s, the loss as a
-//!   candle op with a backward pass.
+//!   candle op with a backward pass;
+//! - `burn` (feature `burn`): the same on burn 0.22 tensors, the losses as burn autodiff ops.
 //!
 //! The operations: mix a batch of inputs (MixUp lerp and CutMix paste, NCHW or NHWC), build
 //! soft targets with label smoothing, the fused mixup cross-entropy (loss and gradient in
@@ -49,6 +50,10 @@ pub mod cpu;
 #[cfg(feature = "candle")]
 #[cfg_attr(docsrs, doc(cfg(feature = "candle")))]
 pub mod candle;
+
+#[cfg(feature = "burn")]
+#[cfg_attr(docsrs, doc(cfg(feature = "burn")))]
+pub mod burn;
 
 // `mixup_cuda` is set by build.rs for the `cuda` feature and for `candle-cuda`.
 #[cfg(mixup_cuda)]

@@ -6,6 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
+#[cfg(feature = "candle")]
 use candle_core::{Device, Tensor};
 use mixup_kernels::Normalize;
 use rand::SeedableRng;
@@ -72,7 +73,8 @@ impl Images {
 
     /// All images as a `[n, 1, side, side]` u8 tensor of their pixels on the CPU (where a data
     /// loader keeps decoded images; `mix_normalize` turns each batch into the model's input),
-    /// and their labels (u32) on `dev`.
+    /// and their labels (u32) on `dev`. (The burn demo, `digits_burn`, builds its own tensors.)
+    #[cfg(feature = "candle")]
     pub fn tensors(&self, dev: &Device) -> Result<(Tensor, Tensor)> {
         let y: Vec<u32> = self.labels.iter().map(|&l| u32::from(l)).collect();
         Ok((

@@ -1,0 +1,122 @@
+//! The fused pixels → model input op on burn tensors (formula: [`Normalize`]).
+
+use burn::tensor::kind::Basic;
+use burn::tensor::{DType, Tensor, TensorData};
+
+use super::{bad_dtype, float_dtype, invalid, read, read_err};
+use crate::dtype::{Element, FloatElement, ScalarType};
+use crate::error::Result;
+use crate::normalize::{Normalize, check_mix_normalize};
+use crate::plan::MixPlan;
+use crate::spec::MemoryFormat;
+
+/// Mixes a batch of images by the plan, normalizes each channel and returns the model's input
+/// in `out_format` and `dtype` (f32, f16 or bf16), in one pass of the crate's CPU kernel (see
+/// [`Normalize`] for the formula and its source: timm's `FastCollateMixup` +
+/// `PrefetchLoader`).
+///
+/// `images` is rank 4 in `format`: decoded pixels as a `Tensor<4, Int>` of dtype u8 (burn keeps
+/// u8 in int tensors), or a float tensor (f32, f16, bf16) already in `norm`'s units. The result
+/// is a float tensor on the same device; it does not track gradients.
+///
+/// # Errors
+/// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) for another input or output
+/// dtype; the crate's errors for a plan of another batch or image size, channels other than
+/// `norm`'s, or u8 rounding on a float input.
+///
+/// ```
+/// use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+/// use mixup_kernels::burn::mix_normalize;
+/// use mixup_kernels::{MemoryFormat, MixPlan, Normalize};
+/// # fn main() -> Result<(), mixup_kernels::MixError> {
+/// // Two decoded 1x2 RGB images (u8, channels-last) into a normalized NCHW f32 batch.
+/// let px = TensorData::new(vec![0u8, 0, 0, 255, 255, 255, 255, 0, 0, 0, 255, 0], [2, 1, 2, 3]);
+/// let pixels = Tensor::<4, Int>::from_data(px, (&Device::flex(), DType::U8));
+/// let plan = MixPlan::identity(2)?;
+/// let norm = Normalize::new(&[0.5; 3], &[0.5; 3], 255.0)?; // to [-1, 1]
+/// let first = MemoryFormat::ChannelsFirst;
+/// let x = mix_normalize(&plan, MemoryFormat::ChannelsLast, &norm, pixels, first, DType::F32)?;
+/// assert_eq!(x.dims(), [2, 3, 1, 2]);
+/// let v: Vec<f32> = x.into_data().iter::<f32>().take(6).collect();
+/// assert_eq!(v, [-1., 1., -1., 1., -1., 1.]);
+/// # Ok(())
+/// # }
+/// ```
+pub fn mix_normalize<K: Basic>(
+    plan: &MixPlan,
+    format: MemoryFormat,
+    norm: &Normalize,
+    images: Tensor<4, K>,
+    out_format: MemoryFormat,
+    dtype: DType,
+) -> Result<Tensor<4>> {
+    const OP: &str = "mixup_kernels::burn::mix_normalize";
+    float_dtype(dtype, "dtype", OP)?;
+    let dims = images.dims();
+    let shape = format
+        .sample_shape(&dims)
+        .ok_or_else(|| invalid("images", format!("{OP}: shape {dims:?} is not rank 4")))?;
+    let input = match images.dtype() {
+        DType::U8 => ScalarType::U8,
+        DType::F32 => ScalarType::F32,
+        DType::F16 => ScalarType::F16,
+        DType::BF16 => ScalarType::BF16,
+        other => {
+            return Err(invalid(
+                "images",
+                format!("{OP}: `images` must be u8 pixels or f32, f16, bf16, got {other:?}"),
+            ));
+        }
+    };
+    let n = images.shape().num_elements();
+    plan.check_batch(dims[0])?;
+    check_mix_normalize(plan, &shape, norm, input, n, n)?;
+    let [b, d1, d2, d3] = dims;
+    let out_dims = match (format, out_format) {
+        (MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsFirst)
+        | (MemoryFormat::ChannelsLast, MemoryFormat::ChannelsLast) => [b, d1, d2, d3],
+        (MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast) => [b, d2, d3, d1],
+        (MemoryFormat::ChannelsLast, MemoryFormat::ChannelsFirst) => [b, d3, d1, d2],
+    };
+    let device = images.device();
+    let data = read(images, "images", OP)?;
+    fn run<I: Element + burn::tensor::Element, O: FloatElement + burn::tensor::Element>(
+        plan: &MixPlan,
+        shape: &crate::spec::SampleShape,
+        norm: &Normalize,
+        data: &TensorData,
+        out_format: MemoryFormat,
+        out_dims: [usize; 4],
+    ) -> Result<TensorData> {
+        let x = data
+            .as_slice::<I>()
+            .map_err(|e| read_err("images", OP, e))?;
+        let mut out = vec![O::default(); x.len()];
+        crate::cpu::mix_normalize(plan, shape, norm, x, out_format, &mut out)?;
+        Ok(TensorData::new(out, out_dims))
+    }
+    fn to<I: Element + burn::tensor::Element>(
+        plan: &MixPlan,
+        shape: &crate::spec::SampleShape,
+        norm: &Normalize,
+        data: &TensorData,
+        out_format: MemoryFormat,
+        out_dims: [usize; 4],
+        dtype: DType,
+    ) -> Result<TensorData> {
+        match dtype {
+            DType::F16 => run::<I, crate::f16>(plan, shape, norm, data, out_format, out_dims),
+            DType::BF16 => run::<I, crate::bf16>(plan, shape, norm, data, out_format, out_dims),
+            _ => run::<I, f32>(plan, shape, norm, data, out_format, out_dims),
+        }
+    }
+    let (s, o, d) = (&shape, out_format, out_dims);
+    let out = match data.dtype() {
+        DType::U8 => to::<u8>(plan, s, norm, &data, o, d, dtype)?,
+        DType::F32 => to::<f32>(plan, s, norm, &data, o, d, dtype)?,
+        DType::F16 => to::<crate::f16>(plan, s, norm, &data, o, d, dtype)?,
+        DType::BF16 => to::<crate::bf16>(plan, s, norm, &data, o, d, dtype)?,
+        other => return Err(bad_dtype("images", other, OP)),
+    };
+    Ok(Tensor::from_data(out, (&device, dtype)))
+}

@@ -1,0 +1,748 @@
+//! The burn integration: the losses' gradients through `loss.backward()` over a few training
+//! steps against the f64 reference, a burn `Linear` trained with burn's SGD, every mixing entry
+//! point against the CPU path, and the errors for inputs that do not fit (never a panic).
+#![cfg(feature = "burn")]
+
+mod common;
+
+use burn::module::Module;
+use burn::nn::LinearConfig;
+use burn::optim::{GradientsParams, SgdConfig};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use common::{Tol, assert_close};
+use mixup_kernels::burn::{
+    mix_images, mix_rows, mixup_binary_cross_entropy, mixup_cross_entropy, soft_targets,
+};
+use mixup_kernels::{
+    BceSpec, CeSpec, GradOutput, ImageSize, MemoryFormat, MixConfig, MixError, MixPlan, Mode,
+    Reduction, SampleShape, Sampler, TargetSpec, cpu, reference,
+};
+
+fn device() -> Device {
+    Device::flex()
+}
+
+fn host_f64<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
+    t.to_data().iter::<f64>().collect()
+}
+
+fn host_f32<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    t.to_data().iter::<f32>().collect()
+}
+
+/// A deterministic pseudo-random vector (no dependence on burn's generator).
+fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+        })
+        .collect()
+}
+
+/// Tolerances for a value computed in f32 and rounded once to `dtype`.
+fn tol(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F32 => (1e-6, 1e-5),
+        DType::F16 => (1e-6, 1.5e-3),
+        DType::BF16 => (1e-6, 1.2e-2),
+        _ => unreachable!(),
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Loss {
+    Ce,
+    Bce,
+}
+
+/// Trains `logits` directly (as if they were the model) for a few SGD steps on an autodiff
+/// device; at each step the gradient `backward()` gives must equal the f64 reference gradient
+/// for the stored logits, with the upstream gradient 1 or `upstream` (a scaled loss, or weighted
+/// per-sample losses).
+fn train_steps(loss_kind: Loss, dtype: DType, reduction: Reduction, upstream: Option<f32>) {
+    let dev = device().autodiff();
+    let (b, c) = (7, 11);
+    let labels: Vec<i64> = (0..b as i64).map(|i| (i * 5 + 3) % c as i64).collect();
+    let labels_t = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [b]), &dev);
+    let init = TensorData::new(pseudo_random(b * c, 1, 4.0), [b, c]);
+    let mut logits = Tensor::<2>::from_data(init, (&dev, dtype)).require_grad();
+    let smoothing = 0.1;
+    let sampler = Sampler::new(
+        MixConfig {
+            label_smoothing: smoothing,
+            ..MixConfig::fastai_v2_mixup(c)
+        },
+        9,
+    )
+    .unwrap();
+    let ce = CeSpec::new(c, smoothing, reduction).unwrap();
+    let bce = BceSpec::new(c, smoothing, reduction)
+        .unwrap()
+        .with_target_threshold(0.2)
+        .unwrap();
+    let (abs, rel) = tol(dtype);
+    for step in 0..4 {
+        let plan = sampler.plan(step, b).unwrap();
+        let loss = match loss_kind {
+            Loss::Ce => mixup_cross_entropy(&plan, &ce, logits.clone(), labels_t.clone()),
+            Loss::Bce => mixup_binary_cross_entropy(&plan, &bce, logits.clone(), labels_t.clone()),
+        }
+        .unwrap();
+        let n = if reduction == Reduction::None { b } else { 1 };
+        assert_eq!((loss.dims(), loss.dtype()), ([n], DType::F32));
+        let z = host_f32(&logits);
+        let weights: Vec<f32> = match upstream {
+            None => vec![1.0; n],
+            Some(s) => (0..n).map(|i| s + i as f32 * 0.5).collect(),
+        };
+        let w = Tensor::<1>::from_data(TensorData::new(weights.clone(), [n]), &dev);
+        let root = (loss.clone() * w).sum();
+        let up = if reduction == Reduction::None {
+            GradOutput::PerSample(&weights)
+        } else {
+            GradOutput::Scalar(weights[0])
+        };
+        let (want_grad, want_loss) = match loss_kind {
+            Loss::Ce => {
+                let r = reference::mixup_ce(&plan, &ce, &z, &labels, up).unwrap();
+                (r.grad, r.loss.map_or(r.losses, |l| vec![l]))
+            }
+            Loss::Bce => {
+                let r = reference::mixup_bce(&plan, &bce, &z, &labels, up).unwrap();
+                (r.grad, r.loss.map_or(r.losses, |l| vec![l]))
+            }
+        };
+        let grads = root.backward();
+        let g = logits.grad(&grads).expect("logits have a gradient");
+        assert_eq!((g.dims(), g.dtype()), ([b, c], dtype));
+        let what = format!("{loss_kind:?} {dtype:?} {reduction:?} up={upstream:?} step {step}");
+        // The stored gradient is rounded to the dtype once, then multiplied by the upstream.
+        assert_close(
+            &format!("{what} grad"),
+            &host_f64(&g),
+            &want_grad,
+            Tol::new(abs, rel * 2.0),
+        );
+        assert_close(
+            &format!("{what} loss"),
+            &host_f64(&loss),
+            &want_loss,
+            Tol::new(1e-5, 1e-5),
+        );
+        // One SGD step so the next step sees other logits.
+        logits = (logits.detach() - g * 0.5).detach().require_grad();
+    }
+}
+
+#[test]
+fn ce_backward_matches_reference_all_dtypes_and_reductions() {
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+            train_steps(Loss::Ce, dtype, reduction, None);
+        }
+    }
+}
+
+#[test]
+fn ce_backward_scales_by_the_upstream_gradient() {
+    for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+        train_steps(Loss::Ce, DType::F32, reduction, Some(0.75));
+    }
+}
+
+#[test]
+fn bce_backward_matches_reference() {
+    for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+        train_steps(Loss::Bce, DType::F32, reduction, None);
+        train_steps(Loss::Bce, DType::F32, reduction, Some(2.5));
+    }
+    train_steps(Loss::Bce, DType::BF16, Reduction::Mean, None);
+}
+
+/// A burn `Linear` trained with burn's SGD on mixed inputs: `loss.backward()` reaches the
+/// weights, and the weight gradient equals `xᵀ · G` with `G` the reference logits gradient.
+#[test]
+fn linear_model_trains_with_burn_sgd() {
+    let dev = device().autodiff();
+    let (b, side, c) = (8, 4, 5);
+    let mut model = LinearConfig::new(side * side, c).init(&dev);
+    let mut optim = SgdConfig::new().init();
+    let config = MixConfig::fastai_v2_cutmix(c);
+    let spec = config.ce_spec(Reduction::Mean).unwrap();
+    let sampler = Sampler::new(config, 3).unwrap();
+    let images = Tensor::<4>::from_data(
+        TensorData::new(pseudo_random(b * side * side, 4, 1.0), [b, 1, side, side]),
+        &dev,
+    );
+    let labels: Vec<i64> = (0..b as i64).map(|i| i % c as i64).collect();
+    let labels_t = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [b]), &dev);
+    let mut losses = Vec::new();
+    for step in 0..20u64 {
+        let plan = sampler
+            .plan_images(
+                step % 2,
+                b,
+                ImageSize {
+                    height: side,
+                    width: side,
+                },
+            )
+            .unwrap();
+        let x = mix_images(&plan, MemoryFormat::ChannelsFirst, images.clone())
+            .unwrap()
+            .flatten::<2>(1, 3);
+        let logits = model.forward(x.clone());
+        let z = host_f32(&logits);
+        let loss = mixup_cross_entropy(&plan, &spec, logits, labels_t.clone()).unwrap();
+        losses.push(host_f32(&loss)[0]);
+        let grads = loss.backward();
+        let wg = model
+            .weight
+            .grad(&grads)
+            .expect("the weight has a gradient");
+        let r = reference::mixup_ce(&plan, &spec, &z, &labels, GradOutput::Scalar(1.0)).unwrap();
+        let xs = host_f64(&x);
+        let k = side * side;
+        let want: Vec<f64> = (0..k * c)
+            .map(|ij| {
+                let (i, j) = (ij / c, ij % c);
+                (0..b).map(|s| xs[s * k + i] * r.grad[s * c + j]).sum()
+            })
+            .collect();
+        assert_close("weight grad", &host_f64(&wg), &want, Tol::new(1e-5, 1e-4));
+        let grads = GradientsParams::from_grads(grads, &model);
+        model = optim.step(0.5, model, grads);
+    }
+    // Steps 0 and 1 repeat: the loss of the same plan goes down.
+    assert!(
+        losses[18] < losses[0] && losses[19] < losses[1],
+        "{losses:?}"
+    );
+    assert!(model.num_params() > 0);
+}
+
+#[test]
+fn evaluation_without_autodiff_gives_the_same_loss() {
+    let (b, c) = (6, 9);
+    let plan = Sampler::new(MixConfig::timm(c), 1)
+        .unwrap()
+        .plan(0, b)
+        .unwrap();
+    let spec = CeSpec::new(c, 0.1, Reduction::None).unwrap();
+    let data = TensorData::new(pseudo_random(b * c, 2, 3.0), [b, c]);
+    let labels = TensorData::new(vec![0i64, 8, 3, 3, 1, 5], [b]);
+    let mut out = Vec::new();
+    for dev in [device(), device().autodiff()] {
+        let logits = Tensor::<2>::from_data(data.clone(), &dev);
+        let labels = Tensor::<1, Int>::from_data(labels.clone(), &dev);
+        let loss = mixup_cross_entropy(&plan, &spec, logits, labels).unwrap();
+        assert_eq!(loss.device(), dev);
+        out.push(host_f32(&loss));
+    }
+    let z: Vec<f32> = data.iter::<f32>().collect();
+    let r = reference::mixup_ce(
+        &plan,
+        &spec,
+        &z,
+        &[0u32, 8, 3, 3, 1, 5],
+        GradOutput::PerSample(&[1.0; 6]),
+    )
+    .unwrap();
+    assert_eq!(out[0], out[1]);
+    let got: Vec<f64> = out[0].iter().map(|&v| f64::from(v)).collect();
+    assert_close("losses", &got, &r.losses, Tol::new(1e-5, 1e-5));
+}
+
+fn mixed_plan(b: usize, h: usize, w: usize, seed: u64) -> MixPlan {
+    let cfg = MixConfig {
+        mixup_alpha: 1.0,
+        cutmix_alpha: 1.0,
+        switch_prob: 0.5,
+        mode: Mode::Elem,
+        ..MixConfig::timm(10)
+    };
+    let sampler = Sampler::new(cfg, seed).unwrap();
+    (0..64)
+        .map(|step| {
+            sampler
+                .plan_images(
+                    step,
+                    b,
+                    ImageSize {
+                        height: h,
+                        width: w,
+                    },
+                )
+                .unwrap()
+        })
+        .find(|p| p.has_cutmix() && p.samples().any(|s| s.cut.is_none() && s.lam < 1.0))
+        .expect("a plan with both MixUp and CutMix samples")
+}
+
+/// `mix_images` gives the CPU path's bits, in both layouts and every float dtype, on the plain
+/// and the autodiff device; the input is left alone.
+#[test]
+fn mix_images_matches_the_cpu_path() {
+    let (b, ch, h, w) = (5, 3, 7, 6);
+    // timm's flip (an involution: mixed in place on the host copy) with CutMix boxes, and a
+    // cycle (mixed into a new buffer).
+    let flip = mixed_plan(b, h, w, 3);
+    let cycle = MixPlan::from_parts(&[1, 2, 3, 4, 0], &[0.3, 0.6, 0.9, 0.5, 1.0]).unwrap();
+    assert!(flip.is_involution() && !cycle.is_involution());
+    let raw = pseudo_random(b * ch * h * w, 6, 1.0);
+    for (dev, plan) in [
+        (device(), &flip),
+        (device().autodiff(), &flip),
+        (device(), &cycle),
+    ] {
+        for format in [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast] {
+            let (dims, shape) = match format {
+                MemoryFormat::ChannelsFirst => {
+                    ([b, ch, h, w], SampleShape::channels_first(ch, h, w))
+                }
+                MemoryFormat::ChannelsLast => ([b, h, w, ch], SampleShape::channels_last(h, w, ch)),
+            };
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                let x = Tensor::<4>::from_data(TensorData::new(raw.clone(), dims), (&dev, dtype));
+                let before = x.to_data();
+                let y = mix_images(plan, format, x.clone()).unwrap();
+                assert_eq!(
+                    (y.dims(), y.dtype(), y.device()),
+                    (dims, dtype, dev.clone())
+                );
+                let what = format!("{format:?} {dtype:?}");
+                match dtype {
+                    DType::F32 => {
+                        let mut want = vec![0f32; raw.len()];
+                        cpu::mix(plan, &shape, &raw, &mut want).unwrap();
+                        assert_eq!(y.to_data().try_to_vec::<f32>().unwrap(), want, "{what}");
+                    }
+                    DType::F16 => {
+                        let xs = before.try_to_vec::<mixup_kernels::f16>().unwrap();
+                        let mut want = vec![mixup_kernels::f16::ZERO; xs.len()];
+                        cpu::mix(plan, &shape, &xs, &mut want).unwrap();
+                        assert_eq!(
+                            y.to_data().try_to_vec::<mixup_kernels::f16>().unwrap(),
+                            want,
+                            "{what}"
+                        );
+                    }
+                    _ => {
+                        let xs = before.try_to_vec::<mixup_kernels::bf16>().unwrap();
+                        let mut want = vec![mixup_kernels::bf16::ZERO; xs.len()];
+                        cpu::mix(plan, &shape, &xs, &mut want).unwrap();
+                        assert_eq!(
+                            y.to_data().try_to_vec::<mixup_kernels::bf16>().unwrap(),
+                            want,
+                            "{what}"
+                        );
+                    }
+                }
+                assert_eq!(x.to_data(), before, "{what}: the input changed");
+                // ... and the f64 reference agrees.
+                let stored: Vec<f32> = before.iter::<f32>().collect();
+                let (abs, rel) = tol(dtype);
+                assert_close(
+                    &what,
+                    &host_f64(&y),
+                    &reference::mix(plan, &shape, &stored).unwrap(),
+                    Tol::new(abs, rel),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn mix_rows_and_soft_targets_match_the_cpu_path() {
+    let dev = device();
+    let plan = mixed_plan(6, 4, 4, 8);
+    let spec = TargetSpec::new(10, 0.1).unwrap();
+    let labels: Vec<u32> = vec![1, 9, 3, 3, 0, 7];
+    let lt = Tensor::<1, Int>::from_data(
+        TensorData::new(
+            labels.iter().map(|&l| i64::from(l)).collect::<Vec<_>>(),
+            [6],
+        ),
+        &dev,
+    );
+    let mut want = vec![0f32; 60];
+    cpu::soft_targets(&plan, &spec, &labels, &mut want).unwrap();
+    let t = soft_targets(&plan, &spec, lt.clone(), DType::F32).unwrap();
+    assert_eq!((t.dims(), t.dtype()), ([6, 10], DType::F32));
+    assert_eq!(t.to_data().try_to_vec::<f32>().unwrap(), want);
+    let exact = reference::soft_targets(&plan, &spec, &labels).unwrap();
+    for dtype in [DType::F16, DType::BF16] {
+        let t = soft_targets(&plan, &spec, lt.clone(), dtype).unwrap();
+        assert_eq!(t.dtype(), dtype);
+        let (abs, rel) = tol(dtype);
+        assert_close(
+            &format!("targets {dtype:?}"),
+            &host_f64(&t),
+            &exact,
+            Tol::new(abs, rel),
+        );
+    }
+    // Rows of any rank ≥ 1: [6, 2, 5] is six rows of 10.
+    let raw = pseudo_random(60, 9, 1.0);
+    let x = Tensor::<3>::from_data(TensorData::new(raw.clone(), [6, 2, 5]), &dev);
+    let y = mix_rows(&plan, x).unwrap();
+    assert_eq!(y.dims(), [6, 2, 5]);
+    let mut want = vec![0f32; 60];
+    cpu::mix(&plan, &SampleShape::rows(10), &raw, &mut want).unwrap();
+    assert_eq!(y.to_data().try_to_vec::<f32>().unwrap(), want);
+}
+
+#[track_caller]
+fn expect_err<T: std::fmt::Debug>(r: Result<T, MixError>, what: &str) -> MixError {
+    let e = r.expect_err(what);
+    assert!(!e.to_string().is_empty());
+    e
+}
+
+#[test]
+fn bad_inputs_give_errors_not_panics() {
+    let dev = device().autodiff();
+    let (b, c) = (4, 3);
+    let plan = MixPlan::from_parts(&[1, 0, 3, 2], &[0.6; 4]).unwrap();
+    let spec = CeSpec::new(c, 0.0, Reduction::Mean).unwrap();
+    let bce = BceSpec::new(c, 0.0, Reduction::Mean).unwrap();
+    let logits = || Tensor::<2>::zeros([b, c], &dev).require_grad();
+    let labels =
+        |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v.clone(), [v.len()]), &dev);
+    let ok = || labels(vec![0, 1, 2, 0]);
+
+    // Class count other than the spec's.
+    let e = expect_err(
+        mixup_cross_entropy(&plan, &spec, Tensor::<2>::zeros([b, c + 1], &dev), ok()),
+        "classes",
+    );
+    assert!(
+        matches!(e, MixError::InvalidArgument { what: "logits", .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("[4, 4]"), "{e}");
+    // A plan for another batch.
+    let e = expect_err(
+        mixup_cross_entropy(
+            &plan,
+            &spec,
+            Tensor::<2>::zeros([b + 1, c], &dev),
+            labels(vec![0; 5]),
+        ),
+        "batch",
+    );
+    assert_eq!(e, MixError::BatchMismatch { plan: 4, data: 5 });
+    // Labels of another length than the logits.
+    let e = expect_err(
+        mixup_cross_entropy(&plan, &spec, logits(), labels(vec![0; 3])),
+        "labels len",
+    );
+    assert!(
+        matches!(e, MixError::InvalidArgument { what: "labels", .. }),
+        "{e}"
+    );
+    // Labels out of range, and negative, for both losses.
+    for bad in [3i64, -1] {
+        let e = expect_err(
+            mixup_cross_entropy(&plan, &spec, logits(), labels(vec![0, bad, 2, 0])),
+            "label range",
+        );
+        assert_eq!(
+            e,
+            MixError::LabelOutOfRange {
+                index: 1,
+                label: bad,
+                num_classes: 3
+            }
+        );
+        let e = expect_err(
+            mixup_binary_cross_entropy(&plan, &bce, logits(), labels(vec![0, bad, 2, 0])),
+            "bce label range",
+        );
+        assert!(matches!(e, MixError::LabelOutOfRange { .. }), "{e}");
+    }
+    // Logits of an unsupported dtype.
+    let f64_logits = Tensor::<2>::zeros([b, c], (&dev, DType::F64));
+    let e = expect_err(mixup_cross_entropy(&plan, &spec, f64_logits, ok()), "dtype");
+    assert!(e.to_string().contains("F64"), "{e}");
+    // A spec other than the plan's.
+    let drawn = Sampler::new(MixConfig::timm(c), 0)
+        .unwrap()
+        .plan(0, b)
+        .unwrap();
+    let other = CeSpec::new(c, 0.3, Reduction::Mean).unwrap();
+    expect_err(mixup_cross_entropy(&drawn, &other, logits(), ok()), "spec");
+    // Images: a plan for another image size, with the memory-format hint.
+    let boxed = mixed_plan(4, 6, 5, 1);
+    let nhwc = Tensor::<4>::zeros([4, 6, 5, 3], &dev);
+    let e = expect_err(
+        mix_images(&boxed, MemoryFormat::ChannelsFirst, nhwc),
+        "format",
+    );
+    assert!(e.to_string().contains("memory format"), "{e}");
+    let e = expect_err(
+        mix_images(
+            &boxed,
+            MemoryFormat::ChannelsFirst,
+            Tensor::<4>::zeros([5, 3, 6, 5], &dev),
+        ),
+        "image batch",
+    );
+    assert_eq!(e, MixError::BatchMismatch { plan: 4, data: 5 });
+    // Rows of another batch; soft targets of an int dtype.
+    expect_err(
+        mix_rows(&plan, Tensor::<2>::zeros([3, 2], &dev)),
+        "rows batch",
+    );
+    let e = expect_err(
+        soft_targets(&plan, &TargetSpec::new(c, 0.0).unwrap(), ok(), DType::I32),
+        "targets dtype",
+    );
+    assert!(
+        matches!(e, MixError::InvalidArgument { what: "dtype", .. }),
+        "{e}"
+    );
+    // After all that, a valid call still works.
+    mixup_cross_entropy(&plan, &spec, logits(), ok())
+        .unwrap()
+        .backward();
+}
+
+/// Per-call cost of the burn ops against the CPU kernels they wrap, on `Flex` (not a check:
+/// `cargo test --release --features burn --test burn -- --ignored --nocapture per_call_cost`).
+#[test]
+#[ignore]
+fn per_call_cost() {
+    use std::time::Instant;
+    let dev = device().autodiff();
+    let time = |f: &mut dyn FnMut()| {
+        f();
+        let t = Instant::now();
+        for _ in 0..20 {
+            f();
+        }
+        t.elapsed().as_secs_f64() / 20.0 * 1e6
+    };
+    let (b, c) = (256, 1000);
+    let plan = Sampler::new(MixConfig::timm(c), 0)
+        .unwrap()
+        .plan(0, b)
+        .unwrap();
+    let spec = MixConfig::timm(c).ce_spec(Reduction::Mean).unwrap();
+    let z = pseudo_random(b * c, 3, 4.0);
+    let labels: Vec<u32> = (0..b as u32).map(|i| i % c as u32).collect();
+    let li: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
+    let mut grad = vec![0f32; b * c];
+    let kernel = time(&mut || {
+        cpu::mixup_ce(
+            &plan,
+            &spec,
+            &z,
+            &labels,
+            GradOutput::Scalar(1.0),
+            None,
+            &mut grad,
+        )
+        .unwrap();
+    });
+    let logits = Tensor::<2>::from_data(TensorData::new(z.clone(), [b, c]), &dev).require_grad();
+    let lt = Tensor::<1, Int>::from_data(TensorData::new(li, [b]), &dev);
+    let fwd = time(&mut || {
+        let _ = mixup_cross_entropy(&plan, &spec, logits.clone(), lt.clone()).unwrap();
+    });
+    let fwd_bwd = time(&mut || {
+        let l = mixup_cross_entropy(&plan, &spec, logits.clone(), lt.clone()).unwrap();
+        let _ = logits.grad(&l.backward());
+    });
+    println!(
+        "CE {b}x{c} f32: cpu::mixup_ce {kernel:.0} µs; burn forward (loss + kept grad) {fwd:.0} µs; forward + backward {fwd_bwd:.0} µs"
+    );
+    let (ch, side) = (3, 224);
+    let n = 64 * ch * side * side;
+    let plan = Sampler::new(MixConfig::timm(c), 0)
+        .unwrap()
+        .plan(0, 64)
+        .unwrap();
+    let shape = SampleShape::channels_first(ch, side, side);
+    let x = pseudo_random(n, 5, 1.0);
+    let mut out = vec![0f32; n];
+    let kernel = time(&mut || cpu::mix(&plan, &shape, &x, &mut out).unwrap());
+    let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [64, ch, side, side]), &device());
+    let op = time(&mut || {
+        let _ = mix_images(&plan, MemoryFormat::ChannelsFirst, xt.clone()).unwrap();
+    });
+    println!("mix 64x3x224x224 f32: cpu::mix {kernel:.0} µs; burn mix_images {op:.0} µs");
+}
+
+/// burn's CUDA backend (feature `burn-cuda`, run when a GPU is lent): mixing, soft targets and
+/// both losses' gradients through `backward()` on `Device::cuda(0)` equal the Flex results.
+/// Skips (printing why) where `check_cuda` finds no device.
+#[cfg(feature = "burn-cuda")]
+#[test]
+fn cuda_backend_matches_flex() {
+    if let Err(e) = mixup_kernels::check_cuda(0) {
+        println!("skipped: no CUDA device ({e})");
+        return;
+    }
+    let (b, c, h, w) = (6, 10, 5, 4);
+    let plan = mixed_plan(b, h, w, 2);
+    let raw = pseudo_random(b * 3 * h * w, 1, 1.0);
+    let logits = TensorData::new(pseudo_random(b * c, 2, 3.0), [b, c]);
+    let labels = TensorData::new(vec![1i64, 9, 3, 3, 0, 7], [b]);
+    let ce = CeSpec::new(c, 0.1, Reduction::Mean).unwrap();
+    let bce = BceSpec::new(c, 0.1, Reduction::None).unwrap();
+    let run = |dev: Device| {
+        let x = Tensor::<4>::from_data(TensorData::new(raw.clone(), [b, 3, h, w]), &dev);
+        let mixed = mix_images(&plan, MemoryFormat::ChannelsFirst, x).unwrap();
+        let y = Tensor::<1, Int>::from_data(labels.clone(), &dev);
+        let t = soft_targets(&plan, plan.targets().unwrap(), y.clone(), DType::F32).unwrap();
+        let z = Tensor::<2>::from_data(logits.clone(), &dev.clone().autodiff()).require_grad();
+        let y = Tensor::<1, Int>::from_data(labels.clone(), &dev.clone().autodiff());
+        let l1 = mixup_cross_entropy(&plan, &ce, z.clone(), y.clone()).unwrap();
+        let l2 = mixup_binary_cross_entropy(&plan, &bce, z.clone(), y).unwrap();
+        let g = z
+            .grad(&(l1.clone() * 3.0 + l2.clone().sum()).backward())
+            .unwrap();
+        [
+            host_f64(&mixed),
+            host_f64(&t),
+            host_f64(&l1),
+            host_f64(&l2),
+            host_f64(&g),
+        ]
+    };
+    let want = run(device());
+    let got = run(Device::cuda(0));
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_close(&format!("output {k}"), g, w, Tol::new(1e-6, 1e-5));
+    }
+}
+
+/// `mix_normalize` gives the CPU path's bits: u8 pixels (an `Int` tensor) channels-last into
+/// f32 channels-first, and f32 input into bf16 in the same layout; errors for channels other
+/// than the normalization's and a float output dtype that is not one.
+#[test]
+fn mix_normalize_matches_the_cpu_path() {
+    use mixup_kernels::Normalize;
+    use mixup_kernels::burn::mix_normalize;
+    let dev = device();
+    let (b, h, w, ch) = (5, 7, 6, 3);
+    let plan = mixed_plan(b, h, w, 4);
+    let norm = Normalize::imagenet_u8();
+    let px: Vec<u8> = pseudo_random(b * h * w * ch, 8, 1.0)
+        .into_iter()
+        .map(|v| ((v + 1.0) * 127.0) as u8)
+        .collect();
+    let pixels = Tensor::<4, Int>::from_data(
+        TensorData::new(px.clone(), [b, h, w, ch]),
+        (&dev, DType::U8),
+    );
+    let (last, first) = (MemoryFormat::ChannelsLast, MemoryFormat::ChannelsFirst);
+    let y = mix_normalize(&plan, last, &norm, pixels.clone(), first, DType::F32).unwrap();
+    assert_eq!((y.dims(), y.dtype()), ([b, ch, h, w], DType::F32));
+    let mut want = vec![0f32; px.len()];
+    cpu::mix_normalize(
+        &plan,
+        &SampleShape::channels_last(h, w, ch),
+        &norm,
+        &px,
+        first,
+        &mut want,
+    )
+    .unwrap();
+    assert_eq!(y.to_data().try_to_vec::<f32>().unwrap(), want);
+
+    let scaled = Normalize::imagenet();
+    let raw = pseudo_random(b * ch * h * w, 9, 1.0);
+    let x = Tensor::<4>::from_data(TensorData::new(raw.clone(), [b, ch, h, w]), &dev);
+    let y = mix_normalize(&plan, first, &scaled, x, first, DType::BF16).unwrap();
+    assert_eq!((y.dims(), y.dtype()), ([b, ch, h, w], DType::BF16));
+    let mut want = vec![mixup_kernels::bf16::ZERO; raw.len()];
+    cpu::mix_normalize(
+        &plan,
+        &SampleShape::channels_first(ch, h, w),
+        &scaled,
+        &raw,
+        first,
+        &mut want,
+    )
+    .unwrap();
+    assert_eq!(
+        y.to_data().try_to_vec::<mixup_kernels::bf16>().unwrap(),
+        want
+    );
+
+    // Errors, not panics: 3-channel constants on the channels-first reading of NHWC data (7
+    // "channels"), and an int output dtype.
+    expect_err(
+        mix_normalize(&plan, first, &norm, pixels.clone(), first, DType::F32),
+        "channels",
+    );
+    let e = expect_err(
+        mix_normalize(&plan, last, &norm, pixels, first, DType::I64),
+        "dtype",
+    );
+    assert!(
+        matches!(e, MixError::InvalidArgument { what: "dtype", .. }),
+        "{e}"
+    );
+}
+
+/// Per-call cost on burn's CUDA backend (feature `burn-cuda`, a GPU): the host round trip of
+/// `mix_images` and of the CE forward + backward, against Flex on the same sizes.
+#[cfg(feature = "burn-cuda")]
+#[test]
+#[ignore]
+fn per_call_cost_cuda() {
+    use std::time::Instant;
+    if let Err(e) = mixup_kernels::check_cuda(0) {
+        println!("skipped: no CUDA device ({e})");
+        return;
+    }
+    let (b, c) = (256, 1000);
+    let plan = Sampler::new(MixConfig::timm(c), 0)
+        .unwrap()
+        .plan(0, b)
+        .unwrap();
+    let spec = MixConfig::timm(c).ce_spec(Reduction::Mean).unwrap();
+    let z = TensorData::new(pseudo_random(b * c, 3, 4.0), [b, c]);
+    let li = TensorData::new((0..b as i64).map(|i| i % c as i64).collect::<Vec<_>>(), [b]);
+    let x = TensorData::new(pseudo_random(64 * 3 * 224 * 224, 5, 1.0), [64, 3, 224, 224]);
+    for (name, dev) in [("flex", device()), ("cuda", Device::cuda(0))] {
+        let ad = dev.clone().autodiff();
+        let logits = Tensor::<2>::from_data(z.clone(), &ad).require_grad();
+        let lt = Tensor::<1, Int>::from_data(li.clone(), &ad);
+        let xt = Tensor::<4>::from_data(x.clone(), &dev);
+        let ce = || {
+            let l = mixup_cross_entropy(&plan, &spec, logits.clone(), lt.clone()).unwrap();
+            let g = logits.grad(&l.backward()).unwrap();
+            g.to_data(); // wait for the device
+        };
+        let mix = || {
+            mix_images(&plan, MemoryFormat::ChannelsFirst, xt.clone())
+                .unwrap()
+                .to_data();
+        };
+        ce();
+        mix();
+        let t = Instant::now();
+        for _ in 0..20 {
+            ce();
+        }
+        let ce_us = t.elapsed().as_secs_f64() / 20.0 * 1e6;
+        let t = Instant::now();
+        for _ in 0..5 {
+            mix();
+        }
+        let mix_us = t.elapsed().as_secs_f64() / 5.0 * 1e6;
+        println!(
+            "{name}: CE {b}x{c} forward + backward + read {ce_us:.0} µs; \
+             mix_images 64x3x224x224 + read {mix_us:.0} µs"
+        );
+    }
+}
