@@ -128,11 +128,11 @@ pub fn mix_images(plan: &MixPlan, format: MemoryFormat, images: Tensor<4>) -> Re
                     "{OP}: the plan was drawn for {}x{} images, but the tensor {dims:?} read as \
                      {} is {}x{}: the memory format may be wrong (MemoryFormat::ChannelsFirst for \
                      [B, C, H, W], MemoryFormat::ChannelsLast for [B, H, W, C])",
-                    p.0,
-                    p.1,
+                    p.height,
+                    p.width,
                     format.pattern(),
-                    d.0,
-                    d.1
+                    d.height,
+                    d.width
                 ),
             ));
         }
