@@ -64,7 +64,11 @@ pub fn mix_normalize<K: Basic>(
         other => {
             return Err(invalid(
                 "images",
-                format!("{OP}: `images` must be u8 pixels or f32, f16, bf16, got {other:?}"),
+                format!(
+                    "{OP}: `images` must be u8 pixels or f32, f16, bf16, got {other:?} (burn \
+                     makes Int tensors I32 by default: build u8 pixels with \
+                     `Tensor::<4, Int>::from_data(data, (&device, DType::U8))`)"
+                ),
             ));
         }
     };
