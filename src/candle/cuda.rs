@@ -20,8 +20,9 @@ use candle_core::{
 };
 
 use super::bce::MixupBceOp;
+use super::mix_normalize::MixNormalizeOp;
 use super::{MixOp, MixupCeOp, SoftTargetsOp};
-use crate::cuda::{CudaMixer, DeviceBceSpec, DeviceGradOutput, DevicePlan};
+use crate::cuda::{CudaMixer, DeviceBceSpec, DeviceGradOutput, DeviceNormalize, DevicePlan};
 use crate::spec::{BceSpec, Reduction};
 use crate::{bf16, f16};
 
@@ -35,6 +36,7 @@ struct PerDevice {
     mixer: CudaMixer,
     plan: Mutex<DevicePlan>,
     bce: Mutex<Option<DeviceBceSpec>>,
+    norm: Mutex<Option<DeviceNormalize>>,
 }
 
 /// A candle device, and the host thread when the device's stream is per thread.
@@ -70,6 +72,7 @@ fn per_device(dev: &CudaDevice) -> Result<Arc<PerDevice>> {
         mixer,
         plan,
         bce: Mutex::new(None),
+        norm: Mutex::new(None),
     });
     all.push((key, m.clone()));
     Ok(m)
@@ -375,4 +378,56 @@ pub(super) fn mixup_bce_grad(
         };
         Ok((out, l1.shape().clone()))
     })
+}
+
+/// `mix_normalize` on the device's stream, on candle's buffers without a copy; the constants
+/// (like the BCE's class weights) are uploaded only when they differ from the last call's.
+pub(super) fn mix_normalize(
+    op: &MixNormalizeOp,
+    s: &CudaStorage,
+    l: &CLayout,
+) -> Result<(CudaStorage, Shape)> {
+    const NAME: &str = "mixup-kernels-mix-normalize";
+    let dev = s.device().clone();
+    let r = range(l, NAME)?;
+    let d = per_device(&dev)?;
+    // Locked in this order (plan, then constants); a poisoned lock holds a whole value.
+    let mut dp = d.plan.lock().unwrap_or_else(|p| p.into_inner());
+    if !dp.holds(&op.plan) {
+        dp.upload(&op.plan)?;
+    }
+    let mut dn = d.norm.lock().unwrap_or_else(|p| p.into_inner());
+    let norm = match &mut *dn {
+        Some(n) if n.normalize() == &op.norm => n,
+        slot => slot.insert(DeviceNormalize::new(&d.mixer, op.norm.clone())?),
+    };
+    macro_rules! run {
+        ($i:ty, $o:ty) => {{
+            let x = s.as_cuda_slice::<$i>()?.slice(r.clone());
+            // SAFETY: the kernel writes every element of `out` before anyone reads it.
+            let mut out = unsafe { dev.alloc::<$o>(r.len())? };
+            let mut view = out.as_view_mut();
+            d.mixer
+                .mix_normalize(&dp, &op.shape, norm, &x, op.out_format, &mut view)?;
+            wrap(out, &dev)
+        }};
+    }
+    macro_rules! to {
+        ($i:ty) => {
+            match op.dtype {
+                DType::F32 => run!($i, f32),
+                DType::F16 => run!($i, f16),
+                DType::BF16 => run!($i, bf16),
+                other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
+            }
+        };
+    }
+    let out = match s.dtype() {
+        DType::U8 => to!(u8),
+        DType::F32 => to!(f32),
+        DType::F16 => to!(f16),
+        DType::BF16 => to!(bf16),
+        other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
+    };
+    Ok((out, op.out_shape.clone()))
 }

@@ -118,13 +118,13 @@ pub fn mix_normalize(
     images.contiguous()?.apply_op1_no_bwd(&op)
 }
 
-struct MixNormalizeOp {
-    plan: MixPlan,
-    shape: SampleShape,
-    norm: Normalize,
-    out_format: MemoryFormat,
-    dtype: DType,
-    out_shape: Shape,
+pub(super) struct MixNormalizeOp {
+    pub(super) plan: MixPlan,
+    pub(super) shape: SampleShape,
+    pub(super) norm: Normalize,
+    pub(super) out_format: MemoryFormat,
+    pub(super) dtype: DType,
+    pub(super) out_shape: Shape,
 }
 
 impl MixNormalizeOp {
@@ -174,120 +174,6 @@ impl CustomOp1 for MixNormalizeOp {
         s: &candle_core::CudaStorage,
         l: &CLayout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        gpu::forward(self, s, l)
-    }
-}
-
-/// CUDA storage: the crate's kernel on the candle device's stream, on candle's buffers without
-/// a copy. One state per candle device (per device and host thread on candle's default
-/// per-thread stream, as `candle::cuda` keeps its own): the mixer, a plan buffer and the
-/// constants last used, each uploaded (one asynchronous copy) only when it changes.
-#[cfg(feature = "candle-cuda")]
-mod gpu {
-    use std::sync::{Arc, Mutex, OnceLock};
-
-    use candle_core::backend::BackendStorage;
-    use candle_core::cuda::DeviceId;
-    use candle_core::{CudaDevice, CudaStorage, DType, Error, Layout as CLayout, Result, Shape};
-
-    use super::MixNormalizeOp;
-    use crate::cuda::{CudaMixer, DeviceNormalize, DevicePlan};
-    use crate::{bf16, f16};
-
-    struct State {
-        mixer: CudaMixer,
-        plan: DevicePlan,
-        norm: Option<DeviceNormalize>,
-    }
-
-    /// A candle device, and the host thread when the device's stream is per thread.
-    type Key = (DeviceId, Option<std::thread::ThreadId>);
-
-    /// The states made so far (kept for the process: they hold the compiled kernels).
-    type States = Mutex<Vec<(Key, Arc<Mutex<State>>)>>;
-
-    /// `CU_STREAM_PER_THREAD`, the stream handle of candle's `Device::new_cuda`.
-    const PER_THREAD_STREAM: usize = 0x2;
-
-    const NAME: &str = "mixup-kernels-mix-normalize";
-
-    /// The state of `dev` for this thread, made on first use.
-    fn state(dev: &CudaDevice) -> Result<Arc<Mutex<State>>> {
-        static STATES: OnceLock<States> = OnceLock::new();
-        let per_thread = dev.cuda_stream().cu_stream() as usize == PER_THREAD_STREAM;
-        let key: Key = (dev.id(), per_thread.then(|| std::thread::current().id()));
-        let mut all = STATES
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some((_, s)) = all.iter().find(|(k, _)| *k == key) {
-            return Ok(s.clone());
-        }
-        let mixer = CudaMixer::from_stream(dev.cuda_stream())?;
-        let plan = DevicePlan::new(&mixer);
-        let s = Arc::new(Mutex::new(State {
-            mixer,
-            plan,
-            norm: None,
-        }));
-        all.push((key, s.clone()));
-        Ok(s)
-    }
-
-    pub(super) fn forward(
-        op: &MixNormalizeOp,
-        s: &CudaStorage,
-        l: &CLayout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let dev = s.device().clone();
-        let (a, b) = l
-            .contiguous_offsets()
-            .ok_or_else(|| Error::RequiresContiguous { op: NAME }.bt())?;
-        let st = state(&dev)?;
-        // A poisoned lock only means another thread panicked between uploads; the state is
-        // whole.
-        let mut st = st.lock().unwrap_or_else(|p| p.into_inner());
-        let State { mixer, plan, norm } = &mut *st;
-        if !plan.holds(&op.plan) {
-            plan.upload(&op.plan)?;
-        }
-        let dn = match norm {
-            Some(n) if n.normalize() == &op.norm => n,
-            slot => slot.insert(DeviceNormalize::new(mixer, op.norm.clone())?),
-        };
-        macro_rules! run {
-            ($i:ty, $o:ty) => {{
-                let x = s.as_cuda_slice::<$i>()?.slice(a..b);
-                // SAFETY: the kernel writes every element of `out` before anyone reads it.
-                let mut out = unsafe { dev.alloc::<$o>(b - a)? };
-                mixer.mix_normalize(
-                    plan,
-                    &op.shape,
-                    dn,
-                    &x,
-                    op.out_format,
-                    &mut out.as_view_mut(),
-                )?;
-                CudaStorage::wrap_cuda_slice(out, dev.clone())
-            }};
-        }
-        macro_rules! to {
-            ($i:ty) => {
-                match op.dtype {
-                    DType::F32 => run!($i, f32),
-                    DType::F16 => run!($i, f16),
-                    DType::BF16 => run!($i, bf16),
-                    other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
-                }
-            };
-        }
-        let out = match s.dtype() {
-            DType::U8 => to!(u8),
-            DType::F32 => to!(f32),
-            DType::F16 => to!(f16),
-            DType::BF16 => to!(bf16),
-            other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
-        };
-        Ok((out, op.out_shape.clone()))
+        super::cuda::mix_normalize(self, s, l)
     }
 }
