@@ -326,115 +326,68 @@ fn bad_arguments_are_rejected_before_launch() {
     let x = s.clone_htod(&[9u8; 24]).unwrap();
     let mut out = s.clone_htod(&[5f32; 24]).unwrap();
     let first = MemoryFormat::ChannelsFirst;
+    // Each call is refused before anything is enqueued, with the error named.
+    macro_rules! refused {
+        ($err:pat, $shape:expr, $norm:expr, $x:expr, $out:expr) => {{
+            let e = m.mix_normalize(&dplan, $shape, $norm, $x, first, $out);
+            assert!(matches!(e, Err($err)), "{e:?}");
+        }};
+    }
+    use MixError::{InvalidArgument, LengthMismatch};
     // Nothing uploaded yet.
-    let e = m.mix_normalize(
-        &dplan,
-        &shape,
-        &dnorm,
-        &x.as_view(),
-        first,
-        &mut out.as_view_mut(),
-    );
-    assert!(
-        matches!(e, Err(MixError::InvalidArgument { what: "plan", .. })),
-        "{e:?}"
-    );
+    let (xv, ov) = (&x.as_view(), &mut out.as_view_mut());
+    refused!(InvalidArgument { what: "plan", .. }, &shape, &dnorm, xv, ov);
     dplan.upload(&plan).unwrap();
     // A Rows shape.
     let rows = SampleShape::rows(12);
-    let e = m.mix_normalize(
-        &dplan,
-        &rows,
-        &dnorm,
-        &x.as_view(),
-        first,
-        &mut out.as_view_mut(),
-    );
-    assert!(
-        matches!(e, Err(MixError::InvalidArgument { what: "shape", .. })),
-        "{e:?}"
-    );
+    refused!(InvalidArgument { what: "shape", .. }, &rows, &dnorm, xv, ov);
     // Channels other than the constants'.
     let four = SampleShape::channels_last(2, 3, 4);
-    let e = m.mix_normalize(
-        &dplan,
+    refused!(
+        InvalidArgument {
+            what: "normalize",
+            ..
+        },
         &four,
         &dnorm,
-        &x.as_view(),
-        first,
-        &mut out.as_view_mut(),
-    );
-    assert!(
-        matches!(
-            e,
-            Err(MixError::InvalidArgument {
-                what: "normalize",
-                ..
-            })
-        ),
-        "{e:?}"
+        xv,
+        ov
     );
     // u8 rounding on a float input.
     let rn = DeviceNormalize::new(&m, Normalize::imagenet().with_u8_rounding(true)).unwrap();
     let xf = s.clone_htod(&[0.5f32; 24]).unwrap();
-    let e = m.mix_normalize(
-        &dplan,
+    refused!(
+        InvalidArgument {
+            what: "normalize",
+            ..
+        },
         &shape,
         &rn,
         &xf.as_view(),
-        first,
-        &mut out.as_view_mut(),
-    );
-    assert!(
-        matches!(
-            e,
-            Err(MixError::InvalidArgument {
-                what: "normalize",
-                ..
-            })
-        ),
-        "{e:?}"
+        ov
     );
     // Constants uploaded through another mixer (stream).
     let other = CudaMixer::from_stream(s.context().new_stream().unwrap()).unwrap();
     let foreign = DeviceNormalize::new(&other, Normalize::imagenet_u8()).unwrap();
-    let e = m.mix_normalize(
-        &dplan,
+    refused!(
+        InvalidArgument {
+            what: "normalize",
+            ..
+        },
         &shape,
         &foreign,
-        &x.as_view(),
-        first,
-        &mut out.as_view_mut(),
-    );
-    assert!(
-        matches!(
-            e,
-            Err(MixError::InvalidArgument {
-                what: "normalize",
-                ..
-            })
-        ),
-        "{e:?}"
+        xv,
+        ov
     );
     // Lengths.
-    let e = m.mix_normalize(
-        &dplan,
+    refused!(LengthMismatch { .. }, &shape, &dnorm, &x.slice(..12), ov);
+    refused!(
+        LengthMismatch { .. },
         &shape,
         &dnorm,
-        &x.slice(..12),
-        first,
-        &mut out.as_view_mut(),
+        xv,
+        &mut out.slice_mut(..23)
     );
-    assert!(matches!(e, Err(MixError::LengthMismatch { .. })), "{e:?}");
-    let e = m.mix_normalize(
-        &dplan,
-        &shape,
-        &dnorm,
-        &x.as_view(),
-        first,
-        &mut out.slice_mut(..23),
-    );
-    assert!(matches!(e, Err(MixError::LengthMismatch { .. })), "{e:?}");
     // A u8 output through the raw entry point.
     let (xp, _r) = x.device_ptr(s);
     let mut o8 = s.alloc_zeros::<u8>(24).unwrap();
