@@ -341,3 +341,42 @@ DEV void soft_pair(float keep, float off, float lam, bool same, float& ta, float
         tb = __fadd_rn(__fmul_rn(keep, mu), off);
     }
 }
+
+// Sum over the block, the same value in every thread, in a fixed order; `part` holds 32
+// entries, free again when it returns.
+DEV float sum_block(float v, float* part) {
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float r = part[0];
+    for (u32 w = 1; w < (blockDim.x >> 5); ++w) r += part[w];
+    __syncthreads();
+    return r;
+}
+
+// The reduced loss of a fused loss launch (CE, BCE): the last block to finish sums the
+// per-row losses `losses[0..batch)` in a fixed order and writes the total (reduction 1, Sum)
+// or total / count (Mean) to `loss`. Nothing under Reduction::None: `loss` is 0 and the
+// per-sample losses are the result. `flags[1]` counts the blocks done; the last one resets it,
+// ready for the next launch (and the next replay of a captured graph).
+DEV void finish_reduced_loss(u64 loss, u64 flags_addr, u64 losses_addr, u64 batch, u32 reduction,
+                             float count) {
+    if (loss == 0) return;
+    __shared__ u32 last;
+    __shared__ float part[32];
+    __threadfence();
+    __syncthreads();
+    u32* flags = (u32*)flags_addr;
+    if (threadIdx.x == 0) last = atomicAdd(flags + 1, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const float* losses = (const float*)losses_addr;
+    float acc = 0.0f;
+    for (u64 i = threadIdx.x; i < batch; i += blockDim.x) acc += ld_cg_f32(losses + i);
+    const float total = sum_block(acc, part);
+    if (threadIdx.x == 0) {
+        ((float*)loss)[0] = reduction == 1 ? total : __fdiv_rn(total, count);
+        flags[1] = 0;
+    }
+}

@@ -123,42 +123,9 @@ DEV float bce_elem(const BceArgs& g, const BceRow& r, u64 e, float z, float& acc
     return __fmul_rn(v, __fmul_rn(fmaf(cw, sig, -wt), r.scale));
 }
 
-// The reduced loss: the last block to finish sums the per-row losses in a fixed order.
+// The reduced loss (common.cuh `finish_reduced_loss`); Mean divides by `count`.
 DEV void bce_finish(const BceArgs& g) {
-    if (g.loss == 0) return;  // Reduction::None: the per-sample losses are the result
-    __shared__ u32 last;
-    __shared__ float part[32];
-    __threadfence();
-    __syncthreads();
-    u32* flags = (u32*)g.flags;
-    if (threadIdx.x == 0) last = atomicAdd(flags + 1, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    const float* losses = (const float*)g.losses;
-    float acc = 0.0f;
-    for (u64 i = threadIdx.x; i < g.batch; i += blockDim.x) acc += ld_cg_f32(losses + i);
-    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = acc;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float total = part[0];
-        for (u32 w = 1; w < (blockDim.x >> 5); ++w) total += part[w];
-        ((float*)g.loss)[0] = g.reduction == 1 ? total : __fdiv_rn(total, g.count);
-        flags[1] = 0;  // ready for the next launch (and the next replay of a captured graph)
-    }
-}
-
-// Sum over the block, the same value in every thread, in a fixed order; `part` holds 32
-// entries, free again when it returns.
-DEV float bce_sum_block(float v, float* part) {
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float r = part[0];
-    for (u32 w = 1; w < (blockDim.x >> 5); ++w) r += part[w];
-    __syncthreads();
-    return r;
+    finish_reduced_loss(g.loss, g.flags, g.losses, g.batch, g.reduction, g.count);
 }
 
 // The elements of one row that lane t of L handles: slots t, t + L, ... and extras t, t + L, ...
@@ -233,7 +200,7 @@ DEV void bce_block(const BceArgs& g) {
         const BceRow r = bce_row_of(g, row);
         const float lane = g.grad != 0 ? bce_lane<E, true>(g, row, r, threadIdx.x, blockDim.x)
                                        : bce_lane<E, false>(g, row, r, threadIdx.x, blockDim.x);
-        const float acc = bce_sum_block(lane, part);
+        const float acc = sum_block(lane, part);
         if (threadIdx.x == 0) bce_row_done(g, row, r, acc);
     }
     bce_finish(g);

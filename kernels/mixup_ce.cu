@@ -360,18 +360,6 @@ DEV float regs_dev(const v16 (&va)[K], const typename E::B* zrow, const Geom& ge
     return acc;
 }
 
-// Sum over the block, the same value in every thread, in a fixed order; `part` holds 32
-// entries, free again when it returns.
-DEV float sum_block(float v, float* part) {
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float r = part[0];
-    for (u32 w = 1; w < (blockDim.x >> 5); ++w) r += part[w];
-    __syncthreads();
-    return r;
-}
-
 template <class E, int K>
 DEV void regs_grad(const CeArgs& g, const v16 (&va)[K], const typename E::B* zrow, u64 row, const Geom& ge,
                    u32 t, u32 T, const Row& r, const GradShift& sh) {
@@ -393,31 +381,10 @@ DEV void regs_grad(const CeArgs& g, const v16 (&va)[K], const typename E::B* zro
 }
 
 // ---------------------------------------------------------------------------------------------
-// The reduced loss: the last block to finish sums the per-row losses in a fixed order.
+// The reduced loss (common.cuh `finish_reduced_loss`); Mean divides by B.
 
 DEV void ce_finish(const CeArgs& g) {
-    if (g.loss == 0) return;  // Reduction::None: the per-sample losses are the result
-    __shared__ u32 last;
-    __shared__ float part[32];
-    __threadfence();
-    __syncthreads();
-    u32* flags = (u32*)g.flags;
-    if (threadIdx.x == 0) last = atomicAdd(flags + 1, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    const float* losses = (const float*)g.losses;
-    float acc = 0.0f;
-    for (u64 i = threadIdx.x; i < g.batch; i += blockDim.x) acc += ld_cg_f32(losses + i);
-    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = acc;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float total = part[0];
-        for (u32 w = 1; w < (blockDim.x >> 5); ++w) total += part[w];
-        ((float*)g.loss)[0] = g.reduction == 1 ? total : __fdiv_rn(total, (float)g.batch);
-        flags[1] = 0;  // ready for the next launch (and the next replay of a captured graph)
-    }
+    finish_reduced_loss(g.loss, g.flags, g.losses, g.batch, g.reduction, (float)g.batch);
 }
 
 // ---------------------------------------------------------------------------------------------
