@@ -30,8 +30,11 @@ pub type Result<T, E = MixError> = std::result::Result<T, E>;
 /// use mixup_kernels::{reference, MixError, MixPlan, SampleShape};
 /// let plan = MixPlan::identity(2).unwrap();
 /// let err = reference::mix(&plan, &SampleShape::rows(3), &[0.0f32; 5]).unwrap_err();
-/// assert_eq!(err, MixError::LengthMismatch { what: "x", expected: 6, got: 5 });
-/// assert_eq!(err.to_string(), "`x` has 5 elements, the shape needs 6");
+/// assert!(matches!(err, MixError::ShapeMismatch { what: "x", batch: 2, per_sample: 3, got: 5, .. }));
+/// assert_eq!(
+///     err.to_string(),
+///     "`x` has 5 elements, but [B, sample size] = [2, 3] needs 6 (B is the plan's batch)"
+/// );
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -49,6 +52,21 @@ pub enum MixError {
         what: &'static str,
         /// The length the shape implies.
         expected: usize,
+        /// The length given.
+        got: usize,
+    },
+    /// A `[B, …]` buffer (logits, images, soft targets) does not hold the plan's batch of
+    /// samples of the expected size: its length is not `batch × per_sample`.
+    ShapeMismatch {
+        /// Which buffer.
+        what: &'static str,
+        /// The shape the operation reads, in the field's letters: `"[B, C]"` for logits and
+        /// targets (C classes), `"[B, sample size]"` for images and rows.
+        shape: &'static str,
+        /// B: the plan's batch size.
+        batch: usize,
+        /// Elements per sample (C, or the sample's `C·H·W`).
+        per_sample: usize,
         /// The length given.
         got: usize,
     },
@@ -170,6 +188,33 @@ impl fmt::Display for MixError {
             } => {
                 write!(f, "`{what}` has {got} elements, the shape needs {expected}")
             }
+            ShapeMismatch {
+                what,
+                shape,
+                batch,
+                per_sample,
+                got,
+            } => {
+                let (b, n) = (*batch, *per_sample);
+                write!(
+                    f,
+                    "`{what}` has {got} elements, but {shape} = [{b}, {n}] needs {} (B is the \
+                     plan's batch)",
+                    b.saturating_mul(n)
+                )?;
+                // Say which extent is off when the length factors through one of them.
+                if n > 0 && got % n == 0 {
+                    write!(
+                        f,
+                        "; it holds {} rows of {n}: is the plan for this batch?",
+                        got / n
+                    )
+                } else if b > 0 && got % b == 0 {
+                    write!(f, "; it holds {b} rows of {}, not {n}", got / b)
+                } else {
+                    Ok(())
+                }
+            }
             BatchMismatch { plan, data } => write!(
                 f,
                 "the plan is for a batch of {plan} samples, the data has {data}"
@@ -180,10 +225,13 @@ impl fmt::Display for MixError {
                     "the plan's CutMix boxes were drawn for {}x{} images, the data is {}x{}",
                     plan.0, plan.1, data.0, data.1
                 )?;
-                // One side in common (32x32 read as 32x3): the dimensions are probably in
-                // another order than the one declared.
-                let sides = [plan.0, plan.1];
-                if sides.contains(&data.0) || sides.contains(&data.1) {
+                // One side in common and the other one smaller than the image (32x32 read as
+                // 32x3 or 3x32): the channel axis was probably read as a side, the dimensions
+                // are in another order than the one declared. (32x32 against 32x64 is just
+                // another size.)
+                let (sides, small) = ([plan.0, plan.1], plan.0.min(plan.1));
+                let swapped = |kept: usize, other: usize| sides.contains(&kept) && other < small;
+                if swapped(data.0, data.1) || swapped(data.1, data.0) {
                     write!(
                         f,
                         "; the memory format may be wrong: channels-first is [C, H, W] per \
@@ -264,6 +312,40 @@ pub(crate) fn checked_product(what: &'static str, dims: &[usize]) -> Result<usiz
     dims.iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or(MixError::SizeOverflow { what })
+}
+
+/// The shape of logits, gradients and soft targets, for [`check_rows`].
+pub(crate) const CLASS_ROWS: &str = "[B, C]";
+/// The shape of images and feature rows, for [`check_rows`].
+pub(crate) const SAMPLE_ROWS: &str = "[B, sample size]";
+
+/// Checks that a `[B, …]` buffer holds `batch` samples of `per_sample` elements; returns the
+/// length. [`MixError::SizeOverflow`] if the product overflows, else
+/// [`MixError::ShapeMismatch`].
+pub(crate) fn check_rows(
+    what: &'static str,
+    shape: &'static str,
+    batch: usize,
+    per_sample: usize,
+    got: usize,
+) -> Result<usize> {
+    let overflow = if shape == CLASS_ROWS {
+        "batch × num_classes"
+    } else {
+        "batch × sample size"
+    };
+    let total = checked_product(overflow, &[batch, per_sample])?;
+    if total == got {
+        Ok(total)
+    } else {
+        Err(MixError::ShapeMismatch {
+            what,
+            shape,
+            batch,
+            per_sample,
+            got,
+        })
+    }
 }
 
 /// Checks a buffer length against the shape's.

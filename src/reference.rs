@@ -30,7 +30,7 @@ use crate::spec::{
 /// 2018 "mixup"; Yun et al. 2019 "CutMix").
 ///
 /// # Errors
-/// [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) unless `x` is `[B, shape]`,
+/// [`MixError::ShapeMismatch`](crate::MixError::ShapeMismatch) unless `x` is `[B, shape]`,
 /// [`MixError::ImageSizeMismatch`](crate::MixError::ImageSizeMismatch) for an image of another
 /// size than the plan's boxes, [`MixError::SizeOverflow`](crate::MixError::SizeOverflow).
 ///
@@ -91,7 +91,7 @@ pub fn mix<T: Element>(plan: &MixPlan, shape: &SampleShape, x: &[T]) -> Result<V
 /// # Errors
 /// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) naming `shape` (not an image
 /// shape) or `normalize` (its channel count differs from the images', or u8 rounding with a
-/// float input); then those of [`mix`]: [`MixError::LengthMismatch`](crate::MixError::LengthMismatch)
+/// float input); then those of [`mix`]: [`MixError::ShapeMismatch`](crate::MixError::ShapeMismatch)
 /// (`x`), [`MixError::ImageSizeMismatch`](crate::MixError::ImageSizeMismatch).
 ///
 /// # Examples
@@ -219,7 +219,7 @@ pub struct CeReference {
 /// logits and all-(−inf) rows give NaN (the rules every path follows; see `cpu::mixup_ce_forward`).
 ///
 /// # Errors
-/// As the fast paths: [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) for logits
+/// As the fast paths: [`MixError::ShapeMismatch`](crate::MixError::ShapeMismatch) for logits
 /// that are not `[B, C]`, [`MixError::LabelOutOfRange`](crate::MixError::LabelOutOfRange) (a
 /// negative label included), [`MixError::BatchMismatch`](crate::MixError::BatchMismatch) for
 /// labels of another batch, [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) for
@@ -335,7 +335,7 @@ pub(crate) fn bce_element(z: f64, t: f64, w: f64) -> (f64, f64) {
 /// target is positive and a −inf logit gives +inf. NaN logits give NaN.
 ///
 /// # Errors
-/// As the CPU op: [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) for logits that
+/// As the CPU op: [`MixError::ShapeMismatch`](crate::MixError::ShapeMismatch) for logits that
 /// are not `[B, C]`, [`MixError::LabelOutOfRange`](crate::MixError::LabelOutOfRange) (a
 /// negative label included), [`MixError::BatchMismatch`](crate::MixError::BatchMismatch),
 /// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) for a bad `grad_output` or a

@@ -3,7 +3,9 @@
 
 use crate::config::TargetSpec;
 use crate::dtype::Label;
-use crate::error::{MixError, Result, check_len, checked_product};
+use crate::error::{
+    CLASS_ROWS, MixError, Result, SAMPLE_ROWS, check_len, check_rows, checked_product,
+};
 use crate::plan::MixPlan;
 use crate::sampler::ImageSize;
 
@@ -376,8 +378,7 @@ pub(crate) fn check_mix(
     what: &'static str,
 ) -> Result<usize> {
     let row = shape.sample_len()?;
-    let total = checked_product("batch × sample size", &[plan.len(), row])?;
-    check_len(what, total, len)?;
+    check_rows(what, SAMPLE_ROWS, plan.len(), row, len)?;
     if let Some(image) = shape.image_size() {
         plan.check_image(image.height, image.width)?;
     }
@@ -425,8 +426,13 @@ pub(crate) fn check_ce(
     let reduction = spec.reduction;
     let spec = &spec.targets;
     check_targets(plan, spec)?;
-    let total = checked_product("batch × num_classes", &[plan.len(), spec.num_classes()])?;
-    check_len("logits", total, logits_len)?;
+    let total = check_rows(
+        "logits",
+        CLASS_ROWS,
+        plan.len(),
+        spec.num_classes(),
+        logits_len,
+    )?;
     if reduction == Reduction::Mean && plan.is_empty() {
         return Err(MixError::EmptyShape {
             what: "batch (the mean over no samples is undefined)",
@@ -458,6 +464,28 @@ pub(crate) fn check_ce(
         GradOutput::Scalar(_) => Ok(()),
     }?;
     Ok(total)
+}
+
+/// The getters both loss specs share: the targets (classes, smoothing) and the reduction.
+macro_rules! target_getters {
+    () => {
+        /// Classes and label smoothing.
+        pub fn targets(&self) -> &TargetSpec {
+            &self.targets
+        }
+        /// Number of classes C.
+        pub fn num_classes(&self) -> usize {
+            self.targets.num_classes()
+        }
+        /// Label smoothing ε, in `[0, 1)`.
+        pub fn label_smoothing(&self) -> f64 {
+            self.targets.label_smoothing()
+        }
+        /// The reduction.
+        pub fn reduction(&self) -> Reduction {
+            self.reduction
+        }
+    };
 }
 
 /// What the mixup cross-entropy computes: the soft target it compares against (classes and
@@ -514,22 +542,7 @@ impl CeSpec {
         Self { targets, reduction }
     }
 
-    /// Classes and label smoothing.
-    pub fn targets(&self) -> &TargetSpec {
-        &self.targets
-    }
-    /// Number of classes C.
-    pub fn num_classes(&self) -> usize {
-        self.targets.num_classes()
-    }
-    /// Label smoothing ε, in `[0, 1)`.
-    pub fn label_smoothing(&self) -> f64 {
-        self.targets.label_smoothing()
-    }
-    /// The reduction.
-    pub fn reduction(&self) -> Reduction {
-        self.reduction
-    }
+    target_getters!();
 }
 
 /// What the mixup binary cross-entropy computes: timm's `BinaryCrossEntropy` on the mixed soft
@@ -661,22 +674,7 @@ impl BceSpec {
         }
     }
 
-    /// Classes and label smoothing.
-    pub fn targets(&self) -> &TargetSpec {
-        &self.targets
-    }
-    /// Number of classes C.
-    pub fn num_classes(&self) -> usize {
-        self.targets.num_classes()
-    }
-    /// Label smoothing ε, in `[0, 1)`.
-    pub fn label_smoothing(&self) -> f64 {
-        self.targets.label_smoothing()
-    }
-    /// The reduction.
-    pub fn reduction(&self) -> Reduction {
-        self.reduction
-    }
+    target_getters!();
     /// The target threshold, if any.
     pub fn target_threshold(&self) -> Option<f32> {
         self.threshold

@@ -64,9 +64,11 @@ fn mix_lengths() {
     let mut out = sentinel(8);
     assert_err!(
         cpu::mix(&plan, &SampleShape::rows(4), &x[..7], &mut out),
-        MixError::LengthMismatch {
+        MixError::ShapeMismatch {
             what: "x",
-            expected: 8,
+            shape: "[B, sample size]",
+            batch: 2,
+            per_sample: 4,
             got: 7
         },
         out
@@ -81,12 +83,27 @@ fn mix_lengths() {
         },
         short
     );
-    // A batch of 3 rows given to a plan of 2: the lengths disagree with the shape.
+    // A batch of 3 rows given to a plan of 2: the lengths disagree with the shape, and the
+    // message says which extent is off.
     let mut three = sentinel(12);
     assert_err!(
         cpu::mix_in_place(&plan, &SampleShape::rows(4), &mut three),
-        MixError::LengthMismatch { what: "x", .. },
+        MixError::ShapeMismatch {
+            what: "x",
+            batch: 2,
+            per_sample: 4,
+            got: 12,
+            ..
+        },
         three
+    );
+    let msg = cpu::mix_in_place(&plan, &SampleShape::rows(4), &mut three)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        msg,
+        "`x` has 12 elements, but [B, sample size] = [2, 4] needs 8 (B is the plan's batch); \
+         it holds 3 rows of 4: is the plan for this batch?"
     );
 }
 
@@ -111,6 +128,24 @@ fn mix_image_size_mismatch() {
         MixError::ImageSizeMismatch { .. },
         y
     );
+}
+
+/// The memory-format hint appears when the channel axis was probably read as a side (one side
+/// in common, the other smaller than the image), not for an image of just another size.
+#[test]
+fn image_size_hint_only_for_a_likely_swap() {
+    let hinted = |data: (usize, usize)| {
+        let e = MixError::ImageSizeMismatch {
+            plan: (32, 32),
+            data,
+        };
+        e.to_string().contains("the memory format may be wrong")
+    };
+    assert!(hinted((32, 3)));
+    assert!(hinted((3, 32)));
+    assert!(!hinted((32, 64)));
+    assert!(!hinted((64, 32)));
+    assert!(!hinted((28, 28)));
 }
 
 #[test]
@@ -186,7 +221,7 @@ fn soft_target_errors() {
     let mut short = sentinel(5);
     assert_err!(
         cpu::soft_targets(&plan, &spec, &[0u32, 1], &mut short),
-        MixError::LengthMismatch { what: "out", .. },
+        MixError::ShapeMismatch { what: "out", .. },
         short
     );
     // Negative i64 labels are typed errors, not wrap-arounds.
@@ -494,9 +529,11 @@ fn ce_errors() {
     ce_case(&plan, mean, 5, &[0, 1], one, 2, |e| {
         matches!(
             e,
-            MixError::LengthMismatch {
+            MixError::ShapeMismatch {
                 what: "logits",
-                expected: 6,
+                shape: "[B, C]",
+                batch: 2,
+                per_sample: 3,
                 got: 5
             }
         )
@@ -607,10 +644,12 @@ fn ce_grad_length() {
     assert!(
         matches!(
             r,
-            Err(MixError::LengthMismatch {
+            Err(MixError::ShapeMismatch {
                 what: "grad",
-                expected: 6,
-                got: 7
+                batch: 2,
+                per_sample: 3,
+                got: 7,
+                ..
             })
         ),
         "{r:?}"
@@ -643,4 +682,41 @@ fn non_finite_values_do_not_panic() {
     let mut out = [0.0f32; 4];
     cpu::mix(&plan, &SampleShape::rows(2), &x, &mut out).unwrap();
     assert!(out[0].is_nan() && out[2].is_nan());
+}
+
+/// A `[B, C]` length error gives B and C, and says which extent the given length fits.
+#[test]
+fn shape_mismatch_names_b_and_c() {
+    let plan = pairs(2);
+    let spec = CeSpec::new(3, 0.0, Reduction::Sum).unwrap();
+    let msg = |n: usize| {
+        cpu::mixup_ce_forward(&plan, &spec, &vec![0.0f32; n], &[0u32, 1], None)
+            .unwrap_err()
+            .to_string()
+    };
+    let head = |n: usize| {
+        format!("`logits` has {n} elements, but [B, C] = [2, 3] needs 6 (B is the plan's batch)")
+    };
+    // 9 = 3 rows of C: another batch.
+    assert_eq!(
+        msg(9),
+        head(9) + "; it holds 3 rows of 3: is the plan for this batch?"
+    );
+    // 8 = B rows of 4: another class count.
+    assert_eq!(msg(8), head(8) + "; it holds 2 rows of 4, not 3");
+    // 7 fits neither.
+    assert_eq!(msg(7), head(7));
+    let mut t = vec![0.0f32; 5];
+    let e = cpu::soft_targets(&plan, spec.targets(), &[0u32, 1], &mut t).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            MixError::ShapeMismatch {
+                what: "out",
+                got: 5,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
 }

@@ -68,6 +68,18 @@ struct Ctx<'a, I> {
     stream: bool,
 }
 
+impl<I> Ctx<'_, I> {
+    /// An output piece: a channel's `W` values (channels-first output) or a whole line of
+    /// `W·C` (channels-last).
+    #[inline(always)]
+    fn piece(&self) -> usize {
+        match self.out_format {
+            MemoryFormat::ChannelsFirst => self.dims.width,
+            MemoryFormat::ChannelsLast => self.dims.width * self.dims.channels,
+        }
+    }
+}
+
 /// Rows `y0..y1` of sample `i`; `out` holds the task's part of each output plane
 /// (channels-first, `C` slices of `(y1−y0)·W`) or of the interleaved output (one slice).
 struct Task<'o, O> {
@@ -196,8 +208,17 @@ fn deinterleave_any<O: Copy>(src: &[O], c: usize, w: usize, dst: &mut [O]) {
     }
 }
 
+/// Computes lines `y0..y1` of sample `i`, in `L` values, and hands them over in the output's
+/// order: `put(k, ly, piece)` gets output slice `k`'s piece for task line `ly` (a channel's
+/// `W` values, or a whole `W·C` line). With `direct` (same memory format, and `L` is the
+/// output type), lines are computed straight into those slices and `put` is not called.
 #[inline(always)]
-fn run_task<I: Element, O: Element, const RINT: bool>(ctx: &Ctx<'_, I>, t: &mut Task<'_, O>) {
+fn for_each_piece<I: Element, L: Element, const RINT: bool>(
+    ctx: &Ctx<'_, I>,
+    (i, y0, y1): (usize, usize, usize),
+    mut direct: Option<&mut [&mut [L]]>,
+    mut put: impl FnMut(usize, usize, &[L]),
+) {
     let ImageDims {
         channels: c,
         height: h,
@@ -205,58 +226,44 @@ fn run_task<I: Element, O: Element, const RINT: bool>(ctx: &Ctx<'_, I>, t: &mut 
         format,
     } = ctx.dims;
     let row = c * h * w;
-    let e = &ctx.entries[t.i];
+    let e = &ctx.entries[i];
     let p = e.partner as usize;
-    let own = &ctx.x[t.i * row..(t.i + 1) * row];
+    let own = &ctx.x[i * row..(i + 1) * row];
     let other = &ctx.x[p * row..(p + 1) * row];
     let same = format == ctx.out_format;
-    // Direct: each line computed straight into the output. Otherwise a line is computed into
-    // `line` (input order), transposed into `moved` when the formats differ, and then copied
-    // or streamed into the output.
-    let direct = same && !ctx.stream;
-    let mut line = vec![O::default(); if direct { 0 } else { c * w }];
-    let mut moved = vec![O::default(); if same { 0 } else { c * w }];
-    #[cfg(target_arch = "x86_64")]
-    let mut sinks: Vec<StreamOut> = if ctx.stream {
-        t.out.iter_mut().map(|o| StreamOut::new(o)).collect()
-    } else {
-        Vec::new()
-    };
-    // Output pieces per line: `C` planes of `W`, or one run of `W·C`.
-    let piece = match ctx.out_format {
-        MemoryFormat::ChannelsFirst => w,
-        MemoryFormat::ChannelsLast => w * c,
-    };
-    for y in t.y0..t.y1 {
-        let rule = LineRule::new(t.i, e, y);
-        let ly = y - t.y0;
+    // Otherwise a line is computed into `line` (input order), transposed into `moved` when the
+    // formats differ, then handed over piece by piece.
+    let mut line = vec![L::default(); if direct.is_some() { 0 } else { c * w }];
+    let mut moved = vec![L::default(); if same { 0 } else { c * w }];
+    let piece = ctx.piece();
+    for y in y0..y1 {
+        let rule = LineRule::new(i, e, y);
+        let ly = y - y0;
         match format {
             MemoryFormat::ChannelsFirst => {
                 for ch in 0..c {
                     let off = (ch * h + y) * w;
                     let (a, b) = (&own[off..off + w], &other[off..off + w]);
                     let (m, s) = (&ctx.mean[ch * w..][..w], &ctx.std[ch * w..][..w]);
-                    let dst = if direct {
-                        &mut t.out[ch][ly * w..(ly + 1) * w]
-                    } else {
-                        &mut line[ch * w..(ch + 1) * w]
+                    let dst = match direct.as_deref_mut() {
+                        Some(out) => &mut out[ch][ly * w..(ly + 1) * w],
+                        None => &mut line[ch * w..(ch + 1) * w],
                     };
-                    run_line::<I, O, RINT>(rule, 1, a, b, m, s, dst);
+                    run_line::<I, L, RINT>(rule, 1, a, b, m, s, dst);
                 }
             }
             MemoryFormat::ChannelsLast => {
                 let n = w * c;
                 let off = y * n;
                 let (a, b) = (&own[off..off + n], &other[off..off + n]);
-                let dst = if direct {
-                    &mut t.out[0][ly * n..(ly + 1) * n]
-                } else {
-                    &mut line[..]
+                let dst = match direct.as_deref_mut() {
+                    Some(out) => &mut out[0][ly * n..(ly + 1) * n],
+                    None => &mut line[..],
                 };
-                run_line::<I, O, RINT>(rule, c, a, b, &ctx.mean, &ctx.std, dst);
+                run_line::<I, L, RINT>(rule, c, a, b, &ctx.mean, &ctx.std, dst);
             }
         }
-        if direct {
+        if direct.is_some() {
             continue;
         }
         let ordered = if same {
@@ -269,18 +276,36 @@ fn run_task<I: Element, O: Element, const RINT: bool>(ctx: &Ctx<'_, I>, t: &mut 
             &moved
         };
         for (k, src) in ordered.chunks_exact(piece).enumerate() {
-            #[cfg(target_arch = "x86_64")]
-            if ctx.stream {
-                sinks[k].push(src);
-                continue;
-            }
-            t.out[k][ly * piece..(ly + 1) * piece].copy_from_slice(src);
+            put(k, ly, src);
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    for s in sinks {
-        s.finish();
+}
+
+/// Output slice `k`'s piece for task line `ly`.
+#[inline(always)]
+fn piece_of<'a, O>(t: &'a mut Task<'_, O>, k: usize, ly: usize, piece: usize) -> &'a mut [O] {
+    &mut t.out[k][ly * piece..(ly + 1) * piece]
+}
+
+/// The f32 output: computed straight into the output when the formats agree and the output is
+/// cached, else through a line buffer, copied or streamed.
+#[inline(always)]
+fn run_task<I: Element, O: Element, const RINT: bool>(ctx: &Ctx<'_, I>, t: &mut Task<'_, O>) {
+    let span = (t.i, t.y0, t.y1);
+    if ctx.dims.format == ctx.out_format && !ctx.stream {
+        return for_each_piece::<I, O, RINT>(ctx, span, Some(&mut t.out[..]), |_, _, _| {});
     }
+    let piece = ctx.piece();
+    #[cfg(target_arch = "x86_64")]
+    if ctx.stream {
+        let mut sinks: Vec<StreamOut> = t.out.iter_mut().map(|o| StreamOut::new(o)).collect();
+        for_each_piece::<I, O, RINT>(ctx, span, None, |k, _, src| sinks[k].push(src));
+        sinks.into_iter().for_each(StreamOut::finish);
+        return;
+    }
+    for_each_piece::<I, O, RINT>(ctx, span, None, |k, ly, src| {
+        piece_of(t, k, ly, piece).copy_from_slice(src)
+    });
 }
 
 /// f32 values rounded to `O` through the vector level's stores (`Lanes::store`: for bf16 the
@@ -318,80 +343,24 @@ fn run_task_narrow<I: Element, O: Element, const RINT: bool>(
     ctx: &Ctx<'_, I>,
     t: &mut Task<'_, O>,
 ) {
-    let ImageDims {
-        channels: c,
-        height: h,
-        width: w,
-        format,
-    } = ctx.dims;
-    let row = c * h * w;
-    let e = &ctx.entries[t.i];
-    let p = e.partner as usize;
-    let own = &ctx.x[t.i * row..(t.i + 1) * row];
-    let other = &ctx.x[p * row..(p + 1) * row];
-    let same = format == ctx.out_format;
-    let mut line = vec![0.0f32; c * w];
-    let mut moved = vec![0.0f32; if same { 0 } else { c * w }];
-    let piece = match ctx.out_format {
-        MemoryFormat::ChannelsFirst => w,
-        MemoryFormat::ChannelsLast => w * c,
-    };
+    let span = (t.i, t.y0, t.y1);
+    let piece = ctx.piece();
     #[cfg(target_arch = "x86_64")]
-    let mut sinks: Vec<StreamOut> = if ctx.stream {
-        t.out.iter_mut().map(|o| StreamOut::new(o)).collect()
-    } else {
-        Vec::new()
-    };
-    #[cfg(target_arch = "x86_64")]
-    let mut staged = vec![O::default(); if ctx.stream { piece } else { 0 }];
-    for y in t.y0..t.y1 {
-        let rule = LineRule::new(t.i, e, y);
-        let ly = y - t.y0;
-        match format {
-            MemoryFormat::ChannelsFirst => {
-                for ch in 0..c {
-                    let off = (ch * h + y) * w;
-                    let (a, b) = (&own[off..off + w], &other[off..off + w]);
-                    let (m, s) = (&ctx.mean[ch * w..][..w], &ctx.std[ch * w..][..w]);
-                    let dst = &mut line[ch * w..(ch + 1) * w];
-                    run_line::<I, f32, RINT>(rule, 1, a, b, m, s, dst);
-                }
-            }
-            MemoryFormat::ChannelsLast => {
-                let off = y * w * c;
-                let (a, b) = (&own[off..off + w * c], &other[off..off + w * c]);
-                run_line::<I, f32, RINT>(rule, c, a, b, &ctx.mean, &ctx.std, &mut line);
-            }
-        }
-        let ordered = if same {
-            &line
-        } else {
-            match format {
-                MemoryFormat::ChannelsFirst => interleave_any(&line, c, w, &mut moved),
-                MemoryFormat::ChannelsLast => deinterleave_any(&line, c, w, &mut moved),
-            }
-            &moved
-        };
-        for (k, src) in ordered.chunks_exact(piece).enumerate() {
-            #[cfg(target_arch = "x86_64")]
-            if ctx.stream {
-                ctx.isa.run(Narrow {
-                    src,
-                    dst: &mut staged,
-                });
-                sinks[k].push(&staged);
-                continue;
-            }
-            ctx.isa.run(Narrow {
-                src,
-                dst: &mut t.out[k][ly * piece..(ly + 1) * piece],
-            });
-        }
+    if ctx.stream {
+        let mut sinks: Vec<StreamOut> = t.out.iter_mut().map(|o| StreamOut::new(o)).collect();
+        let mut staged = vec![O::default(); piece];
+        for_each_piece::<I, f32, RINT>(ctx, span, None, |k, _, src| {
+            let dst = &mut staged;
+            ctx.isa.run(Narrow { src, dst });
+            sinks[k].push(&staged);
+        });
+        sinks.into_iter().for_each(StreamOut::finish);
+        return;
     }
-    #[cfg(target_arch = "x86_64")]
-    for s in sinks {
-        s.finish();
-    }
+    for_each_piece::<I, f32, RINT>(ctx, span, None, |k, ly, src| {
+        let dst = piece_of(t, k, ly, piece);
+        ctx.isa.run(Narrow { src, dst });
+    });
 }
 
 #[inline(always)]
@@ -423,7 +392,41 @@ fn run<I: Element, O: Element>(ctx: &Ctx<'_, I>, t: &mut Task<'_, O>) {
     run_any(ctx, t)
 }
 
-pub(crate) fn mix_normalize<I: Element, O: FloatElement>(
+/// The fused "decoded pixels → model input" operation: mixes `x` by the plan, normalizes each
+/// channel and writes `out` in `out_format` and `O`'s precision, in one pass over the batch.
+///
+/// `x` is `[B, C, H, W]` or `[B, H, W, C]` as `shape` says (an image): u8 pixels, or
+/// f32/f16/bf16 values already in the units of `norm`. `out` has as many elements, `[B, C, H,
+/// W]` for [`MemoryFormat::ChannelsFirst`] or `[B, H, W, C]` for
+/// [`MemoryFormat::ChannelsLast`], in f32, f16 or bf16. Per element, in f32 (see
+/// [`Normalize`] for the formula and its source, timm's `FastCollateMixup` and
+/// `PrefetchLoader`): `v` = MixUp lerp, CutMix paste, or the sample's own value; rounded to u8
+/// under [`Normalize::with_u8_rounding`]; then `(v − mean_c) / std_c`, rounded once to `O`.
+/// Any plan (a non-involution reads its partners a second time); `out` is never `x`.
+/// Multi-threaded; the result does not depend on the number of threads.
+///
+/// # Errors
+/// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) naming `shape` (rows, not
+/// an image) or `normalize` (channels differ from the images', or u8 rounding on a float
+/// input); [`MixError::ShapeMismatch`](crate::MixError::ShapeMismatch) for `x` (not `B` samples
+/// of the shape), [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) for `out` (not `x`'s length); [`MixError::ImageSizeMismatch`](crate::MixError)
+/// when the plan's boxes were drawn for another image size. Nothing is written on error.
+///
+/// # Examples
+///
+/// ```
+/// use mixup_kernels::{cpu, reference, SampleShape, MemoryFormat, MixPlan, Normalize};
+/// // Decoded RGB images (channels-last u8), timm's pipeline, into an NCHW f32 batch.
+/// let plan = MixPlan::from_parts(&[1, 0], &[0.7, 0.7]).unwrap();
+/// let img = SampleShape::channels_last(2, 2, 3);
+/// let x: Vec<u8> = (0..24).map(|v| (v * 10) as u8).collect();
+/// let norm = Normalize::imagenet_u8().with_u8_rounding(true);
+/// let mut out = vec![0.0f32; x.len()];
+/// cpu::mix_normalize(&plan, &img, &norm, &x, MemoryFormat::ChannelsFirst, &mut out).unwrap();
+/// let want = reference::mix_normalize(&plan, &img, &norm, &x, MemoryFormat::ChannelsFirst).unwrap();
+/// assert!(out.iter().zip(&want).all(|(o, w)| (f64::from(*o) - w).abs() < 1e-6));
+/// ```
+pub fn mix_normalize<I: Element, O: FloatElement>(
     plan: &MixPlan,
     shape: &SampleShape,
     norm: &Normalize,

@@ -13,13 +13,13 @@
 
 use super::lanes::{Isa, Kernel, Lanes, narrow, widen};
 use super::math::{BLOCK, SUM_LANES, exp, flush};
-use super::mixup_ce::{losses_buffer, scale_of};
+use super::mixup_ce::{check_all, losses_buffer, scale_of};
 use super::pool::{self, Slab};
 use super::soft_targets::{Targets, rows_per_task};
 use crate::dtype::{Element, FloatElement};
-use crate::error::{Result, check_len};
+use crate::error::Result;
 use crate::plan::MixPlan;
-use crate::spec::{BceSpec, GradOutput, check_bce, check_labels};
+use crate::spec::{BceSpec, CeSpec, GradOutput};
 
 /// `ln 2` split for an exact `k·ln2` with `k ∈ {0, 1}`: the high part has 16 significant bits.
 const LN2_HI: f32 = 0.693_145_75;
@@ -215,22 +215,6 @@ impl<T: Element> Kernel for RowJob<'_, '_, T> {
     }
 }
 
-fn check_all(
-    plan: &MixPlan,
-    spec: &BceSpec,
-    logits: usize,
-    labels: &[u32],
-    upstream: &GradOutput<'_>,
-    losses: Option<&[f32]>,
-) -> Result<(usize, usize)> {
-    check_bce(plan, spec, logits, upstream)?;
-    check_labels(plan, labels, spec.targets())?;
-    if let Some(l) = losses {
-        check_len("losses", plan.len(), l.len())?;
-    }
-    Ok((plan.len(), spec.num_classes()))
-}
-
 /// The shared body of the forward-only and the forward + backward calls.
 fn run<T: FloatElement>(
     plan: &MixPlan,
@@ -241,17 +225,16 @@ fn run<T: FloatElement>(
     losses: Option<&mut [f32]>,
     grad: Option<&mut [T]>,
 ) -> Result<f32> {
+    // The CE's checks on the same targets and reduction: the BCE takes the same shapes.
     let (batch, c) = check_all(
         plan,
-        spec,
+        &CeSpec::from_targets(*spec.targets(), spec.reduction()),
         logits.len(),
         labels,
         &upstream,
         losses.as_deref(),
+        grad.as_deref().map(<[T]>::len),
     )?;
-    if let Some(g) = grad.as_deref() {
-        check_len("grad", logits.len(), g.len())?;
-    }
     let mut temp = Vec::new();
     let losses = losses_buffer(losses, batch, &mut temp);
     let k = Consts {

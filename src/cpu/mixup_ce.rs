@@ -24,7 +24,7 @@ use super::math::{BLOCK, SUM_LANES, exp, exp_lanes, flush};
 use super::pool::{self, Slab};
 use super::soft_targets::{Targets, rows_per_task};
 use crate::dtype::{Element, FloatElement};
-use crate::error::{Result, check_len};
+use crate::error::{CLASS_ROWS, Result, check_len, check_rows};
 use crate::plan::{MixPlan, PlanEntry};
 use crate::spec::{CeSpec, GradOutput, Reduction, check_ce, check_labels};
 
@@ -492,21 +492,29 @@ fn reduce(losses: &[f32], reduction: Reduction) -> f32 {
     }
 }
 
-/// Checks everything a loss call gets; returns `(B, C)`.
-fn check_all(
+/// Checks everything a loss call gets, before anything is written: the plan, spec and logits
+/// (`[B, C]`), labels, upstream gradient, `losses` (`[B]`) and `grad` (`[B, C]`) if given. A
+/// BCE call comes here with its spec as a [`CeSpec`] (the same targets and reduction).
+/// Returns `(B, C)`.
+pub(super) fn check_all(
     plan: &MixPlan,
     spec: &CeSpec,
     logits: usize,
     labels: &[u32],
     upstream: &GradOutput<'_>,
     losses: Option<&[f32]>,
+    grad: Option<usize>,
 ) -> Result<(usize, usize)> {
+    let (b, c) = (plan.len(), spec.num_classes());
     check_ce(plan, spec, logits, upstream)?;
     check_labels(plan, labels, spec.targets())?;
     if let Some(l) = losses {
-        check_len("losses", plan.len(), l.len())?;
+        check_len("losses", b, l.len())?;
     }
-    Ok((plan.len(), spec.num_classes()))
+    if let Some(g) = grad {
+        check_rows("grad", CLASS_ROWS, b, c, g)?;
+    }
+    Ok((b, c))
 }
 
 /// Sample `i`'s gradient scale: the upstream gradient times `1/B` for the mean.
@@ -526,7 +534,15 @@ pub(crate) fn mixup_ce_forward<T: FloatElement>(
     losses: Option<&mut [f32]>,
 ) -> Result<f32> {
     let up = GradOutput::default();
-    let (batch, c) = check_all(plan, spec, logits.len(), labels, &up, losses.as_deref())?;
+    let (batch, c) = check_all(
+        plan,
+        spec,
+        logits.len(),
+        labels,
+        &up,
+        losses.as_deref(),
+        None,
+    )?;
     let mut temp = Vec::new();
     let losses = losses_buffer(losses, batch, &mut temp);
     let k = Consts::new(spec);
@@ -563,8 +579,8 @@ pub(crate) fn mixup_ce<T: FloatElement>(
         labels,
         &upstream,
         losses.as_deref(),
+        Some(grad.len()),
     )?;
-    check_len("grad", logits.len(), grad.len())?;
     let mut temp = Vec::new();
     let losses = losses_buffer(losses, batch, &mut temp);
     let k = Consts::new(spec);
@@ -611,6 +627,7 @@ pub(crate) fn mixup_ce_in_place<T: FloatElement>(
         labels,
         &upstream,
         losses.as_deref(),
+        None,
     )?;
     let mut temp = Vec::new();
     let losses = losses_buffer(losses, batch, &mut temp);

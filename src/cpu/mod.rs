@@ -45,14 +45,13 @@ mod mixup_ce;
 mod pool;
 mod soft_targets;
 
+pub use mix_normalize::mix_normalize;
+
 use crate::config::TargetSpec;
 use crate::dtype::{Element, FloatElement, Label, as_u32s};
 use crate::error::Result;
-use crate::normalize::Normalize;
 use crate::plan::MixPlan;
-use crate::spec::{
-    BceSpec, CeSpec, GradOutput, MemoryFormat, SampleShape, check_labels, check_losses_given,
-};
+use crate::spec::{BceSpec, CeSpec, GradOutput, SampleShape, check_labels, check_losses_given};
 
 /// Mixes `x` into `out` (both `[B, sample]` of `shape`): MixUp lerp or CutMix paste per the plan.
 ///
@@ -62,8 +61,8 @@ use crate::spec::{
 /// own partner is copied unchanged. Any plan; `out` must not be `x`.
 ///
 /// # Errors
-/// [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) unless `x` and `out` are
-/// `[B, shape]`; [`MixError::ImageSizeMismatch`](crate::MixError::ImageSizeMismatch) for images
+/// [`MixError::ShapeMismatch`](crate::MixError::ShapeMismatch) unless `x` is `[B, shape]`,
+/// [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) unless `out` is as long as `x`; [`MixError::ImageSizeMismatch`](crate::MixError::ImageSizeMismatch) for images
 /// of another size than the plan's boxes; [`MixError::SizeOverflow`](crate::MixError::SizeOverflow).
 ///
 /// # Examples
@@ -76,7 +75,7 @@ use crate::spec::{
 /// cpu::mix(&plan, &SampleShape::rows(1), &x, &mut out).unwrap();
 /// assert_eq!(out.map(bf16::to_f32), [3.0, 5.0, 8.0]);
 /// let err = cpu::mix(&plan, &SampleShape::rows(2), &x, &mut out).unwrap_err();
-/// assert!(matches!(err, MixError::LengthMismatch { what: "x", .. }));
+/// assert!(matches!(err, MixError::ShapeMismatch { what: "x", .. }));
 /// ```
 pub fn mix<T: Element>(plan: &MixPlan, shape: &SampleShape, x: &[T], out: &mut [T]) -> Result<()> {
     mix::mix(plan, shape, x, out)
@@ -108,51 +107,6 @@ pub fn mix_in_place<T: Element>(plan: &MixPlan, shape: &SampleShape, x: &mut [T]
     mix::mix_in_place(plan, shape, x)
 }
 
-/// The fused "decoded pixels → model input" operation: mixes `x` by the plan, normalizes each
-/// channel and writes `out` in `out_format` and `O`'s precision, in one pass over the batch.
-///
-/// `x` is `[B, C, H, W]` or `[B, H, W, C]` as `shape` says (an image): u8 pixels, or
-/// f32/f16/bf16 values already in the units of `norm`. `out` has as many elements, `[B, C, H,
-/// W]` for [`MemoryFormat::ChannelsFirst`] or `[B, H, W, C]` for
-/// [`MemoryFormat::ChannelsLast`], in f32, f16 or bf16. Per element, in f32 (see
-/// [`Normalize`] for the formula and its source, timm's `FastCollateMixup` and
-/// `PrefetchLoader`): `v` = MixUp lerp, CutMix paste, or the sample's own value; rounded to u8
-/// under [`Normalize::with_u8_rounding`]; then `(v − mean_c) / std_c`, rounded once to `O`.
-/// Any plan (a non-involution reads its partners a second time); `out` is never `x`.
-/// Multi-threaded; the result does not depend on the number of threads.
-///
-/// # Errors
-/// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) naming `shape` (rows, not
-/// an image) or `normalize` (channels differ from the images', or u8 rounding on a float
-/// input); [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) for `x` (not `B` samples
-/// of the shape) or `out` (not `x`'s length); [`MixError::ImageSizeMismatch`](crate::MixError)
-/// when the plan's boxes were drawn for another image size. Nothing is written on error.
-///
-/// # Examples
-///
-/// ```
-/// use mixup_kernels::{cpu, reference, SampleShape, MemoryFormat, MixPlan, Normalize};
-/// // Decoded RGB images (channels-last u8), timm's pipeline, into an NCHW f32 batch.
-/// let plan = MixPlan::from_parts(&[1, 0], &[0.7, 0.7]).unwrap();
-/// let img = SampleShape::channels_last(2, 2, 3);
-/// let x: Vec<u8> = (0..24).map(|v| (v * 10) as u8).collect();
-/// let norm = Normalize::imagenet_u8().with_u8_rounding(true);
-/// let mut out = vec![0.0f32; x.len()];
-/// cpu::mix_normalize(&plan, &img, &norm, &x, MemoryFormat::ChannelsFirst, &mut out).unwrap();
-/// let want = reference::mix_normalize(&plan, &img, &norm, &x, MemoryFormat::ChannelsFirst).unwrap();
-/// assert!(out.iter().zip(&want).all(|(o, w)| (f64::from(*o) - w).abs() < 1e-6));
-/// ```
-pub fn mix_normalize<I: Element, O: FloatElement>(
-    plan: &MixPlan,
-    shape: &SampleShape,
-    norm: &Normalize,
-    x: &[I],
-    out_format: MemoryFormat,
-    out: &mut [O],
-) -> Result<()> {
-    mix_normalize::mix_normalize(plan, shape, norm, x, out_format, out)
-}
-
 /// Writes the soft targets `[B, C]` of the plan and the labels (timm's `mixup_target`).
 ///
 /// `t_ic = (1-ε)·w_ic + ε/C` in f32, `w` = λ_i at `y_i`, `1-λ_i` at `y_partner(i)` (summed when
@@ -161,7 +115,7 @@ pub fn mix_normalize<I: Element, O: FloatElement>(
 /// # Errors
 /// [`MixError::LabelOutOfRange`](crate::MixError::LabelOutOfRange) (negative labels included),
 /// [`MixError::BatchMismatch`](crate::MixError::BatchMismatch),
-/// [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) unless `out` is `[B, C]`,
+/// [`MixError::ShapeMismatch`](crate::MixError::ShapeMismatch) unless `out` is `[B, C]`,
 /// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) (`spec`) for a spec other
 /// than the one the plan was drawn for. Nothing is written on error.
 ///
@@ -199,8 +153,8 @@ pub fn soft_targets<T: FloatElement, L: Label>(
 /// [`Reduction::None`](crate::Reduction::None), whose result is `losses` (then required).
 ///
 /// # Errors
-/// [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) when `logits` is not `[B, C]`
-/// or `losses` not `[B]`; [`MixError::BatchMismatch`](crate::MixError::BatchMismatch) when the
+/// [`MixError::ShapeMismatch`](crate::MixError::ShapeMismatch) when `logits` is not `[B, C]`,
+/// [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) when `losses` is not `[B]`; [`MixError::BatchMismatch`](crate::MixError::BatchMismatch) when the
 /// labels do not match the plan; [`MixError::LabelOutOfRange`](crate::MixError::LabelOutOfRange)
 /// (a negative label included); [`MixError::EmptyShape`](crate::MixError::EmptyShape) for the
 /// mean of an empty batch; [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) for a
@@ -245,10 +199,10 @@ pub fn mixup_ce_forward<T: FloatElement, L: Label>(
     labels: &[L],
     losses: Option<&mut [f32]>,
 ) -> Result<Option<f32>> {
-    check_losses_given(spec.reduction(), losses.is_some())?;
-    check_labels(plan, labels, spec.targets())?;
-    let loss = mixup_ce::mixup_ce_forward(plan, spec, logits, &as_u32s(labels), losses)?;
-    Ok(spec.reduction().reported(loss))
+    let frame = LossCall::new(plan, spec.targets(), spec.reduction(), losses.is_some());
+    frame.run(labels, |y| {
+        mixup_ce::mixup_ce_forward(plan, spec, logits, y, losses)
+    })
 }
 
 /// Loss and gradient in one pass per row; the gradient goes to `grad` (`[B, C]`).
@@ -258,7 +212,7 @@ pub fn mixup_ce_forward<T: FloatElement, L: Label>(
 /// non-finite logits too.
 ///
 /// # Errors
-/// Those of [`mixup_ce_forward`], and [`MixError::LengthMismatch`](crate::MixError::LengthMismatch)
+/// Those of [`mixup_ce_forward`], and [`MixError::ShapeMismatch`](crate::MixError::ShapeMismatch)
 /// for `grad`, [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) (`grad_output`)
 /// for a non-finite `grad_output` or a per-sample one without
 /// [`Reduction::None`](crate::Reduction::None).
@@ -286,11 +240,10 @@ pub fn mixup_ce<T: FloatElement, L: Label>(
     losses: Option<&mut [f32]>,
     grad: &mut [T],
 ) -> Result<Option<f32>> {
-    check_losses_given(spec.reduction(), losses.is_some())?;
-    check_labels(plan, labels, spec.targets())?;
-    let labels = as_u32s(labels);
-    let loss = mixup_ce::mixup_ce(plan, spec, logits, &labels, grad_output, losses, grad)?;
-    Ok(spec.reduction().reported(loss))
+    let frame = LossCall::new(plan, spec.targets(), spec.reduction(), losses.is_some());
+    frame.run(labels, |y| {
+        mixup_ce::mixup_ce(plan, spec, logits, y, grad_output, losses, grad)
+    })
 }
 
 /// Loss and gradient, the gradient written over the logits (same bits as [`mixup_ce`]).
@@ -321,11 +274,10 @@ pub fn mixup_ce_in_place<T: FloatElement, L: Label>(
     grad_output: GradOutput<'_>,
     losses: Option<&mut [f32]>,
 ) -> Result<Option<f32>> {
-    check_losses_given(spec.reduction(), losses.is_some())?;
-    check_labels(plan, labels, spec.targets())?;
-    let labels = as_u32s(labels);
-    let loss = mixup_ce::mixup_ce_in_place(plan, spec, logits, &labels, grad_output, losses)?;
-    Ok(spec.reduction().reported(loss))
+    let frame = LossCall::new(plan, spec.targets(), spec.reduction(), losses.is_some());
+    frame.run(labels, |y| {
+        mixup_ce::mixup_ce_in_place(plan, spec, logits, y, grad_output, losses)
+    })
 }
 
 /// The mixup binary cross-entropy (timm's `BinaryCrossEntropy` on the mixed soft target, as
@@ -340,8 +292,8 @@ pub fn mixup_ce_in_place<T: FloatElement, L: Label>(
 /// class of `weight` 0 adds nothing (loss and gradient 0), whatever its logit, except NaN.
 ///
 /// # Errors
-/// [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) when `logits` is not
-/// `[B, C]` or `losses` not `[B]`; [`MixError::LabelOutOfRange`](crate::MixError::LabelOutOfRange);
+/// [`MixError::ShapeMismatch`](crate::MixError::ShapeMismatch) when `logits` is not
+/// `[B, C]`, [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) when `losses` is not `[B]`; [`MixError::LabelOutOfRange`](crate::MixError::LabelOutOfRange);
 /// [`MixError::BatchMismatch`](crate::MixError::BatchMismatch) when the labels do not match the
 /// plan; [`MixError::EmptyShape`](crate::MixError::EmptyShape) for the mean of an empty batch;
 /// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) for a spec other than the
@@ -367,10 +319,10 @@ pub fn mixup_bce_forward<T: FloatElement, L: Label>(
     labels: &[L],
     losses: Option<&mut [f32]>,
 ) -> Result<Option<f32>> {
-    check_losses_given(spec.reduction(), losses.is_some())?;
-    check_labels(plan, labels, spec.targets())?;
-    let loss = mixup_bce::mixup_bce_forward(plan, spec, logits, &as_u32s(labels), losses)?;
-    Ok(spec.reduction().reported(loss))
+    let frame = LossCall::new(plan, spec.targets(), spec.reduction(), losses.is_some());
+    frame.run(labels, |y| {
+        mixup_bce::mixup_bce_forward(plan, spec, logits, y, losses)
+    })
 }
 
 /// The mixup binary cross-entropy, loss and gradient in one pass: `grad` (`[B, C]`) receives
@@ -378,7 +330,7 @@ pub fn mixup_bce_forward<T: FloatElement, L: Label>(
 /// rounded once. Loss, per-sample losses and errors as in [`mixup_bce_forward`].
 ///
 /// # Errors
-/// Those of [`mixup_bce_forward`], and [`MixError::LengthMismatch`](crate::MixError::LengthMismatch)
+/// Those of [`mixup_bce_forward`], and [`MixError::ShapeMismatch`](crate::MixError::ShapeMismatch)
 /// for `grad`, [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) (`grad_output`)
 /// for a non-finite `grad_output` or a per-sample one without
 /// [`Reduction::None`](crate::Reduction::None).
@@ -407,9 +359,46 @@ pub fn mixup_bce<T: FloatElement, L: Label>(
     losses: Option<&mut [f32]>,
     grad: &mut [T],
 ) -> Result<Option<f32>> {
-    check_losses_given(spec.reduction(), losses.is_some())?;
-    check_labels(plan, labels, spec.targets())?;
-    let labels = as_u32s(labels);
-    let loss = mixup_bce::mixup_bce(plan, spec, logits, &labels, grad_output, losses, grad)?;
-    Ok(spec.reduction().reported(loss))
+    let frame = LossCall::new(plan, spec.targets(), spec.reduction(), losses.is_some());
+    frame.run(labels, |y| {
+        mixup_bce::mixup_bce(plan, spec, logits, y, grad_output, losses, grad)
+    })
+}
+
+/// The frame of every public loss call: `losses` is given where the reduction needs it, the
+/// labels (`u32` or `i64`) are class indices for the plan's batch; the kernel then gets them
+/// as `u32`, and its loss is reported as the reduction says (`None` under
+/// [`Reduction::None`](crate::Reduction::None)).
+struct LossCall<'a> {
+    plan: &'a MixPlan,
+    targets: &'a TargetSpec,
+    reduction: crate::Reduction,
+    losses_given: bool,
+}
+
+impl<'a> LossCall<'a> {
+    fn new(
+        plan: &'a MixPlan,
+        targets: &'a TargetSpec,
+        reduction: crate::Reduction,
+        losses_given: bool,
+    ) -> Self {
+        Self {
+            plan,
+            targets,
+            reduction,
+            losses_given,
+        }
+    }
+
+    fn run<L: Label>(
+        self,
+        labels: &[L],
+        kernel: impl FnOnce(&[u32]) -> Result<f32>,
+    ) -> Result<Option<f32>> {
+        check_losses_given(self.reduction, self.losses_given)?;
+        check_labels(self.plan, labels, self.targets)?;
+        let loss = kernel(&as_u32s(labels))?;
+        Ok(self.reduction.reported(loss))
+    }
 }
