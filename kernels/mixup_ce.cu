@@ -81,7 +81,7 @@ struct CeArgs {
     float up;      // upstream gradient when `upstream` is 0
     float factor;  // 1/B for Mean, 1 otherwise
     u32 up_kind;   // 0: `up`, 1: upstream[0], 2: upstream[row]
-    u32 reduction; // 0 Mean, 1 Sum, 2 None (the reduced value is then the mean, for logging)
+    u32 reduction; // 0 Mean, 1 Sum, 2 None (no reduced value: `loss` is 0)
     u32 group;     // ce_warp: lanes per row
     u32 smem_slots;// ce_block_smem: shared-memory slots per thread
 };

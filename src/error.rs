@@ -203,7 +203,9 @@ impl fmt::Display for MixError {
                     b.saturating_mul(n)
                 )?;
                 // Say which extent is off when the length factors through one of them.
-                if n > 0 && got % n == 0 {
+                if *got == 0 {
+                    write!(f, "; it is empty")
+                } else if n > 0 && got % n == 0 {
                     write!(
                         f,
                         "; it holds {} rows of {n}: is the plan for this batch?",
@@ -225,13 +227,7 @@ impl fmt::Display for MixError {
                     "the plan's CutMix boxes were drawn for {}x{} images, the data is {}x{}",
                     plan.0, plan.1, data.0, data.1
                 )?;
-                // One side in common and the other one smaller than the image (32x32 read as
-                // 32x3 or 3x32): the channel axis was probably read as a side, the dimensions
-                // are in another order than the one declared. (32x32 against 32x64 is just
-                // another size.)
-                let (sides, small) = ([plan.0, plan.1], plan.0.min(plan.1));
-                let swapped = |kept: usize, other: usize| sides.contains(&kept) && other < small;
-                if swapped(data.0, data.1) || swapped(data.1, data.0) {
+                if likely_format_swap(*plan, *data) {
                     write!(
                         f,
                         "; the memory format may be wrong: channels-first is [C, H, W] per \
@@ -314,33 +310,59 @@ pub(crate) fn checked_product(what: &'static str, dims: &[usize]) -> Result<usiz
         .ok_or(MixError::SizeOverflow { what })
 }
 
-/// The shape of logits, gradients and soft targets, for [`check_rows`].
-pub(crate) const CLASS_ROWS: &str = "[B, C]";
-/// The shape of images and feature rows, for [`check_rows`].
-pub(crate) const SAMPLE_ROWS: &str = "[B, sample size]";
+/// Whether an image-size mismatch looks like a wrong memory format rather than another image
+/// size: one side in common and the other smaller than the plan's image (32x32 read as 32x3
+/// or 3x32: the channel axis was read as a side). 32x32 against 32x64 is another size; so is
+/// 224x160 against 160x224 (height and width swapped is not a memory-format mistake).
+pub(crate) fn likely_format_swap(plan: (usize, usize), data: (usize, usize)) -> bool {
+    let (sides, small) = ([plan.0, plan.1], plan.0.min(plan.1));
+    let swapped = |kept: usize, other: usize| sides.contains(&kept) && other < small;
+    swapped(data.0, data.1) || swapped(data.1, data.0)
+}
+
+/// The `[B, …]` shapes [`check_rows`] checks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Rows {
+    /// `[B, C]`: logits, gradients, soft targets.
+    Classes,
+    /// `[B, sample size]`: images and feature rows.
+    Samples,
+}
+
+impl Rows {
+    /// The shape in the field's letters ([`MixError::ShapeMismatch`]'s `shape`).
+    fn shape(self) -> &'static str {
+        match self {
+            Rows::Classes => "[B, C]",
+            Rows::Samples => "[B, sample size]",
+        }
+    }
+    /// What [`MixError::SizeOverflow`] names when `B × per-sample` overflows.
+    fn product(self) -> &'static str {
+        match self {
+            Rows::Classes => "batch × num_classes",
+            Rows::Samples => "batch × sample size",
+        }
+    }
+}
 
 /// Checks that a `[B, …]` buffer holds `batch` samples of `per_sample` elements; returns the
 /// length. [`MixError::SizeOverflow`] if the product overflows, else
 /// [`MixError::ShapeMismatch`].
 pub(crate) fn check_rows(
     what: &'static str,
-    shape: &'static str,
+    rows: Rows,
     batch: usize,
     per_sample: usize,
     got: usize,
 ) -> Result<usize> {
-    let overflow = if shape == CLASS_ROWS {
-        "batch × num_classes"
-    } else {
-        "batch × sample size"
-    };
-    let total = checked_product(overflow, &[batch, per_sample])?;
+    let total = checked_product(rows.product(), &[batch, per_sample])?;
     if total == got {
         Ok(total)
     } else {
         Err(MixError::ShapeMismatch {
             what,
-            shape,
+            shape: rows.shape(),
             batch,
             per_sample,
             got,

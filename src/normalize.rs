@@ -27,7 +27,7 @@
 //! 3–5 passes.
 
 use crate::dtype::ScalarType;
-use crate::error::{MixError, Result, check_len, checked_product};
+use crate::error::{MixError, Result, check_len};
 use crate::plan::MixPlan;
 use crate::spec::{MemoryFormat, SampleShape, check_mix};
 
@@ -256,9 +256,8 @@ pub(crate) fn check_mix_normalize(
             ),
         });
     }
+    // The output has the input's element count (check_mix checks that B × sample size fits).
     check_mix(plan, shape, x_len, "x")?;
-    // The output has the input's element count (checked above not to overflow).
-    checked_product("batch × sample size", &[plan.len(), dims.sample_len()])?;
     check_len("out", x_len, out_len)?;
     Ok(dims)
 }

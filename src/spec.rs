@@ -3,9 +3,7 @@
 
 use crate::config::TargetSpec;
 use crate::dtype::Label;
-use crate::error::{
-    CLASS_ROWS, MixError, Result, SAMPLE_ROWS, check_len, check_rows, checked_product,
-};
+use crate::error::{MixError, Result, Rows, check_len, check_rows, checked_product};
 use crate::plan::MixPlan;
 use crate::sampler::ImageSize;
 
@@ -378,7 +376,7 @@ pub(crate) fn check_mix(
     what: &'static str,
 ) -> Result<usize> {
     let row = shape.sample_len()?;
-    check_rows(what, SAMPLE_ROWS, plan.len(), row, len)?;
+    check_rows(what, Rows::Samples, plan.len(), row, len)?;
     if let Some(image) = shape.image_size() {
         plan.check_image(image.height, image.width)?;
     }
@@ -428,7 +426,7 @@ pub(crate) fn check_ce(
     check_targets(plan, spec)?;
     let total = check_rows(
         "logits",
-        CLASS_ROWS,
+        Rows::Classes,
         plan.len(),
         spec.num_classes(),
         logits_len,

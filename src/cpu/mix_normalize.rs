@@ -409,8 +409,9 @@ fn run<I: Element, O: Element>(ctx: &Ctx<'_, I>, t: &mut Task<'_, O>) {
 /// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) naming `shape` (rows, not
 /// an image) or `normalize` (channels differ from the images', or u8 rounding on a float
 /// input); [`MixError::ShapeMismatch`](crate::MixError::ShapeMismatch) for `x` (not `B` samples
-/// of the shape), [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) for `out` (not `x`'s length); [`MixError::ImageSizeMismatch`](crate::MixError)
-/// when the plan's boxes were drawn for another image size. Nothing is written on error.
+/// of the shape), [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) for `out` (not
+/// `x`'s length); [`MixError::ImageSizeMismatch`](crate::MixError::ImageSizeMismatch) when the
+/// plan's boxes were drawn for another image size. Nothing is written on error.
 ///
 /// # Examples
 ///

@@ -24,7 +24,7 @@ use super::math::{BLOCK, SUM_LANES, exp, exp_lanes, flush};
 use super::pool::{self, Slab};
 use super::soft_targets::{Targets, rows_per_task};
 use crate::dtype::{Element, FloatElement};
-use crate::error::{CLASS_ROWS, Result, check_len, check_rows};
+use crate::error::{Result, Rows, check_len, check_rows};
 use crate::plan::{MixPlan, PlanEntry};
 use crate::spec::{CeSpec, GradOutput, Reduction, check_ce, check_labels};
 
@@ -512,7 +512,7 @@ pub(super) fn check_all(
         check_len("losses", b, l.len())?;
     }
     if let Some(g) = grad {
-        check_rows("grad", CLASS_ROWS, b, c, g)?;
+        check_rows("grad", Rows::Classes, b, c, g)?;
     }
     Ok((b, c))
 }

@@ -62,8 +62,9 @@ use crate::spec::{BceSpec, CeSpec, GradOutput, SampleShape, check_labels, check_
 ///
 /// # Errors
 /// [`MixError::ShapeMismatch`](crate::MixError::ShapeMismatch) unless `x` is `[B, shape]`,
-/// [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) unless `out` is as long as `x`; [`MixError::ImageSizeMismatch`](crate::MixError::ImageSizeMismatch) for images
-/// of another size than the plan's boxes; [`MixError::SizeOverflow`](crate::MixError::SizeOverflow).
+/// [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) unless `out` is as long as
+/// `x`; [`MixError::ImageSizeMismatch`](crate::MixError::ImageSizeMismatch) for images of another
+/// size than the plan's boxes; [`MixError::SizeOverflow`](crate::MixError::SizeOverflow).
 ///
 /// # Examples
 ///
@@ -154,8 +155,8 @@ pub fn soft_targets<T: FloatElement, L: Label>(
 ///
 /// # Errors
 /// [`MixError::ShapeMismatch`](crate::MixError::ShapeMismatch) when `logits` is not `[B, C]`,
-/// [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) when `losses` is not `[B]`; [`MixError::BatchMismatch`](crate::MixError::BatchMismatch) when the
-/// labels do not match the plan; [`MixError::LabelOutOfRange`](crate::MixError::LabelOutOfRange)
+/// [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) when `losses` is not `[B]`;
+/// [`MixError::BatchMismatch`](crate::MixError::BatchMismatch) when the labels do not match the plan; [`MixError::LabelOutOfRange`](crate::MixError::LabelOutOfRange)
 /// (a negative label included); [`MixError::EmptyShape`](crate::MixError::EmptyShape) for the
 /// mean of an empty batch; [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) for a
 /// spec other than the plan's (`spec`) or no `losses` under `Reduction::None` (`losses`).
@@ -293,7 +294,8 @@ pub fn mixup_ce_in_place<T: FloatElement, L: Label>(
 ///
 /// # Errors
 /// [`MixError::ShapeMismatch`](crate::MixError::ShapeMismatch) when `logits` is not
-/// `[B, C]`, [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) when `losses` is not `[B]`; [`MixError::LabelOutOfRange`](crate::MixError::LabelOutOfRange);
+/// `[B, C]`, [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) when `losses` is not
+/// `[B]`; [`MixError::LabelOutOfRange`](crate::MixError::LabelOutOfRange);
 /// [`MixError::BatchMismatch`](crate::MixError::BatchMismatch) when the labels do not match the
 /// plan; [`MixError::EmptyShape`](crate::MixError::EmptyShape) for the mean of an empty batch;
 /// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) for a spec other than the

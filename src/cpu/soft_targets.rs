@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use super::lanes::narrow;
 use crate::config::TargetSpec;
 use crate::dtype::FloatElement;
-use crate::error::{CLASS_ROWS, Result, check_rows};
+use crate::error::{Result, Rows, check_rows};
 use crate::plan::MixPlan;
 use crate::spec::check_labels;
 
@@ -56,7 +56,7 @@ pub(crate) fn soft_targets<T: FloatElement>(
     let c = spec.num_classes();
     // check_labels bounds C by u32::MAX and the plan by u32::MAX samples: no overflow on 64-bit
     // targets, but the product is still checked for 32-bit ones.
-    check_rows("out", CLASS_ROWS, plan.len(), c, out.len())?;
+    check_rows("out", Rows::Classes, plan.len(), c, out.len())?;
     let t = Targets::new(spec);
     let off: T = narrow(t.off);
     let entries = plan.entries();
