@@ -255,18 +255,12 @@ fn run<T: FloatElement>(
             e.lam,
         )
     };
-    let z = Slab {
-        data: logits,
-        width: c,
-    };
+    let z = Slab::of(logits, c);
     let per = rows_per_task(c);
     let small = logits.len() <= 1 << 22;
     match grad {
         Some(grad) => {
-            let g = Slab {
-                data: grad,
-                width: c,
-            };
+            let g = Slab::of(grad, c);
             pool::for_each_row((z, (g, &mut *losses)), per, small, |i, (z, (g, l))| {
                 l[0] = isa.run(RowJob {
                     z: z.data,

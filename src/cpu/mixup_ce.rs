@@ -545,20 +545,10 @@ pub(crate) fn mixup_ce_forward<T: FloatElement>(
     )?;
     let mut temp = Vec::new();
     let losses = losses_buffer(losses, batch, &mut temp);
-    let k = Consts::new(spec);
-    let isa = Isa::detect();
-    let entries = plan.entries();
-    let rows = (
-        Slab {
-            data: logits,
-            width: c,
-        },
-        &mut *losses,
-    );
-    let small = logits.len() <= SMALL_JOB;
-    pool::for_each_row(rows, rows_per_task(c), small, |i, (z, loss)| {
-        let row = Row::of(entries, labels, i, 0.0);
-        loss[0] = with_scratch(c, |w| run_row(isa, Job::Forward(z.data), w, row, &k));
+    let call = Call::new(plan, spec, logits, labels, up);
+    let rows = (Slab::of(logits, c), &mut *losses);
+    pool::for_each_row(rows, rows_per_task(c), call.small, |i, (z, loss)| {
+        loss[0] = call.run(Job::Forward(z.data), i);
     });
     Ok(reduce(losses, spec.reduction()))
 }
@@ -583,31 +573,12 @@ pub(crate) fn mixup_ce<T: FloatElement>(
     )?;
     let mut temp = Vec::new();
     let losses = losses_buffer(losses, batch, &mut temp);
-    let k = Consts::new(spec);
-    let isa = Isa::detect();
-    let factor = spec.reduction().grad_factor(batch);
-    let entries = plan.entries();
-    let addresses = RowAddresses::new(logits, c);
-    let small = logits.len() <= SMALL_JOB;
-    let rows = (
-        Slab {
-            data: logits,
-            width: c,
-        },
-        (
-            Slab {
-                data: grad,
-                width: c,
-            },
-            &mut *losses,
-        ),
-    );
-    pool::for_each_row(rows, rows_per_task(c), small, |i, (z, (g, loss))| {
-        let row = Row::of(entries, labels, i, scale_of(&upstream, factor, i));
-        let ahead = Ahead::new::<T, T>(addresses.next(i), addresses.when(g.data.as_ptr() as usize));
-        loss[0] = with_scratch(c, |w| {
-            run_row(isa, Job::Grad(z.data, g.data, ahead), w, row, &k)
-        });
+    let call = Call::new(plan, spec, logits, labels, upstream);
+    let rows = (Slab::of(logits, c), (Slab::of(grad, c), &mut *losses));
+    pool::for_each_row(rows, rows_per_task(c), call.small, |i, (z, (g, loss))| {
+        let out = call.addresses.when(g.data.as_ptr() as usize);
+        let ahead = Ahead::new::<T, T>(call.addresses.next(i), out);
+        loss[0] = call.run(Job::Grad(z.data, g.data, ahead), i);
     });
     Ok(reduce(losses, spec.reduction()))
 }
@@ -631,28 +602,60 @@ pub(crate) fn mixup_ce_in_place<T: FloatElement>(
     )?;
     let mut temp = Vec::new();
     let losses = losses_buffer(losses, batch, &mut temp);
-    let k = Consts::new(spec);
-    let isa = Isa::detect();
-    let factor = spec.reduction().grad_factor(batch);
-    let entries = plan.entries();
-    let addresses = RowAddresses::new(logits, c);
-    let small = logits.len() <= SMALL_JOB;
-    let rows = (
-        Slab {
-            data: logits,
-            width: c,
-        },
-        &mut *losses,
-    );
-    pool::for_each_row(rows, rows_per_task(c), small, |i, (zg, loss)| {
-        let row = Row::of(entries, labels, i, scale_of(&upstream, factor, i));
+    let call = Call::new(plan, spec, logits, labels, upstream);
+    let rows = (Slab::of(logits, c), &mut *losses);
+    pool::for_each_row(rows, rows_per_task(c), call.small, |i, (zg, loss)| {
         // The gradient goes over the row pass (1) just read: only the next row to fetch.
-        let ahead = Ahead::new::<T, T>(addresses.next(i), 0);
-        loss[0] = with_scratch(c, |w| {
-            run_row(isa, Job::InPlace(zg.data, ahead), w, row, &k)
-        });
+        let ahead = Ahead::new::<T, T>(call.addresses.next(i), 0);
+        loss[0] = call.run(Job::InPlace(zg.data, ahead), i);
     });
     Ok(reduce(losses, spec.reduction()))
+}
+
+/// What the rows of a checked call share: the constants, the vector level, the plan's
+/// entries and labels, the upstream gradient and its factor (`1/B` for the mean), where the
+/// logits' rows start, and whether the job is small ([`SMALL_JOB`]).
+struct Call<'a> {
+    c: usize,
+    k: Consts,
+    isa: Isa,
+    factor: f32,
+    entries: &'a [PlanEntry],
+    labels: &'a [u32],
+    upstream: GradOutput<'a>,
+    addresses: RowAddresses,
+    small: bool,
+}
+
+impl<'a> Call<'a> {
+    fn new<T>(
+        plan: &'a MixPlan,
+        spec: &CeSpec,
+        logits: &[T],
+        labels: &'a [u32],
+        upstream: GradOutput<'a>,
+    ) -> Self {
+        let c = spec.num_classes();
+        Call {
+            c,
+            k: Consts::new(spec),
+            isa: Isa::detect(),
+            factor: spec.reduction().grad_factor(plan.len()),
+            entries: plan.entries(),
+            labels,
+            upstream,
+            addresses: RowAddresses::new(logits, c),
+            small: logits.len() <= SMALL_JOB,
+        }
+    }
+
+    /// Row `i`'s job on this thread's scratch row: its loss.
+    #[inline(always)]
+    fn run<T: Element>(&self, job: Job<'_, T>, i: usize) -> f32 {
+        let scale = scale_of(&self.upstream, self.factor, i);
+        let row = Row::of(self.entries, self.labels, i, scale);
+        with_scratch(self.c, |w| run_row(self.isa, job, w, row, &self.k))
+    }
 }
 
 #[cfg(test)]

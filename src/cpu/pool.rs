@@ -72,6 +72,13 @@ pub(crate) struct Slab<S> {
     pub(crate) width: usize,
 }
 
+impl<S> Slab<S> {
+    /// `data` as rows of `width` elements.
+    pub(crate) fn of(data: S, width: usize) -> Self {
+        Slab { data, width }
+    }
+}
+
 impl<T: Sync> Rows for Slab<&[T]> {
     fn rows(&self) -> usize {
         self.data.len() / self.width
