@@ -278,6 +278,16 @@ DEV u64 slot_elem(const Geom& g, u64 v) {
     return (u64)g.head + v * E::VE;
 }
 
+// K slots of a row into registers: slots first, first + step, ...; zero past the full slots.
+template <class E, int K, class B>
+DEV void load_slots(v16 (&va)[K], const B* zrow, const Geom& ge, u64 first, u64 step) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        const u64 v = first + (u64)k * step;
+        va[k] = v < ge.nfull ? ld_v16(zrow + slot_elem<E>(ge, v)) : zero_v16();
+    }
+}
+
 // Whether two pointers sit at the same offset from a 16-byte boundary (then rows of the same
 // length have the same geometry and their slots line up).
 DEV bool same_offset(const void* p, const void* q) { return (((u64)p ^ (u64)q) & 15u) == 0; }

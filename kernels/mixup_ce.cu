@@ -408,11 +408,7 @@ DEV void ce_warp(const CeArgs& g) {
         const Geom ge = geom_of<E>(zrow, C);
         const Row r = row_of(g, row);
         v16 va[CE_K];
-#pragma unroll
-        for (int k = 0; k < CE_K; ++k) {
-            const u64 v = (u64)k * G + t;
-            va[k] = v < ge.nfull ? ld_v16(zrow + slot_elem<E>(ge, v)) : zero_v16();
-        }
+        load_slots<E>(va, zrow, ge, t, G);
         Stats st = regs_stats<E, CE_K>(va, zrow, ge, t, G, r);
         stats_reduce_lanes(st, mask, (int)G);
         const bool far = far_max(st.m);  // the same in every lane of the group
@@ -488,11 +484,7 @@ DEV void ce_block(const CeArgs& g) {
         const Geom ge = geom_of<E>(zrow, C);
         const Row r = row_of(g, row);
         v16 va[CE_K];
-#pragma unroll
-        for (int k = 0; k < CE_K; ++k) {
-            const u64 v = (u64)k * T + t;
-            va[k] = v < ge.nfull ? ld_v16(zrow + slot_elem<E>(ge, v)) : zero_v16();
-        }
+        load_slots<E>(va, zrow, ge, t, T);
         for (u32 j = 0; j < S; ++j) {
             const u64 v = reg_slots + (u64)j * T + t;
             if (v < ge.nfull) smem_fill(zrow + slot_elem<E>(ge, v), &ce_smem[j * T + t]);
@@ -556,11 +548,7 @@ DEV void ce_online(const CeArgs& g) {
         Stats st = stats_empty();
         for (u64 base = t; base < ge.nfull; base += (u64)T * CE_ONLINE_U) {
             v16 va[CE_ONLINE_U];
-#pragma unroll
-            for (int k = 0; k < CE_ONLINE_U; ++k) {
-                const u64 v = base + (u64)k * T;
-                va[k] = v < ge.nfull ? ld_v16(zrow + slot_elem<E>(ge, v)) : zero_v16();
-            }
+            load_slots<E>(va, zrow, ge, base, T);
 #pragma unroll
             for (int k = 0; k < CE_ONLINE_U; ++k) {
                 const u64 v = base + (u64)k * T;
@@ -599,11 +587,7 @@ DEV void ce_online(const CeArgs& g) {
             const bool congruent = same_offset(grow, zrow);
             for (u64 base = t; base < ge.nfull; base += (u64)T * CE_ONLINE_U) {
                 v16 va[CE_ONLINE_U];
-#pragma unroll
-                for (int k = 0; k < CE_ONLINE_U; ++k) {
-                    const u64 v = base + (u64)k * T;
-                    va[k] = v < ge.nfull ? ld_v16(zrow + slot_elem<E>(ge, v)) : zero_v16();
-                }
+                load_slots<E>(va, zrow, ge, base, T);
 #pragma unroll
                 for (int k = 0; k < CE_ONLINE_U; ++k) {
                     const u64 v = base + (u64)k * T;
