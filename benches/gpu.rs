@@ -37,14 +37,19 @@ use mixup_kernels::cuda::{
     CudaMixer, CudaMixerOptions, DeviceBceSpec, DeviceGradOutput, DeviceNormalize, DevicePlan,
 };
 use mixup_kernels::{
-    BceSpec, CeSpec, CutBox, Element, ImageSize, MemoryFormat, MixPlan, Normalize, Reduction,
-    SampleShape, ScalarType, TargetSpec, bf16, f16,
+    BceSpec, CeSpec, CutBox, Element, FloatElement, ImageSize, MemoryFormat, MixPlan, Normalize,
+    Reduction, SampleShape, ScalarType, TargetSpec, bf16, f16,
 };
 
 #[path = "gpu/naive.rs"]
 mod naive;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// A float dtype of the crate's ops that lives in device buffers (f32, f16, bf16).
+trait DeviceFloat: FloatElement + DeviceRepr + Default {}
+
+impl<T: FloatElement + DeviceRepr + Default> DeviceFloat for T {}
 
 struct Bench {
     mixer: CudaMixer,
@@ -121,27 +126,41 @@ impl Bench {
             Ok(())
         })
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn row(
-        &self,
-        op: &str,
-        dtype: &str,
-        shape: &str,
-        variant: &str,
-        floor: usize,
-        t: Timing,
-        copy: Timing,
-    ) {
-        let gbs = floor as f64 / (t.median * 1e-3) / 1e9;
+/// The table rows of one op at one dtype and shape: each variant's time, its bandwidth at the
+/// op's byte floor and that bandwidth against the copy's.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    op: &'a str,
+    dtype: &'a str,
+    shape: &'a str,
+    floor: usize,
+    copy: Timing,
+}
+
+impl Rows<'_> {
+    /// One row per `(variant, timing)`, in order.
+    fn print<V: AsRef<str>>(&self, variants: &[(V, Timing)]) {
+        let Rows {
+            op,
+            dtype,
+            shape,
+            floor,
+            copy,
+        } = *self;
         let copy_gbs = floor as f64 / (copy.median * 1e-3) / 1e9;
-        println!(
-            "| {op} | {dtype} | {shape} | {variant} | {:.1} | {:.1}–{:.1} | {gbs:.0} | {:.2} |",
-            t.median * 1e3,
-            t.min * 1e3,
-            t.max * 1e3,
-            gbs / copy_gbs
-        );
+        for (variant, t) in variants {
+            let variant: &str = variant.as_ref();
+            let gbs = floor as f64 / (t.median * 1e-3) / 1e9;
+            println!(
+                "| {op} | {dtype} | {shape} | {variant} | {:.1} | {:.1}–{:.1} | {gbs:.0} | {:.2} |",
+                t.median * 1e3,
+                t.min * 1e3,
+                t.max * 1e3,
+                gbs / copy_gbs
+            );
+        }
     }
 }
 
@@ -199,16 +218,17 @@ fn mismatch<T: Element>(
     .into()
 }
 
+/// The next state of a xorshift64 generator (the source of every random input here).
+fn xorshift(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
 fn random_bytes(n: usize) -> Vec<u8> {
     let mut s = 0x9e37_79b9_7f4a_7c15u64;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 24) as u8 | 1
-        })
-        .collect()
+    (0..n).map(|_| (xorshift(&mut s) >> 24) as u8 | 1).collect()
 }
 
 /// Random values in [-4, 4) (pixels: 1..=255), never zero.
@@ -216,10 +236,7 @@ fn random<T: Element>(n: usize, seed: u64) -> Vec<T> {
     let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..n)
         .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+            let u = (xorshift(&mut s) >> 40) as f32 / (1u64 << 24) as f32;
             if T::DTYPE == ScalarType::U8 {
                 T::from_f32(1.0 + (u * 254.0).floor())
             } else {
@@ -230,29 +247,7 @@ fn random<T: Element>(n: usize, seed: u64) -> Vec<T> {
         .collect()
 }
 
-fn xorshift(seed: &mut u64) -> u64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed
-}
-
-fn random_pairs(n: usize, seed: u64) -> Vec<usize> {
-    let mut s = seed | 1;
-    let mut order: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        order.swap(i, (xorshift(&mut s) % (i as u64 + 1)) as usize);
-    }
-    let mut p: Vec<usize> = (0..n).collect();
-    for c in order.chunks(2) {
-        if let [a, b] = *c {
-            p[a] = b;
-            p[b] = a;
-        }
-    }
-    p
-}
-
+/// A random permutation of `0..n` (Fisher–Yates).
 fn random_permutation(n: usize, seed: u64) -> Vec<usize> {
     let mut s = seed | 1;
     let mut p: Vec<usize> = (0..n).collect();
@@ -262,10 +257,44 @@ fn random_permutation(n: usize, seed: u64) -> Vec<usize> {
     p
 }
 
+/// Random pairs (an involution): consecutive entries of a random permutation swap places; with
+/// `n` odd the last one stays.
+fn random_pairs(n: usize, seed: u64) -> Vec<usize> {
+    let mut p: Vec<usize> = (0..n).collect();
+    for c in random_permutation(n, seed).chunks(2) {
+        if let [a, b] = *c {
+            p[a] = b;
+            p[b] = a;
+        }
+    }
+    p
+}
+
 fn lams(n: usize) -> Vec<f32> {
     (0..n)
         .map(|i| 0.5 + 0.45 * ((i * 7919) % 101) as f32 / 101.0)
         .collect()
+}
+
+/// CutMix with timm's flip partner (an involution: each pair read once) on `h`×`w` images: a
+/// 112×112 box per sample, lower down the image from one sample to the next.
+fn cutmix_flip(batch: usize, h: usize, w: usize) -> Res<MixPlan> {
+    let flip: Vec<usize> = (0..batch).rev().collect();
+    let boxes: Vec<Option<CutBox>> = (0..batch)
+        .map(|i| {
+            Some(CutBox {
+                y0: (i % 50) as u32,
+                y1: (i % 50 + 112) as u32,
+                x0: 30,
+                x1: 142,
+            })
+        })
+        .collect();
+    let size = ImageSize {
+        height: h,
+        width: w,
+    };
+    Ok(MixPlan::with_boxes(&flip, &lams(batch), &boxes, size)?)
 }
 
 /// Mixing: random pairs in place (floor 2·N·s), any permutation (3·N·s), CutMix NCHW and NHWC
@@ -285,17 +314,6 @@ fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<
     let nk = b.naive.kernels(T::DTYPE)?;
     let nchw = SampleShape::channels_first(c, h, w);
     let nhwc = SampleShape::channels_last(h, w, c);
-    let flip: Vec<usize> = (0..batch).rev().collect();
-    let boxes: Vec<Option<CutBox>> = (0..batch)
-        .map(|i| {
-            Some(CutBox {
-                y0: (i % 50) as u32,
-                y1: (i % 50 + 112) as u32,
-                x0: 30,
-                x1: 142,
-            })
-        })
-        .collect();
     let cases: Vec<(&str, MixPlan, SampleShape, bool, usize)> = vec![
         (
             "random pairs, in place",
@@ -313,30 +331,14 @@ fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<
         ),
         (
             "cutmix NCHW, flip in place",
-            MixPlan::with_boxes(
-                &flip,
-                &lams(batch),
-                &boxes,
-                ImageSize {
-                    height: h,
-                    width: w,
-                },
-            )?,
+            cutmix_flip(batch, h, w)?,
             nchw,
             true,
             2,
         ),
         (
             "cutmix NHWC, flip in place",
-            MixPlan::with_boxes(
-                &flip,
-                &lams(batch),
-                &boxes,
-                ImageSize {
-                    height: h,
-                    width: w,
-                },
-            )?,
+            cutmix_flip(batch, h, w)?,
             nhwc,
             true,
             2,
@@ -375,33 +377,18 @@ fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<
             })?
         };
         let unfused = b.time(|_| b.naive.mix(&nk, &np, &layout, &x, &mut tmp, &mut out))?;
-        b.row(
-            "mix",
-            dt,
-            &shape,
-            &format!("{name}: fused"),
-            floor,
-            fused,
-            copy,
-        );
-        b.row(
-            "mix",
-            dt,
-            &shape,
-            &format!("{name}: naive"),
-            floor,
-            unfused,
-            copy,
-        );
-        b.row(
-            "mix",
-            dt,
-            &shape,
-            &format!("{name}: copy"),
+        let rows = Rows {
+            op: "mix",
+            dtype: dt,
+            shape: &shape,
             floor,
             copy,
-            copy,
-        );
+        };
+        rows.print(&[
+            (format!("{name}: fused"), fused),
+            (format!("{name}: naive"), unfused),
+            (format!("{name}: copy"), copy),
+        ]);
     }
     Ok(())
 }
@@ -411,10 +398,7 @@ fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<
 /// CutMix with timm's flip (both involutions: each pixel read once). Floor: N bytes read +
 /// N·s written. The output is checked once, bit for bit, against `cpu::mix_normalize` (with the
 /// `cpu` feature).
-fn bench_mix_normalize<O: mixup_kernels::FloatElement + DeviceRepr + Default>(
-    b: &Bench,
-    batch: usize,
-) -> Res<()> {
+fn bench_mix_normalize<O: DeviceFloat>(b: &Bench, batch: usize) -> Res<()> {
     let (c, h, w) = (3usize, 224usize, 224usize);
     let n = batch * c * h * w;
     let s = std::mem::size_of::<O>();
@@ -432,17 +416,6 @@ fn bench_mix_normalize<O: mixup_kernels::FloatElement + DeviceRepr + Default>(
     let mut out = b.stream.clone_htod(&vec![O::default(); n])?;
     let mut plan = DevicePlan::new(&b.mixer);
     let nhwc = SampleShape::channels_last(h, w, c);
-    let flip: Vec<usize> = (0..batch).rev().collect();
-    let boxes: Vec<Option<CutBox>> = (0..batch)
-        .map(|i| {
-            Some(CutBox {
-                y0: (i % 50) as u32,
-                y1: (i % 50 + 112) as u32,
-                x0: 30,
-                x1: 142,
-            })
-        })
-        .collect();
     let norm = Normalize::imagenet_u8();
     let cases = [
         (
@@ -450,22 +423,17 @@ fn bench_mix_normalize<O: mixup_kernels::FloatElement + DeviceRepr + Default>(
             MixPlan::from_parts(&random_pairs(batch, 7), &lams(batch))?,
             true,
         ),
-        (
-            "cutmix flip",
-            MixPlan::with_boxes(
-                &flip,
-                &lams(batch),
-                &boxes,
-                ImageSize {
-                    height: h,
-                    width: w,
-                },
-            )?,
-            false,
-        ),
+        ("cutmix flip", cutmix_flip(batch, h, w)?, false),
     ];
     let floor = n + n * s;
     let copy = b.copy(floor)?;
+    let rows = Rows {
+        op: "mix_normalize",
+        dtype: &dt,
+        shape: &shape,
+        floor,
+        copy,
+    };
     for (name, p, rint) in cases {
         plan.upload(&p)?;
         let nm = norm.clone().with_u8_rounding(rint);
@@ -500,18 +468,10 @@ fn bench_mix_normalize<O: mixup_kernels::FloatElement + DeviceRepr + Default>(
                     &mut out.as_view_mut(),
                 )?)
             })?;
-            b.row(
-                "mix_normalize",
-                &dt,
-                &shape,
-                &format!("{what}: fused"),
-                floor,
-                fused,
-                copy,
-            );
+            rows.print(&[(format!("{what}: fused"), fused)]);
         }
     }
-    b.row("mix_normalize", &dt, &shape, "copy", floor, copy, copy);
+    rows.print(&[("copy", copy)]);
     Ok(())
 }
 
@@ -523,11 +483,7 @@ fn labels(batch: usize, classes: usize, seed: u64) -> Vec<u32> {
 }
 
 /// Soft targets [B, C]: floor B·C·s writes.
-fn bench_soft<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
-    b: &Bench,
-    batch: usize,
-    classes: usize,
-) -> Res<()> {
+fn bench_soft<T: DeviceFloat>(b: &Bench, batch: usize, classes: usize) -> Res<()> {
     let s = std::mem::size_of::<T>();
     let floor = batch * classes * s;
     let sets = b.sets(floor);
@@ -557,7 +513,7 @@ fn bench_soft<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
         b.mixer
             .soft_targets(&plan, &spec, &ls.as_view(), &mut fused_t.as_view_mut())?;
         b.naive
-            .soft_targets(&nk, &np, &ls, &spec, &mut bufs, &mut naive_t)?;
+            .soft_targets(&nk, &np, &ls, &spec, &mut bufs.y, &mut naive_t)?;
         let (nv, fv) = (
             b.stream.clone_dtoh(&naive_t)?,
             b.stream.clone_dtoh(&fused_t)?,
@@ -575,217 +531,266 @@ fn bench_soft<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
     }
     let unfused = b.time(|i| {
         b.naive
-            .soft_targets(&nk, &np, &ls, &spec, &mut bufs, &mut outs[i % sets])
+            .soft_targets(&nk, &np, &ls, &spec, &mut bufs.y, &mut outs[i % sets])
     })?;
     let shape = format!("{batch}x{classes}");
     let dt = T::DTYPE.name();
     // Against the copy's bandwidth (read + write bytes): a pure write stream is compared with
     // the same total byte rate.
-    b.row(
-        "soft targets",
-        dt,
-        &shape,
-        "fused",
+    let half = Timing {
+        median: copy.median / 2.0,
+        ..copy
+    };
+    let rows = Rows {
+        op: "soft targets",
+        dtype: dt,
+        shape: &shape,
         floor,
-        fused,
-        Timing {
-            median: copy.median / 2.0,
-            ..copy
-        },
-    );
-    b.row(
-        "soft targets",
-        dt,
-        &shape,
-        "naive",
-        floor,
-        unfused,
-        Timing {
-            median: copy.median / 2.0,
-            ..copy
-        },
-    );
-    b.row(
-        "soft targets",
-        dt,
-        &shape,
-        "copy (write half)",
-        floor,
-        Timing {
-            median: copy.median / 2.0,
-            ..copy
-        },
-        Timing {
-            median: copy.median / 2.0,
-            ..copy
-        },
-    );
+        copy: half,
+    };
+    rows.print(&[
+        ("fused", fused),
+        ("naive", unfused),
+        ("copy (write half)", half),
+    ]);
     Ok(())
 }
 
-/// Mixup CE forward + backward: floor B·C·(s_in + s_out).
-fn bench_ce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
-    b: &Bench,
+/// One call of a fused loss: its inputs, the loss it writes, and the gradient when it runs
+/// backward too (upstream gradient 1; no per-row losses).
+struct LossCall<'a, T: DeviceRepr> {
+    plan: &'a DevicePlan,
+    logits: &'a CudaSlice<T>,
+    labels: &'a CudaSlice<u32>,
+    loss: &'a mut CudaSlice<f32>,
+    grad: Option<&'a mut CudaSlice<T>>,
+}
+
+/// The crate's fused losses as the bench calls them: the CE and the BCE take the same
+/// arguments but for their spec.
+trait FusedLoss {
+    fn call<T: FloatElement + DeviceRepr>(&self, m: &CudaMixer, c: LossCall<'_, T>) -> Res<()>;
+}
+
+/// `FusedLoss` for a spec type and its mixer methods (forward + backward, forward only).
+macro_rules! fused_loss {
+    ($spec:ty, $fwd_bwd:ident, $fwd:ident) => {
+        impl FusedLoss for $spec {
+            fn call<T: FloatElement + DeviceRepr>(
+                &self,
+                m: &CudaMixer,
+                c: LossCall<'_, T>,
+            ) -> Res<()> {
+                let LossCall {
+                    plan,
+                    logits,
+                    labels,
+                    loss,
+                    grad,
+                } = c;
+                let (z, ls) = (logits.as_view(), labels.as_view());
+                let mut loss = loss.as_view_mut();
+                let loss = Some(&mut loss);
+                match grad {
+                    Some(g) => {
+                        let one = DeviceGradOutput::Scalar(1.0);
+                        let g = &mut g.as_view_mut();
+                        m.$fwd_bwd(plan, self, &z, &ls, one, loss, None, g)?
+                    }
+                    None => m.$fwd(plan, self, &z, &ls, loss, None)?,
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+fused_loss!(CeSpec, mixup_ce, mixup_ce_forward);
+fused_loss!(DeviceBceSpec, mixup_bce, mixup_bce_forward);
+
+/// A loss benchmark's buffers at `batch × classes`: the logits (several sets when one fits in
+/// L2), labels, the gradient and the loss, and a random-pairs plan.
+struct LossBench<T: DeviceRepr> {
     batch: usize,
     classes: usize,
-) -> Res<()> {
-    let s = std::mem::size_of::<T>();
-    let n = batch * classes;
-    let floor = 2 * n * s;
-    let sets = b.sets(n * s);
-    let logits: Vec<CudaSlice<T>> = (0..sets)
-        .map(|i| b.stream.clone_htod(&random::<T>(n, 10 + i as u64)))
-        .collect::<Result<_, _>>()?;
-    let mut grad = b.stream.clone_htod(&random::<T>(n, 9))?;
-    let ls = b.stream.clone_htod(&labels(batch, classes, 4))?;
-    let mut loss = b.stream.alloc_zeros::<f32>(1)?;
-    let mut plan = DevicePlan::new(&b.mixer);
-    plan.upload(&MixPlan::from_parts(&random_pairs(batch, 6), &lams(batch))?)?;
+    logits: Vec<CudaSlice<T>>,
+    labels: CudaSlice<u32>,
+    grad: CudaSlice<T>,
+    loss: CudaSlice<f32>,
+    plan: DevicePlan,
+}
+
+/// The fused loss's timings, and the copy's of its floor.
+struct LossTimes {
+    copy: Timing,
+    fwd_bwd: Timing,
+    fwd: Timing,
+}
+
+impl<T: DeviceFloat> LossBench<T> {
+    /// `seeds`: of the gradient's initial contents (the logits sets take the next ones), of the
+    /// labels and of the plan's pairs.
+    fn new(b: &Bench, batch: usize, classes: usize, seeds: [u64; 3]) -> Res<Self> {
+        let [grad_seed, label_seed, pair_seed] = seeds;
+        let n = batch * classes;
+        let sets = b.sets(n * std::mem::size_of::<T>());
+        let logits = (0..sets)
+            .map(|i| {
+                b.stream
+                    .clone_htod(&random::<T>(n, grad_seed + 1 + i as u64))
+            })
+            .collect::<Result<_, _>>()?;
+        let grad = b.stream.clone_htod(&random::<T>(n, grad_seed))?;
+        let ls = b.stream.clone_htod(&labels(batch, classes, label_seed))?;
+        let loss = b.stream.alloc_zeros::<f32>(1)?;
+        let mut plan = DevicePlan::new(&b.mixer);
+        plan.upload(&MixPlan::from_parts(
+            &random_pairs(batch, pair_seed),
+            &lams(batch),
+        )?)?;
+        Ok(Self {
+            batch,
+            classes,
+            logits,
+            labels: ls,
+            grad,
+            loss,
+            plan,
+        })
+    }
+
+    /// Forward + backward read the logits and write the gradient: floor B·C·(s_in + s_out).
+    fn floor(&self) -> usize {
+        2 * self.batch * self.classes * std::mem::size_of::<T>()
+    }
+
+    /// The call on the `i`-th logits set (they rotate), with the gradient when `backward`.
+    fn args(&mut self, i: usize, backward: bool) -> LossCall<'_, T> {
+        LossCall {
+            plan: &self.plan,
+            logits: &self.logits[i % self.logits.len()],
+            labels: &self.labels,
+            loss: &mut self.loss,
+            grad: backward.then_some(&mut self.grad),
+        }
+    }
+
+    /// Times the copy of the floor, then `spec`'s fused forward + backward and forward only.
+    fn time_fused(&mut self, b: &Bench, spec: &impl FusedLoss) -> Res<LossTimes> {
+        let copy = b.copy(self.floor())?;
+        let fwd_bwd = b.time(|i| spec.call(&b.mixer, self.args(i, true)))?;
+        let fwd = b.time(|i| spec.call(&b.mixer, self.args(i, false)))?;
+        Ok(LossTimes { copy, fwd_bwd, fwd })
+    }
+
+    /// The rows of `mixup {loss}`: forward + backward (fused, then `naive` if there is one, then
+    /// the copy), then the fused forward alone, which reads the logits once: floor B·C·s_in.
+    fn print_rows(&self, loss: &str, t: &LossTimes, naive: Option<(&str, Timing)>) {
+        let shape = format!("{}x{}", self.batch, self.classes);
+        let op = format!("mixup {loss} fwd+bwd");
+        let rows = Rows {
+            op: &op,
+            dtype: T::DTYPE.name(),
+            shape: &shape,
+            floor: self.floor(),
+            copy: t.copy,
+        };
+        let mut variants = vec![("fused", t.fwd_bwd)];
+        variants.extend(naive);
+        variants.push(("copy", t.copy));
+        rows.print(&variants);
+        let op = format!("mixup {loss} fwd");
+        let fwd = Rows {
+            op: &op,
+            floor: self.batch * self.classes * std::mem::size_of::<T>(),
+            ..rows
+        };
+        fwd.print(&[("fused", t.fwd)]);
+    }
+}
+
+/// Mixup CE forward + backward against the naive baseline, and forward only.
+fn bench_ce<T: DeviceFloat>(b: &Bench, batch: usize, classes: usize) -> Res<()> {
+    let mut lb = LossBench::<T>::new(b, batch, classes, [9, 4, 6])?;
     let spec = CeSpec::new(classes, 0.1, Reduction::Mean).unwrap();
-    let copy = b.copy(floor)?;
-    let fused = b.time(|i| {
-        Ok(b.mixer.mixup_ce(
-            &plan,
-            &spec,
-            &logits[i % sets].as_view(),
-            &ls.as_view(),
-            DeviceGradOutput::Scalar(1.0),
-            Some(&mut loss.as_view_mut()),
-            None,
-            &mut grad.as_view_mut(),
-        )?)
-    })?;
-    let fwd = b.time(|i| {
-        Ok(b.mixer.mixup_ce_forward(
-            &plan,
-            &spec,
-            &logits[i % sets].as_view(),
-            &ls.as_view(),
-            Some(&mut loss.as_view_mut()),
-            None,
-        )?)
-    })?;
+    let times = lb.time_fused(b, &spec)?;
     let mut bufs = naive::NaiveBuffers::new(&b.stream, batch, classes)?;
     let (nk, nk32) = (
         b.naive.kernels(T::DTYPE)?,
         b.naive.kernels(ScalarType::F32)?,
     );
-    let np = b.naive.plan(plan.plan())?;
+    let np = b.naive.plan(lb.plan.plan())?;
     // The naive loss and gradient against the fused ones, once. Both compute in f32 from the
     // same logits in different orders: the loss within 1e-4 of max(1, |loss|), each gradient element
     // within 1e-4 of its value plus 1e-5 of the scale 1/B (cancellation of p and t near 1),
     // plus the storage's rounding twice.
     {
-        let mut fused_g = b.stream.clone_dtod(&grad)?;
+        let mut fused_g = b.stream.clone_dtod(&lb.grad)?;
         let mut fused_loss = b.stream.alloc_zeros::<f32>(1)?;
-        b.mixer.mixup_ce(
-            &plan,
-            &spec,
-            &logits[0].as_view(),
-            &ls.as_view(),
-            DeviceGradOutput::Scalar(1.0),
-            Some(&mut fused_loss.as_view_mut()),
-            None,
-            &mut fused_g.as_view_mut(),
-        )?;
+        let (z, ls) = (&lb.logits[0], &lb.labels);
+        let fused = LossCall {
+            plan: &lb.plan,
+            logits: z,
+            labels: ls,
+            loss: &mut fused_loss,
+            grad: Some(&mut fused_g),
+        };
+        spec.call(&b.mixer, fused)?;
         b.naive.mixup_ce(
-            &nk, &nk32, &np, &spec, &logits[0], &ls, &mut bufs, &mut loss, &mut grad,
+            &nk,
+            &nk32,
+            &np,
+            &spec,
+            z,
+            ls,
+            &mut bufs,
+            &mut lb.loss,
+            &mut lb.grad,
         )?;
         let what = format!("mixup CE {} {batch}x{classes}", T::DTYPE.name());
         let (nl, fl) = (
-            b.stream.clone_dtoh(&loss)?,
+            b.stream.clone_dtoh(&lb.loss)?,
             b.stream.clone_dtoh(&fused_loss)?,
         );
         if let Some(i) = first_difference(&nl, &fl, |v| 1e-4 * v.abs().max(1.0)) {
             return Err(mismatch(&(what.clone() + ", loss"), i, &nl, &fl));
         }
-        let (ng, fg) = (b.stream.clone_dtoh(&grad)?, b.stream.clone_dtoh(&fused_g)?);
+        let (ng, fg) = (
+            b.stream.clone_dtoh(&lb.grad)?,
+            b.stream.clone_dtoh(&fused_g)?,
+        );
         let scale = 1.0 / batch as f64;
         let tol = |v: f64| 1e-4 * v.abs() + 1e-5 * scale + 2.0 * storage_half_ulp(T::DTYPE, v);
         if let Some(i) = first_difference(&ng, &fg, tol) {
             return Err(mismatch(&(what + ", gradient"), i, &ng, &fg));
         }
     }
+    let sets = lb.logits.len();
     let unfused = b.time(|i| {
         b.naive.mixup_ce(
             &nk,
             &nk32,
             &np,
             &spec,
-            &logits[i % sets],
-            &ls,
+            &lb.logits[i % sets],
+            &lb.labels,
             &mut bufs,
-            &mut loss,
-            &mut grad,
+            &mut lb.loss,
+            &mut lb.grad,
         )
     })?;
-    let shape = format!("{batch}x{classes}");
-    let dt = T::DTYPE.name();
-    b.row("mixup CE fwd+bwd", dt, &shape, "fused", floor, fused, copy);
-    b.row(
-        "mixup CE fwd+bwd",
-        dt,
-        &shape,
-        "naive (7 launches)",
-        floor,
-        unfused,
-        copy,
-    );
-    b.row("mixup CE fwd+bwd", dt, &shape, "copy", floor, copy, copy);
-    // Forward only reads the logits once: floor B·C·s_in.
-    b.row("mixup CE fwd", dt, &shape, "fused", n * s, fwd, copy);
+    lb.print_rows("CE", &times, Some(("naive (7 launches)", unfused)));
     Ok(())
 }
 
-/// Mixup BCE forward + backward (timm's DeiT III settings: smoothing 0.1, threshold 0.2, Mean):
-/// floor B·C·(s_in + s_out), like the CE.
-fn bench_bce<T: mixup_kernels::FloatElement + DeviceRepr + Default>(
-    b: &Bench,
-    batch: usize,
-    classes: usize,
-) -> Res<()> {
-    let s = std::mem::size_of::<T>();
-    let n = batch * classes;
-    let floor = 2 * n * s;
-    let sets = b.sets(n * s);
-    let logits: Vec<CudaSlice<T>> = (0..sets)
-        .map(|i| b.stream.clone_htod(&random::<T>(n, 20 + i as u64)))
-        .collect::<Result<_, _>>()?;
-    let mut grad = b.stream.clone_htod(&random::<T>(n, 19))?;
-    let ls = b.stream.clone_htod(&labels(batch, classes, 5))?;
-    let mut loss = b.stream.alloc_zeros::<f32>(1)?;
-    let mut plan = DevicePlan::new(&b.mixer);
-    plan.upload(&MixPlan::from_parts(&random_pairs(batch, 7), &lams(batch))?)?;
+/// Mixup BCE forward + backward (timm's DeiT III settings: smoothing 0.1, threshold 0.2, Mean)
+/// and forward only, with the CE's floors.
+fn bench_bce<T: DeviceFloat>(b: &Bench, batch: usize, classes: usize) -> Res<()> {
+    let mut lb = LossBench::<T>::new(b, batch, classes, [19, 5, 7])?;
     let spec = BceSpec::new(classes, 0.1, Reduction::Mean)?.with_target_threshold(0.2)?;
     let spec = DeviceBceSpec::new(&b.mixer, spec)?;
-    let copy = b.copy(floor)?;
-    let fused = b.time(|i| {
-        Ok(b.mixer.mixup_bce(
-            &plan,
-            &spec,
-            &logits[i % sets].as_view(),
-            &ls.as_view(),
-            DeviceGradOutput::Scalar(1.0),
-            Some(&mut loss.as_view_mut()),
-            None,
-            &mut grad.as_view_mut(),
-        )?)
-    })?;
-    let fwd = b.time(|i| {
-        Ok(b.mixer.mixup_bce_forward(
-            &plan,
-            &spec,
-            &logits[i % sets].as_view(),
-            &ls.as_view(),
-            Some(&mut loss.as_view_mut()),
-            None,
-        )?)
-    })?;
-    let shape = format!("{batch}x{classes}");
-    let dt = T::DTYPE.name();
-    b.row("mixup BCE fwd+bwd", dt, &shape, "fused", floor, fused, copy);
-    b.row("mixup BCE fwd+bwd", dt, &shape, "copy", floor, copy, copy);
-    b.row("mixup BCE fwd", dt, &shape, "fused", n * s, fwd, copy);
+    let times = lb.time_fused(b, &spec)?;
+    lb.print_rows("BCE", &times, None);
     Ok(())
 }
 
@@ -849,18 +854,17 @@ fn bench_first_call() -> Res<()> {
         let mut out = s.clone_htod(&random::<bf16>(8 * 3 * 32 * 32, 5))?;
         let mut plan = DevicePlan::new(&m);
         plan.upload(&MixPlan::from_parts(&random_pairs(batch, 1), &lams(batch))?)?;
+        let spec = CeSpec::new(classes, 0.1, Reduction::Mean).unwrap();
+        let call = LossCall {
+            plan: &plan,
+            logits: &z,
+            labels: &ls,
+            loss: &mut loss,
+            grad: Some(&mut g),
+        };
         s.synchronize()?;
         let t0 = Instant::now();
-        m.mixup_ce(
-            &plan,
-            &CeSpec::new(classes, 0.1, Reduction::Mean).unwrap(),
-            &z.as_view(),
-            &ls.as_view(),
-            DeviceGradOutput::Scalar(1.0),
-            Some(&mut loss.as_view_mut()),
-            None,
-            &mut g.as_view_mut(),
-        )?;
+        spec.call(&m, call)?;
         s.synchronize()?;
         let ce = t0.elapsed().as_secs_f64() * 1e3;
         let mut p8 = DevicePlan::new(&m);

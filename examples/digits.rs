@@ -21,6 +21,8 @@
 //! ```
 
 // The helpers live in examples/digits/ (a crate root resolves `mod x;` beside itself).
+#[path = "digits/common.rs"]
+mod common;
 #[path = "digits/data.rs"]
 mod data;
 #[path = "digits/model.rs"]
@@ -29,7 +31,7 @@ mod model;
 mod plot;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{D, DType, Device, Tensor};
@@ -37,13 +39,9 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mixup_kernels::candle::{mix_normalize, mixup_cross_entropy, soft_targets};
-use mixup_kernels::{
-    CeSpec, ImageSize, MemoryFormat, MixConfig, MixPlan, Normalize, Reduction, Sampler, TargetSpec,
-};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
+use mixup_kernels::{CeSpec, MemoryFormat, MixPlan, Normalize, TargetSpec};
 
+use common::{Epoch, Method, Row, Validation};
 use data::DataSet;
 use model::{Arch, Model};
 
@@ -87,14 +85,8 @@ struct Args {
     /// Validation images (Fashion-MNIST: a fixed subset of the 10000 test images)
     #[arg(long, value_name = "N")]
     valid: Option<usize>,
-    /// Which runs, comma-separated
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "none,mixup,cutmix"
-    )]
-    runs: Vec<Method>,
+    #[command(flatten)]
+    runs: common::Runs,
     /// The network [default: cnn for the digits, resnet for Fashion-MNIST]
     #[arg(long, value_enum)]
     model: Option<Arch>,
@@ -119,48 +111,6 @@ enum DeviceChoice {
     Cuda,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Method {
-    /// Plain cross-entropy on the unmixed batch
-    None,
-    /// fastai v2 MixUp(alpha=0.4)
-    #[value(name = "mixup")]
-    MixUp,
-    /// fastai v2 CutMix(alpha=1.0)
-    #[value(name = "cutmix")]
-    CutMix,
-}
-
-impl Method {
-    fn name(self) -> &'static str {
-        match self {
-            Method::None => "no mixup",
-            Method::MixUp => "MixUp",
-            Method::CutMix => "CutMix",
-        }
-    }
-
-    fn describe(self) -> &'static str {
-        match self {
-            Method::None => "plain cross-entropy on the unmixed batch",
-            Method::MixUp => {
-                "fastai v2 MixUp(alpha=0.4): per-sample λ ~ Beta(0.4, 0.4), λ = max(λ, 1-λ), random permutation"
-            }
-            Method::CutMix => {
-                "fastai v2 CutMix(alpha=1.0): one λ ~ Beta(1, 1) and one box per batch, λ = kept area, random permutation"
-            }
-        }
-    }
-
-    fn config(self, classes: usize) -> Option<MixConfig> {
-        match self {
-            Method::None => None,
-            Method::MixUp => Some(MixConfig::fastai_v2_mixup(classes)),
-            Method::CutMix => Some(MixConfig::fastai_v2_cutmix(classes)),
-        }
-    }
-}
-
 /// The settings once the data set's and device's defaults are filled in.
 struct Settings {
     epochs: usize,
@@ -170,20 +120,6 @@ struct Settings {
     arch: Arch,
     width: usize,
     out: PathBuf,
-}
-
-struct Row {
-    train_loss: f64,
-    valid_loss: f64,
-    accuracy: f64,
-    /// Mean probability of the predicted class (how sure the model is).
-    confidence: f64,
-    /// Expected calibration error over 10 equal-width confidence bins.
-    ece: f64,
-    /// Training time of the epoch (no validation).
-    train_secs: f64,
-    /// Of which drawing the plan and turning the batch's pixels into the model's input.
-    mix_secs: f64,
 }
 
 struct Run {
@@ -234,41 +170,14 @@ fn pick_device(choice: DeviceChoice) -> Result<Device> {
     }
 }
 
-/// The one-cycle schedule (fastai's `fit_one_cycle` in spirit): linear warm-up over the first
-/// 25% of the steps from lr/25, then cosine decay to lr/1e4.
-fn one_cycle(lr: f64, step: usize, total: usize) -> f64 {
-    let t = step as f64 / total.max(1) as f64;
-    let warm = 0.25;
-    if t < warm {
-        let start = lr / 25.0;
-        start + (lr - start) * t / warm
-    } else {
-        let p = (t - warm) / (1.0 - warm);
-        let end = lr / 1e4;
-        end + (lr - end) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
-    }
-}
-
 /// Mean confidence and expected calibration error (10 equal-width bins) of `[n, C]` logits.
 fn calibration(logits: &Tensor, labels: &[u32]) -> Result<(f64, f64)> {
     let probs =
         candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?.to_vec2::<f32>()?;
-    let mut bins = [(0usize, 0f64, 0f64); 10]; // (count, Σ confidence, Σ correct)
-    for (p, &y) in probs.iter().zip(labels) {
-        let (k, &conf) = p
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .expect("at least one class");
-        let bin = &mut bins[((conf * 10.0) as usize).min(9)];
-        bin.0 += 1;
-        bin.1 += f64::from(conf);
-        bin.2 += f64::from(u8::from(k == y as usize));
-    }
-    let n = labels.len().max(1) as f64;
-    let conf = bins.iter().map(|b| b.1).sum::<f64>() / n;
-    let ece = bins.iter().map(|b| (b.1 - b.2).abs()).sum::<f64>() / n;
-    Ok((conf, ece))
+    let predictions = probs.iter().zip(labels);
+    Ok(common::calibration(
+        predictions.map(|(p, &y)| common::prediction(p, y as usize)),
+    ))
 }
 
 /// Waits for the device (a no-op on the CPU, where candle's ops are synchronous), so that the
@@ -312,15 +221,7 @@ fn train(method: Method, seed: u64, s: &Setup, a: &Args, cfg: &Settings) -> Resu
             ..Default::default()
         },
     )?;
-    let sampler = method
-        .config(classes)
-        .map(|c| Sampler::new(c, seed))
-        .transpose()?;
-    // The loss takes the sampler's classes and label smoothing (one source of truth).
-    let spec = match &sampler {
-        Some(sm) => sm.config().ce_spec(Reduction::Mean)?,
-        None => CeSpec::new(classes, 0.0, Reduction::Mean)?,
-    };
+    let (sampler, spec) = method.sampler_and_spec(classes, seed)?;
     let batches = n_train.div_ceil(cfg.batch);
     let total_steps = cfg.epochs * batches;
 
@@ -330,10 +231,7 @@ fn train(method: Method, seed: u64, s: &Setup, a: &Args, cfg: &Settings) -> Resu
         String::new()
     };
     println!("\n{}{seed_note} — {}", method.name(), method.describe());
-    println!(
-        "{:<6} {:>11} {:>11} {:>9} {:>7} {:>8}",
-        "epoch", "train_loss", "valid_loss", "accuracy", "time", "img/s"
-    );
+    common::print_epoch_header();
     let bar = progress_bar(
         total_steps,
         format!("{}{seed_note}", method.name()),
@@ -344,15 +242,8 @@ fn train(method: Method, seed: u64, s: &Setup, a: &Args, cfg: &Settings) -> Resu
     let mut step = 0u64;
     for epoch in 0..cfg.epochs {
         bar.set_message(format!("{}/{}", epoch + 1, cfg.epochs));
-        let t0 = Instant::now();
-        let mut mix_time = Duration::ZERO;
-        // The batch order depends on (seed, epoch) only: the same for every run.
-        let mut order: Vec<u32> = (0..n_train as u32).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
-            seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9),
-        ));
-        let mut loss_sum = 0.0;
-        for chunk in order.chunks(cfg.batch) {
+        let mut ep = Epoch::start();
+        for chunk in common::batch_order(n_train, seed, epoch).chunks(cfg.batch) {
             let n = chunk.len();
             let idx = Tensor::from_slice(chunk, n, &s.dev)?;
             let pixels = s
@@ -364,57 +255,28 @@ fn train(method: Method, seed: u64, s: &Setup, a: &Args, cfg: &Settings) -> Resu
             // the upload. Without mixing the plan is the identity: normalize only.
             sync(&s.dev)?;
             let tm = Instant::now();
-            let plan = match &sampler {
-                Some(sm) => sm.plan_images(
-                    step,
-                    n,
-                    ImageSize {
-                        height: side,
-                        width: side,
-                    },
-                )?,
-                None => MixPlan::identity(n)?,
-            };
+            let plan = common::draw_plan(sampler.as_ref(), step, n, side)?;
             let first = MemoryFormat::ChannelsFirst;
             let x = mix_normalize(&plan, first, &s.norm, &pixels, first, DType::F32)?
                 .to_device(&s.dev)?;
             sync(&s.dev)?;
-            mix_time += tm.elapsed();
+            ep.mixing += tm.elapsed();
             if step == 0 && sampler.is_some() {
                 sample = picture_cells(&plan, &x, &yb, &s.data)?;
             }
-            opt.set_learning_rate(one_cycle(cfg.lr, step as usize, total_steps));
+            opt.set_learning_rate(common::one_cycle(cfg.lr, step as usize, total_steps));
             let logits = net.forward(&x, true)?;
             // The fused loss; with the identity plan it is the plain cross-entropy.
             let loss = mixup_cross_entropy(&plan, &spec, &logits, &yb)?;
             opt.backward_step(&loss)?;
-            loss_sum += f64::from(loss.to_scalar::<f32>()?) * n as f64;
+            ep.loss_sum += f64::from(loss.to_scalar::<f32>()?) * n as f64;
             step += 1;
             bar.inc(1);
         }
-        let train_secs = t0.elapsed().as_secs_f64();
-        let (valid_loss, accuracy, confidence, ece) = evaluate(&net, s, &spec)?;
-        let row = Row {
-            train_loss: loss_sum / n_train as f64,
-            valid_loss,
-            accuracy,
-            confidence,
-            ece,
-            train_secs,
-            mix_secs: mix_time.as_secs_f64(),
-        };
-        bar.suspend(|| {
-            println!(
-                "{:<6} {:>11.6} {:>11.6} {:>9.6} {:>6.2}s {:>8.0}",
-                epoch,
-                row.train_loss,
-                row.valid_loss,
-                row.accuracy,
-                t0.elapsed().as_secs_f64(),
-                n_train as f64 / row.train_secs
-            )
-        });
-        rows.push(row);
+        let validate = || evaluate(&net, s, &spec);
+        rows.push(ep.finish(epoch, n_train, validate, |line| {
+            bar.suspend(|| println!("{line}"))
+        })?);
     }
     bar.finish_and_clear();
     Ok(Run {
@@ -427,7 +289,7 @@ fn train(method: Method, seed: u64, s: &Setup, a: &Args, cfg: &Settings) -> Resu
 
 /// Validation: no mixing, no gradient, batch norms on their running statistics; in chunks so
 /// the activations of a large validation set never sit in memory at once.
-fn evaluate(net: &Model, s: &Setup, spec: &CeSpec) -> Result<(f64, f64, f64, f64)> {
+fn evaluate(net: &Model, s: &Setup, spec: &CeSpec) -> Result<Validation> {
     let n = s.data.valid.count;
     let mut parts = Vec::new();
     for start in (0..n).step_by(1000) {
@@ -448,12 +310,12 @@ fn evaluate(net: &Model, s: &Setup, spec: &CeSpec) -> Result<(f64, f64, f64, f64
         .sum_all()?
         .to_scalar::<f32>()?;
     let (confidence, ece) = calibration(&logits, &s.valid_labels)?;
-    Ok((
-        f64::from(valid_loss),
-        f64::from(correct) / n as f64,
+    Ok(Validation {
+        loss: f64::from(valid_loss),
+        accuracy: f64::from(correct) / n as f64,
         confidence,
         ece,
-    ))
+    })
 }
 
 /// The first 12 samples of a mixed batch, with their soft labels from the crate's
@@ -530,7 +392,7 @@ fn load(a: &Args, dev: &Device) -> Result<(DataSet, Settings)> {
         width: a.width.unwrap_or(width),
         out: a.out.clone().unwrap_or_else(|| PathBuf::from(out)),
     };
-    if cfg.epochs == 0 || cfg.batch == 0 || cfg.seeds.is_empty() || a.runs.is_empty() {
+    if cfg.epochs == 0 || cfg.batch == 0 || cfg.seeds.is_empty() || a.runs.methods.is_empty() {
         bail!("--epochs, --batch, --seeds and --runs must not be zero or empty");
     }
     if cfg.arch == Arch::Cnn && data.side % 2 != 0 {
@@ -603,7 +465,7 @@ fn run(a: Args) -> Result<()> {
 
     let mut runs = Vec::new();
     for &seed in &cfg.seeds {
-        for &m in &a.runs {
+        for &m in &a.runs.methods {
             runs.push(train(m, seed, &s, &a, &cfg)?);
         }
     }
@@ -621,72 +483,23 @@ fn seed_list(seeds: &[u64]) -> String {
     }
 }
 
-/// Mean and standard error of the mean (sample standard deviation / √n; 0 for one value).
-fn mean_se(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let m = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 {
-        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (m, (var / n).sqrt())
-}
-
-/// The comparison, as a Markdown table: final-epoch metrics per method (mean ± standard error
-/// over seeds when several), training speed and the share of it spent mixing.
+/// The comparison table (`common::print_comparison`), then what its columns mean and how far
+/// one run's accuracy can be trusted.
 fn compare(runs: &[Run], a: &Args, cfg: &Settings, n_train: usize, n_valid: usize) {
     let multi = cfg.seeds.len() > 1;
-    println!(
-        "\ncomparison after {} epochs (same split, initial weights, batch order and epochs; \
-         validation is never mixed{})\n",
-        cfg.epochs,
-        if multi {
-            format!("; mean ± standard error over {} seeds", cfg.seeds.len())
-        } else {
-            String::new()
-        }
-    );
-    println!(
-        "| run | accuracy | errors of {n_valid} | valid loss | ECE | confidence | train img/s | mixing ms/epoch (share) |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
-    for m in &a.runs {
-        let mine: Vec<&Run> = runs.iter().filter(|r| r.method == *m).collect();
-        let last = |f: &dyn Fn(&Row) -> f64| -> Vec<f64> {
-            mine.iter()
-                .map(|r| f(r.rows.last().expect("an epoch")))
-                .collect()
-        };
-        let cell = |v: Vec<f64>, digits: usize| {
-            let (mu, se) = mean_se(&v);
-            if multi {
-                format!("{mu:.digits$} ± {se:.digits$}")
-            } else {
-                format!("{mu:.digits$}")
-            }
-        };
-        let all_rows = || mine.iter().flat_map(|r| &r.rows);
-        let train_secs: f64 = all_rows().map(|r| r.train_secs).sum();
-        let mix_secs: f64 = all_rows().map(|r| r.mix_secs).sum();
-        let epochs = all_rows().count() as f64;
-        let images = epochs * n_train as f64;
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {:.0} | {:.1} ({:.2}%) |",
-            m.name(),
-            cell(last(&|r| r.accuracy), 4),
-            cell(last(&|r| (1.0 - r.accuracy) * n_valid as f64), 1),
-            cell(last(&|r| r.valid_loss), 4),
-            cell(last(&|r| r.ece), 4),
-            cell(last(&|r| r.confidence), 3),
-            images / train_secs,
-            1e3 * mix_secs / epochs,
-            100.0 * mix_secs / train_secs,
-        );
-    }
+    let by_method: Vec<(Method, Vec<&[Row]>)> = a
+        .runs
+        .methods
+        .iter()
+        .map(|&m| {
+            let mine = runs.iter().filter(|r| r.method == m);
+            (m, mine.map(|r| r.rows.as_slice()).collect())
+        })
+        .collect();
+    common::print_comparison(&by_method, cfg.epochs, cfg.seeds.len(), n_train, n_valid);
     let p = runs
         .iter()
-        .map(|r| r.rows.last().expect("an epoch").accuracy)
+        .map(|r| r.rows.last().expect("an epoch").valid.accuracy)
         .sum::<f64>()
         / runs.len() as f64;
     println!(
@@ -731,11 +544,14 @@ fn pictures(runs: &mut [Run], a: &Args, cfg: &Settings, s: &Setup) -> Result<()>
     }
     let series = |f: &dyn Fn(&Row) -> f64| -> Vec<plot::Series> {
         a.runs
+            .methods
             .iter()
             .map(|&m| {
                 let mine: Vec<&Run> = runs.iter().filter(|r| r.method == m).collect();
                 let (mean, se) = (0..cfg.epochs)
-                    .map(|e| mean_se(&mine.iter().map(|r| f(&r.rows[e])).collect::<Vec<_>>()))
+                    .map(|e| {
+                        common::mean_se(&mine.iter().map(|r| f(&r.rows[e])).collect::<Vec<_>>())
+                    })
                     .unzip();
                 plot::Series {
                     name: m.name(),
@@ -748,15 +564,15 @@ fn pictures(runs: &mut [Run], a: &Args, cfg: &Settings, s: &Setup) -> Result<()>
     let panels = [
         plot::Panel {
             title: "validation accuracy",
-            series: series(&|r| r.accuracy),
+            series: series(&|r| r.valid.accuracy),
         },
         plot::Panel {
             title: "validation loss",
-            series: series(&|r| r.valid_loss),
+            series: series(&|r| r.valid.loss),
         },
         plot::Panel {
             title: "calibration error (ECE)",
-            series: series(&|r| r.ece),
+            series: series(&|r| r.valid.ece),
         },
     ];
     let title = format!(

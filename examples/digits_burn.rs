@@ -12,11 +12,14 @@
 //! As in the candle demo, each batch's u8 pixels (here a `Tensor<4, Int>` of dtype u8) become
 //! the model's input through `mix_normalize` (mix, scale to `[0, 1]`, f32) in one pass.
 
+#[path = "digits/common.rs"]
+#[allow(dead_code)] // `Method::describe` is the candle demo's
+mod common;
 #[path = "digits/data.rs"]
 #[allow(dead_code)] // the Fashion-MNIST reader and the candle tensors are the candle demo's
 mod data;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Result, bail};
 use burn::module::{Module, Param};
@@ -26,15 +29,13 @@ use burn::nn::{Linear, PaddingConfig2d};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::activation::{relu, softmax};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use mixup_kernels::burn::{mix_normalize, mixup_cross_entropy};
-use mixup_kernels::{
-    CeSpec, ImageSize, MemoryFormat, MixConfig, MixPlan, Normalize, Reduction, Sampler,
-};
-use rand::seq::SliceRandom;
+use mixup_kernels::{CeSpec, MemoryFormat, MixPlan, Normalize};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use common::{Epoch, Method, Row, Validation};
 use data::{DataSet, Images};
 
 /// The split of the candle demo (not `--seed`).
@@ -59,44 +60,8 @@ struct Args {
     /// Training images (the rest of the 1797 validate)
     #[arg(long, default_value_t = 1000)]
     train: usize,
-    /// Which runs, comma-separated
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "none,mixup,cutmix"
-    )]
-    runs: Vec<Method>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Method {
-    /// Plain cross-entropy on the unmixed batch
-    None,
-    /// fastai v2 MixUp(alpha=0.4)
-    #[value(name = "mixup")]
-    MixUp,
-    /// fastai v2 CutMix(alpha=1.0)
-    #[value(name = "cutmix")]
-    CutMix,
-}
-
-impl Method {
-    fn name(self) -> &'static str {
-        match self {
-            Method::None => "no mixup",
-            Method::MixUp => "MixUp",
-            Method::CutMix => "CutMix",
-        }
-    }
-
-    fn config(self, classes: usize) -> Option<MixConfig> {
-        match self {
-            Method::None => None,
-            Method::MixUp => Some(MixConfig::fastai_v2_mixup(classes)),
-            Method::CutMix => Some(MixConfig::fastai_v2_cutmix(classes)),
-        }
-    }
+    #[command(flatten)]
+    runs: common::Runs,
 }
 
 /// conv 3×3 (1→16) · ReLU · conv 3×3 (16→32) · ReLU · max-pool 2 · linear 512→64 · ReLU ·
@@ -178,30 +143,6 @@ impl Cnn {
     }
 }
 
-/// The one-cycle schedule of the candle demo.
-fn one_cycle(lr: f64, step: usize, total: usize) -> f64 {
-    let t = step as f64 / total.max(1) as f64;
-    let warm = 0.25;
-    if t < warm {
-        let start = lr / 25.0;
-        start + (lr - start) * t / warm
-    } else {
-        let p = (t - warm) / (1.0 - warm);
-        let end = lr / 1e4;
-        end + (lr - end) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
-    }
-}
-
-struct Row {
-    train_loss: f64,
-    valid_loss: f64,
-    accuracy: f64,
-    confidence: f64,
-    ece: f64,
-    train_secs: f64,
-    mix_secs: f64,
-}
-
 /// A split's u8 pixels and labels on the host.
 struct Split {
     pixels: Vec<u8>,
@@ -247,85 +188,41 @@ fn train(method: Method, a: &Args, data: &DataSet, tr: &Split, va: &Split) -> Re
         .with_epsilon(1e-8)
         .with_weight_decay(0.01)
         .init();
-    let sampler = method
-        .config(classes)
-        .map(|c| Sampler::new(c, a.seed))
-        .transpose()?;
-    let spec = match &sampler {
-        Some(sm) => sm.config().ce_spec(Reduction::Mean)?,
-        None => CeSpec::new(classes, 0.0, Reduction::Mean)?,
-    };
+    let (sampler, spec) = method.sampler_and_spec(classes, a.seed)?;
     let total_steps = a.epochs * n_train.div_ceil(a.batch);
     println!("\n{}", method.name());
-    println!(
-        "{:<6} {:>11} {:>11} {:>9} {:>7} {:>8}",
-        "epoch", "train_loss", "valid_loss", "accuracy", "time", "img/s"
-    );
+    common::print_epoch_header();
     let mut rows = Vec::new();
     let mut step = 0u64;
     for epoch in 0..a.epochs {
-        let t0 = Instant::now();
-        let mut mix_time = Duration::ZERO;
-        let mut order: Vec<u32> = (0..n_train as u32).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
-            a.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9),
-        ));
-        let mut loss_sum = 0.0;
-        for chunk in order.chunks(a.batch) {
+        let mut ep = Epoch::start();
+        for chunk in common::batch_order(n_train, a.seed, epoch).chunks(a.batch) {
             let n = chunk.len();
             let (x, y) = tr.batch(chunk, side, &dev);
             let tm = Instant::now();
-            let plan = match &sampler {
-                Some(sm) => sm.plan_images(
-                    step,
-                    n,
-                    ImageSize {
-                        height: side,
-                        width: side,
-                    },
-                )?,
-                None => MixPlan::identity(n)?,
-            };
+            let plan = common::draw_plan(sampler.as_ref(), step, n, side)?;
             // The lines a burn loop changes: pixels to the mixed input, the mixed-target loss.
             let first = MemoryFormat::ChannelsFirst;
             let x = mix_normalize(&plan, first, &tr.norm, x, first, DType::F32)?;
-            mix_time += tm.elapsed();
+            ep.mixing += tm.elapsed();
             let logits = model.forward(x);
             let loss = mixup_cross_entropy(&plan, &spec, logits, y)?;
-            loss_sum +=
-                f64::from(loss.to_data().iter::<f32>().next().unwrap_or(f32::NAN)) * n as f64;
+            let mean = loss.to_data().iter::<f32>().next().unwrap_or(f32::NAN);
+            ep.loss_sum += f64::from(mean) * n as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(one_cycle(a.lr, step as usize, total_steps), model, grads);
+            let lr = common::one_cycle(a.lr, step as usize, total_steps);
+            model = optim.step(lr, model, grads);
             step += 1;
         }
-        let train_secs = t0.elapsed().as_secs_f64();
-        let (valid_loss, accuracy, confidence, ece) = evaluate(&model.valid(), va, side, &spec)?;
-        let row = Row {
-            train_loss: loss_sum / n_train as f64,
-            valid_loss,
-            accuracy,
-            confidence,
-            ece,
-            train_secs,
-            mix_secs: mix_time.as_secs_f64(),
-        };
-        println!(
-            "{:<6} {:>11.6} {:>11.6} {:>9.6} {:>6.2}s {:>8.0}",
-            epoch,
-            row.train_loss,
-            row.valid_loss,
-            row.accuracy,
-            t0.elapsed().as_secs_f64(),
-            n_train as f64 / row.train_secs
-        );
-        rows.push(row);
+        let validate = || evaluate(&model.valid(), va, side, &spec);
+        rows.push(ep.finish(epoch, n_train, validate, |line| println!("{line}"))?);
     }
     Ok(rows)
 }
 
 /// Validation without autodiff: loss (the fused op's forward-only path), accuracy, mean
 /// confidence and expected calibration error (10 bins).
-fn evaluate(model: &Cnn, va: &Split, side: usize, spec: &CeSpec) -> Result<(f64, f64, f64, f64)> {
+fn evaluate(model: &Cnn, va: &Split, side: usize, spec: &CeSpec) -> Result<Validation> {
     let dev = Device::flex();
     let n = va.count;
     let idx: Vec<u32> = (0..n as u32).collect();
@@ -337,30 +234,24 @@ fn evaluate(model: &Cnn, va: &Split, side: usize, spec: &CeSpec) -> Result<(f64,
     let valid_loss = f64::from(loss.to_data().iter::<f32>().next().unwrap_or(f32::NAN));
     let probs: Vec<f32> = softmax(logits, 1).to_data().iter::<f32>().collect();
     let classes = probs.len() / n.max(1);
-    let mut bins = [(0usize, 0f64, 0f64); 10];
-    let mut correct = 0usize;
-    for (p, &label) in probs.chunks(classes).zip(&va.labels) {
-        let (k, &conf) = p
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .expect("at least one class");
-        let hit = k as i64 == label;
-        correct += usize::from(hit);
-        let bin = &mut bins[((conf * 10.0) as usize).min(9)];
-        bin.0 += 1;
-        bin.1 += f64::from(conf);
-        bin.2 += f64::from(u8::from(hit));
-    }
-    let nf = n.max(1) as f64;
-    let confidence = bins.iter().map(|b| b.1).sum::<f64>() / nf;
-    let ece = bins.iter().map(|b| (b.1 - b.2).abs()).sum::<f64>() / nf;
-    Ok((valid_loss, correct as f64 / nf, confidence, ece))
+    let predictions: Vec<(f32, bool)> = probs
+        .chunks(classes)
+        .zip(&va.labels)
+        .map(|(p, &label)| common::prediction(p, label as usize))
+        .collect();
+    let correct = predictions.iter().filter(|&&(_, right)| right).count();
+    let (confidence, ece) = common::calibration(predictions);
+    Ok(Validation {
+        loss: valid_loss,
+        accuracy: correct as f64 / n.max(1) as f64,
+        confidence,
+        ece,
+    })
 }
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    if a.epochs == 0 || a.batch == 0 || a.runs.is_empty() {
+    if a.epochs == 0 || a.batch == 0 || a.runs.methods.is_empty() {
         bail!("--epochs, --batch and --runs must not be zero or empty");
     }
     let start = Instant::now();
@@ -380,36 +271,14 @@ fn main() -> Result<()> {
         a.seed
     );
     let mut results = Vec::new();
-    for &m in &a.runs {
+    for &m in &a.runs.methods {
         results.push((m, train(m, &a, &data, &tr, &va)?));
     }
-    println!(
-        "\ncomparison after {} epochs (same split, initial weights, batch order and epochs; \
-         validation is never mixed)\n",
-        a.epochs
-    );
-    println!(
-        "| run | accuracy | errors of {} | valid loss | ECE | confidence | train img/s | mixing ms/epoch (share) |",
-        va.count
-    );
-    println!("|---|---|---|---|---|---|---|---|");
-    for (m, rows) in &results {
-        let last = rows.last().expect("an epoch");
-        let train_secs: f64 = rows.iter().map(|r| r.train_secs).sum();
-        let mix_secs: f64 = rows.iter().map(|r| r.mix_secs).sum();
-        println!(
-            "| {} | {:.4} | {:.1} | {:.4} | {:.4} | {:.3} | {:.0} | {:.1} ({:.2}%) |",
-            m.name(),
-            last.accuracy,
-            (1.0 - last.accuracy) * va.count as f64,
-            last.valid_loss,
-            last.ece,
-            last.confidence,
-            rows.len() as f64 * tr.count as f64 / train_secs,
-            1e3 * mix_secs / rows.len() as f64,
-            100.0 * mix_secs / train_secs,
-        );
-    }
+    let one_run_each: Vec<(Method, Vec<&[Row]>)> = results
+        .iter()
+        .map(|(m, rows)| (*m, vec![rows.as_slice()]))
+        .collect();
+    common::print_comparison(&one_run_each, a.epochs, 1, tr.count, va.count);
     println!(
         "\nerrors = misclassified validation images. ECE: expected calibration error (10 bins); \
          confidence: mean probability of the predicted class. img/s: training only; mixing: \

@@ -301,13 +301,13 @@ def flip(batch):
     return [batch - 1 - i for i in range(batch)]
 
 
-def timm_mix_case(name, mixup_kwargs, batch, seed, mode_fn=None, forced_lams=None):
-    """Runs timm's `Mixup` on an f32 batch and records everything needed to rebuild the plan."""
-    mixer = tm.Mixup(label_smoothing=SMOOTH, num_classes=NUM_CLASSES, **mixup_kwargs)
-    x = images(batch, seed)
-    y = labels_for(batch, seed + 1)
-    x_in = x.clone()
-    per = []
+@contextlib.contextmanager
+def recorded_draws(mixer, seed, forced_lams=None):
+    """Records what a timm `Mixup` or `FastCollateMixup` draws while the block runs; yields
+    `(per, boxes_log)`: `per` gets one `(kind, lam, use_cutmix)` per parameter draw ("elem" or
+    "batch"), `boxes_log` the boxes `cutmix_bbox_and_lam` returns. numpy is seeded with `seed`
+    first; `forced_lams` replaces `np.random.beta`'s draws (in order)."""
+    per, boxes_log = [], []
     mixer_per_elem, mixer_per_batch = mixer._params_per_elem, mixer._params_per_batch
 
     def rec_elem(n):
@@ -321,13 +321,22 @@ def timm_mix_case(name, mixup_kwargs, batch, seed, mode_fn=None, forced_lams=Non
         return lam, cut
 
     mixer._params_per_elem, mixer._params_per_batch = rec_elem, rec_batch
-    boxes_log = []
     np.random.seed(seed)
     beta_patch = contextlib.nullcontext()
     if forced_lams is not None:
         beta_patch = patched(np.random, "beta", lambda a, b, size=None: np.array(forced_lams[:size])
                              if size is not None else forced_lams[0])
     with recording_boxes(boxes_log), beta_patch:
+        yield per, boxes_log
+
+
+def timm_mix_case(name, mixup_kwargs, batch, seed, mode_fn=None, forced_lams=None):
+    """Runs timm's `Mixup` on an f32 batch and records everything needed to rebuild the plan."""
+    mixer = tm.Mixup(label_smoothing=SMOOTH, num_classes=NUM_CLASSES, **mixup_kwargs)
+    x = images(batch, seed)
+    y = labels_for(batch, seed + 1)
+    x_in = x.clone()
+    with recorded_draws(mixer, seed, forced_lams) as (per, boxes_log):
         if mode_fn is None:
             out, target = mixer(x, y)
             lam_ret = None
@@ -393,27 +402,7 @@ def timm_collate_case(name, mixup_kwargs, batch, seed, forced_lams=None):
     x = torch.randint(0, 256, (batch, CH, H, W), generator=g, dtype=torch.uint8)
     y = labels_for(batch, seed + 1)
     items = [(x[i].numpy().copy(), int(y[i])) for i in range(batch)]
-    per = []
-    mixer_per_elem, mixer_per_batch = mixer._params_per_elem, mixer._params_per_batch
-
-    def rec_elem(n):
-        lam, cut = mixer_per_elem(n)
-        per.append(("elem", lam.copy(), cut.copy()))
-        return lam, cut
-
-    def rec_batch():
-        lam, cut = mixer_per_batch()
-        per.append(("batch", lam, cut))
-        return lam, cut
-
-    mixer._params_per_elem, mixer._params_per_batch = rec_elem, rec_batch
-    boxes_log = []
-    np.random.seed(seed)
-    beta_patch = contextlib.nullcontext()
-    if forced_lams is not None:
-        beta_patch = patched(np.random, "beta", lambda a, b, size=None: np.array(forced_lams[:size])
-                             if size is not None else forced_lams[0])
-    with recording_boxes(boxes_log), beta_patch:
+    with recorded_draws(mixer, seed, forced_lams) as (per, boxes_log):
         out, target = mixer(items)
     return finish_mix_case(name, mixer.mode, batch, x, out, y, target, per, boxes_log, u8=True)
 

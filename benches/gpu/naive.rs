@@ -31,20 +31,32 @@ static NAIVE: ModuleSource = ModuleSource {
     hash: 0,
 };
 
-fn elementwise(n: u64) -> LaunchConfig {
+/// `count` blocks of 256 threads (at least one, at most the grid's limit).
+fn blocks(count: u64) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (n.div_ceil(256).clamp(1, (1 << 31) - 1) as u32, 1, 1),
+        grid_dim: (count.clamp(1, (1 << 31) - 1) as u32, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     }
 }
 
+/// One thread per element.
+fn elementwise(n: u64) -> LaunchConfig {
+    blocks(n.div_ceil(256))
+}
+
+/// One block per row.
 fn per_row(rows: u64) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows.clamp(1, (1 << 31) - 1) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    blocks(rows)
+}
+
+/// `launch!(stream, kernel, config; args...)`: one launch, the arguments pushed in the order of
+/// the kernel's parameters in benches/gpu/naive.cu. Unsafe as `launch` is: the caller checks
+/// that the list matches the kernel's.
+macro_rules! launch {
+    ($s:expr, $f:expr, $cfg:expr; $($arg:expr),+ $(,)?) => {
+        $s.launch_builder($f)$(.arg(&$arg))+.launch($cfg)
+    };
 }
 
 /// The naive kernels, compiled once for the device (all dtypes in one NVRTC compilation).
@@ -73,8 +85,8 @@ pub struct NaivePlan {
 
 /// f32 scratch of the naive soft targets and cross-entropy (`[B, C]` or `[B]`).
 pub struct NaiveBuffers {
-    y1: CudaSlice<f32>,
-    y2: CudaSlice<f32>,
+    /// The two one-hots of the soft targets.
+    pub y: [CudaSlice<f32>; 2],
     t: CudaSlice<f32>,
     logp: CudaSlice<f32>,
     losses: CudaSlice<f32>,
@@ -84,8 +96,7 @@ impl NaiveBuffers {
     pub fn new(stream: &Arc<CudaStream>, batch: usize, classes: usize) -> Res<Self> {
         let n = (batch * classes).max(1);
         Ok(Self {
-            y1: stream.alloc_zeros(n)?,
-            y2: stream.alloc_zeros(n)?,
+            y: [stream.alloc_zeros(n)?, stream.alloc_zeros(n)?],
             t: stream.alloc_zeros(n)?,
             logp: stream.alloc_zeros(n)?,
             losses: stream.alloc_zeros(batch.max(1))?,
@@ -206,48 +217,27 @@ impl Naive {
         let (op, _c) = out.device_ptr_mut(s);
         // SAFETY: argument lists match benches/gpu/naive.cu; every buffer holds n elements.
         unsafe {
-            s.launch_builder(k.gather)
-                .arg(&xp)
-                .arg(&tp)
-                .arg(&pp)
-                .arg(&d)
-                .arg(&n)
-                .launch(elementwise(n))?;
-            s.launch_builder(k.lerp)
-                .arg(&xp)
-                .arg(&tp)
-                .arg(&op)
-                .arg(&pp)
-                .arg(&d)
-                .arg(&n)
-                .arg(&image)
-                .launch(elementwise(n))?;
+            launch!(s, k.gather, elementwise(n); xp, tp, pp, d, n)?;
+            launch!(s, k.lerp, elementwise(n); xp, tp, op, pp, d, n, image)?;
             if image != 0 && plan.has_cutmix {
-                s.launch_builder(k.paste)
-                    .arg(&tp)
-                    .arg(&op)
-                    .arg(&pp)
-                    .arg(&d)
-                    .arg(&n)
-                    .arg(&code)
-                    .arg(&c)
-                    .arg(&h)
-                    .arg(&w)
-                    .launch(elementwise(n))?;
+                launch!(s, k.paste, elementwise(n); tp, op, pp, d, n, code, c, h, w)?;
             }
         }
         Ok(())
     }
 
-    /// One-hot of the labels and of the partners' labels (f32, in `bufs`).
-    fn one_hots(
+    /// Two f32 one-hots (of the labels and of the partners' labels, in `y`), then
+    /// `out = λ y1 + (1-λ) y2` in `out`'s dtype (`k`'s blend): three launches.
+    pub fn soft_targets<T: Element>(
         &self,
         k: &Kernels<'_>,
         plan: &NaivePlan,
         labels: &CudaSlice<u32>,
         spec: &TargetSpec,
-        bufs: &mut NaiveBuffers,
+        y: &mut [CudaSlice<f32>; 2],
+        out: &mut CudaSlice<T>,
     ) -> Res<()> {
+        let [blend, _, _] = k.float.ok_or("no naive soft targets for u8")?;
         let s = &self.stream;
         let (lp, _l) = labels.device_ptr(s);
         let (pp, _p) = plan.buf.device_ptr(s);
@@ -257,53 +247,17 @@ impl Naive {
         let eps = spec.label_smoothing() as f32;
         let off = eps / spec.num_classes() as f32;
         let on = 1.0 - eps + off;
-        for (buf, partner) in [(&mut bufs.y1, 0u32), (&mut bufs.y2, 1u32)] {
-            let (yp, _y) = buf.device_ptr_mut(s);
-            // SAFETY: as above; `buf` holds B·C f32.
-            unsafe {
-                s.launch_builder(k.one_hot)
-                    .arg(&yp)
-                    .arg(&lp)
-                    .arg(&pp)
-                    .arg(&c)
-                    .arg(&n)
-                    .arg(&off)
-                    .arg(&on)
-                    .arg(&partner)
-                    .launch(elementwise(n))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Two one-hots, then `out = λ y1 + (1-λ) y2`: three launches.
-    pub fn soft_targets<T: Element>(
-        &self,
-        k: &Kernels<'_>,
-        plan: &NaivePlan,
-        labels: &CudaSlice<u32>,
-        spec: &TargetSpec,
-        bufs: &mut NaiveBuffers,
-        out: &mut CudaSlice<T>,
-    ) -> Res<()> {
-        let [blend, _, _] = k.float.ok_or("no naive soft targets for u8")?;
-        self.one_hots(k, plan, labels, spec, bufs)?;
-        let s = &self.stream;
-        let (c, n) = (spec.num_classes() as u64, out.len() as u64);
+        let [y1, y2] = y;
+        let (y1, _a) = y1.device_ptr_mut(s);
+        let (y2, _b) = y2.device_ptr_mut(s);
         let (op, _o) = out.device_ptr_mut(s);
-        let (y1, _a) = bufs.y1.device_ptr(s);
-        let (y2, _b) = bufs.y2.device_ptr(s);
-        let (pp, _p) = plan.buf.device_ptr(s);
-        // SAFETY: as above.
+        // SAFETY: argument lists match benches/gpu/naive.cu; `y1`, `y2` and `out` hold B·C
+        // elements.
         unsafe {
-            s.launch_builder(blend)
-                .arg(&y1)
-                .arg(&y2)
-                .arg(&op)
-                .arg(&pp)
-                .arg(&c)
-                .arg(&n)
-                .launch(elementwise(n))?;
+            for (yp, partner) in [(y1, 0u32), (y2, 1u32)] {
+                launch!(s, k.one_hot, elementwise(n); yp, lp, pp, c, n, off, on, partner)?;
+            }
+            launch!(s, blend, elementwise(n); y1, y2, op, pp, c, n)?;
         }
         Ok(())
     }
@@ -324,62 +278,30 @@ impl Naive {
         grad: &mut CudaSlice<T>,
     ) -> Res<()> {
         let [_, log_softmax, gradk] = k.float.ok_or("no naive CE for u8")?;
-        let [blend, _, _] = k32.float.ok_or("no f32 blend")?;
         let (b, c) = (plan.batch as u64, spec.num_classes() as u64);
         let n = b * c;
-        self.one_hots(k, plan, labels, spec.targets(), bufs)?;
+        // The targets in f32 (`k32`'s blend), whatever the logits' dtype.
+        self.soft_targets(k32, plan, labels, spec.targets(), &mut bufs.y, &mut bufs.t)?;
         let s = &self.stream;
         let (lp, _l) = logits.device_ptr(s);
         let (gp, _g) = grad.device_ptr_mut(s);
         let (lossp, _ls) = loss.device_ptr_mut(s);
-        let (y1, _a) = bufs.y1.device_ptr(s);
-        let (y2, _b) = bufs.y2.device_ptr(s);
         let (tp, _t) = bufs.t.device_ptr_mut(s);
         let (logp, _p) = bufs.logp.device_ptr_mut(s);
         let (losses, _r) = bufs.losses.device_ptr_mut(s);
-        let (pp, _q) = plan.buf.device_ptr(s);
         let mean = u32::from(spec.reduction() == Reduction::Mean);
         let scale = if mean == 1 { 1.0 / b as f32 } else { 1.0f32 };
+        let one_block = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
         // SAFETY: argument lists match benches/gpu/naive.cu; buffers hold B·C (or B) elements.
         unsafe {
-            s.launch_builder(blend)
-                .arg(&y1)
-                .arg(&y2)
-                .arg(&tp)
-                .arg(&pp)
-                .arg(&c)
-                .arg(&n)
-                .launch(elementwise(n))?;
-            s.launch_builder(log_softmax)
-                .arg(&lp)
-                .arg(&logp)
-                .arg(&c)
-                .arg(&b)
-                .launch(per_row(b))?;
-            s.launch_builder(k.row_loss)
-                .arg(&logp)
-                .arg(&tp)
-                .arg(&losses)
-                .arg(&c)
-                .arg(&b)
-                .launch(per_row(b))?;
-            s.launch_builder(k.reduce)
-                .arg(&losses)
-                .arg(&lossp)
-                .arg(&b)
-                .arg(&mean)
-                .launch(LaunchConfig {
-                    grid_dim: (1, 1, 1),
-                    block_dim: (1024, 1, 1),
-                    shared_mem_bytes: 0,
-                })?;
-            s.launch_builder(gradk)
-                .arg(&logp)
-                .arg(&tp)
-                .arg(&gp)
-                .arg(&scale)
-                .arg(&n)
-                .launch(elementwise(n))?;
+            launch!(s, log_softmax, per_row(b); lp, logp, c, b)?;
+            launch!(s, k.row_loss, per_row(b); logp, tp, losses, c, b)?;
+            launch!(s, k.reduce, one_block; losses, lossp, b, mean)?;
+            launch!(s, gradk, elementwise(n); logp, tp, gp, scale, n)?;
         }
         Ok(())
     }
