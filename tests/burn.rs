@@ -9,14 +9,22 @@ use burn::module::Module;
 use burn::nn::LinearConfig;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use common::{Tol, assert_close};
+use common::{Tol, assert_close, image, mixed_plan, pseudo_random};
 use mixup_kernels::burn::{
     mix_images, mix_rows, mixup_binary_cross_entropy, mixup_cross_entropy, soft_targets,
 };
 use mixup_kernels::{
-    BceSpec, CeSpec, GradOutput, ImageSize, MemoryFormat, MixConfig, MixError, MixPlan, Mode,
-    Reduction, SampleShape, Sampler, TargetSpec, cpu, reference,
+    BceSpec, CeSpec, GradOutput, MemoryFormat, MixConfig, MixError, MixPlan, Reduction,
+    SampleShape, Sampler, TargetSpec, cpu, reference,
 };
+
+/// Step 0 of timm's sampler for `c` classes (seed `seed`), a batch of `b`.
+fn timm_plan(c: usize, seed: u64, b: usize) -> MixPlan {
+    Sampler::new(MixConfig::timm(c), seed)
+        .unwrap()
+        .plan(0, b)
+        .unwrap()
+}
 
 fn device() -> Device {
     Device::flex()
@@ -28,19 +36,6 @@ fn host_f64<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
 
 fn host_f32<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
     t.to_data().iter::<f32>().collect()
-}
-
-/// A deterministic pseudo-random vector (no dependence on burn's generator).
-fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
-        })
-        .collect()
 }
 
 /// Tolerances for a value computed in f32 and rounded once to `dtype`.
@@ -182,16 +177,7 @@ fn linear_model_trains_with_burn_sgd() {
     let labels_t = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [b]), &dev);
     let mut losses = Vec::new();
     for step in 0..20u64 {
-        let plan = sampler
-            .plan_images(
-                step % 2,
-                b,
-                ImageSize {
-                    height: side,
-                    width: side,
-                },
-            )
-            .unwrap();
+        let plan = sampler.plan_images(step % 2, b, image(side, side)).unwrap();
         let x = mix_images(&plan, MemoryFormat::ChannelsFirst, images.clone())
             .unwrap()
             .flatten::<2>(1, 3);
@@ -228,10 +214,7 @@ fn linear_model_trains_with_burn_sgd() {
 #[test]
 fn evaluation_without_autodiff_gives_the_same_loss() {
     let (b, c) = (6, 9);
-    let plan = Sampler::new(MixConfig::timm(c), 1)
-        .unwrap()
-        .plan(0, b)
-        .unwrap();
+    let plan = timm_plan(c, 1, b);
     let spec = CeSpec::new(c, 0.1, Reduction::None).unwrap();
     let data = TensorData::new(pseudo_random(b * c, 2, 3.0), [b, c]);
     let labels = TensorData::new(vec![0i64, 8, 3, 3, 1, 5], [b]);
@@ -257,30 +240,19 @@ fn evaluation_without_autodiff_gives_the_same_loss() {
     assert_close("losses", &got, &r.losses, Tol::new(1e-5, 1e-5));
 }
 
-fn mixed_plan(b: usize, h: usize, w: usize, seed: u64) -> MixPlan {
-    let cfg = MixConfig {
-        mixup_alpha: 1.0,
-        cutmix_alpha: 1.0,
-        switch_prob: 0.5,
-        mode: Mode::Elem,
-        ..MixConfig::timm(10)
-    };
-    let sampler = Sampler::new(cfg, seed).unwrap();
-    (0..64)
-        .map(|step| {
-            sampler
-                .plan_images(
-                    step,
-                    b,
-                    ImageSize {
-                        height: h,
-                        width: w,
-                    },
-                )
-                .unwrap()
-        })
-        .find(|p| p.has_cutmix() && p.samples().any(|s| s.cut.is_none() && s.lam < 1.0))
-        .expect("a plan with both MixUp and CutMix samples")
+/// Asserts that `y` holds the CPU path's mix of `before` (stored as `T`), bit for bit.
+fn assert_cpu_mix<T>(
+    what: &str,
+    (plan, shape): (&MixPlan, &SampleShape),
+    before: &TensorData,
+    y: &Tensor<4>,
+) where
+    T: mixup_kernels::Element + burn::tensor::Element + std::fmt::Debug + PartialEq,
+{
+    let xs = before.try_to_vec::<T>().unwrap();
+    let mut want = vec![T::from_f32(0.0); xs.len()];
+    cpu::mix(plan, shape, &xs, &mut want).unwrap();
+    assert_eq!(y.to_data().try_to_vec::<T>().unwrap(), want, "{what}");
 }
 
 /// `mix_images` gives the CPU path's bits, in both layouts and every float dtype, on the plain
@@ -322,25 +294,9 @@ fn mix_images_matches_the_cpu_path() {
                         assert_eq!(y.to_data().try_to_vec::<f32>().unwrap(), want, "{what}");
                     }
                     DType::F16 => {
-                        let xs = before.try_to_vec::<mixup_kernels::f16>().unwrap();
-                        let mut want = vec![mixup_kernels::f16::ZERO; xs.len()];
-                        cpu::mix(plan, &shape, &xs, &mut want).unwrap();
-                        assert_eq!(
-                            y.to_data().try_to_vec::<mixup_kernels::f16>().unwrap(),
-                            want,
-                            "{what}"
-                        );
+                        assert_cpu_mix::<mixup_kernels::f16>(&what, (plan, &shape), &before, &y)
                     }
-                    _ => {
-                        let xs = before.try_to_vec::<mixup_kernels::bf16>().unwrap();
-                        let mut want = vec![mixup_kernels::bf16::ZERO; xs.len()];
-                        cpu::mix(plan, &shape, &xs, &mut want).unwrap();
-                        assert_eq!(
-                            y.to_data().try_to_vec::<mixup_kernels::bf16>().unwrap(),
-                            want,
-                            "{what}"
-                        );
-                    }
+                    _ => assert_cpu_mix::<mixup_kernels::bf16>(&what, (plan, &shape), &before, &y),
                 }
                 assert_eq!(x.to_data(), before, "{what}: the input changed");
                 // ... and the f64 reference agrees.
@@ -471,10 +427,7 @@ fn bad_inputs_give_errors_not_panics() {
     let e = expect_err(mixup_cross_entropy(&plan, &spec, f64_logits, ok()), "dtype");
     assert!(e.to_string().contains("F64"), "{e}");
     // A spec other than the plan's.
-    let drawn = Sampler::new(MixConfig::timm(c), 0)
-        .unwrap()
-        .plan(0, b)
-        .unwrap();
+    let drawn = timm_plan(c, 0, b);
     let other = CeSpec::new(c, 0.3, Reduction::Mean).unwrap();
     expect_err(mixup_cross_entropy(&drawn, &other, logits(), ok()), "spec");
     // Images: a plan for another image size, with the memory-format hint.
@@ -529,10 +482,7 @@ fn per_call_cost() {
         t.elapsed().as_secs_f64() / 20.0 * 1e6
     };
     let (b, c) = (256, 1000);
-    let plan = Sampler::new(MixConfig::timm(c), 0)
-        .unwrap()
-        .plan(0, b)
-        .unwrap();
+    let plan = timm_plan(c, 0, b);
     let spec = MixConfig::timm(c).ce_spec(Reduction::Mean).unwrap();
     let z = pseudo_random(b * c, 3, 4.0);
     let labels: Vec<u32> = (0..b as u32).map(|i| i % c as u32).collect();
@@ -564,10 +514,7 @@ fn per_call_cost() {
     );
     let (ch, side) = (3, 224);
     let n = 64 * ch * side * side;
-    let plan = Sampler::new(MixConfig::timm(c), 0)
-        .unwrap()
-        .plan(0, 64)
-        .unwrap();
+    let plan = timm_plan(c, 0, 64);
     let shape = SampleShape::channels_first(ch, side, side);
     let x = pseudo_random(n, 5, 1.0);
     let mut out = vec![0f32; n];
@@ -705,10 +652,7 @@ fn per_call_cost_cuda() {
         return;
     }
     let (b, c) = (256, 1000);
-    let plan = Sampler::new(MixConfig::timm(c), 0)
-        .unwrap()
-        .plan(0, b)
-        .unwrap();
+    let plan = timm_plan(c, 0, b);
     let spec = MixConfig::timm(c).ce_spec(Reduction::Mean).unwrap();
     let z = TensorData::new(pseudo_random(b * c, 3, 4.0), [b, c]);
     let li = TensorData::new((0..b as i64).map(|i| i % c as i64).collect::<Vec<_>>(), [b]);

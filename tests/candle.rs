@@ -6,12 +6,11 @@
 mod common;
 
 use candle_core::{DType, Device, Error, Tensor, Var};
-use common::{Tol, assert_close};
-use mixup_kernels::ImageSize;
+use common::{Tol, assert_close, image, mixed_plan, pseudo_random};
 use mixup_kernels::candle::{mix_images, mix_rows, mixup_cross_entropy, soft_targets};
 use mixup_kernels::{
-    CeSpec, GradOutput, MemoryFormat, MixConfig, MixError, MixPlan, Mode, Reduction, Sampler,
-    TargetSpec, reference,
+    CeSpec, GradOutput, MemoryFormat, MixConfig, MixError, MixPlan, Reduction, Sampler, TargetSpec,
+    reference,
 };
 
 fn host_f64(t: &Tensor) -> Vec<f64> {
@@ -41,19 +40,6 @@ fn tol(dtype: DType) -> (f64, f64) {
         DType::BF16 => (1e-6, 1.2e-2), // 2^-8 relative, plus slack
         _ => unreachable!(),
     }
-}
-
-/// A deterministic pseudo-random tensor (no dependence on candle's generator).
-fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
-        })
-        .collect()
 }
 
 /// Root of a candle error, past the backtrace and context wrappers.
@@ -249,34 +235,6 @@ fn evaluation_without_gradient_tracking_gives_the_same_loss() {
     );
 }
 
-/// An elem-mode plan with both MixUp and CutMix samples, so both code paths run in one call.
-fn mixed_plan(b: usize, h: usize, w: usize, seed: u64) -> MixPlan {
-    let cfg = MixConfig {
-        mixup_alpha: 1.0,
-        cutmix_alpha: 1.0,
-        switch_prob: 0.5,
-        mode: Mode::Elem,
-        ..MixConfig::timm(10)
-    };
-    let sampler = Sampler::new(cfg, seed).unwrap();
-    // Draw until the plan holds both kinds (the draw is deterministic, so this is too).
-    (0..64)
-        .map(|step| {
-            sampler
-                .plan_images(
-                    step,
-                    b,
-                    ImageSize {
-                        height: h,
-                        width: w,
-                    },
-                )
-                .unwrap()
-        })
-        .find(|p| p.has_cutmix() && p.samples().any(|s| s.cut.is_none() && s.lam < 1.0))
-        .expect("a plan with both MixUp and CutMix samples")
-}
-
 #[test]
 fn mix_images_matches_reference_both_layouts_all_dtypes() {
     let dev = Device::Cpu;
@@ -386,6 +344,13 @@ fn expect_err<T: std::fmt::Debug>(r: candle_core::Result<T>, what: &str) -> Erro
 
 #[test]
 fn bad_inputs_give_candle_errors() {
+    // `$result` must fail with the candle error `$err` (behind any backtrace or context).
+    macro_rules! fails_with {
+        ($result:expr, $what:expr, $err:pat) => {
+            let e = expect_err($result, $what);
+            assert!(matches!(root(&e), $err), "{}: {e}", $what);
+        };
+    }
     let dev = Device::Cpu;
     let plan = MixPlan::from_parts(&[1, 0], &[0.6, 0.6]).unwrap();
     let logits = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
@@ -393,76 +358,55 @@ fn bad_inputs_give_candle_errors() {
     let spec = CeSpec::new(3, 0.0, Reduction::Mean).unwrap();
 
     // Rank.
-    let e = expect_err(
+    fails_with!(
         mixup_cross_entropy(&plan, &spec, &logits.flatten_all().unwrap(), &labels),
         "rank-1 logits",
-    );
-    assert!(matches!(
-        root(&e),
         Error::UnexpectedNumberOfDims {
             expected: 2,
             got: 1,
             ..
         }
-    ));
-    let e = expect_err(
+    );
+    fails_with!(
         mixup_cross_entropy(&plan, &spec, &logits, &labels.reshape((2, 1)).unwrap()),
         "rank-2 labels",
-    );
-    assert!(matches!(
-        root(&e),
         Error::UnexpectedNumberOfDims {
             expected: 1,
             got: 2,
             ..
         }
-    ));
-    let e = expect_err(
+    );
+    fails_with!(
         mix_images(&plan, MemoryFormat::ChannelsFirst, &logits),
         "rank-2 images",
-    );
-    assert!(matches!(
-        root(&e),
         Error::UnexpectedNumberOfDims { expected: 4, .. }
-    ));
+    );
 
     // Dtypes.
-    let e = expect_err(
+    fails_with!(
         mixup_cross_entropy(&plan, &spec, &logits.to_dtype(DType::F64).unwrap(), &labels),
         "f64 logits",
-    );
-    assert!(matches!(
-        root(&e),
         Error::UnsupportedDTypeForOp(DType::F64, _)
-    ));
-    let e = expect_err(
+    );
+    fails_with!(
         mixup_cross_entropy(&plan, &spec, &logits, &labels.to_dtype(DType::F32).unwrap()),
         "f32 labels",
-    );
-    assert!(matches!(
-        root(&e),
         Error::UnsupportedDTypeForOp(DType::F32, _)
-    ));
-    let e = expect_err(
+    );
+    fails_with!(
         soft_targets(&plan, spec.targets(), &labels, DType::U8),
         "u8 soft targets",
-    );
-    assert!(matches!(
-        root(&e),
         Error::UnsupportedDTypeForOp(DType::U8, _)
-    ));
+    );
     let img64 = Tensor::zeros((2, 1, 2, 2), DType::F64, &dev).unwrap();
-    let e = expect_err(
+    fails_with!(
         mix_images(&plan, MemoryFormat::ChannelsFirst, &img64),
         "f64 images",
-    );
-    assert!(matches!(
-        root(&e),
         Error::UnsupportedDTypeForOp(DType::F64, _)
-    ));
+    );
 
     // Class count.
-    let e = expect_err(
+    fails_with!(
         mixup_cross_entropy(
             &plan,
             &CeSpec::new(4, 0.0, Reduction::Mean).unwrap(),
@@ -470,8 +414,8 @@ fn bad_inputs_give_candle_errors() {
             &labels,
         ),
         "C = 4 for 3 logits",
+        Error::UnexpectedShape { .. }
     );
-    assert!(matches!(root(&e), Error::UnexpectedShape { .. }), "{e}");
 
     // Plan for another batch (logits, labels, images).
     let plan3 = MixPlan::identity(3).unwrap();
@@ -835,16 +779,7 @@ fn error_messages_name_the_argument_and_the_fix() {
         x0: 0,
         x1: 2,
     };
-    let cut = MixPlan::with_boxes(
-        &[1, 0],
-        &[0.75, 1.0],
-        &[Some(b), None],
-        ImageSize {
-            height: 4,
-            width: 4,
-        },
-    )
-    .unwrap();
+    let cut = MixPlan::with_boxes(&[1, 0], &[0.75, 1.0], &[Some(b), None], image(4, 4)).unwrap();
     let nhwc = Tensor::zeros((2, 4, 4, 3), DType::F32, &dev).unwrap();
     let m = msg(mix_images(&cut, MemoryFormat::ChannelsFirst, &nhwc));
     assert!(

@@ -36,19 +36,6 @@ fn expected<T: Element>(plan: &MixPlan, layout: &SampleShape, x: &[T]) -> Vec<T>
     out
 }
 
-fn layouts() -> Vec<SampleShape> {
-    vec![
-        SampleShape::rows(1),
-        SampleShape::rows(3),
-        SampleShape::rows(63),
-        SampleShape::rows(4097),
-        SampleShape::channels_first(3, 5, 7),
-        SampleShape::channels_last(5, 7, 3),
-        SampleShape::channels_first(3, 32, 32),
-        SampleShape::channels_last(17, 9, 4),
-    ]
-}
-
 fn plans(seed: u64, batch: usize, layout: &SampleShape) -> Vec<(&'static str, MixPlan)> {
     let mut r = rng(seed);
     let lam = lams(&mut r, batch);
@@ -78,7 +65,7 @@ fn plans(seed: u64, batch: usize, layout: &SampleShape) -> Vec<(&'static str, Mi
 fn check_dtype<T: Element + cudarc_repr::Repr>(m: &CudaMixer, seed: u64) {
     let mut dplan = DevicePlan::new(m);
     let mut r = rng(seed);
-    for layout in layouts() {
+    for layout in mix_layouts() {
         for batch in [1usize, 2, 5, 8] {
             let row = layout.sample_len().unwrap();
             let x: Vec<T> = random(&mut r, batch * row);
@@ -171,32 +158,11 @@ fn check_dtype<T: Element + cudarc_repr::Repr>(m: &CudaMixer, seed: u64) {
     }
 }
 
-#[test]
-fn mix_f32() {
-    if let Some(m) = mixer("mix_f32") {
-        check_dtype::<f32>(&m, 1);
-    }
-}
-
-#[test]
-fn mix_f16() {
-    if let Some(m) = mixer("mix_f16") {
-        check_dtype::<f16>(&m, 2);
-    }
-}
-
-#[test]
-fn mix_bf16() {
-    if let Some(m) = mixer("mix_bf16") {
-        check_dtype::<bf16>(&m, 3);
-    }
-}
-
-#[test]
-fn mix_u8() {
-    if let Some(m) = mixer("mix_u8") {
-        check_dtype::<u8>(&m, 4);
-    }
+gpu_dtype_tests! { check_dtype:
+    mix_f32 => f32, 1;
+    mix_f16 => f16, 2;
+    mix_bf16 => bf16, 3;
+    mix_u8 => u8, 4;
 }
 
 #[test]
@@ -240,49 +206,31 @@ fn bad_arguments_are_rejected_before_launch() {
     let plan = MixPlan::from_parts(&[1, 0], &[0.5, 0.5]).unwrap();
     let x = m.stream().clone_htod(&[1.0f32; 10]).unwrap();
     let mut out = m.stream().alloc_zeros::<f32>(10).unwrap();
+    // A mix of `x` in rows of `$row` into the first `$len` of `out` that must be refused with
+    // `Err($err)`.
+    macro_rules! refused {
+        ($plan:expr, $row:expr, $len:expr, $err:pat) => {
+            let r = m.mix(
+                $plan,
+                &SampleShape::rows($row),
+                &x.as_view(),
+                &mut out.slice_mut(0..$len),
+            );
+            assert!(matches!(r, Err($err)), "{r:?}");
+        };
+    }
+    use MixError::{InvalidArgument, LengthMismatch};
     // Nothing uploaded yet.
-    assert!(matches!(
-        m.mix(
-            &dplan,
-            &SampleShape::rows(5),
-            &x.as_view(),
-            &mut out.as_view_mut()
-        ),
-        Err(MixError::InvalidArgument { what: "plan", .. })
-    ));
+    refused!(&dplan, 5, 10, InvalidArgument { what: "plan", .. });
     dplan.upload(&plan).unwrap();
-    assert!(matches!(
-        m.mix(
-            &dplan,
-            &SampleShape::rows(4),
-            &x.as_view(),
-            &mut out.as_view_mut()
-        ),
-        Err(MixError::LengthMismatch { what: "x", .. })
-    ));
-    assert!(matches!(
-        m.mix(
-            &dplan,
-            &SampleShape::rows(5),
-            &x.as_view(),
-            &mut out.slice_mut(0..9)
-        ),
-        Err(MixError::LengthMismatch { what: "out", .. })
-    ));
+    refused!(&dplan, 4, 10, LengthMismatch { what: "x", .. });
+    refused!(&dplan, 5, 9, LengthMismatch { what: "out", .. });
     assert_eq!(m.stream().clone_dtoh(&out).unwrap(), vec![0.0; 10]);
     // A plan from another mixer's stream is refused.
     let other = CudaMixer::from_stream(m.stream().context().new_stream().unwrap()).unwrap();
     let mut foreign = DevicePlan::new(&other);
     foreign.upload(&plan).unwrap();
-    assert!(matches!(
-        m.mix(
-            &foreign,
-            &SampleShape::rows(5),
-            &x.as_view(),
-            &mut out.as_view_mut()
-        ),
-        Err(MixError::InvalidArgument { what: "plan", .. })
-    ));
+    refused!(&foreign, 5, 10, InvalidArgument { what: "plan", .. });
 }
 
 #[test]

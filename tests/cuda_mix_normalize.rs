@@ -11,42 +11,11 @@ mod cuda_common;
 
 use cuda_common::*;
 use mixup_kernels::cuda::cudarc::driver::{DevicePtr, DevicePtrMut};
-use mixup_kernels::cuda::{CudaMixer, DeviceNormalize, DevicePlan};
+use mixup_kernels::cuda::{CudaMixer, CudaSlice, DeviceNormalize, DevicePlan};
 use mixup_kernels::{
-    CutBox, Element, FloatElement, ImageSize, MemoryFormat, MixError, MixPlan, Normalize,
-    SampleShape, ScalarType, bf16, cpu, f16, reference,
+    CutBox, Element, FloatElement, MemoryFormat, MixError, MixPlan, Normalize, SampleShape,
+    ScalarType, bf16, cpu, f16, reference,
 };
-
-const FORMATS: [MemoryFormat; 2] = [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast];
-
-fn layout(format: MemoryFormat, c: usize, h: usize, w: usize) -> SampleShape {
-    match format {
-        MemoryFormat::ChannelsFirst => SampleShape::channels_first(c, h, w),
-        MemoryFormat::ChannelsLast => SampleShape::channels_last(h, w, c),
-    }
-}
-
-fn norm_for(c: usize, scale: f64) -> Normalize {
-    if c == 3 {
-        return Normalize::new(&Normalize::IMAGENET_MEAN, &Normalize::IMAGENET_STD, scale).unwrap();
-    }
-    let mean: Vec<f64> = (0..c).map(|k| 0.1307 + 0.01 * (k % 50) as f64).collect();
-    let std: Vec<f64> = (0..c).map(|k| 0.3081 - 0.002 * (k % 100) as f64).collect();
-    Normalize::new(&mean, &std, scale).unwrap()
-}
-
-/// tests/mix_normalize.rs's bound: the f32 lerp, subtraction and division over the std, then
-/// half an ulp of `O`.
-fn tol<O: Element>(norm: &Normalize, max_in: f64) -> Tol {
-    let u = 2f64.powi(-24);
-    let worst = (0..norm.channels())
-        .map(|c| {
-            let (m, s) = (f64::from(norm.mean()[c]), f64::from(norm.std()[c]));
-            (6.0 * u * (max_in + m.abs())) / s
-        })
-        .fold(0.0, f64::max);
-    Tol::new(worst, 2.0 * u).stored_as::<O>()
-}
 
 /// Identity, pairs (an odd batch leaves a sample with itself), a permutation (cycles), timm's
 /// flip, CutMix with random boxes on pairs and on a permutation, and pairs with boxes at the
@@ -58,38 +27,15 @@ fn plans(r: &mut TestRng, batch: usize, h: usize, w: usize) -> Vec<(String, MixP
     let flip: Vec<usize> = (0..batch).rev().collect();
     let (hh, ww) = (h as u32, w as u32);
     let edges = [
-        CutBox {
-            y0: 0,
-            y1: hh,
-            x0: 0,
-            x1: ww,
-        },
-        CutBox {
-            y0: hh - 1,
-            y1: hh,
-            x0: ww - 1,
-            x1: ww,
-        },
-        CutBox {
-            y0: 0,
-            y1: hh,
-            x0: 0,
-            x1: 1,
-        },
-        CutBox {
-            y0: hh - 1,
-            y1: hh,
-            x0: 0,
-            x1: ww,
-        },
-        CutBox {
-            y0: 0,
-            y1: 0,
-            x0: 0,
-            x1: ww,
-        },
+        cut(0..hh, 0..ww),
+        cut(hh - 1..hh, ww - 1..ww),
+        cut(0..hh, 0..1),
+        cut(hh - 1..hh, 0..ww),
+        cut(0..0, 0..ww),
     ];
     let boxes: Vec<Option<CutBox>> = (0..batch).map(|i| Some(edges[i % edges.len()])).collect();
+    let size = image(h, w);
+    let edge_boxes = |partner: &[usize]| MixPlan::with_boxes(partner, &lam, &boxes, size).unwrap();
     vec![
         ("identity".into(), MixPlan::identity(batch).unwrap()),
         ("pairs".into(), MixPlan::from_parts(&prs, &lam).unwrap()),
@@ -100,32 +46,8 @@ fn plans(r: &mut TestRng, batch: usize, h: usize, w: usize) -> Vec<(String, MixP
         ("flip".into(), MixPlan::from_parts(&flip, &lam).unwrap()),
         ("cutmix pairs".into(), cutmix_plan(r, &prs, h, w)),
         ("cutmix permutation".into(), cutmix_plan(r, &perm, h, w)),
-        (
-            "edge boxes, flip".into(),
-            MixPlan::with_boxes(
-                &flip,
-                &lam,
-                &boxes,
-                ImageSize {
-                    height: h,
-                    width: w,
-                },
-            )
-            .unwrap(),
-        ),
-        (
-            "edge boxes, permutation".into(),
-            MixPlan::with_boxes(
-                &perm,
-                &lam,
-                &boxes,
-                ImageSize {
-                    height: h,
-                    width: w,
-                },
-            )
-            .unwrap(),
-        ),
+        ("edge boxes, flip".into(), edge_boxes(&flip)),
+        ("edge boxes, permutation".into(), edge_boxes(&perm)),
     ]
 }
 
@@ -147,16 +69,9 @@ fn check<I: Element + cudarc_repr::Repr, O: FloatElement + cudarc_repr::Repr>(
 ) {
     let mut r = rng(seed);
     let mut dplan = DevicePlan::new(m);
-    let shapes = [
-        (3, 5, 7),
-        (1, 1, 1),
-        (4, 3, 2),
-        (1, 13, 17),
-        (3, 40, 40),
-        (4, 33, 35),
-        (4097, 1, 2),
-    ];
-    for (c, h, w) in shapes {
+    // Also samples over several tiles and more channels than a tile holds.
+    let more = [(3, 40, 40), (4, 33, 35), (4097, 1, 2)];
+    for (c, h, w) in SMALL_IMAGES.into_iter().chain(more) {
         let (_, scale, max_in) = input::<I>(&mut r, 0);
         let norm = norm_for(c, scale).with_u8_rounding(rint);
         let dnorm = DeviceNormalize::new(m, norm.clone()).unwrap();
@@ -207,12 +122,61 @@ fn check<I: Element + cudarc_repr::Repr, O: FloatElement + cudarc_repr::Repr>(
                             );
                         }
                         let refv = reference::mix_normalize(plan, &shape, &norm, &x, fout).unwrap();
-                        assert_close(&what, &widen(got), &refv, tol::<O>(&norm, max_in));
+                        assert_close(&what, &widen(got), &refv, norm_tol::<O>(&norm, max_in));
                     }
                 }
             }
         }
     }
+}
+
+/// `check::<$input, O>` for each output type O (f32, f16, bf16), with seeds from `$seed` up.
+macro_rules! to_every_float_type {
+    ($m:expr, $input:ty, $rint:expr, $seed:expr) => {
+        check::<$input, f32>($m, $rint, $seed);
+        check::<$input, f16>($m, $rint, $seed + 1);
+        check::<$input, bf16>($m, $rint, $seed + 2);
+    };
+}
+
+/// Asserts that `got` holds the CPU path's bits: `cpu::mix_normalize` of the pixels `x` under
+/// `plan`, `shape` and `norm`, written in `fout`.
+fn assert_cpu_bits<O: FloatElement>(
+    what: &str,
+    got: &[O],
+    (plan, shape, norm): (&MixPlan, &SampleShape, &Normalize),
+    x: &[u8],
+    fout: MemoryFormat,
+) {
+    let mut want = vec![O::default(); x.len()];
+    cpu::mix_normalize(plan, shape, norm, x, fout, &mut want).unwrap();
+    assert!(
+        got.iter().zip(&want).all(|(g, w)| bits(*g) == bits(*w)),
+        "{what}: differs from the CPU path"
+    );
+}
+
+/// Mixes and normalizes `xs` (the device copy of the pixels `x`) into a fresh f32 output in
+/// `fout`; asserts it is the CPU path's, bit for bit.
+fn f32_matches_cpu(
+    (m, dplan, dnorm): (&CudaMixer, &DevicePlan, &DeviceNormalize),
+    what: &str,
+    host: (&MixPlan, &SampleShape, &Normalize),
+    (x, xs): (&[u8], &CudaSlice<u8>),
+    fout: MemoryFormat,
+) {
+    let mut out = m.stream().alloc_zeros::<f32>(x.len()).unwrap();
+    let shape = host.1;
+    m.mix_normalize(
+        dplan,
+        shape,
+        dnorm,
+        &xs.as_view(),
+        fout,
+        &mut out.as_view_mut(),
+    )
+    .unwrap();
+    assert_cpu_bits(what, &download(m, &out), host, x, fout);
 }
 
 #[test]
@@ -221,9 +185,7 @@ fn u8_to_every_float_type() {
         return;
     };
     for rint in [false, true] {
-        check::<u8, f32>(&m, rint, 1);
-        check::<u8, f16>(&m, rint, 2);
-        check::<u8, bf16>(&m, rint, 3);
+        to_every_float_type!(&m, u8, rint, 1);
     }
 }
 
@@ -232,15 +194,9 @@ fn float_inputs_to_every_float_type() {
     let Some(m) = mixer("float_inputs_to_every_float_type") else {
         return;
     };
-    check::<f32, f32>(&m, false, 4);
-    check::<f32, f16>(&m, false, 5);
-    check::<f32, bf16>(&m, false, 6);
-    check::<f16, f32>(&m, false, 7);
-    check::<f16, f16>(&m, false, 8);
-    check::<f16, bf16>(&m, false, 9);
-    check::<bf16, f32>(&m, false, 10);
-    check::<bf16, f16>(&m, false, 11);
-    check::<bf16, bf16>(&m, false, 12);
+    to_every_float_type!(&m, f32, false, 4);
+    to_every_float_type!(&m, f16, false, 7);
+    to_every_float_type!(&m, bf16, false, 10);
 }
 
 /// 32 ImageNet-sized u8 images, channels-last to channels-first f32 (timm's rounding) and
@@ -261,26 +217,10 @@ fn imagenet_sized_batch() {
     let norm = Normalize::imagenet_u8().with_u8_rounding(true);
     let dnorm = DeviceNormalize::new(&m, norm.clone()).unwrap();
     let xs = m.stream().clone_htod(&x).unwrap();
-    let mut o32 = m.stream().alloc_zeros::<f32>(x.len()).unwrap();
+    let host = (&plan, &shape, &norm);
     let first = MemoryFormat::ChannelsFirst;
-    m.mix_normalize(
-        &dplan,
-        &shape,
-        &dnorm,
-        &xs.as_view(),
-        first,
-        &mut o32.as_view_mut(),
-    )
-    .unwrap();
-    let mut want = vec![0f32; x.len()];
-    cpu::mix_normalize(&plan, &shape, &norm, &x, first, &mut want).unwrap();
-    let got = download(&m, &o32);
-    assert!(
-        got.iter()
-            .zip(&want)
-            .all(|(g, w)| g.to_bits() == w.to_bits()),
-        "f32 channels-first differs from the CPU path"
-    );
+    let what = "f32 channels-first";
+    f32_matches_cpu((&m, &dplan, &dnorm), what, host, (&x, &xs), first);
     let mut o16 = m.stream().alloc_zeros::<bf16>(x.len()).unwrap();
     let last = MemoryFormat::ChannelsLast;
     {
@@ -302,15 +242,7 @@ fn imagenet_sized_batch() {
         }
         .unwrap();
     }
-    let mut want = vec![bf16::ZERO; x.len()];
-    cpu::mix_normalize(&plan, &shape, &norm, &x, last, &mut want).unwrap();
-    let got = download(&m, &o16);
-    assert!(
-        got.iter()
-            .zip(&want)
-            .all(|(g, w)| g.to_bits() == w.to_bits()),
-        "bf16 channels-last differs from the CPU path"
-    );
+    assert_cpu_bits("bf16 channels-last", &download(&m, &o16), host, &x, last);
 }
 
 #[test]
@@ -445,27 +377,9 @@ fn sanitizer_sized() {
             ] {
                 let shape = layout(fin, c, h, w);
                 let xs = m.stream().clone_htod(&x).unwrap();
-                let mut os = m.stream().alloc_zeros::<f32>(x.len()).unwrap();
-                m.mix_normalize(
-                    &dplan,
-                    &shape,
-                    &dnorm,
-                    &xs.as_view(),
-                    fout,
-                    &mut os.as_view_mut(),
-                )
-                .unwrap();
-                let mut want = vec![0f32; x.len()];
-                cpu::mix_normalize(&plan, &shape, &norm, &x, fout, &mut want).unwrap();
-                let got = download(&m, &os);
-                assert!(
-                    got.iter()
-                        .zip(&want)
-                        .all(|(g, w)| g.to_bits() == w.to_bits()),
-                    "{c}x{h}x{w} {} -> {}: differs from the CPU path",
-                    fin.name(),
-                    fout.name()
-                );
+                let what = format!("{c}x{h}x{w} {} -> {}", fin.name(), fout.name());
+                let host = (&plan, &shape, &norm);
+                f32_matches_cpu((&m, &dplan, &dnorm), &what, host, (&x, &xs), fout);
             }
         }
     }

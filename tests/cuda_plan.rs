@@ -17,7 +17,7 @@ use mixup_kernels::cuda::cudarc::driver::sys::CUevent_flags;
 use mixup_kernels::cuda::cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 use mixup_kernels::cuda::cudarc::nvrtc::Ptx;
 use mixup_kernels::cuda::kernels::{ModuleSource, Target, compile, options};
-use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+use mixup_kernels::cuda::{CudaMixer, CudaSlice, DevicePlan};
 use mixup_kernels::{MixPlan, SampleShape, reference};
 
 /// How long the first kernel holds the stream: far longer than queuing the steps takes.
@@ -50,6 +50,19 @@ extern "C" __global__ void spin(unsigned long long ns) {
         .load_module(Ptx::from_binary(c.image))
         .unwrap();
     module.load_function("spin").unwrap()
+}
+
+/// Uploads `plan` into `dplan` and mixes `x` into `out` with it, without waiting for either.
+fn upload_and_mix(
+    m: &CudaMixer,
+    (dplan, plan): (&mut DevicePlan, &MixPlan),
+    layout: &SampleShape,
+    x: &CudaSlice<f32>,
+    out: &mut CudaSlice<f32>,
+) {
+    dplan.upload(plan).unwrap();
+    m.mix(dplan, layout, &x.as_view(), &mut out.as_view_mut())
+        .unwrap();
 }
 
 fn run_ahead(pinned: bool, test: &str) {
@@ -91,14 +104,7 @@ fn run_ahead(pinned: bool, test: &str) {
     // Compile the mix kernels now, so no compilation happens while the stream is held.
     plan.upload(&plans[0]).unwrap();
     for (k, p) in plans.iter().enumerate().take(2) {
-        plan.upload(p).unwrap();
-        m.mix(
-            &plan,
-            &layout,
-            &inputs[k].as_view(),
-            &mut outs[k].as_view_mut(),
-        )
-        .unwrap();
+        upload_and_mix(&m, (&mut plan, p), &layout, &inputs[k], &mut outs[k]);
     }
     s.synchronize().unwrap();
     for o in outs.iter_mut() {
@@ -121,14 +127,7 @@ fn run_ahead(pinned: bool, test: &str) {
     unsafe { s.launch_builder(&spin).arg(&ns).launch(cfg) }.unwrap();
     held.record(&s).unwrap();
     for (k, p) in plans.iter().enumerate() {
-        plan.upload(p).unwrap();
-        m.mix(
-            &plan,
-            &layout,
-            &inputs[k].as_view(),
-            &mut outs[k].as_view_mut(),
-        )
-        .unwrap();
+        upload_and_mix(&m, (&mut plan, p), &layout, &inputs[k], &mut outs[k]);
         if k == 0 {
             // Otherwise the device was never behind and this test proves nothing.
             assert!(

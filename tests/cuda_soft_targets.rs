@@ -79,25 +79,10 @@ fn check_dtype<T: FloatElement + cudarc_repr::Repr>(m: &CudaMixer, seed: u64) {
     }
 }
 
-#[test]
-fn soft_targets_f32() {
-    if let Some(m) = mixer("soft_targets_f32") {
-        check_dtype::<f32>(&m, 11);
-    }
-}
-
-#[test]
-fn soft_targets_f16() {
-    if let Some(m) = mixer("soft_targets_f16") {
-        check_dtype::<f16>(&m, 12);
-    }
-}
-
-#[test]
-fn soft_targets_bf16() {
-    if let Some(m) = mixer("soft_targets_bf16") {
-        check_dtype::<bf16>(&m, 13);
-    }
+gpu_dtype_tests! { check_dtype:
+    soft_targets_f32 => f32, 11;
+    soft_targets_f16 => f16, 12;
+    soft_targets_bf16 => bf16, 13;
 }
 
 #[test]

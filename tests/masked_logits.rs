@@ -81,6 +81,15 @@ fn check<T: FloatElement>(what: &str, plan: &MixPlan, spec: &CeSpec, z: &[T], la
     assert_same_bits(&format!("{what}: in-place grad"), &zg, &grad);
 }
 
+/// The reduced loss of `cpu::mixup_ce` on one sample of label 1 (grad_output 1), the gradient
+/// written to `g`.
+fn label_1_loss<T: FloatElement>(plan: &MixPlan, spec: &CeSpec, z: &[T], g: &mut [T]) -> f32 {
+    let up = GradOutput::Scalar(1.0);
+    cpu::mixup_ce(plan, spec, z, &[1u32], up, None, g)
+        .unwrap()
+        .unwrap()
+}
+
 /// The sets of masked classes tried on rows of `c` classes: never all of them.
 fn mask_sets(c: usize) -> Vec<(String, Vec<usize>)> {
     let mut sets: Vec<(String, Vec<usize>)> = Vec::new();
@@ -162,22 +171,21 @@ fn sweep<T: FloatElement>(widths: &[usize]) {
 
 const WIDTHS: [usize; 6] = [1, 15, 16, 17, 31, 1000];
 
-#[test]
-fn masked_classes_f32() {
-    sweep::<f32>(&WIDTHS);
-    sweep::<f32>(&[32_771, 100_000]);
+/// One test per element type: the widths of `WIDTHS`, then the wide rows `$wide`.
+macro_rules! masked_classes_tests {
+    ($($name:ident => $t:ty, $wide:expr;)+) => {$(
+        #[test]
+        fn $name() {
+            sweep::<$t>(&WIDTHS);
+            sweep::<$t>(&$wide);
+        }
+    )+};
 }
 
-#[test]
-fn masked_classes_f16() {
-    sweep::<f16>(&WIDTHS);
-    sweep::<f16>(&[32_771]);
-}
-
-#[test]
-fn masked_classes_bf16() {
-    sweep::<bf16>(&WIDTHS);
-    sweep::<bf16>(&[32_771, 100_000]);
+masked_classes_tests! {
+    masked_classes_f32 => f32, [32_771, 100_000];
+    masked_classes_f16 => f16, [32_771];
+    masked_classes_bf16 => bf16, [32_771, 100_000];
 }
 
 /// The case from the issue: C = 17, no smoothing, `z[0] = z[16] = min`, label 1: the loss is
@@ -198,17 +206,7 @@ fn two_minima_in_one_lane_give_ln_15() {
             .unwrap()
             .unwrap();
         let mut g = vec![T::from_f32(0.0); 17];
-        let full = cpu::mixup_ce(
-            &plan,
-            &spec,
-            &z,
-            &[1u32],
-            GradOutput::Scalar(1.0),
-            None,
-            &mut g,
-        )
-        .unwrap()
-        .unwrap();
+        let full = label_1_loss(&plan, &spec, &z, &mut g);
         let mut zg = z.clone();
         let inp = cpu::mixup_ce_in_place(
             &plan,
@@ -246,17 +244,7 @@ fn smoothing_infinities_and_nan() {
     let spec = CeSpec::new(5, 0.1, Reduction::Sum).unwrap();
     let mut g = [0.0f32; 5];
     let z = [0.0, 1.0, f32::NEG_INFINITY, 0.5, -1.0];
-    let l = cpu::mixup_ce(
-        &plan,
-        &spec,
-        &z,
-        &[1u32],
-        GradOutput::Scalar(1.0),
-        None,
-        &mut g,
-    )
-    .unwrap()
-    .unwrap();
+    let l = label_1_loss(&plan, &spec, &z, &mut g);
     assert_eq!(l, f32::INFINITY);
     assert!(g.iter().all(|v| v.is_finite()));
     assert_eq!(g[2], -0.02);

@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use mixup_kernels::{CutBox, Element, ImageSize, MixPlan, SampleShape, bf16, cpu, f16, reference};
+use mixup_kernels::{Element, MixPlan, SampleShape, bf16, cpu, f16, reference};
 
 /// The shared f32 semantics, written as plainly as possible with `Element`'s own conversions:
 /// `from_f32(lam * a + (1 - lam) * b)`, partner's value inside a CutMix box of an image layout,
@@ -160,27 +160,11 @@ fn long_rows_split_across_threads() {
         let mut rng = TestRng::new(5);
         let partner = random_pairs(batch, &mut rng);
         let boxes: Vec<_> = (0..batch)
-            .map(|i| {
-                Some(CutBox {
-                    y0: 3 + i as u32,
-                    y1: 100,
-                    x0: 1,
-                    x1: 110 - i as u32,
-                })
-            })
+            .map(|i| Some(cut(3 + i as u32..100, 1..110 - i as u32)))
             .collect();
         plans.push((
             "hand boxes".into(),
-            MixPlan::with_boxes(
-                &partner,
-                &vec![0.3; batch],
-                &boxes,
-                ImageSize {
-                    height: h,
-                    width: w,
-                },
-            )
-            .unwrap(),
+            MixPlan::with_boxes(&partner, &vec![0.3; batch], &boxes, image(h, w)).unwrap(),
         ));
         for (name, plan) in plans {
             for layout in [
@@ -224,22 +208,8 @@ fn u8_rounds_half_to_even() {
 /// A hand-computed CutMix on a 1-channel 3×4 image in both layouts, in and out of place.
 #[test]
 fn cutmix_pastes_the_partner_box() {
-    let b = CutBox {
-        y0: 1,
-        y1: 3,
-        x0: 2,
-        x1: 4,
-    };
-    let plan = MixPlan::with_boxes(
-        &[1, 0],
-        &[0.5, 0.75],
-        &[Some(b), None],
-        ImageSize {
-            height: 3,
-            width: 4,
-        },
-    )
-    .unwrap();
+    let b = cut(1..3, 2..4);
+    let plan = MixPlan::with_boxes(&[1, 0], &[0.5, 0.75], &[Some(b), None], image(3, 4)).unwrap();
     let x: Vec<f32> = (0..24).map(|v| v as f32).collect();
     let layout = SampleShape::channels_first(1, 3, 4);
     let mut out = vec![0.0f32; 24];

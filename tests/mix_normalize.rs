@@ -6,31 +6,18 @@
 
 mod common;
 
-use common::{Tol, assert_close, assert_same_bits, hand_plans, random_vec, sampler_plans, to_f64};
+use common::{
+    FORMATS, SMALL_IMAGES, assert_close, assert_same_bits, cut, hand_plans, image, layout,
+    norm_tol, norm_with_steps, random_vec, sampler_plans, to_f64,
+};
 use mixup_kernels::{
-    CutBox, Element, FloatElement, ImageSize, MemoryFormat, MixError, MixPlan, Normalize,
-    SampleShape, ScalarType, bf16, cpu, f16, reference,
+    CutBox, Element, FloatElement, MemoryFormat, MixError, MixPlan, Normalize, SampleShape,
+    ScalarType, bf16, cpu, f16, reference,
 };
 
-const FORMATS: [MemoryFormat; 2] = [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast];
-
-fn layout(format: MemoryFormat, c: usize, h: usize, w: usize) -> SampleShape {
-    match format {
-        MemoryFormat::ChannelsFirst => SampleShape::channels_first(c, h, w),
-        MemoryFormat::ChannelsLast => SampleShape::channels_last(h, w, c),
-    }
-}
-
-/// Constants for `c` channels in `[0, 1]` units, scaled to the input's (255 for u8).
+/// Constants for `c` (at most a few) channels, further apart than [`common::norm_for`]'s.
 fn norm_for(c: usize, scale: f64) -> Normalize {
-    match c {
-        3 => Normalize::new(&Normalize::IMAGENET_MEAN, &Normalize::IMAGENET_STD, scale).unwrap(),
-        _ => {
-            let mean: Vec<f64> = (0..c).map(|k| 0.1307 + 0.1 * k as f64).collect();
-            let std: Vec<f64> = (0..c).map(|k| 0.3081 - 0.05 * k as f64).collect();
-            Normalize::new(&mean, &std, scale).unwrap()
-        }
-    }
+    norm_with_steps(c, scale, (0.1, 0.05))
 }
 
 /// `[B, C, H, W]` ⇄ `[B, H, W, C]` of `b` samples.
@@ -54,34 +41,9 @@ fn permute<T: Copy>(v: &[T], from: MemoryFormat, c: usize, h: usize, w: usize) -
     out
 }
 
-/// The error bound of the f32 computation: the lerp (two products, a sum and `1 − λ`, each
-/// rounded: 4 u of the larger input), the subtraction (u of `|v| + |mean|`) and the division
-/// (u of the result), all divided by the channel's std; then half an ulp of `O`. `max_in` is the
-/// largest input magnitude. Loose enough for any correct order of f32 operations, tight enough
-/// that a wrong channel constant, a wrong pixel or a wrong box column fails by orders of
-/// magnitude.
-fn tol<O: Element>(norm: &Normalize, max_in: f64) -> Tol {
-    let u = 2f64.powi(-24);
-    let worst = (0..norm.channels())
-        .map(|c| {
-            let (m, s) = (f64::from(norm.mean()[c]), f64::from(norm.std()[c]));
-            (6.0 * u * (max_in + m.abs())) / s
-        })
-        .fold(0.0, f64::max);
-    Tol::new(worst, 2.0 * u).stored_as::<O>()
-}
-
 fn check_against_reference<I: Element, O: FloatElement>(rint: bool) {
-    let shapes = [
-        (3, 5, 7),
-        (1, 1, 1),
-        (4, 3, 2),
-        (1, 13, 17),
-        (3, 1, 9),
-        (3, 9, 1),
-        (2, 6, 5),
-        (5, 4, 3),
-    ];
+    let more = [(3, 1, 9), (3, 9, 1), (2, 6, 5), (5, 4, 3)];
+    let shapes = SMALL_IMAGES.into_iter().chain(more);
     let (lo, hi, scale, max_in) = if I::DTYPE == ScalarType::U8 {
         (0.0, 255.0, 255.0, 255.0)
     } else {
@@ -115,7 +77,7 @@ fn check_against_reference<I: Element, O: FloatElement>(rint: bool) {
                         let want = reference::mix_normalize(plan, &lay, &norm, &x, fout).unwrap();
                         let mut out = vec![O::default(); x.len()];
                         cpu::mix_normalize(plan, &lay, &norm, &x, fout, &mut out).unwrap();
-                        assert_close(&what, &to_f64(&out), &want, tol::<O>(&norm, max_in));
+                        assert_close(&what, &to_f64(&out), &want, norm_tol::<O>(&norm, max_in));
                     }
                 }
             }
@@ -197,22 +159,8 @@ fn formats_agree_bit_for_bit() {
 fn hand_values() {
     // Two 2x3 two-channel images, channels-last; sample 0 pastes column 2 (the right edge)
     // of rows 0..2 from sample 1; sample 1 lerps with λ = 0.5.
-    let b = CutBox {
-        y0: 0,
-        y1: 2,
-        x0: 2,
-        x1: 3,
-    };
-    let plan = MixPlan::with_boxes(
-        &[1, 0],
-        &[0.5, 0.5],
-        &[Some(b), None],
-        ImageSize {
-            height: 2,
-            width: 3,
-        },
-    )
-    .unwrap();
+    let b = cut(0..2, 2..3);
+    let plan = MixPlan::with_boxes(&[1, 0], &[0.5, 0.5], &[Some(b), None], image(2, 3)).unwrap();
     let lay = SampleShape::channels_last(2, 3, 2);
     let x: Vec<u8> = (0..24).map(|v| v as u8 * 3).collect();
     let norm = Normalize::new(&[1.0, 2.0], &[2.0, 4.0], 1.0).unwrap();
@@ -245,28 +193,15 @@ fn hand_values() {
     let plan = MixPlan::from_parts(&[1, 0], &[0.25, 0.25]).unwrap();
     let one = SampleShape::channels_first(1, 1, 1);
     let n = Normalize::new(&[0.0], &[1.0], 1.0).unwrap();
-    let mut o = [0.0f32; 2];
-    cpu::mix_normalize(
-        &plan,
-        &one,
-        &n,
-        &[1u8, 2],
-        MemoryFormat::ChannelsLast,
-        &mut o,
-    )
-    .unwrap();
-    assert_eq!(o, [1.75, 1.25]);
+    let pixels_1_and_2 = |n: &Normalize| {
+        let mut o = [0.0f32; 2];
+        let last = MemoryFormat::ChannelsLast;
+        cpu::mix_normalize(&plan, &one, n, &[1u8, 2], last, &mut o).unwrap();
+        o
+    };
+    assert_eq!(pixels_1_and_2(&n), [1.75, 1.25]);
     let n = n.with_u8_rounding(true);
-    cpu::mix_normalize(
-        &plan,
-        &one,
-        &n,
-        &[1u8, 2],
-        MemoryFormat::ChannelsLast,
-        &mut o,
-    )
-    .unwrap();
-    assert_eq!(o, [2.0, 1.0]); // 1.75 → 2, 1.25 → 1
+    assert_eq!(pixels_1_and_2(&n), [2.0, 1.0]); // 1.75 → 2, 1.25 → 1
 }
 
 /// timm's `PrefetchLoader` constants: `torch.tensor([x * 255 for x in mean])` rounds the f64
@@ -293,6 +228,15 @@ fn bad_arguments_are_rejected_and_nothing_is_written() {
         assert!(out.iter().all(|&v| v == -9.0), "written on error");
         r.unwrap_err()
     };
+    let refuses_normalize = |e: &MixError| {
+        matches!(
+            e,
+            MixError::InvalidArgument {
+                what: "normalize",
+                ..
+            }
+        )
+    };
     let mut out = vec![-9.0f32; 24];
     let e = untouched(
         cpu::mix_normalize(&plan, &SampleShape::Rows(12), &norm, &x, first, &mut out),
@@ -307,16 +251,7 @@ fn bad_arguments_are_rejected_and_nothing_is_written() {
         cpu::mix_normalize(&plan, &gray, &norm, &x, first, &mut out),
         &out,
     );
-    assert!(
-        matches!(
-            e,
-            MixError::InvalidArgument {
-                what: "normalize",
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(refuses_normalize(&e), "{e}");
     assert!(e.to_string().contains("3 channels"), "{e}");
     let xf = vec![0.5f32; 24];
     let rint = norm.clone().with_u8_rounding(true);
@@ -324,16 +259,7 @@ fn bad_arguments_are_rejected_and_nothing_is_written() {
         cpu::mix_normalize(&plan, &lay, &rint, &xf, first, &mut out),
         &out,
     );
-    assert!(
-        matches!(
-            e,
-            MixError::InvalidArgument {
-                what: "normalize",
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(refuses_normalize(&e), "{e}");
     let e = untouched(
         cpu::mix_normalize(&plan, &lay, &norm, &x[..23], first, &mut out),
         &out,
@@ -359,10 +285,7 @@ fn bad_arguments_are_rejected_and_nothing_is_written() {
         &[1, 0],
         &[0.5, 0.5],
         &[Some(CutBox::default()), None],
-        ImageSize {
-            height: 3,
-            width: 3,
-        },
+        image(3, 3),
     )
     .unwrap();
     let e = untouched(
@@ -445,31 +368,12 @@ fn large_outputs_match_the_reference() {
         let lam: Vec<f32> = (0..batch).map(|i| 0.3 + 0.1 * i as f32).collect();
         let boxes: Vec<Option<CutBox>> = (0..batch)
             .map(|i| match i % 3 {
-                0 => Some(CutBox {
-                    y0: 13,
-                    y1: 411,
-                    x0: 7,
-                    x1: 333,
-                }),
+                0 => Some(cut(13..411, 7..333)),
                 1 => None,
-                _ => Some(CutBox {
-                    y0: 300,
-                    y1: 700,
-                    x0: 401,
-                    x1: 701,
-                }),
+                _ => Some(cut(300..700, 401..701)),
             })
             .collect();
-        let plan = &MixPlan::with_boxes(
-            &partner,
-            &lam,
-            &boxes,
-            ImageSize {
-                height: h,
-                width: w,
-            },
-        )
-        .unwrap();
+        let plan = &MixPlan::with_boxes(&partner, &lam, &boxes, image(h, w)).unwrap();
         for fin in FORMATS {
             let x = match fin {
                 MemoryFormat::ChannelsFirst => x_cf.clone(),
@@ -481,7 +385,7 @@ fn large_outputs_match_the_reference() {
                 let mut out = vec![O::default(); x.len()];
                 cpu::mix_normalize(plan, &lay, &norm, &x, fout, &mut out).unwrap();
                 let what = format!("{} {fin:?} -> {fout:?}", O::DTYPE.name());
-                assert_close(&what, &to_f64(&out), &want, tol::<O>(&norm, 255.0));
+                assert_close(&what, &to_f64(&out), &want, norm_tol::<O>(&norm, 255.0));
             }
         }
     }

@@ -25,15 +25,7 @@ fn grad_tol<T: FloatElement>(scale: f64, wmax: f64) -> Tol {
     Tol::new(1e-6 * wmax * scale.abs(), 1e-6).stored_as::<T>()
 }
 
-struct Case<'a, T> {
-    what: String,
-    plan: &'a MixPlan,
-    spec: BceSpec,
-    logits: &'a [T],
-    labels: &'a [u32],
-    grad_output: GradOutput<'a>,
-    range: f64,
-}
+type Case<'a, T> = LossCase<'a, BceSpec, T>;
 
 fn wmax(spec: &BceSpec) -> f64 {
     let m = |v: Option<&[f32]>| {
@@ -50,27 +42,14 @@ fn check<T: FloatElement>(c: &Case<'_, T>) {
     let w = wmax(&c.spec);
     let ltol = loss_tol(classes, c.range, w);
     let what = &c.what;
-    let mut grad = vec![T::from_f32(123.0); c.logits.len()];
-    let mut losses = vec![-1.0f32; b];
-    let loss = cpu::mixup_bce(
-        c.plan,
-        &c.spec,
-        c.logits,
-        c.labels,
-        c.grad_output,
-        Some(&mut losses),
-        &mut grad,
-    )
-    .unwrap();
-    // A scalar exactly for Mean and Sum; under Reduction::None the per-sample losses.
-    assert_eq!(
-        loss.is_none(),
-        c.spec.reduction() == Reduction::None,
-        "{what}"
-    );
+    let (loss, losses, grad) = c.run(cpu::mixup_bce, c.spec.reduction());
     assert_eq!(want.loss.is_none(), loss.is_none(), "{what}: reference");
-    let losses64: Vec<f64> = losses.iter().map(|&l| l as f64).collect();
-    assert_close(&format!("{what}: losses"), &losses64, &want.losses, ltol);
+    assert_close(
+        &format!("{what}: losses"),
+        &to_f64(&losses),
+        &want.losses,
+        ltol,
+    );
     // The reduced loss: the per-sample tolerance times the batch, divided as the mean divides.
     let count = match c.spec.reduction() {
         Reduction::Mean | Reduction::None if c.spec.sum_classes() => b as f64,
@@ -86,19 +65,9 @@ fn check<T: FloatElement>(c: &Case<'_, T>) {
         Reduction::Mean => 1.0 / (b * classes) as f64,
         _ => 1.0,
     };
-    for i in 0..b {
-        let up = match c.grad_output {
-            GradOutput::Scalar(g) => g as f64,
-            GradOutput::PerSample(g) => g[i] as f64,
-        };
-        let row = i * classes..(i + 1) * classes;
-        assert_close(
-            &format!("{what}: grad row {i}"),
-            &to_f64(&grad[row.clone()]),
-            &want.grad[row],
-            grad_tol::<T>(up * factor, w),
-        );
-    }
+    c.assert_grad_rows(&grad, &want.grad, classes, |up| {
+        grad_tol::<T>(up * factor, w)
+    });
     // Forward only: the same per-sample losses, bit for bit.
     let mut fwd = vec![-1.0f32; b];
     let lf = cpu::mixup_bce_forward(c.plan, &c.spec, c.logits, c.labels, Some(&mut fwd)).unwrap();
@@ -178,20 +147,11 @@ fn sweep<T: FloatElement>() {
     }
 }
 
-#[test]
-fn matches_reference_f32() {
-    sweep::<f32>();
-}
-
-#[test]
-fn matches_reference_f16() {
-    sweep::<f16>();
-}
-
-#[test]
-fn matches_reference_bf16() {
-    sweep::<bf16>();
-}
+tests_per_dtype!(sweep:
+    matches_reference_f32 => f32,
+    matches_reference_f16 => f16,
+    matches_reference_bf16 => bf16,
+);
 
 /// Large and extreme logits: softplus and σ in their stable forms (no overflow at ±1e4, ±f32::MAX).
 #[test]

@@ -28,16 +28,7 @@ fn grad_tol<T: FloatElement>(scale: f64) -> Tol {
     Tol::new(1e-6 * scale.abs(), 1e-5).stored_as::<T>()
 }
 
-struct Case<'a, T> {
-    what: String,
-    plan: &'a MixPlan,
-    spec: CeSpec,
-    logits: &'a [T],
-    labels: &'a [u32],
-    grad_output: GradOutput<'a>,
-    /// Largest |logit|, for the loss tolerance.
-    range: f64,
-}
+type Case<'a, T> = LossCase<'a, CeSpec, T>;
 
 /// Runs all three entry points and checks them against the reference and each other.
 fn check<T: FloatElement>(c: &Case<'_, T>) {
@@ -46,50 +37,27 @@ fn check<T: FloatElement>(c: &Case<'_, T>) {
     let ltol = loss_tol(classes, c.range);
 
     // Forward + backward into a separate buffer.
-    let mut grad = vec![T::from_f32(123.0); c.logits.len()];
-    let mut losses = vec![-1.0f32; b];
-    let loss = cpu::mixup_ce(
-        c.plan,
-        &c.spec,
-        c.logits,
-        c.labels,
-        c.grad_output,
-        Some(&mut losses),
-        &mut grad,
-    )
-    .unwrap();
+    let (loss, losses, grad) = c.run(cpu::mixup_ce, c.spec.reduction());
     let what = &c.what;
-    // A scalar exactly for Mean and Sum; under Reduction::None the per-sample losses.
-    assert_eq!(
-        loss.is_none(),
-        c.spec.reduction() == Reduction::None,
-        "{what}"
-    );
     assert_eq!(want.loss.is_none(), loss.is_none(), "{what}: reference");
     if let (Some(l), Some(w)) = (loss, want.loss) {
         assert_close(&format!("{what}: reduced loss"), &[l as f64], &[w], ltol);
     }
-    let losses64: Vec<f64> = losses.iter().map(|&l| l as f64).collect();
-    assert_close(&format!("{what}: losses"), &losses64, &want.losses, ltol);
+    assert_close(
+        &format!("{what}: losses"),
+        &to_f64(&losses),
+        &want.losses,
+        ltol,
+    );
     // Per-row scales: the tolerance of row i's gradient follows its own upstream value.
-    for i in 0..b {
-        let up = match c.grad_output {
-            GradOutput::Scalar(g) => g as f64,
-            GradOutput::PerSample(g) => g[i] as f64,
-        };
+    c.assert_grad_rows(&grad, &want.grad, classes, |up| {
         let scale = if c.spec.reduction() == Reduction::Mean {
             up / b as f64
         } else {
             up
         };
-        let row = i * classes..(i + 1) * classes;
-        assert_close(
-            &format!("{what}: grad row {i}"),
-            &to_f64(&grad[row.clone()]),
-            &want.grad[row],
-            grad_tol::<T>(scale),
-        );
-    }
+        grad_tol::<T>(scale)
+    });
     // The reduced loss is the f64 sum of the per-sample f32 losses, in index order.
     let sum: f64 = losses.iter().map(|&l| l as f64).sum();
     let expected = match c.spec.reduction() {
@@ -248,20 +216,11 @@ fn check_all<T: FloatElement>() {
     }
 }
 
-#[test]
-fn matches_reference_f32() {
-    check_all::<f32>();
-}
-
-#[test]
-fn matches_reference_f16() {
-    check_all::<f16>();
-}
-
-#[test]
-fn matches_reference_bf16() {
-    check_all::<bf16>();
-}
+tests_per_dtype!(check_all:
+    matches_reference_f32 => f32,
+    matches_reference_f16 => f16,
+    matches_reference_bf16 => bf16,
+);
 
 /// Logits of ±1e4 (and exactly equal maxima): everything stays finite and matches the reference.
 fn huge<T: FloatElement>() {
@@ -281,49 +240,29 @@ fn huge<T: FloatElement>() {
         let labels = random_labels(batch, classes, 11);
         let plan = MixPlan::from_parts(&[1, 0, 3, 2, 4], &[0.3, 0.9, 0.5, 1.0, 1.0]).unwrap();
         for smoothing in [0.0, 0.1] {
-            let spec = CeSpec::new(classes, smoothing, Reduction::Mean).unwrap();
-            let mut grad = vec![T::from_f32(0.0); logits.len()];
-            let mut losses = vec![0.0f32; batch];
-            let loss = cpu::mixup_ce(
-                &plan,
-                &spec,
-                &logits,
-                &labels,
-                GradOutput::default(),
-                Some(&mut losses),
-                &mut grad,
-            )
-            .unwrap();
-            assert!(loss.unwrap().is_finite() && losses.iter().all(|l| l.is_finite()));
-            assert!(grad.iter().all(|g| g.to_f32().is_finite()));
-            check(&Case {
+            let case = Case {
                 what: format!("{:?} huge logits C={classes} ε={smoothing}", T::DTYPE),
                 plan: &plan,
-                spec,
+                spec: CeSpec::new(classes, smoothing, Reduction::Mean).unwrap(),
                 logits: &logits,
                 labels: &labels,
                 grad_output: GradOutput::default(),
                 range: 1e4,
-            });
+            };
+            let (loss, losses, grad) = case.run(cpu::mixup_ce, Reduction::Mean);
+            assert!(loss.unwrap().is_finite() && losses.iter().all(|l| l.is_finite()));
+            assert!(grad.iter().all(|g| g.to_f32().is_finite()));
+            check(&case);
         }
     }
 }
 
-#[test]
-fn huge_logits_f32() {
-    huge::<f32>();
-}
-
-#[test]
-fn huge_logits_bf16() {
-    huge::<bf16>();
-}
-
-#[test]
-fn huge_logits_f16() {
-    // f16 tops out at 65504: ±1e4 is representable.
-    huge::<f16>();
-}
+// f16 tops out at 65504: ±1e4 is representable.
+tests_per_dtype!(huge:
+    huge_logits_f32 => f32,
+    huge_logits_bf16 => bf16,
+    huge_logits_f16 => f16,
+);
 
 /// The largest class count the issue names, in f32 and bf16 (rows of 1 MB and 512 KB).
 #[test]
@@ -427,16 +366,8 @@ fn result_is_independent_of_thread_count() {
             .unwrap();
         pool.install(|| {
             let mut grad = vec![0.0f32; logits.len()];
-            let loss = cpu::mixup_ce(
-                &plan,
-                &spec,
-                &logits,
-                &labels,
-                GradOutput::default(),
-                None,
-                &mut grad,
-            )
-            .unwrap();
+            let up = GradOutput::default();
+            let loss = cpu::mixup_ce(&plan, &spec, &logits, &labels, up, None, &mut grad).unwrap();
             (loss.unwrap().to_bits(), grad)
         })
     };

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 
-use mixup_kernels::ImageSize;
+use mixup_kernels::SampleShape;
 use mixup_kernels::{
     BceSpec, CeSpec, CutBox, GradOutput, MixConfig, MixPlan, Mode, Reduction, Sampler, TargetSpec,
     reference, timm_rand_bbox,
@@ -26,7 +26,7 @@ const EPS32: f64 = f32::EPSILON as f64;
 // ---------------------------------------------------------------------------------------------
 
 mod common;
-use common::assert_close;
+use common::{assert_close, cut, image};
 
 mod json {
     #[derive(Debug, Clone)]
@@ -97,44 +97,33 @@ mod json {
             String::from_utf8(self.b[start..self.i - 1].to_vec()).unwrap()
         }
 
+        /// `open`, items separated by commas (each read by `item`), `close`.
+        fn list<T>(&mut self, open: u8, close: u8, item: impl Fn(&mut Self) -> T) -> Vec<T> {
+            self.eat(open);
+            let mut items = Vec::new();
+            if self.peek() == close {
+                self.eat(close);
+                return items;
+            }
+            loop {
+                items.push(item(self));
+                if self.peek() == b',' {
+                    self.eat(b',');
+                } else {
+                    self.eat(close);
+                    return items;
+                }
+            }
+        }
+
         fn value(&mut self) -> Value {
             match self.peek() {
-                b'{' => {
-                    self.eat(b'{');
-                    let mut fields = Vec::new();
-                    if self.peek() == b'}' {
-                        self.eat(b'}');
-                        return Value::Obj(fields);
-                    }
-                    loop {
-                        let k = self.string();
-                        self.eat(b':');
-                        fields.push((k, self.value()));
-                        if self.peek() == b',' {
-                            self.eat(b',');
-                        } else {
-                            self.eat(b'}');
-                            return Value::Obj(fields);
-                        }
-                    }
-                }
-                b'[' => {
-                    self.eat(b'[');
-                    let mut items = Vec::new();
-                    if self.peek() == b']' {
-                        self.eat(b']');
-                        return Value::Arr(items);
-                    }
-                    loop {
-                        items.push(self.value());
-                        if self.peek() == b',' {
-                            self.eat(b',');
-                        } else {
-                            self.eat(b']');
-                            return Value::Arr(items);
-                        }
-                    }
-                }
+                b'{' => Value::Obj(self.list(b'{', b'}', |p| {
+                    let k = p.string();
+                    p.eat(b':');
+                    (k, p.value())
+                })),
+                b'[' => Value::Arr(self.list(b'[', b']', Self::value)),
                 b'"' => Value::Str(self.string()),
                 b't' => self.word("true", Value::Bool(true)),
                 b'f' => self.word("false", Value::Bool(false)),
@@ -254,14 +243,14 @@ fn widen<T: Copy + Into<f64>>(v: &[T]) -> Vec<f64> {
     v.iter().map(|&x| x.into()).collect()
 }
 
+/// u8 pixels kept as f32 values, as u8.
+fn pixels(v: &[f32]) -> Vec<u8> {
+    v.iter().map(|&v| v as u8).collect()
+}
+
 fn box_of(v: &Value) -> CutBox {
     let b = v.u32s();
-    CutBox {
-        y0: b[0],
-        y1: b[1],
-        x0: b[2],
-        x1: b[3],
-    }
+    cut(b[0]..b[1], b[2]..b[3])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -324,6 +313,19 @@ fn rand_bbox_follows_timms_f64_path_for_f32_lambdas() {
     }
 }
 
+/// A `rand_bbox_minmax` row's `minmax` ratios and the bounds timm asked `randint` for (cut_h,
+/// cut_w, y0, x0).
+fn minmax_row(r: &Value) -> ((f64, f64), Vec<Vec<usize>>) {
+    let mm = r.get("minmax").arr();
+    let bounds = r
+        .get("randint_bounds")
+        .arr()
+        .iter()
+        .map(|b| b.usizes())
+        .collect();
+    ((mm[0].f64(), mm[1].f64()), bounds)
+}
+
 /// `rand_bbox_minmax` with scripted draws: timm's box is `[y0, y0+cut_h) × [x0, x0+cut_w)` and
 /// its λ is always corrected to the area; the crate's `kept_fraction` must give that λ exactly.
 /// The side bounds timm asked `randint` for must be `int(side·min) .. int(side·max)`.
@@ -332,22 +334,13 @@ fn rand_bbox_minmax_lambda_and_side_bounds() {
     let doc = fixture("bbox");
     for r in cases(&doc, "rand_bbox_minmax") {
         let (h, w) = (r.get("h").usize(), r.get("w").usize());
-        let mm = r.get("minmax").arr();
-        let (lo, hi) = (mm[0].f64(), mm[1].f64());
+        let ((lo, hi), bounds) = minmax_row(r);
         let d = r.get("draws").usizes();
-        let bounds: Vec<Vec<usize>> = r
-            .get("randint_bounds")
-            .arr()
-            .iter()
-            .map(|b| b.usizes())
-            .collect();
         let b = box_of(r.get("box"));
-        let expect = CutBox {
-            y0: d[2] as u32,
-            y1: (d[2] + d[0]) as u32,
-            x0: d[3] as u32,
-            x1: (d[3] + d[1]) as u32,
-        };
+        let expect = cut(
+            d[2] as u32..(d[2] + d[0]) as u32,
+            d[3] as u32..(d[3] + d[1]) as u32,
+        );
         assert_eq!(b, expect);
         assert_eq!(
             bounds[0],
@@ -379,18 +372,7 @@ fn minmax_draws(h: usize, w: usize, mm: (f64, f64)) -> (Pairs, Pairs) {
     let s = Sampler::new(cfg, 99).unwrap();
     let (mut ys, mut xs) = (Pairs::new(), Pairs::new());
     for step in 0..400 {
-        for m in s
-            .plan_images(
-                step,
-                8,
-                ImageSize {
-                    height: h,
-                    width: w,
-                },
-            )
-            .unwrap()
-            .samples()
-        {
+        for m in s.plan_images(step, 8, image(h, w)).unwrap().samples() {
             let b = m.cut.expect("minmax forces CutMix");
             ys.insert(((b.y1 - b.y0) as usize, b.y0 as usize));
             xs.insert(((b.x1 - b.x0) as usize, b.x0 as usize));
@@ -399,23 +381,34 @@ fn minmax_draws(h: usize, w: usize, mm: (f64, f64)) -> (Pairs, Pairs) {
     (ys, xs)
 }
 
-/// The sampler's minmax box sides cover exactly timm's `randint` range for the side.
-#[test]
-fn sampler_minmax_sides_cover_timms_range() {
+/// The `rand_bbox_minmax` rows of small images (at most 100 pixels: every value of the support
+/// is drawn within [`minmax_draws`]' budget) with the crate's draws for them: `(h, w, timm's
+/// scripted draws, timm's randint bounds, the draws)`.
+#[allow(clippy::type_complexity)]
+fn small_minmax_draws() -> Vec<(usize, usize, Vec<usize>, Vec<Vec<usize>>, (Pairs, Pairs))> {
     let doc = fixture("bbox");
+    let mut out = Vec::new();
     for r in cases(&doc, "rand_bbox_minmax") {
         let (h, w) = (r.get("h").usize(), r.get("w").usize());
         if h * w > 100 {
-            continue; // small images only: every value is drawn within the budget
+            continue;
         }
-        let mm = r.get("minmax").arr();
-        let (ys, xs) = minmax_draws(h, w, (mm[0].f64(), mm[1].f64()));
-        let bounds: Vec<Vec<usize>> = r
-            .get("randint_bounds")
-            .arr()
-            .iter()
-            .map(|b| b.usizes())
-            .collect();
+        let (mm, bounds) = minmax_row(r);
+        out.push((
+            h,
+            w,
+            r.get("draws").usizes(),
+            bounds,
+            minmax_draws(h, w, mm),
+        ));
+    }
+    out
+}
+
+/// The sampler's minmax box sides cover exactly timm's `randint` range for the side.
+#[test]
+fn sampler_minmax_sides_cover_timms_range() {
+    for (h, w, _, bounds, (ys, xs)) in small_minmax_draws() {
         let sides_h: BTreeSet<usize> = ys.iter().map(|p| p.0).collect();
         let sides_w: BTreeSet<usize> = xs.iter().map(|p| p.0).collect();
         assert_eq!(
@@ -436,21 +429,7 @@ fn sampler_minmax_sides_cover_timms_range() {
 /// current timm.
 #[test]
 fn sampler_minmax_offsets_cover_timms_range() {
-    let doc = fixture("bbox");
-    for r in cases(&doc, "rand_bbox_minmax") {
-        let (h, w) = (r.get("h").usize(), r.get("w").usize());
-        if h * w > 100 {
-            continue;
-        }
-        let mm = r.get("minmax").arr();
-        let (ys, xs) = minmax_draws(h, w, (mm[0].f64(), mm[1].f64()));
-        let d = r.get("draws").usizes();
-        let bounds: Vec<Vec<usize>> = r
-            .get("randint_bounds")
-            .arr()
-            .iter()
-            .map(|b| b.usizes())
-            .collect();
+    for (h, w, d, bounds, (ys, xs)) in small_minmax_draws() {
         let want_y: Vec<(usize, usize)> = (bounds[2][0]..bounds[2][1]).map(|y| (d[0], y)).collect();
         let want_x: Vec<(usize, usize)> = (bounds[3][0]..bounds[3][1]).map(|x| (d[1], x)).collect();
         let got_y: Vec<_> = ys.iter().filter(|p| p.0 == d[0]).copied().collect();
@@ -502,16 +481,7 @@ fn mix_case(c: &Value) -> MixCase {
     let plan = if rows {
         MixPlan::from_parts(&partner, &lam).unwrap()
     } else {
-        MixPlan::with_boxes(
-            &partner,
-            &lam,
-            &boxes,
-            ImageSize {
-                height: shape[2],
-                width: shape[3],
-            },
-        )
-        .unwrap()
+        MixPlan::with_boxes(&partner, &lam, &boxes, image(shape[2], shape[3])).unwrap()
     };
     // timm stores the corrected λ of a CutMix sample in an f32 array: the crate's
     // correction, rounded to f32, must give the same value.
@@ -587,35 +557,42 @@ impl MixCase {
     }
 }
 
+/// Runs `check(case, what, layout, x, want)` on every mix.json case in each of its layouts
+/// ([`MixCase::layouts`]); `what` names the case and the layout.
+fn each_mix_layout(mut check: impl FnMut(&MixCase, &str, &SampleShape, &[f32], &[f32])) {
+    for (case, _) in mix_cases() {
+        for (layout, x, want) in case.layouts() {
+            let what = format!("{} {:?}", case.name, layout);
+            check(&case, &what, &layout, &x, &want);
+        }
+    }
+}
+
 /// f32: torch's result is `fl(fl(λa) + fl((1-λ)b))`, within 1.5 ulp of the exact value at the
 /// magnitude of the inputs (|x| < 4.1 here, ulp 4.8e-7), so 1e-6 absolute; 1e-6 relative
 /// covers larger values. u8: timm rounds that f32 value half to even; the f64 reference must
 /// round to the same pixel except within 1e-4 of a tie, where the f32 roundings decide.
 #[test]
 fn reference_mix_matches_timm_and_torch() {
-    for (case, _) in mix_cases() {
-        for (layout, x, want) in case.layouts() {
-            let what = format!("{} {:?}", case.name, layout);
-            if case.u8 {
-                let xu: Vec<u8> = x.iter().map(|&v| v as u8).collect();
-                let got = reference::mix(&case.plan, &layout, &xu).unwrap();
-                for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {
-                    let near_tie = ((g - g.floor()) - 0.5).abs() < 1e-4;
-                    let ok = if near_tie {
-                        (g - f64::from(e)).abs() <= 0.5 + 1e-4
-                    } else {
-                        g.round_ties_even() == f64::from(e)
-                    };
-                    assert!(ok, "{what}[{i}]: reference {g} vs timm pixel {e}");
-                }
-            } else {
-                let got = reference::mix(&case.plan, &layout, &x).unwrap();
-                assert_close(&what, &got, &widen(&want), |_: usize, e: f64| {
-                    1e-6 + 1e-6 * e.abs()
-                });
+    each_mix_layout(|case, what, layout, x, want| {
+        if case.u8 {
+            let got = reference::mix(&case.plan, layout, &pixels(x)).unwrap();
+            for (i, (&g, &e)) in got.iter().zip(want).enumerate() {
+                let near_tie = ((g - g.floor()) - 0.5).abs() < 1e-4;
+                let ok = if near_tie {
+                    (g - f64::from(e)).abs() <= 0.5 + 1e-4
+                } else {
+                    g.round_ties_even() == f64::from(e)
+                };
+                assert!(ok, "{what}[{i}]: reference {g} vs timm pixel {e}");
             }
+        } else {
+            let got = reference::mix(&case.plan, layout, x).unwrap();
+            assert_close(what, &got, &widen(want), |_: usize, e: f64| {
+                1e-6 + 1e-6 * e.abs()
+            });
         }
-    }
+    });
 }
 
 /// The mix fixture must keep exercising every branch: u8 MixUp and CutMix, a non-involution
@@ -644,55 +621,48 @@ mod cpu_mix {
     /// u8: the pixel timm's collate produced (f32 lerp, round half to even), exactly.
     #[test]
     fn cpu_mix_matches_timm_and_torch() {
-        for (case, _) in mix_cases() {
-            for (layout, x, want) in case.layouts() {
-                let what = format!("{} {:?}", case.name, layout);
-                if case.u8 {
-                    let xu: Vec<u8> = x.iter().map(|&v| v as u8).collect();
-                    let mut out = vec![0u8; xu.len()];
-                    cpu::mix(&case.plan, &layout, &xu, &mut out).unwrap();
-                    let wantu: Vec<u8> = want.iter().map(|&v| v as u8).collect();
-                    if case.bit_exact {
-                        assert_eq!(out, wantu, "{what}");
-                    } else {
-                        assert_close(&what, &widen(&out), &widen(&wantu), |_: usize, _: f64| 1.0);
-                    }
-                    if case.plan.is_involution() {
-                        let mut inplace = xu.clone();
-                        cpu::mix_in_place(&case.plan, &layout, &mut inplace).unwrap();
-                        assert_eq!(inplace, out, "{what} in place");
+        each_mix_layout(|case, what, layout, x, want| {
+            if case.u8 {
+                let xu = pixels(x);
+                let mut out = vec![0u8; xu.len()];
+                cpu::mix(&case.plan, layout, &xu, &mut out).unwrap();
+                let wantu = pixels(want);
+                if case.bit_exact {
+                    assert_eq!(out, wantu, "{what}");
+                } else {
+                    assert_close(what, &widen(&out), &widen(&wantu), |_: usize, _: f64| 1.0);
+                }
+                if case.plan.is_involution() {
+                    let mut inplace = xu.clone();
+                    cpu::mix_in_place(&case.plan, layout, &mut inplace).unwrap();
+                    assert_eq!(inplace, out, "{what} in place");
+                }
+            } else {
+                let mut out = vec![0f32; x.len()];
+                cpu::mix(&case.plan, layout, x, &mut out).unwrap();
+                if case.bit_exact {
+                    let row = x.len() / case.plan.len();
+                    for (i, (g, e)) in out.iter().zip(want).enumerate() {
+                        // A sample that is its own partner is copied: the crate gives the
+                        // exact λx + (1-λ)x = x where torch rounds the lerp.
+                        if case.plan.sample(i / row).partner == i / row {
+                            assert!((g - e).abs() <= 1e-6 + 1e-6 * e.abs(), "{what}[{i}]");
+                        } else {
+                            assert_eq!(g.to_bits(), e.to_bits(), "{what}[{i}]: {g} vs torch {e}");
+                        }
                     }
                 } else {
-                    let mut out = vec![0f32; x.len()];
-                    cpu::mix(&case.plan, &layout, &x, &mut out).unwrap();
-                    if case.bit_exact {
-                        let row = x.len() / case.plan.len();
-                        for (i, (g, e)) in out.iter().zip(&want).enumerate() {
-                            // A sample that is its own partner is copied: the crate gives the
-                            // exact λx + (1-λ)x = x where torch rounds the lerp.
-                            if case.plan.sample(i / row).partner == i / row {
-                                assert!((g - e).abs() <= 1e-6 + 1e-6 * e.abs(), "{what}[{i}]");
-                            } else {
-                                assert_eq!(
-                                    g.to_bits(),
-                                    e.to_bits(),
-                                    "{what}[{i}]: {g} vs torch {e}"
-                                );
-                            }
-                        }
-                    } else {
-                        assert_close(&what, &widen(&out), &widen(&want), |_: usize, e: f64| {
-                            1e-6 + 1e-6 * e.abs()
-                        });
-                    }
-                    if case.plan.is_involution() {
-                        let mut inplace = x.clone();
-                        cpu::mix_in_place(&case.plan, &layout, &mut inplace).unwrap();
-                        assert_eq!(inplace, out, "{what} in place");
-                    }
+                    assert_close(what, &widen(&out), &widen(want), |_: usize, e: f64| {
+                        1e-6 + 1e-6 * e.abs()
+                    });
+                }
+                if case.plan.is_involution() {
+                    let mut inplace = x.to_vec();
+                    cpu::mix_in_place(&case.plan, layout, &mut inplace).unwrap();
+                    assert_eq!(inplace, out, "{what} in place");
                 }
             }
-        }
+        });
     }
 }
 
@@ -740,7 +710,7 @@ fn reference_mix_normalize_matches_timm_prefetch() {
     for (case, norm) in normalize_cases() {
         for (layout, x, want) in case.layouts() {
             let what = format!("{} {layout:?}", case.name);
-            let xu: Vec<u8> = x.iter().map(|&v| v as u8).collect();
+            let xu = pixels(&x);
             let fmt = match layout {
                 mixup_kernels::SampleShape::Image { format, .. } => format,
                 mixup_kernels::SampleShape::Rows(_) => mixup_kernels::MemoryFormat::ChannelsFirst,
@@ -774,7 +744,7 @@ mod cpu_mix_normalize {
             let layouts = case.layouts();
             let (cf, cl) = (&layouts[0], &layouts[1]);
             for (layout, x, _) in [cf, cl] {
-                let xu: Vec<u8> = x.iter().map(|&v| v as u8).collect();
+                let xu = pixels(x);
                 for (fmt, want) in [
                     (MemoryFormat::ChannelsFirst, &cf.2),
                     (MemoryFormat::ChannelsLast, &cl.2),
@@ -928,27 +898,38 @@ mod cpu_targets {
 // Mixup cross-entropy: loss and gradient against torch autograd
 // ---------------------------------------------------------------------------------------------
 
-struct LossCase {
+/// What the cases of loss.json and bce.json share (each case derefs to it): the plan, the
+/// labels, the logits in their storage type and the upstream gradient.
+#[derive(Clone)]
+struct LossInputs {
     name: String,
-    source: String,
+    /// The logits' storage type: "f32", "bf16" or "f16".
     dtype: String,
     plan: MixPlan,
-    spec: CeSpec,
     labels: Vec<u32>,
     /// Logits as f32 values (exact in `dtype`).
     logits: Vec<f32>,
     upstream_scalar: Option<f32>,
     upstream_per_sample: Vec<f32>,
-    loss: f64,
-    losses: Option<Vec<f64>>,
-    grad: Vec<f64>,
 }
 
-impl LossCase {
-    fn upstream(&self) -> GradOutput<'_> {
-        match self.upstream_scalar {
-            Some(g) => GradOutput::Scalar(g),
-            None => GradOutput::PerSample(&self.upstream_per_sample),
+impl LossInputs {
+    fn parse(c: &Value) -> Self {
+        let up = c.get("upstream");
+        let (upstream_scalar, upstream_per_sample) = match up {
+            Value::Arr(_) => (None, up.f32s()),
+            _ => (Some(up.f32()), Vec::new()),
+        };
+        let plan = MixPlan::from_parts(&c.get("partner").usizes(), &c.get("lam").f32s()).unwrap();
+        assert_eq!(plan.len(), c.get("batch").usize());
+        Self {
+            name: c.get("name").str().to_owned(),
+            dtype: c.get("dtype").str().to_owned(),
+            plan,
+            labels: c.get("labels").u32s(),
+            logits: c.get("logits").f32s(),
+            upstream_scalar,
+            upstream_per_sample,
         }
     }
 
@@ -956,16 +937,79 @@ impl LossCase {
         self.plan.len()
     }
 
+    fn upstream(&self) -> GradOutput<'_> {
+        match self.upstream_scalar {
+            Some(g) => GradOutput::Scalar(g),
+            None => GradOutput::PerSample(&self.upstream_per_sample),
+        }
+    }
+
+    /// The upstream gradient of sample `i`.
+    fn upstream_of(&self, i: usize) -> f64 {
+        match self.upstream_scalar {
+            Some(g) => f64::from(g),
+            None => f64::from(self.upstream_per_sample[i]),
+        }
+    }
+}
+
+/// A fixture case's `reduction`.
+fn reduction_of(c: &Value) -> Reduction {
+    match c.get("reduction").str() {
+        "mean" => Reduction::Mean,
+        "sum" => Reduction::Sum,
+        "none" => Reduction::None,
+        r => panic!("reduction {r}"),
+    }
+}
+
+/// Runs a CPU forward-only loss (`cpu::mixup_ce_forward` or `cpu::mixup_bce_forward`) as
+/// [`run_cpu`] does; returns the reduced loss (NaN for none) and the per-sample losses.
+#[cfg(feature = "cpu")]
+fn run_cpu_forward<S, T: mixup_kernels::FloatElement>(
+    op: common::CpuForward<S, T>,
+    case: &LossInputs,
+    spec: &S,
+    z: &[T],
+) -> (f32, Vec<f32>) {
+    let mut losses = vec![0f32; case.batch()];
+    let loss = op(&case.plan, spec, z, &case.labels, Some(&mut losses))
+        .unwrap()
+        .unwrap_or(f32::NAN);
+    (loss, losses)
+}
+
+/// Lets a loss case read its [`LossInputs`] as its own fields (`case.plan`, `case.labels`...).
+macro_rules! deref_to_inputs {
+    ($($case:ty),+) => {$(
+        impl std::ops::Deref for $case {
+            type Target = LossInputs;
+            fn deref(&self) -> &LossInputs {
+                &self.inputs
+            }
+        }
+    )+};
+}
+
+deref_to_inputs!(LossCase, BceCase);
+
+struct LossCase {
+    inputs: LossInputs,
+    source: String,
+    spec: CeSpec,
+    loss: f64,
+    losses: Option<Vec<f64>>,
+    grad: Vec<f64>,
+}
+
+impl LossCase {
     fn classes(&self) -> usize {
         self.spec.num_classes()
     }
 
     /// The gradient scale of sample `i`: the upstream gradient, over B for the mean.
     fn scale(&self, i: usize) -> f64 {
-        let up = match self.upstream_scalar {
-            Some(g) => f64::from(g),
-            None => f64::from(self.upstream_per_sample[i]),
-        };
+        let up = self.upstream_of(i);
         match self.spec.reduction() {
             Reduction::Mean => up / self.batch() as f64,
             _ => up,
@@ -1022,40 +1066,18 @@ fn loss_cases() -> Vec<LossCase> {
     let doc = fixture("loss");
     cases(&doc, "cases")
         .iter()
-        .map(|c| {
-            let reduction = match c.get("reduction").str() {
-                "mean" => Reduction::Mean,
-                "sum" => Reduction::Sum,
-                "none" => Reduction::None,
-                r => panic!("reduction {r}"),
-            };
-            let up = c.get("upstream");
-            let (upstream_scalar, upstream_per_sample) = match up {
-                Value::Arr(_) => (None, up.f32s()),
-                _ => (Some(up.f32()), Vec::new()),
-            };
-            let plan =
-                MixPlan::from_parts(&c.get("partner").usizes(), &c.get("lam").f32s()).unwrap();
-            assert_eq!(plan.len(), c.get("batch").usize());
-            LossCase {
-                name: c.get("name").str().to_owned(),
-                source: c.get("source").str().to_owned(),
-                dtype: c.get("dtype").str().to_owned(),
-                plan,
-                spec: CeSpec::new(
-                    c.get("num_classes").usize(),
-                    c.get("smoothing").f64(),
-                    reduction,
-                )
-                .unwrap(),
-                labels: c.get("labels").u32s(),
-                logits: c.get("logits").f32s(),
-                upstream_scalar,
-                upstream_per_sample,
-                loss: c.get("loss").f32().into(),
-                losses: c.opt("losses").map(|l| widen(&l.f32s())),
-                grad: widen(&c.get("grad").f32s()),
-            }
+        .map(|c| LossCase {
+            inputs: LossInputs::parse(c),
+            source: c.get("source").str().to_owned(),
+            spec: CeSpec::new(
+                c.get("num_classes").usize(),
+                c.get("smoothing").f64(),
+                reduction_of(c),
+            )
+            .unwrap(),
+            loss: c.get("loss").f32().into(),
+            losses: c.opt("losses").map(|l| widen(&l.f32s())),
+            grad: widen(&c.get("grad").f32s()),
         })
         .collect()
 }
@@ -1097,6 +1119,43 @@ macro_rules! with_dtype {
             d => panic!("dtype {d}"),
         }
     };
+}
+
+/// The f64 reference (`reference::mixup_ce` or `reference::mixup_bce`) of a loss case under
+/// `$spec`, on its logits in their storage type.
+macro_rules! exact {
+    ($op:ident, $case:expr, $spec:expr) => {
+        with_dtype!($case, |z: T| {
+            reference::$op(&$case.plan, $spec, &z, &$case.labels, $case.upstream()).unwrap()
+        })
+    };
+}
+
+/// Runs a CPU loss (`cpu::mixup_ce` or `cpu::mixup_bce`) on a case's logits `z` under `spec`
+/// into fresh outputs; returns the reduced loss (NaN for none), the per-sample losses and the
+/// gradient.
+#[cfg(feature = "cpu")]
+fn run_cpu<S, T: mixup_kernels::FloatElement>(
+    op: common::CpuLoss<S, T>,
+    case: &LossInputs,
+    spec: &S,
+    z: &[T],
+) -> (f32, Vec<f32>, Vec<T>) {
+    let mut losses = vec![0f32; case.batch()];
+    let mut grad = vec![T::default(); z.len()];
+    let up = case.upstream();
+    let loss = op(
+        &case.plan,
+        spec,
+        z,
+        &case.labels,
+        up,
+        Some(&mut losses),
+        &mut grad,
+    )
+    .unwrap()
+    .unwrap_or(f32::NAN);
+    (loss, losses, grad)
 }
 
 /// Compares a loss result with the torch case (the f32-accurate sources; torch's native
@@ -1154,14 +1213,7 @@ fn loss_fixture_covers_the_grid() {
 fn reference_mixup_ce_matches_torch_autograd() {
     let mut n = 0;
     for case in loss_cases().iter().filter(|c| torch_accurate(c)) {
-        let r = with_dtype!(case, |z: T| reference::mixup_ce(
-            &case.plan,
-            &case.spec,
-            &z,
-            &case.labels,
-            case.upstream()
-        )
-        .unwrap());
+        let r = exact!(mixup_ce, case, &case.spec);
         let losses = (case.spec.reduction() == Reduction::None).then_some(&r.losses[..]);
         check_loss(
             case,
@@ -1190,14 +1242,7 @@ fn torch_native_half_cross_entropy_is_loosely_close() {
         } else {
             (2f64.powi(-9), 2f64.powi(-10))
         };
-        let r = with_dtype!(case, |z: T| reference::mixup_ce(
-            &case.plan,
-            &case.spec,
-            &z,
-            &case.labels,
-            case.upstream()
-        )
-        .unwrap());
+        let r = exact!(mixup_ce, case, &case.spec);
         assert!(
             case.spec.reduction() == Reduction::None
                 || (r.loss.unwrap_or(f64::NAN) - case.loss).abs()
@@ -1233,22 +1278,9 @@ mod cpu_loss {
     fn cpu_mixup_ce_matches_torch_autograd() {
         let mut n = 0;
         for case in loss_cases().iter().filter(|c| torch_accurate(c)) {
-            let b = case.batch();
             with_dtype!(case, |z: T| {
-                let mut losses = vec![0f32; b];
-                let mut grad = vec![T::default(); z.len()];
-                let loss = cpu::mixup_ce(
-                    &case.plan,
-                    &case.spec,
-                    &z,
-                    &case.labels,
-                    case.upstream(),
-                    Some(&mut losses),
-                    &mut grad,
-                )
-                .unwrap()
-                .unwrap_or(f32::NAN);
-                let grad64: Vec<f64> = grad.iter().map(|g| f64::from(g.to_f32())).collect();
+                let (loss, losses, grad) = run_cpu(cpu::mixup_ce, case, &case.spec, &z);
+                let grad64 = widen(&grad);
                 let what = format!("cpu {}", case.name);
                 let per = (case.spec.reduction() == Reduction::None).then(|| widen(&losses));
                 check_loss(case, &what, loss.into(), per.as_deref(), &grad64);
@@ -1273,16 +1305,8 @@ mod cpu_loss {
                     );
                 }
 
-                let mut fwd_losses = vec![0f32; b];
-                let fwd = cpu::mixup_ce_forward(
-                    &case.plan,
-                    &case.spec,
-                    &z,
-                    &case.labels,
-                    Some(&mut fwd_losses),
-                )
-                .unwrap()
-                .unwrap_or(f32::NAN);
+                let (fwd, fwd_losses) =
+                    run_cpu_forward(cpu::mixup_ce_forward, case, &case.spec, &z);
                 assert!(
                     case.spec.reduction() == Reduction::None
                         || (f64::from(fwd) - case.loss).abs() <= case.loss_tol(case.loss),
@@ -1308,33 +1332,10 @@ mod cpu_loss {
     #[test]
     fn cpu_half_ce_is_at_least_as_accurate_as_torch_native() {
         for case in loss_cases().iter().filter(|c| !torch_accurate(c)) {
-            let exact = with_dtype!(case, |z: T| reference::mixup_ce(
-                &case.plan,
-                &case.spec,
-                &z,
-                &case.labels,
-                case.upstream()
-            )
-            .unwrap());
+            let exact = exact!(mixup_ce, case, &case.spec);
             let (loss, grad) = with_dtype!(case, |z: T| {
-                let mut grad = vec![T::default(); z.len()];
-                let loss = cpu::mixup_ce(
-                    &case.plan,
-                    &case.spec,
-                    &z,
-                    &case.labels,
-                    case.upstream(),
-                    Some(&mut vec![0f32; case.plan.len()][..]),
-                    &mut grad,
-                )
-                .unwrap()
-                .unwrap_or(f32::NAN);
-                (
-                    f64::from(loss),
-                    grad.iter()
-                        .map(|g| f64::from(g.to_f32()))
-                        .collect::<Vec<_>>(),
-                )
+                let (loss, _, grad) = run_cpu(cpu::mixup_ce, case, &case.spec, &z);
+                (f64::from(loss), widen(&grad))
             });
             let max_err = |g: &[f64]| {
                 g.iter()
@@ -1371,16 +1372,10 @@ mod cpu_loss {
 /// dtype f64, inputs widened from the stored f32 values).
 #[derive(Clone)]
 struct BceCase {
-    name: String,
-    dtype: String,
-    plan: MixPlan,
+    inputs: LossInputs,
     spec: BceSpec,
-    labels: Vec<u32>,
-    logits: Vec<f32>,
     /// What timm's forward compared against / used: thresholded already.
     target: Vec<f64>,
-    upstream_scalar: Option<f32>,
-    upstream_per_sample: Vec<f32>,
     /// The scalar timm returned (`None` for an `[B, C]` result).
     loss: Option<f64>,
     loss64: Option<f64>,
@@ -1394,28 +1389,14 @@ struct BceCase {
 }
 
 impl BceCase {
-    fn batch(&self) -> usize {
-        self.plan.len()
-    }
-
     fn classes(&self) -> usize {
         self.spec.num_classes()
-    }
-
-    fn upstream(&self) -> GradOutput<'_> {
-        match self.upstream_scalar {
-            Some(g) => GradOutput::Scalar(g),
-            None => GradOutput::PerSample(&self.upstream_per_sample),
-        }
     }
 
     /// The gradient scale of sample `i` as timm's autograd applies it: the upstream gradient,
     /// over B·C for the mean, over B with `sum_classes` (timm then always takes the batch mean).
     fn scale(&self, i: usize) -> f64 {
-        let up = match self.upstream_scalar {
-            Some(g) => f64::from(g),
-            None => f64::from(self.upstream_per_sample[i]),
-        };
+        let up = self.upstream_of(i);
         let (b, c) = (self.batch() as f64, self.classes() as f64);
         if self.spec.sum_classes() {
             up / b
@@ -1496,16 +1477,10 @@ fn bce_cases() -> Vec<BceCase> {
     cases(&doc, "cases")
         .iter()
         .map(|c| {
-            let reduction = match c.get("reduction").str() {
-                "mean" => Reduction::Mean,
-                "sum" => Reduction::Sum,
-                "none" => Reduction::None,
-                r => panic!("reduction {r}"),
-            };
             let mut spec = BceSpec::new(
                 c.get("num_classes").usize(),
                 c.get("smoothing").f64(),
-                reduction,
+                reduction_of(c),
             )
             .unwrap()
             .with_sum_classes(c.get("sum_classes").bool());
@@ -1520,25 +1495,11 @@ fn bce_cases() -> Vec<BceCase> {
             if !c.get("pos_weight").is_null() {
                 spec = spec.with_pos_weight(c.get("pos_weight").f32s()).unwrap();
             }
-            let up = c.get("upstream");
-            let (upstream_scalar, upstream_per_sample) = match up {
-                Value::Arr(_) => (None, up.f32s()),
-                _ => (Some(up.f32()), Vec::new()),
-            };
-            let plan =
-                MixPlan::from_parts(&c.get("partner").usizes(), &c.get("lam").f32s()).unwrap();
-            assert_eq!(plan.len(), c.get("batch").usize());
             let f64s = |v: &Value| v.arr().iter().map(Value::f64).collect::<Vec<_>>();
             BceCase {
-                name: c.get("name").str().to_owned(),
-                dtype: c.get("dtype").str().to_owned(),
-                plan,
+                inputs: LossInputs::parse(c),
                 spec,
-                labels: c.get("labels").u32s(),
-                logits: c.get("logits").f32s(),
                 target: widen(&c.get("target").f32s()),
-                upstream_scalar,
-                upstream_per_sample,
                 loss: c.opt("loss").map(|v| v.f32().into()),
                 loss64: c.opt("loss_f64").map(Value::f64),
                 elements: c.opt("elements").map(|v| widen(&v.f32s())),
@@ -1560,6 +1521,14 @@ fn bce_typed_cases() -> Vec<BceCase> {
 /// `.sum(-1).mean()`): those cases with reduction 'sum' / 'none' are checked on their own.
 fn timm_reduction_follows_spec(case: &BceCase) -> bool {
     !case.spec.sum_classes() || case.spec.reduction() == Reduction::Mean
+}
+
+/// The cases (away from the threshold boundary) whose reduction timm followed.
+fn spec_reduction_cases() -> Vec<BceCase> {
+    bce_typed_cases()
+        .into_iter()
+        .filter(timm_reduction_follows_spec)
+        .collect()
 }
 
 /// Compares a BCE result with one of timm's two runs. `rel` is the relative accuracy of the
@@ -1683,10 +1652,7 @@ fn bce_fixture_covers_the_grid() {
 #[test]
 fn reference_mixup_bce_matches_timm() {
     let mut n = 0;
-    for case in bce_typed_cases()
-        .iter()
-        .filter(|c| timm_reduction_follows_spec(c))
-    {
+    for case in &spec_reduction_cases() {
         let spec64 = spec_of_f64_run(&case.spec);
         for (spec, rel, run, loss, elements, grad) in [
             (
@@ -1706,14 +1672,7 @@ fn reference_mixup_bce_matches_timm() {
                 &case.grad,
             ),
         ] {
-            let r = with_dtype!(case, |z: T| reference::mixup_bce(
-                &case.plan,
-                spec,
-                &z,
-                &case.labels,
-                case.upstream()
-            )
-            .unwrap());
+            let r = exact!(mixup_bce, case, spec);
             check_bce(
                 case,
                 &format!("reference {} vs timm {run}", case.name),
@@ -1735,33 +1694,17 @@ fn reference_mixup_bce_matches_timm() {
 #[cfg(feature = "cpu")]
 mod cpu_bce {
     use super::*;
-    use mixup_kernels::{Element, cpu};
+    use mixup_kernels::cpu;
 
     /// `cpu::mixup_bce` and `cpu::mixup_bce_forward` against timm's training-precision run (f32
     /// level) and its f64 run (the same f32-level tolerance: the CPU path computes in f32).
     #[test]
     fn cpu_mixup_bce_matches_timm() {
         let mut n = 0;
-        for case in bce_typed_cases()
-            .iter()
-            .filter(|c| timm_reduction_follows_spec(c))
-        {
-            let b = case.batch();
+        for case in &spec_reduction_cases() {
             with_dtype!(case, |z: T| {
-                let mut losses = vec![0f32; b];
-                let mut grad = vec![T::default(); z.len()];
-                let loss = cpu::mixup_bce(
-                    &case.plan,
-                    &case.spec,
-                    &z,
-                    &case.labels,
-                    case.upstream(),
-                    Some(&mut losses),
-                    &mut grad,
-                )
-                .unwrap()
-                .unwrap_or(f32::NAN);
-                let grad64: Vec<f64> = grad.iter().map(|g| f64::from(g.to_f32())).collect();
+                let (loss, losses, grad) = run_cpu(cpu::mixup_bce, case, &case.spec, &z);
+                let grad64 = widen(&grad);
                 for (run, want_loss, want_el, want_grad) in [
                     ("f32", case.loss, &case.elements, &case.grad),
                     ("f64", case.loss64, &case.elements64, &case.grad64),
@@ -1779,16 +1722,8 @@ mod cpu_bce {
                         &grad64,
                     );
                 }
-                let mut fwd_losses = vec![0f32; b];
-                let fwd = cpu::mixup_bce_forward(
-                    &case.plan,
-                    &case.spec,
-                    &z,
-                    &case.labels,
-                    Some(&mut fwd_losses),
-                )
-                .unwrap()
-                .unwrap_or(f32::NAN);
+                let (fwd, fwd_losses) =
+                    run_cpu_forward(cpu::mixup_bce_forward, case, &case.spec, &z);
                 assert_eq!(fwd.to_bits(), loss.to_bits(), "{}: forward loss", case.name);
                 assert_eq!(
                     fwd_losses, losses,
@@ -1805,30 +1740,13 @@ mod cpu_bce {
     #[test]
     fn cpu_bce_sum_classes_mean_is_timms_value_for_every_reduction() {
         let mut n = 0;
-        for case in bce_typed_cases()
-            .iter()
-            .filter(|c| !timm_reduction_follows_spec(c))
-        {
-            let mut mean = case.clone();
-            mean.spec = respec(&case.spec, Reduction::Mean);
+        for mean in sum_classes_cases_as_mean() {
             with_dtype!(mean, |z: T| {
-                let mut losses = vec![0f32; mean.batch()];
-                let mut grad = vec![T::default(); z.len()];
-                let loss = cpu::mixup_bce(
-                    &mean.plan,
-                    &mean.spec,
-                    &z,
-                    &mean.labels,
-                    mean.upstream(),
-                    Some(&mut losses),
-                    &mut grad,
-                )
-                .unwrap()
-                .unwrap_or(f32::NAN);
-                let grad64: Vec<f64> = grad.iter().map(|g| f64::from(g.to_f32())).collect();
+                let (loss, losses, grad) = run_cpu(cpu::mixup_bce, &mean, &mean.spec, &z);
+                let grad64 = widen(&grad);
                 check_bce(
                     &mean,
-                    &format!("cpu {} (as Mean) vs timm f32", case.name),
+                    &format!("cpu {} (as Mean) vs timm f32", mean.name),
                     BCE_REL32,
                     mean.loss,
                     None,
@@ -1843,6 +1761,19 @@ mod cpu_bce {
         }
         assert!(n >= 2);
     }
+}
+
+/// The cases timm ran with `sum_classes` and reduction 'sum' or 'none' (which it ignores: see
+/// below), each with the crate's [`Reduction::Mean`] that gives timm's value.
+fn sum_classes_cases_as_mean() -> Vec<BceCase> {
+    bce_typed_cases()
+        .into_iter()
+        .filter(|c| !timm_reduction_follows_spec(c))
+        .map(|mut c| {
+            c.spec = respec(&c.spec, Reduction::Mean);
+            c
+        })
+        .collect()
 }
 
 /// `spec` with another reduction.
@@ -1881,24 +1812,12 @@ fn respec_eps(spec: &BceSpec, reduction: Reduction, eps: f64) -> BceSpec {
 #[test]
 fn reference_bce_sum_classes_mean_is_timms_value_for_every_reduction() {
     let mut n = 0;
-    for case in bce_typed_cases()
-        .iter()
-        .filter(|c| !timm_reduction_follows_spec(c))
-    {
-        let mut mean = case.clone();
-        mean.spec = respec(&case.spec, Reduction::Mean);
+    for mean in sum_classes_cases_as_mean() {
         let spec64 = spec_of_f64_run(&mean.spec);
-        let r = with_dtype!(mean, |z: T| reference::mixup_bce(
-            &mean.plan,
-            &spec64,
-            &z,
-            &mean.labels,
-            mean.upstream()
-        )
-        .unwrap());
+        let r = exact!(mixup_bce, mean, &spec64);
         check_bce(
             &mean,
-            &format!("reference {} (as Mean) vs timm f64", case.name),
+            &format!("reference {} (as Mean) vs timm f64", mean.name),
             BCE_REL64,
             mean.loss64,
             None,
@@ -1937,16 +1856,8 @@ fn bce_threshold_boundary_matches_timm() {
         let mut got = vec![("reference", r.losses.clone())];
         #[cfg(feature = "cpu")]
         {
-            let mut losses = vec![0f32; case.batch()];
-            mixup_kernels::cpu::mixup_bce_forward(
-                &case.plan,
-                &case.spec,
-                &case.logits,
-                &case.labels,
-                Some(&mut losses),
-            )
-            .unwrap()
-            .unwrap_or(f32::NAN);
+            let forward = mixup_kernels::cpu::mixup_bce_forward;
+            let (_, losses) = run_cpu_forward(forward, case, &case.spec, &case.logits);
             got.push(("cpu", widen(&losses)));
         }
         for (what, l) in got {

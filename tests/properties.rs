@@ -10,7 +10,6 @@
 mod common;
 
 use common::*;
-use mixup_kernels::ImageSize;
 use mixup_kernels::{
     BceSpec, CeSpec, Element, FloatElement, GradOutput, MixConfig, MixPlan, Mode, PartnerRule,
     Reduction, SampleShape, Sampler, TargetSpec, bf16, cpu, f16, reference, timm_rand_bbox,
@@ -58,10 +57,7 @@ fn sampler_plan(
         partner,
         ..MixConfig::timm(10)
     };
-    let size = ImageSize {
-        height: image.0,
-        width: image.1,
-    };
+    let size = common::image(image.0, image.1);
     // Forget the config's spec: the properties pair the plan with any class count.
     Sampler::new(cfg, 3)
         .unwrap()

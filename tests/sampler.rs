@@ -1,7 +1,9 @@
 //! Properties of the seeded sampler: determinism, partner structure, λ distribution, boxes.
 
 use approx::{assert_abs_diff_eq, assert_relative_eq};
-use mixup_kernels::ImageSize;
+mod common;
+
+use common::image;
 use mixup_kernels::{BoxRule, MixConfig, MixError, MixPlan, Mode, PartnerRule, Sampler};
 
 fn sampler(cfg: MixConfig) -> Sampler {
@@ -17,6 +19,15 @@ fn elem(alpha: f64, partner: PartnerRule) -> MixConfig {
     }
 }
 
+/// timm's defaults with MixUp off, drawn per sample.
+fn cutmix_elem() -> MixConfig {
+    MixConfig {
+        mixup_alpha: 0.0,
+        mode: Mode::Elem,
+        ..MixConfig::timm(10)
+    }
+}
+
 /// Mean and variance of a sample.
 fn moments(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
@@ -28,16 +39,7 @@ fn moments(v: &[f64]) -> (f64, f64) {
 fn lambdas(s: &Sampler, steps: u64, batch: usize) -> Vec<f64> {
     (0..steps)
         .flat_map(|step| {
-            let plan = s
-                .plan_images(
-                    step,
-                    batch,
-                    ImageSize {
-                        height: 16,
-                        width: 16,
-                    },
-                )
-                .unwrap();
+            let plan = s.plan_images(step, batch, image(16, 16)).unwrap();
             plan.samples().map(|m| m.lam as f64).collect::<Vec<_>>()
         })
         .collect()
@@ -56,14 +58,7 @@ fn same_arguments_same_plan_across_threads() {
         .map(|step| {
             s.clone()
                 .with_rank(3)
-                .plan_images(
-                    step,
-                    33,
-                    ImageSize {
-                        height: 24,
-                        width: 20,
-                    },
-                )
+                .plan_images(step, 33, image(24, 20))
                 .unwrap()
         })
         .collect();
@@ -81,14 +76,7 @@ fn same_arguments_same_plan_across_threads() {
                             step,
                             s.clone()
                                 .with_rank(3)
-                                .plan_images(
-                                    step,
-                                    33,
-                                    ImageSize {
-                                        height: 24,
-                                        width: 20,
-                                    },
-                                )
+                                .plan_images(step, 33, image(24, 20))
                                 .unwrap(),
                         )
                     })
@@ -107,14 +95,7 @@ fn same_arguments_same_plan_across_threads() {
         again
             .clone()
             .with_rank(3)
-            .plan_images(
-                5,
-                33,
-                ImageSize {
-                    height: 24,
-                    width: 20
-                }
-            )
+            .plan_images(5, 33, image(24, 20))
             .unwrap(),
         expected[5]
     );
@@ -147,15 +128,7 @@ fn plan_into_reuses_storage_and_matches_plan() {
         ..elem(0.4, PartnerRule::Flip)
     });
     assert!(matches!(
-        cut.plan_into(
-            0,
-            8,
-            Some(ImageSize {
-                height: 0,
-                width: 0
-            }),
-            &mut plan
-        ),
+        cut.plan_into(0, 8, Some(image(0, 0)), &mut plan),
         Err(MixError::EmptyShape { .. })
     ));
     assert_eq!(plan, before);
@@ -278,18 +251,7 @@ fn prob_and_switch_prob_are_respected() {
     let s = sampler(cfg);
     let (mut unmixed, mut cut, mut n) = (0usize, 0usize, 0usize);
     for step in 0..200 {
-        for m in s
-            .plan_images(
-                step,
-                64,
-                ImageSize {
-                    height: 32,
-                    width: 32,
-                },
-            )
-            .unwrap()
-            .samples()
-        {
+        for m in s.plan_images(step, 64, image(32, 32)).unwrap().samples() {
             n += 1;
             match m.cut {
                 Some(_) => cut += 1,
@@ -312,16 +274,7 @@ fn batch_mode_shares_one_decision_and_pair_mode_one_per_pair() {
     };
     let s = sampler(both.clone());
     for step in 0..50 {
-        let plan = s
-            .plan_images(
-                step,
-                9,
-                ImageSize {
-                    height: 12,
-                    width: 10,
-                },
-            )
-            .unwrap();
+        let plan = s.plan_images(step, 9, image(12, 10)).unwrap();
         let first = plan.sample(0);
         for (i, m) in plan.samples().enumerate() {
             if i != 4 {
@@ -340,16 +293,7 @@ fn batch_mode_shares_one_decision_and_pair_mode_one_per_pair() {
     });
     let mut distinct = std::collections::HashSet::new();
     for step in 0..50 {
-        let plan = s
-            .plan_images(
-                step,
-                10,
-                ImageSize {
-                    height: 12,
-                    width: 10,
-                },
-            )
-            .unwrap();
+        let plan = s.plan_images(step, 10, image(12, 10)).unwrap();
         for (i, m) in plan.samples().enumerate() {
             let p = plan.sample(m.partner);
             assert_eq!(
@@ -373,26 +317,17 @@ fn corrected_lambda_equals_the_box_area() {
     for rule in [BoxRule::Timm, BoxRule::Fastai] {
         for correct_lam in [true, false] {
             let cfg = MixConfig {
-                mixup_alpha: 0.0,
                 cutmix_alpha: 1.0,
                 correct_lam,
                 box_rule: rule,
-                mode: Mode::Elem,
-                ..MixConfig::timm(10)
+                ..cutmix_elem()
             };
             let (h, w) = (37usize, 23usize);
             let s = sampler(cfg);
             let mut uncorrected_differs = false;
             for step in 0..100 {
                 for (i, m) in s
-                    .plan_images(
-                        step,
-                        16,
-                        ImageSize {
-                            height: h,
-                            width: w,
-                        },
-                    )
+                    .plan_images(step, 16, image(h, w))
                     .unwrap()
                     .samples()
                     .enumerate()
@@ -423,29 +358,16 @@ fn corrected_lambda_equals_the_box_area() {
 #[test]
 fn minmax_boxes_follow_timm_ranges() {
     let cfg = MixConfig {
-        mixup_alpha: 0.0,
         cutmix_minmax: Some((0.2, 0.6)),
         correct_lam: false, // timm corrects λ anyway when minmax is set
-        mode: Mode::Elem,
-        ..MixConfig::timm(10)
+        ..cutmix_elem()
     };
     let (h, w) = (50usize, 30usize);
     let s = sampler(cfg);
     // timm >= 1.0.29 draws the offset with randint(0, H - cut + 1): the far edge is reachable.
     let mut touches_edge = false;
     for step in 0..50 {
-        for m in s
-            .plan_images(
-                step,
-                16,
-                ImageSize {
-                    height: h,
-                    width: w,
-                },
-            )
-            .unwrap()
-            .samples()
-        {
+        for m in s.plan_images(step, 16, image(h, w)).unwrap().samples() {
             let b = m.cut.expect("minmax forces CutMix");
             let (ch, cw) = ((b.y1 - b.y0) as usize, (b.x1 - b.x0) as usize);
             assert!((10..30).contains(&ch) && (6..18).contains(&cw), "{b:?}");
@@ -459,14 +381,7 @@ fn minmax_boxes_follow_timm_ranges() {
         "no box reached the bottom or right edge in 800 draws"
     );
     assert!(matches!(
-        s.plan_images(
-            0,
-            4,
-            ImageSize {
-                height: 1,
-                width: 30
-            }
-        ),
+        s.plan_images(0, 4, image(1, 30)),
         Err(MixError::InvalidArgument { .. })
     ));
 }
@@ -540,10 +455,7 @@ fn plan_needs_the_image_size_only_for_cutmix() {
     let mut p = MixPlan::default();
     assert!(cut.plan_into(0, 8, None, &mut p).is_err());
     assert_eq!(p, MixPlan::default(), "left unchanged on error");
-    let size = ImageSize {
-        height: 12,
-        width: 9,
-    };
+    let size = image(12, 9);
     cut.plan_into(3, 8, Some(size), &mut p).unwrap();
     assert_eq!(p, cut.plan_images(3, 8, size).unwrap());
     assert_eq!(p.image_size(), Some(size));
@@ -593,10 +505,7 @@ fn drawn_plans_remember_the_target_spec() {
 /// sampler's CutMix plan rebuilt from its own boxes is the same plan.
 #[test]
 fn from_boxes_matches_the_samplers_lambda() {
-    let size = ImageSize {
-        height: 32,
-        width: 24,
-    };
+    let size = image(32, 24);
     for step in 0..20 {
         let plan = sampler(MixConfig::fastai_v2_cutmix(10))
             .plan_images(step, 6, size)
@@ -604,15 +513,7 @@ fn from_boxes_matches_the_samplers_lambda() {
             .with_targets(None);
         let partner: Vec<usize> = plan.samples().map(|s| s.partner).collect();
         let boxes: Vec<_> = plan.samples().map(|s| s.cut.unwrap_or_default()).collect();
-        let rebuilt = MixPlan::from_boxes(
-            &partner,
-            &boxes,
-            ImageSize {
-                height: 32,
-                width: 24,
-            },
-        )
-        .unwrap();
+        let rebuilt = MixPlan::from_boxes(&partner, &boxes, image(32, 24)).unwrap();
         for (i, (a, b)) in plan.samples().zip(rebuilt.samples()).enumerate() {
             if a.partner == i {
                 continue; // unmixed: the sampler drops the box

@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use mixup_kernels::ImageSize;
 use mixup_kernels::{
     FloatElement, MixConfig, MixPlan, Mode, PartnerRule, Sampler, TargetSpec, bf16, cpu, f16,
     reference,
@@ -124,14 +123,7 @@ fn timm_flip_batch_target() {
     };
     let plan = Sampler::new(cfg.clone(), 3)
         .unwrap()
-        .plan_images(
-            0,
-            4,
-            ImageSize {
-                height: 8,
-                width: 8,
-            },
-        )
+        .plan_images(0, 4, image(8, 8))
         .unwrap();
     let lam = plan.sample(0).lam as f64;
     let labels = [0u32, 1, 2, 3];

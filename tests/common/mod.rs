@@ -5,9 +5,24 @@
 
 use mixup_kernels::ImageSize;
 use mixup_kernels::{
-    CutBox, Element, MemoryFormat, MixConfig, MixPlan, Mode, PartnerRule, SampleShape, Sampler,
-    ScalarType,
+    CutBox, Element, GradOutput, MemoryFormat, MixConfig, MixPlan, Mode, Normalize, PartnerRule,
+    Reduction, SampleShape, Sampler, ScalarType,
 };
+
+/// The image size `height × width` (pixels).
+pub fn image(height: usize, width: usize) -> ImageSize {
+    ImageSize { height, width }
+}
+
+/// The CutMix box of pixel `rows` × `cols` (half-open ranges).
+pub fn cut(rows: std::ops::Range<u32>, cols: std::ops::Range<u32>) -> CutBox {
+    CutBox {
+        y0: rows.start,
+        y1: rows.end,
+        x0: cols.start,
+        x1: cols.end,
+    }
+}
 
 /// Batch sizes every op is tried with (0 only where the op allows it).
 pub const BATCHES: [usize; 5] = [0, 1, 2, 5, 7];
@@ -170,6 +185,96 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: impl Tolerance) 
     }
 }
 
+/// One test binary's `#[test]` per element type, each running `$run::<T>()`:
+/// `tests_per_dtype!(sweep: matches_reference_f32 => f32, ...)`.
+#[macro_export]
+macro_rules! tests_per_dtype {
+    ($run:ident: $($name:ident => $t:ty),+ $(,)?) => {$(
+        #[test]
+        fn $name() {
+            $run::<$t>();
+        }
+    )+};
+}
+
+/// A loss entry point of the CPU path (`cpu::mixup_ce`, `cpu::mixup_bce`) for the spec type `S`.
+pub type CpuLoss<S, T> = fn(
+    &MixPlan,
+    &S,
+    &[T],
+    &[u32],
+    GradOutput<'_>,
+    Option<&mut [f32]>,
+    &mut [T],
+) -> mixup_kernels::Result<Option<f32>>;
+
+/// A forward-only loss entry point of the CPU path (`cpu::mixup_ce_forward`,
+/// `cpu::mixup_bce_forward`) for the spec type `S`.
+pub type CpuForward<S, T> =
+    fn(&MixPlan, &S, &[T], &[u32], Option<&mut [f32]>) -> mixup_kernels::Result<Option<f32>>;
+
+/// One call of a loss (`S`: `CeSpec` or `BceSpec`) to check against the reference.
+pub struct LossCase<'a, S, T> {
+    pub what: String,
+    pub plan: &'a MixPlan,
+    pub spec: S,
+    pub logits: &'a [T],
+    pub labels: &'a [u32],
+    pub grad_output: GradOutput<'a>,
+    /// Largest |logit|, for the loss tolerance.
+    pub range: f64,
+}
+
+impl<S, T: Element> LossCase<'_, S, T> {
+    /// Runs `op` (the gradient filled with 123 and the per-sample losses with -1 first, so an
+    /// element left unwritten shows) and checks that it gives a reduced loss exactly under Mean
+    /// and Sum, not under `reduction` None. Returns the reduced loss, the per-sample losses and
+    /// the gradient.
+    pub fn run(&self, op: CpuLoss<S, T>, reduction: Reduction) -> (Option<f32>, Vec<f32>, Vec<T>) {
+        let mut grad = vec![T::from_f32(123.0); self.logits.len()];
+        let mut losses = vec![-1.0f32; self.plan.len()];
+        let (plan, spec, up) = (self.plan, &self.spec, self.grad_output);
+        let loss = op(
+            plan,
+            spec,
+            self.logits,
+            self.labels,
+            up,
+            Some(&mut losses),
+            &mut grad,
+        )
+        .unwrap();
+        let what = &self.what;
+        // A scalar exactly for Mean and Sum; under Reduction::None the per-sample losses.
+        assert_eq!(loss.is_none(), reduction == Reduction::None, "{what}");
+        (loss, losses, grad)
+    }
+
+    /// Checks a `[B, classes]` gradient row by row against the reference's, row i within
+    /// `tol(up)`, `up` being row i's upstream gradient.
+    pub fn assert_grad_rows(
+        &self,
+        grad: &[T],
+        want: &[f64],
+        classes: usize,
+        tol: impl Fn(f64) -> Tol,
+    ) {
+        for i in 0..self.plan.len() {
+            let up = match self.grad_output {
+                GradOutput::Scalar(g) => g as f64,
+                GradOutput::PerSample(g) => g[i] as f64,
+            };
+            let row = i * classes..(i + 1) * classes;
+            assert_close(
+                &format!("{}: grad row {i}", self.what),
+                &to_f64(&grad[row.clone()]),
+                &want[row],
+                tol(up),
+            );
+        }
+    }
+}
+
 /// Asserts two slices have identical bits.
 #[track_caller]
 pub fn assert_same_bits<T: Element>(what: &str, got: &[T], want: &[T]) {
@@ -181,6 +286,109 @@ pub fn assert_same_bits<T: Element>(what: &str, got: &[T], want: &[T]) {
             "{what}: index {i} differs: got {g:?} ({gb:#x}), expected {w:?} ({wb:#x})"
         );
     }
+}
+
+/// Image shapes `(channels, height, width)` every mix + normalize test tries: odd sizes, a
+/// single pixel, 4 channels, and one channel of prime sides.
+pub const SMALL_IMAGES: [(usize, usize, usize); 4] = [(3, 5, 7), (1, 1, 1), (4, 3, 2), (1, 13, 17)];
+
+/// Both memory formats, for the mix + normalize tests' inputs and outputs.
+pub const FORMATS: [MemoryFormat; 2] = [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast];
+
+/// The image layout of `c` channels of `h` × `w` pixels in `format`.
+pub fn layout(format: MemoryFormat, c: usize, h: usize, w: usize) -> SampleShape {
+    match format {
+        MemoryFormat::ChannelsFirst => SampleShape::channels_first(c, h, w),
+        MemoryFormat::ChannelsLast => SampleShape::channels_last(h, w, c),
+    }
+}
+
+/// Normalize constants for `c` channels in `[0, 1]` units, scaled to the input's (255 for u8):
+/// ImageNet's for 3 channels, else means from 0.1307 up and stds from 0.3081 down by `steps`
+/// (mean, std) a channel, cycling every 50 (means) and 100 (stds) channels so that thousands of
+/// channels keep a positive std.
+pub fn norm_with_steps(c: usize, scale: f64, (mean_step, std_step): (f64, f64)) -> Normalize {
+    if c == 3 {
+        return Normalize::new(&Normalize::IMAGENET_MEAN, &Normalize::IMAGENET_STD, scale).unwrap();
+    }
+    let mean: Vec<f64> = (0..c)
+        .map(|k| 0.1307 + mean_step * (k % 50) as f64)
+        .collect();
+    let std: Vec<f64> = (0..c)
+        .map(|k| 0.3081 - std_step * (k % 100) as f64)
+        .collect();
+    Normalize::new(&mean, &std, scale).unwrap()
+}
+
+/// [`norm_with_steps`] with steps small enough for the thousands of channels the kernel
+/// tests use.
+pub fn norm_for(c: usize, scale: f64) -> Normalize {
+    norm_with_steps(c, scale, (0.01, 0.002))
+}
+
+/// The error bound of mix + normalize computed in f32: the lerp (two products, a sum and
+/// `1 − λ`, each rounded: 4 u of the larger input), the subtraction (u of `|v| + |mean|`) and
+/// the division (u of the result), all divided by the channel's std; then half an ulp of `O`.
+/// `max_in` is the largest input magnitude. Loose enough for any correct order of f32
+/// operations, tight enough that a wrong channel constant, a wrong pixel or a wrong box column
+/// fails by orders of magnitude.
+pub fn norm_tol<O: Element>(norm: &Normalize, max_in: f64) -> Tol {
+    let u = 2f64.powi(-24);
+    let worst = (0..norm.channels())
+        .map(|c| {
+            let (m, s) = (f64::from(norm.mean()[c]), f64::from(norm.std()[c]));
+            (6.0 * u * (max_in + m.abs())) / s
+        })
+        .fold(0.0, f64::max);
+    Tol::new(worst, 2.0 * u).stored_as::<O>()
+}
+
+/// The layouts the mix kernels are tried on: rows of 1, 3, 63 and 4097 elements (a single
+/// element, less than a vector, one short of a multiple of 16 lanes, longer than a task
+/// boundary), and small and 32×32 images in both memory formats.
+pub fn mix_layouts() -> Vec<SampleShape> {
+    vec![
+        SampleShape::rows(1),
+        SampleShape::rows(3),
+        SampleShape::rows(63),
+        SampleShape::rows(4097),
+        SampleShape::channels_first(3, 5, 7),
+        SampleShape::channels_last(5, 7, 3),
+        SampleShape::channels_first(3, 32, 32),
+        SampleShape::channels_last(17, 9, 4),
+    ]
+}
+
+/// A deterministic pseudo-random vector in `[-scale, scale)` (xorshift; no dependence on a
+/// framework's generator).
+pub fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+        })
+        .collect()
+}
+
+/// An elem-mode plan of `b` samples of `h × w` images with both MixUp and CutMix samples, so
+/// both code paths run in one call.
+pub fn mixed_plan(b: usize, h: usize, w: usize, seed: u64) -> MixPlan {
+    let cfg = MixConfig {
+        mixup_alpha: 1.0,
+        cutmix_alpha: 1.0,
+        switch_prob: 0.5,
+        mode: Mode::Elem,
+        ..MixConfig::timm(10)
+    };
+    let sampler = Sampler::new(cfg, seed).unwrap();
+    // Draw until the plan holds both kinds (the draw is deterministic, so this is too).
+    (0..64)
+        .map(|step| sampler.plan_images(step, b, image(h, w)).unwrap())
+        .find(|p| p.has_cutmix() && p.samples().any(|s| s.cut.is_none() && s.lam < 1.0))
+        .expect("a plan with both MixUp and CutMix samples")
 }
 
 /// Whether element `k` of a sample of `shape` lies inside the CutMix box `cut`: `None` when the
@@ -296,55 +504,15 @@ pub fn random_cycle(n: usize, rng: &mut TestRng) -> Vec<usize> {
 pub fn hand_plans(batch: usize, height: usize, width: usize) -> Vec<(String, MixPlan)> {
     let (h, w) = (height as u32, width as u32);
     let boxes = [
-        Some(CutBox {
-            y0: 0,
-            y1: h,
-            x0: 0,
-            x1: w,
-        }), // full image
-        Some(CutBox {
-            y0: 0,
-            y1: h.div_ceil(2),
-            x0: 0,
-            x1: w.div_ceil(2),
-        }), // top-left corner
-        Some(CutBox {
-            y0: h / 2,
-            y1: h,
-            x0: w / 2,
-            x1: w,
-        }), // bottom-right corner
-        Some(CutBox {
-            y0: 0,
-            y1: 0,
-            x0: 0,
-            x1: w,
-        }), // no rows
-        Some(CutBox {
-            y0: 0,
-            y1: h,
-            x0: w / 2,
-            x1: w / 2,
-        }), // no columns
-        None, // MixUp
-        Some(CutBox {
-            y0: h / 2,
-            y1: h / 2 + 1,
-            x0: 0,
-            x1: w,
-        }), // one full line
-        Some(CutBox {
-            y0: h - 1,
-            y1: h,
-            x0: w - 1,
-            x1: w,
-        }), // last pixel
-        Some(CutBox {
-            y0: 0,
-            y1: h,
-            x0: 0,
-            x1: 1,
-        }), // left column
+        Some(cut(0..h, 0..w)),                         // full image
+        Some(cut(0..h.div_ceil(2), 0..w.div_ceil(2))), // top-left corner
+        Some(cut(h / 2..h, w / 2..w)),                 // bottom-right corner
+        Some(cut(0..0, 0..w)),                         // no rows
+        Some(cut(0..h, w / 2..w / 2)),                 // no columns
+        None,                                          // MixUp
+        Some(cut(h / 2..h / 2 + 1, 0..w)),             // one full line
+        Some(cut(h - 1..h, w - 1..w)),                 // last pixel
+        Some(cut(0..h, 0..1)),                         // left column
     ];
     let mut rng = TestRng::new(batch as u64 * 31 + u64::from(h) * 7 + u64::from(w));
     let lam: Vec<f32> = (0..batch)

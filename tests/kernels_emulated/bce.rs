@@ -8,7 +8,7 @@
 //! the host's; and the same launch in other block and thread orders, bit for bit.
 
 use mixup_kernels::cuda::kernels::{bce_launch, emulated};
-use mixup_kernels::{BceSpec, FloatElement, GradOutput, MixPlan, Reduction, bf16, f16, reference};
+use mixup_kernels::{BceSpec, FloatElement, MixPlan, Reduction, reference};
 
 use crate::common::TestRng as Rng;
 use crate::exchange::{Case, Checks, Run, wide};
@@ -73,11 +73,6 @@ impl Default for BceCase {
     }
 }
 
-fn normal(rng: &mut Rng, sd: f64) -> f32 {
-    let (u1, u2) = (rng.unit().max(1e-300), rng.unit());
-    (sd * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-}
-
 struct Inputs<T> {
     z: Vec<T>,
     labels: Vec<u32>,
@@ -94,7 +89,7 @@ fn make<T: FloatElement + Default>(c: &BceCase) -> Inputs<T> {
             T::from_f32(if rng.unit() < 0.03 {
                 40.0 * rng.unit() as f32 - 20.0
             } else {
-                normal(&mut rng, 3.0)
+                loss::normal(&mut rng, 3.0)
             })
         })
         .collect();
@@ -102,19 +97,8 @@ fn make<T: FloatElement + Default>(c: &BceCase) -> Inputs<T> {
     for i in (0..b).step_by(3) {
         labels[i] = if (i / 3) % 2 == 1 { cc as u32 - 1 } else { 0 };
     }
-    let mut partner: Vec<usize> = (0..b).collect();
-    for i in (1..b).rev() {
-        partner.swap(i, rng.below(i + 1));
-    }
-    if b >= 3 {
-        labels[partner[2]] = labels[2]; // a == b
-    }
-    if c.bad_labels {
-        labels[1 % b] = cc as u32;
-        if b > 3 {
-            labels[3] = u32::MAX;
-        }
-    }
+    let partner = loss::shuffled(b, &mut rng);
+    loss::special_labels(&mut labels, &partner, cc, c.bad_labels);
     let mut lam: Vec<f32> = (0..b)
         .map(|i| match i {
             0 => 1.0,
@@ -175,37 +159,17 @@ fn make<T: FloatElement + Default>(c: &BceCase) -> Inputs<T> {
         .unwrap()
         .with_sum_classes(c.sum_classes);
     if c.weight {
-        let w = (0..cc)
-            .map(|k| {
-                if k % 7 == 3 {
-                    0.0
-                } else {
-                    2.0 * rng.unit() as f32
-                }
-            })
-            .collect();
+        let w = random_weights(&mut rng, cc, (7, 3), (0.0, 2.0));
         spec = spec.with_weight(w).unwrap();
     }
     if c.pos_weight {
-        let w = (0..cc)
-            .map(|k| {
-                if k % 5 == 2 {
-                    0.0
-                } else {
-                    0.25 + 2.75 * rng.unit() as f32
-                }
-            })
-            .collect();
+        let w = random_weights(&mut rng, cc, (5, 2), (0.25, 2.75));
         spec = spec.with_pos_weight(w).unwrap();
     }
     if let Some(thr) = c.thr {
         spec = spec.with_target_threshold(thr).unwrap();
     }
-    let ups = match c.up_kind {
-        Up::Host => Vec::new(),
-        Up::Device => vec![c.up],
-        Up::PerSample => (0..b).map(|_| 4.0 * rng.unit() as f32 - 2.0).collect(),
-    };
+    let ups = loss::upstream_values(c.up_kind, c.up, b, &mut rng);
     Inputs {
         z,
         labels,
@@ -215,21 +179,27 @@ fn make<T: FloatElement + Default>(c: &BceCase) -> Inputs<T> {
     }
 }
 
+/// `c` class weights uniform in [lo, lo + span), but 0 for the classes k with k % m == r.
+fn random_weights(
+    rng: &mut Rng,
+    c: usize,
+    (m, r): (usize, usize),
+    (lo, span): (f32, f32),
+) -> Vec<f32> {
+    (0..c)
+        .map(|k| {
+            if k % m == r {
+                0.0
+            } else {
+                lo + span * rng.unit() as f32
+            }
+        })
+        .collect()
+}
+
 fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: BceCase, out: &mut Vec<Case>) {
     let inp = make::<T>(&c);
-    let mut call = loss::call(
-        &inp.plan,
-        &inp.z,
-        &inp.labels,
-        c.mode,
-        (c.zoff, c.goff),
-        (c.up_kind, c.up, &inp.ups),
-        (inp.spec.weight(), inp.spec.pos_weight()),
-        232448,
-    );
-    if c.reduction == Reduction::None {
-        call.ce.loss = None; // per-sample losses only, as PyTorch's reduction='none'
-    }
+    let call = loss::call_for!(c, inp, (inp.spec.weight(), inp.spec.pos_weight()), 232448);
     let n = inp.z.len();
     let mut launch = emulated::mixup_bce(
         &inp.plan,
@@ -281,17 +251,11 @@ fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: BceCase, out:
     } as u64;
     let threads = launch.config.block_dim.0 as u64;
     let what = format!(
-        "bce {:?} C {} B {} {:?} {:?} up {:?} {} eps {} zoff {} goff {}{}{}{}{}{}{} [{} G {lanes} block {} grid {}{}]",
+        "bce {:?} C {} B {} {}{}{}{}{}{}{} [{} G {lanes} block {} grid {}{}]",
         T::DTYPE,
         c.c,
         c.b,
-        c.mode,
-        c.reduction,
-        c.up_kind,
-        c.up,
-        c.eps,
-        c.zoff,
-        c.goff,
+        loss::describe_common!(c),
         if c.weight { " weight" } else { "" },
         if c.pos_weight { " pos_weight" } else { "" },
         if c.sum_classes { " sum_classes" } else { "" },
@@ -317,7 +281,7 @@ fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: BceCase, out:
         launch,
         orders: loss::orders(c.seed, c.orders),
         bufs: call.bufs.0,
-        verdict: Box::new(move |runs, k| judge::<T>(runs, k, &c, &inp, slots, lanes, threads)),
+        verdict: Box::new(move |runs, k| judge::<T>(runs, k, &c, &inp, (slots, lanes, threads))),
     });
 }
 
@@ -336,16 +300,12 @@ fn judge<T: FloatElement + Default>(
     k: &mut Checks,
     c: &BceCase,
     inp: &Inputs<T>,
-    slots: loss::Slots,
-    lanes: u64,
-    threads: u64,
+    (slots, lanes, threads): (loss::Slots, u64, u64),
 ) {
     let o = loss::read::<T>(&runs[0], &slots);
     let (cc, b) = (c.c, c.b);
-    let ve = (16 / size_of::<T>()) as f64;
     let (rnd_rel, rnd_abs) = loss::rnd::<T>();
-    let lg = (lanes as f64).log2().ceil();
-    let n_ops = (cc as f64 / lanes as f64).ceil() + 2.0 * ve + lg + lanes as f64 / 32.0 + 4.0;
+    let n_ops = loss::sum_chain::<T>(cc, lanes, 2.0, 4.0);
     let eps = f64::from(c.eps as f32); // the kernel computes with f32(ε)
     let off = eps / cc as f64;
     let eps_dec = c.eps; // timm's double ε
@@ -356,26 +316,14 @@ fn judge<T: FloatElement + Default>(
     } else {
         (b * cc) as f64
     };
-    let bad = |l: u32| l as usize >= cc;
-    let fixed: Vec<u32> = inp
-        .labels
-        .iter()
-        .map(|&l| if bad(l) { 0 } else { l })
-        .collect();
-    let up = match c.up_kind {
-        Up::PerSample => GradOutput::PerSample(&inp.ups),
-        _ => GradOutput::Scalar(c.up),
-    };
-    let r = reference::mixup_bce(&inp.plan, &inp.spec, &inp.z, &fixed, up).unwrap();
-    let (mut bad_rows, mut ref_sum, mut ref_tol, mut ref_finite, mut shown) =
-        (0u32, 0.0, 0.0, true, 0);
-    for i in 0..b {
-        let s = inp.plan.sample(i);
-        let (a, bl) = (inp.labels[i], inp.labels[s.partner]);
-        if bad(a) || bad(bl) {
-            bad_rows += 1;
-            continue;
-        }
+    let fixed = loss::in_range(&inp.labels, cc);
+    let up = (c.up_kind, c.up, &inp.ups[..]);
+    let r =
+        reference::mixup_bce(&inp.plan, &inp.spec, &inp.z, &fixed, loss::grad_output(up)).unwrap();
+    let (mut ref_sum, mut ref_tol, mut ref_finite) = (0.0, 0.0, true);
+    let mut rows = loss::Failures::new(3);
+    let (defined, bad_rows) = loss::defined_rows(&inp.plan, &inp.labels, cc);
+    for (i, s, a, bl) in defined {
         let lam = f64::from(s.lam);
         let (ta, tb, toff) = match c.thr {
             Some(thr) => {
@@ -398,18 +346,9 @@ fn judge<T: FloatElement + Default>(
                 off,
             ),
         };
-        let up_i = match c.up_kind {
-            Up::PerSample => f64::from(inp.ups[i]),
-            _ => f64::from(c.up),
-        };
-        let scale = up_i
-            * if c.reduction == Reduction::Mean {
-                1.0 / count
-            } else {
-                1.0
-            };
+        let scale = loss::scale(up, i, c.reduction, count);
         let (mut labs, mut lerr, mut over) = (0.0, 0.0, false);
-        let mut gshown = 0;
+        let mut grads = loss::Failures::new(2);
         let zr = wide(&inp.z[i * cc..(i + 1) * cc]);
         for (kk, &z) in zr.iter().enumerate() {
             let j = i * cc + kk;
@@ -460,13 +399,10 @@ fn judge<T: FloatElement + Default>(
             } else {
                 !loss::within(got, gx, gtol)
             };
-            if fail && gshown < 2 {
-                gshown += 1;
-                k.check(false, || format!("grad[{i}, {kk}] is {got}, expected {gx} (tol {gtol:.3e}, z {z}, t {t}, w {w}, v {v})"));
-            }
+            grads.check(k, !fail, || format!("grad[{i}, {kk}] is {got}, expected {gx} (tol {gtol:.3e}, z {z}, t {t}, w {w}, v {v})"));
         }
         if c.mode != Mode::Fwd {
-            k.check(gshown == 0, || format!("gradient of row {i}"));
+            k.check(grads.none(), || format!("gradient of row {i}"));
         }
         let want = r.losses[i];
         let tol = lerr + n_ops * U * labs + 1e-37;
@@ -475,48 +411,24 @@ fn judge<T: FloatElement + Default>(
         ref_tol += tol;
         if want.is_nan() {
             ref_finite = false;
-            if !got.is_nan() && shown < 3 {
-                shown += 1;
-                k.check(false, || format!("loss of row {i} is {got}, expected NaN"));
-            }
+            rows.check(k, got.is_nan(), || {
+                format!("loss of row {i} is {got}, expected NaN")
+            });
         } else if !want.is_finite() || want.abs() > f64::from(f32::MAX) || over {
             ref_finite = false;
             // +inf (a weighted −inf logit, or a sum past the f32 range).
-            if got != f64::INFINITY && shown < 3 {
-                shown += 1;
-                k.check(false, || {
-                    format!("loss of row {i} is {got}, expected {want}")
-                });
-            }
-        } else if !loss::within(got, want, tol) && shown < 3 {
-            shown += 1;
-            k.check(false, || {
+            rows.check(k, got == f64::INFINITY, || {
+                format!("loss of row {i} is {got}, expected {want}")
+            });
+        } else {
+            rows.check(k, loss::within(got, want, tol), || {
                 format!("loss of row {i} is {got}, expected {want} (tol {tol:.3e})")
             });
         }
     }
-    k.check(shown == 0, || "per-sample losses".into());
-    k.check(o.flags[0] == bad_rows, || {
-        format!(
-            "{} rows flagged, {bad_rows} have an out-of-range label",
-            o.flags[0]
-        )
-    });
-    k.check(o.flags[1] == 0, || {
-        format!("the block counter was left at {}", o.flags[1])
-    });
-    let div = match c.reduction {
-        Reduction::Sum => Some(1.0),
-        Reduction::Mean => Some(count),
-        Reduction::None => None,
-    };
-    loss::check_reduced(
-        k,
-        &o,
-        threads,
-        div,
-        (bad_rows == 0 && ref_finite).then_some((ref_sum, ref_tol)),
-    );
+    k.check(rows.none(), || "per-sample losses".into());
+    let reference = (bad_rows == 0 && ref_finite).then_some((ref_sum, ref_tol));
+    loss::check_totals(k, &o, (bad_rows, threads), (c.reduction, count), reference);
     loss::check_untouched(k, &o, &inp.z, &slots);
     if c.orders {
         loss::check_orders::<T>(k, runs, &slots, false);
@@ -524,11 +436,12 @@ fn judge<T: FloatElement + Default>(
 }
 
 fn bce_cases<T: FloatElement + Default + Send + Sync + 'static>(out: &mut Vec<Case>) {
-    let mut seed = 3000 * size_of::<T>() as u64;
-    let odd = if size_of::<T>() == 4 { 1 } else { 3 };
-    let mut next = || {
-        seed += 1;
-        seed
+    let odd = loss::odd::<T>(); // a logits view off its 16-byte boundary
+    let mut next = loss::seeds::<T>(3000);
+    // Each case with the next seed.
+    let mut add = |mut case: BceCase| {
+        case.seed = next();
+        push_case::<T>(case, out)
     };
     for c in [1usize, 3, 7, 8, 9, 17, 33, 100, 257, 1000, 1031, 4099] {
         let small = c <= 300;
@@ -543,113 +456,87 @@ fn bce_cases<T: FloatElement + Default + Send + Sync + 'static>(out: &mut Vec<Ca
                 _ => Up::Host,
             };
             let zoff = if v % 3 == 0 { odd } else { 0 };
-            push_case::<T>(
-                BceCase {
-                    c,
-                    b: if small { 9 } else { 5 },
-                    mode,
-                    reduction,
-                    up_kind,
-                    up: if v % 2 == 1 { 0.75 } else { 1.0 },
-                    eps: if v % 3 == 1 { 0.0 } else { 0.1 },
-                    weight: v % 2 == 0,
-                    pos_weight: v % 4 < 2,
-                    sum_classes: v % 5 == 1,
-                    thr: (v >= 4).then_some(if v == 7 { 0.05 } else { 0.2 }),
-                    boundary: v == 5 || v == 6,
-                    masked: (v % 4) as u8,
-                    zoff,
-                    goff: if mode == Mode::GradShifted {
-                        if zoff == 0 { odd } else { 0 }
-                    } else {
-                        zoff
-                    },
-                    orders: v == 0 || v == 5,
-                    seed: next(),
-                    ..BceCase::default()
+            add(BceCase {
+                c,
+                b: if small { 9 } else { 5 },
+                mode,
+                reduction,
+                up_kind,
+                up: if v % 2 == 1 { 0.75 } else { 1.0 },
+                eps: if v % 3 == 1 { 0.0 } else { 0.1 },
+                weight: v % 2 == 0,
+                pos_weight: v % 4 < 2,
+                sum_classes: v % 5 == 1,
+                thr: (v >= 4).then_some(if v == 7 { 0.05 } else { 0.2 }),
+                boundary: v == 5 || v == 6,
+                masked: (v % 4) as u8,
+                zoff,
+                goff: if mode == Mode::GradShifted {
+                    if zoff == 0 { odd } else { 0 }
+                } else {
+                    zoff
                 },
-                out,
-            );
+                orders: v == 0 || v == 5,
+                ..BceCase::default()
+            });
         }
         // The other strategy and other lane counts, masked logits, weights, threshold.
         for kk in [false, true] {
-            push_case::<T>(
-                BceCase {
-                    c,
-                    b: 7,
-                    kernel: Some(kk),
-                    group: if c < 40 { 2 } else { 32 },
-                    threads: if c < 1000 { 64 } else { 256 },
-                    mode: if kk { Mode::InPlace } else { Mode::Grad },
-                    weight: true,
-                    pos_weight: true,
-                    thr: kk.then_some(0.2),
-                    masked: 3,
-                    force_grid: if kk { 2 } else { 0 },
-                    orders: true,
-                    seed: next(),
-                    ..BceCase::default()
-                },
-                out,
-            );
-        }
-        // NaN logits, with weights (some 0) and a threshold: NaN, never a finite loss.
-        push_case::<T>(
-            BceCase {
+            add(BceCase {
                 c,
-                b: 4,
+                b: 7,
+                kernel: Some(kk),
+                group: if c < 40 { 2 } else { 32 },
+                threads: if c < 1000 { 64 } else { 256 },
+                mode: if kk { Mode::InPlace } else { Mode::Grad },
                 weight: true,
                 pos_weight: true,
-                thr: Some(0.2),
-                masked: 4,
-                seed: next(),
+                thr: kk.then_some(0.2),
+                masked: 3,
+                force_grid: if kk { 2 } else { 0 },
+                orders: true,
                 ..BceCase::default()
-            },
-            out,
-        );
+            });
+        }
+        // NaN logits, with weights (some 0) and a threshold: NaN, never a finite loss.
+        add(BceCase {
+            c,
+            b: 4,
+            weight: true,
+            pos_weight: true,
+            thr: Some(0.2),
+            masked: 4,
+            ..BceCase::default()
+        });
         // Out-of-range labels.
-        push_case::<T>(
-            BceCase {
-                c,
-                b: 5,
-                bad_labels: true,
-                seed: next(),
-                ..BceCase::default()
-            },
-            out,
-        );
+        add(BceCase {
+            c,
+            b: 5,
+            bad_labels: true,
+            ..BceCase::default()
+        });
     }
     // A large batch through bce_warp with a smaller grid, and more rows than the last block's
     // threads (each thread of bce_finish sums several).
-    push_case::<T>(
-        BceCase {
-            c: 10,
-            b: 600,
-            force_grid: 3,
-            weight: true,
-            seed: next(),
-            ..BceCase::default()
-        },
-        out,
-    );
-    push_case::<T>(
-        BceCase {
-            c: 1000,
-            b: 40,
-            weight: true,
-            mode: Mode::InPlace,
-            orders: true,
-            seed: next(),
-            ..BceCase::default()
-        },
-        out,
-    );
+    add(BceCase {
+        c: 10,
+        b: 600,
+        force_grid: 3,
+        weight: true,
+        ..BceCase::default()
+    });
+    add(BceCase {
+        c: 1000,
+        b: 40,
+        weight: true,
+        mode: Mode::InPlace,
+        orders: true,
+        ..BceCase::default()
+    });
 }
 
 pub fn cases() -> Vec<Case> {
     let mut out = Vec::new();
-    bce_cases::<f32>(&mut out);
-    bce_cases::<f16>(&mut out);
-    bce_cases::<bf16>(&mut out);
+    loss::for_float_types!(bce_cases(&mut out));
     out
 }

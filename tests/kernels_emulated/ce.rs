@@ -14,7 +14,7 @@
 //! rounding.
 
 use mixup_kernels::cuda::kernels::{ce_launch, emulated};
-use mixup_kernels::{CeSpec, FloatElement, GradOutput, MixPlan, Reduction, bf16, f16, reference};
+use mixup_kernels::{CeSpec, FloatElement, MixPlan, Reduction, bf16, reference};
 
 use crate::common::TestRng as Rng;
 use crate::exchange::{Case, Checks, Run, wide};
@@ -47,22 +47,14 @@ struct Gpu {
     name: &'static str,
     optin: u32,
 }
-const H100: Gpu = Gpu {
-    name: "H100",
-    optin: 232448,
-};
-const A100: Gpu = Gpu {
-    name: "A100",
-    optin: 166912,
-};
-const L40: Gpu = Gpu {
-    name: "L40",
-    optin: 101376,
-};
-const T4: Gpu = Gpu {
-    name: "T4",
-    optin: 65536,
-};
+/// A device by its name and opt-in shared memory per block (bytes).
+const fn gpu(name: &'static str, optin: u32) -> Gpu {
+    Gpu { name, optin }
+}
+const H100: Gpu = gpu("H100", 232448);
+const A100: Gpu = gpu("A100", 166912);
+const L40: Gpu = gpu("L40", 101376);
+const T4: Gpu = gpu("T4", 65536);
 
 #[derive(Debug, Clone)]
 struct CeCase {
@@ -108,19 +100,6 @@ impl Default for CeCase {
     }
 }
 
-fn normal(rng: &mut Rng, sd: f64) -> f32 {
-    let (u1, u2) = (rng.unit().max(1e-300), rng.unit());
-    (sd * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-}
-
-fn shuffled(n: usize, rng: &mut Rng) -> Vec<usize> {
-    let mut v: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        v.swap(i, rng.below(i + 1));
-    }
-    v
-}
-
 struct Inputs<T> {
     z: Vec<T>,
     labels: Vec<u32>,
@@ -144,7 +123,7 @@ fn make_inputs<T: FloatElement + Default>(c: &CeCase) -> Inputs<T> {
             } else if rng.unit() < 0.02 {
                 6.0 + rng.unit() as f32
             } else {
-                normal(&mut rng, 1.5)
+                loss::normal(&mut rng, 1.5)
             };
             T::from_f32(x)
         })
@@ -165,16 +144,8 @@ fn make_inputs<T: FloatElement + Default>(c: &CeCase) -> Inputs<T> {
     for i in (0..b).step_by(3) {
         labels[i] = edges[(i / 3) % 5] as u32;
     }
-    let mut partner = shuffled(b, &mut rng);
-    if b >= 3 {
-        labels[partner[2]] = labels[2]; // a == b: the target weights add
-    }
-    if c.bad_labels {
-        labels[1 % b] = cc as u32; // just out of range
-        if b > 3 {
-            labels[3] = u32::MAX;
-        }
-    }
+    let mut partner = loss::shuffled(b, &mut rng);
+    loss::special_labels(&mut labels, &partner, cc, c.bad_labels);
     let mut lam: Vec<f32> = (0..b)
         .map(|i| match i {
             0 => 1.0,
@@ -205,11 +176,7 @@ fn make_inputs<T: FloatElement + Default>(c: &CeCase) -> Inputs<T> {
             }
         }
     }
-    let ups = match c.up_kind {
-        Up::Host => Vec::new(),
-        Up::Device => vec![c.up],
-        Up::PerSample => (0..b).map(|_| 4.0 * rng.unit() as f32 - 2.0).collect(),
-    };
+    let ups = loss::upstream_values(c.up_kind, c.up, b, &mut rng);
     Inputs {
         z,
         labels,
@@ -221,19 +188,7 @@ fn make_inputs<T: FloatElement + Default>(c: &CeCase) -> Inputs<T> {
 fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: CeCase, out: &mut Vec<Case>) {
     let inp = make_inputs::<T>(&c);
     let spec = CeSpec::new(c.c, c.eps, c.reduction).unwrap();
-    let mut call = loss::call(
-        &inp.plan,
-        &inp.z,
-        &inp.labels,
-        c.mode,
-        (c.zoff, c.goff),
-        (c.up_kind, c.up, &inp.ups),
-        (None, None),
-        c.gpu.optin,
-    );
-    if c.reduction == Reduction::None {
-        call.ce.loss = None; // per-sample losses only, as PyTorch's reduction='none'
-    }
+    let call = loss::call_for!(c, inp, (None, None), c.gpu.optin);
     let n = inp.z.len();
     let mut launch =
         emulated::mixup_ce(&inp.plan, &spec, T::DTYPE, n, &call.ce, call.up, &call.dev)
@@ -257,18 +212,12 @@ fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: CeCase, out: 
         launch.config.grid_dim.0 = c.force_grid;
     }
     let what = format!(
-        "ce {:?} C {} B {} {} {:?} {:?} up {:?} {} eps {} zoff {} goff {}{}{}{} [{} G {group} S {smem_slots} grid {} block {} smem {}]",
+        "ce {:?} C {} B {} {} {}{}{}{} [{} G {group} S {smem_slots} grid {} block {} smem {}]",
         T::DTYPE,
         c.c,
         c.b,
         c.gpu.name,
-        c.mode,
-        c.reduction,
-        c.up_kind,
-        c.up,
-        c.eps,
-        c.zoff,
-        c.goff,
+        loss::describe_common!(c),
         match c.data {
             Data::Normal => "",
             Data::Huge => " huge",
@@ -299,52 +248,34 @@ fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: CeCase, out: 
         orders: loss::orders(c.seed, c.orders),
         bufs: call.bufs.0,
         verdict: Box::new(move |runs, k| {
-            judge::<T>(runs, k, &c, &inp, &spec, slots, lanes, threads)
+            judge::<T>(runs, k, &c, &inp, &spec, (slots, lanes, threads))
         }),
     });
 }
 
-#[allow(clippy::too_many_arguments)]
 fn judge<T: FloatElement + Default>(
     runs: &[Run],
     k: &mut Checks,
     c: &CeCase,
     inp: &Inputs<T>,
     spec: &CeSpec,
-    slots: loss::Slots,
-    lanes: u64,
-    threads: u64,
+    (slots, lanes, threads): (loss::Slots, u64, u64),
 ) {
     let o = loss::read::<T>(&runs[0], &slots);
     let (cc, b) = (c.c, c.b);
-    let ve = (16 / size_of::<T>()) as f64;
     let (rnd_rel, rnd_abs) = loss::rnd::<T>();
-    // The longest chain of dependent operations in a row's sums.
-    let lg = (lanes as f64).log2().ceil();
-    let n_ops = (cc as f64 / lanes as f64).ceil() + ve + 2.0 + lg + lanes as f64 / 32.0 + 2.0;
+    let n_ops = loss::sum_chain::<T>(cc, lanes, 1.0, 4.0);
     let eps_s = n_ops * (EX2 + 2.0 * U);
     // The reference over rows whose labels are in range (a bad label stands in as 0: those
     // rows are not compared).
-    let bad = |l: u32| l as usize >= cc;
-    let fixed: Vec<u32> = inp
-        .labels
-        .iter()
-        .map(|&l| if bad(l) { 0 } else { l })
-        .collect();
-    let up = match c.up_kind {
-        Up::PerSample => GradOutput::PerSample(&inp.ups),
-        _ => GradOutput::Scalar(c.up),
-    };
-    let r = reference::mixup_ce(&inp.plan, spec, &inp.z, &fixed, up).unwrap();
+    let fixed = loss::in_range(&inp.labels, cc);
+    let up = (c.up_kind, c.up, &inp.ups[..]);
+    let r = reference::mixup_ce(&inp.plan, spec, &inp.z, &fixed, loss::grad_output(up)).unwrap();
     let t = reference::soft_targets(&inp.plan, spec.targets(), &fixed).unwrap();
-    let (mut bad_rows, mut ref_sum, mut ref_tol, mut shown) = (0u32, 0.0, 0.0, 0);
-    for i in 0..b {
-        let s = inp.plan.sample(i);
-        let (a, bb) = (inp.labels[i], inp.labels[s.partner]);
-        if bad(a) || bad(bb) {
-            bad_rows += 1;
-            continue;
-        }
+    let (mut ref_sum, mut ref_tol) = (0.0, 0.0);
+    let mut rows = loss::Failures::new(3);
+    let (defined, bad_rows) = loss::defined_rows(&inp.plan, &inp.labels, cc);
+    for (i, s, a, bb) in defined {
         let zr = wide(&inp.z[i * cc..(i + 1) * cc]);
         let has_nan = zr.iter().any(|v| v.is_nan());
         let mut m = zr
@@ -389,43 +320,27 @@ fn judge<T: FloatElement + Default>(
         let got = f64::from(o.losses[i]);
         if want.is_nan() {
             // No finite maximum, or a NaN logit: NaN (any non-finite value without a NaN).
-            if (if has_nan {
-                !got.is_nan()
+            let ok = if has_nan {
+                got.is_nan()
             } else {
-                got.is_finite()
-            }) && shown < 3
-            {
-                shown += 1;
-                k.check(false, || format!("loss of row {i} is {got}, expected NaN"));
-            }
+                !got.is_finite()
+            };
+            rows.check(k, ok, || format!("loss of row {i} is {got}, expected NaN"));
             continue;
         } else if want.is_infinite() {
-            if got != want && shown < 3 {
-                shown += 1;
-                k.check(false, || {
-                    format!("loss of row {i} is {got}, expected {want}")
-                });
-            }
-        } else if !loss::within(got, want, tol) && shown < 3 {
-            shown += 1;
-            k.check(false, || {
+            rows.check(k, got == want, || {
+                format!("loss of row {i} is {got}, expected {want}")
+            });
+        } else {
+            rows.check(k, loss::within(got, want, tol), || {
                 format!("loss of row {i} is {got}, expected {want} (tol {tol:.3e})")
             });
         }
         if c.mode == Mode::Fwd {
             continue;
         }
-        let up_i = match c.up_kind {
-            Up::PerSample => f64::from(inp.ups[i]),
-            _ => f64::from(c.up),
-        };
-        let scale = up_i
-            * if c.reduction == Reduction::Mean {
-                1.0 / b as f64
-            } else {
-                1.0
-            };
-        let mut gshown = 0;
+        let scale = loss::scale(up, i, c.reduction, b as f64);
+        let mut grads = loss::Failures::new(2);
         for (kk, &z0) in zr.iter().enumerate() {
             let z = z0 - base;
             let tk = t[i * cc + kk];
@@ -434,12 +349,9 @@ fn judge<T: FloatElement + Default>(
             let got_g = f64::from(o.grad[i * cc + kk].to_f32());
             if p == 0.0 && tk == 0.0 {
                 // A masked class with no weight: exactly 0.
-                if got_g != 0.0 && gshown < 2 {
-                    gshown += 1;
-                    k.check(false, || {
-                        format!("grad[{i}, {kk}] is {got_g}, expected exactly 0")
-                    });
-                }
+                grads.check(k, got_g == 0.0, || {
+                    format!("grad[{i}, {kk}] is {got_g}, expected exactly 0")
+                });
                 continue;
             }
             let gx = r.grad[i * cc + kk];
@@ -455,35 +367,18 @@ fn judge<T: FloatElement + Default>(
             };
             let d32 = scale.abs() * (dp + 3.0 * U * tk) + 4.0 * U * gx.abs();
             let gtol = d32 + rnd_rel * (gx.abs() + d32) + rnd_abs;
-            if !loss::within(got_g, gx, gtol) && gshown < 2 {
-                gshown += 1;
-                k.check(false, || format!("grad[{i}, {kk}] is {got_g}, expected {gx} (tol {gtol:.3e}, z {z}, a {a} b {bb})"));
-            }
+            grads.check(k, loss::within(got_g, gx, gtol), || format!("grad[{i}, {kk}] is {got_g}, expected {gx} (tol {gtol:.3e}, z {z}, a {a} b {bb})"));
         }
-        k.check(gshown == 0, || format!("gradient of row {i}"));
+        k.check(grads.none(), || format!("gradient of row {i}"));
     }
-    k.check(shown == 0, || "per-sample losses".into());
-    // Out-of-range labels: counted once per row, the block counter back at 0.
-    k.check(o.flags[0] == bad_rows, || {
-        format!(
-            "{} rows flagged, {bad_rows} have an out-of-range label",
-            o.flags[0]
-        )
-    });
-    k.check(o.flags[1] == 0, || {
-        format!("the block counter was left at {}", o.flags[1])
-    });
-    let div = match c.reduction {
-        Reduction::Sum => Some(1.0),
-        Reduction::Mean => Some(b as f64),
-        Reduction::None => None,
-    };
-    loss::check_reduced(
+    k.check(rows.none(), || "per-sample losses".into());
+    let reference = (bad_rows == 0).then_some((ref_sum, ref_tol));
+    loss::check_totals(
         k,
         &o,
-        threads,
-        div,
-        (bad_rows == 0).then_some((ref_sum, ref_tol)),
+        (bad_rows, threads),
+        (c.reduction, b as f64),
+        reference,
     );
     loss::check_untouched(k, &o, &inp.z, &slots);
     if bad_rows > 0 && c.mode != Mode::Fwd {
@@ -517,11 +412,12 @@ fn cases_for<T: FloatElement + Default + Send + Sync + 'static>(
     }
     cs.sort_unstable();
     cs.dedup();
-    let mut seed = 1000 * size_of::<T>() as u64;
-    let odd = if ve == 4 { 1 } else { 3 }; // a logits view off its 16-byte boundary
-    let mut next = || {
-        seed += 1;
-        seed
+    let odd = loss::odd::<T>(); // a logits view off its 16-byte boundary
+    let mut next = loss::seeds::<T>(1000);
+    // Each case with the next seed.
+    let mut add = |mut case: CeCase| {
+        case.seed = next();
+        push_case::<T>(case, out)
     };
     for &c in &cs {
         let (small, medium) = (c <= 2100, c <= 40000);
@@ -530,143 +426,99 @@ fn cases_for<T: FloatElement + Default + Send + Sync + 'static>(
             ..CeCase::default()
         };
         // Mean, gradient to another buffer, every order.
-        push_case::<T>(
-            CeCase {
-                b: if small { 5 } else { 2 },
-                orders: true,
-                seed: next(),
-                ..base.clone()
-            },
-            out,
-        );
+        add(CeCase {
+            b: if small { 5 } else { 2 },
+            orders: true,
+            ..base.clone()
+        });
         // One row, Sum, in place, device grad_output, view at offset 1, no smoothing.
-        push_case::<T>(
-            CeCase {
-                mode: Mode::InPlace,
-                reduction: Reduction::Sum,
-                up_kind: Up::Device,
-                up: 0.75,
-                eps: 0.0,
-                zoff: 1,
-                seed: next(),
-                ..base.clone()
-            },
-            out,
-        );
+        add(CeCase {
+            mode: Mode::InPlace,
+            reduction: Reduction::Sum,
+            up_kind: Up::Device,
+            up: 0.75,
+            eps: 0.0,
+            zoff: 1,
+            ..base.clone()
+        });
         // Forward only, None.
-        push_case::<T>(
-            CeCase {
-                b: if small { 5 } else { 2 },
-                mode: Mode::Fwd,
-                reduction: Reduction::None,
-                zoff: odd,
-                orders: !medium,
-                seed: next(),
-                ..base.clone()
-            },
-            out,
-        );
+        add(CeCase {
+            b: if small { 5 } else { 2 },
+            mode: Mode::Fwd,
+            reduction: Reduction::None,
+            zoff: odd,
+            orders: !medium,
+            ..base.clone()
+        });
         if !medium {
             continue;
         }
         // None with a per-sample grad_output, gradient at another 16-byte offset than the logits.
-        push_case::<T>(
-            CeCase {
-                b: if small { 3 } else { 2 },
-                mode: Mode::GradShifted,
-                reduction: Reduction::None,
-                up_kind: Up::PerSample,
-                zoff: odd,
-                seed: next(),
-                ..base.clone()
-            },
-            out,
-        );
+        add(CeCase {
+            b: if small { 3 } else { 2 },
+            mode: Mode::GradShifted,
+            reduction: Reduction::None,
+            up_kind: Up::PerSample,
+            zoff: odd,
+            ..base.clone()
+        });
         // Huge logits.
-        push_case::<T>(
-            CeCase {
-                b: 2,
-                data: Data::Huge,
-                up: -2.5,
-                reduction: Reduction::Sum,
-                seed: next(),
-                ..base.clone()
-            },
-            out,
-        );
+        add(CeCase {
+            b: 2,
+            data: Data::Huge,
+            up: -2.5,
+            reduction: Reduction::Sum,
+            ..base.clone()
+        });
         // Masked (−inf) logits.
-        push_case::<T>(
-            CeCase {
-                b: 3,
-                data: Data::Masked,
-                seed: next(),
-                ..base.clone()
-            },
-            out,
-        );
+        add(CeCase {
+            b: 3,
+            data: Data::Masked,
+            ..base.clone()
+        });
         // Out-of-range labels, forward + backward and forward only.
         for mode in [Mode::Grad, Mode::Fwd] {
-            push_case::<T>(
-                CeCase {
-                    b: 5,
-                    mode,
-                    bad_labels: true,
-                    seed: next(),
-                    ..base.clone()
-                },
-                out,
-            );
+            add(CeCase {
+                b: 5,
+                mode,
+                bad_labels: true,
+                ..base.clone()
+            });
         }
         if !small {
             continue;
         }
         // A large batch, in place, every order.
-        push_case::<T>(
-            CeCase {
-                b: 64,
-                mode: Mode::InPlace,
-                orders: c == 1000 || c == 2049,
-                seed: next(),
-                ..base.clone()
-            },
-            out,
-        );
+        add(CeCase {
+            b: 64,
+            mode: Mode::InPlace,
+            orders: c == 1000 || c == 2049,
+            ..base.clone()
+        });
         // Fewer blocks than the host launches: the grid-stride loops of every kernel (and the
         // alternating reduction buffers of ce_block / ce_online), reached for B >= 2^31.
-        push_case::<T>(
-            CeCase {
-                b: 9,
-                force_grid: 2,
-                orders: true,
-                seed: next(),
-                ..base.clone()
-            },
-            out,
-        );
+        add(CeCase {
+            b: 9,
+            force_grid: 2,
+            orders: true,
+            ..base.clone()
+        });
         // The same for ce_warp (8 rows per block at 32 lanes a row), with a device grad_output.
-        push_case::<T>(
-            CeCase {
-                b: 64,
-                up_kind: Up::Device,
-                up: 3.0,
-                force_grid: 3,
-                seed: next(),
-                ..base.clone()
-            },
-            out,
-        );
+        add(CeCase {
+            b: 64,
+            up_kind: Up::Device,
+            up: 3.0,
+            force_grid: 3,
+            ..base.clone()
+        });
         // More rows than the last block has threads: each thread of ce_finish sums several.
         if c <= 600 {
-            push_case::<T>(
-                CeCase {
-                    b: if c <= 40 { 600 } else { 300 },
-                    mode: if c % 2 == 1 { Mode::Fwd } else { Mode::InPlace },
-                    reduction: [Reduction::Mean, Reduction::Sum, Reduction::None][c % 3],
-                    seed: next(),
-                    ..base.clone()
-                },
-                out,
-            );
+            add(CeCase {
+                b: if c <= 40 { 600 } else { 300 },
+                mode: if c % 2 == 1 { Mode::Fwd } else { Mode::InPlace },
+                reduction: [Reduction::Mean, Reduction::Sum, Reduction::None][c % 3],
+                ..base.clone()
+            });
         }
     }
     // Other devices: the shared-memory limit moves the ce_block -> ce_online boundary
@@ -674,34 +526,26 @@ fn cases_for<T: FloatElement + Default + Send + Sync + 'static>(
     for &gpu in others {
         let s_max = (gpu.optin as usize - 2048) / (1024 * 16);
         for dc in [0, 1] {
-            push_case::<T>(
-                CeCase {
-                    c: last_c(4096 + 1024 * s_max) + dc,
-                    gpu,
-                    b: 2,
-                    mode: if dc == 1 { Mode::InPlace } else { Mode::Grad },
-                    zoff: dc,
-                    seed: next(),
-                    ..CeCase::default()
-                },
-                out,
-            );
+            add(CeCase {
+                c: last_c(4096 + 1024 * s_max) + dc,
+                gpu,
+                b: 2,
+                mode: if dc == 1 { Mode::InPlace } else { Mode::Grad },
+                zoff: dc,
+                ..CeCase::default()
+            });
         }
     }
     // Large rows: 100 000 classes, forward only, in place, the gradient at another offset.
     for mode in [Mode::Grad, Mode::Fwd, Mode::InPlace, Mode::GradShifted] {
         let zoff = usize::from(matches!(mode, Mode::InPlace | Mode::GradShifted));
-        push_case::<T>(
-            CeCase {
-                c: 100000,
-                b: 2,
-                mode,
-                zoff,
-                seed: next(),
-                ..CeCase::default()
-            },
-            out,
-        );
+        add(CeCase {
+            c: 100000,
+            b: 2,
+            mode,
+            zoff,
+            ..CeCase::default()
+        });
     }
 }
 
@@ -769,7 +613,7 @@ fn mask_rows(c: usize, ve: usize, b: usize, seed: u64) -> Vec<MaskRow> {
 fn masked_cases<T: FloatElement + Default + Send + Sync + 'static>(out: &mut Vec<Case>) {
     let ve = 16 / size_of::<T>();
     let mut seed = 5000 * size_of::<T>() as u64;
-    let odd = if ve == 4 { 1 } else { 3 };
+    let odd = loss::odd::<T>();
     for c in [1usize, 15, 16, 17, 31, 1000, 32771, 100000] {
         let big = c > 1000;
         let b = if c <= 31 {
@@ -859,7 +703,7 @@ fn masked_cases<T: FloatElement + Default + Send + Sync + 'static>(out: &mut Vec
 /// at min / 2; all at the minimum; −inf and the minimum alternately; all but the label.
 fn far_max_cases<T: FloatElement + Default + Send + Sync + 'static>(out: &mut Vec<Case>) {
     let mut seed = 9000 * size_of::<T>() as u64;
-    let odd = if size_of::<T>() == 4 { 1 } else { 3 };
+    let odd = loss::odd::<T>();
     for c in [1usize, 15, 17, 1000, 2049, 32771, 100000] {
         let big = c > 2049;
         for eps in [0.0f64, 0.1] {
@@ -920,16 +764,10 @@ fn far_max_cases<T: FloatElement + Default + Send + Sync + 'static>(out: &mut Ve
 
 pub fn cases() -> Vec<Case> {
     let mut out = Vec::new();
-    far_max_cases::<f32>(&mut out);
-    far_max_cases::<f16>(&mut out);
-    far_max_cases::<bf16>(&mut out);
-    masked_cases::<f32>(&mut out);
-    masked_cases::<f16>(&mut out);
-    masked_cases::<bf16>(&mut out);
+    loss::for_float_types!(far_max_cases(&mut out));
+    loss::for_float_types!(masked_cases(&mut out));
     let others = [A100, L40, T4];
-    cases_for::<f32>(&others, &mut out);
-    cases_for::<f16>(&others, &mut out);
-    cases_for::<bf16>(&others, &mut out);
+    loss::for_float_types!(cases_for(&others, &mut out));
     // The largest row the issue names: 256 000 bf16 classes, ce_online.
     push_case::<bf16>(
         CeCase {

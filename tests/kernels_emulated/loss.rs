@@ -4,8 +4,11 @@
 
 use mixup_kernels::cuda::kernels::emulated::Device;
 use mixup_kernels::cuda::raw::{CeBuffers, RawGradOutput};
-use mixup_kernels::{FloatElement, MixPlan, ScalarType, bf16, f16};
+use mixup_kernels::{
+    FloatElement, GradOutput, MixPlan, Reduction, SampleMix, ScalarType, bf16, f16,
+};
 
+use crate::common::TestRng as Rng;
 use crate::exchange::{Buffers, Checks, Run, addr, bytes, elems};
 
 pub const U: f64 = f32::EPSILON as f64 / 2.0;
@@ -30,6 +33,117 @@ pub enum Up {
     Host,
     Device,
     PerSample,
+}
+
+/// An element offset of T off the 16-byte boundary: 1 for 4-byte types, else 3.
+pub fn odd<T>() -> usize {
+    if size_of::<T>() == 4 { 1 } else { 3 }
+}
+
+/// Seeds counting up from `base · size_of::<T>()`, so each dtype's cases get their own.
+pub fn seeds<T>(base: u64) -> impl FnMut() -> u64 {
+    let mut seed = base * size_of::<T>() as u64;
+    move || {
+        seed += 1;
+        seed
+    }
+}
+
+/// Normally distributed with standard deviation `sd` (Box–Muller).
+pub fn normal(rng: &mut Rng, sd: f64) -> f32 {
+    let (u1, u2) = (rng.unit().max(1e-300), rng.unit());
+    (sd * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+/// A random permutation of `0..n`.
+pub fn shuffled(n: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        v.swap(i, rng.below(i + 1));
+    }
+    v
+}
+
+/// What every loss case adds to its labels (of `c` classes): sample 2's partner takes its label
+/// (a == b: the target weights add); with `bad`, labels just and far out of range.
+pub fn special_labels(labels: &mut [u32], partner: &[usize], c: usize, bad: bool) {
+    let b = labels.len();
+    if b >= 3 {
+        labels[partner[2]] = labels[2];
+    }
+    if bad {
+        labels[1 % b] = c as u32; // just out of range
+        if b > 3 {
+            labels[3] = u32::MAX;
+        }
+    }
+}
+
+/// The upstream values a call stages: none for a host scalar, `up` for a device scalar, one per
+/// sample (in [-2, 2)) for a per-sample grad_output.
+pub fn upstream_values(kind: Up, up: f32, b: usize, rng: &mut Rng) -> Vec<f32> {
+    match kind {
+        Up::Host => Vec::new(),
+        Up::Device => vec![up],
+        Up::PerSample => (0..b).map(|_| 4.0 * rng.unit() as f32 - 2.0).collect(),
+    }
+}
+
+/// The labels the reference is given: an out-of-range label (its row is not compared) stands
+/// in as 0.
+pub fn in_range(labels: &[u32], c: usize) -> Vec<u32> {
+    labels
+        .iter()
+        .map(|&l| if l as usize >= c { 0 } else { l })
+        .collect()
+}
+
+/// The rows whose label and whose partner's label are in range (of `c` classes), as (row, its
+/// mix, label, partner's label), and how many are not: their losses are undefined, they are
+/// only counted.
+pub fn defined_rows(
+    plan: &MixPlan,
+    labels: &[u32],
+    c: usize,
+) -> (Vec<(usize, SampleMix, u32, u32)>, u32) {
+    let mut defined = Vec::new();
+    let mut bad_rows = 0;
+    for i in 0..plan.len() {
+        let s = plan.sample(i);
+        let (a, b) = (labels[i], labels[s.partner]);
+        if a as usize >= c || b as usize >= c {
+            bad_rows += 1;
+        } else {
+            defined.push((i, s, a, b));
+        }
+    }
+    (defined, bad_rows)
+}
+
+/// The host grad_output that means what a call's upstream (`kind`, `up`, `ups`) does.
+pub fn grad_output((kind, up, ups): (Up, f32, &[f32])) -> GradOutput<'_> {
+    match kind {
+        Up::PerSample => GradOutput::PerSample(ups),
+        _ => GradOutput::Scalar(up),
+    }
+}
+
+/// The gradient scale of row `i`: its upstream value, over `mean_count` under Mean.
+pub fn scale(
+    (kind, up, ups): (Up, f32, &[f32]),
+    i: usize,
+    reduction: Reduction,
+    mean_count: f64,
+) -> f64 {
+    let up_i = match kind {
+        Up::PerSample => f64::from(ups[i]),
+        _ => f64::from(up),
+    };
+    up_i * if reduction == Reduction::Mean {
+        1.0 / mean_count
+    } else {
+        1.0
+    }
 }
 
 pub fn from_bits<T: FloatElement + Default>(b: u32) -> T {
@@ -90,11 +204,8 @@ pub struct Call {
 /// Lays out one call: logits at `zoff` elements into its buffer (zeros before), the gradient
 /// (another buffer at `goff`, sentinels before and in it; or the logits), labels, the staged
 /// plan, per-sample losses and the loss (NaN), the grad_output, the flags, the class weights.
-#[allow(clippy::too_many_arguments)]
 pub fn call<T: FloatElement + Default>(
-    plan: &MixPlan,
-    z: &[T],
-    labels: &[u32],
+    (plan, z, labels): (&MixPlan, &[T], &[u32]),
     mode: Mode,
     (zoff, goff): (usize, usize),
     (up_kind, up, ups): (Up, f32, &[f32]),
@@ -163,6 +274,48 @@ pub fn call<T: FloatElement + Default>(
         ),
     }
 }
+
+/// [`call`] for a case `$c` (a CE or BCE case: their common fields have the same names) and
+/// its inputs `$inp`, with the class weights `$weights` and the device's `$smem_optin`; the
+/// reduced loss left out under Reduction::None (per-sample losses only, as PyTorch's
+/// reduction='none').
+macro_rules! call_for {
+    ($c:expr, $inp:expr, $weights:expr, $smem_optin:expr) => {{
+        let up = ($c.up_kind, $c.up, &$inp.ups[..]);
+        let (inputs, offsets) = (
+            (&$inp.plan, &$inp.z[..], &$inp.labels[..]),
+            ($c.zoff, $c.goff),
+        );
+        let mut call = $crate::loss::call(inputs, $c.mode, offsets, up, $weights, $smem_optin);
+        if $c.reduction == mixup_kernels::Reduction::None {
+            call.ce.loss = None;
+        }
+        call
+    }};
+}
+pub(crate) use call_for;
+
+/// The settings CE and BCE cases share (same field names), for a case's description: mode,
+/// reduction, grad_output, ε and the offsets.
+macro_rules! describe_common {
+    ($c:expr) => {
+        format!(
+            "{:?} {:?} up {:?} {} eps {} zoff {} goff {}",
+            $c.mode, $c.reduction, $c.up_kind, $c.up, $c.eps, $c.zoff, $c.goff
+        )
+    };
+}
+pub(crate) use describe_common;
+
+/// Calls `$f::<T>(args)` for each float type the loss kernels take: f32, f16 and bf16.
+macro_rules! for_float_types {
+    ($f:ident($($arg:expr),*)) => {
+        $f::<f32>($($arg),*);
+        $f::<mixup_kernels::f16>($($arg),*);
+        $f::<mixup_kernels::bf16>($($arg),*);
+    };
+}
+pub(crate) use for_float_types;
 
 /// One run's outputs.
 pub struct Out<T> {
@@ -251,6 +404,68 @@ pub fn check_reduced(
             format!("reduced loss {got}, reference {r}")
         });
     }
+}
+
+/// The longest chain of dependent operations in a row's sums, for `c` classes over `lanes`
+/// lanes: a lane's share of the row, `vector_steps` operations per element of a 16-byte vector
+/// of T, the butterfly, the merge of the warps, and `extra` of the kernel's own.
+pub fn sum_chain<T>(c: usize, lanes: u64, vector_steps: f64, extra: f64) -> f64 {
+    let ve = (16 / size_of::<T>()) as f64;
+    let lg = (lanes as f64).log2().ceil();
+    (c as f64 / lanes as f64).ceil() + vector_steps * ve + lg + lanes as f64 / 32.0 + extra
+}
+
+/// Reports the first `limit` failures of one kind in a case (more would only repeat them) and
+/// says whether there was any.
+pub struct Failures {
+    shown: u32,
+    limit: u32,
+}
+
+impl Failures {
+    pub fn new(limit: u32) -> Self {
+        Self { shown: 0, limit }
+    }
+
+    /// Reports `what` unless `ok`, while fewer than `limit` failures were reported.
+    pub fn check(&mut self, k: &mut Checks, ok: bool, what: impl FnOnce() -> String) {
+        if !ok && self.shown < self.limit {
+            self.shown += 1;
+            k.check(false, what);
+        }
+    }
+
+    /// No failure so far.
+    pub fn none(&self) -> bool {
+        self.shown == 0
+    }
+}
+
+/// The checks after the rows: out-of-range labels counted once per row (`bad_rows` of them),
+/// the block counter back at 0, and the reduced loss ([`check_reduced`], `mean_count`: what
+/// Mean divides by).
+pub fn check_totals(
+    k: &mut Checks,
+    o: &Out<impl Copy>,
+    (bad_rows, threads): (u32, u64),
+    (reduction, mean_count): (Reduction, f64),
+    reference: Option<(f64, f64)>,
+) {
+    k.check(o.flags[0] == bad_rows, || {
+        format!(
+            "{} rows flagged, {bad_rows} have an out-of-range label",
+            o.flags[0]
+        )
+    });
+    k.check(o.flags[1] == 0, || {
+        format!("the block counter was left at {}", o.flags[1])
+    });
+    let div = match reduction {
+        Reduction::Sum => Some(1.0),
+        Reduction::Mean => Some(mean_count),
+        Reduction::None => None,
+    };
+    check_reduced(k, o, threads, div, reference);
 }
 
 /// Nothing written outside the outputs: the logits (unless in place), the zeros before their

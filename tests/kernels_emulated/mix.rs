@@ -8,14 +8,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use mixup_kernels::cuda::kernels::emulated::{self, Device};
+use mixup_kernels::cuda::kernels::emulated::{self, Device, HostLaunch};
 use mixup_kernels::{
-    CutBox, Element, ImageSize, MixPlan, SampleShape, ScalarType, TargetSpec, bf16, cpu, f16,
-    reference,
+    CutBox, Element, MixPlan, SampleShape, ScalarType, TargetSpec, bf16, cpu, f16, reference,
 };
 
-use crate::common::TestRng as Rng;
-use crate::exchange::{Buffers, Case, Checks, Run, addr, bytes, elems, wide};
+use crate::common::{self, TestRng as Rng, image, mix_layouts};
+use crate::exchange::{Buffers, Case, Checks, Run, Verdict, addr, bytes, elems, wide};
 
 const U: f64 = f32::EPSILON as f64 / 2.0;
 
@@ -36,6 +35,39 @@ fn storage(dtype: ScalarType, v: f64) -> f64 {
         ScalarType::BF16 => 2f64.powi(-8) * v.abs() + 2f64.powi(-134),
         ScalarType::U8 => 0.5 + 1e-9,
     }
+}
+
+/// A case of this file, run in the next order ([`next_order`]).
+fn case(
+    group: &'static str,
+    what: String,
+    launch: HostLaunch,
+    b: Buffers,
+    verdict: Verdict,
+) -> Case {
+    Case {
+        group,
+        what,
+        launch,
+        orders: next_order(),
+        bufs: b.0,
+        verdict,
+    }
+}
+
+/// The host's soft-target launch: the labels in buffer `lb`, the output `oo` elements into
+/// buffer `ob`, `n` elements of it, the staged plan in `pb` and the flags in `fb`.
+fn soft_launch<T: Element>(
+    plan: &MixPlan,
+    spec: &TargetSpec,
+    (lb, ob, oo): (usize, usize, usize),
+    n: usize,
+    (pb, fb): (usize, usize),
+) -> HostLaunch {
+    let out = addr(ob, oo * size_of::<T>());
+    emulated::soft_targets(plan, spec, T::DTYPE, addr(lb, 0), out, n, &dev(pb, fb))
+        .unwrap()
+        .expect("a launch")
 }
 
 fn dev(plan: usize, flags: usize) -> Device {
@@ -61,36 +93,17 @@ fn plan_with(
         .map(|i| {
             cut[i].then(|| {
                 if i % 5 == 1 {
-                    return CutBox {
-                        y0: 0,
-                        y1: h as u32,
-                        x0: 0,
-                        x1: w as u32,
-                    };
+                    return common::cut(0..h as u32, 0..w as u32);
                 }
                 let y0 = rng.below(h);
                 let y1 = y0 + rng.below(h - y0 + 1);
                 let x0 = rng.below(w);
                 let x1 = x0 + rng.below(w - x0 + 1);
-                CutBox {
-                    y0: y0 as u32,
-                    y1: y1 as u32,
-                    x0: x0 as u32,
-                    x1: x1 as u32,
-                }
+                common::cut(y0 as u32..y1 as u32, x0 as u32..x1 as u32)
             })
         })
         .collect();
-    MixPlan::with_boxes(
-        partner,
-        lam,
-        &boxes,
-        ImageSize {
-            height: h,
-            width: w,
-        },
-    )
-    .unwrap()
+    MixPlan::with_boxes(partner, lam, &boxes, image(h, w)).unwrap()
 }
 
 fn shuffled(n: usize, rng: &mut Rng) -> Vec<usize> {
@@ -156,16 +169,7 @@ fn judge_mix<T: Element + Default>(
 }
 
 fn mix_cases<T: Element + Default + Send + Sync + 'static>(rng: &mut Rng, out: &mut Vec<Case>) {
-    let layouts = [
-        SampleShape::rows(1),
-        SampleShape::rows(3),
-        SampleShape::rows(63),
-        SampleShape::rows(4097),
-        SampleShape::channels_first(3, 5, 7),
-        SampleShape::channels_last(5, 7, 3),
-        SampleShape::channels_first(3, 32, 32),
-        SampleShape::channels_last(17, 9, 4),
-    ];
+    let layouts = mix_layouts();
     let sz = size_of::<T>();
     for layout in layouts {
         let d = layout.sample_len().unwrap();
@@ -230,16 +234,15 @@ fn mix_cases<T: Element + Default + Send + Sync + 'static>(rng: &mut Rng, out: &
                     .unwrap()
                     .expect("a launch");
                     let (p, l, xv) = (plan.clone(), layout, x.clone());
-                    out.push(Case {
-                        group: "mix",
-                        what: what.clone() + " out of place",
+                    let verdict: Verdict =
+                        Box::new(move |runs, k| judge_mix(runs, k, &p, &l, &xv, (ob, oo), fill));
+                    out.push(case(
+                        "mix",
+                        what.clone() + " out of place",
                         launch,
-                        orders: next_order(),
-                        bufs: b.0,
-                        verdict: Box::new(move |runs, k| {
-                            judge_mix(runs, k, &p, &l, &xv, (ob, oo), fill)
-                        }),
-                    });
+                        b,
+                        verdict,
+                    ));
                     if plan.is_involution() {
                         let mut b = Buffers::default();
                         let xb = b.add(bytes(&xs), true);
@@ -250,16 +253,11 @@ fn mix_cases<T: Element + Default + Send + Sync + 'static>(rng: &mut Rng, out: &
                                 .unwrap()
                                 .expect("a launch");
                         let (p, l, xv) = (plan.clone(), layout, x.clone());
-                        out.push(Case {
-                            group: "mix",
-                            what: what + " in place",
-                            launch,
-                            orders: next_order(),
-                            bufs: b.0,
-                            verdict: Box::new(move |runs, k| {
-                                judge_mix(runs, k, &p, &l, &xv, (xb, xo), T::from_f32(0.0))
-                            }),
+                        let zero = T::from_f32(0.0);
+                        let verdict: Verdict = Box::new(move |runs, k| {
+                            judge_mix(runs, k, &p, &l, &xv, (xb, xo), zero)
                         });
+                        out.push(case("mix", what + " in place", launch, b, verdict));
                     }
                 }
             }
@@ -290,49 +288,34 @@ fn soft_cases<T: mixup_kernels::FloatElement + Default + Send + Sync + 'static>(
                     let lb = b.add(bytes(&labels), false);
                     let pb = b.add(staged.clone(), false);
                     let fb = b.add(bytes(&[0u32, 0]), true);
-                    let launch = emulated::soft_targets(
-                        &plan,
-                        &spec,
-                        T::DTYPE,
-                        addr(lb, 0),
-                        addr(ob, oo * sz),
-                        batch * c,
-                        &dev(pb, fb),
-                    )
-                    .unwrap()
-                    .expect("a launch");
+                    let launch = soft_launch::<T>(&plan, &spec, (lb, ob, oo), batch * c, (pb, fb));
                     let (p, s, l) = (plan.clone(), spec, labels.clone());
-                    out.push(Case {
-                        group: "soft",
-                        what: format!("soft {:?} C {c} B {batch} eps {eps} off {oo}", T::DTYPE),
-                        launch,
-                        orders: next_order(),
-                        bufs: b.0,
-                        verdict: Box::new(move |runs, k| {
-                            let got: Vec<T> = elems(&runs[0].bufs[ob][oo * sz..]);
-                            let want = reference::soft_targets(&p, &s, &l).unwrap();
-                            // (1-ε)·λ + ε/C in f32: three roundings; then storage.
-                            let bad = wide(&got)
-                                .iter()
-                                .zip(&want)
-                                .filter(|(g, w)| {
-                                    (*g - *w).abs() > 4.0 * U * w.abs() + storage(T::DTYPE, **w)
-                                })
-                                .count();
-                            k.check(bad == 0, || format!("{bad} targets off the reference"));
-                            let mut cpu_t = vec![T::default(); want.len()];
-                            cpu::soft_targets(&p, &s, &l, &mut cpu_t).unwrap();
-                            k.check(bytes(&got) == bytes(&cpu_t), || {
-                                "not the CPU path's bits".into()
-                            });
-                            let before: Vec<T> = elems(&runs[0].bufs[ob][..oo * sz]);
-                            k.check(bytes(&before) == bytes(&vec![fill; oo]), || {
-                                "wrote before its view".into()
-                            });
-                            let flags: Vec<u32> = elems(&runs[0].bufs[fb]);
-                            k.check(flags[0] == 0, || "flagged a valid label".into());
-                        }),
+                    let verdict: Verdict = Box::new(move |runs, k| {
+                        let got: Vec<T> = elems(&runs[0].bufs[ob][oo * sz..]);
+                        let want = reference::soft_targets(&p, &s, &l).unwrap();
+                        // (1-ε)·λ + ε/C in f32: three roundings; then storage.
+                        let bad = wide(&got)
+                            .iter()
+                            .zip(&want)
+                            .filter(|(g, w)| {
+                                (*g - *w).abs() > 4.0 * U * w.abs() + storage(T::DTYPE, **w)
+                            })
+                            .count();
+                        k.check(bad == 0, || format!("{bad} targets off the reference"));
+                        let mut cpu_t = vec![T::default(); want.len()];
+                        cpu::soft_targets(&p, &s, &l, &mut cpu_t).unwrap();
+                        k.check(bytes(&got) == bytes(&cpu_t), || {
+                            "not the CPU path's bits".into()
+                        });
+                        let before: Vec<T> = elems(&runs[0].bufs[ob][..oo * sz]);
+                        k.check(bytes(&before) == bytes(&vec![fill; oo]), || {
+                            "wrote before its view".into()
+                        });
+                        let flags: Vec<u32> = elems(&runs[0].bufs[fb]);
+                        k.check(flags[0] == 0, || "flagged a valid label".into());
                     });
+                    let what = format!("soft {:?} C {c} B {batch} eps {eps} off {oo}", T::DTYPE);
+                    out.push(case("soft", what, launch, b, verdict));
                 }
             }
         }
@@ -345,30 +328,20 @@ fn soft_cases<T: mixup_kernels::FloatElement + Default + Send + Sync + 'static>(
     let lb = b.add(bytes(&[1_000_000u32, 1]), false);
     let pb = b.add(emulated::staged_plan(&plan).0, false);
     let fb = b.add(bytes(&[0u32, 0]), true);
-    let launch = emulated::soft_targets(
-        &plan,
-        &spec,
-        T::DTYPE,
-        addr(lb, 0),
-        addr(ob, 0),
-        8,
-        &dev(pb, fb),
-    )
-    .unwrap()
-    .expect("a launch");
-    out.push(Case {
-        group: "soft",
-        what: format!("soft {:?} bad label", T::DTYPE),
-        launch,
-        orders: next_order(),
-        bufs: b.0,
-        verdict: Box::new(move |runs, k| {
-            let flags: Vec<u32> = elems(&runs[0].bufs[fb]);
-            k.check(flags[0] == 2, || {
-                format!("{} rows flagged, 2 reach the bad label", flags[0])
-            });
-        }),
+    let launch = soft_launch::<T>(&plan, &spec, (lb, ob, 0), 8, (pb, fb));
+    let verdict: Verdict = Box::new(move |runs, k| {
+        let flags: Vec<u32> = elems(&runs[0].bufs[fb]);
+        k.check(flags[0] == 2, || {
+            format!("{} rows flagged, 2 reach the bad label", flags[0])
+        });
     });
+    out.push(case(
+        "soft",
+        format!("soft {:?} bad label", T::DTYPE),
+        launch,
+        b,
+        verdict,
+    ));
 }
 
 pub fn cases() -> Vec<Case> {

@@ -16,52 +16,14 @@ use mixup_kernels::{
     f16, reference,
 };
 
-use crate::common::{TestRng as Rng, hand_plans, storage_tol};
+use crate::common::{FORMATS, TestRng as Rng, Tolerance, hand_plans, layout, norm_for, norm_tol};
 use crate::exchange::{Buffers, Case, Checks, Run, addr, bytes, elems, wide};
-
-const FORMATS: [MemoryFormat; 2] = [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast];
 
 /// Block order n % 3, thread policy n / 3 % 4, cycled over the launches (as mix.rs does).
 fn next_order() -> Vec<(u32, u32, u64)> {
     static N: AtomicU64 = AtomicU64::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     vec![((n % 3) as u32, (n / 3 % 4) as u32, n + 101)]
-}
-
-fn layout(format: MemoryFormat, c: usize, h: usize, w: usize) -> SampleShape {
-    match format {
-        MemoryFormat::ChannelsFirst => SampleShape::channels_first(c, h, w),
-        MemoryFormat::ChannelsLast => SampleShape::channels_last(h, w, c),
-    }
-}
-
-/// Constants for `c` channels in `[0, 1]` units scaled to the input's (255 for u8).
-fn norm_for(c: usize, scale: f64) -> Normalize {
-    if c == 3 {
-        return Normalize::new(&Normalize::IMAGENET_MEAN, &Normalize::IMAGENET_STD, scale).unwrap();
-    }
-    let mean: Vec<f64> = (0..c).map(|k| 0.1307 + 0.01 * (k % 50) as f64).collect();
-    let std: Vec<f64> = (0..c).map(|k| 0.3081 - 0.002 * (k % 100) as f64).collect();
-    Normalize::new(&mean, &std, scale).unwrap()
-}
-
-/// The bound of the f32 computation (tests/mix_normalize.rs `tol`): the lerp, the subtraction
-/// and the division, each rounded, divided by the channel's std; then half an ulp of the
-/// output type. `max_in`: the largest input magnitude.
-fn bound(norm: &Normalize, max_in: f64, out: ScalarType, want: f64) -> f64 {
-    let u = 2f64.powi(-24);
-    let worst = (0..norm.channels())
-        .map(|c| {
-            let (m, s) = (f64::from(norm.mean()[c]), f64::from(norm.std()[c]));
-            (6.0 * u * (max_in + m.abs())) / s
-        })
-        .fold(0.0, f64::max);
-    let st = match out {
-        ScalarType::F16 => storage_tol::<f16>(),
-        ScalarType::BF16 => storage_tol::<bf16>(),
-        _ => storage_tol::<f32>(),
-    };
-    worst + st.abs + (2.0 * u + st.rel) * want.abs()
 }
 
 /// What one case runs: the input, the plan, the shapes and the output.
@@ -88,9 +50,10 @@ fn judge<I: Element, O: FloatElement + Default>(
     let all: Vec<O> = elems(&runs[0].bufs[buf]);
     let got = &all[s.off..s.off + n];
     let want = reference::mix_normalize(&s.plan, &s.shape, &s.norm, &s.x, s.out_format).unwrap();
+    let bound = norm_tol::<O>(&s.norm, s.max_in);
     let mut bad = 0;
     for (j, (g, w)) in wide(got).iter().zip(&want).enumerate() {
-        let tol = bound(&s.norm, s.max_in, O::DTYPE, *w);
+        let tol = bound.bound(j, *w);
         // A NaN is off too.
         let off = (g - w).abs().partial_cmp(&tol) != Some(std::cmp::Ordering::Less)
             && (g - w).abs() != tol;
