@@ -219,11 +219,11 @@ fn bad_arguments_are_rejected_before_launch() {
             assert!(matches!(r, Err($err)), "{r:?}");
         };
     }
-    use MixError::{InvalidArgument, LengthMismatch};
+    use MixError::{InvalidArgument, LengthMismatch, ShapeMismatch};
     // Nothing uploaded yet.
     refused!(&dplan, 5, 10, InvalidArgument { what: "plan", .. });
     dplan.upload(&plan).unwrap();
-    refused!(&dplan, 4, 10, LengthMismatch { what: "x", .. });
+    refused!(&dplan, 4, 10, ShapeMismatch { what: "x", .. });
     refused!(&dplan, 5, 9, LengthMismatch { what: "out", .. });
     assert_eq!(m.stream().clone_dtoh(&out).unwrap(), vec![0.0; 10]);
     // A plan from another mixer's stream is refused.

@@ -265,7 +265,7 @@ fn bad_arguments_are_rejected_before_launch() {
             assert!(matches!(e, Err($err)), "{e:?}");
         }};
     }
-    use MixError::{InvalidArgument, LengthMismatch};
+    use MixError::{InvalidArgument, LengthMismatch, ShapeMismatch};
     // Nothing uploaded yet.
     let (xv, ov) = (&x.as_view(), &mut out.as_view_mut());
     refused!(InvalidArgument { what: "plan", .. }, &shape, &dnorm, xv, ov);
@@ -312,7 +312,13 @@ fn bad_arguments_are_rejected_before_launch() {
         ov
     );
     // Lengths.
-    refused!(LengthMismatch { .. }, &shape, &dnorm, &x.slice(..12), ov);
+    refused!(
+        ShapeMismatch { what: "x", .. },
+        &shape,
+        &dnorm,
+        &x.slice(..12),
+        ov
+    );
     refused!(
         LengthMismatch { .. },
         &shape,

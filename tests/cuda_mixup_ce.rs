@@ -346,13 +346,13 @@ fn empty_batch_and_argument_errors() {
         CeSpec::new(3, 0.0, Reduction::Mean).unwrap(),
         DeviceGradOutput::Scalar(1.0),
         &mut grad.as_view_mut(),
-        Err(MixError::LengthMismatch { what: "logits", .. })
+        Err(MixError::ShapeMismatch { what: "logits", .. })
     );
     refused!(
         mean,
         DeviceGradOutput::Scalar(1.0),
         &mut grad.slice_mut(0..7),
-        Err(MixError::LengthMismatch { what: "grad", .. })
+        Err(MixError::ShapeMismatch { what: "grad", .. })
     );
     refused!(
         CeSpec::new(4, 1.5, Reduction::Mean).unwrap(),

@@ -148,7 +148,7 @@ fn length_errors_leave_the_output_alone() {
     ));
     assert!(matches!(
         m.soft_targets(&dplan, &spec, &ls.slice(0..2), &mut out.slice_mut(0..7)),
-        Err(MixError::LengthMismatch { what: "out", .. })
+        Err(MixError::ShapeMismatch { what: "out", .. })
     ));
     assert_eq!(m.stream().clone_dtoh(&out).unwrap(), vec![3.0; 8]);
 }

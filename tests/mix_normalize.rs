@@ -264,13 +264,16 @@ fn bad_arguments_are_rejected_and_nothing_is_written() {
         cpu::mix_normalize(&plan, &lay, &norm, &x[..23], first, &mut out),
         &out,
     );
-    assert_eq!(
-        e,
-        MixError::LengthMismatch {
-            what: "x",
-            expected: 24,
-            got: 23
-        }
+    assert!(
+        matches!(
+            e,
+            MixError::ShapeMismatch {
+                what: "x",
+                got: 23,
+                ..
+            }
+        ),
+        "{e:?}"
     );
     let mut short = vec![-9.0f32; 23];
     let e = untouched(
@@ -305,7 +308,7 @@ fn bad_arguments_are_rejected_and_nothing_is_written() {
         &out,
     );
     assert!(
-        matches!(e, MixError::LengthMismatch { what: "x", .. }),
+        matches!(e, MixError::ShapeMismatch { what: "x", .. }),
         "{e}"
     );
     // The reference checks the same way.
