@@ -13,10 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::CudaSlice;
 use candle_core::cuda::{CudaDType, DeviceId};
-use candle_core::op::BackpropOp;
 use candle_core::{
-    CudaDevice, CudaStorage, DType, Device, Error, Layout as CLayout, Result, Shape, Storage,
-    Tensor,
+    CudaDevice, CudaStorage, DType, Device, Error, Layout as CLayout, Result, Shape,
 };
 
 use super::loss::{LossSpec, MixupLossOp};

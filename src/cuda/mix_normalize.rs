@@ -241,17 +241,10 @@ pub(crate) unsafe fn launch(
         plan.device_ptr_for(m)?,
         ms,
     )?;
+    let what = "launching the mix_normalize kernel";
     // SAFETY: `args` is the kernel's `MixNormArgs`; the addresses are valid per the contract,
     // the plan buffer holds the plan and `ms` its `2C` constants.
-    unsafe {
-        m.enqueue(
-            kernel,
-            output,
-            &args,
-            cfg,
-            "launching the mix_normalize kernel",
-        )
-    }
+    unsafe { m.enqueue(kernel, output, &args, cfg, what) }
 }
 
 impl CudaMixer {
