@@ -8,7 +8,9 @@ use crate::dtype::{Element, FloatElement, ScalarType};
 use crate::error::Result;
 use crate::normalize::{Normalize, check_mix_normalize};
 use crate::plan::MixPlan;
-use crate::spec::MemoryFormat;
+use crate::spec::{MemoryFormat, SampleShape};
+
+const OP: &str = "mixup_kernels::burn::mix_normalize";
 
 /// Mixes a batch of images by the plan, normalizes each channel and returns the model's input
 /// in `out_format` and `dtype` (f32, f16 or bf16), in one pass of the crate's CPU kernel (see
@@ -50,7 +52,6 @@ pub fn mix_normalize<K: Basic>(
     out_format: MemoryFormat,
     dtype: DType,
 ) -> Result<Tensor<4>> {
-    const OP: &str = "mixup_kernels::burn::mix_normalize";
     float_dtype(dtype, "dtype", OP)?;
     let dims = images.dims();
     let shape = format
@@ -84,43 +85,56 @@ pub fn mix_normalize<K: Basic>(
     };
     let device = images.device();
     let data = read(images, "images", OP)?;
-    fn run<I: Element + burn::tensor::Element, O: FloatElement + burn::tensor::Element>(
-        plan: &MixPlan,
-        shape: &crate::spec::SampleShape,
-        norm: &Normalize,
+    let call = Call {
+        plan,
+        shape: &shape,
+        norm,
+        out_format,
+        out_dims,
+    };
+    let out = match data.dtype() {
+        DType::U8 => call.to::<u8>(&data, dtype)?,
+        DType::F32 => call.to::<f32>(&data, dtype)?,
+        DType::F16 => call.to::<crate::f16>(&data, dtype)?,
+        DType::BF16 => call.to::<crate::bf16>(&data, dtype)?,
+        other => return Err(bad_dtype("images", other, OP)),
+    };
+    Ok(Tensor::from_data(out, (&device, dtype)))
+}
+
+/// A checked call's arguments besides the pixels and the output dtype.
+struct Call<'a> {
+    plan: &'a MixPlan,
+    shape: &'a SampleShape,
+    norm: &'a Normalize,
+    out_format: MemoryFormat,
+    out_dims: [usize; 4],
+}
+
+impl Call<'_> {
+    /// The kernel on `data` (of type `I`) into a new buffer of the output type `dtype`.
+    fn to<I: Element + burn::tensor::Element>(
+        &self,
         data: &TensorData,
-        out_format: MemoryFormat,
-        out_dims: [usize; 4],
+        dtype: DType,
+    ) -> Result<TensorData> {
+        match dtype {
+            DType::F16 => self.run::<I, crate::f16>(data),
+            DType::BF16 => self.run::<I, crate::bf16>(data),
+            _ => self.run::<I, f32>(data),
+        }
+    }
+
+    fn run<I: Element + burn::tensor::Element, O: FloatElement + burn::tensor::Element>(
+        &self,
+        data: &TensorData,
     ) -> Result<TensorData> {
         let x = data
             .as_slice::<I>()
             .map_err(|e| read_err("images", OP, e))?;
         let mut out = vec![O::default(); x.len()];
-        crate::cpu::mix_normalize(plan, shape, norm, x, out_format, &mut out)?;
-        Ok(TensorData::new(out, out_dims))
+        let (plan, shape, norm) = (self.plan, self.shape, self.norm);
+        crate::cpu::mix_normalize(plan, shape, norm, x, self.out_format, &mut out)?;
+        Ok(TensorData::new(out, self.out_dims))
     }
-    fn to<I: Element + burn::tensor::Element>(
-        plan: &MixPlan,
-        shape: &crate::spec::SampleShape,
-        norm: &Normalize,
-        data: &TensorData,
-        out_format: MemoryFormat,
-        out_dims: [usize; 4],
-        dtype: DType,
-    ) -> Result<TensorData> {
-        match dtype {
-            DType::F16 => run::<I, crate::f16>(plan, shape, norm, data, out_format, out_dims),
-            DType::BF16 => run::<I, crate::bf16>(plan, shape, norm, data, out_format, out_dims),
-            _ => run::<I, f32>(plan, shape, norm, data, out_format, out_dims),
-        }
-    }
-    let (s, o, d) = (&shape, out_format, out_dims);
-    let out = match data.dtype() {
-        DType::U8 => to::<u8>(plan, s, norm, &data, o, d, dtype)?,
-        DType::F32 => to::<f32>(plan, s, norm, &data, o, d, dtype)?,
-        DType::F16 => to::<crate::f16>(plan, s, norm, &data, o, d, dtype)?,
-        DType::BF16 => to::<crate::bf16>(plan, s, norm, &data, o, d, dtype)?,
-        other => return Err(bad_dtype("images", other, OP)),
-    };
-    Ok(Tensor::from_data(out, (&device, dtype)))
 }

@@ -73,7 +73,7 @@ use crate::config::TargetSpec;
 use crate::dtype::{Element, FloatElement};
 use crate::error::{MixError, Result};
 use crate::plan::MixPlan;
-use crate::spec::{CeSpec, GradOutput, MemoryFormat, Reduction, SampleShape};
+use crate::spec::{BceSpec, CeSpec, GradOutput, MemoryFormat, Reduction, SampleShape};
 
 mod bce;
 mod mix_normalize;
@@ -266,124 +266,95 @@ pub fn mixup_cross_entropy(
     labels: Tensor<1, Int>,
 ) -> Result<Tensor<1>> {
     const OP: &str = "mixup_kernels::burn::mixup_cross_entropy";
-    check_loss_args(plan, spec.num_classes(), &logits, &labels, OP)?;
-    crate::spec::check_ce(
-        plan,
-        spec,
-        logits.shape().num_elements(),
-        &GradOutput::Scalar(1.0),
-    )?;
-    let labels = host_labels(labels, plan, spec.num_classes(), OP)?;
-    let (plan, spec) = (plan.clone(), *spec);
-    fused_loss(logits, OP, move |x, g| match x {
-        HostLogits::F32(x) => ce_host(&plan, &spec, x, &labels, g.map(HostGrad::f32)),
-        HostLogits::F16(x) => ce_host(&plan, &spec, x, &labels, g.map(HostGrad::f16)),
-        HostLogits::BF16(x) => ce_host(&plan, &spec, x, &labels, g.map(HostGrad::bf16)),
-    })
-}
-
-fn ce_host<T: FloatElement>(
-    plan: &MixPlan,
-    spec: &CeSpec,
-    logits: &[T],
-    labels: &[u32],
-    grad: Option<&mut [T]>,
-) -> Result<Vec<f32>> {
-    let mut losses = vec![0f32; plan.len()];
-    let per_sample = spec.reduction() == Reduction::None;
-    let loss_out = per_sample.then_some(losses.as_mut_slice());
-    let one = GradOutput::Scalar(1.0);
-    let loss = match grad {
-        Some(g) => crate::cpu::mixup_ce(plan, spec, logits, labels, one, loss_out, g)?,
-        None => crate::cpu::mixup_ce_forward(plan, spec, logits, labels, loss_out)?,
-    };
-    Ok(loss.map_or(losses, |l| vec![l]))
+    loss(plan, LossSpec::Ce(*spec), logits, labels, OP)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Shared machinery
 // ---------------------------------------------------------------------------------------------
 
-/// Host logits in their stored dtype.
-pub(crate) enum HostLogits<'a> {
-    F32(&'a [f32]),
-    F16(&'a [crate::f16]),
-    BF16(&'a [crate::bf16]),
+/// Which loss a call computes, with its spec.
+pub(crate) enum LossSpec {
+    Ce(CeSpec),
+    Bce(BceSpec),
 }
 
-/// A host gradient buffer in the logits' dtype.
-pub(crate) enum HostGrad {
-    F32(Vec<f32>),
-    F16(Vec<crate::f16>),
-    BF16(Vec<crate::bf16>),
-}
+impl LossSpec {
+    fn num_classes(&self) -> usize {
+        match self {
+            LossSpec::Ce(s) => s.num_classes(),
+            LossSpec::Bce(s) => s.num_classes(),
+        }
+    }
 
-impl HostGrad {
-    // The kernels see a slice of the logits' own type; these unwrap the matching buffer (the
-    // caller made it from the same logits, so another variant cannot occur).
-    pub(crate) fn f32(&mut self) -> &mut [f32] {
-        match self {
-            HostGrad::F32(v) => v,
-            _ => &mut [],
-        }
-    }
-    pub(crate) fn f16(&mut self) -> &mut [crate::f16] {
-        match self {
-            HostGrad::F16(v) => v,
-            _ => &mut [],
-        }
-    }
-    pub(crate) fn bf16(&mut self) -> &mut [crate::bf16] {
-        match self {
-            HostGrad::BF16(v) => v,
-            _ => &mut [],
-        }
-    }
-    fn into_data(self, shape: [usize; 2]) -> TensorData {
-        match self {
-            HostGrad::F32(v) => TensorData::new(v, shape),
-            HostGrad::F16(v) => TensorData::new(v, shape),
-            HostGrad::BF16(v) => TensorData::new(v, shape),
-        }
+    /// Loss values (the reduced loss, or per-sample losses) and, when `grad` is given, the
+    /// gradient for an upstream of 1, on host slices.
+    fn host<T: FloatElement>(
+        &self,
+        plan: &MixPlan,
+        logits: &[T],
+        labels: &[u32],
+        grad: Option<&mut [T]>,
+    ) -> Result<Vec<f32>> {
+        use crate::cpu::{mixup_bce, mixup_bce_forward, mixup_ce, mixup_ce_forward};
+        let mut losses = vec![0f32; plan.len()];
+        let reduction = match self {
+            LossSpec::Ce(s) => s.reduction(),
+            LossSpec::Bce(s) => s.reduction(),
+        };
+        let out = (reduction == Reduction::None).then_some(losses.as_mut_slice());
+        let (z, y, one) = (logits, labels, GradOutput::Scalar(1.0));
+        let loss = match (self, grad) {
+            (LossSpec::Ce(s), Some(g)) => mixup_ce(plan, s, z, y, one, out, g)?,
+            (LossSpec::Ce(s), None) => mixup_ce_forward(plan, s, z, y, out)?,
+            (LossSpec::Bce(s), Some(g)) => mixup_bce(plan, s, z, y, one, out, g)?,
+            (LossSpec::Bce(s), None) => mixup_bce_forward(plan, s, z, y, out)?,
+        };
+        Ok(loss.map_or(losses, |l| vec![l]))
     }
 }
 
-/// Runs a fused loss kernel on the host copy of `logits` and returns the loss tensor, attached to
-/// the autodiff graph when the logits are tracked. `kernel(logits, grad)` returns the output
-/// values (one reduced value, or the per-sample losses) and, when `grad` is given, writes the
-/// gradient for an upstream of 1 into it.
-pub(crate) fn fused_loss(
+/// Both losses after their public function: the checks (the tensors, the spec against the
+/// plan, the labels' values), then the fused kernel on the host copy of the logits.
+fn loss(
+    plan: &MixPlan,
+    spec: LossSpec,
+    logits: Tensor<2>,
+    labels: Tensor<1, Int>,
+    op: &'static str,
+) -> Result<Tensor<1>> {
+    let c = spec.num_classes();
+    check_loss_args(plan, c, &logits, &labels, op)?;
+    let n = logits.shape().num_elements();
+    let one = GradOutput::Scalar(1.0);
+    match &spec {
+        LossSpec::Ce(s) => crate::spec::check_ce(plan, s, n, &one)?,
+        LossSpec::Bce(s) => crate::spec::check_bce(plan, s, n, &one)?,
+    };
+    let labels = host_labels(labels, plan, c, op)?;
+    fused_loss(logits, op, &spec, plan, &labels)
+}
+
+/// Runs the fused loss kernel on the host copy of `logits` and returns the loss tensor, attached
+/// to the autodiff graph when the logits are tracked (the kernel then also writes the gradient
+/// for an upstream of 1).
+fn fused_loss(
     logits: Tensor<2>,
     op: &'static str,
-    kernel: impl FnOnce(HostLogits<'_>, Option<&mut HostGrad>) -> Result<Vec<f32>>,
+    spec: &LossSpec,
+    plan: &MixPlan,
+    labels: &[u32],
 ) -> Result<Tensor<1>> {
     let device = logits.device();
     let dims = logits.dims();
     let tracked = logits.is_autodiff() && logits.is_tracked();
     let data = read(logits.clone(), "logits", op)?;
     let dtype = data.dtype();
+    let call = (spec, plan, labels, op, dims);
     let (values, grad) = match dtype {
-        DType::F32 => {
-            let x = data
-                .as_slice::<f32>()
-                .map_err(|e| read_err("logits", op, e))?;
-            let mut g = tracked.then(|| HostGrad::F32(vec![0.0; x.len()]));
-            (kernel(HostLogits::F32(x), g.as_mut())?, g)
-        }
-        DType::F16 => {
-            let x = data
-                .as_slice::<crate::f16>()
-                .map_err(|e| read_err("logits", op, e))?;
-            let mut g = tracked.then(|| HostGrad::F16(vec![crate::f16::ZERO; x.len()]));
-            (kernel(HostLogits::F16(x), g.as_mut())?, g)
-        }
-        DType::BF16 => {
-            let x = data
-                .as_slice::<crate::bf16>()
-                .map_err(|e| read_err("logits", op, e))?;
-            let mut g = tracked.then(|| HostGrad::BF16(vec![crate::bf16::ZERO; x.len()]));
-            (kernel(HostLogits::BF16(x), g.as_mut())?, g)
-        }
+        DType::F32 => host_loss::<f32>(&data, tracked, call)?,
+        DType::F16 => host_loss::<crate::f16>(&data, tracked, call)?,
+        DType::BF16 => host_loss::<crate::bf16>(&data, tracked, call)?,
         other => return Err(bad_dtype("logits", other, op)),
     };
     drop(data);
@@ -392,7 +363,6 @@ pub(crate) fn fused_loss(
     let Some(grad) = grad else {
         return Ok(Tensor::from_data(loss, (&device, DType::F32)));
     };
-    let grad = grad.into_data(dims);
     // The backends this feature builds get burn's `Backward` op; any other one the surrogate.
     let mut data = Some((loss, grad));
     let attached = attach::<Flex, NoCheckpointing>(&logits, &mut data)
@@ -407,6 +377,21 @@ pub(crate) fn fused_loss(
     // Only a successful attach takes the data, so it is still here.
     let (loss, grad) = data.ok_or_else(|| invalid("logits", format!("{op}: internal")))?;
     Ok(surrogate(logits, loss, grad, &device))
+}
+
+/// The kernel of [`fused_loss`] on the logits' host copy `data`, of type `T`: the loss values
+/// and, when the logits are `tracked`, the gradient `[B, C]` for an upstream of 1.
+fn host_loss<T: FloatElement + burn::tensor::Element>(
+    data: &TensorData,
+    tracked: bool,
+    (spec, plan, labels, op, dims): (&LossSpec, &MixPlan, &[u32], &'static str, [usize; 2]),
+) -> Result<(Vec<f32>, Option<TensorData>)> {
+    let x = data
+        .as_slice::<T>()
+        .map_err(|e| read_err("logits", op, e))?;
+    let mut g = tracked.then(|| vec![T::default(); x.len()]);
+    let values = spec.host(plan, x, labels, g.as_deref_mut())?;
+    Ok((values, g.map(|g| TensorData::new(g, dims))))
 }
 
 /// The backward step of a fused loss: the gradient kept by the forward pass times the upstream

@@ -8,20 +8,19 @@
 //! so are the BCE's per-class weights (a [`DeviceBceSpec`], kept while the ops pass an equal
 //! [`BceSpec`]).
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::CudaSlice;
 use candle_core::cuda::{CudaDType, DeviceId};
-use candle_core::op::BackpropOp;
 use candle_core::{
-    CudaDevice, CudaStorage, DType, Device, Error, Layout as CLayout, Result, Shape, Storage,
-    Tensor,
+    CudaDevice, CudaStorage, DType, Device, Error, Layout as CLayout, Result, Shape,
 };
 
-use super::bce::MixupBceOp;
+use super::loss::{LossSpec, MixupLossOp};
 use super::mix_normalize::MixNormalizeOp;
-use super::{MixOp, MixupCeOp, SoftTargetsOp};
+use super::{MixOp, SoftTargetsOp};
+use crate::cuda::loss::DeviceLoss;
 use crate::cuda::{CudaMixer, DeviceBceSpec, DeviceGradOutput, DeviceNormalize, DevicePlan};
 use crate::spec::{BceSpec, Reduction};
 use crate::{bf16, f16};
@@ -78,19 +77,26 @@ fn per_device(dev: &CudaDevice) -> Result<Arc<PerDevice>> {
     Ok(m)
 }
 
-/// Runs `f` with the device's mixer and `plan` in its reused plan buffer. The ops of a step
-/// (mix, loss forward, loss backward) share one plan: it is uploaded once, when it changes.
+/// The device's reused plan buffer, locked, holding `plan`. The ops of a step (mix, loss
+/// forward, loss backward) share one plan: it is uploaded once, when it changes. Every op locks
+/// the plan first, then its constants (the BCE's spec, the normalization).
+fn plan_buffer<'a>(d: &'a PerDevice, plan: &crate::MixPlan) -> Result<MutexGuard<'a, DevicePlan>> {
+    // A poisoned lock only means another thread panicked between uploads; the buffer is whole.
+    let mut dp = d.plan.lock().unwrap_or_else(|p| p.into_inner());
+    if !dp.holds(plan) {
+        dp.upload(plan)?;
+    }
+    Ok(dp)
+}
+
+/// Runs `f` with the device's mixer and `plan` in its reused plan buffer.
 fn with_plan<R>(
     dev: &CudaDevice,
     plan: &crate::MixPlan,
     f: impl FnOnce(&CudaMixer, &DevicePlan) -> Result<R>,
 ) -> Result<R> {
     let d = per_device(dev)?;
-    // A poisoned lock only means another thread panicked between uploads; the buffer is whole.
-    let mut dp = d.plan.lock().unwrap_or_else(|p| p.into_inner());
-    if !dp.holds(plan) {
-        dp.upload(plan)?;
-    }
+    let dp = plan_buffer(&d, plan)?;
     f(&d.mixer, &dp)
 }
 
@@ -105,17 +111,27 @@ fn with_bce_spec<R>(
     f: impl FnOnce(&CudaMixer, &DevicePlan, &DeviceBceSpec) -> Result<R>,
 ) -> Result<R> {
     let d = per_device(dev)?;
-    // Locked in this order (plan, then spec) everywhere; a poisoned lock holds a whole value.
-    let mut dp = d.plan.lock().unwrap_or_else(|p| p.into_inner());
-    if !dp.holds(plan) {
-        dp.upload(plan)?;
-    }
+    let dp = plan_buffer(&d, plan)?;
+    // A poisoned lock holds a whole value.
     let mut ds = d.bce.lock().unwrap_or_else(|p| p.into_inner());
     let dspec = match &mut *ds {
         Some(s) if s.spec() == spec => s,
         slot => slot.insert(DeviceBceSpec::new(&d.mixer, spec.clone())?),
     };
     f(&d.mixer, &dp, dspec)
+}
+
+/// [`with_plan`] with the loss's spec as the kernels read it.
+fn with_loss<R>(
+    dev: &CudaDevice,
+    plan: &crate::MixPlan,
+    spec: &LossSpec,
+    f: impl FnOnce(&CudaMixer, &DevicePlan, DeviceLoss<'_>) -> Result<R>,
+) -> Result<R> {
+    match spec {
+        LossSpec::Ce(s) => with_plan(dev, plan, |m, dp| f(m, dp, DeviceLoss::Ce(s))),
+        LossSpec::Bce(s) => with_bce_spec(dev, plan, s, |m, dp, d| f(m, dp, DeviceLoss::Bce(d))),
+    }
 }
 
 /// Reports labels that the kernels found out of range on `device` since the last check (waits
@@ -190,18 +206,21 @@ pub(super) fn soft_targets(
     })
 }
 
-pub(super) fn mixup_ce_fwd(
-    op: &MixupCeOp,
+/// The loss op's forward pass: the loss only. On a GPU the op never keeps a gradient (the
+/// forward pass computes one for the CPU only, see `loss::apply`): the backward pass runs the
+/// fused kernel with the upstream gradient read on the device (`loss_grad`).
+pub(super) fn loss_fwd(
+    op: &MixupLossOp,
     s1: &CudaStorage,
     l1: &CLayout,
     s2: &CudaStorage,
     l2: &CLayout,
 ) -> Result<(CudaStorage, Shape)> {
-    const NAME: &str = "mixup-kernels-mixup-ce";
+    let name = op.spec.name();
     let dev = s1.device().clone();
-    with_plan(&dev, &op.plan, |m, plan| {
-        let labels = s2.as_cuda_slice::<u32>()?.slice(range(l2, NAME)?);
-        let r = range(l1, NAME)?;
+    with_loss(&dev, &op.plan, &op.spec, |m, plan, spec| {
+        let labels = s2.as_cuda_slice::<u32>()?.slice(range(l2, name)?);
+        let r = range(l1, name)?;
         let b = op.plan.len();
         // The op's output: the per-sample losses under Reduction::None, else the reduced loss.
         let mut out = dev.alloc_zeros::<f32>(match op.spec.reduction() {
@@ -215,24 +234,10 @@ pub(super) fn mixup_ce_fwd(
         macro_rules! run {
             ($t:ty) => {{
                 let z = s1.as_cuda_slice::<$t>()?.slice(r.clone());
-                if op.want_grad {
-                    // SAFETY: the kernel writes every gradient element.
-                    let mut g = unsafe { dev.alloc::<$t>(r.len())? };
-                    m.mixup_ce(
-                        &plan,
-                        &op.spec,
-                        &z,
-                        &labels,
-                        DeviceGradOutput::Scalar(1.0),
-                        loss.as_mut(),
-                        per.as_mut(),
-                        &mut g.as_view_mut(),
-                    )?;
-                    let shape = (b, op.spec.num_classes());
-                    let g = Storage::Cuda(wrap(g, &dev));
-                    op.keep_grad(Tensor::from_storage(g, shape, BackpropOp::none(), false));
-                } else {
-                    m.mixup_ce_forward(&plan, &op.spec, &z, &labels, loss.as_mut(), per.as_mut())?;
+                let (loss, per) = (loss.as_mut(), per.as_mut());
+                match spec {
+                    DeviceLoss::Ce(s) => m.mixup_ce_forward(plan, s, &z, &labels, loss, per)?,
+                    DeviceLoss::Bce(s) => m.mixup_bce_forward(plan, s, &z, &labels, loss, per)?,
                 }
             }};
         }
@@ -240,14 +245,16 @@ pub(super) fn mixup_ce_fwd(
             DType::F32 => run!(f32),
             DType::F16 => run!(f16),
             DType::BF16 => run!(bf16),
-            other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
+            other => return Err(Error::UnsupportedDTypeForOp(other, name).bt()),
         }
         Ok((wrap(out, &dev), op.out_shape()))
     })
 }
 
-pub(super) fn mixup_ce_grad(
-    ce: &MixupCeOp,
+/// The loss's gradient alone, for the upstream gradient in `s3` (f32 on the device: one value,
+/// or one per sample under Reduction::None).
+pub(super) fn loss_grad(
+    op: &MixupLossOp,
     s1: &CudaStorage,
     l1: &CLayout,
     s2: &CudaStorage,
@@ -255,118 +262,27 @@ pub(super) fn mixup_ce_grad(
     s3: &CudaStorage,
     l3: &CLayout,
 ) -> Result<(CudaStorage, Shape)> {
-    const NAME: &str = "mixup-kernels-mixup-ce-grad";
+    let name = op.spec.grad_name();
     let dev = s1.device().clone();
-    with_plan(&dev, &ce.plan, |m, plan| {
-        let labels = s2.as_cuda_slice::<u32>()?.slice(range(l2, NAME)?);
-        let up = s3.as_cuda_slice::<f32>()?.slice(range(l3, NAME)?);
-        let grad_output = match ce.spec.reduction() {
-            Reduction::None => DeviceGradOutput::PerSample(up),
-            Reduction::Mean | Reduction::Sum => DeviceGradOutput::Device(up),
-        };
-        let r = range(l1, NAME)?;
-        macro_rules! run {
-            ($t:ty) => {{
-                let z = s1.as_cuda_slice::<$t>()?.slice(r.clone());
-                // SAFETY: the kernel writes every gradient element.
-                let mut g = unsafe { dev.alloc::<$t>(r.len())? };
-                m.mixup_ce(
-                    &plan,
-                    &ce.spec,
-                    &z,
-                    &labels,
-                    grad_output,
-                    None, // the backward pass wants the gradient only
-                    None,
-                    &mut g.as_view_mut(),
-                )?;
-                wrap(g, &dev)
-            }};
-        }
-        let out = match s1.dtype() {
-            DType::F32 => run!(f32),
-            DType::F16 => run!(f16),
-            DType::BF16 => run!(bf16),
-            other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
-        };
-        Ok((out, l1.shape().clone()))
-    })
-}
-
-pub(super) fn mixup_bce_fwd(
-    op: &MixupBceOp,
-    s1: &CudaStorage,
-    l1: &CLayout,
-    s2: &CudaStorage,
-    l2: &CLayout,
-) -> Result<(CudaStorage, Shape)> {
-    const NAME: &str = "mixup-kernels-mixup-bce";
-    let dev = s1.device().clone();
-    with_bce_spec(&dev, &op.plan, &op.spec, |m, plan, dspec| {
-        let labels = s2.as_cuda_slice::<u32>()?.slice(range(l2, NAME)?);
-        let r = range(l1, NAME)?;
-        let b = op.plan.len();
-        // The op's output: the per-sample losses under Reduction::None, else the reduced loss.
-        let mut out = dev.alloc_zeros::<f32>(match op.spec.reduction() {
-            Reduction::None => b,
-            Reduction::Mean | Reduction::Sum => 1,
-        })?;
-        let (mut loss, mut per) = match op.spec.reduction() {
-            Reduction::None => (None, Some(out.as_view_mut())),
-            Reduction::Mean | Reduction::Sum => (Some(out.as_view_mut()), None),
-        };
-        // The loss only, as the CE on a GPU: the backward pass runs the fused kernel with the
-        // upstream gradient read on the device (`mixup_bce_grad`).
-        macro_rules! run {
-            ($t:ty) => {{
-                let z = s1.as_cuda_slice::<$t>()?.slice(r.clone());
-                m.mixup_bce_forward(plan, dspec, &z, &labels, loss.as_mut(), per.as_mut())?;
-            }};
-        }
-        match s1.dtype() {
-            DType::F32 => run!(f32),
-            DType::F16 => run!(f16),
-            DType::BF16 => run!(bf16),
-            other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
-        }
-        Ok((wrap(out, &dev), op.out_shape()))
-    })
-}
-
-pub(super) fn mixup_bce_grad(
-    op: &MixupBceOp,
-    s1: &CudaStorage,
-    l1: &CLayout,
-    s2: &CudaStorage,
-    l2: &CLayout,
-    s3: &CudaStorage,
-    l3: &CLayout,
-) -> Result<(CudaStorage, Shape)> {
-    const NAME: &str = "mixup-kernels-mixup-bce-grad";
-    let dev = s1.device().clone();
-    with_bce_spec(&dev, &op.plan, &op.spec, |m, plan, dspec| {
-        let labels = s2.as_cuda_slice::<u32>()?.slice(range(l2, NAME)?);
-        let up = s3.as_cuda_slice::<f32>()?.slice(range(l3, NAME)?);
+    with_loss(&dev, &op.plan, &op.spec, |m, plan, spec| {
+        let labels = s2.as_cuda_slice::<u32>()?.slice(range(l2, name)?);
+        let up = s3.as_cuda_slice::<f32>()?.slice(range(l3, name)?);
         let grad_output = match op.spec.reduction() {
             Reduction::None => DeviceGradOutput::PerSample(up),
             Reduction::Mean | Reduction::Sum => DeviceGradOutput::Device(up),
         };
-        let r = range(l1, NAME)?;
+        let r = range(l1, name)?;
         macro_rules! run {
             ($t:ty) => {{
                 let z = s1.as_cuda_slice::<$t>()?.slice(r.clone());
                 // SAFETY: the kernel writes every gradient element.
                 let mut g = unsafe { dev.alloc::<$t>(r.len())? };
-                m.mixup_bce(
-                    plan,
-                    dspec,
-                    &z,
-                    &labels,
-                    grad_output,
-                    None, // the backward pass wants the gradient only
-                    None,
-                    &mut g.as_view_mut(),
-                )?;
+                // The backward pass wants the gradient only: no loss, no per-sample losses.
+                let (up, gv) = (grad_output, &mut g.as_view_mut());
+                match spec {
+                    DeviceLoss::Ce(s) => m.mixup_ce(plan, s, &z, &labels, up, None, None, gv)?,
+                    DeviceLoss::Bce(s) => m.mixup_bce(plan, s, &z, &labels, up, None, None, gv)?,
+                }
                 wrap(g, &dev)
             }};
         }
@@ -374,7 +290,7 @@ pub(super) fn mixup_bce_grad(
             DType::F32 => run!(f32),
             DType::F16 => run!(f16),
             DType::BF16 => run!(bf16),
-            other => return Err(Error::UnsupportedDTypeForOp(other, NAME).bt()),
+            other => return Err(Error::UnsupportedDTypeForOp(other, name).bt()),
         };
         Ok((out, l1.shape().clone()))
     })
@@ -391,11 +307,8 @@ pub(super) fn mix_normalize(
     let dev = s.device().clone();
     let r = range(l, NAME)?;
     let d = per_device(&dev)?;
-    // Locked in this order (plan, then constants); a poisoned lock holds a whole value.
-    let mut dp = d.plan.lock().unwrap_or_else(|p| p.into_inner());
-    if !dp.holds(&op.plan) {
-        dp.upload(&op.plan)?;
-    }
+    let dp = plan_buffer(&d, &op.plan)?;
+    // A poisoned lock holds a whole value.
     let mut dn = d.norm.lock().unwrap_or_else(|p| p.into_inner());
     let norm = match &mut *dn {
         Some(n) if n.normalize() == &op.norm => n,

@@ -47,26 +47,26 @@
 //! `candle_core::Result`. No function here panics on user input.
 
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Error, Layout as CLayout, Result,
-    Shape, Tensor,
+    CpuStorage, CustomOp1, DType, Device, Error, Layout as CLayout, Result, Shape, Tensor,
 };
 
 use crate::config::TargetSpec;
 use crate::dtype::{Element, FloatElement};
 use crate::error::MixError;
 use crate::plan::MixPlan;
-use crate::spec::{CeSpec, GradOutput, MemoryFormat, Reduction, SampleShape};
+use crate::spec::{CeSpec, MemoryFormat, SampleShape};
 
 mod bce;
 #[cfg(feature = "candle-cuda")]
 mod cuda;
+mod loss;
 mod mix_normalize;
 
 pub use bce::mixup_binary_cross_entropy;
+use loss::LossSpec;
 pub use mix_normalize::mix_normalize;
 
 impl From<MixError> for Error {
@@ -260,10 +260,10 @@ pub fn soft_targets(
 }
 
 /// Mixup cross-entropy of `logits` (`[B, C]`) against the plan's soft targets, as a candle op:
-/// the loss in the logits' dtype (a scalar for [`Reduction::Mean`] and [`Reduction::Sum`], the
-/// `[B]` per-sample losses for [`Reduction::None`]), and a backward pass that hands
+/// the loss in the logits' dtype (a scalar for [`Reduction::Mean`](crate::Reduction::Mean) and [`Reduction::Sum`](crate::Reduction::Sum), the
+/// `[B]` per-sample losses for [`Reduction::None`](crate::Reduction::None)), and a backward pass that hands
 /// `loss.backward()` the gradient `(softmax(z) - t) · scale` computed in the same pass as the
-/// loss. The soft target never exists in memory. Under [`Reduction::None`] the result is the
+/// loss. The soft target never exists in memory. Under [`Reduction::None`](crate::Reduction::None) the result is the
 /// `[B]` losses, as PyTorch's `cross_entropy(reduction='none')`, and its backward takes one
 /// gradient per sample (a weighted sum of the losses, say).
 ///
@@ -346,29 +346,8 @@ pub fn mixup_cross_entropy(
         }
         .bt());
     }
-    plan.check_batch(b)?;
-    check_labels_tensor(labels, plan, OP)?;
-    same_device(logits, labels, OP)?;
-    crate::spec::check_ce(plan, spec, logits.elem_count(), &GradOutput::Scalar(1.0))?;
-
-    let logits = logits.contiguous()?;
-    let labels = device_labels(labels)?;
-    let track = logits.track_op();
-    let op = MixupCeOp {
-        plan: plan.clone(),
-        spec: *spec,
-        // On the CPU the forward pass also computes the gradient for an upstream of 1 and keeps
-        // it, and backward reads the upstream on the host for free. On a GPU, reading the
-        // grad_output would wait for the stream every step: there the forward pass computes the
-        // loss only, and backward runs the fused kernel with the upstream read on the device.
-        want_grad: track && logits.device().is_cpu(),
-        grad: Mutex::new(None),
-    };
-    let loss = if track {
-        logits.apply_op2_arc(&labels, Arc::new(Box::new(op)))?
-    } else {
-        logits.apply_op2_no_bwd(&labels, &op)?
-    };
+    check_loss_tensors(plan, logits, labels, OP)?;
+    let loss = loss::apply(plan, LossSpec::Ce(*spec), logits, labels)?;
     // f32 inside (the loss is accumulated in f32); the caller gets the logits' dtype, and
     // candle's `to_dtype` hands the upstream gradient back to the op as f32.
     loss.to_dtype(logits.dtype())
@@ -423,6 +402,19 @@ fn check_logits(logits: &Tensor, labels: &Tensor, op: &'static str) -> Result<()
             logits.dtype()
         ))
     })
+}
+
+/// The checks both losses make after their logits' shape: the plan's batch, the labels
+/// (`[B]`, an index dtype), one device for both.
+fn check_loss_tensors(
+    plan: &MixPlan,
+    logits: &Tensor,
+    labels: &Tensor,
+    op: &'static str,
+) -> Result<()> {
+    plan.check_batch(logits.dims()[0])?;
+    check_labels_tensor(labels, plan, op)?;
+    same_device(logits, labels, op)
 }
 
 fn check_dtype(got: DType, allowed: &[DType], op: &'static str) -> Result<()> {
@@ -621,227 +613,5 @@ impl CustomOp1 for SoftTargetsOp {
         l: &CLayout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         cuda::soft_targets(self, s, l)
-    }
-}
-
-/// The fused mixup cross-entropy. Its output is f32 (the public function converts it to the
-/// logits' dtype, so candle's own `to_dtype` carries the upstream gradient back as f32). The
-/// forward pass computes the loss and, when the logits track gradients, the gradient for an
-/// upstream of 1 in the same pass, kept in `grad` until the backward pass asks for it.
-pub(crate) struct MixupCeOp {
-    pub(crate) plan: MixPlan,
-    pub(crate) spec: CeSpec,
-    pub(crate) want_grad: bool,
-    grad: Mutex<Option<Tensor>>,
-}
-
-impl MixupCeOp {
-    /// The output shape: a scalar, or `[B]` per-sample losses for `Reduction::None`.
-    pub(crate) fn out_shape(&self) -> Shape {
-        match self.spec.reduction() {
-            Reduction::None => Shape::from(self.plan.len()),
-            Reduction::Mean | Reduction::Sum => Shape::from(()),
-        }
-    }
-
-    pub(crate) fn keep_grad(&self, grad: Tensor) {
-        // A poisoned lock only means another thread panicked mid-store; the value is still a
-        // whole tensor or None, so take the guard either way.
-        *self.grad.lock().unwrap_or_else(|p| p.into_inner()) = Some(grad);
-    }
-
-    fn take_grad(&self) -> Option<Tensor> {
-        self.grad.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-}
-
-/// Loss (and the gradient for `upstream` when `grad` is given) on host slices; returns the
-/// output values: the reduced loss, or per-sample losses.
-fn ce_host<T: FloatElement>(
-    plan: &MixPlan,
-    spec: &CeSpec,
-    logits: &[T],
-    labels: &[u32],
-    grad_output: GradOutput<'_>,
-    grad: Option<&mut [T]>,
-) -> Result<Vec<f32>> {
-    let mut losses = vec![0f32; plan.len()];
-    let per_sample = spec.reduction() == Reduction::None;
-    let loss_out = per_sample.then_some(losses.as_mut_slice());
-    let loss = match grad {
-        Some(g) => crate::cpu::mixup_ce(plan, spec, logits, labels, grad_output, loss_out, g)?,
-        None => crate::cpu::mixup_ce_forward(plan, spec, logits, labels, loss_out)?,
-    };
-    // `None` exactly for Reduction::None, whose result is the per-sample losses.
-    Ok(loss.map_or(losses, |l| vec![l]))
-}
-
-fn ce_fwd_cpu<T: FloatElement + candle_core::WithDType>(
-    op: &MixupCeOp,
-    logits: &[T],
-    labels: &[u32],
-) -> Result<CpuStorage> {
-    let (plan, spec) = (&op.plan, &op.spec);
-    let values = if op.want_grad {
-        let mut grad = vec![T::default(); logits.len()];
-        let v = ce_host(
-            plan,
-            spec,
-            logits,
-            labels,
-            GradOutput::Scalar(1.0),
-            Some(&mut grad),
-        )?;
-        let shape = (plan.len(), spec.num_classes());
-        op.keep_grad(Tensor::from_vec(grad, shape, &Device::Cpu)?);
-        v
-    } else {
-        ce_host(plan, spec, logits, labels, GradOutput::Scalar(1.0), None)?
-    };
-    Ok(CpuStorage::F32(values))
-}
-
-impl CustomOp2 for MixupCeOp {
-    fn name(&self) -> &'static str {
-        "mixup-kernels-mixup-ce"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &CLayout,
-        s2: &CpuStorage,
-        l2: &CLayout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
-        let labels = host_labels(s2, l2, self.spec.num_classes(), name)?;
-        let out = match s1 {
-            CpuStorage::F32(v) => ce_fwd_cpu(self, contiguous(v, l1, name)?, &labels)?,
-            CpuStorage::F16(v) => ce_fwd_cpu(self, contiguous(v, l1, name)?, &labels)?,
-            CpuStorage::BF16(v) => ce_fwd_cpu(self, contiguous(v, l1, name)?, &labels)?,
-            other => return Err(Error::UnsupportedDTypeForOp(other.dtype(), name).bt()),
-        };
-        Ok((out, self.out_shape()))
-    }
-
-    #[cfg(feature = "candle-cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &CLayout,
-        s2: &candle_core::CudaStorage,
-        l2: &CLayout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda::mixup_ce_fwd(self, s1, l1, s2, l2)
-    }
-
-    fn bwd(
-        &self,
-        logits: &Tensor,
-        labels: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // The upstream gradient has the output's shape (one value, or one per sample) and is
-        // f32 (`to_dtype` hands it back as f32).
-        let grad_op = CeGradOp { ce: self };
-        let upstream_tensor = || grad_res.detach().flatten_all()?.contiguous();
-        if !logits.device().is_cpu() {
-            // GPU: one fused pass that reads the upstream from device memory. No host read, no
-            // stream synchronization: out-of-range device labels are reported by
-            // `check_device_labels`, whenever the caller asks.
-            let g = logits.detach().contiguous()?.apply_op3_no_bwd(
-                &labels.contiguous()?,
-                &upstream_tensor()?,
-                &grad_op,
-            )?;
-            return Ok((Some(g), None));
-        }
-        // CPU: reading the grad_output costs nothing next to the B×C gradient.
-        let up: Vec<f32> = grad_res.flatten_all()?.to_vec1()?;
-        let kept = self.take_grad();
-        if let Some(g) = kept.filter(|_| up.iter().all(|&u| u == 1.0)) {
-            return Ok((Some(g), None));
-        }
-        // Any other grad_output (a weighted loss, a sum of losses...): one more fused pass with the
-        // real grad_output, so each element is still rounded once, as the reference defines.
-        let grad_output = match self.spec.reduction() {
-            Reduction::None => GradOutput::PerSample(&up),
-            Reduction::Mean | Reduction::Sum => {
-                GradOutput::Scalar(up.first().copied().unwrap_or(1.0))
-            }
-        };
-        crate::spec::check_ce(&self.plan, &self.spec, logits.elem_count(), &grad_output)?;
-        let g = logits.detach().contiguous()?.apply_op3_no_bwd(
-            &labels.contiguous()?,
-            &upstream_tensor()?,
-            &grad_op,
-        )?;
-        Ok((Some(g), None))
-    }
-}
-
-/// The gradient alone for the upstream gradient given as the third argument (f32, one value or
-/// one per sample): the backward pass when that upstream is not 1.
-pub(crate) struct CeGradOp<'a> {
-    pub(crate) ce: &'a MixupCeOp,
-}
-
-fn ce_grad_cpu<T: FloatElement + candle_core::WithDType>(
-    op: &CeGradOp<'_>,
-    logits: &[T],
-    labels: &[u32],
-    up: &[f32],
-) -> Result<CpuStorage> {
-    let (plan, spec) = (&op.ce.plan, &op.ce.spec);
-    let grad_output = match spec.reduction() {
-        Reduction::None => GradOutput::PerSample(up),
-        Reduction::Mean | Reduction::Sum => GradOutput::Scalar(up.first().copied().unwrap_or(1.0)),
-    };
-    let mut grad = vec![T::default(); logits.len()];
-    ce_host(plan, spec, logits, labels, grad_output, Some(&mut grad))?;
-    Ok(T::to_cpu_storage_owned(grad))
-}
-
-impl CustomOp3 for CeGradOp<'_> {
-    fn name(&self) -> &'static str {
-        "mixup-kernels-mixup-ce-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &CLayout,
-        s2: &CpuStorage,
-        l2: &CLayout,
-        s3: &CpuStorage,
-        l3: &CLayout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
-        let labels = host_labels(s2, l2, self.ce.spec.num_classes(), name)?;
-        let up = match s3 {
-            CpuStorage::F32(v) => contiguous(v, l3, name)?,
-            other => return Err(Error::UnsupportedDTypeForOp(other.dtype(), name).bt()),
-        };
-        let out = match s1 {
-            CpuStorage::F32(v) => ce_grad_cpu(self, contiguous(v, l1, name)?, &labels, up)?,
-            CpuStorage::F16(v) => ce_grad_cpu(self, contiguous(v, l1, name)?, &labels, up)?,
-            CpuStorage::BF16(v) => ce_grad_cpu(self, contiguous(v, l1, name)?, &labels, up)?,
-            other => return Err(Error::UnsupportedDTypeForOp(other.dtype(), name).bt()),
-        };
-        Ok((out, l1.shape().clone()))
-    }
-
-    #[cfg(feature = "candle-cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &CLayout,
-        s2: &candle_core::CudaStorage,
-        l2: &CLayout,
-        s3: &candle_core::CudaStorage,
-        l3: &CLayout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda::mixup_ce_grad(self.ce, s1, l1, s2, l2, s3, l3)
     }
 }

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::driver::sys::CUdevice_attribute as Attr;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError,
+    LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::Ptx;
 use cudarc::nvrtc::result::NvrtcError;
 
@@ -617,6 +620,27 @@ impl CudaMixer {
             Some(f) => Ok(f),
             None => self.load(kernel, dtype),
         }
+    }
+
+    /// Enqueues `kernel` for `dtype` on the stream with its argument struct and launch
+    /// configuration; `what` names the launch in a driver error.
+    ///
+    /// # Safety
+    /// `args` is the kernel's argument struct, every address in it valid for what the kernel
+    /// reads and writes until it has run.
+    pub(crate) unsafe fn enqueue<A: DeviceRepr>(
+        &self,
+        kernel: Kernel,
+        dtype: ScalarType,
+        args: &A,
+        cfg: LaunchConfig,
+        what: &'static str,
+    ) -> Result<()> {
+        let f = self.function(kernel, dtype)?;
+        // SAFETY: per the contract.
+        unsafe { self.stream().launch_builder(f).arg(args).launch(cfg) }
+            .map_err(driver_err(what))?;
+        Ok(())
     }
 
     #[cold]

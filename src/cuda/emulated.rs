@@ -9,9 +9,11 @@ use cudarc::driver::LaunchConfig;
 use crate::config::TargetSpec;
 use crate::dtype::ScalarType;
 use crate::error::{MixError, Result};
-use crate::plan::{MixPlan, PlanEntry};
-use crate::spec::{BceSpec, CeSpec, SampleShape, check_mix};
+use crate::plan::MixPlan;
+use crate::spec::{BceSpec, CeSpec, SampleShape};
 
+use super::entries::Kernel;
+use super::loss::LossSpec;
 use super::mixup_ce::{CeBuffers, RawGradOutput};
 
 /// One kernel launch as the host code makes it.
@@ -38,7 +40,7 @@ pub struct Device {
 }
 
 fn host_launch<A: Copy>(
-    kernel: super::entries::Kernel,
+    kernel: Kernel,
     dtype: ScalarType,
     args: &A,
     config: LaunchConfig,
@@ -65,18 +67,7 @@ pub fn staged_plan(plan: &MixPlan) -> (Vec<u8>, usize) {
     let pairs = super::plan::stage(plan, &mut staged);
     let bytes = staged
         .iter()
-        .flat_map(|e: &PlanEntry| {
-            [
-                e.partner,
-                e.lam.to_bits(),
-                e.cut,
-                e.y0,
-                e.y1,
-                e.x0,
-                e.x1,
-                e.pad,
-            ]
-        })
+        .flat_map(super::plan::entry_words)
         .flat_map(u32::to_le_bytes)
         .collect();
     (bytes, pairs)
@@ -95,11 +86,7 @@ pub fn mix(
     in_place: bool,
     dev: &Device,
 ) -> Result<Option<HostLaunch>> {
-    let row = check_mix(plan, layout, len, "x")?;
-    if in_place {
-        plan.check_involution()?;
-    }
-    if plan.is_empty() || row == 0 {
+    if !super::mix::check_call(plan, layout, len, in_place)? {
         return Ok(None);
     }
     let (_, pairs) = staged_plan(plan);
@@ -136,16 +123,35 @@ pub fn soft_targets(
         dev.plan,
         dev.flags,
     )?;
-    host_launch(super::entries::Kernel::SoftTargets, dtype, &args, cfg).map(Some)
+    host_launch(Kernel::SoftTargets, dtype, &args, cfg).map(Some)
 }
 
-fn losses_of(bufs: &CeBuffers) -> Result<u64> {
-    bufs.losses.ok_or(MixError::InvalidArgument {
+/// The steps both losses' launches share: the checks, nothing to launch for an empty batch,
+/// and `call` (the loss's own kernel, arguments and launch) given the per-sample losses'
+/// address, which the emulation needs from the caller (the device's would be scratch).
+#[allow(clippy::too_many_arguments)]
+fn loss_launch<A: Copy>(
+    plan: &MixPlan,
+    spec: LossSpec<'_>,
+    dtype: ScalarType,
+    logits_len: usize,
+    bufs: &CeBuffers,
+    grad_output: &RawGradOutput,
+    call: impl FnOnce(u64) -> (Kernel, A, LaunchConfig),
+) -> Result<Option<HostLaunch>> {
+    super::soft_targets::require_float(dtype, "logits")?;
+    spec.check_device(plan, logits_len, grad_output)?;
+    if plan.is_empty() {
+        return Ok(None);
+    }
+    let losses = bufs.losses.ok_or(MixError::InvalidArgument {
         what: "losses",
         reason:
             "the emulated call needs the per-sample losses' buffer (the device's would be scratch)"
                 .into(),
-    })
+    })?;
+    let (kernel, args, cfg) = call(losses);
+    host_launch(kernel, dtype, &args, cfg).map(Some)
 }
 
 /// [`raw::mixup_ce`](super::raw::mixup_ce) (`bufs.losses` required): `None` for an empty batch.
@@ -158,23 +164,12 @@ pub fn mixup_ce(
     grad_output: RawGradOutput,
     dev: &Device,
 ) -> Result<Option<HostLaunch>> {
-    super::soft_targets::require_float(dtype, "logits")?;
-    super::mixup_ce::check_ce_device(plan, spec, logits_len, &grad_output)?;
-    if plan.is_empty() {
-        return Ok(None);
-    }
-    let (kernel, args, cfg) = super::mixup_ce::ce_call(
-        spec,
-        dtype,
-        plan.len(),
-        dev.smem_optin,
-        bufs,
-        losses_of(bufs)?,
-        dev.plan,
-        dev.flags,
-        &grad_output,
-    );
-    host_launch(kernel, dtype, &args, cfg).map(Some)
+    let up = &grad_output;
+    let call = |losses| {
+        let (b, smem) = (plan.len(), dev.smem_optin);
+        super::mixup_ce::ce_call(spec, dtype, b, smem, bufs, losses, dev.plan, dev.flags, up)
+    };
+    loss_launch(plan, LossSpec::Ce(spec), dtype, logits_len, bufs, up, call)
 }
 
 /// [`raw::mixup_bce`](super::raw::mixup_bce) with the class weights at `weights` = (weight,
@@ -190,22 +185,12 @@ pub fn mixup_bce(
     grad_output: RawGradOutput,
     dev: &Device,
 ) -> Result<Option<HostLaunch>> {
-    super::soft_targets::require_float(dtype, "logits")?;
-    super::mixup_bce::check_bce_device(plan, spec, logits_len, &grad_output)?;
-    if plan.is_empty() {
-        return Ok(None);
-    }
-    let (kernel, args, cfg) = super::mixup_bce::bce_call(
-        spec,
-        dtype,
-        plan.len(),
-        bufs,
-        losses_of(bufs)?,
-        weights,
-        (dev.plan, dev.flags),
-        &grad_output,
-    );
-    host_launch(kernel, dtype, &args, cfg).map(Some)
+    let up = &grad_output;
+    let call = |losses| {
+        let (b, addrs) = (plan.len(), (dev.plan, dev.flags));
+        super::mixup_bce::bce_call(spec, dtype, b, bufs, losses, weights, addrs, up)
+    };
+    loss_launch(plan, LossSpec::Bce(spec), dtype, logits_len, bufs, up, call)
 }
 
 /// [`CudaMixer::mix_normalize_raw`](super::CudaMixer::mix_normalize_raw) with `norm`'s `2C`

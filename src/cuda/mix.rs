@@ -1,14 +1,12 @@
 //! Mixing a batch on the device: `kernels/mix.cu` (`mix_gather_<dt>`, `mix_pairs_<dt>`).
 
-use cudarc::driver::{
-    CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
 
 use crate::dtype::{Element, ScalarType};
 use crate::error::{MixError, Result, check_len, checked_product};
 use crate::spec::{MemoryFormat, SampleShape, check_mix};
 
-use super::context::{CudaMixer, driver_err};
+use super::context::CudaMixer;
 use super::entries::Kernel;
 use super::plan::DevicePlan;
 
@@ -103,6 +101,21 @@ pub(crate) fn mix_args(
     Ok(a)
 }
 
+/// The checks of a mix call of `len` elements (`x`'s shape; an involution plan to mix in place):
+/// `Ok(false)` when there is nothing to launch (no sample, or empty samples).
+pub(crate) fn check_call(
+    host: &crate::plan::MixPlan,
+    layout: &SampleShape,
+    len: usize,
+    in_place: bool,
+) -> Result<bool> {
+    let row = check_mix(host, layout, len, "x")?;
+    if in_place {
+        host.check_involution()?;
+    }
+    Ok(!host.is_empty() && row != 0)
+}
+
 /// The kernel, its arguments and its launch configuration for a checked call with at least
 /// one element (`pair_count`: the plan's pair leaders, `plan_ptr`: the staged plan). [`launch`]
 /// launches it; the host emulation's cases (`kernels::emulated`) run it on the CPU.
@@ -154,11 +167,7 @@ pub(crate) unsafe fn launch(
     in_place: bool,
 ) -> Result<()> {
     let host = plan.plan();
-    let row = check_mix(host, layout, len, "x")?;
-    if in_place {
-        host.check_involution()?;
-    }
-    if host.is_empty() || row == 0 {
+    if !check_call(host, layout, len, in_place)? {
         return Ok(());
     }
     let (kernel, args, cfg) = mix_call(
@@ -170,12 +179,9 @@ pub(crate) unsafe fn launch(
         out,
         plan.device_ptr_for(m)?,
     )?;
-    let f = m.function(kernel, dtype)?;
-    // SAFETY: `args` matches the kernel's `MixArgs`; the addresses are valid per the contract
-    // and the plan buffer holds the plan and its pair leaders.
-    unsafe { m.stream().launch_builder(f).arg(&args).launch(cfg) }
-        .map_err(driver_err("launching the mix kernel"))?;
-    Ok(())
+    // SAFETY: `args` is the kernel's `MixArgs`; the addresses are valid per the contract and
+    // the plan buffer holds the plan and its pair leaders.
+    unsafe { m.enqueue(kernel, dtype, &args, cfg, "launching the mix kernel") }
 }
 
 impl CudaMixer {

@@ -5,8 +5,7 @@
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr,
-    LaunchConfig, PushKernelArg,
+    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
 };
 
 use crate::dtype::{Element, FloatElement, ScalarType};
@@ -242,12 +241,10 @@ pub(crate) unsafe fn launch(
         plan.device_ptr_for(m)?,
         ms,
     )?;
-    let f = m.function(kernel, output)?;
-    // SAFETY: `args` matches the kernel's `MixNormArgs`; the addresses are valid per the
-    // contract, the plan buffer holds the plan and `ms` its `2C` constants.
-    unsafe { m.stream().launch_builder(f).arg(&args).launch(cfg) }
-        .map_err(driver_err("launching the mix_normalize kernel"))?;
-    Ok(())
+    let what = "launching the mix_normalize kernel";
+    // SAFETY: `args` is the kernel's `MixNormArgs`; the addresses are valid per the contract,
+    // the plan buffer holds the plan and `ms` its `2C` constants.
+    unsafe { m.enqueue(kernel, output, &args, cfg, what) }
 }
 
 impl CudaMixer {

@@ -6,22 +6,16 @@
 //! per row, as the CE's warp kernel), larger ones get a block of 64..1024 threads
 //! (`bce_block`, about 4 slots per thread per pass).
 
-use cudarc::driver::{
-    CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
-    PushKernelArg,
-};
+use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, SyncOnDrop};
 
-use crate::dtype::{FloatElement, ScalarType};
-use crate::error::{MixError, Result, check_len};
-use crate::plan::MixPlan;
-use crate::spec::{BceSpec, GradOutput, Reduction, check_bce};
+use crate::dtype::ScalarType;
+use crate::error::Result;
+use crate::spec::BceSpec;
 
 use super::context::{CudaMixer, driver_err};
 use super::entries::Kernel;
-use super::mix::MAX_GRID;
-use super::mixup_ce::{CeBuffers, DeviceGradOutput, RawGradOutput, raw_upstream, upstream_fields};
-use super::plan::DevicePlan;
-use super::soft_targets::require_float;
+use super::loss::loss_entry_points;
+use super::mixup_ce::{CeBuffers, LossAddrs, RawGradOutput, reduction_code, rows_launch};
 
 /// Threads per block of the warp kernel (`BCE_NT`).
 const BCE_WARP_THREADS: u32 = 256;
@@ -32,14 +26,7 @@ const BCE_SLOTS_PER_THREAD: u64 = 4;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct BceArgs {
-    pub logits: u64,
-    pub grad: u64,
-    pub labels: u64,
-    pub plan: u64,
-    pub losses: u64,
-    pub loss: u64,
-    pub grad_output: u64,
-    pub flags: u64,
+    pub addrs: LossAddrs,
     pub weight: u64,
     pub pos_weight: u64,
     pub batch: u64,
@@ -90,15 +77,7 @@ impl BceStrategy {
             BceStrategy::Warp { group } => ((BCE_WARP_THREADS / group) as u64, BCE_WARP_THREADS),
             BceStrategy::Block { threads } => (1, threads),
         };
-        LaunchConfig {
-            grid_dim: (
-                batch.div_ceil(rows_per_block).clamp(1, MAX_GRID) as u32,
-                1,
-                1,
-            ),
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: 0,
-        }
+        rows_launch(batch, rows_per_block, threads, 0)
     }
 }
 
@@ -118,10 +97,10 @@ pub(crate) fn bce_strategy(classes: u64, elem_size: usize) -> BceStrategy {
     }
 }
 
-/// The launch [`launch`] makes for `batch` rows of `classes` elements of `elem_size` bytes: the
-/// kernel family (`bce_warp`, `bce_block`), `BceArgs::group`, and the grid and block. For the
-/// host emulation of the kernels (tests/kernels_emulated), so that it runs exactly what the
-/// host launches.
+/// The launch [`launch`](super::loss::launch) makes for `batch` rows of `classes` elements of
+/// `elem_size` bytes: the kernel family (`bce_warp`, `bce_block`), `BceArgs::group`, and the
+/// grid and block. For the host emulation of the kernels (tests/kernels_emulated), so that it
+/// runs exactly what the host launches.
 #[doc(hidden)]
 pub fn bce_launch(classes: u64, elem_size: usize, batch: u64) -> (&'static str, u32, LaunchConfig) {
     let s = bce_strategy(classes, elem_size);
@@ -155,7 +134,7 @@ impl DeviceBceSpec {
     /// Uploads the spec's per-class arrays on the mixer's stream.
     ///
     /// # Errors
-    /// [`MixError::Driver`] if the copies fail.
+    /// [`MixError::Driver`](crate::MixError::Driver) if the copies fail.
     pub fn new(mixer: &CudaMixer, spec: BceSpec) -> Result<Self> {
         let up = |v: Option<&[f32]>| -> Result<Option<CudaSlice<f32>>> {
             v.map(|v| {
@@ -177,33 +156,31 @@ impl DeviceBceSpec {
     pub fn spec(&self) -> &BceSpec {
         &self.spec
     }
-}
 
-/// The checks of [`check_bce`] with a device grad_output standing in for its host form.
-pub(crate) fn check_bce_device(
-    plan: &MixPlan,
-    spec: &BceSpec,
-    logits_len: usize,
-    up: &RawGradOutput,
-) -> Result<usize> {
-    let host = match *up {
-        RawGradOutput::Scalar(g) => GradOutput::Scalar(g),
-        RawGradOutput::Device(_) | RawGradOutput::PerSample(_) => GradOutput::Scalar(1.0),
-    };
-    let total = check_bce(plan, spec, logits_len, &host)?;
-    if matches!(up, RawGradOutput::PerSample(_)) && spec.reduction() != Reduction::None {
-        return Err(MixError::InvalidArgument {
-            what: "grad_output",
-            reason: "a per-sample grad_output (GradOutput::PerSample) needs Reduction::None".into(),
-        });
+    /// The addresses of `weight` and `pos_weight` (0 for none), and the guards that order their
+    /// reads on the mixer's stream (kept until the kernel is enqueued).
+    pub(crate) fn weight_ptrs<'a>(
+        &'a self,
+        m: &'a CudaMixer,
+    ) -> ((u64, u64), [Option<SyncOnDrop<'a>>; 2]) {
+        let ptr = |w: &'a Option<CudaSlice<f32>>| match w {
+            Some(w) => {
+                let (p, r) = w.device_ptr(m.stream());
+                (p, Some(r))
+            }
+            None => (0, None),
+        };
+        let (wp, rw) = ptr(&self.weight);
+        let (pwp, rp) = ptr(&self.pos_weight);
+        ((wp, pwp), [rw, rp])
     }
-    Ok(total)
 }
 
 /// The kernel, its arguments and its launch configuration for a checked call of `b > 0` rows,
 /// every address given: `losses` resolved to the scratch buffer when the caller gave none,
-/// `weights` = (weight, pos_weight) (0: none), `mixer` = (plan, flags). [`launch`] launches
-/// it; the host emulation's cases (`kernels::emulated`) run it on the CPU.
+/// `weights` = (weight, pos_weight) (0: none), `mixer` = (plan, flags).
+/// [`launch`](super::loss::launch) launches it; the host emulation's cases (`kernels::emulated`)
+/// run it on the CPU.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn bce_call(
     spec: &BceSpec,
@@ -217,18 +194,11 @@ pub(crate) fn bce_call(
 ) -> (Kernel, BceArgs, LaunchConfig) {
     let c = spec.num_classes();
     let strategy = bce_strategy(c as u64, dtype.size());
-    let (up_kind, up_ptr, up) = upstream_fields(grad_output);
+    let (addrs, up_kind, up) = LossAddrs::new(bufs, losses, plan, flags, grad_output);
     let eps = spec.targets().smoothing_f32();
     let (t_on, t_off) = spec.timm_on_off();
     let args = BceArgs {
-        logits: bufs.logits,
-        grad: bufs.grad.unwrap_or(0),
-        labels: bufs.labels,
-        plan,
-        losses,
-        loss: bufs.loss.unwrap_or(0),
-        grad_output: up_ptr,
-        flags,
+        addrs,
         weight,
         pos_weight,
         batch: b as u64,
@@ -243,93 +213,20 @@ pub(crate) fn bce_call(
         t_on,
         t_off,
         up_kind,
-        reduction: match spec.reduction() {
-            Reduction::Mean => 0,
-            Reduction::Sum => 1,
-            Reduction::None => 2,
-        },
+        reduction: reduction_code(spec.reduction()),
         thresholded: u32::from(spec.target_threshold().is_some()),
         group: strategy.group(),
     };
     (strategy.kernel(), args, strategy.launch_config(b as u64))
 }
 
-/// Validates and launches the binary cross-entropy on raw device addresses: the one launch
-/// behind [`CudaMixer::mixup_bce`] (and its siblings) and [`super::raw::mixup_bce`].
-///
-/// # Safety
-/// Every address in `bufs` holds what the kernel reads or writes for `plan.len()` rows of
-/// `spec`'s classes of `dtype`, on the mixer's device; the grad_output likewise (see
-/// [`super::raw::mixup_bce`]).
-pub(crate) unsafe fn launch(
-    m: &CudaMixer,
-    plan: &DevicePlan,
-    dspec: &DeviceBceSpec,
-    dtype: ScalarType,
-    logits_len: usize,
-    bufs: &CeBuffers,
-    grad_output: RawGradOutput,
-) -> Result<()> {
-    require_float(dtype, "logits")?;
-    let spec = &dspec.spec;
-    check_bce_device(plan.plan(), spec, logits_len, &grad_output)?;
-    let outputs = (
-        bufs.grad.is_some(),
-        bufs.loss.is_some(),
-        bufs.losses.is_some(),
-    );
-    crate::spec::check_loss_outputs(spec.reduction(), outputs.0, outputs.1, outputs.2)?;
-    let b = plan.len();
-    if b == 0 {
-        if let Some(loss) = bufs.loss {
-            // SAFETY: `loss` addresses one f32 per the contract.
-            unsafe { cudarc::driver::result::memset_d8_async(loss, 0, 4, m.stream().cu_stream()) }
-                .map_err(driver_err("writing the loss"))?;
-        }
-        return Ok(());
-    }
-    let (losses, _scratch) = match bufs.losses {
-        Some(p) => (p, None),
-        None => {
-            let (p, guard) = m.scratch_f32(b)?;
-            (p, Some(guard))
-        }
-    };
-    let (wp, _rw) = match &dspec.weight {
-        Some(w) => {
-            let (p, r) = w.device_ptr(m.stream());
-            (p, Some(r))
-        }
-        None => (0, None),
-    };
-    let (pwp, _rp) = match &dspec.pos_weight {
-        Some(w) => {
-            let (p, r) = w.device_ptr(m.stream());
-            (p, Some(r))
-        }
-        None => (0, None),
-    };
-    let (kernel, args, cfg) = bce_call(
-        spec,
-        dtype,
-        b,
-        bufs,
-        losses,
-        (wp, pwp),
-        (plan.device_ptr_for(m)?, m.flags_ptr()),
-        &grad_output,
-    );
-    let f = m.function(kernel, dtype)?;
-    // SAFETY: `args` matches `BceArgs`; addresses valid per the contract.
-    unsafe { m.stream().launch_builder(f).arg(&args).launch(cfg) }
-        .map_err(driver_err("launching the binary cross-entropy kernel"))?;
-    Ok(())
-}
-
-impl CudaMixer {
+// `CudaMixer::mixup_bce_forward`, `mixup_bce` and `mixup_bce_in_place`: the entry points
+// `loss_entry_points` makes for every loss, with their docs here.
+loss_entry_points! {
+    DeviceBceSpec => Bce;
     /// Loss only (evaluation) of the mixup binary cross-entropy: the reduced loss to `loss`
-    /// (`[1]`) under [`Reduction::Mean`] and [`Reduction::Sum`], the per-sample losses
-    /// `Σ_c ℓ_ic` to `losses` (`[B]`) if given. Under [`Reduction::None`] the per-sample losses
+    /// (`[1]`) under [`Reduction::Mean`](crate::Reduction::Mean) and [`Reduction::Sum`](crate::Reduction::Sum), the per-sample losses
+    /// `Σ_c ℓ_ic` to `losses` (`[B]`) if given. Under [`Reduction::None`](crate::Reduction::None) the per-sample losses
     /// are the result, as in PyTorch: `losses` is required and `loss` must be `None`
     /// ([`MixError::InvalidArgument`](crate::MixError::InvalidArgument) `loss` or `losses`
     /// otherwise). Device labels are `u32`. Reads the logits once.
@@ -352,30 +249,7 @@ impl CudaMixer {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn mixup_bce_forward<T: FloatElement>(
-        &self,
-        plan: &DevicePlan,
-        spec: &DeviceBceSpec,
-        logits: &CudaView<'_, T>,
-        labels: &CudaView<'_, u32>,
-        loss: Option<&mut CudaViewMut<'_, f32>>,
-        losses: Option<&mut CudaViewMut<'_, f32>>,
-    ) -> Result<()> {
-        let (lp, _r) = logits.device_ptr(self.stream());
-        self.bce_common(
-            plan,
-            spec,
-            lp,
-            logits.len(),
-            labels,
-            DeviceGradOutput::Scalar(1.0),
-            loss,
-            losses,
-            None,
-            T::DTYPE,
-        )
-    }
-
+    mixup_bce_forward;
     /// Loss and gradient in one launch: the gradient `v·((1 + (w − 1)t)·σ(z) − w·t) · scale`
     /// to `grad` (`[B, C]`), the reduced loss to `loss` (`[1]`; Mean and Sum only, an
     /// [`InvalidArgument`](crate::MixError::InvalidArgument) `loss` under None) and the
@@ -405,35 +279,7 @@ impl CudaMixer {
     /// # Ok(())
     /// # }
     /// ```
-    #[allow(clippy::too_many_arguments)]
-    pub fn mixup_bce<T: FloatElement>(
-        &self,
-        plan: &DevicePlan,
-        spec: &DeviceBceSpec,
-        logits: &CudaView<'_, T>,
-        labels: &CudaView<'_, u32>,
-        grad_output: DeviceGradOutput<'_>,
-        loss: Option<&mut CudaViewMut<'_, f32>>,
-        losses: Option<&mut CudaViewMut<'_, f32>>,
-        grad: &mut CudaViewMut<'_, T>,
-    ) -> Result<()> {
-        check_len("grad", logits.len(), grad.len())?;
-        let (lp, _r) = logits.device_ptr(self.stream());
-        let (gp, _w) = grad.device_ptr_mut(self.stream());
-        self.bce_common(
-            plan,
-            spec,
-            lp,
-            logits.len(),
-            labels,
-            grad_output,
-            loss,
-            losses,
-            Some(gp),
-            T::DTYPE,
-        )
-    }
-
+    mixup_bce;
     /// Loss and gradient, the gradient written over the logits.
     ///
     /// # Examples
@@ -457,73 +303,7 @@ impl CudaMixer {
     /// # Ok(())
     /// # }
     /// ```
-    #[allow(clippy::too_many_arguments)]
-    pub fn mixup_bce_in_place<T: FloatElement>(
-        &self,
-        plan: &DevicePlan,
-        spec: &DeviceBceSpec,
-        logits: &mut CudaViewMut<'_, T>,
-        labels: &CudaView<'_, u32>,
-        grad_output: DeviceGradOutput<'_>,
-        loss: Option<&mut CudaViewMut<'_, f32>>,
-        losses: Option<&mut CudaViewMut<'_, f32>>,
-    ) -> Result<()> {
-        let n = logits.len();
-        let (lp, _w) = logits.device_ptr_mut(self.stream());
-        self.bce_common(
-            plan,
-            spec,
-            lp,
-            n,
-            labels,
-            grad_output,
-            loss,
-            losses,
-            Some(lp),
-            T::DTYPE,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn bce_common(
-        &self,
-        plan: &DevicePlan,
-        spec: &DeviceBceSpec,
-        logits: u64,
-        logits_len: usize,
-        labels: &CudaView<'_, u32>,
-        grad_output: DeviceGradOutput<'_>,
-        loss: Option<&mut CudaViewMut<'_, f32>>,
-        losses: Option<&mut CudaViewMut<'_, f32>>,
-        grad: Option<u64>,
-        dtype: ScalarType,
-    ) -> Result<()> {
-        // Every check before anything is enqueued.
-        let (up, _ru) = raw_upstream(self, plan, &grad_output)?;
-        check_bce_device(plan.plan(), &spec.spec, logits_len, &up)?;
-        plan.plan().check_batch(labels.len())?;
-        let outputs = (grad.is_some(), loss.is_some(), losses.is_some());
-        crate::spec::check_loss_outputs(spec.spec.reduction(), outputs.0, outputs.1, outputs.2)?;
-        if let Some(l) = &loss {
-            check_len("loss", 1, l.len())?;
-        }
-        if let Some(l) = &losses {
-            check_len("losses", plan.len(), l.len())?;
-        }
-        let (lab, _rl) = labels.device_ptr(self.stream());
-        let (mut loss, mut losses) = (loss, losses);
-        let lossp = loss.as_mut().map(|l| l.device_ptr_mut(self.stream()));
-        let lp = losses.as_mut().map(|l| l.device_ptr_mut(self.stream()));
-        let bufs = CeBuffers {
-            logits,
-            labels: lab,
-            grad,
-            loss: lossp.as_ref().map(|(p, _)| *p),
-            losses: lp.as_ref().map(|(p, _)| *p),
-        };
-        // SAFETY: every buffer was checked to hold what the kernel reads and writes.
-        unsafe { launch(self, plan, spec, dtype, logits_len, &bufs, up) }
-    }
+    mixup_bce_in_place;
 }
 
 #[cfg(test)]

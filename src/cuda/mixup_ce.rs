@@ -14,20 +14,14 @@
 //! 64 KB: S ≤ 3), so the online path starts earlier there.
 
 use cudarc::driver::sys::CUdeviceptr;
-use cudarc::driver::{
-    CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaView, DeviceRepr, LaunchConfig};
 
-use crate::dtype::{FloatElement, ScalarType};
-use crate::error::{MixError, Result, check_len};
-use crate::plan::MixPlan;
-use crate::spec::{CeSpec, GradOutput, Reduction, check_ce};
+use crate::dtype::ScalarType;
+use crate::spec::{CeSpec, Reduction};
 
-use super::context::{CudaMixer, driver_err};
 use super::entries::Kernel;
+use super::loss::loss_entry_points;
 use super::mix::MAX_GRID;
-use super::plan::DevicePlan;
-use super::soft_targets::require_float;
 
 /// Register slots per thread (`CE_K`).
 pub(crate) const CE_K: u64 = 4;
@@ -122,10 +116,11 @@ pub struct CeBuffers {
     pub losses: Option<CUdeviceptr>,
 }
 
-/// Kernel arguments (`struct CeArgs` in kernels/mixup_ce.cu).
+/// The eight addresses that open both loss kernels' argument structs (`struct CeArgs` in
+/// kernels/mixup_ce.cu and `struct BceArgs` in kernels/mixup_bce.cu), in their order.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(crate) struct CeArgs {
+pub(crate) struct LossAddrs {
     pub logits: u64,
     pub grad: u64,
     pub labels: u64,
@@ -134,6 +129,52 @@ pub(crate) struct CeArgs {
     pub loss: u64,
     pub grad_output: u64,
     pub flags: u64,
+}
+
+impl LossAddrs {
+    /// The addresses of a call (`losses` resolved to the scratch buffer when the caller gave
+    /// none), and the kernel's `up_kind` and `up` for its grad_output.
+    pub(crate) fn new(
+        bufs: &CeBuffers,
+        losses: u64,
+        plan: u64,
+        flags: u64,
+        grad_output: &RawGradOutput,
+    ) -> (Self, u32, f32) {
+        use RawGradOutput::*;
+        let (up_kind, up_ptr, up) = match *grad_output {
+            Scalar(g) => (0, 0, g),
+            Device(p) => (1, p, 1.0),
+            PerSample(p) => (2, p, 1.0),
+        };
+        let addrs = LossAddrs {
+            logits: bufs.logits,
+            grad: bufs.grad.unwrap_or(0),
+            labels: bufs.labels,
+            plan,
+            losses,
+            loss: bufs.loss.unwrap_or(0),
+            grad_output: up_ptr,
+            flags,
+        };
+        (addrs, up_kind, up)
+    }
+}
+
+/// The kernels' `reduction` code: 0 Mean, 1 Sum, 2 None.
+pub(crate) fn reduction_code(r: Reduction) -> u32 {
+    match r {
+        Reduction::Mean => 0,
+        Reduction::Sum => 1,
+        Reduction::None => 2,
+    }
+}
+
+/// Kernel arguments (`struct CeArgs` in kernels/mixup_ce.cu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct CeArgs {
+    pub addrs: LossAddrs,
     pub batch: u64,
     pub classes: u64,
     pub eps: f32,
@@ -196,15 +237,27 @@ impl CeStrategy {
             } => (1, threads, smem_slots * threads * 16),
             CeStrategy::Online { threads } => (1, threads, 0),
         };
-        LaunchConfig {
-            grid_dim: (
-                batch.div_ceil(rows_per_block).clamp(1, MAX_GRID) as u32,
-                1,
-                1,
-            ),
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: smem,
-        }
+        rows_launch(batch, rows_per_block, threads, smem)
+    }
+}
+
+/// The launch configuration of a loss kernel for `batch` rows, `rows_per_block` to a block of
+/// `threads` with `smem` bytes of dynamic shared memory (the kernels loop over the rows past the
+/// largest grid).
+pub(crate) fn rows_launch(
+    batch: u64,
+    rows_per_block: u64,
+    threads: u32,
+    smem: u32,
+) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            batch.div_ceil(rows_per_block).clamp(1, MAX_GRID) as u32,
+            1,
+            1,
+        ),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: smem,
     }
 }
 
@@ -250,10 +303,10 @@ pub(crate) fn ce_strategy(
     CeStrategy::Online { threads: 1024 }
 }
 
-/// The launch [`launch`] makes for `batch` rows of `classes` elements of `elem_size` bytes on a
-/// device with `smem_optin` bytes of opt-in shared memory per block: the kernel family
-/// (`ce_warp`, `ce_block`, `ce_online`), `CeArgs::group`, `CeArgs::smem_slots`, and the grid,
-/// block and dynamic shared memory. For the host emulation of the kernels
+/// The launch [`launch`](super::loss::launch) makes for `batch` rows of `classes` elements of
+/// `elem_size` bytes on a device with `smem_optin` bytes of opt-in shared memory per block: the
+/// kernel family (`ce_warp`, `ce_block`, `ce_online`), `CeArgs::group`, `CeArgs::smem_slots`,
+/// and the grid, block and dynamic shared memory. For the host emulation of the kernels
 /// (tests/kernels_emulated), which checks that it agrees with the launch it runs.
 #[doc(hidden)]
 pub fn ce_launch(
@@ -272,42 +325,10 @@ pub fn ce_launch(
     )
 }
 
-/// The gradient arriving from above the loss (`grad_output`), in raw form (see [`RawGradOutput`]).
-pub(crate) fn upstream_fields(up: &RawGradOutput) -> (u32, u64, f32) {
-    use RawGradOutput::*;
-    match *up {
-        Scalar(g) => (0, 0, g),
-        Device(p) => (1, p, 1.0),
-        PerSample(p) => (2, p, 1.0),
-    }
-}
-
-/// The shared checks of [`check_ce`], with a device grad_output standing in for its host form.
-pub(crate) fn check_ce_device(
-    plan: &MixPlan,
-    spec: &CeSpec,
-    logits_len: usize,
-    up: &RawGradOutput,
-) -> Result<usize> {
-    use RawGradOutput::*;
-    let host = match *up {
-        Scalar(g) => GradOutput::Scalar(g),
-        Device(_) | PerSample(_) => GradOutput::Scalar(1.0),
-    };
-    let total = check_ce(plan, spec, logits_len, &host)?;
-    if matches!(up, PerSample(_)) && spec.reduction() != Reduction::None {
-        // The same error `check_ce` gives for a host per-sample grad_output.
-        return Err(MixError::InvalidArgument {
-            what: "grad_output",
-            reason: "a per-sample grad_output (GradOutput::PerSample) needs Reduction::None".into(),
-        });
-    }
-    Ok(total)
-}
-
 /// The kernel, its arguments and its launch configuration for a checked call of `b > 0` rows,
 /// every address given (`losses` resolved to the scratch buffer when the caller gave none).
-/// [`launch`] launches it; the host emulation's cases (`kernels::emulated`) run it on the CPU.
+/// [`launch`](super::loss::launch) launches it; the host emulation's cases (`kernels::emulated`)
+/// run it on the CPU.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn ce_call(
     spec: &CeSpec,
@@ -322,16 +343,9 @@ pub(crate) fn ce_call(
 ) -> (Kernel, CeArgs, LaunchConfig) {
     let c = spec.num_classes();
     let strategy = ce_strategy(c as u64, dtype.size(), smem_optin, bufs.grad.is_none());
-    let (up_kind, up_ptr, up) = upstream_fields(grad_output);
+    let (addrs, up_kind, up) = LossAddrs::new(bufs, losses, plan, flags, grad_output);
     let args = CeArgs {
-        logits: bufs.logits,
-        grad: bufs.grad.unwrap_or(0),
-        labels: bufs.labels,
-        plan,
-        losses,
-        loss: bufs.loss.unwrap_or(0),
-        grad_output: up_ptr,
-        flags,
+        addrs,
         batch: b as u64,
         classes: c as u64,
         eps: spec.targets().smoothing_f32(),
@@ -339,98 +353,17 @@ pub(crate) fn ce_call(
         up,
         factor: spec.reduction().grad_factor(b),
         up_kind,
-        reduction: match spec.reduction() {
-            Reduction::Mean => 0,
-            Reduction::Sum => 1,
-            Reduction::None => 2,
-        },
+        reduction: reduction_code(spec.reduction()),
         group: strategy.group(),
         smem_slots: strategy.smem_slots(),
     };
     (strategy.kernel(), args, strategy.launch_config(b as u64))
 }
 
-/// Validates and launches the cross-entropy on raw device addresses: the one launch behind
-/// [`CudaMixer::mixup_ce`] (and its siblings) and [`super::raw::mixup_ce`].
-///
-/// # Safety
-/// See [`super::raw::mixup_ce`].
-pub(crate) unsafe fn launch(
-    m: &CudaMixer,
-    plan: &DevicePlan,
-    spec: &CeSpec,
-    dtype: ScalarType,
-    logits_len: usize,
-    bufs: &CeBuffers,
-    grad_output: RawGradOutput,
-) -> Result<()> {
-    require_float(dtype, "logits")?;
-    check_ce_device(plan.plan(), spec, logits_len, &grad_output)?;
-    let outputs = (
-        bufs.grad.is_some(),
-        bufs.loss.is_some(),
-        bufs.losses.is_some(),
-    );
-    crate::spec::check_loss_outputs(spec.reduction(), outputs.0, outputs.1, outputs.2)?;
-    let b = plan.len();
-    if b == 0 {
-        // Sum or None over no sample: the loss is 0 (Mean was rejected above).
-        if let Some(loss) = bufs.loss {
-            // SAFETY: `loss` addresses one f32 per the contract.
-            unsafe { cudarc::driver::result::memset_d8_async(loss, 0, 4, m.stream().cu_stream()) }
-                .map_err(driver_err("writing the loss"))?;
-        }
-        return Ok(());
-    }
-    // The scratch guard lives until the launch below is enqueued (see `scratch_f32`).
-    let (losses, _scratch) = match bufs.losses {
-        Some(p) => (p, None),
-        None => {
-            let (p, guard) = m.scratch_f32(b)?;
-            (p, Some(guard))
-        }
-    };
-    let (kernel, args, cfg) = ce_call(
-        spec,
-        dtype,
-        b,
-        m.smem_optin(),
-        bufs,
-        losses,
-        plan.device_ptr_for(m)?,
-        m.flags_ptr(),
-        &grad_output,
-    );
-    let f = m.function(kernel, dtype)?;
-    // SAFETY: `args` matches `CeArgs`; addresses valid per the contract; the block kernel's
-    // shared-memory limit was raised when it was loaded.
-    unsafe { m.stream().launch_builder(f).arg(&args).launch(cfg) }
-        .map_err(driver_err("launching the cross-entropy kernel"))?;
-    Ok(())
-}
-
-/// Pointers of the optional grad_output view (kept alive with its event guard by the caller).
-pub(crate) fn raw_upstream<'a>(
-    m: &'a CudaMixer,
-    plan: &DevicePlan,
-    up: &'a DeviceGradOutput<'_>,
-) -> Result<(RawGradOutput, Option<cudarc::driver::SyncOnDrop<'a>>)> {
-    Ok(match up {
-        DeviceGradOutput::Scalar(g) => (RawGradOutput::Scalar(*g), None),
-        DeviceGradOutput::Device(v) => {
-            check_len("grad_output", 1, v.len())?;
-            let (p, rec) = v.device_ptr(m.stream());
-            (RawGradOutput::Device(p), Some(rec))
-        }
-        DeviceGradOutput::PerSample(v) => {
-            check_len("grad_output", plan.len(), v.len())?;
-            let (p, rec) = v.device_ptr(m.stream());
-            (RawGradOutput::PerSample(p), Some(rec))
-        }
-    })
-}
-
-impl CudaMixer {
+// `CudaMixer::mixup_ce_forward`, `mixup_ce` and `mixup_ce_in_place`: the entry points
+// `loss_entry_points` makes for every loss, with their docs here.
+loss_entry_points! {
+    CeSpec => Ce;
     /// Loss only (evaluation): writes the reduced loss to `loss` (`[1]`) under
     /// [`Reduction::Mean`] and [`Reduction::Sum`], and the per-sample losses to `losses` (`[B]`)
     /// if given. Under [`Reduction::None`] the per-sample losses are the result, as in PyTorch:
@@ -438,9 +371,9 @@ impl CudaMixer {
     /// once.
     ///
     /// # Errors
-    /// [`MixError::InvalidArgument`] `loss` (missing under Mean/Sum, given under None) or
-    /// `losses` (missing under None); [`MixError::LengthMismatch`] for a buffer of the wrong
-    /// length; [`MixError::Driver`] from the launch.
+    /// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) `loss` (missing under Mean/Sum, given under None) or
+    /// `losses` (missing under None); [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) for a buffer of the wrong
+    /// length; [`MixError::Driver`](crate::MixError::Driver) from the launch.
     ///
     /// # Examples
     ///
@@ -462,40 +395,17 @@ impl CudaMixer {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn mixup_ce_forward<T: FloatElement>(
-        &self,
-        plan: &DevicePlan,
-        spec: &CeSpec,
-        logits: &CudaView<'_, T>,
-        labels: &CudaView<'_, u32>,
-        loss: Option<&mut CudaViewMut<'_, f32>>,
-        losses: Option<&mut CudaViewMut<'_, f32>>,
-    ) -> Result<()> {
-        let (lp, _r) = logits.device_ptr(self.stream());
-        self.ce_common(
-            plan,
-            spec,
-            lp,
-            logits.len(),
-            labels,
-            DeviceGradOutput::Scalar(1.0),
-            loss,
-            losses,
-            None,
-            T::DTYPE,
-        )
-    }
-
+    mixup_ce_forward;
     /// Loss and gradient in one launch: the gradient `(softmax - t) · scale` goes to `grad`
     /// (`[B, C]`), the reduced loss to `loss` (`[1]`; Mean and Sum only) and the per-sample
     /// losses to `losses` (`[B]`) if given. A backward pass that wants only the gradient passes
     /// `None` for both.
     ///
     /// # Errors
-    /// [`MixError::InvalidArgument`] `loss` when given under [`Reduction::None`] (it has no
+    /// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) `loss` when given under [`Reduction::None`] (it has no
     /// reduced loss), `grad_output` for a per-sample grad_output without Reduction::None or a
-    /// non-finite one; [`MixError::LengthMismatch`] for a buffer of the wrong length;
-    /// [`MixError::Driver`] from the launch.
+    /// non-finite one; [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) for a buffer of the wrong length;
+    /// [`MixError::Driver`](crate::MixError::Driver) from the launch.
     ///
     /// # Examples
     ///
@@ -521,35 +431,7 @@ impl CudaMixer {
     /// # Ok(())
     /// # }
     /// ```
-    #[allow(clippy::too_many_arguments)]
-    pub fn mixup_ce<T: FloatElement>(
-        &self,
-        plan: &DevicePlan,
-        spec: &CeSpec,
-        logits: &CudaView<'_, T>,
-        labels: &CudaView<'_, u32>,
-        grad_output: DeviceGradOutput<'_>,
-        loss: Option<&mut CudaViewMut<'_, f32>>,
-        losses: Option<&mut CudaViewMut<'_, f32>>,
-        grad: &mut CudaViewMut<'_, T>,
-    ) -> Result<()> {
-        check_len("grad", logits.len(), grad.len())?;
-        let (lp, _r) = logits.device_ptr(self.stream());
-        let (gp, _w) = grad.device_ptr_mut(self.stream());
-        self.ce_common(
-            plan,
-            spec,
-            lp,
-            logits.len(),
-            labels,
-            grad_output,
-            loss,
-            losses,
-            Some(gp),
-            T::DTYPE,
-        )
-    }
-
+    mixup_ce;
     /// Loss and gradient, the gradient written over the logits.
     ///
     /// # Examples
@@ -574,73 +456,7 @@ impl CudaMixer {
     /// # Ok(())
     /// # }
     /// ```
-    #[allow(clippy::too_many_arguments)]
-    pub fn mixup_ce_in_place<T: FloatElement>(
-        &self,
-        plan: &DevicePlan,
-        spec: &CeSpec,
-        logits: &mut CudaViewMut<'_, T>,
-        labels: &CudaView<'_, u32>,
-        grad_output: DeviceGradOutput<'_>,
-        loss: Option<&mut CudaViewMut<'_, f32>>,
-        losses: Option<&mut CudaViewMut<'_, f32>>,
-    ) -> Result<()> {
-        let n = logits.len();
-        let (lp, _w) = logits.device_ptr_mut(self.stream());
-        self.ce_common(
-            plan,
-            spec,
-            lp,
-            n,
-            labels,
-            grad_output,
-            loss,
-            losses,
-            Some(lp),
-            T::DTYPE,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn ce_common(
-        &self,
-        plan: &DevicePlan,
-        spec: &CeSpec,
-        logits: u64,
-        logits_len: usize,
-        labels: &CudaView<'_, u32>,
-        grad_output: DeviceGradOutput<'_>,
-        loss: Option<&mut CudaViewMut<'_, f32>>,
-        losses: Option<&mut CudaViewMut<'_, f32>>,
-        grad: Option<u64>,
-        dtype: ScalarType,
-    ) -> Result<()> {
-        // Every check before anything is enqueued.
-        let (up, _ru) = raw_upstream(self, plan, &grad_output)?;
-        check_ce_device(plan.plan(), spec, logits_len, &up)?;
-        plan.plan().check_batch(labels.len())?;
-        let outputs = (grad.is_some(), loss.is_some(), losses.is_some());
-        crate::spec::check_loss_outputs(spec.reduction(), outputs.0, outputs.1, outputs.2)?;
-        if let Some(l) = &loss {
-            check_len("loss", 1, l.len())?;
-        }
-        if let Some(l) = &losses {
-            check_len("losses", plan.len(), l.len())?;
-        }
-        let (lab, _rl) = labels.device_ptr(self.stream());
-        let (mut loss, mut losses) = (loss, losses);
-        let lossp = loss.as_mut().map(|l| l.device_ptr_mut(self.stream()));
-        let lp = losses.as_mut().map(|l| l.device_ptr_mut(self.stream()));
-        let bufs = CeBuffers {
-            logits,
-            labels: lab,
-            grad,
-            loss: lossp.as_ref().map(|(p, _)| *p),
-            losses: lp.as_ref().map(|(p, _)| *p),
-        };
-        // SAFETY: every buffer was checked to hold what the kernel reads and writes.
-        unsafe { launch(self, plan, spec, dtype, logits_len, &bufs, up) }
-    }
+    mixup_ce_in_place;
 }
 
 #[cfg(test)]
@@ -657,89 +473,43 @@ mod tests {
     #[test]
     fn strategy_by_classes() {
         use CeStrategy::*;
-        // Tiny rows: one lane per row.
-        assert_eq!(ce_strategy(1, 4, H100, false), Warp { group: 1 });
-        assert_eq!(ce_strategy(10, 4, H100, false), Warp { group: 1 });
-        assert_eq!(ce_strategy(100, 4, H100, false), Warp { group: 8 });
-        assert_eq!(ce_strategy(512, 4, H100, false), Warp { group: 32 });
-        assert_eq!(ce_strategy(1024, 2, H100, false), Warp { group: 32 });
-        // 256x1000 f32: 250 slots -> a block of 64 threads per row.
-        assert_eq!(
-            ce_strategy(1000, 4, H100, false),
-            Block {
-                threads: 64,
-                smem_slots: 0
-            }
-        );
-        assert_eq!(ce_strategy(1000, 2, H100, false), Warp { group: 32 });
-        // 4096x32000 bf16: 4000 slots -> 1000 -> 1024 threads, registers only.
-        assert_eq!(
-            ce_strategy(32_000, 2, H100, false),
-            Block {
-                threads: 1024,
-                smem_slots: 0
-            }
-        );
-        assert_eq!(
-            ce_strategy(32_000, 4, H100, false),
-            Block {
-                threads: 1024,
-                smem_slots: 4
-            }
-        );
-        assert_eq!(
-            ce_strategy(50_257, 4, H100, false),
-            Block {
-                threads: 1024,
-                smem_slots: 9
-            }
-        );
-        assert_eq!(
-            ce_strategy(64_000, 4, H100, false),
-            Block {
-                threads: 1024,
-                smem_slots: 12
-            }
-        );
-        assert_eq!(
-            ce_strategy(128_256, 2, H100, false),
-            Block {
-                threads: 1024,
-                smem_slots: 12
-            }
-        );
-        assert_eq!(
-            ce_strategy(128_256, 4, H100, false),
-            Online { threads: 1024 }
-        );
-        assert_eq!(
-            ce_strategy(256_000, 2, H100, false),
-            Online { threads: 1024 }
-        );
-        // Less shared memory (A100, T4): the online path starts earlier.
-        assert_eq!(
-            ce_strategy(128_256, 2, 166_912, false),
-            Online { threads: 1024 }
-        );
-        assert_eq!(
-            ce_strategy(20_000, 4, 65_536, false),
-            Block {
-                threads: 1024,
-                smem_slots: 1
-            }
-        );
-        assert_eq!(
-            ce_strategy(32_000, 4, 65_536, false),
-            Online { threads: 1024 }
-        );
-        assert_eq!(
-            ce_strategy(50_257, 4, 65_536, false),
-            Online { threads: 1024 }
-        );
-        // Forward only reads once whatever the path: online beyond the warp kernel.
-        assert_eq!(ce_strategy(10, 2, H100, true), Warp { group: 1 });
-        assert_eq!(ce_strategy(32_000, 2, H100, true), Online { threads: 1024 });
-        assert_eq!(ce_strategy(2_000, 4, H100, true), Online { threads: 128 });
+        let block = |threads, smem_slots| Block {
+            threads,
+            smem_slots,
+        };
+        // (C, bytes per element, opt-in shared memory, forward only, the strategy)
+        let cases = [
+            // Tiny rows: one lane per row.
+            (1, 4, H100, false, Warp { group: 1 }),
+            (10, 4, H100, false, Warp { group: 1 }),
+            (100, 4, H100, false, Warp { group: 8 }),
+            (512, 4, H100, false, Warp { group: 32 }),
+            (1024, 2, H100, false, Warp { group: 32 }),
+            // 256x1000 f32: 250 slots -> a block of 64 threads per row.
+            (1000, 4, H100, false, block(64, 0)),
+            (1000, 2, H100, false, Warp { group: 32 }),
+            // 4096x32000 bf16: 4000 slots -> 1000 -> 1024 threads, registers only.
+            (32_000, 2, H100, false, block(1024, 0)),
+            (32_000, 4, H100, false, block(1024, 4)),
+            (50_257, 4, H100, false, block(1024, 9)),
+            (64_000, 4, H100, false, block(1024, 12)),
+            (128_256, 2, H100, false, block(1024, 12)),
+            (128_256, 4, H100, false, Online { threads: 1024 }),
+            (256_000, 2, H100, false, Online { threads: 1024 }),
+            // Less shared memory (A100, T4): the online path starts earlier.
+            (128_256, 2, 166_912, false, Online { threads: 1024 }),
+            (20_000, 4, 65_536, false, block(1024, 1)),
+            (32_000, 4, 65_536, false, Online { threads: 1024 }),
+            (50_257, 4, 65_536, false, Online { threads: 1024 }),
+            // Forward only reads once whatever the path: online beyond the warp kernel.
+            (10, 2, H100, true, Warp { group: 1 }),
+            (32_000, 2, H100, true, Online { threads: 1024 }),
+            (2_000, 4, H100, true, Online { threads: 128 }),
+        ];
+        for (c, s, smem, forward_only, want) in cases {
+            let got = ce_strategy(c, s, smem, forward_only);
+            assert_eq!(got, want, "C = {c}, {s} B, {smem} B shared, {forward_only}");
+        }
     }
 
     #[test]

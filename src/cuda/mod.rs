@@ -55,6 +55,7 @@ mod cache;
 pub(crate) mod context;
 mod emulated;
 mod entries;
+pub(crate) mod loss;
 mod mix;
 mod mix_normalize;
 mod mixup_bce;

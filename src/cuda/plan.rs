@@ -141,6 +141,20 @@ fn pair_leaders(entries: &[PlanEntry], involution: bool) -> impl Iterator<Item =
     (0..n as u32).filter(|&i| i <= entries[i as usize].partner)
 }
 
+/// An entry as the eight u32 words the device reads (what `stage` packs leaders into).
+pub(crate) fn entry_words(e: &PlanEntry) -> [u32; 8] {
+    [
+        e.partner,
+        e.lam.to_bits(),
+        e.cut,
+        e.y0,
+        e.y1,
+        e.x0,
+        e.x1,
+        e.pad,
+    ]
+}
+
 /// Entries plus leader slots, as uploaded.
 #[cfg(test)]
 pub(crate) fn staged_len(batch: usize, pairs: usize) -> usize {
@@ -472,21 +486,7 @@ mod tests {
         let mut staged = Vec::new();
         assert_eq!(stage(&plan, &mut staged), 17);
         assert_eq!(staged.len(), staged_len(34, 17));
-        let words: Vec<u32> = staged[34..]
-            .iter()
-            .flat_map(|e| {
-                [
-                    e.partner,
-                    e.lam.to_bits(),
-                    e.cut,
-                    e.y0,
-                    e.y1,
-                    e.x0,
-                    e.x1,
-                    e.pad,
-                ]
-            })
-            .collect();
+        let words: Vec<u32> = staged[34..].iter().flat_map(entry_words).collect();
         let mut want: Vec<u32> = (0..17).collect();
         want.resize(24, 0);
         assert_eq!(words, want);

@@ -67,6 +67,7 @@ use crate::dtype::ScalarType;
 use crate::error::Result;
 use crate::spec::{CeSpec, SampleShape};
 
+use super::loss::DeviceLoss;
 pub use super::mixup_ce::{CeBuffers, RawGradOutput};
 use super::{CudaMixer, DeviceBceSpec, DevicePlan};
 
@@ -279,8 +280,9 @@ pub unsafe fn mixup_ce(
     buffers: &CeBuffers,
     grad_output: RawGradOutput,
 ) -> Result<()> {
+    let spec = DeviceLoss::Ce(spec);
     // SAFETY: forwarded.
-    unsafe { super::mixup_ce::launch(mixer, plan, spec, dtype, logits_len, buffers, grad_output) }
+    unsafe { super::loss::launch(mixer, plan, spec, dtype, logits_len, buffers, grad_output) }
 }
 
 /// The fused mixup binary cross-entropy over `logits_len` = B·C logits of `dtype` (see
@@ -328,6 +330,7 @@ pub unsafe fn mixup_bce(
     buffers: &BceBuffers,
     grad_output: RawGradOutput,
 ) -> Result<()> {
+    let spec = DeviceLoss::Bce(spec);
     // SAFETY: forwarded.
-    unsafe { super::mixup_bce::launch(mixer, plan, spec, dtype, logits_len, buffers, grad_output) }
+    unsafe { super::loss::launch(mixer, plan, spec, dtype, logits_len, buffers, grad_output) }
 }

@@ -1,14 +1,12 @@
 //! Soft targets on the device: `kernels/soft_targets.cu` (`soft_targets_<dt>`).
 
-use cudarc::driver::{
-    CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
 
 use crate::config::TargetSpec;
 use crate::dtype::{FloatElement, ScalarType};
 use crate::error::{MixError, Result, check_len, checked_product};
 
-use super::context::{CudaMixer, driver_err};
+use super::context::CudaMixer;
 use super::entries::Kernel;
 use super::mix::{MIX_CHUNK_SLOTS, grid_for};
 use super::plan::DevicePlan;
@@ -115,11 +113,9 @@ pub(crate) unsafe fn launch(
         plan.device_ptr_for(m)?,
         m.flags_ptr(),
     )?;
-    let f = m.function(Kernel::SoftTargets, dtype)?;
-    // SAFETY: `args` matches `SoftArgs`; addresses valid per the contract.
-    unsafe { m.stream().launch_builder(f).arg(&args).launch(cfg) }
-        .map_err(driver_err("launching the soft-target kernel"))?;
-    Ok(())
+    let what = "launching the soft-target kernel";
+    // SAFETY: `args` is `SoftArgs`; addresses valid per the contract.
+    unsafe { m.enqueue(Kernel::SoftTargets, dtype, &args, cfg, what) }
 }
 
 impl CudaMixer {
