@@ -70,8 +70,10 @@ pub enum MixError {
         /// The length given.
         got: usize,
     },
-    /// The plan was made for another batch size.
+    /// A buffer or tensor holds another number of samples than the plan's batch.
     BatchMismatch {
+        /// Which buffer or tensor (`labels`, `images`, `logits`, `x`).
+        what: &'static str,
         /// Batch size of the plan.
         plan: usize,
         /// Batch size of the data.
@@ -217,9 +219,9 @@ impl fmt::Display for MixError {
                     Ok(())
                 }
             }
-            BatchMismatch { plan, data } => write!(
+            BatchMismatch { what, plan, data } => write!(
                 f,
-                "the plan is for a batch of {plan} samples, the data has {data}"
+                "`{what}` has {data} samples, but the plan is for a batch of {plan}"
             ),
             ImageSizeMismatch { plan, data } => {
                 write!(

@@ -491,12 +491,13 @@ impl MixPlan {
         &self.entries
     }
 
-    /// Fails unless the data's batch equals the plan's.
-    pub(crate) fn check_batch(&self, data: usize) -> Result<()> {
+    /// Fails unless `what`'s batch (`data` samples) equals the plan's.
+    pub(crate) fn check_batch(&self, what: &'static str, data: usize) -> Result<()> {
         if data == self.len() {
             Ok(())
         } else {
             Err(MixError::BatchMismatch {
+                what,
                 plan: self.len(),
                 data,
             })

@@ -397,7 +397,7 @@ pub(crate) fn check_labels<L: Label>(
     spec: &TargetSpec,
 ) -> Result<()> {
     check_targets(plan, spec)?;
-    plan.check_batch(labels.len())?;
+    plan.check_batch("labels", labels.len())?;
     check_label_values(labels, spec.num_classes())
 }
 

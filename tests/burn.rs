@@ -392,7 +392,14 @@ fn bad_inputs_give_errors_not_panics() {
         ),
         "batch",
     );
-    assert_eq!(e, MixError::BatchMismatch { plan: 4, data: 5 });
+    assert_eq!(
+        e,
+        MixError::BatchMismatch {
+            what: "logits",
+            plan: 4,
+            data: 5
+        }
+    );
     // Labels of another length than the logits.
     let e = expect_err(
         mixup_cross_entropy(&plan, &spec, logits(), labels(vec![0; 3])),
@@ -446,7 +453,14 @@ fn bad_inputs_give_errors_not_panics() {
         ),
         "image batch",
     );
-    assert_eq!(e, MixError::BatchMismatch { plan: 4, data: 5 });
+    assert_eq!(
+        e,
+        MixError::BatchMismatch {
+            what: "images",
+            plan: 4,
+            data: 5
+        }
+    );
     // Rows of another batch; soft targets of an int dtype.
     expect_err(
         mix_rows(&plan, Tensor::<2>::zeros([3, 2], &dev)),

@@ -144,7 +144,11 @@ fn length_errors_leave_the_output_alone() {
     let spec = TargetSpec::new(4, 0.1).unwrap();
     assert!(matches!(
         m.soft_targets(&dplan, &spec, &ls.as_view(), &mut out.as_view_mut()),
-        Err(MixError::BatchMismatch { plan: 2, data: 3 })
+        Err(MixError::BatchMismatch {
+            what: "labels",
+            plan: 2,
+            data: 3
+        })
     ));
     assert!(matches!(
         m.soft_targets(&dplan, &spec, &ls.slice(0..2), &mut out.slice_mut(0..7)),

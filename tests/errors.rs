@@ -215,7 +215,11 @@ fn soft_target_errors() {
     );
     assert_err!(
         cpu::soft_targets(&plan, &spec, &[0u32, 1, 2], &mut out),
-        MixError::BatchMismatch { plan: 2, data: 3 },
+        MixError::BatchMismatch {
+            what: "labels",
+            plan: 2,
+            data: 3
+        },
         out
     );
     let mut short = sentinel(5);
@@ -543,7 +547,14 @@ fn ce_errors() {
     });
     // Labels: too many, out of range.
     ce_case(&plan, mean, 6, &[0, 1, 1], one, 2, |e| {
-        matches!(e, MixError::BatchMismatch { plan: 2, data: 3 })
+        matches!(
+            e,
+            MixError::BatchMismatch {
+                what: "labels",
+                plan: 2,
+                data: 3
+            }
+        )
     });
     ce_case(&plan, mean, 6, &[5, 1], one, 2, |e| {
         matches!(

@@ -74,7 +74,7 @@ pub fn mix_normalize<K: Basic>(
         }
     };
     let n = images.shape().num_elements();
-    plan.check_batch(dims[0])?;
+    plan.check_batch("images", dims[0])?;
     check_mix_normalize(plan, &shape, norm, input, n, n)?;
     let [b, d1, d2, d3] = dims;
     let out_dims = match (format, out_format) {

@@ -117,10 +117,10 @@ pub fn mix_images(plan: &MixPlan, format: MemoryFormat, images: Tensor<4>) -> Re
         .sample_shape(&dims)
         .ok_or_else(|| invalid("images", format!("{OP}: shape {dims:?} is not rank 4")))?;
     float_dtype(images.dtype(), "images", OP)?;
-    plan.check_batch(dims[0])?;
+    plan.check_batch("images", dims[0])?;
     if let Err(e) = crate::spec::check_mix(plan, &shape, images.shape().num_elements(), "images") {
         if let (Some(p), Some(d)) = (plan.image_size(), shape.image_size())
-            && p != d
+            && crate::error::likely_format_swap((p.height, p.width), (d.height, d.width))
         {
             return Err(invalid(
                 "images",
@@ -164,7 +164,7 @@ pub fn mix_rows<const D: usize>(plan: &MixPlan, x: Tensor<D>) -> Result<Tensor<D
     let Some((&batch, rest)) = dims.split_first() else {
         return Err(invalid("x", format!("{OP}: x must be [batch, ...]")));
     };
-    plan.check_batch(batch)?;
+    plan.check_batch("x", batch)?;
     let shape = SampleShape::rows(rest.iter().product());
     crate::spec::check_mix(plan, &shape, x.shape().num_elements(), "x")?;
     mix_tensor(plan, &shape, x)
@@ -475,7 +475,7 @@ pub(crate) fn check_loss_args(
             ),
         ));
     }
-    plan.check_batch(b)?;
+    plan.check_batch("logits", b)?;
     let [lb] = labels.dims();
     if lb != b {
         return Err(invalid(
@@ -507,7 +507,7 @@ pub(crate) fn host_labels(
 ) -> Result<Vec<u32>> {
     let data = read(labels, "labels", op)?;
     let v: Vec<i64> = data.iter::<i64>().collect();
-    plan.check_batch(v.len())?;
+    plan.check_batch("labels", v.len())?;
     crate::spec::check_label_values(&v, num_classes)?;
     Ok(v.into_iter().map(|l| l as u32).collect())
 }

@@ -86,7 +86,7 @@ pub fn mix_normalize(
     };
     let n = images.elem_count();
     if let Err(e) = plan
-        .check_batch(b)
+        .check_batch("images", b)
         .and_then(|()| check_mix_normalize(plan, &shape, norm, input, n, n))
     {
         return Err(Error::wrap(e).context(format!(

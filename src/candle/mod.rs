@@ -93,8 +93,9 @@ impl From<MixError> for Error {
 /// # Errors
 /// A rank other than 4 ([`Error::UnexpectedNumberOfDims`]), another dtype
 /// ([`Error::UnsupportedDTypeForOp`]), each with a line naming `images` and what is accepted;
-/// a plan for another batch or another image size ([`MixError`], wrapped; when the sizes share
-/// a side the message says that the memory format may be wrong).
+/// a plan for another batch or another image size ([`MixError`], wrapped; when one side matches
+/// and the other is smaller than the plan's image, as when the channel axis is read as a side,
+/// the message says that the memory format may be wrong).
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -137,24 +138,28 @@ pub fn mix_images(plan: &MixPlan, format: MemoryFormat, images: &Tensor) -> Resu
             images.dtype()
         ))
     })?;
-    plan.check_batch(dims[0])?;
+    plan.check_batch("images", dims[0])?;
     let op = MixOp {
         plan: plan.clone(),
         shape,
     };
     if let Err(e) = op.check(images.elem_count()) {
         let hint = match (plan.image_size(), shape.image_size()) {
-            (Some(p), Some(d)) if p != d => format!(
-                "{OP}: the plan was drawn for {}x{} images, but the tensor {:?} read as {} is \
+            (Some(p), Some(d))
+                if crate::error::likely_format_swap((p.height, p.width), (d.height, d.width)) =>
+            {
+                format!(
+                    "{OP}: the plan was drawn for {}x{} images, but the tensor {:?} read as {} is \
                  {}x{}: the memory format may be wrong (MemoryFormat::ChannelsFirst for \
                  [B, C, H, W], MemoryFormat::ChannelsLast for [B, H, W, C])",
-                p.height,
-                p.width,
-                images.shape(),
-                format.pattern(),
-                d.height,
-                d.width
-            ),
+                    p.height,
+                    p.width,
+                    images.shape(),
+                    format.pattern(),
+                    d.height,
+                    d.width
+                )
+            }
             _ => format!("{OP}: images of shape {:?}", images.shape()),
         };
         return Err(e.context(hint));
@@ -206,7 +211,7 @@ pub fn mix_rows(plan: &MixPlan, x: &Tensor) -> Result<Tensor> {
         plan: plan.clone(),
         shape: SampleShape::rows(dims[1..].iter().product()),
     };
-    plan.check_batch(dims[0])?;
+    plan.check_batch("x", dims[0])?;
     op.check(x.elem_count())?;
     x.contiguous()?.apply_op1_no_bwd(&op)
 }
@@ -412,7 +417,7 @@ fn check_loss_tensors(
     labels: &Tensor,
     op: &'static str,
 ) -> Result<()> {
-    plan.check_batch(logits.dims()[0])?;
+    plan.check_batch("logits", logits.dims()[0])?;
     check_labels_tensor(labels, plan, op)?;
     same_device(logits, labels, op)
 }
@@ -471,7 +476,7 @@ fn check_labels_tensor(labels: &Tensor, plan: &MixPlan, op: &'static str) -> Res
             labels.dtype()
         ))
     })?;
-    plan.check_batch(labels.dims()[0])?;
+    plan.check_batch("labels", labels.dims()[0])?;
     Ok(())
 }
 

@@ -106,11 +106,8 @@ pub fn soft_targets(
 ) -> Result<Option<HostLaunch>> {
     super::soft_targets::require_float(dtype, "out")?;
     crate::spec::check_targets(plan, spec)?;
-    crate::error::check_len(
-        "out",
-        crate::error::checked_product("batch × num_classes", &[plan.len(), spec.num_classes()])?,
-        out_len,
-    )?;
+    let (b, c) = (plan.len(), spec.num_classes());
+    crate::error::check_rows("out", crate::error::Rows::Classes, b, c, out_len)?;
     if plan.is_empty() {
         return Ok(None);
     }

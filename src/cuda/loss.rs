@@ -7,7 +7,7 @@
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 
 use crate::dtype::ScalarType;
-use crate::error::{MixError, Result, check_len};
+use crate::error::{MixError, Result, Rows, check_len, check_rows};
 use crate::plan::MixPlan;
 use crate::spec::{BceSpec, CeSpec, GradOutput, Reduction, check_bce, check_ce};
 
@@ -29,6 +29,13 @@ impl LossSpec<'_> {
         match self {
             LossSpec::Ce(s) => s.reduction(),
             LossSpec::Bce(s) => s.reduction(),
+        }
+    }
+
+    fn num_classes(self) -> usize {
+        match self {
+            LossSpec::Ce(s) => s.num_classes(),
+            LossSpec::Bce(s) => s.num_classes(),
         }
     }
 
@@ -194,6 +201,8 @@ pub(crate) struct Logits {
     pub(crate) len: usize,
     pub(crate) dtype: ScalarType,
     pub(crate) grad: Option<u64>,
+    /// The gradient buffer's length (checked as `[B, C]` after the logits).
+    pub(crate) grad_len: usize,
 }
 
 /// The safe entry points of a fused loss, written once for both losses: methods of
@@ -222,7 +231,7 @@ macro_rules! loss_entry_points {
                 use cudarc::driver::DevicePtr;
                 use $crate::cuda::loss::{DeviceLoss, Logits};
                 let (lp, _r) = logits.device_ptr(self.stream());
-                let z = Logits { ptr: lp, len: logits.len(), dtype: T::DTYPE, grad: None };
+                let z = Logits { ptr: lp, len: logits.len(), dtype: T::DTYPE, grad: None, grad_len: 0 };
                 let up = $crate::cuda::DeviceGradOutput::Scalar(1.0);
                 self.loss_call(plan, DeviceLoss::$loss(spec), z, labels, up, loss, losses)
             }
@@ -242,10 +251,10 @@ macro_rules! loss_entry_points {
             ) -> $crate::error::Result<()> {
                 use cudarc::driver::{DevicePtr, DevicePtrMut};
                 use $crate::cuda::loss::{DeviceLoss, Logits};
-                $crate::error::check_len("grad", logits.len(), grad.len())?;
+                let (n, grad_len) = (logits.len(), grad.len());
                 let (lp, _r) = logits.device_ptr(self.stream());
                 let (gp, _w) = grad.device_ptr_mut(self.stream());
-                let z = Logits { ptr: lp, len: logits.len(), dtype: T::DTYPE, grad: Some(gp) };
+                let z = Logits { ptr: lp, len: n, dtype: T::DTYPE, grad: Some(gp), grad_len };
                 let spec = DeviceLoss::$loss(spec);
                 self.loss_call(plan, spec, z, labels, grad_output, loss, losses)
             }
@@ -266,7 +275,7 @@ macro_rules! loss_entry_points {
                 use $crate::cuda::loss::{DeviceLoss, Logits};
                 let n = logits.len();
                 let (lp, _w) = logits.device_ptr_mut(self.stream());
-                let z = Logits { ptr: lp, len: n, dtype: T::DTYPE, grad: Some(lp) };
+                let z = Logits { ptr: lp, len: n, dtype: T::DTYPE, grad: Some(lp), grad_len: n };
                 let spec = DeviceLoss::$loss(spec);
                 self.loss_call(plan, spec, z, labels, grad_output, loss, losses)
             }
@@ -292,7 +301,11 @@ impl CudaMixer {
         let (up, _ru) = raw_upstream(self, plan, &grad_output)?;
         let host = spec.host();
         host.check_device(plan.plan(), logits.len, &up)?;
-        plan.plan().check_batch(labels.len())?;
+        if logits.grad.is_some() {
+            let c = host.num_classes();
+            check_rows("grad", Rows::Classes, plan.len(), c, logits.grad_len)?;
+        }
+        plan.plan().check_batch("labels", labels.len())?;
         let outputs = (logits.grad.is_some(), loss.is_some(), losses.is_some());
         crate::spec::check_loss_outputs(host.reduction(), outputs.0, outputs.1, outputs.2)?;
         if let Some(l) = &loss {

@@ -270,8 +270,9 @@ impl CudaMixer {
     ///
     /// # Errors
     /// [`MixError::InvalidArgument`] for a `Rows` shape (`shape`), channels other than `norm`'s
-    /// or u8 rounding on a float input (`normalize`); [`MixError::LengthMismatch`] (`x`: not
-    /// the plan's batch × `C·H·W`; `out`: not `x`'s length) or [`MixError::ImageSizeMismatch`]
+    /// or u8 rounding on a float input (`normalize`); [`MixError::ShapeMismatch`] (`x`: not
+    /// the plan's batch × `C·H·W`), [`MixError::LengthMismatch`] (`out`: not `x`'s length) or
+    /// [`MixError::ImageSizeMismatch`]
     /// (CutMix boxes drawn for another image size); [`MixError::SizeOverflow`] for a sample of
     /// 2³² elements or more; [`MixError::CudaUnavailable`] or [`MixError::Compile`] if the
     /// kernel cannot be compiled, [`MixError::Driver`] if it cannot be launched;

@@ -371,9 +371,11 @@ loss_entry_points! {
     /// once.
     ///
     /// # Errors
-    /// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) `loss` (missing under Mean/Sum, given under None) or
-    /// `losses` (missing under None); [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) for a buffer of the wrong
-    /// length; [`MixError::Driver`](crate::MixError::Driver) from the launch.
+    /// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) `loss` (missing under
+    /// Mean/Sum, given under None) or `losses` (missing under None);
+    /// [`MixError::ShapeMismatch`](crate::MixError::ShapeMismatch) for `logits` not `[B, C]`,
+    /// [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) for `loss` or `losses` of
+    /// the wrong length; [`MixError::Driver`](crate::MixError::Driver) from the launch.
     ///
     /// # Examples
     ///
@@ -402,10 +404,13 @@ loss_entry_points! {
     /// `None` for both.
     ///
     /// # Errors
-    /// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) `loss` when given under [`Reduction::None`] (it has no
-    /// reduced loss), `grad_output` for a per-sample grad_output without Reduction::None or a
-    /// non-finite one; [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) for a buffer of the wrong length;
-    /// [`MixError::Driver`](crate::MixError::Driver) from the launch.
+    /// [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) `loss` when given under
+    /// [`Reduction::None`] (it has no reduced loss), `grad_output` for a per-sample grad_output
+    /// without Reduction::None or a non-finite one;
+    /// [`MixError::ShapeMismatch`](crate::MixError::ShapeMismatch) for `logits` or `grad` not
+    /// `[B, C]`, [`MixError::LengthMismatch`](crate::MixError::LengthMismatch) for `loss` or
+    /// `losses` of the wrong length; [`MixError::Driver`](crate::MixError::Driver) from the
+    /// launch.
     ///
     /// # Examples
     ///

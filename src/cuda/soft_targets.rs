@@ -4,7 +4,7 @@ use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr,
 
 use crate::config::TargetSpec;
 use crate::dtype::{FloatElement, ScalarType};
-use crate::error::{MixError, Result, check_len, checked_product};
+use crate::error::{MixError, Result, Rows, check_rows};
 
 use super::context::CudaMixer;
 use super::entries::Kernel;
@@ -96,11 +96,7 @@ pub(crate) unsafe fn launch(
     crate::spec::check_targets(plan.plan(), spec)?;
     let b = plan.len();
     let c = spec.num_classes();
-    check_len(
-        "out",
-        checked_product("batch × num_classes", &[b, c])?,
-        out_len,
-    )?;
+    check_rows("out", Rows::Classes, b, c, out_len)?;
     if b == 0 {
         return Ok(());
     }
@@ -151,7 +147,7 @@ impl CudaMixer {
         out: &mut CudaViewMut<'_, T>,
     ) -> Result<()> {
         crate::spec::check_targets(plan.plan(), spec)?;
-        plan.plan().check_batch(labels.len())?;
+        plan.plan().check_batch("labels", labels.len())?;
         let n = out.len();
         let (lp, _rl) = labels.device_ptr(self.stream());
         let (op, _wo) = out.device_ptr_mut(self.stream());
