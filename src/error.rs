@@ -207,16 +207,24 @@ impl fmt::Display for MixError {
                 // Say which extent is off when the length factors through one of them.
                 if *got == 0 {
                     write!(f, "; it is empty")
-                } else if n > 0 && got % n == 0 {
-                    write!(
-                        f,
-                        "; it holds {} rows of {n}: is the plan for this batch?",
-                        got / n
-                    )
-                } else if b > 0 && got % b == 0 {
-                    write!(f, "; it holds {b} rows of {}, not {n}", got / b)
                 } else {
-                    Ok(())
+                    // Both readings when both fit (800 = 80 rows of 10 = 8 rows of 100).
+                    match (n > 0 && got % n == 0, b > 0 && got % b == 0) {
+                        (true, true) => write!(
+                            f,
+                            "; it holds {} rows of {n} (a plan for another batch?) or {b} rows \
+                             of {} (another size per sample?)",
+                            got / n,
+                            got / b
+                        ),
+                        (true, false) => write!(
+                            f,
+                            "; it holds {} rows of {n}: is the plan for this batch?",
+                            got / n
+                        ),
+                        (false, true) => write!(f, "; it holds {b} rows of {}, not {n}", got / b),
+                        (false, false) => Ok(()),
+                    }
                 }
             }
             BatchMismatch { what, plan, data } => write!(
@@ -226,7 +234,8 @@ impl fmt::Display for MixError {
             ImageSizeMismatch { plan, data } => {
                 write!(
                     f,
-                    "the plan's CutMix boxes were drawn for {}x{} images, the data is {}x{}",
+                    "the plan's CutMix boxes were drawn for {}x{} images, the shape given \
+                     describes {}x{} images",
                     plan.0, plan.1, data.0, data.1
                 )?;
                 if likely_format_swap(*plan, *data) {

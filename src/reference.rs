@@ -51,24 +51,11 @@ pub fn mix<T: Element>(plan: &MixPlan, shape: &SampleShape, x: &[T]) -> Result<V
         let lam = f64::from(s.lam);
         for k in 0..row {
             let (a, b) = (own[k].to_f32() as f64, other[k].to_f32() as f64);
-            let inside = match (s.cut, *shape) {
-                (None, _) | (_, SampleShape::Rows(_)) => None,
-                (
-                    Some(bx),
-                    SampleShape::Image {
-                        format,
-                        channels,
-                        height,
-                        width,
-                    },
-                ) => {
-                    let pix = match format {
-                        MemoryFormat::ChannelsFirst => k % (height * width),
-                        MemoryFormat::ChannelsLast => k / channels,
-                    };
-                    Some(bx.contains(pix / width, pix % width))
-                }
-            };
+            // None: the sample lerps (no box, or rows); else whether k's pixel is in the box.
+            let inside = s
+                .cut
+                .zip(shape.pixel_of(k))
+                .map(|(bx, (y, x))| bx.contains(y, x));
             out[i * row + k] = match inside {
                 None => lam * a + (1.0 - lam) * b,
                 Some(true) => b,

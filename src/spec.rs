@@ -224,6 +224,37 @@ impl SampleShape {
             SampleShape::Image { height, width, .. } => Some(ImageSize { height, width }),
         }
     }
+
+    /// The pixel `(y, x)` that element `k` of a sample (`k < sample_len`) belongs to, in the
+    /// shape's memory format; `None` for rows. CutMix pastes element `k` from the partner
+    /// exactly when its pixel is inside the box ([`CutBox::contains`](crate::CutBox::contains)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::SampleShape;
+    /// // [C, H, W] = [3, 4, 5]: element 27 is channel 1, pixel (1, 2).
+    /// assert_eq!(SampleShape::channels_first(3, 4, 5).pixel_of(27), Some((1, 2)));
+    /// // [H, W, C]: element 27 is pixel 9 = (1, 4), channel 0.
+    /// assert_eq!(SampleShape::channels_last(4, 5, 3).pixel_of(27), Some((1, 4)));
+    /// assert_eq!(SampleShape::rows(60).pixel_of(27), None);
+    /// ```
+    pub fn pixel_of(&self, k: usize) -> Option<(usize, usize)> {
+        let SampleShape::Image {
+            format,
+            channels,
+            height,
+            width,
+        } = *self
+        else {
+            return None;
+        };
+        let pix = match format {
+            MemoryFormat::ChannelsFirst => k % (height * width),
+            MemoryFormat::ChannelsLast => k / channels,
+        };
+        Some((pix / width, pix % width))
+    }
 }
 
 /// How per-sample losses are reduced: PyTorch's `reduction` (`'mean'`, `'sum'`, `'none'`,

@@ -103,7 +103,8 @@ fn mix_lengths() {
     assert_eq!(
         msg,
         "`x` has 12 elements, but [B, sample size] = [2, 4] needs 8 (B is the plan's batch); \
-         it holds 3 rows of 4: is the plan for this batch?"
+         it holds 3 rows of 4 (a plan for another batch?) or 2 rows of 6 (another size per \
+         sample?)"
     );
 }
 
@@ -717,6 +718,13 @@ fn shape_mismatch_names_b_and_c() {
     assert_eq!(msg(8), head(8) + "; it holds 2 rows of 4, not 3");
     // 7 fits neither.
     assert_eq!(msg(7), head(7));
+    // 12 fits both readings, and both are named.
+    assert_eq!(
+        msg(12),
+        head(12)
+            + "; it holds 4 rows of 3 (a plan for another batch?) or 2 rows of 6 (another size \
+               per sample?)"
+    );
     let mut t = vec![0.0f32; 5];
     let e = cpu::soft_targets(&plan, spec.targets(), &[0u32, 1], &mut t).unwrap_err();
     assert!(

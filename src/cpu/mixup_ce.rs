@@ -324,27 +324,8 @@ fn d64(z: f32, m: f32) -> f64 {
     f64::from(z) - f64::from(m)
 }
 
-/// Passes (1) and (2) of a forward-only row.
-#[inline(always)]
-fn forward_row<L: Lanes, T: Element>(
-    l: L,
-    z: &[T],
-    w: &mut [f32],
-    a: usize,
-    b: usize,
-    k: &Consts,
-) -> RowStats {
-    let m = widen_max(l, z, w);
-    let (da, db) = (d64(w[a], m), d64(w[b], m));
-    let (s, mut sum_d) = exp_sums(l, w, m, &Ahead::NONE);
-    // Only the smoothing term uses Σd: without smoothing an overflowed (or −inf) sum is unused.
-    if !sum_d.is_finite() && k.off != 0.0 {
-        sum_d = exact_sum_d(z, m);
-    }
-    RowStats { s, sum_d, da, db }
-}
-
-/// Passes (1) and (2) into the scratch row; returns the stats and `(e_a, e_b)`.
+/// Passes (1) and (2) into the scratch row (all of a forward-only row); returns the stats and
+/// `(e_a, e_b)`.
 #[inline(always)]
 fn scratch_row<L: Lanes, T: Element>(
     l: L,
@@ -391,7 +372,9 @@ impl Row {
 /// A forward-only row: its loss.
 #[inline(always)]
 fn forward_kernel<L: Lanes, T: Element>(l: L, z: &[T], w: &mut [f32], row: Row, k: &Consts) -> f32 {
-    forward_row(l, z, w, row.a, row.b, k).loss(row.lam, k)
+    scratch_row(l, z, w, row.a, row.b, &Ahead::NONE, k)
+        .0
+        .loss(row.lam, k)
 }
 
 /// A row forward and backward, the gradient into `g`: its loss.

@@ -394,24 +394,8 @@ pub fn mixed_plan(b: usize, h: usize, w: usize, seed: u64) -> MixPlan {
 /// Whether element `k` of a sample of `shape` lies inside the CutMix box `cut`: `None` when the
 /// sample lerps (no box, or rows), else `Some(inside)`.
 pub fn in_box(shape: &SampleShape, cut: Option<CutBox>, k: usize) -> Option<bool> {
-    match (cut, *shape) {
-        (None, _) | (_, SampleShape::Rows(_)) => None,
-        (
-            Some(bx),
-            SampleShape::Image {
-                format,
-                channels,
-                height,
-                width,
-            },
-        ) => {
-            let pix = match format {
-                MemoryFormat::ChannelsFirst => k % (height * width),
-                MemoryFormat::ChannelsLast => k / channels,
-            };
-            Some(bx.contains(pix / width, pix % width))
-        }
-    }
+    cut.zip(shape.pixel_of(k))
+        .map(|(bx, (y, x))| bx.contains(y, x))
 }
 
 /// The sampler configuration behind [`sampler_plans`]: MixUp and CutMix both on, chosen per
