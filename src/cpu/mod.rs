@@ -200,8 +200,8 @@ pub fn mixup_ce_forward<T: FloatElement, L: Label>(
     labels: &[L],
     losses: Option<&mut [f32]>,
 ) -> Result<Option<f32>> {
-    let frame = LossCall::new(plan, spec.targets(), spec.reduction(), losses.is_some());
-    frame.run(labels, |y| {
+    let spec_of = (spec.targets(), spec.reduction());
+    loss_call(plan, spec_of, losses.is_some(), labels, |y| {
         mixup_ce::mixup_ce_forward(plan, spec, logits, y, losses)
     })
 }
@@ -241,8 +241,8 @@ pub fn mixup_ce<T: FloatElement, L: Label>(
     losses: Option<&mut [f32]>,
     grad: &mut [T],
 ) -> Result<Option<f32>> {
-    let frame = LossCall::new(plan, spec.targets(), spec.reduction(), losses.is_some());
-    frame.run(labels, |y| {
+    let spec_of = (spec.targets(), spec.reduction());
+    loss_call(plan, spec_of, losses.is_some(), labels, |y| {
         mixup_ce::mixup_ce(plan, spec, logits, y, grad_output, losses, grad)
     })
 }
@@ -275,8 +275,8 @@ pub fn mixup_ce_in_place<T: FloatElement, L: Label>(
     grad_output: GradOutput<'_>,
     losses: Option<&mut [f32]>,
 ) -> Result<Option<f32>> {
-    let frame = LossCall::new(plan, spec.targets(), spec.reduction(), losses.is_some());
-    frame.run(labels, |y| {
+    let spec_of = (spec.targets(), spec.reduction());
+    loss_call(plan, spec_of, losses.is_some(), labels, |y| {
         mixup_ce::mixup_ce_in_place(plan, spec, logits, y, grad_output, losses)
     })
 }
@@ -321,8 +321,8 @@ pub fn mixup_bce_forward<T: FloatElement, L: Label>(
     labels: &[L],
     losses: Option<&mut [f32]>,
 ) -> Result<Option<f32>> {
-    let frame = LossCall::new(plan, spec.targets(), spec.reduction(), losses.is_some());
-    frame.run(labels, |y| {
+    let spec_of = (spec.targets(), spec.reduction());
+    loss_call(plan, spec_of, losses.is_some(), labels, |y| {
         mixup_bce::mixup_bce_forward(plan, spec, logits, y, losses)
     })
 }
@@ -361,8 +361,8 @@ pub fn mixup_bce<T: FloatElement, L: Label>(
     losses: Option<&mut [f32]>,
     grad: &mut [T],
 ) -> Result<Option<f32>> {
-    let frame = LossCall::new(plan, spec.targets(), spec.reduction(), losses.is_some());
-    frame.run(labels, |y| {
+    let spec_of = (spec.targets(), spec.reduction());
+    loss_call(plan, spec_of, losses.is_some(), labels, |y| {
         mixup_bce::mixup_bce(plan, spec, logits, y, grad_output, losses, grad)
     })
 }
@@ -371,36 +371,15 @@ pub fn mixup_bce<T: FloatElement, L: Label>(
 /// labels (`u32` or `i64`) are class indices for the plan's batch; the kernel then gets them
 /// as `u32`, and its loss is reported as the reduction says (`None` under
 /// [`Reduction::None`](crate::Reduction::None)).
-struct LossCall<'a> {
-    plan: &'a MixPlan,
-    targets: &'a TargetSpec,
-    reduction: crate::Reduction,
+fn loss_call<L: Label>(
+    plan: &MixPlan,
+    (targets, reduction): (&TargetSpec, crate::Reduction),
     losses_given: bool,
-}
-
-impl<'a> LossCall<'a> {
-    fn new(
-        plan: &'a MixPlan,
-        targets: &'a TargetSpec,
-        reduction: crate::Reduction,
-        losses_given: bool,
-    ) -> Self {
-        Self {
-            plan,
-            targets,
-            reduction,
-            losses_given,
-        }
-    }
-
-    fn run<L: Label>(
-        self,
-        labels: &[L],
-        kernel: impl FnOnce(&[u32]) -> Result<f32>,
-    ) -> Result<Option<f32>> {
-        check_losses_given(self.reduction, self.losses_given)?;
-        check_labels(self.plan, labels, self.targets)?;
-        let loss = kernel(&as_u32s(labels))?;
-        Ok(self.reduction.reported(loss))
-    }
+    labels: &[L],
+    kernel: impl FnOnce(&[u32]) -> Result<f32>,
+) -> Result<Option<f32>> {
+    check_losses_given(reduction, losses_given)?;
+    check_labels(plan, labels, targets)?;
+    let loss = kernel(&as_u32s(labels))?;
+    Ok(reduction.reported(loss))
 }
