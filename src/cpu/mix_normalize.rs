@@ -339,6 +339,11 @@ impl<O: Element> Kernel for Narrow<'_, O> {
 /// vectorize), transposed in f32 when the formats differ, and rounded to `O` once per output
 /// piece by [`Narrow`]. The same bits as narrowing each value where it is computed, at about
 /// the f32 path's cost instead of a scalar rounding per element.
+///
+/// `inline(always)` like [`run_task`], so that it is compiled inside [`run`]'s AVX2 copy: an
+/// outlined generic function gets the baseline target (SSE2, 4 lanes), which made this path
+/// 4–5× slower than the f32 one (perf annotate, 2026-12-01).
+#[inline(always)]
 fn run_task_narrow<I: Element, O: Element, const RINT: bool>(
     ctx: &Ctx<'_, I>,
     t: &mut Task<'_, O>,
