@@ -1,12 +1,14 @@
 //! The fused mixup binary cross-entropy as a candle op (CPU tensors, and CUDA tensors with the
 //! `candle-cuda` feature).
 
+use std::borrow::Cow;
+
 use candle_core::{Error, Result, Shape, Tensor};
 
-use super::{LossSpec, check_logits, check_loss_tensors, loss};
+use super::{check_logits, check_loss_tensors, loss};
 use crate::error::MixError;
 use crate::plan::MixPlan;
-use crate::spec::BceSpec;
+use crate::spec::{BceSpec, LossSpec};
 
 /// The mixup binary cross-entropy of `logits` (`[B, C]`, f32, f16 or bf16) against the soft
 /// targets of `labels` (`[B]` class indices, u32 or i64; u8 is taken too) mixed by `plan`: timm's `BinaryCrossEntropy` on
@@ -87,5 +89,6 @@ pub fn mixup_binary_cross_entropy(
         ))
         .into());
     }
-    loss::apply(plan, LossSpec::Bce(spec.clone()), logits, labels)
+    let spec = LossSpec::Bce(Cow::Owned(spec.clone()));
+    loss::apply(plan, spec, logits, labels)
 }

@@ -57,7 +57,7 @@ use crate::config::TargetSpec;
 use crate::dtype::{Element, FloatElement};
 use crate::error::MixError;
 use crate::plan::MixPlan;
-use crate::spec::{CeSpec, MemoryFormat, SampleShape};
+use crate::spec::{CeSpec, LossSpec, MemoryFormat, SampleShape};
 
 mod bce;
 #[cfg(feature = "candle-cuda")]
@@ -66,7 +66,6 @@ mod loss;
 mod mix_normalize;
 
 pub use bce::mixup_binary_cross_entropy;
-use loss::LossSpec;
 pub use mix_normalize::mix_normalize;
 
 impl From<MixError> for Error {
