@@ -5,10 +5,10 @@
 
 mod common;
 
-use common::assert_same_bits;
+use common::{assert_same_bits, cut, image};
 use mixup_kernels::{
-    BceSpec, CeSpec, CutBox, GradOutput, ImageSize, MixConfig, MixError, MixPlan, Reduction,
-    SampleShape, Sampler, TargetSpec, bf16, cpu, reference,
+    BceSpec, CeSpec, GradOutput, MixConfig, MixError, MixPlan, Reduction, SampleShape, Sampler,
+    TargetSpec, bf16, cpu, reference,
 };
 
 /// A value no op would write.
@@ -39,22 +39,8 @@ fn pairs(batch: usize) -> MixPlan {
 }
 
 fn boxed_4x4() -> MixPlan {
-    let b = CutBox {
-        y0: 1,
-        y1: 3,
-        x0: 0,
-        x1: 4,
-    };
-    MixPlan::with_boxes(
-        &[1, 0],
-        &[0.5, 0.5],
-        &[Some(b), None],
-        ImageSize {
-            height: 4,
-            width: 4,
-        },
-    )
-    .unwrap()
+    let b = cut(1..3, 0..4);
+    MixPlan::with_boxes(&[1, 0], &[0.5, 0.5], &[Some(b), None], image(4, 4)).unwrap()
 }
 
 #[test]
