@@ -569,8 +569,23 @@ impl fmt::Display for MixPlan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The image size `height × width` (tests/common's `image`).
+    pub(crate) fn image(height: usize, width: usize) -> ImageSize {
+        ImageSize { height, width }
+    }
+
+    /// The CutMix box of pixel `rows` × `cols`, half-open (tests/common's `cut`).
+    pub(crate) fn cut(rows: std::ops::Range<u32>, cols: std::ops::Range<u32>) -> CutBox {
+        CutBox {
+            y0: rows.start,
+            y1: rows.end,
+            x0: cols.start,
+            x1: cols.end,
+        }
+    }
 
     #[test]
     fn entry_is_32_bytes() {
@@ -597,40 +612,18 @@ mod tests {
                 Err(MixError::InvalidLambda { index: 1, .. })
             ));
         }
-        let b = CutBox {
-            y0: 0,
-            y1: 5,
-            x0: 0,
-            x1: 2,
-        };
+        let b = cut(0..5, 0..2);
         assert!(matches!(
-            MixPlan::with_boxes(
-                &[1, 0],
-                &[0.5, 0.5],
-                &[Some(b), None],
-                ImageSize {
-                    height: 4,
-                    width: 4
-                }
-            ),
+            MixPlan::with_boxes(&[1, 0], &[0.5, 0.5], &[Some(b), None], image(4, 4)),
             Err(MixError::InvalidBox { index: 0, .. })
         ));
+        // A box whose rows start after they end.
         let rev = CutBox {
             y0: 3,
-            y1: 1,
-            x0: 0,
-            x1: 2,
+            ..cut(0..1, 0..2)
         };
         assert!(matches!(
-            MixPlan::with_boxes(
-                &[1, 0],
-                &[0.5, 0.5],
-                &[None, Some(rev)],
-                ImageSize {
-                    height: 4,
-                    width: 4
-                }
-            ),
+            MixPlan::with_boxes(&[1, 0], &[0.5, 0.5], &[None, Some(rev)], image(4, 4)),
             Err(MixError::InvalidBox { index: 1, .. })
         ));
     }
@@ -656,119 +649,44 @@ mod tests {
 
     #[test]
     fn from_boxes_sets_lambda_to_the_kept_area() {
-        let b = CutBox {
-            y0: 1,
-            y1: 3,
-            x0: 0,
-            x1: 3,
-        };
+        let b = cut(1..3, 0..3);
         // 6 of 12 pixels pasted: λ = 0.5; the empty box keeps everything.
-        let p = MixPlan::from_boxes(
-            &[2, 2, 0],
-            &[b, CutBox::default(), b],
-            ImageSize {
-                height: 3,
-                width: 4,
-            },
-        )
-        .unwrap();
+        let p = MixPlan::from_boxes(&[2, 2, 0], &[b, CutBox::default(), b], image(3, 4)).unwrap();
         let lams: Vec<f32> = p.samples().map(|s| s.lam).collect();
         assert_eq!(lams, [0.5, 1.0, 0.5]);
         assert!(p.samples().all(|s| s.cut.is_some()));
-        assert_eq!(
-            p.image_size(),
-            Some(ImageSize {
-                height: 3,
-                width: 4
-            })
-        );
+        assert_eq!(p.image_size(), Some(image(3, 4)));
         assert_eq!(p.targets(), None);
         assert!(matches!(
-            MixPlan::from_boxes(
-                &[1, 0],
-                &[b, b],
-                ImageSize {
-                    height: 2,
-                    width: 4
-                }
-            ),
+            MixPlan::from_boxes(&[1, 0], &[b, b], image(2, 4)),
             Err(MixError::InvalidBox { index: 0, .. })
         ));
         assert!(matches!(
-            MixPlan::from_boxes(
-                &[1, 0],
-                &[b],
-                ImageSize {
-                    height: 3,
-                    width: 4
-                }
-            ),
+            MixPlan::from_boxes(&[1, 0], &[b], image(3, 4)),
             Err(MixError::LengthMismatch { what: "boxes", .. })
         ));
         assert!(matches!(
-            MixPlan::from_boxes(
-                &[1, 0],
-                &[b, b],
-                ImageSize {
-                    height: 0,
-                    width: 4
-                }
-            ),
+            MixPlan::from_boxes(&[1, 0], &[b, b], image(0, 4)),
             Err(MixError::EmptyShape { .. })
         ));
         assert!(matches!(
-            MixPlan::from_boxes(
-                &[1, 5],
-                &[b, b],
-                ImageSize {
-                    height: 3,
-                    width: 4
-                }
-            ),
+            MixPlan::from_boxes(&[1, 5], &[b, b], image(3, 4)),
             Err(MixError::PartnerOutOfRange { index: 1, .. })
         ));
     }
 
     #[test]
     fn image_size_kept_only_with_boxes() {
-        let b = CutBox {
-            y0: 1,
-            y1: 3,
-            x0: 0,
-            x1: 2,
-        };
-        let p = MixPlan::with_boxes(
-            &[1, 0],
-            &[0.75, 0.75],
-            &[Some(b), Some(b)],
-            ImageSize {
-                height: 4,
-                width: 4,
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            p.image_size(),
-            Some(ImageSize {
-                height: 4,
-                width: 4
-            })
-        );
+        let b = cut(1..3, 0..2);
+        let p =
+            MixPlan::with_boxes(&[1, 0], &[0.75, 0.75], &[Some(b), Some(b)], image(4, 4)).unwrap();
+        assert_eq!(p.image_size(), Some(image(4, 4)));
         assert!(p.check_image(4, 4).is_ok());
         assert!(matches!(
             p.check_image(4, 5),
             Err(MixError::ImageSizeMismatch { .. })
         ));
-        let q = MixPlan::with_boxes(
-            &[1, 0],
-            &[0.75, 0.75],
-            &[None, None],
-            ImageSize {
-                height: 4,
-                width: 4,
-            },
-        )
-        .unwrap();
+        let q = MixPlan::with_boxes(&[1, 0], &[0.75, 0.75], &[None, None], image(4, 4)).unwrap();
         assert_eq!(q.image_size(), None);
         assert_eq!(b.area(), 4);
         assert_eq!(b.kept_fraction(4, 4), 0.75);

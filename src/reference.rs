@@ -401,27 +401,13 @@ pub fn mixup_bce<T: Element, L: Label>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ImageSize;
-    use crate::plan::CutBox;
+    use crate::plan::tests::{cut, image};
 
     #[test]
     fn mix_lerps_and_pastes() {
-        let b = CutBox {
-            y0: 0,
-            y1: 1,
-            x0: 1,
-            x1: 2,
-        };
-        let plan = MixPlan::with_boxes(
-            &[1, 0],
-            &[0.75, 0.5],
-            &[None, Some(b)],
-            ImageSize {
-                height: 2,
-                width: 2,
-            },
-        )
-        .unwrap();
+        let b = cut(0..1, 1..2);
+        let plan =
+            MixPlan::with_boxes(&[1, 0], &[0.75, 0.5], &[None, Some(b)], image(2, 2)).unwrap();
         let x: Vec<f32> = vec![0., 4., 8., 12., 100., 104., 108., 112.];
         let out = mix(&plan, &SampleShape::channels_first(1, 2, 2), &x).unwrap();
         assert_eq!(&out[..4], &[25., 29., 33., 37.]);

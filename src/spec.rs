@@ -786,6 +786,51 @@ pub(crate) fn check_bce(
     check_ce(plan, &ce, logits_len, grad_output)
 }
 
+/// Which of the two fused losses a call runs, with its spec: the one "which loss" of the CUDA
+/// path, the candle ops and the burn ops. The BCE spec (class weights) is borrowed where a call
+/// runs at once and owned (`LossSpec<'static>`) where an op keeps it (candle's).
+#[cfg(any(feature = "candle", feature = "burn", mixup_cuda))]
+#[derive(Debug, Clone)]
+pub(crate) enum LossSpec<'a> {
+    Ce(CeSpec),
+    Bce(std::borrow::Cow<'a, BceSpec>),
+}
+
+#[cfg(any(feature = "candle", feature = "burn", mixup_cuda))]
+impl<'a> LossSpec<'a> {
+    /// The BCE, its spec borrowed.
+    pub(crate) fn bce(spec: &'a BceSpec) -> Self {
+        LossSpec::Bce(std::borrow::Cow::Borrowed(spec))
+    }
+
+    pub(crate) fn num_classes(&self) -> usize {
+        match self {
+            LossSpec::Ce(s) => s.num_classes(),
+            LossSpec::Bce(s) => s.num_classes(),
+        }
+    }
+
+    pub(crate) fn reduction(&self) -> Reduction {
+        match self {
+            LossSpec::Ce(s) => s.reduction(),
+            LossSpec::Bce(s) => s.reduction(),
+        }
+    }
+
+    /// [`check_ce`] / [`check_bce`]; returns B·C.
+    pub(crate) fn check(
+        &self,
+        plan: &MixPlan,
+        logits_len: usize,
+        grad_output: &GradOutput<'_>,
+    ) -> Result<usize> {
+        match self {
+            LossSpec::Ce(s) => check_ce(plan, s, logits_len, grad_output),
+            LossSpec::Bce(s) => check_bce(plan, s, logits_len, grad_output),
+        }
+    }
+}
+
 #[cfg(all(test, mixup_cuda))]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use burn::module::Module;
 use burn::nn::LinearConfig;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use common::{Tol, assert_close, image, mixed_plan, pseudo_random};
+use common::{Tol, assert_close, fastai_sampler, image, mixed_plan, pseudo_random};
 use mixup_kernels::burn::{
     mix_images, mix_rows, mixup_binary_cross_entropy, mixup_cross_entropy, soft_targets,
 };
@@ -66,14 +66,7 @@ fn train_steps(loss_kind: Loss, dtype: DType, reduction: Reduction, upstream: Op
     let init = TensorData::new(pseudo_random(b * c, 1, 4.0), [b, c]);
     let mut logits = Tensor::<2>::from_data(init, (&dev, dtype)).require_grad();
     let smoothing = 0.1;
-    let sampler = Sampler::new(
-        MixConfig {
-            label_smoothing: smoothing,
-            ..MixConfig::fastai_v2_mixup(c)
-        },
-        9,
-    )
-    .unwrap();
+    let sampler = fastai_sampler(c, smoothing, 9);
     let ce = CeSpec::new(c, smoothing, reduction).unwrap();
     let bce = BceSpec::new(c, smoothing, reduction)
         .unwrap()

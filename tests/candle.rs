@@ -6,7 +6,7 @@
 mod common;
 
 use candle_core::{DType, Device, Error, Tensor, Var};
-use common::{Tol, assert_close, image, mixed_plan, pseudo_random};
+use common::{Tol, assert_close, fastai_sampler, image, mixed_plan, pseudo_random};
 use mixup_kernels::candle::{mix_images, mix_rows, mixup_cross_entropy, soft_targets};
 use mixup_kernels::{
     CeSpec, GradOutput, MemoryFormat, MixConfig, MixError, MixPlan, Reduction, Sampler, TargetSpec,
@@ -62,14 +62,7 @@ fn train_steps(dtype: DType, reduction: Reduction, smoothing: f64, upstream_scal
         .to_dtype(dtype)
         .unwrap();
     let logits = Var::from_tensor(&init).unwrap();
-    let sampler = Sampler::new(
-        MixConfig {
-            label_smoothing: smoothing,
-            ..MixConfig::fastai_v2_mixup(c)
-        },
-        9,
-    )
-    .unwrap();
+    let sampler = fastai_sampler(c, smoothing, 9);
     let spec = CeSpec::new(c, smoothing, reduction).unwrap();
     let (abs, rel) = tol(dtype);
     for step in 0..4 {

@@ -5,10 +5,10 @@
 
 mod common;
 
-use common::assert_same_bits;
+use common::{assert_same_bits, cut, image};
 use mixup_kernels::{
-    BceSpec, CeSpec, CutBox, GradOutput, ImageSize, MixConfig, MixError, MixPlan, Reduction,
-    SampleShape, Sampler, TargetSpec, bf16, cpu, reference,
+    BceSpec, CeSpec, GradOutput, MixConfig, MixError, MixPlan, Reduction, SampleShape, Sampler,
+    TargetSpec, bf16, cpu, reference,
 };
 
 /// A value no op would write.
@@ -39,22 +39,8 @@ fn pairs(batch: usize) -> MixPlan {
 }
 
 fn boxed_4x4() -> MixPlan {
-    let b = CutBox {
-        y0: 1,
-        y1: 3,
-        x0: 0,
-        x1: 4,
-    };
-    MixPlan::with_boxes(
-        &[1, 0],
-        &[0.5, 0.5],
-        &[Some(b), None],
-        ImageSize {
-            height: 4,
-            width: 4,
-        },
-    )
-    .unwrap()
+    let b = cut(1..3, 0..4);
+    MixPlan::with_boxes(&[1, 0], &[0.5, 0.5], &[Some(b), None], image(4, 4)).unwrap()
 }
 
 #[test]
@@ -321,15 +307,8 @@ fn spec_other_than_the_plans_is_an_error() {
     let no_smoothing = CeSpec::new(1000, 0.0, Reduction::Mean).unwrap();
     let logits = vec![0.0f32; 2000];
     let mut grad = sentinel(2000);
-    let r = cpu::mixup_ce(
-        &plan,
-        &no_smoothing,
-        &logits,
-        &[0u32, 1],
-        GradOutput::default(),
-        None,
-        &mut grad,
-    );
+    let (y, g) = ([0u32, 1], GradOutput::default());
+    let r = cpu::mixup_ce(&plan, &no_smoothing, &logits, &y, g, None, &mut grad);
     assert!(
         matches!(&r, Err(MixError::InvalidArgument { what: "spec", .. })),
         "{r:?}"
@@ -341,13 +320,7 @@ fn spec_other_than_the_plans_is_an_error() {
     let bce = BceSpec::new(10, 0.0, Reduction::Mean).unwrap();
     let r = cpu::mixup_bce_forward(&plan, &bce, &logits[..20], &[0u32, 1], None);
     assert!(matches!(&r, Err(e) if is_spec_error(e)), "{r:?}");
-    let r = reference::mixup_ce(
-        &plan,
-        &ten,
-        &logits[..20],
-        &[0u32, 1],
-        GradOutput::default(),
-    );
+    let r = reference::mixup_ce(&plan, &ten, &logits[..20], &y, g);
     assert!(matches!(&r, Err(e) if is_spec_error(e)), "{r:?}");
     // The config's own specs pass; a hand-built or rebound plan takes any spec.
     let own = config.ce_spec(Reduction::Mean).unwrap();
@@ -366,74 +339,37 @@ fn reduction_none_requires_losses() {
     let none = CeSpec::new(3, 0.1, Reduction::None).unwrap();
     let logits = vec![0.5f32; 6];
     let mut grad = sentinel(6);
-    let is_losses = |r: &Result<Option<f32>, MixError>| {
-        matches!(r, Err(MixError::InvalidArgument { what: "losses", .. }))
-    };
-    let g = GradOutput::default();
-    assert!(is_losses(&cpu::mixup_ce(
-        &plan,
-        &none,
-        &logits,
-        &[0u32, 1],
-        g,
-        None,
-        &mut grad
-    )));
-    assert!(is_losses(&cpu::mixup_ce_forward(
-        &plan,
-        &none,
-        &logits,
-        &[0u32, 1],
-        None
-    )));
-    let mut z = logits.clone();
-    assert!(is_losses(&cpu::mixup_ce_in_place(
-        &plan,
-        &none,
-        &mut z,
-        &[0u32, 1],
-        g,
-        None
-    )));
-    assert_eq!(z, logits);
+    let (g, y) = (GradOutput::default(), [0u32, 1]);
     let bce = BceSpec::new(3, 0.1, Reduction::None).unwrap();
-    assert!(is_losses(&cpu::mixup_bce(
-        &plan,
-        &bce,
-        &logits,
-        &[0u32, 1],
-        g,
-        None,
-        &mut grad
-    )));
-    assert!(is_losses(&cpu::mixup_bce_forward(
-        &plan,
-        &bce,
-        &logits,
-        &[0u32, 1],
-        None
-    )));
+    let mut z = logits.clone();
+    let results = [
+        cpu::mixup_ce(&plan, &none, &logits, &y, g, None, &mut grad),
+        cpu::mixup_ce_forward(&plan, &none, &logits, &y, None),
+        cpu::mixup_ce_in_place(&plan, &none, &mut z, &y, g, None),
+        cpu::mixup_bce(&plan, &bce, &logits, &y, g, None, &mut grad),
+        cpu::mixup_bce_forward(&plan, &bce, &logits, &y, None),
+    ];
+    for r in results {
+        assert!(
+            matches!(r, Err(MixError::InvalidArgument { what: "losses", .. })),
+            "{r:?}"
+        );
+    }
+    assert_eq!(z, logits);
     assert_same_bits("grad", &grad, &sentinel(6));
     // With the buffer: None, and the losses match the reference.
     let mut losses = [0.0f32; 2];
-    let r = cpu::mixup_ce(
-        &plan,
-        &none,
-        &logits,
-        &[0i64, 1],
-        g,
-        Some(&mut losses),
-        &mut grad,
-    );
+    let y64 = [0i64, 1];
+    let r = cpu::mixup_ce(&plan, &none, &logits, &y64, g, Some(&mut losses), &mut grad);
     assert_eq!(r, Ok(None));
-    let want = reference::mixup_ce(&plan, &none, &logits, &[0i64, 1], g).unwrap();
+    let want = reference::mixup_ce(&plan, &none, &logits, &y64, g).unwrap();
     assert_eq!(want.loss, None);
     for (l, w) in losses.iter().zip(&want.losses) {
         assert!((f64::from(*l) - w).abs() < 1e-6);
     }
-    let r = cpu::mixup_bce_forward(&plan, &bce, &logits, &[0u32, 1], Some(&mut losses));
+    let r = cpu::mixup_bce_forward(&plan, &bce, &logits, &y, Some(&mut losses));
     assert_eq!(r, Ok(None));
-    let want = reference::mixup_bce(&plan, &bce, &logits, &[0u32, 1], g).unwrap();
+    let want = reference::mixup_bce(&plan, &bce, &logits, &y, g).unwrap();
     assert_eq!(want.loss, None);
     for (l, w) in losses.iter().zip(&want.losses) {
         assert!((f64::from(*l) - w).abs() < 1e-5 * w.abs().max(1.0));
@@ -568,68 +504,33 @@ fn ce_errors() {
         )
     });
     // GradOutput: NaN, infinite, per-sample with Mean, per-sample wrong length or NaN.
-    for g in [f32::NAN, f32::INFINITY] {
-        ce_case(&plan, mean, 6, &[0, 1], GradOutput::Scalar(g), 2, |e| {
-            matches!(
-                e,
-                MixError::InvalidArgument {
-                    what: "grad_output",
-                    ..
-                }
-            )
-        });
+    let bad_grad_output: fn(&MixError) -> bool = |e| {
+        matches!(
+            e,
+            MixError::InvalidArgument {
+                what: "grad_output",
+                ..
+            }
+        )
+    };
+    for (spec, up) in [
+        (mean, GradOutput::Scalar(f32::NAN)),
+        (mean, GradOutput::Scalar(f32::INFINITY)),
+        (mean, GradOutput::PerSample(&[1.0, 1.0])),
+        (none, GradOutput::PerSample(&[1.0, f32::NAN])),
+    ] {
+        ce_case(&plan, spec, 6, &[0, 1], up, 2, bad_grad_output);
     }
-    ce_case(
-        &plan,
-        mean,
-        6,
-        &[0, 1],
-        GradOutput::PerSample(&[1.0, 1.0]),
-        2,
-        |e| {
-            matches!(
-                e,
-                MixError::InvalidArgument {
-                    what: "grad_output",
-                    ..
-                }
-            )
-        },
-    );
-    ce_case(
-        &plan,
-        none,
-        6,
-        &[0, 1],
-        GradOutput::PerSample(&[1.0]),
-        2,
-        |e| {
-            matches!(
-                e,
-                MixError::LengthMismatch {
-                    what: "grad_output",
-                    ..
-                }
-            )
-        },
-    );
-    ce_case(
-        &plan,
-        none,
-        6,
-        &[0, 1],
-        GradOutput::PerSample(&[1.0, f32::NAN]),
-        2,
-        |e| {
-            matches!(
-                e,
-                MixError::InvalidArgument {
-                    what: "grad_output",
-                    ..
-                }
-            )
-        },
-    );
+    let short = GradOutput::PerSample(&[1.0]);
+    ce_case(&plan, none, 6, &[0, 1], short, 2, |e| {
+        matches!(
+            e,
+            MixError::LengthMismatch {
+                what: "grad_output",
+                ..
+            }
+        )
+    });
     // The mean over an empty batch is undefined.
     let empty = MixPlan::identity(0).unwrap();
     ce_case(&empty, mean, 0, &[], one, 0, |e| {
@@ -644,15 +545,8 @@ fn ce_grad_length() {
     let logits = vec![0.0f32; 6];
     let mut grad = sentinel(7);
     let mut losses = sentinel(2);
-    let r = cpu::mixup_ce(
-        &plan,
-        &spec,
-        &logits,
-        &[0u32, 1],
-        GradOutput::default(),
-        Some(&mut losses),
-        &mut grad,
-    );
+    let (y, g) = ([0u32, 1], GradOutput::default());
+    let r = cpu::mixup_ce(&plan, &spec, &logits, &y, g, Some(&mut losses), &mut grad);
     assert!(
         matches!(
             r,
@@ -678,17 +572,9 @@ fn non_finite_values_do_not_panic() {
     let spec = CeSpec::new(3, 0.1, Reduction::Mean).unwrap();
     let logits = [f32::NAN, 0.0, 1.0, f32::INFINITY, f32::NEG_INFINITY, 0.0];
     let mut grad = vec![0.0f32; 6];
-    let loss = cpu::mixup_ce(
-        &plan,
-        &spec,
-        &logits,
-        &[0u32, 1],
-        GradOutput::default(),
-        None,
-        &mut grad,
-    )
-    .unwrap()
-    .unwrap();
+    let (y, g) = ([0u32, 1], GradOutput::default());
+    let loss = cpu::mixup_ce(&plan, &spec, &logits, &y, g, None, &mut grad);
+    let loss = loss.unwrap().unwrap();
     assert!(!loss.is_finite());
     let x = [f32::NAN, 1.0, f32::INFINITY, 2.0];
     let mut out = [0.0f32; 4];

@@ -2,10 +2,10 @@
 
 use burn::tensor::{Int, Tensor};
 
-use super::{LossSpec, loss};
+use super::loss;
 use crate::error::Result;
 use crate::plan::MixPlan;
-use crate::spec::BceSpec;
+use crate::spec::{BceSpec, LossSpec};
 
 /// The mixup binary cross-entropy of `logits` (`[B, C]`, f32, f16 or bf16) against the soft
 /// targets of `labels` (`[B]` class indices, any int dtype) mixed by `plan`: timm's
@@ -43,5 +43,5 @@ pub fn mixup_binary_cross_entropy(
     labels: Tensor<1, Int>,
 ) -> Result<Tensor<1>> {
     const OP: &str = "mixup_kernels::burn::mixup_binary_cross_entropy";
-    loss(plan, LossSpec::Bce(spec.clone()), logits, labels, OP)
+    loss(plan, LossSpec::bce(spec), logits, labels, OP)
 }

@@ -73,7 +73,7 @@ use crate::config::TargetSpec;
 use crate::dtype::{Element, FloatElement};
 use crate::error::{MixError, Result};
 use crate::plan::MixPlan;
-use crate::spec::{BceSpec, CeSpec, GradOutput, MemoryFormat, Reduction, SampleShape};
+use crate::spec::{CeSpec, GradOutput, LossSpec, MemoryFormat, SampleShape};
 
 mod bce;
 mod mix_normalize;
@@ -229,8 +229,9 @@ pub fn soft_targets(
 /// The mixup cross-entropy of `logits` (`[B, C]`, f32, f16 or bf16) against the soft targets of
 /// `labels` (`[B]` class indices, any int dtype) mixed by `plan`, with the spec's label
 /// smoothing: timm's `SoftTargetCrossEntropy` on timm's `Mixup` target, fused (no target tensor
-/// is built). Returns `[1]` for [`Reduction::Mean`] and [`Reduction::Sum`] (burn's own losses
-/// return `[1]`), the per-sample losses `[B]` for [`Reduction::None`], in f32.
+/// is built). Returns `[1]` for [`Reduction::Mean`](crate::Reduction::Mean) and
+/// [`Reduction::Sum`](crate::Reduction::Sum) (burn's own losses return `[1]`), the per-sample
+/// losses `[B]` for [`Reduction::None`](crate::Reduction::None), in f32.
 ///
 /// On an autodiff device (`device.autodiff()`), `loss.backward()` gives the logits' gradient:
 /// the forward pass computes it with the loss in one pass of the crate's CPU kernel, and the
@@ -273,52 +274,11 @@ pub fn mixup_cross_entropy(
 // Shared machinery
 // ---------------------------------------------------------------------------------------------
 
-/// Which loss a call computes, with its spec.
-pub(crate) enum LossSpec {
-    Ce(CeSpec),
-    Bce(BceSpec),
-}
-
-impl LossSpec {
-    fn num_classes(&self) -> usize {
-        match self {
-            LossSpec::Ce(s) => s.num_classes(),
-            LossSpec::Bce(s) => s.num_classes(),
-        }
-    }
-
-    /// Loss values (the reduced loss, or per-sample losses) and, when `grad` is given, the
-    /// gradient for an upstream of 1, on host slices.
-    fn host<T: FloatElement>(
-        &self,
-        plan: &MixPlan,
-        logits: &[T],
-        labels: &[u32],
-        grad: Option<&mut [T]>,
-    ) -> Result<Vec<f32>> {
-        use crate::cpu::{mixup_bce, mixup_bce_forward, mixup_ce, mixup_ce_forward};
-        let mut losses = vec![0f32; plan.len()];
-        let reduction = match self {
-            LossSpec::Ce(s) => s.reduction(),
-            LossSpec::Bce(s) => s.reduction(),
-        };
-        let out = (reduction == Reduction::None).then_some(losses.as_mut_slice());
-        let (z, y, one) = (logits, labels, GradOutput::Scalar(1.0));
-        let loss = match (self, grad) {
-            (LossSpec::Ce(s), Some(g)) => mixup_ce(plan, s, z, y, one, out, g)?,
-            (LossSpec::Ce(s), None) => mixup_ce_forward(plan, s, z, y, out)?,
-            (LossSpec::Bce(s), Some(g)) => mixup_bce(plan, s, z, y, one, out, g)?,
-            (LossSpec::Bce(s), None) => mixup_bce_forward(plan, s, z, y, out)?,
-        };
-        Ok(loss.map_or(losses, |l| vec![l]))
-    }
-}
-
 /// Both losses after their public function: the checks (the tensors, the spec against the
 /// plan, the labels' values), then the fused kernel on the host copy of the logits.
 fn loss(
     plan: &MixPlan,
-    spec: LossSpec,
+    spec: LossSpec<'_>,
     logits: Tensor<2>,
     labels: Tensor<1, Int>,
     op: &'static str,
@@ -326,11 +286,7 @@ fn loss(
     let c = spec.num_classes();
     check_loss_args(plan, c, &logits, &labels, op)?;
     let n = logits.shape().num_elements();
-    let one = GradOutput::Scalar(1.0);
-    match &spec {
-        LossSpec::Ce(s) => crate::spec::check_ce(plan, s, n, &one)?,
-        LossSpec::Bce(s) => crate::spec::check_bce(plan, s, n, &one)?,
-    };
+    spec.check(plan, n, &GradOutput::Scalar(1.0))?;
     let labels = host_labels(labels, plan, c, op)?;
     fused_loss(logits, op, &spec, plan, &labels)
 }
@@ -341,7 +297,7 @@ fn loss(
 fn fused_loss(
     logits: Tensor<2>,
     op: &'static str,
-    spec: &LossSpec,
+    spec: &LossSpec<'_>,
     plan: &MixPlan,
     labels: &[u32],
 ) -> Result<Tensor<1>> {
@@ -384,13 +340,14 @@ fn fused_loss(
 fn host_loss<T: FloatElement + burn::tensor::Element>(
     data: &TensorData,
     tracked: bool,
-    (spec, plan, labels, op, dims): (&LossSpec, &MixPlan, &[u32], &'static str, [usize; 2]),
+    (spec, plan, labels, op, dims): (&LossSpec<'_>, &MixPlan, &[u32], &'static str, [usize; 2]),
 ) -> Result<(Vec<f32>, Option<TensorData>)> {
     let x = data
         .as_slice::<T>()
         .map_err(|e| read_err("logits", op, e))?;
     let mut g = tracked.then(|| vec![T::default(); x.len()]);
-    let values = spec.host(plan, x, labels, g.as_deref_mut())?;
+    let one = GradOutput::Scalar(1.0);
+    let values = crate::cpu::run_loss(plan, spec, x, labels, one, g.as_deref_mut())?;
     Ok((values, g.map(|g| TensorData::new(g, dims))))
 }
 

@@ -1,12 +1,13 @@
 //! The fused mixup binary cross-entropy as a candle op (CPU tensors, and CUDA tensors with the
 //! `candle-cuda` feature).
 
-use candle_core::{Error, Result, Shape, Tensor};
+use std::borrow::Cow;
 
-use super::{LossSpec, check_logits, check_loss_tensors, loss};
-use crate::error::MixError;
+use candle_core::{Result, Tensor};
+
+use super::{check_loss_args, loss};
 use crate::plan::MixPlan;
-use crate::spec::BceSpec;
+use crate::spec::{BceSpec, LossSpec};
 
 /// The mixup binary cross-entropy of `logits` (`[B, C]`, f32, f16 or bf16) against the soft
 /// targets of `labels` (`[B]` class indices, u32 or i64; u8 is taken too) mixed by `plan`: timm's `BinaryCrossEntropy` on
@@ -33,12 +34,14 @@ use crate::spec::BceSpec;
 /// host synchronization).
 ///
 /// # Errors
-/// candle's shape, rank, dtype and device errors for tensors that do not fit; the crate's
-/// [`MixError`] (wrapped) for a plan of another batch, a spec other than the plan's and labels
-/// out of range or negative (on the CPU, before any work; on a GPU, labels out of range are reported by `check_device_labels` instead);
-/// [`MixError::Unsupported`] for tensors on a GPU when the crate was built without the
-/// `candle-cuda` feature (move the logits to the CPU, or enable it), and for devices other than
-/// the CPU and CUDA.
+/// Those of [`mixup_cross_entropy`](super::mixup_cross_entropy), the same checks: candle's
+/// shape, rank, dtype and device errors for tensors that do not fit; the crate's
+/// [`MixError`](crate::MixError) (wrapped) for a plan of another batch, a spec other than the
+/// plan's and labels out of range or negative (on the CPU, before any work; on a GPU, labels out
+/// of range are reported by `check_device_labels` instead);
+/// [`MixError::Unsupported`](crate::MixError::Unsupported) for tensors on a GPU when the crate
+/// was built without the `candle-cuda` feature (move the logits to the CPU, or enable it), and
+/// for devices other than the CPU and CUDA.
 ///
 /// ```
 /// use candle_core::{Device, Tensor, Var};
@@ -62,30 +65,7 @@ pub fn mixup_binary_cross_entropy(
     labels: &Tensor,
 ) -> Result<Tensor> {
     const OP: &str = "mixup_kernels::mixup_binary_cross_entropy";
-    check_logits(logits, labels, OP)?;
-    let dims = logits.dims();
-    let c = spec.num_classes();
-    if dims[1] != c {
-        return Err(Error::ShapeMismatchBinaryOp {
-            lhs: logits.shape().clone(),
-            rhs: Shape::from((dims[0], c)),
-            op: OP,
-        }
-        .bt());
-    }
-    check_loss_tensors(plan, logits, labels, OP)?;
-    let device = logits.device();
-    if !(device.is_cpu() || (cfg!(feature = "candle-cuda") && device.is_cuda())) {
-        let how = if device.is_cuda() {
-            "; build mixup-kernels with the `candle-cuda` feature for CUDA tensors"
-        } else {
-            ""
-        };
-        return Err(MixError::Unsupported(format!(
-            "{OP} runs on CPU and CUDA tensors (logits are on {:?}){how}",
-            device.location()
-        ))
-        .into());
-    }
-    loss::apply(plan, LossSpec::Bce(spec.clone()), logits, labels)
+    check_loss_args(plan, spec.num_classes(), logits, labels, OP)?;
+    let spec = LossSpec::Bce(Cow::Owned(spec.clone()));
+    loss::apply(plan, spec, logits, labels)
 }

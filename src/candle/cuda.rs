@@ -17,12 +17,12 @@ use candle_core::{
     CudaDevice, CudaStorage, DType, Device, Error, Layout as CLayout, Result, Shape,
 };
 
-use super::loss::{LossSpec, MixupLossOp};
+use super::loss::MixupLossOp;
 use super::mix_normalize::MixNormalizeOp;
 use super::{MixOp, SoftTargetsOp};
 use crate::cuda::loss::DeviceLoss;
 use crate::cuda::{CudaMixer, DeviceBceSpec, DeviceGradOutput, DeviceNormalize, DevicePlan};
-use crate::spec::{BceSpec, Reduction};
+use crate::spec::{BceSpec, LossSpec, Reduction};
 use crate::{bf16, f16};
 
 /// What the crate keeps per candle stream: the mixer (compiled kernels), one device plan
@@ -125,7 +125,7 @@ fn with_bce_spec<R>(
 fn with_loss<R>(
     dev: &CudaDevice,
     plan: &crate::MixPlan,
-    spec: &LossSpec,
+    spec: &LossSpec<'_>,
     f: impl FnOnce(&CudaMixer, &DevicePlan, DeviceLoss<'_>) -> Result<R>,
 ) -> Result<R> {
     match spec {

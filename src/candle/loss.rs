@@ -12,18 +12,13 @@ use candle_core::{
 };
 
 use super::{contiguous, device_labels, host_labels};
+use crate::cpu::run_loss;
 use crate::dtype::FloatElement;
 use crate::plan::MixPlan;
-use crate::spec::{BceSpec, CeSpec, GradOutput, Reduction};
+use crate::spec::{GradOutput, LossSpec, Reduction};
 
-/// Which loss an op computes, with its spec.
-#[derive(Debug, Clone)]
-pub(crate) enum LossSpec {
-    Ce(CeSpec),
-    Bce(BceSpec),
-}
-
-impl LossSpec {
+/// The op names of a loss, and its upstream gradient as the kernels take it.
+impl LossSpec<'_> {
     /// The op's name.
     pub(crate) fn name(&self) -> &'static str {
         match self {
@@ -38,53 +33,6 @@ impl LossSpec {
             LossSpec::Ce(_) => "mixup-kernels-mixup-ce-grad",
             LossSpec::Bce(_) => "mixup-kernels-mixup-bce-grad",
         }
-    }
-
-    fn num_classes(&self) -> usize {
-        match self {
-            LossSpec::Ce(s) => s.num_classes(),
-            LossSpec::Bce(s) => s.num_classes(),
-        }
-    }
-
-    pub(crate) fn reduction(&self) -> Reduction {
-        match self {
-            LossSpec::Ce(s) => s.reduction(),
-            LossSpec::Bce(s) => s.reduction(),
-        }
-    }
-
-    /// `check_ce` / `check_bce`.
-    fn check(&self, plan: &MixPlan, logits_len: usize, up: &GradOutput<'_>) -> Result<usize> {
-        Ok(match self {
-            LossSpec::Ce(s) => crate::spec::check_ce(plan, s, logits_len, up)?,
-            LossSpec::Bce(s) => crate::spec::check_bce(plan, s, logits_len, up)?,
-        })
-    }
-
-    /// Loss (and the gradient for `grad_output` when `grad` is given) on host slices; returns
-    /// the output values: the reduced loss, or per-sample losses.
-    fn host<T: FloatElement>(
-        &self,
-        plan: &MixPlan,
-        logits: &[T],
-        labels: &[u32],
-        grad_output: GradOutput<'_>,
-        grad: Option<&mut [T]>,
-    ) -> Result<Vec<f32>> {
-        use crate::cpu::{mixup_bce, mixup_bce_forward, mixup_ce, mixup_ce_forward};
-        let mut losses = vec![0f32; plan.len()];
-        let per_sample = self.reduction() == Reduction::None;
-        let out = per_sample.then_some(losses.as_mut_slice());
-        let (z, y) = (logits, labels);
-        let loss = match (self, grad) {
-            (LossSpec::Ce(s), Some(g)) => mixup_ce(plan, s, z, y, grad_output, out, g)?,
-            (LossSpec::Ce(s), None) => mixup_ce_forward(plan, s, z, y, out)?,
-            (LossSpec::Bce(s), Some(g)) => mixup_bce(plan, s, z, y, grad_output, out, g)?,
-            (LossSpec::Bce(s), None) => mixup_bce_forward(plan, s, z, y, out)?,
-        };
-        // `None` exactly for Reduction::None, whose result is the per-sample losses.
-        Ok(loss.map_or(losses, |l| vec![l]))
     }
 
     /// The upstream gradient `up` (one value, or one per sample) as the kernels take it.
@@ -103,7 +51,7 @@ impl LossSpec {
 /// the graph when the logits track gradients. The output is f32.
 pub(crate) fn apply(
     plan: &MixPlan,
-    spec: LossSpec,
+    spec: LossSpec<'static>,
     logits: &Tensor,
     labels: &Tensor,
 ) -> Result<Tensor> {
@@ -134,7 +82,7 @@ pub(crate) fn apply(
 /// upstream of 1 in the same pass, kept in `grad` until the backward pass asks for it.
 pub(crate) struct MixupLossOp {
     pub(crate) plan: MixPlan,
-    pub(crate) spec: LossSpec,
+    pub(crate) spec: LossSpec<'static>,
     want_grad: bool,
     grad: Mutex<Option<Tensor>>,
 }
@@ -157,14 +105,14 @@ impl MixupLossOp {
         let up = GradOutput::Scalar(1.0);
         let values = if self.want_grad {
             let mut grad = vec![T::default(); logits.len()];
-            let v = spec.host(plan, logits, labels, up, Some(&mut grad))?;
+            let v = run_loss(plan, spec, logits, labels, up, Some(&mut grad))?;
             let g = Tensor::from_vec(grad, (plan.len(), spec.num_classes()), &Device::Cpu)?;
             // A poisoned lock only means another thread panicked mid-store; the value is still
             // a whole tensor or None, so take the guard either way.
             *self.grad.lock().unwrap_or_else(|p| p.into_inner()) = Some(g);
             v
         } else {
-            spec.host(plan, logits, labels, up, None)?
+            run_loss(plan, spec, logits, labels, up, None)?
         };
         Ok(CpuStorage::F32(values))
     }
@@ -178,7 +126,8 @@ impl MixupLossOp {
     ) -> Result<CpuStorage> {
         let (plan, spec) = (&self.plan, &self.spec);
         let mut grad = vec![T::default(); logits.len()];
-        spec.host(plan, logits, labels, spec.grad_output(up), Some(&mut grad))?;
+        let up = spec.grad_output(up);
+        run_loss(plan, spec, logits, labels, up, Some(&mut grad))?;
         Ok(T::to_cpu_storage_owned(grad))
     }
 

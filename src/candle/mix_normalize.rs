@@ -3,7 +3,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Error, Layout as CLayout, Result, Shape, Tensor};
 
-use super::{check_dtype, contiguous};
+use super::{check_device, check_dtype, contiguous};
 use crate::dtype::{Element, FloatElement, ScalarType};
 use crate::normalize::{Normalize, check_mix_normalize};
 use crate::plan::MixPlan;
@@ -22,7 +22,7 @@ use crate::spec::{MemoryFormat, SampleShape};
 /// ([`CudaMixer::mix_normalize`](crate::cuda::CudaMixer::mix_normalize)) on the device's
 /// stream, reading candle's buffer in place (the plan and the constants uploaded with one
 /// asynchronous copy each when they change, no host synchronization); tensors on another
-/// device are refused ([`Error::Msg`]).
+/// device are refused ([`MixError::Unsupported`](crate::MixError::Unsupported)).
 ///
 /// Errors: rank other than 4 ([`Error::UnexpectedNumberOfDims`]), another input or output
 /// dtype ([`Error::UnsupportedDTypeForOp`]); wrapped [`MixError`](crate::MixError)s for a plan of
@@ -95,14 +95,7 @@ pub fn mix_normalize(
             format.name()
         )));
     }
-    let on_gpu = cfg!(feature = "candle-cuda") && images.device().is_cuda();
-    if !images.device().is_cpu() && !on_gpu {
-        return Err(Error::Msg(format!(
-            "{OP}: CPU tensors, and CUDA tensors with the `candle-cuda` feature (got {:?})",
-            images.device().location()
-        ))
-        .bt());
-    }
+    check_device(images.device(), "images", OP)?;
     let out_shape = match out_format {
         MemoryFormat::ChannelsFirst => Shape::from((b, c, h, w)),
         MemoryFormat::ChannelsLast => Shape::from((b, h, w, c)),

@@ -57,7 +57,7 @@ use crate::config::TargetSpec;
 use crate::dtype::{Element, FloatElement};
 use crate::error::MixError;
 use crate::plan::MixPlan;
-use crate::spec::{CeSpec, MemoryFormat, SampleShape};
+use crate::spec::{CeSpec, LossSpec, MemoryFormat, SampleShape};
 
 mod bce;
 #[cfg(feature = "candle-cuda")]
@@ -66,7 +66,6 @@ mod loss;
 mod mix_normalize;
 
 pub use bce::mixup_binary_cross_entropy;
-use loss::LossSpec;
 pub use mix_normalize::mix_normalize;
 
 impl From<MixError> for Error {
@@ -307,7 +306,9 @@ pub fn soft_targets(
 /// not rank 1: `[B, 1]` labels, swapped arguments), [`Error::UnsupportedDTypeForOp`] (logits not
 /// f32/f16/bf16, labels not u32/i64/u8), [`Error::UnexpectedShape`] (a class count other than
 /// the spec's), [`Error::DeviceMismatchBinaryOp`]; the crate's [`MixError`], wrapped, for a plan
-/// of another batch, labels out of range or negative, a spec other than the plan's.
+/// of another batch, labels out of range or negative, a spec other than the plan's;
+/// [`MixError::Unsupported`] for tensors on a GPU when the crate was built without the
+/// `candle-cuda` feature, and for devices other than the CPU and CUDA.
 ///
 /// ```
 /// use candle_core::{Device, Tensor, Var};
@@ -337,21 +338,7 @@ pub fn mixup_cross_entropy(
     labels: &Tensor,
 ) -> Result<Tensor> {
     const OP: &str = "mixup_kernels::mixup_cross_entropy";
-    check_logits(logits, labels, OP)?;
-    let dims = logits.dims();
-    let (b, c) = (dims[0], dims[1]);
-    if c != spec.num_classes() {
-        return Err(Error::UnexpectedShape {
-            msg: format!(
-                "{OP}: logits must be [batch, num_classes] with num_classes = {}",
-                spec.num_classes()
-            ),
-            expected: Shape::from((b, spec.num_classes())),
-            got: logits.shape().clone(),
-        }
-        .bt());
-    }
-    check_loss_tensors(plan, logits, labels, OP)?;
+    check_loss_args(plan, spec.num_classes(), logits, labels, OP)?;
     let loss = loss::apply(plan, LossSpec::Ce(*spec), logits, labels)?;
     // f32 inside (the loss is accumulated in f32); the caller gets the logits' dtype, and
     // candle's `to_dtype` hands the upstream gradient back to the op as f32.
@@ -409,17 +396,49 @@ fn check_logits(logits: &Tensor, labels: &Tensor, op: &'static str) -> Result<()
     })
 }
 
-/// The checks both losses make after their logits' shape: the plan's batch, the labels
-/// (`[B]`, an index dtype), one device for both.
-fn check_loss_tensors(
+/// The checks of both losses: the logits (`[B, num_classes]` of the spec, a float dtype), the
+/// plan's batch, the labels (`[B]`, an index dtype), one device for both, and one the ops run on.
+fn check_loss_args(
     plan: &MixPlan,
+    num_classes: usize,
     logits: &Tensor,
     labels: &Tensor,
     op: &'static str,
 ) -> Result<()> {
-    plan.check_batch("logits", logits.dims()[0])?;
+    check_logits(logits, labels, op)?;
+    let (b, c) = (logits.dims()[0], logits.dims()[1]);
+    if c != num_classes {
+        return Err(Error::UnexpectedShape {
+            msg: format!(
+                "{op}: logits must be [batch, num_classes] with num_classes = {num_classes}"
+            ),
+            expected: Shape::from((b, num_classes)),
+            got: logits.shape().clone(),
+        }
+        .bt());
+    }
+    plan.check_batch("logits", b)?;
     check_labels_tensor(labels, plan, op)?;
-    same_device(logits, labels, op)
+    same_device(logits, labels, op)?;
+    check_device(logits.device(), "logits", op)
+}
+
+/// The ops run on CPU tensors, and on CUDA tensors with the `candle-cuda` feature; another
+/// device is [`MixError::Unsupported`], saying what to do for CUDA.
+fn check_device(device: &Device, what: &str, op: &'static str) -> Result<()> {
+    if device.is_cpu() || (cfg!(feature = "candle-cuda") && device.is_cuda()) {
+        return Ok(());
+    }
+    let how = if device.is_cuda() {
+        "; build mixup-kernels with the `candle-cuda` feature for CUDA tensors"
+    } else {
+        ""
+    };
+    Err(MixError::Unsupported(format!(
+        "{op} runs on CPU and CUDA tensors ({what} are on {:?}){how}",
+        device.location()
+    ))
+    .into())
 }
 
 fn check_dtype(got: DType, allowed: &[DType], op: &'static str) -> Result<()> {

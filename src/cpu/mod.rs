@@ -383,3 +383,30 @@ fn loss_call<L: Label>(
     let loss = kernel(&as_u32s(labels))?;
     Ok(reduction.reported(loss))
 }
+
+/// A fused loss on host slices, as the candle and burn ops run it: the loss values (the reduced
+/// loss, or the per-sample losses under [`Reduction::None`](crate::Reduction::None)) and, when
+/// `grad` is given, the gradient for `grad_output` written there.
+#[cfg(any(feature = "candle", feature = "burn"))]
+pub(crate) fn run_loss<T: FloatElement>(
+    plan: &MixPlan,
+    spec: &crate::spec::LossSpec<'_>,
+    logits: &[T],
+    labels: &[u32],
+    grad_output: GradOutput<'_>,
+    grad: Option<&mut [T]>,
+) -> Result<Vec<f32>> {
+    use crate::spec::LossSpec;
+    let mut losses = vec![0f32; plan.len()];
+    let per_sample = spec.reduction() == crate::Reduction::None;
+    let out = per_sample.then_some(losses.as_mut_slice());
+    let (z, y, up) = (logits, labels, grad_output);
+    let loss = match (spec, grad) {
+        (LossSpec::Ce(s), Some(g)) => mixup_ce(plan, s, z, y, up, out, g)?,
+        (LossSpec::Ce(s), None) => mixup_ce_forward(plan, s, z, y, out)?,
+        (LossSpec::Bce(s), Some(g)) => mixup_bce(plan, s, z, y, up, out, g)?,
+        (LossSpec::Bce(s), None) => mixup_bce_forward(plan, s, z, y, out)?,
+    };
+    // `None` exactly for Reduction::None, whose result is the per-sample losses.
+    Ok(loss.map_or(losses, |l| vec![l]))
+}

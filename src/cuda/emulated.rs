@@ -10,10 +10,9 @@ use crate::config::TargetSpec;
 use crate::dtype::ScalarType;
 use crate::error::{MixError, Result};
 use crate::plan::MixPlan;
-use crate::spec::{BceSpec, CeSpec, SampleShape};
+use crate::spec::{BceSpec, CeSpec, LossSpec, SampleShape};
 
 use super::entries::Kernel;
-use super::loss::LossSpec;
 use super::mixup_ce::{CeBuffers, RawGradOutput};
 
 /// One kernel launch as the host code makes it.
@@ -166,7 +165,7 @@ pub fn mixup_ce(
         let (b, smem) = (plan.len(), dev.smem_optin);
         super::mixup_ce::ce_call(spec, dtype, b, smem, bufs, losses, dev.plan, dev.flags, up)
     };
-    loss_launch(plan, LossSpec::Ce(spec), dtype, logits_len, bufs, up, call)
+    loss_launch(plan, LossSpec::Ce(*spec), dtype, logits_len, bufs, up, call)
 }
 
 /// [`raw::mixup_bce`](super::raw::mixup_bce) with the class weights at `weights` = (weight,
@@ -187,7 +186,7 @@ pub fn mixup_bce(
         let (b, addrs) = (plan.len(), (dev.plan, dev.flags));
         super::mixup_bce::bce_call(spec, dtype, b, bufs, losses, weights, addrs, up)
     };
-    loss_launch(plan, LossSpec::Bce(spec), dtype, logits_len, bufs, up, call)
+    loss_launch(plan, LossSpec::bce(spec), dtype, logits_len, bufs, up, call)
 }
 
 /// [`CudaMixer::mix_normalize_raw`](super::CudaMixer::mix_normalize_raw) with `norm`'s `2C`

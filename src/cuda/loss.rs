@@ -9,7 +9,7 @@ use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 use crate::dtype::ScalarType;
 use crate::error::{MixError, Result, Rows, check_len, check_rows};
 use crate::plan::MixPlan;
-use crate::spec::{BceSpec, CeSpec, GradOutput, Reduction, check_bce, check_ce};
+use crate::spec::{CeSpec, GradOutput, LossSpec, Reduction};
 
 use super::context::{CudaMixer, driver_err};
 use super::mixup_bce::{DeviceBceSpec, bce_call};
@@ -17,32 +17,11 @@ use super::mixup_ce::{CeBuffers, DeviceGradOutput, RawGradOutput, ce_call};
 use super::plan::DevicePlan;
 use super::soft_targets::require_float;
 
-/// A loss's host spec: what the checks read (the host emulation has no [`DeviceBceSpec`]).
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum LossSpec<'a> {
-    Ce(&'a CeSpec),
-    Bce(&'a BceSpec),
-}
-
 impl LossSpec<'_> {
-    fn reduction(self) -> Reduction {
-        match self {
-            LossSpec::Ce(s) => s.reduction(),
-            LossSpec::Bce(s) => s.reduction(),
-        }
-    }
-
-    fn num_classes(self) -> usize {
-        match self {
-            LossSpec::Ce(s) => s.num_classes(),
-            LossSpec::Bce(s) => s.num_classes(),
-        }
-    }
-
-    /// The checks of [`check_ce`] / [`check_bce`], with a device grad_output standing in for its
-    /// host form.
+    /// The checks of [`LossSpec::check`], with a device grad_output standing in for its host
+    /// form.
     pub(crate) fn check_device(
-        self,
+        &self,
         plan: &MixPlan,
         logits_len: usize,
         up: &RawGradOutput,
@@ -52,10 +31,7 @@ impl LossSpec<'_> {
             Scalar(g) => GradOutput::Scalar(g),
             Device(_) | PerSample(_) => GradOutput::Scalar(1.0),
         };
-        let total = match self {
-            LossSpec::Ce(s) => check_ce(plan, s, logits_len, &host)?,
-            LossSpec::Bce(s) => check_bce(plan, s, logits_len, &host)?,
-        };
+        let total = self.check(plan, logits_len, &host)?;
         if matches!(up, PerSample(_)) && self.reduction() != Reduction::None {
             // The same error the host checks give for a host per-sample grad_output.
             return Err(MixError::InvalidArgument {
@@ -79,8 +55,8 @@ pub(crate) enum DeviceLoss<'a> {
 impl<'a> DeviceLoss<'a> {
     fn host(self) -> LossSpec<'a> {
         match self {
-            DeviceLoss::Ce(s) => LossSpec::Ce(s),
-            DeviceLoss::Bce(d) => LossSpec::Bce(d.spec()),
+            DeviceLoss::Ce(s) => LossSpec::Ce(*s),
+            DeviceLoss::Bce(d) => LossSpec::bce(d.spec()),
         }
     }
 }

@@ -412,6 +412,16 @@ pub fn config(partner: PartnerRule, mode: Mode) -> MixConfig {
     }
 }
 
+/// A sampler of fastai's v2 MixUp for `classes` classes with label smoothing `smoothing`: the
+/// training loops of the candle and burn tests.
+pub fn fastai_sampler(classes: usize, smoothing: f64, seed: u64) -> Sampler {
+    let config = MixConfig {
+        label_smoothing: smoothing,
+        ..MixConfig::fastai_v2_mixup(classes)
+    };
+    Sampler::new(config, seed).unwrap()
+}
+
 /// Plans from the sampler for every partner rule and mode (Pair needs an involution), two
 /// steps each, for `batch` samples of `image` pixels. The plans forget their config's target
 /// spec (`with_targets(None)`), so the op tests can pair them with any class count.
