@@ -94,7 +94,8 @@ impl From<MixError> for Error {
 /// ([`Error::UnsupportedDTypeForOp`]), each with a line naming `images` and what is accepted;
 /// a plan for another batch or another image size ([`MixError`], wrapped; when one side matches
 /// and the other is smaller than the plan's image, as when the channel axis is read as a side,
-/// the message says that the memory format may be wrong).
+/// the message says that the memory format may be wrong); a device other than the CPU or CUDA
+/// (CUDA only with the `candle-cuda` feature): [`MixError::Unsupported`].
 ///
 /// ```
 /// use candle_core::{Device, Tensor};
@@ -126,6 +127,7 @@ pub fn mix_images(plan: &MixPlan, format: MemoryFormat, images: &Tensor) -> Resu
             images.shape()
         )));
     };
+    check_device(images.device(), "images", OP)?;
     check_dtype(
         images.dtype(),
         &[DType::F32, DType::F16, DType::BF16, DType::U8],
@@ -171,6 +173,11 @@ pub fn mix_images(plan: &MixPlan, format: MemoryFormat, images: &Tensor) -> Resu
 /// with `correct_lam` or `cutmix_minmax`, as timm mixes targets). Use it for already-soft targets,
 /// features or embeddings; images take [`mix_images`].
 ///
+/// # Errors
+/// A scalar `x` ([`Error::UnexpectedNumberOfDims`]), a dtype other than f32, f16, bf16 and u8
+/// ([`Error::UnsupportedDTypeForOp`]), a plan for another batch ([`MixError`], wrapped), a
+/// device other than the CPU or CUDA ([`MixError::Unsupported`]).
+///
 /// ```
 /// use candle_core::{Device, Tensor};
 /// use mixup_kernels::candle::mix_rows;
@@ -195,6 +202,7 @@ pub fn mix_rows(plan: &MixPlan, x: &Tensor) -> Result<Tensor> {
         .bt();
         return Err(e.context(format!("{OP}: x must be [batch, ...], got a scalar")));
     }
+    check_device(x.device(), "x", OP)?;
     check_dtype(
         x.dtype(),
         &[DType::F32, DType::F16, DType::BF16, DType::U8],
@@ -254,6 +262,7 @@ pub fn soft_targets(
         ))
     })?;
     crate::spec::check_targets(plan, spec)?;
+    check_device(labels.device(), "labels", OP)?;
     check_labels_tensor(labels, plan, OP)?;
     let op = SoftTargetsOp {
         plan: plan.clone(),
