@@ -843,7 +843,7 @@ fn bench_first_call() -> Res<()> {
         let m = CudaMixer::new(0)?.with_options(CudaMixerOptions {
             cache_dir: Some(dir.clone()),
             ..Default::default()
-        });
+        })?;
         let s = m.stream().clone();
         let (batch, classes) = (256usize, 1000usize);
         let z = s.clone_htod(&random::<bf16>(batch * classes, 1))?;
