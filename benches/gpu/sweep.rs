@@ -7,7 +7,7 @@
 //! a point that disagrees is an error row (exit code 1), never a candidate.
 //!
 //! Families: `mix`, `soft`, `ce`, `bce`, `mix_normalize` (the filter matches exactly; none: all).
-//! Estimated time on an H200 with `--quick`: about 45 s, mostly NVRTC (≈ 40 points × 1–3
+//! Estimated time on an H200 with `--quick`: 30–45 s, mostly NVRTC (33 points, about 50
 //! kernels) and the host's random inputs (docs/gpu.md).
 
 use super::*;
