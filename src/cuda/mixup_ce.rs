@@ -12,6 +12,10 @@
 //!
 //! Smaller GPUs have less shared memory (A100 163 KB: S ≤ 9; L40 / RTX 4090 99 KB: S ≤ 5; T4
 //! 64 KB: S ≤ 3), so the online path starts earlier there.
+//!
+//! The table is for the default [`KernelTuning`]: its `ce_warp_max_row_bytes` (2 KB),
+//! `ce_slots` (4 register slots), `ce_block_max_threads` (1024) and `ce_block_max_row_bytes`
+//! (no limit but shared memory's) set the thresholds, `ce_warp_threads` the warp kernel's block.
 
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaView, DeviceRepr, LaunchConfig};
