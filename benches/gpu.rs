@@ -12,6 +12,9 @@
 //!     cargo bench --bench gpu -- mix           # rows whose op name contains "mix"
 //!     cargo bench --bench gpu -- mix_normalize # the fused u8 → normalized input only
 //!     cargo bench --bench gpu -- --quick       # fewer repetitions, smaller mix batches
+//!     cargo bench --bench gpu -- --sweep [ce]  # the tuning sweep (benches/gpu/sweep.rs) only,
+//!                                              # of the named families (mix, soft, ce, bce,
+//!                                              # mix_normalize; none: all)
 //!
 //! (Or run the bench binary built by scripts/gpu-bundle.sh: `.gpu/bench-gpu [filter] [--quick]`;
 //! scripts/gpu/run.sh A runs it on the GPU machine.)
@@ -43,6 +46,8 @@ use mixup_kernels::{
 
 #[path = "gpu/naive.rs"]
 mod naive;
+#[path = "gpu/sweep.rs"]
+mod sweep;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -843,7 +848,7 @@ fn bench_first_call() -> Res<()> {
         let m = CudaMixer::new(0)?.with_options(CudaMixerOptions {
             cache_dir: Some(dir.clone()),
             ..Default::default()
-        });
+        })?;
         let s = m.stream().clone();
         let (batch, classes) = (256usize, 1000usize);
         let z = s.clone_htod(&random::<bf16>(batch * classes, 1))?;
@@ -903,6 +908,7 @@ fn bench_first_call() -> Res<()> {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let sweep = args.iter().any(|a| a == "--sweep");
     let filter: Vec<String> = args
         .iter()
         .filter(|a| !a.starts_with("--"))
@@ -960,6 +966,25 @@ fn main() {
     };
     println!("| op | dtype | shape | variant | median µs | min–max µs | GB/s at floor | vs copy |");
     println!("|---|---|---|---|---|---|---|---|");
+    if sweep {
+        if let Some(f) = b
+            .filter
+            .iter()
+            .find(|f| !sweep::FAMILIES.contains(&f.as_str()))
+        {
+            eprintln!(
+                "error: no sweep family `{f}` (families: {:?})",
+                sweep::FAMILIES
+            );
+            std::process::exit(2);
+        }
+        let failed = sweep::run(&b, &b.filter);
+        if failed > 0 {
+            eprintln!("error: {failed} sweep point(s) or shape(s) failed (rows marked error)");
+            std::process::exit(1);
+        }
+        return;
+    }
     let errors = std::cell::Cell::new(0usize);
     let report = |what: &str, r: Res<()>| {
         if let Err(e) = r {

@@ -22,8 +22,16 @@
 // Rows whose pointers (own, partner, output) share their offset from a 16-byte boundary move in
 // 16-byte slots; other rows (odd row lengths with unequal offsets) go element by element.
 
+#ifndef MIX_NT
 #define MIX_NT 256
+#endif
+#ifndef MIX_UNROLL
 #define MIX_UNROLL 4
+#endif
+// 1: a CutMix slot is judged from its first and last pixel (see box_mask).
+#ifndef MIX_BOX_HOIST
+#define MIX_BOX_HOIST 0
+#endif
 
 #define LAYOUT_ROWS 0u
 #define LAYOUT_NCHW 1u
@@ -131,6 +139,25 @@ __device__ __noinline__ u32 box_mask(u32 layout, u32 plane, u32 channels, u32 he
     r.x0 = x0;
     r.w = w;
     Pos p = pos_of(g, e0);
+#if MIX_BOX_HOIST
+    // The box test hoisted out of the element loop: when the slot's first and last elements
+    // are pixels of one image row (channels-first: of one plane too), every element lies on
+    // that row between those two pixels, so one test of the row and of the two columns decides
+    // the whole slot unless it straddles a vertical edge of the box.
+    if (n > 1) {
+        const Pos q = pos_of(g, e0 + n - 1);
+        const bool one_row = layout == LAYOUT_NCHW ? (q.y == p.y && q.x >= p.x && q.x - p.x == n - 1)
+                                                   : (q.y == p.y && q.x >= p.x && (e0 + n - 1) / channels - e0 / channels == q.x - p.x);
+        if (one_row) {
+            const u32 full = n == 32 ? 0xffffffffu : (1u << n) - 1u;
+            if (p.y - y0 >= h) return 0u;
+            const bool first_in = p.x - x0 < w, last_in = q.x - x0 < w;
+            if (first_in && last_in) return full;
+            // Both outside, on the same side of the box: no element inside.
+            if (!first_in && !last_in && (q.x < x0 || p.x >= x0 + w)) return 0u;
+        }
+    }
+#endif
     u32 m = 0;
     for (u32 j = 0; j < n; ++j) {
         if (inside(r, p)) m |= 1u << j;

@@ -20,11 +20,17 @@
 // launch with tile_px = 0 (more channels than a tile holds) skips shared memory: an item is
 // MN_DIRECT output elements of a sample, each thread computing the elements at its own indices.
 
+#ifndef MN_NT
 #define MN_NT 256
+#endif
 // f32 results per sample tile in shared memory (16 KiB; two tiles for a pair).
+#ifndef MN_TILE
 #define MN_TILE 4096
+#endif
 // Output elements per item of the direct launch.
+#ifndef MN_DIRECT
 #define MN_DIRECT 2048
+#endif
 
 struct MixNormArgs {
     const void* x;           // [B, D] input, D = C * H * W

@@ -32,7 +32,13 @@
 // Both stride over the row's 16-byte slots (the element is independent of the others: nothing
 // is held back), then add the lanes' sums.
 
+#ifndef BCE_NT
 #define BCE_NT 256
+#endif
+// Largest block of bce_block (its __launch_bounds__).
+#ifndef BCE_BLOCK_NT
+#define BCE_BLOCK_NT 1024
+#endif
 
 struct BceArgs {
     u64 logits;      // const E::B*, [B, C]
@@ -209,7 +215,7 @@ DEV void bce_block(const BceArgs& g) {
 #define BCE_WARP(E, dt)                                                                           \
     extern "C" __global__ void __launch_bounds__(BCE_NT) bce_warp_##dt(const BceArgs g) { bce_warp<E>(g); }
 #define BCE_BLOCK(E, dt)                                                                          \
-    extern "C" __global__ void __launch_bounds__(1024) bce_block_##dt(const BceArgs g) { bce_block<E>(g); }
+    extern "C" __global__ void __launch_bounds__(BCE_BLOCK_NT) bce_block_##dt(const BceArgs g) { bce_block<E>(g); }
 
 // Entries, one per kernel and dtype (see mixup_ce.cu).
 #if MIXUP_ALL || MIXUP_ONLY_bce_warp_f32

@@ -58,9 +58,19 @@
 // Labels: a label >= C matches no class (no memory is indexed by a label) and is counted in
 // flags[0]; the host reports it at the next `check_labels`.
 
+#ifndef CE_WARP_NT
 #define CE_WARP_NT 256
+#endif
+#ifndef CE_K
 #define CE_K 4
+#endif
+#ifndef CE_ONLINE_U
 #define CE_ONLINE_U 4
+#endif
+// Largest block of ce_block and ce_online (their __launch_bounds__).
+#ifndef CE_BLOCK_NT
+#define CE_BLOCK_NT 1024
+#endif
 #define CE_SZ_SCALE 0x1p-40f  // sum_c z_c is accumulated times this (see above)
 #define CE_SZ_UNSCALE 0x1p40f
 #define CE_FAR 0x1p24f        // |max z| from which the shift stays in natural units (see above)
@@ -610,9 +620,9 @@ DEV void ce_online(const CeArgs& g) {
 #define CE_WARP(E, dt)                                                                            \
     extern "C" __global__ void __launch_bounds__(CE_WARP_NT) ce_warp_##dt(const CeArgs g) { ce_warp<E>(g); }
 #define CE_BLOCK(E, dt)                                                                           \
-    extern "C" __global__ void __launch_bounds__(1024) ce_block_##dt(const CeArgs g) { ce_block<E>(g); }
+    extern "C" __global__ void __launch_bounds__(CE_BLOCK_NT) ce_block_##dt(const CeArgs g) { ce_block<E>(g); }
 #define CE_ONLINE(E, dt)                                                                          \
-    extern "C" __global__ void __launch_bounds__(1024) ce_online_##dt(const CeArgs g) { ce_online<E>(g); }
+    extern "C" __global__ void __launch_bounds__(CE_BLOCK_NT) ce_online_##dt(const CeArgs g) { ce_online<E>(g); }
 
 // Entries, one per kernel and dtype. The host compiles one at a time (-DMIXUP_ONLY_<entry>=1,
 // src/cuda/context.rs) so that a first call compiles only the kernel it runs; -DMIXUP_ALL=1

@@ -12,8 +12,12 @@
 // with vector stores (the row's head and tail elements one by one, in chunk 0). A label >= C matches no
 // class (nothing is indexed by it) and is counted in flags[0] for `CudaMixer::check_labels`.
 
+#ifndef SOFT_NT
 #define SOFT_NT 256
+#endif
+#ifndef SOFT_UNROLL
 #define SOFT_UNROLL 4
+#endif
 
 struct SoftArgs {
     u64 out;     // E::B*, [B, C]

@@ -9,6 +9,10 @@
 # into its own file. Prints "N passed, M failed" over all runs last.
 #
 # An object is rebuilt only when its sources, this script or the compiler change.
+#
+# EMU_DEFINES="-DMIX_NT=128 ..." builds the kernel units with those defines (a tuning:
+# `KernelTuning::all_defines`, src/cuda/tuning.rs), in folders of their own, so the cases of a
+# non-default tuning run the kernels that tuning compiles.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cxx="${CXX:-c++}"
@@ -23,6 +27,9 @@ dir="${TMPDIR:-/tmp}/mixup-kernels-emulate-$key"
 # an earlier arch's (today sm_90 = sm_80: no branch tells them apart) would build the same
 # binary: it is not built or run again, and the output says so.
 archs=(${EMU_ARCHS:-750 800 900})
+defines=(${EMU_DEFINES:-})
+tag=""
+((${#defines[@]} == 0)) || tag="-t$(printf '%s\n' "${defines[@]}" | cksum | cut -d' ' -f1)"
 declare -A cu=([k_ce]="mixup_ce.cu" [k_bce]="mixup_bce.cu" [k_mix]="mix.cu soft_targets.cu" [k_mix_normalize]="mix_normalize.cu")
 kunits=(k_ce k_bce k_mix k_mix_normalize)
 units=(engine test_engine main)
@@ -53,12 +60,12 @@ stale() {
 declare -A same=()
 declare -A sig_of=()
 for a in "${archs[@]}"; do
-    mkdir -p "$dir/sm$a"
-    sig="$dir/sm$a/signature"
+    mkdir -p "$dir/sm$a$tag"
+    sig="$dir/sm$a$tag/signature"
     s=0
     for u in "${kunits[@]}"; do stale "$sig" "$u" && s=1; done
     if [[ $s == 1 ]]; then
-        for u in "${kunits[@]}"; do "$cxx" -std=c++17 -E -P -D__CUDA_ARCH__="$a" "$root/kernels/emu/$u.cpp"; done |
+        for u in "${kunits[@]}"; do "$cxx" -std=c++17 -E -P -D__CUDA_ARCH__="$a" "${defines[@]}" "$root/kernels/emu/$u.cpp"; done |
             cksum >"$sig.tmp"
         mv "$sig.tmp" "$sig"
     fi
@@ -75,13 +82,13 @@ jobs=()
 for u in "${units[@]}"; do stale "$dir/$u.o" "$u" && jobs+=("$dir/$u.o $u -"); done
 for a in "${archs[@]}"; do
     [[ "${same[$a]}" == "$a" ]] || continue
-    for u in "${kunits[@]}"; do stale "$dir/sm$a/$u.o" "$u" && jobs+=("$dir/sm$a/$u.o $u $a"); done
+    for u in "${kunits[@]}"; do stale "$dir/sm$a$tag/$u.o" "$u" && jobs+=("$dir/sm$a$tag/$u.o $u $a"); done
 done
 pids=()
 for j in "${jobs[@]}"; do
     read -r obj u a <<<"$j"
     def=()
-    [[ $a == - ]] || def=(-D__CUDA_ARCH__="$a")
+    [[ $a == - ]] || def=(-D__CUDA_ARCH__="$a" "${defines[@]}")
     # Two compilations at a time.
     "$cxx" "${flags[@]}" "${def[@]}" -c -o "$obj" "$root/kernels/emu/$u.cpp" &
     pids+=($!)
@@ -94,10 +101,10 @@ for p in "${pids[@]}"; do wait "$p"; done
 run=()
 for a in "${archs[@]}"; do
     [[ "${same[$a]}" == "$a" ]] || continue
-    bin="$dir/sm$a/emulate"
+    bin="$dir/sm$a$tag/emulate"
     objs=()
     for u in "${units[@]}"; do objs+=("$dir/$u.o"); done
-    for u in "${kunits[@]}"; do objs+=("$dir/sm$a/$u.o"); done
+    for u in "${kunits[@]}"; do objs+=("$dir/sm$a$tag/$u.o"); done
     relink=0
     [[ -x "$bin" ]] || relink=1
     for o in "${objs[@]}"; do [[ "$o" -nt "$bin" ]] && relink=1; done
@@ -125,9 +132,9 @@ args_for() {
 for a in "${run[@]}"; do
     mapfile -d '' -t arch_args < <(args_for "$a")
     if [[ -n "${EMU_SERIAL:-}" ]]; then
-        "$dir/sm$a/emulate" "${arch_args[@]}" >"$dir/sm$a/log" 2>&1 && echo 0 >"$dir/sm$a/rc" || echo $? >"$dir/sm$a/rc"
+        "$dir/sm$a$tag/emulate" "${arch_args[@]}" >"$dir/sm$a$tag/log" 2>&1 && echo 0 >"$dir/sm$a$tag/rc" || echo $? >"$dir/sm$a$tag/rc"
     else
-        ( "$dir/sm$a/emulate" "${arch_args[@]}" >"$dir/sm$a/log" 2>&1 && echo 0 >"$dir/sm$a/rc" || echo $? >"$dir/sm$a/rc" ) &
+        ( "$dir/sm$a$tag/emulate" "${arch_args[@]}" >"$dir/sm$a$tag/log" 2>&1 && echo 0 >"$dir/sm$a$tag/rc" || echo $? >"$dir/sm$a$tag/rc" ) &
     fi
 done
 wait
@@ -138,10 +145,10 @@ for a in "${archs[@]}"; do
         continue
     fi
     echo "== sm_${a%0} (__CUDA_ARCH__ $a)"
-    cat "$dir/sm$a/log"
-    r="$(cat "$dir/sm$a/rc")"
+    cat "$dir/sm$a$tag/log"
+    r="$(cat "$dir/sm$a$tag/rc")"
     [[ $r == 0 ]] || rc=$r
-    line="$(tail -n 1 "$dir/sm$a/log")"
+    line="$(tail -n 1 "$dir/sm$a$tag/log")"
     if [[ "$line" =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
         passed=$((passed + BASH_REMATCH[1]))
         failed=$((failed + BASH_REMATCH[2]))

@@ -272,3 +272,77 @@ fn the_bench_baseline_compiles_for_every_arch() {
         }
     }
 }
+
+/// The tunings the GPU sweep (benches/gpu/sweep.rs) and the tuned emulation reach, at their
+/// extremes, compile for sm_90 with every entry present. Spills are printed, not failed: a point
+/// that spills is one the sweep should measure as slower, not one that cannot run.
+#[test]
+fn tuned_kernels_compile() {
+    use mixup_kernels::cuda::KernelTuning;
+    if !nvrtc_present() {
+        return;
+    }
+    let d = KernelTuning::default();
+    let tunings = [
+        KernelTuning {
+            mix_threads: 512,
+            mix_unroll: 8,
+            mix_box_hoist: true,
+            soft_threads: 512,
+            soft_unroll: 16,
+            ce_warp_threads: 1024,
+            ce_slots: 8,
+            ce_online_unroll: 8,
+            ce_block_max_threads: 512,
+            ce_warp_max_row_bytes: 4096,
+            bce_warp_threads: 128,
+            bce_block_max_threads: 512,
+            mn_threads: 512,
+            mn_tile: 6144,
+            mn_direct: 4096,
+            ..d
+        },
+        KernelTuning {
+            mix_threads: 96,
+            mix_unroll: 1,
+            soft_threads: 64,
+            soft_unroll: 1,
+            ce_warp_threads: 32,
+            ce_slots: 1,
+            ce_online_unroll: 1,
+            ce_block_max_threads: 64,
+            ce_warp_max_row_bytes: 512,
+            bce_warp_threads: 32,
+            bce_block_max_threads: 64,
+            mn_threads: 32,
+            mn_tile: 64,
+            mn_direct: 1,
+            ..d
+        },
+        KernelTuning { ce_slots: 8, ..d },
+    ];
+    let target = Target::Sm(90);
+    let mut failures = Vec::new();
+    for t in tunings {
+        t.validate().unwrap();
+        for m in MODULES {
+            let mut extra = t.defines(m.name);
+            extra.push("--ptxas-options=-v".into());
+            let opts = options(target, "MIXUP_ALL", &extra);
+            match compile(m, m.name, target, &opts) {
+                Err(e) => failures.push(format!("{} under {}: {e}", m.name, t.all_defines())),
+                Ok(c) => {
+                    for (k, _, entry) in entries().filter(|e| e.0.module_name() == m.name) {
+                        if !defines_entry(&c.image, entry) {
+                            failures.push(format!("{entry} ({k:?}) missing under {extra:?}"));
+                        }
+                    }
+                    for (entry, bytes) in spills(&c.log).into_iter().filter(|s| s.1 > 0) {
+                        println!("{entry} spills {bytes} bytes under {}", extra.join(" "));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

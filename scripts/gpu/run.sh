@@ -2,13 +2,14 @@
 # The GPU session in two prepared calls, run on the GPU machine from the repository root with the
 # binaries that scripts/gpu-bundle.sh put in .gpu/ (carried: the device tool's carry=[".gpu"]).
 #
-#   bash scripts/gpu/run.sh A   # environment, GPU tests, GPU benchmark        (step limits 375 s)
+#   bash scripts/gpu/run.sh A   # environment, GPU tests, GPU benchmark, tuning sweep (limits 435 s)
 #   bash scripts/gpu/run.sh B   # PyTorch/Liger baseline, probes, sanitizer x4  (step limits 395 s)
 #
 # Every step runs under its own `timeout`; each writes one log under $OUT (what comes back from
 # the GPU machine: at most 8 files) and the summary (also printed last) says rc, seconds and the
 # last result line of each. A step that cannot run here says SKIPPED and the next one starts.
 # Tunables: MIXUP_BENCH_ARGS (default "--quick"), MIXUP_TORCH_ARGS (default "--quick"),
+# MIXUP_SWEEP_ARGS (default "--quick": every family; e.g. "--quick ce"; "off" skips the sweep),
 # MIXUP_GPU_BIN (default .gpu).
 set -uo pipefail
 
@@ -36,7 +37,7 @@ step() {
     timeout --kill-after=5 "$limit" bash -c '"$@"' _ "$@" >>"$log" 2>&1
     rc=$?
     local last
-    last=$(grep -E '^test result|ERROR SUMMARY|SKIPPED|Device not supported|^FAILED|^error' "$log" | tail -1)
+    last=$(grep -E '^test result|ERROR SUMMARY|SKIPPED|Device not supported|^FAILED|^error|^sweep: ' "$log" | tail -1)
     [[ $rc == 124 || $rc == 137 ]] && last="TIMED OUT after ${limit}s; $last"
     [[ $rc != 0 ]] && failed=1
     note "$(printf '%-28s rc=%-3s %4ss  %s' "$name" "$rc" "$((SECONDS - t0))" "$last")"
@@ -137,6 +138,15 @@ bench() {
     "$bin/bench-gpu" ${MIXUP_BENCH_ARGS:---quick}
 }
 
+# The tuning sweep (benches/gpu/sweep.rs): each kernel family under a small grid of
+# KernelTuning points, every point against the copy of the same bytes, the best marked.
+sweep() {
+    if [[ "${MIXUP_SWEEP_ARGS:-}" == off ]]; then echo "SKIPPED: MIXUP_SWEEP_ARGS=off"; return 0; fi
+    if [[ ! -x "$bin/bench-gpu" ]]; then echo "error: $bin/bench-gpu missing"; return 1; fi
+    # shellcheck disable=SC2086
+    "$bin/bench-gpu" --sweep ${MIXUP_SWEEP_ARGS:---quick}
+}
+
 torch_baseline() {
     local whl
     whl=$(compgen -G "$bin/whl/liger_kernel-*.whl" | head -1)
@@ -215,7 +225,7 @@ export MIXUP_NVRTC_LIB="$nvrtc_dir"
 # A GPU test that finds no GPU fails instead of skipping; so does the benchmark.
 export MIXUP_REQUIRE_GPU=1 MIXUP_REQUIRE_NVRTC=1
 export MIXUP_KERNELS_CACHE="${MIXUP_KERNELS_CACHE:-/tmp/mixup-kernels-cache}"
-export -f sub run_test gpu_tests env_check bench torch_baseline probe probes sanitize
+export -f sub run_test gpu_tests env_check bench sweep torch_baseline probe probes sanitize
 export bin out
 
 note "mode ${mode:-?} on $(hostname) $(date -u +%FT%TZ); $(cat /tmp/nvrtc-search.txt)"
@@ -224,6 +234,7 @@ case "$mode" in
         step env 15 env_check
         step tests 275 gpu_tests
         step bench 85 bench
+        step sweep 60 sweep
         ;;
     B)
         rm -f /tmp/no-compute-sanitizer /tmp/no-ncu # verdicts of an earlier call

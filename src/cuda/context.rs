@@ -19,6 +19,7 @@ use crate::error::{MixError, Result};
 use super::cache::DiskCache;
 use super::entries::{Kernel, SLOTS};
 use super::nvrtc::{self, Target};
+use super::tuning::{KernelTuning, LaunchEnv};
 
 /// The result code of the CUDA library call behind a [`MixError::Driver`] or
 /// [`MixError::Compile`] (their `source` field).
@@ -176,20 +177,25 @@ pub(crate) fn check_device(ordinal: usize) -> Result<()> {
 }
 
 /// Options for [`CudaMixer::with_options`]: where compiled kernels are cached, extra NVRTC
-/// options.
+/// options, the kernels' tuning.
 ///
 /// # Examples
 ///
 /// ```
-/// use mixup_kernels::cuda::{CudaMixer, CudaMixerOptions};
-/// // No disk cache, line info for compute-sanitizer.
+/// use mixup_kernels::cuda::{CudaMixer, CudaMixerOptions, KernelTuning};
+/// // No disk cache, line info for compute-sanitizer, 512-thread mix blocks.
 /// let options = CudaMixerOptions {
 ///     disk_cache: false,
 ///     nvrtc_options: vec!["-lineinfo".into()],
+///     tuning: KernelTuning { mix_threads: 512, ..Default::default() },
 ///     ..Default::default()
 /// };
 /// match CudaMixer::new(0) {
-///     Ok(mixer) => assert_eq!(mixer.with_options(options).cache_dir(), None),
+///     Ok(mixer) => {
+///         let mixer = mixer.with_options(options).expect("a valid tuning");
+///         assert_eq!(mixer.cache_dir(), None);
+///         assert_eq!(mixer.tuning().mix_threads, 512);
+///     }
 ///     Err(e) => eprintln!("no GPU here: {e}"),
 /// }
 /// ```
@@ -202,6 +208,10 @@ pub struct CudaMixerOptions {
     pub cache_dir: Option<PathBuf>,
     /// Extra NVRTC options (e.g. `-lineinfo` for compute-sanitizer); part of the cache key.
     pub nvrtc_options: Vec<String>,
+    /// The kernels' tuning knobs (block sizes, unrolling, CE strategy thresholds, grid cap):
+    /// read by the launches and passed to NVRTC as defines (so part of the cache key).
+    /// Default: the shipped tuning.
+    pub tuning: KernelTuning,
 }
 
 impl Default for CudaMixerOptions {
@@ -210,6 +220,7 @@ impl Default for CudaMixerOptions {
             disk_cache: true,
             cache_dir: None,
             nvrtc_options: Vec::new(),
+            tuning: KernelTuning::default(),
         }
     }
 }
@@ -256,6 +267,7 @@ pub struct CudaMixer {
     smem_optin: u32,
     cache: DiskCache,
     extra: Vec<String>,
+    tuning: KernelTuning,
     /// One slot per (kernel, dtype) ([`Kernel::slot`]): a launch reads its function without a
     /// lock once it is loaded.
     funcs: [OnceLock<CudaFunction>; SLOTS],
@@ -352,6 +364,7 @@ impl CudaMixer {
             smem_optin,
             cache: options.cache(),
             extra: options.nvrtc_options,
+            tuning: options.tuning,
             funcs: std::array::from_fn(|_| OnceLock::new()),
             compiling: Mutex::new(()),
             flags,
@@ -396,25 +409,59 @@ impl CudaMixer {
         Self::from_stream(stream)
     }
 
-    /// The same mixer with `options` (cache folder, NVRTC options). Kernels loaded so far are
-    /// dropped, so the next call compiles (or reads from the cache) with the new options.
+    /// The same mixer with `options` (cache folder, NVRTC options, tuning). Kernels loaded so
+    /// far are dropped, so the next call compiles (or reads from the cache) with the new
+    /// options; each kernel is then compiled once for this mixer, not per launch.
+    ///
+    /// # Errors
+    /// [`MixError::InvalidArgument`] naming the [`KernelTuning`] field out of range
+    /// ([`KernelTuning::validate`]); the mixer is dropped then.
     ///
     /// # Examples
     ///
     /// ```
-    /// use mixup_kernels::cuda::{CudaMixer, CudaMixerOptions};
+    /// use mixup_kernels::cuda::{CudaMixer, CudaMixerOptions, KernelTuning};
     /// let dir = std::env::temp_dir().join("mixup-kernels-doc-cache");
     /// let options = CudaMixerOptions { cache_dir: Some(dir.clone()), ..Default::default() };
     /// if let Ok(mixer) = CudaMixer::new(0) {
-    ///     let mixer = mixer.with_options(options);
+    ///     let mixer = mixer.with_options(options).expect("the default tuning is valid");
     ///     assert_eq!(mixer.cache_dir(), Some(dir.as_path()));
+    ///     let odd = KernelTuning { mix_threads: 100, ..Default::default() };
+    ///     let e = mixer.with_options(CudaMixerOptions { tuning: odd, ..Default::default() });
+    ///     assert!(e.unwrap_err().to_string().contains("mix_threads"));
     /// }
     /// ```
-    pub fn with_options(mut self, options: CudaMixerOptions) -> Self {
+    pub fn with_options(mut self, options: CudaMixerOptions) -> Result<Self> {
+        options.tuning.validate()?;
         self.cache = options.cache();
         self.extra = options.nvrtc_options;
+        self.tuning = options.tuning;
         self.funcs = std::array::from_fn(|_| OnceLock::new());
-        self
+        Ok(self)
+    }
+
+    /// The kernels' tuning (see [`CudaMixerOptions::tuning`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixer, KernelTuning};
+    /// if let Ok(mixer) = CudaMixer::new(0) {
+    ///     assert_eq!(*mixer.tuning(), KernelTuning::default());
+    /// }
+    /// ```
+    pub fn tuning(&self) -> &KernelTuning {
+        &self.tuning
+    }
+
+    /// What the launches' shapes depend on besides the call: the tuning, the SM count and the
+    /// opt-in shared memory.
+    pub(crate) fn launch_env(&self) -> LaunchEnv<'_> {
+        LaunchEnv {
+            tuning: &self.tuning,
+            sms: self.sms,
+            smem_optin: self.smem_optin,
+        }
     }
 
     /// The stream every operation is enqueued on.
@@ -608,11 +655,6 @@ impl CudaMixer {
         Ok((ptr, s))
     }
 
-    /// Largest dynamic shared memory a block of the CE block kernel may use.
-    pub(crate) fn smem_optin(&self) -> u32 {
-        self.smem_optin
-    }
-
     /// The function of `kernel` for `dtype`, compiled or read from the disk cache on first use.
     /// Once loaded: one atomic load, no lock, no allocation.
     pub(crate) fn function(&self, kernel: Kernel, dtype: ScalarType) -> Result<&CudaFunction> {
@@ -658,7 +700,7 @@ impl CudaMixer {
             return Ok(f); // another thread compiled it meanwhile
         }
         let module = kernel.module();
-        let options = nvrtc::options(self.target, &format!("MIXUP_ONLY_{name}"), &self.extra);
+        let options = unit_options(self.target, name, module.name, &self.tuning, &self.extra);
         let path = self
             .cache
             .path(name, module.hash, self.target, self.nvrtc, &options);
@@ -720,6 +762,21 @@ impl CudaMixer {
     }
 }
 
+/// The NVRTC options of entry `name` of `module`: the unit's define, the tuning's defines for
+/// the module, then the user's options. Also the disk cache key's options, so each tuning has
+/// its own cached images.
+pub(crate) fn unit_options(
+    target: Target,
+    name: &str,
+    module: &str,
+    tuning: &KernelTuning,
+    user: &[String],
+) -> Vec<String> {
+    let mut extra = tuning.defines(module);
+    extra.extend(user.iter().cloned());
+    nvrtc::options(target, &format!("MIXUP_ONLY_{name}"), &extra)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves consistent data (maps and buffers are
     // replaced whole), so poisoning is ignored.
@@ -729,6 +786,36 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tunings_are_compile_options_and_cache_keys() {
+        let d = KernelTuning::default();
+        let t = KernelTuning {
+            mix_threads: 512,
+            ..d
+        };
+        let user = ["-lineinfo".to_string()];
+        let a = unit_options(Target::Sm(90), "mix_pairs_f32", "mix", &d, &user);
+        let b = unit_options(Target::Sm(90), "mix_pairs_f32", "mix", &t, &user);
+        assert!(a.contains(&"-DMIX_NT=256".into()) && b.contains(&"-DMIX_NT=512".into()));
+        assert!(a.contains(&"-DMIXUP_ONLY_mix_pairs_f32=1".into()));
+        assert_eq!(a.last(), Some(&user[0]), "the user's options come last");
+        let cache = DiskCache::at(Some(PathBuf::from("/cache")));
+        let key = |o: &[String]| cache.path("mix_pairs_f32", 1, Target::Sm(90), (13, 0), o);
+        assert_ne!(key(&a), key(&b), "another tuning is another cached image");
+        // A knob of another module changes neither the options nor the key.
+        let ce = KernelTuning {
+            ce_slots: 2,
+            ce_warp_max_row_bytes: 1024,
+            ..d
+        };
+        let c = unit_options(Target::Sm(90), "mix_pairs_f32", "mix", &ce, &user);
+        assert_eq!(key(&a), key(&c));
+        let ce_a = unit_options(Target::Sm(90), "ce_warp_f32", "mixup_ce", &d, &[]);
+        let ce_b = unit_options(Target::Sm(90), "ce_warp_f32", "mixup_ce", &ce, &[]);
+        assert!(ce_b.contains(&"-DCE_K=2".into()));
+        assert_ne!(key(&ce_a), key(&ce_b));
+    }
 
     #[test]
     fn no_driver_is_a_clear_error_not_a_panic() {

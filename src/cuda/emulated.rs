@@ -14,6 +14,7 @@ use crate::spec::{BceSpec, CeSpec, LossSpec, SampleShape};
 
 use super::entries::Kernel;
 use super::mixup_ce::{CeBuffers, RawGradOutput};
+use super::tuning::{KernelTuning, LaunchEnv};
 
 /// One kernel launch as the host code makes it.
 #[derive(Debug, Clone)]
@@ -27,7 +28,8 @@ pub struct HostLaunch {
 }
 
 /// What a [`CudaMixer`](super::CudaMixer) and a [`DevicePlan`](super::DevicePlan) hold on the
-/// device: the staged plan's address, the flags' address and the opt-in shared memory.
+/// device: the staged plan's address, the flags' address, the opt-in shared memory, the SM
+/// count and the mixer's tuning.
 #[derive(Debug, Clone, Copy)]
 pub struct Device {
     /// Address of the plan as [`staged_plan`] lays it out.
@@ -36,6 +38,21 @@ pub struct Device {
     pub flags: u64,
     /// `CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN`.
     pub smem_optin: u32,
+    /// Streaming multiprocessors (the unit of [`KernelTuning::grid_sm_multiple`]).
+    pub sms: u32,
+    /// The mixer's tuning (the emulated kernels must be built with its
+    /// [`all_defines`](KernelTuning::all_defines)).
+    pub tuning: KernelTuning,
+}
+
+impl Device {
+    fn env(&self) -> LaunchEnv<'_> {
+        LaunchEnv {
+            tuning: &self.tuning,
+            sms: self.sms,
+            smem_optin: self.smem_optin,
+        }
+    }
 }
 
 fn host_launch<A: Copy>(
@@ -89,7 +106,8 @@ pub fn mix(
         return Ok(None);
     }
     let (_, pairs) = staged_plan(plan);
-    let (kernel, args, cfg) = super::mix::mix_call(plan, layout, dtype, pairs, x, out, dev.plan)?;
+    let (kernel, args, cfg) =
+        super::mix::mix_call(plan, layout, dtype, pairs, x, out, dev.plan, &dev.env())?;
     host_launch(kernel, dtype, &args, cfg).map(Some)
 }
 
@@ -118,6 +136,7 @@ pub fn soft_targets(
         out,
         dev.plan,
         dev.flags,
+        &dev.env(),
     )?;
     host_launch(Kernel::SoftTargets, dtype, &args, cfg).map(Some)
 }
@@ -161,9 +180,10 @@ pub fn mixup_ce(
     dev: &Device,
 ) -> Result<Option<HostLaunch>> {
     let up = &grad_output;
+    let env = dev.env();
     let call = |losses| {
-        let (b, smem) = (plan.len(), dev.smem_optin);
-        super::mixup_ce::ce_call(spec, dtype, b, smem, bufs, losses, dev.plan, dev.flags, up)
+        let b = plan.len();
+        super::mixup_ce::ce_call(spec, dtype, b, &env, bufs, losses, dev.plan, dev.flags, up)
     };
     loss_launch(plan, LossSpec::Ce(*spec), dtype, logits_len, bufs, up, call)
 }
@@ -182,9 +202,10 @@ pub fn mixup_bce(
     dev: &Device,
 ) -> Result<Option<HostLaunch>> {
     let up = &grad_output;
+    let env = dev.env();
     let call = |losses| {
         let (b, addrs) = (plan.len(), (dev.plan, dev.flags));
-        super::mixup_bce::bce_call(spec, dtype, b, bufs, losses, weights, addrs, up)
+        super::mixup_bce::bce_call(spec, dtype, b, bufs, losses, weights, addrs, up, &env)
     };
     loss_launch(plan, LossSpec::bce(spec), dtype, logits_len, bufs, up, call)
 }
@@ -220,6 +241,7 @@ pub fn mix_normalize(
         out,
         dev.plan,
         ms,
+        &dev.env(),
     )?;
     host_launch(kernel, output, &args, cfg).map(Some)
 }

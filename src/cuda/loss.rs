@@ -110,7 +110,7 @@ pub(crate) unsafe fn launch(
                 spec,
                 dtype,
                 b,
-                m.smem_optin(),
+                &m.launch_env(),
                 bufs,
                 losses,
                 plan.device_ptr_for(m)?,
@@ -141,6 +141,7 @@ pub(crate) unsafe fn launch(
                 weights,
                 (plan.device_ptr_for(m)?, m.flags_ptr()),
                 &grad_output,
+                &m.launch_env(),
             );
             let what = "launching the binary cross-entropy kernel";
             // SAFETY: `args` is `BceArgs`; addresses valid per the contract.

@@ -9,13 +9,7 @@ use crate::spec::{MemoryFormat, SampleShape, check_mix};
 use super::context::CudaMixer;
 use super::entries::Kernel;
 use super::plan::DevicePlan;
-
-/// Threads per block of the mix kernels (`MIX_NT`).
-pub(crate) const MIX_THREADS: u32 = 256;
-/// 16-byte slots one work item covers (`MIX_NT * MIX_UNROLL`).
-pub(crate) const MIX_CHUNK_SLOTS: u64 = 256 * 4;
-/// Largest grid the kernels are launched with; they loop over the remaining work items.
-pub(crate) const MAX_GRID: u64 = (1 << 31) - 1;
+use super::tuning::{KernelTuning, LaunchEnv};
 
 /// Kernel arguments (`struct MixArgs` in kernels/mix.cu).
 #[repr(C)]
@@ -39,16 +33,16 @@ pub(crate) struct MixArgs {
 // SAFETY: repr(C) of u64/u32 fields without padding (80 bytes), mirrored by the kernel's struct.
 unsafe impl DeviceRepr for MixArgs {}
 
-/// Chunks a row of `row` elements is cut into (at least 1, so chunk 0 carries the row's head
-/// and tail elements).
-pub(crate) fn chunks_per_row(row: u64, dtype: ScalarType) -> u64 {
+/// Chunks a row of `row` elements is cut into when a work item covers `chunk_slots` 16-byte
+/// slots (at least 1, so chunk 0 carries the row's head and tail elements).
+pub(crate) fn chunks_per_row(row: u64, dtype: ScalarType, chunk_slots: u64) -> u64 {
     let ve = 16 / dtype.size() as u64;
-    row.div_ceil(MIX_CHUNK_SLOTS * ve).max(1)
+    row.div_ceil(chunk_slots * ve).max(1)
 }
 
-/// Grid size for `items` work items.
-pub(crate) fn grid_for(items: u64) -> u32 {
-    items.clamp(1, MAX_GRID) as u32
+/// 16-byte slots one mix work item covers (`MIX_NT * MIX_UNROLL`).
+fn mix_chunk_slots(t: &KernelTuning) -> u64 {
+    u64::from(t.mix_threads) * u64::from(t.mix_unroll)
 }
 
 /// The kernel arguments for a mixing call (without pointers), or why it cannot run.
@@ -57,9 +51,10 @@ pub(crate) fn mix_args(
     dtype: ScalarType,
     batch: usize,
     rows: usize,
+    tuning: &KernelTuning,
 ) -> Result<MixArgs> {
     let row = layout.sample_len()? as u64;
-    let chunks = chunks_per_row(row, dtype);
+    let chunks = chunks_per_row(row, dtype, mix_chunk_slots(tuning));
     let items = (rows as u64)
         .checked_mul(chunks)
         .ok_or(MixError::SizeOverflow {
@@ -117,8 +112,10 @@ pub(crate) fn check_call(
 }
 
 /// The kernel, its arguments and its launch configuration for a checked call with at least
-/// one element (`pair_count`: the plan's pair leaders, `plan_ptr`: the staged plan). [`launch`]
-/// launches it; the host emulation's cases (`kernels::emulated`) run it on the CPU.
+/// one element (`pair_count`: the plan's pair leaders, `plan_ptr`: the staged plan) under
+/// `env`'s tuning. [`launch`] launches it; the host emulation's cases (`kernels::emulated`) run
+/// it on the CPU.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn mix_call(
     host: &crate::plan::MixPlan,
     layout: &SampleShape,
@@ -127,11 +124,12 @@ pub(crate) fn mix_call(
     x: u64,
     out: u64,
     plan_ptr: u64,
+    env: &LaunchEnv<'_>,
 ) -> Result<(Kernel, MixArgs, LaunchConfig)> {
     // Involutions (random pairs, timm's flip) move each row once, in place or not.
     let pairs = host.is_involution();
     let rows = if pairs { pair_count } else { host.len() };
-    let mut args = mix_args(layout, dtype, host.len(), rows)?;
+    let mut args = mix_args(layout, dtype, host.len(), rows, env.tuning)?;
     args.x = x;
     args.out = out;
     args.plan = plan_ptr;
@@ -141,8 +139,8 @@ pub(crate) fn mix_call(
         Kernel::MixGather
     };
     let cfg = LaunchConfig {
-        grid_dim: (grid_for(args.items), 1, 1),
-        block_dim: (MIX_THREADS, 1, 1),
+        grid_dim: (env.tuning.grid(args.items, env.sms), 1, 1),
+        block_dim: (env.tuning.mix_threads, 1, 1),
         shared_mem_bytes: 0,
     };
     Ok((kernel, args, cfg))
@@ -178,6 +176,7 @@ pub(crate) unsafe fn launch(
         x,
         out,
         plan.device_ptr_for(m)?,
+        &m.launch_env(),
     )?;
     // SAFETY: `args` is the kernel's `MixArgs`; the addresses are valid per the contract and
     // the plan buffer holds the plan and its pair leaders.
@@ -273,46 +272,65 @@ mod tests {
         assert_eq!(std::mem::size_of::<MixArgs>(), 80);
     }
 
+    const CHUNK: u64 = 256 * 4;
+
     #[test]
     fn chunking_covers_every_row() {
         // 3x224x224 f32: 150528 elements, 4096 per chunk -> 37 chunks.
-        assert_eq!(chunks_per_row(150_528, ScalarType::F32), 37);
-        assert_eq!(chunks_per_row(150_528, ScalarType::BF16), 19);
-        assert_eq!(chunks_per_row(150_528, ScalarType::U8), 10);
+        assert_eq!(mix_chunk_slots(&KernelTuning::default()), CHUNK);
+        assert_eq!(chunks_per_row(150_528, ScalarType::F32, CHUNK), 37);
+        assert_eq!(chunks_per_row(150_528, ScalarType::BF16, CHUNK), 19);
+        assert_eq!(chunks_per_row(150_528, ScalarType::U8, CHUNK), 10);
         // Tiny rows still get one chunk (it handles the head and tail elements).
-        assert_eq!(chunks_per_row(1, ScalarType::F32), 1);
-        assert_eq!(chunks_per_row(4096, ScalarType::F32), 1);
-        assert_eq!(chunks_per_row(4097, ScalarType::F32), 2);
-        for row in [1u64, 3, 63, 4097, 1 << 20, (1 << 32) + 5] {
-            for dt in [ScalarType::F32, ScalarType::F16, ScalarType::U8] {
-                let ve = 16 / dt.size() as u64;
-                let c = chunks_per_row(row, dt);
-                // Enough for the element-by-element path and for the slot path.
-                assert!(c * MIX_CHUNK_SLOTS * ve >= row);
-                assert!(c * MIX_CHUNK_SLOTS >= row / ve);
+        assert_eq!(chunks_per_row(1, ScalarType::F32, CHUNK), 1);
+        assert_eq!(chunks_per_row(4096, ScalarType::F32, CHUNK), 1);
+        assert_eq!(chunks_per_row(4097, ScalarType::F32, CHUNK), 2);
+        // Another tuning: 128 threads x 2 slots.
+        assert_eq!(chunks_per_row(4097, ScalarType::F32, 256), 5);
+        for slots in [32u64, 256, CHUNK, 16 * 1024] {
+            for row in [1u64, 3, 63, 4097, 1 << 20, (1 << 32) + 5] {
+                for dt in [ScalarType::F32, ScalarType::F16, ScalarType::U8] {
+                    let ve = 16 / dt.size() as u64;
+                    let c = chunks_per_row(row, dt, slots);
+                    // Enough for the element-by-element path and for the slot path.
+                    assert!(c * slots * ve >= row);
+                    assert!(c * slots >= row / ve);
+                }
             }
         }
     }
 
     #[test]
     fn grids_are_capped() {
-        assert_eq!(grid_for(0), 1);
-        assert_eq!(grid_for(37 * 1024), 37 * 1024);
-        assert_eq!(grid_for(u64::MAX), (1u32 << 31) - 1);
+        let t = KernelTuning::default();
         let a = mix_args(
             &SampleShape::rows(1 << 40),
             ScalarType::F32,
             1 << 20,
             1 << 20,
+            &t,
         )
         .unwrap();
-        assert!(a.items > MAX_GRID);
-        assert_eq!(grid_for(a.items), (1u32 << 31) - 1);
+        assert!(a.items > super::super::tuning::MAX_GRID);
+        assert_eq!(t.grid(a.items, 132), (1u32 << 31) - 1);
+        let capped = KernelTuning {
+            grid_sm_multiple: 2,
+            ..t
+        };
+        assert_eq!(capped.grid(a.items, 132), 264);
     }
 
     #[test]
     fn layouts_map_to_kernel_codes() {
-        let a = mix_args(&SampleShape::channels_last(5, 7, 3), ScalarType::U8, 4, 4).unwrap();
+        let t = KernelTuning::default();
+        let a = mix_args(
+            &SampleShape::channels_last(5, 7, 3),
+            ScalarType::U8,
+            4,
+            4,
+            &t,
+        )
+        .unwrap();
         assert_eq!(
             (a.layout, a.channels, a.height, a.width, a.plane),
             (2, 3, 5, 7, 35)
@@ -323,6 +341,7 @@ mod tests {
             ScalarType::BF16,
             256,
             128,
+            &t,
         )
         .unwrap();
         assert_eq!((b.layout, b.plane, b.items), (1, 224 * 224, 128 * 19));
@@ -331,7 +350,8 @@ mod tests {
                 &SampleShape::channels_first(1 << 12, 1 << 10, 1 << 10),
                 ScalarType::F32,
                 1,
-                1
+                1,
+                &t
             ),
             Err(MixError::SizeOverflow { .. })
         ));

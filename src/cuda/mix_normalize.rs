@@ -16,16 +16,9 @@ use crate::spec::{MemoryFormat, SampleShape};
 
 use super::context::{CudaMixer, driver_err};
 use super::entries::Kernel;
-use super::mix::grid_for;
 use super::plan::DevicePlan;
 use super::soft_targets::require_float;
-
-/// Threads per block (`MN_NT`).
-pub(crate) const MN_THREADS: u32 = 256;
-/// f32 results one sample tile holds in shared memory (`MN_TILE`).
-pub(crate) const MN_TILE: u64 = 4096;
-/// Output elements per work item of the direct launch (`MN_DIRECT`).
-pub(crate) const MN_DIRECT: u64 = 2048;
+use super::tuning::{KernelTuning, LaunchEnv};
 
 /// Kernel arguments (`struct MixNormArgs` in kernels/mix_normalize.cu).
 #[repr(C)]
@@ -119,7 +112,9 @@ pub(crate) fn mix_normalize_args(
     batch: usize,
     rint: bool,
     out_format: MemoryFormat,
+    tuning: &KernelTuning,
 ) -> Result<MixNormArgs> {
+    let (tile, direct) = (u64::from(tuning.mn_tile), u64::from(tuning.mn_direct));
     let (c, h, w) = (dims.channels as u64, dims.height as u64, dims.width as u64);
     let d = c * h * w; // checked against overflow by `check_mix_normalize`
     if d >= 1 << 32 {
@@ -128,11 +123,11 @@ pub(crate) fn mix_normalize_args(
             what: "image sample size (the GPU kernels index an image sample in 32 bits)",
         });
     }
-    let tile_px = MN_TILE / c;
+    let tile_px = tile / c;
     let tiles = if tile_px > 0 {
         (h * w).div_ceil(tile_px)
     } else {
-        d.div_ceil(MN_DIRECT)
+        d.div_ceil(direct)
     };
     let items = (batch as u64)
         .checked_mul(tiles)
@@ -155,8 +150,8 @@ pub(crate) fn mix_normalize_args(
 }
 
 /// The kernel, its arguments and its launch configuration for a checked call with at least one
-/// element (`plan_ptr`: the staged plan, `ms`: the device constants). [`launch`] launches it;
-/// the host emulation's cases (`kernels::emulated`) run it on the CPU.
+/// element (`plan_ptr`: the staged plan, `ms`: the device constants) under `env`'s tuning.
+/// [`launch`] launches it; the host emulation's cases (`kernels::emulated`) run it on the CPU.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mix_normalize_call(
     host: &MixPlan,
@@ -168,15 +163,16 @@ pub(crate) fn mix_normalize_call(
     out: u64,
     plan_ptr: u64,
     ms: u64,
+    env: &LaunchEnv<'_>,
 ) -> Result<(Kernel, MixNormArgs, LaunchConfig)> {
-    let mut args = mix_normalize_args(dims, host.len(), rint, out_format)?;
+    let mut args = mix_normalize_args(dims, host.len(), rint, out_format, env.tuning)?;
     args.x = x;
     args.out = out;
     args.plan = plan_ptr;
     args.ms = ms;
     let cfg = LaunchConfig {
-        grid_dim: (grid_for(args.items), 1, 1),
-        block_dim: (MN_THREADS, 1, 1),
+        grid_dim: (env.tuning.grid(args.items, env.sms), 1, 1),
+        block_dim: (env.tuning.mn_threads, 1, 1),
         shared_mem_bytes: 0,
     };
     Ok((kernel_for(input), args, cfg))
@@ -240,6 +236,7 @@ pub(crate) unsafe fn launch(
         out,
         plan.device_ptr_for(m)?,
         ms,
+        &m.launch_env(),
     )?;
     let what = "launching the mix_normalize kernel";
     // SAFETY: `args` is the kernel's `MixNormArgs`; the addresses are valid per the contract,
@@ -408,32 +405,44 @@ mod tests {
     #[test]
     fn tiles_cover_every_pixel() {
         let last = MemoryFormat::ChannelsLast;
+        let t = KernelTuning::default();
         let a = mix_normalize_args(
             &dims(last, 3, 224, 224),
             256,
             true,
             MemoryFormat::ChannelsFirst,
+            &t,
         )
         .unwrap();
         // 4096 / 3 = 1365 pixels a tile, 37 tiles a sample.
         assert_eq!((a.tile_px, a.tiles, a.items), (1365, 37, 256 * 37));
         assert_eq!((a.in_last, a.out_last, a.rint), (1, 0, 1));
-        let b = mix_normalize_args(&dims(last, 1, 1, 1), 5, false, last).unwrap();
+        let b = mix_normalize_args(&dims(last, 1, 1, 1), 5, false, last, &t).unwrap();
         assert_eq!((b.tile_px, b.tiles, b.items), (4096, 1, 5));
         // More channels than a tile holds: the direct launch, 2048 outputs an item.
-        let c = mix_normalize_args(&dims(last, 5000, 1, 3), 2, false, last).unwrap();
+        let c = mix_normalize_args(&dims(last, 5000, 1, 3), 2, false, last, &t).unwrap();
         assert_eq!((c.tile_px, c.tiles), (0, 15000u64.div_ceil(2048)));
-        for (ch, h, w) in [(1, 7, 9), (4, 1, 1), (3, 33, 17), (4097, 1, 1)] {
-            let a = mix_normalize_args(&dims(last, ch, h, w), 3, false, last).unwrap();
-            if a.tile_px > 0 {
-                assert!(a.tiles * u64::from(a.tile_px) >= (h * w) as u64);
-                assert!(u64::from(a.tile_px) * ch as u64 <= MN_TILE);
-            } else {
-                assert!(a.tiles * MN_DIRECT >= (ch * h * w) as u64);
+        // And under a smaller tile: 64 f32, 100 outputs a direct item.
+        let small = KernelTuning {
+            mn_tile: 64,
+            mn_direct: 100,
+            ..t
+        };
+        for tuning in [t, small] {
+            let (tile, direct) = (u64::from(tuning.mn_tile), u64::from(tuning.mn_direct));
+            for (ch, h, w) in [(1, 7, 9), (4, 1, 1), (3, 33, 17), (65, 2, 2), (4097, 1, 1)] {
+                let a = mix_normalize_args(&dims(last, ch, h, w), 3, false, last, &tuning).unwrap();
+                if a.tile_px > 0 {
+                    assert!(a.tiles * u64::from(a.tile_px) >= (h * w) as u64);
+                    assert!(u64::from(a.tile_px) * ch as u64 <= tile);
+                } else {
+                    assert!(ch as u64 > tile);
+                    assert!(a.tiles * direct >= (ch * h * w) as u64);
+                }
             }
         }
         assert!(matches!(
-            mix_normalize_args(&dims(last, 3, 1 << 16, 1 << 16), 1, false, last),
+            mix_normalize_args(&dims(last, 3, 1 << 16, 1 << 16), 1, false, last, &t),
             Err(MixError::SizeOverflow { .. })
         ));
     }

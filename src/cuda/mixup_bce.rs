@@ -15,12 +15,10 @@ use crate::spec::BceSpec;
 use super::context::{CudaMixer, driver_err};
 use super::entries::Kernel;
 use super::loss::loss_entry_points;
-use super::mixup_ce::{CeBuffers, LossAddrs, RawGradOutput, reduction_code, rows_launch};
-
-/// Threads per block of the warp kernel (`BCE_NT`).
-const BCE_WARP_THREADS: u32 = 256;
-/// Slots per thread per pass the host sizes blocks for.
-const BCE_SLOTS_PER_THREAD: u64 = 4;
+use super::mixup_ce::{
+    CeBuffers, LossAddrs, RawGradOutput, reduction_code, rows_launch, threads_for,
+};
+use super::tuning::{KernelTuning, LaunchEnv};
 
 /// Kernel arguments (`struct BceArgs` in kernels/mixup_bce.cu).
 #[repr(C)]
@@ -72,39 +70,49 @@ impl BceStrategy {
         }
     }
 
-    pub(crate) fn launch_config(&self, batch: u64) -> LaunchConfig {
+    pub(crate) fn launch_config(&self, batch: u64, env: &LaunchEnv<'_>) -> LaunchConfig {
+        let nt = env.tuning.bce_warp_threads;
         let (rows_per_block, threads) = match *self {
-            BceStrategy::Warp { group } => ((BCE_WARP_THREADS / group) as u64, BCE_WARP_THREADS),
+            BceStrategy::Warp { group } => ((nt / group) as u64, nt),
             BceStrategy::Block { threads } => (1, threads),
         };
-        rows_launch(batch, rows_per_block, threads, 0)
+        rows_launch(batch, rows_per_block, threads, 0, env)
     }
 }
 
-/// Picks the row strategy for `classes` elements of `elem_size` bytes.
-pub(crate) fn bce_strategy(classes: u64, elem_size: usize) -> BceStrategy {
+/// Picks the row strategy for `classes` elements of `elem_size` bytes: `t.bce_slots` slots per
+/// thread, warps for rows of up to 32 such threads, blocks of up to `t.bce_block_max_threads`.
+pub(crate) fn bce_strategy(classes: u64, elem_size: usize, t: &KernelTuning) -> BceStrategy {
     let slots = classes / (16 / elem_size as u64);
-    if slots <= 32 * BCE_SLOTS_PER_THREAD {
-        let group = slots
-            .div_ceil(BCE_SLOTS_PER_THREAD)
-            .max(1)
-            .next_power_of_two() as u32;
+    let per = u64::from(t.bce_slots);
+    if slots <= 32 * per {
+        let group = slots.div_ceil(per).max(1).next_power_of_two() as u32;
         return BceStrategy::Warp { group };
     }
-    let threads = (slots.div_ceil(BCE_SLOTS_PER_THREAD).next_multiple_of(32)).clamp(64, 1024);
     BceStrategy::Block {
-        threads: threads as u32,
+        threads: threads_for(slots, per, t.bce_block_max_threads),
     }
 }
 
 /// The launch [`launch`](super::loss::launch) makes for `batch` rows of `classes` elements of
-/// `elem_size` bytes: the kernel family (`bce_warp`, `bce_block`), `BceArgs::group`, and the
-/// grid and block. For the host emulation of the kernels (tests/kernels_emulated), so that it
-/// runs exactly what the host launches.
+/// `elem_size` bytes on a device of `sms` SMs under `tuning`: the kernel family (`bce_warp`,
+/// `bce_block`), `BceArgs::group`, and the grid and block. For the host emulation of the
+/// kernels (tests/kernels_emulated), so that it runs exactly what the host launches.
 #[doc(hidden)]
-pub fn bce_launch(classes: u64, elem_size: usize, batch: u64) -> (&'static str, u32, LaunchConfig) {
-    let s = bce_strategy(classes, elem_size);
-    (s.kernel().prefix(), s.group(), s.launch_config(batch))
+pub fn bce_launch(
+    classes: u64,
+    elem_size: usize,
+    batch: u64,
+    tuning: &KernelTuning,
+    sms: u32,
+) -> (&'static str, u32, LaunchConfig) {
+    let env = LaunchEnv {
+        tuning,
+        sms,
+        smem_optin: 0,
+    };
+    let s = bce_strategy(classes, elem_size, tuning);
+    (s.kernel().prefix(), s.group(), s.launch_config(batch, &env))
 }
 
 /// A [`BceSpec`] with its per-class `weight` and `pos_weight` on the device, uploaded once
@@ -178,7 +186,7 @@ impl DeviceBceSpec {
 
 /// The kernel, its arguments and its launch configuration for a checked call of `b > 0` rows,
 /// every address given: `losses` resolved to the scratch buffer when the caller gave none,
-/// `weights` = (weight, pos_weight) (0: none), `mixer` = (plan, flags).
+/// `weights` = (weight, pos_weight) (0: none), `mixer` = (plan, flags), under `env`'s tuning.
 /// [`launch`](super::loss::launch) launches it; the host emulation's cases (`kernels::emulated`)
 /// run it on the CPU.
 #[allow(clippy::too_many_arguments)]
@@ -191,9 +199,10 @@ pub(crate) fn bce_call(
     (weight, pos_weight): (u64, u64),
     (plan, flags): (u64, u64),
     grad_output: &RawGradOutput,
+    env: &LaunchEnv<'_>,
 ) -> (Kernel, BceArgs, LaunchConfig) {
     let c = spec.num_classes();
-    let strategy = bce_strategy(c as u64, dtype.size());
+    let strategy = bce_strategy(c as u64, dtype.size(), env.tuning);
     let (addrs, up_kind, up) = LossAddrs::new(bufs, losses, plan, flags, grad_output);
     let eps = spec.targets().smoothing_f32();
     let (t_on, t_off) = spec.timm_on_off();
@@ -217,7 +226,11 @@ pub(crate) fn bce_call(
         thresholded: u32::from(spec.target_threshold().is_some()),
         group: strategy.group(),
     };
-    (strategy.kernel(), args, strategy.launch_config(b as u64))
+    (
+        strategy.kernel(),
+        args,
+        strategy.launch_config(b as u64, env),
+    )
 }
 
 // `CudaMixer::mixup_bce_forward`, `mixup_bce` and `mixup_bce_in_place`: the entry points
@@ -318,16 +331,40 @@ mod tests {
     #[test]
     fn strategy_by_classes() {
         use BceStrategy::*;
-        assert_eq!(bce_strategy(1, 4), Warp { group: 1 });
-        assert_eq!(bce_strategy(100, 4), Warp { group: 8 });
-        assert_eq!(bce_strategy(512, 4), Warp { group: 32 });
-        assert_eq!(bce_strategy(1000, 2), Warp { group: 32 });
-        assert_eq!(bce_strategy(1000, 4), Block { threads: 64 });
-        assert_eq!(bce_strategy(32_000, 2), Block { threads: 1024 });
-        assert_eq!(bce_strategy(1 << 24, 4), Block { threads: 1024 });
-        let cfg = Warp { group: 8 }.launch_config(1000);
+        let d = KernelTuning::default();
+        let st = |c, s| bce_strategy(c, s, &d);
+        assert_eq!(st(1, 4), Warp { group: 1 });
+        assert_eq!(st(100, 4), Warp { group: 8 });
+        assert_eq!(st(512, 4), Warp { group: 32 });
+        assert_eq!(st(1000, 2), Warp { group: 32 });
+        assert_eq!(st(1000, 4), Block { threads: 64 });
+        assert_eq!(st(32_000, 2), Block { threads: 1024 });
+        assert_eq!(st(1 << 24, 4), Block { threads: 1024 });
+        let env = LaunchEnv {
+            tuning: &d,
+            sms: 132,
+            smem_optin: 0,
+        };
+        let cfg = Warp { group: 8 }.launch_config(1000, &env);
         assert_eq!((cfg.grid_dim.0, cfg.block_dim.0), (32, 256));
-        let cfg = Block { threads: 1024 }.launch_config(u64::MAX);
+        let cfg = Block { threads: 1024 }.launch_config(u64::MAX, &env);
         assert_eq!(cfg.grid_dim.0, (1u32 << 31) - 1);
+        // Another tuning: 8 slots a thread, blocks of at most 256, 64-thread warp blocks, a grid
+        // of at most one block per SM.
+        let t = KernelTuning {
+            bce_slots: 8,
+            bce_block_max_threads: 256,
+            bce_warp_threads: 64,
+            grid_sm_multiple: 1,
+            ..d
+        };
+        assert_eq!(bce_strategy(1000, 4, &t), Warp { group: 32 });
+        assert_eq!(bce_strategy(1028, 4, &t), Block { threads: 64 });
+        assert_eq!(bce_strategy(1 << 24, 4, &t), Block { threads: 256 });
+        let env = LaunchEnv { tuning: &t, ..env };
+        let cfg = Warp { group: 8 }.launch_config(1000, &env);
+        assert_eq!((cfg.grid_dim.0, cfg.block_dim.0), (125, 64));
+        let cfg = Block { threads: 256 }.launch_config(1000, &env);
+        assert_eq!(cfg.grid_dim.0, 132);
     }
 }

@@ -12,6 +12,10 @@
 //!
 //! Smaller GPUs have less shared memory (A100 163 KB: S ≤ 9; L40 / RTX 4090 99 KB: S ≤ 5; T4
 //! 64 KB: S ≤ 3), so the online path starts earlier there.
+//!
+//! The table is for the default [`KernelTuning`]: its `ce_warp_max_row_bytes` (2 KB),
+//! `ce_slots` (4 register slots), `ce_block_max_threads` (1024) and `ce_block_max_row_bytes`
+//! (no limit but shared memory's) set the thresholds, `ce_warp_threads` the warp kernel's block.
 
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaView, DeviceRepr, LaunchConfig};
@@ -21,14 +25,8 @@ use crate::spec::{CeSpec, Reduction};
 
 use super::entries::Kernel;
 use super::loss::loss_entry_points;
-use super::mix::MAX_GRID;
+use super::tuning::{KernelTuning, LaunchEnv};
 
-/// Register slots per thread (`CE_K`).
-pub(crate) const CE_K: u64 = 4;
-/// Slots per thread per step of the online kernel (`CE_ONLINE_U`).
-pub(crate) const CE_ONLINE_U: u64 = 4;
-/// Threads per block of the warp kernel (`CE_WARP_NT`).
-pub(crate) const CE_WARP_THREADS: u32 = 256;
 /// Shared memory kept back from the opt-in limit for the kernel's static shared memory
 /// (1.4 KB reported by ptxas) and the driver.
 pub(crate) const CE_SMEM_RESERVE: u32 = 2048;
@@ -227,32 +225,35 @@ impl CeStrategy {
         }
     }
 
-    /// Grid, block and dynamic shared memory for `batch` rows.
-    pub(crate) fn launch_config(&self, batch: u64) -> LaunchConfig {
+    /// Grid, block and dynamic shared memory for `batch` rows under `env`'s tuning (the warp
+    /// kernel's block size and the grid cap).
+    pub(crate) fn launch_config(&self, batch: u64, env: &LaunchEnv<'_>) -> LaunchConfig {
+        let nt = env.tuning.ce_warp_threads;
         let (rows_per_block, threads, smem) = match *self {
-            CeStrategy::Warp { group } => ((CE_WARP_THREADS / group) as u64, CE_WARP_THREADS, 0),
+            CeStrategy::Warp { group } => ((nt / group) as u64, nt, 0),
             CeStrategy::Block {
                 threads,
                 smem_slots,
             } => (1, threads, smem_slots * threads * 16),
             CeStrategy::Online { threads } => (1, threads, 0),
         };
-        rows_launch(batch, rows_per_block, threads, smem)
+        rows_launch(batch, rows_per_block, threads, smem, env)
     }
 }
 
 /// The launch configuration of a loss kernel for `batch` rows, `rows_per_block` to a block of
 /// `threads` with `smem` bytes of dynamic shared memory (the kernels loop over the rows past the
-/// largest grid).
+/// grid, which `env`'s tuning may cap at a multiple of the SM count).
 pub(crate) fn rows_launch(
     batch: u64,
     rows_per_block: u64,
     threads: u32,
     smem: u32,
+    env: &LaunchEnv<'_>,
 ) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (
-            batch.div_ceil(rows_per_block).clamp(1, MAX_GRID) as u32,
+            env.tuning.grid(batch.div_ceil(rows_per_block), env.sms),
             1,
             1,
         ),
@@ -261,80 +262,96 @@ pub(crate) fn rows_launch(
     }
 }
 
-fn threads_for(slots: u64, per_thread: u64) -> u32 {
-    (slots.div_ceil(per_thread).next_multiple_of(32)).clamp(64, 1024) as u32
+/// Threads (whole warps, 64 to `max`) for `slots` slots at `per_thread` slots a thread.
+pub(crate) fn threads_for(slots: u64, per_thread: u64, max: u32) -> u32 {
+    (slots.div_ceil(per_thread).next_multiple_of(32)).clamp(64, u64::from(max)) as u32
 }
 
-/// Picks the row strategy for `classes` elements of `elem_size` bytes, on a device whose
-/// blocks may opt in to `smem_optin` bytes of shared memory.
+/// Picks the row strategy for `classes` elements of `elem_size` bytes under `t`'s thresholds,
+/// on a device whose blocks may opt in to `smem_optin` bytes of shared memory.
 pub(crate) fn ce_strategy(
     classes: u64,
     elem_size: usize,
     smem_optin: u32,
     forward_only: bool,
+    t: &KernelTuning,
 ) -> CeStrategy {
     let ve = 16 / elem_size as u64;
+    let (k, u, max_t) = (
+        u64::from(t.ce_slots),
+        u64::from(t.ce_online_unroll),
+        t.ce_block_max_threads,
+    );
     // Full slots of a row: at most C / VE, whatever the row's alignment.
     let slots = classes / ve;
-    if slots <= 32 * CE_K {
-        let group = slots.div_ceil(CE_K).max(1).next_power_of_two() as u32;
+    if slots * 16 <= u64::from(t.ce_warp_max_row_bytes) {
+        // At most 32 K slots (`KernelTuning::validate`): G <= 32 lanes.
+        let group = slots.div_ceil(k).max(1).next_power_of_two() as u32;
         return CeStrategy::Warp { group };
     }
-    if forward_only {
-        return CeStrategy::Online {
-            threads: threads_for(slots, CE_ONLINE_U),
-        };
+    let online = CeStrategy::Online {
+        threads: threads_for(slots, u, max_t),
+    };
+    if forward_only || slots.saturating_mul(16) > t.ce_block_max_row_bytes {
+        return online;
     }
-    let threads = threads_for(slots, CE_K);
-    if threads as u64 * CE_K >= slots {
+    let threads = threads_for(slots, k, max_t);
+    if threads as u64 * k >= slots {
         return CeStrategy::Block {
             threads,
             smem_slots: 0,
         };
     }
-    let in_smem = slots - 1024 * CE_K;
-    let s = in_smem.div_ceil(1024);
-    if s * 1024 * 16 <= smem_optin.saturating_sub(CE_SMEM_RESERVE) as u64 {
+    let in_smem = slots - u64::from(max_t) * k;
+    let s = in_smem.div_ceil(max_t.into());
+    if s * u64::from(max_t) * 16 <= smem_optin.saturating_sub(CE_SMEM_RESERVE) as u64 {
         return CeStrategy::Block {
-            threads: 1024,
+            threads: max_t,
             smem_slots: s as u32,
         };
     }
-    CeStrategy::Online { threads: 1024 }
+    online
 }
 
 /// The launch [`launch`](super::loss::launch) makes for `batch` rows of `classes` elements of
-/// `elem_size` bytes on a device with `smem_optin` bytes of opt-in shared memory per block: the
-/// kernel family (`ce_warp`, `ce_block`, `ce_online`), `CeArgs::group`, `CeArgs::smem_slots`,
-/// and the grid, block and dynamic shared memory. For the host emulation of the kernels
-/// (tests/kernels_emulated), which checks that it agrees with the launch it runs.
+/// `elem_size` bytes on a device with `smem_optin` bytes of opt-in shared memory per block and
+/// `sms` SMs, under `tuning`: the kernel family (`ce_warp`, `ce_block`, `ce_online`),
+/// `CeArgs::group`, `CeArgs::smem_slots`, and the grid, block and dynamic shared memory. For
+/// the host emulation of the kernels (tests/kernels_emulated), which checks that it agrees
+/// with the launch it runs.
 #[doc(hidden)]
 pub fn ce_launch(
     classes: u64,
     elem_size: usize,
-    smem_optin: u32,
+    (smem_optin, sms): (u32, u32),
     forward_only: bool,
     batch: u64,
+    tuning: &KernelTuning,
 ) -> (&'static str, u32, u32, LaunchConfig) {
-    let s = ce_strategy(classes, elem_size, smem_optin, forward_only);
+    let env = LaunchEnv {
+        tuning,
+        sms,
+        smem_optin,
+    };
+    let s = ce_strategy(classes, elem_size, smem_optin, forward_only, tuning);
     (
         s.kernel().prefix(),
         s.group(),
         s.smem_slots(),
-        s.launch_config(batch),
+        s.launch_config(batch, &env),
     )
 }
 
 /// The kernel, its arguments and its launch configuration for a checked call of `b > 0` rows,
-/// every address given (`losses` resolved to the scratch buffer when the caller gave none).
-/// [`launch`](super::loss::launch) launches it; the host emulation's cases (`kernels::emulated`)
-/// run it on the CPU.
+/// every address given (`losses` resolved to the scratch buffer when the caller gave none),
+/// under `env` (tuning, SMs, opt-in shared memory). [`launch`](super::loss::launch) launches
+/// it; the host emulation's cases (`kernels::emulated`) run it on the CPU.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn ce_call(
     spec: &CeSpec,
     dtype: ScalarType,
     b: usize,
-    smem_optin: u32,
+    env: &LaunchEnv<'_>,
     bufs: &CeBuffers,
     losses: u64,
     plan: u64,
@@ -342,7 +359,14 @@ pub(crate) fn ce_call(
     grad_output: &RawGradOutput,
 ) -> (Kernel, CeArgs, LaunchConfig) {
     let c = spec.num_classes();
-    let strategy = ce_strategy(c as u64, dtype.size(), smem_optin, bufs.grad.is_none());
+    let forward_only = bufs.grad.is_none();
+    let strategy = ce_strategy(
+        c as u64,
+        dtype.size(),
+        env.smem_optin,
+        forward_only,
+        env.tuning,
+    );
     let (addrs, up_kind, up) = LossAddrs::new(bufs, losses, plan, flags, grad_output);
     let args = CeArgs {
         addrs,
@@ -357,7 +381,11 @@ pub(crate) fn ce_call(
         group: strategy.group(),
         smem_slots: strategy.smem_slots(),
     };
-    (strategy.kernel(), args, strategy.launch_config(b as u64))
+    (
+        strategy.kernel(),
+        args,
+        strategy.launch_config(b as u64, env),
+    )
 }
 
 // `CudaMixer::mixup_ce_forward`, `mixup_ce` and `mixup_ce_in_place`: the entry points
@@ -469,6 +497,15 @@ mod tests {
     use super::*;
 
     const H100: u32 = 232_448;
+    const CE_K: u64 = 4;
+
+    fn env(t: &KernelTuning) -> LaunchEnv<'_> {
+        LaunchEnv {
+            tuning: t,
+            sms: 132,
+            smem_optin: H100,
+        }
+    }
 
     #[test]
     fn args_are_112_bytes() {
@@ -512,7 +549,7 @@ mod tests {
             (2_000, 4, H100, true, Online { threads: 128 }),
         ];
         for (c, s, smem, forward_only, want) in cases {
-            let got = ce_strategy(c, s, smem, forward_only);
+            let got = ce_strategy(c, s, smem, forward_only, &KernelTuning::default());
             assert_eq!(got, want, "C = {c}, {s} B, {smem} B shared, {forward_only}");
         }
     }
@@ -524,7 +561,7 @@ mod tests {
         ] {
             for s in [2usize, 4] {
                 let slots = c / (16 / s as u64);
-                match ce_strategy(c, s, H100, false) {
+                match ce_strategy(c, s, H100, false, &KernelTuning::default()) {
                     CeStrategy::Warp { group } => {
                         assert!(group.is_power_of_two() && group <= 32);
                         assert!(group as u64 * CE_K >= slots, "{c} {s}");
@@ -548,23 +585,114 @@ mod tests {
 
     #[test]
     fn grids_for_huge_batches() {
+        let t = KernelTuning::default();
+        let env = env(&t);
         let w = CeStrategy::Warp { group: 1 };
-        let cfg = w.launch_config(1 << 40);
+        let cfg = w.launch_config(1 << 40, &env);
         assert_eq!(cfg.grid_dim.0, (1u32 << 31) - 1);
-        assert_eq!(w.launch_config(256).grid_dim.0, 1);
+        assert_eq!(w.launch_config(256, &env).grid_dim.0, 1);
         assert_eq!(
-            CeStrategy::Warp { group: 32 }.launch_config(256).grid_dim.0,
+            CeStrategy::Warp { group: 32 }
+                .launch_config(256, &env)
+                .grid_dim
+                .0,
             32
         );
         let b = CeStrategy::Block {
             threads: 1024,
             smem_slots: 12,
         };
-        let cfg = b.launch_config(4096);
+        let cfg = b.launch_config(4096, &env);
         assert_eq!(
             (cfg.grid_dim.0, cfg.block_dim.0, cfg.shared_mem_bytes),
             (4096, 1024, 196_608)
         );
-        assert_eq!(b.launch_config(u64::MAX).grid_dim.0, (1u32 << 31) - 1);
+        assert_eq!(b.launch_config(u64::MAX, &env).grid_dim.0, (1u32 << 31) - 1);
+        // Capped at 2 blocks per SM, a 128-thread warp kernel (16 rows of 8 lanes a block).
+        let capped = KernelTuning {
+            grid_sm_multiple: 2,
+            ce_warp_threads: 128,
+            ..t
+        };
+        let cfg = CeStrategy::Warp { group: 8 }.launch_config(1 << 20, &env_of(&capped));
+        assert_eq!((cfg.grid_dim.0, cfg.block_dim.0), (264, 128));
+        let cfg = CeStrategy::Warp { group: 8 }.launch_config(100, &env_of(&capped));
+        assert_eq!(cfg.grid_dim.0, 7);
+    }
+
+    fn env_of(t: &KernelTuning) -> LaunchEnv<'_> {
+        env(t)
+    }
+
+    #[test]
+    fn thresholds_follow_the_tuning() {
+        use CeStrategy::*;
+        let d = KernelTuning::default();
+        // Warp up to 1 KB rows, 2 register slots a thread, blocks of at most 512 threads,
+        // nothing above 32 KB in ce_block.
+        let t = KernelTuning {
+            ce_slots: 2,
+            ce_warp_max_row_bytes: 1024,
+            ce_block_max_threads: 512,
+            ce_block_max_row_bytes: 32 * 1024,
+            ce_online_unroll: 8,
+            ..d
+        };
+        let cases = [
+            (256, 4, Warp { group: 32 }),
+            (
+                260,
+                4,
+                Block {
+                    threads: 64,
+                    smem_slots: 0,
+                },
+            ),
+            // 512 threads x 2 slots = 16 KB in registers, then shared memory.
+            (
+                4096,
+                4,
+                Block {
+                    threads: 512,
+                    smem_slots: 0,
+                },
+            ),
+            (
+                4100,
+                4,
+                Block {
+                    threads: 512,
+                    smem_slots: 1,
+                },
+            ),
+            (
+                8192,
+                4,
+                Block {
+                    threads: 512,
+                    smem_slots: 2,
+                },
+            ),
+            // Over 32 KB: online, sized for 8 slots a step.
+            (8196, 4, Online { threads: 288 }),
+            (256_000, 2, Online { threads: 512 }),
+        ];
+        for (c, s, want) in cases {
+            assert_eq!(ce_strategy(c, s, H100, false, &t), want, "C = {c}, {s} B");
+        }
+        assert_eq!(ce_strategy(260, 4, H100, false, &d), Warp { group: 32 });
+        // With no warp rows at all, every row with a slot goes to the block kernel.
+        let no_warp = KernelTuning {
+            ce_warp_max_row_bytes: 0,
+            ..d
+        };
+        assert_eq!(ce_strategy(3, 4, H100, false, &no_warp), Warp { group: 1 });
+        assert_eq!(
+            ce_strategy(4, 4, H100, false, &no_warp),
+            Block {
+                threads: 64,
+                smem_slots: 0
+            }
+        );
     }
 }

@@ -64,12 +64,14 @@ mod nvrtc;
 mod plan;
 pub mod raw;
 mod soft_targets;
+mod tuning;
 
 pub use context::{CudaError, CudaMixer, CudaMixerOptions};
 pub use mix_normalize::DeviceNormalize;
 pub use mixup_bce::DeviceBceSpec;
 pub use mixup_ce::DeviceGradOutput;
 pub use plan::DevicePlan;
+pub use tuning::KernelTuning;
 
 /// The cudarc version the API is written against (0.19), for building slices and streams.
 ///

@@ -8,8 +8,9 @@ use crate::error::{MixError, Result, Rows, check_rows};
 
 use super::context::CudaMixer;
 use super::entries::Kernel;
-use super::mix::{MIX_CHUNK_SLOTS, grid_for};
+use super::mix::chunks_per_row;
 use super::plan::DevicePlan;
+use super::tuning::LaunchEnv;
 
 /// Kernel arguments (`struct SoftArgs` in kernels/soft_targets.cu).
 #[repr(C)]
@@ -40,8 +41,9 @@ pub(crate) fn require_float(dtype: ScalarType, what: &'static str) -> Result<()>
 }
 
 /// The arguments and launch configuration of `soft_targets_<dt>` for a checked call of `b > 0`
-/// rows, every address given. [`launch`] launches it; the host emulation's cases
-/// (`kernels::emulated`) run it on the CPU.
+/// rows, every address given, under `env`'s tuning. [`launch`] launches it; the host
+/// emulation's cases (`kernels::emulated`) run it on the CPU.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn soft_targets_call(
     spec: &TargetSpec,
     dtype: ScalarType,
@@ -50,10 +52,13 @@ pub(crate) fn soft_targets_call(
     out: u64,
     plan: u64,
     flags: u64,
+    env: &LaunchEnv<'_>,
 ) -> Result<(SoftArgs, LaunchConfig)> {
     let c = spec.num_classes();
-    let ve = 16 / dtype.size() as u64;
-    let chunks = (c as u64).div_ceil(MIX_CHUNK_SLOTS * ve).max(1);
+    let t = env.tuning;
+    // A work item: SOFT_NT * SOFT_UNROLL slots of a row.
+    let chunk_slots = u64::from(t.soft_threads) * u64::from(t.soft_unroll);
+    let chunks = chunks_per_row(c as u64, dtype, chunk_slots);
     let args = SoftArgs {
         out,
         labels,
@@ -70,8 +75,8 @@ pub(crate) fn soft_targets_call(
         off: spec.off_f32(),
     };
     let cfg = LaunchConfig {
-        grid_dim: (grid_for(args.items), 1, 1),
-        block_dim: (256, 1, 1),
+        grid_dim: (t.grid(args.items, env.sms), 1, 1),
+        block_dim: (t.soft_threads, 1, 1),
         shared_mem_bytes: 0,
     };
     Ok((args, cfg))
@@ -108,6 +113,7 @@ pub(crate) unsafe fn launch(
         out,
         plan.device_ptr_for(m)?,
         m.flags_ptr(),
+        &m.launch_env(),
     )?;
     let what = "launching the soft-target kernel";
     // SAFETY: `args` is `SoftArgs`; addresses valid per the contract.

@@ -34,7 +34,7 @@ pub fn mixer(test: &str) -> Option<CudaMixer> {
         ..CudaMixerOptions::default()
     };
     match CudaMixer::new(0) {
-        Ok(m) => Some(m.with_options(opts)),
+        Ok(m) => Some(m.with_options(opts).expect("the default tuning is valid")),
         Err(e) => {
             if std::env::var("MIXUP_REQUIRE_GPU").as_deref() == Ok("1") {
                 panic!("MIXUP_REQUIRE_GPU=1 but no usable GPU: {e}");

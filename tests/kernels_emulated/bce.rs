@@ -213,7 +213,8 @@ fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: BceCase, out:
     )
     .unwrap()
     .expect("a launch");
-    let (kernel, group, cfg) = bce_launch(c.c as u64, size_of::<T>(), c.b as u64);
+    let (tuning, sms) = crate::exchange::tuning();
+    let (kernel, group, cfg) = bce_launch(c.c as u64, size_of::<T>(), c.b as u64, &tuning, sms);
     assert!(
         launch.entry.starts_with(kernel)
             && (cfg.grid_dim, cfg.block_dim) == (launch.config.grid_dim, launch.config.block_dim),
@@ -228,15 +229,18 @@ fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: BceCase, out:
         Some(false) => {
             launch.entry = leak(format!("bce_warp_{dt}"));
             launch.args[at..].copy_from_slice(&c.group.to_le_bytes());
-            let rows = 256 / c.group as usize;
+            // The warp kernel's block is the tuning's (`BCE_NT`, as compiled).
+            let nt = tuning.bce_warp_threads;
+            let rows = (nt / c.group) as usize;
             launch.config.grid_dim.0 = c.b.div_ceil(rows).max(1) as u32;
-            launch.config.block_dim.0 = 256;
+            launch.config.block_dim.0 = nt;
         }
         Some(true) => {
             launch.entry = leak(format!("bce_block_{dt}"));
             launch.args[at..].copy_from_slice(&32u32.to_le_bytes());
             launch.config.grid_dim.0 = c.b as u32;
-            launch.config.block_dim.0 = c.threads;
+            // Within the kernel's `__launch_bounds__` (`BCE_BLOCK_NT`, as compiled).
+            launch.config.block_dim.0 = c.threads.min(tuning.bce_block_max_threads);
         }
         None => {}
     }

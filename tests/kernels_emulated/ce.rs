@@ -196,8 +196,10 @@ fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: CeCase, out: 
             .expect("a launch");
     // The host's choice as `ce_launch` reports it: the same launch.
     let sz = size_of::<T>();
+    let (tuning, sms) = crate::exchange::tuning();
+    let fwd = c.mode == Mode::Fwd;
     let (kernel, group, smem_slots, cfg) =
-        ce_launch(c.c as u64, sz, c.gpu.optin, c.mode == Mode::Fwd, c.b as u64);
+        ce_launch(c.c as u64, sz, (c.gpu.optin, sms), fwd, c.b as u64, &tuning);
     assert!(
         launch.entry.starts_with(kernel)
             && (cfg.grid_dim, cfg.block_dim, cfg.shared_mem_bytes)

@@ -1,11 +1,47 @@
 //! The cases file the emulator reads and the outputs it writes (format: kernels/emu/main.cpp),
 //! and the pass/fail counting of the comparisons.
 
+use std::cell::Cell;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 use mixup_kernels::Element;
-use mixup_kernels::cuda::kernels::emulated::HostLaunch;
+use mixup_kernels::cuda::KernelTuning;
+use mixup_kernels::cuda::kernels::emulated::{Device, HostLaunch};
+
+/// SMs of the device the cases are launched for (the grid cap's unit).
+pub const SMS: u32 = 132;
+
+thread_local! {
+    /// The tuning and SM count the cases being built are launched with.
+    static TUNING: Cell<(KernelTuning, u32)> = Cell::new((KernelTuning::default(), SMS));
+}
+
+/// The tuning and SM count of the cases being built ([`with_tuning`]).
+pub fn tuning() -> (KernelTuning, u32) {
+    TUNING.with(Cell::get)
+}
+
+/// Runs `f` (which builds cases) with the host's launches made under `t` on `sms` SMs.
+pub fn with_tuning<R>(t: KernelTuning, sms: u32, f: impl FnOnce() -> R) -> R {
+    let old = TUNING.with(|c| c.replace((t, sms)));
+    let r = f();
+    TUNING.with(|c| c.set(old));
+    r
+}
+
+/// The device the host code launches for: the plan and flags at these stand-in addresses,
+/// `smem_optin` bytes of opt-in shared memory, and the current tuning ([`with_tuning`]).
+pub fn device(plan: u64, flags: u64, smem_optin: u32) -> Device {
+    let (tuning, sms) = tuning();
+    Device {
+        plan,
+        flags,
+        smem_optin,
+        sms,
+        tuning,
+    }
+}
 
 /// Addresses handed to the host code stand for buffers: top byte 0x7E, buffer index + 1 in
 /// bits 40..56, the byte offset below. The emulator patches the real ones in.

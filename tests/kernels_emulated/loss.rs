@@ -263,11 +263,7 @@ pub fn call<T: FloatElement + Default>(
         },
         ce,
         up,
-        dev: Device {
-            plan: addr(pi, 0),
-            flags: addr(fi, 0),
-            smem_optin,
-        },
+        dev: crate::exchange::device(addr(pi, 0), addr(fi, 0), smem_optin),
         weights: (
             if w.is_some() { addr(wi, 0) } else { 0 },
             if pw.is_some() { addr(pwi, 0) } else { 0 },

@@ -40,10 +40,11 @@ use std::time::Instant;
 
 use exchange::Case;
 
-fn emulate(root: &str, args: &[&str]) -> (bool, String) {
+fn emulate(root: &str, args: &[&str], env: &[(&str, String)]) -> (bool, String) {
     let out = Command::new("bash")
         .arg(format!("{root}/scripts/emulate.sh"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("bash runs");
     let text =
@@ -60,8 +61,8 @@ fn cases() -> Vec<Case> {
     all
 }
 
-#[test]
-fn every_kernel_runs_correctly_on_the_host() {
+/// Whether there is a C++ compiler for the emulation (else prints SKIPPED).
+fn have_compiler() -> bool {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     if Command::new(&cxx).arg("--version").output().is_err() {
         // Straight to stderr: libtest captures `println!` of a passing test.
@@ -69,15 +70,24 @@ fn every_kernel_runs_correctly_on_the_host() {
             std::io::stderr(),
             "SKIPPED: no C++ compiler ({cxx}) for the kernel emulation"
         );
-        return;
+        return false;
     }
+    true
+}
+
+/// Writes `cases`, runs scripts/emulate.sh on them (with `env`, e.g. a tuning's
+/// `EMU_DEFINES`), checks that each run of `want_runs` ("== sm_80") happened and judges every
+/// arch's outputs side by side; panics listing the failures. `tag` names the run in the output.
+fn emulate_and_judge(tag: &str, cases: &[Case], env: &[(&str, String)], want_runs: &[&str]) {
     let root = env!("CARGO_MANIFEST_DIR");
     let t0 = Instant::now();
-    let cases = cases();
-    let dir = std::env::temp_dir().join(format!("mixup-kernels-emulated-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "mixup-kernels-emulated-{}-{tag}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).expect("a temporary folder");
     let file = dir.join("cases.bin");
-    exchange::write_cases(&file, &cases);
+    exchange::write_cases(&file, cases);
     let written = t0.elapsed();
     let args = [
         "--cases",
@@ -85,10 +95,10 @@ fn every_kernel_runs_correctly_on_the_host() {
         "--out",
         dir.to_str().expect("a UTF-8 temp path"),
     ];
-    let (ok, text) = emulate(root, &args);
+    let (ok, text) = emulate(root, &args, env);
     let emulated = t0.elapsed();
-    println!("{text}");
-    assert!(ok, "kernel emulation failed:\n{text}");
+    println!("[{tag}] {text}");
+    assert!(ok, "[{tag}] kernel emulation failed:\n{text}");
     // The line after "total over __CUDA_ARCH__ ..." sums every arch's run of the C++ checks.
     let mut lines = text
         .lines()
@@ -101,18 +111,17 @@ fn every_kernel_runs_correctly_on_the_host() {
         .map(String::from)
         .collect();
     let total = lines.next().unwrap_or("");
-    assert!(total.ends_with(" passed, 0 failed"), "{text}");
-    for arch in ["== sm_75", "== sm_80", "== sm_90"] {
-        assert!(text.contains(arch), "no run for {arch}:\n{text}");
+    assert!(total.ends_with(" passed, 0 failed"), "[{tag}] {text}");
+    for arch in want_runs {
+        assert!(text.contains(arch), "[{tag}] no run for {arch}:\n{text}");
     }
-    assert!(archs.len() >= 2, "{text}");
+    assert!(!archs.is_empty(), "[{tag}] {text}");
     // Each arch's outputs, judged side by side.
     let results: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = archs
             .iter()
             .map(|a| {
                 let path = dir.join(format!("sm{a}.bin"));
-                let cases = &cases;
                 s.spawn(move || exchange::judge(&path, cases))
             })
             .collect();
@@ -126,14 +135,14 @@ fn every_kernel_runs_correctly_on_the_host() {
     for (arch, groups) in archs.iter().zip(&results) {
         for (g, c) in groups {
             println!(
-                "sm_{}: {g:<6} {:>6} checks passed, {} failed",
+                "[{tag}] sm_{}: {g:<6} {:>6} checks passed, {} failed",
                 &arch[..arch.len() - 1],
                 c.passed,
                 c.failed
             );
             if c.failed > 0 {
                 failed.push(format!(
-                    "sm_{arch} {g}: {} failed:\n  {}",
+                    "[{tag}] sm_{arch} {g}: {} failed:\n  {}",
                     c.failed,
                     c.shown.join("\n  ")
                 ));
@@ -141,11 +150,112 @@ fn every_kernel_runs_correctly_on_the_host() {
         }
     }
     println!(
-        "{} cases; written in {:.1} s, emulated by {:.1} s, judged by {:.1} s",
+        "[{tag}] {} cases; written in {:.1} s, emulated by {:.1} s, judged by {:.1} s",
         cases.len(),
         written.as_secs_f64(),
         emulated.as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
     assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+#[test]
+fn every_kernel_runs_correctly_on_the_host() {
+    if !have_compiler() {
+        return;
+    }
+    let want = ["== sm_75", "== sm_80", "== sm_90"];
+    emulate_and_judge("default", &cases(), &[], &want);
+}
+
+/// Non-default tunings (`KernelTuning`), each changing every kernel family's knobs: the
+/// kernels are built with the tuning's defines (`EMU_DEFINES`) and the cases launched as the
+/// host launches under it, then judged as the default tuning's are. One architecture (sm_80,
+/// the A100/H100 path) and every `TUNED_STRIDE`-th case of each group, to bound the time.
+#[test]
+fn tuned_kernels_run_correctly_on_the_host() {
+    use mixup_kernels::cuda::KernelTuning;
+    if !have_compiler() {
+        return;
+    }
+    let d = KernelTuning::default();
+    // (name, tuning, SMs of the device the launches are made for)
+    let tunings = [
+        (
+            // Small blocks, little unrolling, a grid of 2 blocks looping over every item.
+            "narrow",
+            KernelTuning {
+                mix_threads: 96,
+                mix_unroll: 2,
+                mix_box_hoist: true,
+                soft_threads: 64,
+                soft_unroll: 1,
+                ce_warp_threads: 64,
+                ce_slots: 2,
+                ce_online_unroll: 2,
+                ce_block_max_threads: 512,
+                ce_warp_max_row_bytes: 1024,
+                // Rows over 80 KB go online (5120 slots still in ce_block, 18 432 not).
+                ce_block_max_row_bytes: 80 * 1024,
+                bce_warp_threads: 64,
+                bce_block_max_threads: 256,
+                bce_slots: 2,
+                mn_threads: 96,
+                mn_tile: 1024,
+                mn_direct: 300,
+                grid_sm_multiple: 1,
+            },
+            2,
+        ),
+        (
+            // Large blocks, deep unrolling, 8 register slots: CE warps up to 4 KB rows.
+            "wide",
+            KernelTuning {
+                mix_threads: 512,
+                mix_unroll: 8,
+                mix_box_hoist: true,
+                soft_threads: 512,
+                soft_unroll: 2,
+                ce_warp_threads: 512,
+                ce_slots: 8,
+                ce_online_unroll: 8,
+                ce_warp_max_row_bytes: 4096,
+                bce_warp_threads: 512,
+                bce_block_max_threads: 512,
+                bce_slots: 8,
+                mn_threads: 512,
+                mn_tile: 6144,
+                mn_direct: 4096,
+                grid_sm_multiple: 3,
+                ..d
+            },
+            1,
+        ),
+    ];
+    const TUNED_STRIDE: usize = 3;
+    for (name, t, sms) in tunings {
+        t.validate().unwrap();
+        assert_ne!(t, d);
+        let all = exchange::with_tuning(t, sms, cases);
+        let mut kept: Vec<Case> = Vec::new();
+        let mut seen: Vec<(&str, usize)> = Vec::new();
+        for c in all {
+            let n = match seen.iter_mut().find(|(g, _)| *g == c.group) {
+                Some((_, n)) => n,
+                None => {
+                    seen.push((c.group, 0));
+                    &mut seen.last_mut().unwrap().1
+                }
+            };
+            *n += 1;
+            if (*n - 1) % TUNED_STRIDE == 0 {
+                kept.push(c);
+            }
+        }
+        let env = [
+            ("EMU_DEFINES", t.all_defines()),
+            ("EMU_ARCHS", "800".to_string()),
+        ];
+        emulate_and_judge(name, &kept, &env, &["== sm_80"]);
+    }
 }

@@ -71,11 +71,7 @@ fn soft_launch<T: Element>(
 }
 
 fn dev(plan: usize, flags: usize) -> Device {
-    Device {
-        plan: addr(plan, 0),
-        flags: addr(flags, 0),
-        smem_optin: 232448,
-    }
+    crate::exchange::device(addr(plan, 0), addr(flags, 0), 232448)
 }
 
 fn plan_with(

@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use mixup_kernels::cuda::kernels::emulated::{self, Device};
+use mixup_kernels::cuda::kernels::emulated;
 use mixup_kernels::{
     Element, FloatElement, MemoryFormat, MixPlan, Normalize, SampleShape, ScalarType, bf16, cpu,
     f16, reference,
@@ -107,11 +107,7 @@ where
     let mut ms = s.norm.mean().to_vec();
     ms.extend_from_slice(s.norm.std());
     let mb = b.add(bytes(&ms), false);
-    let dev = Device {
-        plan: addr(pb, 0),
-        flags: addr(pb, 0),
-        smem_optin: 232_448,
-    };
+    let dev = crate::exchange::device(addr(pb, 0), addr(pb, 0), 232_448);
     let launch = emulated::mix_normalize(
         &s.plan,
         &s.shape,
