@@ -543,6 +543,24 @@ fn cuda_backend_matches_flex() {
         println!("skipped: no CUDA device ({e})");
         return;
     }
+    matches_flex(Device::cuda(0));
+}
+
+/// burn's wgpu backend behind its `fusion` wrapper (feature `burn-wgpu`, which turns on burn's
+/// `wgpu` and `fusion`): the same checks as on CUDA. The backend is `Fusion<CubeBackend>`, the
+/// type burn's CUDA backend also has, so this runs the generic (non-Flex) loss path and the
+/// host round trip through fusion's `into_data` on any machine with a Vulkan driver; on a
+/// machine without a GPU, Mesa's CPU driver (lavapipe, Debian `mesa-vulkan-drivers`) serves.
+#[cfg(feature = "burn-wgpu")]
+#[test]
+fn wgpu_fusion_backend_matches_flex() {
+    matches_flex(Device::from(burn::backend::wgpu::WgpuDevice::default()));
+}
+
+/// Mixing, soft targets, both losses and the logits' gradient through `backward()` on `dev`
+/// equal Flex's (1e-6 abs + 1e-5 rel).
+#[cfg(any(feature = "burn-cuda", feature = "burn-wgpu"))]
+fn matches_flex(dev: Device) {
     let (b, c, h, w) = (6, 10, 5, 4);
     let plan = mixed_plan(b, h, w, 2);
     let raw = pseudo_random(b * 3 * h * w, 1, 1.0);
@@ -571,7 +589,7 @@ fn cuda_backend_matches_flex() {
         ]
     };
     let want = run(device());
-    let got = run(Device::cuda(0));
+    let got = run(dev);
     for (k, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_close(&format!("output {k}"), g, w, Tol::new(1e-6, 1e-5));
     }

@@ -2,7 +2,7 @@
 # The GPU session in two prepared calls, run on the GPU machine from the repository root with the
 # binaries that scripts/gpu-bundle.sh put in .gpu/ (carried: the device tool's carry=[".gpu"]).
 #
-#   bash scripts/gpu/run.sh A   # environment, GPU tests, GPU benchmark, tuning sweep (limits 435 s)
+#   bash scripts/gpu/run.sh A   # environment, GPU tests, GPU benchmark, tuning sweep (limits 415 s)
 #   bash scripts/gpu/run.sh B   # PyTorch/Liger baseline, probes, sanitizer x4  (step limits 395 s)
 #
 # Every step runs under its own `timeout`; each writes one log under $OUT (what comes back from
@@ -120,8 +120,8 @@ gpu_tests() {
     run_test lib 10 cuda:: || rc=1
     MIXUP_TEST_THREADS=1 run_test cuda_plan 15 || rc=1
     run_test cuda_soft_targets 35 || rc=1
-    run_test cuda_mix 50 || rc=1
-    run_test cuda_mixup_ce 110 || rc=1
+    run_test cuda_mix 45 || rc=1
+    run_test cuda_mixup_ce 95 || rc=1
     # Until scripts/gpu-bundle.sh builds it, an older bundle has no BCE binary: say so, go on.
     if [[ -x "$bin/test-cuda_mixup_bce" ]]; then
         run_test cuda_mixup_bce 25 || rc=1
@@ -232,7 +232,7 @@ note "mode ${mode:-?} on $(hostname) $(date -u +%FT%TZ); $(cat /tmp/nvrtc-search
 case "$mode" in
     A)
         step env 15 env_check
-        step tests 275 gpu_tests
+        step tests 255 gpu_tests
         step bench 85 bench
         step sweep 60 sweep
         ;;
