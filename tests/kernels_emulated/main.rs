@@ -133,16 +133,16 @@ fn emulate_and_judge(tag: &str, cases: &[Case], env: &[(&str, String)], want_run
     let _ = std::fs::remove_dir_all(&dir);
     let mut failed = Vec::new();
     for (arch, groups) in archs.iter().zip(&results) {
+        // `arch` is `__CUDA_ARCH__` (`800`); the target is sm_80.
+        let sm = &arch[..arch.len() - 1];
         for (g, c) in groups {
             println!(
-                "[{tag}] sm_{}: {g:<6} {:>6} checks passed, {} failed",
-                &arch[..arch.len() - 1],
-                c.passed,
-                c.failed
+                "[{tag}] sm_{sm}: {g:<6} {:>6} checks passed, {} failed",
+                c.passed, c.failed
             );
             if c.failed > 0 {
                 failed.push(format!(
-                    "[{tag}] sm_{arch} {g}: {} failed:\n  {}",
+                    "[{tag}] sm_{sm} {g}: {} failed:\n  {}",
                     c.failed,
                     c.shown.join("\n  ")
                 ));
