@@ -444,7 +444,7 @@ fn check_device(device: &Device, what: &str, op: &'static str) -> Result<()> {
         ""
     };
     Err(MixError::Unsupported(format!(
-        "{op} runs on CPU and CUDA tensors ({what} are on {:?}){how}",
+        "{op} runs on CPU and CUDA tensors (`{what}` is on {:?}){how}",
         device.location()
     ))
     .into())
