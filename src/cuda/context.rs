@@ -207,6 +207,9 @@ pub struct CudaMixerOptions {
     /// `$XDG_CACHE_HOME/mixup-kernels`, else `~/.cache/mixup-kernels`.
     pub cache_dir: Option<PathBuf>,
     /// Extra NVRTC options (e.g. `-lineinfo` for compute-sanitizer); part of the cache key.
+    /// None may define or undefine a tuning define or unit selector (`-DMIX_NT=512`,
+    /// `-UCE_K`, `-DMIXUP_ALL`): [`CudaMixer::with_options`] rejects them; use
+    /// [`tuning`](Self::tuning).
     pub nvrtc_options: Vec<String>,
     /// The kernels' tuning knobs (block sizes, unrolling, CE strategy thresholds, grid cap):
     /// read by the launches and passed to NVRTC as defines (so part of the cache key).
@@ -415,7 +418,10 @@ impl CudaMixer {
     ///
     /// # Errors
     /// [`MixError::InvalidArgument`] naming the [`KernelTuning`] field out of range
-    /// ([`KernelTuning::validate`]); the mixer is dropped then.
+    /// ([`KernelTuning::validate`]), or naming `nvrtc_options` when one of them defines or
+    /// undefines a tuning define (`-DMIX_NT=512`: set [`CudaMixerOptions::tuning`] instead, which
+    /// the launches read too) or a unit selector (`MIXUP_ONLY_*`, `MIXUP_ALL`); the mixer is
+    /// dropped then.
     ///
     /// # Examples
     ///
@@ -433,6 +439,7 @@ impl CudaMixer {
     /// ```
     pub fn with_options(mut self, options: CudaMixerOptions) -> Result<Self> {
         options.tuning.validate()?;
+        super::tuning::check_nvrtc_options(&options.nvrtc_options)?;
         self.cache = options.cache();
         self.extra = options.nvrtc_options;
         self.tuning = options.tuning;

@@ -256,6 +256,55 @@ pub(crate) struct LaunchEnv<'a> {
     pub smem_optin: u32,
 }
 
+/// Checks the user's extra NVRTC options (`CudaMixerOptions::nvrtc_options`): none may define
+/// or undefine a macro the crate sets itself, a tuning define (`MIX_NT`, `CE_K`, ...: the
+/// launches read the same value from the tuning, so another value would desynchronize kernel
+/// and launch) or a unit selector (`MIXUP_ONLY_*`, `MIXUP_ALL`). Forms: `-DNAME`, `-DNAME=v`,
+/// `-UNAME`, `--define-macro=NAME...`, `--undefine-macro=NAME`, and the name as the next
+/// argument (`-D`, `NAME`) or after a space (`-D NAME`).
+///
+/// # Errors
+/// [`MixError::InvalidArgument`] naming `nvrtc_options`, the option and the macro.
+pub(crate) fn check_nvrtc_options(user: &[String]) -> Result<()> {
+    let all = KernelTuning::default().all_defines();
+    let tuned: Vec<&str> = all
+        .split(' ')
+        .filter_map(|d| d.strip_prefix("-D"))
+        .map(|d| d.split('=').next().unwrap_or(d))
+        .collect();
+    for (i, opt) in user.iter().enumerate() {
+        let o = opt.trim();
+        let Some(rest) = ["--define-macro", "--undefine-macro", "-D", "-U"]
+            .iter()
+            .find_map(|p| o.strip_prefix(p))
+        else {
+            continue;
+        };
+        // `--define-macro=NAME`, `--define-macro NAME`, `-DNAME`, `-D NAME`, or `-D` `NAME`.
+        let rest = rest.strip_prefix('=').unwrap_or(rest).trim();
+        let text = if rest.is_empty() {
+            user.get(i + 1).map_or("", |s| s.trim())
+        } else {
+            rest
+        };
+        let name = text
+            .split(|c: char| c == '=' || c == '(' || c.is_whitespace())
+            .next()
+            .unwrap_or("");
+        if tuned.contains(&name) || name.starts_with("MIXUP_ONLY_") || name == "MIXUP_ALL" {
+            return Err(invalid(
+                "nvrtc_options",
+                format!(
+                    "`{opt}` sets `{name}`, a macro the crate defines itself (tuning defines \
+                     and unit selectors): set kernel knobs with `CudaMixerOptions::tuning`, \
+                     which the launches read too"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,5 +518,45 @@ mod tests {
             t.defines("mixup_bce"),
             KernelTuning::default().defines("mixup_bce")
         );
+    }
+
+    #[test]
+    fn nvrtc_options_may_not_set_the_crates_macros() {
+        let o = |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_string()).collect() };
+        // (options, accepted)
+        let cases: [(&[&str], bool); 17] = [
+            (&["-lineinfo"], true),
+            (&["-DMY_DEBUG=1", "--use_fast_math"], true),
+            (&["-D", "MIX_NTX"], true),
+            (&["--define-macro=MIXUP_ONLYX"], true),
+            (&["-default-device"], true),
+            (&[], true),
+            (&["-DMIX_NT=512"], false),
+            (&["-lineinfo", "-DCE_K"], false),
+            (&["-D", "MN_TILE=64"], false),
+            (&["-D MN_DIRECT=1"], false),
+            (&["--define-macro=SOFT_NT=128"], false),
+            (&["--define-macro", "BCE_NT=64"], false),
+            (&["-UCE_ONLINE_U"], false),
+            (&["--undefine-macro=MIX_BOX_HOIST"], false),
+            (&["-DMIXUP_ONLY_mix_pairs_f32=1"], false),
+            (&["-DMIXUP_ALL"], false),
+            (&["-DCE_BLOCK_NT(x)=x"], false),
+        ];
+        for (opts, ok) in cases {
+            match check_nvrtc_options(&o(opts)) {
+                Ok(()) => assert!(ok, "{opts:?} accepted"),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(!ok, "{opts:?}: {e}");
+                    assert!(e.contains("nvrtc_options"), "{opts:?}: {e}");
+                    assert!(e.contains("CudaMixerOptions::tuning"), "{opts:?}: {e}");
+                }
+            }
+        }
+        // Every define of every module is covered.
+        for d in KernelTuning::default().all_defines().split(' ') {
+            assert!(check_nvrtc_options(&o(&[d])).is_err(), "{d}");
+        }
     }
 }
