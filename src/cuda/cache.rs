@@ -61,10 +61,10 @@ impl DiskCache {
         nvrtc: (i32, i32),
         options: &[String],
     ) -> Option<PathBuf> {
-        let opts = fnv1a64(options.join("\u{1f}").as_bytes()) as u32;
+        let opts = fnv1a64(options.join("\u{1f}").as_bytes());
         self.dir.as_ref().map(|d| {
             d.join(format!(
-                "{unit}-{source_hash:016x}-{}-nvrtc{}.{}-{opts:08x}.bin",
+                "{unit}-{source_hash:016x}-{}-nvrtc{}.{}-{opts:016x}.bin",
                 target.arch(),
                 nvrtc.0,
                 nvrtc.1
