@@ -58,8 +58,9 @@ impl<T: FloatElement + DeviceRepr + Default> DeviceFloat for T {}
 
 struct Bench {
     mixer: CudaMixer,
-    /// The unfused baseline (benches/gpu/naive.cu).
-    naive: naive::Naive,
+    /// The unfused baseline (benches/gpu/naive.cu); not built for `--sweep`, which never
+    /// runs it.
+    naive: Option<naive::Naive>,
     stream: Arc<CudaStream>,
     l2: usize,
     reps: usize,
@@ -81,9 +82,24 @@ impl Bench {
         self.filter.is_empty() || self.filter.iter().any(|f| op.contains(f.as_str()))
     }
 
+    /// The naive baseline (built unless `--sweep`).
+    fn naive(&self) -> &naive::Naive {
+        self.naive
+            .as_ref()
+            .expect("the naive baseline is built unless --sweep")
+    }
+
     /// Times `f(rep)` with events; `f` must only enqueue work on the mixer's stream.
-    fn time(&self, mut f: impl FnMut(usize) -> Res<()>) -> Res<Timing> {
+    fn time(&self, f: impl FnMut(usize) -> Res<()>) -> Res<Timing> {
+        self.time_n(1, f)
+    }
+
+    /// Times `f(k)` as [`time`](Self::time) does, but `calls` back-to-back calls per event pair
+    /// (one synchronization per pair), divided by `calls`: for small shapes, so that the figure
+    /// is the kernel's and not the host's launch overhead and event jitter (the sweep).
+    fn time_n(&self, calls: usize, mut f: impl FnMut(usize) -> Res<()>) -> Res<Timing> {
         let ctx = self.stream.context();
+        let calls = calls.max(1);
         for i in 0..self.warmup {
             f(i)?;
         }
@@ -93,10 +109,12 @@ impl Bench {
             let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
             let end = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
             start.record(&self.stream)?;
-            f(self.warmup + i)?;
+            for j in 0..calls {
+                f(self.warmup + i * calls + j)?;
+            }
             end.record(&self.stream)?;
             end.synchronize()?;
-            ms.push(start.elapsed_ms(&end)? as f64);
+            ms.push(start.elapsed_ms(&end)? as f64 / calls as f64);
         }
         ms.sort_by(|a, b| a.total_cmp(b));
         Ok(Timing {
@@ -117,6 +135,11 @@ impl Bench {
 
     /// Device-to-device copy moving `floor_bytes` in total (half read, half written).
     fn copy(&self, floor_bytes: usize) -> Res<Timing> {
+        self.copy_n(floor_bytes, 1)
+    }
+
+    /// [`copy`](Self::copy) timed `calls` back-to-back per event pair ([`time_n`](Self::time_n)).
+    fn copy_n(&self, floor_bytes: usize, calls: usize) -> Res<Timing> {
         let half = (floor_bytes / 2).max(4);
         let n = self.sets(half);
         let src: Vec<CudaSlice<u8>> = (0..n)
@@ -125,7 +148,7 @@ impl Bench {
         let mut dst: Vec<CudaSlice<u8>> = (0..n)
             .map(|_| self.stream.alloc_zeros::<u8>(half))
             .collect::<Result<_, _>>()?;
-        self.time(|i| {
+        self.time_n(calls, |i| {
             let k = i % n;
             self.stream.memcpy_dtod(&src[k], &mut dst[k])?;
             Ok(())
@@ -316,7 +339,7 @@ fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<
     let mut xi = b.stream.clone_dtod(&x)?;
     let mut fused_out = b.stream.clone_dtod(&x)?;
     let mut plan = DevicePlan::new(&b.mixer);
-    let nk = b.naive.kernels(T::DTYPE)?;
+    let nk = b.naive().kernels(T::DTYPE)?;
     let nchw = SampleShape::channels_first(c, h, w);
     let nhwc = SampleShape::channels_last(h, w, c);
     let cases: Vec<(&str, MixPlan, SampleShape, bool, usize)> = vec![
@@ -351,7 +374,7 @@ fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<
     ];
     for (name, p, layout, in_place, passes) in cases {
         plan.upload(&p)?;
-        let np = b.naive.plan(&p)?;
+        let np = b.naive().plan(&p)?;
         // The naive result against the fused one (the call timed below), bit for bit, once.
         if in_place {
             b.stream.memcpy_dtod(&x, &mut fused_out)?;
@@ -361,7 +384,7 @@ fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<
             b.mixer
                 .mix(&plan, &layout, &x.as_view(), &mut fused_out.as_view_mut())?;
         }
-        b.naive.mix(&nk, &np, &layout, &x, &mut tmp, &mut out)?;
+        b.naive().mix(&nk, &np, &layout, &x, &mut tmp, &mut out)?;
         {
             let (nv, fv) = (b.stream.clone_dtoh(&out)?, b.stream.clone_dtoh(&fused_out)?);
             if let Some(i) = first_bit_difference(&nv, &fv) {
@@ -381,7 +404,7 @@ fn bench_mix<T: Element + DeviceRepr + Default>(b: &Bench, batch: usize) -> Res<
                     .mix(&plan, &layout, &x.as_view(), &mut out.as_view_mut())?)
             })?
         };
-        let unfused = b.time(|_| b.naive.mix(&nk, &np, &layout, &x, &mut tmp, &mut out))?;
+        let unfused = b.time(|_| b.naive().mix(&nk, &np, &layout, &x, &mut tmp, &mut out))?;
         let rows = Rows {
             op: "mix",
             dtype: dt,
@@ -509,7 +532,7 @@ fn bench_soft<T: DeviceFloat>(b: &Bench, batch: usize, classes: usize) -> Res<()
         )?)
     })?;
     let mut bufs = naive::NaiveBuffers::new(&b.stream, batch, classes)?;
-    let (nk, np) = (b.naive.kernels(T::DTYPE)?, b.naive.plan(plan.plan())?);
+    let (nk, np) = (b.naive().kernels(T::DTYPE)?, b.naive().plan(plan.plan())?);
     // The naive targets against the fused ones, once: both round (1-ε)·λ + ε/C a few times in
     // f32 and once to T, in different orders.
     {
@@ -517,7 +540,7 @@ fn bench_soft<T: DeviceFloat>(b: &Bench, batch: usize, classes: usize) -> Res<()
         let mut naive_t = b.stream.clone_dtod(&fused_t)?;
         b.mixer
             .soft_targets(&plan, &spec, &ls.as_view(), &mut fused_t.as_view_mut())?;
-        b.naive
+        b.naive()
             .soft_targets(&nk, &np, &ls, &spec, &mut bufs.y, &mut naive_t)?;
         let (nv, fv) = (
             b.stream.clone_dtoh(&naive_t)?,
@@ -535,7 +558,7 @@ fn bench_soft<T: DeviceFloat>(b: &Bench, batch: usize, classes: usize) -> Res<()
         }
     }
     let unfused = b.time(|i| {
-        b.naive
+        b.naive()
             .soft_targets(&nk, &np, &ls, &spec, &mut bufs.y, &mut outs[i % sets])
     })?;
     let shape = format!("{batch}x{classes}");
@@ -721,10 +744,10 @@ fn bench_ce<T: DeviceFloat>(b: &Bench, batch: usize, classes: usize) -> Res<()> 
     let times = lb.time_fused(b, &spec)?;
     let mut bufs = naive::NaiveBuffers::new(&b.stream, batch, classes)?;
     let (nk, nk32) = (
-        b.naive.kernels(T::DTYPE)?,
-        b.naive.kernels(ScalarType::F32)?,
+        b.naive().kernels(T::DTYPE)?,
+        b.naive().kernels(ScalarType::F32)?,
     );
-    let np = b.naive.plan(lb.plan.plan())?;
+    let np = b.naive().plan(lb.plan.plan())?;
     // The naive loss and gradient against the fused ones, once. Both compute in f32 from the
     // same logits in different orders: the loss within 1e-4 of max(1, |loss|), each gradient element
     // within 1e-4 of its value plus 1e-5 of the scale 1/B (cancellation of p and t near 1),
@@ -741,7 +764,7 @@ fn bench_ce<T: DeviceFloat>(b: &Bench, batch: usize, classes: usize) -> Res<()> 
             grad: Some(&mut fused_g),
         };
         spec.call(&b.mixer, fused)?;
-        b.naive.mixup_ce(
+        b.naive().mixup_ce(
             &nk,
             &nk32,
             &np,
@@ -772,7 +795,7 @@ fn bench_ce<T: DeviceFloat>(b: &Bench, batch: usize, classes: usize) -> Res<()> 
     }
     let sets = lb.logits.len();
     let unfused = b.time(|i| {
-        b.naive.mixup_ce(
+        b.naive().mixup_ce(
             &nk,
             &nk32,
             &np,
@@ -947,11 +970,16 @@ fn main() {
         nv.1,
         mixer.target_arch()
     );
-    let naive = match naive::Naive::new(mixer.stream(), mixer.compute_capability()) {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("error: compiling the naive baseline: {e}");
-            std::process::exit(1);
+    // The sweep never runs the naive baseline: skip compiling naive.cu.
+    let naive = if sweep {
+        None
+    } else {
+        match naive::Naive::new(mixer.stream(), mixer.compute_capability()) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                eprintln!("error: compiling the naive baseline: {e}");
+                std::process::exit(1);
+            }
         }
     };
     let b = Bench {

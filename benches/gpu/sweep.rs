@@ -1,10 +1,17 @@
 //! The tuning sweep (`bench-gpu --sweep [family ...]`, docs/gpu.md): per kernel family, a small
 //! grid of [`KernelTuning`] points, each timed on one or more representative shapes against the
 //! device copy of the same bytes in the same run; every point is printed, the fastest marked
-//! `best`. Each point is a fresh mixer on the same stream (its kernels compiled once, into a
-//! per-run cache folder); its output is first compared with the default tuning's (mix, soft
-//! targets and mix_normalize bit for bit, the losses within their f32 reduction order), and
-//! a point that disagrees is an error row (exit code 1), never a candidate.
+//! `best`. Each point is a fresh mixer on the same stream (its kernels compiled once, or read
+//! from the disk cache, `$MIXUP_KERNELS_CACHE`: the tuning is part of the cache key, so the
+//! default tuning's kernels are those the bench just cached). Its outputs are first filled
+//! with a NaN sentinel (0xFF bytes; the in-place mix gets its input back instead), then
+//! compared with the default tuning's (mix, soft targets and mix_normalize bit for bit, the
+//! losses within their f32 reduction order: `rel × |value| + abs_of_max × max |value|` per
+//! output), so an element a point leaves unwritten fails; a point that disagrees is an error
+//! row (exit code 1), never a candidate. The reference is the default point's output only:
+//! when the default point fails, every point of that shape is an error row. Shapes whose byte
+//! floor is under 16 MB (and their copy) are timed 20 back-to-back calls per event pair,
+//! divided by 20, so that the points rank the kernel, not the launch overhead.
 //!
 //! Families: `mix`, `soft`, `ce`, `bce`, `mix_normalize` (the filter matches exactly; none: all).
 //! Estimated time on an H200 with `--quick`: 30–45 s, mostly NVRTC (33 points, about 50
@@ -12,6 +19,8 @@
 
 use super::*;
 use mixup_kernels::cuda::KernelTuning;
+use mixup_kernels::cuda::cudarc::driver::DevicePtrMut;
+use mixup_kernels::cuda::cudarc::driver::result::memset_d8_async;
 
 /// One point of a family's grid: its name and tuning.
 type Point = (&'static str, KernelTuning);
@@ -115,15 +124,18 @@ fn points(family: &str) -> Vec<Point> {
                     ..d
                 },
             ),
+            // Both send the f32 4096x32000 rows (125 KB) to ce_online, which the default
+            // thresholds never pick for the swept shapes: compare them with each other.
             (
-                "online unroll 8",
+                "block ≤ 64 KB rows, online unroll 8",
                 KernelTuning {
                     ce_online_unroll: 8,
+                    ce_block_max_row_bytes: 64 * 1024,
                     ..d
                 },
             ),
             (
-                "block ≤ 64 KB rows",
+                "block ≤ 64 KB rows, online unroll 4",
                 KernelTuning {
                     ce_block_max_row_bytes: 64 * 1024,
                     ..d
@@ -195,31 +207,57 @@ fn points(family: &str) -> Vec<Point> {
 /// Every family, in the order the sweep runs them.
 pub(crate) const FAMILIES: [&str; 5] = ["mix", "soft", "ce", "bce", "mix_normalize"];
 
-/// A mixer on the bench's stream with `tuning`, caching compiled kernels in `cache`.
-fn mixer_for(b: &Bench, tuning: KernelTuning, cache: &std::path::Path) -> Res<CudaMixer> {
+/// A mixer on the bench's stream with `tuning`, caching compiled kernels where the bench does
+/// (`$MIXUP_KERNELS_CACHE`, ...; the tuning is part of the cache key).
+fn mixer_for(b: &Bench, tuning: KernelTuning) -> Res<CudaMixer> {
     Ok(
         CudaMixer::from_stream(b.stream.clone())?.with_options(CudaMixerOptions {
-            cache_dir: Some(cache.to_path_buf()),
+            cache_dir: None,
             tuning,
             ..Default::default()
         })?,
     )
 }
 
-/// What one shape of a family does under a mixer: run the op once (for the output check),
-/// read its output back as f64, and time it.
+/// What one shape of a family does under a mixer: fill the outputs the check reads with the
+/// sentinel, run the op once (for the output check), read its outputs back, and time it.
 trait Op {
     fn run(&mut self, m: &CudaMixer, i: usize) -> Res<()>;
-    fn output(&mut self, b: &Bench) -> Res<Vec<f64>>;
+    fn poison(&mut self, b: &Bench) -> Res<()>;
+    fn output(&mut self, b: &Bench) -> Res<Vec<Box<dyn Host>>>;
 }
 
-/// Elements back as f64 (exact for every dtype).
-fn wide<T: Element + DeviceRepr>(b: &Bench, s: &CudaSlice<T>) -> Res<Vec<f64>> {
-    Ok(b.stream
-        .clone_dtoh(s)?
-        .iter()
-        .map(|x| f64::from(x.to_f32()))
-        .collect())
+/// One output read back in its own dtype; the check widens one element at a time (no f64
+/// copy of a 131M-element gradient).
+trait Host {
+    fn len(&self) -> usize;
+    /// Element `i` as f64 (exact for every dtype).
+    fn at(&self, i: usize) -> f64;
+}
+
+impl<T: Element> Host for Vec<T> {
+    fn len(&self) -> usize {
+        <[T]>::len(self)
+    }
+    fn at(&self, i: usize) -> f64 {
+        f64::from(self[i].to_f32())
+    }
+}
+
+/// Elements back, in their dtype.
+fn back<T: Element + DeviceRepr>(b: &Bench, s: &CudaSlice<T>) -> Res<Box<dyn Host>> {
+    Ok(Box::new(b.stream.clone_dtoh(s)?))
+}
+
+/// Fills `s` with 0xFF bytes: NaN in every float dtype, so an element the op leaves unwritten
+/// fails the check (the sweep has no u8 outputs, for which 0xFF would be a value).
+fn poison<T: DeviceRepr>(b: &Bench, s: &mut CudaSlice<T>) -> Res<()> {
+    let n = s.num_bytes();
+    let (ptr, _record) = s.device_ptr_mut(&b.stream);
+    // SAFETY: `ptr` is `s`'s allocation of `n` bytes on this stream; any bit pattern is a
+    // valid float.
+    unsafe { memset_d8_async(ptr, 0xFF, n, b.stream.cu_stream()) }?;
+    Ok(())
 }
 
 struct MixOp<T: DeviceRepr> {
@@ -231,19 +269,17 @@ struct MixOp<T: DeviceRepr> {
 
 impl<T: Element + DeviceRepr> Op for MixOp<T> {
     fn run(&mut self, m: &CudaMixer, _: usize) -> Res<()> {
-        // In place on the output (an involution): the same bytes as a copy. The check copies
-        // x in first, so each checked call starts from the same input.
+        // In place on the output (an involution): the same bytes as a copy.
         Ok(m.mix_in_place(&self.plan, &self.layout, &mut self.out.as_view_mut())?)
     }
-    fn output(&mut self, b: &Bench) -> Res<Vec<f64>> {
-        wide(b, &self.out)
-    }
-}
-
-impl<T: Element + DeviceRepr> MixOp<T> {
-    fn reset(&mut self, b: &Bench) -> Res<()> {
+    /// In place, the output is the input: copy x back in, so each checked call starts from
+    /// the same input (an element left unwritten keeps x's value, not the mixed one).
+    fn poison(&mut self, b: &Bench) -> Res<()> {
         b.stream.memcpy_dtod(&self.x, &mut self.out)?;
         Ok(())
+    }
+    fn output(&mut self, b: &Bench) -> Res<Vec<Box<dyn Host>>> {
+        Ok(vec![back(b, &self.out)?])
     }
 }
 
@@ -265,8 +301,11 @@ impl<T: DeviceFloat> Op for SoftOp<T> {
             &mut out.as_view_mut(),
         )?)
     }
-    fn output(&mut self, b: &Bench) -> Res<Vec<f64>> {
-        wide(b, &self.outs[0])
+    fn poison(&mut self, b: &Bench) -> Res<()> {
+        poison(b, &mut self.outs[0])
+    }
+    fn output(&mut self, b: &Bench) -> Res<Vec<Box<dyn Host>>> {
+        Ok(vec![back(b, &self.outs[0])?])
     }
 }
 
@@ -280,15 +319,12 @@ impl<T: DeviceFloat, S: FusedLoss> Op for LossOp<'_, T, S> {
     fn run(&mut self, m: &CudaMixer, i: usize) -> Res<()> {
         self.spec.call(m, self.lb.args(i, true))
     }
-    fn output(&mut self, b: &Bench) -> Res<Vec<f64>> {
-        let mut v = wide(b, &self.lb.grad)?;
-        v.extend(
-            b.stream
-                .clone_dtoh(&self.lb.loss)?
-                .iter()
-                .map(|&l| f64::from(l)),
-        );
-        Ok(v)
+    fn poison(&mut self, b: &Bench) -> Res<()> {
+        poison(b, &mut self.lb.grad)?;
+        poison(b, &mut self.lb.loss)
+    }
+    fn output(&mut self, b: &Bench) -> Res<Vec<Box<dyn Host>>> {
+        Ok(vec![back(b, &self.lb.grad)?, back(b, &self.lb.loss)?])
     }
 }
 
@@ -307,17 +343,88 @@ impl<O: DeviceFloat> Op for NormOp<O> {
         let out = &mut self.out.as_view_mut();
         Ok(m.mix_normalize(&self.plan, &self.shape, &self.norm, &x.as_view(), nchw, out)?)
     }
-    fn output(&mut self, b: &Bench) -> Res<Vec<f64>> {
-        wide(b, &self.out)
+    fn poison(&mut self, b: &Bench) -> Res<()> {
+        poison(b, &mut self.out)
+    }
+    fn output(&mut self, b: &Bench) -> Res<Vec<Box<dyn Host>>> {
+        Ok(vec![back(b, &self.out)?])
     }
 }
 
 /// How a point's output may differ from the default tuning's: not at all, or (losses: the
-/// lanes and blocks sum in another order) within `rel` of each value plus `abs`.
+/// lanes and blocks sum in another order) within `rel` of each value plus `abs_of_max` of the
+/// output's largest magnitude (per output: the gradient's scale, not the loss's).
 #[derive(Clone, Copy)]
 enum Agree {
     Bits,
-    Within { rel: f64, abs: f64 },
+    Within { rel: f64, abs_of_max: f64 },
+}
+
+/// The default tuning's outputs, with each one's absolute tolerance.
+struct Reference {
+    outs: Vec<Box<dyn Host>>,
+    abs: Vec<f64>,
+}
+
+impl Reference {
+    /// `outs` as the reference; an error if the default tuning left an element unwritten (the
+    /// NaN sentinel: the random inputs give no NaN).
+    fn new(outs: Vec<Box<dyn Host>>, agree: Agree) -> Res<Self> {
+        let mut abs = Vec::with_capacity(outs.len());
+        for (k, o) in outs.iter().enumerate() {
+            let mut max = 0f64;
+            for i in 0..o.len() {
+                let v = o.at(i);
+                if v.is_nan() {
+                    return Err(format!(
+                        "the default tuning left output {k} element {i} unwritten (NaN sentinel)"
+                    )
+                    .into());
+                }
+                max = max.max(v.abs());
+            }
+            abs.push(match agree {
+                Agree::Bits => 0.0,
+                Agree::Within { abs_of_max, .. } => abs_of_max * max,
+            });
+        }
+        Ok(Self { outs, abs })
+    }
+
+    /// The first element of `got` that disagrees with the reference, described.
+    fn disagreement(&self, got: &[Box<dyn Host>], agree: Agree) -> Option<String> {
+        if got.len() != self.outs.len() {
+            return Some(format!("{} outputs, not {}", got.len(), self.outs.len()));
+        }
+        for (k, ((w, g), &abs)) in self.outs.iter().zip(got).zip(&self.abs).enumerate() {
+            if w.len() != g.len() {
+                return Some(format!("output {k}: {} elements, not {}", g.len(), w.len()));
+            }
+            let bad = (0..w.len()).find(|&i| {
+                let (a, x) = (w.at(i), g.at(i));
+                match agree {
+                    Agree::Bits => a.to_bits() != x.to_bits(),
+                    Agree::Within { rel, .. } => {
+                        a.is_nan() != x.is_nan() || (a - x).abs() > rel * a.abs() + abs
+                    }
+                }
+            });
+            if let Some(i) = bad {
+                return Some(format!(
+                    "output {k} element {i}: {} vs {} (default tuning)",
+                    g.at(i),
+                    w.at(i)
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// Calls per event pair for a shape of `floor` bytes: 20 under 16 MB (one launch would time
+/// the host's overhead), else 1.
+fn calls_for(floor: usize) -> usize {
+    if floor < 16 << 20 { 20 } else { 1 }
 }
 
 /// One shape of a family: every point's timing (or why it failed), then the copy, printed
@@ -330,41 +437,43 @@ fn sweep_shape(
     copy: Timing,
     mixers: &[(&'static str, Res<CudaMixer>)],
     op: &mut dyn Op,
-    reset: &mut dyn FnMut(&Bench) -> Res<()>,
     agree: Agree,
     errors: &mut usize,
 ) {
-    let mut want: Option<Vec<f64>> = None;
+    let calls = calls_for(floor);
+    // The reference is the default point's (index 0) output, never another point's.
+    let mut want: Option<Reference> = None;
     let mut rows: Vec<(String, Res<Timing>)> = Vec::new();
-    for (name, m) in mixers {
+    for (k, (name, m)) in mixers.iter().enumerate() {
         let r = (|| -> Res<Timing> {
+            if k > 0 && want.is_none() {
+                return Err("no reference: the default tuning failed on this shape".into());
+            }
             let m = m.as_ref().map_err(|e| e.to_string())?;
-            reset(b)?;
+            op.poison(b)?;
             op.run(m, 0)?;
             let got = op.output(b)?;
             match &want {
-                None => want = Some(got),
+                None => want = Some(Reference::new(got, agree)?),
                 Some(w) => {
-                    let bad = w.iter().zip(&got).position(|(a, g)| match agree {
-                        Agree::Bits => a.to_bits() != g.to_bits(),
-                        Agree::Within { rel, abs } => {
-                            (a - g).abs() > rel * a.abs() + abs || a.is_nan() != g.is_nan()
-                        }
-                    });
-                    if let Some(i) = bad.or((w.len() != got.len()).then_some(w.len())) {
-                        return Err(format!(
-                            "disagrees with the default tuning at element {i}: {:?} vs {:?}",
-                            got.get(i),
-                            w.get(i)
-                        )
-                        .into());
+                    let d = w.disagreement(&got, agree);
+                    // The point's copy goes before timing (a 4096x32000 gradient is 262 MB).
+                    drop(got);
+                    if let Some(d) = d {
+                        return Err(format!("disagrees with the default tuning: {d}").into());
                     }
                 }
             }
-            b.time(|i| op.run(m, i))
+            b.time_n(calls, |i| op.run(m, i))
         })();
         rows.push((name.to_string(), r));
     }
+    let shape = if calls > 1 {
+        format!("{shape} ({calls} calls per event pair)")
+    } else {
+        shape.to_string()
+    };
+    let shape = shape.as_str();
     let best = rows
         .iter()
         .filter_map(|(n, r)| r.as_ref().ok().map(|t| (n.clone(), t.median)))
@@ -399,8 +508,6 @@ fn sweep_shape(
 
 /// Runs the sweep of `families` (all when empty); returns the number of failed points.
 pub(crate) fn run(b: &Bench, families: &[String]) -> usize {
-    let cache =
-        std::env::temp_dir().join(format!("mixup-kernels-sweep-cache-{}", std::process::id()));
     let mut errors = 0usize;
     let t0 = Instant::now();
     for family in FAMILIES {
@@ -410,7 +517,7 @@ pub(crate) fn run(b: &Bench, families: &[String]) -> usize {
         let f0 = Instant::now();
         let mixers: Vec<(&'static str, Res<CudaMixer>)> = points(family)
             .into_iter()
-            .map(|(n, t)| (n, mixer_for(b, t, &cache)))
+            .map(|(n, t)| (n, mixer_for(b, t)))
             .collect();
         if let Err(e) = sweep_family(b, family, &mixers, &mut errors) {
             errors += 1;
@@ -418,7 +525,6 @@ pub(crate) fn run(b: &Bench, families: &[String]) -> usize {
         }
         eprintln!("sweep {family}: {:.1} s", f0.elapsed().as_secs_f64());
     }
-    let _ = std::fs::remove_dir_all(&cache);
     println!("\nsweep: {:.1} s", t0.elapsed().as_secs_f64());
     errors
 }
@@ -430,11 +536,18 @@ fn sweep_family(
     mixers: &[(&'static str, Res<CudaMixer>)],
     errors: &mut usize,
 ) -> Res<()> {
-    let noop = &mut |_: &Bench| -> Res<()> { Ok(()) };
+    // Absolute slack relative to each output's scale (a CE Mean gradient at 4096x32000 is
+    // about 1e-9, its loss about 10); unwritten elements are NaN and fail anyway.
     let loss_tol = Agree::Within {
         rel: 1e-5,
-        abs: 1e-6,
+        abs_of_max: 1e-4,
     };
+    // bf16 gradients: one storage rounding apart at most.
+    let bf16_tol = Agree::Within {
+        rel: 2f64.powi(-7),
+        abs_of_max: 1e-4,
+    };
+    let copy_of = |floor: usize| b.copy_n(floor, calls_for(floor));
     match family {
         "mix" => {
             let (batch, c, h, w) = (256usize, 3usize, 224usize, 224usize);
@@ -448,33 +561,21 @@ fn sweep_family(
                 ("cutmix flip", cutmix_flip(batch, h, w)?),
             ];
             let floor = 2 * n * 2;
-            let copy = b.copy(floor)?;
+            let copy = copy_of(floor)?;
+            // The input, generated once for both plans (each checked call copies it back in).
+            let x0 = b.stream.clone_htod(&random::<bf16>(n, 1))?;
             for (name, p) in plans {
                 let mut plan = DevicePlan::new(&b.mixer);
                 plan.upload(&p)?;
-                let x = b.stream.clone_htod(&random::<bf16>(n, 1))?;
-                let out = b.stream.clone_dtod(&x)?;
-                let op = std::cell::RefCell::new(MixOp {
+                let mut op = MixOp {
                     plan,
                     layout: nchw,
-                    x,
-                    out,
-                });
+                    x: b.stream.clone_dtod(&x0)?,
+                    out: b.stream.clone_dtod(&x0)?,
+                };
                 let shape = format!("{batch}x3x224x224 {name}, in place");
-                let mut reset = |b: &Bench| op.borrow_mut().reset(b);
-                let mut opm = RefOp(&op);
                 let what = ("bf16", shape.as_str(), floor);
-                sweep_shape(
-                    b,
-                    family,
-                    what,
-                    copy,
-                    mixers,
-                    &mut opm,
-                    &mut reset,
-                    Agree::Bits,
-                    errors,
-                );
+                sweep_shape(b, family, what, copy, mixers, &mut op, Agree::Bits, errors);
             }
         }
         "soft" => {
@@ -494,23 +595,13 @@ fn sweep_family(
                     })
                     .collect::<Result<_, _>>()?,
             };
-            let copy = b.copy(floor * 2)?;
+            let copy = b.copy_n(floor * 2, calls_for(floor))?;
             let half = Timing {
                 median: copy.median / 2.0,
                 ..copy
             };
             let what = ("bf16", "1024x1000", floor);
-            sweep_shape(
-                b,
-                family,
-                what,
-                half,
-                mixers,
-                &mut op,
-                noop,
-                Agree::Bits,
-                errors,
-            );
+            sweep_shape(b, family, what, half, mixers, &mut op, Agree::Bits, errors);
         }
         "ce" => {
             let spec_of = |c: usize| CeSpec::new(c, 0.1, Reduction::Mean).unwrap();
@@ -523,23 +614,16 @@ fn sweep_family(
                 let shape = format!("{batch}x{classes}");
                 if dt == "f32" {
                     let lb = LossBench::<f32>::new(b, batch, classes, [9, 4, 6])?;
-                    let copy = b.copy(lb.floor())?;
+                    let copy = copy_of(lb.floor())?;
                     let mut op = LossOp { lb, spec: &spec };
                     let what = (dt, shape.as_str(), op.lb.floor());
-                    sweep_shape(
-                        b, family, what, copy, mixers, &mut op, noop, loss_tol, errors,
-                    );
+                    sweep_shape(b, family, what, copy, mixers, &mut op, loss_tol, errors);
                 } else {
                     let lb = LossBench::<bf16>::new(b, batch, classes, [9, 4, 6])?;
-                    let copy = b.copy(lb.floor())?;
+                    let copy = copy_of(lb.floor())?;
                     let mut op = LossOp { lb, spec: &spec };
                     let what = (dt, shape.as_str(), op.lb.floor());
-                    // bf16 gradients: one storage rounding apart at most.
-                    let tol = Agree::Within {
-                        rel: 2f64.powi(-7),
-                        abs: 1e-6,
-                    };
-                    sweep_shape(b, family, what, copy, mixers, &mut op, noop, tol, errors);
+                    sweep_shape(b, family, what, copy, mixers, &mut op, bf16_tol, errors);
                 }
             }
         }
@@ -549,15 +633,11 @@ fn sweep_family(
                     BceSpec::new(classes, 0.1, Reduction::Mean)?.with_target_threshold(0.2)?;
                 let spec = DeviceBceSpec::new(&b.mixer, spec)?;
                 let lb = LossBench::<bf16>::new(b, batch, classes, [19, 5, 7])?;
-                let copy = b.copy(lb.floor())?;
+                let copy = copy_of(lb.floor())?;
                 let shape = format!("{batch}x{classes}");
                 let mut op = LossOp { lb, spec: &spec };
                 let what = ("bf16", shape.as_str(), op.lb.floor());
-                let tol = Agree::Within {
-                    rel: 2f64.powi(-7),
-                    abs: 1e-6,
-                };
-                sweep_shape(b, family, what, copy, mixers, &mut op, noop, tol, errors);
+                sweep_shape(b, family, what, copy, mixers, &mut op, bf16_tol, errors);
             }
         }
         "mix_normalize" => {
@@ -582,33 +662,11 @@ fn sweep_family(
                 out: b.stream.clone_htod(&vec![bf16::default(); n])?,
             };
             let floor = n + n * 2;
-            let copy = b.copy(floor)?;
+            let copy = copy_of(floor)?;
             let what = ("u8→bf16", "256x224x224x3 pairs rint, NHWC→NCHW", floor);
-            sweep_shape(
-                b,
-                family,
-                what,
-                copy,
-                mixers,
-                &mut op,
-                noop,
-                Agree::Bits,
-                errors,
-            );
+            sweep_shape(b, family, what, copy, mixers, &mut op, Agree::Bits, errors);
         }
         _ => {}
     }
     Ok(())
-}
-
-/// An [`Op`] shared with a reset closure.
-struct RefOp<'a, O: Op>(&'a std::cell::RefCell<O>);
-
-impl<O: Op> Op for RefOp<'_, O> {
-    fn run(&mut self, m: &CudaMixer, i: usize) -> Res<()> {
-        self.0.borrow_mut().run(m, i)
-    }
-    fn output(&mut self, b: &Bench) -> Res<Vec<f64>> {
-        self.0.borrow_mut().output(b)
-    }
 }
