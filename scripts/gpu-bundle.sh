@@ -7,21 +7,24 @@
 #   bash scripts/gpu-bundle.sh --with-nvrtc   # + libnvrtc 13.0 (xz, ~30 MB), only if the GPU
 #                                             #   machine turned out to lack it
 #   bash scripts/gpu-bundle.sh --dry-run      # + runs both modes here, without a GPU
+#   bash scripts/gpu-bundle.sh --no-burn      # without test-burn (its build: 20-30 min cold)
 #
 # .gpu/ holds: test-<name> (lib, cuda_plan, cuda_mix, cuda_soft_targets, cuda_mixup_ce,
-# cuda_mixup_bce, cuda_mix_normalize),
+# cuda_mixup_bce, cuda_mix_normalize, and burn: tests/burn.rs with burn's CUDA backend, linked
+# without LLVM by scripts/burn-cuda-offline.sh),
 # bench-gpu, whl/liger_kernel-*.whl, COMMIT, and with --with-nvrtc nvrtc/*.xz. Binaries are built
 # without debug info and stripped; everything that travels must fit in 64 MiB.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-with_nvrtc=0 dry_run=0
+with_nvrtc=0 dry_run=0 with_burn=1
 for a in "$@"; do
     case $a in
         --with-nvrtc) with_nvrtc=1 ;;
         --dry-run) dry_run=1 ;;
-        *) echo "usage: $0 [--with-nvrtc] [--dry-run]" >&2; exit 2 ;;
+        --no-burn) with_burn=0 ;;
+        *) echo "usage: $0 [--with-nvrtc] [--dry-run] [--no-burn]" >&2; exit 2 ;;
     esac
 done
 out=.gpu
@@ -53,6 +56,10 @@ cargo test "${args[@]}" | pick | while read -r name exe; do cp "$exe" "$out/test
 echo "building the benchmark..." >&2
 cargo bench --no-run --bench gpu --message-format=json | pick |
     while read -r name exe; do cp "$exe" "$out/bench-$name"; done
+if [[ $with_burn == 1 ]]; then
+    echo "building the burn CUDA test binary (scripts/burn-cuda-offline.sh)..." >&2
+    bash scripts/burn-cuda-offline.sh "$out/test-burn" >&2
+fi
 strip "$out"/test-* "$out"/bench-*
 for t in lib "${tests[@]}"; do [[ -x "$out/test-$t" ]] || { echo "error: test-$t not built" >&2; exit 1; }; done
 [[ -x "$out/bench-gpu" ]] || { echo "error: bench-gpu not built" >&2; exit 1; }

@@ -539,11 +539,121 @@ fn per_call_cost() {
 #[cfg(feature = "burn-cuda")]
 #[test]
 fn cuda_backend_matches_flex() {
-    if let Err(e) = mixup_kernels::check_cuda(0) {
-        println!("skipped: no CUDA device ({e})");
+    if !cuda_or_skip("cuda_backend_matches_flex") {
         return;
     }
     matches_flex(Device::cuda(0));
+}
+
+/// Whether device 0 can run the CUDA tests; without one, prints `SKIPPED: <test>` and the reason,
+/// or fails under `MIXUP_REQUIRE_GPU=1` (the GPU script sets it), as tests/cuda_common does.
+#[cfg(feature = "burn-cuda")]
+fn cuda_or_skip(test: &str) -> bool {
+    match mixup_kernels::check_cuda(0) {
+        Ok(()) => true,
+        Err(e) if std::env::var("MIXUP_REQUIRE_GPU").as_deref() == Ok("1") => {
+            panic!("MIXUP_REQUIRE_GPU=1 but no usable GPU: {e}")
+        }
+        Err(e) => {
+            println!("SKIPPED: {test}: no CUDA device ({e})");
+            false
+        }
+    }
+}
+
+/// burn's CUDA backend without a copy (feature `burn-cuda`, a GPU): every op runs the crate's
+/// kernels on the tensors' own device memory (`device_calls` counts those calls; the host
+/// round trip does not count), for f32, f16 and bf16, a strided (transposed) input, u8 pixels
+/// through `mix_normalize`, a loss on a device without autodiff and a tracked one in every dtype,
+/// and the results equal Flex's (the dtype's tolerance).
+#[cfg(feature = "burn-cuda")]
+#[test]
+fn cuda_ops_run_on_device_memory() {
+    use mixup_kernels::Normalize;
+    use mixup_kernels::burn::{device_calls, mix_normalize};
+    if !cuda_or_skip("cuda_ops_run_on_device_memory") {
+        return;
+    }
+    let (b, c, h, w, ch) = (7, 13, 5, 9, 3);
+    let plan = mixed_plan(b, h, w, 5);
+    let cuda = Device::cuda(0);
+    let labels = TensorData::new(vec![1i64, 12, 3, 3, 0, 7, 5], [b]);
+    let first = MemoryFormat::ChannelsFirst;
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let (abs, rel) = tol(dtype);
+        let close = |what: &str, got: &[f64], want: &[f64]| {
+            assert_close(&format!("{what} {dtype:?}"), got, want, Tol::new(abs, rel))
+        };
+        // One op on both devices: (CUDA result, Flex result), and the op ran on the device.
+        let both = |f: &dyn Fn(&Device) -> Vec<f64>| {
+            let before = device_calls();
+            let got = f(&cuda);
+            assert!(
+                device_calls() > before,
+                "{dtype:?}: the op took the host path"
+            );
+            (got, f(&device()))
+        };
+        // Mixing a transposed view ([B, C, W, H] read as strided): made contiguous on the device.
+        let raw = TensorData::new(pseudo_random(b * ch * w * h, 11, 1.0), [b, ch, w, h]);
+        let (g, f) = both(&|d| {
+            let x = Tensor::<4>::from_data(raw.clone(), (d, dtype)).swap_dims(2, 3);
+            host_f64(&mix_images(&plan, first, x).unwrap())
+        });
+        close("mix_images (strided)", &g, &f);
+        let rows = TensorData::new(pseudo_random(b * 20, 12, 2.0), [b, 4, 5]);
+        let (g, f) = both(&|d| {
+            let x = Tensor::<3>::from_data(rows.clone(), (d, dtype));
+            host_f64(&mix_rows(&plan, x).unwrap())
+        });
+        close("mix_rows", &g, &f);
+        let (g, f) = both(&|d| {
+            let y = Tensor::<1, Int>::from_data(labels.clone(), d);
+            let spec = TargetSpec::new(c, 0.1).unwrap();
+            host_f64(&soft_targets(&plan, &spec, y, dtype).unwrap())
+        });
+        close("soft_targets", &g, &f);
+        // Losses: evaluation (no autodiff), then tracked with the gradient through backward().
+        let z = TensorData::new(pseudo_random(b * c, 13, 3.0), [b, c]);
+        for reduction in [Reduction::Mean, Reduction::None] {
+            let ce = CeSpec::new(c, 0.1, reduction).unwrap();
+            let bce = BceSpec::new(c, 0.0, reduction).unwrap();
+            let (g, f) = both(&|d| {
+                let x = Tensor::<2>::from_data(z.clone(), (d, dtype));
+                let y = Tensor::<1, Int>::from_data(labels.clone(), d);
+                let mut v =
+                    host_f64(&mixup_cross_entropy(&plan, &ce, x.clone(), y.clone()).unwrap());
+                v.extend(host_f64(
+                    &mixup_binary_cross_entropy(&plan, &bce, x, y).unwrap(),
+                ));
+                v
+            });
+            close("losses without autodiff", &g, &f);
+            let (g, f) = both(&|d| {
+                let ad = d.clone().autodiff();
+                let x = Tensor::<2>::from_data(z.clone(), (&ad, dtype)).require_grad();
+                let y = Tensor::<1, Int>::from_data(labels.clone(), &ad);
+                let l1 = mixup_cross_entropy(&plan, &ce, x.clone(), y.clone()).unwrap();
+                let l2 = mixup_binary_cross_entropy(&plan, &bce, x.clone(), y).unwrap();
+                let mut v = host_f64(&l1);
+                v.extend(host_f64(&l2));
+                let grads = (l1.sum() * 2.0 + l2.sum()).backward();
+                v.extend(host_f64(&x.grad(&grads).unwrap()));
+                v
+            });
+            close("losses and gradient", &g, &f);
+        }
+        // u8 pixels channels-last into the model's input, channels-first, of `dtype`.
+        let px: Vec<u8> = (0..b * h * w * ch).map(|i| (i * 37 % 256) as u8).collect();
+        let norm = Normalize::imagenet_u8();
+        let (g, f) = both(&|d| {
+            let p = TensorData::new(px.clone(), [b, h, w, ch]);
+            let p = Tensor::<4, Int>::from_data(p, (d, DType::U8));
+            let last = MemoryFormat::ChannelsLast;
+            host_f64(&mix_normalize(&plan, last, &norm, p, first, dtype).unwrap())
+        });
+        close("mix_normalize u8", &g, &f);
+    }
 }
 
 /// burn's wgpu backend behind its `fusion` wrapper (feature `burn-wgpu`, which turns on burn's
@@ -684,8 +794,7 @@ fn mix_normalize_matches_the_cpu_path() {
 #[ignore]
 fn per_call_cost_cuda() {
     use std::time::Instant;
-    if let Err(e) = mixup_kernels::check_cuda(0) {
-        println!("skipped: no CUDA device ({e})");
+    if !cuda_or_skip("per_call_cost_cuda") {
         return;
     }
     let (b, c) = (256, 1000);

@@ -2,7 +2,7 @@
 # The GPU session in two prepared calls, run on the GPU machine from the repository root with the
 # binaries that scripts/gpu-bundle.sh put in .gpu/ (carried: the device tool's carry=[".gpu"]).
 #
-#   bash scripts/gpu/run.sh A   # environment, GPU tests, GPU benchmark, tuning sweep (limits 415 s)
+#   bash scripts/gpu/run.sh A   # environment, GPU tests, burn on CUDA, benchmark, sweep (limits 415 s)
 #   bash scripts/gpu/run.sh B   # PyTorch/Liger baseline, probes, sanitizer x4  (step limits 395 s)
 #
 # Every step runs under its own `timeout`; each writes one log under $OUT (what comes back from
@@ -119,16 +119,29 @@ gpu_tests() {
     local rc=0
     run_test lib 10 cuda:: || rc=1
     MIXUP_TEST_THREADS=1 run_test cuda_plan 15 || rc=1
-    run_test cuda_soft_targets 35 || rc=1
-    run_test cuda_mix 45 || rc=1
-    run_test cuda_mixup_ce 95 || rc=1
+    run_test cuda_soft_targets 30 || rc=1
+    run_test cuda_mix 40 || rc=1
+    run_test cuda_mixup_ce 85 || rc=1
     # Until scripts/gpu-bundle.sh builds it, an older bundle has no BCE binary: say so, go on.
     if [[ -x "$bin/test-cuda_mixup_bce" ]]; then
         run_test cuda_mixup_bce 25 || rc=1
     else
         echo "SKIPPED test-cuda_mixup_bce: not in $bin (add cuda_mixup_bce to scripts/gpu-bundle.sh tests)"
     fi
-    run_test cuda_mix_normalize 30 || rc=1
+    run_test cuda_mix_normalize 25 || rc=1
+    return $rc
+}
+
+# burn's CUDA backend (tests/burn.rs, linked by scripts/burn-cuda-offline.sh): the zero-copy ops
+# against Flex in every dtype, then the per-call cost next to Flex's.
+burn_cuda() {
+    if [[ ! -x "$bin/test-burn" ]]; then
+        echo "SKIPPED test-burn: not in $bin (built by scripts/gpu-bundle.sh unless --no-burn)"
+        return 0
+    fi
+    local rc=0
+    sub "test-burn cuda" 25 "$bin/test-burn" --test-threads=2 cuda_ || rc=1
+    sub "test-burn per_call_cost_cuda" 8 "$bin/test-burn" --ignored --exact per_call_cost_cuda --nocapture || rc=1
     return $rc
 }
 
@@ -225,15 +238,16 @@ export MIXUP_NVRTC_LIB="$nvrtc_dir"
 # A GPU test that finds no GPU fails instead of skipping; so does the benchmark.
 export MIXUP_REQUIRE_GPU=1 MIXUP_REQUIRE_NVRTC=1
 export MIXUP_KERNELS_CACHE="${MIXUP_KERNELS_CACHE:-/tmp/mixup-kernels-cache}"
-export -f sub run_test gpu_tests env_check bench sweep torch_baseline probe probes sanitize
+export -f sub run_test gpu_tests burn_cuda env_check bench sweep torch_baseline probe probes sanitize
 export bin out
 
 note "mode ${mode:-?} on $(hostname) $(date -u +%FT%TZ); $(cat /tmp/nvrtc-search.txt)"
 case "$mode" in
     A)
         step env 15 env_check
-        step tests 255 gpu_tests
-        step bench 85 bench
+        step tests 230 gpu_tests
+        step burn 35 burn_cuda
+        step bench 75 bench
         step sweep 60 sweep
         ;;
     B)

@@ -84,6 +84,11 @@ pub fn mix_normalize<K: Basic>(
         (MemoryFormat::ChannelsLast, MemoryFormat::ChannelsFirst) => [b, d3, d1, d2],
     };
     let device = images.device();
+    #[cfg(feature = "burn-cuda")]
+    if let Some(ordinal) = super::cuda::ordinal(&device) {
+        let call = (plan, &shape, norm, out_format, out_dims, dtype);
+        return super::cuda::mix_normalize(ordinal, &images, call);
+    }
     let data = read(images, "images", OP)?;
     let call = Call {
         plan,

@@ -7,12 +7,15 @@
 //! burn 0.22 has one `Tensor<D, K>` type; the backend is chosen at run time by the tensor's
 //! [`Device`]. These functions work on every backend burn was built with:
 //!
-//! - **Where the work runs.** The crate's CPU kernels (the `cpu` module), on the host copy of the
-//!   tensor that burn's own `into_data` gives: for burn's CPU backends (`Flex`, `NdArray`) that
-//!   is a memory copy out and one back in (`Tensor::from_data`), on a GPU backend a
-//!   device → host → device round trip. Involution plans (timm's flip) mix that host copy in
-//!   place; other plans write a new buffer. burn's `fusion` wrapper needs nothing special:
-//!   reading the data flushes the fused graph first, as any `into_data` does.
+//! - **Where the work runs.** On burn's CUDA backend (feature `burn-cuda`): the crate's CUDA
+//!   kernels, on the tensors' own device memory, no copy (the outputs are fresh burn tensors
+//!   written in place; two host synchronizations per call order the work with burn's queue,
+//!   docs/burn.md). Everywhere else: the crate's CPU kernels (the `cpu` module), on the host
+//!   copy of the tensor that burn's own `into_data` gives: for burn's CPU backends (`Flex`,
+//!   `NdArray`) that is a memory copy out and one back in (`Tensor::from_data`), on another GPU
+//!   backend a device → host → device round trip. Involution plans (timm's flip) mix that host
+//!   copy in place; other plans write a new buffer. burn's `fusion` wrapper needs nothing
+//!   special: reading the data flushes the fused graph first, as any `into_data` does.
 //! - **The losses** are autodiff ops (burn's `Backward` trait) on `Autodiff<Flex>`, the CPU
 //!   backend this feature builds (and on burn's CUDA backend, `Autodiff<Cube>`, with the
 //!   `burn-cuda` feature): the forward pass computes the loss and the gradient for an
@@ -76,10 +79,26 @@ use crate::plan::MixPlan;
 use crate::spec::{CeSpec, GradOutput, LossSpec, MemoryFormat, SampleShape};
 
 mod bce;
+#[cfg(feature = "burn-cuda")]
+mod cuda;
 mod mix_normalize;
 
 pub use bce::mixup_binary_cross_entropy;
 pub use mix_normalize::mix_normalize;
+
+/// How many calls of this module ran the crate's CUDA kernels on burn's own device memory (the
+/// zero-copy path of burn's CUDA backend) in this process. For tests and the GPU script, which
+/// tell that path from the host round trip with it.
+///
+/// ```
+/// # #[cfg(feature = "burn-cuda")]
+/// assert_eq!(mixup_kernels::burn::device_calls(), 0); // nothing has run on a CUDA device yet
+/// ```
+#[cfg(feature = "burn-cuda")]
+#[doc(hidden)]
+pub fn device_calls() -> usize {
+    cuda::calls()
+}
 
 // ---------------------------------------------------------------------------------------------
 // Mixing
@@ -201,6 +220,10 @@ pub fn soft_targets(
     crate::spec::check_targets(plan, spec)?;
     let device = labels.device();
     let labels = host_labels(labels, plan, spec.num_classes(), OP)?;
+    #[cfg(feature = "burn-cuda")]
+    if let Some(ordinal) = cuda::ordinal(&device) {
+        return cuda::soft_targets(ordinal, plan, spec, &labels, &device, dtype);
+    }
     let shape = [plan.len(), spec.num_classes()];
     let n = crate::error::checked_product("batch × num_classes", &shape)?;
     fn run<T: FloatElement + burn::tensor::Element>(
@@ -234,7 +257,8 @@ pub fn soft_targets(
 /// losses `[B]` for [`Reduction::None`](crate::Reduction::None), in f32.
 ///
 /// On an autodiff device (`device.autodiff()`), `loss.backward()` gives the logits' gradient:
-/// the forward pass computes it with the loss in one pass of the crate's CPU kernel, and the
+/// the forward pass computes it with the loss in one pass of the crate's fused kernel (the CUDA
+/// kernel on burn's CUDA device, the CPU kernel elsewhere), and the
 /// backward pass multiplies it by the upstream gradient (see the [module](self) docs for the
 /// backends). Without autodiff, or when the logits are not tracked, only the loss is computed.
 ///
@@ -304,6 +328,10 @@ fn fused_loss(
     let device = logits.device();
     let dims = logits.dims();
     let tracked = logits.is_autodiff() && logits.is_tracked();
+    #[cfg(feature = "burn-cuda")]
+    if let Some(ordinal) = cuda::ordinal(&device) {
+        return device_loss(ordinal, logits, tracked, (spec, plan, labels, op));
+    }
     let data = read(logits.clone(), "logits", op)?;
     let dtype = data.dtype();
     let call = (spec, plan, labels, op, dims);
@@ -389,15 +417,70 @@ where
     let (loss, grad) = data.take()?;
     let device = x.primitive().device();
     let out = B::float_from_data(loss, &device);
+    Some(backward_op::<B, C>(x, out, || {
+        B::float_from_data(grad, &device)
+    }))
+}
+
+/// `out` (the loss, a `B` primitive) as the output of a [`FusedLossBackward`] op whose parent is
+/// the logits `x` and whose state is `grad()` (made only when the logits are tracked).
+fn backward_op<B: Backend, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    out: FloatTensor<B>,
+    grad: impl FnOnce() -> FloatTensor<B>,
+) -> Tensor<1>
+where
+    DispatchTensor: DispatchKindConversion<Autodiff<B, C>>,
+{
     let out = match FusedLossBackward
         .prepare::<C>([x.node()])
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish(B::float_from_data(grad, &device), out),
+        OpsKind::Tracked(prep) => prep.finish(grad(), out),
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
-    Some(Tensor::from_primitive::<Autodiff<B, C>>(out))
+    Tensor::from_primitive::<Autodiff<B, C>>(out)
+}
+
+/// The fused loss on burn's CUDA device, on the logits' own memory (see `cuda.rs`): untracked,
+/// the loss is written into a tensor on the logits' device; tracked, the loss and the gradient
+/// are written into tensors of the inner (non-autodiff) device and attached as a
+/// [`FusedLossBackward`] op.
+#[cfg(feature = "burn-cuda")]
+fn device_loss(
+    ordinal: usize,
+    logits: Tensor<2>,
+    tracked: bool,
+    call: (&LossSpec<'_>, &MixPlan, &[u32], &'static str),
+) -> Result<Tensor<1>> {
+    use burn::backend::Cube;
+    let op = call.3;
+    let device = logits.device();
+    if !tracked {
+        let (loss, _) = cuda::loss(ordinal, &logits, call, &device, None)?;
+        return Ok(loss);
+    }
+    let inner = device.clone().inner();
+    let (loss, grad) = cuda::loss(ordinal, &logits, call, &inner, Some(&inner))?;
+    let internal = || invalid("logits", format!("{op}: internal: no CUDA loss primitive"));
+    let grad = grad.ok_or_else(internal)?;
+    let prims = |loss: &Tensor<1>, grad: &Tensor<2>| {
+        let l = loss.clone().try_into_primitive::<Cube>().ok()?;
+        let g = grad.clone().try_into_primitive::<Cube>().ok()?;
+        Some((l, g))
+    };
+    let (l, g) = prims(&loss, &grad).ok_or_else(internal)?;
+    if let Ok(x) = logits
+        .clone()
+        .try_into_primitive::<Autodiff<Cube, NoCheckpointing>>()
+    {
+        return Ok(backward_op::<Cube, NoCheckpointing>(x, l, || g));
+    }
+    if let Ok(x) = logits.try_into_primitive::<Autodiff<Cube, BalancedCheckpointing>>() {
+        return Ok(backward_op::<Cube, BalancedCheckpointing>(x, l, || g));
+    }
+    Err(internal())
 }
 
 /// Any other autodiff backend: `(s − detach(s)) + loss` with `s = Σ_c x·G` (per row for
@@ -476,6 +559,10 @@ fn mix_tensor<const D: usize>(
 ) -> Result<Tensor<D>> {
     const OP: &str = "mixup_kernels::burn::mix";
     let device = x.device();
+    #[cfg(feature = "burn-cuda")]
+    if let Some(ordinal) = cuda::ordinal(&device) {
+        return cuda::mix(ordinal, plan, shape, x);
+    }
     let mut data = read(x, "images", OP)?;
     let dtype = data.dtype();
     let dims = data.shape().clone();
