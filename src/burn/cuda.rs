@@ -1,39 +1,49 @@
-//! burn's CUDA backend without a copy (feature `burn-cuda`): the crate's NVRTC kernels read and
-//! write the tensors' own device memory.
+//! burn's CUDA backend without a host copy (feature `burn-cuda`): the crate's NVRTC kernels read
+//! the tensors' own device memory and write new burn tensors in place.
 //!
 //! burn 0.22's `Cube` backend is one type for every cubecl runtime; this feature turns burn's
-//! `fusion` on, so a tensor's primitive is a fusion handle. Each operand is resolved through
-//! its fusion client to the `CubeTensor` underneath (made contiguous on the device when it is a
-//! strided view), and its device address comes from the compute client
-//! (`client.get_resource::<CudaServer>(handle)`), which keeps the allocation in place while
-//! the address is held. Outputs are fresh burn tensors (`Tensor::empty`) on the caller's
-//! device, written the same way.
+//! `fusion` on, so a tensor's primitive is a fusion handle.
 //!
-//! **Ordering.** cubecl exposes no CUDA stream, so a call is ordered by two host
-//! synchronizations: `device.sync()` (burn's queued work, the fusion queue included, has run)
-//! before the kernels, and a synchronize of our own stream after them, before burn may touch
-//! the outputs or reuse the inputs' memory. That is the price of not sharing a stream, stated
-//! in docs/burn.md; the work itself is the kernel's. Calls from several host threads on one
-//! device take turns (one state per device, locked for the call).
+//! - **Inputs** are resolved through their fusion client to the `CubeTensor` underneath. cubecl
+//!   allocates CUDA tensors *pitched* (each row of the last dimension padded to the device's
+//!   pitch alignment unless its byte width is a multiple of it); the kernels read dense rows, so
+//!   such an input is first made contiguous on the device by burn's own kernel
+//!   (`into_contiguous`: one device copy, no host transfer). A dense input is read in place.
+//! - **Outputs** are allocated dense (`empty_device_contiguous_dtype`) on the device's cubecl
+//!   client, written by the kernel, and registered with the fusion client as new tensors (an
+//!   `Init` operation, as burn's own `from_data` does), so burn sees them like any other.
+//! - **Addresses** come from the compute client (`client.get_resource::<CudaServer>(handle)`),
+//!   which keeps each allocation in place while the address is held and queues the wait for
+//!   the stream that last wrote it (a tensor made on another host thread).
+//! - **Ordering.** cubecl exposes no CUDA stream, so a call is ordered by two host
+//!   synchronizations: `device.sync()` after the addresses are taken (burn's queue, the fusion
+//!   queue and those cross-stream waits have run) and before the kernel, and a synchronize of
+//!   our own stream after it (also after a failed launch), before burn may read the outputs or
+//!   reuse the inputs' memory. That is the price of not sharing a stream (docs/burn.md).
+//! - **Labels** are read to the host (`[B]` integers), checked there as on every other backend,
+//!   and uploaded as u32 into a buffer the per-device state keeps.
 //!
-//! **Labels** are read to the host (`[B]` integers, a few hundred bytes), checked there as on
-//! every other backend (negatives and out-of-range values are errors before any work), and
-//! uploaded as u32 into a buffer the state keeps. Images and logits, the large operands, never
-//! leave the device.
-//!
-//! A tensor whose primitive cannot be resolved this way (another backend) never reaches this
-//! module: [`ordinal`] answers `None` for every device but a CUDA one of burn's cubecl backend.
+//! Calls from several host threads on one device take turns (one state per device, locked for
+//! the call). [`ordinal`] answers `None` for every device but a CUDA one of burn's cubecl
+//! backend, so nothing else reaches this module.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use burn::backend::{BackendTensor, DispatchDevice, DispatchTensorKind};
+use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
+use burn::backend::fusion::stream::StreamId;
+use burn::backend::fusion::{FusionBackend, FusionTensor, NoOp, get_client};
+use burn::backend::ir::{BackendIr, InitOperationIr, OperationIr, OperationOutput};
+use burn::backend::{
+    Autodiff, AutodiffBackend, BackendTensor, Cube, DispatchDevice, DispatchTensorKind,
+    GradientCheckpointingStrategy,
+};
 use burn::tensor::kind::Basic;
-use burn::tensor::{DType, Device, Tensor};
-use burn_cubecl::cubecl::cuda::CudaRuntime;
+use burn::tensor::{DType, Device, Shape, Tensor};
+use burn_cubecl::cubecl::cuda::{CudaDevice, CudaRuntime};
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, CubeDevice};
-use burn_fusion::{FusionBackend, FusionTensor};
 use cubecl_runtime::runtime::Runtime;
 use cudarc::driver::{CudaSlice, DevicePtr};
 
@@ -73,8 +83,10 @@ pub(super) fn calls() -> usize {
 /// What the crate keeps per CUDA device: the mixer (compiled kernels, its own stream), the plan
 /// buffer, the labels as u32, the BCE's class weights and the normalization constants last
 /// used. Every call ends with a synchronize of the stream, so each buffer is free for reuse by
-/// the next call; once the largest batch has been seen nothing is allocated per call.
+/// the next call; once the largest batch has been seen nothing is allocated per call but the
+/// outputs.
 struct State {
+    ordinal: usize,
     mixer: CudaMixer,
     plan: DevicePlan,
     labels: Option<CudaSlice<u32>>,
@@ -85,7 +97,7 @@ struct State {
 /// The states made so far, one per device ordinal (kept for the process: they hold the kernels).
 type States = Mutex<Vec<(usize, Arc<Mutex<State>>)>>;
 
-/// Device `ordinal`'s state, made on first use, locked for the caller's whole call.
+/// Device `ordinal`'s state, made on first use.
 fn state(ordinal: usize) -> Result<Arc<Mutex<State>>> {
     static STATES: OnceLock<States> = OnceLock::new();
     // A poisoned lock holds a whole list.
@@ -106,6 +118,7 @@ fn state(ordinal: usize) -> Result<Arc<Mutex<State>>> {
     let mixer = CudaMixer::from_stream(stream)?;
     let plan = DevicePlan::new(&mixer);
     let s = Arc::new(Mutex::new(State {
+        ordinal,
         mixer,
         plan,
         labels: None,
@@ -130,10 +143,11 @@ impl State {
         Ok(())
     }
 
-    /// `labels` (checked on the host) in the label buffer; its address.
+    /// `labels` (checked on the host) in the label buffer; its address. The buffer is only
+    /// read by this call's kernel, which [`launch_on`] waits for.
     fn upload_labels(&mut self, labels: &[u32]) -> Result<u64> {
         let s = self.mixer.stream().clone();
-        let n = labels.len().max(1);
+        let n = labels.len().max(1); // cuMemAlloc rejects 0 bytes
         let buf = match &mut self.labels {
             Some(b) if b.len() >= n => b,
             slot => {
@@ -151,20 +165,48 @@ impl State {
         Ok(ptr)
     }
 
-    /// Waits for the stream: the kernels of this call have run (burn may read the outputs and
-    /// reuse the inputs), or their launch error is reported.
-    fn finish(&self) -> Result<()> {
-        self.mixer
-            .stream()
-            .synchronize()
-            .map_err(driver_err("waiting for the mixup kernels"))?;
-        CALLS.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+    /// A new dense tensor of `shape` and `dtype` on this device's cubecl client (uninitialized:
+    /// the kernel writes every element).
+    fn output(
+        &self,
+        shape: &[usize],
+        dtype: DType,
+        what: &'static str,
+        op: &str,
+    ) -> Result<CubeTensor> {
+        let device = CudaDevice {
+            index: self.ordinal,
+        };
+        caught(what, op, "allocating an output", || {
+            let client = CudaRuntime::client(&device);
+            empty_device_contiguous_dtype(
+                client,
+                CubeDevice::Cuda(device),
+                Shape::from(shape),
+                dtype,
+            )
+        })
     }
 }
 
-/// The `CubeTensor` under `x` (a fusion handle on burn's CUDA device, float or int, with or
-/// without autodiff), made contiguous on the device when it is a strided view.
+/// Runs `f`, a call into burn or cubecl that panics on a failed device or a poisoned tensor,
+/// and reports such a panic as an error naming the operand.
+fn caught<T>(what: &'static str, op: &str, doing: &str, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|e| {
+        let why = e
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| e.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        invalid(
+            what,
+            format!("{op}: burn failed {doing} for `{what}`: {why}"),
+        )
+    })
+}
+
+/// The dense `CubeTensor` under `x` (a fusion handle on burn's CUDA device, float or int, with
+/// or without autodiff): itself when its rows are dense, else a dense device copy.
 fn resolve<const D: usize, K: Basic>(
     x: &Tensor<D, K>,
     what: &'static str,
@@ -189,32 +231,74 @@ fn resolve<const D: usize, K: Basic>(
             ));
         }
     };
-    let client = fused.client.clone();
-    let t = if int {
-        client.resolve_tensor_int::<CubeBackend>(fused)
-    } else {
-        client.resolve_tensor_float::<CubeBackend>(fused)
-    };
-    Ok(burn_cubecl::kernel::into_contiguous(t))
+    caught(what, op, "resolving the tensor", move || {
+        let client = fused.client.clone();
+        let t = if int {
+            client.resolve_tensor_int::<CubeBackend>(fused)
+        } else {
+            client.resolve_tensor_float::<CubeBackend>(fused)
+        };
+        burn_cubecl::kernel::into_contiguous(t)
+    })
+}
+
+/// `t`, written by a kernel, as a burn tensor on `device`: registered with the fusion client
+/// as a new tensor (burn's own `from_data` does the same with the tensor it uploads).
+fn into_burn<const D: usize>(t: CubeTensor, device: &Device, op: &str) -> Result<Tensor<D>> {
+    Ok(leaf(into_fused(t, op)?, device))
+}
+
+/// A fusion primitive as a burn tensor on `device`: on an autodiff device a leaf (no gradient
+/// tracked) of the device's gradient-checkpointing strategy.
+pub(super) fn leaf<const D: usize>(fused: Fused, device: &Device) -> Tensor<D> {
+    match device.gradient_checkpointing_strategy() {
+        None => Tensor::from_primitive::<Cube>(fused),
+        Some(GradientCheckpointingStrategy::Balanced) => {
+            type Ad = Autodiff<Cube, BalancedCheckpointing>;
+            Tensor::from_primitive::<Ad>(<Ad as AutodiffBackend>::from_inner(fused))
+        }
+        Some(GradientCheckpointingStrategy::Disabled) => {
+            type Ad = Autodiff<Cube, NoCheckpointing>;
+            Tensor::from_primitive::<Ad>(<Ad as AutodiffBackend>::from_inner(fused))
+        }
+    }
+}
+
+/// `t` registered with its device's fusion client as a new tensor.
+fn into_fused(t: CubeTensor, op: &str) -> Result<Fused> {
+    caught("out", op, "registering an output", move || {
+        let shape = t.meta.shape().clone();
+        let dtype = t.dtype;
+        let client = get_client::<CubeBackend>(&t.device);
+        let handle = <CubeBackend as BackendIr>::float_tensor_handle(t);
+        let desc = InitOperationIr::create(shape, dtype, || client.register_tensor_handle(handle));
+        client
+            .register(
+                StreamId::current(),
+                OperationIr::Init(desc),
+                NoOp::<CubeBackend>::new(),
+            )
+            .output()
+    })
 }
 
 /// The device address of `t`'s first element, checked to hold `bytes`, and the guard that keeps
-/// the allocation in place until it is dropped (after [`State::finish`]).
+/// the allocation in place until it is dropped (after [`launch_on`]).
 fn address(
     t: &CubeTensor,
     bytes: usize,
     what: &'static str,
     op: &str,
 ) -> Result<(u64, impl Sized + use<>)> {
-    let r = t
-        .client
-        .get_resource::<CudaServer>(t.handle.clone())
-        .map_err(|e| {
-            invalid(
-                what,
-                format!("{op}: burn could not give the device address of `{what}`: {e:?}"),
-            )
-        })?;
+    let r = caught(what, op, "giving the device address", || {
+        t.client.get_resource::<CudaServer>(t.handle.clone())
+    })?
+    .map_err(|e| {
+        invalid(
+            what,
+            format!("{op}: burn could not give the device address of `{what}`: {e:?}"),
+        )
+    })?;
     let res = r.resource();
     if (res.size as usize) < bytes {
         return Err(invalid(
@@ -228,9 +312,11 @@ fn address(
     Ok((res.ptr, r))
 }
 
-/// Waits for burn's queued work on `device` (the fusion queue included).
+/// Waits for burn's queued work on `device` (the fusion queue included, and the cross-stream
+/// waits that taking the addresses queued).
 fn sync(device: &Device, what: &'static str, op: &str) -> Result<()> {
-    device.sync().map_err(|e| {
+    let r = caught(what, op, "synchronizing the device", || device.sync())?;
+    r.map_err(|e| {
         invalid(
             what,
             format!("{op}: burn's queued work on {device:?} failed: {e:?}"),
@@ -238,12 +324,17 @@ fn sync(device: &Device, what: &'static str, op: &str) -> Result<()> {
     })
 }
 
-fn scalar(dtype: DType) -> ScalarType {
+/// The kernels' element type for a dtype the caller has checked.
+fn scalar(dtype: DType, what: &'static str, op: &str) -> Result<ScalarType> {
     match dtype {
-        DType::F16 => ScalarType::F16,
-        DType::BF16 => ScalarType::BF16,
-        DType::U8 => ScalarType::U8,
-        _ => ScalarType::F32,
+        DType::F32 => Ok(ScalarType::F32),
+        DType::F16 => Ok(ScalarType::F16),
+        DType::BF16 => Ok(ScalarType::BF16),
+        DType::U8 => Ok(ScalarType::U8),
+        other => Err(invalid(
+            what,
+            format!("{op}: `{what}` must be f32, f16, bf16 (or u8 pixels), got {other:?}"),
+        )),
     }
 }
 
@@ -257,23 +348,26 @@ pub(super) fn mix<const D: usize>(
     const OP: &str = "mixup_kernels::burn::mix";
     let device = x.device();
     let dtype = x.dtype();
+    let st_dtype = scalar(dtype, "images", OP)?;
+    let dims = x.dims();
     let n = x.shape().num_elements();
     let bytes = n * dtype.size();
-    let out = Tensor::<D>::empty(x.shape(), (&device, dtype));
     let st = state(ordinal)?;
     let mut st = lock(&st);
     let xin = resolve(&x, "images", OP)?;
-    let xout = resolve(&out, "images", OP)?;
-    sync(&device, "images", OP)?;
-    st.upload_plan(plan)?;
+    let xout = st.output(&dims, dtype, "images", OP)?;
     let (xp, _rx) = address(&xin, bytes, "images", OP)?;
     let (op, _ro) = address(&xout, bytes, "images", OP)?;
-    // SAFETY: both addresses hold `n` elements of `dtype` on this device (checked above), in
-    // allocations kept in place by `_rx`/`_ro` until after `finish`; `out` is a fresh tensor,
-    // so they do not overlap; burn's queue has drained and nothing else writes them meanwhile.
-    unsafe { raw::mix(&st.mixer, &st.plan, shape, scalar(dtype), xp, op, n) }?;
-    st.finish()?;
-    Ok(out)
+    sync(&device, "images", OP)?;
+    st.upload_plan(plan)?;
+    // SAFETY: both addresses hold `n` elements of `dtype` on this device (checked above), dense,
+    // in allocations kept in place by `_rx`/`_ro` until after `launch_on` has waited for the
+    // kernel; the output is a new allocation, so they do not overlap; burn's queue has drained
+    // and nothing else writes them meanwhile.
+    launch_on(&st.mixer, || unsafe {
+        raw::mix(&st.mixer, &st.plan, shape, st_dtype, xp, op, n)
+    })?;
+    into_burn(xout, &device, OP)
 }
 
 /// Soft targets `[B, C]` of `dtype` on `device` from checked host labels.
@@ -286,21 +380,22 @@ pub(super) fn soft_targets(
     dtype: DType,
 ) -> Result<Tensor<2>> {
     const OP: &str = "mixup_kernels::burn::soft_targets";
+    let st_dtype = scalar(dtype, "dtype", OP)?;
     let shape = [plan.len(), spec.num_classes()];
     let n = shape[0] * shape[1];
-    let out = Tensor::<2>::empty(shape, (device, dtype));
     let st = state(ordinal)?;
     let mut st = lock(&st);
-    let t = resolve(&out, "dtype", OP)?;
+    let t = st.output(&shape, dtype, "dtype", OP)?;
+    let (tp, _rt) = address(&t, n * dtype.size(), "dtype", OP)?;
     sync(device, "labels", OP)?;
     st.upload_plan(plan)?;
     let yp = st.upload_labels(labels)?;
-    let (tp, _rt) = address(&t, n * dtype.size(), "dtype", OP)?;
-    // SAFETY: `yp` holds `B` u32 labels, `tp` `B·C` elements of `dtype` (checked), both live
-    // until after `finish` and distinct.
-    unsafe { raw::soft_targets(&st.mixer, &st.plan, spec, scalar(dtype), yp, tp, n) }?;
-    st.finish()?;
-    Ok(out)
+    // SAFETY: `yp` holds `B` u32 labels, `tp` `B·C` dense elements of `dtype` (checked), both
+    // kept until `launch_on` has waited for the kernel, and distinct.
+    launch_on(&st.mixer, || unsafe {
+        raw::soft_targets(&st.mixer, &st.plan, spec, st_dtype, yp, tp, n)
+    })?;
+    into_burn(t, device, OP)
 }
 
 /// `mix_normalize` of u8 (`Int`) or float images into a new float tensor of `dtype`
@@ -320,12 +415,14 @@ pub(super) fn mix_normalize<K: Basic>(
     const OP: &str = "mixup_kernels::burn::mix_normalize";
     let device = images.device();
     let in_dtype = images.dtype();
+    let (input, output) = (scalar(in_dtype, "images", OP)?, scalar(dtype, "dtype", OP)?);
     let n = out_dims.iter().product::<usize>();
-    let out = Tensor::<4>::empty(out_dims, (&device, dtype));
     let st = state(ordinal)?;
     let mut st = lock(&st);
     let xin = resolve(images, "images", OP)?;
-    let xout = resolve(&out, "dtype", OP)?;
+    let xout = st.output(&out_dims, dtype, "dtype", OP)?;
+    let (xp, _rx) = address(&xin, n * in_dtype.size(), "images", OP)?;
+    let (op, _ro) = address(&xout, n * dtype.size(), "dtype", OP)?;
     sync(&device, "images", OP)?;
     st.upload_plan(plan)?;
     let st = &mut *st;
@@ -333,55 +430,68 @@ pub(super) fn mix_normalize<K: Basic>(
         Some(d) if d.normalize() == norm => d,
         slot => slot.insert(DeviceNormalize::new(&st.mixer, norm.clone())?),
     };
-    let (xp, _rx) = address(&xin, n * in_dtype.size(), "images", OP)?;
-    let (op, _ro) = address(&xout, n * dtype.size(), "dtype", OP)?;
-    // SAFETY: `n` elements of each dtype at each address (checked), kept in place until after
-    // `finish`; the output is a fresh tensor, distinct from the input.
-    unsafe {
-        st.mixer.mix_normalize_raw(
-            &st.plan,
-            shape,
-            dnorm,
-            scalar(in_dtype),
-            xp,
-            out_format,
-            scalar(dtype),
-            op,
-            n,
-        )
-    }?;
-    st.finish()?;
-    Ok(out)
+    let (mixer, dplan) = (&st.mixer, &st.plan);
+    let run = || {
+        // SAFETY: `n` dense elements of each dtype at each address (checked), kept in place
+        // until `launch_on` has waited for the kernel; the output is a new allocation.
+        unsafe {
+            mixer.mix_normalize_raw(dplan, shape, dnorm, input, xp, out_format, output, op, n)
+        }
+    };
+    launch_on(mixer, run)?;
+    into_burn(xout, &device, OP)
 }
 
-/// The fused loss on the device: the loss (`[1]` f32, or `[B]` under `Reduction::None`) on
-/// `loss_device`, and, when `grad_device` is given, the gradient for an upstream of 1
-/// (`[B, C]`, the logits' dtype) there.
+/// Runs `enqueue` (the call's one kernel launch on `mixer`'s stream), then waits for the stream
+/// whether the launch succeeded or not: the kernel has run (burn may read the outputs and reuse
+/// the inputs) before the caller drops the address guards. The launch's error comes first.
+fn launch_on(mixer: &CudaMixer, enqueue: impl FnOnce() -> Result<()>) -> Result<()> {
+    let launched = enqueue();
+    let waited = mixer
+        .stream()
+        .synchronize()
+        .map_err(driver_err("waiting for the mixup kernels"));
+    launched?;
+    waited?;
+    CALLS.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The fused loss on the device: the loss (`[1]` f32, or `[B]` under `Reduction::None`) and,
+/// when `grad` is asked for, the gradient for an upstream of 1 (`[B, C]`, the logits' dtype),
+/// both as fusion primitives of the inner (non-autodiff) backend.
 pub(super) fn loss(
     ordinal: usize,
     logits: &Tensor<2>,
     (spec, plan, labels, op): (&LossSpec<'_>, &MixPlan, &[u32], &'static str),
-    loss_device: &Device,
-    grad_device: Option<&Device>,
-) -> Result<(Tensor<1>, Option<Tensor<2>>)> {
+    grad: bool,
+) -> Result<(Fused, Option<Fused>)> {
     let device = logits.device();
     let dtype = logits.dtype();
+    let st_dtype = scalar(dtype, "logits", op)?;
     let dims = logits.dims();
     let n = dims[0] * dims[1];
     let rows = match spec.reduction() {
         Reduction::None => dims[0],
         Reduction::Mean | Reduction::Sum => 1,
     };
-    let loss = Tensor::<1>::empty([rows], (loss_device, DType::F32));
-    let grad = grad_device.map(|d| Tensor::<2>::empty(dims, (d, dtype)));
     let st = state(ordinal)?;
     let mut st = lock(&st);
     let z = resolve(logits, "logits", op)?;
-    let l = resolve(&loss, "logits", op)?;
-    let g = grad
-        .as_ref()
-        .map(|g| resolve(g, "logits", op))
-        .transpose()?;
+    let l = st.output(&[rows], DType::F32, "logits", op)?;
+    let g = match grad {
+        true => Some(st.output(&dims, dtype, "logits", op)?),
+        false => None,
+    };
+    let (zp, _rz) = address(&z, n * dtype.size(), "logits", op)?;
+    let (lp, _rl) = address(&l, rows * 4, "logits", op)?;
+    let (gp, _rg) = match &g {
+        Some(g) => {
+            let (p, r) = address(g, n * dtype.size(), "logits", op)?;
+            (Some(p), Some(r))
+        }
+        None => (None, None),
+    };
     sync(&device, "logits", op)?;
     st.upload_plan(plan)?;
     let yp = st.upload_labels(labels)?;
@@ -392,15 +502,6 @@ pub(super) fn loss(
             Some(d) if d.spec() == s.as_ref() => d,
             slot => slot.insert(DeviceBceSpec::new(&st.mixer, s.as_ref().clone())?),
         }),
-    };
-    let (zp, _rz) = address(&z, n * dtype.size(), "logits", op)?;
-    let (lp, _rl) = address(&l, rows * 4, "logits", op)?;
-    let (gp, _rg) = match &g {
-        Some(g) => {
-            let (p, r) = address(g, n * dtype.size(), "logits", op)?;
-            (Some(p), Some(r))
-        }
-        None => (None, None),
     };
     let (loss_ptr, losses_ptr) = match spec.reduction() {
         Reduction::None => (None, Some(lp)),
@@ -413,10 +514,16 @@ pub(super) fn loss(
         loss: loss_ptr,
         losses: losses_ptr,
     };
+    let (mixer, dplan) = (&st.mixer, &st.plan);
     let one = RawGradOutput::Scalar(1.0);
-    // SAFETY: every address holds what the kernel reads or writes for `B` rows of `C` classes
-    // (sizes checked above), kept in place until after `finish`; the outputs are fresh tensors.
-    unsafe { crate::cuda::loss::launch(&st.mixer, &st.plan, dspec, scalar(dtype), n, &bufs, one) }?;
-    st.finish()?;
+    let run = || {
+        // SAFETY: every address holds what the kernel reads or writes for `B` rows of `C`
+        // classes (sizes checked above, dense), kept in place until `launch_on` has waited for
+        // the kernel; the outputs are new allocations.
+        unsafe { crate::cuda::loss::launch(mixer, dplan, dspec, st_dtype, n, &bufs, one) }
+    };
+    launch_on(mixer, run)?;
+    let loss = into_fused(l, op)?;
+    let grad = g.map(|g| into_fused(g, op)).transpose()?;
     Ok((loss, grad))
 }

@@ -8,9 +8,9 @@
 //! [`Device`]. These functions work on every backend burn was built with:
 //!
 //! - **Where the work runs.** On burn's CUDA backend (feature `burn-cuda`): the crate's CUDA
-//!   kernels, on the tensors' own device memory, no copy (the outputs are fresh burn tensors
-//!   written in place; two host synchronizations per call order the work with burn's queue,
-//!   docs/burn.md). Everywhere else: the crate's CPU kernels (the `cpu` module), on the host
+//!   kernels, on the tensors' own device memory, no host copy (an input whose rows burn padded
+//!   is made dense on the device first; the outputs are new device tensors handed to burn; two
+//!   host synchronizations per call order the work with burn's queue, docs/burn.md). Everywhere else: the crate's CPU kernels (the `cpu` module), on the host
 //!   copy of the tensor that burn's own `into_data` gives: for burn's CPU backends (`Flex`,
 //!   `NdArray`) that is a memory copy out and one back in (`Tensor::from_data`), on another GPU
 //!   backend a device → host → device round trip. Involution plans (timm's flip) mix that host
@@ -443,10 +443,9 @@ where
     Tensor::from_primitive::<Autodiff<B, C>>(out)
 }
 
-/// The fused loss on burn's CUDA device, on the logits' own memory (see `cuda.rs`): untracked,
-/// the loss is written into a tensor on the logits' device; tracked, the loss and the gradient
-/// are written into tensors of the inner (non-autodiff) device and attached as a
-/// [`FusedLossBackward`] op.
+/// The fused loss on burn's CUDA device, on the logits' own memory (see `cuda.rs`): the loss
+/// as a new tensor on the logits' device, attached as a [`FusedLossBackward`] op with the
+/// gradient the same kernel wrote when the logits are tracked.
 #[cfg(feature = "burn-cuda")]
 fn device_loss(
     ordinal: usize,
@@ -457,30 +456,23 @@ fn device_loss(
     use burn::backend::Cube;
     let op = call.3;
     let device = logits.device();
-    if !tracked {
-        let (loss, _) = cuda::loss(ordinal, &logits, call, &device, None)?;
-        return Ok(loss);
-    }
-    let inner = device.clone().inner();
-    let (loss, grad) = cuda::loss(ordinal, &logits, call, &inner, Some(&inner))?;
-    let internal = || invalid("logits", format!("{op}: internal: no CUDA loss primitive"));
-    let grad = grad.ok_or_else(internal)?;
-    let prims = |loss: &Tensor<1>, grad: &Tensor<2>| {
-        let l = loss.clone().try_into_primitive::<Cube>().ok()?;
-        let g = grad.clone().try_into_primitive::<Cube>().ok()?;
-        Some((l, g))
+    let (loss, grad) = cuda::loss(ordinal, &logits, call, tracked)?;
+    let Some(grad) = grad else {
+        return Ok(cuda::leaf(loss, &device));
     };
-    let (l, g) = prims(&loss, &grad).ok_or_else(internal)?;
     if let Ok(x) = logits
         .clone()
         .try_into_primitive::<Autodiff<Cube, NoCheckpointing>>()
     {
-        return Ok(backward_op::<Cube, NoCheckpointing>(x, l, || g));
+        return Ok(backward_op::<Cube, NoCheckpointing>(x, loss, || grad));
     }
     if let Ok(x) = logits.try_into_primitive::<Autodiff<Cube, BalancedCheckpointing>>() {
-        return Ok(backward_op::<Cube, BalancedCheckpointing>(x, l, || g));
+        return Ok(backward_op::<Cube, BalancedCheckpointing>(x, loss, || grad));
     }
-    Err(internal())
+    Err(invalid(
+        "logits",
+        format!("{op}: tracked logits on {device:?} are not an autodiff cubecl tensor"),
+    ))
 }
 
 /// Any other autodiff backend: `(s − detach(s)) + loss` with `s = Σ_c x·G` (per row for
