@@ -19,7 +19,7 @@ export DOCS_RS=1
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target/burn-cuda-offline}"
 stub="$CARGO_TARGET_DIR/llvm-stub"
 mkdir -p "$stub"
-args=(rustc --release --features burn-cuda-cpp --test burn --message-format=json)
+args=(rustc --release --features burn-cuda-cpp --test burn --message-format=json-render-diagnostics)
 
 # The test binary's path from cargo's JSON messages.
 exe_of() {
@@ -35,13 +35,19 @@ for line in sys.stdin:
 '
 }
 
-# 1. Build; the final link fails on the LLVM symbols (mangled names: --no-demangle).
+# 1. Build; the final link fails on the LLVM symbols. Every one is listed (no error limit) by
+# its linker name (no demangling): rust-lld says "undefined symbol: NAME", GNU ld "undefined
+# reference to `NAME'".
 echo "building (burn + cubecl-cuda, release: 20-30 min cold on 2 cores)..." >&2
-if exe=$(cargo "${args[@]}" -- -C link-arg=-Wl,--no-demangle 2>"$stub/link.err" | exe_of) && [[ -n "$exe" ]]; then
+link1=(-C link-arg=-Wl,--no-demangle -C link-arg=-Wl,--error-limit=0)
+if exe=$(cargo "${args[@]}" -- "${link1[@]}" 2>"$stub/link.err" | exe_of) && [[ -n "$exe" ]]; then
     echo "linked without stubs" >&2
 else
-    grep -oE "undefined reference to \`[^']+'" "$stub/link.err" |
-        sed -E "s/undefined reference to \`(.*)'/\1/" | sort -u >"$stub/symbols.txt"
+    {
+        grep -oE "undefined symbol: [^ ]+" "$stub/link.err" | sed -E "s/undefined symbol: //" || true
+        grep -oE "undefined reference to \`[^']+'" "$stub/link.err" |
+            sed -E "s/undefined reference to \`(.*)'/\1/" || true
+    } | sort -u >"$stub/symbols.txt"
     n=$(wc -l <"$stub/symbols.txt")
     if [[ $n == 0 ]]; then
         tail -40 "$stub/link.err" >&2

@@ -10,8 +10,8 @@
 #   bash scripts/gpu-bundle.sh --no-burn      # without test-burn (its build: 20-30 min cold)
 #
 # .gpu/ holds: test-<name> (lib, cuda_plan, cuda_mix, cuda_soft_targets, cuda_mixup_ce,
-# cuda_mixup_bce, cuda_mix_normalize, and burn: tests/burn.rs with burn's CUDA backend, linked
-# without LLVM by scripts/burn-cuda-offline.sh),
+# cuda_mixup_bce, cuda_mix_normalize), test-burn.xz (tests/burn.rs with burn's CUDA backend,
+# linked without LLVM by scripts/burn-cuda-offline.sh, xz-compressed),
 # bench-gpu, whl/liger_kernel-*.whl, COMMIT, and with --with-nvrtc nvrtc/*.xz. Binaries are built
 # without debug info and stripped; everything that travels must fit in 64 MiB.
 set -euo pipefail
@@ -61,6 +61,12 @@ if [[ $with_burn == 1 ]]; then
     bash scripts/burn-cuda-offline.sh "$out/test-burn" >&2
 fi
 strip "$out"/test-* "$out"/bench-*
+if [[ -e "$out/test-burn" ]]; then
+    # 65 MiB stripped (burn, cubecl and stubbed LLVM code): carried xz-compressed (~10 MiB);
+    # scripts/gpu/run.sh unpacks it with python's lzma.
+    echo "compressing test-burn..." >&2
+    xz -T0 -6 "$out/test-burn"
+fi
 for t in lib "${tests[@]}"; do [[ -x "$out/test-$t" ]] || { echo "error: test-$t not built" >&2; exit 1; }; done
 [[ -x "$out/bench-gpu" ]] || { echo "error: bench-gpu not built" >&2; exit 1; }
 git rev-parse HEAD >"$out/COMMIT"
