@@ -23,11 +23,16 @@
 //! - **Labels** are read to the host (`[B]` integers), checked there as on every other backend,
 //!   and uploaded as u32 into a buffer the per-device state keeps.
 //!
+//! One case is not covered: an input that another host thread rewrote *in place* on its own
+//! stream after the two threads' streams last synchronized (cubecl decides the cross-stream wait
+//! when the memory is allocated, not on each write). cubecl's own cross-stream reads share that
+//! limit; hand tensors between threads after `device.sync()` on the producing thread.
+//!
 //! Calls from several host threads on one device take turns (one state per device, locked for
 //! the call). [`ordinal`] answers `None` for every device but a CUDA one of burn's cubecl
 //! backend, so nothing else reaches this module.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
@@ -73,11 +78,13 @@ pub(super) fn ordinal(device: &Device) -> Option<usize> {
     }
 }
 
-/// Calls that ran on burn's device memory (see [`super::device_calls`]).
-static CALLS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    /// Calls on this host thread that ran on burn's device memory (see [`super::device_calls`]).
+    static CALLS: Cell<usize> = const { Cell::new(0) };
+}
 
 pub(super) fn calls() -> usize {
-    CALLS.load(Ordering::Relaxed)
+    CALLS.with(Cell::get)
 }
 
 /// What the crate keeps per CUDA device: the mixer (compiled kernels, its own stream), the plan
@@ -453,7 +460,7 @@ fn launch_on(mixer: &CudaMixer, enqueue: impl FnOnce() -> Result<()>) -> Result<
         .map_err(driver_err("waiting for the mixup kernels"));
     launched?;
     waited?;
-    CALLS.fetch_add(1, Ordering::Relaxed);
+    CALLS.with(|c| c.set(c.get() + 1));
     Ok(())
 }
 

@@ -86,9 +86,10 @@ mod mix_normalize;
 pub use bce::mixup_binary_cross_entropy;
 pub use mix_normalize::mix_normalize;
 
-/// How many calls of this module ran the crate's CUDA kernels on burn's own device memory (the
-/// zero-copy path of burn's CUDA backend) in this process. For tests and the GPU script, which
-/// tell that path from the host round trip with it.
+/// How many calls of this module on the current host thread ran the crate's CUDA kernels on
+/// burn's own device memory (the no-copy path of burn's CUDA backend). For tests and the GPU
+/// script, which tell that path from the host round trip with it (per thread, so tests running
+/// in parallel do not count each other's calls).
 ///
 /// ```
 /// # #[cfg(feature = "burn-cuda")]
