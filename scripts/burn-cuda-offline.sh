@@ -22,18 +22,7 @@ mkdir -p "$stub"
 args=(rustc --release --features burn-cuda-cpp --test burn --message-format=json-render-diagnostics)
 
 # The test binary's path from cargo's JSON messages.
-exe_of() {
-    python3 -c '
-import json, sys
-for line in sys.stdin:
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        print(m["executable"])
-'
-}
+exe_of() { python3 "$root/scripts/cargo_executables.py" | awk '{print $2}'; }
 
 # 1. Build; the final link fails on the LLVM symbols. Every one is listed (no error limit) by
 # its linker name (no demangling): rust-lld says "undefined symbol: NAME", GNU ld "undefined

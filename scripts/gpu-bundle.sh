@@ -34,19 +34,7 @@ mkdir -p "$out/whl"
 export CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_BENCH_DEBUG=0
 
 # Cargo prints one JSON object per artifact; test and bench executables carry "executable".
-pick() {
-    python3 -c '
-import json, sys
-for line in sys.stdin:
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        kind = m["target"]["kind"][0]
-        print("lib" if kind == "lib" else m["target"]["name"], m["executable"])
-'
-}
+pick() { python3 scripts/cargo_executables.py; }
 
 tests=(cuda_plan cuda_mix cuda_soft_targets cuda_mixup_ce cuda_mixup_bce cuda_mix_normalize)
 args=(--release --no-run --message-format=json --lib)
