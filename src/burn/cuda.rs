@@ -54,7 +54,7 @@ use cudarc::driver::{CudaSlice, DevicePtr};
 
 use super::invalid;
 use crate::config::TargetSpec;
-use crate::cuda::context::{check_device, driver_err, guard};
+use crate::cuda::context::{check_device, driver_err, guard, panic_message};
 use crate::cuda::loss::DeviceLoss;
 use crate::cuda::raw::{self, CeBuffers, RawGradOutput};
 use crate::cuda::{CudaMixer, DeviceBceSpec, DeviceNormalize, DevicePlan};
@@ -200,11 +200,7 @@ impl State {
 /// and reports such a panic as an error naming the operand.
 fn caught<T>(what: &'static str, op: &str, doing: &str, f: impl FnOnce() -> T) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|e| {
-        let why = e
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| e.downcast_ref::<&str>().copied())
-            .unwrap_or("a panic");
+        let why = panic_message(e);
         invalid(
             what,
             format!("{op}: burn failed {doing} for `{what}`: {why}"),
@@ -333,16 +329,12 @@ fn sync(device: &Device, what: &'static str, op: &str) -> Result<()> {
 
 /// The kernels' element type for a dtype the caller has checked.
 fn scalar(dtype: DType, what: &'static str, op: &str) -> Result<ScalarType> {
-    match dtype {
-        DType::F32 => Ok(ScalarType::F32),
-        DType::F16 => Ok(ScalarType::F16),
-        DType::BF16 => Ok(ScalarType::BF16),
-        DType::U8 => Ok(ScalarType::U8),
-        other => Err(invalid(
+    super::scalar_type(dtype).ok_or_else(|| {
+        invalid(
             what,
-            format!("{op}: `{what}` must be f32, f16, bf16 (or u8 pixels), got {other:?}"),
-        )),
-    }
+            format!("{op}: `{what}` must be f32, f16, bf16 (or u8 pixels), got {dtype:?}"),
+        )
+    })
 }
 
 /// Mixes `x` (`[B, ...]`, f32/f16/bf16, checked by the caller) into a new tensor on its device.

@@ -4,7 +4,7 @@ use burn::tensor::kind::Basic;
 use burn::tensor::{DType, Tensor, TensorData};
 
 use super::{bad_dtype, float_dtype, invalid, read, read_err};
-use crate::dtype::{Element, FloatElement, ScalarType};
+use crate::dtype::{Element, FloatElement};
 use crate::error::Result;
 use crate::normalize::{Normalize, check_mix_normalize};
 use crate::plan::MixPlan;
@@ -57,12 +57,10 @@ pub fn mix_normalize<K: Basic>(
     let shape = format
         .sample_shape(&dims)
         .ok_or_else(|| invalid("images", format!("{OP}: shape {dims:?} is not rank 4")))?;
-    let input = match images.dtype() {
-        DType::U8 => ScalarType::U8,
-        DType::F32 => ScalarType::F32,
-        DType::F16 => ScalarType::F16,
-        DType::BF16 => ScalarType::BF16,
-        other => {
+    let input = match super::scalar_type(images.dtype()) {
+        Some(t) => t,
+        None => {
+            let other = images.dtype();
             return Err(invalid(
                 "images",
                 format!(

@@ -10,8 +10,9 @@
 //! - **Where the work runs.** On burn's CUDA backend (feature `burn-cuda`): the crate's CUDA
 //!   kernels, on the tensors' own device memory, no host copy (an input whose rows burn padded
 //!   is made dense on the device first; the outputs are new device tensors handed to burn; two
-//!   host synchronizations per call order the work with burn's queue, docs/burn.md). Everywhere else: the crate's CPU kernels (the `cpu` module), on the host
-//!   copy of the tensor that burn's own `into_data` gives: for burn's CPU backends (`Flex`,
+//!   host synchronizations per call order the work with burn's queue, docs/burn.md).
+//!   Everywhere else: the crate's CPU kernels (the `cpu` module), on the host copy of the
+//!   tensor that burn's own `into_data` gives: for burn's CPU backends (`Flex`,
 //!   `NdArray`) that is a memory copy out and one back in (`Tensor::from_data`), on another GPU
 //!   backend a device → host → device round trip. Involution plans (timm's flip) mix that host
 //!   copy in place; other plans write a new buffer. burn's `fusion` wrapper needs nothing
@@ -608,6 +609,18 @@ fn read_err(what: &'static str, op: &'static str, e: impl std::fmt::Debug) -> Mi
         what,
         format!("{op}: burn could not read `{what}` back to the host: {e:?}"),
     )
+}
+
+/// The crate's element type for a burn dtype the kernels take (f32, f16, bf16, u8 pixels).
+pub(crate) fn scalar_type(dtype: DType) -> Option<crate::dtype::ScalarType> {
+    use crate::dtype::ScalarType;
+    match dtype {
+        DType::F32 => Some(ScalarType::F32),
+        DType::F16 => Some(ScalarType::F16),
+        DType::BF16 => Some(ScalarType::BF16),
+        DType::U8 => Some(ScalarType::U8),
+        _ => None,
+    }
 }
 
 fn float_dtype(dtype: DType, what: &'static str, op: &'static str) -> Result<()> {

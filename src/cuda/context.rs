@@ -94,7 +94,8 @@ pub(crate) fn nvrtc_err(context: &'static str) -> impl Fn(NvrtcError) -> MixErro
     }
 }
 
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+/// The message a panic carried (`panic!` with a string or a format), for an error.
+pub(crate) fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<String>()
         .cloned()
         .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
