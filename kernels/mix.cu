@@ -21,6 +21,10 @@
 //
 // Rows whose pointers (own, partner, output) share their offset from a 16-byte boundary move in
 // 16-byte slots; other rows (odd row lengths with unequal offsets) go element by element.
+//
+// The input may be pitched (MixArgs::pitch: each row of its last dimension padded, as burn's CUDA
+// tensors are, read in place instead of copied dense first); the output is dense. Slots are
+// used for a pitched input only when its rows and pitch are whole slots (`slots_ok`).
 
 #ifndef MIX_NT
 #define MIX_NT 256
@@ -52,13 +56,37 @@ struct MixArgs {
     u32 width;
     u32 batch;
     u32 pad;
+    // The input's rows (a pitched tensor: burn's CUDA tensors pad each row of their last
+    // dimension): element e of a sample is at e + (e / seg) (pitch - seg) from the sample's
+    // start, and samples are x_row elements apart. Dense: seg = pitch = row_len = x_row. The
+    // output is always dense, and a pitched input is never mixed in place.
+    u64 seg;       // elements per input row (the last dimension)
+    u64 pitch;     // elements from one input row to the next (>= seg)
+    u64 x_row;     // elements from one input sample to the next
 };
-static_assert(sizeof(MixArgs) == 80, "MixArgs must match the host layout");
+static_assert(sizeof(MixArgs) == 104, "MixArgs must match the host layout");
 
 // 64-bit division where both operands usually fit in 32 bits.
 DEV u64 div_u64(u64 a, u64 b) {
     if (((a | b) >> 32) == 0) return (u64)((u32)a / (u32)b);
     return a / b;
+}
+
+// Offset of element e of a sample in the input (see MixArgs::pitch).
+DEV u64 in_at(const MixArgs& g, u64 e) {
+    if (g.pitch == g.seg) return e;
+    return e + div_u64(e, g.seg) * (g.pitch - g.seg);
+}
+
+// Whether the 16-byte slots of a row pair (input at a, output at o) can be used: the same
+// offset from a 16-byte boundary (dense), or, for a pitched input, both rows on the boundary
+// and input rows and pitch whole slots, so that no slot straddles two input rows.
+template <class E>
+DEV bool slots_ok(const MixArgs& g, const void* a, const void* o) {
+    if (!same_offset(a, o)) return false;
+    if (g.pitch == g.seg) return true;
+    constexpr u64 S = sizeof(typename E::B);
+    return ((u64)a & 15u) == 0 && (g.seg * S) % 16 == 0 && (g.pitch * S) % 16 == 0;
 }
 
 struct Pos {
@@ -232,11 +260,11 @@ DEV void mix_gather(const MixArgs& g) {
         const u64 chunk = item - row * g.chunks;
         const PlanEntry pe = plan[row];
         const Rule r = rule_of(pe, (u32)row, g.layout);
-        const B* a = x + row * D;
-        const B* b = x + (u64)pe.partner * D;
+        const B* a = x + row * g.x_row;
+        const B* b = x + (u64)pe.partner * g.x_row;
         B* o = out + row * D;
 
-        if (same_offset(a, b) && same_offset(a, o)) {
+        if (same_offset(a, b) && slots_ok<E>(g, a, o)) {
             const Geom ge = geom_of<E>(a, D);
             const u64 first = chunk * CS + threadIdx.x;
             // Box masks first (see mix_pairs), then the loads.
@@ -254,8 +282,9 @@ DEV void mix_gather(const MixArgs& g) {
                     const u64 e0 = slot_elem<E>(ge, v);
                     // A CutMix slot reads only the rows its box needs.
                     const u32 full = (1u << E::VE) - 1u;
-                    va[k] = (!r.cut || mask[k] != full) ? ld_v16_nc(a + e0) : zero_v16();
-                    vb[k] = (!r.cut || mask[k] != 0u) ? ld_v16_nc(b + e0) : zero_v16();
+                    const u64 i0 = in_at(g, e0);
+                    va[k] = (!r.cut || mask[k] != full) ? ld_v16_nc(a + i0) : zero_v16();
+                    vb[k] = (!r.cut || mask[k] != 0u) ? ld_v16_nc(b + i0) : zero_v16();
                 }
             }
 #pragma unroll
@@ -269,7 +298,8 @@ DEV void mix_gather(const MixArgs& g) {
             if (chunk == 0) {
                 for (u32 xi = threadIdx.x; xi < extras_of(ge); xi += MIX_NT) {
                     const u64 e = extra_elem<E>(ge, xi);
-                    o[e] = mix_scalar<E>(g, r, e, a[e], b[e]);
+                    const u64 i = in_at(g, e);
+                    o[e] = mix_scalar<E>(g, r, e, a[i], b[i]);
                 }
             }
         } else {
@@ -278,7 +308,10 @@ DEV void mix_gather(const MixArgs& g) {
 #pragma unroll 2
             for (u32 k = 0; k < CS * E::VE / MIX_NT; ++k) {
                 const u64 e = base + (u64)k * MIX_NT + threadIdx.x;
-                if (e < D) o[e] = mix_scalar<E>(g, r, e, a[e], b[e]);
+                if (e < D) {
+                    const u64 i = in_at(g, e);
+                    o[e] = mix_scalar<E>(g, r, e, a[i], b[i]);
+                }
             }
         }
     }
@@ -306,12 +339,12 @@ DEV void mix_pairs(const MixArgs& g) {
         const bool two = p != i;
         const Rule ri = rule_of(pi, i, g.layout);
         const Rule rp = rule_of(plan[p], p, g.layout);
-        const B* a = x + (u64)i * D;
-        const B* b = x + (u64)p * D;
+        const B* a = x + (u64)i * g.x_row;
+        const B* b = x + (u64)p * g.x_row;
         B* oa = out + (u64)i * D;
         B* ob = out + (u64)p * D;
 
-        if (same_offset(a, b) && same_offset(a, oa) && same_offset(a, ob)) {
+        if (same_offset(a, b) && slots_ok<E>(g, a, oa) && same_offset(a, ob)) {
             const Geom ge = geom_of<E>(a, D);
             const u64 first = chunk * CS + threadIdx.x;
             // Box masks first: the (non-inlined) mask routine then runs while no loaded data is
@@ -329,9 +362,9 @@ DEV void mix_pairs(const MixArgs& g) {
             for (int k = 0; k < MIX_UNROLL; ++k) {
                 const u64 v = first + (u64)k * MIX_NT;
                 if (v < ge.nfull) {
-                    const u64 e0 = slot_elem<E>(ge, v);
-                    va[k] = ld_v16(a + e0);
-                    vb[k] = two ? ld_v16(b + e0) : va[k];
+                    const u64 i0 = in_at(g, slot_elem<E>(ge, v));
+                    va[k] = ld_v16(a + i0);
+                    vb[k] = two ? ld_v16(b + i0) : va[k];
                 }
             }
 #pragma unroll
@@ -348,7 +381,8 @@ DEV void mix_pairs(const MixArgs& g) {
             if (chunk == 0) {
                 for (u32 xi = threadIdx.x; xi < extras_of(ge); xi += MIX_NT) {
                     const u64 e = extra_elem<E>(ge, xi);
-                    const B ea = a[e], eb = b[e];
+                    const u64 ix = in_at(g, e);
+                    const B ea = a[ix], eb = b[ix];
                     oa[e] = mix_scalar<E>(g, ri, e, ea, eb);
                     if (two) ob[e] = mix_scalar<E>(g, rp, e, eb, ea);
                 }
@@ -359,7 +393,8 @@ DEV void mix_pairs(const MixArgs& g) {
             for (u32 k = 0; k < CS * E::VE / MIX_NT; ++k) {
                 const u64 e = base + (u64)k * MIX_NT + threadIdx.x;
                 if (e < D) {
-                    const B ea = a[e], eb = b[e];
+                    const u64 ix = in_at(g, e);
+                    const B ea = a[ix], eb = b[ix];
                     oa[e] = mix_scalar<E>(g, ri, e, ea, eb);
                     if (two) ob[e] = mix_scalar<E>(g, rp, e, eb, ea);
                 }

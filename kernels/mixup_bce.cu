@@ -65,8 +65,10 @@ struct BceArgs {
     u32 reduction;   // 0 Mean, 1 Sum, 2 None
     u32 thresholded; // 1: targets are [t > thr]
     u32 group;       // bce_warp: lanes per row
+    u64 ld;          // elements from one row of the logits to the next (>= C, pitched rows read
+                     // in place); the gradient is dense, and ld == C whenever grad == logits
 };
-static_assert(sizeof(BceArgs) == 144, "BceArgs must match the host layout");
+static_assert(sizeof(BceArgs) == 152, "BceArgs must match the host layout");
 
 // What every thread of a row needs.
 struct BceRow {
@@ -140,7 +142,7 @@ template <class E, bool GRAD>
 DEV float bce_lane(const BceArgs& g, u64 row, const BceRow& r, u32 t, u32 L) {
     typedef typename E::B B;
     const u64 C = g.classes;
-    const B* zrow = (const B*)g.logits + row * C;
+    const B* zrow = (const B*)g.logits + row * g.ld;
     B* grow = GRAD ? (B*)g.grad + row * C : (B*)0;
     const Geom ge = geom_of<E>(zrow, C);
     const bool congruent = GRAD && same_offset(grow, zrow);

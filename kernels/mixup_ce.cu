@@ -44,6 +44,9 @@
 //
 // Row strategies (the host picks one from C and the dtype, see src/cuda/mixup_ce.rs; a "slot"
 // is 16 bytes: 4 f32 or 8 f16/bf16):
+// Row i of the logits starts at logits + i * ld (ld >= C: burn's pitched CUDA tensors are read
+// without a copy); the gradient is always dense, row i at grad + i * C.
+//
 //   ce_warp_<dt>:   G lanes per row (G = 1..32), rows packed into 256-thread blocks, K = 4 slots
 //                   per lane in registers: C*s <= 2 KB.
 //   ce_block_<dt>:  one block of T threads (64..1024) per row, K = 4 slots per thread in
@@ -94,8 +97,11 @@ struct CeArgs {
     u32 reduction; // 0 Mean, 1 Sum, 2 None (no reduced value: `loss` is 0)
     u32 group;     // ce_warp: lanes per row
     u32 smem_slots;// ce_block_smem: shared-memory slots per thread
+    u64 ld;        // elements from one row of the logits to the next (>= C: a pitched tensor's
+                   // padded rows are read in place); the gradient is dense ([B, C]), and
+                   // ld == C whenever grad == logits
 };
-static_assert(sizeof(CeArgs) == 112, "CeArgs must match the host layout");
+static_assert(sizeof(CeArgs) == 120, "CeArgs must match the host layout");
 
 // Per-row partial statistics: max m = max z (natural units) and s = sum exp(z - m), sum of
 // z * CE_SZ_SCALE, and z_a, z_b (0 where the class is not held).
@@ -414,7 +420,7 @@ DEV void ce_warp(const CeArgs& g) {
          row0 += (u64)gridDim.x * rows_per_block) {
         const u64 row = row0 + threadIdx.x / G;
         if (row >= g.batch) continue;  // whole groups only: shuffles stay within a group
-        const B* zrow = (const B*)g.logits + row * C;
+        const B* zrow = (const B*)g.logits + row * g.ld;
         const Geom ge = geom_of<E>(zrow, C);
         const Row r = row_of(g, row);
         v16 va[CE_K];
@@ -490,7 +496,7 @@ DEV void ce_block(const CeArgs& g) {
     const u64 reg_slots = (u64)CE_K * T;
     u32 parity = 0;
     for (u64 row = blockIdx.x; row < g.batch; row += gridDim.x, parity ^= 1u) {
-        const B* zrow = (const B*)g.logits + row * C;
+        const B* zrow = (const B*)g.logits + row * g.ld;
         const Geom ge = geom_of<E>(zrow, C);
         const Row r = row_of(g, row);
         v16 va[CE_K];
@@ -552,7 +558,7 @@ DEV void ce_online(const CeArgs& g) {
     const u64 C = g.classes;
     u32 parity = 0;
     for (u64 row = blockIdx.x; row < g.batch; row += gridDim.x, parity ^= 1u) {
-        const B* zrow = (const B*)g.logits + row * C;
+        const B* zrow = (const B*)g.logits + row * g.ld;
         const Geom ge = geom_of<E>(zrow, C);
         const Row r = row_of(g, row);
         Stats st = stats_empty();

@@ -56,6 +56,7 @@ use super::invalid;
 use crate::config::TargetSpec;
 use crate::cuda::context::{check_device, driver_err, guard, panic_message};
 use crate::cuda::loss::DeviceLoss;
+use crate::cuda::mix;
 use crate::cuda::raw::{self, CeBuffers, RawGradOutput};
 use crate::cuda::{CudaMixer, DeviceBceSpec, DeviceNormalize, DevicePlan};
 use crate::dtype::ScalarType;
@@ -208,13 +209,17 @@ fn caught<T>(what: &'static str, op: &str, doing: &str, f: impl FnOnce() -> T) -
     })
 }
 
-/// The dense `CubeTensor` under `x` (a fusion handle on burn's CUDA device, float or int, with
-/// or without autodiff): itself when its rows are dense, else a dense device copy.
+/// The `CubeTensor` under `x` (a fusion handle on burn's CUDA device, float or int, with or
+/// without autodiff) and its row pitch (elements from one row of the last dimension to the
+/// next). With `pitched`, a tensor stored as padded rows (cubecl's layout of CUDA tensors) is
+/// taken as it is, its pitch given; otherwise, and for any other layout, the tensor is made
+/// dense (itself when dense, else a device copy) and the pitch is its last dimension.
 fn resolve<const D: usize, K: Basic>(
     x: &Tensor<D, K>,
     what: &'static str,
     op: &str,
-) -> Result<CubeTensor> {
+    pitched: bool,
+) -> Result<(CubeTensor, usize)> {
     let kind = match x.clone().into_dispatch().kind {
         DispatchTensorKind::Autodiff(inner) => *inner,
         kind => kind,
@@ -241,7 +246,17 @@ fn resolve<const D: usize, K: Basic>(
         } else {
             client.resolve_tensor_float::<CubeBackend>(fused)
         };
-        burn_cubecl::kernel::into_contiguous(t)
+        let t = match pitched {
+            // Padded rows stay as they are (a transposed input becomes padded rows: one copy).
+            true => burn_cubecl::kernel::into_contiguous_aligned(t),
+            false => t,
+        };
+        if pitched && let Some(p) = super::row_pitch(&t.meta.shape()[..], &t.meta.strides()[..]) {
+            return (t, p);
+        }
+        let t = burn_cubecl::kernel::into_contiguous(t);
+        let last = t.meta.shape().last().copied().unwrap_or(1);
+        (t, last)
     })
 }
 
@@ -350,21 +365,33 @@ pub(super) fn mix<const D: usize>(
     let st_dtype = scalar(dtype, "images", OP)?;
     let dims = x.dims();
     let n = x.shape().num_elements();
-    let bytes = n * dtype.size();
     let st = state(ordinal)?;
     let mut st = lock(&st);
-    let xin = resolve(&x, "images", OP)?;
+    // Padded rows (cubecl pads a 224-wide f32 image row to 256) are read in place when the
+    // tensor's last dimension is the layout's input row (not for `[B, d1, d2]` mixed as rows).
+    let pitched = dims.last() == Some(&mix::input_row(shape));
+    let (xin, pitch) = resolve(&x, "images", OP, pitched)?;
+    let pitch = pitched.then_some(pitch); // else dense
+    let (seg, pitch, x_row) = mix::input_rows(shape, dims[0], pitch, false)?;
+    // The input's span: B samples x_row apart, without the last row's padding.
+    let span = match n {
+        0 => 0,
+        _ => dims[0] as u64 * x_row - (pitch - seg),
+    };
     let xout = st.output(&dims, dtype, "images", OP)?;
-    let (xp, _rx) = address(&xin, bytes, "images", OP)?;
-    let (op, _ro) = address(&xout, bytes, "images", OP)?;
+    let (xp, _rx) = address(&xin, span as usize * dtype.size(), "images", OP)?;
+    let (op, _ro) = address(&xout, n * dtype.size(), "images", OP)?;
     sync(&device, "images", OP)?;
     st.upload_plan(plan)?;
-    // SAFETY: both addresses hold `n` elements of `dtype` on this device (checked above), dense,
-    // in allocations kept in place by `_rx`/`_ro` until after `launch_on` has waited for the
-    // kernel; the output is a new allocation, so they do not overlap; burn's queue has drained
-    // and nothing else writes them meanwhile.
+    // SAFETY: the input address holds its span and the output `n` dense elements of `dtype`
+    // on this device (checked above), in allocations kept in place by `_rx`/`_ro` until after
+    // `launch_on` has waited for the kernel; the output is a new allocation, so they do not
+    // overlap; burn's queue has drained and nothing else writes them meanwhile.
     launch_on(&st.mixer, || unsafe {
-        raw::mix(&st.mixer, &st.plan, shape, st_dtype, xp, op, n)
+        let pitch = Some(pitch as usize);
+        mix::launch_pitched(
+            &st.mixer, &st.plan, shape, st_dtype, xp, op, n, false, pitch,
+        )
     })?;
     into_burn(xout, &device, OP)
 }
@@ -418,7 +445,7 @@ pub(super) fn mix_normalize<K: Basic>(
     let n = out_dims.iter().product::<usize>();
     let st = state(ordinal)?;
     let mut st = lock(&st);
-    let xin = resolve(images, "images", OP)?;
+    let (xin, _) = resolve(images, "images", OP, false)?;
     let xout = st.output(&out_dims, dtype, "dtype", OP)?;
     let (xp, _rx) = address(&xin, n * in_dtype.size(), "images", OP)?;
     let (op, _ro) = address(&xout, n * dtype.size(), "dtype", OP)?;
@@ -476,13 +503,15 @@ pub(super) fn loss(
     };
     let st = state(ordinal)?;
     let mut st = lock(&st);
-    let z = resolve(logits, "logits", op)?;
+    // Padded rows (cubecl pads 1 000 f32 logits to 1 024) are read in place: no copy.
+    let (z, ld) = resolve(logits, "logits", op, true)?;
+    let z_len = dims[0].saturating_sub(1) * ld + dims[1];
     let l = st.output(&[rows], DType::F32, "logits", op)?;
     let g = match grad {
         true => Some(st.output(&dims, dtype, "logits", op)?),
         false => None,
     };
-    let (zp, _rz) = address(&z, n * dtype.size(), "logits", op)?;
+    let (zp, _rz) = address(&z, z_len * dtype.size(), "logits", op)?;
     let (lp, _rl) = address(&l, rows * 4, "logits", op)?;
     let (gp, _rg) = match &g {
         Some(g) => {
@@ -517,9 +546,13 @@ pub(super) fn loss(
     let one = RawGradOutput::Scalar(1.0);
     let run = || {
         // SAFETY: every address holds what the kernel reads or writes for `B` rows of `C`
-        // classes (sizes checked above, dense), kept in place until `launch_on` has waited for
-        // the kernel; the outputs are new allocations.
-        unsafe { crate::cuda::loss::launch(mixer, dplan, dspec, st_dtype, n, &bufs, one) }
+        // classes (sizes checked above: the logits' rows `ld` apart, the outputs dense), kept
+        // in place until `launch_on` has waited for the kernel; the outputs are new
+        // allocations.
+        unsafe {
+            let ld = Some(ld);
+            crate::cuda::loss::launch_strided(mixer, dplan, dspec, st_dtype, n, &bufs, one, ld)
+        }
     };
     launch_on(mixer, run)?;
     let loss = into_fused(l, op)?;

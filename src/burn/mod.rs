@@ -641,9 +641,58 @@ fn invalid(what: &'static str, reason: String) -> MixError {
     MixError::InvalidArgument { what, reason }
 }
 
+/// The row pitch (elements from one row of the last dimension to the next) of a tensor of
+/// `shape` and `strides` (in elements) stored as row-major rows padded at their end, as cubecl
+/// allocates CUDA tensors (`is_contiguous_pitched`); the last dimension itself when dense.
+/// `None` for any other layout (transposed, broadcast, overlapping rows), which the CUDA path
+/// makes dense first.
+#[cfg_attr(not(feature = "burn-cuda"), allow(dead_code))]
+pub(crate) fn row_pitch(shape: &[usize], strides: &[usize]) -> Option<usize> {
+    let r = shape.len();
+    if r == 0 || strides.len() != r || strides[r - 1] != 1 {
+        return None;
+    }
+    let last = shape[r - 1];
+    if r == 1 {
+        return Some(last);
+    }
+    let pitch = strides[r - 2];
+    // Outer dimensions nest on the padded rows, as a row-major layout would.
+    let nested = (0..r - 2).all(|i| Some(strides[i]) == shape[i + 1].checked_mul(strides[i + 1]));
+    (pitch >= last && nested).then_some(pitch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn row_pitch_of_cubecl_layouts() {
+        // Dense, and cubecl's pitched rows: 1000 f32 logits padded to 1024, NCHW 224 -> 256.
+        assert_eq!(row_pitch(&[4, 1000], &[1000, 1]), Some(1000));
+        assert_eq!(row_pitch(&[4, 1000], &[1024, 1]), Some(1024));
+        let nchw = [2, 3, 224, 224];
+        assert_eq!(
+            row_pitch(&nchw, &[3 * 224 * 256, 224 * 256, 256, 1]),
+            Some(256)
+        );
+        assert_eq!(
+            row_pitch(&nchw, &[3 * 224 * 224, 224 * 224, 224, 1]),
+            Some(224)
+        );
+        assert_eq!(row_pitch(&[7], &[1]), Some(7));
+        // Not rows padded at their end: transposed, broadcast, overlapping, outer dims apart.
+        assert_eq!(row_pitch(&[4, 1000], &[1, 4]), None);
+        assert_eq!(row_pitch(&[4, 1000], &[0, 1]), None);
+        assert_eq!(row_pitch(&[4, 1000], &[999, 1]), None);
+        assert_eq!(
+            row_pitch(&nchw, &[3 * 224 * 256 + 8, 224 * 256, 256, 1]),
+            None
+        );
+        assert_eq!(row_pitch(&nchw, &[3 * 224 * 256, 224 * 256, 256, 2]), None);
+        assert_eq!(row_pitch(&[], &[]), None);
+        assert_eq!(row_pitch(&[2, 3], &[3]), None);
+    }
 
     /// On `Autodiff<Flex>` the loss is attached as burn's `Backward` op (not the surrogate), and
     /// the surrogate used for other backends gives the same value and the same gradient.

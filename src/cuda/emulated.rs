@@ -89,8 +89,9 @@ pub fn staged_plan(plan: &MixPlan) -> (Vec<u8>, usize) {
     (bytes, pairs)
 }
 
-/// [`raw::mix`](super::raw::mix) / [`raw::mix_in_place`](super::raw::mix_in_place) (`out == x`):
-/// `None` when there is nothing to launch.
+/// [`raw::mix`](super::raw::mix) / [`raw::mix_in_place`](super::raw::mix_in_place) (`out == x`),
+/// the input's rows (of its last dimension) `pitch` elements apart when given (burn's pitched
+/// CUDA tensors; `None`: dense): `None` when there is nothing to launch.
 #[allow(clippy::too_many_arguments)]
 pub fn mix(
     plan: &MixPlan,
@@ -100,14 +101,25 @@ pub fn mix(
     out: u64,
     len: usize,
     in_place: bool,
+    pitch: Option<usize>,
     dev: &Device,
 ) -> Result<Option<HostLaunch>> {
     if !super::mix::check_call(plan, layout, len, in_place)? {
         return Ok(None);
     }
+    let rows = super::mix::input_rows(layout, plan.len(), pitch, in_place)?;
     let (_, pairs) = staged_plan(plan);
-    let (kernel, args, cfg) =
-        super::mix::mix_call(plan, layout, dtype, pairs, x, out, dev.plan, &dev.env())?;
+    let (kernel, args, cfg) = super::mix::mix_call(
+        plan,
+        layout,
+        dtype,
+        pairs,
+        x,
+        out,
+        dev.plan,
+        rows,
+        &dev.env(),
+    )?;
     host_launch(kernel, dtype, &args, cfg).map(Some)
 }
 
@@ -152,10 +164,12 @@ fn loss_launch<A: Copy>(
     logits_len: usize,
     bufs: &CeBuffers,
     grad_output: &RawGradOutput,
-    call: impl FnOnce(u64) -> (Kernel, A, LaunchConfig),
+    ld: Option<usize>,
+    call: impl FnOnce(u64, u64) -> (Kernel, A, LaunchConfig),
 ) -> Result<Option<HostLaunch>> {
     super::soft_targets::require_float(dtype, "logits")?;
     spec.check_device(plan, logits_len, grad_output)?;
+    let ld = super::loss::row_stride(plan.len(), spec.num_classes(), ld, bufs)?;
     if plan.is_empty() {
         return Ok(None);
     }
@@ -165,11 +179,13 @@ fn loss_launch<A: Copy>(
             "the emulated call needs the per-sample losses' buffer (the device's would be scratch)"
                 .into(),
     })?;
-    let (kernel, args, cfg) = call(losses);
+    let (kernel, args, cfg) = call(losses, ld);
     host_launch(kernel, dtype, &args, cfg).map(Some)
 }
 
-/// [`raw::mixup_ce`](super::raw::mixup_ce) (`bufs.losses` required): `None` for an empty batch.
+/// [`raw::mixup_ce`](super::raw::mixup_ce) (`bufs.losses` required), the logits' rows `ld`
+/// elements apart when given (burn's pitched tensors; `None`: dense): `None` for an empty batch.
+#[allow(clippy::too_many_arguments)]
 pub fn mixup_ce(
     plan: &MixPlan,
     spec: &CeSpec,
@@ -177,19 +193,22 @@ pub fn mixup_ce(
     logits_len: usize,
     bufs: &CeBuffers,
     grad_output: RawGradOutput,
+    ld: Option<usize>,
     dev: &Device,
 ) -> Result<Option<HostLaunch>> {
     let up = &grad_output;
     let env = dev.env();
-    let call = |losses| {
-        let b = plan.len();
-        super::mixup_ce::ce_call(spec, dtype, b, &env, bufs, losses, dev.plan, dev.flags, up)
+    let call = |losses, ld| {
+        let (b, addrs) = (plan.len(), (dev.plan, dev.flags));
+        super::mixup_ce::ce_call(spec, dtype, b, &env, bufs, losses, addrs.0, addrs.1, up, ld)
     };
-    loss_launch(plan, LossSpec::Ce(*spec), dtype, logits_len, bufs, up, call)
+    let spec = LossSpec::Ce(*spec);
+    loss_launch(plan, spec, dtype, logits_len, bufs, up, ld, call)
 }
 
 /// [`raw::mixup_bce`](super::raw::mixup_bce) with the class weights at `weights` = (weight,
-/// pos_weight) (0 where the spec has none; `bufs.losses` required): `None` for an empty batch.
+/// pos_weight) (0 where the spec has none; `bufs.losses` required), the logits' rows `ld`
+/// elements apart when given (`None`: dense): `None` for an empty batch.
 #[allow(clippy::too_many_arguments)]
 pub fn mixup_bce(
     plan: &MixPlan,
@@ -199,15 +218,25 @@ pub fn mixup_bce(
     bufs: &CeBuffers,
     weights: (u64, u64),
     grad_output: RawGradOutput,
+    ld: Option<usize>,
     dev: &Device,
 ) -> Result<Option<HostLaunch>> {
     let up = &grad_output;
     let env = dev.env();
-    let call = |losses| {
+    let call = |losses, ld| {
         let (b, addrs) = (plan.len(), (dev.plan, dev.flags));
-        super::mixup_bce::bce_call(spec, dtype, b, bufs, losses, weights, addrs, up, &env)
+        super::mixup_bce::bce_call(spec, dtype, b, bufs, losses, weights, addrs, up, &env, ld)
     };
-    loss_launch(plan, LossSpec::bce(spec), dtype, logits_len, bufs, up, call)
+    loss_launch(
+        plan,
+        LossSpec::bce(spec),
+        dtype,
+        logits_len,
+        bufs,
+        up,
+        ld,
+        call,
+    )
 }
 
 /// [`CudaMixer::mix_normalize_raw`](super::CudaMixer::mix_normalize_raw) with `norm`'s `2C`

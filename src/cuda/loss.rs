@@ -77,9 +77,68 @@ pub(crate) unsafe fn launch(
     bufs: &CeBuffers,
     grad_output: RawGradOutput,
 ) -> Result<()> {
+    // SAFETY: forwarded; dense rows.
+    unsafe { launch_strided(m, plan, spec, dtype, logits_len, bufs, grad_output, None) }
+}
+
+/// The logits' row stride in elements for `classes` classes: `ld` when given (a pitched
+/// tensor's padded rows, read in place: burn's CUDA tensors), else C.
+///
+/// # Errors
+/// [`MixError::InvalidArgument`] `logits` when `ld < C`, when the gradient is to be written over
+/// logits whose rows are not dense (the gradient is always dense), or when `B` rows `ld` apart
+/// overflow the address space.
+pub(crate) fn row_stride(
+    batch: usize,
+    classes: usize,
+    ld: Option<usize>,
+    bufs: &CeBuffers,
+) -> Result<u64> {
+    let Some(ld) = ld else {
+        return Ok(classes as u64);
+    };
+    let bad = |reason: String| MixError::InvalidArgument {
+        what: "logits",
+        reason,
+    };
+    if ld < classes {
+        return Err(bad(format!(
+            "a row stride of {ld} elements is shorter than a row of {classes} classes"
+        )));
+    }
+    if ld != classes && bufs.grad == Some(bufs.logits) {
+        return Err(bad(format!(
+            "the gradient (dense, [B, C]) cannot be written over logits whose rows are {ld}              elements apart for {classes} classes"
+        )));
+    }
+    batch
+        .saturating_sub(1)
+        .checked_mul(ld)
+        .and_then(|x| x.checked_add(classes))
+        .ok_or_else(|| bad(format!("{batch} rows {ld} elements apart overflow")))?;
+    Ok(ld as u64)
+}
+
+/// [`launch`] for logits whose rows are `ld` elements apart (`None`: dense, C); the gradient
+/// is dense. `logits_len` is still B·C.
+///
+/// # Safety
+/// As [`launch`], the logits address holding `(B - 1) · ld + C` elements.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn launch_strided(
+    m: &CudaMixer,
+    plan: &DevicePlan,
+    spec: DeviceLoss<'_>,
+    dtype: ScalarType,
+    logits_len: usize,
+    bufs: &CeBuffers,
+    grad_output: RawGradOutput,
+    ld: Option<usize>,
+) -> Result<()> {
     require_float(dtype, "logits")?;
     let host = spec.host();
     host.check_device(plan.plan(), logits_len, &grad_output)?;
+    let ld = row_stride(plan.len(), host.num_classes(), ld, bufs)?;
     let outputs = (
         bufs.grad.is_some(),
         bufs.loss.is_some(),
@@ -116,6 +175,7 @@ pub(crate) unsafe fn launch(
                 plan.device_ptr_for(m)?,
                 m.flags_ptr(),
                 &grad_output,
+                ld,
             );
             // SAFETY: `args` is `CeArgs`; addresses valid per the contract; the block kernel's
             // shared-memory limit was raised when it was loaded.
@@ -142,6 +202,7 @@ pub(crate) unsafe fn launch(
                 (plan.device_ptr_for(m)?, m.flags_ptr()),
                 &grad_output,
                 &m.launch_env(),
+                ld,
             );
             let what = "launching the binary cross-entropy kernel";
             // SAFETY: `args` is `BceArgs`; addresses valid per the contract.
@@ -304,5 +365,39 @@ impl CudaMixer {
         };
         // SAFETY: every buffer was checked to hold what the kernel reads and writes.
         unsafe { launch(self, plan, spec, logits.dtype, logits.len, &bufs, up) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_stride_checks_pitched_logits() {
+        let bufs = CeBuffers {
+            logits: 0x1000,
+            labels: 0x2000,
+            grad: Some(0x3000),
+            loss: Some(0x4000),
+            losses: None,
+        };
+        // Dense rows unless a stride is given; a pitch of at least C is taken as is.
+        assert_eq!(row_stride(4, 1000, None, &bufs).unwrap(), 1000);
+        assert_eq!(row_stride(4, 1000, Some(1000), &bufs).unwrap(), 1000);
+        assert_eq!(row_stride(4, 1000, Some(1024), &bufs).unwrap(), 1024);
+        assert_eq!(row_stride(0, 1000, Some(1024), &bufs).unwrap(), 1024);
+        let bad =
+            |r: Result<u64>| matches!(r, Err(MixError::InvalidArgument { what: "logits", .. }));
+        // Rows shorter than C overlap.
+        assert!(bad(row_stride(4, 1000, Some(999), &bufs)));
+        // The gradient is dense: it may go over the logits only when they are dense too.
+        let in_place = CeBuffers {
+            grad: Some(bufs.logits),
+            ..bufs
+        };
+        assert_eq!(row_stride(4, 1000, Some(1000), &in_place).unwrap(), 1000);
+        assert!(bad(row_stride(4, 1000, Some(1024), &in_place)));
+        // B rows that far apart do not fit in an address.
+        assert!(bad(row_stride(3, 10, Some(usize::MAX / 2), &bufs)));
     }
 }

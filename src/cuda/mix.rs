@@ -28,9 +28,15 @@ pub(crate) struct MixArgs {
     pub width: u32,
     pub batch: u32,
     pub pad: u32,
+    /// Elements per input row (the last dimension; the sample when dense).
+    pub seg: u64,
+    /// Elements from one input row to the next (`seg` when dense).
+    pub pitch: u64,
+    /// Elements from one input sample to the next.
+    pub x_row: u64,
 }
 
-// SAFETY: repr(C) of u64/u32 fields without padding (80 bytes), mirrored by the kernel's struct.
+// SAFETY: repr(C) of u64/u32 fields without padding (104 bytes), mirrored by the kernel's struct.
 unsafe impl DeviceRepr for MixArgs {}
 
 /// Chunks a row of `row` elements is cut into when a work item covers `chunk_slots` 16-byte
@@ -63,6 +69,9 @@ pub(crate) fn mix_args(
     let mut a = MixArgs {
         items,
         row_len: row,
+        seg: row,
+        pitch: row,
+        x_row: row,
         chunks,
         batch: u32::try_from(batch).map_err(|_| MixError::SizeOverflow { what: "batch" })?,
         ..MixArgs::default()
@@ -111,9 +120,72 @@ pub(crate) fn check_call(
     Ok(!host.is_empty() && row != 0)
 }
 
+/// The elements of one row of a `[B, ...]` tensor's last dimension in `layout`: the width
+/// (channels-first), the channels (channels-last), the whole sample (`Rows`).
+pub(crate) fn input_row(layout: &SampleShape) -> usize {
+    match *layout {
+        SampleShape::Rows(n) => n,
+        SampleShape::Image {
+            format,
+            channels,
+            width,
+            ..
+        } => match format {
+            MemoryFormat::ChannelsFirst => width,
+            MemoryFormat::ChannelsLast => channels,
+        },
+    }
+}
+
+/// The input's row layout for a pitched input: each row of `layout`'s last dimension `pitch`
+/// elements apart (burn's CUDA tensors pad their rows). Returns (seg, pitch, x_row): the row,
+/// the pitch, and the elements from one input sample to the next; the input then spans
+/// `(B - 1) · x_row + (D / seg - 1) · pitch + seg` elements.
+///
+/// # Errors
+/// [`MixError::InvalidArgument`] `x` when the pitch is shorter than a row, or when a pitched
+/// input is to be mixed in place (the output is dense); [`MixError::SizeOverflow`] when the
+/// input's span overflows.
+pub(crate) fn input_rows(
+    layout: &SampleShape,
+    batch: usize,
+    pitch: Option<usize>,
+    in_place: bool,
+) -> Result<(u64, u64, u64)> {
+    let d = layout.sample_len()?;
+    let seg = input_row(layout);
+    let Some(pitch) = pitch.filter(|&p| p != seg) else {
+        return Ok((d as u64, d as u64, d as u64));
+    };
+    let bad = |reason: String| MixError::InvalidArgument { what: "x", reason };
+    if pitch < seg {
+        return Err(bad(format!(
+            "a row pitch of {pitch} elements is shorter than a row of {seg}"
+        )));
+    }
+    if in_place {
+        return Err(bad(format!(
+            "an input whose rows are {pitch} elements apart (rows of {seg}) cannot be mixed in \
+             place: the output is dense"
+        )));
+    }
+    let overflow = || MixError::SizeOverflow {
+        what: "pitched input",
+    };
+    let rows = d / seg.max(1);
+    let x_row = rows.checked_mul(pitch).ok_or_else(overflow)?;
+    // The span of the whole input must be addressable.
+    batch
+        .saturating_sub(1)
+        .checked_mul(x_row)
+        .and_then(|v| v.checked_add(x_row))
+        .ok_or_else(overflow)?;
+    Ok((seg as u64, pitch as u64, x_row as u64))
+}
+
 /// The kernel, its arguments and its launch configuration for a checked call with at least
 /// one element (`pair_count`: the plan's pair leaders, `plan_ptr`: the staged plan) under
-/// `env`'s tuning. [`launch`] launches it; the host emulation's cases (`kernels::emulated`) run
+/// `env`'s tuning, the input's rows given by [`input_rows`]. [`launch`] launches it; the host emulation's cases (`kernels::emulated`) run
 /// it on the CPU.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mix_call(
@@ -124,12 +196,14 @@ pub(crate) fn mix_call(
     x: u64,
     out: u64,
     plan_ptr: u64,
+    (seg, pitch, x_row): (u64, u64, u64),
     env: &LaunchEnv<'_>,
 ) -> Result<(Kernel, MixArgs, LaunchConfig)> {
     // Involutions (random pairs, timm's flip) move each row once, in place or not.
     let pairs = host.is_involution();
     let rows = if pairs { pair_count } else { host.len() };
     let mut args = mix_args(layout, dtype, host.len(), rows, env.tuning)?;
+    (args.seg, args.pitch, args.x_row) = (seg, pitch, x_row);
     args.x = x;
     args.out = out;
     args.plan = plan_ptr;
@@ -164,10 +238,32 @@ pub(crate) unsafe fn launch(
     len: usize,
     in_place: bool,
 ) -> Result<()> {
+    // SAFETY: forwarded; a dense input.
+    unsafe { launch_pitched(m, plan, layout, dtype, x, out, len, in_place, None) }
+}
+
+/// [`launch`] for an input whose rows (of its last dimension) are `pitch` elements apart
+/// (`None`: dense); the output is dense, `len` = B·D elements.
+///
+/// # Safety
+/// As [`launch`], `x` addressing the span [`input_rows`] gives.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn launch_pitched(
+    m: &CudaMixer,
+    plan: &DevicePlan,
+    layout: &SampleShape,
+    dtype: ScalarType,
+    x: u64,
+    out: u64,
+    len: usize,
+    in_place: bool,
+    pitch: Option<usize>,
+) -> Result<()> {
     let host = plan.plan();
     if !check_call(host, layout, len, in_place)? {
         return Ok(());
     }
+    let rows = input_rows(layout, host.len(), pitch, in_place)?;
     let (kernel, args, cfg) = mix_call(
         host,
         layout,
@@ -176,6 +272,7 @@ pub(crate) unsafe fn launch(
         x,
         out,
         plan.device_ptr_for(m)?,
+        rows,
         &m.launch_env(),
     )?;
     // SAFETY: `args` is the kernel's `MixArgs`; the addresses are valid per the contract and
@@ -268,8 +365,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn args_are_80_bytes() {
-        assert_eq!(std::mem::size_of::<MixArgs>(), 80);
+    fn args_are_104_bytes() {
+        assert_eq!(std::mem::size_of::<MixArgs>(), 104);
+    }
+
+    #[test]
+    fn pitched_input_rows() {
+        let nchw = SampleShape::channels_first(3, 224, 224);
+        let d = 3 * 224 * 224;
+        // Dense: one segment per sample, whatever `in_place`.
+        assert_eq!(input_rows(&nchw, 8, None, true).unwrap(), (d, d, d));
+        assert_eq!(input_rows(&nchw, 8, Some(224), false).unwrap(), (d, d, d));
+        // cubecl's pitch for 224 f32: 256 elements per image row.
+        let x_row = 3 * 224 * 256;
+        assert_eq!(
+            input_rows(&nchw, 8, Some(256), false).unwrap(),
+            (224, 256, x_row)
+        );
+        // Channels-last rows are the channels; `Rows` samples are one row.
+        let nhwc = SampleShape::channels_last(5, 7, 3);
+        assert_eq!(
+            input_rows(&nhwc, 2, Some(4), false).unwrap(),
+            (3, 4, 5 * 7 * 4)
+        );
+        assert_eq!(
+            input_rows(&SampleShape::rows(1000), 2, Some(1024), false).unwrap(),
+            (1000, 1024, 1024)
+        );
+        let invalid = |r: Result<(u64, u64, u64)>| {
+            matches!(r, Err(MixError::InvalidArgument { what: "x", .. }))
+        };
+        assert!(invalid(input_rows(&nchw, 8, Some(223), false)));
+        assert!(invalid(input_rows(&nchw, 8, Some(256), true)));
+        assert!(matches!(
+            input_rows(&SampleShape::rows(2), usize::MAX / 2, Some(4), false),
+            Err(MixError::SizeOverflow { .. })
+        ));
     }
 
     const CHUNK: u64 = 256 * 4;

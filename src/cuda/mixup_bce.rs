@@ -41,9 +41,11 @@ pub(crate) struct BceArgs {
     pub reduction: u32,
     pub thresholded: u32,
     pub group: u32,
+    /// Elements from one logits row to the next (C, or a pitched tensor's row pitch).
+    pub ld: u64,
 }
 
-// SAFETY: repr(C), 144 bytes without padding, mirrored by the kernel's struct.
+// SAFETY: repr(C), 152 bytes without padding, mirrored by the kernel's struct.
 unsafe impl DeviceRepr for BceArgs {}
 
 /// The row strategy for C classes.
@@ -186,7 +188,8 @@ impl DeviceBceSpec {
 
 /// The kernel, its arguments and its launch configuration for a checked call of `b > 0` rows,
 /// every address given: `losses` resolved to the scratch buffer when the caller gave none,
-/// `weights` = (weight, pos_weight) (0: none), `mixer` = (plan, flags), under `env`'s tuning.
+/// `weights` = (weight, pos_weight) (0: none), `mixer` = (plan, flags), the logits' rows `ld`
+/// elements apart (checked by [`row_stride`](super::loss::row_stride)), under `env`'s tuning.
 /// [`launch`](super::loss::launch) launches it; the host emulation's cases (`kernels::emulated`)
 /// run it on the CPU.
 #[allow(clippy::too_many_arguments)]
@@ -200,6 +203,7 @@ pub(crate) fn bce_call(
     (plan, flags): (u64, u64),
     grad_output: &RawGradOutput,
     env: &LaunchEnv<'_>,
+    ld: u64,
 ) -> (Kernel, BceArgs, LaunchConfig) {
     let c = spec.num_classes();
     let strategy = bce_strategy(c as u64, dtype.size(), env.tuning);
@@ -225,6 +229,7 @@ pub(crate) fn bce_call(
         reduction: reduction_code(spec.reduction()),
         thresholded: u32::from(spec.target_threshold().is_some()),
         group: strategy.group(),
+        ld,
     };
     (
         strategy.kernel(),
@@ -324,8 +329,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn args_are_144_bytes() {
-        assert_eq!(std::mem::size_of::<BceArgs>(), 144);
+    fn args_are_152_bytes() {
+        assert_eq!(std::mem::size_of::<BceArgs>(), 152);
     }
 
     #[test]

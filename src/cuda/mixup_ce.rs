@@ -183,9 +183,11 @@ pub(crate) struct CeArgs {
     pub reduction: u32,
     pub group: u32,
     pub smem_slots: u32,
+    /// Elements from one logits row to the next (C, or a pitched tensor's row pitch).
+    pub ld: u64,
 }
 
-// SAFETY: repr(C), 112 bytes without padding, mirrored by the kernel's struct.
+// SAFETY: repr(C), 120 bytes without padding, mirrored by the kernel's struct.
 unsafe impl DeviceRepr for CeArgs {}
 
 /// The row strategy for C classes (see the module docs).
@@ -344,6 +346,7 @@ pub fn ce_launch(
 
 /// The kernel, its arguments and its launch configuration for a checked call of `b > 0` rows,
 /// every address given (`losses` resolved to the scratch buffer when the caller gave none),
+/// the logits' rows `ld` elements apart (checked by [`row_stride`](super::loss::row_stride)),
 /// under `env` (tuning, SMs, opt-in shared memory). [`launch`](super::loss::launch) launches
 /// it; the host emulation's cases (`kernels::emulated`) run it on the CPU.
 #[allow(clippy::too_many_arguments)]
@@ -357,6 +360,7 @@ pub(crate) fn ce_call(
     plan: u64,
     flags: u64,
     grad_output: &RawGradOutput,
+    ld: u64,
 ) -> (Kernel, CeArgs, LaunchConfig) {
     let c = spec.num_classes();
     let forward_only = bufs.grad.is_none();
@@ -380,6 +384,7 @@ pub(crate) fn ce_call(
         reduction: reduction_code(spec.reduction()),
         group: strategy.group(),
         smem_slots: strategy.smem_slots(),
+        ld,
     };
     (
         strategy.kernel(),
@@ -508,8 +513,8 @@ mod tests {
     }
 
     #[test]
-    fn args_are_112_bytes() {
-        assert_eq!(std::mem::size_of::<CeArgs>(), 112);
+    fn args_are_120_bytes() {
+        assert_eq!(std::mem::size_of::<CeArgs>(), 120);
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub(crate) mod context;
 mod emulated;
 mod entries;
 pub(crate) mod loss;
-mod mix;
+pub(crate) mod mix;
 mod mix_normalize;
 mod mixup_bce;
 mod mixup_ce;

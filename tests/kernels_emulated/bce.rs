@@ -34,6 +34,8 @@ struct BceCase {
     masked: u8,
     zoff: usize,
     goff: usize,
+    /// Elements of padding after each logits row (a pitched tensor; 0: dense).
+    pad: usize,
     /// None: the host's launch; Some(false): bce_warp with `group` lanes; Some(true):
     /// bce_block of `threads`.
     kernel: Option<bool>,
@@ -63,6 +65,7 @@ impl Default for BceCase {
             masked: 0,
             zoff: 0,
             goff: 0,
+            pad: 0,
             kernel: None,
             group: 1,
             threads: 64,
@@ -209,6 +212,7 @@ fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: BceCase, out:
         &call.ce,
         call.weights,
         call.up,
+        call.ld,
         &call.dev,
     )
     .unwrap()
@@ -220,15 +224,19 @@ fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: BceCase, out:
             && (cfg.grid_dim, cfg.block_dim) == (launch.config.grid_dim, launch.config.block_dim),
         "{c:?}"
     );
-    // `BceArgs::group` is the struct's last field.
-    let at = launch.args.len() - 4;
-    assert_eq!(launch.args[at..], group.to_le_bytes(), "BceArgs::group");
+    // `BceArgs::group` is the struct's last u32, before `ld`.
+    let at = launch.args.len() - 12;
+    assert_eq!(
+        launch.args[at..at + 4],
+        group.to_le_bytes(),
+        "BceArgs::group"
+    );
     let dt = launch.entry.rsplit('_').next().unwrap().to_string();
     match c.kernel {
         // Not the host's launch, on purpose: the other strategy and other lane counts.
         Some(false) => {
             launch.entry = leak(format!("bce_warp_{dt}"));
-            launch.args[at..].copy_from_slice(&c.group.to_le_bytes());
+            launch.args[at..at + 4].copy_from_slice(&c.group.to_le_bytes());
             // The warp kernel's block is the tuning's (`BCE_NT`, as compiled).
             let nt = tuning.bce_warp_threads;
             let rows = (nt / c.group) as usize;
@@ -237,7 +245,7 @@ fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: BceCase, out:
         }
         Some(true) => {
             launch.entry = leak(format!("bce_block_{dt}"));
-            launch.args[at..].copy_from_slice(&32u32.to_le_bytes());
+            launch.args[at..at + 4].copy_from_slice(&32u32.to_le_bytes());
             launch.config.grid_dim.0 = c.b as u32;
             // Within the kernel's `__launch_bounds__` (`BCE_BLOCK_NT`, as compiled).
             launch.config.block_dim.0 = c.threads.min(tuning.bce_block_max_threads);
@@ -251,7 +259,7 @@ fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: BceCase, out:
     let lanes = if block {
         launch.config.block_dim.0
     } else {
-        u32::from_le_bytes(launch.args[at..].try_into().unwrap())
+        u32::from_le_bytes(launch.args[at..at + 4].try_into().unwrap())
     } as u64;
     let threads = launch.config.block_dim.0 as u64;
     let what = format!(
@@ -441,6 +449,7 @@ fn judge<T: FloatElement + Default>(
 
 fn bce_cases<T: FloatElement + Default + Send + Sync + 'static>(out: &mut Vec<Case>) {
     let odd = loss::odd::<T>(); // a logits view off its 16-byte boundary
+    let ve = 16 / size_of::<T>();
     let mut next = loss::seeds::<T>(3000);
     // Each case with the next seed.
     let mut add = |mut case: BceCase| {
@@ -479,6 +488,13 @@ fn bce_cases<T: FloatElement + Default + Send + Sync + 'static>(out: &mut Vec<Ca
                     if zoff == 0 { odd } else { 0 }
                 } else {
                     zoff
+                },
+                // Pitched logits (burn's CUDA tensors), except in place: rows on the 16-byte
+                // grid as cubecl pads them, or 3 elements off it.
+                pad: match (mode, v % 3) {
+                    (Mode::InPlace, _) | (_, 0) => 0,
+                    (_, 1) => 3,
+                    _ => ve - c % ve,
                 },
                 orders: v == 0 || v == 5,
                 ..BceCase::default()

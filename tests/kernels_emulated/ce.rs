@@ -68,6 +68,8 @@ struct CeCase {
     eps: f64,
     zoff: usize,
     goff: usize,
+    /// Elements of padding after each logits row (a pitched tensor; 0: dense).
+    pad: usize,
     data: Data,
     bad_labels: bool,
     orders: bool,
@@ -90,6 +92,7 @@ impl Default for CeCase {
             eps: 0.1,
             zoff: 0,
             goff: 0,
+            pad: 0,
             data: Data::Normal,
             bad_labels: false,
             orders: false,
@@ -190,10 +193,18 @@ fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: CeCase, out: 
     let spec = CeSpec::new(c.c, c.eps, c.reduction).unwrap();
     let call = loss::call_for!(c, inp, (None, None), c.gpu.optin);
     let n = inp.z.len();
-    let mut launch =
-        emulated::mixup_ce(&inp.plan, &spec, T::DTYPE, n, &call.ce, call.up, &call.dev)
-            .unwrap()
-            .expect("a launch");
+    let mut launch = emulated::mixup_ce(
+        &inp.plan,
+        &spec,
+        T::DTYPE,
+        n,
+        &call.ce,
+        call.up,
+        call.ld,
+        &call.dev,
+    )
+    .unwrap()
+    .expect("a launch");
     // The host's choice as `ce_launch` reports it: the same launch.
     let sz = size_of::<T>();
     let (tuning, sms) = crate::exchange::tuning();
@@ -431,6 +442,26 @@ fn cases_for<T: FloatElement + Default + Send + Sync + 'static>(
         add(CeCase {
             b: if small { 5 } else { 2 },
             orders: true,
+            ..base.clone()
+        });
+        // Pitched logits (burn's CUDA tensors: rows padded, read in place; the gradient dense):
+        // rows on the 16-byte grid as cubecl pads them, and rows 3 elements apart from it.
+        add(CeCase {
+            b: if small { 5 } else { 2 },
+            pad: ve - c % ve + ve,
+            orders: small,
+            ..base.clone()
+        });
+        add(CeCase {
+            b: if small { 5 } else { 2 },
+            pad: 3,
+            mode: if c % 2 == 0 {
+                Mode::Fwd
+            } else {
+                Mode::GradShifted
+            },
+            reduction: Reduction::None,
+            up_kind: if c % 2 == 0 { Up::Host } else { Up::PerSample },
             ..base.clone()
         });
         // One row, Sum, in place, device grad_output, view at offset 1, no smoothing.

@@ -187,6 +187,10 @@ pub struct Slots {
     pub flags: usize,
     pub zoff: usize,
     pub goff: usize,
+    /// Elements after each logits row before the next (pitched rows; 0: dense).
+    pub pad: usize,
+    /// Classes per row.
+    pub c: usize,
     pub mode: Mode,
 }
 
@@ -199,15 +203,33 @@ pub struct Call {
     pub dev: Device,
     /// (weight, pos_weight) addresses, 0 where absent.
     pub weights: (u64, u64),
+    /// The logits' row stride when they are pitched (`Some(C + pad)`), as burn's CUDA tensors.
+    pub ld: Option<usize>,
 }
 
-/// Lays out one call: logits at `zoff` elements into its buffer (zeros before), the gradient
+/// `z` (rows of `c`) with `pad` sentinels after each row: a pitched tensor's rows, as cubecl
+/// allocates them, padding that a kernel must never read into a result.
+pub fn pitched<T: FloatElement + Default>(z: &[T], c: usize, pad: usize) -> Vec<T> {
+    if pad == 0 || c == 0 {
+        return z.to_vec();
+    }
+    z.chunks(c)
+        .flat_map(|row| {
+            row.iter()
+                .copied()
+                .chain(std::iter::repeat_n(sentinel::<T>(), pad))
+        })
+        .collect()
+}
+
+/// Lays out one call: logits at `zoff` elements into its buffer (zeros before; `pad`
+/// sentinels after each row when `pad > 0`, the call then given the row stride), the gradient
 /// (another buffer at `goff`, sentinels before and in it; or the logits), labels, the staged
 /// plan, per-sample losses and the loss (NaN), the grad_output, the flags, the class weights.
 pub fn call<T: FloatElement + Default>(
     (plan, z, labels): (&MixPlan, &[T], &[u32]),
     mode: Mode,
-    (zoff, goff): (usize, usize),
+    (zoff, goff, pad): (usize, usize, usize),
     (up_kind, up, ups): (Up, f32, &[f32]),
     (w, pw): (Option<&[f32]>, Option<&[f32]>),
     smem_optin: u32,
@@ -215,9 +237,10 @@ pub fn call<T: FloatElement + Default>(
     let sz = size_of::<T>();
     let n = z.len();
     let b = labels.len();
+    let c = n.checked_div(b).unwrap_or(0);
     let mut bufs = Buffers::default();
     let mut zb = vec![0u8; zoff * sz];
-    zb.extend(bytes(z));
+    zb.extend(bytes(&pitched(z, c, pad)));
     let zi = bufs.add(zb, true);
     let gi = matches!(mode, Mode::Grad | Mode::GradShifted)
         .then(|| bufs.add(bytes(&vec![sentinel::<T>(); goff + n]), true));
@@ -259,6 +282,8 @@ pub fn call<T: FloatElement + Default>(
             flags: fi,
             zoff,
             goff,
+            pad,
+            c,
             mode,
         },
         ce,
@@ -268,6 +293,7 @@ pub fn call<T: FloatElement + Default>(
             if w.is_some() { addr(wi, 0) } else { 0 },
             if pw.is_some() { addr(pwi, 0) } else { 0 },
         ),
+        ld: (pad > 0).then_some(c + pad),
     }
 }
 
@@ -280,7 +306,7 @@ macro_rules! call_for {
         let up = ($c.up_kind, $c.up, &$inp.ups[..]);
         let (inputs, offsets) = (
             (&$inp.plan, &$inp.z[..], &$inp.labels[..]),
-            ($c.zoff, $c.goff),
+            ($c.zoff, $c.goff, $c.pad),
         );
         let mut call = $crate::loss::call(inputs, $c.mode, offsets, up, $weights, $smem_optin);
         if $c.reduction == mixup_kernels::Reduction::None {
@@ -296,8 +322,8 @@ pub(crate) use call_for;
 macro_rules! describe_common {
     ($c:expr) => {
         format!(
-            "{:?} {:?} up {:?} {} eps {} zoff {} goff {}",
-            $c.mode, $c.reduction, $c.up_kind, $c.up, $c.eps, $c.zoff, $c.goff
+            "{:?} {:?} up {:?} {} eps {} zoff {} goff {} pad {}",
+            $c.mode, $c.reduction, $c.up_kind, $c.up, $c.eps, $c.zoff, $c.goff, $c.pad
         )
     };
 }
@@ -464,13 +490,14 @@ pub fn check_totals(
     check_reduced(k, o, threads, div, reference);
 }
 
-/// Nothing written outside the outputs: the logits (unless in place), the zeros before their
-/// view, the sentinels before the gradient's.
+/// Nothing written outside the outputs: the logits (unless in place) and the padding of
+/// pitched rows, the zeros before their view, the sentinels before the gradient's.
 pub fn check_untouched<T: FloatElement + Default>(k: &mut Checks, o: &Out<T>, z: &[T], s: &Slots) {
     if s.mode != Mode::InPlace {
-        k.check(bytes(&o.logits[s.zoff..]) == bytes(z), || {
-            "the logits changed".into()
-        });
+        k.check(
+            bytes(&o.logits[s.zoff..]) == bytes(&pitched(z, s.c, s.pad)),
+            || "the logits changed".into(),
+        );
     }
     let zero = bytes(&vec![T::from_f32(0.0); s.zoff]);
     let sent = bytes(&vec![sentinel::<T>(); o.before.len()]);

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use mixup_kernels::cuda::kernels::emulated::{self, Device, HostLaunch};
 use mixup_kernels::{
-    CutBox, Element, MixPlan, SampleShape, ScalarType, TargetSpec, bf16, cpu, f16, reference,
+    CutBox, Element, MemoryFormat, MixPlan, SampleShape, ScalarType, TargetSpec, bf16, cpu, f16,
+    reference,
 };
 
 use crate::common::{self, TestRng as Rng, image, mix_layouts};
@@ -164,6 +165,39 @@ fn judge_mix<T: Element + Default>(
     });
 }
 
+/// The input row of a pitched tensor in `layout`: its last dimension.
+fn input_row(layout: &SampleShape) -> usize {
+    match *layout {
+        SampleShape::Rows(n) => n,
+        SampleShape::Image {
+            format,
+            channels,
+            width,
+            ..
+        } => match format {
+            MemoryFormat::ChannelsFirst => width,
+            MemoryFormat::ChannelsLast => channels,
+        },
+    }
+}
+
+/// `x` with each row of `seg` elements padded to `pitch` by a value no mix gives (NaN; 250 in
+/// u8, whose inputs here are below 256 but rarely 250 at a given place).
+fn pitched<T: Element>(x: &[T], seg: usize, pitch: usize) -> Vec<T> {
+    let pad = if T::DTYPE == ScalarType::U8 {
+        T::from_f32(250.0)
+    } else {
+        T::from_f32(f32::NAN)
+    };
+    x.chunks(seg)
+        .flat_map(|r| {
+            r.iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad, pitch - seg))
+        })
+        .collect()
+}
+
 fn mix_cases<T: Element + Default + Send + Sync + 'static>(rng: &mut Rng, out: &mut Vec<Case>) {
     let layouts = mix_layouts();
     let sz = size_of::<T>();
@@ -225,6 +259,7 @@ fn mix_cases<T: Element + Default + Send + Sync + 'static>(rng: &mut Rng, out: &
                         addr(ob, oo * sz),
                         n,
                         false,
+                        None,
                         &dev(pb, pb),
                     )
                     .unwrap()
@@ -239,15 +274,59 @@ fn mix_cases<T: Element + Default + Send + Sync + 'static>(rng: &mut Rng, out: &
                         b,
                         verdict,
                     ));
+                    // A pitched input (burn's CUDA tensors pad each row of the last dimension):
+                    // pitches of whole 16-byte slots (the slot path when the rows are whole
+                    // slots too) and 3 elements past the row; the output stays dense.
+                    if xo == oo {
+                        let seg = input_row(&layout);
+                        let ve = 16 / sz;
+                        for pitch in [(seg / ve + 1) * ve, seg + 3] {
+                            let mut b = Buffers::default();
+                            let mut xs = vec![T::from_f32(0.0); xo];
+                            xs.extend(pitched(&x, seg, pitch));
+                            let xb = b.add(bytes(&xs), false);
+                            let ob = b.add(bytes(&vec![fill; oo + n]), true);
+                            let pb = b.add(staged.clone(), false);
+                            let (xa, oa) = (addr(xb, xo * sz), addr(ob, oo * sz));
+                            let launch = emulated::mix(
+                                &plan,
+                                &layout,
+                                T::DTYPE,
+                                xa,
+                                oa,
+                                n,
+                                false,
+                                Some(pitch),
+                                &dev(pb, pb),
+                            )
+                            .unwrap()
+                            .expect("a launch");
+                            let (p, l, xv) = (plan.clone(), layout, x.clone());
+                            let verdict: Verdict = Box::new(move |runs, k| {
+                                judge_mix(runs, k, &p, &l, &xv, (ob, oo), fill)
+                            });
+                            let what = format!("{what} pitch {pitch}");
+                            out.push(case("mix", what, launch, b, verdict));
+                        }
+                    }
                     if plan.is_involution() {
                         let mut b = Buffers::default();
                         let xb = b.add(bytes(&xs), true);
                         let pb = b.add(staged.clone(), false);
                         let at = addr(xb, xo * sz);
-                        let launch =
-                            emulated::mix(&plan, &layout, T::DTYPE, at, at, n, true, &dev(pb, pb))
-                                .unwrap()
-                                .expect("a launch");
+                        let launch = emulated::mix(
+                            &plan,
+                            &layout,
+                            T::DTYPE,
+                            at,
+                            at,
+                            n,
+                            true,
+                            None,
+                            &dev(pb, pb),
+                        )
+                        .unwrap()
+                        .expect("a launch");
                         let (p, l, xv) = (plan.clone(), layout, x.clone());
                         let zero = T::from_f32(0.0);
                         let verdict: Verdict = Box::new(move |runs, k| {
