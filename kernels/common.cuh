@@ -292,6 +292,15 @@ DEV void load_slots(v16 (&va)[K], const B* zrow, const Geom& ge, u64 first, u64 
 // length have the same geometry and their slots line up).
 DEV bool same_offset(const void* p, const void* q) { return (((u64)p ^ (u64)q) & 15u) == 0; }
 
+// Offset of element e of a sample stored as rows of `seg` elements `pitch` apart (a pitched
+// tensor: burn's CUDA tensors pad each row of their last dimension); e itself when dense. The
+// division is 32-bit when both operands fit (image samples do: the host checks).
+DEV u64 pitched_at(u64 e, u64 seg, u64 pitch) {
+    if (pitch == seg) return e;
+    const u64 r = ((e | seg) >> 32) == 0 ? (u64)((u32)e / (u32)seg) : e / seg;
+    return e + r * (pitch - seg);
+}
+
 // Element j of a slot with j known only at run time (selects, no local memory).
 DEV u32 word_dyn(const v16& s, u32 w) {
     const u32 a = (w & 1u) ? s.w[1] : s.w[0];

@@ -73,10 +73,7 @@ DEV u64 div_u64(u64 a, u64 b) {
 }
 
 // Offset of element e of a sample in the input (see MixArgs::pitch).
-DEV u64 in_at(const MixArgs& g, u64 e) {
-    if (g.pitch == g.seg) return e;
-    return e + div_u64(e, g.seg) * (g.pitch - g.seg);
-}
+DEV u64 in_at(const MixArgs& g, u64 e) { return pitched_at(e, g.seg, g.pitch); }
 
 // Whether the 16-byte slots of a row pair (input at a, output at o) can be used: the same
 // offset from a 16-byte boundary (dense), or, for a pitched input, both rows on the boundary

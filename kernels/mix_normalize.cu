@@ -19,6 +19,9 @@
 // the output's order, and after a barrier the block writes the output runs, coalesced too. A
 // launch with tile_px = 0 (more channels than a tile holds) skips shared memory: an item is
 // MN_DIRECT output elements of a sample, each thread computing the elements at its own indices.
+//
+// The input may be pitched (MixNormArgs::pitch: burn's CUDA tensors pad each row of their last
+// dimension, read in place instead of copied dense first); the output is dense.
 
 #ifndef MN_NT
 #define MN_NT 256
@@ -46,7 +49,13 @@ struct MixNormArgs {
     u32 rint;      // 1: MixUp rounds to an integer (u8 pixels) before normalizing
     u32 tile_px;   // pixels per tile; 0: the direct launch
     u32 pad;
+    // The input's rows: element i of a sample at pitched_at(i, seg, pitch) from its start,
+    // samples x_row elements apart (a pitched tensor; dense: seg = pitch = x_row = D).
+    u64 seg;       // elements per input row (W channels-first, C channels-last)
+    u64 pitch;     // elements from one input row to the next (>= seg)
+    u64 x_row;     // elements from one input sample to the next
 };
+static_assert(sizeof(MixNormArgs) == 112, "MixNormArgs must match the host layout");
 
 // The mixed, normalized value of element (c, p) of sample n (entry e), given its own value a
 // and its partner's b. The box test is on the pixel's row and column.
@@ -93,8 +102,8 @@ DEV void mix_normalize_tiled(const MixNormArgs& g) {
         const bool pair = m != n && g.plan[m].partner == n;
         if (pair && m < n) continue;
         const PlanEntry em = g.plan[m];
-        const IB* xa = x + n * D;
-        const IB* xb = x + m * D;
+        const IB* xa = x + n * g.x_row;
+        const IB* xb = x + m * g.x_row;
         // Read in the input's order (k walks the input run), store at the output's order.
         for (u32 k = threadIdx.x; k < count; k += MN_NT) {
             u32 c, q;
@@ -106,7 +115,7 @@ DEV void mix_normalize_tiled(const MixNormArgs& g) {
                 q = k - c * np;
             }
             const u64 p = p0 + q;
-            const u64 i = mn_index(g.in_last, C, P, c, p);
+            const u64 i = pitched_at(mn_index(g.in_last, C, P, c, p), g.seg, g.pitch);
             const float a = I::from_bits(xa[i]);
             const float b = m == n ? a : I::from_bits(xb[i]);
             const u32 s = g.out_last ? q * C + c : c * np + q;
@@ -157,9 +166,9 @@ DEV void mix_normalize_direct(const MixNormArgs& g) {
                 c = (u32)(r / P);
                 p = r - (u64)c * P;
             }
-            const u64 i = mn_index(g.in_last, C, P, c, p);
-            const float a = I::from_bits(x[n * D + i]);
-            const float b = m == n ? a : I::from_bits(x[m * D + i]);
+            const u64 i = pitched_at(mn_index(g.in_last, C, P, c, p), g.seg, g.pitch);
+            const float a = I::from_bits(x[n * g.x_row + i]);
+            const float b = m == n ? a : I::from_bits(x[m * g.x_row + i]);
             out[n * D + r] = O::to_bits(mn_value(g, en, n, c, (u32)p, a, b));
         }
     }

@@ -445,9 +445,15 @@ pub(super) fn mix_normalize<K: Basic>(
     let n = out_dims.iter().product::<usize>();
     let st = state(ordinal)?;
     let mut st = lock(&st);
-    let (xin, _) = resolve(images, "images", OP, false)?;
+    // Padded rows (cubecl pads 224 u8 pixels of a channels-first row to 256) are read in place.
+    let (xin, pitch) = resolve(images, "images", OP, true)?;
+    let (seg, pitch, x_row) = mix::input_rows(shape, out_dims[0], Some(pitch), false)?;
+    let span = match n {
+        0 => 0,
+        _ => out_dims[0] as u64 * x_row - (pitch - seg),
+    };
     let xout = st.output(&out_dims, dtype, "dtype", OP)?;
-    let (xp, _rx) = address(&xin, n * in_dtype.size(), "images", OP)?;
+    let (xp, _rx) = address(&xin, span as usize * in_dtype.size(), "images", OP)?;
     let (op, _ro) = address(&xout, n * dtype.size(), "dtype", OP)?;
     sync(&device, "images", OP)?;
     st.upload_plan(plan)?;
@@ -458,10 +464,12 @@ pub(super) fn mix_normalize<K: Basic>(
     };
     let (mixer, dplan) = (&st.mixer, &st.plan);
     let run = || {
-        // SAFETY: `n` dense elements of each dtype at each address (checked), kept in place
-        // until `launch_on` has waited for the kernel; the output is a new allocation.
+        // SAFETY: the input's span and `n` dense output elements at the addresses (checked),
+        // kept in place until `launch_on` has waited for the kernel; the output is a new
+        // allocation.
         unsafe {
-            mixer.mix_normalize_raw(dplan, shape, dnorm, input, xp, out_format, output, op, n)
+            let x = (xp, Some(pitch as usize));
+            mixer.mix_normalize_pitched(dplan, shape, dnorm, input, x, out_format, output, op, n)
         }
     };
     launch_on(mixer, run)?;

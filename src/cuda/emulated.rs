@@ -241,7 +241,8 @@ pub fn mixup_bce(
 
 /// [`CudaMixer::mix_normalize_raw`](super::CudaMixer::mix_normalize_raw) with `norm`'s `2C`
 /// constants at `ms` (as [`DeviceNormalize`](super::DeviceNormalize) holds them: the means,
-/// then the standard deviations): `None` when there is nothing to launch.
+/// then the standard deviations), the input's rows (of its last dimension) `pitch` elements
+/// apart when given (`None`: dense): `None` when there is nothing to launch.
 #[allow(clippy::too_many_arguments)]
 pub fn mix_normalize(
     plan: &MixPlan,
@@ -254,12 +255,14 @@ pub fn mix_normalize(
     out: u64,
     len: usize,
     ms: u64,
+    pitch: Option<usize>,
     dev: &Device,
 ) -> Result<Option<HostLaunch>> {
     use super::mix_normalize::{check_call, mix_normalize_call};
     let Some(dims) = check_call(plan, shape, norm, input, output, len, len)? else {
         return Ok(None);
     };
+    let rows = super::mix::input_rows(shape, plan.len(), pitch, false)?;
     let (kernel, args, cfg) = mix_normalize_call(
         plan,
         &dims,
@@ -270,6 +273,7 @@ pub fn mix_normalize(
         out,
         dev.plan,
         ms,
+        rows,
         &dev.env(),
     )?;
     host_launch(kernel, output, &args, cfg).map(Some)

@@ -39,9 +39,15 @@ pub(crate) struct MixNormArgs {
     pub rint: u32,
     pub tile_px: u32,
     pub pad: u32,
+    /// Elements per input row (the last dimension; the sample when dense).
+    pub seg: u64,
+    /// Elements from one input row to the next (`seg` when dense).
+    pub pitch: u64,
+    /// Elements from one input sample to the next.
+    pub x_row: u64,
 }
 
-// SAFETY: repr(C) of u64/u32 fields without padding (88 bytes), mirrored by the kernel's struct.
+// SAFETY: repr(C) of u64/u32 fields without padding (112 bytes), mirrored by the kernel's struct.
 unsafe impl DeviceRepr for MixNormArgs {}
 
 /// A [`Normalize`] with its per-channel constants on the device (`[2C]` f32: the means, then
@@ -145,12 +151,16 @@ pub(crate) fn mix_normalize_args(
         out_last: u32::from(out_format == MemoryFormat::ChannelsLast),
         rint: u32::from(rint),
         tile_px: tile_px as u32,
+        seg: d,
+        pitch: d,
+        x_row: d,
         ..MixNormArgs::default()
     })
 }
 
 /// The kernel, its arguments and its launch configuration for a checked call with at least one
-/// element (`plan_ptr`: the staged plan, `ms`: the device constants) under `env`'s tuning.
+/// element (`plan_ptr`: the staged plan, `ms`: the device constants) under `env`'s tuning,
+/// the input's rows given by [`input_rows`](super::mix::input_rows).
 /// [`launch`] launches it; the host emulation's cases (`kernels::emulated`) run it on the CPU.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mix_normalize_call(
@@ -163,9 +173,11 @@ pub(crate) fn mix_normalize_call(
     out: u64,
     plan_ptr: u64,
     ms: u64,
+    (seg, pitch, x_row): (u64, u64, u64),
     env: &LaunchEnv<'_>,
 ) -> Result<(Kernel, MixNormArgs, LaunchConfig)> {
     let mut args = mix_normalize_args(dims, host.len(), rint, out_format, env.tuning)?;
+    (args.seg, args.pitch, args.x_row) = (seg, pitch, x_row);
     args.x = x;
     args.out = out;
     args.plan = plan_ptr;
@@ -197,9 +209,13 @@ pub(crate) fn check_call(
 /// Validates and launches the kernel on raw device addresses: the one launch behind
 /// [`CudaMixer::mix_normalize`] and [`CudaMixer::mix_normalize_raw`].
 ///
+/// `pitch`: the input's rows (of its last dimension) that many elements apart (a pitched
+/// tensor: burn's CUDA tensors; `None`: dense); `x_len` counts the elements, not the padding.
+///
 /// # Safety
-/// `x` addresses `x_len` elements of `input`, `out` addresses `out_len` elements of `output`,
-/// on the mixer's device, not overlapping.
+/// `x` addresses `x_len` elements of `input` (the span [`input_rows`](super::mix::input_rows)
+/// gives when pitched), `out` addresses `out_len` elements of `output`, on the mixer's device,
+/// not overlapping.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn launch(
     m: &CudaMixer,
@@ -207,8 +223,7 @@ pub(crate) unsafe fn launch(
     shape: &SampleShape,
     norm: &DeviceNormalize,
     input: ScalarType,
-    x: u64,
-    x_len: usize,
+    (x, x_len, pitch): (u64, usize, Option<usize>),
     out_format: MemoryFormat,
     output: ScalarType,
     out: u64,
@@ -225,6 +240,7 @@ pub(crate) unsafe fn launch(
     let Some(dims) = check_call(host, shape, nm, input, output, x_len, out_len)? else {
         return Ok(());
     };
+    let rows = super::mix::input_rows(shape, host.len(), pitch, false)?;
     let (ms, _read) = norm.ms.device_ptr(m.stream());
     let (kernel, args, cfg) = mix_normalize_call(
         host,
@@ -236,6 +252,7 @@ pub(crate) unsafe fn launch(
         out,
         plan.device_ptr_for(m)?,
         ms,
+        rows,
         &m.launch_env(),
     )?;
     let what = "launching the mix_normalize kernel";
@@ -317,8 +334,7 @@ impl CudaMixer {
                 shape,
                 norm,
                 I::DTYPE,
-                xp,
-                x.len(),
+                (xp, x.len(), None),
                 out_format,
                 O::DTYPE,
                 op,
@@ -377,8 +393,40 @@ impl CudaMixer {
     ) -> Result<()> {
         // SAFETY: the caller's contract.
         unsafe {
+            let x = (x, len, None);
             launch(
-                self, plan, shape, norm, input, x, len, out_format, output, out, len,
+                self, plan, shape, norm, input, x, out_format, output, out, len,
+            )
+        }
+    }
+}
+
+impl CudaMixer {
+    /// [`CudaMixer::mix_normalize_raw`] for an input whose rows (of its last dimension) are
+    /// `pitch` elements apart (burn's pitched CUDA tensors); `len` counts the elements.
+    ///
+    /// # Safety
+    /// As [`CudaMixer::mix_normalize_raw`], `x` holding the input's span
+    /// ([`input_rows`](super::mix::input_rows)).
+    #[cfg_attr(not(feature = "burn-cuda"), allow(dead_code))]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn mix_normalize_pitched(
+        &self,
+        plan: &DevicePlan,
+        shape: &SampleShape,
+        norm: &DeviceNormalize,
+        input: ScalarType,
+        (x, pitch): (u64, Option<usize>),
+        out_format: MemoryFormat,
+        output: ScalarType,
+        out: u64,
+        len: usize,
+    ) -> Result<()> {
+        let x = (x, len, pitch);
+        // SAFETY: the caller's contract.
+        unsafe {
+            launch(
+                self, plan, shape, norm, input, x, out_format, output, out, len,
             )
         }
     }
@@ -398,8 +446,8 @@ mod tests {
     }
 
     #[test]
-    fn args_are_88_bytes() {
-        assert_eq!(std::mem::size_of::<MixNormArgs>(), 88);
+    fn args_are_112_bytes() {
+        assert_eq!(std::mem::size_of::<MixNormArgs>(), 112);
     }
 
     #[test]

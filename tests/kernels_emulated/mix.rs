@@ -166,7 +166,7 @@ fn judge_mix<T: Element + Default>(
 }
 
 /// The input row of a pitched tensor in `layout`: its last dimension.
-fn input_row(layout: &SampleShape) -> usize {
+pub(crate) fn input_row(layout: &SampleShape) -> usize {
     match *layout {
         SampleShape::Rows(n) => n,
         SampleShape::Image {
@@ -183,7 +183,7 @@ fn input_row(layout: &SampleShape) -> usize {
 
 /// `x` with each row of `seg` elements padded to `pitch` by a value no mix gives (NaN; 250 in
 /// u8, whose inputs here are below 256 but rarely 250 at a given place).
-fn pitched<T: Element>(x: &[T], seg: usize, pitch: usize) -> Vec<T> {
+pub(crate) fn pitched<T: Element>(x: &[T], seg: usize, pitch: usize) -> Vec<T> {
     let pad = if T::DTYPE == ScalarType::U8 {
         T::from_f32(250.0)
     } else {

@@ -35,6 +35,9 @@ struct Spec<I> {
     out_format: MemoryFormat,
     /// Output elements before the output's view (the kernel must not write them).
     off: usize,
+    /// Elements of padding after each input row (a pitched tensor, as burn's CUDA tensors
+    /// are; 0: dense).
+    pad: usize,
     max_in: f64,
 }
 
@@ -99,7 +102,8 @@ where
 {
     let n = s.x.len();
     let mut b = Buffers::default();
-    let xb = b.add(bytes(&s.x), false);
+    let seg = crate::mix::input_row(&s.shape);
+    let xb = b.add(bytes(&crate::mix::pitched(&s.x, seg, seg + s.pad)), false);
     let fill = O::from_f32(-77.0);
     // The view, with `off` elements before it and 3 after.
     let ob = b.add(bytes(&vec![fill; s.off + n + 3]), true);
@@ -119,6 +123,7 @@ where
         addr(ob, s.off * size_of::<O>()),
         n,
         addr(mb, 0),
+        (s.pad > 0).then_some(seg + s.pad),
         &dev,
     )
     .unwrap()
@@ -144,7 +149,7 @@ fn case<I: Element + Send + Sync + 'static>(
     (fin, fout): (MemoryFormat, MemoryFormat),
     o: ScalarType,
     rint: bool,
-    off: usize,
+    (off, pad): (usize, usize),
     out: &mut Vec<Case>,
 ) {
     let u8_in = I::DTYPE == ScalarType::U8;
@@ -170,10 +175,11 @@ fn case<I: Element + Send + Sync + 'static>(
         x,
         out_format: fout,
         off,
+        pad,
         max_in,
     };
     let what = format!(
-        "mix_normalize {} -> {}{}: {name}, B {}, {c}x{h}x{w} {} -> {}, off {off}",
+        "mix_normalize {} -> {}{}: {name}, B {}, {c}x{h}x{w} {} -> {}, off {off}, pad {pad}",
         I::DTYPE.name(),
         o.name(),
         if rint { " rint" } else { "" },
@@ -218,7 +224,7 @@ fn variant(
     plan: &MixPlan,
     name: &str,
     formats: (MemoryFormat, MemoryFormat),
-    off: usize,
+    off: (usize, usize),
     out: &mut Vec<Case>,
 ) {
     let (i, o, rint) = v;
@@ -227,6 +233,14 @@ fn variant(
         ScalarType::F32 => case::<f32>(rng, dims, plan, name, formats, o, rint, off, out),
         ScalarType::F16 => case::<f16>(rng, dims, plan, name, formats, o, rint, off, out),
         ScalarType::BF16 => case::<bf16>(rng, dims, plan, name, formats, o, rint, off, out),
+    }
+}
+
+/// The last dimension of an input of `(c, h, w)` in `format`.
+fn input_row(format: MemoryFormat, (c, _, w): (usize, usize, usize)) -> usize {
+    match format {
+        MemoryFormat::ChannelsFirst => w,
+        MemoryFormat::ChannelsLast => c,
     }
 }
 
@@ -263,7 +277,9 @@ pub fn cases() -> Vec<Case> {
                             &plan,
                             &name,
                             (fin, fout),
-                            k % 2,
+                            // Output offset; input rows padded as cubecl pads them (u8 rows
+                            // to 16 bytes), by 3, or dense.
+                            (k % 2, [0, 3, 16 - input_row(fin, dims) % 16][k % 3]),
                             &mut out,
                         );
                         k += 1;
@@ -282,7 +298,16 @@ pub fn cases() -> Vec<Case> {
         {
             for fin in FORMATS {
                 for fout in FORMATS {
-                    variant(v, &mut rng, (3, 5, 7), plan, name, (fin, fout), 0, &mut out);
+                    variant(
+                        v,
+                        &mut rng,
+                        (3, 5, 7),
+                        plan,
+                        name,
+                        (fin, fout),
+                        (0, 0),
+                        &mut out,
+                    );
                 }
             }
         }
