@@ -602,6 +602,27 @@ fn cuda_ops_run_on_device_memory() {
             host_f64(&mix_images(&plan, first, x).unwrap())
         });
         close("mix_images (strided)", &g, &f);
+        // Tensors as burn stores them: 9-wide rows (channels-first) and 3 channels
+        // (channels-last) padded by cubecl, read in place.
+        let nchw = TensorData::new(pseudo_random(b * ch * h * w, 14, 1.0), [b, ch, h, w]);
+        let (g, f) = both(&|d| {
+            let x = Tensor::<4>::from_data(nchw.clone(), (d, dtype));
+            host_f64(&mix_images(&plan, first, x).unwrap())
+        });
+        close("mix_images (padded rows)", &g, &f);
+        let nhwc = TensorData::new(pseudo_random(b * h * w * ch, 15, 1.0), [b, h, w, ch]);
+        let (g, f) = both(&|d| {
+            let x = Tensor::<4>::from_data(nhwc.clone(), (d, dtype));
+            host_f64(&mix_images(&plan, MemoryFormat::ChannelsLast, x).unwrap())
+        });
+        close("mix_images (channels-last, padded rows)", &g, &f);
+        // Rows: [B, 20] read in place (padded), [B, 4, 5] mixed as rows of 20 (made dense).
+        let flat = TensorData::new(pseudo_random(b * 20, 12, 2.0), [b, 20]);
+        let (g, f) = both(&|d| {
+            let x = Tensor::<2>::from_data(flat.clone(), (d, dtype));
+            host_f64(&mix_rows(&plan, x).unwrap())
+        });
+        close("mix_rows (padded rows)", &g, &f);
         let rows = TensorData::new(pseudo_random(b * 20, 12, 2.0), [b, 4, 5]);
         let (g, f) = both(&|d| {
             let x = Tensor::<3>::from_data(rows.clone(), (d, dtype));

@@ -6,9 +6,11 @@
 //!
 //! - **Inputs** are resolved through their fusion client to the `CubeTensor` underneath. cubecl
 //!   allocates CUDA tensors *pitched* (each row of the last dimension padded to the device's
-//!   pitch alignment unless its byte width is a multiple of it); the kernels read dense rows, so
-//!   such an input is first made contiguous on the device by burn's own kernel
-//!   (`into_contiguous`: one device copy, no host transfer). A dense input is read in place.
+//!   pitch alignment unless its byte width is a multiple of it); the kernels read such rows in
+//!   place, given the pitch ([`super::row_pitch`]; the losses' `ld`, the mixing kernels'
+//!   `pitch`). An input in another layout (a transposed or broadcast view; a `[B, d1, d2]`
+//!   tensor mixed as rows of `d1·d2`) is first made contiguous on the device by burn's own
+//!   kernel (one device copy, no host transfer).
 //! - **Outputs** are allocated dense (`empty_device_contiguous_dtype`) on the device's cubecl
 //!   client, written by the kernel, and registered with the fusion client as new tensors (an
 //!   `Init` operation, as burn's own `from_data` does), so burn sees them like any other.

@@ -8,9 +8,10 @@
 //! [`Device`]. These functions work on every backend burn was built with:
 //!
 //! - **Where the work runs.** On burn's CUDA backend (feature `burn-cuda`): the crate's CUDA
-//!   kernels, on the tensors' own device memory, no host copy (an input whose rows burn padded
-//!   is made dense on the device first; the outputs are new device tensors handed to burn; two
-//!   host synchronizations per call order the work with burn's queue, docs/burn.md).
+//!   kernels, on the tensors' own device memory, no copy (rows that burn padded are read in
+//!   place; a transposed or broadcast view is made contiguous on the device first; the outputs
+//!   are new device tensors handed to burn; two host synchronizations per call order the work
+//!   with burn's queue, docs/burn.md).
 //!   Everywhere else: the crate's CPU kernels (the `cpu` module), on the host copy of the
 //!   tensor that burn's own `into_data` gives: for burn's CPU backends (`Flex`,
 //!   `NdArray`) that is a memory copy out and one back in (`Tensor::from_data`), on another GPU
