@@ -294,7 +294,8 @@ DEV bool same_offset(const void* p, const void* q) { return (((u64)p ^ (u64)q) &
 
 // Offset of element e of a sample stored as rows of `seg` elements `pitch` apart (a pitched
 // tensor: burn's CUDA tensors pad each row of their last dimension); e itself when dense. The
-// division is 32-bit when both operands fit (image samples do: the host checks).
+// division is 32-bit when both operands fit (an image sample always does: the host limits it to
+// 2^32 elements), else 64-bit.
 DEV u64 pitched_at(u64 e, u64 seg, u64 pitch) {
     if (pitch == seg) return e;
     const u64 r = ((e | seg) >> 32) == 0 ? (u64)((u32)e / (u32)seg) : e / seg;

@@ -18,8 +18,9 @@
 //   path, src/cpu/mixup_bce.rs, computes the same element). A product with a zero weight is left
 //   out (`weighted`): a -inf (or dtype-min) logit of a class whose target is 0 adds nothing and
 //   gets gradient 0; with a target > 0 the loss is +inf, as in PyTorch; a NaN logit gives NaN.
-//   L_i = sum_c v_c l_ic (per-sample losses [B], always written); the reduced loss is L_i summed
-//   (Sum), or divided by `count` (Mean): B C, or B with sum_classes; none under None.
+//   L_i = sum_c v_c l_ic (per-sample losses [B], written unless the call wants the gradient
+//   only); the reduced loss is L_i summed (Sum), or divided by `count` (Mean): B C, or B with
+//   sum_classes; none under None.
 //   factor = 1 / count for Mean, else 1.
 // Math in f32 with the accurate library functions (expf, log1pf: a few ulp; no __expf), the
 // gradient formed in f32 and rounded once to the storage type; the row sum in f32.
@@ -45,7 +46,7 @@ struct BceArgs {
     u64 grad;        // E::B*, [B, C]; 0 for forward only; may equal logits
     u64 labels;      // const u32*, [B]
     u64 plan;        // const PlanEntry*, [B]
-    u64 losses;      // float*, [B]: per-sample losses, always written
+    u64 losses;      // float*, [B]: per-sample losses; 0 for a gradient-only call
     u64 loss;        // float*, [1]: the reduced loss; 0 under Reduction::None
     u64 upstream;    // const float*: [1] device scalar or [B] per sample; 0: use `up`
     u64 flags;       // u32*: [0] out-of-range labels, [1] blocks done (reset by the last block)
@@ -177,7 +178,7 @@ DEV float bce_lane(const BceArgs& g, u64 row, const BceRow& r, u32 t, u32 L) {
 }
 
 DEV void bce_row_done(const BceArgs& g, u64 row, const BceRow& r, float sum) {
-    ((float*)g.losses)[row] = sum;
+    if (g.losses != 0) ((float*)g.losses)[row] = sum;
     if (r.bad) atomicAdd((u32*)g.flags, 1u);
 }
 

@@ -83,7 +83,7 @@ struct CeArgs {
     u64 grad;      // E::B*, [B, C]; 0 for forward only; may equal logits
     u64 labels;    // const u32*, [B]
     u64 plan;      // const PlanEntry*, [B]
-    u64 losses;    // float*, [B]: per-sample losses, always written
+    u64 losses;    // float*, [B]: per-sample losses; 0 for a gradient-only call (no loss wanted)
     u64 loss;      // float*, [1]: the reduced loss; 0 under Reduction::None
     u64 upstream;  // const float*: [1] device scalar or [B] per sample; 0: use `up`
     u64 flags;     // u32*: [0] out-of-range labels, [1] blocks done (reset by the last block)
@@ -223,7 +223,7 @@ DEV void row_finish(const CeArgs& g, u64 row, const Row& r, const Stats& st, flo
         if (g.off != 0.0f) tz = __fadd_rn(tz, __fmul_rn(__fmul_rn(g.off, CE_SZ_UNSCALE), st.sz));
         loss = __fsub_rn(lse, tz);
     }
-    ((float*)g.losses)[row] = loss;
+    if (g.losses != 0) ((float*)g.losses)[row] = loss;
     if (r.bad) atomicAdd((u32*)g.flags, 1u);
 }
 

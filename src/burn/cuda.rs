@@ -374,14 +374,9 @@ pub(super) fn mix<const D: usize>(
     let pitched = dims.last() == Some(&mix::input_row(shape));
     let (xin, pitch) = resolve(&x, "images", OP, pitched)?;
     let pitch = pitched.then_some(pitch); // else dense
-    let (seg, pitch, x_row) = mix::input_rows(shape, dims[0], pitch, false)?;
-    // The input's span: B samples x_row apart, without the last row's padding.
-    let span = match n {
-        0 => 0,
-        _ => dims[0] as u64 * x_row - (pitch - seg),
-    };
+    let span = mix::input_span(shape, dims[0], pitch)?;
     let xout = st.output(&dims, dtype, "images", OP)?;
-    let (xp, _rx) = address(&xin, span as usize * dtype.size(), "images", OP)?;
+    let (xp, _rx) = address(&xin, span.saturating_mul(dtype.size()), "images", OP)?;
     let (op, _ro) = address(&xout, n * dtype.size(), "images", OP)?;
     sync(&device, "images", OP)?;
     st.upload_plan(plan)?;
@@ -390,7 +385,6 @@ pub(super) fn mix<const D: usize>(
     // `launch_on` has waited for the kernel; the output is a new allocation, so they do not
     // overlap; burn's queue has drained and nothing else writes them meanwhile.
     launch_on(&st.mixer, || unsafe {
-        let pitch = Some(pitch as usize);
         mix::launch_pitched(
             &st.mixer, &st.plan, shape, st_dtype, xp, op, n, false, pitch,
         )
@@ -449,13 +443,10 @@ pub(super) fn mix_normalize<K: Basic>(
     let mut st = lock(&st);
     // Padded rows (cubecl pads 224 u8 pixels of a channels-first row to 256) are read in place.
     let (xin, pitch) = resolve(images, "images", OP, true)?;
-    let (seg, pitch, x_row) = mix::input_rows(shape, out_dims[0], Some(pitch), false)?;
-    let span = match n {
-        0 => 0,
-        _ => out_dims[0] as u64 * x_row - (pitch - seg),
-    };
+    let pitch = Some(pitch);
+    let span = mix::input_span(shape, out_dims[0], pitch)?;
     let xout = st.output(&out_dims, dtype, "dtype", OP)?;
-    let (xp, _rx) = address(&xin, span as usize * in_dtype.size(), "images", OP)?;
+    let (xp, _rx) = address(&xin, span.saturating_mul(in_dtype.size()), "images", OP)?;
     let (op, _ro) = address(&xout, n * dtype.size(), "dtype", OP)?;
     sync(&device, "images", OP)?;
     st.upload_plan(plan)?;
@@ -470,7 +461,7 @@ pub(super) fn mix_normalize<K: Basic>(
         // kept in place until `launch_on` has waited for the kernel; the output is a new
         // allocation.
         unsafe {
-            let x = (xp, Some(pitch as usize));
+            let x = (xp, pitch);
             mixer.mix_normalize_pitched(dplan, shape, dnorm, input, x, out_format, output, op, n)
         }
     };
@@ -515,13 +506,17 @@ pub(super) fn loss(
     let mut st = lock(&st);
     // Padded rows (cubecl pads 1 000 f32 logits to 1 024) are read in place: no copy.
     let (z, ld) = resolve(logits, "logits", op, true)?;
-    let z_len = dims[0].saturating_sub(1) * ld + dims[1];
+    // The logits' span: B rows `ld` apart, the last one unpadded (`row_stride` checks it fits).
+    let z_len = match dims[0] {
+        0 => 0,
+        b => (b - 1).saturating_mul(ld).saturating_add(dims[1]),
+    };
     let l = st.output(&[rows], DType::F32, "logits", op)?;
     let g = match grad {
         true => Some(st.output(&dims, dtype, "logits", op)?),
         false => None,
     };
-    let (zp, _rz) = address(&z, z_len * dtype.size(), "logits", op)?;
+    let (zp, _rz) = address(&z, z_len.saturating_mul(dtype.size()), "logits", op)?;
     let (lp, _rl) = address(&l, rows * 4, "logits", op)?;
     let (gp, _rg) = match &g {
         Some(g) => {

@@ -153,6 +153,19 @@ fn wrap<T: CudaDType>(s: CudaSlice<T>, dev: &CudaDevice) -> CudaStorage {
     CudaStorage::wrap_cuda_slice(s, dev.clone())
 }
 
+/// A new, uninitialized device buffer for `n` elements that a kernel writes. It holds at least
+/// one element: the driver rejects a zero-byte allocation (`cuMemAlloc`: invalid value), and an
+/// empty batch (a `narrow` to no sample) must give an empty result, not a driver error. The
+/// kernel gets the first `n` elements (`slice_mut(..n)`); the tensor's shape has `n`.
+///
+/// # Safety
+/// The caller has the kernel write every one of the first `n` elements before anyone reads
+/// them.
+unsafe fn output<T: CudaDType>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
+    // SAFETY: forwarded.
+    unsafe { dev.alloc::<T>(n.max(1)) }
+}
+
 pub(super) fn mix(op: &MixOp, s: &CudaStorage, l: &CLayout) -> Result<(CudaStorage, Shape)> {
     const NAME: &str = "mixup-kernels-mix";
     let dev = s.device().clone();
@@ -162,8 +175,8 @@ pub(super) fn mix(op: &MixOp, s: &CudaStorage, l: &CLayout) -> Result<(CudaStora
             ($t:ty) => {{
                 let x = s.as_cuda_slice::<$t>()?.slice(r.clone());
                 // SAFETY: the kernel writes every element of `out` before anyone reads it.
-                let mut out = unsafe { dev.alloc::<$t>(r.len())? };
-                m.mix(&plan, &op.shape, &x, &mut out.as_view_mut())?;
+                let mut out = unsafe { output::<$t>(&dev, r.len())? };
+                m.mix(&plan, &op.shape, &x, &mut out.slice_mut(..r.len()))?;
                 wrap(out, &dev)
             }};
         }
@@ -191,8 +204,8 @@ pub(super) fn soft_targets(
         macro_rules! run {
             ($t:ty) => {{
                 // SAFETY: the kernel writes all `n` elements.
-                let mut out = unsafe { dev.alloc::<$t>(n)? };
-                m.soft_targets(&plan, &op.spec, &labels, &mut out.as_view_mut())?;
+                let mut out = unsafe { output::<$t>(&dev, n)? };
+                m.soft_targets(&plan, &op.spec, &labels, &mut out.slice_mut(..n))?;
                 wrap(out, &dev)
             }};
         }
@@ -222,14 +235,16 @@ pub(super) fn loss_fwd(
         let labels = s2.as_cuda_slice::<u32>()?.slice(range(l2, name)?);
         let r = range(l1, name)?;
         let b = op.plan.len();
-        // The op's output: the per-sample losses under Reduction::None, else the reduced loss.
-        let mut out = dev.alloc_zeros::<f32>(match op.spec.reduction() {
+        // The op's output: the per-sample losses under Reduction::None, else the reduced loss
+        // (at least one element: see `output`).
+        let len = match op.spec.reduction() {
             Reduction::None => b,
             Reduction::Mean | Reduction::Sum => 1,
-        })?;
+        };
+        let mut out = dev.alloc_zeros::<f32>(len.max(1))?;
         let (mut loss, mut per) = match op.spec.reduction() {
-            Reduction::None => (None, Some(out.as_view_mut())),
-            Reduction::Mean | Reduction::Sum => (Some(out.as_view_mut()), None),
+            Reduction::None => (None, Some(out.slice_mut(..len))),
+            Reduction::Mean | Reduction::Sum => (Some(out.slice_mut(..len)), None),
         };
         macro_rules! run {
             ($t:ty) => {{
@@ -276,9 +291,9 @@ pub(super) fn loss_grad(
             ($t:ty) => {{
                 let z = s1.as_cuda_slice::<$t>()?.slice(r.clone());
                 // SAFETY: the kernel writes every gradient element.
-                let mut g = unsafe { dev.alloc::<$t>(r.len())? };
+                let mut g = unsafe { output::<$t>(&dev, r.len())? };
                 // The backward pass wants the gradient only: no loss, no per-sample losses.
-                let (up, gv) = (grad_output, &mut g.as_view_mut());
+                let (up, gv) = (grad_output, &mut g.slice_mut(..r.len()));
                 match spec {
                     DeviceLoss::Ce(s) => m.mixup_ce(plan, s, &z, &labels, up, None, None, gv)?,
                     DeviceLoss::Bce(s) => m.mixup_bce(plan, s, &z, &labels, up, None, None, gv)?,
@@ -318,8 +333,8 @@ pub(super) fn mix_normalize(
         ($i:ty, $o:ty) => {{
             let x = s.as_cuda_slice::<$i>()?.slice(r.clone());
             // SAFETY: the kernel writes every element of `out` before anyone reads it.
-            let mut out = unsafe { dev.alloc::<$o>(r.len())? };
-            let mut view = out.as_view_mut();
+            let mut out = unsafe { output::<$o>(&dev, r.len())? };
+            let mut view = out.slice_mut(..r.len());
             d.mixer
                 .mix_normalize(&dp, &op.shape, norm, &x, op.out_format, &mut view)?;
             wrap(out, &dev)

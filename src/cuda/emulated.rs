@@ -173,12 +173,19 @@ fn loss_launch<A: Copy>(
     if plan.is_empty() {
         return Ok(None);
     }
-    let losses = bufs.losses.ok_or(MixError::InvalidArgument {
-        what: "losses",
-        reason:
-            "the emulated call needs the per-sample losses' buffer (the device's would be scratch)"
-                .into(),
-    })?;
+    let losses = match (bufs.losses, bufs.loss) {
+        (Some(p), _) => p,
+        (None, Some(_)) => {
+            return Err(MixError::InvalidArgument {
+                what: "losses",
+                reason: "the emulated call with a reduced loss needs the per-sample losses' \
+                         buffer (the device's would be scratch)"
+                    .into(),
+            });
+        }
+        // The gradient only: no per-sample loss is written, as on the device.
+        (None, None) => 0,
+    };
     let (kernel, args, cfg) = call(losses, ld);
     host_launch(kernel, dtype, &args, cfg).map(Some)
 }

@@ -108,7 +108,8 @@ pub(crate) fn row_stride(
     }
     if ld != classes && bufs.grad == Some(bufs.logits) {
         return Err(bad(format!(
-            "the gradient (dense, [B, C]) cannot be written over logits whose rows are {ld}              elements apart for {classes} classes"
+            "the gradient (dense, [B, C]) cannot be written over logits whose rows are {ld} \
+             elements apart for {classes} classes"
         )));
     }
     batch
@@ -156,12 +157,16 @@ pub(crate) unsafe fn launch_strided(
         return Ok(());
     }
     // The scratch guard lives until the launch below is enqueued (see `scratch_f32`).
-    let (losses, _scratch) = match bufs.losses {
-        Some(p) => (p, None),
-        None => {
+    let (losses, _scratch) = match (bufs.losses, bufs.loss) {
+        (Some(p), _) => (p, None),
+        // The reduced loss is summed from per-sample losses: scratch ones when the caller
+        // keeps none.
+        (None, Some(_)) => {
             let (p, guard) = m.scratch_f32(b)?;
             (p, Some(guard))
         }
+        // The gradient only: the kernels write no per-sample loss (address 0).
+        (None, None) => (0, None),
     };
     match spec {
         DeviceLoss::Ce(spec) => {

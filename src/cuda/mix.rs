@@ -183,6 +183,26 @@ pub(crate) fn input_rows(
     Ok((seg as u64, pitch as u64, x_row as u64))
 }
 
+/// The elements a `[B, ...]` input of `layout` spans when its rows of the last dimension are
+/// `pitch` apart (`None`: dense): B samples [`input_rows`]' `x_row` apart, less the last row's
+/// padding (a slice of a padded tensor ends at its last element); 0 for an empty input.
+///
+/// # Errors
+/// As [`input_rows`] (not in place).
+#[cfg_attr(not(feature = "burn-cuda"), allow(dead_code))]
+pub(crate) fn input_span(
+    layout: &SampleShape,
+    batch: usize,
+    pitch: Option<usize>,
+) -> Result<usize> {
+    let (seg, pitch, x_row) = input_rows(layout, batch, pitch, false)?;
+    if batch == 0 || seg == 0 {
+        return Ok(0);
+    }
+    // `input_rows` checked that B·x_row fits.
+    Ok((batch as u64 * x_row - (pitch - seg)) as usize)
+}
+
 /// The kernel, its arguments and its launch configuration for a checked call with at least
 /// one element (`pair_count`: the plan's pair leaders, `plan_ptr`: the staged plan) under
 /// `env`'s tuning, the input's rows given by [`input_rows`]. [`launch`] launches it; the host emulation's cases (`kernels::emulated`) run
@@ -401,6 +421,26 @@ mod tests {
             input_rows(&SampleShape::rows(2), usize::MAX / 2, Some(4), false),
             Err(MixError::SizeOverflow { .. })
         ));
+    }
+
+    #[test]
+    fn pitched_input_span() {
+        // Dense: B·D, whether the pitch is left out or given as the row itself.
+        let nchw = SampleShape::channels_first(3, 5, 4);
+        assert_eq!(input_span(&nchw, 6, None).unwrap(), 6 * 60);
+        assert_eq!(input_span(&nchw, 6, Some(4)).unwrap(), 6 * 60);
+        // Rows of 4 padded to 8: 6·15 rows of 8, less the last row's padding.
+        assert_eq!(input_span(&nchw, 6, Some(8)).unwrap(), 6 * 15 * 8 - 4);
+        let nhwc = SampleShape::channels_last(5, 7, 3);
+        assert_eq!(input_span(&nhwc, 2, Some(4)).unwrap(), 2 * 35 * 4 - 1);
+        assert_eq!(
+            input_span(&SampleShape::rows(1000), 4, Some(1024)).unwrap(),
+            3 * 1024 + 1000
+        );
+        // Nothing to read.
+        assert_eq!(input_span(&nchw, 0, Some(8)).unwrap(), 0);
+        assert_eq!(input_span(&SampleShape::rows(0), 4, None).unwrap(), 0);
+        assert!(input_span(&nchw, 6, Some(3)).is_err());
     }
 
     const CHUNK: u64 = 256 * 4;

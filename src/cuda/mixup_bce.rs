@@ -187,9 +187,10 @@ impl DeviceBceSpec {
 }
 
 /// The kernel, its arguments and its launch configuration for a checked call of `b > 0` rows,
-/// every address given: `losses` resolved to the scratch buffer when the caller gave none,
-/// `weights` = (weight, pos_weight) (0: none), `mixer` = (plan, flags), the logits' rows `ld`
-/// elements apart (checked by [`row_stride`](super::loss::row_stride)), under `env`'s tuning.
+/// every address given: `losses` resolved to the scratch buffer when the caller gave none but
+/// wants the reduced loss (0 for the gradient only), `weights` = (weight, pos_weight) (0: none),
+/// `mixer` = (plan, flags), the logits' rows `ld` elements apart (checked by
+/// [`row_stride`](super::loss::row_stride)), under `env`'s tuning.
 /// [`launch`](super::loss::launch) launches it; the host emulation's cases (`kernels::emulated`)
 /// run it on the CPU.
 #[allow(clippy::too_many_arguments)]

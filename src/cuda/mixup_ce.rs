@@ -131,7 +131,7 @@ pub(crate) struct LossAddrs {
 
 impl LossAddrs {
     /// The addresses of a call (`losses` resolved to the scratch buffer when the caller gave
-    /// none), and the kernel's `up_kind` and `up` for its grad_output.
+    /// none but wants the reduced loss; 0 for the gradient only), and the kernel's `up_kind` and `up` for its grad_output.
     pub(crate) fn new(
         bufs: &CeBuffers,
         losses: u64,
@@ -345,8 +345,8 @@ pub fn ce_launch(
 }
 
 /// The kernel, its arguments and its launch configuration for a checked call of `b > 0` rows,
-/// every address given (`losses` resolved to the scratch buffer when the caller gave none),
-/// the logits' rows `ld` elements apart (checked by [`row_stride`](super::loss::row_stride)),
+/// every address given (`losses` resolved to the scratch buffer when the caller gave none but
+/// wants the reduced loss; 0 for the gradient only), the logits' rows `ld` elements apart (checked by [`row_stride`](super::loss::row_stride)),
 /// under `env` (tuning, SMs, opt-in shared memory). [`launch`](super::loss::launch) launches
 /// it; the host emulation's cases (`kernels::emulated`) run it on the CPU.
 #[allow(clippy::too_many_arguments)]

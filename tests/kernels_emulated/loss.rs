@@ -207,19 +207,23 @@ pub struct Call {
     pub ld: Option<usize>,
 }
 
-/// `z` (rows of `c`) with `pad` sentinels after each row: a pitched tensor's rows, as cubecl
-/// allocates them, padding that a kernel must never read into a result.
+/// `z` (rows of `c`) with `pad` sentinels after each row but the last: a pitched tensor's rows,
+/// as cubecl allocates them, padding that a kernel must never read into a result; the buffer
+/// ends at the last element, as a slice of a padded tensor may (a read past it is caught).
 pub fn pitched<T: FloatElement + Default>(z: &[T], c: usize, pad: usize) -> Vec<T> {
-    if pad == 0 || c == 0 {
+    if pad == 0 || c == 0 || z.is_empty() {
         return z.to_vec();
     }
-    z.chunks(c)
+    let mut out: Vec<T> = z
+        .chunks(c)
         .flat_map(|row| {
             row.iter()
                 .copied()
                 .chain(std::iter::repeat_n(sentinel::<T>(), pad))
         })
-        .collect()
+        .collect();
+    out.truncate(out.len() - pad);
+    out
 }
 
 /// Lays out one call: logits at `zoff` elements into its buffer (zeros before; `pad`
@@ -312,6 +316,11 @@ macro_rules! call_for {
         if $c.reduction == mixup_kernels::Reduction::None {
             call.ce.loss = None;
         }
+        if $c.grad_only {
+            // The gradient only (an autograd backward pass): no loss, no per-sample losses.
+            call.ce.loss = None;
+            call.ce.losses = None;
+        }
         call
     }};
 }
@@ -322,8 +331,16 @@ pub(crate) use call_for;
 macro_rules! describe_common {
     ($c:expr) => {
         format!(
-            "{:?} {:?} up {:?} {} eps {} zoff {} goff {} pad {}",
-            $c.mode, $c.reduction, $c.up_kind, $c.up, $c.eps, $c.zoff, $c.goff, $c.pad
+            "{:?} {:?} up {:?} {} eps {} zoff {} goff {} pad {}{}",
+            $c.mode,
+            $c.reduction,
+            $c.up_kind,
+            $c.up,
+            $c.eps,
+            $c.zoff,
+            $c.goff,
+            $c.pad,
+            if $c.grad_only { " grad-only" } else { "" }
         )
     };
 }
@@ -488,6 +505,20 @@ pub fn check_totals(
         Reduction::None => None,
     };
     check_reduced(k, o, threads, div, reference);
+}
+
+/// A gradient-only call wrote no loss: the per-sample losses' and the reduced loss's buffers
+/// keep the NaN they were filled with, and the block counter is back at 0.
+pub fn check_grad_only<T>(k: &mut Checks, o: &Out<T>) {
+    k.check(o.losses.iter().all(|l| l.is_nan()), || {
+        "a gradient-only call wrote per-sample losses".into()
+    });
+    k.check(o.loss.is_nan(), || {
+        format!("a gradient-only call wrote the loss {}", o.loss)
+    });
+    k.check(o.flags[1] == 0, || {
+        format!("the block counter was left at {}", o.flags[1])
+    });
 }
 
 /// Nothing written outside the outputs: the logits (unless in place) and the padding of

@@ -181,21 +181,29 @@ pub(crate) fn input_row(layout: &SampleShape) -> usize {
     }
 }
 
-/// `x` with each row of `seg` elements padded to `pitch` by a value no mix gives (NaN; 250 in
-/// u8, whose inputs here are below 256 but rarely 250 at a given place).
+/// `x` with each row of `seg` elements but the last padded to `pitch` by a value no mix gives
+/// (NaN; 250 in u8, whose inputs here are below 256 but rarely 250 at a given place). The
+/// buffer ends at the last element, as a slice of a padded tensor may (a read past it is
+/// caught).
 pub(crate) fn pitched<T: Element>(x: &[T], seg: usize, pitch: usize) -> Vec<T> {
     let pad = if T::DTYPE == ScalarType::U8 {
         T::from_f32(250.0)
     } else {
         T::from_f32(f32::NAN)
     };
-    x.chunks(seg)
+    if seg == 0 || x.is_empty() {
+        return x.to_vec();
+    }
+    let mut out: Vec<T> = x
+        .chunks(seg)
         .flat_map(|r| {
             r.iter()
                 .copied()
                 .chain(std::iter::repeat_n(pad, pitch - seg))
         })
-        .collect()
+        .collect();
+    out.truncate(out.len() - (pitch - seg));
+    out
 }
 
 fn mix_cases<T: Element + Default + Send + Sync + 'static>(rng: &mut Rng, out: &mut Vec<Case>) {

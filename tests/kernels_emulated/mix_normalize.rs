@@ -277,8 +277,8 @@ pub fn cases() -> Vec<Case> {
                             &plan,
                             &name,
                             (fin, fout),
-                            // Output offset; input rows padded as cubecl pads them (u8 rows
-                            // to 16 bytes), by 3, or dense.
+                            // Output offset; input rows dense, padded by 3 elements, or to a
+                            // multiple of 16 elements (u8: 16 bytes, as cubecl pads them).
                             (k % 2, [0, 3, 16 - input_row(fin, dims) % 16][k % 3]),
                             &mut out,
                         );
