@@ -811,8 +811,13 @@ fn mix_normalize_matches_the_cpu_path() {
     );
 }
 
-/// Per-call cost on burn's CUDA backend (feature `burn-cuda`, a GPU): the host round trip of
-/// `mix_images` and of the CE forward + backward, against Flex on the same sizes.
+/// Per-call cost on burn's CUDA backend (feature `burn-cuda`, a GPU), against Flex on the same
+/// sizes: the time per call of the CE forward + backward and of `mix_images`, the work queued
+/// by `reps` calls and then waited for once (`device.sync()`; each call on CUDA also waits for
+/// burn's queue and its own kernel: the two host synchronizations docs/burn.md counts), and the
+/// same with a read back to the host (`to_data`). The image rows show the three input layouts
+/// cubecl gives: 224-wide f32 rows padded to 256 (read in place, 16-byte slots), 3-channel f32
+/// pixels padded to 4 (read in place, element by element), 256-wide rows (dense).
 #[cfg(feature = "burn-cuda")]
 #[test]
 #[ignore]
@@ -826,37 +831,72 @@ fn per_call_cost_cuda() {
     let spec = MixConfig::timm(c).ce_spec(Reduction::Mean).unwrap();
     let z = TensorData::new(pseudo_random(b * c, 3, 4.0), [b, c]);
     let li = TensorData::new((0..b as i64).map(|i| i % c as i64).collect::<Vec<_>>(), [b]);
-    let x = TensorData::new(pseudo_random(64 * 3 * 224 * 224, 5, 1.0), [64, 3, 224, 224]);
+    let n = 64;
+    let images = [
+        (
+            "NCHW 3x224x224 (rows padded)",
+            MemoryFormat::ChannelsFirst,
+            [n, 3, 224, 224],
+        ),
+        (
+            "NHWC 224x224x3 (pixels padded)",
+            MemoryFormat::ChannelsLast,
+            [n, 224, 224, 3],
+        ),
+        (
+            "NCHW 3x256x256 (dense)",
+            MemoryFormat::ChannelsFirst,
+            [n, 3, 256, 256],
+        ),
+    ];
+    let img_plan = |h: usize, w: usize| {
+        let sampler = Sampler::new(MixConfig::timm(c), 0).unwrap();
+        sampler.plan_images(1, n, image(h, w)).unwrap()
+    };
+    // Microseconds per call of `f` over `reps` calls, waited for once at the end.
+    let per_call = |dev: &Device, reps: usize, f: &dyn Fn()| {
+        f();
+        dev.sync().unwrap();
+        let t = Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        dev.sync().unwrap();
+        t.elapsed().as_secs_f64() / reps as f64 * 1e6
+    };
     for (name, dev) in [("flex", device()), ("cuda", Device::cuda(0))] {
         let ad = dev.clone().autodiff();
         let logits = Tensor::<2>::from_data(z.clone(), &ad).require_grad();
         let lt = Tensor::<1, Int>::from_data(li.clone(), &ad);
-        let xt = Tensor::<4>::from_data(x.clone(), &dev);
         let ce = || {
             let l = mixup_cross_entropy(&plan, &spec, logits.clone(), lt.clone()).unwrap();
-            let g = logits.grad(&l.backward()).unwrap();
-            g.to_data(); // wait for the device
+            let _ = logits.grad(&l.backward()).unwrap();
         };
-        let mix = || {
-            mix_images(&plan, MemoryFormat::ChannelsFirst, xt.clone())
-                .unwrap()
-                .to_data();
+        let ce_read = || {
+            let l = mixup_cross_entropy(&plan, &spec, logits.clone(), lt.clone()).unwrap();
+            logits.grad(&l.backward()).unwrap().to_data();
         };
-        ce();
-        mix();
-        let t = Instant::now();
-        for _ in 0..20 {
-            ce();
-        }
-        let ce_us = t.elapsed().as_secs_f64() / 20.0 * 1e6;
-        let t = Instant::now();
-        for _ in 0..5 {
-            mix();
-        }
-        let mix_us = t.elapsed().as_secs_f64() / 5.0 * 1e6;
+        let (q, r) = (per_call(&ad, 20, &ce), per_call(&ad, 20, &ce_read));
         println!(
-            "{name}: CE {b}x{c} forward + backward + read {ce_us:.0} µs; \
-             mix_images 64x3x224x224 + read {mix_us:.0} µs"
+            "{name}: CE {b}x{c} forward + backward {q:.0} µs per call, {r:.0} µs with the read"
         );
+        for (what, format, dims) in images {
+            let (h, w) = match format {
+                MemoryFormat::ChannelsFirst => (dims[2], dims[3]),
+                MemoryFormat::ChannelsLast => (dims[1], dims[2]),
+            };
+            let p = img_plan(h, w);
+            let count = dims.iter().product::<usize>();
+            let x = TensorData::new(pseudo_random(count, 5, 1.0), dims);
+            let xt = Tensor::<4>::from_data(x, &dev);
+            let mix = || {
+                let _ = mix_images(&p, format, xt.clone()).unwrap();
+            };
+            let mix_read = || {
+                mix_images(&p, format, xt.clone()).unwrap().to_data();
+            };
+            let (q, r) = (per_call(&dev, 10, &mix), per_call(&dev, 5, &mix_read));
+            println!("{name}: mix_images {n}x{what} {q:.0} µs per call, {r:.0} µs with the read");
+        }
     }
 }
