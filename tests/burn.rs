@@ -864,7 +864,12 @@ fn per_call_cost_cuda() {
         dev.sync().unwrap();
         t.elapsed().as_secs_f64() / reps as f64 * 1e6
     };
-    for (name, dev) in [("flex", device()), ("cuda", Device::cuda(0))] {
+    let data: Vec<TensorData> = images
+        .iter()
+        .map(|(_, _, dims)| TensorData::new(pseudo_random(dims.iter().product(), 5, 1.0), *dims))
+        .collect();
+    // Fewer calls on the host backend, whose calls take milliseconds.
+    for (name, dev, reps) in [("flex", device(), 2), ("cuda", Device::cuda(0), 10)] {
         let ad = dev.clone().autodiff();
         let logits = Tensor::<2>::from_data(z.clone(), &ad).require_grad();
         let lt = Tensor::<1, Int>::from_data(li.clone(), &ad);
@@ -876,26 +881,30 @@ fn per_call_cost_cuda() {
             let l = mixup_cross_entropy(&plan, &spec, logits.clone(), lt.clone()).unwrap();
             logits.grad(&l.backward()).unwrap().to_data();
         };
-        let (q, r) = (per_call(&ad, 20, &ce), per_call(&ad, 20, &ce_read));
+        let (q, r) = (
+            per_call(&ad, 2 * reps, &ce),
+            per_call(&ad, 2 * reps, &ce_read),
+        );
         println!(
             "{name}: CE {b}x{c} forward + backward {q:.0} µs per call, {r:.0} µs with the read"
         );
-        for (what, format, dims) in images {
-            let (h, w) = match format {
-                MemoryFormat::ChannelsFirst => (dims[2], dims[3]),
-                MemoryFormat::ChannelsLast => (dims[1], dims[2]),
+        for ((what, format, dims), x) in images.iter().zip(&data) {
+            let (format, (h, w)) = match format {
+                MemoryFormat::ChannelsFirst => (*format, (dims[2], dims[3])),
+                MemoryFormat::ChannelsLast => (*format, (dims[1], dims[2])),
             };
             let p = img_plan(h, w);
-            let count = dims.iter().product::<usize>();
-            let x = TensorData::new(pseudo_random(count, 5, 1.0), dims);
-            let xt = Tensor::<4>::from_data(x, &dev);
+            let xt = Tensor::<4>::from_data(x.clone(), &dev);
             let mix = || {
                 let _ = mix_images(&p, format, xt.clone()).unwrap();
             };
             let mix_read = || {
                 mix_images(&p, format, xt.clone()).unwrap().to_data();
             };
-            let (q, r) = (per_call(&dev, 10, &mix), per_call(&dev, 5, &mix_read));
+            let (q, r) = (
+                per_call(&dev, reps, &mix),
+                per_call(&dev, reps / 2, &mix_read),
+            );
             println!("{name}: mix_images {n}x{what} {q:.0} µs per call, {r:.0} µs with the read");
         }
     }

@@ -119,7 +119,7 @@ gpu_tests() {
     local rc=0
     run_test lib 10 cuda:: || rc=1
     MIXUP_TEST_THREADS=1 run_test cuda_plan 15 || rc=1
-    run_test cuda_soft_targets 30 || rc=1
+    run_test cuda_soft_targets 25 || rc=1
     run_test cuda_mix 40 || rc=1
     run_test cuda_mixup_ce 85 || rc=1
     # Until scripts/gpu-bundle.sh builds it, an older bundle has no BCE binary: say so, go on.
@@ -143,7 +143,7 @@ burn_cuda() {
     python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
         "$bin/test-burn.xz" "$exe" && chmod +x "$exe" || { echo "error: could not unpack test-burn.xz"; return 1; }
     sub "test-burn cuda" 25 "$exe" --test-threads=2 cuda_ || rc=1
-    sub "test-burn per_call_cost_cuda" 8 "$exe" --ignored --exact per_call_cost_cuda --nocapture || rc=1
+    sub "test-burn per_call_cost_cuda" 13 "$exe" --ignored --exact per_call_cost_cuda --nocapture || rc=1
     return $rc
 }
 
@@ -247,8 +247,8 @@ note "mode ${mode:-?} on $(hostname) $(date -u +%FT%TZ); $(cat /tmp/nvrtc-search
 case "$mode" in
     A)
         step env 15 env_check
-        step tests 230 gpu_tests
-        step burn 35 burn_cuda
+        step tests 225 gpu_tests
+        step burn 40 burn_cuda
         step bench 75 bench
         step sweep 60 sweep
         ;;
