@@ -20,6 +20,7 @@ use candle_core::{
 use super::loss::MixupLossOp;
 use super::mix_normalize::MixNormalizeOp;
 use super::{MixOp, SoftTargetsOp};
+use crate::cuda::context::PER_THREAD_STREAM;
 use crate::cuda::loss::DeviceLoss;
 use crate::cuda::{CudaMixer, DeviceBceSpec, DeviceGradOutput, DeviceNormalize, DevicePlan};
 use crate::spec::{BceSpec, LossSpec, Reduction};
@@ -43,9 +44,6 @@ type Key = (DeviceId, Option<std::thread::ThreadId>);
 
 /// The states made so far (kept for the process: they hold the compiled kernels).
 type Mixers = Mutex<Vec<(Key, Arc<PerDevice>)>>;
-
-/// `CU_STREAM_PER_THREAD`, the stream handle of candle's `Device::new_cuda`.
-const PER_THREAD_STREAM: usize = 0x2;
 
 /// The state of `dev` for this thread, made on first use.
 ///

@@ -4,6 +4,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::ThreadId;
 
 use cudarc::driver::sys::CUdevice_attribute as Attr;
 use cudarc::driver::{
@@ -77,6 +78,37 @@ fn describe(e: DriverError) -> String {
 }
 
 /// Maps a cudarc driver error to [`MixError::Driver`], keeping its result code.
+/// `CU_STREAM_PER_THREAD`: the handle of each host thread's own default stream (candle's
+/// `Device::new_cuda` enqueues on it).
+pub(crate) const PER_THREAD_STREAM: usize = 0x2;
+
+/// The host thread that `stream`'s handle means a stream of: the calling thread when it is
+/// `CU_STREAM_PER_THREAD` (the same handle is another stream on another thread), else none.
+pub(crate) fn stream_owner(stream: &CudaStream) -> Option<ThreadId> {
+    (stream.cu_stream() as usize == PER_THREAD_STREAM).then(|| std::thread::current().id())
+}
+
+/// Refuses to use `what`, made on host thread `owner`'s per-thread default stream, from another
+/// host thread, where the same stream handle is another stream: its work would not be ordered
+/// with the owner's (the plan copy, the flags, the scratch losses).
+///
+/// # Errors
+/// [`MixError::InvalidArgument`] naming `what`.
+pub(crate) fn check_owner(owner: Option<ThreadId>, what: &'static str) -> Result<()> {
+    match owner {
+        Some(t) if t != std::thread::current().id() => Err(MixError::InvalidArgument {
+            what,
+            reason: format!(
+                "made on host thread {t:?} for CUDA's per-thread default stream \
+                 (CU_STREAM_PER_THREAD), which is another stream on this thread ({:?}): make \
+                 one per thread",
+                std::thread::current().id()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn driver_err(context: &'static str) -> impl Fn(DriverError) -> MixError {
     move |e| MixError::Driver {
         context,
@@ -280,6 +312,9 @@ pub struct CudaMixer {
     /// `[0]`: labels found out of range; `[1]`: blocks done (cross-entropy's last-block sum).
     flags: CudaSlice<u32>,
     scratch: Mutex<Option<CudaSlice<f32>>>,
+    /// The host thread whose per-thread default stream `stream` is, if it is one
+    /// ([`stream_owner`]): every launch checks it.
+    owner: Option<ThreadId>,
 }
 
 impl std::fmt::Debug for CudaMixer {
@@ -359,6 +394,7 @@ impl CudaMixer {
             .alloc_zeros::<u32>(2)
             .map_err(driver_err("allocating the label flags"))?;
         let options = CudaMixerOptions::default();
+        let owner = stream_owner(&stream);
         Ok(Self {
             stream,
             cc,
@@ -373,6 +409,7 @@ impl CudaMixer {
             compiling: Mutex::new(()),
             flags,
             scratch: Mutex::new(None),
+            owner,
         })
     }
 
@@ -686,11 +723,17 @@ impl CudaMixer {
         cfg: LaunchConfig,
         what: &'static str,
     ) -> Result<()> {
+        check_owner(self.owner, "mixer")?;
         let f = self.function(kernel, dtype)?;
         // SAFETY: per the contract.
         unsafe { self.stream().launch_builder(f).arg(args).launch(cfg) }
             .map_err(driver_err(what))?;
         Ok(())
+    }
+
+    /// The host thread whose per-thread default stream the mixer's stream is, if it is one.
+    pub(crate) fn owner(&self) -> Option<ThreadId> {
+        self.owner
     }
 
     #[cold]
@@ -794,6 +837,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_thread_stream_objects_stay_on_their_thread() {
+        // Not on a per-thread stream: any thread.
+        assert!(check_owner(None, "mixer").is_ok());
+        // Made on this thread: fine here, refused on another, naming the object.
+        let here = std::thread::current().id();
+        assert!(check_owner(Some(here), "plan").is_ok());
+        let there = std::thread::spawn(move || check_owner(Some(here), "plan"))
+            .join()
+            .unwrap();
+        match there {
+            Err(MixError::InvalidArgument {
+                what: "plan",
+                reason,
+            }) => {
+                assert!(reason.contains("CU_STREAM_PER_THREAD"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn tunings_are_compile_options_and_cache_keys() {

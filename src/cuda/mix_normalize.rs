@@ -73,6 +73,8 @@ pub struct DeviceNormalize {
     ms: CudaSlice<f32>,
     /// The stream of the mixer it was made with (the constants are used on that one only).
     stream: Arc<CudaStream>,
+    /// The host thread whose per-thread default stream `stream` is, if it is one.
+    owner: Option<std::thread::ThreadId>,
 }
 
 impl DeviceNormalize {
@@ -92,6 +94,7 @@ impl DeviceNormalize {
             norm,
             ms,
             stream: mixer.stream().clone(),
+            owner: mixer.owner(),
         })
     }
 
@@ -231,10 +234,12 @@ pub(crate) unsafe fn launch(
 ) -> Result<()> {
     let host = plan.plan();
     let nm = &norm.norm;
-    if *norm.stream != **m.stream() {
+    if *norm.stream != **m.stream() || norm.owner != m.owner() {
         return Err(MixError::InvalidArgument {
             what: "normalize",
-            reason: "the DeviceNormalize was made for another CudaMixer's stream".into(),
+            reason: "the DeviceNormalize was made for another CudaMixer's stream (or for another \
+                     host thread's per-thread default stream)"
+                .into(),
         });
     }
     let Some(dims) = check_call(host, shape, nm, input, output, x_len, out_len)? else {

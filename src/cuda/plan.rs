@@ -10,7 +10,7 @@ use cudarc::driver::{
 use crate::error::{MixError, Result};
 use crate::plan::{MixPlan, PlanEntry};
 
-use super::context::{CudaMixer, driver_err};
+use super::context::{CudaMixer, check_owner, driver_err};
 
 // SAFETY: PlanEntry is `repr(C)`, 32 bytes of u32/f32 fields with no padding, mirrored by
 // `struct PlanEntry` in kernels/common.cuh; all-zero bits are a valid entry.
@@ -80,6 +80,9 @@ pub struct DevicePlan {
     pairs: usize,
     /// Whether the last upload succeeded (operations refuse the plan otherwise).
     valid: bool,
+    /// The host thread whose per-thread default stream `stream` is, if it is one: uploads and
+    /// launches from another thread are refused (`check_owner`).
+    owner: Option<std::thread::ThreadId>,
 }
 
 impl std::fmt::Debug for DevicePlan {
@@ -214,6 +217,7 @@ impl DevicePlan {
             next_pinned: 0,
             pairs: 0,
             valid: false,
+            owner: mixer.owner(),
         }
     }
 
@@ -245,6 +249,13 @@ impl DevicePlan {
     /// launched on that stream afterwards see it; kernels launched before still see the
     /// previous plan (stream order).
     ///
+    /// # Errors
+    /// [`MixError::InvalidArgument`] `plan` when the plan's mixer is on CUDA's per-thread
+    /// default stream (`CU_STREAM_PER_THREAD`, candle's) of another host thread: there this
+    /// thread's copy would not be ordered with that thread's kernels (make one plan per
+    /// thread); [`MixError::Driver`] from the allocation or the copy (the plan is then refused
+    /// until an upload succeeds).
+    ///
     /// # Examples
     ///
     /// ```no_run
@@ -260,6 +271,7 @@ impl DevicePlan {
     /// # }
     /// ```
     pub fn upload(&mut self, plan: &MixPlan) -> Result<()> {
+        check_owner(self.owner, "plan")?;
         // Until this upload has succeeded no operation may use the plan: the host copy (which
         // the operations validate against) would no longer match the device buffer.
         self.valid = false;
@@ -425,10 +437,12 @@ impl DevicePlan {
 
     /// Device address of the entries, checked to belong to `mixer`'s stream and to hold a plan.
     pub(crate) fn device_ptr_for(&self, mixer: &CudaMixer) -> Result<u64> {
-        if *self.stream != **mixer.stream() {
+        if *self.stream != **mixer.stream() || self.owner != mixer.owner() {
             return Err(MixError::InvalidArgument {
                 what: "plan",
-                reason: "the DevicePlan was made for another CudaMixer's stream".into(),
+                reason: "the DevicePlan was made for another CudaMixer's stream (or for another \
+                         host thread's per-thread default stream)"
+                    .into(),
             });
         }
         if !self.valid {
