@@ -677,6 +677,27 @@ fn cuda_ops_run_on_device_memory() {
             host_f64(&mix_normalize(&plan, last, &norm, p, first, dtype).unwrap())
         });
         close("mix_normalize u8", &g, &f);
+        // Dense inputs, rows cubecl leaves unpadded (8 f32 = 32 bytes, 8 f16/bf16 = 16; 16 u8
+        // pixels = 16 bytes): read as dense, not as padded rows.
+        let (hd, wd) = (5, 8);
+        let dense_plan = mixed_plan(b, hd, wd, 6).with_targets(None);
+        let xd = TensorData::new(pseudo_random(b * ch * hd * wd, 16, 1.0), [b, ch, hd, wd]);
+        let (g, f) = both(&|d| {
+            let x = Tensor::<4>::from_data(xd.clone(), (d, dtype));
+            host_f64(&mix_images(&dense_plan, first, x).unwrap())
+        });
+        close("mix_images (dense rows)", &g, &f);
+        let (hu, wu) = (3, 16);
+        let u8_plan = mixed_plan(b, hu, wu, 7).with_targets(None);
+        let pd: Vec<u8> = (0..b * ch * hu * wu)
+            .map(|i| (i * 53 % 256) as u8)
+            .collect();
+        let (g, f) = both(&|d| {
+            let p = TensorData::new(pd.clone(), [b, ch, hu, wu]);
+            let p = Tensor::<4, Int>::from_data(p, (d, DType::U8));
+            host_f64(&mix_normalize(&u8_plan, first, &norm, p, first, dtype).unwrap())
+        });
+        close("mix_normalize u8 (dense rows)", &g, &f);
     }
 }
 
@@ -853,7 +874,11 @@ fn per_call_cost_cuda() {
         let sampler = Sampler::new(MixConfig::timm(c), 0).unwrap();
         sampler.plan_images(1, n, image(h, w)).unwrap()
     };
-    // Microseconds per call of `f` over `reps` calls, waited for once at the end.
+    // Microseconds per call of `f` over `reps` calls, waited for once at the end. The results
+    // are kept until then (`kept`), so burn's lazy queue cannot drop work whose output nobody
+    // holds (the backward multiply).
+    let kept2 = std::cell::RefCell::new(Vec::<Tensor<2>>::new());
+    let kept4 = std::cell::RefCell::new(Vec::<Tensor<4>>::new());
     let per_call = |dev: &Device, reps: usize, f: &dyn Fn()| {
         f();
         dev.sync().unwrap();
@@ -862,7 +887,10 @@ fn per_call_cost_cuda() {
             f();
         }
         dev.sync().unwrap();
-        t.elapsed().as_secs_f64() / reps as f64 * 1e6
+        let us = t.elapsed().as_secs_f64() / reps as f64 * 1e6;
+        kept2.borrow_mut().clear();
+        kept4.borrow_mut().clear();
+        us
     };
     let data: Vec<TensorData> = images
         .iter()
@@ -875,7 +903,7 @@ fn per_call_cost_cuda() {
         let lt = Tensor::<1, Int>::from_data(li.clone(), &ad);
         let ce = || {
             let l = mixup_cross_entropy(&plan, &spec, logits.clone(), lt.clone()).unwrap();
-            let _ = logits.grad(&l.backward()).unwrap();
+            kept2.borrow_mut().push(logits.grad(&l.backward()).unwrap());
         };
         let ce_read = || {
             let l = mixup_cross_entropy(&plan, &spec, logits.clone(), lt.clone()).unwrap();
@@ -896,7 +924,9 @@ fn per_call_cost_cuda() {
             let p = img_plan(h, w);
             let xt = Tensor::<4>::from_data(x.clone(), &dev);
             let mix = || {
-                let _ = mix_images(&p, format, xt.clone()).unwrap();
+                kept4
+                    .borrow_mut()
+                    .push(mix_images(&p, format, xt.clone()).unwrap());
             };
             let mix_read = || {
                 mix_images(&p, format, xt.clone()).unwrap().to_data();

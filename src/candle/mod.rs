@@ -349,6 +349,11 @@ pub fn mixup_cross_entropy(
     const OP: &str = "mixup_kernels::mixup_cross_entropy";
     check_loss_args(plan, spec.num_classes(), logits, labels, OP)?;
     let loss = loss::apply(plan, LossSpec::Ce(*spec), logits, labels)?;
+    if loss.elem_count() == 0 && loss.dtype() != logits.dtype() && !loss.device().is_cpu() {
+        // No sample under Reduction::None: candle's cast would allocate zero bytes on the GPU
+        // (and there is no gradient to hand back).
+        return empty(logits.dtype(), loss.device());
+    }
     // f32 inside (the loss is accumulated in f32); the caller gets the logits' dtype, and
     // candle's `to_dtype` hands the upstream gradient back to the op as f32.
     loss.to_dtype(logits.dtype())
@@ -514,9 +519,18 @@ fn check_labels_tensor(labels: &Tensor, plan: &MixPlan, op: &'static str) -> Res
 fn device_labels(labels: &Tensor) -> Result<Tensor> {
     if labels.device().is_cpu() || labels.dtype() == DType::U32 {
         labels.contiguous()
+    } else if labels.elem_count() == 0 {
+        // An empty batch: candle's cast would allocate zero bytes on the GPU.
+        empty(DType::U32, labels.device())
     } else {
         labels.to_dtype(DType::U32)
     }
+}
+
+/// A `[0]` tensor of `dtype` on `device`. The CUDA driver rejects a zero-byte allocation, so
+/// it is a view of no element into a one-element buffer.
+fn empty(dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
+    Tensor::zeros(1, dtype, device)?.narrow(0, 0, 0)
 }
 
 /// The contiguous part of a storage vector that a layout covers.

@@ -508,7 +508,9 @@ pub fn check_totals(
 }
 
 /// A gradient-only call wrote no loss: the per-sample losses' and the reduced loss's buffers
-/// keep the NaN they were filled with, and the block counter is back at 0.
+/// (not handed to the kernel) keep the NaN they were filled with, and the block counter is back
+/// at 0. The guard that matters is the emulator's: the kernel gets address 0 for both, and a
+/// write through it fails the run.
 pub fn check_grad_only<T>(k: &mut Checks, o: &Out<T>) {
     k.check(o.losses.iter().all(|l| l.is_nan()), || {
         "a gradient-only call wrote per-sample losses".into()
