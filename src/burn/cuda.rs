@@ -385,8 +385,15 @@ pub(super) fn mix<const D: usize>(
     // `launch_on` has waited for the kernel; the output is a new allocation, so they do not
     // overlap; burn's queue has drained and nothing else writes them meanwhile.
     launch_on(&st.mixer, || unsafe {
-        mix::launch_pitched(
-            &st.mixer, &st.plan, shape, st_dtype, xp, op, n, false, pitch,
+        mix::launch(
+            &st.mixer,
+            &st.plan,
+            shape,
+            st_dtype,
+            (xp, pitch),
+            op,
+            n,
+            false,
         )
     })?;
     into_burn(xout, &device, OP)
@@ -556,7 +563,7 @@ pub(super) fn loss(
         // allocations.
         unsafe {
             let ld = Some(ld);
-            crate::cuda::loss::launch_strided(mixer, dplan, dspec, st_dtype, n, &bufs, one, ld)
+            crate::cuda::loss::launch(mixer, dplan, dspec, st_dtype, n, &bufs, one, ld)
         }
     };
     launch_on(mixer, run)?;

@@ -89,6 +89,13 @@ pub fn staged_plan(plan: &MixPlan) -> (Vec<u8>, usize) {
     (bytes, pairs)
 }
 
+/// The elements of one row of a `[B, ...]` tensor's last dimension in `layout` (the row a
+/// pitched input pads): the width (channels-first), the channels (channels-last), the sample
+/// (`Rows`).
+pub fn input_row(layout: &SampleShape) -> usize {
+    super::mix::input_row(layout)
+}
+
 /// [`raw::mix`](super::raw::mix) / [`raw::mix_in_place`](super::raw::mix_in_place) (`out == x`),
 /// the input's rows (of its last dimension) `pitch` elements apart when given (burn's pitched
 /// CUDA tensors; `None`: dense): `None` when there is nothing to launch.

@@ -61,26 +61,6 @@ impl<'a> DeviceLoss<'a> {
     }
 }
 
-/// Validates and launches a fused loss on raw device addresses: the one launch behind the safe
-/// entry points of both losses and [`super::raw::mixup_ce`] / [`super::raw::mixup_bce`].
-///
-/// # Safety
-/// Every address in `bufs` holds what the kernel reads or writes for `plan.len()` rows of the
-/// spec's classes of `dtype`, on the mixer's device; the grad_output likewise (see
-/// [`super::raw::mixup_ce`]).
-pub(crate) unsafe fn launch(
-    m: &CudaMixer,
-    plan: &DevicePlan,
-    spec: DeviceLoss<'_>,
-    dtype: ScalarType,
-    logits_len: usize,
-    bufs: &CeBuffers,
-    grad_output: RawGradOutput,
-) -> Result<()> {
-    // SAFETY: forwarded; dense rows.
-    unsafe { launch_strided(m, plan, spec, dtype, logits_len, bufs, grad_output, None) }
-}
-
 /// The logits' row stride in elements for `classes` classes: `ld` when given (a pitched
 /// tensor's padded rows, read in place: burn's CUDA tensors), else C.
 ///
@@ -120,13 +100,18 @@ pub(crate) fn row_stride(
     Ok(ld as u64)
 }
 
-/// [`launch`] for logits whose rows are `ld` elements apart (`None`: dense, C); the gradient
-/// is dense. `logits_len` is still B·C.
+/// Validates and launches a fused loss on raw device addresses: the one launch behind the safe
+/// entry points of both losses and [`super::raw::mixup_ce`] / [`super::raw::mixup_bce`].
+///
+/// `ld`: the logits' rows that many elements apart (burn's padded CUDA tensors; `None`: dense,
+/// C); the gradient is dense, and `logits_len` is B·C either way.
 ///
 /// # Safety
-/// As [`launch`], the logits address holding `(B - 1) · ld + C` elements.
+/// Every address in `bufs` holds what the kernel reads or writes for `plan.len()` rows of the
+/// spec's classes of `dtype` (the logits `(B - 1) · ld + C` elements), on the mixer's device;
+/// the grad_output likewise (see [`super::raw::mixup_ce`]).
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn launch_strided(
+pub(crate) unsafe fn launch(
     m: &CudaMixer,
     plan: &DevicePlan,
     spec: DeviceLoss<'_>,
@@ -369,7 +354,7 @@ impl CudaMixer {
             losses: lp.as_ref().map(|(p, _)| *p),
         };
         // SAFETY: every buffer was checked to hold what the kernel reads and writes.
-        unsafe { launch(self, plan, spec, logits.dtype, logits.len, &bufs, up) }
+        unsafe { launch(self, plan, spec, logits.dtype, logits.len, &bufs, up, None) }
     }
 }
 

@@ -244,40 +244,23 @@ pub(crate) fn mix_call(
 /// [`CudaMixer::mix`], [`CudaMixer::mix_in_place`], [`super::raw::mix`] and
 /// [`super::raw::mix_in_place`].
 ///
+/// `pitch`: the input's rows (of its last dimension) that many elements apart (burn's padded
+/// CUDA tensors; `None`: dense); the output is dense, `len` = B·D elements.
+///
 /// # Safety
-/// `x` and `out` address `len` elements of `dtype` on the mixer's device; `out == x` only when
-/// `in_place`; otherwise they do not overlap.
+/// `x` and `out` address `len` elements of `dtype` on the mixer's device (`x` the span
+/// [`input_span`] gives when pitched); `out == x` only when `in_place`; otherwise they do not
+/// overlap.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn launch(
     m: &CudaMixer,
     plan: &DevicePlan,
     layout: &SampleShape,
     dtype: ScalarType,
-    x: u64,
+    (x, pitch): (u64, Option<usize>),
     out: u64,
     len: usize,
     in_place: bool,
-) -> Result<()> {
-    // SAFETY: forwarded; a dense input.
-    unsafe { launch_pitched(m, plan, layout, dtype, x, out, len, in_place, None) }
-}
-
-/// [`launch`] for an input whose rows (of its last dimension) are `pitch` elements apart
-/// (`None`: dense); the output is dense, `len` = B·D elements.
-///
-/// # Safety
-/// As [`launch`], `x` addressing the span [`input_rows`] gives.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn launch_pitched(
-    m: &CudaMixer,
-    plan: &DevicePlan,
-    layout: &SampleShape,
-    dtype: ScalarType,
-    x: u64,
-    out: u64,
-    len: usize,
-    in_place: bool,
-    pitch: Option<usize>,
 ) -> Result<()> {
     let host = plan.plan();
     if !check_call(host, layout, len, in_place)? {
@@ -335,7 +318,7 @@ impl CudaMixer {
         let (op, _wo) = out.device_ptr_mut(self.stream());
         // SAFETY: both views hold `x.len()` elements of T on this mixer's stream and cannot
         // overlap (one is borrowed mutably).
-        unsafe { launch(self, plan, layout, T::DTYPE, xp, op, x.len(), false) }
+        unsafe { launch(self, plan, layout, T::DTYPE, (xp, None), op, x.len(), false) }
     }
 
     /// Mixes `x` in place. The plan must be an involution (`partner(partner(i)) == i`, as timm's
@@ -376,7 +359,7 @@ impl CudaMixer {
         let len = x.len();
         let (xp, _wx) = x.device_ptr_mut(self.stream());
         // SAFETY: the view holds `len` elements of T on this mixer's stream.
-        unsafe { launch(self, plan, layout, T::DTYPE, xp, xp, len, true) }
+        unsafe { launch(self, plan, layout, T::DTYPE, (xp, None), xp, len, true) }
     }
 }
 

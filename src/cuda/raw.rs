@@ -155,7 +155,7 @@ pub unsafe fn mix(
     len: usize,
 ) -> Result<()> {
     // SAFETY: forwarded.
-    unsafe { super::mix::launch(mixer, plan, layout, dtype, x, out, len, false) }
+    unsafe { super::mix::launch(mixer, plan, layout, dtype, (x, None), out, len, false) }
 }
 
 /// Mixes `x` (`len` elements of `dtype`) in place; the plan must be an involution.
@@ -191,7 +191,7 @@ pub unsafe fn mix_in_place(
     len: usize,
 ) -> Result<()> {
     // SAFETY: forwarded.
-    unsafe { super::mix::launch(mixer, plan, layout, dtype, x, x, len, true) }
+    unsafe { super::mix::launch(mixer, plan, layout, dtype, (x, None), x, len, true) }
 }
 
 /// Writes soft targets (`out_len` = B·C elements of `dtype`) from `labels` (`[B]` u32).
@@ -281,8 +281,9 @@ pub unsafe fn mixup_ce(
     grad_output: RawGradOutput,
 ) -> Result<()> {
     let spec = DeviceLoss::Ce(spec);
-    // SAFETY: forwarded.
-    unsafe { super::loss::launch(mixer, plan, spec, dtype, logits_len, buffers, grad_output) }
+    let (n, up) = (logits_len, grad_output);
+    // SAFETY: forwarded; dense rows.
+    unsafe { super::loss::launch(mixer, plan, spec, dtype, n, buffers, up, None) }
 }
 
 /// The fused mixup binary cross-entropy over `logits_len` = B·C logits of `dtype` (see
@@ -331,6 +332,7 @@ pub unsafe fn mixup_bce(
     grad_output: RawGradOutput,
 ) -> Result<()> {
     let spec = DeviceLoss::Bce(spec);
-    // SAFETY: forwarded.
-    unsafe { super::loss::launch(mixer, plan, spec, dtype, logits_len, buffers, grad_output) }
+    let (n, up) = (logits_len, grad_output);
+    // SAFETY: forwarded; dense rows.
+    unsafe { super::loss::launch(mixer, plan, spec, dtype, n, buffers, up, None) }
 }

@@ -53,6 +53,22 @@ pub fn addr(buf: usize, off: usize) -> u64 {
     TAG | ((buf as u64 + 1) << 40) | off as u64
 }
 
+/// `x` as rows of `seg` elements with `pad` copies of `value` after each row but the last: a
+/// pitched tensor's rows, as cubecl allocates them. The buffer ends at the last element, as a
+/// slice of a padded tensor may, so a read past it is caught, and a read of the padding gives
+/// `value` (chosen to show in a result).
+pub fn pad_rows<T: Copy>(x: &[T], seg: usize, pad: usize, value: T) -> Vec<T> {
+    if pad == 0 || seg == 0 || x.is_empty() {
+        return x.to_vec();
+    }
+    let mut out: Vec<T> = x
+        .chunks(seg)
+        .flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(value, pad)))
+        .collect();
+    out.truncate(out.len() - pad);
+    out
+}
+
 /// The bytes of a slice of elements (f32, f16, bf16, u8, u32).
 pub fn bytes<T: Copy>(v: &[T]) -> Vec<u8> {
     // SAFETY: plain numeric types without padding; every byte initialized.

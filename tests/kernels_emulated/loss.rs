@@ -207,23 +207,10 @@ pub struct Call {
     pub ld: Option<usize>,
 }
 
-/// `z` (rows of `c`) with `pad` sentinels after each row but the last: a pitched tensor's rows,
-/// as cubecl allocates them, padding that a kernel must never read into a result; the buffer
-/// ends at the last element, as a slice of a padded tensor may (a read past it is caught).
+/// `z` (rows of `c`) with `pad` sentinels after each row but the last (`pad_rows`): padding
+/// that a kernel must never read into a result.
 pub fn pitched<T: FloatElement + Default>(z: &[T], c: usize, pad: usize) -> Vec<T> {
-    if pad == 0 || c == 0 || z.is_empty() {
-        return z.to_vec();
-    }
-    let mut out: Vec<T> = z
-        .chunks(c)
-        .flat_map(|row| {
-            row.iter()
-                .copied()
-                .chain(std::iter::repeat_n(sentinel::<T>(), pad))
-        })
-        .collect();
-    out.truncate(out.len() - pad);
-    out
+    crate::exchange::pad_rows(z, c, pad, sentinel::<T>())
 }
 
 /// Lays out one call: logits at `zoff` elements into its buffer (zeros before; `pad`

@@ -10,12 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use mixup_kernels::cuda::kernels::emulated::{self, Device, HostLaunch};
 use mixup_kernels::{
-    CutBox, Element, MemoryFormat, MixPlan, SampleShape, ScalarType, TargetSpec, bf16, cpu, f16,
-    reference,
+    CutBox, Element, MixPlan, SampleShape, ScalarType, TargetSpec, bf16, cpu, f16, reference,
 };
 
 use crate::common::{self, TestRng as Rng, image, mix_layouts};
-use crate::exchange::{Buffers, Case, Checks, Run, Verdict, addr, bytes, elems, wide};
+use crate::exchange::{Buffers, Case, Checks, Run, Verdict, addr, bytes, elems, pad_rows, wide};
 
 const U: f64 = f32::EPSILON as f64 / 2.0;
 
@@ -165,45 +164,15 @@ fn judge_mix<T: Element + Default>(
     });
 }
 
-/// The input row of a pitched tensor in `layout`: its last dimension.
-pub(crate) fn input_row(layout: &SampleShape) -> usize {
-    match *layout {
-        SampleShape::Rows(n) => n,
-        SampleShape::Image {
-            format,
-            channels,
-            width,
-            ..
-        } => match format {
-            MemoryFormat::ChannelsFirst => width,
-            MemoryFormat::ChannelsLast => channels,
-        },
-    }
-}
-
 /// `x` with each row of `seg` elements but the last padded to `pitch` by a value no mix gives
-/// (NaN; 250 in u8, whose inputs here are below 256 but rarely 250 at a given place). The
-/// buffer ends at the last element, as a slice of a padded tensor may (a read past it is
-/// caught).
+/// (NaN; 250 in u8, whose inputs here are below 256 but rarely 250 at a given place).
 pub(crate) fn pitched<T: Element>(x: &[T], seg: usize, pitch: usize) -> Vec<T> {
     let pad = if T::DTYPE == ScalarType::U8 {
         T::from_f32(250.0)
     } else {
         T::from_f32(f32::NAN)
     };
-    if seg == 0 || x.is_empty() {
-        return x.to_vec();
-    }
-    let mut out: Vec<T> = x
-        .chunks(seg)
-        .flat_map(|r| {
-            r.iter()
-                .copied()
-                .chain(std::iter::repeat_n(pad, pitch - seg))
-        })
-        .collect();
-    out.truncate(out.len() - (pitch - seg));
-    out
+    pad_rows(x, seg, pitch - seg, pad)
 }
 
 fn mix_cases<T: Element + Default + Send + Sync + 'static>(rng: &mut Rng, out: &mut Vec<Case>) {
@@ -286,7 +255,7 @@ fn mix_cases<T: Element + Default + Send + Sync + 'static>(rng: &mut Rng, out: &
                     // pitches of whole 16-byte slots (the slot path when the rows are whole
                     // slots too) and 3 elements past the row; the output stays dense.
                     if xo == oo {
-                        let seg = input_row(&layout);
+                        let seg = emulated::input_row(&layout);
                         let ve = 16 / sz;
                         for pitch in [(seg / ve + 1) * ve, seg + 3] {
                             let mut b = Buffers::default();

@@ -102,7 +102,7 @@ where
 {
     let n = s.x.len();
     let mut b = Buffers::default();
-    let seg = crate::mix::input_row(&s.shape);
+    let seg = emulated::input_row(&s.shape);
     let xb = b.add(bytes(&crate::mix::pitched(&s.x, seg, seg + s.pad)), false);
     let fill = O::from_f32(-77.0);
     // The view, with `off` elements before it and 3 after.
