@@ -11,7 +11,7 @@
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda::cudarc::driver::CudaSlice;
+use candle_core::cuda::cudarc::driver::{CudaSlice, DeviceRepr};
 use candle_core::cuda::{CudaDType, DeviceId};
 use candle_core::{
     CudaDevice, CudaStorage, DType, Device, Error, Layout as CLayout, Result, Shape,
@@ -159,7 +159,7 @@ fn wrap<T: CudaDType>(s: CudaSlice<T>, dev: &CudaDevice) -> CudaStorage {
 /// # Safety
 /// The caller has the kernel write every one of the first `n` elements before anyone reads
 /// them.
-unsafe fn output<T: CudaDType>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
+unsafe fn output<T: CudaDType + DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
     // SAFETY: forwarded.
     unsafe { dev.alloc::<T>(n.max(1)) }
 }
