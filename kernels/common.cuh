@@ -292,14 +292,19 @@ DEV void load_slots(v16 (&va)[K], const B* zrow, const Geom& ge, u64 first, u64 
 // length have the same geometry and their slots line up).
 DEV bool same_offset(const void* p, const void* q) { return (((u64)p ^ (u64)q) & 15u) == 0; }
 
+// 64-bit division where both operands usually fit in 32 bits.
+DEV u64 div_u64(u64 a, u64 b) {
+    if (((a | b) >> 32) == 0) return (u64)((u32)a / (u32)b);
+    return a / b;
+}
+
 // Offset of element e of a sample stored as rows of `seg` elements `pitch` apart (a pitched
 // tensor: burn's CUDA tensors pad each row of their last dimension); e itself when dense. The
 // division is 32-bit when both operands fit (an image sample always does: the host limits it to
-// 2^32 elements), else 64-bit.
+// 2^32 elements).
 DEV u64 pitched_at(u64 e, u64 seg, u64 pitch) {
     if (pitch == seg) return e;
-    const u64 r = ((e | seg) >> 32) == 0 ? (u64)((u32)e / (u32)seg) : e / seg;
-    return e + r * (pitch - seg);
+    return e + div_u64(e, seg) * (pitch - seg);
 }
 
 // Element j of a slot with j known only at run time (selects, no local memory).

@@ -66,12 +66,6 @@ struct MixArgs {
 };
 static_assert(sizeof(MixArgs) == 104, "MixArgs must match the host layout");
 
-// 64-bit division where both operands usually fit in 32 bits.
-DEV u64 div_u64(u64 a, u64 b) {
-    if (((a | b) >> 32) == 0) return (u64)((u32)a / (u32)b);
-    return a / b;
-}
-
 // Offset of element e of a sample in the input (see MixArgs::pitch).
 DEV u64 in_at(const MixArgs& g, u64 e) { return pitched_at(e, g.seg, g.pitch); }
 

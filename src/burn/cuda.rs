@@ -58,9 +58,9 @@ use super::invalid;
 use crate::config::TargetSpec;
 use crate::cuda::context::{check_device, driver_err, guard, panic_message};
 use crate::cuda::loss::DeviceLoss;
-use crate::cuda::mix;
 use crate::cuda::raw::{self, CeBuffers, RawGradOutput};
 use crate::cuda::{CudaMixer, DeviceBceSpec, DeviceNormalize, DevicePlan};
+use crate::cuda::{mix, mix_normalize};
 use crate::dtype::ScalarType;
 use crate::error::Result;
 use crate::normalize::Normalize;
@@ -248,14 +248,16 @@ fn resolve<const D: usize, K: Basic>(
         } else {
             client.resolve_tensor_float::<CubeBackend>(fused)
         };
-        let t = match pitched {
+        let t = if pitched {
             // Padded rows stay as they are (a transposed input becomes padded rows: one copy).
-            true => burn_cubecl::kernel::into_contiguous_aligned(t),
-            false => t,
+            let t = burn_cubecl::kernel::into_contiguous_aligned(t);
+            if let Some(p) = super::row_pitch(&t.meta.shape()[..], &t.meta.strides()[..]) {
+                return (t, p);
+            }
+            t
+        } else {
+            t
         };
-        if pitched && let Some(p) = super::row_pitch(&t.meta.shape()[..], &t.meta.strides()[..]) {
-            return (t, p);
-        }
         let t = burn_cubecl::kernel::into_contiguous(t);
         let last = t.meta.shape().last().copied().unwrap_or(1);
         (t, last)
@@ -468,8 +470,10 @@ pub(super) fn mix_normalize<K: Basic>(
         // kept in place until `launch_on` has waited for the kernel; the output is a new
         // allocation.
         unsafe {
-            let x = (xp, pitch);
-            mixer.mix_normalize_pitched(dplan, shape, dnorm, input, x, out_format, output, op, n)
+            let x = (xp, n, pitch);
+            mix_normalize::launch(
+                mixer, dplan, shape, dnorm, input, x, out_format, output, op, n,
+            )
         }
     };
     launch_on(mixer, run)?;
@@ -513,11 +517,8 @@ pub(super) fn loss(
     let mut st = lock(&st);
     // Padded rows (cubecl pads 1 000 f32 logits to 1 024) are read in place: no copy.
     let (z, ld) = resolve(logits, "logits", op, true)?;
-    // The logits' span: B rows `ld` apart, the last one unpadded (`row_stride` checks it fits).
-    let z_len = match dims[0] {
-        0 => 0,
-        b => (b - 1).saturating_mul(ld).saturating_add(dims[1]),
-    };
+    // The logits' span: B rows `ld` apart, the last one unpadded.
+    let z_len = mix::input_span(&SampleShape::rows(dims[1]), dims[0], Some(ld))?;
     let l = st.output(&[rows], DType::F32, "logits", op)?;
     let g = match grad {
         true => Some(st.output(&dims, dtype, "logits", op)?),

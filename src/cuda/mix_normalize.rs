@@ -406,37 +406,6 @@ impl CudaMixer {
     }
 }
 
-impl CudaMixer {
-    /// [`CudaMixer::mix_normalize_raw`] for an input whose rows (of its last dimension) are
-    /// `pitch` elements apart (burn's pitched CUDA tensors); `len` counts the elements.
-    ///
-    /// # Safety
-    /// As [`CudaMixer::mix_normalize_raw`], `x` holding the input's span
-    /// ([`input_rows`](super::mix::input_rows)).
-    #[cfg_attr(not(feature = "burn-cuda"), allow(dead_code))]
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn mix_normalize_pitched(
-        &self,
-        plan: &DevicePlan,
-        shape: &SampleShape,
-        norm: &DeviceNormalize,
-        input: ScalarType,
-        (x, pitch): (u64, Option<usize>),
-        out_format: MemoryFormat,
-        output: ScalarType,
-        out: u64,
-        len: usize,
-    ) -> Result<()> {
-        let x = (x, len, pitch);
-        // SAFETY: the caller's contract.
-        unsafe {
-            launch(
-                self, plan, shape, norm, input, x, out_format, output, out, len,
-            )
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

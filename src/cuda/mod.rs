@@ -59,7 +59,7 @@ mod emulated;
 mod entries;
 pub(crate) mod loss;
 pub(crate) mod mix;
-mod mix_normalize;
+pub(crate) mod mix_normalize;
 mod mixup_bce;
 mod mixup_ce;
 mod nvrtc;
