@@ -1,12 +1,14 @@
 //! burn's CUDA backend without a host copy (feature `burn-cuda`): the crate's NVRTC kernels read
-//! the tensors' own device memory and write new burn tensors in place.
+//! the tensors' own device memory and write new burn tensors (only the `[B]` labels go through
+//! the host).
 //!
 //! burn 0.22's `Cube` backend is one type for every cubecl runtime; this feature turns burn's
 //! `fusion` on, so a tensor's primitive is a fusion handle.
 //!
 //! - **Inputs** are resolved through their fusion client to the `CubeTensor` underneath. cubecl
-//!   allocates CUDA tensors *pitched* (each row of the last dimension padded to the device's
-//!   pitch alignment unless its byte width is a multiple of it); the kernels read such rows in
+//!   allocates CUDA tensors *pitched* (each row of the last dimension padded to a multiple of
+//!   its byte width's next power of two, between 16 bytes and the device's alignment: cubecl's
+//!   `optimal_align`, docs/burn.md); the kernels read such rows in
 //!   place, given the pitch ([`super::row_pitch`]; the losses' `ld`, the mixing kernels'
 //!   `pitch`). An input in another layout (a transposed or broadcast view; a `[B, d1, d2]`
 //!   tensor mixed as rows of `d1·d2`) is first made contiguous on the device by burn's own

@@ -13,7 +13,8 @@ use crate::spec::{MemoryFormat, SampleShape};
 const OP: &str = "mixup_kernels::burn::mix_normalize";
 
 /// Mixes a batch of images by the plan, normalizes each channel and returns the model's input
-/// in `out_format` and `dtype` (f32, f16 or bf16), in one pass of the crate's CPU kernel (see
+/// in `out_format` and `dtype` (f32, f16 or bf16), in one pass of the crate's kernel (the CUDA
+/// kernel on burn's CUDA backend with the `burn-cuda` feature, the CPU kernel elsewhere; see
 /// [`Normalize`] for the formula and its source: timm's `FastCollateMixup` +
 /// `PrefetchLoader`).
 ///

@@ -23,7 +23,8 @@
 //!   `burn-cuda` feature): the forward pass computes the loss and the gradient for an
 //!   upstream of 1 in one pass and keeps the gradient; the backward pass hands burn the kept
 //!   gradient times the upstream gradient (one multiply). On any other autodiff backend (enabled
-//!   in burn by the application: `ndarray`, `wgpu`, `cuda`...) the same kernel computes loss and
+//!   in burn by the application: `ndarray`, `wgpu`, or burn's `cuda` without this crate's
+//!   `burn-cuda` feature, which then takes the host round trip) the same kernel computes loss and
 //!   gradient and the result is attached with burn's own ops, `(s − detach(s)) + loss` with
 //!   `s = (x·G).sum()`, whose backward is `G ×` upstream as well (three small extra ops per step).
 //!
