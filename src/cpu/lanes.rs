@@ -118,6 +118,17 @@ pub(crate) trait Lanes: Copy {
     /// `F32_LANES` values rounded to the element type, as [`narrow`] rounds them, bit for bit
     /// (`dst.len()` must be that).
     fn store<T: Element>(self, dst: &mut [T], v: F32s<Self>);
+    /// Two vectors stored as [`store`](Lanes::store) stores them, `lo` first (`dst.len()` must
+    /// be `2·F32_LANES`), the same bits; with `finite` the caller promises that no lane is NaN,
+    /// which lets the bf16 rounding skip its NaN case. AVX2 packs the two bf16 halves with one
+    /// `vpackusdw`.
+    #[inline(always)]
+    fn store2<T: Element>(self, dst: &mut [T], lo: F32s<Self>, hi: F32s<Self>, finite: bool) {
+        let _ = finite;
+        let n = width::<Self>();
+        self.store(&mut dst[..n], lo);
+        self.store(&mut dst[n..2 * n], hi);
+    }
 }
 
 /// The f32 vector of a [`Lanes`].
@@ -234,6 +245,17 @@ fn bf16_bits<S: pulp::Simd>(s: S, v: S::f32s) -> S::u32s {
     s.select_u32s(nan, s.or_u32s(hi, s.splat_u32s(0x40)), rounded)
 }
 
+/// [`bf16_bits`] for lanes that are not NaN: `(x + 0x7FFF + lsb) >> 16` (no overflow: the
+/// largest finite pattern is 0xFF7F_FFFF).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn bf16_bits_finite<S: pulp::Simd>(s: S, v: S::f32s) -> S::u32s {
+    let x = s.transmute_u32s_f32s(v);
+    let sh = s.splat_u32s(16);
+    let lsb = s.and_u32s(s.wrapping_dyn_shr_u32s(x, sh), s.splat_u32s(1));
+    s.wrapping_dyn_shr_u32s(s.add_u32s(s.add_u32s(x, s.splat_u32s(0x7FFF)), lsb), sh)
+}
+
 #[cfg(target_arch = "x86_64")]
 impl Lanes for pulp::x86::V3 {
     type S = Self;
@@ -259,6 +281,14 @@ impl Lanes for pulp::x86::V3 {
                 let h = unsafe { std::arch::x86_64::_mm_loadu_si128(src.as_ptr().cast()) };
                 bf16_widen(self, pulp::cast(self.avx2._mm256_cvtepu16_epi32(h)))
             }
+            ScalarType::U8 => {
+                // SAFETY: 8 u8s at `src` (asserted above); unaligned 8-byte load.
+                let q = unsafe { std::arch::x86_64::_mm_loadl_epi64(src.as_ptr().cast()) };
+                pulp::cast(
+                    self.avx
+                        ._mm256_cvtepi32_ps(self.avx2._mm256_cvtepu8_epi32(q)),
+                )
+            }
             _ => load_each::<Self, T>(src),
         }
     }
@@ -281,6 +311,29 @@ impl Lanes for pulp::x86::V3 {
             }
             _ => store_each::<Self, T>(dst, v),
         }
+    }
+    #[inline(always)]
+    fn store2<T: Element>(self, dst: &mut [T], lo: F32s<Self>, hi: F32s<Self>, finite: bool) {
+        if T::DTYPE != ScalarType::BF16 {
+            self.store(&mut dst[..8], lo);
+            return self.store(&mut dst[8..16], hi);
+        }
+        assert_eq!(dst.len(), 16);
+        let bits = |v| {
+            if finite {
+                bf16_bits_finite(self, v)
+            } else {
+                bf16_bits(self, v)
+            }
+        };
+        // `vpackusdw` packs within 128-bit halves (lo 0–3, hi 0–3 | lo 4–7, hi 4–7); the
+        // 64-bit permute puts them in order. Every value is ≤ 0xFFFF, so nothing saturates.
+        let packed = self
+            .avx2
+            ._mm256_packus_epi32(pulp::cast(bits(lo)), pulp::cast(bits(hi)));
+        let ordered = self.avx2._mm256_permute4x64_epi64::<0b11_01_10_00>(packed);
+        // SAFETY: 16 u16s at `dst` (asserted above); unaligned store.
+        unsafe { std::arch::x86_64::_mm256_storeu_si256(dst.as_mut_ptr().cast(), ordered) };
     }
 }
 
@@ -309,6 +362,14 @@ impl Lanes for pulp::x86::V4 {
                 // SAFETY: 16 u16s at `src` (asserted above); unaligned load.
                 let h = unsafe { std::arch::x86_64::_mm256_loadu_si256(src.as_ptr().cast()) };
                 bf16_widen(self, pulp::cast(self.avx512f._mm512_cvtepu16_epi32(h)))
+            }
+            ScalarType::U8 => {
+                // SAFETY: 16 u8s at `src` (asserted above); unaligned load.
+                let q = unsafe { std::arch::x86_64::_mm_loadu_si128(src.as_ptr().cast()) };
+                pulp::cast(
+                    self.avx512f
+                        ._mm512_cvtepi32_ps(self.avx512f._mm512_cvtepu8_epi32(q)),
+                )
             }
             _ => load_each::<Self, T>(src),
         }
@@ -596,6 +657,65 @@ mod tests {
         for k in 0..=255u32 {
             let v = k as f32 + 0.5;
             assert_eq!(narrow::<u8>(v), <u8 as Element>::from_f32(v), "u8 of {v}");
+        }
+    }
+
+    /// `store` and `store2` (both NaN modes) of every probe and `load` of every u8, on every
+    /// vector level this CPU has, against [`narrow`] and [`widen`], bit for bit.
+    #[test]
+    fn vector_stores_and_u8_loads_match_the_scalar_conversions() {
+        struct Check<'a>(&'a [f32]);
+        impl Kernel for Check<'_> {
+            type Output = ();
+            #[inline(always)]
+            fn run<S: Lanes>(self, s: S) {
+                fn each<S: Lanes, T: Element>(s: S, src: &[f32]) {
+                    let n = width::<S>();
+                    for chunk in src.chunks_exact(2 * n) {
+                        let (lo, hi) = (read::<S>(&chunk[..n]), read::<S>(&chunk[n..]));
+                        let want: Vec<T> = chunk.iter().map(|&v| narrow::<T>(v)).collect();
+                        // The NaN-free rounding only where the caller could promise it.
+                        let nan_free = !chunk.iter().any(|v| v.is_nan());
+                        for finite in [false, nan_free] {
+                            let mut got = vec![T::default(); 2 * n];
+                            s.store2(&mut got, lo, hi, finite);
+                            assert!(
+                                got.iter()
+                                    .zip(&want)
+                                    .all(|(g, w)| { same_bits(g.to_f32(), w.to_f32()) }),
+                                "store2 {:?} finite {finite}: {chunk:?}",
+                                T::DTYPE
+                            );
+                        }
+                        let mut got = vec![T::default(); n];
+                        s.store(&mut got, lo);
+                        assert!(
+                            got.iter()
+                                .zip(&want)
+                                .all(|(g, w)| same_bits(g.to_f32(), w.to_f32())),
+                            "store {:?}: {chunk:?}",
+                            T::DTYPE
+                        );
+                    }
+                }
+                each::<S, bf16>(s, self.0);
+                each::<S, f16>(s, self.0);
+                each::<S, f32>(s, self.0);
+                let n = width::<S>();
+                let bytes: Vec<u8> = (0..=255u8).collect();
+                for chunk in bytes.chunks_exact(n) {
+                    let mut got = vec![0.0f32; n];
+                    write::<S>(&mut got, s.load(chunk));
+                    for (g, &b) in got.iter().zip(chunk) {
+                        assert!(same_bits(*g, widen(b)), "u8 {b}");
+                    }
+                }
+            }
+        }
+        let mut probes = probes();
+        probes.truncate(probes.len() / 32 * 32);
+        for isa in Isa::all() {
+            isa.run(Check(&probes));
         }
     }
 }

@@ -3,12 +3,17 @@
 //!
 //! Work is cut into tasks of whole image lines of one sample (a whole sample when the batch
 //! keeps every thread busy), taken in partner-chain order (`mix::chain_order`) so a partner's
-//! pixels are mostly still in cache when they are read. A line is computed in the input's order
-//! (one run of `W·C` values channels-last, `C` runs of `W` channels-first) against mean and std
-//! repeated in that order, so the arithmetic is one contiguous loop that vectorizes; when the
-//! output format differs, the line goes through a small buffer and is transposed into the
-//! output (`C` planes, or interleaved pixels).
+//! pixels are mostly still in cache when they are read.
+//!
+//! - Channels-first output ([`PlaneTask`]): a line is computed channel by channel, each
+//!   channel's `W` values on the vector level's lanes with its mean and std as scalars, written
+//!   straight into the output plane. A channels-last input line is first split into `C` planes
+//!   (three u8 channels: `vpshufb`, 32 pixels per step).
+//! - Channels-last output: a line is computed in the input's order against mean and std repeated
+//!   in that order (one contiguous loop that LLVM vectorizes); a channels-first input line goes
+//!   through a small buffer and is interleaved into the output.
 
+use pulp::Simd;
 use rayon::prelude::*;
 
 use super::lanes::{Isa, Kernel, Lanes, narrow, read, widen, width};
@@ -59,24 +64,25 @@ struct Ctx<'a, I> {
     /// `[W][C]` channels-last.
     mean: Vec<f32>,
     std: Vec<f32>,
+    /// Mean and std per channel.
+    mean_c: Vec<f32>,
+    std_c: Vec<f32>,
     rint: bool,
-    /// The vector level for the 16-bit outputs' narrowing ([`Narrow`]).
+    /// The vector level of [`PlaneTask`] and of the 16-bit outputs' narrowing ([`Narrow`]).
     isa: Isa,
-    /// Write the output with non-temporal stores (x86-64, outputs of at least
+    /// Write a channels-last output with non-temporal stores (x86-64, outputs of at least
     /// `mix::STREAM_MIN_BYTES`: they do not fit in the last-level cache, so caching them only
-    /// costs a read for ownership of every line written).
+    /// costs a read for ownership of every line written). A channels-first output is written
+    /// with ordinary stores straight from the registers: staging it for non-temporal stores
+    /// made the bf16 row 1.3–1.6× slower on the 2-core Zen 3 of `BENCHMARKS.md` (2026-12-01).
     stream: bool,
 }
 
 impl<I> Ctx<'_, I> {
-    /// An output piece: a channel's `W` values (channels-first output) or a whole line of
-    /// `W·C` (channels-last).
+    /// A channels-last output's piece: one whole line of `W·C` values.
     #[inline(always)]
     fn piece(&self) -> usize {
-        match self.out_format {
-            MemoryFormat::ChannelsFirst => self.dims.width,
-            MemoryFormat::ChannelsLast => self.dims.width * self.dims.channels,
-        }
+        self.dims.width * self.dims.channels
     }
 }
 
@@ -174,6 +180,13 @@ fn deinterleave<O: Copy, const C: usize>(src: &[O], w: usize, dst: &mut [O]) {
     }
 }
 
+/// AVX2 present (detected once, cached by std).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+}
+
 #[inline(always)]
 fn interleave_any<O: Copy>(src: &[O], c: usize, w: usize, dst: &mut [O]) {
     match c {
@@ -191,8 +204,95 @@ fn interleave_any<O: Copy>(src: &[O], c: usize, w: usize, dst: &mut [O]) {
     }
 }
 
+/// `pshufb` masks that gather channel `ch` of 16 RGB pixels (48 bytes) from the 16 bytes
+/// `16·v..16·v + 16` of them: output byte `j` is input byte `3j + ch` where it falls in that
+/// vector, zero (mask bit 7) elsewhere.
+#[cfg(target_arch = "x86_64")]
+const SPLIT3_MASKS: [[[u8; 16]; 3]; 3] = {
+    let mut m = [[[0x80u8; 16]; 3]; 3];
+    let mut ch = 0;
+    while ch < 3 {
+        let mut v = 0;
+        while v < 3 {
+            let mut j = 0;
+            while j < 16 {
+                let k = 3 * j + ch;
+                if k >= 16 * v && k < 16 * v + 16 {
+                    m[ch][v][j] = (k - 16 * v) as u8;
+                }
+                j += 1;
+            }
+            v += 1;
+        }
+        ch += 1;
+    }
+    m
+};
+
+/// [`deinterleave`] for three u8 channels, 32 pixels per step (AVX2): each 128-bit half of
+/// the three registers holds 16 pixels (48 bytes), the low half pixels `x..x + 16` and the
+/// high half `x + 16..x + 32`, so `vpshufb`, which shuffles within halves, gathers 32 values
+/// of a channel in order with the same masks in both halves. LLVM's loop for the byte case fell
+/// back to one byte at a time (perf annotate, 2026-12-01).
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn split3_u8(src: &[u8], w: usize, dst: &mut [u8]) {
+    use std::arch::x86_64::{
+        __m256i, _mm256_loadu2_m128i, _mm256_or_si256, _mm256_shuffle_epi8, _mm256_storeu_si256,
+    };
+    let (src, dst) = (&src[..3 * w], &mut dst[..3 * w]);
+    let full = w / 32 * 32;
+    // SAFETY: each mask is 16 bytes, loaded into both halves.
+    let masks: [[__m256i; 3]; 3] = std::array::from_fn(|ch| {
+        std::array::from_fn(|v| unsafe {
+            let p = SPLIT3_MASKS[ch][v].as_ptr().cast();
+            _mm256_loadu2_m128i(p, p)
+        })
+    });
+    for x in (0..full).step_by(32) {
+        let g = &src[3 * x..3 * x + 96];
+        // SAFETY: `g` is 96 bytes; each plane's 32 bytes at `x` lie inside `dst` (x + 32 ≤ w).
+        unsafe {
+            let v: [__m256i; 3] = std::array::from_fn(|k| {
+                _mm256_loadu2_m128i(
+                    g[48 + 16 * k..].as_ptr().cast(),
+                    g[16 * k..].as_ptr().cast(),
+                )
+            });
+            for ch in 0..3 {
+                let p = _mm256_or_si256(
+                    _mm256_or_si256(
+                        _mm256_shuffle_epi8(v[0], masks[ch][0]),
+                        _mm256_shuffle_epi8(v[1], masks[ch][1]),
+                    ),
+                    _mm256_shuffle_epi8(v[2], masks[ch][2]),
+                );
+                _mm256_storeu_si256(dst[ch * w + x..].as_mut_ptr().cast(), p);
+            }
+        }
+    }
+    for x in full..w {
+        for ch in 0..3 {
+            dst[ch * w + x] = src[3 * x + ch];
+        }
+    }
+}
+
 #[inline(always)]
-fn deinterleave_any<O: Copy>(src: &[O], c: usize, w: usize, dst: &mut [O]) {
+fn deinterleave_any<O: Copy + 'static>(src: &[O], c: usize, w: usize, dst: &mut [O]) {
+    #[cfg(target_arch = "x86_64")]
+    if c == 3 && std::any::TypeId::of::<O>() == std::any::TypeId::of::<u8>() && avx2() {
+        // SAFETY: `O` is u8 (checked above), so the slices are byte slices of the same lengths;
+        // the CPU has AVX2 (checked above).
+        unsafe {
+            let src = std::slice::from_raw_parts(src.as_ptr().cast::<u8>(), src.len());
+            let dst = std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), dst.len());
+            return split3_u8(src, w, dst);
+        }
+    }
     match c {
         1 => dst[..w].copy_from_slice(&src[..w]),
         2 => deinterleave::<O, 2>(src, w, dst),
@@ -208,10 +308,10 @@ fn deinterleave_any<O: Copy>(src: &[O], c: usize, w: usize, dst: &mut [O]) {
     }
 }
 
-/// Computes lines `y0..y1` of sample `i`, in `L` values, and hands them over in the output's
-/// order: `put(k, ly, piece)` gets output slice `k`'s piece for task line `ly` (a channel's
-/// `W` values, or a whole `W·C` line). With `direct` (same memory format, and `L` is the
-/// output type), lines are computed straight into those slices and `put` is not called.
+/// Computes lines `y0..y1` of sample `i` for a channels-last output, in `L` values, and hands
+/// them over in the output's order: `put(k, ly, piece)` gets output slice `k` (always 0 here)'s
+/// piece for task line `ly`, a whole `W·C` line. With `direct` (same memory format, and `L` is
+/// the output type), lines are computed straight into the output and `put` is not called.
 #[inline(always)]
 fn for_each_piece<I: Element, L: Element, const RINT: bool>(
     ctx: &Ctx<'_, I>,
@@ -269,10 +369,9 @@ fn for_each_piece<I: Element, L: Element, const RINT: bool>(
         let ordered = if same {
             &line
         } else {
-            match format {
-                MemoryFormat::ChannelsFirst => interleave_any(&line, c, w, &mut moved),
-                MemoryFormat::ChannelsLast => deinterleave_any(&line, c, w, &mut moved),
-            }
+            // The output is channels-last here (channels-first output goes through
+            // `PlaneTask`), so the input is channels-first.
+            interleave_any(&line, c, w, &mut moved);
             &moved
         };
         for (k, src) in ordered.chunks_exact(piece).enumerate() {
@@ -368,8 +467,187 @@ fn run_task_narrow<I: Element, O: Element, const RINT: bool>(
     });
 }
 
+/// A channels-first output task: each line's channels are computed plane by plane (a
+/// channels-last input line is first split into `C` planes of its own type), on the vector
+/// level's lanes, straight into the output planes. One [`Kernel`] per task, so the vector level
+/// is dispatched once per task, not once per line.
+struct PlaneTask<'a, 't, 'o, I, O, const RINT: bool> {
+    ctx: &'a Ctx<'a, I>,
+    t: &'t mut Task<'o, O>,
+}
+
+/// Fills `out` from `$vec(j)`, the vector of positions `j..j + lanes`, two vectors per store
+/// ([`Lanes::store2`]; `$finite` as there), and its last `n mod lanes` positions from
+/// `$one(k)`. A macro rather than a function taking closures: a closure is not inlined into the
+/// caller's vector level (it would be compiled for the baseline target, SSE2).
+macro_rules! plane_fill {
+    ($l:expr, $out:expr, $finite:expr, |$j:ident| $vec:expr, |$k:ident| $one:expr) => {{
+        let lanes = width::<L>();
+        let out = $out;
+        let n = out.len();
+        let mut at = 0;
+        while at + 2 * lanes <= n {
+            let lo = {
+                let $j = at;
+                $vec
+            };
+            let hi = {
+                let $j = at + lanes;
+                $vec
+            };
+            $l.store2(&mut out[at..at + 2 * lanes], lo, hi, $finite);
+            at += 2 * lanes;
+        }
+        if at + lanes <= n {
+            let v = {
+                let $j = at;
+                $vec
+            };
+            $l.store(&mut out[at..at + lanes], v);
+            at += lanes;
+        }
+        for $k in at..n {
+            out[$k] = $one;
+        }
+    }};
+}
+
+/// `out = (a − m) / s` on one plane piece.
+#[inline(always)]
+fn plane_own<L: Lanes, I: Element, O: Element>(l: L, a: &[I], m: f32, s: f32, out: &mut [O]) {
+    let a = &a[..out.len()];
+    let lanes = width::<L>();
+    let v = l.simd();
+    let (vm, vs) = (v.splat_f32s(m), v.splat_f32s(s));
+    let finite = I::DTYPE == ScalarType::U8;
+    plane_fill!(
+        l,
+        out,
+        finite,
+        |j| v.div_f32s(v.sub_f32s(l.load(&a[j..j + lanes]), vm), vs),
+        |k| narrow((widen(a[k]) - m) / s)
+    );
+}
+
+/// `out = (v − m) / s`, `v = λ·a + (1−λ)·b` (rounded half to even when `RINT`, as
+/// [`norm_lerp`]), on one plane piece.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn plane_lerp<L: Lanes, I: Element, O: Element, const RINT: bool>(
+    l: L,
+    lam: f32,
+    a: &[I],
+    b: &[I],
+    m: f32,
+    s: f32,
+    out: &mut [O],
+) {
+    const ROUND: f32 = 8_388_608.0;
+    let mu = 1.0 - lam;
+    let (a, b) = (&a[..out.len()], &b[..out.len()]);
+    let lanes = width::<L>();
+    let v = l.simd();
+    let (vl, vu) = (v.splat_f32s(lam), v.splat_f32s(mu));
+    let (vm, vs, vr) = (v.splat_f32s(m), v.splat_f32s(s), v.splat_f32s(ROUND));
+    let finite = I::DTYPE == ScalarType::U8;
+    plane_fill!(
+        l,
+        out,
+        finite,
+        |j| {
+            let (x, y) = (l.load(&a[j..j + lanes]), l.load(&b[j..j + lanes]));
+            let t = v.add_f32s(v.mul_f32s(vl, x), v.mul_f32s(vu, y));
+            let t = if RINT {
+                v.sub_f32s(v.add_f32s(t, vr), vr)
+            } else {
+                t
+            };
+            v.div_f32s(v.sub_f32s(t, vm), vs)
+        },
+        |k| {
+            let t = lam * widen(a[k]) + mu * widen(b[k]);
+            let t = if RINT { (t + ROUND) - ROUND } else { t };
+            narrow((t - m) / s)
+        }
+    );
+}
+
+/// One channel's `W` columns of one line, as `rule` says.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn plane_line<L: Lanes, I: Element, O: Element, const RINT: bool>(
+    l: L,
+    rule: LineRule,
+    a: &[I],
+    b: &[I],
+    m: f32,
+    s: f32,
+    out: &mut [O],
+) {
+    match rule {
+        LineRule::Own => plane_own(l, a, m, s, out),
+        LineRule::Lerp(lam) => plane_lerp::<L, I, O, RINT>(l, lam, a, b, m, s, out),
+        LineRule::Boxed(x0, x1) => {
+            let (lo, rest) = out.split_at_mut(x0);
+            let (mid, hi) = rest.split_at_mut(x1 - x0);
+            plane_own(l, &a[..x0], m, s, lo);
+            plane_own(l, &b[x0..x1], m, s, mid);
+            plane_own(l, &a[x1..], m, s, hi);
+        }
+    }
+}
+
+impl<I: Element, O: Element, const RINT: bool> Kernel for PlaneTask<'_, '_, '_, I, O, RINT> {
+    type Output = ();
+    #[inline(always)]
+    fn run<L: Lanes>(self, l: L) {
+        let PlaneTask { ctx, t } = self;
+        let ImageDims {
+            channels: c,
+            height: h,
+            width: w,
+            format,
+        } = ctx.dims;
+        let row = c * h * w;
+        let e = &ctx.entries[t.i];
+        let p = e.partner as usize;
+        let own = &ctx.x[t.i * row..(t.i + 1) * row];
+        let other = &ctx.x[p * row..(p + 1) * row];
+        let split = format == MemoryFormat::ChannelsLast && c > 1;
+        let mut pa = vec![I::default(); if split { c * w } else { 0 }];
+        let mut pb = vec![I::default(); if split { c * w } else { 0 }];
+        for y in t.y0..t.y1 {
+            let rule = LineRule::new(t.i, e, y);
+            let ly = y - t.y0;
+            if split {
+                deinterleave_any(&own[y * w * c..(y + 1) * w * c], c, w, &mut pa);
+                if !matches!(rule, LineRule::Own) {
+                    deinterleave_any(&other[y * w * c..(y + 1) * w * c], c, w, &mut pb);
+                }
+            }
+            for ch in 0..c {
+                let (a, b) = if split {
+                    (&pa[ch * w..(ch + 1) * w], &pb[ch * w..(ch + 1) * w])
+                } else {
+                    let off = (ch * h + y) * w;
+                    (&own[off..off + w], &other[off..off + w])
+                };
+                let (m, s) = (ctx.mean_c[ch], ctx.std_c[ch]);
+                let out = piece_of(t, ch, ly, w);
+                plane_line::<L, I, O, RINT>(l, rule, a, b, m, s, out);
+            }
+        }
+    }
+}
+
 #[inline(always)]
 fn run_any<I: Element, O: Element>(ctx: &Ctx<'_, I>, t: &mut Task<'_, O>) {
+    if ctx.out_format == MemoryFormat::ChannelsFirst {
+        return match ctx.rint {
+            true => ctx.isa.run(PlaneTask::<I, O, true> { ctx, t }),
+            false => ctx.isa.run(PlaneTask::<I, O, false> { ctx, t }),
+        };
+    }
     let f32_out = O::DTYPE == ScalarType::F32;
     match (f32_out, ctx.rint) {
         (true, true) => run_task::<I, O, true>(ctx, t),
@@ -462,6 +740,8 @@ pub fn mix_normalize<I: Element, O: FloatElement>(
         out_format,
         mean: repeat(norm.mean()),
         std: repeat(norm.std()),
+        mean_c: norm.mean().to_vec(),
+        std_c: norm.std().to_vec(),
         rint: norm.u8_rounding(),
         isa: Isa::detect(),
         stream: cfg!(target_arch = "x86_64") && std::mem::size_of_val(out) >= STREAM_MIN_BYTES,
@@ -580,6 +860,22 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The AVX2 split of three u8 channels gives the planes of the plain loop at every width
+    /// (whole 32-pixel steps, tails of every length, none).
+    #[test]
+    fn three_channel_byte_split_matches_the_plain_loop() {
+        for w in 0..=100 {
+            let src: Vec<u8> = (0..3 * w).map(|k| (k * 37 % 256) as u8).collect();
+            let mut got = vec![0u8; 3 * w];
+            deinterleave_any(&src, 3, w, &mut got);
+            let want: Vec<u8> = (0..3)
+                .flat_map(|ch| (0..w).map(move |x| (ch, x)))
+                .map(|(ch, x)| src[3 * x + ch])
+                .collect();
+            assert_eq!(got, want, "width {w}");
         }
     }
 
