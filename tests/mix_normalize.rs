@@ -357,8 +357,9 @@ fn normalize_is_validated() {
     }
 }
 
-/// Outputs of 16 MiB and more are written with non-temporal stores (x86-64): the same values,
-/// lines starting at every alignment (odd widths), every format pair, pasted boxes and lerps.
+/// Outputs of 16 MiB and more (a channels-last one is then written with non-temporal stores on
+/// x86-64): the same values, lines starting at every alignment (odd widths), every format pair,
+/// pasted boxes and lerps.
 #[test]
 fn large_outputs_match_the_reference() {
     fn run<O: FloatElement>(batch: usize) {

@@ -126,6 +126,7 @@ pub(crate) trait Lanes: Copy {
     fn store2<T: Element>(self, dst: &mut [T], lo: F32s<Self>, hi: F32s<Self>, finite: bool) {
         let _ = finite;
         let n = width::<Self>();
+        assert_eq!(dst.len(), 2 * n);
         self.store(&mut dst[..n], lo);
         self.store(&mut dst[n..2 * n], hi);
     }
@@ -158,7 +159,7 @@ pub(crate) fn write<L: Lanes>(dst: &mut [f32], v: F32s<L>) {
     unsafe { std::ptr::write_unaligned(dst.as_mut_ptr().cast::<F32s<L>>(), v) }
 }
 
-/// [`Lanes::load`] through an array, element by element: the baseline build, and f16 and u8
+/// [`Lanes::load`] through an array, element by element: the baseline build, and f16
 /// everywhere (LLVM vectorizes the loop for the level's features).
 #[inline(always)]
 fn load_each<L: Lanes, T: Element>(src: &[T]) -> F32s<L> {
@@ -314,23 +315,21 @@ impl Lanes for pulp::x86::V3 {
     }
     #[inline(always)]
     fn store2<T: Element>(self, dst: &mut [T], lo: F32s<Self>, hi: F32s<Self>, finite: bool) {
+        assert_eq!(dst.len(), 16);
         if T::DTYPE != ScalarType::BF16 {
             self.store(&mut dst[..8], lo);
             return self.store(&mut dst[8..16], hi);
         }
-        assert_eq!(dst.len(), 16);
-        let bits = |v| {
-            if finite {
-                bf16_bits_finite(self, v)
-            } else {
-                bf16_bits(self, v)
-            }
+        let (lo, hi) = if finite {
+            (bf16_bits_finite(self, lo), bf16_bits_finite(self, hi))
+        } else {
+            (bf16_bits(self, lo), bf16_bits(self, hi))
         };
         // `vpackusdw` packs within 128-bit halves (lo 0–3, hi 0–3 | lo 4–7, hi 4–7); the
         // 64-bit permute puts them in order. Every value is ≤ 0xFFFF, so nothing saturates.
         let packed = self
             .avx2
-            ._mm256_packus_epi32(pulp::cast(bits(lo)), pulp::cast(bits(hi)));
+            ._mm256_packus_epi32(pulp::cast(lo), pulp::cast(hi));
         let ordered = self.avx2._mm256_permute4x64_epi64::<0b11_01_10_00>(packed);
         // SAFETY: 16 u16s at `dst` (asserted above); unaligned store.
         unsafe { std::arch::x86_64::_mm256_storeu_si256(dst.as_mut_ptr().cast(), ordered) };

@@ -61,7 +61,7 @@ struct Ctx<'a, I> {
     dims: ImageDims,
     out_format: MemoryFormat,
     /// Mean and std repeated in the input's order over one line: `[C][W]` channels-first,
-    /// `[W][C]` channels-last.
+    /// `[W][C]` channels-last (for a channels-last output; empty for a channels-first one).
     mean: Vec<f32>,
     std: Vec<f32>,
     /// Mean and std per channel.
@@ -74,14 +74,14 @@ struct Ctx<'a, I> {
     /// `mix::STREAM_MIN_BYTES`: they do not fit in the last-level cache, so caching them only
     /// costs a read for ownership of every line written). A channels-first output is written
     /// with ordinary stores straight from the registers: staging it for non-temporal stores
-    /// made the bf16 row 1.3–1.6× slower on the 2-core Zen 3 of `BENCHMARKS.md` (2026-12-01).
+    /// made the bf16 row 1.3–1.7× slower on the 2-core Zen 3 of `BENCHMARKS.md` (2026-12-01).
     stream: bool,
 }
 
 impl<I> Ctx<'_, I> {
-    /// A channels-last output's piece: one whole line of `W·C` values.
+    /// Values in one image line: `W·C`.
     #[inline(always)]
-    fn piece(&self) -> usize {
+    fn line_len(&self) -> usize {
         self.dims.width * self.dims.channels
     }
 }
@@ -124,6 +124,27 @@ fn norm_lerp<I: Element, O: Element, const RINT: bool>(
         let v = lam * widen(a[k]) + mu * widen(b[k]);
         let v = if RINT { (v + ROUND) - ROUND } else { v };
         out[k] = narrow((v - m[k]) / s[k]);
+    }
+}
+
+/// [`norm_lerp`] with one mean and std (a channel's plane piece).
+#[inline(always)]
+fn norm_lerp_scalar<I: Element, O: Element, const RINT: bool>(
+    lam: f32,
+    a: &[I],
+    b: &[I],
+    m: f32,
+    s: f32,
+    out: &mut [O],
+) {
+    const ROUND: f32 = 8_388_608.0;
+    let mu = 1.0 - lam;
+    let n = out.len();
+    let (a, b) = (&a[..n], &b[..n]);
+    for k in 0..n {
+        let v = lam * widen(a[k]) + mu * widen(b[k]);
+        let v = if RINT { (v + ROUND) - ROUND } else { v };
+        out[k] = narrow((v - m) / s);
     }
 }
 
@@ -309,15 +330,15 @@ fn deinterleave_any<O: Copy + 'static>(src: &[O], c: usize, w: usize, dst: &mut 
 }
 
 /// Computes lines `y0..y1` of sample `i` for a channels-last output, in `L` values, and hands
-/// them over in the output's order: `put(k, ly, piece)` gets output slice `k` (always 0 here)'s
-/// piece for task line `ly`, a whole `W·C` line. With `direct` (same memory format, and `L` is
-/// the output type), lines are computed straight into the output and `put` is not called.
+/// each whole `W·C` line to `put(ly, line)` (`ly` counted from `y0`). With `direct` (a
+/// channels-last input, `L` the output type, the output cached), lines are computed straight
+/// into the output and `put` is not called.
 #[inline(always)]
-fn for_each_piece<I: Element, L: Element, const RINT: bool>(
+fn for_each_line<I: Element, L: Element, const RINT: bool>(
     ctx: &Ctx<'_, I>,
     (i, y0, y1): (usize, usize, usize),
-    mut direct: Option<&mut [&mut [L]]>,
-    mut put: impl FnMut(usize, usize, &[L]),
+    mut direct: Option<&mut [L]>,
+    mut put: impl FnMut(usize, &[L]),
 ) {
     let ImageDims {
         channels: c,
@@ -326,16 +347,16 @@ fn for_each_piece<I: Element, L: Element, const RINT: bool>(
         format,
     } = ctx.dims;
     let row = c * h * w;
+    let n = w * c;
     let e = &ctx.entries[i];
     let p = e.partner as usize;
     let own = &ctx.x[i * row..(i + 1) * row];
     let other = &ctx.x[p * row..(p + 1) * row];
-    let same = format == ctx.out_format;
-    // Otherwise a line is computed into `line` (input order), transposed into `moved` when the
-    // formats differ, then handed over piece by piece.
-    let mut line = vec![L::default(); if direct.is_some() { 0 } else { c * w }];
-    let mut moved = vec![L::default(); if same { 0 } else { c * w }];
-    let piece = ctx.piece();
+    // Otherwise a line is computed into `line` (input order) and, for a channels-first input,
+    // interleaved into `moved`.
+    let mut line = vec![L::default(); if direct.is_some() { 0 } else { n }];
+    let interleaved = format == MemoryFormat::ChannelsFirst;
+    let mut moved = vec![L::default(); if interleaved { n } else { 0 }];
     for y in y0..y1 {
         let rule = LineRule::new(i, e, y);
         let ly = y - y0;
@@ -345,19 +366,15 @@ fn for_each_piece<I: Element, L: Element, const RINT: bool>(
                     let off = (ch * h + y) * w;
                     let (a, b) = (&own[off..off + w], &other[off..off + w]);
                     let (m, s) = (&ctx.mean[ch * w..][..w], &ctx.std[ch * w..][..w]);
-                    let dst = match direct.as_deref_mut() {
-                        Some(out) => &mut out[ch][ly * w..(ly + 1) * w],
-                        None => &mut line[ch * w..(ch + 1) * w],
-                    };
+                    let dst = &mut line[ch * w..(ch + 1) * w];
                     run_line::<I, L, RINT>(rule, 1, a, b, m, s, dst);
                 }
             }
             MemoryFormat::ChannelsLast => {
-                let n = w * c;
                 let off = y * n;
                 let (a, b) = (&own[off..off + n], &other[off..off + n]);
                 let dst = match direct.as_deref_mut() {
-                    Some(out) => &mut out[0][ly * n..(ly + 1) * n],
+                    Some(out) => &mut out[ly * n..(ly + 1) * n],
                     None => &mut line[..],
                 };
                 run_line::<I, L, RINT>(rule, c, a, b, &ctx.mean, &ctx.std, dst);
@@ -366,44 +383,33 @@ fn for_each_piece<I: Element, L: Element, const RINT: bool>(
         if direct.is_some() {
             continue;
         }
-        let ordered = if same {
-            &line
-        } else {
-            // The output is channels-last here (channels-first output goes through
-            // `PlaneTask`), so the input is channels-first.
+        if interleaved {
             interleave_any(&line, c, w, &mut moved);
-            &moved
-        };
-        for (k, src) in ordered.chunks_exact(piece).enumerate() {
-            put(k, ly, src);
+            put(ly, &moved);
+        } else {
+            put(ly, &line);
         }
     }
 }
 
-/// Output slice `k`'s piece for task line `ly`.
-#[inline(always)]
-fn piece_of<'a, O>(t: &'a mut Task<'_, O>, k: usize, ly: usize, piece: usize) -> &'a mut [O] {
-    &mut t.out[k][ly * piece..(ly + 1) * piece]
-}
-
-/// The f32 output: computed straight into the output when the formats agree and the output is
-/// cached, else through a line buffer, copied or streamed.
+/// The f32 channels-last output: computed straight into the output when the input is
+/// channels-last too and the output is cached, else through a line buffer, copied or streamed.
 #[inline(always)]
 fn run_task<I: Element, O: Element, const RINT: bool>(ctx: &Ctx<'_, I>, t: &mut Task<'_, O>) {
     let span = (t.i, t.y0, t.y1);
-    if ctx.dims.format == ctx.out_format && !ctx.stream {
-        return for_each_piece::<I, O, RINT>(ctx, span, Some(&mut t.out[..]), |_, _, _| {});
+    let out = &mut *t.out[0];
+    if ctx.dims.format == MemoryFormat::ChannelsLast && !ctx.stream {
+        return for_each_line::<I, O, RINT>(ctx, span, Some(out), |_, _| {});
     }
-    let piece = ctx.piece();
     #[cfg(target_arch = "x86_64")]
     if ctx.stream {
-        let mut sinks: Vec<StreamOut> = t.out.iter_mut().map(|o| StreamOut::new(o)).collect();
-        for_each_piece::<I, O, RINT>(ctx, span, None, |k, _, src| sinks[k].push(src));
-        sinks.into_iter().for_each(StreamOut::finish);
-        return;
+        let mut sink = StreamOut::new(out);
+        for_each_line::<I, O, RINT>(ctx, span, None, |_, src| sink.push(src));
+        return sink.finish();
     }
-    for_each_piece::<I, O, RINT>(ctx, span, None, |k, ly, src| {
-        piece_of(t, k, ly, piece).copy_from_slice(src)
+    let n = ctx.line_len();
+    for_each_line::<I, O, RINT>(ctx, span, None, |ly, src| {
+        out[ly * n..(ly + 1) * n].copy_from_slice(src)
     });
 }
 
@@ -435,9 +441,9 @@ impl<O: Element> Kernel for Narrow<'_, O> {
 }
 
 /// [`run_task`] for the 16-bit outputs: a line is computed in f32 (the f32 path's loops, which
-/// vectorize), transposed in f32 when the formats differ, and rounded to `O` once per output
-/// piece by [`Narrow`]. The same bits as narrowing each value where it is computed, at about
-/// the f32 path's cost instead of a scalar rounding per element.
+/// vectorize), interleaved in f32 for a channels-first input, and rounded to `O` once per line
+/// by [`Narrow`]. The same bits as narrowing each value where it is computed, at about the f32
+/// path's cost instead of a scalar rounding per element.
 ///
 /// `inline(always)` like [`run_task`], so that it is compiled inside [`run`]'s AVX2 copy: an
 /// outlined generic function gets the baseline target (SSE2, 4 lanes), which made this path
@@ -448,21 +454,21 @@ fn run_task_narrow<I: Element, O: Element, const RINT: bool>(
     t: &mut Task<'_, O>,
 ) {
     let span = (t.i, t.y0, t.y1);
-    let piece = ctx.piece();
+    let out = &mut *t.out[0];
     #[cfg(target_arch = "x86_64")]
     if ctx.stream {
-        let mut sinks: Vec<StreamOut> = t.out.iter_mut().map(|o| StreamOut::new(o)).collect();
-        let mut staged = vec![O::default(); piece];
-        for_each_piece::<I, f32, RINT>(ctx, span, None, |k, _, src| {
+        let mut sink = StreamOut::new(out);
+        let mut staged = vec![O::default(); ctx.line_len()];
+        for_each_line::<I, f32, RINT>(ctx, span, None, |_, src| {
             let dst = &mut staged;
             ctx.isa.run(Narrow { src, dst });
-            sinks[k].push(&staged);
+            sink.push(&staged);
         });
-        sinks.into_iter().for_each(StreamOut::finish);
-        return;
+        return sink.finish();
     }
-    for_each_piece::<I, f32, RINT>(ctx, span, None, |k, ly, src| {
-        let dst = piece_of(t, k, ly, piece);
+    let n = ctx.line_len();
+    for_each_line::<I, f32, RINT>(ctx, span, None, |ly, src| {
+        let dst = &mut out[ly * n..(ly + 1) * n];
         ctx.isa.run(Narrow { src, dst });
     });
 }
@@ -476,13 +482,14 @@ struct PlaneTask<'a, 't, 'o, I, O, const RINT: bool> {
     t: &'t mut Task<'o, O>,
 }
 
-/// Fills `out` from `$vec(j)`, the vector of positions `j..j + lanes`, two vectors per store
-/// ([`Lanes::store2`]; `$finite` as there), and its last `n mod lanes` positions from
-/// `$one(k)`. A macro rather than a function taking closures: a closure is not inlined into the
-/// caller's vector level (it would be compiled for the baseline target, SSE2).
+/// Fills `out` from `$vec(j)`, the vector of positions `j..j + $lanes` (`$lanes` = the width
+/// of `$l`), two vectors per store ([`Lanes::store2`]; `$finite` as there), and its last
+/// `n mod lanes` positions from `$one(k)`. A macro rather than a function taking closures: a
+/// closure is not inlined into the caller's vector level (it would be compiled for the baseline
+/// target, SSE2).
 macro_rules! plane_fill {
-    ($l:expr, $out:expr, $finite:expr, |$j:ident| $vec:expr, |$k:ident| $one:expr) => {{
-        let lanes = width::<L>();
+    ($l:expr, $lanes:expr, $out:expr, $finite:expr, |$j:ident| $vec:expr, |$k:ident| $one:expr) => {{
+        let lanes = $lanes;
         let out = $out;
         let n = out.len();
         let mut at = 0;
@@ -513,15 +520,27 @@ macro_rules! plane_fill {
 }
 
 /// `out = (a − m) / s` on one plane piece.
+///
+/// At the baseline level (one lane: aarch64, x86-64 without AVX2 and FMA) a plain loop, which
+/// LLVM vectorizes for the build's target (SSE2, NEON); the one-lane pulp loop would not be
+/// (3× slower, review of 2026-12-01).
 #[inline(always)]
 fn plane_own<L: Lanes, I: Element, O: Element>(l: L, a: &[I], m: f32, s: f32, out: &mut [O]) {
     let a = &a[..out.len()];
     let lanes = width::<L>();
+    if lanes == 1 {
+        for (o, &x) in out.iter_mut().zip(a) {
+            *o = narrow((widen(x) - m) / s);
+        }
+        return;
+    }
     let v = l.simd();
     let (vm, vs) = (v.splat_f32s(m), v.splat_f32s(s));
+    // u8 input: no value is NaN (std is normal and positive, mean finite: `Normalize::new`).
     let finite = I::DTYPE == ScalarType::U8;
     plane_fill!(
         l,
+        lanes,
         out,
         finite,
         |j| v.div_f32s(v.sub_f32s(l.load(&a[j..j + lanes]), vm), vs),
@@ -546,12 +565,18 @@ fn plane_lerp<L: Lanes, I: Element, O: Element, const RINT: bool>(
     let mu = 1.0 - lam;
     let (a, b) = (&a[..out.len()], &b[..out.len()]);
     let lanes = width::<L>();
+    if lanes == 1 {
+        // The baseline level: a loop LLVM vectorizes (see `plane_own`).
+        return norm_lerp_scalar::<I, O, RINT>(lam, a, b, m, s, out);
+    }
     let v = l.simd();
     let (vl, vu) = (v.splat_f32s(lam), v.splat_f32s(mu));
     let (vm, vs, vr) = (v.splat_f32s(m), v.splat_f32s(s), v.splat_f32s(ROUND));
+    // u8 input: no value is NaN (λ is finite and in [0, 1]; see `plane_own`).
     let finite = I::DTYPE == ScalarType::U8;
     plane_fill!(
         l,
+        lanes,
         out,
         finite,
         |j| {
@@ -633,7 +658,7 @@ impl<I: Element, O: Element, const RINT: bool> Kernel for PlaneTask<'_, '_, '_, 
                     (&own[off..off + w], &other[off..off + w])
                 };
                 let (m, s) = (ctx.mean_c[ch], ctx.std_c[ch]);
-                let out = piece_of(t, ch, ly, w);
+                let out = &mut t.out[ch][ly * w..(ly + 1) * w];
                 plane_line::<L, I, O, RINT>(l, rule, a, b, m, s, out);
             }
         }
@@ -718,6 +743,19 @@ pub fn mix_normalize<I: Element, O: FloatElement>(
     out_format: MemoryFormat,
     out: &mut [O],
 ) -> Result<()> {
+    mix_normalize_on(Isa::detect(), plan, shape, norm, x, out_format, out)
+}
+
+/// [`mix_normalize`] at a given vector level (the tests run every level this CPU has).
+fn mix_normalize_on<I: Element, O: FloatElement>(
+    isa: Isa,
+    plan: &MixPlan,
+    shape: &SampleShape,
+    norm: &Normalize,
+    x: &[I],
+    out_format: MemoryFormat,
+    out: &mut [O],
+) -> Result<()> {
     let dims = check_mix_normalize(plan, shape, norm, I::DTYPE, x.len(), out.len())?;
     if x.is_empty() {
         return Ok(());
@@ -738,12 +776,19 @@ pub fn mix_normalize<I: Element, O: FloatElement>(
         entries,
         dims,
         out_format,
-        mean: repeat(norm.mean()),
-        std: repeat(norm.std()),
+        // Only the channels-last output's loops read the repeated mean and std.
+        mean: match out_format {
+            MemoryFormat::ChannelsLast => repeat(norm.mean()),
+            MemoryFormat::ChannelsFirst => Vec::new(),
+        },
+        std: match out_format {
+            MemoryFormat::ChannelsLast => repeat(norm.std()),
+            MemoryFormat::ChannelsFirst => Vec::new(),
+        },
         mean_c: norm.mean().to_vec(),
         std_c: norm.std().to_vec(),
         rint: norm.u8_rounding(),
-        isa: Isa::detect(),
+        isa,
         stream: cfg!(target_arch = "x86_64") && std::mem::size_of_val(out) >= STREAM_MIN_BYTES,
     };
     // Whole samples when there are enough of them to keep every thread busy; otherwise groups
@@ -796,10 +841,11 @@ mod tests {
     use super::*;
     use half::{bf16, f16};
 
-    /// The 16-bit outputs (computed in f32 lines, rounded per piece by `Narrow`) are the f32
-    /// output rounded element by element, bit for bit: every format pair, channel counts that
-    /// leave tails of every length, MixUp with and without rounding, CutMix, and an output
-    /// large enough for the non-temporal stores.
+    /// The 16-bit outputs (a channels-first output rounded in the vector stores of
+    /// `PlaneTask`; a channels-last one computed in f32 lines and rounded per line by `Narrow`)
+    /// are the f32 output rounded element by element, bit for bit: every format pair, channel
+    /// counts that leave tails of every length, MixUp with and without rounding, CutMix, and an
+    /// output large enough for the channels-last output's non-temporal stores.
     fn narrow_matches<O: FloatElement>() {
         let sizes = [
             (3usize, 5usize, 7usize, 3usize),
@@ -877,6 +923,96 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "width {w}");
         }
+    }
+
+    /// Every vector level this CPU has (the baseline's plain loops, AVX2, AVX-512) gives the
+    /// baseline's bits: u8 and f32 inputs (no NaN: which payload survives a lerp of two NaNs is
+    /// not specified), every output type, 1–5 channels, widths with tails of every kind, both
+    /// formats in and out, MixUp with and without rounding, CutMix boxes at the edges.
+    #[test]
+    fn every_vector_level_gives_the_same_bits() {
+        fn run<I: Element, O: FloatElement>(x_of: impl Fn(usize) -> I, rints: &[bool]) {
+            for (c, h, w) in [
+                (1, 3, 40),
+                (2, 2, 17),
+                (3, 3, 33),
+                (3, 2, 67),
+                (4, 2, 9),
+                (5, 1, 8),
+            ] {
+                let b = 4;
+                let n = b * c * h * w;
+                let x: Vec<I> = (0..n).map(&x_of).collect();
+                let boxes = [
+                    None,
+                    Some(crate::CutBox {
+                        y0: 0,
+                        y1: h as u32,
+                        x0: 0,
+                        x1: 1,
+                    }),
+                    Some(crate::CutBox {
+                        y0: 1,
+                        y1: h as u32,
+                        x0: 3.min(w as u32 - 1),
+                        x1: w as u32,
+                    }),
+                    None,
+                ];
+                let size = crate::ImageSize {
+                    height: h,
+                    width: w,
+                };
+                let plan = MixPlan::with_boxes(&[3, 2, 1, 0], &[0.3, 0.6, 0.45, 1.0], &boxes, size)
+                    .unwrap();
+                let mean: Vec<f64> = (0..c).map(|k| 0.45 + 0.01 * k as f64).collect();
+                let std: Vec<f64> = (0..c).map(|k| 0.22 + 0.01 * k as f64).collect();
+                for &rint in rints {
+                    let scale = if I::DTYPE == ScalarType::U8 {
+                        255.0
+                    } else {
+                        1.0
+                    };
+                    let norm = Normalize::new(&mean, &std, scale)
+                        .unwrap()
+                        .with_u8_rounding(rint);
+                    for fin in [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast] {
+                        let shape = match fin {
+                            MemoryFormat::ChannelsFirst => SampleShape::channels_first(c, h, w),
+                            MemoryFormat::ChannelsLast => SampleShape::channels_last(h, w, c),
+                        };
+                        for fout in [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast] {
+                            let mut want = vec![O::default(); n];
+                            let base = Isa::scalar();
+                            mix_normalize_on(base, &plan, &shape, &norm, &x, fout, &mut want)
+                                .unwrap();
+                            for isa in Isa::all() {
+                                let mut got = vec![O::default(); n];
+                                mix_normalize_on(isa, &plan, &shape, &norm, &x, fout, &mut got)
+                                    .unwrap();
+                                let bad = (0..n).find(|&k| {
+                                    got[k].to_f32().to_bits() != want[k].to_f32().to_bits()
+                                });
+                                assert!(
+                                    bad.is_none(),
+                                    "{isa:?} {:?}->{:?} {c}x{h}x{w} {fin:?}->{fout:?} rint \
+                                     {rint}: [{bad:?}]",
+                                    I::DTYPE,
+                                    O::DTYPE
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let byte = |k: usize| (k * 7919 % 256) as u8;
+        let float = |k: usize| (k * 7919 % 1013) as f32 / 97.0 - 4.0;
+        run::<u8, f32>(byte, &[false, true]);
+        run::<u8, bf16>(byte, &[false, true]);
+        run::<u8, f16>(byte, &[false, true]);
+        run::<f32, f32>(float, &[false]);
+        run::<f32, bf16>(float, &[false]);
     }
 
     #[test]
