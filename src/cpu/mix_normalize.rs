@@ -84,6 +84,19 @@ impl<I> Ctx<'_, I> {
     fn line_len(&self) -> usize {
         self.dims.width * self.dims.channels
     }
+
+    /// Sample `i`'s plan entry, its values and its partner's.
+    #[inline(always)]
+    fn pair(&self, i: usize) -> (&PlanEntry, &[I], &[I]) {
+        let row = self.dims.sample_len();
+        let e = &self.entries[i];
+        let p = e.partner as usize;
+        (
+            e,
+            &self.x[i * row..(i + 1) * row],
+            &self.x[p * row..(p + 1) * row],
+        )
+    }
 }
 
 /// Rows `y0..y1` of sample `i`; `out` holds the task's part of each output plane
@@ -105,8 +118,19 @@ fn norm_own<I: Element, O: Element>(a: &[I], m: &[f32], s: &[f32], out: &mut [O]
     }
 }
 
-/// `out = (v − m) / s` with `v = λ·a + (1−λ)·b`, rounded half to even when `RINT` (u8 pixels
-/// only: `v` is in `[0, 255]`, where adding and removing 2^23 rounds to an integer).
+/// `v = λ·a + (1−λ)·b` in f32 (`mu` = 1 − λ; two products and a sum, never contracted), rounded
+/// half to even when `RINT` (u8 pixels only: `v` is in `[0, 255]`, where adding and removing
+/// 2^23 rounds to an integer).
+#[inline(always)]
+fn lerp_value<I: Element, const RINT: bool>(lam: f32, mu: f32, a: I, b: I) -> f32 {
+    let v = lam * widen(a) + mu * widen(b);
+    if RINT { (v + ROUND) - ROUND } else { v }
+}
+
+/// 2^23: `(v + ROUND) − ROUND` rounds `v` in `[0, 2^22]` to an integer, half to even.
+const ROUND: f32 = 8_388_608.0;
+
+/// `out = (v − m) / s` with `v` = [`lerp_value`], element-wise.
 #[inline(always)]
 fn norm_lerp<I: Element, O: Element, const RINT: bool>(
     lam: f32,
@@ -116,35 +140,10 @@ fn norm_lerp<I: Element, O: Element, const RINT: bool>(
     s: &[f32],
     out: &mut [O],
 ) {
-    const ROUND: f32 = 8_388_608.0;
-    let mu = 1.0 - lam;
     let n = out.len();
     let (a, b, m, s) = (&a[..n], &b[..n], &m[..n], &s[..n]);
     for k in 0..n {
-        let v = lam * widen(a[k]) + mu * widen(b[k]);
-        let v = if RINT { (v + ROUND) - ROUND } else { v };
-        out[k] = narrow((v - m[k]) / s[k]);
-    }
-}
-
-/// [`norm_lerp`] with one mean and std (a channel's plane piece).
-#[inline(always)]
-fn norm_lerp_scalar<I: Element, O: Element, const RINT: bool>(
-    lam: f32,
-    a: &[I],
-    b: &[I],
-    m: f32,
-    s: f32,
-    out: &mut [O],
-) {
-    const ROUND: f32 = 8_388_608.0;
-    let mu = 1.0 - lam;
-    let n = out.len();
-    let (a, b) = (&a[..n], &b[..n]);
-    for k in 0..n {
-        let v = lam * widen(a[k]) + mu * widen(b[k]);
-        let v = if RINT { (v + ROUND) - ROUND } else { v };
-        out[k] = narrow((v - m) / s);
+        out[k] = narrow((lerp_value::<I, RINT>(lam, 1.0 - lam, a[k], b[k]) - m[k]) / s[k]);
     }
 }
 
@@ -346,12 +345,8 @@ fn for_each_line<I: Element, L: Element, const RINT: bool>(
         width: w,
         format,
     } = ctx.dims;
-    let row = c * h * w;
     let n = w * c;
-    let e = &ctx.entries[i];
-    let p = e.partner as usize;
-    let own = &ctx.x[i * row..(i + 1) * row];
-    let other = &ctx.x[p * row..(p + 1) * row];
+    let (e, own, other) = ctx.pair(i);
     // Otherwise a line is computed into `line` (input order) and, for a channels-first input,
     // interleaved into `moved`.
     let mut line = vec![L::default(); if direct.is_some() { 0 } else { n }];
@@ -561,13 +556,15 @@ fn plane_lerp<L: Lanes, I: Element, O: Element, const RINT: bool>(
     s: f32,
     out: &mut [O],
 ) {
-    const ROUND: f32 = 8_388_608.0;
     let mu = 1.0 - lam;
     let (a, b) = (&a[..out.len()], &b[..out.len()]);
     let lanes = width::<L>();
     if lanes == 1 {
         // The baseline level: a loop LLVM vectorizes (see `plane_own`).
-        return norm_lerp_scalar::<I, O, RINT>(lam, a, b, m, s, out);
+        for (k, o) in out.iter_mut().enumerate() {
+            *o = narrow((lerp_value::<I, RINT>(lam, mu, a[k], b[k]) - m) / s);
+        }
+        return;
     }
     let v = l.simd();
     let (vl, vu) = (v.splat_f32s(lam), v.splat_f32s(mu));
@@ -589,11 +586,7 @@ fn plane_lerp<L: Lanes, I: Element, O: Element, const RINT: bool>(
             };
             v.div_f32s(v.sub_f32s(t, vm), vs)
         },
-        |k| {
-            let t = lam * widen(a[k]) + mu * widen(b[k]);
-            let t = if RINT { (t + ROUND) - ROUND } else { t };
-            narrow((t - m) / s)
-        }
+        |k| narrow((lerp_value::<I, RINT>(lam, mu, a[k], b[k]) - m) / s)
     );
 }
 
@@ -633,11 +626,7 @@ impl<I: Element, O: Element, const RINT: bool> Kernel for PlaneTask<'_, '_, '_, 
             width: w,
             format,
         } = ctx.dims;
-        let row = c * h * w;
-        let e = &ctx.entries[t.i];
-        let p = e.partner as usize;
-        let own = &ctx.x[t.i * row..(t.i + 1) * row];
-        let other = &ctx.x[p * row..(p + 1) * row];
+        let (e, own, other) = ctx.pair(t.i);
         let split = format == MemoryFormat::ChannelsLast && c > 1;
         let mut pa = vec![I::default(); if split { c * w } else { 0 }];
         let mut pb = vec![I::default(); if split { c * w } else { 0 }];
@@ -841,6 +830,32 @@ mod tests {
     use super::*;
     use half::{bf16, f16};
 
+    /// Calls `f(norm, shape, fin, fout, rint)` for `C×H×W` images in both input formats, both
+    /// output formats and each of `rints`, with a different mean and std per channel.
+    fn each_case(
+        (c, h, w): (usize, usize, usize),
+        scale: f64,
+        rints: &[bool],
+        mut f: impl FnMut(&Normalize, &SampleShape, MemoryFormat, MemoryFormat, bool),
+    ) {
+        let mean: Vec<f64> = (0..c).map(|k| 0.4 + 0.01 * k as f64).collect();
+        let std: Vec<f64> = (0..c).map(|k| 0.2 + 0.01 * k as f64).collect();
+        for &rint in rints {
+            let norm = Normalize::new(&mean, &std, scale)
+                .unwrap()
+                .with_u8_rounding(rint);
+            for fin in [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast] {
+                let shape = match fin {
+                    MemoryFormat::ChannelsFirst => SampleShape::channels_first(c, h, w),
+                    MemoryFormat::ChannelsLast => SampleShape::channels_last(h, w, c),
+                };
+                for fout in [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast] {
+                    f(&norm, &shape, fin, fout, rint);
+                }
+            }
+        }
+    }
+
     /// The 16-bit outputs (a channels-first output rounded in the vector stores of
     /// `PlaneTask`; a channels-last one computed in f32 lines and rounded per line by `Narrow`)
     /// are the f32 output rounded element by element, bit for bit: every format pair, channel
@@ -880,32 +895,24 @@ mod tests {
                 },
             )
             .unwrap();
-            let mean: Vec<f64> = (0..c).map(|k| 0.4 + 0.01 * k as f64).collect();
-            let std: Vec<f64> = (0..c).map(|k| 0.2 + 0.01 * k as f64).collect();
-            for rint in [false, true] {
-                let norm = Normalize::new(&mean, &std, 255.0)
-                    .unwrap()
-                    .with_u8_rounding(rint);
-                for fin in [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast] {
-                    let shape = match fin {
-                        MemoryFormat::ChannelsFirst => SampleShape::channels_first(c, h, w),
-                        MemoryFormat::ChannelsLast => SampleShape::channels_last(h, w, c),
-                    };
-                    for fout in [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast] {
-                        let mut wide = vec![0f32; n];
-                        mix_normalize(&plan, &shape, &norm, &x, fout, &mut wide).unwrap();
-                        let mut got = vec![O::default(); n];
-                        mix_normalize(&plan, &shape, &norm, &x, fout, &mut got).unwrap();
-                        let bad = (0..n).find(|&k| {
-                            O::from_f32(wide[k]).to_f32().to_bits() != got[k].to_f32().to_bits()
-                        });
-                        assert!(
-                            bad.is_none(),
-                            "{c}x{h}x{w} B {b} {fin:?} -> {fout:?} rint {rint}: [{bad:?}]"
-                        );
-                    }
-                }
-            }
+            each_case(
+                (c, h, w),
+                255.0,
+                &[false, true],
+                |norm, shape, fin, fout, rint| {
+                    let mut wide = vec![0f32; n];
+                    mix_normalize(&plan, shape, norm, &x, fout, &mut wide).unwrap();
+                    let mut got = vec![O::default(); n];
+                    mix_normalize(&plan, shape, norm, &x, fout, &mut got).unwrap();
+                    let bad = (0..n).find(|&k| {
+                        O::from_f32(wide[k]).to_f32().to_bits() != got[k].to_f32().to_bits()
+                    });
+                    assert!(
+                        bad.is_none(),
+                        "{c}x{h}x{w} B {b} {fin:?} -> {fout:?} rint {rint}: [{bad:?}]"
+                    );
+                },
+            );
         }
     }
 
@@ -965,45 +972,29 @@ mod tests {
                 };
                 let plan = MixPlan::with_boxes(&[3, 2, 1, 0], &[0.3, 0.6, 0.45, 1.0], &boxes, size)
                     .unwrap();
-                let mean: Vec<f64> = (0..c).map(|k| 0.45 + 0.01 * k as f64).collect();
-                let std: Vec<f64> = (0..c).map(|k| 0.22 + 0.01 * k as f64).collect();
-                for &rint in rints {
-                    let scale = if I::DTYPE == ScalarType::U8 {
-                        255.0
-                    } else {
-                        1.0
-                    };
-                    let norm = Normalize::new(&mean, &std, scale)
-                        .unwrap()
-                        .with_u8_rounding(rint);
-                    for fin in [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast] {
-                        let shape = match fin {
-                            MemoryFormat::ChannelsFirst => SampleShape::channels_first(c, h, w),
-                            MemoryFormat::ChannelsLast => SampleShape::channels_last(h, w, c),
-                        };
-                        for fout in [MemoryFormat::ChannelsFirst, MemoryFormat::ChannelsLast] {
-                            let mut want = vec![O::default(); n];
-                            let base = Isa::scalar();
-                            mix_normalize_on(base, &plan, &shape, &norm, &x, fout, &mut want)
-                                .unwrap();
-                            for isa in Isa::all() {
-                                let mut got = vec![O::default(); n];
-                                mix_normalize_on(isa, &plan, &shape, &norm, &x, fout, &mut got)
-                                    .unwrap();
-                                let bad = (0..n).find(|&k| {
-                                    got[k].to_f32().to_bits() != want[k].to_f32().to_bits()
-                                });
-                                assert!(
-                                    bad.is_none(),
-                                    "{isa:?} {:?}->{:?} {c}x{h}x{w} {fin:?}->{fout:?} rint \
-                                     {rint}: [{bad:?}]",
-                                    I::DTYPE,
-                                    O::DTYPE
-                                );
-                            }
-                        }
+                let scale = if I::DTYPE == ScalarType::U8 {
+                    255.0
+                } else {
+                    1.0
+                };
+                each_case((c, h, w), scale, rints, |norm, shape, fin, fout, rint| {
+                    let mut want = vec![O::default(); n];
+                    let base = Isa::scalar();
+                    mix_normalize_on(base, &plan, shape, norm, &x, fout, &mut want).unwrap();
+                    for isa in Isa::all() {
+                        let mut got = vec![O::default(); n];
+                        mix_normalize_on(isa, &plan, shape, norm, &x, fout, &mut got).unwrap();
+                        let bad = (0..n)
+                            .find(|&k| got[k].to_f32().to_bits() != want[k].to_f32().to_bits());
+                        assert!(
+                            bad.is_none(),
+                            "{isa:?} {:?}->{:?} {c}x{h}x{w} {fin:?}->{fout:?} rint {rint}: \
+                             [{bad:?}]",
+                            I::DTYPE,
+                            O::DTYPE
+                        );
                     }
-                }
+                });
             }
         }
         let byte = |k: usize| (k * 7919 % 256) as u8;
