@@ -241,8 +241,9 @@ pub(crate) fn check_mix_normalize(
         return Err(MixError::InvalidArgument {
             what: "normalize",
             reason: format!(
-                "has {} channels of mean and std, the images have {}",
+                "has mean and std for {} channel{}, the images have {}",
                 norm.channels(),
+                if norm.channels() == 1 { "" } else { "s" },
                 dims.channels
             ),
         });

@@ -692,13 +692,14 @@ fn run<I: Element, O: Element>(ctx: &Ctx<'_, I>, t: &mut Task<'_, O>) {
 /// The fused "decoded pixels → model input" operation: mixes `x` by the plan, normalizes each
 /// channel and writes `out` in `out_format` and `O`'s precision, in one pass over the batch.
 ///
-/// `x` is `[B, C, H, W]` or `[B, H, W, C]` as `shape` says (an image): u8 pixels, or
-/// f32/f16/bf16 values already in the units of `norm`. `out` has as many elements, `[B, C, H,
-/// W]` for [`MemoryFormat::ChannelsFirst`] or `[B, H, W, C]` for
+/// `x` is `[B, C, H, W]` or `[B, H, W, C]` as `shape` says (an image; `B` is the plan's batch,
+/// `plan.len()`): u8 pixels, or f32/f16/bf16 values already in the units of `norm`. `out` has
+/// as many elements, `[B, C, H, W]` for [`MemoryFormat::ChannelsFirst`] or `[B, H, W, C]` for
 /// [`MemoryFormat::ChannelsLast`], in f32, f16 or bf16. Per element, in f32 (see
 /// [`Normalize`] for the formula and its source, timm's `FastCollateMixup` and
 /// `PrefetchLoader`): `v` = MixUp lerp, CutMix paste, or the sample's own value; rounded to u8
-/// under [`Normalize::with_u8_rounding`]; then `(v − mean_c) / std_c`, rounded once to `O`.
+/// under [`Normalize::with_u8_rounding`]; then `(v − mean_c) / std_c`, rounded once to `O`
+/// (f16 and bf16: the f32 result rounded to nearest even, `O::from_f32`).
 /// Any plan (a non-involution reads its partners a second time); `out` is never `x`.
 /// Multi-threaded; the result does not depend on the number of threads.
 ///
