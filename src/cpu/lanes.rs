@@ -238,10 +238,8 @@ fn bf16_widen<S: pulp::Simd>(s: S, h: S::u32s) -> S::f32s {
 #[inline(always)]
 fn bf16_bits<S: pulp::Simd>(s: S, v: S::f32s) -> S::u32s {
     let x = s.transmute_u32s_f32s(v);
-    let sh = s.splat_u32s(16);
-    let hi = s.wrapping_dyn_shr_u32s(x, sh);
-    let lsb = s.and_u32s(hi, s.splat_u32s(1));
-    let rounded = s.wrapping_dyn_shr_u32s(s.add_u32s(s.add_u32s(x, s.splat_u32s(0x7FFF)), lsb), sh);
+    let hi = s.wrapping_dyn_shr_u32s(x, s.splat_u32s(16));
+    let rounded = bf16_bits_finite(s, v);
     let nan = s.not_m32s(s.equal_f32s(v, v));
     s.select_u32s(nan, s.or_u32s(hi, s.splat_u32s(0x40)), rounded)
 }
