@@ -14,15 +14,18 @@ export MIXUP_REQUIRE_NVRTC=1
 step() { printf '\n==> %s\n' "$*"; "$@"; }
 
 # Default features: CPU path + CUDA path (kernels compiled through NVRTC; GPU runs skip here).
-step cargo test --release
+step cargo test --profile ci
 # CPU-only build: no `cuda` module; `check_cuda` says which feature is off.
-step cargo test --release --no-default-features --features cpu
-# candle integration (CPU storage) and its doctests.
-step cargo test --release --features candle
+step cargo test --profile ci --no-default-features --features cpu
+# candle integration (CPU storage): the crate's unit tests and the candle tests, then the candle
+# doctests and the README's. The other test files do not change with the feature (none names it)
+# and ran above: running them again cost CI about 7 minutes of builds and 3 of tests.
+step cargo test --profile ci --features candle --lib --test candle --test candle_mix_normalize
+step cargo test --profile ci --features candle --doc -- candle ReadmeDoctests
 # burn integration (Flex CPU backend; burn 0.22 needs Rust 1.95): the crate's unit tests and the
 # burn tests, then the burn doctests and the README's (its burn block). The rest of the suite does
 # not change with the feature and ran above; the burn demo is type-checked by clippy (.ci/run).
-step cargo test --release --features burn --lib --test burn
-step cargo test --release --features burn --doc -- burn ReadmeDoctests
+step cargo test --profile ci --features burn --lib --test burn
+step cargo test --profile ci --features burn --doc -- burn ReadmeDoctests
 # The bare crate (sampler, plans, reference) must build and pass on its own.
-step cargo test --release --no-default-features
+step cargo test --profile ci --no-default-features
