@@ -15,11 +15,14 @@ step() { printf '\n==> %s\n' "$*"; "$@"; }
 
 # Default features: CPU path + CUDA path (kernels compiled through NVRTC; GPU runs skip here).
 step cargo test --profile ci
-# CPU-only build: no `cuda` module; `check_cuda` says which feature is off.
-step cargo test --profile ci --no-default-features --features cpu
+# CPU-only build: no `cuda` module; `check_cuda` says which feature is off. The unit tests and
+# every doctest (the CPU ones run without a `cuda` module). The integration tests run the same CPU
+# code as above (no CPU code depends on `cuda`); clippy (.ci/run) builds them in this feature set.
+step cargo test --profile ci --no-default-features --features cpu --lib
+step cargo test --profile ci --no-default-features --features cpu --doc
 # candle integration (CPU storage): the crate's unit tests and the candle tests, then the candle
 # doctests and the README's. The other test files do not change with the feature (none names it)
-# and ran above: running them again cost CI about 7 minutes of builds and 3 of tests.
+# and ran above: running them again cost CI about 7 minutes of builds and 3 of tests (2026-12-01).
 step cargo test --profile ci --features candle --lib --test candle --test candle_mix_normalize
 step cargo test --profile ci --features candle --doc -- candle ReadmeDoctests
 # burn integration (Flex CPU backend; burn 0.22 needs Rust 1.95): the crate's unit tests and the
