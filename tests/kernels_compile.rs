@@ -36,8 +36,8 @@ fn nvrtc_present() -> bool {
     }
 }
 
-/// `(entry, spill-store bytes)` from ptxas's `-v` report.
-fn spills(log: &str) -> Vec<(String, u64)> {
+/// `(entry, spill-store bytes)` from ptxas's `-v` report; `None` where the count does not parse.
+fn spills(log: &str) -> Vec<(String, Option<u64>)> {
     let mut out = Vec::new();
     let mut cur: Option<String> = None;
     for line in log.lines() {
@@ -46,11 +46,11 @@ fn spills(log: &str) -> Vec<(String, u64)> {
             cur = rest.split('\'').next().map(str::to_string);
         }
         if let (Some(e), Some(i)) = (&cur, line.find("bytes spill stores")) {
-            let n: u64 = line[..i]
+            // `None` when the count does not parse: a changed log format must not read as 0.
+            let n: Option<u64> = line[..i]
                 .rsplit(',')
                 .next()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0);
+                .and_then(|s| s.trim().parse().ok());
             out.push((e.clone(), n));
         }
     }
@@ -98,9 +98,25 @@ fn every_module_compiles_for_every_arch() {
                         // The kernels are designed to run without local-memory spills
                         // (docs/perf-notes.md); catch a change that breaks that.
                         if arch == 90 {
-                            for (entry, bytes) in spills(&c.log) {
-                                if bytes > 0 {
-                                    failures.push(format!("sm_90: `{entry}` spills {bytes} bytes"));
+                            let report = spills(&c.log);
+                            // ptxas reports every function it compiled: at least one line per
+                            // entry, or the log was not read (and "no spills" would mean nothing).
+                            let n = entries().filter(|e| e.0.module_name() == m.name).count();
+                            if report.len() < n {
+                                failures.push(format!(
+                                    "sm_90: {}: {} spill reports in ptxas's log for {n} entries",
+                                    m.name,
+                                    report.len()
+                                ));
+                            }
+                            for (entry, bytes) in report {
+                                match bytes {
+                                    Some(0) => {}
+                                    Some(b) => {
+                                        failures.push(format!("sm_90: `{entry}` spills {b} bytes"))
+                                    }
+                                    None => failures
+                                        .push(format!("sm_90: `{entry}`: unreadable spill count")),
                                 }
                             }
                         }
@@ -337,8 +353,8 @@ fn tuned_kernels_compile() {
                             failures.push(format!("{entry} ({k:?}) missing under {extra:?}"));
                         }
                     }
-                    for (entry, bytes) in spills(&c.log).into_iter().filter(|s| s.1 > 0) {
-                        println!("{entry} spills {bytes} bytes under {}", extra.join(" "));
+                    for (entry, bytes) in spills(&c.log).into_iter().filter(|s| s.1 != Some(0)) {
+                        println!("{entry} spills {bytes:?} bytes under {}", extra.join(" "));
                     }
                 }
             }

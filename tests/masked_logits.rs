@@ -268,3 +268,26 @@ fn smoothing_infinities_and_nan() {
         "{l} vs {want}"
     );
 }
+
+/// The tests' one comparison, `assert_close`, on infinities: only the same infinity passes,
+/// whatever the tolerance (a relative bound against an infinite reference is infinite), and a
+/// NaN never does. A masked −inf checked with it must not pass against a finite value or +inf.
+#[test]
+fn assert_close_passes_an_infinity_only_against_itself() {
+    let passes = |got: f64, want: f64, tol: Tol| {
+        std::panic::catch_unwind(|| assert_close("x", &[got], &[want], tol)).is_ok()
+    };
+    let (inf, loose) = (f64::INFINITY, Tol::new(1e-6, 0.5));
+    assert!(passes(inf, inf, loose) && passes(-inf, -inf, Tol::new(0.0, 0.0)));
+    for (got, want) in [
+        (5.0, inf),
+        (-inf, inf),
+        (inf, -inf),
+        (inf, 5.0),
+        (f64::NAN, inf),
+    ] {
+        assert!(!passes(got, want, loose), "{got} passed against {want}");
+    }
+    assert!(!passes(f64::NAN, f64::NAN, loose) && !passes(f64::NAN, 1.0, loose));
+    assert!(passes(1.2, 1.0, loose) && !passes(1.6, 1.0, loose));
+}

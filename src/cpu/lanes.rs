@@ -49,9 +49,49 @@ impl Isa {
         }
     }
 
-    /// Every level this CPU can run, the baseline first (for the bit-identity tests).
+    /// Every level this CPU can run, the baseline first (for the bit-identity tests). A CPU
+    /// without AVX-512 compares fewer levels, so the list is said once on stderr, and
+    /// `MIXUP_REQUIRE_ISA` (`v3`, `v4` or `v4-bf16`: AVX2 + FMA, AVX-512, AVX-512 with its bf16
+    /// conversions) makes a CPU without that level fail the tests instead.
     #[cfg(test)]
     pub(crate) fn all() -> Vec<Self> {
+        let out = Self::levels();
+        let names: Vec<&str> = out.iter().map(|i| i.name()).collect();
+        static SAID: std::sync::Once = std::sync::Once::new();
+        // To the process's stderr: libtest captures `eprintln!` of a passing test.
+        SAID.call_once(|| {
+            use std::io::Write;
+            let list = names.join(", ");
+            let _ = writeln!(
+                std::io::stderr(),
+                "vector levels compared on this CPU: {list}"
+            );
+        });
+        if let Ok(want) = std::env::var("MIXUP_REQUIRE_ISA") {
+            assert!(
+                names.contains(&want.as_str()),
+                "MIXUP_REQUIRE_ISA={want}, but this CPU runs only {names:?}"
+            );
+        }
+        out
+    }
+
+    /// The level's name in [`Isa::all`]'s list.
+    #[cfg(test)]
+    fn name(&self) -> &'static str {
+        match self.arch {
+            #[cfg(target_arch = "x86_64")]
+            pulp::Arch::V4(_) if self.bf16 => "v4-bf16",
+            #[cfg(target_arch = "x86_64")]
+            pulp::Arch::V4(_) => "v4",
+            #[cfg(target_arch = "x86_64")]
+            pulp::Arch::V3(_) => "v3",
+            _ => "baseline",
+        }
+    }
+
+    #[cfg(test)]
+    fn levels() -> Vec<Self> {
         let mut out = vec![Self::scalar()];
         #[cfg(target_arch = "x86_64")]
         {

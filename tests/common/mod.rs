@@ -158,7 +158,8 @@ impl<F: Fn(usize, f64) -> f64> Tolerance for F {
 
 /// Asserts `got ≈ want` element-wise (the one comparison of every test binary); the message
 /// names the first failing index, both values, the bound and how many elements fail. A NaN
-/// always fails; equal infinities pass.
+/// always fails; an infinity passes only against the same infinity (whatever the tolerance: a
+/// relative bound against an infinite `want` would otherwise be infinite too).
 #[track_caller]
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: impl Tolerance) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
@@ -168,7 +169,11 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: impl Tolerance) 
         let bound = tol.bound(i, w);
         let err = (g - w).abs();
         // NaN never passes: an op returning NaN where the reference is finite is a failure.
-        let ok = err <= bound || (g == w);
+        let ok = if g.is_infinite() || w.is_infinite() {
+            g == w
+        } else {
+            err <= bound
+        };
         if !ok {
             count += 1;
             if first.is_none() {
@@ -541,6 +546,36 @@ pub fn hand_plans(batch: usize, height: usize, width: usize) -> Vec<(String, Mix
             format!("hand {name} mixup"),
             MixPlan::from_parts(&partner, &lam).expect("valid plan"),
         ));
+    }
+    out
+}
+
+/// The devices the candle tests compute on: the CPU, and with the `candle-cuda` feature the first
+/// CUDA device (one for the process). Without one, the CUDA half says SKIPPED (once), unless
+/// `MIXUP_REQUIRE_GPU=1`, where it fails.
+#[cfg(feature = "candle")]
+pub fn candle_devices() -> Vec<candle_core::Device> {
+    #[allow(unused_mut)]
+    let mut out = vec![candle_core::Device::Cpu];
+    #[cfg(feature = "candle-cuda")]
+    {
+        static CUDA: std::sync::OnceLock<Option<candle_core::Device>> = std::sync::OnceLock::new();
+        let cuda = CUDA.get_or_init(|| match candle_core::Device::new_cuda(0) {
+            Ok(d) => Some(d),
+            Err(e) if std::env::var("MIXUP_REQUIRE_GPU").as_deref() == Ok("1") => {
+                panic!("MIXUP_REQUIRE_GPU=1 but no usable CUDA device: {e}")
+            }
+            Err(e) => {
+                // To the process's stderr: libtest captures `eprintln!` of a passing test.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED: the CUDA half of the candle tests: no CUDA device ({e})"
+                );
+                None
+            }
+        });
+        out.extend(cuda.clone());
     }
     out
 }
