@@ -1885,8 +1885,9 @@ fn bce_threshold_boundary_matches_timm() {
         }
         for (what, l) in got {
             for i in 0..case.batch() {
-                // Written so that a NaN on either side fails.
-                if !((l[i] - want[i]).abs() <= case.row_tol(i, BCE_REL32)) {
+                // `ok` is false for a NaN on either side.
+                let ok = (l[i] - want[i]).abs() <= case.row_tol(i, BCE_REL32);
+                if !ok {
                     bad.push(format!(
                         "{what} {} row {i}: {} vs timm {}",
                         case.name, l[i], want[i]
