@@ -8,15 +8,17 @@
 # candle's `cuda` feature compiles candle-kernels' .cu files to PTX with nvcc in its build script,
 # and cudarc's `cuda-version-from-build-system` may run `nvcc --version`: both find nvcc on PATH.
 # CUDA_COMPUTE_CAP (the PTX target of candle-kernels; default 90 here, H100) replaces the
-# nvidia-smi query bindgen_cuda makes otherwise. Linking a binary still needs libcuda, libcublas,
-# libcublasLt, libcurand, libnvrtc and libcudart (docs/candle.md says what failed here).
+# nvidia-smi query bindgen_cuda makes otherwise. Linking a binary also needs libcuda, libcublas,
+# libcublasLt, libcurand, libnvrtc and libcudart: without a driver, link against
+# scripts/cuda-link-stubs.sh's stand-ins (docs/candle.md).
 #
-# Idempotent; the folder is $MIXUP_CUDA_TOOLS_DIR, else .gpu/cuda in the repository (git-ignored).
+# Idempotent; the folder is $MIXUP_CUDA_TOOLS_DIR, else target/cuda-tools in the repository
+# (git-ignored, and not under .gpu/, which travels to the GPU machine).
 # Progress goes to stderr; stdout carries only the export lines.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-dir="${MIXUP_CUDA_TOOLS_DIR:-$root/.gpu/cuda}"
+dir="${MIXUP_CUDA_TOOLS_DIR:-$root/target/cuda-tools}"
 cap="${CUDA_COMPUTE_CAP:-90}"
 python="${PYTHON:-python3}"
 top="$dir/nvidia/cu13"

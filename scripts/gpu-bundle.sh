@@ -8,23 +8,28 @@
 #                                             #   machine turned out to lack it
 #   bash scripts/gpu-bundle.sh --dry-run      # + runs both modes here, without a GPU
 #   bash scripts/gpu-bundle.sh --no-burn      # without test-burn (its build: 20-30 min cold)
+#   bash scripts/gpu-bundle.sh --no-candle    # without the candle-cuda binaries (their build:
+#                                             #   about 20 min cold, nvcc from PyPI)
 #
 # .gpu/ holds: test-<name> (lib, cuda_plan, cuda_mix, cuda_soft_targets, cuda_mixup_ce,
 # cuda_mixup_bce, cuda_mix_normalize), test-burn.xz (tests/burn.rs with burn's CUDA backend,
-# linked without LLVM by scripts/burn-cuda-offline.sh, xz-compressed),
+# linked without LLVM by scripts/burn-cuda-offline.sh, xz-compressed), candle-cuda.tar.xz
+# (tests/candle.rs, tests/candle_mix_normalize.rs and the digits demo built with `candle-cuda`,
+# linked against scripts/cuda-link-stubs.sh's stand-ins for the CUDA libraries),
 # bench-gpu, whl/liger_kernel-*.whl, COMMIT, and with --with-nvrtc nvrtc/*.xz. Binaries are built
 # without debug info and stripped; everything that travels must fit in 64 MiB.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-with_nvrtc=0 dry_run=0 with_burn=1
+with_nvrtc=0 dry_run=0 with_burn=1 with_candle=1
 for a in "$@"; do
     case $a in
         --with-nvrtc) with_nvrtc=1 ;;
         --dry-run) dry_run=1 ;;
         --no-burn) with_burn=0 ;;
-        *) echo "usage: $0 [--with-nvrtc] [--dry-run] [--no-burn]" >&2; exit 2 ;;
+        --no-candle) with_candle=0 ;;
+        *) echo "usage: $0 [--with-nvrtc] [--dry-run] [--no-burn] [--no-candle]" >&2; exit 2 ;;
     esac
 done
 out=.gpu
@@ -47,6 +52,36 @@ cargo bench --no-run --bench gpu --message-format=json | pick |
 if [[ $with_burn == 1 ]]; then
     echo "building the burn CUDA test binary (scripts/burn-cuda-offline.sh)..." >&2
     bash scripts/burn-cuda-offline.sh "$out/test-burn" >&2
+fi
+if [[ $with_candle == 1 ]]; then
+    # candle links cudarc dynamically (libcuda, libnvrtc, libcublas, libcublasLt, libcurand):
+    # linked here against stand-ins with the real SONAMEs, which the GPU machine's driver and
+    # python wheels provide at run time (scripts/gpu/run.sh). candle-kernels' PTX needs nvcc
+    # (PyPI, scripts/candle-cuda-env.sh). Own target folder: other RUSTFLAGS, other features.
+    echo "building the candle-cuda tests and demo (scripts/cuda-link-stubs.sh)..." >&2
+    mkdir -p "$out/candle"
+    (
+        # nvcc and libcudart first: the stubs' folder links the wheel's libcudart ($CUDA_ROOT).
+        eval "$(bash scripts/candle-cuda-env.sh)"
+        bash scripts/cuda-link-stubs.sh "$root/target/cuda-stubs"
+        export RUSTFLAGS="-L native=$root/target/cuda-stubs"
+        ccargs=(--release --no-default-features --features candle-cuda --target-dir target/candle-cuda
+            --message-format=json)
+        cargo test "${ccargs[@]}" --no-run --test candle --test candle_mix_normalize | pick |
+            while read -r name exe; do cp "$exe" "$out/candle/test-$name"; done
+        cargo build "${ccargs[@]}" --example digits | pick |
+            while read -r name exe; do cp "$exe" "$out/candle/$name"; done
+    )
+    for f in test-candle test-candle_mix_normalize digits; do
+        [[ -x "$out/candle/$f" ]] || { echo "error: candle-cuda $f not built" >&2; exit 1; }
+    done
+    strip "$out"/candle/*
+    # 150 MB stripped, mostly the same bytes three times (candle, candle-kernels' PTX): one
+    # archive with a dictionary larger than a binary stores them about once (8 MB on
+    # 2026-12-02, against 20 MB with xz's default 8 MiB dictionary; 2 minutes on 2 cores).
+    echo "compressing the candle-cuda binaries..." >&2
+    tar -C "$out" -cf - candle | xz -T1 --lzma2=preset=6,dict=192MiB >"$out/candle-cuda.tar.xz"
+    rm -r "$out/candle"
 fi
 strip "$out"/test-* "$out"/bench-*
 if [[ -e "$out/test-burn" ]]; then

@@ -1,10 +1,12 @@
 //! candle's `mix_normalize`: the CPU op's bits on tensors, every input/output dtype and both
-//! formats, non-contiguous input, and candle errors for bad arguments.
+//! formats, non-contiguous input, and candle errors for bad arguments. With `candle-cuda`, the
+//! same on the first GPU (the CUDA kernel promises the CPU op's bits too); without one the CUDA
+//! half says SKIPPED, unless `MIXUP_REQUIRE_GPU=1`, where it fails.
 
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{random_vec, sampler_plans};
+use common::{candle_devices as devices, random_vec, sampler_plans};
 use mixup_kernels::candle::mix_normalize;
 use mixup_kernels::{
     Element, FloatElement, MemoryFormat, MixError, MixPlan, Normalize, SampleShape, bf16, cpu, f16,
@@ -46,11 +48,19 @@ where
             for fout in FORMATS {
                 let got = mix_normalize(plan, fin, &norm, &t, fout, dtype).unwrap();
                 assert_eq!(got.dims(), dims(fout, b, c, h, w), "{name}");
-                assert_eq!(got.dtype(), dtype);
+                assert_eq!(
+                    (got.dtype(), got.device().location()),
+                    (dtype, t.device().location())
+                );
                 let got: Vec<O> = got.flatten_all().unwrap().to_vec1().unwrap();
                 let mut want = vec![O::default(); x.len()];
                 cpu::mix_normalize(plan, &layout(fin, c, h, w), &norm, x, fout, &mut want).unwrap();
-                assert_eq!(bits(&got), bits(&want), "{name} {fin:?} -> {fout:?}");
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "{:?} {name} {fin:?} -> {fout:?}",
+                    t.device()
+                );
             }
         }
     }
@@ -59,21 +69,22 @@ where
 #[test]
 fn matches_the_cpu_op_for_every_dtype_and_format() {
     let n = 4 * 3 * 7 * 9;
-    let dev = Device::Cpu;
-    let px: Vec<u8> = random_vec(n, 1, 0.0, 255.0);
-    let t = Tensor::from_vec(px.clone(), n, &dev).unwrap();
-    for rint in [false, true] {
-        same_as_cpu::<u8, f32>(&px, &t, DType::F32, rint);
-        same_as_cpu::<u8, f16>(&px, &t, DType::F16, rint);
-        same_as_cpu::<u8, bf16>(&px, &t, DType::BF16, rint);
+    for dev in devices() {
+        let px: Vec<u8> = random_vec(n, 1, 0.0, 255.0);
+        let t = Tensor::from_vec(px.clone(), n, &dev).unwrap();
+        for rint in [false, true] {
+            same_as_cpu::<u8, f32>(&px, &t, DType::F32, rint);
+            same_as_cpu::<u8, f16>(&px, &t, DType::F16, rint);
+            same_as_cpu::<u8, bf16>(&px, &t, DType::BF16, rint);
+        }
+        // Float inputs already scaled to pixels' units (the Normalize is per pixel value here).
+        let xf: Vec<f32> = random_vec(n, 2, 0.0, 255.0);
+        let tf = Tensor::from_vec(xf.clone(), n, &dev).unwrap();
+        same_as_cpu::<f32, f32>(&xf, &tf, DType::F32, false);
+        let xh: Vec<f16> = xf.iter().map(|&v| f16::from_f32(v)).collect();
+        let th = tf.to_dtype(DType::F16).unwrap();
+        same_as_cpu::<f16, bf16>(&xh, &th, DType::BF16, false);
     }
-    // Float inputs already scaled to pixels' units (the Normalize is per pixel value here).
-    let xf: Vec<f32> = random_vec(n, 2, 0.0, 255.0);
-    let tf = Tensor::from_vec(xf.clone(), n, &dev).unwrap();
-    same_as_cpu::<f32, f32>(&xf, &tf, DType::F32, false);
-    let xh: Vec<f16> = xf.iter().map(|&v| f16::from_f32(v)).collect();
-    let th = tf.to_dtype(DType::F16).unwrap();
-    same_as_cpu::<f16, bf16>(&xh, &th, DType::BF16, false);
 }
 
 /// A channels-last view of a channels-first tensor (`permute`, not contiguous) gives the same
@@ -81,22 +92,23 @@ fn matches_the_cpu_op_for_every_dtype_and_format() {
 #[test]
 fn a_non_contiguous_view_is_accepted() {
     let (b, c, h, w) = (2, 3, 4, 5);
-    let dev = Device::Cpu;
-    let px: Vec<u8> = random_vec(b * c * h * w, 3, 0.0, 255.0);
-    let nchw = Tensor::from_vec(px, (b, c, h, w), &dev).unwrap();
-    let view = nchw.permute((0, 2, 3, 1)).unwrap();
-    assert!(!view.is_contiguous());
-    let plan = MixPlan::from_parts(&[1, 0], &[0.3, 0.3]).unwrap();
-    let norm = Normalize::imagenet_u8();
-    let last = MemoryFormat::ChannelsLast;
-    let first = MemoryFormat::ChannelsFirst;
-    let a = mix_normalize(&plan, last, &norm, &view, first, DType::F32).unwrap();
-    let b2 = mix_normalize(&plan, first, &norm, &nchw, first, DType::F32).unwrap();
-    let (a, b2): (Vec<f32>, Vec<f32>) = (
-        a.flatten_all().unwrap().to_vec1().unwrap(),
-        b2.flatten_all().unwrap().to_vec1().unwrap(),
-    );
-    assert_eq!(bits(&a), bits(&b2));
+    for dev in devices() {
+        let px: Vec<u8> = random_vec(b * c * h * w, 3, 0.0, 255.0);
+        let nchw = Tensor::from_vec(px, (b, c, h, w), &dev).unwrap();
+        let view = nchw.permute((0, 2, 3, 1)).unwrap();
+        assert!(!view.is_contiguous());
+        let plan = MixPlan::from_parts(&[1, 0], &[0.3, 0.3]).unwrap();
+        let norm = Normalize::imagenet_u8();
+        let last = MemoryFormat::ChannelsLast;
+        let first = MemoryFormat::ChannelsFirst;
+        let a = mix_normalize(&plan, last, &norm, &view, first, DType::F32).unwrap();
+        let b2 = mix_normalize(&plan, first, &norm, &nchw, first, DType::F32).unwrap();
+        let (a, b2): (Vec<f32>, Vec<f32>) = (
+            a.flatten_all().unwrap().to_vec1().unwrap(),
+            b2.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        assert_eq!(bits(&a), bits(&b2), "{dev:?}");
+    }
 }
 
 #[test]

@@ -2,8 +2,10 @@
 # The GPU session in two prepared calls, run on the GPU machine from the repository root with the
 # binaries that scripts/gpu-bundle.sh put in .gpu/ (carried: the device tool's carry=[".gpu"]).
 #
-#   bash scripts/gpu/run.sh A   # environment, GPU tests, burn on CUDA, benchmark, sweep (limits 415 s)
-#   bash scripts/gpu/run.sh B   # PyTorch/Liger baseline, probes, sanitizer x4  (step limits 395 s)
+#   bash scripts/gpu/run.sh A   # environment, GPU tests, burn and candle on CUDA, benchmark, sweep
+#                               # (step limits 410 s: the call's own limit is 420)
+#   bash scripts/gpu/run.sh B   # CPU vector levels, PyTorch/Liger baseline, probes, sanitizer x4
+#                               # (step limits 410 s)
 #
 # Every step runs under its own `timeout`; each writes one log under $OUT (what comes back from
 # the GPU machine: at most 8 files) and the summary (also printed last) says rc, seconds and the
@@ -37,7 +39,7 @@ step() {
     timeout --kill-after=5 "$limit" bash -c '"$@"' _ "$@" >>"$log" 2>&1
     rc=$?
     local last
-    last=$(grep -E '^test result|ERROR SUMMARY|SKIPPED|Device not supported|^FAILED|^error|^sweep: ' "$log" | tail -1)
+    last=$(grep -E '^test result|ERROR SUMMARY|SKIPPED|Device not supported|^FAILED|^error|^sweep: |^-- .*: rc=[1-9]' "$log" | tail -1)
     [[ $rc == 124 || $rc == 137 ]] && last="TIMED OUT after ${limit}s; $last"
     [[ $rc != 0 ]] && failed=1
     note "$(printf '%-28s rc=%-3s %4ss  %s' "$name" "$rc" "$((SECONDS - t0))" "$last")"
@@ -121,7 +123,7 @@ gpu_tests() {
     MIXUP_TEST_THREADS=1 run_test cuda_plan 15 || rc=1
     run_test cuda_soft_targets 25 || rc=1
     run_test cuda_mix 40 || rc=1
-    run_test cuda_mixup_ce 85 || rc=1
+    run_test cuda_mixup_ce 80 || rc=1
     # Until scripts/gpu-bundle.sh builds it, an older bundle has no BCE binary: say so, go on.
     if [[ -x "$bin/test-cuda_mixup_bce" ]]; then
         run_test cuda_mixup_bce 25 || rc=1
@@ -144,6 +146,54 @@ burn_cuda() {
         "$bin/test-burn.xz" "$exe" && chmod +x "$exe" || { echo "error: could not unpack test-burn.xz"; return 1; }
     sub "test-burn cuda" 25 "$exe" --test-threads=2 cuda_ || rc=1
     sub "test-burn per_call_cost_cuda" 13 "$exe" --ignored --exact per_call_cost_cuda --nocapture || rc=1
+    return $rc
+}
+
+# The folders of the CUDA libraries that candle's cudarc links (scripts/cuda-link-stubs.sh):
+# libcublas.so.13 and libcublasLt.so.13 (wheel nvidia-cublas), libcurand.so.10 (nvidia-curand),
+# libcudart.so.13 (nvidia-cuda-runtime; candle-kernels' MoE kernels), from the machine's python,
+# else the CUDA toolkit's lib64; libcuda.so.1 is the driver's.
+cuda_lib_dirs() {
+    python3 - <<'EOF' 2>/dev/null
+import importlib.metadata as md, os
+dirs = []
+for pkg, lib in [("nvidia-cublas", "libcublas.so.13"), ("nvidia-cublas", "libcublasLt.so.13"),
+                 ("nvidia-curand", "libcurand.so.10"), ("nvidia-cuda-runtime", "libcudart.so.13")]:
+    try:
+        for f in md.files(pkg) or []:
+            if f.name == lib and os.path.dirname(f.locate()) not in dirs:
+                dirs.append(os.path.dirname(f.locate()))
+    except md.PackageNotFoundError:
+        pass
+dirs += [d for d in ("/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib") if os.path.isdir(d)]
+print(":".join(dirs))
+EOF
+}
+
+# candle on CUDA storage (feature candle-cuda, linked here by scripts/gpu-bundle.sh): the candle
+# tests on the CPU and the GPU against the reference, then the digits demo trained on the GPU.
+candle_cuda() {
+    if [[ ! -e "$bin/candle-cuda.tar.xz" ]]; then
+        echo "SKIPPED candle-cuda: not in $bin (built by scripts/gpu-bundle.sh unless --no-candle)"
+        return 0
+    fi
+    local dir=/tmp/candle rc=0
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
+        "$bin/candle-cuda.tar.xz" /tmp || { echo "error: could not unpack candle-cuda.tar.xz"; return 1; }
+    local libs
+    libs=$(cuda_lib_dirs)
+    echo "CUDA library folders: ${libs:-none found}"
+    export LD_LIBRARY_PATH="${libs:+$libs:}$LD_LIBRARY_PATH"
+    # candle's kernels are PTX, compiled by the driver when a module is first loaded (about
+    # 4.5 MB of it for the tests): the driver's cache lets the 2nd and 3rd process reuse it.
+    export CUDA_CACHE_PATH=/tmp/cuda-jit-cache
+    # A library the loader cannot find would fail every run below the same way: say which.
+    ldd "$dir/test-candle" | grep -E 'not found|libcu|libnvrtc'
+    sub "test-candle" 18 "$dir/test-candle" --test-threads=4 || rc=1
+    sub "test-candle_mix_normalize" 5 "$dir/test-candle_mix_normalize" --test-threads=2 || rc=1
+    # Three epochs per method (the demo's default is 30): that it trains on the GPU, and how fast.
+    sub "digits demo on CUDA" 12 "$dir/digits" --device cuda --epochs 3 --no-progress \
+        --out /tmp/mixup-digits || rc=1
     return $rc
 }
 
@@ -173,6 +223,24 @@ torch_baseline() {
     fi
     # shellcheck disable=SC2086
     PYTHONUNBUFFERED=1 python3 benches/torch_baseline.py --require-liger ${MIXUP_TORCH_ARGS:---quick}
+}
+
+# The CPU paths' bit-identity tests at every vector level of this host's CPU (no GPU needed; the
+# CI machine has no AVX-512, so its V4 and AVX512-BF16 paths run here first), the best level
+# the CPU lists required (MIXUP_REQUIRE_ISA: a level missing fails instead of shrinking the test).
+cpu_levels() {
+    local want=v3
+    grep -qw avx512f /proc/cpuinfo && want=v4
+    grep -qw avx512_bf16 /proc/cpuinfo && want=v4-bf16
+    echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-); requiring level $want"
+    MIXUP_REQUIRE_ISA=$want run_test lib 12 cpu::
+}
+
+env_and_cpu_levels() {
+    local rc=0
+    env_check || rc=1
+    cpu_levels || rc=1
+    return $rc
 }
 
 # A tiny run of a tool: does it accept the device here? Writes the verdict to the log.
@@ -240,7 +308,7 @@ export MIXUP_NVRTC_LIB="$nvrtc_dir"
 # A GPU test that finds no GPU fails instead of skipping; so does the benchmark.
 export MIXUP_REQUIRE_GPU=1 MIXUP_REQUIRE_NVRTC=1
 export MIXUP_KERNELS_CACHE="${MIXUP_KERNELS_CACHE:-/tmp/mixup-kernels-cache}"
-export -f sub run_test gpu_tests burn_cuda env_check bench sweep torch_baseline probe probes sanitize
+export -f sub run_test gpu_tests burn_cuda cuda_lib_dirs candle_cuda env_check bench sweep torch_baseline cpu_levels env_and_cpu_levels probe probes sanitize
 export bin out
 
 note "mode ${mode:-?} on $(hostname) $(date -u +%FT%TZ); $(cat /tmp/nvrtc-search.txt)"
@@ -249,12 +317,13 @@ case "$mode" in
         step env 15 env_check
         step tests 225 gpu_tests
         step burn 40 burn_cuda
-        step bench 75 bench
-        step sweep 60 sweep
+        step bench 65 bench
+        step candle 40 candle_cuda
+        step sweep 30 sweep
         ;;
     B)
         rm -f /tmp/no-compute-sanitizer /tmp/no-ncu # verdicts of an earlier call
-        step env 15 env_check
+        step env 30 env_and_cpu_levels # one log: at most 8 files come back
         step torch 90 torch_baseline
         step probe 60 probes
         step memcheck 90 sanitize memcheck
