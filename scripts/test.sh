@@ -8,8 +8,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 nvrtc_lib="$(bash scripts/nvrtc.sh)"
 export LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-# Kernel compile tests fail (instead of skipping) when NVRTC cannot be loaded.
-export MIXUP_REQUIRE_NVRTC=1
+# Kernel compile tests fail (instead of skipping) when NVRTC cannot be loaded, and the kernel
+# emulation (tests/kernels_emulated) when there is no C++ compiler.
+export MIXUP_REQUIRE_NVRTC=1 MIXUP_REQUIRE_EMULATION=1
 
 step() { printf '\n==> %s\n' "$*"; "$@"; }
 

@@ -476,7 +476,7 @@ fn bad_inputs_give_errors_not_panics() {
 /// Per-call cost of the burn ops against the CPU kernels they wrap, on `Flex` (not a check:
 /// `cargo test --release --features burn --test burn -- --ignored --nocapture per_call_cost`).
 #[test]
-#[ignore]
+#[ignore = "a timing, not a check: run with --ignored --nocapture"]
 fn per_call_cost() {
     use std::time::Instant;
     let dev = device().autodiff();
@@ -841,7 +841,7 @@ fn mix_normalize_matches_the_cpu_path() {
 /// pixels padded to 4 (read in place, element by element), 256-wide rows (dense).
 #[cfg(feature = "burn-cuda")]
 #[test]
-#[ignore]
+#[ignore = "a timing on the GPU, not a check: run with --ignored --nocapture"]
 fn per_call_cost_cuda() {
     use std::time::Instant;
     if !cuda_or_skip("per_call_cost_cuda") {

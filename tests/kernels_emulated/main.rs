@@ -62,9 +62,15 @@ fn cases() -> Vec<Case> {
 }
 
 /// Whether there is a C++ compiler for the emulation (else prints SKIPPED).
+/// Whether the emulation can be built; without a compiler it says SKIPPED, unless
+/// `MIXUP_REQUIRE_EMULATION=1` (the test command sets it), where it fails.
 fn have_compiler() -> bool {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     if Command::new(&cxx).arg("--version").output().is_err() {
+        assert!(
+            std::env::var("MIXUP_REQUIRE_EMULATION").as_deref() != Ok("1"),
+            "MIXUP_REQUIRE_EMULATION=1 but no C++ compiler ({cxx}) for the kernel emulation"
+        );
         // Straight to stderr: libtest captures `println!` of a passing test.
         let _ = writeln!(
             std::io::stderr(),
