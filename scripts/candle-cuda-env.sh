@@ -7,10 +7,10 @@
 #
 # candle's `cuda` feature compiles candle-kernels' .cu files to PTX with nvcc in its build script,
 # and cudarc's `cuda-version-from-build-system` may run `nvcc --version`: both find nvcc on PATH.
-# CUDA_COMPUTE_CAP (the PTX target of candle-kernels; default 90 here, H100) replaces the
-# nvidia-smi query bindgen_cuda makes otherwise. Linking a binary also needs libcuda, libcublas,
-# libcublasLt, libcurand, libnvrtc and libcudart: without a driver, link against
-# scripts/cuda-link-stubs.sh's stand-ins (docs/candle.md).
+# CUDA_COMPUTE_CAP (the PTX target of candle-kernels: the GPU's per nvidia-smi, else 90 for
+# H100/H200; set it to build for another) replaces the query bindgen_cuda makes otherwise.
+# Linking a binary also needs libcuda, libcublas, libcublasLt, libcurand, libnvrtc and libcudart:
+# without them, link against scripts/cuda-link-stubs.sh's stand-ins (docs/candle.md).
 #
 # Idempotent; the folder is $MIXUP_CUDA_TOOLS_DIR, else target/cuda-tools in the repository
 # (git-ignored, and not under .gpu/, which travels to the GPU machine).
@@ -19,7 +19,9 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dir="${MIXUP_CUDA_TOOLS_DIR:-$root/target/cuda-tools}"
-cap="${CUDA_COMPUTE_CAP:-90}"
+# The GPU's own compute capability when nvidia-smi is there ("9.0" -> 90), else 90 (H100, H200).
+cap="${CUDA_COMPUTE_CAP:-$( (nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null || true) | head -1 | tr -d ' .')}"
+cap="${cap:-90}"
 python="${PYTHON:-python3}"
 top="$dir/nvidia/cu13"
 

@@ -818,6 +818,16 @@ fn error_messages_name_the_argument_and_the_fix() {
         m.contains("logits must be [batch, num_classes]") && m.contains("[6]"),
         "{m}"
     );
+    // A spec for another class count than the plan was drawn for: the spec is named, not the
+    // logits' shape (new-user trial, 2026-12-02).
+    let drawn10 = Sampler::new(MixConfig::timm(10), 0)
+        .unwrap()
+        .plan(0, 2)
+        .unwrap();
+    let logits10 = Tensor::zeros((2, 10), DType::F32, &dev).unwrap();
+    let five = CeSpec::new(5, 0.1, Reduction::Mean).unwrap();
+    let m = msg(mixup_cross_entropy(&drawn10, &five, &logits10, &labels));
+    assert!(m.contains("spec") && !m.contains("logits must be"), "{m}");
     // One-hot labels [B, C].
     let one_hot = Tensor::zeros((2, 3), DType::U32, &dev).unwrap();
     let m = msg(mixup_cross_entropy(&plan, &spec, &logits, &one_hot));

@@ -65,7 +65,7 @@ pub fn mixup_binary_cross_entropy(
     labels: &Tensor,
 ) -> Result<Tensor> {
     const OP: &str = "mixup_kernels::mixup_binary_cross_entropy";
-    check_loss_args(plan, spec.num_classes(), logits, labels, OP)?;
+    check_loss_args(plan, spec.targets(), logits, labels, OP)?;
     let spec = LossSpec::Bce(Cow::Owned(spec.clone()));
     loss::apply(plan, spec, logits, labels)
 }

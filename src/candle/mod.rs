@@ -347,7 +347,7 @@ pub fn mixup_cross_entropy(
     labels: &Tensor,
 ) -> Result<Tensor> {
     const OP: &str = "mixup_kernels::mixup_cross_entropy";
-    check_loss_args(plan, spec.num_classes(), logits, labels, OP)?;
+    check_loss_args(plan, spec.targets(), logits, labels, OP)?;
     let loss = loss::apply(plan, LossSpec::Ce(*spec), logits, labels)?;
     if loss.elem_count() == 0 && loss.dtype() != logits.dtype() && !loss.device().is_cpu() {
         // No sample under Reduction::None: candle's cast would allocate zero bytes on the GPU
@@ -410,15 +410,19 @@ fn check_logits(logits: &Tensor, labels: &Tensor, op: &'static str) -> Result<()
     })
 }
 
-/// The checks of both losses: the logits (`[B, num_classes]` of the spec, a float dtype), the
-/// plan's batch, the labels (`[B]`, an index dtype), one device for both, and one the ops run on.
+/// The checks of both losses: the spec against the plan's, the logits (`[B, num_classes]` of
+/// the spec, a float dtype), the plan's batch, the labels (`[B]`, an index dtype), one device for both, and one the ops run on.
 fn check_loss_args(
     plan: &MixPlan,
-    num_classes: usize,
+    targets: &TargetSpec,
     logits: &Tensor,
     labels: &Tensor,
     op: &'static str,
 ) -> Result<()> {
+    // The spec against the plan first: a spec built for another class count would otherwise be
+    // reported as logits of the wrong shape (the logits are right, the spec is not).
+    crate::spec::check_targets(plan, targets)?;
+    let num_classes = targets.num_classes();
     check_logits(logits, labels, op)?;
     let (b, c) = (logits.dims()[0], logits.dims()[1]);
     if c != num_classes {
