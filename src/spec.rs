@@ -804,9 +804,14 @@ impl<'a> LossSpec<'a> {
     }
 
     pub(crate) fn num_classes(&self) -> usize {
+        self.targets().num_classes()
+    }
+
+    /// Classes and label smoothing.
+    pub(crate) fn targets(&self) -> &TargetSpec {
         match self {
-            LossSpec::Ce(s) => s.num_classes(),
-            LossSpec::Bce(s) => s.num_classes(),
+            LossSpec::Ce(s) => s.targets(),
+            LossSpec::Bce(s) => s.targets(),
         }
     }
 

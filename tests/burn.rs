@@ -430,6 +430,13 @@ fn bad_inputs_give_errors_not_panics() {
     let drawn = timm_plan(c, 0, b);
     let other = CeSpec::new(c, 0.3, Reduction::Mean).unwrap();
     expect_err(mixup_cross_entropy(&drawn, &other, logits(), ok()), "spec");
+    // A spec for another class count than the plan's: the spec is named, not the (right) logits.
+    let five = CeSpec::new(5, 0.1, Reduction::Mean).unwrap();
+    let e = expect_err(mixup_cross_entropy(&drawn, &five, logits(), ok()), "spec C");
+    assert!(
+        matches!(e, MixError::InvalidArgument { what: "spec", .. }),
+        "{e}"
+    );
     // Images: a plan for another image size, with the memory-format hint.
     let boxed = mixed_plan(4, 6, 5, 1);
     let nhwc = Tensor::<4>::zeros([4, 6, 5, 3], &dev);

@@ -311,6 +311,9 @@ fn loss(
     labels: Tensor<1, Int>,
     op: &'static str,
 ) -> Result<Tensor<1>> {
+    // The spec against the plan first: a spec built for another class count would otherwise be
+    // reported as logits of the wrong shape (the logits are right, the spec is not).
+    crate::spec::check_targets(plan, spec.targets())?;
     let c = spec.num_classes();
     check_loss_args(plan, c, &logits, &labels, op)?;
     let n = logits.shape().num_elements();
