@@ -411,7 +411,8 @@ fn check_logits(logits: &Tensor, labels: &Tensor, op: &'static str) -> Result<()
 }
 
 /// The checks of both losses: the spec against the plan's, the logits (`[B, num_classes]` of
-/// the spec, a float dtype), the plan's batch, the labels (`[B]`, an index dtype), one device for both, and one the ops run on.
+/// the spec, a float dtype), the plan's batch, the labels (`[B]`, an index dtype), one device
+/// for both, and one the ops run on.
 fn check_loss_args(
     plan: &MixPlan,
     targets: &TargetSpec,
