@@ -4,7 +4,7 @@
 //!
 //! Built with `candle-cuda`, the checks that compute run on the CPU and then on the first GPU
 //! (`common::candle_devices`): the same data, the same reference, tolerances that allow the CUDA kernels'
-//! approximate exponential ([`loss_tol`]). This is how candle's CUDA storage is verified on the
+//! approximate exponential ([`on`]). This is how candle's CUDA storage is verified on the
 //! GPU machine (scripts/gpu-bundle.sh links this test with `candle-cuda`; docs/gpu.md).
 #![cfg(feature = "candle")]
 
@@ -49,20 +49,18 @@ fn tol(dtype: DType) -> (f64, f64) {
     }
 }
 
-/// Tolerances for a loss (`.0`) and a gradient (`.1`) in `dtype` on `dev`, each `(abs, rel)`.
-/// On the CPU, [`tol`] (the loss with ten times its absolute bound). The CUDA CE kernel
-/// computes its exponentials with the special-function unit's `ex2` (kernels/mixup_ce.cu), about
-/// 2 ulp, so there the bounds are those of tests/cuda_mixup_ce.rs: 1e-4 absolute for a loss of
-/// a few units, 1e-4 of each probability for a gradient element.
-fn loss_tol(dev: &Device, dtype: DType) -> ((f64, f64), (f64, f64)) {
-    let (abs, rel) = tol(dtype);
-    if dev.is_cpu() {
-        ((abs * 10.0, rel), (abs, rel))
-    } else {
-        (
-            (abs.max(1e-4), rel.max(2e-5)),
-            (abs.max(2e-5), rel.max(1e-4)),
-        )
+/// The floors the CUDA kernels need under a loss's and a gradient element's bound, `(abs,
+/// rel)`: the CE kernel computes its exponentials with the special-function unit's `ex2`
+/// (kernels/mixup_ce.cu), about 2 ulp, so these are the bounds of tests/cuda_mixup_ce.rs: 1e-4
+/// absolute for a loss of a few units, 1e-4 of each probability for a gradient element.
+const CUDA_LOSS: (f64, f64) = (1e-4, 2e-5);
+const CUDA_GRAD: (f64, f64) = (2e-5, 1e-4);
+
+/// The tolerance on `dev`: `cpu` on the CPU; on CUDA each part raised to `cuda`'s floor.
+fn on(dev: &Device, cpu: (f64, f64), cuda: (f64, f64)) -> Tol {
+    match dev.is_cpu() {
+        true => Tol::new(cpu.0, cpu.1),
+        false => Tol::new(cpu.0.max(cuda.0), cpu.1.max(cuda.1)),
     }
 }
 
@@ -93,7 +91,11 @@ fn train_steps(
     let logits = Var::from_tensor(&init).unwrap();
     let sampler = fastai_sampler(c, smoothing, 9);
     let spec = CeSpec::new(c, smoothing, reduction).unwrap();
-    let (loss_t, (abs, rel)) = loss_tol(dev, dtype);
+    let (abs, rel) = tol(dtype);
+    let (loss_t, grad_t) = (
+        on(dev, (abs * 10.0, rel), CUDA_LOSS),
+        on(dev, (abs, rel), CUDA_GRAD),
+    );
     for step in 0..4 {
         let plan = sampler.plan(step, b).unwrap();
         let loss = mixup_cross_entropy(&plan, &spec, logits.as_tensor(), &labels_t).unwrap();
@@ -129,19 +131,19 @@ fn train_steps(
         let what = format!(
             "{dev:?} {dtype:?} {reduction:?} eps={smoothing} up={upstream_scale:?} step {step} grad"
         );
-        assert_close(&what, &host_f64(g), &r.grad, Tol::new(abs, rel));
+        assert_close(&what, &host_f64(g), &r.grad, grad_t);
         match reduction {
             Reduction::None => assert_close(
                 &format!("{what}: losses"),
                 &host_f64(&loss),
                 &r.losses,
-                Tol::new(loss_t.0, loss_t.1),
+                loss_t,
             ),
             _ => assert_close(
                 &format!("{what}: loss"),
                 &host_f64(&loss),
                 &[r.loss.unwrap()],
-                Tol::new(loss_t.0, loss_t.1),
+                loss_t,
             ),
         }
         // One SGD step so the next step sees other logits.
@@ -196,25 +198,23 @@ fn gradient_flows_through_a_model_like_candle_nn_cross_entropy() {
         )
         .unwrap();
         let theirs = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
-        // The CPU's bounds are those of f32 arithmetic; on CUDA, the approximate exponential's.
-        let ((la, lr), (ga, gr)) = match dev.is_cpu() {
-            true => ((1e-6, 1e-5), (1e-6, 1e-5)),
-            false => loss_tol(&dev, DType::F32),
-        };
+        // The CPU's bounds are those of f32 arithmetic; on CUDA, the approximate exponential's
+        // (dW sums B rows of x·(gradient of the logits)).
+        let f32_t = (1e-6, 1e-5);
+        let dw_floor = (CUDA_GRAD.0 * b as f64, CUDA_GRAD.1);
         assert_close(
             &format!("{dev:?} loss"),
             &host_f64(&ours),
             &host_f64(&theirs),
-            Tol::new(la, lr),
+            on(&dev, f32_t, CUDA_LOSS),
         );
         let g_ours = ours.backward().unwrap().remove(w.as_tensor()).unwrap();
         let g_theirs = theirs.backward().unwrap().remove(w.as_tensor()).unwrap();
-        // dW sums B rows of x·(gradient of the logits).
         assert_close(
             &format!("{dev:?} dW"),
             &host_f64(&g_ours),
             &host_f64(&g_theirs),
-            Tol::new(ga * b as f64, gr),
+            on(&dev, f32_t, dw_floor),
         );
     }
 }
@@ -263,15 +263,11 @@ fn evaluation_without_gradient_tracking_gives_the_same_loss() {
             GradOutput::Scalar(1.0),
         )
         .unwrap();
-        let (la, lr) = match dev.is_cpu() {
-            true => (1e-6, 1e-5),
-            false => loss_tol(&dev, DType::F32).0,
-        };
         assert_close(
             &format!("{dev:?} loss"),
             &host_f64(&plain),
             &[r.loss.unwrap()],
-            Tol::new(la, lr),
+            on(&dev, (1e-6, 1e-5), CUDA_LOSS),
         );
     }
 }
@@ -658,21 +654,20 @@ fn masked_logits_give_the_reference_loss_and_gradient() {
                     want.loss.unwrap().is_finite() && got.is_finite(),
                     "{dev:?} {dtype:?} {masked}: {got}"
                 );
-                // The loss is rounded to the logits' dtype: the gradient's bound on the CPU.
-                let (lt, (abs, rel)) = loss_tol(&dev, dtype);
-                let lt = if dev.is_cpu() { (abs, rel) } else { lt };
+                // The loss is rounded to the logits' dtype: a value's bound on the CPU.
+                let (abs, rel) = tol(dtype);
                 assert_close(
                     &format!("{dev:?} {dtype:?} {masked} loss"),
                     &[got],
                     &[want.loss.unwrap()],
-                    Tol::new(lt.0, lt.1),
+                    on(&dev, (abs, rel), CUDA_LOSS),
                 );
                 let grad = loss.backward().unwrap().remove(logits.as_tensor()).unwrap();
                 assert_close(
                     &format!("{dev:?} {dtype:?} {masked} grad"),
                     &host_f64(&grad),
                     &want.grad,
-                    Tol::new(abs, rel),
+                    on(&dev, (abs, rel), CUDA_GRAD),
                 );
             }
         }
@@ -722,9 +717,8 @@ fn bce_backward_matches_reference() {
                         GradOutput::Scalar(scale as f32)
                     };
                     let want = reference::mixup_bce(&plan, spec, &stored, &labels_u32, up).unwrap();
-                    // A loss sums C classes: on the CPU C times a value's bound.
-                    let ((la, lr), (abs, rel)) = loss_tol(&dev, dtype);
-                    let la = if dev.is_cpu() { abs * c as f64 } else { la };
+                    // A loss sums C classes: C times a value's bound.
+                    let (abs, rel) = tol(dtype);
                     let what = format!("{dev:?} {dtype:?} {:?} ×{scale}", spec.reduction());
                     let got = host_f64(&loss);
                     let expected = if spec.reduction() == Reduction::None {
@@ -732,7 +726,8 @@ fn bce_backward_matches_reference() {
                     } else {
                         vec![want.loss.unwrap()]
                     };
-                    assert_close(&format!("{what} loss"), &got, &expected, Tol::new(la, lr));
+                    let loss_t = on(&dev, (abs * c as f64, rel), CUDA_LOSS);
+                    assert_close(&format!("{what} loss"), &got, &expected, loss_t);
                     assert_eq!(
                         loss.dtype(),
                         DType::F32,
@@ -753,7 +748,7 @@ fn bce_backward_matches_reference() {
                         &format!("{what} grad"),
                         &host_f64(&grad),
                         &want.grad,
-                        Tol::new(abs, rel),
+                        on(&dev, (abs, rel), CUDA_GRAD),
                     );
                 }
             }
