@@ -852,9 +852,11 @@ fn error_messages_name_the_argument_and_the_fix() {
     let nhwc = Tensor::zeros((2, 4, 4, 3), DType::F32, &dev).unwrap();
     let m = msg(mix_images(&cut, MemoryFormat::ChannelsFirst, &nhwc));
     assert!(
-        m.contains("drawn for 4x4") && m.contains("memory format"),
+        m.contains("drawn for 4x4") && m.contains("read as [B, C, H, W]"),
         "{m}"
     );
+    // The hint once, not once from the error and again from the context.
+    assert_eq!(m.matches("memory format may be wrong").count(), 1, "{m}");
 }
 
 /// What only CUDA tensors do: labels are read by the kernels (the host never waits for them),

@@ -145,25 +145,13 @@ pub fn mix_images(plan: &MixPlan, format: MemoryFormat, images: &Tensor) -> Resu
         shape,
     };
     if let Err(e) = op.check(images.elem_count()) {
-        let hint = match (plan.image_size(), shape.image_size()) {
-            (Some(p), Some(d))
-                if crate::error::likely_format_swap((p.height, p.width), (d.height, d.width)) =>
-            {
-                format!(
-                    "{OP}: the plan was drawn for {}x{} images, but the tensor {:?} read as {} is \
-                 {}x{}: the memory format may be wrong (MemoryFormat::ChannelsFirst for \
-                 [B, C, H, W], MemoryFormat::ChannelsLast for [B, H, W, C])",
-                    p.height,
-                    p.width,
-                    images.shape(),
-                    format.pattern(),
-                    d.height,
-                    d.width
-                )
-            }
-            _ => format!("{OP}: images of shape {:?}", images.shape()),
-        };
-        return Err(e.context(hint));
+        // The error says what is off, and (`MixError::ImageSizeMismatch`) whether the memory
+        // format may be wrong; the context adds how the tensor was read.
+        return Err(e.context(format!(
+            "{OP}: images of shape {:?} read as {}",
+            images.shape(),
+            format.pattern()
+        )));
     }
     images.contiguous()?.apply_op1_no_bwd(&op)
 }
