@@ -61,14 +61,21 @@ fn bench_copy(g: &mut BenchmarkGroup<'_, WallTime>, bytes: usize) {
     });
 }
 
+/// `MIXUP_BENCH_QUICK=1`: 0.15 s of warm-up and 0.6 s of measurement per large benchmark instead of
+/// 0.5 s and 3 s (the GPU machine's CPU rows, scripts/gpu/run.sh, where time is counted).
+fn quick() -> bool {
+    std::env::var_os("MIXUP_BENCH_QUICK").is_some_and(|v| v == "1")
+}
+
 fn big_group<'a>(c: &'a mut Criterion, name: &str, floor: usize) -> BenchmarkGroup<'a, WallTime> {
     let mut g = c.benchmark_group(name);
+    let (warm_up, measure) = if quick() { (150, 600) } else { (500, 3000) };
     // Flat sampling: every sample runs the same number of iterations, so 10 samples of a
     // 100 ms op take about a second instead of the 55 iterations of linear sampling.
     g.sample_size(10)
         .sampling_mode(SamplingMode::Flat)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(warm_up))
+        .measurement_time(Duration::from_millis(measure))
         .throughput(Throughput::Bytes(floor as u64));
     g
 }

@@ -11,7 +11,8 @@
 #   bash scripts/gpu-bundle.sh --no-candle    # without the candle-cuda binaries (their build:
 #                                             #   about 20 min cold, nvcc from PyPI)
 #
-# .gpu/ holds: test-<name> (lib, cuda_plan, cuda_mix, cuda_soft_targets, cuda_mixup_ce,
+# .gpu/ holds: bench-cpu (the CPU benchmarks: mode A times the mix_normalize rows on the GPU
+# machine's many cores), test-<name> (lib, cuda_plan, cuda_mix, cuda_soft_targets, cuda_mixup_ce,
 # cuda_mixup_bce, cuda_mix_normalize), test-burn.xz (tests/burn.rs with burn's CUDA backend,
 # linked without LLVM by scripts/burn-cuda-offline.sh, xz-compressed), candle-cuda.tar.xz
 # (tests/candle.rs, tests/candle_mix_normalize.rs and the digits demo built with `candle-cuda`,
@@ -47,7 +48,7 @@ for t in "${tests[@]}"; do args+=(--test "$t"); done
 echo "building the test binaries..." >&2
 cargo test "${args[@]}" | pick | while read -r name exe; do cp "$exe" "$out/test-$name"; done
 echo "building the benchmark..." >&2
-cargo bench --no-run --bench gpu --message-format=json | pick |
+cargo bench --no-run --bench gpu --bench cpu --message-format=json | pick |
     while read -r name exe; do cp "$exe" "$out/bench-$name"; done
 if [[ $with_burn == 1 ]]; then
     echo "building the burn CUDA test binary (scripts/burn-cuda-offline.sh)..." >&2
@@ -91,7 +92,7 @@ if [[ -e "$out/test-burn" ]]; then
     xz -T0 -6 "$out/test-burn"
 fi
 for t in lib "${tests[@]}"; do [[ -x "$out/test-$t" ]] || { echo "error: test-$t not built" >&2; exit 1; }; done
-[[ -x "$out/bench-gpu" ]] || { echo "error: bench-gpu not built" >&2; exit 1; }
+for b in gpu cpu; do [[ -x "$out/bench-$b" ]] || { echo "error: bench-$b not built" >&2; exit 1; }; done
 git rev-parse HEAD >"$out/COMMIT"
 git diff --quiet HEAD -- src tests benches kernels || echo "(built with uncommitted changes)" >>"$out/COMMIT"
 

@@ -3,7 +3,8 @@
 # binaries that scripts/gpu-bundle.sh put in .gpu/ (carried: the device tool's carry=[".gpu"]).
 #
 #   bash scripts/gpu/run.sh A   # environment, GPU tests, burn and candle on CUDA, benchmark, sweep
-#                               # (step limits 410 s: the call's own limit is 420)
+#                               # (step limits 410 s: the call's own limit is 420), then the
+#                               # CPU mix_normalize rows if 34 s of that are left
 #   bash scripts/gpu/run.sh B   # CPU vector levels, PyTorch/Liger baseline, probes, sanitizer x4
 #                               # (step limits 410 s)
 #
@@ -39,7 +40,7 @@ step() {
     timeout --kill-after=5 "$limit" bash -c '"$@"' _ "$@" >>"$log" 2>&1
     rc=$?
     local last
-    last=$(grep -E '^test result|ERROR SUMMARY|SKIPPED|Device not supported|^FAILED|^error|^sweep: |^-- .*: rc=[1-9]' "$log" | tail -1)
+    last=$(grep -E '^test result|ERROR SUMMARY|SKIPPED|Device not supported|^FAILED|^error|^sweep: |^result: |^-- .*: rc=[1-9]' "$log" | tail -1)
     [[ $rc == 124 || $rc == 137 ]] && last="TIMED OUT after ${limit}s; $last"
     [[ $rc != 0 ]] && failed=1
     note "$(printf '%-28s rc=%-3s %4ss  %s' "$name" "$rc" "$((SECONDS - t0))" "$last")"
@@ -212,6 +213,45 @@ sweep() {
     "$bin/bench-gpu" --sweep ${MIXUP_SWEEP_ARGS:---quick}
 }
 
+# The CPU path's fused pixels -> model input (issue 14's target: at least 0.70 of a copy of the
+# op's byte floor), on this machine's many cores and on 2 threads (as the 2-vCPU machines of
+# BENCHMARKS.md), the bf16 and f32 channels-first rows: fused op and copy, short criterion runs
+# (MIXUP_BENCH_QUICK: 0.6 s each). Runs last in mode A, in the time the steps before left.
+cpu_bench() {
+    if [[ ! -x "$bin/bench-cpu" ]]; then echo "SKIPPED: $bin/bench-cpu missing"; return 0; fi
+    local filter='mix_normalize_.*_nchw_(bf16|f32)/(fused|copy)' rc=0
+    echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), $(nproc) threads"
+    export MIXUP_BENCH_QUICK=1 CRITERION_HOME=/tmp/criterion
+    sub "bench-cpu all threads" 14 "$bin/bench-cpu" --bench "$filter" --noplot | tee /tmp/cpu-all.txt
+    ((PIPESTATUS[0] == 0)) || rc=1
+    # 8-11 s on the 2-vCPU Zen 3 of 2026-12-02.
+    RAYON_NUM_THREADS=2 sub "bench-cpu 2 threads" 16 "$bin/bench-cpu" --bench "$filter" --noplot |
+        tee /tmp/cpu-2.txt
+    ((PIPESTATUS[0] == 0)) || rc=1
+    # One line for the summary: copy / fused from criterion's medians, per row.
+    python3 - /tmp/cpu-all.txt /tmp/cpu-2.txt <<'EOF'
+import re, sys
+unit = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}
+parts = []
+for path, label in zip(sys.argv[1:], ["all threads", "2 threads"]):
+    med, name = {}, None
+    for line in open(path, encoding="utf-8", errors="replace"):
+        m = re.match(r"^(mix_normalize\S+)/(fused|copy)\s*$", line)
+        if m:
+            name = (m.group(1), m.group(2))
+        m = re.search(r"time:\s+\[\S+ \S+ (\S+) (\S+) ", line)
+        if m and name:
+            med[name] = float(m.group(1)) * unit.get(m.group(2), float("nan"))
+            name = None
+    rows = sorted({r for r, _ in med})
+    ratios = [f"{r.rsplit('_', 1)[-1]} {med[(r, 'copy')] / med[(r, 'fused')]:.2f}"
+              for r in rows if (r, "copy") in med and (r, "fused") in med]
+    parts.append(f"{label}: " + (", ".join(ratios) or "none"))
+print("result: copy / fused, " + "; ".join(parts))
+EOF
+    return $rc
+}
+
 torch_baseline() {
     local whl
     whl=$(compgen -G "$bin/whl/liger_kernel-*.whl" | head -1)
@@ -308,18 +348,25 @@ export MIXUP_NVRTC_LIB="$nvrtc_dir"
 # A GPU test that finds no GPU fails instead of skipping; so does the benchmark.
 export MIXUP_REQUIRE_GPU=1 MIXUP_REQUIRE_NVRTC=1
 export MIXUP_KERNELS_CACHE="${MIXUP_KERNELS_CACHE:-/tmp/mixup-kernels-cache}"
-export -f sub run_test gpu_tests burn_cuda cuda_lib_dirs candle_cuda env_check bench sweep torch_baseline cpu_levels env_and_cpu_levels probe probes sanitize
+export -f sub run_test gpu_tests burn_cuda cuda_lib_dirs candle_cuda env_check bench sweep cpu_bench torch_baseline cpu_levels env_and_cpu_levels probe probes sanitize
 export bin out
 
 note "mode ${mode:-?} on $(hostname) $(date -u +%FT%TZ); $(cat /tmp/nvrtc-search.txt)"
 case "$mode" in
     A)
         step env 15 env_check
-        step tests 225 gpu_tests
+        step tests 220 gpu_tests
         step burn 40 burn_cuda
         step bench 65 bench
         step candle 40 candle_cuda
         step sweep 30 sweep
+        # What the call's 420 s leave (the limits above add up to 410; steps end sooner).
+        left=$((410 - (SECONDS - start)))
+        if ((left >= 34)); then
+            step cpu_bench 34 cpu_bench
+        else
+            note "cpu_bench: SKIPPED, ${left}s left of the call's time"
+        fi
         ;;
     B)
         rm -f /tmp/no-compute-sanitizer /tmp/no-ncu # verdicts of an earlier call
