@@ -217,3 +217,59 @@ fn mixup_bce_is_deterministic() {
     assert_eq!(losses, runs[0].1);
     assert_eq!(loss, runs[0].0);
 }
+
+/// A spec (with class weights on the device) and a plan serve the mixer they were made with:
+/// with another mixer, on another stream of the same device, the call is refused before any
+/// work (its kernels would read the weights unordered with their copy). Then the same call
+/// with the right objects runs.
+#[test]
+fn spec_and_plan_from_another_mixer_are_refused() {
+    let Some(m) = mixer("spec_and_plan_from_another_mixer_are_refused") else {
+        return;
+    };
+    let stream = m.stream().context().new_stream().unwrap();
+    let other = CudaMixer::from_stream(stream).unwrap();
+    let spec = BceSpec::new(2, 0.0, Reduction::Sum)
+        .unwrap()
+        .with_pos_weight(vec![1.0, 2.0])
+        .unwrap();
+    let (ours, theirs) = (
+        DeviceBceSpec::new(&m, spec.clone()).unwrap(),
+        DeviceBceSpec::new(&other, spec).unwrap(),
+    );
+    let plan_of = |mixer: &CudaMixer| {
+        let mut p = DevicePlan::new(mixer);
+        p.upload(&MixPlan::identity(2).unwrap()).unwrap();
+        p
+    };
+    let (plan, their_plan) = (plan_of(&m), plan_of(&other));
+    let s = m.stream();
+    let (z, y) = (
+        s.clone_htod(&[0.0f32; 4]).unwrap(),
+        s.clone_htod(&[0u32, 1]).unwrap(),
+    );
+    let mut loss = s.clone_htod(&[7.0f32]).unwrap();
+    let (zv, yv) = (z.as_view(), y.as_view());
+    for (p, d, what) in [(&plan, &theirs, "spec"), (&their_plan, &ours, "plan")] {
+        let r = m.mixup_bce_forward(p, d, &zv, &yv, Some(&mut loss.as_view_mut()), None);
+        assert!(
+            matches!(r, Err(mixup_kernels::MixError::InvalidArgument { what: w, .. }) if w == what),
+            "{what}: {r:?}"
+        );
+    }
+    assert_eq!(s.clone_dtoh(&loss).unwrap(), vec![7.0], "nothing written");
+    m.mixup_bce_forward(&plan, &ours, &zv, &yv, Some(&mut loss.as_view_mut()), None)
+        .unwrap();
+    // Zero logits: every element's loss is ln 2 times its weight (the CPU path's value).
+    let want = mixup_kernels::cpu::mixup_bce_forward(
+        &MixPlan::identity(2).unwrap(),
+        ours.spec(),
+        &[0.0f32; 4],
+        &[0u32, 1],
+        None,
+    )
+    .unwrap()
+    .expect("Sum has a reduced loss");
+    let got = s.clone_dtoh(&loss).unwrap()[0];
+    assert!((got - want).abs() <= 1e-5 * want.abs(), "{got} vs {want}");
+}

@@ -173,3 +173,65 @@ fn pageable_uploads_ahead_of_the_device_keep_each_steps_plan() {
         "pageable_uploads_ahead_of_the_device_keep_each_steps_plan",
     );
 }
+
+/// Dropping a mixer waits for the work it queued: its fields unload the kernel modules and free
+/// the flags and scratch buffers, and CUDA does not say that unloading a module waits for its
+/// queued launches. A second mixer on the same stream mixes behind the spin kernel and is
+/// dropped at once: when the drop returns the stream must have run past the spin, and the mix
+/// must be right.
+#[test]
+fn dropping_a_mixer_waits_for_its_queued_work() {
+    let test = "dropping_a_mixer_waits_for_its_queued_work";
+    let Some(m) = mixer(test) else { return };
+    let s = m.stream().clone();
+    let spin = spin_kernel(&m);
+    let mut r = rng(13);
+    let (b, d) = (16usize, 7usize);
+    let layout = SampleShape::rows(d);
+    let plan = MixPlan::from_parts(&pairs(&mut r, b), &lams(&mut r, b)).unwrap();
+    let x = random(&mut r, b * d);
+    let input = s.clone_htod(&x).unwrap();
+    let mut out = s.clone_htod(&vec![f32::NAN; b * d]).unwrap();
+    let other = mixer(test).expect("a second mixer on the same device");
+    assert!(
+        **other.stream() == *s,
+        "both on the context's default stream"
+    );
+    let mut dplan = DevicePlan::new(&other);
+    // Compile the kernel before the stream is held.
+    upload_and_mix(&other, (&mut dplan, &plan), &layout, &input, &mut out);
+    s.memcpy_htod(&vec![f32::NAN; b * d], &mut out).unwrap();
+    s.synchronize().unwrap();
+    let held = s
+        .context()
+        .new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))
+        .unwrap();
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (1, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let ns = SPIN.as_nanos() as u64;
+    // SAFETY: the kernel takes one u64 and touches no memory.
+    unsafe { s.launch_builder(&spin).arg(&ns).launch(cfg) }.unwrap();
+    held.record(&s).unwrap();
+    upload_and_mix(&other, (&mut dplan, &plan), &layout, &input, &mut out);
+    assert!(
+        !held.is_complete(),
+        "the spin kernel finished before the drop: the test proves nothing"
+    );
+    drop(dplan);
+    drop(other);
+    assert!(
+        held.is_complete(),
+        "the mixer's drop returned while its queued mix was still waiting behind the spin"
+    );
+    s.synchronize().unwrap();
+    let want = reference::mix(&plan, &layout, &x).unwrap();
+    assert_close(
+        "the mix queued before the drop",
+        &widen(&download(&m, &out)),
+        &want,
+        Tol::new(1e-6, 1e-6),
+    );
+}

@@ -4,7 +4,11 @@
 //!
 //! One [`CudaMixer`] per candle device (per device and host thread on candle's default
 //! per-thread stream), created on first use and kept for the process (it holds the compiled
-//! kernels). A plan is uploaded with one asynchronous copy when it differs from the last one;
+//! kernels). So on `Device::new_cuda` every new host thread that runs an op pays once for its
+//! own state (the kernels loaded from the disk cache, a plan buffer, flags, scratch), and the
+//! state stays after the thread ends: run the ops from long-lived threads (the training loop's),
+//! not from a thread per step; a device made with one real stream
+//! (`CudaDevice::new_with_stream`) has one state for all threads. A plan is uploaded with one asynchronous copy when it differs from the last one;
 //! so are the BCE's per-class weights (a [`DeviceBceSpec`], kept while the ops pass an equal
 //! [`BceSpec`]).
 

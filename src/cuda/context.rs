@@ -109,6 +109,31 @@ pub(crate) fn check_owner(owner: Option<ThreadId>, what: &'static str) -> Result
     }
 }
 
+/// Refuses a device object (`what`: `plan`, `normalize`, `spec`; a `kind` such as `DevicePlan`)
+/// made with another mixer, whose stream (or device) is not `m`'s, or with a mixer on another
+/// host thread's per-thread default stream: its buffers were copied and are freed in that
+/// stream's order, unordered with `m`'s kernels (on another device, not even addressable).
+///
+/// # Errors
+/// [`MixError::InvalidArgument`] naming `what`.
+pub(crate) fn check_made_for(
+    (stream, owner): (&CudaStream, Option<ThreadId>),
+    m: &CudaMixer,
+    what: &'static str,
+    kind: &str,
+) -> Result<()> {
+    if *stream != **m.stream() || owner != m.owner() {
+        return Err(MixError::InvalidArgument {
+            what,
+            reason: format!(
+                "the {kind} was made for another CudaMixer's stream (or for another host \
+                 thread's per-thread default stream): make it with the mixer it is used with"
+            ),
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn driver_err(context: &'static str) -> impl Fn(DriverError) -> MixError {
     move |e| MixError::Driver {
         context,
@@ -317,6 +342,15 @@ pub struct CudaMixer {
     owner: Option<ThreadId>,
 }
 
+impl Drop for CudaMixer {
+    /// Waits for the mixer's queued work first ([`CudaMixer::settle`]): its fields then unload
+    /// the modules and free the flags and scratch buffers. Not a per-step cost: a mixer lives
+    /// for the training run.
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
 impl std::fmt::Debug for CudaMixer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CudaMixer")
@@ -481,8 +515,23 @@ impl CudaMixer {
         self.cache = options.cache();
         self.extra = options.nvrtc_options;
         self.tuning = options.tuning;
+        // The old functions' modules are unloaded below: no launch of theirs may be queued.
+        self.settle();
         self.funcs = std::array::from_fn(|_| OnceLock::new());
         Ok(self)
+    }
+
+    /// Waits until no work this mixer queued can still run: before its modules are unloaded
+    /// (CUDA does not say that `cuModuleUnload` waits for queued launches) and its buffers
+    /// freed. The mixer's stream on its own thread; the whole context elsewhere, where a
+    /// per-thread stream handle would name the calling thread's stream (and a buffer would be
+    /// freed in that stream's order). An error is recorded on the context, as cudarc's drops do.
+    fn settle(&self) {
+        let ctx = self.stream.context();
+        match self.owner {
+            Some(t) if t != std::thread::current().id() => ctx.record_err(ctx.synchronize()),
+            _ => ctx.record_err(self.stream.synchronize()),
+        }
     }
 
     /// The kernels' tuning (see [`CudaMixerOptions::tuning`]).
@@ -654,6 +703,9 @@ impl CudaMixer {
     /// # }
     /// ```
     pub fn check_labels(&self) -> Result<()> {
+        // On another thread a per-thread stream handle is that thread's stream: the read would
+        // not wait for this mixer's kernels, and the clear would race them.
+        check_owner(self.owner, "mixer")?;
         let flags = self
             .stream
             .clone_dtoh(&self.flags)

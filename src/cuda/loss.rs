@@ -11,7 +11,7 @@ use crate::error::{MixError, Result, Rows, check_len, check_rows};
 use crate::plan::MixPlan;
 use crate::spec::{CeSpec, GradOutput, LossSpec, Reduction};
 
-use super::context::{CudaMixer, driver_err};
+use super::context::{CudaMixer, check_owner, driver_err};
 use super::mixup_bce::{DeviceBceSpec, bce_call};
 use super::mixup_ce::{CeBuffers, DeviceGradOutput, RawGradOutput, ce_call};
 use super::plan::DevicePlan;
@@ -122,6 +122,13 @@ pub(crate) unsafe fn launch(
     ld: Option<usize>,
 ) -> Result<()> {
     require_float(dtype, "logits")?;
+    // The objects' pairing first, for every batch (the empty one too): the plan and a BCE
+    // spec made with this mixer, the mixer used on its own thread's stream.
+    check_owner(m.owner(), "mixer")?;
+    if let DeviceLoss::Bce(dspec) = &spec {
+        dspec.check_for(m)?;
+    }
+    let plan_ptr = plan.device_ptr_for(m)?;
     let host = spec.host();
     host.check_device(plan.plan(), logits_len, &grad_output)?;
     let ld = row_stride(plan.len(), host.num_classes(), ld, bufs)?;
@@ -135,6 +142,12 @@ pub(crate) unsafe fn launch(
     if b == 0 {
         // Sum or None over no sample: the loss is 0 (Mean was rejected above).
         if let Some(loss) = bufs.loss {
+            // A raw driver call: the context must be current on this thread (a worker thread
+            // that never touched CUDA has none), as cudarc's safe calls make it.
+            m.stream()
+                .context()
+                .bind_to_thread()
+                .map_err(driver_err("binding the CUDA context"))?;
             // SAFETY: `loss` addresses one f32 per the contract.
             unsafe { cudarc::driver::result::memset_d8_async(loss, 0, 4, m.stream().cu_stream()) }
                 .map_err(driver_err("writing the loss"))?;
@@ -162,7 +175,7 @@ pub(crate) unsafe fn launch(
                 &m.launch_env(),
                 bufs,
                 losses,
-                plan.device_ptr_for(m)?,
+                plan_ptr,
                 m.flags_ptr(),
                 &grad_output,
                 ld,
@@ -189,7 +202,7 @@ pub(crate) unsafe fn launch(
                 bufs,
                 losses,
                 weights,
-                (plan.device_ptr_for(m)?, m.flags_ptr()),
+                (plan_ptr, m.flags_ptr()),
                 &grad_output,
                 &m.launch_env(),
                 ld,

@@ -14,7 +14,7 @@ use crate::normalize::{ImageDims, Normalize, check_mix_normalize};
 use crate::plan::MixPlan;
 use crate::spec::{MemoryFormat, SampleShape};
 
-use super::context::{CudaMixer, driver_err};
+use super::context::{CudaMixer, check_made_for, driver_err};
 use super::entries::Kernel;
 use super::plan::DevicePlan;
 use super::soft_targets::require_float;
@@ -234,14 +234,12 @@ pub(crate) unsafe fn launch(
 ) -> Result<()> {
     let host = plan.plan();
     let nm = &norm.norm;
-    if *norm.stream != **m.stream() || norm.owner != m.owner() {
-        return Err(MixError::InvalidArgument {
-            what: "normalize",
-            reason: "the DeviceNormalize was made for another CudaMixer's stream (or for another \
-                     host thread's per-thread default stream)"
-                .into(),
-        });
-    }
+    check_made_for(
+        (&norm.stream, norm.owner),
+        m,
+        "normalize",
+        "DeviceNormalize",
+    )?;
     let Some(dims) = check_call(host, shape, nm, input, output, x_len, out_len)? else {
         return Ok(());
     };

@@ -6,13 +6,15 @@
 //! per row, as the CE's warp kernel), larger ones get a block of 64..1024 threads
 //! (`bce_block`, about 4 slots per thread per pass).
 
-use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, SyncOnDrop};
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, SyncOnDrop};
 
 use crate::dtype::ScalarType;
 use crate::error::Result;
 use crate::spec::BceSpec;
 
-use super::context::{CudaMixer, driver_err};
+use super::context::{CudaMixer, check_made_for, driver_err};
 use super::entries::Kernel;
 use super::loss::loss_entry_points;
 use super::mixup_ce::{
@@ -133,11 +135,19 @@ pub fn bce_launch(
 /// # Ok(())
 /// # }
 /// ```
+///
+/// A spec serves the mixer it was made with: the losses refuse it with another mixer
+/// (`MixError::InvalidArgument` naming `spec`), whose kernels would read the arrays unordered
+/// with their copy, or on another device.
 #[derive(Debug)]
 pub struct DeviceBceSpec {
     spec: BceSpec,
     weight: Option<CudaSlice<f32>>,
     pos_weight: Option<CudaSlice<f32>>,
+    /// The stream of the mixer it was made with, and that stream's host thread if it is
+    /// per-thread ([`check_made_for`]).
+    stream: Arc<CudaStream>,
+    owner: Option<std::thread::ThreadId>,
 }
 
 impl DeviceBceSpec {
@@ -159,7 +169,14 @@ impl DeviceBceSpec {
             weight: up(spec.weight())?,
             pos_weight: up(spec.pos_weight())?,
             spec,
+            stream: mixer.stream().clone(),
+            owner: mixer.owner(),
         })
+    }
+
+    /// Refuses a mixer other than the one the spec was made with ([`check_made_for`]).
+    pub(crate) fn check_for(&self, m: &CudaMixer) -> Result<()> {
+        check_made_for((&self.stream, self.owner), m, "spec", "DeviceBceSpec")
     }
 
     /// The host spec.

@@ -46,8 +46,11 @@
 //! A mixer belongs to one stream. On `CU_STREAM_PER_THREAD` (candle's default stream) each host
 //! thread has its own stream: give each thread its own mixer and plan, since the loss
 //! reduction's block counter and the scratch buffers of one mixer assume one stream order. A
-//! mixer, [`DevicePlan`] or [`DeviceNormalize`] made on that handle refuses to be used from
-//! another host thread (`MixError::InvalidArgument` naming `mixer`, `plan` or `normalize`).
+//! mixer, [`DevicePlan`], [`DeviceNormalize`] or [`DeviceBceSpec`] made on that handle refuses to
+//! be used from another host thread (`MixError::InvalidArgument` naming `mixer`, `plan`,
+//! `normalize` or `spec`); a plan, normalization or BCE spec also refuses a mixer other than the
+//! one it was made with. Dropping a mixer (or replacing its options) first waits for the work it
+//! queued, since its kernel modules and buffers go with it.
 //!
 //! The module exists with the `cuda` feature (on by default; or `candle-cuda`). Code that also
 //! builds without it asks [`check_cuda`](crate::check_cuda), present in every build, and keeps

@@ -10,7 +10,7 @@ use cudarc::driver::{
 use crate::error::{MixError, Result};
 use crate::plan::{MixPlan, PlanEntry};
 
-use super::context::{CudaMixer, check_owner, driver_err};
+use super::context::{CudaMixer, check_made_for, check_owner, driver_err};
 
 // SAFETY: PlanEntry is `repr(C)`, 32 bytes of u32/f32 fields with no padding, mirrored by
 // `struct PlanEntry` in kernels/common.cuh; all-zero bits are a valid entry.
@@ -437,14 +437,7 @@ impl DevicePlan {
 
     /// Device address of the entries, checked to belong to `mixer`'s stream and to hold a plan.
     pub(crate) fn device_ptr_for(&self, mixer: &CudaMixer) -> Result<u64> {
-        if *self.stream != **mixer.stream() || self.owner != mixer.owner() {
-            return Err(MixError::InvalidArgument {
-                what: "plan",
-                reason: "the DevicePlan was made for another CudaMixer's stream (or for another \
-                         host thread's per-thread default stream)"
-                    .into(),
-            });
-        }
+        check_made_for((&self.stream, self.owner), mixer, "plan", "DevicePlan")?;
         if !self.valid {
             return Err(MixError::InvalidArgument {
                 what: "plan",
