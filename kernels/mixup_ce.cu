@@ -21,23 +21,26 @@
 // and one FMA per element adds it (same cost as the plain add). off * 2^40 undoes the scale.
 // A row whose max is -inf (every class -inf) gives NaN or inf, as in PyTorch; NaN logits give NaN.
 //
-// Far maxima: the shift is kept in natural units (Stats::m = max z), and the log2-domain form
-// exp2(z log2e - sub), sub = f32(m log2e) (one FMA per element), is used while |m| < 2^24
-// (`far_max`). That form is exact only up to the rounding of sub, |z log2e - sub| <= ulp/2 for
-// z = m, harmless for small m (lse2 = sub + log2 s puts it back) but 2^103 at m = -3.4e38, where
-// exp2 of it is 0 or inf (and m log2e itself overflows below -2.36e38): a row whose every class
-// is masked with the f32 or bf16 minimum gave a -inf loss and an inf gradient. Every exp2 now
-// takes (z - mn) log2e - sub (`ex_arg`) with (mn, sub) = (0, m log2e) below 2^24, which is the
-// FMA form bit for bit, and (m, 0) past it (z - m is exact where it matters): one FADD more per
-// element, next to an ex2 on the quarter-rate special-function unit, in a memory-bound kernel,
-// and no register more (a second, templated copy of the loops cost ce_warp 10 registers and a
-// quarter of its occupancy on sm_90). A row whose max is far also has its
-// loss relative to m, as the reference forms it: ln s - sum_c t_c (z_c - m) (sum_c t_c = 1),
-// since lse = m + ln s loses ln s to rounding; sum_c (z_c - m) then comes from a second pass
-// over the row (registers, shared memory, or a re-read in ce_online; only with eps > 0), and
-// the gradient is exp2((z - m) log2e - log2 s) - t. Clamping the scaled max instead would leave
-// every exp2 argument of such a row at -inf or garbage (s = 0), and clamping the logits would
-// merge distinct logits below the clamp.
+// The shift: every exp2 takes (z - mn) log2e - sub (`ex_arg`), mn = m = max z in natural units
+// (`shift_nat`; 0 for a row or thread whose max is -inf, so its terms are exp2(-inf) = 0, not
+// NaN), so s = sum_c exp(z_c - m) and the gradient is exp2((z - m) log2e - log2 s) - t. z - m is
+// exact where it matters (Sterbenz), so the argument's error is about ulp((z - m) log2e), small
+// where exp(z - m) is not. (Until 2026-12-02, below |m| = 2^24 the log2-domain form exp2(z log2e
+// - f32(m log2e)) was used, one FMA per element: its shift was off by up to half an ulp of
+// m log2e, the same factor on every p of the row, and the gradient's shift f32(m log2e + log2 s)
+// added a second such rounding: a relative error of p of 6e-4 at m = 1e4 and 7e-2 at 1e6; at
+// m = -3.4e38, m log2e overflows. The extra FADD per element costs nothing beside the ex2 on the
+// quarter-rate special-function unit.)
+//
+// Far maxima (|m| >= CE_FAR, finite; `far_max`): the loss is formed relative to m, as the
+// reference forms it: ln s - sum_c t_c (z_c - m) (sum_c t_c = 1), since lse = m + ln s - tz
+// in f32 loses about ulp(m) to cancellation (1e-3 at m = 1e4, 2 at 1e7; ln s entirely past
+// 2^24). sum_c (z_c - m) then needs m first: a second pass over the row (registers, shared
+// memory; in ce_online during the gradient's read of the row, or a read of its own for the
+// loss alone), only with eps > 0. Below CE_FAR the loss is lse - tz, tz = wa z_a + wb z_b +
+// off sum z, from the first pass (error about 4 ulp(64), under 1e-5). Clamping the max instead
+// would leave every exp2 argument of a row masked with the dtype's minimum at -inf or garbage
+// (s = 0), and clamping the logits would merge distinct logits below the clamp.
 // The reduced loss (sum for Sum, mean for Mean; none under None) is summed on the device in a
 // fixed order by the last block to finish (per-row losses -> one block, strided then a fixed tree), so the same
 // inputs give the same bits on every run.
@@ -76,7 +79,7 @@
 #endif
 #define CE_SZ_SCALE 0x1p-40f  // sum_c z_c is accumulated times this (see above)
 #define CE_SZ_UNSCALE 0x1p40f
-#define CE_FAR 0x1p24f        // |max z| from which the shift stays in natural units (see above)
+#define CE_FAR 0x1p6f         // |max z| from which the loss is formed relative to it (see above)
 
 struct CeArgs {
     u64 logits;    // const E::B*, [B, C]
@@ -190,18 +193,17 @@ DEV Row row_of(const CeArgs& g, u64 row) {
     return r;
 }
 
-// Whether the shift stays in natural units (|m| >= 2^24, m finite; "Far maxima" at the top).
+// Whether the loss is formed relative to the max (|m| >= CE_FAR, m finite; "Far maxima" at
+// the top).
 DEV bool far_max(float m) { return fabsf(m) >= CE_FAR && fabsf(m) < -neg_inf(); }
 
-// The argument of exp2 for exp(z - m): (z - mn) log2e - sub, where (mn, sub) = (0, m log2e)
-// (z - 0 is z: the FMA form, exactly as before), or (m, 0) for a far m (log2 s is added to sub
-// for the gradient). One code path: the extra subtraction costs an FADD per element, beside an
-// ex2 on the quarter-rate special-function unit, and no registers (two instantiations, one per
-// form, took 10 more registers in ce_warp and lowered its occupancy).
+// The argument of exp2 for exp(z - mn) / 2^sub: (z - mn) log2e - sub, one FADD and one FMA
+// (sub = 0 in the sums, log2 s in the gradient).
 DEV float ex_arg(float z, float mn, float sub) { return fmaf(__fsub_rn(z, mn), LOG2E_F, -sub); }
 
-// The natural-units part of a shift by max m: m itself when far, else 0.
-DEV float shift_nat(float m) { return far_max(m) ? m : 0.0f; }
+// The shift of exp for a max m ("The shift" at the top): m itself, or 0 when m is -inf (no
+// finite element: exp2(-inf) = 0 instead of -inf - (-inf) = NaN). A +inf or NaN m gives NaN.
+DEV float shift_nat(float m) { return m == neg_inf() ? 0.0f : m; }
 
 // Writes the row's loss; flags a bad label once per row. tz = wa z_a + wb z_b + off sum z with
 // each zero-weight term left out (a masked class with no weight adds nothing; see the top). For
@@ -216,7 +218,9 @@ DEV void row_finish(const CeArgs& g, u64 row, const Row& r, const Stats& st, flo
         if (g.off != 0.0f) tz = __fadd_rn(tz, __fmul_rn(__fmul_rn(g.off, CE_SZ_UNSCALE), dz));
         loss = __fsub_rn(__fmul_rn(log2f(st.s), LN2_F), tz);
     } else {
-        const float lse = (st.m * LOG2E_F + log2f(st.s)) * LN2_F;
+        // lse = m + ln s, each step rounded once (no contraction into an FMA, whose result
+        // the host emulation, compiled without contraction, would not reproduce).
+        const float lse = __fadd_rn(st.m, __fmul_rn(log2f(st.s), LN2_F));
         float tz = 0.0f;
         if (r.wa != 0.0f) tz = __fmul_rn(r.wa, st.za);
         if (r.wb != 0.0f) tz = __fadd_rn(tz, __fmul_rn(r.wb, st.zb));
@@ -235,7 +239,7 @@ struct GradShift {
 DEV GradShift grad_shift(const Stats& st) {
     GradShift s;
     s.m = shift_nat(st.m);
-    s.sub = far_max(st.m) ? log2f(st.s) : st.m * LOG2E_F + log2f(st.s);
+    s.sub = log2f(st.s);
     return s;
 }
 
@@ -250,14 +254,11 @@ DEV void slot_max(const v16& s, float& mz) {
     for (int j = 0; j < E::VE; ++j) mz = fmaxf(mz, E::get(s, j));
 }
 
-// The max to subtract inside exp2: a thread whose elements are all -inf (or that holds none)
-// subtracts 0 instead, so its terms are exp2(-inf) = 0 rather than NaN, and its (m, s) stays
-// the empty pair (-inf, 0). For a far max, ex_arg subtracts m itself (shift_nat): `sub` is 0.
-DEV float exp_base(float m) { return m == neg_inf() || far_max(m) ? 0.0f : m * LOG2E_F; }
-
-// Adds one element at class e to the sums (and picks it as z_a / z_b).
-DEV void elem_sum(float z, u64 e, float mn, float msub, const Row& r, Stats& st) {
-    st.s += ex2(ex_arg(z, mn, msub));
+// Adds one element at class e to the sums shifted by mn (`shift_nat` of the max: a thread
+// whose elements are all -inf, or that holds none, keeps the empty pair (-inf, 0)), and picks
+// it as z_a / z_b.
+DEV void elem_sum(float z, u64 e, float mn, const Row& r, Stats& st) {
+    st.s += ex2(ex_arg(z, mn, 0.0f));
     st.sz = fmaf(z, CE_SZ_SCALE, st.sz);
     if (e == r.a) st.za = z;
     if (e == r.b) st.zb = z;
@@ -265,12 +266,12 @@ DEV void elem_sum(float z, u64 e, float mn, float msub, const Row& r, Stats& st)
 
 // Sum of exp(z - m) and of z over a slot starting at class e0; picks z_a, z_b.
 template <class E>
-DEV void slot_sum(const v16& s, u64 e0, float mn, float msub, const Row& r, Stats& st) {
+DEV void slot_sum(const v16& s, u64 e0, float mn, const Row& r, Stats& st) {
     float acc = 0.0f, sz = 0.0f;
 #pragma unroll
     for (int j = 0; j < E::VE; ++j) {
         const float z = E::get(s, j);
-        acc += ex2(ex_arg(z, mn, msub));
+        acc += ex2(ex_arg(z, mn, 0.0f));
         sz = fmaf(z, CE_SZ_SCALE, sz);
     }
     st.s += acc;
@@ -285,7 +286,7 @@ DEV float target(u64 e, const Row& r, float off) { return e == r.a ? r.ta : (e =
 // The same shifted by its own max m.
 template <class E>
 DEV void slot_sum_any(const v16& s, u64 e0, float m, const Row& r, Stats& st) {
-    slot_sum<E>(s, e0, shift_nat(m), exp_base(m), r, st);
+    slot_sum<E>(s, e0, shift_nat(m), r, st);
 }
 
 // (z - m) * CE_SZ_SCALE: the far-max loss sums these (see row_finish), scaled as sum_c z_c is
@@ -338,15 +339,15 @@ DEV void store_grad(typename E::B* grow, bool congruent, u64 e0, const v16& o) {
 // The sums of a thread's K register slots and its extras, shifted by its max m.
 template <class E, int K>
 DEV void regs_sums(const v16 (&va)[K], const typename E::B* zrow, const Geom& ge, u32 t, u32 T, const Row& r,
-                   float mn, float msub, Stats& st) {
+                   float mn, Stats& st) {
 #pragma unroll
     for (int k = 0; k < K; ++k) {
         const u64 v = (u64)k * T + t;
-        if (v < ge.nfull) slot_sum<E>(va[k], slot_elem<E>(ge, v), mn, msub, r, st);
+        if (v < ge.nfull) slot_sum<E>(va[k], slot_elem<E>(ge, v), mn, r, st);
     }
     for (u32 x = t; x < extras_of(ge); x += T) {
         const u64 e = extra_elem<E>(ge, x);
-        elem_sum(E::from_bits(zrow[e]), e, mn, msub, r, st);
+        elem_sum(E::from_bits(zrow[e]), e, mn, r, st);
     }
 }
 
@@ -361,7 +362,7 @@ DEV Stats regs_stats(const v16 (&va)[K], const typename E::B* zrow, const Geom& 
     for (u32 x = t; x < extras_of(ge); x += T) mz = fmaxf(mz, E::from_bits(zrow[extra_elem<E>(ge, x)]));
     Stats st = stats_empty();
     st.m = mz;
-    regs_sums<E, K>(va, zrow, ge, t, T, r, shift_nat(mz), exp_base(mz), st);
+    regs_sums<E, K>(va, zrow, ge, t, T, r, shift_nat(mz), st);
     return st;
 }
 
@@ -583,20 +584,22 @@ DEV void ce_online(const CeArgs& g) {
             const float z = E::from_bits(zrow[e]);
             Stats sl = stats_empty();
             sl.m = z;
-            elem_sum(z, e, shift_nat(z), exp_base(z), r, sl);
+            elem_sum(z, e, shift_nat(z), r, sl);
             stats_merge(st, sl);
         }
         st = stats_reduce_block(st, red[parity]);
-        const bool far = far_max(st.m);  // the same in every thread
+        // A far row's loss with smoothing needs sum_c (z_c - m) (`dev`): summed during the
+        // gradient's read of the row, or for the loss alone by a read of its own. All uniform
+        // in the block (st.m is the same in every thread), so every thread reaches sum_block.
+        const bool dev = far_max(st.m) && g.off != 0.0f;
         float dz = 0.0f;
-        if (far && g.off != 0.0f) {
-            // A second read of the row, only for rows whose every logit is below -2^127.
+        if (dev && g.grad == 0) {
             for (u64 v = t; v < ge.nfull; v += T) dz += slot_dev<E>(ld_v16(zrow + slot_elem<E>(ge, v)), st.m);
             for (u32 x = t; x < extras_of(ge); x += T)
                 dz = dev_add(E::from_bits(zrow[extra_elem<E>(ge, x)]), st.m, dz);
             dz = sum_block(dz, part);
         }
-        if (t == 0) row_finish(g, row, r, st, dz);
+        if (t == 0 && !(dev && g.grad != 0)) row_finish(g, row, r, st, dz);
         if (g.grad != 0) {
             const GradShift sh = grad_shift(st);
             B* grow = (B*)g.grad + row * C;
@@ -609,6 +612,7 @@ DEV void ce_online(const CeArgs& g) {
                     const u64 v = base + (u64)k * T;
                     if (v < ge.nfull) {
                         const u64 e0 = slot_elem<E>(ge, v);
+                        if (dev) dz += slot_dev<E>(va[k], st.m);  // read before the slot is written
                         store_grad<E>(grow, congruent, e0, slot_grad<E>(va[k], e0, r, sh, g.off));
                     }
                 }
@@ -616,7 +620,12 @@ DEV void ce_online(const CeArgs& g) {
             for (u32 x = t; x < extras_of(ge); x += T) {
                 const u64 e = extra_elem<E>(ge, x);
                 const float z = E::from_bits(zrow[e]);
+                if (dev) dz = dev_add(z, st.m, dz);
                 grow[e] = E::to_bits(elem_grad(z, e, r, sh, g.off));
+            }
+            if (dev) {
+                dz = sum_block(dz, part);
+                if (t == 0) row_finish(g, row, r, st, dz);
             }
         }
     }

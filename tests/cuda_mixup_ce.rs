@@ -52,6 +52,13 @@ fn run_case<T: FloatElement + cudarc_repr::Repr>(
             *v = T::from_f32(v.to_f32() * 8.0 + 30.0);
         }
     }
+    if b > 3 {
+        // One row near 1e4: the shift by the max must not lose accuracy with the max's size
+        // (the log2-domain shift of the kernels before 2026-12-02 was off by 6e-4 of p here).
+        for v in &mut z[2 * k..3 * k] {
+            *v = T::from_f32(v.to_f32() * 4.0 + 1e4);
+        }
+    }
     let plan = MixPlan::from_parts(&permutation(r, b), &lams(r, b)).unwrap();
     dplan.upload(&plan).unwrap();
     let spec = CeSpec::new(k, c.eps, c.at.reduction).unwrap();
@@ -255,6 +262,16 @@ fn empty_batch_and_argument_errors() {
     };
     // Sum over no sample is 0.
     empty_forward(Reduction::Sum, &mut loss).unwrap();
+    assert_eq!(m.stream().clone_dtoh(&loss).unwrap(), vec![0.0]);
+    // The same from a thread that never touched CUDA (no current context: the empty batch's
+    // loss is written by a raw driver call, which must make the mixer's context current).
+    m.stream().memcpy_htod(&[5.0f32], &mut loss).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| empty_forward(Reduction::Sum, &mut loss))
+            .join()
+            .unwrap()
+    })
+    .expect("the empty batch from a fresh thread");
     assert_eq!(m.stream().clone_dtoh(&loss).unwrap(), vec![0.0]);
     // Mean over no sample is refused.
     assert!(matches!(

@@ -27,6 +27,9 @@ const EX2: f64 = 1.0 / (1u64 << 22) as f64;
 enum Data {
     Normal,
     Huge,
+    /// Every logit near one large value (1e6; f16: 3e4): every class has a share of the
+    /// softmax, so an error in the shift that grows with the max shows in every gradient.
+    Shifted,
     Masked,
 }
 
@@ -126,6 +129,13 @@ fn make_inputs<T: FloatElement + Default>(c: &CeCase) -> Inputs<T> {
                 } else {
                     2e4 * rng.unit() as f32 - 1e4
                 }
+            } else if c.data == Data::Shifted {
+                let shift = if T::DTYPE == mixup_kernels::ScalarType::F16 {
+                    3e4
+                } else {
+                    1e6
+                };
+                shift + loss::normal(&mut rng, 1.5)
             } else if rng.unit() < 0.02 {
                 6.0 + rng.unit() as f32
             } else {
@@ -237,6 +247,7 @@ fn push_case<T: FloatElement + Default + Send + Sync + 'static>(c: CeCase, out: 
         match c.data {
             Data::Normal => "",
             Data::Huge => " huge",
+            Data::Shifted => " shifted",
             Data::Masked => " masked",
         },
         if c.rows.is_empty() {
@@ -297,9 +308,10 @@ fn judge<T: FloatElement + Default>(
         let mut m = zr
             .iter()
             .fold(f64::NEG_INFINITY, |m, &z| if z > m { z } else { m });
-        // A max of magnitude 2^24 or more: the kernel works relative to it ("Far maxima"), and
-        // so do the bounds.
-        let base = if m.abs() >= 16777216.0 && m.is_finite() {
+        // A max of magnitude 64 (CE_FAR) or more: the kernel forms the loss relative to it
+        // ("Far maxima"), and so do the bounds. Its exp2 arguments are relative to the max in
+        // every row ("The shift"), so no bound grows with the max itself.
+        let base = if m.abs() >= 64.0 && m.is_finite() {
             m
         } else {
             0.0
@@ -534,6 +546,18 @@ fn cases_for<T: FloatElement + Default + Send + Sync + 'static>(
             data: Data::Huge,
             up: -2.5,
             reduction: Reduction::Sum,
+            ..base.clone()
+        });
+        // Logits near 1e6, forward + backward (the gradient's shift) and forward only.
+        add(CeCase {
+            b: 2,
+            data: Data::Shifted,
+            ..base.clone()
+        });
+        add(CeCase {
+            b: 2,
+            data: Data::Shifted,
+            mode: Mode::Fwd,
             ..base.clone()
         });
         // Masked (−inf) logits.
