@@ -266,8 +266,9 @@ pub struct CudaMixerOptions {
     pub cache_dir: Option<PathBuf>,
     /// Extra NVRTC options (e.g. `-lineinfo` for compute-sanitizer); part of the cache key.
     /// None may define or undefine a tuning define or unit selector (`-DMIX_NT=512`,
-    /// `-UCE_K`, `-DMIXUP_ALL`): [`CudaMixer::with_options`] rejects them; use
-    /// [`tuning`](Self::tuning).
+    /// `-UCE_K`, `-DMIXUP_ALL`; use [`tuning`](Self::tuning)) or loosen the float arithmetic
+    /// (`--use_fast_math`, `--ftz=true`, `--prec-div=false`, `--prec-sqrt=false`,
+    /// `--fmad=true`): [`CudaMixer::with_options`] rejects them.
     pub nvrtc_options: Vec<String>,
     /// The kernels' tuning knobs (block sizes, unrolling, CE strategy thresholds, grid cap):
     /// read by the launches and passed to NVRTC as defines (so part of the cache key).

@@ -106,6 +106,10 @@ pub fn options(target: Target, define: &str, extra: &[String]) -> Vec<String> {
         "--std=c++17".to_string(),
         // No built-in headers: ours need none, and parsing them costs every compilation.
         "--minimal".to_string(),
+        // No contraction of a separate multiply and add into an FMA: every float expression
+        // rounds as written, as in the host emulation (built with -ffp-contract=off), where the
+        // kernels' bits are checked; the FMAs the kernels want are written as fmaf.
+        "--fmad=false".to_string(),
         format!("-D{define}=1"),
     ];
     o.extend(extra.iter().cloned());
@@ -234,6 +238,7 @@ mod tests {
         let o = options(Target::Sm(90), "MIXUP_ONLY_mix_gather_f32", &[]);
         assert!(o.contains(&"--gpu-architecture=sm_90".to_string()));
         assert!(o.contains(&"-DMIXUP_ONLY_mix_gather_f32=1".to_string()));
+        assert!(o.contains(&"--fmad=false".to_string()));
     }
 
     #[test]

@@ -261,11 +261,40 @@ pub(crate) struct LaunchEnv<'a> {
 /// launches read the same value from the tuning, so another value would desynchronize kernel
 /// and launch) or a unit selector (`MIXUP_ONLY_*`, `MIXUP_ALL`). Forms: `-DNAME`, `-DNAME=v`,
 /// `-UNAME`, `--define-macro=NAME...`, `--undefine-macro=NAME`, and the name as the next
-/// argument (`-D`, `NAME`) or after a space (`-D NAME`).
+/// argument (`-D`, `NAME`) or after a space (`-D NAME`). Nor may one change how float
+/// arithmetic rounds (`--use_fast_math`, `--ftz=true`, `--prec-div=false`,
+/// `--prec-sqrt=false`, `--fmad=true`, with one dash or two): the kernels' results are checked
+/// against the CPU path and the reference with that arithmetic, some bit for bit.
 ///
 /// # Errors
-/// [`MixError::InvalidArgument`] naming `nvrtc_options`, the option and the macro.
+/// [`MixError::InvalidArgument`] naming `nvrtc_options`, the option and the macro or the
+/// arithmetic it changes.
 pub(crate) fn check_nvrtc_options(user: &[String]) -> Result<()> {
+    for opt in user {
+        let o = opt.trim();
+        let bare = o
+            .strip_prefix("--")
+            .or_else(|| o.strip_prefix('-'))
+            .unwrap_or("");
+        let (name, value) = bare.split_once('=').unwrap_or((bare, ""));
+        let loose = match name {
+            "use_fast_math" => true,
+            "ftz" => value != "false",
+            "prec-div" | "prec-sqrt" => value == "false",
+            "fmad" => value != "false",
+            _ => false,
+        };
+        if loose {
+            return Err(invalid(
+                "nvrtc_options",
+                format!(
+                    "`{opt}` changes how the kernels' float arithmetic rounds (flushed \
+                     subnormals, approximate division, contracted multiply-adds): their results \
+                     are checked against the CPU path with IEEE rounding, some bit for bit"
+                ),
+            ));
+        }
+    }
     let all = KernelTuning::default().all_defines();
     let tuned: Vec<&str> = all
         .split(' ')
@@ -526,7 +555,7 @@ mod tests {
         // (options, accepted)
         let cases: [(&[&str], bool); 17] = [
             (&["-lineinfo"], true),
-            (&["-DMY_DEBUG=1", "--use_fast_math"], true),
+            (&["-DMY_DEBUG=1", "--ftz=false"], true),
             (&["-D", "MIX_NTX"], true),
             (&["--define-macro=MIXUP_ONLYX"], true),
             (&["-default-device"], true),
@@ -557,6 +586,39 @@ mod tests {
         // Every define of every module is covered.
         for d in KernelTuning::default().all_defines().split(' ') {
             assert!(check_nvrtc_options(&o(&[d])).is_err(), "{d}");
+        }
+    }
+
+    #[test]
+    fn nvrtc_options_may_not_loosen_the_arithmetic() {
+        let loose = [
+            "--use_fast_math",
+            "-use_fast_math",
+            "--ftz=true",
+            "-ftz",
+            "--prec-div=false",
+            "-prec-sqrt=false",
+            "--fmad=true",
+            "-fmad",
+        ];
+        for opt in loose {
+            let e = check_nvrtc_options(&[opt.to_string()])
+                .expect_err(opt)
+                .to_string();
+            assert!(
+                e.contains("nvrtc_options") && e.contains("rounds"),
+                "{opt}: {e}"
+            );
+        }
+        let kept = [
+            "--ftz=false",
+            "-prec-div=true",
+            "--fmad=false",
+            "-lineinfo",
+            "--fmadx",
+        ];
+        for opt in kept {
+            assert!(check_nvrtc_options(&[opt.to_string()]).is_ok(), "{opt}");
         }
     }
 }
