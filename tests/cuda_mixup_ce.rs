@@ -208,6 +208,19 @@ fn deterministic_in_place_and_forward_only() {
     }
 }
 
+/// 100 000 rows: thousands of blocks finish in parallel, so the last-block reduction of the loss
+/// meets truly concurrent blocks (the emulation runs them one after another); twice, same bits.
+/// Not under the sanitizers (their filter is `deterministic`): 1M elements would not fit their
+/// time.
+#[test]
+fn many_rows_reduce_to_the_same_bits() {
+    let Some(m) = mixer("many_rows_reduce_to_the_same_bits") else {
+        return;
+    };
+    bits_of_runs::<f32>(&m, 100_000, 10, 36);
+    bits_of_runs::<bf16>(&m, 100_000, 10, 37);
+}
+
 #[test]
 fn device_labels_out_of_range_are_flagged() {
     let Some(m) = mixer("device_labels_out_of_range_are_flagged") else {
