@@ -341,19 +341,6 @@ DEV float ex2(float x) {
 
 DEV float neg_inf() { return __int_as_float(0xff800000); }
 
-// Merges two (max, sum of exp2(z - max)) pairs; an empty pair is (-inf, 0). Symmetric bit for
-// bit: two rounded products and a rounded sum (a contracted `s * e + s2 * e2` would be
-// fma(s, e, s2 * e2) on one lane of a butterfly and fma(s2, e2, s * e) on its partner).
-DEV void lse_merge(float& m, float& s, float m2, float s2) {
-    const float mm = fmaxf(m, m2);
-    if (mm == neg_inf()) {
-        s = 0.0f;
-    } else {
-        s = __fadd_rn(__fmul_rn(s, ex2(m - mm)), __fmul_rn(s2, ex2(m2 - mm)));
-    }
-    m = mm;
-}
-
 // The soft target of classes a and b of one sample (src/cpu/soft_targets.rs `Targets::pair`):
 // keep * lam + off and keep * (1 - lam) + off, or keep * (lam + (1 - lam)) + off for both when
 // a == b; each product and sum rounded once in f32 (no FMA), as the CPU path does.

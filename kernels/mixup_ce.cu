@@ -38,7 +38,7 @@
 // 2^24). sum_c (z_c - m) then needs m first: a second pass over the row (registers, shared
 // memory; in ce_online during the gradient's read of the row, or a read of its own for the
 // loss alone), only with eps > 0. Below CE_FAR the loss is lse - tz, tz = wa z_a + wb z_b +
-// off sum z, from the first pass (error about 4 ulp(64), under 1e-5). Clamping the max instead
+// off sum z, from the first pass (error a few ulp(64), about 3e-5 at most). Clamping the max instead
 // would leave every exp2 argument of a row masked with the dtype's minimum at -inf or garbage
 // (s = 0), and clamping the logits would merge distinct logits below the clamp.
 // The reduced loss (sum for Sum, mean for Mean; none under None) is summed on the device in a
@@ -127,9 +127,13 @@ DEV Stats stats_empty() {
 DEV void stats_merge(Stats& x, const Stats& y) {
     const float mm = fmaxf(x.m, y.m);
     if (mm == neg_inf()) {
-        x.s = 0.0f;
+        // No finite element on either side: both sums are 0, or NaN where a part held only
+        // NaN (fmaxf skips NaN, so its max stayed -inf): the NaN must reach the loss.
+        x.s = __fadd_rn(x.s, y.s);
     } else {
-        // Two rounded products and a rounded sum: symmetric bit for bit (see lse_merge).
+        // Two rounded products and a rounded sum: symmetric bit for bit (a contracted
+        // s * e + s2 * e2 would be fma(s, e, s2 * e2) on one lane of a butterfly and
+        // fma(s2, e2, s * e) on its partner).
         x.s = __fadd_rn(__fmul_rn(x.s, ex2(__fmul_rn(x.m - mm, LOG2E_F))),
                         __fmul_rn(y.s, ex2(__fmul_rn(y.m - mm, LOG2E_F))));
     }

@@ -178,7 +178,9 @@ fn pageable_uploads_ahead_of_the_device_keep_each_steps_plan() {
 /// the flags and scratch buffers, and CUDA does not say that unloading a module waits for its
 /// queued launches. A second mixer on the same stream mixes behind the spin kernel and is
 /// dropped at once: when the drop returns the stream must have run past the spin, and the mix
-/// must be right.
+/// must be right. (The old code may pass too, if the driver's `cuModuleUnload` synchronizes by
+/// itself: this checks the promise, not that the old code broke it.) Pinned staging, so the
+/// plan upload is asynchronous by guarantee and the spin is still running at the drop.
 #[test]
 fn dropping_a_mixer_waits_for_its_queued_work() {
     let test = "dropping_a_mixer_waits_for_its_queued_work";
@@ -197,7 +199,7 @@ fn dropping_a_mixer_waits_for_its_queued_work() {
         **other.stream() == *s,
         "both on the context's default stream"
     );
-    let mut dplan = DevicePlan::new(&other);
+    let mut dplan = DevicePlan::with_pinned_staging(&other);
     // Compile the kernel before the stream is held.
     upload_and_mix(&other, (&mut dplan, &plan), &layout, &input, &mut out);
     s.memcpy_htod(&vec![f32::NAN; b * d], &mut out).unwrap();

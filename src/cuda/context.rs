@@ -266,9 +266,9 @@ pub struct CudaMixerOptions {
     pub cache_dir: Option<PathBuf>,
     /// Extra NVRTC options (e.g. `-lineinfo` for compute-sanitizer); part of the cache key.
     /// None may define or undefine a tuning define or unit selector (`-DMIX_NT=512`,
-    /// `-UCE_K`, `-DMIXUP_ALL`; use [`tuning`](Self::tuning)) or loosen the float arithmetic
-    /// (`--use_fast_math`, `--ftz=true`, `--prec-div=false`, `--prec-sqrt=false`,
-    /// `--fmad=true`): [`CudaMixer::with_options`] rejects them.
+    /// `-UCE_K`, `-DMIXUP_ALL`; use [`tuning`](Self::tuning)), loosen the float arithmetic
+    /// (`--use_fast_math`, `--ftz=true`, `--prec-div=false`, `--prec-sqrt=false`) or set
+    /// `--fmad` (the crate gives `--fmad=false`): [`CudaMixer::with_options`] rejects them.
     pub nvrtc_options: Vec<String>,
     /// The kernels' tuning knobs (block sizes, unrolling, CE strategy thresholds, grid cap):
     /// read by the launches and passed to NVRTC as defines (so part of the cache key).
@@ -348,7 +348,8 @@ impl Drop for CudaMixer {
     /// the modules and free the flags and scratch buffers. Not a per-step cost: a mixer lives
     /// for the training run.
     fn drop(&mut self) {
-        self.settle();
+        let waited = self.settle();
+        self.stream.context().record_err(waited);
     }
 }
 
@@ -493,8 +494,10 @@ impl CudaMixer {
     /// [`MixError::InvalidArgument`] naming the [`KernelTuning`] field out of range
     /// ([`KernelTuning::validate`]), or naming `nvrtc_options` when one of them defines or
     /// undefines a tuning define (`-DMIX_NT=512`: set [`CudaMixerOptions::tuning`] instead, which
-    /// the launches read too) or a unit selector (`MIXUP_ONLY_*`, `MIXUP_ALL`); the mixer is
-    /// dropped then.
+    /// the launches read too) or a unit selector (`MIXUP_ONLY_*`, `MIXUP_ALL`), or loosens the
+    /// float arithmetic (`--use_fast_math`, ...: [`CudaMixerOptions::nvrtc_options`]);
+    /// [`MixError::Driver`] if waiting for the work the mixer queued with its old kernels
+    /// fails. The mixer is dropped then.
     ///
     /// # Examples
     ///
@@ -517,7 +520,8 @@ impl CudaMixer {
         self.extra = options.nvrtc_options;
         self.tuning = options.tuning;
         // The old functions' modules are unloaded below: no launch of theirs may be queued.
-        self.settle();
+        self.settle()
+            .map_err(driver_err("waiting for the mixer's queued work"))?;
         self.funcs = std::array::from_fn(|_| OnceLock::new());
         Ok(self)
     }
@@ -526,13 +530,18 @@ impl CudaMixer {
     /// (CUDA does not say that `cuModuleUnload` waits for queued launches) and its buffers
     /// freed. The mixer's stream on its own thread; the whole context elsewhere, where a
     /// per-thread stream handle would name the calling thread's stream (and a buffer would be
-    /// freed in that stream's order). An error is recorded on the context, as cudarc's drops do.
-    fn settle(&self) {
+    /// freed in that stream's order). An error recorded on the context earlier (cudarc's drops
+    /// record theirs) is taken off first, or cudarc's synchronize would return it without
+    /// waiting, and put back after.
+    fn settle(&self) -> std::result::Result<(), cudarc::driver::DriverError> {
         let ctx = self.stream.context();
-        match self.owner {
-            Some(t) if t != std::thread::current().id() => ctx.record_err(ctx.synchronize()),
-            _ => ctx.record_err(self.stream.synchronize()),
-        }
+        let earlier = ctx.check_err();
+        let waited = match self.owner {
+            Some(t) if t != std::thread::current().id() => ctx.synchronize(),
+            _ => self.stream.synchronize(),
+        };
+        ctx.record_err(earlier);
+        waited
     }
 
     /// The kernels' tuning (see [`CudaMixerOptions::tuning`]).
@@ -683,6 +692,11 @@ impl CudaMixer {
     /// Waits for the stream, then reports labels that device kernels found out of range since
     /// the last check (and clears the count): [`MixError::DeviceLabelOutOfRange`]. The outputs
     /// of the launches that saw them are not meaningful.
+    ///
+    /// # Errors
+    /// [`MixError::DeviceLabelOutOfRange`] as above; [`MixError::InvalidArgument`] naming
+    /// `mixer` when a mixer on CUDA's per-thread default stream is asked from another thread
+    /// than its own; [`MixError::Driver`] if the read or the clear fails.
     ///
     /// # Examples
     ///

@@ -27,8 +27,9 @@ const EX2: f64 = 1.0 / (1u64 << 22) as f64;
 enum Data {
     Normal,
     Huge,
-    /// Every logit near one large value (1e6; f16: 3e4): every class has a share of the
-    /// softmax, so an error in the shift that grows with the max shows in every gradient.
+    /// Every logit near one large value (1e6; f16: 3e4): in f32 every class has a share of the
+    /// softmax, so an error in the shift that grows with the max shows in every gradient (in
+    /// f16 and bf16 most logits round to a few values there, still with shares of p).
     Shifted,
     Masked,
 }
@@ -359,6 +360,14 @@ fn judge<T: FloatElement + Default>(
                 !got.is_finite()
             };
             rows.check(k, ok, || format!("loss of row {i} is {got}, expected NaN"));
+            if has_nan && c.mode != Mode::Fwd {
+                // A NaN logit makes the whole row's softmax NaN, as in the reference.
+                let g = &o.grad[i * cc..(i + 1) * cc];
+                let finite = g.iter().position(|v| !v.to_f32().is_nan());
+                rows.check(k, finite.is_none(), || {
+                    format!("grad[{i}, {finite:?}] of a row with a NaN logit is not NaN")
+                });
+            }
             continue;
         } else if want.is_infinite() {
             rows.check(k, got == want, || {
@@ -852,8 +861,60 @@ fn far_max_cases<T: FloatElement + Default + Send + Sync + 'static>(out: &mut Ve
     }
 }
 
+/// ce_online (C = 100 000 on an H100: beyond the block kernel's rows) with logits near 1e6
+/// (`Data::Shifted`) and smoothing: the far-max loss sums Σ(z − m) during the gradient's read
+/// of the row (to another buffer, in place) or in a read of its own (forward only), over
+/// spread values. Row 1's first slot (the first that thread 0 folds in) is all NaN: the loss
+/// and gradient of that row must be NaN, as in the reference (the merge of an all-NaN slot into
+/// an empty partial dropped its NaN sum until 2026-12-02).
+fn online_cases<T: FloatElement + Default + Send + Sync + 'static>(out: &mut Vec<Case>) {
+    let ve = 16 / size_of::<T>();
+    let runs = [
+        (Mode::Grad, 0.1),
+        (Mode::InPlace, 0.1),
+        (Mode::Fwd, 0.1),
+        // Without smoothing no Σz or Σ(z − m) carries the NaN: only the sum s can.
+        (Mode::Fwd, 0.0),
+    ];
+    for (k, (mode, eps)) in runs.into_iter().enumerate() {
+        let nan_row = MaskRow {
+            label: 10,
+            partner: 0,
+            lam: 0.7,
+            kind: 3,
+            masked: (0..ve).collect(),
+        };
+        let plain = MaskRow {
+            label: 99_999,
+            partner: 1,
+            lam: 0.4,
+            kind: 0,
+            masked: Vec::new(),
+        };
+        push_case::<T>(
+            CeCase {
+                c: 100_000,
+                b: 2,
+                mode,
+                eps,
+                reduction: if eps == 0.0 {
+                    Reduction::Sum
+                } else {
+                    Reduction::Mean
+                },
+                data: Data::Shifted,
+                seed: 9500 + 10 * size_of::<T>() as u64 + k as u64,
+                rows: vec![plain, nan_row],
+                ..CeCase::default()
+            },
+            out,
+        );
+    }
+}
+
 pub fn cases() -> Vec<Case> {
     let mut out = Vec::new();
+    loss::for_float_types!(online_cases(&mut out));
     loss::for_float_types!(far_max_cases(&mut out));
     loss::for_float_types!(masked_cases(&mut out));
     let others = [A100, L40, T4];
