@@ -263,34 +263,53 @@ pub(crate) struct LaunchEnv<'a> {
 /// `-UNAME`, `--define-macro=NAME...`, `--undefine-macro=NAME`, and the name as the next
 /// argument (`-D`, `NAME`) or after a space (`-D NAME`). Nor may one change how float
 /// arithmetic rounds (`--use_fast_math`, `--ftz=true`, `--prec-div=false`,
-/// `--prec-sqrt=false`, `--fmad=true`, with one dash or two): the kernels' results are checked
-/// against the CPU path and the reference with that arithmetic, some bit for bit.
+/// `--prec-sqrt=false`, with one dash or two, the value after `=` or as the next argument):
+/// the kernels' results are checked against the CPU path and the reference with that
+/// arithmetic, some bit for bit. `--fmad` in any form is the crate's: it always gives
+/// `--fmad=false`, which a later `--fmad=true` would override (NVRTC 13.0 takes the last value,
+/// with a warning).
 ///
 /// # Errors
 /// [`MixError::InvalidArgument`] naming `nvrtc_options`, the option and the macro or the
 /// arithmetic it changes.
 pub(crate) fn check_nvrtc_options(user: &[String]) -> Result<()> {
-    for opt in user {
+    for (i, opt) in user.iter().enumerate() {
         let o = opt.trim();
         let bare = o
             .strip_prefix("--")
             .or_else(|| o.strip_prefix('-'))
             .unwrap_or("");
-        let (name, value) = bare.split_once('=').unwrap_or((bare, ""));
-        let loose = match name {
-            "use_fast_math" => true,
-            "ftz" => value != "false",
-            "prec-div" | "prec-sqrt" => value == "false",
-            "fmad" => value != "false",
-            _ => false,
+        let (name, value) = match bare.split_once('=') {
+            Some((n, v)) => (n, v.trim().to_ascii_lowercase()),
+            // `--ftz true`: the value as the next argument.
+            None => (
+                bare,
+                user.get(i + 1)
+                    .map_or(String::new(), |v| v.trim().to_ascii_lowercase()),
+            ),
         };
-        if loose {
+        if name == "fmad" {
             return Err(invalid(
                 "nvrtc_options",
                 format!(
-                    "`{opt}` changes how the kernels' float arithmetic rounds (flushed \
-                     subnormals, approximate division, contracted multiply-adds): their results \
-                     are checked against the CPU path with IEEE rounding, some bit for bit"
+                    "`{opt}`: the crate compiles with `--fmad=false` itself (no contracted \
+                     multiply-adds, as in the host emulation that checks the kernels' bits)"
+                ),
+            ));
+        }
+        let loosened = match name {
+            "use_fast_math" => Some("fast math"),
+            "ftz" if value != "false" => Some("flushed subnormals"),
+            "prec-div" | "prec-sqrt" if value == "false" => Some("approximate division or sqrt"),
+            _ => None,
+        };
+        if let Some(what) = loosened {
+            return Err(invalid(
+                "nvrtc_options",
+                format!(
+                    "`{opt}` changes how the kernels' float arithmetic rounds ({what}): their \
+                     results are checked against the CPU path with IEEE rounding, some bit for \
+                     bit"
                 ),
             ));
         }
@@ -591,34 +610,43 @@ mod tests {
 
     #[test]
     fn nvrtc_options_may_not_loosen_the_arithmetic() {
-        let loose = [
-            "--use_fast_math",
-            "-use_fast_math",
-            "--ftz=true",
-            "-ftz",
-            "--prec-div=false",
-            "-prec-sqrt=false",
-            "--fmad=true",
-            "-fmad",
+        let o = |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_string()).collect() };
+        let loose: [&[&str]; 9] = [
+            &["--use_fast_math"],
+            &["-use_fast_math"],
+            &["--ftz=true"],
+            &["-ftz"],
+            &["--ftz", "true"],
+            &["--prec-div=false"],
+            &["-prec-sqrt=False"],
+            &["--prec-div", "false"],
+            &["-lineinfo", "--prec-sqrt= false"],
         ];
-        for opt in loose {
-            let e = check_nvrtc_options(&[opt.to_string()])
-                .expect_err(opt)
+        for opts in loose {
+            let e = check_nvrtc_options(&o(opts))
+                .expect_err("refused")
                 .to_string();
             assert!(
                 e.contains("nvrtc_options") && e.contains("rounds"),
-                "{opt}: {e}"
+                "{opts:?}: {e}"
             );
         }
-        let kept = [
-            "--ftz=false",
-            "-prec-div=true",
-            "--fmad=false",
-            "-lineinfo",
-            "--fmadx",
+        // The crate's own option, in any form (NVRTC would take a later value over it).
+        for opts in [&["--fmad=false"][..], &["-fmad=true"], &["--fmad", "false"]] {
+            let e = check_nvrtc_options(&o(opts))
+                .expect_err("refused")
+                .to_string();
+            assert!(e.contains("--fmad=false"), "{opts:?}: {e}");
+        }
+        let kept: [&[&str]; 5] = [
+            &["--ftz=false"],
+            &["-prec-div=true"],
+            &["--ftz", "false"],
+            &["-lineinfo"],
+            &["--fmadx"],
         ];
-        for opt in kept {
-            assert!(check_nvrtc_options(&[opt.to_string()]).is_ok(), "{opt}");
+        for opts in kept {
+            assert!(check_nvrtc_options(&o(opts)).is_ok(), "{opts:?}");
         }
     }
 }
