@@ -344,7 +344,7 @@ pub struct CudaMixer {
 }
 
 impl Drop for CudaMixer {
-    /// Waits for the mixer's queued work first ([`CudaMixer::settle`]): its fields then unload
+    /// Waits for the mixer's queued work first (as `with_options` does): its fields then unload
     /// the modules and free the flags and scratch buffers. Not a per-step cost: a mixer lives
     /// for the training run.
     fn drop(&mut self) {
