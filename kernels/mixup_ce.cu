@@ -38,9 +38,9 @@
 // 2^24). sum_c (z_c - m) then needs m first: a second pass over the row (registers, shared
 // memory; in ce_online during the gradient's read of the row, or a read of its own for the
 // loss alone), only with eps > 0. Below CE_FAR the loss is lse - tz, tz = wa z_a + wb z_b +
-// off sum z, from the first pass (error a few ulp(64), about 3e-5 at most). Clamping the max instead
-// would leave every exp2 argument of a row masked with the dtype's minimum at -inf or garbage
-// (s = 0), and clamping the logits would merge distinct logits below the clamp.
+// off sum z, from the first pass (error a few ulp(64), about 3e-5 at most). Clamping the max
+// instead would leave every exp2 argument of a row masked with the dtype's minimum at -inf or
+// garbage (s = 0), and clamping the logits would merge distinct logits below the clamp.
 // The reduced loss (sum for Sum, mean for Mean; none under None) is summed on the device in a
 // fixed order by the last block to finish (per-row losses -> one block, strided then a fixed tree), so the same
 // inputs give the same bits on every run.

@@ -123,7 +123,8 @@ pub(crate) unsafe fn launch(
 ) -> Result<()> {
     require_float(dtype, "logits")?;
     // The objects' pairing first, for every batch (the empty one too): the plan and a BCE
-    // spec made with this mixer, the mixer used on its own thread's stream.
+    // spec made with this mixer, the mixer used on its own thread's stream (`enqueue` checks
+    // that again, but the empty batch's memset and the scratch buffer come before it).
     check_owner(m.owner(), "mixer")?;
     if let DeviceLoss::Bce(dspec) = &spec {
         dspec.check_for(m)?;

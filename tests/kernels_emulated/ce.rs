@@ -735,11 +735,7 @@ fn masked_cases<T: FloatElement + Default + Send + Sync + 'static>(out: &mut Vec
                         b,
                         mode,
                         eps,
-                        reduction: if eps == 0.0 {
-                            Reduction::Sum
-                        } else {
-                            Reduction::Mean
-                        },
+                        reduction: sum_or_mean(eps),
                         zoff: if (eps == 0.0) == (mode == Mode::Grad) {
                             0
                         } else {
@@ -844,11 +840,7 @@ fn far_max_cases<T: FloatElement + Default + Send + Sync + 'static>(out: &mut Ve
                         } else {
                             H100
                         },
-                        reduction: if eps == 0.0 {
-                            Reduction::Sum
-                        } else {
-                            Reduction::Mean
-                        },
+                        reduction: sum_or_mean(eps),
                         zoff: if mode == Mode::Fwd { odd } else { 0 },
                         seed,
                         rows,
@@ -858,6 +850,15 @@ fn far_max_cases<T: FloatElement + Default + Send + Sync + 'static>(out: &mut Ve
                 );
             }
         }
+    }
+}
+
+/// Sum without smoothing, Mean with it: both reductions through the masked and far-max cases.
+fn sum_or_mean(eps: f64) -> Reduction {
+    if eps == 0.0 {
+        Reduction::Sum
+    } else {
+        Reduction::Mean
     }
 }
 
@@ -897,11 +898,7 @@ fn online_cases<T: FloatElement + Default + Send + Sync + 'static>(out: &mut Vec
                 b: 2,
                 mode,
                 eps,
-                reduction: if eps == 0.0 {
-                    Reduction::Sum
-                } else {
-                    Reduction::Mean
-                },
+                reduction: sum_or_mean(eps),
                 data: Data::Shifted,
                 seed: 9500 + 10 * size_of::<T>() as u64 + k as u64,
                 rows: vec![plain, nan_row],
