@@ -494,10 +494,11 @@ impl CudaMixer {
     /// [`MixError::InvalidArgument`] naming the [`KernelTuning`] field out of range
     /// ([`KernelTuning::validate`]), or naming `nvrtc_options` when one of them defines or
     /// undefines a tuning define (`-DMIX_NT=512`: set [`CudaMixerOptions::tuning`] instead, which
-    /// the launches read too) or a unit selector (`MIXUP_ONLY_*`, `MIXUP_ALL`), or loosens the
-    /// float arithmetic (`--use_fast_math`, ...: [`CudaMixerOptions::nvrtc_options`]);
-    /// [`MixError::Driver`] if waiting for the work the mixer queued with its old kernels
-    /// fails. The mixer is dropped then.
+    /// the launches read too) or a unit selector (`MIXUP_ONLY_*`, `MIXUP_ALL`), loosens the
+    /// float arithmetic (`--use_fast_math`, ...) or sets `--fmad`
+    /// ([`CudaMixerOptions::nvrtc_options`]); [`MixError::Driver`] if waiting for the work the
+    /// mixer queued with its old kernels fails. On every error the mixer is dropped (it was
+    /// taken by value): make a new one with [`CudaMixer::new`].
     ///
     /// # Examples
     ///

@@ -297,10 +297,12 @@ pub(crate) fn check_nvrtc_options(user: &[String]) -> Result<()> {
                 ),
             ));
         }
+        // NVRTC's booleans: `true`/`false`, or `1`/`0`.
+        let off = value == "false" || value == "0";
         let loosened = match name {
             "use_fast_math" => Some("fast math"),
-            "ftz" if value != "false" => Some("flushed subnormals"),
-            "prec-div" | "prec-sqrt" if value == "false" => Some("approximate division or sqrt"),
+            "ftz" if !off => Some("flushed subnormals"),
+            "prec-div" | "prec-sqrt" if off => Some("approximate division or sqrt"),
             _ => None,
         };
         if let Some(what) = loosened {
@@ -611,7 +613,8 @@ mod tests {
     #[test]
     fn nvrtc_options_may_not_loosen_the_arithmetic() {
         let o = |v: &[&str]| -> Vec<String> { v.iter().map(|s| s.to_string()).collect() };
-        let loose: [&[&str]; 9] = [
+        let loose: [&[&str]; 10] = [
+            &["--prec-div=0"],
             &["--use_fast_math"],
             &["-use_fast_math"],
             &["--ftz=true"],
@@ -638,7 +641,8 @@ mod tests {
                 .to_string();
             assert!(e.contains("--fmad=false"), "{opts:?}: {e}");
         }
-        let kept: [&[&str]; 5] = [
+        let kept: [&[&str]; 6] = [
+            &["--ftz=0"],
             &["--ftz=false"],
             &["-prec-div=true"],
             &["--ftz", "false"],
