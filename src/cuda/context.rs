@@ -288,6 +288,33 @@ impl Default for CudaMixerOptions {
 }
 
 impl CudaMixerOptions {
+    /// Checks the options as [`CudaMixer::with_options`] does, without a device: a
+    /// configuration can be refused when it is read, before any GPU is touched.
+    ///
+    /// # Errors
+    /// [`MixError::InvalidArgument`] naming the [`KernelTuning`] field out of range
+    /// ([`KernelTuning::validate`]), or naming `nvrtc_options` when one of them defines or
+    /// undefines a tuning define or unit selector, loosens the float arithmetic or sets
+    /// `--fmad` ([`nvrtc_options`](Self::nvrtc_options)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use mixup_kernels::cuda::{CudaMixerOptions, KernelTuning};
+    /// assert!(CudaMixerOptions::default().validate().is_ok());
+    /// let fast = CudaMixerOptions { nvrtc_options: vec!["--use_fast_math".into()], ..Default::default() };
+    /// assert!(fast.validate().unwrap_err().to_string().contains("nvrtc_options"));
+    /// let odd = CudaMixerOptions {
+    ///     tuning: KernelTuning { mix_threads: 100, ..Default::default() },
+    ///     ..Default::default()
+    /// };
+    /// assert!(odd.validate().unwrap_err().to_string().contains("mix_threads"));
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        self.tuning.validate()?;
+        super::tuning::check_nvrtc_options(&self.nvrtc_options)
+    }
+
     fn cache(&self) -> DiskCache {
         match (self.disk_cache, &self.cache_dir) {
             (false, _) => DiskCache::at(None),
@@ -491,7 +518,8 @@ impl CudaMixer {
     /// options; each kernel is then compiled once for this mixer, not per launch.
     ///
     /// # Errors
-    /// [`MixError::InvalidArgument`] naming the [`KernelTuning`] field out of range
+    /// [`MixError::InvalidArgument`] from [`CudaMixerOptions::validate`] (checked before the
+    /// mixer is touched): naming the [`KernelTuning`] field out of range
     /// ([`KernelTuning::validate`]), or naming `nvrtc_options` when one of them defines or
     /// undefines a tuning define (`-DMIX_NT=512`: set [`CudaMixerOptions::tuning`] instead, which
     /// the launches read too) or a unit selector (`MIXUP_ONLY_*`, `MIXUP_ALL`), loosens the
@@ -515,8 +543,7 @@ impl CudaMixer {
     /// }
     /// ```
     pub fn with_options(mut self, options: CudaMixerOptions) -> Result<Self> {
-        options.tuning.validate()?;
-        super::tuning::check_nvrtc_options(&options.nvrtc_options)?;
+        options.validate()?;
         self.cache = options.cache();
         self.extra = options.nvrtc_options;
         self.tuning = options.tuning;
