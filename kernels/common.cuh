@@ -355,12 +355,13 @@ DEV void soft_pair(float keep, float off, float lam, bool same, float& ta, float
 }
 
 // Sum over the block, the same value in every thread, in a fixed order; `part` holds 32
-// entries, free again when it returns.
-DEV float sum_block(float v, float* part) {
+// entries, free again when it returns. T: float, or double for the reduced loss.
+template <class T>
+DEV T sum_block(T v, T* part) {
     for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
     if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
     __syncthreads();
-    float r = part[0];
+    T r = part[0];
     for (u32 w = 1; w < (blockDim.x >> 5); ++w) r += part[w];
     __syncthreads();
     return r;
@@ -371,11 +372,15 @@ DEV float sum_block(float v, float* part) {
 // or total / count (Mean) to `loss`. Nothing under Reduction::None: `loss` is 0 and the
 // per-sample losses are the result. `flags[1]` counts the blocks done; the last one resets it,
 // ready for the next launch (and the next replay of a captured graph).
+// The sum and the division are in f64, rounded once to f32, as the CPU path reduces
+// (src/spec.rs `reduce`): an f32 sum overflows where the mean fits, e.g. rows of logits masked
+// with the dtype's minimum under label smoothing, each adding (eps / C) |min| to its row's
+// loss. B values only: the f64 adds cost nothing beside the rows' work.
 DEV void finish_reduced_loss(u64 loss, u64 flags_addr, u64 losses_addr, u64 batch, u32 reduction,
-                             float count) {
+                             double count) {
     if (loss == 0) return;
     __shared__ u32 last;
-    __shared__ float part[32];
+    __shared__ double part[32];
     __threadfence();
     __syncthreads();
     u32* flags = (u32*)flags_addr;
@@ -384,11 +389,11 @@ DEV void finish_reduced_loss(u64 loss, u64 flags_addr, u64 losses_addr, u64 batc
     if (!last) return;
     __threadfence();
     const float* losses = (const float*)losses_addr;
-    float acc = 0.0f;
-    for (u64 i = threadIdx.x; i < batch; i += blockDim.x) acc += ld_cg_f32(losses + i);
-    const float total = sum_block(acc, part);
+    double acc = 0.0;
+    for (u64 i = threadIdx.x; i < batch; i += blockDim.x) acc += (double)ld_cg_f32(losses + i);
+    const double total = sum_block(acc, part);
     if (threadIdx.x == 0) {
-        ((float*)loss)[0] = reduction == 1 ? total : __fdiv_rn(total, count);
+        ((float*)loss)[0] = (float)(reduction == 1 ? total : total / count);
         flags[1] = 0;
     }
 }

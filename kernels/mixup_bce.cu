@@ -57,8 +57,8 @@ struct BceArgs {
     float eps;
     float off;       // eps / C (TargetSpec::off_value)
     float up;        // upstream gradient when `upstream` is 0
-    float factor;    // 1 / count for Mean, 1 otherwise
-    float count;     // what Mean divides by: B C, or B with sum_classes
+    float factor;    // 1 / (B C, or B with sum_classes) for Mean, 1 otherwise
+    u32 sum_classes; // what Mean divides by: 1: B (BceSpec::sum_classes), 0: B C
     float thr;       // target threshold (when `thresholded`)
     float t_on;      // timm's on value in f32 (thresholding; BceSpec::timm_on_off)
     float t_off;     // timm's off value in f32
@@ -132,9 +132,11 @@ DEV float bce_elem(const BceArgs& g, const BceRow& r, u64 e, float z, float& acc
     return __fmul_rn(v, __fmul_rn(fmaf(cw, sig, -wt), r.scale));
 }
 
-// The reduced loss (common.cuh `finish_reduced_loss`); Mean divides by `count`.
+// The reduced loss (common.cuh `finish_reduced_loss`); Mean divides by B C, or by B with
+// sum_classes (BceSpec::mean_count), in f64.
 DEV void bce_finish(const BceArgs& g) {
-    finish_reduced_loss(g.loss, g.flags, g.losses, g.batch, g.reduction, g.count);
+    const double count = g.sum_classes ? (double)g.batch : (double)g.batch * (double)g.classes;
+    finish_reduced_loss(g.loss, g.flags, g.losses, g.batch, g.reduction, count);
 }
 
 // The elements of one row that lane t of L handles: slots t, t + L, ... and extras t, t + L, ...

@@ -405,7 +405,7 @@ DEV void regs_grad(const CeArgs& g, const v16 (&va)[K], const typename E::B* zro
 // The reduced loss (common.cuh `finish_reduced_loss`); Mean divides by B.
 
 DEV void ce_finish(const CeArgs& g) {
-    finish_reduced_loss(g.loss, g.flags, g.losses, g.batch, g.reduction, (float)g.batch);
+    finish_reduced_loss(g.loss, g.flags, g.losses, g.batch, g.reduction, (double)g.batch);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -273,3 +273,62 @@ fn spec_and_plan_from_another_mixer_are_refused() {
     let got = s.clone_dtoh(&loss).unwrap()[0];
     assert!((got - want).abs() <= 1e-5 * want.abs(), "{got} vs {want}");
 }
+
+/// Logits masked with the dtype's minimum under label smoothing: each masked class adds
+/// (ε/C)·|min| to its row's loss, so the rows' f32 sum passes f32::MAX while their mean fits.
+/// The device reduces in f64 as the CPU path does: Mean is finite (an f32 sum gave +inf) and
+/// agrees with the CPU path; Sum is +inf on both.
+#[test]
+fn a_mean_whose_f32_sum_would_overflow_is_finite() {
+    let Some(m) = mixer("a_mean_whose_f32_sum_would_overflow_is_finite") else {
+        return;
+    };
+    fn check<T: FloatElement + cudarc_repr::Repr>(m: &CudaMixer, r: &mut TestRng) {
+        let (b, k) = (256usize, 1000usize);
+        let (mut z, labels) = logits_and_labels::<T>(r, b, k);
+        let plan = MixPlan::from_parts(&permutation(r, b), &lams(r, b)).unwrap();
+        for i in 0..b {
+            let (a, bb) = (labels[i] as usize, labels[plan.sample(i).partner] as usize);
+            for j in (i % 20..k).step_by(20) {
+                if j != a && j != bb {
+                    z[i * k + j] = dtype_min::<T>();
+                }
+            }
+        }
+        let mut dplan = DevicePlan::new(m);
+        dplan.upload(&plan).unwrap();
+        let s = m.stream();
+        let (dz, dy) = (s.clone_htod(&z).unwrap(), s.clone_htod(&labels).unwrap());
+        let mut loss = s.clone_htod(&[0.0f32]).unwrap();
+        for reduction in [Reduction::Mean, Reduction::Sum] {
+            let spec = BceSpec::new(k, 0.1, reduction).unwrap();
+            let host = mixup_kernels::cpu::mixup_bce_forward(&plan, &spec, &z, &labels, None)
+                .unwrap()
+                .expect("a reduced loss");
+            let dspec = DeviceBceSpec::new(m, spec).unwrap();
+            m.mixup_bce_forward(
+                &dplan,
+                &dspec,
+                &dz.as_view(),
+                &dy.as_view(),
+                Some(&mut loss.as_view_mut()),
+                None,
+            )
+            .unwrap();
+            let got = s.clone_dtoh(&loss).unwrap()[0];
+            let what = format!("{} {reduction:?}", T::DTYPE.name());
+            if reduction == Reduction::Mean {
+                assert!(host.is_finite(), "{what}: the CPU mean {host}");
+                assert!(
+                    (got - host).abs() <= 1e-5 * host.abs(),
+                    "{what}: {got} vs {host}"
+                );
+            } else {
+                assert_eq!((got, host), (f32::INFINITY, f32::INFINITY), "{what}");
+            }
+        }
+    }
+    let mut r = rng(35);
+    check::<f32>(&m, &mut r);
+    check::<bf16>(&m, &mut r);
+}

@@ -35,7 +35,8 @@ pub(crate) struct BceArgs {
     pub off: f32,
     pub up: f32,
     pub factor: f32,
-    pub count: f32,
+    /// 1: Mean divides by B (`BceSpec::sum_classes`), 0: by B C (`BceSpec::mean_count`).
+    pub sum_classes: u32,
     pub thr: f32,
     pub t_on: f32,
     pub t_off: f32,
@@ -238,7 +239,7 @@ pub(crate) fn bce_call(
         off: spec.targets().off_f32(),
         up,
         factor: spec.grad_factor(b),
-        count: spec.mean_count(b) as f32,
+        sum_classes: u32::from(spec.sum_classes()),
         thr: spec.target_threshold().unwrap_or(0.0),
         // The values `BceSpec::thresholded` decides with.
         t_on,

@@ -790,6 +790,35 @@ fn masked_cases<T: FloatElement + Default + Send + Sync + 'static>(out: &mut Vec
             out,
         );
     }
+    // Half of every row at the dtype's minimum (not the row's or its partner's label) under
+    // smoothing: each row's loss is about (ε/2)·|min|, 64 of them add up past f32's range, their
+    // mean does not. Mean must be finite (the kernel reduces in f64, as the CPU path does), Sum
+    // +inf.
+    for reduction in [Reduction::Mean, Reduction::Sum] {
+        seed += 1;
+        let (c, b) = (1000usize, 64usize);
+        let mut rows = mask_rows(c, ve, b, seed);
+        for i in 0..b {
+            let keep = [rows[i].label as usize, rows[rows[i].partner].label as usize];
+            rows[i].kind = 1;
+            rows[i].masked = (i % 2..c)
+                .step_by(2)
+                .filter(|k| !keep.contains(k))
+                .collect();
+        }
+        push_case::<T>(
+            CeCase {
+                c,
+                b,
+                eps: 0.1,
+                reduction,
+                seed,
+                rows,
+                ..CeCase::default()
+            },
+            out,
+        );
+    }
 }
 
 /// Rows whose every logit is at (or near) the dtype's minimum: in f32 and bf16 the max is below
