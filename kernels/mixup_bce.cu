@@ -10,14 +10,18 @@
 //            sum rounded once in f32 (no FMA): timm's `mixup_target` in f32, src/spec.rs
 //            `BceSpec::thresholded`, so a target one rounding from the threshold goes the same way.
 //   per element, w = pos_weight[c] (1 without), v = weight[c] (1 without), cw = 1 + (w - 1) t,
-//   e = exp(-|z|):
-//     z >= 0:  l = (1 - t) z + cw ln(1 + e),    sigma = 1 / (1 + e)
-//     z <  0:  l = cw ln(1 + e) - w t z,        sigma = e / (1 + e)
-//     loss += v l,  grad = v (cw sigma - w t) scale,  scale = upstream * factor
-//   PyTorch's binary_cross_entropy_with_logits rearranged so that no inf - inf appears (the CPU
-//   path, src/cpu/mixup_bce.rs, computes the same element). A product with a zero weight is left
-//   out (`weighted`): a -inf (or dtype-min) logit of a class whose target is 0 adds nothing and
-//   gets gradient 0; with a target > 0 the loss is +inf, as in PyTorch; a NaN logit gives NaN.
+//   e = exp(-|z|), s = e / (1 + e) = sigmoid(-|z|):
+//     z >= 0:  l = (1 - t) z + cw ln(1 + e),    d = (1 - t) - cw s
+//     z <  0:  l = cw ln(1 + e) - w t z,        d = cw s - w t
+//     loss += v l,  grad = v d scale,  scale = upstream * factor
+//   d is dl/dz = cw sigma(z) - w t with sigma(z) = 1 - s for z >= 0 written out, so that no
+//   sigma near 1 is rounded before the subtraction (cw sigma - w t lost all its bits from z ~ 17
+//   at t = 1: thresholded targets, or eps = 0 with lam = 1). PyTorch's
+//   binary_cross_entropy_with_logits rearranged so that no inf - inf appears (the CPU path,
+//   src/cpu/mixup_bce.rs, computes the same element). A product with a zero weight is left out
+//   (`weighted`): a -inf (or dtype-min) logit of a class whose target is 0 adds nothing and gets
+//   gradient 0; with a target > 0 the loss is +inf (PyTorch's form gives NaN there, -inf + inf);
+//   a NaN logit gives NaN.
 //   L_i = sum_c v_c l_ic (per-sample losses [B], written unless the call wants the gradient
 //   only); the reduced loss is L_i summed (Sum), or divided by `count` (Mean): B C, or B with
 //   sum_classes; none under None.
@@ -112,8 +116,8 @@ DEV BceRow bce_row_of(const BceArgs& g, u64 row) {
 // and as src/cpu/mixup_bce.rs `weighted`).
 DEV float weighted(float w, float x) { return w == 0.0f && x == x ? 0.0f : __fmul_rn(w, x); }
 
-// One element at class e: adds v l to `acc`, returns the gradient v (cw sigma - w t) scale
-// (0 without GRAD: forward only).
+// One element at class e: adds v l to `acc`, returns the gradient v d scale (0 without GRAD:
+// forward only).
 template <bool GRAD>
 DEV float bce_elem(const BceArgs& g, const BceRow& r, u64 e, float z, float& acc) {
     const float t = e == r.a ? r.ta : (e == r.b ? r.tb : r.toff);
@@ -128,8 +132,9 @@ DEV float bce_elem(const BceArgs& g, const BceRow& r, u64 e, float z, float& acc
     const float l = fmaf(cw, sp, lin);
     acc = __fadd_rn(acc, weighted(v, l));
     if (!GRAD) return 0.0f;
-    const float sig = __fdiv_rn(pos ? 1.0f : ex, __fadd_rn(1.0f, ex));
-    return __fmul_rn(v, __fmul_rn(fmaf(cw, sig, -wt), r.scale));
+    const float s = __fdiv_rn(ex, __fadd_rn(1.0f, ex));
+    const float d = pos ? fmaf(-cw, s, __fsub_rn(1.0f, t)) : fmaf(cw, s, -wt);
+    return __fmul_rn(v, __fmul_rn(d, r.scale));
 }
 
 // The reduced loss (common.cuh `finish_reduced_loss`); Mean divides by B C, or by B with

@@ -299,19 +299,21 @@ pub struct BceReference {
 ///
 /// Written in the form that never meets `inf − inf`: for `z ≥ 0`, `(1 − t)·z + c·ln(1 + e^−z)`;
 /// for `z < 0`, `softplus(−z) = softplus(z) − z` gives `c·ln(1 + e^z) − w·t·z`. A product with a
-/// zero weight is 0, so a −inf logit with `t = 0` adds nothing (and +inf with `t = 1`).
+/// zero weight is 0, so a −inf logit with `t = 0` adds nothing (and +inf with `t = 1`). The
+/// gradient with `s = σ(−|z|)`: `(1 − t) − c·s` for `z ≥ 0` (`σ(z) = 1 − s` written out, so no
+/// `σ` near 1 cancels against `w·t`), `c·s − w·t` for `z < 0`.
 pub(crate) fn bce_element(z: f64, t: f64, w: f64) -> (f64, f64) {
     let c = 1.0 + (w - 1.0) * t;
     let e = (-z.abs()).exp();
     let sp = e.ln_1p();
     let times = |a: f64, b: f64| if a == 0.0 && !b.is_nan() { 0.0 } else { a * b };
-    let (l, sig) = if z >= 0.0 {
-        (times(1.0 - t, z) + c * sp, 1.0 / (1.0 + e))
+    let s = e / (1.0 + e);
+    if z >= 0.0 {
+        (times(1.0 - t, z) + c * sp, (1.0 - t) - c * s)
     } else {
         // NaN lands here: every result is NaN.
-        (c * sp - times(w * t, z), e / (1.0 + e))
-    };
-    (l, c * sig - w * t)
+        (c * sp - times(w * t, z), c * s - w * t)
+    }
 }
 
 /// Binary cross-entropy of `logits` (`[B, C]`) against the plan's soft targets, timm's

@@ -3,9 +3,13 @@
 //!
 //! With `t` the element's target (`ε/C` except at the sample's two labels, thresholded if asked),
 //! `w` its class's `pos_weight`, `v` its `weight`, `c = 1 + (w − 1)·t` and `e = e^−|z|`:
-//! - `z ≥ 0`: `ℓ = v·((1 − t)·z + c·ln(1 + e))`, `σ = 1/(1 + e)`;
-//! - `z < 0`: `ℓ = v·(c·ln(1 + e) − w·t·z)`, `σ = e/(1 + e)`;
-//! - `∂ℓ/∂z = v·(c·σ − w·t)`, times the gradient scale, formed in f32 and rounded once.
+//! - `z ≥ 0`: `ℓ = v·((1 − t)·z + c·ln(1 + e))`, `∂ℓ/∂z = v·((1 − t) − c·s)`;
+//! - `z < 0`: `ℓ = v·(c·ln(1 + e) − w·t·z)`, `∂ℓ/∂z = v·(c·s − w·t)`;
+//!
+//! with `s = e/(1 + e) = σ(−|z|)`; the gradient times the gradient scale, formed in f32 and
+//! rounded once. The gradient is `v·(c·σ(z) − w·t)` with `σ(z) = 1 − s` for `z ≥ 0` written out,
+//! so no `σ` near 1 is rounded before the subtraction (`c·σ − w·t` lost every bit from `z ≈ 17`
+//! at `t = 1`: thresholded targets, or `ε = 0` with `λ = 1`).
 //!
 //! Both forms are PyTorch's `binary_cross_entropy_with_logits` rearranged so that no `inf − inf`
 //! appears, and a product with a zero weight is left out: a −inf logit of a class whose target
@@ -26,7 +30,7 @@ const LN2_HI: f32 = 0.693_145_75;
 const LN2_LO: f32 = 1.428_606_8e-6;
 
 /// `(ln(1 + e), 1/(1 + e))` for `e ∈ [0, 1]` (and NaN for NaN); the logarithm within 3 ulp
-/// (measured: 2.4), the reciprocal correctly rounded (the sigmoid reuses it).
+/// (measured: 2.4), the reciprocal correctly rounded (`σ(−|z|)` reuses it).
 ///
 /// `u = 1 + e` rounded, `u = 2^k·v` with `v ∈ [√½, √2)` (`k ∈ {0, 1}`), `ln v = 2·atanh(s)` with
 /// `s = (v − 1)/(v + 1)`, `|s| ≤ 0.1716`, by its odd series to `s^9` (truncation `< 2·s^11/11`,
@@ -76,8 +80,9 @@ fn element(z: f32, t: f32, w: f32, scale: f32) -> (f32, f32) {
         -weighted(w * t, z)
     };
     let l = c.mul_add(sp, lin);
-    let sig = if pos { 1.0 } else { e } * r;
-    (l, c.mul_add(sig, -(w * t)) * scale)
+    let s = e * r;
+    let (k, d) = if pos { (-c, 1.0 - t) } else { (c, -(w * t)) };
+    (l, k.mul_add(s, d) * scale)
 }
 
 /// Per-call constants.
@@ -344,5 +349,35 @@ mod tests {
         assert!(worst < 3.0, "worst error {worst} ulp");
         assert!(ln_1p_unit(f32::NAN).0.is_nan());
         assert_eq!(ln_1p_unit(0.0), (0.0, 1.0));
+    }
+
+    /// The gradient where it is small: `c·σ(z) − w·t` for large `z ≥ 0` (at `t = 1` it is
+    /// `−c·σ(−z)`; and for large `−z` with `t = 0`, `c·σ(z)`) to a few roundings of itself, here
+    /// and in the f64 reference. The form `c·σ − w·t` with `σ` rounded near 1 lost every bit
+    /// from `z ≈ 17` (gradient 0), and the reference's from `z ≈ 37`.
+    #[test]
+    fn small_gradients_keep_their_bits() {
+        for w in [1.0f32, 0.3, 2.5] {
+            for t in [1.0f32, 0.0] {
+                for m in 1..=85 {
+                    let z = if t == 1.0 { m as f32 } else { -(m as f32) };
+                    let (wd, td, zd) = (f64::from(w), f64::from(t), f64::from(z));
+                    let c = 1.0 + (wd - 1.0) * td;
+                    // c·σ(z) − w·t, exactly: −c·σ(−z) at t = 1, c·σ(z) at t = 0.
+                    let s = (-zd.abs()).exp() / (1.0 + (-zd.abs()).exp());
+                    let want = if t == 1.0 { -c * s } else { c * s };
+                    let got = f64::from(element(z, t, w, 1.0).1);
+                    assert!(
+                        (got - want).abs() <= 8.0 * f64::from(f32::EPSILON) * want.abs(),
+                        "CPU: z {z}, t {t}, w {w}: {got} vs {want}"
+                    );
+                    let r = crate::reference::bce_element(zd, td, wd).1;
+                    assert!(
+                        (r - want).abs() <= 8.0 * f64::EPSILON * want.abs(),
+                        "reference: z {z}, t {t}, w {w}: {r} vs {want}"
+                    );
+                }
+            }
+        }
     }
 }

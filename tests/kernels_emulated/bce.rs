@@ -310,6 +310,21 @@ fn thr_target(y1: f32, y2: f32, lam: f32, thr: f32) -> f64 {
     if y1 * lam + y2 * mu > thr { 1.0 } else { 0.0 }
 }
 
+/// The kernel's soft targets in f32 (common.cuh `soft_pair`: each product and sum rounded once,
+/// no FMA): `(t_a, t_b, t_off)`.
+fn kernel_targets(eps: f64, cc: usize, lam: f32, same: bool) -> (f64, f64, f64) {
+    let eps32 = eps as f32;
+    let (keep, off) = (1.0 - eps32, eps32 / cc as f32);
+    let mu = 1.0 - lam;
+    let (ta, tb) = if same {
+        let t = keep * (lam + mu) + off;
+        (t, t)
+    } else {
+        (keep * lam + off, keep * mu + off)
+    };
+    (f64::from(ta), f64::from(tb), f64::from(off))
+}
+
 fn judge<T: FloatElement + Default>(
     runs: &[Run],
     k: &mut Checks,
@@ -361,18 +376,23 @@ fn judge<T: FloatElement + Default>(
                 off,
             ),
         };
+        // The targets the kernel computes with (exact 0/1 when thresholded).
+        let (ka, kb, koff) = match c.thr {
+            Some(_) => (ta, tb, toff),
+            None => kernel_targets(c.eps, cc, s.lam, a == bl),
+        };
         let scale = loss::scale(up, i, c.reduction, count);
         let (mut labs, mut lerr, mut over) = (0.0, 0.0, false);
         let mut grads = loss::Failures::new(2);
         let zr = wide(&inp.z[i * cc..(i + 1) * cc]);
         for (kk, &z) in zr.iter().enumerate() {
             let j = i * cc + kk;
-            let t = if kk == a as usize {
-                ta
+            let (t, t32) = if kk == a as usize {
+                (ta, ka)
             } else if kk == bl as usize {
-                tb
+                (tb, kb)
             } else {
-                toff
+                (toff, koff)
             };
             let w = inp.spec.pos_weight().map_or(1.0, |p| f64::from(p[kk]));
             let v = inp.spec.weight().map_or(1.0, |p| f64::from(p[kk]));
@@ -415,6 +435,27 @@ fn judge<T: FloatElement + Default>(
                 !loss::within(got, gx, gtol)
             };
             grads.check(k, !fail, || format!("grad[{i}, {kk}] is {got}, expected {gx} (tol {gtol:.3e}, z {z}, t {t}, w {w}, v {v})"));
+            // Against the exact gradient at the kernel's own f32 target, to a few roundings of
+            // its terms: (1 − t) − c·s for z ≥ 0, c·s − w·t below (s = σ(−|z|)); an error
+            // relative to 1 where the gradient is e^−z (c·σ(z) − w·t at t = 1) fails here.
+            if z.is_nan() {
+                continue;
+            }
+            let c32 = 1.0 + (w - 1.0) * t32;
+            let s = e / (1.0 + e);
+            let (d, terms) = if z >= 0.0 {
+                ((1.0 - t32) - c32 * s, (1.0 - t32).abs() + (c32 * s).abs())
+            } else {
+                (c32 * s - w * t32, (c32 * s).abs() + (w * t32).abs())
+            };
+            let own = v * d * scale;
+            let otol = 8.0 * U * (v * scale).abs() * terms
+                + (4.0 * U + rnd_rel) * own.abs()
+                + rnd_abs
+                + 1e-40;
+            grads.check(k, loss::within(got, own, otol), || {
+                format!("grad[{i}, {kk}] is {got}, exact at the kernel's target t = {t32}: {own} (tol {otol:.3e}, z {z}, w {w}, v {v})")
+            });
         }
         if c.mode != Mode::Fwd {
             k.check(grads.none(), || format!("gradient of row {i}"));
