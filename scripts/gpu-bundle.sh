@@ -53,6 +53,9 @@ cargo bench --no-run --bench gpu --bench cpu --message-format=json | pick |
 if [[ $with_burn == 1 ]]; then
     echo "building the burn CUDA test binary (scripts/burn-cuda-offline.sh)..." >&2
     bash scripts/burn-cuda-offline.sh "$out/test-burn" >&2
+else
+    # scripts/gpu/run.sh: the burn step says SKIPPED with this, fails without the binary else.
+    echo "built with --no-burn" >"$out/NO_BURN"
 fi
 if [[ $with_candle == 1 ]]; then
     # candle links cudarc dynamically (libcuda, libnvrtc, libcublas, libcublasLt, libcurand):

@@ -139,8 +139,14 @@ gpu_tests() {
 # against Flex in every dtype, then the per-call cost next to Flex's.
 burn_cuda() {
     if [[ ! -e "$bin/test-burn.xz" ]]; then
-        echo "SKIPPED test-burn: not in $bin (built by scripts/gpu-bundle.sh unless --no-burn)"
-        return 0
+        # Left out on purpose (gpu-bundle.sh --no-burn writes NO_BURN): say so. Otherwise the
+        # bundle is broken and the step fails, rather than pass without running.
+        if [[ -e "$bin/NO_BURN" ]]; then
+            echo "SKIPPED test-burn: the bundle was built with --no-burn"
+            return 0
+        fi
+        echo "error: test-burn.xz is not in $bin (scripts/gpu-bundle.sh builds it unless --no-burn)"
+        return 1
     fi
     local exe=/tmp/mixup-test-burn rc=0
     python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
