@@ -570,17 +570,21 @@ fn cuda_or_skip(test: &str) -> bool {
 
 /// burn's CUDA backend without a copy (feature `burn-cuda`, a GPU): every op runs the crate's
 /// kernels on the tensors' own device memory (`device_calls` counts those calls; the host
-/// round trip does not count), for f32, f16 and bf16, a strided (transposed) input, u8 pixels
-/// through `mix_normalize`, a loss on a device without autodiff and a tracked one in every dtype,
-/// and the results equal Flex's (the dtype's tolerance).
+/// round trip does not count), for f32, f16 and bf16, a strided (transposed) input, a slice of a
+/// larger tensor (a view at an offset), u8 pixels through `mix_normalize`, a loss on a device
+/// without autodiff and a tracked one in every dtype, and the results equal Flex's (the dtype's
+/// tolerance). Each op's count of kernel calls and of inputs copied first (`device_copies`:
+/// padded rows, dense tensors and aligned slices are read in place) is checked after all the
+/// results, so a wrong count does not hide a wrong result.
 #[cfg(feature = "burn-cuda")]
 #[test]
 fn cuda_ops_run_on_device_memory() {
     use mixup_kernels::Normalize;
-    use mixup_kernels::burn::{device_calls, mix_normalize};
+    use mixup_kernels::burn::{device_calls, device_copies, mix_normalize};
     if !cuda_or_skip("cuda_ops_run_on_device_memory") {
         return;
     }
+    let counts = std::cell::RefCell::new(Vec::<String>::new());
     let (b, c, h, w, ch) = (7, 13, 5, 9, 3);
     // Drawn for timm's 10 classes; the specs below are the test's own (13 classes).
     let plan = mixed_plan(b, h, w, 5).with_targets(None);
@@ -592,19 +596,26 @@ fn cuda_ops_run_on_device_memory() {
         let close = |what: &str, got: &[f64], want: &[f64]| {
             assert_close(&format!("{what} {dtype:?}"), got, want, Tol::new(abs, rel))
         };
-        // One op on both devices: (CUDA result, Flex result), and the op ran on the device.
-        let both = |f: &dyn Fn(&Device) -> Vec<f64>| {
-            let before = device_calls();
+        // One op on both devices: (CUDA result, Flex result); the op ran on the device, with
+        // `want` = (kernel calls, inputs copied first), recorded in `counts` if not.
+        let both = |what: &str, want: (usize, usize), f: &dyn Fn(&Device) -> Vec<f64>| {
+            let before = (device_calls(), device_copies());
             let got = f(&cuda);
             assert!(
-                device_calls() > before,
-                "{dtype:?}: the op took the host path"
+                device_calls() > before.0,
+                "{what} {dtype:?}: the op took the host path"
             );
+            let seen = (device_calls() - before.0, device_copies() - before.1);
+            if seen != want {
+                counts.borrow_mut().push(format!(
+                    "{what} {dtype:?}: (calls, copies) {seen:?}, expected {want:?}"
+                ));
+            }
             (got, f(&device()))
         };
         // Mixing a transposed view ([B, C, W, H] read as strided): made contiguous on the device.
         let raw = TensorData::new(pseudo_random(b * ch * w * h, 11, 1.0), [b, ch, w, h]);
-        let (g, f) = both(&|d| {
+        let (g, f) = both("mix_images (strided)", (1, 1), &|d| {
             let x = Tensor::<4>::from_data(raw.clone(), (d, dtype)).swap_dims(2, 3);
             host_f64(&mix_images(&plan, first, x).unwrap())
         });
@@ -612,31 +623,31 @@ fn cuda_ops_run_on_device_memory() {
         // Tensors as burn stores them: 9-wide rows (channels-first) and 3 channels
         // (channels-last) padded by cubecl, read in place.
         let nchw = TensorData::new(pseudo_random(b * ch * h * w, 14, 1.0), [b, ch, h, w]);
-        let (g, f) = both(&|d| {
+        let (g, f) = both("mix_images (padded rows)", (1, 0), &|d| {
             let x = Tensor::<4>::from_data(nchw.clone(), (d, dtype));
             host_f64(&mix_images(&plan, first, x).unwrap())
         });
         close("mix_images (padded rows)", &g, &f);
         let nhwc = TensorData::new(pseudo_random(b * h * w * ch, 15, 1.0), [b, h, w, ch]);
-        let (g, f) = both(&|d| {
+        let (g, f) = both("mix_images (channels-last, padded rows)", (1, 0), &|d| {
             let x = Tensor::<4>::from_data(nhwc.clone(), (d, dtype));
             host_f64(&mix_images(&plan, MemoryFormat::ChannelsLast, x).unwrap())
         });
         close("mix_images (channels-last, padded rows)", &g, &f);
         // Rows: [B, 20] read in place (padded), [B, 4, 5] mixed as rows of 20 (made dense).
         let flat = TensorData::new(pseudo_random(b * 20, 12, 2.0), [b, 20]);
-        let (g, f) = both(&|d| {
+        let (g, f) = both("mix_rows (padded rows)", (1, 0), &|d| {
             let x = Tensor::<2>::from_data(flat.clone(), (d, dtype));
             host_f64(&mix_rows(&plan, x).unwrap())
         });
         close("mix_rows (padded rows)", &g, &f);
         let rows = TensorData::new(pseudo_random(b * 20, 12, 2.0), [b, 4, 5]);
-        let (g, f) = both(&|d| {
+        let (g, f) = both("mix_rows", (1, 1), &|d| {
             let x = Tensor::<3>::from_data(rows.clone(), (d, dtype));
             host_f64(&mix_rows(&plan, x).unwrap())
         });
         close("mix_rows", &g, &f);
-        let (g, f) = both(&|d| {
+        let (g, f) = both("soft_targets", (1, 0), &|d| {
             let y = Tensor::<1, Int>::from_data(labels.clone(), d);
             let spec = TargetSpec::new(c, 0.1).unwrap();
             host_f64(&soft_targets(&plan, &spec, y, dtype).unwrap())
@@ -647,7 +658,7 @@ fn cuda_ops_run_on_device_memory() {
         for reduction in [Reduction::Mean, Reduction::None] {
             let ce = CeSpec::new(c, 0.1, reduction).unwrap();
             let bce = BceSpec::new(c, 0.0, reduction).unwrap();
-            let (g, f) = both(&|d| {
+            let (g, f) = both("losses without autodiff", (2, 0), &|d| {
                 let x = Tensor::<2>::from_data(z.clone(), (d, dtype));
                 let y = Tensor::<1, Int>::from_data(labels.clone(), d);
                 let mut v =
@@ -659,7 +670,7 @@ fn cuda_ops_run_on_device_memory() {
             });
             close("losses without autodiff", &g, &f);
             // Each loss's gradient through its own backward(), so each is one rounding to dtype.
-            let (g, f) = both(&|d| {
+            let (g, f) = both("losses and gradients", (2, 0), &|d| {
                 let ad = d.clone().autodiff();
                 let y = Tensor::<1, Int>::from_data(labels.clone(), &ad);
                 let x = Tensor::<2>::from_data(z.clone(), (&ad, dtype)).require_grad();
@@ -674,10 +685,26 @@ fn cuda_ops_run_on_device_memory() {
             });
             close("losses and gradients", &g, &f);
         }
+        // A slice of a larger tensor at a row offset of 1024 bytes (a multiple of cubecl's
+        // allocation alignment, so burn keeps it as a view at an offset): read in place.
+        let wide = 1024 / dtype.size();
+        let big = TensorData::new(pseudo_random((b + 1) * wide, 17, 2.0), [b + 1, wide]);
+        let sliced =
+            |d: &Device| Tensor::<2>::from_data(big.clone(), (d, dtype)).slice([1..b + 1, 0..wide]);
+        let (g, f) = both("mix_rows (slice)", (1, 0), &|d| {
+            host_f64(&mix_rows(&plan, sliced(d)).unwrap())
+        });
+        close("mix_rows (slice)", &g, &f);
+        let ce_wide = CeSpec::new(wide, 0.1, Reduction::None).unwrap();
+        let (g, f) = both("mixup_cross_entropy (slice)", (1, 0), &|d| {
+            let y = Tensor::<1, Int>::from_data(labels.clone(), d);
+            host_f64(&mixup_cross_entropy(&plan, &ce_wide, sliced(d), y).unwrap())
+        });
+        close("mixup_cross_entropy (slice)", &g, &f);
         // u8 pixels channels-last into the model's input, channels-first, of `dtype`.
         let px: Vec<u8> = (0..b * h * w * ch).map(|i| (i * 37 % 256) as u8).collect();
         let norm = Normalize::imagenet_u8();
-        let (g, f) = both(&|d| {
+        let (g, f) = both("mix_normalize u8", (1, 0), &|d| {
             let p = TensorData::new(px.clone(), [b, h, w, ch]);
             let p = Tensor::<4, Int>::from_data(p, (d, DType::U8));
             let last = MemoryFormat::ChannelsLast;
@@ -689,7 +716,7 @@ fn cuda_ops_run_on_device_memory() {
         let (hd, wd) = (5, 8);
         let dense_plan = mixed_plan(b, hd, wd, 6).with_targets(None);
         let xd = TensorData::new(pseudo_random(b * ch * hd * wd, 16, 1.0), [b, ch, hd, wd]);
-        let (g, f) = both(&|d| {
+        let (g, f) = both("mix_images (dense rows)", (1, 0), &|d| {
             let x = Tensor::<4>::from_data(xd.clone(), (d, dtype));
             host_f64(&mix_images(&dense_plan, first, x).unwrap())
         });
@@ -699,13 +726,15 @@ fn cuda_ops_run_on_device_memory() {
         let pd: Vec<u8> = (0..b * ch * hu * wu)
             .map(|i| (i * 53 % 256) as u8)
             .collect();
-        let (g, f) = both(&|d| {
+        let (g, f) = both("mix_normalize u8 (dense rows)", (1, 0), &|d| {
             let p = TensorData::new(pd.clone(), [b, ch, hu, wu]);
             let p = Tensor::<4, Int>::from_data(p, (d, DType::U8));
             host_f64(&mix_normalize(&u8_plan, first, &norm, p, first, dtype).unwrap())
         });
         close("mix_normalize u8 (dense rows)", &g, &f);
     }
+    let counts = counts.into_inner();
+    assert!(counts.is_empty(), "{}", counts.join("\n"));
 }
 
 /// burn's wgpu backend behind its `fusion` wrapper (feature `burn-wgpu`, which turns on burn's
@@ -845,15 +874,21 @@ fn mix_normalize_matches_the_cpu_path() {
 /// burn's queue and its own kernel: the two host synchronizations docs/burn.md counts), and the
 /// same with a read back to the host (`to_data`). The image rows show the three input layouts
 /// cubecl gives: 224-wide f32 rows padded to 256 (read in place, 16-byte slots), 3-channel f32
-/// pixels padded to 4 (read in place, element by element), 256-wide rows (dense).
+/// pixels padded to 4 (read in place, element by element), 256-wide rows (dense). Then the
+/// crate's mix kernel alone on the first layout's bytes (`CudaMixer` on its own buffers), waited
+/// for after each call and once for all: what the burn glue adds is the difference. Checked at
+/// the end: every CUDA call ran on the device (`device_calls`) and copied no input first
+/// (`device_copies`).
 #[cfg(feature = "burn-cuda")]
 #[test]
 #[ignore = "a timing on the GPU, not a check: run with --ignored --nocapture"]
 fn per_call_cost_cuda() {
+    use mixup_kernels::burn::{device_calls, device_copies};
     use std::time::Instant;
     if !cuda_or_skip("per_call_cost_cuda") {
         return;
     }
+    let mut on_device = (0, 0);
     let (b, c) = (256, 1000);
     let plan = timm_plan(c, 0, b);
     let spec = MixConfig::timm(c).ce_spec(Reduction::Mean).unwrap();
@@ -905,6 +940,7 @@ fn per_call_cost_cuda() {
         .collect();
     // Fewer calls on the host backend, whose calls take milliseconds.
     for (name, dev, reps) in [("flex", device(), 2), ("cuda", Device::cuda(0), 10)] {
+        let before = (device_calls(), device_copies());
         let ad = dev.clone().autodiff();
         let logits = Tensor::<2>::from_data(z.clone(), &ad).require_grad();
         let lt = Tensor::<1, Int>::from_data(li.clone(), &ad);
@@ -944,5 +980,51 @@ fn per_call_cost_cuda() {
             );
             println!("{name}: mix_images {n}x{what} {q:.0} µs per call, {r:.0} µs with the read");
         }
+        let counts = (device_calls() - before.0, device_copies() - before.1);
+        println!(
+            "{name}: {} calls on burn's device memory, {} inputs copied first",
+            counts.0, counts.1
+        );
+        if name == "cuda" {
+            on_device = counts;
+        }
     }
+    // The kernel alone on the first layout's bytes: no burn, the same plan and dtype.
+    {
+        use mixup_kernels::SampleShape;
+        use mixup_kernels::cuda::{CudaMixer, DevicePlan};
+        let mixer = CudaMixer::new(0).unwrap();
+        let s = mixer.stream().clone();
+        let mut dplan = DevicePlan::new(&mixer);
+        dplan.upload(&img_plan(224, 224)).unwrap();
+        let shape = SampleShape::channels_first(3, 224, 224);
+        let x = s.clone_htod(&data[0].try_to_vec::<f32>().unwrap()).unwrap();
+        let mut out = s.alloc_zeros::<f32>(x.len()).unwrap();
+        let mut time = |reps: usize, each: bool| {
+            let t = Instant::now();
+            for _ in 0..reps {
+                mixer
+                    .mix(&dplan, &shape, &x.as_view(), &mut out.as_view_mut())
+                    .unwrap();
+                if each {
+                    s.synchronize().unwrap();
+                }
+            }
+            s.synchronize().unwrap();
+            t.elapsed().as_secs_f64() / reps as f64 * 1e6
+        };
+        time(2, true);
+        let (each, queued) = (time(20, true), time(20, false));
+        println!(
+            "kernel alone (CudaMixer::mix {n}x3x224x224 f32): {each:.0} µs per call waited for, \
+             {queued:.0} µs queued"
+        );
+    }
+    // Every CUDA call ran on the device (2 + 2 CE rounds of 2·reps + 1, three layouts of
+    // reps + 1 and reps / 2 + 1 mixes), reading its inputs in place.
+    assert_eq!(
+        on_device,
+        (2 * (2 * 10 + 1) + 3 * (11 + 6), 0),
+        "(calls, copies) on CUDA"
+    );
 }

@@ -17,8 +17,9 @@
 //!   client, written by the kernel, and registered with the fusion client as new tensors (an
 //!   `Init` operation, as burn's own `from_data` does), so burn sees them like any other.
 //! - **Addresses** come from the compute client (`client.get_resource::<CudaServer>(handle)`),
-//!   which keeps each allocation in place while the address is held and queues the wait for
-//!   the stream that last wrote it (a tensor made on another host thread).
+//!   which keeps each allocation in place while the address is held and, for memory allocated
+//!   on another host thread's stream, queues a wait for that stream up to the allocation (the
+//!   case below is the limit of that).
 //! - **Ordering.** cubecl exposes no CUDA stream, so a call is ordered by two host
 //!   synchronizations: `device.sync()` after the addresses are taken (burn's queue, the fusion
 //!   queue and those cross-stream waits have run) and before the kernel, and a synchronize of
@@ -86,10 +87,17 @@ pub(super) fn ordinal(device: &Device) -> Option<usize> {
 thread_local! {
     /// Calls on this host thread that ran on burn's device memory (see [`super::device_calls`]).
     static CALLS: Cell<usize> = const { Cell::new(0) };
+    /// Inputs on this host thread that burn copied on the device before a kernel read them
+    /// (see [`super::device_copies`]).
+    static COPIES: Cell<usize> = const { Cell::new(0) };
 }
 
 pub(super) fn calls() -> usize {
     CALLS.with(Cell::get)
+}
+
+pub(super) fn copies() -> usize {
+    COPIES.with(Cell::get)
 }
 
 /// What the crate keeps per CUDA device: the mixer (compiled kernels, its own stream), the plan
@@ -243,27 +251,37 @@ fn resolve<const D: usize, K: Basic>(
             ));
         }
     };
-    caught(what, op, "resolving the tensor", move || {
+    let (t, pitch, copied) = caught(what, op, "resolving the tensor", move || {
         let client = fused.client.clone();
         let t = if int {
             client.resolve_tensor_int::<CubeBackend>(fused)
         } else {
             client.resolve_tensor_float::<CubeBackend>(fused)
         };
-        let t = if pitched {
-            // Padded rows stay as they are (a transposed input becomes padded rows: one copy).
-            let t = burn_cubecl::kernel::into_contiguous_aligned(t);
-            if let Some(p) = super::row_pitch(&t.meta.shape()[..], &t.meta.strides()[..]) {
-                return (t, p);
-            }
-            t
-        } else {
-            t
+        // The allocation burn holds the data in: another one after the calls below means a copy.
+        let stored = t.handle.memory.descriptor().id;
+        let (t, p) = 'layout: {
+            let t = if pitched {
+                // Padded rows stay as they are (a transposed input becomes padded rows: one copy).
+                let t = burn_cubecl::kernel::into_contiguous_aligned(t);
+                if let Some(p) = super::row_pitch(&t.meta.shape()[..], &t.meta.strides()[..]) {
+                    break 'layout (t, p);
+                }
+                t
+            } else {
+                t
+            };
+            let t = burn_cubecl::kernel::into_contiguous(t);
+            let last = t.meta.shape().last().copied().unwrap_or(1);
+            (t, last)
         };
-        let t = burn_cubecl::kernel::into_contiguous(t);
-        let last = t.meta.shape().last().copied().unwrap_or(1);
-        (t, last)
-    })
+        let copied = t.handle.memory.descriptor().id != stored;
+        (t, p, copied)
+    })?;
+    if copied {
+        COPIES.with(|c| c.set(c.get() + 1));
+    }
+    Ok((t, pitch))
 }
 
 /// `t`, written by a kernel, as a burn tensor on `device`: registered with the fusion client

@@ -11,7 +11,8 @@
 //!   kernels, on the tensors' own device memory, no copy (rows that burn padded are read in
 //!   place; a transposed or broadcast view is made contiguous on the device first; the outputs
 //!   are new device tensors handed to burn; two host synchronizations per call order the work
-//!   with burn's queue, docs/burn.md).
+//!   with burn's queue, a third reads the labels of a loss or `soft_targets` to the host,
+//!   docs/burn.md).
 //!   Everywhere else: the crate's CPU kernels (the `cpu` module), on the host copy of the
 //!   tensor that burn's own `into_data` gives: for burn's CPU backends (`Flex`,
 //!   `NdArray`) that is a memory copy out and one back in (`Tensor::from_data`), on another GPU
@@ -102,6 +103,21 @@ pub use mix_normalize::mix_normalize;
 #[doc(hidden)]
 pub fn device_calls() -> usize {
     cuda::calls()
+}
+
+/// How many inputs of those calls (on the current host thread) burn first copied on the device
+/// because their layout could not be read in place (a transposed or broadcast view, rows that
+/// must be dense): for tests and the GPU script, which check that padded rows, dense tensors
+/// and aligned slices are read where they are.
+///
+/// ```
+/// # #[cfg(feature = "burn-cuda")]
+/// assert_eq!(mixup_kernels::burn::device_copies(), 0);
+/// ```
+#[cfg(feature = "burn-cuda")]
+#[doc(hidden)]
+pub fn device_copies() -> usize {
+    cuda::copies()
 }
 
 // ---------------------------------------------------------------------------------------------
