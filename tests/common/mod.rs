@@ -350,7 +350,10 @@ pub fn norm_tol<O: Element>(norm: &Normalize, max_in: f64) -> Tol {
 
 /// The layouts the mix kernels are tried on: rows of 1, 3, 63 and 4097 elements (a single
 /// element, less than a vector, one short of a multiple of 16 lanes, longer than a task
-/// boundary), and small and 32×32 images in both memory formats.
+/// boundary), small and 32×32 images in both memory formats, images longer than one chunk of
+/// a mix kernel's row (3×40×40, 37×29×5: CutMix boxes beside chunk boundaries and head/tail
+/// elements under the default tuning), and odd ones (1×1 with one channel, one column, five
+/// channels).
 pub fn mix_layouts() -> Vec<SampleShape> {
     vec![
         SampleShape::rows(1),
@@ -361,6 +364,11 @@ pub fn mix_layouts() -> Vec<SampleShape> {
         SampleShape::channels_last(5, 7, 3),
         SampleShape::channels_first(3, 32, 32),
         SampleShape::channels_last(17, 9, 4),
+        SampleShape::channels_first(3, 40, 40),
+        SampleShape::channels_last(37, 29, 5),
+        SampleShape::channels_last(1, 1, 1),
+        SampleShape::channels_first(1, 3, 1),
+        SampleShape::channels_last(2, 9, 5),
     ]
 }
 
@@ -514,10 +522,14 @@ pub fn hand_plans(batch: usize, height: usize, width: usize) -> Vec<(String, Mix
         Some(cut(0..h, 0..1)),                         // left column
     ];
     let mut rng = TestRng::new(batch as u64 * 31 + u64::from(h) * 7 + u64::from(w));
+    // λ 0 and 1, 0.5 and 0.25 (lerps of u8 values on .5 ties: rounded to even in the u8
+    // modes, as numpy's `rint`), and random ones.
     let lam: Vec<f32> = (0..batch)
-        .map(|i| match i % 4 {
-            0 => 0.0,
-            1 => 1.0,
+        .map(|i| match i % 8 {
+            0 | 4 => 0.0,
+            1 | 5 => 1.0,
+            2 => 0.5,
+            6 => 0.25,
             _ => rng.range(0.0, 1.0),
         })
         .collect();

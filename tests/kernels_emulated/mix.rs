@@ -203,8 +203,15 @@ fn mix_cases<T: Element + Default + Send + Sync + 'static>(rng: &mut Rng, out: &
             }
             let flip: Vec<usize> = (0..batch).rev().collect();
             let ident: Vec<usize> = (0..batch).collect();
+            // λ = 1, and λ = 0.5 and 0.25, whose lerps of u8 values land on .5 ties (rounded
+            // to even, as `u8::from_f32` and numpy's `rint`).
             let lam: Vec<f32> = (0..batch)
-                .map(|i| if i % 7 == 3 { 1.0 } else { rng.range(0.0, 1.0) })
+                .map(|i| match i % 7 {
+                    3 => 1.0,
+                    1 => 0.5,
+                    4 => 0.25,
+                    _ => rng.range(0.0, 1.0),
+                })
                 .collect();
             let none = vec![false; batch];
             let some: Vec<bool> = (0..batch).map(|i| i % 4 != 0).collect();
