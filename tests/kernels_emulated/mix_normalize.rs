@@ -39,6 +39,10 @@ struct Spec<I> {
     /// are; 0: dense).
     pad: usize,
     max_in: f64,
+    /// Special values in the input (NaN, infinities, values that overflow or tie in the
+    /// output type): judged against the CPU path's bits only, any NaN matching any NaN (the
+    /// device gives the canonical NaN; the CPU's conversion keeps the payload).
+    specials: bool,
 }
 
 fn judge<I: Element, O: FloatElement + Default>(
@@ -52,6 +56,35 @@ fn judge<I: Element, O: FloatElement + Default>(
     let n = s.x.len();
     let all: Vec<O> = elems(&runs[0].bufs[buf]);
     let got = &all[s.off..s.off + n];
+    if s.specials {
+        let mut cpu_out = vec![O::default(); n];
+        cpu::mix_normalize(&s.plan, &s.shape, &s.norm, &s.x, s.out_format, &mut cpu_out).unwrap();
+        let same = |j: usize| {
+            let (g, c) = (got[j].to_f32(), cpu_out[j].to_f32());
+            (g.is_nan() && c.is_nan()) || bytes(&got[j..=j]) == bytes(&cpu_out[j..=j])
+        };
+        let bad: Vec<usize> = (0..n).filter(|&j| !same(j)).collect();
+        k.check(bad.is_empty(), || {
+            let j = bad[0];
+            format!(
+                "{} elements not the CPU path's bits, first [{j}]: {} (bits {:?}), the CPU's {} \
+                 ({:?})",
+                bad.len(),
+                got[j].to_f32(),
+                bytes(&got[j..=j]),
+                cpu_out[j].to_f32(),
+                bytes(&cpu_out[j..=j])
+            )
+        });
+        let nans = (0..n).filter(|&j| cpu_out[j].to_f32().is_nan()).count();
+        let infs = (0..n)
+            .filter(|&j| cpu_out[j].to_f32().is_infinite())
+            .count();
+        k.check(nans > 0 && infs > 0, || {
+            format!("the specials reached no NaN ({nans}) or no infinity ({infs})")
+        });
+        return;
+    }
     let want = reference::mix_normalize(&s.plan, &s.shape, &s.norm, &s.x, s.out_format).unwrap();
     let bound = norm_tol::<O>(&s.norm, s.max_in);
     let mut bad = 0;
@@ -177,6 +210,7 @@ fn case<I: Element + Send + Sync + 'static>(
         off,
         pad,
         max_in,
+        specials: false,
     };
     let what = format!(
         "mix_normalize {} -> {}{}: {name}, B {}, {c}x{h}x{w} {} -> {}, off {off}, pad {pad}",
@@ -312,5 +346,94 @@ pub fn cases() -> Vec<Case> {
             }
         }
     }
+    specials(&mut out);
     out
+}
+
+/// The case of `specials` with input `x`: mean 0, std 1, dense, no offset.
+fn special_spec<I>(
+    plan: &MixPlan,
+    (c, h, w): (usize, usize, usize),
+    (fin, fout): (MemoryFormat, MemoryFormat),
+    x: Vec<I>,
+) -> Spec<I> {
+    Spec {
+        plan: plan.clone(),
+        shape: layout(fin, c, h, w),
+        norm: Normalize::new(&[0.0; 3], &[1.0; 3], 1.0).unwrap(),
+        x,
+        out_format: fout,
+        off: 0,
+        pad: 0,
+        max_in: 0.0,
+        specials: true,
+    }
+}
+
+/// f32 and f16 inputs holding special values (NaN, ±inf, the f32 maximum, 65520 and 65504 (f16
+/// overflow), bf16 rounding ties 0x3f808000 and 0x3f818000, subnormals of every type, ±0)
+/// through mean 0 and std 1 (the value itself in f32) to every output type, both formats, on
+/// plans with self-partnered, λ = 1, MixUp and CutMix samples: each output element the CPU
+/// path's bits (NaN as NaN). The f16 and bf16 conversions on sm_75 are integer code.
+fn specials(out: &mut Vec<Case>) {
+    let values: [f32; 16] = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        -f32::MAX,
+        65520.0,
+        65504.0,
+        -65520.0,
+        f32::from_bits(0x3f80_8000),
+        f32::from_bits(0x3f81_8000),
+        f32::from_bits(0x0000_0001),
+        f32::from_bits(0x0080_0000),
+        5.96e-8,
+        -1.0e-40,
+        0.0,
+        -0.0,
+    ];
+    let (c, h, w) = (3, 4, 5);
+    for (pi, (name, plan)) in hand_plans(5, h, w).into_iter().enumerate() {
+        if !(name.ends_with("boxes+0") || name.ends_with("mixup")) {
+            continue;
+        }
+        for (oi, o) in [ScalarType::F32, ScalarType::F16, ScalarType::BF16]
+            .into_iter()
+            .enumerate()
+        {
+            let fin = FORMATS[(pi + oi) % 2];
+            let fout = FORMATS[pi % 2];
+            let n = plan.len() * c * h * w;
+            let x: Vec<f32> = (0..n)
+                .map(|j| values[(j * 7 + pi) % values.len()])
+                .collect();
+            let what = |i: &str| {
+                format!(
+                    "mix_normalize {i} -> {} specials: {name}, {c}x{h}x{w} {} -> {}",
+                    o.name(),
+                    fin.name(),
+                    fout.name()
+                )
+            };
+            let spec = |x| special_spec(&plan, (c, h, w), (fin, fout), x);
+            let spec16 = |x| special_spec(&plan, (c, h, w), (fin, fout), x);
+            let x16: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+            match o {
+                ScalarType::F32 => {
+                    push::<f32, f32>(spec(x.clone()), what("f32"), out);
+                    push::<f16, f32>(spec16(x16.clone()), what("f16"), out);
+                }
+                ScalarType::F16 => {
+                    push::<f32, f16>(spec(x.clone()), what("f32"), out);
+                    push::<f16, f16>(spec16(x16.clone()), what("f16"), out);
+                }
+                _ => {
+                    push::<f32, bf16>(spec(x.clone()), what("f32"), out);
+                    push::<f16, bf16>(spec16(x16.clone()), what("f16"), out);
+                }
+            }
+        }
+    }
 }
