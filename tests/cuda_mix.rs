@@ -231,6 +231,28 @@ fn bad_arguments_are_rejected_before_launch() {
     let mut foreign = DevicePlan::new(&other);
     foreign.upload(&plan).unwrap();
     refused!(&foreign, 5, 10, InvalidArgument { what: "plan", .. });
+    // The raw API: a misaligned or null address is refused before the launch (a misaligned
+    // access would end the context); the mixer still works after.
+    {
+        use mixup_kernels::ScalarType;
+        use mixup_kernels::cuda::cudarc::driver::{DevicePtr, DevicePtrMut};
+        use mixup_kernels::cuda::raw;
+        let s = m.stream();
+        let (xp, _r) = x.device_ptr(s);
+        let (op, _w) = out.device_ptr_mut(s);
+        let rows = SampleShape::rows(5);
+        for (xa, oa, what) in [(xp + 2, op, "x"), (xp, op + 1, "out"), (0, op, "x")] {
+            // SAFETY: refused before anything is enqueued (the point of the check).
+            let r = unsafe { raw::mix(&m, &dplan, &rows, ScalarType::F32, xa, oa, 10) };
+            assert!(
+                matches!(r, Err(InvalidArgument { what: w, .. }) if w == what),
+                "{what}: {r:?}"
+            );
+        }
+        // SAFETY: both hold 10 f32 on the mixer's device, alive until the stream has run.
+        unsafe { raw::mix(&m, &dplan, &rows, ScalarType::F32, xp, op, 10) }.unwrap();
+    }
+    assert_eq!(m.stream().clone_dtoh(&out).unwrap(), vec![1.0; 10]);
 }
 
 #[test]

@@ -15,7 +15,11 @@
 //!
 //! Under that contract the functions check everything else exactly as the safe API does
 //! (plan, shapes, dtype, smoothing, reduction) before enqueuing anything, and return an error
-//! rather than panic. Labels stay on the device: out-of-range labels are counted by the kernel
+//! rather than panic. What an address itself can show is checked too: 0 for a buffer that
+//! holds elements, or an address that is not a multiple of its element's size, is
+//! [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) naming the buffer (`x`,
+//! `out`, `labels`, `logits`, `grad`, `loss`, `losses`, `grad_output`): a misaligned access
+//! would be a sticky error that ends the CUDA context. Labels stay on the device: out-of-range labels are counted by the kernel
 //! and reported by [`CudaMixer::check_labels`].
 //!
 //! The safe API and these functions share each operation's launch (its checks, its kernel
@@ -64,7 +68,7 @@
 
 use crate::config::TargetSpec;
 use crate::dtype::ScalarType;
-use crate::error::Result;
+use crate::error::{MixError, Result};
 use crate::spec::{CeSpec, SampleShape};
 
 use super::loss::DeviceLoss;
@@ -119,6 +123,50 @@ pub type CUstream = cudarc::driver::sys::CUstream;
 /// ```
 pub type BceBuffers = CeBuffers;
 
+/// Refuses an address the kernels cannot use for `n` elements of `elem` bytes: 0, or not a
+/// multiple of `elem` (an empty buffer may have any address, as PyTorch's empty tensors
+/// have 0).
+fn check_address(what: &'static str, addr: CUdeviceptr, elem: usize, n: usize) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let reason = if addr == 0 {
+        format!("is 0 (null) for {n} elements")
+    } else if !addr.is_multiple_of(elem as u64) {
+        format!("{addr:#x} is not aligned to its {elem}-byte elements")
+    } else {
+        return Ok(());
+    };
+    Err(MixError::InvalidArgument { what, reason })
+}
+
+/// The addresses of a loss call (`n` = B·C logits of `dtype`, `c` classes).
+fn check_loss_addresses(
+    dtype: ScalarType,
+    n: usize,
+    c: usize,
+    b: &CeBuffers,
+    up: &RawGradOutput,
+) -> Result<()> {
+    let rows = n / c.max(1);
+    check_address("logits", b.logits, dtype.size(), n)?;
+    check_address("labels", b.labels, 4, rows)?;
+    if let Some(g) = b.grad {
+        check_address("grad", g, dtype.size(), n)?;
+    }
+    if let Some(l) = b.loss {
+        check_address("loss", l, 4, 1)?;
+    }
+    if let Some(l) = b.losses {
+        check_address("losses", l, 4, rows)?;
+    }
+    match *up {
+        RawGradOutput::Scalar(_) => Ok(()),
+        RawGradOutput::Device(p) => check_address("grad_output", p, 4, 1),
+        RawGradOutput::PerSample(p) => check_address("grad_output", p, 4, rows),
+    }
+}
+
 /// Mixes `x` into `out`, each `len` elements of `dtype` (`[B, sample]` in `layout`).
 ///
 /// # Safety
@@ -154,6 +202,8 @@ pub unsafe fn mix(
     out: CUdeviceptr,
     len: usize,
 ) -> Result<()> {
+    check_address("x", x, dtype.size(), len)?;
+    check_address("out", out, dtype.size(), len)?;
     // SAFETY: forwarded.
     unsafe { super::mix::launch(mixer, plan, layout, dtype, (x, None), out, len, false) }
 }
@@ -190,6 +240,7 @@ pub unsafe fn mix_in_place(
     x: CUdeviceptr,
     len: usize,
 ) -> Result<()> {
+    check_address("x", x, dtype.size(), len)?;
     // SAFETY: forwarded.
     unsafe { super::mix::launch(mixer, plan, layout, dtype, (x, None), x, len, true) }
 }
@@ -231,6 +282,8 @@ pub unsafe fn soft_targets(
     out: CUdeviceptr,
     out_len: usize,
 ) -> Result<()> {
+    check_address("labels", labels, 4, out_len / spec.num_classes().max(1))?;
+    check_address("out", out, dtype.size(), out_len)?;
     // SAFETY: forwarded.
     unsafe { super::soft_targets::launch(mixer, plan, spec, dtype, labels, out, out_len) }
 }
@@ -280,6 +333,7 @@ pub unsafe fn mixup_ce(
     buffers: &CeBuffers,
     grad_output: RawGradOutput,
 ) -> Result<()> {
+    check_loss_addresses(dtype, logits_len, spec.num_classes(), buffers, &grad_output)?;
     let spec = DeviceLoss::Ce(spec);
     let (n, up) = (logits_len, grad_output);
     // SAFETY: forwarded; dense rows.
@@ -331,8 +385,109 @@ pub unsafe fn mixup_bce(
     buffers: &BceBuffers,
     grad_output: RawGradOutput,
 ) -> Result<()> {
+    let c = spec.spec().num_classes();
+    check_loss_addresses(dtype, logits_len, c, buffers, &grad_output)?;
     let spec = DeviceLoss::Bce(spec);
     let (n, up) = (logits_len, grad_output);
     // SAFETY: forwarded; dense rows.
     unsafe { super::loss::launch(mixer, plan, spec, dtype, n, buffers, up, None) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(r: Result<()>) -> Option<&'static str> {
+        match r {
+            Err(MixError::InvalidArgument { what, .. }) => Some(what),
+            Ok(()) => None,
+            Err(e) => panic!("another error: {e}"),
+        }
+    }
+
+    /// Null and misaligned addresses are refused by name; an empty buffer may be anywhere.
+    #[test]
+    fn addresses_are_checked() {
+        assert_eq!(refused(check_address("x", 0x1000, 4, 8)), None);
+        assert_eq!(refused(check_address("x", 0x1002, 2, 8)), None);
+        assert_eq!(refused(check_address("x", 0x1002, 4, 8)), Some("x"));
+        assert_eq!(refused(check_address("out", 0, 1, 1)), Some("out"));
+        assert_eq!(refused(check_address("x", 0, 4, 0)), None);
+        assert_eq!(refused(check_address("x", 0x1001, 4, 0)), None);
+        let ok = CeBuffers {
+            logits: 0x1000,
+            labels: 0x2000,
+            grad: Some(0x3000),
+            loss: Some(0x4000),
+            losses: Some(0x5000),
+        };
+        let up = RawGradOutput::PerSample(0x6000);
+        let check = |b: &CeBuffers, up: &RawGradOutput| {
+            refused(check_loss_addresses(ScalarType::BF16, 20, 10, b, up))
+        };
+        assert_eq!(check(&ok, &up), None);
+        for (b, what) in [
+            (
+                CeBuffers {
+                    logits: 0x1001,
+                    ..ok
+                },
+                "logits",
+            ),
+            (
+                CeBuffers {
+                    labels: 0x2002,
+                    ..ok
+                },
+                "labels",
+            ),
+            (
+                CeBuffers {
+                    grad: Some(0x3001),
+                    ..ok
+                },
+                "grad",
+            ),
+            (
+                CeBuffers {
+                    loss: Some(0),
+                    ..ok
+                },
+                "loss",
+            ),
+            (
+                CeBuffers {
+                    losses: Some(0x5006),
+                    ..ok
+                },
+                "losses",
+            ),
+        ] {
+            assert_eq!(check(&b, &up), Some(what));
+        }
+        assert_eq!(
+            check(&ok, &RawGradOutput::Device(0x6001)),
+            Some("grad_output")
+        );
+        assert_eq!(check(&ok, &RawGradOutput::Scalar(1.0)), None);
+        // An empty batch: null logits, labels and gradient are fine; the loss is still written.
+        let empty = CeBuffers {
+            logits: 0,
+            labels: 0,
+            grad: Some(0),
+            ..ok
+        };
+        assert_eq!(
+            refused(check_loss_addresses(ScalarType::F32, 0, 10, &empty, &up)),
+            None
+        );
+        let no_loss = CeBuffers {
+            loss: Some(0),
+            ..empty
+        };
+        assert_eq!(
+            refused(check_loss_addresses(ScalarType::F32, 0, 10, &no_loss, &up)),
+            Some("loss")
+        );
+    }
 }
