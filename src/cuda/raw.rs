@@ -17,7 +17,7 @@
 //! (plan, shapes, dtype, smoothing, reduction) before enqueuing anything, and return an error
 //! rather than panic. What an address itself can show is checked too: 0 for a buffer that
 //! holds elements, or an address that is not a multiple of its element's size, is
-//! [`MixError::InvalidArgument`](crate::MixError::InvalidArgument) naming the buffer (`x`,
+//! [`MixError::InvalidArgument`] naming the buffer (`x`,
 //! `out`, `labels`, `logits`, `grad`, `loss`, `losses`, `grad_output`): a misaligned access
 //! would be a sticky error that ends the CUDA context. Labels stay on the device: out-of-range labels are counted by the kernel
 //! and reported by [`CudaMixer::check_labels`].
