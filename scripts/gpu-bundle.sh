@@ -86,6 +86,9 @@ if [[ $with_candle == 1 ]]; then
     echo "compressing the candle-cuda binaries..." >&2
     tar -C "$out" -cf - candle | xz -T1 --lzma2=preset=6,dict=192MiB >"$out/candle-cuda.tar.xz"
     rm -r "$out/candle"
+else
+    # scripts/gpu/run.sh: the candle step says SKIPPED with this, fails without the archive else.
+    echo "built with --no-candle" >"$out/NO_CANDLE"
 fi
 strip "$out"/test-* "$out"/bench-*
 if [[ -e "$out/test-burn" ]]; then

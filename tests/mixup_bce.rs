@@ -19,8 +19,8 @@ fn loss_tol(c: usize, range: f64, wmax: f64) -> Tol {
     Tol::new(1e-6 * c as f64 * (1.0 + range) * wmax, 1e-6)
 }
 
-/// `σ` in f32 from `e^-|z|` (two roundings), `c·σ - w·t`, the scale: `4e-7·W·|scale|` absolute,
-/// then the rounding to `T`.
+/// `σ(−|z|)` in f32 from `e^-|z|` (two roundings), `(1 − t) − c·σ(−z)` or `c·σ(z) − w·t`, the
+/// scale: `4e-7·W·|scale|` absolute, then the rounding to `T`.
 fn grad_tol<T: FloatElement>(scale: f64, wmax: f64) -> Tol {
     Tol::new(1e-6 * wmax * scale.abs(), 1e-6).stored_as::<T>()
 }

@@ -181,8 +181,13 @@ EOF
 # tests on the CPU and the GPU against the reference, then the digits demo trained on the GPU.
 candle_cuda() {
     if [[ ! -e "$bin/candle-cuda.tar.xz" ]]; then
-        echo "SKIPPED candle-cuda: not in $bin (built by scripts/gpu-bundle.sh unless --no-candle)"
-        return 0
+        # As for burn: SKIPPED when left out on purpose (NO_CANDLE), a failure otherwise.
+        if [[ -e "$bin/NO_CANDLE" ]]; then
+            echo "SKIPPED candle-cuda: the bundle was built with --no-candle"
+            return 0
+        fi
+        echo "error: candle-cuda.tar.xz is not in $bin (scripts/gpu-bundle.sh builds it unless --no-candle)"
+        return 1
     fi
     local dir=/tmp/candle rc=0
     python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \

@@ -280,8 +280,9 @@ impl CudaMixer {
     ///   it must not overlap `x` (borrowing rules out an overlap here).
     ///
     /// Bit-identical to `cpu::mix_normalize` (same operations in the same order, no FMA), but
-    /// for the payload of a NaN (a float input's NaN comes out as the canonical NaN). Enqueued on the mixer's stream: no host synchronization, no
-    /// allocation, and no compilation after the first call of an (input, output) dtype pair.
+    /// for the payload of a NaN (a float input's NaN comes out as the canonical NaN). Enqueued
+    /// on the mixer's stream: no host synchronization, no allocation, and no compilation after
+    /// the first call of an (input, output) dtype pair.
     /// Channels-last in and channels-first out (or the reverse) go through shared-memory tiles
     /// so that reads and writes stay coalesced.
     ///

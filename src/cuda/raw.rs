@@ -17,10 +17,10 @@
 //! (plan, shapes, dtype, smoothing, reduction) before enqueuing anything, and return an error
 //! rather than panic. What an address itself can show is checked too: 0 for a buffer that
 //! holds elements, or an address that is not a multiple of its element's size, is
-//! [`MixError::InvalidArgument`] naming the buffer (`x`,
-//! `out`, `labels`, `logits`, `grad`, `loss`, `losses`, `grad_output`): a misaligned access
-//! would be a sticky error that ends the CUDA context. Labels stay on the device: out-of-range labels are counted by the kernel
-//! and reported by [`CudaMixer::check_labels`].
+//! [`MixError::InvalidArgument`] naming the buffer (`x`, `out`, `labels`, `logits`, `grad`,
+//! `loss`, `losses`, `grad_output`): a misaligned access would be a sticky error that ends the
+//! CUDA context. Labels stay on the device: out-of-range labels are counted by the kernel and
+//! reported by [`CudaMixer::check_labels`].
 //!
 //! The safe API and these functions share each operation's launch (its checks, its kernel
 //! choice), so the GPU tests exercise them.
@@ -162,7 +162,7 @@ fn check_loss_addresses(
     }
     match *up {
         RawGradOutput::Scalar(_) => Ok(()),
-        RawGradOutput::Device(p) => check_address("grad_output", p, 4, 1),
+        RawGradOutput::Device(p) => check_address("grad_output", p, 4, rows.min(1)),
         RawGradOutput::PerSample(p) => check_address("grad_output", p, 4, rows),
     }
 }
