@@ -21,15 +21,12 @@
 //! product `mean·scale` (timm's `PrefetchLoader` builds `torch.tensor([x * 255 for x in mean])`
 //! the same way). With u8 rounding and an f32 output this is timm's collate + prefetch path bit
 //! for bit (timm `timm/data/mixup.py` `FastCollateMixup`, `timm/data/loader.py`
-//! `PrefetchLoader`) wherever timm's lerp weights are the plan's `(λ, 1 − λ)` in f32: always in
-//! timm's `elem` and `pair` modes (a float32 λ per sample). In its default `batch` mode λ is a
-//! Python float and `1 − λ` is formed in f64 before numpy rounds it to f32, which differs from
-//! `1 − f32(λ)` for about 40 % of λ values; then about 3 pixels in a million land one u8 level
-//! apart (a lerp within an ulp of a .5 tie; `scripts/golden_timm.py` `weights_bit_exact`, and
-//! `tests/parity.rs` holds those cases to one level). Without u8 rounding the mixed value keeps
-//! its fraction, which is closer to the mixup of the real-valued images. The op reads each input element once (twice for a partner
-//! that is not an involution) and writes each output element once, where timm's path takes
-//! 3–5 passes.
+//! `PrefetchLoader`) wherever timm's lerp weights are the plan's `(λ, 1 − λ)` in f32 (timm's
+//! `elem` and `pair` modes; in `batch` mode a few pixels per million differ by one level:
+//! `Normalize::with_u8_rounding`, where `tests/parity.rs` holds them to one level). Without u8
+//! rounding the mixed value keeps its fraction, which is closer to the mixup of the
+//! real-valued images. The op reads each input element once (twice for a partner that is not
+//! an involution) and writes each output element once, where timm's path takes 3–5 passes.
 
 use crate::dtype::ScalarType;
 use crate::error::{MixError, Result, check_len};

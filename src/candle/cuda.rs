@@ -9,8 +9,8 @@
 //! state stays after the thread ends: run the ops from long-lived threads (the training loop's),
 //! not from a thread per step; a device made with one real stream
 //! (`CudaDevice::new_with_stream`) has one state for all threads. A plan is uploaded with one
-//! asynchronous copy when it differs from the last one; so are the BCE's per-class weights (a [`DeviceBceSpec`], kept while the ops pass an equal
-//! [`BceSpec`]).
+//! asynchronous copy when it differs from the last one; so are the BCE's per-class weights (a
+//! [`DeviceBceSpec`], kept while the ops pass an equal [`BceSpec`]).
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 

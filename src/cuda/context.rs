@@ -302,7 +302,10 @@ impl CudaMixerOptions {
     /// ```
     /// use mixup_kernels::cuda::{CudaMixerOptions, KernelTuning};
     /// assert!(CudaMixerOptions::default().validate().is_ok());
-    /// let fast = CudaMixerOptions { nvrtc_options: vec!["--use_fast_math".into()], ..Default::default() };
+    /// let fast = CudaMixerOptions {
+    ///     nvrtc_options: vec!["--use_fast_math".into()],
+    ///     ..Default::default()
+    /// };
     /// assert!(fast.validate().unwrap_err().to_string().contains("nvrtc_options"));
     /// let odd = CudaMixerOptions {
     ///     tuning: KernelTuning { mix_threads: 100, ..Default::default() },

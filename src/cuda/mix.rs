@@ -286,8 +286,8 @@ pub(crate) unsafe fn launch(
 impl CudaMixer {
     /// Mixes `x` into `out` (both `[B, sample]` in `layout`): MixUp lerp or CutMix paste per the
     /// plan, in one pass. Bit-identical to the CPU path, but for the payload of a NaN (the
-    /// device's arithmetic and conversions give the canonical NaN). Views may start at any element offset
-    /// (unaligned rows go element by element).
+    /// device's arithmetic and conversions give the canonical NaN). Views may start at any
+    /// element offset (unaligned rows go element by element).
     ///
     /// # Examples
     ///
